@@ -1,0 +1,256 @@
+"""Typed configs: dataclasses loaded from YAML, with every error reported at once and each naming its field.
+
+A config is a tree of dataclasses. :func:`load_config` builds it from a YAML file (or a dict) plus
+``--set a.b=value`` overrides; unknown keys are rejected with the closest valid key suggested, values are checked
+against the field types (``int``, ``float``, ``str``, ``bool``, ``Optional``, ``Literal``, ``list``, ``dict``,
+nested dataclasses), and a dataclass's ``__post_init__`` may raise ``ValueError`` to reject a value. All problems
+are gathered into one :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from .registry import did_you_mean
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """One or more problems in a config; ``errors`` lists them, each starting with the field's dotted path."""
+
+    def __init__(self, errors: list[str], source: str | None = None) -> None:
+        self.errors = errors
+        where = f" in {source}" if source else ""
+        super().__init__(f"{len(errors)} problem(s){where}:\n" + "\n".join(f"  - {e}" for e in errors))
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    if isinstance(tp, type):
+        return tp.__name__
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    return str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
+    """Checks ``value`` against ``tp`` and converts it (dicts become dataclasses); appends problems to ``errors``."""
+    if tp is Any:
+        return value
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        trial: list[str] = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            sub: list[str] = []
+            out = _convert(value, arg, path, sub)
+            if not sub:
+                return out
+            trial.extend(sub)
+        non_none = [a for a in args if a is not type(None)]
+        if len(non_none) == 1:
+            errors.extend(trial)
+        else:
+            errors.append(f"{path}: expected {_type_name(tp)}, found {value!r}")
+        return value
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            hint = did_you_mean(str(value), [str(a) for a in allowed])
+            errors.append(f"{path}: {value!r} is not one of {', '.join(repr(a) for a in allowed)}.{hint}")
+        return value
+    if origin in (list, tuple) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            errors.append(f"{path}: expected a list, found {type(value).__name__} {value!r}")
+            return value
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                errors.append(f"{path}: expected {len(args)} items, found {len(value)}")
+                return value
+            return tuple(_convert(v, a, f"{path}[{i}]", errors) for i, (v, a) in enumerate(zip(value, args)))
+        item_tp = args[0] if args else Any
+        out = [_convert(v, item_tp, f"{path}[{i}]", errors) for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            errors.append(f"{path}: expected a mapping, found {type(value).__name__} {value!r}")
+            return value
+        args = get_args(tp)
+        val_tp = args[1] if len(args) == 2 else Any
+        return {k: _convert(v, val_tp, f"{path}.{k}", errors) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if dataclasses.is_dataclass(value):
+            return value
+        if not isinstance(value, dict):
+            errors.append(f"{path}: expected a mapping of {tp.__name__} fields, found {type(value).__name__} {value!r}")
+            return value
+        return _build(tp, value, path, errors)
+    if tp is bool:
+        if not isinstance(value, bool):
+            errors.append(f"{path}: expected true or false, found {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            errors.append(f"{path}: expected an integer, found {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, str):
+                try:
+                    return float(value)  # YAML 1.1 reads '1e-3' as a string
+                except ValueError:
+                    pass
+            errors.append(f"{path}: expected a number, found {type(value).__name__} {value!r}")
+            return value
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            errors.append(f"{path}: expected a string, found {type(value).__name__} {value!r}")
+        return value
+    if isinstance(tp, type) and not isinstance(value, tp):
+        errors.append(f"{path}: expected {tp.__name__}, found {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type[C], data: dict, path: str, errors: list[str]) -> C:
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    prefix = f"{path}." if path else ""
+    n_before = len(errors)
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            errors.append(f"{prefix}{key}: unknown key for {cls.__name__}.{did_you_mean(str(key), list(fields))}")
+            continue
+        kwargs[key] = _convert(value, hints[key], f"{prefix}{key}", errors)
+    for name, f in fields.items():
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            errors.append(f"{prefix}{name}: required field is missing ({_type_name(hints[name])})")
+    if len(errors) > n_before:
+        # Building with bad values would only add confusing errors from __post_init__.
+        return _Invalid(cls)  # type: ignore[return-value]
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        errors.append(f"{prefix}{e}")
+        return _Invalid(cls)  # type: ignore[return-value]
+
+
+class _Invalid:
+    """Placeholder for a dataclass that could not be built; never escapes :func:`from_dict`."""
+
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+
+
+def from_dict(cls: type[C], data: dict, source: str | None = None) -> C:
+    """Builds config ``cls`` from a plain dict, raising one :class:`ConfigError` that lists every problem."""
+    errors: list[str] = []
+    if not isinstance(data, dict):
+        raise ConfigError([f"top level: expected a mapping, found {type(data).__name__}"], source)
+    cfg = _build(cls, data, "", errors)
+    if errors:
+        raise ConfigError(errors, source)
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parses ``a.b.c=value`` (value read as YAML, so ``3``, ``1e-3``, ``[1, 2]``, ``null`` keep their types)."""
+    if "=" not in text:
+        raise ConfigError([f"--set {text!r}: expected KEY=VALUE, e.g. --set train.lr=0.01"])
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError([f"--set {text!r}: empty key before '='"])
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Returns a copy of ``data`` with each ``a.b=value`` override applied (creating nested mappings as needed)."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            nxt = node.get(k)
+            if not isinstance(nxt, dict):
+                nxt = {}
+                node[k] = nxt
+            node = nxt
+        node[keys[-1]] = value
+    return data
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist (check the path given with -c/--config)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError([f"not valid YAML: {e}"], str(path)) from None
+    return data or {}
+
+
+def load_config(cls: type[C], source: str | os.PathLike | dict | None = None, overrides: list[str] = ()) -> C:
+    """Loads config ``cls`` from a YAML file or dict, applies ``--set`` style overrides and validates it all."""
+    if source is None:
+        data, name = {}, None
+    elif isinstance(source, dict):
+        data, name = source, None
+    else:
+        data, name = read_yaml(source), str(source)
+    return from_dict(cls, apply_overrides(data, list(overrides)), name)
+
+
+def to_dict(cfg: Any) -> Any:
+    """Plain-data form of a config (for YAML/JSON)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def to_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def replace(cfg: C, **changes: Any) -> C:
+    return dataclasses.replace(cfg, **changes)
+
+
+__all__ = [
+    "ConfigError",
+    "apply_overrides",
+    "from_dict",
+    "load_config",
+    "parse_override",
+    "read_yaml",
+    "replace",
+    "to_dict",
+    "to_yaml",
+]

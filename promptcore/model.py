@@ -1,0 +1,194 @@
+"""The one API every prompted model follows, vision or text.
+
+A :class:`PromptedModel` holds a frozen ``backbone`` and the trainable prompt modules (``prompt_modules()``:
+the prompts, and a head where the method has one). Everything the trainer, the prompt files and the CLIs need
+goes through the methods defined here.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .files import PromptFileError, load_prompt_files, save_prompt_files
+
+# Config keys a prompt file must share with the model, and how to name them in a mismatch message:
+# (what the file's value is, what the model's value is).
+COMPAT_LABELS: dict[str, tuple[str, str]] = {
+    "method": ("prompt method", "the model's method"),
+    "dim": ("prompt dim", "backbone width"),
+    "num_tokens": ("prompt length", "the model's prompt length"),
+    "num_layers": ("prompt depth", "the model's prompted layers"),
+    "num_tasks": ("number of tasks", "the model's number of tasks"),
+    "num_classes": ("number of classes", "the model's head size"),
+    "head": ("head type", "the model's head type"),
+    "task": ("task type", "the model's task type"),
+}
+
+
+class PromptedModel(nn.Module):
+    """Base class of prompted models.
+
+    Subclasses set ``self.backbone`` (frozen) and their prompt modules, and implement :meth:`prompt_config` and
+    :meth:`forward_batch` (or :meth:`training_step` / :meth:`eval_step` directly).
+
+    Attributes:
+        prompt_module_names: attribute names of the trainable modules; the defaults cover ``prompts`` and ``head``.
+        compat_keys: :meth:`prompt_config` keys a prompt file must match to load.
+    """
+
+    prompt_module_names: tuple[str, ...] = ("prompts", "head")
+    compat_keys: tuple[str, ...] = tuple(COMPAT_LABELS)
+
+    backbone: nn.Module
+
+    # ----- what is trained -------------------------------------------------------------------------------------
+    def prompt_modules(self) -> dict[str, nn.Module]:
+        """The trainable modules by name (the only ones whose parameters the trainer updates and files hold)."""
+        return {n: m for n in self.prompt_module_names if isinstance(m := getattr(self, n, None), nn.Module)}
+
+    def prompt_parameters(self) -> Iterator[nn.Parameter]:
+        seen: set[int] = set()
+        for module in self.prompt_modules().values():
+            for p in module.parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    yield p
+
+    def named_prompt_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        ids = {id(p) for p in self.prompt_parameters()}
+        for name, p in self.named_parameters():
+            if id(p) in ids:
+                yield name, p
+
+    def freeze_backbone(self) -> "PromptedModel":
+        """Freezes every parameter except the prompt parameters (one pass over all named parameters)."""
+        trainable = {id(p) for p in self.prompt_parameters()}
+        for p in self.parameters():
+            p.requires_grad_(id(p) in trainable)
+        return self
+
+    def train(self, mode: bool = True) -> "PromptedModel":
+        """Sets train mode on the prompt modules only: frozen modules always stay in eval mode."""
+        super().train(mode)
+        if getattr(self, "backbone", None) is not None:
+            self.backbone.eval()
+        return self
+
+    def count_parameters(self) -> tuple[int, int]:
+        """``(trainable, total)`` parameter counts."""
+        trainable = sum(p.numel() for p in self.prompt_parameters())
+        total = sum(p.numel() for p in self.parameters())
+        return trainable, total
+
+    def print_trainable_parameters(self) -> str:
+        """Prints and returns ``trainable params: N || all params: M || trainable%: P`` (as PEFT prints it)."""
+        trainable, total = self.count_parameters()
+        line = f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / max(total, 1):.4f}"
+        print(line)
+        return line
+
+    # ----- prompt state and files -------------------------------------------------------------------------------
+    def prompt_config(self) -> dict[str, Any]:
+        """What a prompt file records about the model: at least ``method`` and ``backbone``, plus the sizes
+        (``dim``, ``num_tokens``, ``num_layers`` ...) that must match to load it."""
+        raise NotImplementedError(f"{type(self).__name__} must implement prompt_config()")
+
+    def prompt_state_dict(self) -> dict[str, torch.Tensor]:
+        """The prompt tensors (reparameterisation encoders folded in) and the head, detached."""
+        sd: dict[str, torch.Tensor] = {}
+        for name, module in self.prompt_modules().items():
+            state = module.folded_state() if hasattr(module, "folded_state") else module.state_dict()
+            for key, value in state.items():
+                sd[f"{name}.{key}"] = value.detach()
+        return sd
+
+    @torch.no_grad()
+    def load_prompt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Loads tensors written by :meth:`prompt_state_dict`; names and shapes must match exactly."""
+        expected = self.prompt_state_dict()
+        missing = sorted(set(expected) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(expected))
+        problems = []
+        if missing:
+            problems.append(f"missing tensors {missing}")
+        if unexpected:
+            problems.append(f"unexpected tensors {unexpected}")
+        for key in sorted(set(expected) & set(state_dict)):
+            if tuple(state_dict[key].shape) != tuple(expected[key].shape):
+                problems.append(f"tensor {key} has shape {tuple(state_dict[key].shape)}, the model expects {tuple(expected[key].shape)}")
+        if problems:
+            raise PromptFileError(f"prompt state does not fit {type(self).__name__} ({self._backbone_label()}): " + "; ".join(problems))
+        for name, module in self.prompt_modules().items():
+            if hasattr(module, "fold"):
+                module.fold()  # the file holds folded embeddings; the encoder is not needed to reproduce them
+            sub = {k[len(name) + 1 :]: v for k, v in state_dict.items() if k.startswith(name + ".")}
+            own = module.state_dict()
+            for key, value in sub.items():
+                own[key].copy_(value.to(own[key].dtype))
+
+    def save_prompts(self, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+        """Writes ``prompts.safetensors`` + ``prompt_config.json`` into ``directory`` (replaced atomically)."""
+        config = {**self.prompt_config(), **(extra or {})}
+        return save_prompt_files(directory, self.prompt_state_dict(), config)
+
+    def check_prompt_config(self, found: dict[str, Any], source: str = "prompt file") -> None:
+        """Raises :class:`PromptFileError` naming every key where ``found`` does not fit this model."""
+        expected = self.prompt_config()
+        label = self._backbone_label()
+        problems = []
+        for key in self.compat_keys:
+            if key in expected and key in found and found[key] != expected[key]:
+                what, theirs = COMPAT_LABELS.get(key, (key, f"the model's {key}"))
+                problems.append(f"{what} {found[key]!r} does not match {theirs} {expected[key]!r} ({label})")
+        if problems:
+            raise PromptFileError(f"{source} does not fit this model: " + "; ".join(problems))
+        if found.get("backbone") and expected.get("backbone") and found["backbone"] != expected["backbone"]:
+            warnings.warn(
+                f"{source} was trained on backbone {found['backbone']!r}, loading into {expected['backbone']!r} "
+                f"(sizes match, so it loads; check that this is intended)",
+                stacklevel=3,
+            )
+
+    def load_prompts(self, directory: str | os.PathLike) -> dict[str, Any]:
+        """Loads a prompt folder written by :meth:`save_prompts`, after checking it fits; returns its config."""
+        tensors, meta = load_prompt_files(directory)
+        self.check_prompt_config(meta, source=f"prompt folder {directory}")
+        self.load_prompt_state_dict(tensors)
+        return meta
+
+    def _backbone_label(self) -> str:
+        try:
+            return str(self.prompt_config().get("backbone", type(self.backbone).__name__))
+        except NotImplementedError:
+            return type(self).__name__
+
+    # ----- training contract ------------------------------------------------------------------------------------
+    def enable_gradient_checkpointing(self) -> None:
+        """Trades compute for memory in the frozen backbone; subclasses implement it where the backbone allows."""
+        raise NotImplementedError(f"{type(self).__name__} does not support gradient checkpointing")
+
+    def forward_batch(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Logits ``[batch, num_classes]`` for a collated batch (classification models)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement forward_batch() or training_step()/eval_step()")
+
+    def training_step(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The mean training loss of a batch (cross-entropy on ``batch['labels']`` by default)."""
+        return F.cross_entropy(self.forward_batch(batch).float(), batch["labels"])
+
+    @torch.no_grad()
+    def eval_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Per-batch sums of each metric plus ``count``; the trainer reports ``sum / count``."""
+        logits = self.forward_batch(batch).float()
+        labels = batch["labels"]
+        return {
+            "loss": F.cross_entropy(logits, labels, reduction="sum"),
+            "accuracy": (logits.argmax(-1) == labels).sum().float(),
+            "count": torch.tensor(float(labels.numel()), device=logits.device),
+        }

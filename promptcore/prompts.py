@@ -1,0 +1,259 @@
+"""Soft prompts: learnable token embeddings, one set (``SoftPrompt``), one per layer (``DeepSoftPrompt``), or one
+per task (``PromptBank``).
+
+Initialisations, by name:
+
+- ``normal``: N(0, std²), std 0.02 by default.
+- ``uniform``: U(-init_range, init_range), 0.5 by default (Lester et al. 2021).
+- ``xavier``: VPT's U(-v, v) with v = sqrt(6 / (3 * patch_area + dim)) (Jia et al. 2022); needs ``patch_area``.
+- ``tensor``: copy of a given tensor of the prompt's shape.
+- ``vocab``: rows sampled (without replacement where possible) from a given embedding matrix.
+- ``text``: the embeddings of given token ids, repeated or truncated to ``num_tokens``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+InitName = Literal["normal", "uniform", "xavier", "tensor", "vocab", "text", "zeros"]
+INIT_NAMES: tuple[str, ...] = ("normal", "uniform", "xavier", "tensor", "vocab", "text", "zeros")
+
+
+def vpt_xavier_bound(patch_area: int, dim: int) -> float:
+    """VPT's init bound: sqrt(6 / (3 * patch_area + dim)), 3 being the image channels."""
+    return math.sqrt(6.0 / float(3 * patch_area + dim))
+
+
+@torch.no_grad()
+def init_prompt_(
+    weight: torch.Tensor,
+    init: str = "normal",
+    *,
+    std: float = 0.02,
+    init_range: float = 0.5,
+    patch_area: int | None = None,
+    tensor: torch.Tensor | None = None,
+    embedding: torch.Tensor | None = None,
+    token_ids: list[int] | torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Fills ``weight`` (shape ``[..., num_tokens, dim]``) in place with the named initialisation."""
+    num_tokens, dim = weight.shape[-2], weight.shape[-1]
+    if init == "normal":
+        weight.copy_(torch.randn(weight.shape, generator=generator) * std)
+    elif init == "uniform":
+        weight.copy_((torch.rand(weight.shape, generator=generator) * 2 - 1) * init_range)
+    elif init == "xavier":
+        if patch_area is None:
+            raise ValueError("init 'xavier' (VPT) needs patch_area, the patch height x width of the backbone")
+        v = vpt_xavier_bound(patch_area, dim)
+        weight.copy_((torch.rand(weight.shape, generator=generator) * 2 - 1) * v)
+    elif init == "zeros":
+        weight.zero_()
+    elif init == "tensor":
+        if tensor is None:
+            raise ValueError("init 'tensor' needs the tensor to copy (init_tensor=...)")
+        if tuple(tensor.shape) != tuple(weight.shape[-tensor.dim():]) or tensor.dim() < 2:
+            raise ValueError(f"init tensor has shape {tuple(tensor.shape)}, expected {tuple(weight.shape)}")
+        weight.copy_(tensor.expand_as(weight))
+    elif init == "vocab":
+        if embedding is None:
+            raise ValueError("init 'vocab' needs the embedding matrix to sample rows from (embedding=...)")
+        _check_embedding(embedding, dim)
+        rows = weight.numel() // dim
+        vocab = embedding.shape[0]
+        if rows <= vocab:
+            idx = torch.randperm(vocab, generator=generator)[:rows]
+        else:
+            idx = torch.randint(0, vocab, (rows,), generator=generator)
+        weight.copy_(embedding.detach()[idx].to(weight.dtype).reshape(weight.shape))
+    elif init == "text":
+        if embedding is None or token_ids is None:
+            raise ValueError("init 'text' needs the embedding matrix and the token ids of the text")
+        _check_embedding(embedding, dim)
+        ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()
+        if ids.numel() == 0:
+            raise ValueError("init 'text': the init text gave no tokens; give a non-empty text")
+        reps = math.ceil(num_tokens / ids.numel())
+        ids = ids.repeat(reps)[:num_tokens]
+        weight.copy_(embedding.detach()[ids].to(weight.dtype).expand_as(weight))
+    else:
+        raise ValueError(f"unknown prompt init {init!r}; choose one of {', '.join(INIT_NAMES)}")
+    return weight
+
+
+def _check_embedding(embedding: torch.Tensor, dim: int) -> None:
+    if embedding.dim() != 2 or embedding.shape[1] != dim:
+        raise ValueError(f"embedding matrix has shape {tuple(embedding.shape)}, expected [vocab, {dim}]")
+
+
+def _check_sizes(**sizes: int) -> None:
+    for name, value in sizes.items():
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+class PromptEncoder(nn.Module):
+    """P-tuning's reparameterisation (Liu et al. 2021): prompt = encoder(raw embeddings).
+
+    ``mlp``: two-layer MLP with ReLU; ``lstm``: bidirectional LSTM then the MLP.
+    """
+
+    def __init__(self, kind: Literal["mlp", "lstm"], dim: int, hidden: int | None = None) -> None:
+        super().__init__()
+        if kind not in ("mlp", "lstm"):
+            raise ValueError(f"reparam must be 'mlp' or 'lstm', got {kind!r}")
+        hidden = hidden or dim
+        self.kind = kind
+        if kind == "lstm":
+            self.lstm = nn.LSTM(dim, max(hidden // 2, 1), bidirectional=True, batch_first=True)
+            in_dim = 2 * max(hidden // 2, 1)
+        else:
+            self.lstm, in_dim = None, dim
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.lstm is not None:
+            x = self.lstm(x.unsqueeze(0))[0].squeeze(0)
+        return self.mlp(x)
+
+
+class SoftPrompt(nn.Module):
+    """``num_tokens`` learnable vectors of width ``dim``.
+
+    Args:
+        num_tokens: prompt length.
+        dim: embedding width (read it from the backbone).
+        init: initialisation name (module docstring); the keyword arguments of :func:`init_prompt_` go in
+            ``init_kwargs``.
+        dropout: dropout applied to the prompt in training (VPT uses 0.1 for deep prompts).
+        reparam: ``None``, ``"mlp"`` or ``"lstm"``; P-tuning's encoder, folded into plain embeddings by
+            :meth:`fold` (and when a prompted model saves its prompts).
+        reparam_hidden: the encoder's hidden width (default ``dim``).
+    """
+
+    def __init__(
+        self,
+        num_tokens: int,
+        dim: int,
+        init: str = "normal",
+        dropout: float = 0.0,
+        reparam: Literal["mlp", "lstm"] | None = None,
+        reparam_hidden: int | None = None,
+        **init_kwargs,
+    ) -> None:
+        super().__init__()
+        _check_sizes(num_tokens=num_tokens, dim=dim)
+        self.num_tokens, self.dim = num_tokens, dim
+        self.weight = nn.Parameter(torch.empty(num_tokens, dim))
+        init_prompt_(self.weight, init, **init_kwargs)
+        self.encoder = PromptEncoder(reparam, dim, reparam_hidden) if reparam else None
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def embeddings(self) -> torch.Tensor:
+        """The prompt as the backbone sees it (encoder applied, no dropout): ``[num_tokens, dim]``."""
+        return self.encoder(self.weight) if self.encoder is not None else self.weight
+
+    def forward(self, batch_size: int | None = None) -> torch.Tensor:
+        """``[num_tokens, dim]``, or ``[batch_size, num_tokens, dim]`` (a broadcast view) when given."""
+        x = self.dropout(self.embeddings())
+        return x if batch_size is None else x.unsqueeze(0).expand(batch_size, -1, -1)
+
+    @torch.no_grad()
+    def fold(self) -> None:
+        """Replaces the reparameterisation encoder by the embeddings it produces (lossless for inference)."""
+        if self.encoder is None:
+            return
+        folded = self.encoder(self.weight).detach().clone()
+        self.encoder = None
+        self.weight = nn.Parameter(folded, requires_grad=self.weight.requires_grad)
+
+    def folded_state(self) -> dict[str, torch.Tensor]:
+        """The state a prompt file holds: the plain embeddings (encoder folded in), whatever the training form."""
+        return {"weight": self.embeddings().detach()}
+
+    def extra_repr(self) -> str:
+        return f"num_tokens={self.num_tokens}, dim={self.dim}, reparam={self.encoder.kind if self.encoder else None}"
+
+
+class DeepSoftPrompt(nn.Module):
+    """One prompt per layer: a parameter of shape ``[num_layers, num_tokens, dim]`` (VPT-deep, P-Tuning v2)."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        num_tokens: int,
+        dim: int,
+        init: str = "normal",
+        dropout: float = 0.0,
+        **init_kwargs,
+    ) -> None:
+        super().__init__()
+        _check_sizes(num_layers=num_layers, num_tokens=num_tokens, dim=dim)
+        self.num_layers, self.num_tokens, self.dim = num_layers, num_tokens, dim
+        self.weight = nn.Parameter(torch.empty(num_layers, num_tokens, dim))
+        init_prompt_(self.weight, init, **init_kwargs)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def embeddings(self) -> torch.Tensor:
+        return self.weight
+
+    def forward(self, layer: int | None = None) -> torch.Tensor:
+        """Layer ``layer``'s prompt ``[num_tokens, dim]``, or all of them ``[num_layers, num_tokens, dim]``."""
+        x = self.weight if layer is None else self.weight[layer]
+        return self.dropout(x)
+
+    def folded_state(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.weight.detach()}
+
+    def extra_repr(self) -> str:
+        return f"num_layers={self.num_layers}, num_tokens={self.num_tokens}, dim={self.dim}"
+
+
+class PromptBank(nn.Module):
+    """Prompts for ``num_tasks`` tasks, chosen per sample by ``task_ids`` so one batch can mix tasks.
+
+    The parameter has shape ``[num_tasks, *prompt_shape]``; ``prompt_shape`` is ``(num_tokens, dim)`` for shallow
+    prompts or ``(num_layers, num_tokens, dim)`` for deep ones.
+    """
+
+    def __init__(
+        self,
+        num_tasks: int,
+        prompt_shape: tuple[int, ...],
+        init: str = "normal",
+        dropout: float = 0.0,
+        **init_kwargs,
+    ) -> None:
+        super().__init__()
+        _check_sizes(num_tasks=num_tasks, **{f"prompt_shape[{i}]": s for i, s in enumerate(prompt_shape)})
+        if len(prompt_shape) not in (2, 3):
+            raise ValueError(f"prompt_shape must be (num_tokens, dim) or (num_layers, num_tokens, dim), got {prompt_shape}")
+        self.num_tasks, self.prompt_shape = num_tasks, tuple(prompt_shape)
+        self.weight = nn.Parameter(torch.empty(num_tasks, *prompt_shape))
+        init_prompt_(self.weight, init, **init_kwargs)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def check_task_ids(self, task_ids: torch.Tensor) -> None:
+        if task_ids.dtype not in (torch.int32, torch.int64) or task_ids.dim() != 1:
+            raise ValueError(f"task_ids must be a 1-D integer tensor, got {task_ids.dtype} of shape {tuple(task_ids.shape)}")
+        if task_ids.numel() and (int(task_ids.min()) < 0 or int(task_ids.max()) >= self.num_tasks):
+            raise ValueError(
+                f"task_ids must lie in [0, {self.num_tasks - 1}] for a bank of {self.num_tasks} tasks, "
+                f"found {int(task_ids.min())}..{int(task_ids.max())}"
+            )
+
+    def forward(self, task_ids: torch.Tensor) -> torch.Tensor:
+        """``[batch, *prompt_shape]``: each sample's task prompt."""
+        self.check_task_ids(task_ids)
+        return self.dropout(self.weight[task_ids])
+
+    def folded_state(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.weight.detach()}
+
+    def extra_repr(self) -> str:
+        return f"num_tasks={self.num_tasks}, prompt_shape={self.prompt_shape}"

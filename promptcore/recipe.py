@@ -1,0 +1,40 @@
+"""What a package (``vpt``, ``textpt``) gives the shared CLI: how to build a model and data from its config.
+
+Recipes stay thin: everything a recipe does, a user can do in a few lines of Python with the same calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from torch.utils.data import Dataset
+
+from .model import PromptedModel
+
+
+@dataclass
+class DataBundle:
+    """Datasets of one run. Items are dicts; ``collate_fn`` turns a list of items into a batch dict."""
+
+    train: Dataset | None
+    eval: Dataset | None = None
+    collate_fn: Callable[[list[dict]], dict] | None = None
+    class_names: list[str] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Recipe(Protocol):
+    """A package's CLI plug-in. ``config_class`` is its run config: a dataclass with a ``train: TrainConfig``."""
+
+    prog: str
+    config_class: type
+
+    def build_model(self, cfg: Any) -> PromptedModel: ...
+
+    def build_data(self, cfg: Any, model: PromptedModel) -> DataBundle: ...
+
+    def add_commands(self, subparsers: argparse._SubParsersAction) -> None:
+        """Adds package-specific verbs (``predict``, ``generate`` ...); each sets ``func`` via set_defaults."""
+        ...
