@@ -44,6 +44,39 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
+DISCRIMINATOR = "method"
+_NO_ARM = object()
+
+
+def _discriminated_arm(value: Any, args: tuple, path: str, errors: list[str]) -> Any:
+    """For a union of dataclasses told apart by a ``method: Literal[...]`` field, the arm ``value['method']`` names.
+
+    Returns None when the union is not of that form (the caller tries each arm), ``_NO_ARM`` after recording an
+    error when the method is missing or unknown.
+    """
+    arms = [a for a in args if a is not type(None)]
+    if not arms or not all(dataclasses.is_dataclass(a) for a in arms) or not isinstance(value, dict):
+        return None
+    by_method: dict[str, Any] = {}
+    for arm in arms:
+        hint = get_type_hints(arm).get(DISCRIMINATOR)
+        if hint is None or get_origin(hint) is not Literal:
+            return None
+        for m in get_args(hint):
+            by_method[m] = arm
+    method = value.get(DISCRIMINATOR)
+    if method is None:
+        errors.append(f"{path}.{DISCRIMINATOR}: required to choose the method; one of {', '.join(map(repr, by_method))}")
+        return _NO_ARM
+    if method not in by_method:
+        errors.append(
+            f"{path}.{DISCRIMINATOR}: unknown method {method!r}.{did_you_mean(str(method), list(by_method))} "
+            f"Known: {', '.join(map(repr, by_method))}"
+        )
+        return _NO_ARM
+    return by_method[method]
+
+
 def _convert(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
     """Checks ``value`` against ``tp`` and converts it (dicts become dataclasses); appends problems to ``errors``."""
     if tp is Any:
@@ -53,6 +86,9 @@ def _convert(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
+        arm = _discriminated_arm(value, args, path, errors)
+        if arm is not None:
+            return _convert(value, arm, path, errors) if arm is not _NO_ARM else value
         trial: list[str] = []
         for arg in args:
             if arg is type(None):
