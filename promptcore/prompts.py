@@ -163,12 +163,12 @@ class SoftPrompt(nn.Module):
         x = self.dropout(self.embeddings())
         return x if batch_size is None else x.unsqueeze(0).expand(batch_size, -1, -1)
 
-    @torch.no_grad()
     def fold(self) -> None:
         """Replaces the reparameterisation encoder by the embeddings it produces (lossless for inference)."""
         if self.encoder is None:
             return
-        folded = self.encoder(self.weight).detach().clone()
+        # Same call as folded_state() (grad mode on): LSTM kernels differ in the last bit under no_grad.
+        folded = self.folded_state()["weight"].clone()
         self.encoder = None
         self.weight = nn.Parameter(folded, requires_grad=self.weight.requires_grad)
 

@@ -1,0 +1,91 @@
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from promptcore.config import ConfigError, load_config, parse_override, to_dict, to_yaml
+from promptcore.train_config import TrainConfig
+
+
+@dataclass
+class Shallow:
+    method: Literal["shallow"] = "shallow"
+    num_tokens: int = 10
+
+    def __post_init__(self):
+        if self.num_tokens <= 0:
+            raise ValueError(f"num_tokens: must be positive, got {self.num_tokens}")
+
+
+@dataclass
+class Deep:
+    method: Literal["deep"] = "deep"
+    num_tokens: int = 10
+    layers: list[int] | None = None
+
+
+@dataclass
+class Model:
+    name: str = "timm:vit"
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class Run:
+    model: Model = field(default_factory=Model)
+    prompt: Shallow | Deep = field(default_factory=Shallow)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def test_yaml_file_with_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  name: timm:vit_tiny\n  kwargs: {depth: 2}\nprompt:\n  method: deep\n  layers: [0, 1]\ntrain:\n  lr: 1e-2\n")
+    cfg = load_config(Run, path, ["train.epochs=3", "prompt.num_tokens=5", "model.kwargs.img_size=32"])
+    assert cfg.model == Model("timm:vit_tiny", {"depth": 2, "img_size": 32})
+    assert cfg.prompt == Deep(num_tokens=5, layers=[0, 1])
+    assert cfg.train.lr == 0.01 and cfg.train.epochs == 3  # '1e-2' is a string to YAML 1.1; read as a number
+    assert load_config(Run, to_dict(cfg)) == cfg
+    assert "method: deep" in to_yaml(cfg)
+
+
+def test_all_errors_reported_at_once_with_field_and_suggestion():
+    with pytest.raises(ConfigError) as info:
+        load_config(Run, {"modle": {}, "prompt": {"method": "shallow", "num_tokens": "ten"},
+                          "train": {"optimizer": "sgdd", "batch_size": 2.5, "grad_clip": "x"}})
+    errors = info.value.errors
+    assert "modle: unknown key for Run. Did you mean 'model'?" in errors
+    assert "prompt.num_tokens: expected an integer, found str 'ten'" in errors
+    assert any(e.startswith("train.optimizer: 'sgdd' is not one of") and "Did you mean 'sgd'?" in e for e in errors)
+    assert "train.batch_size: expected an integer, found float 2.5" in errors
+    assert any(e.startswith("train.grad_clip:") for e in errors)
+    assert len(errors) == 5
+    assert str(info.value).startswith("5 problem(s):")
+
+
+def test_value_checks_from_post_init_name_the_field():
+    with pytest.raises(ConfigError, match=r"prompt.num_tokens: must be positive, got 0"):
+        load_config(Run, {"prompt": {"method": "shallow", "num_tokens": 0}})
+    with pytest.raises(ConfigError, match=r"train.epochs: must be positive, got 0"):
+        load_config(Run, {}, ["train.epochs=0"])
+
+
+def test_method_union_errors():
+    with pytest.raises(ConfigError, match=r"prompt.method: unknown method 'dep'. Did you mean 'deep'\?"):
+        load_config(Run, {"prompt": {"method": "dep"}})
+    with pytest.raises(ConfigError, match=r"prompt.method: required to choose the method"):
+        load_config(Run, {"prompt": {"num_tokens": 3}})
+    with pytest.raises(ConfigError, match=r"prompt.layers: unknown key for Shallow"):
+        load_config(Run, {"prompt": {"method": "shallow", "layers": [1]}})
+
+
+def test_bad_override_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"expected KEY=VALUE, e.g. --set train.lr=0.01"):
+        parse_override("train.lr")
+    with pytest.raises(FileNotFoundError, match="config file .*nope.yaml' does not exist"):
+        load_config(Run, tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(Run, bad)
+    assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
+    assert parse_override("a=null") == (["a"], None)

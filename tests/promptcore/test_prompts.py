@@ -1,0 +1,107 @@
+import math
+
+import pytest
+import torch
+
+from promptcore import DeepSoftPrompt, PromptBank, SoftPrompt, init_prompt_, vpt_xavier_bound
+
+
+def test_xavier_matches_vpt_bound():
+    # VPT: v = sqrt(6 / (3 * patch_area + dim)); ViT-B/16 -> patch area 256, dim 768.
+    assert vpt_xavier_bound(256, 768) == pytest.approx(math.sqrt(6 / (3 * 256 + 768)))
+    p = SoftPrompt(200, 768, init="xavier", patch_area=256, generator=torch.Generator().manual_seed(0))
+    v = vpt_xavier_bound(256, 768)
+    assert p.weight.abs().max() <= v
+    assert p.weight.abs().max() > 0.9 * v  # spread over the whole range, not a narrower one
+
+
+@pytest.mark.parametrize("init,kw,check", [
+    ("normal", {"std": 0.02}, lambda w: 0.015 < w.std() < 0.025),
+    ("uniform", {"init_range": 0.5}, lambda w: w.abs().max() <= 0.5 and w.abs().max() > 0.45),
+    ("zeros", {}, lambda w: (w == 0).all()),
+])
+def test_named_inits(init, kw, check):
+    p = SoftPrompt(64, 32, init=init, generator=torch.Generator().manual_seed(0), **kw)
+    assert check(p.weight.detach())
+
+
+def test_tensor_vocab_and_text_inits():
+    emb = torch.randn(50, 8)
+    t = torch.randn(4, 8)
+    assert torch.equal(SoftPrompt(4, 8, init="tensor", tensor=t).weight, t)
+    vocab = SoftPrompt(6, 8, init="vocab", embedding=emb, generator=torch.Generator().manual_seed(0)).weight
+    rows = [int((emb == r).all(1).nonzero()[0]) for r in vocab]
+    assert len(set(rows)) == 6  # sampled without replacement
+    text = SoftPrompt(5, 8, init="text", embedding=emb, token_ids=[3, 7]).weight
+    assert torch.equal(text, emb[[3, 7, 3, 7, 3]])  # repeated to num_tokens
+    assert torch.equal(SoftPrompt(1, 8, init="text", embedding=emb, token_ids=[3, 7]).weight, emb[[3]])  # truncated
+
+
+def test_init_errors_name_the_problem():
+    with pytest.raises(ValueError, match="num_tokens must be a positive integer, got 0"):
+        SoftPrompt(0, 8)
+    with pytest.raises(ValueError, match="needs patch_area"):
+        SoftPrompt(2, 8, init="xavier")
+    with pytest.raises(ValueError, match=r"unknown prompt init 'gauss'; choose one of normal, uniform, xavier"):
+        SoftPrompt(2, 8, init="gauss")
+    with pytest.raises(ValueError, match=r"embedding matrix has shape \(10, 4\), expected \[vocab, 8\]"):
+        SoftPrompt(2, 8, init="vocab", embedding=torch.randn(10, 4))
+    with pytest.raises(ValueError, match="init text gave no tokens"):
+        SoftPrompt(2, 8, init="text", embedding=torch.randn(10, 8), token_ids=[])
+
+
+def test_forward_shapes_and_dropout_only_in_training():
+    p = SoftPrompt(3, 4, dropout=0.5)
+    assert p(2).shape == (2, 3, 4)
+    p.eval()
+    assert torch.equal(p(), p.weight)
+    p.train()
+    torch.manual_seed(0)
+    assert not torch.equal(p(), p.weight)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "lstm"])
+def test_reparam_folds_to_the_same_embeddings(kind):
+    torch.manual_seed(0)
+    p = SoftPrompt(5, 8, reparam=kind).eval()
+    before = p().detach().clone()
+    assert not torch.equal(before, p.weight)
+    assert torch.equal(p.folded_state()["weight"], before)
+    p.fold()
+    assert p.encoder is None
+    assert torch.equal(p(), before)
+    assert [n for n, _ in p.named_parameters()] == ["weight"]
+
+
+def test_reparam_gets_gradients_through_the_encoder():
+    p = SoftPrompt(5, 8, reparam="mlp")
+    p().sum().backward()
+    assert p.weight.grad is not None and all(q.grad is not None for q in p.encoder.parameters())
+
+
+def test_deep_prompt_layers():
+    d = DeepSoftPrompt(3, 2, 4)
+    assert d().shape == (3, 2, 4)
+    assert torch.equal(d(1), d.weight[1])
+    with pytest.raises(ValueError, match="num_layers must be a positive integer"):
+        DeepSoftPrompt(0, 2, 4)
+
+
+def test_bank_selects_per_sample_and_checks_ids():
+    bank = PromptBank(3, (2, 4))
+    ids = torch.tensor([2, 0, 2, 1])
+    out = bank(ids)
+    assert out.shape == (4, 2, 4)
+    for i, t in enumerate(ids):
+        assert torch.equal(out[i], bank.weight[t])
+    deep = PromptBank(2, (5, 2, 4))
+    assert deep(torch.tensor([1])).shape == (1, 5, 2, 4)
+    with pytest.raises(ValueError, match=r"task_ids must lie in \[0, 2\] for a bank of 3 tasks, found 0..3"):
+        bank(torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="task_ids must be a 1-D integer tensor"):
+        bank(torch.tensor([0.0]))
+
+
+def test_init_prompt_fills_in_place():
+    w = torch.empty(2, 3, 4)
+    assert init_prompt_(w, "zeros") is w and (w == 0).all()

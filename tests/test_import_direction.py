@@ -1,0 +1,36 @@
+"""The package direction: promptcore is the base; vpt and textpt build on it and never on each other."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = {"timm", "transformers", "open_clip", "vpt", "textpt", "peft"}
+FORBIDDEN = {"promptcore": HEAVY, "vpt": {"textpt"}, "textpt": {"vpt"}}
+
+
+def imported_roots(path: Path) -> set[str]:
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            roots.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_no_forbidden_imports_anywhere_in_the_source(package):
+    files = sorted((ROOT / package).rglob("*.py"))
+    assert files, f"no sources found for {package}"
+    bad = {str(f.relative_to(ROOT)): sorted(imported_roots(f) & FORBIDDEN[package]) for f in files}
+    assert {f: b for f, b in bad.items() if b} == {}
+
+
+def test_import_promptcore_loads_no_heavy_library():
+    code = "import sys, promptcore; print(sorted({m.split('.')[0] for m in sys.modules} & %r))" % HEAVY
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
