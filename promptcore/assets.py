@@ -391,14 +391,16 @@ def _deb_data_tar(deb: Path) -> tarfile.TarFile:
 
 
 def _archive_members(path: Path, root: str) -> Iterator[tuple[str, bytes]]:
-    """(path relative to ``root``, content) for each file at or under ``root`` in a wheel/zip or ``.deb``."""
-    prefix = root.rstrip("/") + "/"
+    """(path, content) for each file at or under ``root`` in a wheel/zip or ``.deb``.
+
+    Paths are relative to the folder holding ``root``: they start with ``root``'s own name.
+    """
+    root = root.rstrip("/")
+    parent = str(Path(root).parent) + "/" if "/" in root else ""
 
     def relative(name: str) -> str | None:
         name = name.removeprefix("./")
-        if name == root:
-            return Path(root).name
-        return name[len(prefix) :] if name.startswith(prefix) else None
+        return name[len(parent) :] if name == root or name.startswith(root + "/") else None
 
     if path.suffix == ".deb":
         with _deb_data_tar(path) as tar:
