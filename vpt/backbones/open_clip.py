@@ -1,0 +1,134 @@
+"""open_clip image towers (ViT): ``open_clip:<architecture>[:<pretrained tag>]``, e.g.
+``open_clip:ViT-B-16:laion2b_s34b_b88k``. ``create_model`` returns the full CLIP model (the ``zeroshot`` head
+needs its text tower); prompts go into ``model.visual``.
+
+Seams used: ``visual._embeds`` (conv patches, class embedding, positional embedding, patch dropout, ``ln_pre``),
+``visual.transformer.resblocks``, ``visual._pool`` (``ln_post``, token/avg pooling, attentional pooling) and
+``visual.proj``. The fast path runs ``ResidualAttentionBlock`` (``nn.MultiheadAttention``: ``in_proj_weight``,
+``in_proj_bias``, ``out_proj``; layer scale; MLP); custom blocks (qk-norm, scaled cosine attention) run the
+plain path.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._base import FAMILIES, BackboneFamily, TokenBackbone, as_pair, unknown_model_error
+
+if TYPE_CHECKING:
+    from ..config import BackboneConfig
+
+
+def create(model_name: str, cfg: "BackboneConfig") -> nn.Module:
+    import open_clip
+
+    architecture, _, tag = model_name.partition(":")
+    kwargs = dict(cfg.kwargs)
+    model_cfg = kwargs.pop("model_cfg", None)
+    if model_cfg is not None:
+        # A config dict builds the model without a registered config or weights (tests, custom towers).
+        if kwargs:
+            raise ValueError(f"open_clip model_cfg builds the model directly; other kwargs {sorted(kwargs)} would be ignored")
+        return open_clip.CLIP(**model_cfg)
+    if architecture not in open_clip.list_models():
+        raise unknown_model_error("open_clip", architecture, open_clip.list_models())
+    if cfg.pretrained and not tag:
+        tags = [t for a, t in open_clip.list_pretrained() if a == architecture]
+        raise ValueError(
+            f"open_clip:{architecture} with pretrained: true needs a pretrained tag, 'open_clip:{architecture}:TAG'; "
+            f"tags: {', '.join(tags) or 'none'}"
+        )
+    return open_clip.create_model(architecture, pretrained=tag if cfg.pretrained else None, **kwargs)
+
+
+def adapt(model: nn.Module, name: str | None) -> TokenBackbone | None:
+    if not type(model).__module__.startswith("open_clip."):
+        return None
+    from open_clip.transformer import VisionTransformer
+
+    visual = getattr(model, "visual", model)
+    if not isinstance(visual, VisionTransformer):
+        if visual is not model:
+            raise TypeError(
+                f"open_clip image tower {type(visual).__name__} is not open_clip's VisionTransformer, which token "
+                f"prompts need; use its timm model through a 'timm:' backbone, or pixel prompts (prompt.method: pixel_pad)"
+            )
+        return None
+    return OpenClipViT(model, visual, name)
+
+
+class OpenClipViT(TokenBackbone):
+    """An open_clip ``VisionTransformer`` image tower seen as tokens (one class token)."""
+
+    def __init__(self, model: nn.Module, visual: nn.Module, name: str | None) -> None:
+        if not visual.transformer.batch_first:
+            raise TypeError("open_clip tower runs sequence-first (batch_first=False); token prompts need batch-first blocks")
+        self.model = model
+        self.visual = visual
+        self.name = name or f"open_clip:{type(model).__name__}"
+        self.width = visual.transformer.width
+        self.depth = len(visual.transformer.resblocks)
+        self.patch_size = as_pair(visual.patch_size)
+        self.image_size = as_pair(visual.image_size)
+        self.num_prefix_tokens = 1
+        self.has_class_token = True
+        self.pool_dim = visual.ln_post.normalized_shape[0]
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.visual._embeds(images)
+
+    def run_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        return self.visual.transformer.resblocks[index](x)
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        # With attentional pooling ln_post normalises the pooler's output, not the tokens.
+        return self.visual.ln_post(x) if self.visual.attn_pool is None else x
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        return self.visual._pool(x)[0]
+
+    def image_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.pool(x)
+        return pooled @ self.visual.proj if self.visual.proj is not None else pooled
+
+    # ----- fast path ----------------------------------------------------------------------------------------------
+    def fast_unsupported(self, index: int) -> str | None:
+        from open_clip.transformer import ResidualAttentionBlock
+
+        blk = self.visual.transformer.resblocks[index]
+        if type(blk) is not ResidualAttentionBlock:
+            return f"block {index} is {type(blk).__name__} (fast path: ResidualAttentionBlock)"
+        attn = blk.attn
+        if not attn._qkv_same_embed_dim or attn.bias_k is not None or attn.add_zero_attn or not attn.batch_first:
+            return f"block {index}'s MultiheadAttention has separate k/v dims, k/v biases or zero attention"
+        if hasattr(blk, "ln_1_kv"):
+            return f"block {index} is a cross-attention block"
+        return None
+
+    def block_qkv(self, index: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        blk = self.visual.transformer.resblocks[index]
+        attn = blk.attn
+        B, N, _ = x.shape
+        q, k, v = F.linear(blk.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+        split = (B, N, attn.num_heads, attn.head_dim)
+        return q.reshape(split).transpose(1, 2), k.reshape(split).transpose(1, 2), v.reshape(split).transpose(1, 2)
+
+    def attn_scale(self, index: int) -> float:
+        return self.visual.transformer.resblocks[index].attn.head_dim ** -0.5
+
+    def block_finish(self, index: int, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        blk = self.visual.transformer.resblocks[index]
+        B, N, _ = x.shape
+        y = blk.attn.out_proj(attn_out.transpose(1, 2).reshape(B, N, self.width))
+        x = x + blk.ls_1(y)
+        return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+
+
+FAMILIES.add(
+    "open_clip",
+    BackboneFamily(create=create, adapt=adapt, describe="open_clip CLIP models with a ViT image tower"),
+)

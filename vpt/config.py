@@ -1,0 +1,114 @@
+"""Configs of the vision package: the backbone (the run config's ``model:`` section) and the token prompts.
+
+Both are plain dataclasses, loaded from YAML by :func:`promptcore.load_config`; ``__post_init__`` rejects bad
+values with ``ValueError("field: message")`` so the loader reports every problem with its field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+PromptMethod = Literal["vpt_shallow", "vpt_deep"]
+HeadName = Literal["linear", "prompt_mean", "backbone_pool", "zeroshot"]
+
+
+@dataclass
+class BackboneConfig:
+    """Which frozen image encoder to build.
+
+    Attributes:
+        name: ``family:model``. ``timm:vit_base_patch16_224.augreg_in21k`` (any timm name, with its pretrained tag),
+            ``open_clip:ViT-B-16:laion2b_s34b_b88k`` (architecture, then the pretrained tag),
+            ``hf:google/vit-base-patch16-224-in21k`` (a Hub repo id or a local folder), ``asset:efficientnet_lite0``
+            (a model from the offline assets).
+        pretrained: load the library's pretrained weights (from its cache; there is no hub on offline machines).
+        checkpoint: a local weights file loaded after building: ``.safetensors``, or ``.pth``/``.bin`` read with
+            ``torch.load(weights_only=True)``; keys must match the library's own model.
+        kwargs: builder keyword arguments passed through. timm: ``timm.create_model`` kwargs (``img_size``,
+            ``patch_size``, ``depth``, ``embed_dim``, ``num_heads``, ``class_token``, ``reg_tokens``,
+            ``global_pool`` ...). open_clip: ``model_cfg`` (a full model config dict: ``embed_dim``, ``vision_cfg``,
+            ``text_cfg``) to build without a named config, other keys go to ``open_clip.create_model``. hf:
+            ``config`` (a config dict with ``model_type``: ``vit``, ``clip_vision_model`` or
+            ``siglip_vision_model``) to build without the hub, other keys go to ``from_pretrained``/the config.
+            asset: ``vpt.assets.create_asset_model`` kwargs.
+    """
+
+    name: str = "timm:vit_base_patch16_224.augreg_in21k"
+    pretrained: bool = False
+    checkpoint: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        family, sep, rest = self.name.partition(":")
+        if not sep or not family or not rest:
+            raise ValueError(
+                f"name: {self.name!r} is not 'family:model'; write e.g. 'timm:{self.name or 'vit_base_patch16_224'}', "
+                f"'open_clip:ViT-B-16:laion2b_s34b_b88k' or 'hf:google/vit-base-patch16-224-in21k'"
+            )
+
+
+@dataclass
+class VPTConfig:
+    """Token prompts for a frozen ViT-style encoder (Jia et al., ECCV 2022).
+
+    Attributes:
+        method: ``vpt_shallow`` (prompts inserted once, before the first block) or ``vpt_deep`` (fresh prompts
+            before every block; each block's prompt outputs are discarded).
+        num_tokens: prompt length per layer.
+        dropout: prompt dropout in training (VPT uses 0.1 for deep prompts); one mask per step, shared by all
+            images of the batch.
+        init: prompt initialisation: ``xavier`` (VPT's uniform bound from the patch size and width), ``normal``,
+            ``uniform`` or ``zeros``.
+        projection: when set, prompts live in this dimension and a trained linear layer maps them to the backbone
+            width (VPT's prompt projection).
+        head: ``linear`` on the class token (on the backbone's pooled features when it has no class token),
+            ``prompt_mean`` (mean of the last block's prompt outputs), ``backbone_pool`` (linear on the
+            backbone's own pooling) or ``zeroshot`` (fixed CLIP text embeddings of ``class_names``; open_clip).
+        num_classes: head size; for ``zeroshot`` it defaults to ``len(class_names)``.
+        num_tasks: a prompt bank: one prompt set and one head per task, chosen per image by ``task_ids``.
+        class_names: class names for the ``zeroshot`` head.
+        templates: prompt templates with ``{}`` for the class name (``zeroshot``); default ``["a photo of a {}."]``.
+        fast: exact fast VPT-deep (prompt keys/values once per step): ``auto`` uses it wherever it applies,
+            ``on`` raises where it does not, ``off`` always runs the plain concatenation.
+    """
+
+    method: PromptMethod = "vpt_deep"
+    num_tokens: int = 10
+    dropout: float = 0.0
+    init: Literal["xavier", "normal", "uniform", "zeros"] = "xavier"
+    projection: int | None = None
+    head: HeadName = "linear"
+    num_classes: int | None = None
+    num_tasks: int = 1
+    class_names: list[str] | None = None
+    templates: list[str] | None = None
+    fast: Literal["auto", "on", "off"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.method not in ("vpt_shallow", "vpt_deep"):
+            raise ValueError(f"method: {self.method!r} is not a token-prompt method; use 'vpt_shallow' or 'vpt_deep'")
+        if not isinstance(self.num_tokens, int) or self.num_tokens <= 0:
+            raise ValueError(f"num_tokens: must be a positive integer (prompt length), got {self.num_tokens!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout: must lie in [0, 1), got {self.dropout!r}")
+        if self.projection is not None and self.projection <= 0:
+            raise ValueError(f"projection: must be a positive prompt dimension or null, got {self.projection!r}")
+        if self.num_tasks <= 0:
+            raise ValueError(f"num_tasks: must be a positive integer, got {self.num_tasks!r}")
+        if self.head == "zeroshot":
+            if not self.class_names:
+                raise ValueError("class_names: the 'zeroshot' head needs the class names to embed with the text tower")
+            if self.num_classes is None:
+                self.num_classes = len(self.class_names)
+            if self.num_classes != len(self.class_names):
+                raise ValueError(f"num_classes: {self.num_classes} does not match the {len(self.class_names)} class_names")
+            if self.num_tasks != 1:
+                raise ValueError("num_tasks: the 'zeroshot' head is one fixed head; use num_tasks 1 or a trained head")
+        elif self.num_classes is None or self.num_classes <= 0:
+            raise ValueError(f"num_classes: the {self.head!r} head needs a positive number of classes, got {self.num_classes!r}")
+        if self.fast == "on" and self.method != "vpt_deep":
+            raise ValueError(
+                "fast: 'on' applies to 'vpt_deep' only (shallow prompts' states after the first block depend on the "
+                "image, so nothing but one block's K/V projection could be shared); use fast 'auto' or 'off'"
+            )
