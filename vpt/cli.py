@@ -1,0 +1,166 @@
+"""``vpt`` command line: ``vpt train | eval | predict`` (also ``python -m vpt``).
+
+``train`` and ``eval`` come from the shared CLI (:func:`promptcore.cli.main`); this module is the vision recipe
+it runs (how to build the model and the data from a :class:`vpt.run_config.VisionRunConfig`) plus ``predict``::
+
+    vpt train -c configs/smoke/vpt_tiny.yaml --set train.epochs=2 -o runs/tiny
+    vpt eval -c configs/smoke/vpt_tiny.yaml --prompts runs/tiny/best
+    vpt predict -c configs/smoke/vpt_tiny.yaml --prompts runs/tiny/best photos/ cat.jpg --top-k 3
+
+Everything here is a few calls a user can make in Python: ``create_model``, ``wrap``, ``build_vision_data``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from promptcore import PromptedModel, read_prompt_config, wrap
+from promptcore.recipe import DataBundle
+
+from .backbones import create_model
+from .data import (
+    LabeledImages,
+    build_transform,
+    build_vision_data,
+    class_names_of,
+    infer_num_classes,
+    load_sources,
+    resolve_image_config,
+    to_rgb,
+)
+from .run_config import VisionRunConfig, load_run_config
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def image_paths(items: Sequence[str]) -> list[Path]:
+    """Image files named by ``items``: files as given, folders searched recursively for image suffixes (sorted).
+
+    Raises:
+        FileNotFoundError: a path that does not exist, or folders holding no images.
+    """
+    paths: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"folder {item!r} holds no images (looked for {', '.join(IMAGE_SUFFIXES)})")
+            paths.extend(found)
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise FileNotFoundError(f"image {item!r} does not exist; give image files or folders of images")
+    return paths
+
+
+def open_image(path: Path) -> Image.Image:
+    """The image at ``path`` as RGB; a file that is not an image gets a clear error."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_rgb(image)
+    except UnidentifiedImageError:
+        raise ValueError(f"{path} is not an image file PIL can read") from None
+
+
+class VisionRecipe:
+    """The ``vpt`` recipe for :func:`promptcore.cli.main`.
+
+    It keeps the data sources it loaded to count classes for :meth:`build_model`, so :meth:`build_data` does not
+    load them again.
+    """
+
+    prog = "vpt"
+    config_class = VisionRunConfig
+
+    def __init__(self) -> None:
+        self._sources: dict[str, tuple[LabeledImages, LabeledImages | None]] = {}
+
+    def sources(self, cfg: VisionRunConfig, image_config: Any = None) -> tuple[LabeledImages, LabeledImages | None]:
+        key = repr(cfg.data)
+        if key not in self._sources:
+            self._sources[key] = load_sources(cfg.data, image_config)
+        return self._sources[key]
+
+    def build_model(self, cfg: VisionRunConfig) -> PromptedModel:
+        """The backbone by name, wrapped with the prompt config; an unset ``num_classes`` comes from the data."""
+        backbone = create_model(cfg.model)
+        prompt = cfg.prompt
+        if getattr(prompt, "image_size", "absent") is None and cfg.data.image_size is not None:
+            prompt.image_size = cfg.data.image_size  # pixel prompts are laid out at the size the data is resized to
+        if getattr(prompt, "num_classes", "absent") is None:
+            train = None if cfg.data.source == "synthetic" else self.sources(cfg)[0]
+            prompt.num_classes = infer_num_classes(cfg.data, train)
+        return wrap(backbone, prompt)
+
+    def build_data(self, cfg: VisionRunConfig, model: PromptedModel) -> DataBundle:
+        """Train/eval datasets with the backbone's own transforms, labels checked against the model's classes."""
+        image_config = resolve_image_config(model.backbone, cfg.data.image_size)
+        num_classes = model.prompt_config().get("num_classes")
+        return build_vision_data(cfg.data, image_config, num_classes, self.sources(cfg, image_config))
+
+    def class_names(self, cfg: VisionRunConfig, model: PromptedModel, prompt_meta: dict[str, Any]) -> list[str]:
+        """Class names for ``predict``: the prompt folder's, else the config's / the data's."""
+        num_classes = int(model.prompt_config()["num_classes"])
+        if prompt_meta.get("class_names"):
+            return list(prompt_meta["class_names"])
+        if cfg.data.class_names is not None:
+            return list(cfg.data.class_names)
+        image_config = resolve_image_config(model.backbone, cfg.data.image_size) if cfg.data.source == "synthetic" else None
+        return class_names_of(cfg.data, self.sources(cfg, image_config)[0], num_classes)
+
+    def add_commands(self, subparsers: argparse._SubParsersAction) -> None:
+        """Adds ``predict`` (top-k labels of images with trained prompts)."""
+        p = subparsers.add_parser("predict", help="print the top-k labels of images with trained prompts")
+        p.add_argument("-c", "--config", required=True, help="run config YAML (the one the prompts were trained with)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+        p.add_argument("--prompts", required=True, help="prompt folder (a run's best/ or last/)")
+        p.add_argument("images", nargs="+", help="image files or folders of images")
+        p.add_argument("--top-k", type=int, default=5, help="labels to print per image (default 5)")
+        p.add_argument("--task", type=int, default=0, help="task id of a prompt bank (default 0)")
+        p.set_defaults(func=self.predict)
+
+    def predict(self, args: argparse.Namespace) -> int:
+        """``vpt predict``: prints each image's path, then its top-k labels with probabilities."""
+        if args.top_k <= 0:
+            raise ValueError(f"--top-k must be positive, got {args.top_k}")
+        paths = image_paths(args.images)
+        cfg = load_run_config(args.config, args.set)
+        meta = read_prompt_config(args.prompts)
+        if getattr(cfg.prompt, "num_classes", "absent") is None and meta.get("num_classes"):
+            cfg.prompt.num_classes = int(meta["num_classes"])  # the prompts' head size: no data needed
+        model = self.build_model(cfg)
+        model.load_prompts(args.prompts)
+        model.eval()
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model.to(device)
+        names = self.class_names(cfg, model, meta)
+        transform = build_transform(resolve_image_config(model.backbone, cfg.data.image_size))
+        k = min(args.top_k, len(names))
+        batch_size = cfg.train.eval_batch_size or cfg.train.batch_size
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            pixels = torch.stack([transform(open_image(p)) for p in chunk]).to(device)
+            task_ids = torch.full((len(chunk),), args.task, dtype=torch.long, device=device)
+            with torch.no_grad():
+                probs = model.forward_batch({"pixel_values": pixels, "task_ids": task_ids}).float().softmax(-1)
+            top = probs.topk(k, dim=-1)
+            for path, values, indices in zip(chunk, top.values.tolist(), top.indices.tolist()):
+                print(path)
+                for rank, (p, c) in enumerate(zip(values, indices), 1):
+                    print(f"  {rank}. {names[c]}  {p:.4f}")
+        return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``vpt`` console script."""
+    from promptcore.cli import main as shared_main
+
+    return shared_main(VisionRecipe(), list(sys.argv[1:] if argv is None else argv))

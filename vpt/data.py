@@ -1,0 +1,666 @@
+"""Image classification data for prompt tuning: sources, the backbone's own transforms, few-shot sampling.
+
+Sources (``data.source``):
+
+- ``hf``: any Hugging Face ``datasets`` dataset by name, or local files through its builders (``imagefolder``,
+  ``parquet``, ``csv``, ``json`` ... with ``data_dir`` / ``data_files``). Image and label column names and split
+  names are configurable.
+- ``imagefolder``: a torchvision ``ImageFolder`` tree (one sub-folder per class), optionally with split sub-folders.
+- ``synthetic``: :class:`promptcore.data.SyntheticImages`, generated at the backbone's input size.
+- ``asset``: an offline dataset shipped inside a package (``vpt.assets.load_dataset``), e.g. ``fashion_mnist``.
+
+Transforms come from the backbone's pretrained config (:func:`resolve_image_config`): timm's
+``resolve_model_data_config`` + ``create_transform``; open_clip's preprocess config + ``image_transform_v2``; the
+Hugging Face image processor saved with the model when it can be loaded locally, else the model config's
+``image_size`` with the mean/std its processor family uses. Every image is converted to RGB first, so grayscale
+and RGBA images work, and resized per that config, so images of any size work.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import Dataset
+
+from promptcore.data import SyntheticImages
+from promptcore.recipe import DataBundle
+from promptcore.registry import did_you_mean
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+HALF = (0.5, 0.5, 0.5)
+# Mean/std of the HF image processors of each model type, used when no processor config can be loaded offline.
+HF_DEFAULT_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "vit": (HALF, HALF),
+    "siglip": (HALF, HALF),
+    "siglip_vision_model": (HALF, HALF),
+    "clip": (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
+    "clip_vision_model": (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
+}
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used as configured (missing column, no rows, bad labels, too few images)."""
+
+
+# ----- config ---------------------------------------------------------------------------------------------------
+@dataclass
+class SyntheticDataConfig:
+    """The ``synthetic`` source: class patterns plus noise (:class:`promptcore.data.SyntheticImages`)."""
+
+    num_train: int = 512
+    num_eval: int = 256
+    noise: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.num_train <= 0 or self.num_eval <= 0:
+            raise ValueError(f"num_train/num_eval: must be positive, got {self.num_train} and {self.num_eval}")
+        if self.noise < 0:
+            raise ValueError(f"noise: must not be negative, got {self.noise}")
+
+
+@dataclass
+class VisionDataConfig:
+    """The ``data:`` section of a vision run config.
+
+    Attributes:
+        source: ``synthetic``, ``hf`` (Hugging Face ``datasets``), ``imagefolder`` (torchvision) or ``asset``.
+        name: the ``hf`` dataset name or builder (``cifar10``, ``imagefolder``, ``parquet``, ``csv`` ...), or the
+            ``asset`` name (``fashion_mnist``, ``mnist_5k``).
+        config_name: the ``hf`` dataset's configuration (subset), if it has several.
+        data_dir: ``hf`` builders' ``data_dir``; the root folder for ``imagefolder``.
+        data_files: ``hf`` builders' ``data_files`` (a path, a list, or a mapping split -> path(s)).
+        image_column / label_column: column names (``hf``, ``asset``). Labels must be integer class ids.
+        train_split / eval_split: split names (``hf``, ``asset``), or sub-folder names (``imagefolder``).
+            ``eval_split: null`` with ``val_fraction > 0`` holds out part of the training split instead.
+        val_fraction: fraction of the training images held out (seeded by ``seed``) as the evaluation set.
+        shots: K images per class kept for training (few-shot), drawn with ``seed``; null keeps all.
+        seed: seed of the few-shot draw and the validation hold-out.
+        num_classes: number of classes; default: read from the data (class names, else the largest label + 1).
+        class_names: names of the classes, in label order; default: read from the data.
+        image_size: overrides the backbone's input size (height = width), e.g. to run a CNN on small images.
+        augment: training-time augmentation from the backbone's library (timm / open_clip); off by default.
+        synthetic: sizes of the ``synthetic`` source (its class count is ``num_classes``, 4 when unset).
+    """
+
+    source: Literal["synthetic", "hf", "imagefolder", "asset"] = "synthetic"
+    name: str | None = None
+    config_name: str | None = None
+    data_dir: str | None = None
+    data_files: str | list[str] | dict[str, Any] | None = None
+    image_column: str = "image"
+    label_column: str = "label"
+    train_split: str = "train"
+    eval_split: str | None = "test"
+    val_fraction: float = 0.0
+    shots: int | None = None
+    seed: int = 0
+    num_classes: int | None = None
+    class_names: list[str] | None = None
+    image_size: int | None = None
+    augment: bool = False
+    synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+
+    def __post_init__(self) -> None:
+        if self.source in ("hf", "asset") and not self.name:
+            raise ValueError(f"name: required for source {self.source!r} (the dataset {'name or builder' if self.source == 'hf' else 'asset name'})")
+        if self.source == "imagefolder" and not self.data_dir:
+            raise ValueError("data_dir: required for source 'imagefolder' (the folder with one sub-folder per class)")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction: must lie in [0, 1), got {self.val_fraction}")
+        if self.val_fraction > 0 and self.eval_split is not None:
+            raise ValueError(
+                f"val_fraction: {self.val_fraction} holds out part of the training split as the evaluation set, "
+                f"but eval_split is {self.eval_split!r} too; set eval_split: null to use the hold-out, or val_fraction: 0"
+            )
+        if self.shots is not None and self.shots <= 0:
+            raise ValueError(f"shots: must be a positive number of images per class or null, got {self.shots}")
+        if self.num_classes is not None and self.num_classes < 2:
+            raise ValueError(f"num_classes: must be at least 2 or null, got {self.num_classes}")
+        if self.class_names is not None and self.num_classes is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(f"class_names: {len(self.class_names)} names given for num_classes {self.num_classes}")
+        if self.image_size is not None and self.image_size <= 0:
+            raise ValueError(f"image_size: must be positive or null, got {self.image_size}")
+
+
+# ----- the backbone's preprocessing -----------------------------------------------------------------------------
+@dataclass
+class ImageConfig:
+    """How a backbone expects its images. ``source`` says where the values were read from."""
+
+    size: tuple[int, int]
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bicubic"
+    crop_pct: float = 1.0
+    channels: int = 3
+    source: str = "default"
+    library: Literal["timm", "open_clip", "hf", "other"] = "other"
+    library_config: dict[str, Any] = field(default_factory=dict)
+
+
+def _library(model: nn.Module) -> str:
+    root = type(model).__module__.split(".")[0]
+    if root == "open_clip" or type(getattr(model, "visual", None)).__module__.split(".")[0] == "open_clip":
+        return "open_clip"
+    if hasattr(model, "pretrained_cfg") and hasattr(model, "forward_features"):
+        return "timm"
+    if root == "transformers" or hasattr(getattr(model, "config", None), "model_type"):
+        return "hf"
+    return "other"
+
+
+def _pair(size: Any) -> tuple[int, int]:
+    if isinstance(size, int):
+        return (size, size)
+    size = tuple(int(s) for s in size)
+    return size[-2:] if len(size) >= 2 else (size[0], size[0])
+
+
+def resolve_image_config(model: nn.Module, image_size: int | None = None) -> ImageConfig:
+    """Reads the input size, mean, std and resizing of ``model`` (a timm, open_clip or transformers model).
+
+    Args:
+        model: the library's model (the frozen backbone, not the prompted wrapper).
+        image_size: replaces the configured size (height = width) when given.
+
+    Raises:
+        ValueError: for a model of no known library when ``image_size`` is not given.
+    """
+    library = _library(model)
+    if library == "timm":
+        from timm.data import resolve_model_data_config
+
+        cfg = dict(resolve_model_data_config(model))
+        # A ViT built with img_size=... keeps its pretrained_cfg's 224 while its patch embedding only takes its own size.
+        fixed = getattr(getattr(model, "patch_embed", None), "img_size", None)
+        if fixed is not None and getattr(model.patch_embed, "strict_img_size", True) and not getattr(model.patch_embed, "dynamic_img_size", False):
+            cfg["input_size"] = (cfg["input_size"][0], *_pair(fixed))
+        out = ImageConfig(
+            size=_pair(cfg["input_size"]),
+            mean=tuple(cfg["mean"]),
+            std=tuple(cfg["std"]),
+            interpolation=cfg.get("interpolation", "bicubic"),
+            crop_pct=float(cfg.get("crop_pct", 1.0)),
+            channels=int(cfg["input_size"][0]),
+            source="timm resolve_model_data_config",
+            library="timm",
+            library_config=cfg,
+        )
+    elif library == "open_clip":
+        import open_clip
+
+        cfg = dict(open_clip.get_model_preprocess_cfg(model))
+        pre = open_clip.transform.PreprocessCfg(**{k: v for k, v in cfg.items() if k in open_clip.transform.PreprocessCfg.__dataclass_fields__})
+        out = ImageConfig(
+            size=_pair(pre.size),
+            mean=tuple(pre.mean),
+            std=tuple(pre.std),
+            interpolation=pre.interpolation,
+            channels=3,
+            source="open_clip preprocess_cfg",
+            library="open_clip",
+            library_config={"size": _pair(pre.size), **{k: v for k, v in cfg.items() if k != "size"}},
+        )
+    elif library == "hf":
+        out = _hf_image_config(model)
+    elif image_size is not None:
+        out = ImageConfig(size=(image_size, image_size), source="data.image_size with ImageNet mean/std")
+    else:
+        raise ValueError(
+            f"cannot read the input size of a {type(model).__name__} (not a timm, open_clip or transformers model); "
+            f"set data.image_size (and the prompt's image_size) to the size it expects"
+        )
+    if image_size is not None and out.size != (image_size, image_size):
+        out.size = (image_size, image_size)
+        out.source += f", size from data.image_size={image_size}"
+        if out.library == "open_clip":
+            out.library_config["size"] = out.size
+        elif out.library == "timm":
+            out.library_config["input_size"] = (out.channels, image_size, image_size)
+    return out
+
+
+def _hf_image_config(model: nn.Module) -> ImageConfig:
+    config = model.config
+    vision = getattr(config, "vision_config", None) or config
+    model_type = getattr(vision, "model_type", "") or getattr(config, "model_type", "")
+    name = getattr(model, "name_or_path", "") or getattr(config, "_name_or_path", "")
+    processor = None
+    if name:
+        try:
+            from transformers import AutoImageProcessor
+
+            processor = AutoImageProcessor.from_pretrained(name)
+        except (OSError, ValueError):
+            processor = None  # no processor saved with the model, or none reachable offline: use the config below
+    if processor is not None:
+        size = getattr(processor, "crop_size", None) or getattr(processor, "size", None) or {}
+        size = dict(size)
+        if "height" in size:
+            hw = (size["height"], size["width"])
+        elif "shortest_edge" in size:
+            hw = (size["shortest_edge"], size["shortest_edge"])
+        else:
+            hw = _pair(vision.image_size)
+        mean, std = getattr(processor, "image_mean", None), getattr(processor, "image_std", None)
+        resize = dict(getattr(processor, "size", None) or {})
+        crop_pct = hw[0] / resize["shortest_edge"] if getattr(processor, "do_center_crop", False) and "shortest_edge" in resize else 1.0
+        return ImageConfig(
+            size=tuple(hw),
+            mean=tuple(mean) if mean is not None else IMAGENET_MEAN,
+            std=tuple(std) if std is not None else IMAGENET_STD,
+            interpolation="bicubic" if int(getattr(processor, "resample", 3) or 3) == 3 else "bilinear",
+            crop_pct=float(crop_pct),
+            channels=int(getattr(vision, "num_channels", 3)),
+            source=f"HF image processor of {name}",
+            library="hf",
+        )
+    mean, std = HF_DEFAULT_STATS.get(model_type, (IMAGENET_MEAN, IMAGENET_STD))
+    return ImageConfig(
+        size=_pair(vision.image_size),
+        mean=mean,
+        std=std,
+        channels=int(getattr(vision, "num_channels", 3)),
+        source=f"HF model config image_size ({model_type or 'unknown type'}; no image processor found)",
+        library="hf",
+    )
+
+
+def build_transform(image_config: ImageConfig, train: bool = False, augment: bool = False) -> Callable[[Image.Image], torch.Tensor]:
+    """The transform of ``image_config``'s library: PIL RGB image -> normalised float tensor ``[C, H, W]``.
+
+    Evaluation (and training without ``augment``) resizes and centre-crops to the backbone's size.
+    """
+    training = train and augment
+    if image_config.library == "timm":
+        from timm.data import create_transform
+
+        cfg = image_config.library_config
+        kwargs = {k: cfg[k] for k in ("interpolation", "mean", "std", "crop_pct", "crop_mode") if k in cfg}
+        return create_transform(input_size=cfg["input_size"], is_training=training, **kwargs)
+    if image_config.library == "open_clip":
+        import open_clip
+
+        fields = open_clip.transform.PreprocessCfg.__dataclass_fields__
+        pre = open_clip.transform.PreprocessCfg(**{k: v for k, v in image_config.library_config.items() if k in fields})
+        return open_clip.transform.image_transform_v2(pre, is_train=training)
+    from torchvision import transforms as T
+
+    modes = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR}
+    mode = modes.get(image_config.interpolation, T.InterpolationMode.BICUBIC)
+    h, w = image_config.size
+    if training:
+        steps = [T.RandomResizedCrop((h, w), interpolation=mode), T.RandomHorizontalFlip()]
+    else:
+        resize = (round(h / image_config.crop_pct), round(w / image_config.crop_pct))
+        steps = [T.Resize(resize, interpolation=mode), T.CenterCrop((h, w))]
+    return T.Compose([*steps, T.ToTensor(), T.Normalize(image_config.mean, image_config.std)])
+
+
+def to_rgb(image: Any, column: str = "image") -> Image.Image:
+    """A PIL RGB image from a PIL image of any mode, an array, a file path or an undecoded ``{"bytes", "path"}``."""
+    if isinstance(image, dict) and ("bytes" in image or "path" in image):
+        image = Image.open(io.BytesIO(image["bytes"])) if image.get("bytes") else Image.open(image["path"])
+    elif isinstance(image, (str, Path)):
+        image = Image.open(image)
+    elif isinstance(image, (np.ndarray, list)):
+        array = np.asarray(image)
+        if array.dtype != np.uint8:
+            array = np.clip(array, 0, 255).astype(np.uint8)
+        image = Image.fromarray(array)
+    if not isinstance(image, Image.Image):
+        raise DataError(
+            f"image column {column!r} holds {type(image).__name__} values; expected images (PIL images, arrays, "
+            f"file paths or encoded bytes). Set data.image_column to the column that holds the images"
+        )
+    # Grayscale (L), palette (P), RGBA, CMYK ...: the backbones take 3-channel RGB.
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+# ----- sources --------------------------------------------------------------------------------------------------
+@dataclass
+class LabeledImages:
+    """Images addressed by index, with their integer labels (read once, without decoding any image).
+
+    Attributes:
+        load: returns image ``i`` (a PIL image, an array, a path, or an already-prepared tensor).
+        labels: the label of every image.
+        class_names: names in label order, when the data has them.
+        name: what it is, for messages ("cifar10 split 'train'").
+        prepared: images are tensors already at the model's size (the synthetic source): no transform.
+    """
+
+    load: Callable[[int], Any]
+    labels: list[int]
+    class_names: list[str] | None
+    name: str
+    prepared: bool = False
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class VisionDataset(Dataset):
+    """Items ``{"pixel_values": [C, H, W], "labels": int}`` from a subset of a :class:`LabeledImages`.
+
+    Args:
+        images: the source.
+        indices: the source indices in this dataset (all by default).
+        transform: PIL RGB image -> tensor; not applied to prepared (tensor) sources.
+        image_column: named in messages about undecodable images.
+    """
+
+    def __init__(
+        self,
+        images: LabeledImages,
+        indices: Sequence[int] | None = None,
+        transform: Callable[[Image.Image], torch.Tensor] | None = None,
+        image_column: str = "image",
+    ) -> None:
+        self.images = images
+        self.indices = list(range(len(images))) if indices is None else list(indices)
+        self.transform = transform
+        self.image_column = image_column
+        self.class_names = images.class_names
+
+    @property
+    def labels(self) -> list[int]:
+        return [self.images.labels[i] for i in self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        j = self.indices[i]
+        image = self.images.load(j)
+        if not self.images.prepared:
+            image = to_rgb(image, self.image_column)
+            if self.transform is not None:
+                image = self.transform(image)
+        return {"pixel_values": image, "labels": int(self.images.labels[j])}
+
+
+def collate_images(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stacks items into ``{"pixel_values": [B, C, H, W], "labels": [B]}`` (and ``task_ids`` when items have them)."""
+    batch = {
+        "pixel_values": torch.stack([it["pixel_values"] for it in items]),
+        "labels": torch.tensor([int(it["labels"]) for it in items], dtype=torch.long),
+    }
+    if "task_ids" in items[0]:
+        batch["task_ids"] = torch.tensor([int(it["task_ids"]) for it in items], dtype=torch.long)
+    return batch
+
+
+def _check_columns(ds: Any, cfg: VisionDataConfig, what: str) -> list[str] | None:
+    """Checks the image and label columns of a ``datasets.Dataset``; returns its class names if it has them."""
+    from datasets import ClassLabel, Value
+
+    columns = list(ds.column_names)
+    for role, column in (("label", cfg.label_column), ("image", cfg.image_column)):
+        if column not in columns:
+            raise DataError(
+                f"{role} column {column!r} not found in {what}; columns found: {columns}. "
+                f"Set data.{role}_column to the column that holds the {role}s"
+            )
+    feature = ds.features[cfg.label_column]
+    if isinstance(feature, ClassLabel):
+        return list(feature.names)
+    if isinstance(feature, Value) and (feature.dtype.startswith("int") or feature.dtype.startswith("uint")):
+        return None
+    raise DataError(
+        f"label column {cfg.label_column!r} in {what} holds {feature} values; expected integer class ids "
+        f"(an int or ClassLabel column). Point data.label_column at the integer labels, or encode the column "
+        f"first (datasets: dataset.class_encode_column({cfg.label_column!r}))"
+    )
+
+
+def _from_hf_split(ds: Any, cfg: VisionDataConfig, what: str) -> LabeledImages:
+    names = _check_columns(ds, cfg, what)
+    labels = [int(v) for v in ds[cfg.label_column]]
+    images = ds.select_columns([cfg.image_column])
+    column = cfg.image_column
+    return LabeledImages(load=lambda i: images[i][column], labels=labels, class_names=names, name=what)
+
+
+def _from_dataset_dict(dd: Any, cfg: VisionDataConfig, label: str) -> tuple[LabeledImages, LabeledImages | None]:
+    splits = list(dd.keys())
+
+    def get(split: str) -> LabeledImages:
+        if split not in dd:
+            raise DataError(
+                f"{label} has no split {split!r}; splits found: {splits}.{did_you_mean(split, splits)} "
+                f"Set data.train_split / data.eval_split (or eval_split: null with val_fraction)"
+            )
+        return _from_hf_split(dd[split], cfg, f"{label} split {split!r}")
+
+    return get(cfg.train_split), (get(cfg.eval_split) if cfg.eval_split else None)
+
+
+def _load_hf(cfg: VisionDataConfig) -> tuple[LabeledImages, LabeledImages | None]:
+    import datasets
+
+    kwargs = {k: v for k, v in (("data_dir", cfg.data_dir), ("data_files", cfg.data_files)) if v is not None}
+    dd = datasets.load_dataset(cfg.name, cfg.config_name, **kwargs)
+    return _from_dataset_dict(dd, cfg, f"dataset {cfg.name!r}")
+
+
+def _load_asset(cfg: VisionDataConfig) -> tuple[LabeledImages, LabeledImages | None]:
+    from vpt import assets  # imported here: assets read package files, only when a config asks for one
+
+    return _from_dataset_dict(assets.load_dataset(cfg.name), cfg, f"asset {cfg.name!r}")
+
+
+def _load_imagefolder(cfg: VisionDataConfig) -> tuple[LabeledImages, LabeledImages | None]:
+    from torchvision.datasets import ImageFolder
+
+    root = Path(cfg.data_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.data_dir {str(root)!r} is not a folder; give the folder with one sub-folder per class")
+
+    def folder(path: Path, what: str) -> LabeledImages:
+        try:
+            tree = ImageFolder(str(path))
+        except FileNotFoundError as e:
+            raise DataError(f"{what}: {e}") from None
+        # ImageFolder's loader decodes to RGB; keep its path list and open lazily.
+        return LabeledImages(load=lambda i: tree.loader(tree.samples[i][0]), labels=list(tree.targets), class_names=list(tree.classes), name=what)
+
+    if (root / cfg.train_split).is_dir():
+        train = folder(root / cfg.train_split, f"image folder {str(root / cfg.train_split)!r}")
+        if cfg.eval_split is None:
+            return train, None
+        if not (root / cfg.eval_split).is_dir():
+            raise DataError(
+                f"image folder {str(root)!r} has a {cfg.train_split!r} sub-folder but no {cfg.eval_split!r} one; "
+                f"set data.eval_split to the evaluation sub-folder, or eval_split: null with val_fraction"
+            )
+        evals = folder(root / cfg.eval_split, f"image folder {str(root / cfg.eval_split)!r}")
+        if evals.class_names != train.class_names:
+            raise DataError(f"class folders differ between {train.name} {train.class_names} and {evals.name} {evals.class_names}")
+        return train, evals
+    if cfg.eval_split is not None:
+        raise DataError(
+            f"image folder {str(root)!r} has no {cfg.train_split!r} sub-folder, so it is read as one training set, "
+            f"but data.eval_split is {cfg.eval_split!r}; set eval_split: null and val_fraction (e.g. 0.1) to hold "
+            f"out evaluation images, or arrange it as {cfg.train_split}/<class>/... and {cfg.eval_split}/<class>/..."
+        )
+    return folder(root, f"image folder {str(root)!r}"), None
+
+
+def _load_synthetic(cfg: VisionDataConfig, image_config: ImageConfig) -> tuple[LabeledImages, LabeledImages | None]:
+    num_classes = infer_num_classes(cfg)
+    h, w = image_config.size
+    if h != w:
+        raise DataError(f"the synthetic source makes square images; the backbone expects {h}x{w}, set data.image_size")
+
+    def make(split: str, n: int) -> LabeledImages:
+        ds = SyntheticImages(n, num_classes, image_size=h, channels=image_config.channels, noise=cfg.synthetic.noise, seed=cfg.seed, split=split)
+        return LabeledImages(load=lambda i: ds.images[i], labels=ds.labels.tolist(), class_names=ds.class_names, name=f"synthetic {split}", prepared=True)
+
+    evals = make("test", cfg.synthetic.num_eval) if cfg.eval_split is not None else None
+    return make("train", cfg.synthetic.num_train), evals
+
+
+def load_sources(cfg: VisionDataConfig, image_config: ImageConfig | None = None) -> tuple[LabeledImages, LabeledImages | None]:
+    """The configured train and eval images before hold-out and few-shot sampling, checked.
+
+    ``image_config`` is needed by the synthetic source only (it generates images at the backbone's size).
+    """
+    if cfg.source == "synthetic":
+        if image_config is None:
+            raise ValueError("the synthetic source needs the backbone's image config (resolve_image_config(model))")
+        train, evals = _load_synthetic(cfg, image_config)
+    elif cfg.source == "hf":
+        train, evals = _load_hf(cfg)
+    elif cfg.source == "asset":
+        train, evals = _load_asset(cfg)
+    else:
+        train, evals = _load_imagefolder(cfg)
+    for part in (train, evals):
+        if part is not None and len(part) == 0:
+            raise DataError(f"{part.name} has no rows; check the dataset name, split and data_files / data_dir")
+    return train, evals
+
+
+SYNTHETIC_DEFAULT_CLASSES = 4
+
+
+def infer_num_classes(cfg: VisionDataConfig, train: LabeledImages | None = None) -> int:
+    """The class count the data implies: ``num_classes``, else the class names (configured, then the data's),
+    else the largest training label + 1. The synthetic source needs no loading (4 classes unless set)."""
+    if cfg.num_classes is not None:
+        return cfg.num_classes
+    if cfg.class_names is not None:
+        return len(cfg.class_names)
+    if train is None:
+        if cfg.source == "synthetic":
+            return SYNTHETIC_DEFAULT_CLASSES
+        raise ValueError("infer_num_classes needs the loaded training images for a non-synthetic source")
+    if train.class_names is not None:
+        return len(train.class_names)
+    return max(train.labels) + 1
+
+
+def class_names_of(cfg: VisionDataConfig, train: LabeledImages, num_classes: int) -> list[str]:
+    """Class names in label order: configured, else the data's, else the label ids as strings.
+
+    Raises:
+        DataError: when the names do not number ``num_classes``.
+    """
+    names = cfg.class_names if cfg.class_names is not None else train.class_names
+    if names is None:
+        return [str(i) for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise DataError(
+            f"{train.name} names {len(names)} classes but the model has {num_classes}; set prompt.num_classes "
+            f"(or data.num_classes) to {len(names)}, or give data.class_names with {num_classes} names"
+        )
+    return list(names)
+
+
+def check_labels(images: LabeledImages, num_classes: int) -> None:
+    """Raises :class:`DataError` when a label lies outside ``[0, num_classes)``, naming the first one found."""
+    for i, y in enumerate(images.labels):
+        if not 0 <= y < num_classes:
+            raise DataError(
+                f"label {y} of row {i} in {images.name} is out of range: the model has {num_classes} classes "
+                f"(labels 0..{num_classes - 1}). Set prompt.num_classes / data.num_classes to the true class count, "
+                f"or fix the labels"
+            )
+
+
+def few_shot_indices(labels: Sequence[int], shots: int, seed: int, class_names: Sequence[str] | None = None, among: Sequence[int] | None = None) -> list[int]:
+    """``shots`` indices per class, drawn without replacement with ``seed`` (sorted; same seed, same images).
+
+    Args:
+        labels: the label of every image.
+        shots: images per class (K).
+        seed: the draw's seed.
+        class_names: names used in the error message.
+        among: draw only from these indices (e.g. what is left after a validation hold-out).
+
+    Raises:
+        DataError: when a class has fewer than ``shots`` images, naming the class and its count.
+    """
+    pool = list(range(len(labels))) if among is None else list(among)
+    by_class: dict[int, list[int]] = {}
+    for i in pool:
+        by_class.setdefault(int(labels[i]), []).append(i)
+    classes = range(len(class_names)) if class_names is not None else sorted(by_class)
+    rng = random.Random(seed)
+    chosen: list[int] = []
+    for c in classes:
+        members = by_class.get(c, [])
+        if len(members) < shots:
+            name = f"class {c} ({class_names[c]!r})" if class_names is not None else f"class {c}"
+            raise DataError(
+                f"{name} has {len(members)} training image(s), fewer than shots={shots}; lower data.shots to at "
+                f"most {len(members)} or add images of that class"
+            )
+        chosen.extend(rng.sample(members, shots))
+    return sorted(chosen)
+
+
+def holdout_indices(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Splits ``range(n)`` into (train, held-out) with ``round(fraction * n)`` (at least 1) held out, seeded."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    k = max(1, round(fraction * n))
+    if k >= n:
+        raise DataError(f"val_fraction={fraction} of {n} images leaves no training images; lower data.val_fraction")
+    return sorted(order[k:]), sorted(order[:k])
+
+
+def build_vision_data(
+    cfg: VisionDataConfig,
+    image_config: ImageConfig,
+    num_classes: int | None = None,
+    sources: tuple[LabeledImages, LabeledImages | None] | None = None,
+) -> DataBundle:
+    """Train and eval datasets of ``cfg`` for a backbone with ``image_config``.
+
+    Args:
+        cfg: the data section.
+        image_config: the backbone's preprocessing (:func:`resolve_image_config`).
+        num_classes: the model's class count, to check labels against (default: from the data).
+        sources: already loaded :func:`load_sources` output, to avoid loading twice.
+
+    Returns:
+        A :class:`DataBundle` with ``class_names`` and ``info`` (``num_classes``, sizes, transform source).
+    """
+    train_src, eval_src = sources if sources is not None else load_sources(cfg, image_config)
+    n_classes = num_classes or infer_num_classes(cfg, train_src)
+    names = class_names_of(cfg, train_src, n_classes)
+    for part in (train_src, eval_src):
+        if part is not None:
+            check_labels(part, n_classes)
+    train_idx: list[int] = list(range(len(train_src)))
+    eval_set: VisionDataset | None = None
+    eval_tf = build_transform(image_config, train=False)
+    if cfg.val_fraction > 0:
+        train_idx, held = holdout_indices(len(train_src), cfg.val_fraction, cfg.seed)
+        eval_set = VisionDataset(train_src, held, eval_tf, cfg.image_column)
+    elif eval_src is not None:
+        eval_set = VisionDataset(eval_src, None, eval_tf, cfg.image_column)
+    if cfg.shots is not None:
+        train_idx = few_shot_indices(train_src.labels, cfg.shots, cfg.seed, names, among=train_idx)
+    train_set = VisionDataset(train_src, train_idx, build_transform(image_config, train=True, augment=cfg.augment), cfg.image_column)
+    info = {
+        "num_classes": n_classes,
+        "num_train": len(train_set),
+        "num_eval": len(eval_set) if eval_set is not None else 0,
+        "image_size": list(image_config.size),
+        "transform": image_config.source,
+    }
+    return DataBundle(train=train_set, eval=eval_set, collate_fn=collate_images, class_names=names, info=info)

@@ -1,0 +1,299 @@
+"""Pixel prompts: a learnable pattern added to the input image, for any image model, CNNs included.
+
+Bahng et al. 2022, "Exploring visual prompts for adapting large-scale models"; VPT (Jia et al. 2022) §4.5
+applies the same idea to ConvNets. The backbone stays frozen; the prompt and a head train.
+
+- ``pixel_pad``: a border of width ``prompt_size`` around the image (Bahng et al.'s default, 30 px at 224).
+- ``pixel_fixed_patch``: a ``prompt_size`` x ``prompt_size`` square at the top-left corner.
+- ``pixel_random_patch``: the same square at a random position, drawn anew at every training forward (one position
+  per batch, from torch's global generator, so a seeded run repeats). In evaluation it sits at the top-left corner,
+  so predictions are deterministic.
+
+The prompt is stored as exactly the prompted pixels, ``[num_tasks, channels, pixels]``, and added with one
+``index_add`` over the flattened image; with ``num_tasks > 1`` each image takes its task's prompt and head
+(``task_ids``), so one batch can mix tasks.
+
+Heads: ``linear`` (default) on the frozen model's pooled features (timm ``forward_features`` +
+``forward_head(pre_logits=True)``, width ``num_features``; open_clip's image embedding; a transformers model's
+``pooler_output``, else the mean of its last hidden states), or ``backbone``: the model's own classifier, kept
+frozen, when its class count is the task's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from promptcore import PromptBank, PromptedModel, register_wrapper
+from promptcore.model import COMPAT_LABELS
+
+from .backbones import backbone_name as built_name
+from .data import resolve_image_config
+
+PixelMethod = Literal["pixel_pad", "pixel_fixed_patch", "pixel_random_patch"]
+
+
+@dataclass
+class PixelPromptConfig:
+    """Pixel prompts (the run config's ``prompt:`` section for these methods).
+
+    Attributes:
+        method: ``pixel_pad``, ``pixel_fixed_patch`` or ``pixel_random_patch`` (module docstring).
+        prompt_size: pad width, or patch side, in pixels (Bahng et al.: pad 30 on 224 x 224 images).
+        init: ``normal`` (Bahng et al. draw ``randn``: std ``init_scale`` = 1), ``uniform`` (range
+            ``init_scale``) or ``zeros`` (the prompted model starts as the plain model).
+        init_scale: std of ``normal``, half-range of ``uniform``.
+        head: ``linear`` on the frozen pooled features, or ``backbone``: the model's own frozen classifier.
+        num_classes: head size; ``vpt train`` fills it from the data when unset; with ``head: backbone`` it must
+            be the model's class count (default: that count).
+        num_tasks: a prompt bank: one prompt and one head per task, chosen per image by ``task_ids``.
+        image_size: the (square) input size the prompt is laid out for; default: the backbone's input size.
+    """
+
+    method: PixelMethod = "pixel_pad"
+    prompt_size: int = 30
+    init: Literal["normal", "uniform", "zeros"] = "normal"
+    init_scale: float = 1.0
+    head: Literal["linear", "backbone"] = "linear"
+    num_classes: int | None = None
+    num_tasks: int = 1
+    image_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in ("pixel_pad", "pixel_fixed_patch", "pixel_random_patch"):
+            raise ValueError(f"method: {self.method!r} is not a pixel-prompt method; use 'pixel_pad', 'pixel_fixed_patch' or 'pixel_random_patch'")
+        if not isinstance(self.prompt_size, int) or self.prompt_size <= 0:
+            raise ValueError(f"prompt_size: must be a positive number of pixels, got {self.prompt_size!r}")
+        if self.init_scale <= 0:
+            raise ValueError(f"init_scale: must be positive, got {self.init_scale!r}")
+        if self.num_classes is not None and self.num_classes <= 0:
+            raise ValueError(f"num_classes: must be positive or null, got {self.num_classes!r}")
+        if self.num_tasks <= 0:
+            raise ValueError(f"num_tasks: must be a positive integer, got {self.num_tasks!r}")
+        if self.image_size is not None and self.image_size <= 0:
+            raise ValueError(f"image_size: must be positive or null, got {self.image_size!r}")
+
+
+def prompt_pixel_index(method: PixelMethod, size: int, height: int, width: int) -> torch.Tensor:
+    """Flat (``row * width + col``) positions of the prompted pixels, for a patch at the top-left corner.
+
+    Raises:
+        ValueError: when the prompt does not fit the image.
+    """
+    rows = torch.arange(height).view(-1, 1).expand(height, width)
+    cols = torch.arange(width).view(1, -1).expand(height, width)
+    if method == "pixel_pad":
+        if 2 * size >= min(height, width):
+            raise ValueError(
+                f"prompt_size: a pad of {size} px leaves no image inside a {height}x{width} input "
+                f"(needs 2 * prompt_size < {min(height, width)}); use a smaller prompt_size"
+            )
+        mask = (rows < size) | (rows >= height - size) | (cols < size) | (cols >= width - size)
+    else:
+        if size > min(height, width):
+            raise ValueError(f"prompt_size: a {size} px patch does not fit a {height}x{width} input; use at most {min(height, width)}")
+        mask = (rows < size) & (cols < size)
+    return mask.flatten().nonzero().flatten()
+
+
+class TaskHeads(nn.Module):
+    """One linear head per task: ``weight [num_tasks, num_classes, dim]``, ``bias [num_tasks, num_classes]``.
+
+    Every image goes through every task's head (``num_tasks`` small matrices) and keeps its own task's logits,
+    so no per-image weight copy is made.
+    """
+
+    def __init__(self, num_tasks: int, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_tasks, num_classes, dim))
+        self.bias = nn.Parameter(torch.empty(num_tasks, num_classes))
+        for t in range(num_tasks):  # nn.Linear's own initialisation, per task
+            layer = nn.Linear(dim, num_classes)
+            self.weight.data[t].copy_(layer.weight.data)
+            self.bias.data[t].copy_(layer.bias.data)
+
+    def forward(self, features: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        logits = torch.einsum("bd,tkd->btk", features, self.weight.to(features.dtype)) + self.bias.to(features.dtype)
+        return logits[torch.arange(features.shape[0], device=features.device), task_ids]
+
+
+FeatureKind = Literal["timm", "open_clip", "hf"]
+
+
+def feature_kind(backbone: nn.Module) -> FeatureKind:
+    """Which library API gives ``backbone``'s pooled features (see :func:`pooled_features`)."""
+    if hasattr(backbone, "forward_features") and hasattr(backbone, "forward_head") and hasattr(backbone, "num_features"):
+        return "timm"
+    visual = getattr(backbone, "visual", backbone)
+    if type(visual).__module__.split(".")[0] == "open_clip" and hasattr(visual, "output_dim"):
+        return "open_clip"
+    if hasattr(getattr(backbone, "config", None), "model_type"):
+        return "hf"
+    raise TypeError(
+        f"pixel prompts cannot read pooled features from a {type(backbone).__name__}: expected a timm model "
+        f"(forward_features/forward_head), an open_clip model or a transformers model; use head 'backbone' to "
+        f"keep the model's own classifier"
+    )
+
+
+def pooled_features(backbone: nn.Module, kind: FeatureKind, images: torch.Tensor) -> torch.Tensor:
+    """Pooled features ``[B, D]`` of ``images`` through the library's own API (no classifier)."""
+    if kind == "timm":
+        return backbone.forward_head(backbone.forward_features(images), pre_logits=True)
+    if kind == "open_clip":
+        return getattr(backbone, "visual", backbone)(images)
+    out = backbone(pixel_values=images)
+    pooled = getattr(out, "pooler_output", None)
+    # No pooler: the mean over all tokens, which assumes nothing about class or register tokens.
+    return pooled.flatten(1) if pooled is not None else out.last_hidden_state.mean(1)
+
+
+def feature_width(backbone: nn.Module, kind: FeatureKind) -> int | None:
+    """``D`` of :func:`pooled_features` where the model states it (timm ``num_features``, open_clip ``output_dim``)."""
+    if kind == "timm":
+        return int(backbone.num_features)
+    if kind == "open_clip":
+        return int(getattr(backbone, "visual", backbone).output_dim)
+    return None
+
+
+def own_classifier_classes(backbone: nn.Module) -> int:
+    """The class count of the model's own classifier (head ``backbone``).
+
+    Raises:
+        ValueError: when the model has no classifier.
+    """
+    n = getattr(backbone, "num_classes", None)
+    if isinstance(n, int) and hasattr(backbone, "forward_head"):
+        if n <= 0:
+            raise ValueError(
+                f"head 'backbone' needs the model's classifier, but {type(backbone).__name__} was built without one "
+                f"(num_classes=0); build it with its classifier or use head 'linear'"
+            )
+        return n
+    labels = getattr(getattr(backbone, "config", None), "num_labels", None)
+    if labels is not None and type(backbone).__name__.endswith("ForImageClassification"):
+        return int(labels)
+    raise ValueError(
+        f"head 'backbone' needs a model with its own classifier (a timm classifier or a transformers "
+        f"*ForImageClassification); {type(backbone).__name__} has none, use head 'linear'"
+    )
+
+
+def backbone_name(backbone: nn.Module) -> str:
+    """A name for prompt files: the one ``vpt.backbones.create_model`` recorded, else the library's own."""
+    recorded = built_name(backbone)
+    if recorded:
+        return recorded
+    arch = (getattr(backbone, "pretrained_cfg", None) or {}).get("architecture")
+    if arch:
+        return f"timm:{arch}"
+    hf_name = getattr(backbone, "name_or_path", "")
+    if hf_name:
+        return f"hf:{hf_name}"
+    return type(backbone).__name__
+
+
+class PixelPromptModel(PromptedModel):
+    """A frozen image model with a learnable pixel prompt and a head (:class:`PixelPromptConfig`).
+
+    Args:
+        backbone: the library's model (timm, open_clip or transformers; any CNN or ViT).
+        config: the prompt config; ``num_classes`` must be set (or come from the model with ``head: backbone``).
+        name: the backbone name recorded in prompt files (default: :func:`backbone_name`).
+    """
+
+    def __init__(self, backbone: nn.Module, config: PixelPromptConfig, name: str | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.config = config
+        self.name = name or backbone_name(backbone)
+        image = resolve_image_config(backbone, config.image_size)
+        self.image_size: tuple[int, int] = image.size
+        self.channels = image.channels
+        index = prompt_pixel_index(config.method, config.prompt_size, *self.image_size)
+        self.register_buffer("pixel_index", index, persistent=False)
+        self.prompts = PromptBank(config.num_tasks, (self.channels, index.numel()), init=config.init, std=config.init_scale, init_range=config.init_scale)
+        if config.head == "backbone":
+            n = own_classifier_classes(backbone)
+            if config.num_classes is not None and config.num_classes != n:
+                raise ValueError(
+                    f"num_classes: {config.num_classes} does not match the {n} classes of the model's own classifier "
+                    f"(head 'backbone'); use head 'linear' to train a new {config.num_classes}-way head"
+                )
+            self.num_classes, self.feature_dim, self.head = n, None, None
+        else:
+            if config.num_classes is None:
+                raise ValueError("num_classes: the 'linear' head needs the number of classes (vpt train fills it from the data)")
+            self.feature_kind = feature_kind(backbone)
+            dim = feature_width(backbone, self.feature_kind)
+            if dim is None:
+                with torch.no_grad():  # the width of a model that does not state it: one tiny forward
+                    param = next(backbone.parameters())
+                    probe = torch.zeros(1, self.channels, *self.image_size, device=param.device, dtype=param.dtype)
+                    dim = int(pooled_features(backbone, self.feature_kind, probe).shape[-1])
+            self.num_classes, self.feature_dim = config.num_classes, dim
+            self.head = TaskHeads(config.num_tasks, dim, config.num_classes)
+        self.freeze_backbone()
+        self.backbone.eval()
+
+    compat_keys = (*COMPAT_LABELS, "image_size", "prompt_size", "channels")
+
+    def prompt_config(self) -> dict[str, Any]:
+        return {
+            "method": self.config.method,
+            "backbone": self.name,
+            "image_size": list(self.image_size),
+            "prompt_size": self.config.prompt_size,
+            "channels": self.channels,
+            "dim": self.feature_dim,
+            "num_classes": self.num_classes,
+            "num_tasks": self.config.num_tasks,
+            "head": self.config.head,
+        }
+
+    def _index(self) -> torch.Tensor:
+        if self.config.method != "pixel_random_patch" or not self.training:
+            return self.pixel_index
+        h, w = self.image_size
+        p = self.config.prompt_size
+        # torch's global generator (seeded by the trainer; its state is checkpointed), so runs repeat and resume.
+        top = int(torch.randint(0, h - p + 1, ()))
+        left = int(torch.randint(0, w - p + 1, ()))
+        return self.pixel_index + (top * w + left)
+
+    def apply_prompt(self, pixel_values: torch.Tensor, task_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The prompted images: ``pixel_values`` plus each image's task prompt at the prompted pixels."""
+        b, c, h, w = pixel_values.shape
+        if (h, w) != self.image_size or c != self.channels:
+            raise ValueError(
+                f"pixel prompts were laid out for {self.channels}x{self.image_size[0]}x{self.image_size[1]} images, "
+                f"got {c}x{h}x{w}; resize the images to the backbone's size (vpt.data.build_transform does) or set "
+                f"prompt.image_size"
+            )
+        if task_ids is None:
+            task_ids = torch.zeros(b, dtype=torch.long, device=pixel_values.device)
+        prompt = self.prompts(task_ids).to(pixel_values.dtype)
+        return pixel_values.flatten(2).index_add(2, self._index(), prompt).view_as(pixel_values)
+
+    def forward(self, pixel_values: torch.Tensor, task_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[B, num_classes]``; ``task_ids [B]`` picks each image's prompt and head (default task 0)."""
+        if task_ids is None:
+            task_ids = torch.zeros(pixel_values.shape[0], dtype=torch.long, device=pixel_values.device)
+        x = self.apply_prompt(pixel_values, task_ids)
+        if self.head is None:
+            out = self.backbone(pixel_values=x) if hasattr(getattr(self.backbone, "config", None), "num_labels") else self.backbone(x)
+            return getattr(out, "logits", out)
+        return self.head(pooled_features(self.backbone, self.feature_kind, x), task_ids)
+
+    def forward_batch(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self(batch["pixel_values"], batch.get("task_ids"))
+
+
+@register_wrapper(PixelPromptConfig)
+def wrap_pixel(backbone: nn.Module, config: PixelPromptConfig) -> PixelPromptModel:
+    """``promptcore.wrap`` for pixel prompts."""
+    return PixelPromptModel(backbone, config)

@@ -1,0 +1,39 @@
+"""The vision run config: what ``vpt train | eval | predict`` read from YAML.
+
+Sections: ``model`` (:class:`vpt.config.BackboneConfig`), ``prompt`` (a method config, chosen by its ``method``
+key: ``vpt_shallow``/``vpt_deep`` token prompts or ``pixel_*`` pixel prompts), ``data``
+(:class:`vpt.data.VisionDataConfig`) and ``train`` (:class:`promptcore.train_config.TrainConfig`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from promptcore.config import load_config
+from promptcore.train_config import TrainConfig
+
+from .config import BackboneConfig, VPTConfig
+from .data import VisionDataConfig
+from .pixel import PixelPromptConfig
+
+PromptConfig = VPTConfig | PixelPromptConfig
+
+
+@dataclass
+class VisionRunConfig:
+    """One vision run: backbone, prompts, data and training.
+
+    ``prompt.num_classes`` may be left unset for pixel prompts: ``vpt train`` takes it from the data.
+    """
+
+    model: BackboneConfig = field(default_factory=BackboneConfig)
+    prompt: PromptConfig = field(default_factory=lambda: PixelPromptConfig())
+    data: VisionDataConfig = field(default_factory=VisionDataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def load_run_config(source: str | os.PathLike | dict[str, Any] | None = None, overrides: list[str] = ()) -> VisionRunConfig:
+    """Loads and validates a :class:`VisionRunConfig` from YAML (or a dict) with ``a.b=value`` overrides."""
+    return load_config(VisionRunConfig, source, overrides)
