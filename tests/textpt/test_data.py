@@ -1,0 +1,313 @@
+"""textpt.data: sources, templates, verbalizers, layouts, padding, truncation and bad input."""
+
+import warnings
+
+import datasets
+import pandas as pd
+import pytest
+import torch
+
+from promptcore.config import ConfigError, load_config
+from promptcore.data import SyntheticTexts
+from textpt.data import (
+    IGNORE_INDEX,
+    DataError,
+    ExampleEncoder,
+    TextCollator,
+    TextDataConfig,
+    build_text_data,
+    input_budget,
+    load_raw,
+    pad_token_id,
+)
+from textpt.loading import prepare_tokenizer, tiny_tokenizer
+from textpt.run_config import TextRunConfig
+
+
+@pytest.fixture
+def tok():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return prepare_tokenizer(tiny_tokenizer(), "right")
+
+
+ROWS = {
+    "sentence": ["a good movie", "a bad film", "great acting and music", "boring plot", "the ending was fine"],
+    "sentiment": ["positive", "negative", "positive", "negative", "positive"],
+    "summary": ["good", "bad", "great", "boring", "fine"],
+}
+
+
+def _ids(tok, text, special=True):
+    return tok(text, add_special_tokens=special)["input_ids"]
+
+
+# ----- sources ----------------------------------------------------------------------------------------------------
+def test_synthetic_source_matches_promptcore_synthetic_texts():
+    cfg = TextDataConfig(num_samples=16, num_eval_samples=8, num_classes=3, seed=5, eval_split="validation")
+    raw = load_raw(cfg)
+    ref = SyntheticTexts(num_samples=8, num_classes=3, seed=5, split="validation")
+    assert len(raw["train"]) == 16
+    assert raw["eval"]["text"][:] == ref.texts
+    assert list(raw["eval"]["label"]) == ref.labels.tolist()
+    assert raw["eval"].features["label"].names == ref.class_names
+
+
+def test_synthetic_class_names_become_the_default_verbalizer():
+    cfg = load_config(TextRunConfig, {"model": {"name": "random:gpt2"}, "data": {"num_classes": 3}})
+    assert cfg.prompt.verbalizer == [" " + n for n in SyntheticTexts(num_samples=3, num_classes=3).class_names]
+    assert cfg.prompt.num_classes == 3
+    seq_cls = load_config(TextRunConfig, {"model": {"name": "random:bert", "task": "seq_cls"}, "data": {"num_classes": 4}})
+    assert seq_cls.prompt.verbalizer is None and seq_cls.prompt.num_classes == 4
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "parquet"])
+def test_local_files_with_configured_columns_and_splits(tmp_path, tok, fmt):
+    df = pd.DataFrame(ROWS)
+    paths = {}
+    for split, part in (("fit", df.iloc[:3]), ("held", df.iloc[3:])):
+        paths[split] = str(tmp_path / f"{split}.{fmt}")
+        if fmt == "csv":
+            part.to_csv(paths[split], index=False)
+        elif fmt == "json":
+            part.to_json(paths[split], orient="records", lines=True)
+        else:
+            part.to_parquet(paths[split])
+    cfg = TextDataConfig(
+        source=fmt, data_files=paths, train_split="fit", eval_split="held", text_column="sentence",
+        label_column="sentiment", label_names=["negative", "positive"], template="review : {sentence} sentiment :",
+    )
+    bundle = build_text_data(cfg, tok, task="seq_cls", max_length=None, num_classes=2)
+    assert [e["labels"] for e in bundle.train] == [1, 0, 1]
+    assert [e["labels"] for e in bundle.eval] == [0, 1]
+    assert bundle.eval[0]["input_ids"] == _ids(tok, "review : boring plot sentiment :")
+    assert bundle.class_names == ["negative", "positive"]
+
+
+def test_hf_source_loads_a_local_dataset_folder(tmp_path, tok):
+    pd.DataFrame(ROWS).iloc[:3].to_csv(tmp_path / "train.csv", index=False)
+    pd.DataFrame(ROWS).iloc[3:].to_csv(tmp_path / "test.csv", index=False)
+    cfg = TextDataConfig(source="hf", name=str(tmp_path), text_column="sentence", label_column="sentiment")
+    bundle = build_text_data(cfg, tok, task="causal_lm", max_length=None, verbalizer=[" negative", " positive"])
+    assert len(bundle.train) == 3 and len(bundle.eval) == 2
+    assert [e["labels"] for e in bundle.train] == [1, 0, 1]  # string labels mapped through the verbalizer's words
+
+
+def test_asset_source_calls_textpt_assets_lazily(monkeypatch, tok):
+    import textpt.assets
+
+    calls = []
+
+    def fake_load(name):
+        calls.append(name)
+        return datasets.DatasetDict({
+            "train": datasets.Dataset.from_dict({"text": ["good movie", "bad movie"], "label": [1, 0]}),
+            "test": datasets.Dataset.from_dict({"text": ["fine"], "label": [1]}),
+        })
+
+    monkeypatch.setattr(textpt.assets, "load_dataset", fake_load)
+    cfg = TextDataConfig(source="asset", name="rotten_tomatoes")
+    assert calls == []  # the config alone touches nothing
+    bundle = build_text_data(cfg, tok, task="seq_cls", max_length=None, num_classes=2)
+    assert calls == ["rotten_tomatoes"]
+    assert [e["labels"] for e in bundle.train] == [1, 0]
+
+
+def test_sample_limits(tok):
+    cfg = TextDataConfig(num_samples=40, num_eval_samples=30, max_train_samples=7, max_eval_samples=5)
+    raw = load_raw(cfg)
+    assert (len(raw["train"]), len(raw["eval"])) == (7, 5)
+
+
+# ----- layouts ----------------------------------------------------------------------------------------------------
+def test_template_with_several_fields(tok):
+    rows = {"title": ["story"], "body": ["a good plot"], "label": [0]}
+    enc = ExampleEncoder(tok, "classification", "{title} : {body} . sentiment :", "body", None, label_column="label", num_classes=2)
+    ds, _ = enc.encode(rows)
+    assert ds[0]["input_ids"] == _ids(tok, "story : a good plot . sentiment :")
+
+
+def test_causal_lm_targets_mask_the_template_and_padding(tok):
+    rows = {"q": ["question : one", "question : one two three"], "a": ["yes", "no no"]}
+    enc = ExampleEncoder(tok, "causal_lm", "{q} answer :", "q", None, target_column="a")
+    ds, _ = enc.encode(rows)
+    prompt = _ids(tok, "question : one answer :")
+    eos = tok.eos_token_id
+    assert ds[0]["input_ids"] == prompt + _ids(tok, " yes", False) + [eos]
+    assert ds[0]["lm_labels"] == [IGNORE_INDEX] * len(prompt) + _ids(tok, " yes", False) + [eos]
+    for side in ("left", "right"):
+        batch = TextCollator(pad_token_id(tok), side, labels_aligned=True)([ds[0], ds[1]])
+        n0 = len(ds[0]["input_ids"])
+        width = batch["input_ids"].shape[1]
+        real = slice(width - n0, width) if side == "left" else slice(0, n0)
+        pad = slice(0, width - n0) if side == "left" else slice(n0, width)
+        assert batch["input_ids"][0, real].tolist() == ds[0]["input_ids"]
+        assert batch["lm_labels"][0, real].tolist() == ds[0]["lm_labels"]
+        assert (batch["lm_labels"][0, pad] == IGNORE_INDEX).all() and (batch["attention_mask"][0, pad] == 0).all()
+        assert (batch["attention_mask"][0, real] == 1).all()
+        assert batch["lm_labels"][1].tolist() == ds[1]["lm_labels"]  # the longest row: no padding
+
+
+def test_seq2seq_targets_are_verbalizer_words_padded_right(tok):
+    tok.padding_side = "left"
+    rows = {"text": ["a good movie", "a bad film"], "label": [1, 0]}
+    enc = ExampleEncoder(tok, "seq2seq", "{text}", "text", None, label_column="label", verbalizer=[" very bad", " good"])
+    ds, _ = enc.encode(rows)
+    assert ds[0]["lm_labels"] == _ids(tok, "good") and ds[1]["lm_labels"] == _ids(tok, "very bad")
+    batch = TextCollator(pad_token_id(tok), "left", labels_aligned=False)([ds[0], ds[1]])
+    assert batch["lm_labels"][0].tolist() == _ids(tok, "good") + [IGNORE_INDEX]
+    assert batch["labels"].tolist() == [1, 0]
+    assert batch["attention_mask"][1].tolist() == [1, 1, 1]
+
+
+def test_seq2seq_target_column(tok):
+    enc = ExampleEncoder(tok, "seq2seq", "summarize : {sentence}", "sentence", None, target_column="summary")
+    ds, _ = enc.encode(ROWS)
+    assert ds[3]["lm_labels"] == _ids(tok, "boring") and "labels" not in ds[3]
+
+
+def test_collator_follows_the_tokenizers_padding_side(tok):
+    for side in ("left", "right"):
+        tok.padding_side = side
+        bundle = build_text_data(TextDataConfig(num_samples=6, eval_split=None), tok, task="seq_cls", max_length=None, num_classes=2)
+        items = [bundle.train[i] for i in range(6)]
+        batch = bundle.collate_fn(items)
+        ref = tok.pad({"input_ids": [e["input_ids"] for e in items]}, return_tensors="pt")
+        assert torch.equal(batch["input_ids"], ref["input_ids"]) and torch.equal(batch["attention_mask"], ref["attention_mask"])
+        assert batch["labels"].dtype == torch.long and batch["labels"].shape == (6,)
+
+
+def test_task_ids(tok):
+    rows = {"text": ["good", "bad", "fine"], "label": [1, 0, 1], "task": [0, 2, 1]}
+    enc = ExampleEncoder(tok, "classification", "{text}", "text", None, label_column="label", task_column="task", num_classes=2, num_tasks=3)
+    ds, _ = enc.encode(rows)
+    batch = TextCollator(pad_token_id(tok))([ds[0], ds[1], ds[2]])
+    assert batch["task_ids"].tolist() == [0, 2, 1]
+    enc.num_tasks = 2
+    with pytest.raises(DataError, match=r"row 1 of split 'train' has task id 2 in column 'task', expected an integer 0\.\.1"):
+        enc.encode(rows)
+
+
+# ----- truncation -------------------------------------------------------------------------------------------------
+def test_long_texts_are_shortened_keeping_the_template_with_one_warning(tok):
+    cfg = TextDataConfig(num_samples=20, num_eval_samples=10, text_length=30, template="review : {text} sentiment :")
+    with pytest.warns(UserWarning) as record:
+        bundle = build_text_data(cfg, tok, task="seq_cls", max_length=12, num_classes=2)
+    messages = [str(w.message) for w in record if "shortened" in str(w.message)]
+    assert len(messages) == 1
+    assert "shortened 20 of 20 train, 10 of 10 eval examples longer than 12 tokens" in messages[0]
+    assert bundle.info["train"]["truncated"] == 20
+    suffix = _ids(tok, "sentiment :")
+    raw = load_raw(cfg)["train"]
+    for i, e in enumerate(bundle.train):
+        assert len(e["input_ids"]) <= 12
+        assert e["input_ids"][-len(suffix):] == suffix
+        full = _ids(tok, raw[i]["text"])
+        body = e["input_ids"][len(_ids(tok, "review :")) : -len(suffix)]
+        assert body == full[: len(body)]  # the text's start kept
+
+
+def test_no_warning_when_everything_fits(tok):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bundle = build_text_data(TextDataConfig(num_samples=8, num_eval_samples=4), tok, task="seq_cls", max_length=64, num_classes=2)
+    assert bundle.info["train"]["truncated"] == 0
+
+
+def test_causal_lm_long_target_keeps_half_the_budget(tok):
+    rows = {"q": ["one two three four five six"], "a": ["good " * 20]}
+    enc = ExampleEncoder(tok, "causal_lm", "{q} :", "q", 10, target_column="a")
+    ds, stats = enc.encode(rows)
+    assert len(ds[0]["input_ids"]) <= 10 and stats.truncated == 1
+    assert ds[0]["lm_labels"].count(IGNORE_INDEX) == len(ds[0]["input_ids"]) - 5
+
+
+def test_input_budget():
+    assert input_budget(1024, 20) == 1004
+    assert input_budget(1024, 20, max_length=64) == 64
+    assert input_budget(None, 20) is None
+    with pytest.raises(ValueError, match="the prompt's 30 tokens fill the model's maximum of 16 positions"):
+        input_budget(16, 30)
+
+
+def test_template_longer_than_the_budget(tok):
+    enc = ExampleEncoder(tok, "classification", "review of the movie : {text} sentiment :", "text", 4, label_column="label", num_classes=2)
+    with pytest.raises(DataError, match="the template 'review of the movie : {text} sentiment :' alone takes more than 4 tokens"):
+        enc.encode({"text": ["good good good"], "label": [0]})
+
+
+# ----- bad input --------------------------------------------------------------------------------------------------
+def test_empty_text_names_the_row_or_is_skipped(tok):
+    rows = {"text": ["good", "  ", "bad"], "label": [1, 0, 0]}
+    enc = ExampleEncoder(tok, "classification", "{text}", "text", None, label_column="label", num_classes=2)
+    with pytest.raises(DataError, match=r"row 1 of split 'test' has an empty 'text' column; remove the row or set data.skip_empty: true"):
+        enc.encode(rows, "test")
+    enc.skip_empty = True
+    ds, stats = enc.encode(rows, "test")
+    assert len(ds) == 2 and stats.skipped == 1 and [e["labels"] for e in ds] == [1, 0]
+
+
+def test_empty_target_names_the_row(tok):
+    enc = ExampleEncoder(tok, "causal_lm", "{q}", "q", None, target_column="a")
+    with pytest.raises(DataError, match="row 0 of split 'train' has an empty 'a' column"):
+        enc.encode({"q": ["one"], "a": [None]})
+
+
+def test_label_out_of_range(tok):
+    enc = ExampleEncoder(tok, "classification", "{text}", "text", None, label_column="label", verbalizer=[" bad", " good"])
+    with pytest.raises(DataError, match=r"row 1 of split 'train' has label 2, expected a class index 0\.\.1 \(the verbalizer \[' bad', ' good'\]\)"):
+        enc.encode({"text": ["good", "fine"], "label": [1, 2]})
+    with pytest.raises(DataError, match="row 0 of split 'train' has no label in column 'label'"):
+        enc.encode({"text": ["good"], "label": [None]})
+
+
+def test_label_missing_from_the_verbalizer(tok):
+    enc = ExampleEncoder(tok, "classification", "{text}", "text", None, label_column="label", verbalizer=["bad", "good"])
+    with pytest.raises(DataError, match=r"row 2 of split 'train' has label 'neutral', which is not in the verbalizer's words \['bad', 'good'\]"):
+        enc.encode({"text": ["good", "bad", "fine"], "label": ["good", "bad", "neutral"]})
+    enc = ExampleEncoder(tok, "classification", "{text}", "text", None, label_column="label", num_classes=2)
+    with pytest.raises(DataError, match="has the string label 'good', but there are no class names to map it to; set data.label_names"):
+        enc.encode({"text": ["good"], "label": ["good"]})
+
+
+def test_template_field_that_is_not_a_column(tok):
+    enc = ExampleEncoder(tok, "classification", "{title}: {text}", "text", None, label_column="label", num_classes=2)
+    with pytest.raises(DataError, match=r"template names column 'title', which split 'train' does not have; its columns are \['text', 'label'\]"):
+        enc.encode({"text": ["good"], "label": [1]})
+
+
+def test_missing_split(tmp_path, tok):
+    pd.DataFrame(ROWS).to_csv(tmp_path / "a.csv", index=False)
+    cfg = TextDataConfig(source="hf", name=str(tmp_path), eval_split="validation", text_column="sentence")
+    with pytest.raises(KeyError, match=r"has no split 'validation'; it has \['train'\]. Set data.eval_split"):
+        load_raw(cfg)
+
+
+def test_tokenizer_without_pad_token_pads_with_eos_or_says_how_to_fix(tok):
+    tok.pad_token = None
+    assert pad_token_id(tok) == tok.eos_token_id
+    tok.eos_token = None
+    with pytest.raises(ValueError, match="has neither a pad token nor an end-of-sequence token to pad with"):
+        pad_token_id(tok)
+
+
+@pytest.mark.parametrize(
+    "data, model, prompt, message",
+    [
+        ({"source": "csv", "data_files": {"train": "a.csv"}}, {}, {},
+         r"data.data_files: source 'csv' needs a file for split\(s\) \['test'\]"),
+        ({"source": "hf"}, {}, {}, "data.name: source 'hf' needs a dataset name"),
+        ({"template": "no fields"}, {}, {}, "data.template: 'no fields' has no {column} field"),
+        ({"template": "{text.upper}"}, {}, {}, r"data.template: field {text.upper} .* must name a column"),
+        ({"source": "csv", "data_files": {"train": "a", "test": "b"}}, {"task": "causal_lm"}, {},
+         "data.target_column: model.task causal_lm needs prompt.verbalizer"),
+        ({"source": "csv", "data_files": {"train": "a", "test": "b"}}, {"task": "seq_cls"}, {},
+         "prompt.num_classes: model.task seq_cls needs the number of classes"),
+        ({"num_classes": 3}, {}, {"num_classes": 2}, "prompt.num_classes: 2 does not match data.num_classes 3"),
+        ({"target_column": "a"}, {}, {"verbalizer": [" a", " b"]}, "prompt.verbalizer: with data.target_column set"),
+        ({}, {}, {"num_tasks": 2}, "data.task_column: prompt.num_tasks is 2"),
+    ],
+)
+def test_config_errors_name_the_field(data, model, prompt, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(TextRunConfig, {"model": {"name": "random:gpt2", **model}, "prompt": prompt, "data": data})
