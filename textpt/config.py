@@ -1,0 +1,129 @@
+"""Typed configs of the text side: which model to load (:class:`TextModelConfig`, the run config's ``model:``
+section) and which prompts to put on it (:class:`TextPromptConfig`, the ``prompt:`` section).
+
+Each ``__post_init__`` rejects a bad value with ``ValueError("field: message")`` so that
+:func:`promptcore.config.load_config` reports it next to the other problems of the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+TaskName = Literal["causal_lm", "seq2seq", "seq_cls"]
+MethodName = Literal["prompt_tuning", "prefix", "p_tuning"]
+InitName = Literal["random", "normal", "vocab", "text", "labels"]
+
+DTYPES: tuple[str, ...] = ("float32", "float64", "bfloat16", "float16")
+
+
+@dataclass
+class TextModelConfig:
+    """The frozen text model and its tokenizer.
+
+    Attributes:
+        name: what to load. ``hf:ORG/NAME`` (a Hugging Face Hub id; the hub is not reached when ``HF_HUB_OFFLINE=1``
+            and the model is not cached), a local folder written by ``save_pretrained``, ``asset:NAME`` (a model
+            shipped in a Python package, see :mod:`textpt.assets`), or ``random:MODEL_TYPE`` (``random:llama``,
+            ``random:gpt2``, ``random:t5``, ``random:bert``): a randomly initialised model built offline from
+            ``kwargs`` with a small built-in word-level tokenizer, for tests and smoke runs.
+        task: ``causal_lm`` (generation, and classification by scoring verbalizer words), ``seq2seq`` (T5-style
+            targets) or ``seq_cls`` (an encoder with a trainable classification head).
+        dtype: the backbone's parameter dtype. Prompts are kept in the same dtype.
+        kwargs: for ``random:`` names, the model config's fields (``{"hidden_size": 64, "num_hidden_layers": 2,
+            ...}``; ``vocab_size`` defaults to the built-in tokenizer's size); for every other name, extra keyword
+            arguments of ``from_pretrained`` (``{"revision": "main"}``, ``{"gguf_file": "model.gguf"}``).
+        tokenizer: where to load the tokenizer from when it is not next to the model (same forms as ``name``).
+        checkpoint: a prompt folder (``save_prompts``) to load after wrapping, or ``None``.
+        padding_side: the side the tokenizer pads. Both give the same logits; ``left`` suits generation.
+        max_length: longest tokenized input (prompt tokens not counted); ``None``: the model's maximum.
+    """
+
+    name: str
+    task: TaskName = "causal_lm"
+    dtype: str = "float32"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    tokenizer: str | None = None
+    checkpoint: str | None = None
+    padding_side: Literal["left", "right"] = "left"
+    max_length: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise ValueError("name: empty model name; give 'hf:ORG/NAME', a local folder, 'asset:NAME' or 'random:TYPE'")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.max_length is not None and self.max_length <= 0:
+            raise ValueError(f"max_length: must be a positive number of tokens or null, got {self.max_length}")
+
+
+@dataclass
+class TextPromptConfig:
+    """Soft prompts for a text model.
+
+    Attributes:
+        method: ``prompt_tuning`` (shallow virtual tokens before the input, Lester et al. 2021), ``p_tuning`` (the
+            same tokens produced by an MLP/LSTM encoder while training, folded into plain embeddings when saved;
+            Liu et al. 2021) or ``prefix`` (learned keys and values in every attention layer, Li & Liang 2021 /
+            P-Tuning v2; causal LMs).
+        num_tokens: prompt length.
+        init: ``random``/``normal`` (N(0, init_std²)), ``vocab`` (embeddings of randomly sampled vocabulary
+            tokens), ``text`` (the embeddings of ``init_text``, repeated to ``num_tokens``) or ``labels`` (the
+            embeddings of the verbalizer's words, as Lester et al. do). For ``prefix`` the token inits run the
+            tokens through the frozen model and start from their keys and values.
+        init_text: the text for ``init: text``.
+        init_std: the standard deviation of the random init (for ``prefix`` it is relative to the model's key
+            and value scale when 0; an absolute value otherwise).
+        reparam: P-tuning's encoder, ``mlp`` or ``lstm`` (``p_tuning`` only).
+        reparam_hidden: the encoder's hidden width (default: the model's width).
+        num_tasks: size of the prompt bank; batches then carry per-sample ``task_ids``.
+        num_classes: classes of a classification task (``seq_cls``, or ``causal_lm`` with a verbalizer).
+        verbalizer: one label word per class for causal-LM classification (``[" negative", " positive"]``). Each
+            word is tokenized as written; a word of several tokens scores the sum of its tokens' log-probabilities.
+        fast: the shared-prefix path for shallow prompts on decoder-only models (the prompt's keys and values are
+            computed once per step and shared by the batch); ``auto`` uses it where it applies, ``on`` requires
+            it, ``off`` always concatenates embeddings (the reference path). Both give the same numbers.
+        seed: seed of the random inits.
+    """
+
+    method: MethodName = "prompt_tuning"
+    num_tokens: int = 20
+    init: InitName = "random"
+    init_text: str | None = None
+    init_std: float = 0.02
+    reparam: Literal["mlp", "lstm"] | None = None
+    reparam_hidden: int | None = None
+    num_tasks: int = 1
+    num_classes: int | None = None
+    verbalizer: list[str] | None = None
+    fast: Literal["auto", "on", "off"] = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_tokens <= 0:
+            raise ValueError(f"num_tokens: must be a positive prompt length, got {self.num_tokens}")
+        if self.num_tasks <= 0:
+            raise ValueError(f"num_tasks: must be at least 1, got {self.num_tasks}")
+        if self.init_std <= 0:
+            raise ValueError(f"init_std: must be positive, got {self.init_std}")
+        if self.init == "text" and not (self.init_text or "").strip():
+            raise ValueError("init_text: init 'text' needs a non-empty init_text, e.g. 'Classify the sentiment of this review:'")
+        if self.init == "labels" and not self.verbalizer:
+            raise ValueError("verbalizer: init 'labels' starts from the verbalizer's words; give verbalizer: [word per class]")
+        if self.method == "p_tuning" and self.reparam is None:
+            self.reparam = "mlp"
+        if self.reparam is not None and self.method != "p_tuning":
+            raise ValueError(f"reparam: only method 'p_tuning' has a reparameterisation encoder, not {self.method!r}; use method: p_tuning")
+        if self.reparam is not None and self.num_tasks > 1:
+            raise ValueError("num_tasks: a prompt bank (num_tasks > 1) holds plain prompts; P-tuning's encoder is for one task")
+        if self.verbalizer is not None:
+            if not self.verbalizer or any(not isinstance(w, str) or not w.strip() for w in self.verbalizer):
+                raise ValueError(f"verbalizer: give one non-empty word per class, found {self.verbalizer!r}")
+            if self.num_classes is None:
+                self.num_classes = len(self.verbalizer)
+            elif self.num_classes != len(self.verbalizer):
+                raise ValueError(
+                    f"verbalizer: has {len(self.verbalizer)} words but num_classes is {self.num_classes}; give one word per class"
+                )
+        if self.num_classes is not None and self.num_classes < 2:
+            raise ValueError(f"num_classes: a classifier needs at least 2 classes, got {self.num_classes}")

@@ -1,0 +1,92 @@
+"""Keys and values as a cache prefix, through the transformers Cache API.
+
+Two uses share this plumbing:
+
+- the exact fast path of shallow prompts on decoder-only models. Under the causal mask a prompt placed first
+  never attends to the input, so its keys and values in every layer depend on the prompt alone. They are computed
+  once per step with batch 1 (or once per task of a prompt bank) and broadcast to the batch as a cache prefix;
+  the input tokens then run with positions starting after the prompt. This is the same arithmetic as
+  concatenating the prompt to every example (the reference path, kept in :mod:`textpt.model`), without running the
+  prompt through every layer once per example. Tests prove equality in float64, logits and gradients.
+- prefix tuning, whose learned per-layer keys and values are the prefix.
+
+The training prefix is a :class:`PrefixLayer` cache: it prepends its keys and values to each call's and stores
+nothing, so a layer re-run by gradient checkpointing sees exactly what it saw the first time.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+KeyValues = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values, each [batch, heads, tokens, head_dim]
+
+
+class PrefixLayer(DynamicLayer):
+    """One layer's fixed prefix: ``update`` returns ``prefix + new`` and keeps nothing (stateless)."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        super().__init__()
+        self.keys, self.values = keys, values
+        self.dtype, self.device = keys.dtype, keys.device
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+
+
+class _RecordingLayer(DynamicLayer):
+    """Keeps the keys and values of the last call, replacing them (so a checkpointed re-run leaves the same state)."""
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        self.keys, self.values = key_states, value_states
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.is_initialized = True
+        return key_states, value_states
+
+
+def num_layers(backbone: nn.Module) -> int:
+    """Decoder layers of a transformers model (read from its config)."""
+    return int(backbone.config.get_text_config(decoder=True).num_hidden_layers)
+
+
+def decoder_of(backbone: nn.Module) -> nn.Module:
+    """The transformer without its LM head (``model`` of Llama, ``transformer`` of GPT-2)."""
+    return backbone.base_model
+
+
+def prompt_key_values(backbone: nn.Module, prompt_embeds: torch.Tensor) -> KeyValues:
+    """Every layer's keys and values of ``prompt_embeds`` ``[T, n, dim]`` run alone at positions ``0..n-1``.
+
+    Differentiable: gradients reach ``prompt_embeds`` through the returned tensors.
+    """
+    t, n = prompt_embeds.shape[:2]
+    cache = Cache(layers=[_RecordingLayer() for _ in range(num_layers(backbone))])
+    positions = torch.arange(n, device=prompt_embeds.device).unsqueeze(0).expand(t, -1)
+    mask = torch.ones(t, n, dtype=torch.long, device=prompt_embeds.device)
+    decoder_of(backbone)(inputs_embeds=prompt_embeds, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def select_rows(kv: KeyValues, rows: torch.Tensor | None, batch_size: int) -> KeyValues:
+    """Each sample's prefix: row ``rows[i]`` of ``kv``, or the single row broadcast (a view, no copy) when ``rows`` is None."""
+    if rows is None:
+        return [(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1)) for k, v in kv]
+    return [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in kv]
+
+
+def prefix_cache(kv: KeyValues) -> Cache:
+    """A stateless cache that prepends ``kv`` in every layer (training and scoring)."""
+    return Cache(layers=[PrefixLayer(k, v) for k, v in kv])
+
+
+def generation_cache(kv: KeyValues) -> DynamicCache:
+    """A growing cache that starts with ``kv`` (generation appends to it)."""
+    return DynamicCache(ddp_cache_data=[(k.contiguous(), v.contiguous()) for k, v in kv])
+
+
+def positions_after_prefix(attention_mask: torch.Tensor, num_prefix: int) -> torch.Tensor:
+    """Position ids of the real tokens when ``num_prefix`` prompt positions come first: ``num_prefix, num_prefix+1, ...``
+    counted over unmasked tokens only, so left or right padding gives each token the position it has unpadded."""
+    return num_prefix + (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

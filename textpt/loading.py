@@ -1,0 +1,190 @@
+"""Text models and tokenizers by name: ``hf:ORG/NAME``, a local folder, ``asset:NAME`` or ``random:MODEL_TYPE``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import TextModelConfig
+
+logger = logging.getLogger(__name__)
+
+# The built-in tokenizer of ``random:`` models: a word-level vocabulary, enough for tests and smoke runs.
+TINY_WORDS = (
+    "the a an and or but of to in on for with is are was were be been it this that these those i you he she we they "
+    "my your his her our their not no very so too more most less good great fine nice best love loved excellent "
+    "wonderful bad terrible awful worst boring poor hate hated dull movie film review story plot actor acting scene "
+    "music ending positive negative neutral sentiment classify question answer yes no true false translate english "
+    "german summary summarize text label one two three four five six seven eight nine ten . , : ; ! ? ' \" ( ) -"
+).split()
+TINY_SPECIALS = ("<unk>", "<s>", "</s>")
+
+# Tiny ``random:`` model configs (``model.kwargs``) for tests and smoke runs: two layers, width 32.
+TINY_CONFIGS: dict[str, dict[str, Any]] = {
+    "llama": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2},
+    "gpt2": {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 128},
+    "t5": {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2, "num_decoder_layers": 2, "num_heads": 4, "decoder_start_token_id": 0},
+    "bert": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 128},
+}
+
+_TASK_CLASSES = {
+    "causal_lm": "AutoModelForCausalLM",
+    "seq2seq": "AutoModelForSeq2SeqLM",
+    "seq_cls": "AutoModel",
+}
+
+
+class ModelLoadError(ValueError):
+    """A model name that cannot be resolved or a model that cannot carry prompts."""
+
+
+def tiny_tokenizer():
+    """A small word-level ``PreTrainedTokenizerFast`` built offline (no pad token: the loader sets one).
+
+    Words outside :data:`TINY_WORDS` map to ``<unk>``; ``<s>`` is BOS and ``</s>`` EOS.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys((*TINY_SPECIALS, *TINY_WORDS)))}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+def resolve_name(name: str) -> tuple[str, str]:
+    """``(kind, target)`` of a model name; kind is ``hf``, ``local``, ``asset`` or ``random``."""
+    for prefix in ("hf:", "asset:", "random:"):
+        if name.startswith(prefix):
+            target = name[len(prefix):].strip()
+            if not target:
+                raise ModelLoadError(f"model name {name!r} has nothing after {prefix!r}; e.g. 'hf:HuggingFaceTB/SmolLM2-135M'")
+            return prefix[:-1], target
+    if Path(name).expanduser().is_dir():
+        return "local", str(Path(name).expanduser())
+    raise ModelLoadError(
+        f"model {name!r} is neither a local folder nor a prefixed name; use 'hf:ORG/NAME' for a Hugging Face Hub id, "
+        f"'asset:NAME' for a packaged model, 'random:TYPE' for a random test model, or the path of an existing folder"
+    )
+
+
+def _folder(kind: str, target: str) -> str:
+    if kind == "asset":
+        from . import assets  # the assets module pulls in package lookups; only needed for asset names
+
+        return str(assets.model_path(target))
+    return target
+
+
+def load_tokenizer(name: str, padding_side: str = "left", **kwargs: Any):
+    """The tokenizer for model ``name``; one without a pad token gets its EOS token as pad (logged)."""
+    kind, target = resolve_name(name)
+    if kind == "random":
+        tok = tiny_tokenizer()
+    else:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(_folder(kind, target), **kwargs)
+    return prepare_tokenizer(tok, padding_side)
+
+
+def prepare_tokenizer(tokenizer, padding_side: str = "left"):
+    """Sets the padding side and, when the tokenizer has no pad token, uses EOS (or UNK) as pad.
+
+    A pad token is only ever read where the attention mask is 0, so reusing EOS changes no output.
+    """
+    tokenizer.padding_side = padding_side
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise ModelLoadError(
+                f"tokenizer {type(tokenizer).__name__} has no pad, EOS or UNK token to pad with; "
+                f"set one with tokenizer.add_special_tokens({{'pad_token': '<pad>'}}) and resize the model's embeddings"
+            )
+        logger.warning("tokenizer has no pad token; padding with %r (pads are masked, so outputs do not change)", fallback)
+        tokenizer.pad_token = fallback
+    return tokenizer
+
+
+def _random_model(model_type: str, task: str, kwargs: dict[str, Any], vocab_size: int, special_ids: dict[str, int]) -> nn.Module:
+    import transformers
+
+    config_kwargs = {"vocab_size": vocab_size, **special_ids, **kwargs}
+    try:
+        config = transformers.AutoConfig.for_model(model_type, **config_kwargs)
+    except ValueError as e:
+        raise ModelLoadError(f"random:{model_type}: {e}") from None
+    if config.vocab_size < vocab_size:
+        raise ModelLoadError(
+            f"random:{model_type} has vocab_size {config.vocab_size} but its tokenizer has {vocab_size} tokens; "
+            f"raise model.kwargs.vocab_size to at least {vocab_size}"
+        )
+    cls = getattr(transformers, _TASK_CLASSES[task])
+    return cls.from_config(config)
+
+
+def load_model_and_tokenizer(cfg: TextModelConfig) -> tuple[nn.Module, Any]:
+    """Loads the frozen model for ``cfg.task`` and its tokenizer.
+
+    ``seq_cls`` loads the bare encoder (``AutoModel``): the prompted model adds its own trainable head.
+
+    Raises:
+        ModelLoadError: the name cannot be resolved, or the model has no input embeddings to prompt.
+    """
+    dtype = getattr(torch, cfg.dtype)
+    kind, target = resolve_name(cfg.name)
+    tok_name = cfg.tokenizer or cfg.name
+    if kind == "random":
+        tokenizer = load_tokenizer(tok_name, cfg.padding_side)
+        special_ids = {f"{k}_token_id": getattr(tokenizer, f"{k}_token_id") for k in ("bos", "eos", "pad")}
+        model = _random_model(target, cfg.task, cfg.kwargs, len(tokenizer), special_ids)
+    else:
+        import transformers
+
+        folder = _folder(kind, target)
+        tok_kwargs = {k: v for k, v in cfg.kwargs.items() if k in ("gguf_file", "revision")} if cfg.tokenizer is None else {}
+        tokenizer = load_tokenizer(tok_name, cfg.padding_side, **tok_kwargs)
+        cls = getattr(transformers, _TASK_CLASSES[cfg.task])
+        model = cls.from_pretrained(folder, dtype=dtype, **cfg.kwargs)
+    model = model.to(dtype)
+    check_prompt_ready(model, cfg.name)
+    if cfg.max_length is not None:
+        tokenizer.model_max_length = cfg.max_length
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, tokenizer
+
+
+def check_prompt_ready(model: nn.Module, name: str | None = None) -> nn.Embedding:
+    """The model's input embedding layer; raises :class:`ModelLoadError` when it has none."""
+    label = name or type(model).__name__
+    try:
+        emb = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        emb = None
+    if not isinstance(emb, nn.Module) or not hasattr(emb, "weight") or getattr(emb, "weight", None) is None:
+        raise ModelLoadError(
+            f"model {label} ({type(model).__name__}) has no input embeddings (get_input_embeddings() gave {emb!r}); "
+            f"soft prompts are fed as inputs_embeds, so use a transformers text model that has a token embedding layer"
+        )
+    return emb
+
+
+def model_max_length(model: nn.Module, tokenizer: Any = None) -> int | None:
+    """The longest input the model takes (position table size), or ``None`` when unbounded (rotary, relative)."""
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0 and getattr(config, "model_type", "") in ABSOLUTE_POSITION_MODELS:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and limit < 1_000_000 else None
+
+
+# Models whose learned position table is a hard limit (rotary models extrapolate, T5 is relative).
+ABSOLUTE_POSITION_MODELS = frozenset({"gpt2", "bert", "roberta", "distilbert", "gpt_neo", "opt", "xlm-roberta", "electra"})

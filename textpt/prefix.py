@@ -1,0 +1,89 @@
+"""Prefix tuning / deep prompts (Li & Liang 2021; P-Tuning v2): learned keys and values in every attention layer.
+
+The prefix is fed through the transformers Cache API: a stateless :class:`textpt.fast_prefix.PrefixLayer` per
+layer in training and scoring (so gradient checkpointing re-runs a layer on the same prefix), a ``DynamicCache``
+seeded with the prefix in generation. The parameter holds, for each layer, ``num_tokens`` keys and values of the
+model's key/value width (grouped-query models have fewer key/value heads: the width is read from a probe run,
+never assumed). With ``num_tasks > 1`` it is a :class:`promptcore.PromptBank` chosen per sample by ``task_ids``.
+
+Supported on causal LMs. Inits: ``random``/``normal`` draw N(0, init_std²); ``vocab``, ``text`` and ``labels``
+run those tokens through the frozen model and start from their own keys and values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from promptcore import DeepSoftPrompt, PromptBank
+
+from .config import TextPromptConfig
+from .fast_prefix import KeyValues, prompt_key_values
+from .model import TextPromptedModel
+
+
+class PrefixModel(TextPromptedModel):
+    """Per-layer key/value prefixes on a frozen causal LM (arguments of :class:`textpt.model.TextPromptedModel`)."""
+
+    method = "prefix"
+    uses_prefix_cache = True
+
+    def __init__(self, backbone: nn.Module, config: TextPromptConfig, tokenizer: Any = None, task: str | None = None, name: str | None = None) -> None:
+        super().__init__(backbone, config, tokenizer, task, name)
+        if self.task != "causal_lm":
+            raise ValueError(
+                f"method: prefix is implemented for causal_lm models (decoder self-attention caches); task {self.task!r} "
+                f"supports prompt_tuning and p_tuning"
+            )
+        with torch.no_grad():
+            probe = prompt_key_values(backbone, self.embedding.weight[:1].unsqueeze(0))
+        shapes = {tuple(k.shape[1:]) for k, _ in probe}
+        if len(shapes) != 1:
+            raise ValueError(f"layers of {self.backbone_name} have different key/value shapes {sorted(shapes)}; prefix needs one shape")
+        self.kv_heads, _, self.head_dim = next(iter(shapes))
+        self.num_layers = len(probe)
+        shape = (2 * self.num_layers, config.num_tokens, self.kv_heads * self.head_dim)
+        if config.num_tasks > 1:
+            self.prompts = PromptBank(config.num_tasks, shape, init="zeros")
+        else:
+            self.prompts = DeepSoftPrompt(*shape, init="zeros")
+        self.prompts.to(backbone.dtype)
+        self._initialise()
+        self.freeze_backbone()
+
+    @torch.no_grad()
+    def _initialise(self) -> None:
+        weight = self.prompts.weight
+        if self.config.init in ("random", "normal"):
+            generator = torch.Generator().manual_seed(self.config.seed)
+            weight.copy_(torch.randn(weight.shape, generator=generator) * self.config.init_std)
+            return
+        n = self.config.num_tokens
+        ids = self.init_token_ids()
+        if ids is None:  # vocab: random tokens of the vocabulary
+            generator = torch.Generator().manual_seed(self.config.seed)
+            ids = torch.randint(0, self.embedding.weight.shape[0], (n,), generator=generator).tolist()
+        if not ids:
+            raise ValueError(f"init {self.config.init!r}: the init tokens are empty; give a non-empty init text or verbalizer")
+        ids = (ids * (n // len(ids) + 1))[:n]
+        embeds = self.embedding(torch.tensor([ids], device=weight.device))
+        weight.copy_(self._flatten(prompt_key_values(self.backbone, embeds)).expand_as(weight))
+
+    def _flatten(self, kv: KeyValues) -> torch.Tensor:
+        """``[2 * layers, n, width]`` from per-layer ``[1, heads, n, head_dim]`` keys/values."""
+        rows = [t[0].transpose(0, 1).reshape(t.shape[2], -1) for pair in kv for t in pair]
+        return torch.stack(rows)
+
+    def prefix_key_values(self, task_ids: torch.Tensor | None, batch_size: int) -> KeyValues:
+        if isinstance(self.prompts, PromptBank):
+            weight = self.prompts(task_ids)  # [B, 2L, n, width]
+        else:
+            weight = self.prompts().unsqueeze(0).expand(batch_size, -1, -1, -1)
+        b, _, n, _ = weight.shape
+        per = weight.view(b, self.num_layers, 2, n, self.kv_heads, self.head_dim).transpose(3, 4)
+        return [(per[:, i, 0], per[:, i, 1]) for i in range(self.num_layers)]
+
+    def prompt_config(self) -> dict[str, Any]:
+        return {**super().prompt_config(), "num_layers": self.num_layers, "kv_width": self.kv_heads * self.head_dim}
