@@ -9,6 +9,8 @@ from .files import PromptFileError, load_prompt_files, read_prompt_config
 from .model import PromptedModel
 from .prompts import DeepSoftPrompt, PromptBank, PromptEncoder, SoftPrompt, init_prompt_, vpt_xavier_bound
 from .registry import Registry
+from .train_config import TrainConfig
+from .trainer import Trainer
 from .version import __version__
 
 __all__ = [
@@ -20,6 +22,8 @@ __all__ = [
     "PromptedModel",
     "Registry",
     "SoftPrompt",
+    "TrainConfig",
+    "Trainer",
     "__version__",
     "init_prompt_",
     "load_config",

@@ -1,0 +1,141 @@
+"""The shared command line of the packages (``vpt``, ``textpt``): ``train`` and ``eval``, plus each package's verbs.
+
+A package's console script is one line, ``def main(argv=None): return promptcore.cli.main(RECIPE, argv)``, where
+the recipe (:class:`promptcore.recipe.Recipe`) builds the model and data from the package's run config::
+
+    vpt train -c CONFIG [--set a.b=value ...] [-o RUN_DIR] [--overwrite]
+    vpt train --resume RUN_DIR [--set ...]         # the config comes from RUN_DIR/config.yaml
+    vpt eval -c CONFIG --prompts DIR [--set ...]   # prints the eval split's metrics as JSON
+
+Known errors (bad config, missing or foreign files, bad data) print ``error: ...`` and exit with status 2;
+``--traceback`` shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import ConfigError, load_config
+from .files import PromptFileError
+from .model import PromptedModel
+from .recipe import DataBundle, Recipe
+from .runs import CONFIG_FILE
+from .trainer import NonFiniteLossError, Trainer, TrainingInterrupted, seed_everything
+
+# Errors that mean "your input is wrong", reported as one clean line.
+KNOWN_ERRORS = (ConfigError, PromptFileError, FileNotFoundError, ValueError, KeyError, NonFiniteLossError)
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """``-c/--config CONFIG`` and repeatable ``--set a.b=value``, as every verb reading a run config takes them."""
+    parser.add_argument("-c", "--config", required=required, metavar="CONFIG", help="run config (YAML)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+        help="override a config value, e.g. --set train.lr=0.01 (repeatable; values are read as YAML)",
+    )
+
+
+def load_run_config(recipe: Recipe, args: argparse.Namespace) -> Any:
+    """The run config a verb asked for: ``-c CONFIG``, or ``RUN_DIR/config.yaml`` with ``--resume RUN_DIR``;
+    ``--set`` overrides applied, everything validated (one :class:`ConfigError` listing every problem)."""
+    resume = getattr(args, "resume", None)
+    if resume:
+        if args.config:
+            raise ValueError(f"--resume reads the config saved in {resume}/{CONFIG_FILE}; drop -c {args.config} (change values with --set)")
+        source: str | Path = Path(resume) / CONFIG_FILE
+        if not Path(source).is_file():
+            raise FileNotFoundError(f"cannot resume: {source} does not exist; --resume takes a run directory written by '{recipe.prog} train'")
+    elif args.config:
+        source = args.config
+    else:
+        raise ValueError("no config given: pass -c CONFIG (or --resume RUN_DIR to continue a run)")
+    cfg = load_config(recipe.config_class, source, args.overrides)
+    if not hasattr(cfg, "train"):
+        raise ValueError(f"{recipe.config_class.__name__} has no 'train' section; a run config needs train: TrainConfig")
+    return cfg
+
+
+def build_model_and_data(recipe: Recipe, cfg: Any) -> tuple[PromptedModel, DataBundle]:
+    """Seeds (so prompt initialisation is reproducible), then builds the model and its data from ``cfg``."""
+    seed_everything(cfg.train.seed)
+    model = recipe.build_model(cfg)
+    return model, recipe.build_data(cfg, model)
+
+
+def default_run_dir(recipe: Recipe, config_path: str | None) -> Path:
+    stem = Path(config_path).stem if config_path else "run"
+    return Path("runs") / f"{recipe.prog}-{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def cmd_train(recipe: Recipe, args: argparse.Namespace) -> int:
+    if args.resume and args.output:
+        raise ValueError("--resume continues the run in place; drop -o/--output")
+    cfg = load_run_config(recipe, args)
+    model, data = build_model_and_data(recipe, cfg)
+    run_dir = Path(args.resume) if args.resume else Path(args.output) if args.output else default_run_dir(recipe, args.config)
+    trainer = Trainer(
+        model, cfg.train, data.train, data.eval, data.collate_fn,
+        run_dir=str(run_dir), run_config=cfg, resume=bool(args.resume), overwrite=args.overwrite,
+    )
+    result = trainer.fit()
+    if trainer.is_main:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_eval(recipe: Recipe, args: argparse.Namespace) -> int:
+    cfg = load_run_config(recipe, args)
+    model, data = build_model_and_data(recipe, cfg)
+    if data.eval is None:
+        raise ValueError(f"the config's data section gives no eval split; {recipe.prog} eval evaluates the eval split")
+    model.load_prompts(args.prompts)
+    trainer = Trainer(model, cfg.train, None, data.eval, data.collate_fn)
+    metrics = trainer.evaluate()
+    if trainer.is_main:
+        print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=recipe.prog, description=f"{recipe.prog}: prompt tuning of frozen models")
+    parser.add_argument("--traceback", action="store_true", help="show the full traceback of errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train prompts (a new run, or --resume one)")
+    add_config_args(train, required=False)
+    train.add_argument("-o", "--output", metavar="RUN_DIR", help="run directory (default: runs/<prog>-<config>-<time>)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last training state")
+    train.add_argument("--overwrite", action="store_true", help="replace a run already in RUN_DIR")
+    train.set_defaults(func=lambda a: cmd_train(recipe, a))
+
+    ev = sub.add_parser("eval", help="evaluate saved prompts on the config's eval split")
+    add_config_args(ev)
+    ev.add_argument("--prompts", required=True, metavar="DIR", help="prompt folder (a run's best/ or last/)")
+    ev.set_defaults(func=lambda a: cmd_eval(recipe, a))
+
+    recipe.add_commands(sub)
+    return parser
+
+
+def main(recipe: Recipe, argv: Sequence[str] | None = None) -> int:
+    """Parses ``argv`` (default: ``sys.argv[1:]``), runs the verb and returns the exit status."""
+    args = build_parser(recipe).parse_args(argv)
+    try:
+        return int(args.func(args))
+    except TrainingInterrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KNOWN_ERRORS as e:
+        if args.traceback:
+            raise
+        # KeyError's str() wraps the message in quotes; show the message itself.
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_ERROR

@@ -1,0 +1,56 @@
+"""A toy PromptedModel for the trainer tests: tiny MLP backbone (with BatchNorm and dropout, so a backbone left
+in train mode would change its buffers), a SoftPrompt with dropout (so resume must restore the RNG), a Linear head.
+
+Imported by the tests (via sys.path) and by the subprocess scripts next to it; needs only torch and promptcore.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from promptcore import PromptedModel, SoftPrompt
+from promptcore.data import SyntheticImages
+
+
+class ToyPrompted(PromptedModel):
+    """Backbone: flatten -> Linear -> BatchNorm -> GELU -> Dropout -> Linear; the prompt's mean is added to the
+    features; the head classifies them."""
+
+    def __init__(self, in_dim: int = 48, dim: int = 16, num_classes: int = 4, num_tokens: int = 3, prompt_dropout: float = 0.2, step_sleep: float = 0.0) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(
+            nn.Flatten(), nn.Linear(in_dim, dim), nn.BatchNorm1d(dim), nn.GELU(), nn.Dropout(0.5), nn.Linear(dim, dim)
+        )
+        self.prompts = SoftPrompt(num_tokens, dim, init="normal", std=0.5, dropout=prompt_dropout)
+        self.head = nn.Linear(dim, num_classes)
+        self.dim, self.num_classes, self.num_tokens = dim, num_classes, num_tokens
+        self.step_sleep = step_sleep  # lets subprocess tests interrupt a run mid-epoch
+        self.backbone_modes: list[bool] = []  # backbone.training seen by each training step
+
+    def prompt_config(self) -> dict[str, Any]:
+        return {"method": "toy", "backbone": "toy-mlp", "dim": self.dim, "num_tokens": self.num_tokens, "num_classes": self.num_classes}
+
+    def forward_batch(self, batch: dict[str, Any]) -> torch.Tensor:
+        feats = self.backbone(batch["pixel_values"])
+        return self.head(feats + self.prompts().mean(0))
+
+    def training_step(self, batch: dict[str, Any]) -> torch.Tensor:
+        self.backbone_modes.append(self.backbone.training)
+        if self.step_sleep:
+            time.sleep(self.step_sleep)
+        return super().training_step(batch)
+
+
+def toy_data(num_samples: int = 40, num_classes: int = 4, split: str = "train", seed: int = 0) -> Dataset:
+    """SyntheticImages at 4x4x3 (48 features)."""
+    return SyntheticImages(num_samples=num_samples, num_classes=num_classes, image_size=4, channels=3, noise=0.5, seed=seed, split=split)
+
+
+def toy_model(seed: int = 0, **kwargs: Any) -> ToyPrompted:
+    torch.manual_seed(seed)
+    return ToyPrompted(**kwargs)
