@@ -117,7 +117,8 @@ def check_optimizer_params(optimizer: torch.optim.Optimizer, model: PromptedMode
     if len(held) != len({id(p) for p in held}):
         problems.append("the optimizer holds a parameter twice")
     extra = [names.get(id(p), "<not a model parameter>") for p in held if id(p) not in expected]
-    missing = [names[i] for i in expected - {id(p) for p in held}]
+    held_ids = {id(p) for p in held}
+    missing = [names[id(p)] for p in model.prompt_parameters() if id(p) not in held_ids]
     frozen_trainable = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in expected]
     if extra:
         problems.append(f"it holds non-prompt parameters {extra}")
@@ -301,6 +302,7 @@ class Trainer:
         self._stop_requested = False
         self._writer = None
         self._last_records: dict[str, dict[str, Any]] = {}  # the latest metrics line of each split
+        self._checkpoint_step: int | None = None  # step of the last training state written
         self.run = RunDir(run_dir) if run_dir is not None else None
         if self.run is not None:
             if resume:
@@ -387,6 +389,7 @@ class Trainer:
                 "rng": rng_all,
             }
             self.run.save_state(meta, tensors)
+        self._checkpoint_step = progress.step
         self.accelerator.wait_for_everyone()
 
     def _load_state(self) -> None:
@@ -410,6 +413,7 @@ class Trainer:
         self._set_rng_state(meta["rng"][self.rank], tensors["rng"][self.rank])
         self.progress = _Progress(**meta["progress"])
         self._boundary = copy.copy(self.progress)
+        self._checkpoint_step = self.progress.step
         if self.is_main:
             # Lines written after the checkpoint are redone by the resumed run, so the file ends as if never killed.
             self.run.truncate_metrics(self.progress.metrics_lines)
@@ -534,7 +538,10 @@ class Trainer:
         loss_value, stop = self._reduce_step(loss_sum)
         if not math.isfinite(loss_value):
             self.optimizer.zero_grad(set_to_none=True)
-            where = f" (run directory {self.run.path} keeps the checkpoint of step {self._boundary.step})" if self.run else ""
+            where = ""
+            if self.run is not None:
+                kept = f"keeps the checkpoint of step {self._checkpoint_step}" if self._checkpoint_step is not None else "has no checkpoint yet"
+                where = f" (run directory {self.run.path} {kept})"
             raise NonFiniteLossError(
                 f"loss is {loss_value} at step {p.step + 1} (epoch {p.epoch}); training stopped before updating the "
                 f"prompts{where}. Lower the learning rate, enable grad_clip, or use bf16 instead of fp16"

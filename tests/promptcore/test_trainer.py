@@ -1,0 +1,263 @@
+"""Trainer: what trains (only prompts), what must not change (the backbone), run directory contents, schedules,
+optimizers, precision, and every bad input with its message. Uses the toy model of scripts/toy_prompted.py."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+
+from toy_prompted import ToyPrompted, toy_data, toy_model  # noqa: E402
+
+from promptcore import Trainer, TrainConfig  # noqa: E402
+from promptcore.runs import RunDirError  # noqa: E402
+from promptcore.trainer import EpochBatches, NonFiniteLossError, build_optimizer, check_optimizer_params, lr_factor  # noqa: E402
+
+
+def cfg(**kw) -> TrainConfig:
+    base = dict(epochs=2, batch_size=8, lr=0.05, progress_bar=False, tensorboard=False, log_every_steps=2)
+    return TrainConfig(**{**base, **kw})
+
+
+def backbone_state(model):
+    return {k: v.clone() for k, v in model.backbone.state_dict().items()}
+
+
+def test_fit_trains_only_prompts_and_leaves_backbone_bitwise_unchanged(tmp_path):
+    model = toy_model()
+    before = backbone_state(model)
+    prompts_before = {k: v.clone() for k, v in model.prompt_state_dict().items()}
+    trainer = Trainer(model, cfg(tensorboard=True, progress_bar=True), toy_data(), toy_data(20, split="validation"), run_dir=tmp_path / "run")
+    held = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert held == {id(p) for p in model.prompt_parameters()}
+    result = trainer.fit()
+
+    after = model.backbone.state_dict()
+    assert before.keys() == after.keys() and len(before) >= 6  # BatchNorm running stats included
+    for key in before:
+        assert torch.equal(before[key], after[key]), f"backbone tensor {key} changed"
+    assert model.backbone_modes and not any(model.backbone_modes)  # the backbone ran in eval mode
+    for key, value in model.prompt_state_dict().items():
+        assert not torch.equal(value, prompts_before[key]), f"prompt tensor {key} did not train"
+    assert result["step"] == 10 and result["epoch"] == 2
+    assert result["eval"]["count"] == 20 and result["best"]["metric"] == "accuracy"
+
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.jsonl", "curves.png", "best", "last", "state", "tb"}
+    assert any(run.joinpath("tb").iterdir())
+    assert run.joinpath("curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    records = [json.loads(line) for line in run.joinpath("metrics.jsonl").read_text().splitlines()]
+    assert [r["split"] for r in records if r["split"] != "train"] == ["epoch", "eval", "epoch", "eval"]
+    assert records[-1] == {"split": "eval", "epoch": 1, "step": 10, **result["eval"]}
+    # last/ holds the trained prompts, best/ the prompts of the best eval; both load into a fresh model.
+    fresh = toy_model(seed=1)
+    fresh.load_prompts(run / "last")
+    for key, value in model.prompt_state_dict().items():
+        assert torch.equal(fresh.prompt_state_dict()[key], value)
+    best_meta = json.loads(run.joinpath("best", "prompt_config.json").read_text())
+    assert best_meta["step"] == result["best"]["step"] and best_meta["value"] == result["best"]["value"]
+    assert "train:" in run.joinpath("config.yaml").read_text()
+
+
+def test_only_prompt_parameters_receive_gradients():
+    model = toy_model()
+    Trainer(model, cfg(), toy_data())
+    batch = {"pixel_values": torch.randn(4, 3, 4, 4), "labels": torch.tensor([0, 1, 2, 3])}
+    model.training_step(batch).backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert with_grad == {n for n, _ in model.named_prompt_parameters()} == {"prompts.weight", "head.weight", "head.bias"}
+
+
+def test_frozen_modules_outside_the_backbone_stay_in_eval_mode():
+    class WithHelper(ToyPrompted):
+        def __init__(self):
+            super().__init__()
+            self.helper = torch.nn.Dropout(0.5)  # frozen, not the backbone: base train() would leave it training
+
+    model = WithHelper()
+    trainer = Trainer(model, cfg(), toy_data())
+    trainer._set_train_mode()
+    assert model.prompts.training and model.head.training
+    assert not model.helper.training and not model.backbone.training
+
+
+def test_evaluate_sums_batches_and_reports_sum_over_count():
+    model = toy_model()
+    data = toy_data(21, split="validation")
+    trainer = Trainer(model, cfg(eval_batch_size=4), None, data)
+    metrics = trainer.evaluate()
+    model.eval()
+    with torch.no_grad():
+        logits = model.forward_batch({"pixel_values": data.images})
+    expected_loss = torch.nn.functional.cross_entropy(logits.double(), data.labels).item()
+    assert metrics["count"] == 21
+    assert metrics["loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert metrics["accuracy"] == pytest.approx((logits.argmax(-1) == data.labels).double().mean().item())
+    with pytest.raises(ValueError, match=r"fit\(\) needs a train dataset"):
+        trainer.fit()
+
+
+def test_lr_schedules_warmup_and_floor():
+    assert [lr_factor(s, 10, 2, "constant", 0.0) for s in (0, 1, 2, 9)] == [0.5, 1.0, 1.0, 1.0]
+    assert lr_factor(2, 10, 2, "cosine", 0.1) == pytest.approx(1.0)
+    assert lr_factor(6, 10, 2, "cosine", 0.1) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(10, 10, 2, "cosine", 0.1) == pytest.approx(0.1)
+    assert lr_factor(6, 10, 2, "linear", 0.0) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="unknown schedule 'step'"):
+        lr_factor(3, 10, 0, "step", 0.0)
+
+
+def test_scheduler_follows_config_and_linear_lr_scaling():
+    # 40 rows, batch 8 -> 5 steps/epoch; warmup 1 epoch + 1 step = 6 steps of 20.
+    trainer = Trainer(toy_model(), cfg(epochs=4, lr=0.1, lr_scaling="linear", warmup_epochs=1, warmup_steps=1, max_steps=20), toy_data())
+    assert trainer.lr == pytest.approx(0.1 * 8 / 256)
+    assert (trainer.total_steps, trainer.warmup_steps) == (20, 6)
+    lrs = []
+    for _ in range(20):
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+        trainer.optimizer.step()
+        trainer.scheduler.step()
+    assert lrs[0] == pytest.approx(trainer.lr / 6) and lrs[5] == pytest.approx(trainer.lr)
+    assert lrs[6:] == sorted(lrs[6:], reverse=True)
+
+
+@pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("adafactor", torch.optim.Adafactor), ("adamw", torch.optim.AdamW)])
+def test_optimizers(name, cls):
+    model = toy_model()
+    trainer = Trainer(model, cfg(optimizer=name, epochs=1, lr=0.01), toy_data())
+    assert isinstance(trainer.optimizer, cls)
+    before = model.prompts.weight.detach().clone()
+    trainer.fit()
+    assert not torch.equal(before, model.prompts.weight)
+
+
+def test_optimizer_param_check_names_the_offender():
+    model = toy_model().freeze_backbone()
+    wrong = build_optimizer(list(model.prompt_parameters()) + [model.backbone[1].weight], cfg(), 0.1)
+    with pytest.raises(RuntimeError, match=r"non-prompt parameters \['backbone.1.weight'\]"):
+        check_optimizer_params(wrong, model)
+    missing = build_optimizer([model.prompts.weight], cfg(), 0.1)
+    with pytest.raises(RuntimeError, match=r"misses prompt parameters \['head.weight', 'head.bias'\]"):
+        check_optimizer_params(missing, model)
+
+
+def test_grad_accumulation_equals_the_large_batch():
+    # Same global batch (8) as 2 micro-batches of 4 or 1 of 8: same update up to float rounding (no dropout).
+    a, b = toy_model(prompt_dropout=0.0), toy_model(prompt_dropout=0.0)
+    Trainer(a, cfg(batch_size=8, grad_clip=0.5), toy_data(42)).fit()
+    Trainer(b, cfg(batch_size=4, grad_accum_steps=2, grad_clip=0.5), toy_data(42)).fit()
+    for key, value in a.prompt_state_dict().items():
+        torch.testing.assert_close(b.prompt_state_dict()[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_epoch_batches_cover_every_row_once_and_skip_exactly():
+    ranks = [EpochBatches(42, 4, 2, r, seed=3, epoch=1) for r in range(2)]
+    seen = [i for s in ranks for b in s for i in b]
+    assert sorted(seen) == list(range(42))
+    assert [s.global_size(5) for s in ranks] == [2, 2] and ranks[0].local_size(5) == 1
+    full = list(EpochBatches(42, 8, 1, 0, seed=3, epoch=1))
+    assert list(EpochBatches(42, 8, 1, 0, seed=3, epoch=1, start=2)) == full[2:]
+    assert full != list(EpochBatches(42, 8, 1, 0, seed=3, epoch=2))
+
+
+def test_same_seed_same_run_and_max_steps(tmp_path):
+    results = []
+    for name in ("a", "b"):
+        model = toy_model()
+        result = Trainer(model, cfg(max_steps=7), toy_data(), toy_data(20, split="validation"), run_dir=tmp_path / name).fit()
+        results.append((result, model.prompt_state_dict()))
+    assert results[0][0]["step"] == 7 and results[0][0]["epoch"] == 1
+    assert results[0][0]["eval"] == results[1][0]["eval"]
+    for key in results[0][1]:
+        assert torch.equal(results[0][1][key], results[1][1][key])
+    assert (tmp_path / "a/metrics.jsonl").read_text() == (tmp_path / "b/metrics.jsonl").read_text()
+
+
+def test_bf16_autocast_trains(tmp_path):
+    model = toy_model()
+    before = model.prompts.weight.detach().clone()
+    result = Trainer(model, cfg(mixed_precision="bf16", epochs=1), toy_data(), toy_data(20, split="validation")).fit()
+    assert math.isfinite(result["eval"]["loss"]) and not torch.equal(before, model.prompts.weight)
+    assert model.prompts.weight.dtype == torch.float32  # autocast only: the prompts stay float32
+
+
+def test_gradient_checkpointing_is_enabled_or_refused_clearly():
+    class Checkpointed(ToyPrompted):
+        enabled = False
+
+        def enable_gradient_checkpointing(self):
+            self.enabled = True
+
+    model = Checkpointed()
+    Trainer(model, cfg(gradient_checkpointing=True), toy_data())
+    assert model.enabled
+    with pytest.raises(ValueError, match="gradient_checkpointing: ToyPrompted does not support gradient checkpointing"):
+        Trainer(toy_model(), cfg(gradient_checkpointing=True), toy_data())
+
+
+# ----- bad input ---------------------------------------------------------------------------------------------------
+def test_nan_loss_stops_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    class Exploding(ToyPrompted):
+        calls = 0
+
+        def training_step(self, batch):
+            self.calls += 1
+            loss = super().training_step(batch)
+            return loss * float("nan") if self.calls == 8 else loss
+
+    model = Exploding()
+    trainer = Trainer(model, cfg(save_every_steps=3), toy_data(), run_dir=tmp_path / "run")
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 8 \(epoch 1\).*keeps the checkpoint of step 6"):
+        trainer.fit()
+    assert torch.isfinite(model.prompts.weight).all()  # the bad step never reached the prompts
+    meta = json.loads((tmp_path / "run/state/trainer_state.json").read_text())
+    assert meta["progress"]["step"] == 6
+    fresh = toy_model(seed=1)
+    fresh.load_prompts(tmp_path / "run/last")
+    assert all(torch.isfinite(v).all() for v in fresh.prompt_state_dict().values())
+
+
+def test_run_directory_holding_a_run_is_refused_unless_overwrite(tmp_path):
+    Trainer(toy_model(), cfg(epochs=1), toy_data(), run_dir=tmp_path / "run").fit()
+    (tmp_path / "run/notes.txt").write_text("mine")
+    with pytest.raises(RunDirError, match=r"already holds a run .*pass overwrite=True \(--overwrite\)"):
+        Trainer(toy_model(), cfg(epochs=1), toy_data(), run_dir=tmp_path / "run")
+    Trainer(toy_model(), cfg(epochs=1), toy_data(), run_dir=tmp_path / "run", overwrite=True)
+    assert not (tmp_path / "run/metrics.jsonl").exists() and not (tmp_path / "run/last").exists()
+    assert (tmp_path / "run/notes.txt").read_text() == "mine"  # only the run's own entries are replaced
+
+
+def test_resume_needs_a_training_state_and_the_same_data_order(tmp_path):
+    with pytest.raises(RunDirError, match="cannot resume: .* does not exist"):
+        Trainer(toy_model(), cfg(), toy_data(), run_dir=tmp_path / "none", resume=True)
+    Trainer(toy_model(), cfg(epochs=1), toy_data(), run_dir=tmp_path / "run").fit()
+    with pytest.raises(RunDirError, match=r"data order would differ \(num_train: run has 40, now 44; batch_size: run has 8, now 4\)"):
+        Trainer(toy_model(), cfg(epochs=1, batch_size=4), toy_data(44), run_dir=tmp_path / "run", resume=True)
+
+
+def test_empty_dataset_is_refused():
+    with pytest.raises(ValueError, match="train dataset has no rows"):
+        Trainer(toy_model(), cfg(), [])
+    with pytest.raises(ValueError, match="eval dataset has no rows"):
+        Trainer(toy_model(), cfg(), toy_data(), [])
+
+
+def test_label_out_of_range_names_label_and_classes():
+    data = toy_data()
+    data.labels[5] = 7
+    with pytest.raises(ValueError, match=r"label 7 is out of range for a model with 4 classes \(training batch \d+ of epoch 0\); labels must lie in \[0, 3\]"):
+        Trainer(toy_model(), cfg(), data).fit()
+    with pytest.raises(ValueError, match=r"label 7 is out of range for a model with 4 classes \(eval batch \d+\)"):
+        Trainer(toy_model(), cfg(), None, data).evaluate()
+
+
+def test_unknown_metric_and_fp16_on_cpu_are_refused():
+    with pytest.raises(ValueError, match=r"metric: 'f1' is not among the eval metrics of ToyPrompted \(loss, accuracy\)"):
+        Trainer(toy_model(), cfg(metric="f1", epochs=1), toy_data(), toy_data(8, split="validation")).fit()
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="mixed_precision: fp16 needs a CUDA GPU"):
+            Trainer(toy_model(), cfg(mixed_precision="fp16"), toy_data())
