@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Callable, Sequence
 
 import torch
@@ -16,8 +17,9 @@ import torch
 Tokenizer = Callable[[list[str]], torch.Tensor]
 
 
+@lru_cache(maxsize=8)
 def get_tokenizer(name: str | None, context_length: int) -> Tokenizer:
-    """The tokenizer for a text tower.
+    """The tokenizer for a text tower (cached: building the BPE tables takes a noticeable fraction of a second).
 
     Args:
         name: an open_clip model name (``"ViT-B-16"``) for ``open_clip.get_tokenizer``; ``None`` gives OpenAI's BPE

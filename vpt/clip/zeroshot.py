@@ -3,13 +3,16 @@ prompt-learning method here, and the fixed ``head: zeroshot`` of vpt."""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .tokens import SpecialTokens, Tokenizer, check_class_names, text_token_ids
+from promptcore import PromptedModel, register_wrapper
+
+from .config import ZeroShotCLIPConfig
+from .tokens import SpecialTokens, Tokenizer, check_class_names, get_tokenizer, text_token_ids
 
 Template = str | Callable[[str], str]
 
@@ -68,3 +71,59 @@ def zeroshot_weights(
         chunks.append(model.encode_text(ids, normalize=True))
     emb = torch.cat(chunks).view(len(names), len(templates), -1)
     return F.normalize(emb.mean(1), dim=-1)
+
+
+class ZeroShotCLIP(PromptedModel):
+    """Zero-shot CLIP as a prompted model with nothing to train (the baseline of base-to-new tables).
+
+    Args:
+        model: a frozen open_clip CLIP model.
+        config: :class:`vpt.clip.config.ZeroShotCLIPConfig` (class names and templates).
+        tokenizer: a tokenizer object; default: the one ``config.tokenizer`` names (``null``: OpenAI's BPE).
+        name: backbone name for prompt files.
+    """
+
+    method = "clip_zeroshot"
+
+    def __init__(self, model: nn.Module, config: ZeroShotCLIPConfig, tokenizer: Tokenizer | None = None, name: str | None = None) -> None:
+        super().__init__()
+        if config.class_names is None:
+            raise ValueError("class_names: zero-shot CLIP needs the class names; set prompt.class_names (the CLI fills them from the data)")
+        self.config = config
+        self.backbone = model
+        self.tokenizer = tokenizer or get_tokenizer(config.tokenizer, model.context_length)
+        self.name = name or f"open_clip {type(model).__name__}"
+        self.set_class_names(config.class_names)
+        self.freeze_backbone()
+        self.train()
+
+    def set_class_names(self, class_names: Sequence[str]) -> None:
+        """Re-embeds the classifier for another set of classes."""
+        self.class_names = check_class_names(list(class_names))
+        weights = zeroshot_weights(self.backbone, self.tokenizer, self.class_names, self.config.templates)
+        self.register_buffer("weights", weights, persistent=False)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``[B, num_classes]`` logits: ``logit_scale.exp()`` times cosine similarity (plus ``logit_bias``)."""
+        with torch.no_grad():
+            image = F.normalize(self.backbone.encode_image(pixel_values).float(), dim=-1)
+            logits = self.backbone.logit_scale.exp().float() * image @ self.weights.float().T
+            bias = getattr(self.backbone, "logit_bias", None)
+            return logits + bias.float() if bias is not None else logits
+
+    def forward_batch(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self(batch["pixel_values"])
+
+    def prompt_config(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "backbone": self.name,
+            "num_class_names": len(self.class_names),
+            "class_names": list(self.class_names),
+            "templates": list(self.config.templates),
+        }
+
+
+@register_wrapper(ZeroShotCLIPConfig)
+def _wrap(model: nn.Module, config: ZeroShotCLIPConfig) -> ZeroShotCLIP:
+    return ZeroShotCLIP(model, config)

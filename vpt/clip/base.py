@@ -1,0 +1,132 @@
+"""What every CLIP prompt learner shares: the frozen open_clip model, its text tower view, the tokenizer, the class
+prompts and the CLIP logits."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from promptcore import PromptedModel, init_prompt_
+
+from .text import PromptLayout, TextTower
+from .tokens import SpecialTokens, Tokenizer, check_class_names, get_tokenizer, text_token_ids
+
+
+def describe_backbone(model: nn.Module, text: TextTower) -> str:
+    """A label for prompt files when no backbone name is given: the model class and the tower sizes."""
+    visual = getattr(model, "visual", None)
+    vision = f", vision {type(visual).__name__}" if visual is not None else ""
+    return f"open_clip {type(model).__name__} (text width {text.width}, {text.num_layers} layers{vision})"
+
+
+class CLIPPromptModel(PromptedModel):
+    """Base of the CLIP prompt learners: ``forward(pixel_values) -> logits [B, num_classes]``.
+
+    Args:
+        model: a frozen open_clip ``CLIP`` or ``CustomTextCLIP`` (its parameters are frozen here).
+        config: the method config; its ``class_names`` must be set.
+        tokenizer: a tokenizer object; default: the one ``config.tokenizer`` names (``null``: OpenAI's BPE).
+        name: backbone name for prompt files (``open_clip:ViT-B-16:openai``); default: a label from the sizes.
+
+    Trainable modules live in ``prompts`` (one container per method), the only prompt module.
+    """
+
+    prompt_module_names = ("prompts",)
+    compat_keys = (
+        "method",
+        "dim",
+        "num_tokens",
+        "num_layers",
+        "class_specific",
+        "embed_dim",
+        "vision_dim",
+        "vision_num_tokens",
+        "vision_num_layers",
+    )
+    method: str = ""
+
+    def __init__(self, model: nn.Module, config: Any, tokenizer: Tokenizer | None = None, name: str | None = None) -> None:
+        super().__init__()
+        if config.class_names is None:
+            raise ValueError(
+                "class_names: the text prompts need the class names; set prompt.class_names (the CLI fills them from the data)"
+            )
+        self.config = config
+        self.backbone = model
+        self.text_tower = TextTower(model)
+        self.tokenizer = tokenizer or get_tokenizer(config.tokenizer, self.text_tower.context_length)
+        self.special = SpecialTokens.of(self.tokenizer)
+        self.name = name or describe_backbone(model, self.text_tower)
+        self.class_names = check_class_names(config.class_names)
+
+    # ----- construction helpers ---------------------------------------------------------------------------------
+    def _text_path(self, requested: str, applies: bool = True) -> bool:
+        """Resolves ``text_path`` (auto / fast / reference) to whether the fast path runs."""
+        issue = self.text_tower.fast_path_issue()
+        if requested == "reference":
+            return False
+        if requested == "fast" and issue:
+            raise ValueError(f"text_path: 'fast' does not apply to this model: {issue}; use 'auto' or 'reference'")
+        return issue is None and applies
+
+    def _context(self, shape: tuple[int, ...], ctx_init: str | None, std: float) -> nn.Parameter:
+        """A context parameter ``[..., n_ctx, width]``: the embeddings of ``ctx_init``'s first ``n_ctx`` tokens, or
+        N(0, std²)."""
+        weight = torch.empty(shape)
+        n_ctx = shape[-2]
+        if ctx_init is None:
+            init_prompt_(weight, "normal", std=std)
+            return nn.Parameter(weight)
+        ids = text_token_ids(self.tokenizer, [ctx_init], self.special)[0]
+        if len(ids) < n_ctx:
+            raise ValueError(
+                f"ctx_init: {ctx_init!r} is {len(ids)} tokens but n_ctx is {n_ctx}; give at least {n_ctx} tokens of "
+                f"text, set n_ctx: {len(ids)}, or ctx_init: null for a random init"
+            )
+        init_prompt_(weight, "text", embedding=self.text_tower.token_embedding.weight.float(), token_ids=ids[:n_ctx])
+        return nn.Parameter(weight)
+
+    def _layout(self, class_names: Sequence[str], n_ctx: int, position: str = "end", shared: bool = True) -> PromptLayout:
+        layout = PromptLayout(
+            self.tokenizer, self.special, class_names, n_ctx, position, self.text_tower.context_length, shared
+        )
+        return layout.to(self.text_tower.token_embedding.weight.device)
+
+    def set_class_names(self, class_names: Sequence[str]) -> None:
+        """Switches to another set of classes (base-to-new evaluation) without touching the learned prompts."""
+        names = check_class_names(list(class_names))
+        self.layout = self._layout(names, self.layout.n_ctx, self.layout.position, shared=True)
+        self.class_names = names
+
+    # ----- outputs ----------------------------------------------------------------------------------------------
+    def clip_logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """CLIP's logits: ``logit_scale.exp()`` times the cosine similarity (plus ``logit_bias`` where the model has
+        one). ``text_features`` is ``[C, E]`` (one classifier) or ``[B, C, E]`` (one per image)."""
+        img = F.normalize(image_features.float(), dim=-1)
+        txt = F.normalize(text_features.float(), dim=-1)
+        sim = img @ txt.T if txt.dim() == 2 else torch.einsum("be,bce->bc", img, txt)
+        logits = self.backbone.logit_scale.exp().float() * sim
+        bias = getattr(self.backbone, "logit_bias", None)
+        return logits + bias.float() if bias is not None else logits
+
+    def forward_batch(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self(batch["pixel_values"])
+
+    def prompt_config(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "backbone": self.name,
+            "dim": self.text_tower.width,
+            "embed_dim": self.text_tower.embed_dim,
+            "context_length": self.text_tower.context_length,
+            "num_class_names": len(self.class_names),
+            "class_names": list(self.class_names),
+        }
+
+    def _finish(self) -> None:
+        """Freezes everything but ``prompts`` and keeps the backbone in eval mode."""
+        self.freeze_backbone()
+        self.train()
