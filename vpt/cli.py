@@ -13,7 +13,6 @@ Everything here is a few calls a user can make in Python: ``create_model``, ``wr
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,6 +20,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from promptcore import PromptedModel, read_prompt_config, wrap
+from promptcore.cli import add_config_args
+from promptcore.cli import main as shared_main
 from promptcore.recipe import DataBundle
 
 from .backbones import create_model
@@ -119,8 +120,7 @@ class VisionRecipe:
     def add_commands(self, subparsers: argparse._SubParsersAction) -> None:
         """Adds ``predict`` (top-k labels of images with trained prompts)."""
         p = subparsers.add_parser("predict", help="print the top-k labels of images with trained prompts")
-        p.add_argument("-c", "--config", required=True, help="run config YAML (the one the prompts were trained with)")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+        add_config_args(p)
         p.add_argument("--prompts", required=True, help="prompt folder (a run's best/ or last/)")
         p.add_argument("images", nargs="+", help="image files or folders of images")
         p.add_argument("--top-k", type=int, default=5, help="labels to print per image (default 5)")
@@ -132,7 +132,7 @@ class VisionRecipe:
         if args.top_k <= 0:
             raise ValueError(f"--top-k must be positive, got {args.top_k}")
         paths = image_paths(args.images)
-        cfg = load_run_config(args.config, args.set)
+        cfg = load_run_config(args.config, args.overrides)
         meta = read_prompt_config(args.prompts)
         if getattr(cfg.prompt, "num_classes", "absent") is None and meta.get("num_classes"):
             cfg.prompt.num_classes = int(meta["num_classes"])  # the prompts' head size: no data needed
@@ -160,7 +160,5 @@ class VisionRecipe:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``vpt`` console script."""
-    from promptcore.cli import main as shared_main
-
-    return shared_main(VisionRecipe(), list(sys.argv[1:] if argv is None else argv))
+    """Entry point of the ``vpt`` console script (``argv`` defaults to ``sys.argv[1:]``); returns the exit status."""
+    return shared_main(VisionRecipe(), argv)

@@ -75,8 +75,8 @@ class VisionDataConfig:
 
     Attributes:
         source: ``synthetic``, ``hf`` (Hugging Face ``datasets``), ``imagefolder`` (torchvision) or ``asset``.
-        name: the ``hf`` dataset name or builder (``cifar10``, ``imagefolder``, ``parquet``, ``csv`` ...), or the
-            ``asset`` name (``fashion_mnist``, ``mnist_5k``).
+        name: the ``hf`` dataset name or builder (``cifar10``, ``imagefolder``, ``parquet``, ``csv`` ...) or a
+            folder written by ``DatasetDict.save_to_disk``; or the ``asset`` name (``fashion_mnist``, ``mnist_5k``).
         config_name: the ``hf`` dataset's configuration (subset), if it has several.
         data_dir: ``hf`` builders' ``data_dir``; the root folder for ``imagefolder``.
         data_files: ``hf`` builders' ``data_files`` (a path, a list, or a mapping split -> path(s)).
@@ -450,8 +450,13 @@ def _from_dataset_dict(dd: Any, cfg: VisionDataConfig, label: str) -> tuple[Labe
 def _load_hf(cfg: VisionDataConfig) -> tuple[LabeledImages, LabeledImages | None]:
     import datasets
 
+    if (Path(cfg.name) / "dataset_dict.json").is_file():  # a folder written by DatasetDict.save_to_disk
+        return _from_dataset_dict(datasets.load_from_disk(cfg.name), cfg, f"dataset {cfg.name!r}")
     kwargs = {k: v for k, v in (("data_dir", cfg.data_dir), ("data_files", cfg.data_files)) if v is not None}
-    dd = datasets.load_dataset(cfg.name, cfg.config_name, **kwargs)
+    try:
+        dd = datasets.load_dataset(cfg.name, cfg.config_name, **kwargs)
+    except ValueError as e:  # e.g. a builder given files with no rows: add which dataset and what to check
+        raise DataError(f"could not load dataset {cfg.name!r} ({e}); check data.name, data.data_files / data.data_dir and that the files hold rows") from None
     return _from_dataset_dict(dd, cfg, f"dataset {cfg.name!r}")
 
 

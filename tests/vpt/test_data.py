@@ -1,0 +1,180 @@
+"""Vision data (vpt.data): sources, the backbone's own transforms, few-shot sampling, hold-out, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+import vpt.assets
+
+from promptcore.config import ConfigError, load_config
+from vpt.data import (
+    DataError,
+    VisionDataConfig,
+    build_vision_data,
+    few_shot_indices,
+    holdout_indices,
+    load_sources,
+    resolve_image_config,
+    to_rgb,
+)
+
+COLORS = {"blue": (0, 0, 255), "green": (0, 255, 0), "red": (255, 0, 0)}
+
+
+@pytest.fixture(scope="module")
+def vit() -> torch.nn.Module:
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=2, num_classes=0)
+
+
+def write_image_tree(root: Path, per_class: dict[str, int], mode: str = "RGB", size: tuple[int, int] = (40, 30)) -> None:
+    for name, count in per_class.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            color = COLORS[name] if mode != "L" else 40 * i
+            Image.new(mode, size, color).save(root / name / f"{i}.png")
+
+
+def data_cfg(**kw) -> VisionDataConfig:
+    return load_config(VisionDataConfig, kw)
+
+
+def test_imagefolder_with_split_folders_and_backbone_transform(tmp_path: Path, vit: torch.nn.Module) -> None:
+    write_image_tree(tmp_path / "train", {"blue": 3, "green": 4, "red": 5}, size=(40, 30))
+    write_image_tree(tmp_path / "test", {"blue": 1, "green": 1, "red": 1}, mode="RGBA", size=(64, 64))
+    cfg = data_cfg(source="imagefolder", data_dir=str(tmp_path))
+    bundle = build_vision_data(cfg, resolve_image_config(vit))
+    assert bundle.class_names == ["blue", "green", "red"] and bundle.info["num_classes"] == 3
+    assert len(bundle.train) == 12 and len(bundle.eval) == 3
+    item = bundle.eval[2]
+    # RGBA 64x64 -> RGB at the ViT's own 32x32, normalised with timm's mean/std (0.5): red is (+1, -1, -1).
+    assert item["pixel_values"].shape == (3, 32, 32) and item["labels"] == 2
+    torch.testing.assert_close(item["pixel_values"][:, 16, 16], torch.tensor([1.0, -1.0, -1.0]))
+    batch = bundle.collate_fn([bundle.train[0], bundle.train[5]])
+    assert batch["pixel_values"].shape == (2, 3, 32, 32) and batch["labels"].dtype == torch.long
+
+
+def test_flat_imagefolder_holdout_and_few_shot(tmp_path: Path, vit: torch.nn.Module) -> None:
+    write_image_tree(tmp_path, {"blue": 6, "green": 6, "red": 6}, mode="L")
+    with pytest.raises(DataError, match="has no 'train' sub-folder, so it is read as one training set, but data.eval_split is 'test'"):
+        load_sources(data_cfg(source="imagefolder", data_dir=str(tmp_path)))
+    cfg = data_cfg(source="imagefolder", data_dir=str(tmp_path), eval_split=None, val_fraction=0.25, shots=2, seed=3)
+    bundle = build_vision_data(cfg, resolve_image_config(vit))
+    assert len(bundle.eval) == 4 and len(bundle.train) == 6
+    assert set(bundle.train.indices).isdisjoint(bundle.eval.indices)
+    assert sorted(bundle.train.labels) == [0, 0, 1, 1, 2, 2]
+    assert bundle.train[0]["pixel_values"].shape == (3, 32, 32)  # grayscale became 3 channels
+    again = build_vision_data(cfg, resolve_image_config(vit))
+    assert again.train.indices == bundle.train.indices and again.eval.indices == bundle.eval.indices
+    with pytest.raises(DataError, match=r"class 0 \('blue'\) has 4 training image\(s\), fewer than shots=5"):
+        build_vision_data(load_config(VisionDataConfig, {**cfg.__dict__, "synthetic": {}, "shots": 5}), resolve_image_config(vit))
+
+
+def test_few_shot_draw_is_seeded_and_per_class() -> None:
+    labels = [i % 4 for i in range(40)]
+    a = few_shot_indices(labels, 3, seed=0)
+    assert a == few_shot_indices(labels, 3, seed=0) and a != few_shot_indices(labels, 3, seed=1)
+    assert sorted(labels[i] for i in a) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    with pytest.raises(DataError, match=r"class 2 \('cat'\) has 0 training image"):
+        few_shot_indices([0, 1, 0, 1], 1, seed=0, class_names=["a", "b", "cat"])
+    train, held = holdout_indices(10, 0.3, seed=0)
+    assert len(held) == 3 and sorted(train + held) == list(range(10)) and holdout_indices(10, 0.3, seed=0) == (train, held)
+
+
+def _parquet(tmp_path: Path, name: str, columns: dict, features=None) -> str:
+    import datasets
+
+    path = tmp_path / f"{name}.parquet"
+    datasets.Dataset.from_dict(columns, features=features).to_parquet(str(path))
+    return str(path)
+
+
+def test_hf_parquet_files_with_custom_columns(tmp_path: Path, vit: torch.nn.Module) -> None:
+    import datasets
+
+    features = datasets.Features({"picture": datasets.Image(), "target": datasets.Value("int64")})
+    rows = {"picture": [Image.new("RGB", (20, 20), (255, 0, 0)), Image.new("L", (50, 50), 10)] * 3, "target": [0, 1] * 3}
+    files = {"train": _parquet(tmp_path, "train", rows, features), "validation": _parquet(tmp_path, "val", rows, features)}
+    cfg = data_cfg(source="hf", name="parquet", data_files=files, image_column="picture", label_column="target", eval_split="validation")
+    bundle = build_vision_data(cfg, resolve_image_config(vit))
+    assert bundle.class_names == ["0", "1"] and len(bundle.train) == 6 and len(bundle.eval) == 6
+    assert bundle.train[1]["pixel_values"].shape == (3, 32, 32)
+    with pytest.raises(DataError, match=r"no split 'test'; splits found: \['train', 'validation'\]"):
+        load_sources(data_cfg(source="hf", name="parquet", data_files=files, image_column="picture", label_column="target"))
+    with pytest.raises(DataError, match=r"label column 'label' not found in dataset 'parquet' split 'train'; columns found: \['picture', 'target'\]"):
+        load_sources(data_cfg(source="hf", name="parquet", data_files=files, image_column="picture", eval_split=None))
+    with pytest.raises(DataError, match="label 1 of row 1 in dataset 'parquet' split 'train' is out of range: the model has 1 classes"):
+        build_vision_data(cfg, resolve_image_config(vit), num_classes=1)
+
+
+def test_hf_string_labels_and_empty_split_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")})
+    files = {"train": _parquet(tmp_path, "s", {"image": [Image.new("RGB", (8, 8))], "label": ["cat"]}, features)}
+    with pytest.raises(DataError, match=r"label column 'label' .* holds Value\('string'\) values; expected integer class ids"):
+        load_sources(data_cfg(source="hf", name="parquet", data_files=files, eval_split=None))
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    empty = datasets.Dataset.from_dict({"image": [], "label": []}, features=features)
+    files = {"train": _parquet(tmp_path, "e", {"image": [], "label": []}, features)}
+    with pytest.raises(DataError, match="could not load dataset 'parquet' .*check data.name, data.data_files"):
+        load_sources(data_cfg(source="hf", name="parquet", data_files=files, eval_split=None))
+    one = datasets.Dataset.from_dict({"image": [Image.new("RGB", (8, 8))], "label": [1]}, features=features)
+    monkeypatch.setattr(vpt.assets, "load_dataset", lambda name: datasets.DatasetDict({"train": one, "test": empty}))
+    with pytest.raises(DataError, match="asset 'fake' split 'test' has no rows"):
+        load_sources(data_cfg(source="asset", name="fake"))
+    datasets.DatasetDict({"train": one}).save_to_disk(str(tmp_path / "saved"))
+    train, _ = load_sources(data_cfg(source="hf", name=str(tmp_path / "saved"), eval_split=None))
+    assert train.labels == [1] and train.class_names == ["a", "b"]
+
+
+def test_synthetic_source_at_backbone_size(vit: torch.nn.Module) -> None:
+    cfg = data_cfg(source="synthetic", num_classes=3, synthetic={"num_train": 30, "num_eval": 9}, shots=4)
+    bundle = build_vision_data(cfg, resolve_image_config(vit))
+    assert len(bundle.train) == 12 and len(bundle.eval) == 9 and bundle.info["num_classes"] == 3
+    assert bundle.train[0]["pixel_values"].shape == (3, 32, 32)
+
+
+def test_transforms_from_each_library() -> None:
+    import open_clip
+    import transformers
+
+    eff = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    cfg = resolve_image_config(eff)
+    assert cfg.size == (224, 224) and cfg.library == "timm"
+    assert resolve_image_config(eff, image_size=64).size == (64, 64)
+    clip = open_clip.CLIP(
+        embed_dim=16,
+        vision_cfg=dict(image_size=48, patch_size=8, width=32, layers=1, head_width=16),
+        text_cfg=dict(context_length=8, vocab_size=50, width=16, heads=1, layers=1),
+    )
+    cfg = resolve_image_config(clip)
+    assert cfg.size == (48, 48) and cfg.library == "open_clip" and cfg.mean == open_clip.OPENAI_DATASET_MEAN
+    from vpt.data import build_transform
+
+    assert build_transform(cfg)(to_rgb(Image.new("L", (100, 60)))).shape == (3, 48, 48)
+    hf = transformers.ViTModel(transformers.ViTConfig(image_size=40, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
+    cfg = resolve_image_config(hf)
+    assert cfg.size == (40, 40) and cfg.mean == (0.5, 0.5, 0.5) and "no image processor" in cfg.source
+    assert build_transform(cfg)(to_rgb(np.zeros((10, 70), dtype=np.uint8))).shape == (3, 40, 40)
+    with pytest.raises(ValueError, match="cannot read the input size of a Conv2d"):
+        resolve_image_config(torch.nn.Conv2d(3, 3, 1))
+
+
+def test_config_errors_name_their_fields() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(VisionDataConfig, {"source": "hf"})
+    assert "name: required for source 'hf'" in str(err.value)
+    with pytest.raises(ConfigError, match="set eval_split: null to use the hold-out"):
+        load_config(VisionDataConfig, {"val_fraction": 0.1})
+    with pytest.raises(ConfigError, match="shots: must be a positive number of images per class"):
+        load_config(VisionDataConfig, {"shots": 0})
+    with pytest.raises(ConfigError, match="label_colum: unknown key for VisionDataConfig. Did you mean 'label_column'"):
+        load_config(VisionDataConfig, {"label_colum": "y"})
+    with pytest.raises(DataError, match="image column 'image' holds int values"):
+        to_rgb(3)
