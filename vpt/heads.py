@@ -23,8 +23,9 @@ class TaskLinearHead(nn.Module):
 
     def forward(self, features: torch.Tensor, task_ids: torch.Tensor | None = None) -> torch.Tensor:
         """``features [B, dim]`` -> logits ``[B, num_classes]``; ``task_ids [B]`` picks each image's classifier."""
+        # Prompt parameters may stay float32 on a bfloat16 (or float64) backbone: compute in the features' dtype.
         if task_ids is None:
-            return F.linear(features, self.weight[0], self.bias[0])
+            return F.linear(features, self.weight[0].to(features.dtype), self.bias[0].to(features.dtype))
         weight = self.weight[task_ids].to(features.dtype)
         return torch.einsum("bd,bcd->bc", features, weight) + self.bias[task_ids].to(features.dtype)
 
