@@ -21,7 +21,7 @@ class ToyPrompted(PromptedModel):
     """Backbone: flatten -> Linear -> BatchNorm -> GELU -> Dropout -> Linear; the prompt's mean is added to the
     features; the head classifies them."""
 
-    def __init__(self, in_dim: int = 48, dim: int = 16, num_classes: int = 4, num_tokens: int = 3, prompt_dropout: float = 0.2, step_sleep: float = 0.0) -> None:
+    def __init__(self, in_dim: int = 48, dim: int = 16, num_classes: int = 4, num_tokens: int = 3, prompt_dropout: float = 0.2, pause_at_step: int = 0, pause: float = 0.0) -> None:
         super().__init__()
         self.backbone = nn.Sequential(
             nn.Flatten(), nn.Linear(in_dim, dim), nn.BatchNorm1d(dim), nn.GELU(), nn.Dropout(0.5), nn.Linear(dim, dim)
@@ -29,7 +29,9 @@ class ToyPrompted(PromptedModel):
         self.prompts = SoftPrompt(num_tokens, dim, init="normal", std=0.5, dropout=prompt_dropout)
         self.head = nn.Linear(dim, num_classes)
         self.dim, self.num_classes, self.num_tokens = dim, num_classes, num_tokens
-        self.step_sleep = step_sleep  # lets subprocess tests interrupt a run mid-epoch
+        # Training step ``pause_at_step`` (1-based) sleeps ``pause`` seconds: a window in which subprocess tests
+        # interrupt the run, knowing exactly where it stands.
+        self.pause_at_step, self.pause, self.steps_run = pause_at_step, pause, 0
         self.backbone_modes: list[bool] = []  # backbone.training seen by each training step
 
     def prompt_config(self) -> dict[str, Any]:
@@ -41,8 +43,9 @@ class ToyPrompted(PromptedModel):
 
     def training_step(self, batch: dict[str, Any]) -> torch.Tensor:
         self.backbone_modes.append(self.backbone.training)
-        if self.step_sleep:
-            time.sleep(self.step_sleep)
+        self.steps_run += 1
+        if self.steps_run == self.pause_at_step:
+            time.sleep(self.pause)
         return super().training_step(batch)
 
 
@@ -54,3 +57,12 @@ def toy_data(num_samples: int = 40, num_classes: int = 4, split: str = "train", 
 def toy_model(seed: int = 0, **kwargs: Any) -> ToyPrompted:
     torch.manual_seed(seed)
     return ToyPrompted(**kwargs)
+
+
+# The run the resume tests interrupt and compare: 40 rows, batch 8 -> 5 steps per epoch, 15 steps; checkpoints
+# every 2 steps and at epoch ends; train lines every 2 steps; eval at every epoch end.
+RESUME_TRAIN = dict(epochs=3, batch_size=8, lr=0.05, save_every_steps=2, log_every_steps=2, progress_bar=False, tensorboard=False)
+
+
+def resume_run_args() -> tuple[Dataset, Dataset]:
+    return toy_data(40), toy_data(12, split="validation")
