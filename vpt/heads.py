@@ -46,7 +46,7 @@ class ZeroShotHead(nn.Module):
 
     def __init__(self, class_embeddings: torch.Tensor, logit_scale: float) -> None:
         super().__init__()
-        self.register_buffer("class_embeddings", F.normalize(class_embeddings.detach().float(), dim=-1), persistent=False)
+        self.register_buffer("class_embeddings", F.normalize(class_embeddings.detach(), dim=-1), persistent=False)
         self.logit_scale = float(logit_scale)
 
     def forward(self, features: torch.Tensor, task_ids: torch.Tensor | None = None) -> torch.Tensor:
