@@ -337,8 +337,13 @@ class TextPromptedModel(PromptedModel):
         """``(logits, targets)`` aligned for the LM loss: causal LMs shift by one, seq2seq targets are the decoder's."""
         labels = batch["lm_labels"]
         if self.task == "causal_lm":
-            logits = self.token_logits(batch["input_ids"], batch.get("attention_mask"), batch.get("task_ids"))
-            return logits[:, :-1], labels[:, 1:]
+            mask = batch.get("attention_mask")
+            logits = self.token_logits(batch["input_ids"], mask, batch.get("task_ids"))
+            targets = labels[:, 1:]
+            if mask is not None:
+                # a token right after padding has no real predecessor (the first real token is never a target)
+                targets = targets.masked_fill(mask[:, :-1] == 0, -100)
+            return logits[:, :-1], targets
         if self.task == "seq2seq":
             x, mask, _, _ = self.encode(batch["input_ids"], batch.get("attention_mask"), batch.get("task_ids"))
             logits = self.backbone(inputs_embeds=x, attention_mask=mask, labels=labels, use_cache=False).logits
