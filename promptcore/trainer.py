@@ -275,6 +275,7 @@ class Trainer:
         if not self.params:
             raise ValueError(f"{type(model).__name__} has no prompt parameters to train (prompt_module_names={model.prompt_module_names})")
         if self.world_size > 1:
+            self._check_same_frozen_weights()
             # Every process starts from rank 0's prompts, whatever each one's initialisation drew.
             for p in self.params:
                 dist.broadcast(p.data, src=0)
@@ -331,6 +332,25 @@ class Trainer:
                 f"use bf16 (works on CPU and recent GPUs) or no"
             )
         return accelerator
+
+    def _check_same_frozen_weights(self) -> None:
+        """Frozen weights are never synchronised, so they must match on every process from the start: compares a
+        per-tensor checksum (a randomly initialised backbone built without a common seed would silently differ)."""
+        prompt_ids = {id(p) for p in self.params}
+        frozen = [(n, t) for n, t in [*self.model.named_parameters(), *self.model.named_buffers()] if id(t) not in prompt_ids]
+        if not frozen:
+            return
+        sums = torch.stack([t.detach().double().sum() if t.is_floating_point() else t.detach().sum().double() for _, t in frozen])
+        low, high = sums.clone(), sums.clone()
+        dist.all_reduce(low, op=dist.ReduceOp.MIN)
+        dist.all_reduce(high, op=dist.ReduceOp.MAX)
+        differ = [name for (name, _), a, b in zip(frozen, low.tolist(), high.tolist()) if a != b]
+        if differ:
+            raise ValueError(
+                f"frozen weights differ between the {self.world_size} processes ({', '.join(differ[:5])}"
+                f"{' ...' if len(differ) > 5 else ''}); build the model identically on every process: load the same "
+                f"pretrained weights, or seed (promptcore.trainer.seed_everything) before building a random one"
+            )
 
     def _set_train_mode(self) -> None:
         """Prompt modules train; every other top-level module (backbone and any frozen helper) stays in eval."""

@@ -66,3 +66,12 @@ RESUME_TRAIN = dict(epochs=3, batch_size=8, lr=0.05, save_every_steps=2, log_eve
 
 def resume_run_args() -> tuple[Dataset, Dataset]:
     return toy_data(40), toy_data(12, split="validation")
+
+
+# The run the multi-process test compares: global batch 8 over 42 rows (the last global batch has 2 rows, one per
+# process of two), 21 eval rows (uneven shards), grad clipping and warmup on.
+DISTRIBUTED_TRAIN = dict(epochs=2, batch_size=8, lr=0.05, grad_clip=1.0, warmup_steps=2, log_every_steps=3, progress_bar=False, tensorboard=False)
+
+
+def distributed_run_args() -> tuple[Dataset, Dataset]:
+    return toy_data(42), toy_data(21, split="validation")
