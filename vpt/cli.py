@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, get_args
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -25,7 +25,9 @@ from promptcore.cli import main as shared_main
 from promptcore.recipe import DataBundle
 
 from .backbones import create_model
+from .clip.config import CLIPPromptConfig
 from .data import (
+    ImageConfig,
     LabeledImages,
     build_transform,
     build_vision_data,
@@ -37,6 +39,7 @@ from .data import (
 )
 from .run_config import VisionRunConfig, load_run_config
 
+CLIP_CONFIGS = get_args(CLIPPromptConfig)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -84,21 +87,33 @@ class VisionRecipe:
     def __init__(self) -> None:
         self._sources: dict[str, tuple[LabeledImages, LabeledImages | None]] = {}
 
-    def sources(self, cfg: VisionRunConfig, image_config: Any = None) -> tuple[LabeledImages, LabeledImages | None]:
+    def sources(self, cfg: VisionRunConfig, image_config: ImageConfig) -> tuple[LabeledImages, LabeledImages | None]:
+        """The run's data sources (loaded once per data config)."""
         key = repr(cfg.data)
         if key not in self._sources:
             self._sources[key] = load_sources(cfg.data, image_config)
         return self._sources[key]
 
     def build_model(self, cfg: VisionRunConfig) -> PromptedModel:
-        """The backbone by name, wrapped with the prompt config; an unset ``num_classes`` comes from the data."""
+        """The backbone by name, wrapped with the prompt config.
+
+        Unset ``num_classes`` (pixel prompts) and ``class_names`` (CLIP methods) are filled from the data, and the
+        prompt config is validated again with them.
+        """
         backbone = create_model(cfg.model)
         prompt = cfg.prompt
         if getattr(prompt, "image_size", "absent") is None and cfg.data.image_size is not None:
             prompt.image_size = cfg.data.image_size  # pixel prompts are laid out at the size the data is resized to
-        if getattr(prompt, "num_classes", "absent") is None:
-            train = None if cfg.data.source == "synthetic" else self.sources(cfg)[0]
-            prompt.num_classes = infer_num_classes(cfg.data, train)
+        needs_count = getattr(prompt, "num_classes", "absent") is None
+        needs_names = isinstance(prompt, CLIP_CONFIGS) and prompt.class_names is None
+        if needs_count or needs_names:
+            train = self.sources(cfg, resolve_image_config(backbone, cfg.data.image_size))[0]
+            count = infer_num_classes(cfg.data, train)
+            if needs_count:
+                prompt.num_classes = count
+            if needs_names:
+                prompt.class_names = class_names_of(cfg.data, train, count)
+            prompt.__post_init__()
         return wrap(backbone, prompt)
 
     def build_data(self, cfg: VisionRunConfig, model: PromptedModel) -> DataBundle:
@@ -108,14 +123,12 @@ class VisionRecipe:
         return build_vision_data(cfg.data, image_config, num_classes, self.sources(cfg, image_config))
 
     def class_names(self, cfg: VisionRunConfig, model: PromptedModel, prompt_meta: dict[str, Any]) -> list[str]:
-        """Class names for ``predict``: the prompt folder's, else the config's / the data's."""
-        num_classes = int(model.prompt_config()["num_classes"])
-        if prompt_meta.get("class_names"):
-            return list(prompt_meta["class_names"])
-        if cfg.data.class_names is not None:
-            return list(cfg.data.class_names)
-        image_config = resolve_image_config(model.backbone, cfg.data.image_size) if cfg.data.source == "synthetic" else None
-        return class_names_of(cfg.data, self.sources(cfg, image_config)[0], num_classes)
+        """Class names for ``predict``: the prompt folder's, the prompt config's (CLIP), else the data's."""
+        for names in (prompt_meta.get("class_names"), getattr(cfg.prompt, "class_names", None), cfg.data.class_names):
+            if names:
+                return list(names)
+        train = self.sources(cfg, resolve_image_config(model.backbone, cfg.data.image_size))[0]
+        return class_names_of(cfg.data, train, int(model.prompt_config().get("num_classes") or infer_num_classes(cfg.data, train)))
 
     def add_commands(self, subparsers: argparse._SubParsersAction) -> None:
         """Adds ``predict`` (top-k labels of images with trained prompts)."""

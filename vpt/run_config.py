@@ -1,7 +1,8 @@
 """The vision run config: what ``vpt train | eval | predict`` read from YAML.
 
 Sections: ``model`` (:class:`vpt.config.BackboneConfig`), ``prompt`` (a method config, chosen by its ``method``
-key: ``vpt_shallow``/``vpt_deep`` token prompts or ``pixel_*`` pixel prompts), ``data``
+key: ``vpt_shallow``/``vpt_deep`` token prompts, ``pixel_*`` pixel prompts, or the CLIP prompt learners
+``clip_zeroshot``/``coop``/``cocoop``/``maple``/``ivlp`` of :mod:`vpt.clip.config`), ``data``
 (:class:`vpt.data.VisionDataConfig`) and ``train`` (:class:`promptcore.train_config.TrainConfig`).
 """
 
@@ -14,18 +15,20 @@ from typing import Any
 from promptcore.config import load_config
 from promptcore.train_config import TrainConfig
 
+from .clip.config import CLIPPromptConfig
 from .config import BackboneConfig, VPTConfig
 from .data import VisionDataConfig
 from .pixel import PixelPromptConfig
 
-PromptConfig = VPTConfig | PixelPromptConfig
+PromptConfig = VPTConfig | PixelPromptConfig | CLIPPromptConfig
 
 
 @dataclass
 class VisionRunConfig:
     """One vision run: backbone, prompts, data and training.
 
-    ``prompt.num_classes`` may be left unset for pixel prompts: ``vpt train`` takes it from the data.
+    Left unset, ``prompt.num_classes`` (pixel prompts) and ``prompt.class_names`` (CLIP methods) are taken from
+    the data by the ``vpt`` recipe.
     """
 
     model: BackboneConfig = field(default_factory=BackboneConfig)
