@@ -1,0 +1,214 @@
+"""``make demo``: prompt tuning on real pretrained models and real labelled data, against the usual baselines.
+
+Every model and dataset comes from an ordinary package (:mod:`promptcore.assets`), so this runs on a machine that
+reaches the package index and no model hub. For each task of ``configs/demo/demo.yaml`` it trains the run config's
+prompt method and evaluates its baseline (:mod:`demo.baselines`) on the same frozen model, data and trainer, then
+writes ``demo/report.md`` with accuracy, trainable parameters and wall time per method, an accuracy bar chart and
+the training curves. Usage::
+
+    python demo/run_demo.py                       # everything (about 12 minutes on a 2-core CPU)
+    python demo/run_demo.py --only text_encoder   # one task
+    python demo/run_demo.py --hub                 # hub model names instead of packaged assets (connected machine)
+    python demo/run_demo.py --set causal_lm:train.epochs=2   # override a task's run config
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from a checkout: make `demo.*` importable
+    sys.path.insert(0, str(ROOT))
+
+from promptcore import load_config  # noqa: E402
+from promptcore.trainer import Trainer  # noqa: E402
+
+from demo.report import MethodResult, write_report  # noqa: E402
+
+# Packaged asset -> the same model on its hub, for `--hub` (docs/demo.md).
+HUB_NAMES: dict[str, dict[str, Any]] = {
+    "asset:efficientnet_lite0": {"model.name": "timm:tf_efficientnet_lite0.in1k", "model.pretrained": True},
+    "asset:minilm_l6": {"model.name": "hf:sentence-transformers/all-MiniLM-L6-v2"},
+    "asset:smollm2_135m": {"model.name": "hf:HuggingFaceTB/SmolLM2-135M-Instruct"},
+}
+
+
+@dataclass
+class DemoTask:
+    """One comparison: a run config's prompt method against a baseline on the same model and data.
+
+    Attributes:
+        name: short name (run folders, ``--only``, ``--set NAME:key=value``).
+        title: the report's heading for the task.
+        package: ``vpt`` or ``textpt``: whose run config and recipe.
+        config: the run config YAML, relative to the repository root.
+        method_label: how the prompt method is named in the report.
+        baseline: ``linear_probe`` (head only, trained) or ``zero_shot`` (nothing trained; causal LM verbalizer).
+        eval_samples: evaluate a fixed seeded subset of this many test rows (for data configs without such a cap).
+    """
+
+    name: str
+    title: str
+    package: Literal["vpt", "textpt"]
+    config: str
+    method_label: str
+    baseline: Literal["linear_probe", "zero_shot"]
+    eval_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.eval_samples is not None and self.eval_samples <= 0:
+            raise ValueError(f"eval_samples: must be positive or null, got {self.eval_samples}")
+
+
+@dataclass
+class DemoConfig:
+    """``configs/demo/demo.yaml``: the tasks, and the wall-time budget the sizes were chosen for."""
+
+    tasks: list[DemoTask] = field(default_factory=list)
+    budget_minutes: float = 15.0
+
+
+def _recipe(package: str) -> Any:
+    if package == "vpt":
+        from vpt.cli import VisionRecipe
+
+        return VisionRecipe()
+    from textpt.cli import TextRecipe
+
+    return TextRecipe()
+
+
+def load_task_config(task: DemoTask, overrides: list[str], hub: bool) -> Any:
+    """The task's run config with ``overrides`` (and hub model names when ``hub``)."""
+    recipe = _recipe(task.package)
+    raw = load_config(recipe.config_class, ROOT / task.config)
+    extra = []
+    if hub and raw.model.name in HUB_NAMES:
+        extra = [f"{k}={json.dumps(v)}" for k, v in HUB_NAMES[raw.model.name].items()]
+    return load_config(recipe.config_class, ROOT / task.config, [*extra, *overrides])
+
+
+def _eval_subset(dataset: Any, n: int | None, seed: int) -> Any:
+    """A fixed seeded subset of ``n`` rows (all rows when ``n`` is None or not smaller)."""
+    if n is None or n >= len(dataset):
+        return dataset
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
+    return torch.utils.data.Subset(dataset, sorted(order.tolist()))
+
+
+def _count(params: Any) -> int:
+    return sum(p.numel() for p in params)
+
+
+def _train(model: Any, cfg: Any, data: Any, eval_set: Any, run_dir: Path) -> tuple[dict[str, Any], list[dict]]:
+    trainer = Trainer(model, cfg.train, data.train, eval_set, data.collate_fn, run_dir=str(run_dir), run_config=cfg, overwrite=True)
+    result = trainer.fit()
+    return result["eval"], trainer.run.read_metrics()
+
+
+def run_task(task: DemoTask, cfg: Any, runs: Path) -> list[MethodResult]:
+    """Trains the prompt method, then the baseline, of one task; returns their measured results."""
+    from demo.baselines import TextWithoutPrompt, VisionLinearProbe, evaluate
+
+    recipe = _recipe(task.package)
+    results = []
+
+    print(f"\n== {task.title}: {task.method_label}", flush=True)
+    start = time.perf_counter()
+    model = recipe.build_model(cfg)
+    data = recipe.build_data(cfg, model)
+    eval_set = _eval_subset(data.eval, task.eval_samples, cfg.train.seed)
+    metrics, records = _train(model, cfg, data, eval_set, runs / task.name / "prompt")
+    results.append(MethodResult(task.name, task.title, task.method_label, metrics["accuracy"], metrics["count"],
+                                _count(model.prompt_parameters()), _count(model.parameters()), len(data.train),
+                                time.perf_counter() - start, records))  # fmt: skip
+
+    label = "linear probe (head only)" if task.baseline == "linear_probe" else "zero-shot (no prompt)"
+    print(f"\n== {task.title}: {label}", flush=True)
+    start = time.perf_counter()
+    if task.package == "vpt":
+        baseline = VisionLinearProbe(model.backbone, model.config, name=model.name)
+    else:
+        baseline = TextWithoutPrompt(model.backbone, model.config, tokenizer=model.tokenizer, task=model.task, name=model.backbone_name)
+    if task.baseline == "zero_shot":
+        size = cfg.train.eval_batch_size or cfg.train.batch_size
+        metrics, records, trained_rows = evaluate(baseline, eval_set, data.collate_fn, size, "zero-shot eval"), [], 0
+    else:
+        metrics, records = _train(baseline, cfg, data, eval_set, runs / task.name / "baseline")
+        trained_rows = len(data.train)
+    results.append(MethodResult(task.name, task.title, label, metrics["accuracy"], metrics["count"],
+                                _count(baseline.prompt_parameters()), _count(baseline.parameters()), trained_rows,
+                                time.perf_counter() - start, records))  # fmt: skip
+    return results
+
+
+def fetch_assets(configs: dict[str, Any]) -> float:
+    """Fetches (first run) or finds (later runs) every packaged asset the configs name; returns the seconds taken."""
+    from tqdm.auto import tqdm
+
+    needed: list[tuple[str, str, str]] = []
+    for package, cfg in configs.values():
+        if cfg.model.name.startswith("asset:"):
+            needed.append((package, "model", cfg.model.name.removeprefix("asset:")))
+        if cfg.data.source == "asset":
+            needed.append((package, "dataset", cfg.data.name))
+    start = time.perf_counter()
+    for package, kind, name in tqdm(list(dict.fromkeys(needed)), desc="assets", unit="asset", dynamic_ncols=True):
+        if package == "vpt":
+            from vpt import assets as vision_assets
+
+            vision_assets.create_asset_model(name) if kind == "model" else vision_assets.load_dataset(name)
+        else:
+            from textpt import assets as text_assets
+
+            text_assets.model_path(name) if kind == "model" else text_assets.load_dataset(name)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python demo/run_demo.py`` (``make demo``)."""
+    parser = argparse.ArgumentParser(prog="demo/run_demo.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=str(ROOT / "configs/demo/demo.yaml"), help="the demo's task list")
+    parser.add_argument("--out", default=str(ROOT / "demo"), help="where report.md, the plots and runs/ go")
+    parser.add_argument("--only", action="append", default=[], metavar="TASK", help="run only this task (repeatable)")
+    parser.add_argument("--set", action="append", default=[], metavar="TASK:KEY=VALUE", help="override a task's run config")
+    parser.add_argument("--hub", action="store_true", help="load the models by their hub names (needs a model hub)")
+    args = parser.parse_args(argv)
+
+    total_start = time.perf_counter()
+    demo = load_config(DemoConfig, args.config)
+    names = [t.name for t in demo.tasks]
+    unknown = [n for n in args.only + [s.partition(":")[0] for s in args.set] if n not in names]
+    if unknown:
+        parser.error(f"unknown task(s) {unknown}; the tasks of {args.config} are {names}")
+    tasks = [t for t in demo.tasks if not args.only or t.name in args.only]
+    overrides = {t.name: [s.partition(":")[2] for s in args.set if s.partition(":")[0] == t.name] for t in tasks}
+    configs = {t.name: (t.package, load_task_config(t, overrides[t.name], args.hub)) for t in tasks}
+
+    print(f"prompttune demo: {len(tasks)} task(s), budget {demo.budget_minutes:g} min, torch threads {torch.get_num_threads()}")
+    fetch_s = fetch_assets(configs)
+    out = Path(args.out)
+    results: list[MethodResult] = []
+    for task in tasks:
+        results.extend(run_task(task, configs[task.name][1], out / "runs"))
+    total_s = time.perf_counter() - total_start
+    machine = f"{platform.machine()} CPU, {torch.get_num_threads()} threads" + (", CUDA" if torch.cuda.is_available() else "")
+    table = write_report(results, out, fetch_s, total_s, demo.budget_minutes, machine,
+                         {t.name: t.config for t in tasks}, hub=args.hub)  # fmt: skip
+    print("\n" + table)
+    print(f"\nwrote {out / 'report.md'} in {total_s / 60:.1f} min (budget {demo.budget_minutes:g} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
