@@ -1,0 +1,151 @@
+"""textpt prompt tuning against PEFT prompt tuning on SmolLM2-135M shapes (random weights), in one run.
+
+Same backbone object, same prompt embeddings, batch 16 x 64 input tokens, 20 and 100 prompt tokens. Measures, for
+each prompt length, interleaving the two implementations:
+
+- train step time (forward + backward of the LM loss on the 64 input tokens), ratio textpt / PEFT;
+- inference throughput (examples/s of a no-grad forward), ratio textpt / PEFT (as time, lower is better);
+- the largest logit difference on the input tokens (float32);
+- memory: on CUDA the peak allocated bytes of a train step; on CPU the bytes autograd saves for backward
+  (summed through ``torch.autograd.graph.saved_tensors_hooks``), the part of train memory that the prompt length
+  changes (the weights are shared).
+
+Usage: ``python bench/textpt_vs_peft.py [--repeats 3] [--out bench/results/textpt.md]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import torch
+from peft import PromptTuningConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import textpt
+from textpt import TextPromptConfig
+
+SMOLLM2_135M = dict(
+    vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+    num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0, tie_word_embeddings=True,
+)
+
+
+def saved_bytes(fn) -> int:
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
+def timed(fn, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--length", type=int, default=64)
+    parser.add_argument("--tokens", type=int, nargs="+", default=[20, 100])
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    backbone = LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M)).to(device).eval()
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    ids = torch.randint(0, SMOLLM2_135M["vocab_size"], (args.batch, args.length), device=device)
+    mask = torch.ones_like(ids)
+    rows = []
+    for n in args.tokens:
+        pt = textpt.wrap(backbone, TextPromptConfig(num_tokens=n, init="vocab"), task="causal_lm", name="SmolLM2-135M shapes")
+        pm = get_peft_model(backbone, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=n))
+        with torch.no_grad():
+            pm.prompt_encoder["default"].embedding.weight.copy_(pt.prompts.weight)
+
+        def train_textpt():
+            pt.training_step({"input_ids": ids, "attention_mask": mask, "lm_labels": ids}).backward()
+
+        def train_peft():
+            pm(input_ids=ids, attention_mask=mask, labels=ids).loss.backward()
+
+        @torch.no_grad()
+        def infer_textpt():
+            return pt.token_logits(ids, mask)
+
+        @torch.no_grad()
+        def infer_peft():
+            return pm(input_ids=ids, attention_mask=mask).logits[:, n:]
+
+        diff = float((infer_textpt() - infer_peft()).abs().max())
+        mem_t, mem_p = saved_bytes(lambda: pt.training_step({"input_ids": ids, "attention_mask": mask, "lm_labels": ids})), saved_bytes(
+            lambda: pm(input_ids=ids, attention_mask=mask, labels=ids).loss
+        )
+        if device.type == "cuda":
+            peaks = []
+            for fn in (train_textpt, train_peft):
+                torch.cuda.reset_peak_memory_stats()
+                fn()
+                peaks.append(torch.cuda.max_memory_allocated())
+            mem_t, mem_p = peaks
+        train = {"t": [], "p": []}
+        infer = {"t": [], "p": []}
+        for _ in range(args.repeats):  # interleaved, so drift in machine load hits both alike
+            train["t"].append(timed(train_textpt, device))
+            train["p"].append(timed(train_peft, device))
+            infer["t"].append(timed(infer_textpt, device))
+            infer["p"].append(timed(infer_peft, device))
+        med = {k: {s: statistics.median(v[s]) for s in v} for k, v in (("train", train), ("infer", infer))}
+        row = {
+            "n": n,
+            "train_t": med["train"]["t"], "train_p": med["train"]["p"],
+            "infer_t": args.batch / med["infer"]["t"], "infer_p": args.batch / med["infer"]["p"],
+            "train_ratio": med["train"]["t"] / med["train"]["p"], "infer_ratio": med["infer"]["t"] / med["infer"]["p"],
+            "diff": diff, "mem_t": mem_t, "mem_p": mem_p,
+        }
+        rows.append(row)
+        print(row, flush=True)
+        del pt, pm
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, torch threads {torch.get_num_threads()}, " + (
+        torch.cuda.get_device_name() if device.type == "cuda" else "no GPU"
+    )
+    mem_kind = "peak CUDA allocated bytes of a train step" if device.type == "cuda" else "bytes autograd saves for backward (CPU)"
+    lines = [
+        "# textpt vs PEFT prompt tuning (SmolLM2-135M shapes, random weights)",
+        "",
+        f"Machine: {machine}; torch {torch.__version__}. Batch {args.batch} x {args.length} input tokens, float32, "
+        f"median of {args.repeats} interleaved repeats. Ratios are textpt / PEFT time (lower is better).",
+        "",
+        f"| prompt tokens | train step textpt (s) | train step PEFT (s) | step ratio | infer textpt (ex/s) | infer PEFT (ex/s) | infer time ratio | max logit diff | memory textpt / PEFT ({mem_kind}) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['n']} | {r['train_t']:.2f} | {r['train_p']:.2f} | {r['train_ratio']:.2f} | {r['infer_t']:.1f} | {r['infer_p']:.1f} | "
+            f"{r['infer_ratio']:.2f} | {r['diff']:.1e} | {r['mem_t'] / 2**20:.0f} MiB / {r['mem_p'] / 2**20:.0f} MiB ({r['mem_t'] / r['mem_p']:.2f}) |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()
