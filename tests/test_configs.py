@@ -1,0 +1,125 @@
+"""Every YAML under configs/ (recursively) loads and validates as the config class of what runs it.
+
+Which class validates a file:
+
+1. A demo manifest (a mapping with ``tasks:``, read by ``demo/run_demo.py``) validates as its ``DemoConfig``; each
+   task's ``package`` then says which package runs the task's ``config`` file.
+2. Otherwise the first part of the file's path below configs/ (folders, then the words of the file name split on
+   '_' and '-') that names a package: ``vpt`` or ``clip`` -> ``vpt``, ``textpt`` -> ``textpt``. So
+   ``configs/vpt/x.yaml``, ``configs/clip/coop.yaml`` and ``configs/smoke/vpt_tiny.yaml`` are vision configs.
+
+A package's file validates as its CLI recipe's ``config_class`` (``vpt``: VisionRunConfig). A file that none of
+these rules places, or that two packages claim, fails here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from promptcore.config import load_config, read_yaml
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+PACKAGE_OF_WORD = {"vpt": "vpt", "clip": "vpt", "textpt": "textpt"}
+ALL_YAML = sorted(p for p in CONFIGS.rglob("*") if p.suffix in (".yaml", ".yml"))
+
+
+def is_manifest(path: Path) -> bool:
+    data = read_yaml(path)
+    return isinstance(data, dict) and isinstance(data.get("tasks"), list)
+
+
+def manifest_packages() -> dict[Path, str]:
+    """Config path -> package, from the tasks of every demo manifest."""
+    out: dict[Path, str] = {}
+    for path in ALL_YAML:
+        if is_manifest(path):
+            for task in read_yaml(path)["tasks"]:
+                out[(CONFIGS.parent / task["config"]).resolve()] = task["package"]
+    return out
+
+
+def demo_config_class() -> type:
+    spec = importlib.util.spec_from_file_location("run_demo", CONFIGS.parent / "demo" / "run_demo.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)  # dataclasses resolve the module's annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module.DemoConfig
+
+
+def package_of(path: Path) -> str:
+    named = manifest_packages().get(path.resolve())
+    if named is not None:
+        return named
+    rel = path.relative_to(CONFIGS)
+    words = [*rel.parts[:-1], *re.split(r"[_\-]", rel.stem)]
+    found = [PACKAGE_OF_WORD[w] for w in words if w in PACKAGE_OF_WORD]
+    if not found or len(set(found)) > 1:
+        raise AssertionError(
+            f"configs/{rel}: cannot tell which package runs it (found {found or 'no package name'} in {words}); put it "
+            f"under configs/vpt, configs/clip or configs/textpt, or name it <package>_<name>.yaml"
+        )
+    return found[0]
+
+
+def run_config_class(package: str) -> type:
+    if package == "vpt":
+        from vpt.cli import VisionRecipe
+
+        return VisionRecipe.config_class
+    from textpt.cli import TextRecipe
+
+    return TextRecipe.config_class
+
+
+def test_configs_exist() -> None:
+    assert ALL_YAML, f"no YAML files under {CONFIGS}"
+    assert CONFIGS / "smoke" / "vpt_tiny.yaml" in ALL_YAML
+
+
+@pytest.mark.parametrize("path", ALL_YAML, ids=[str(p.relative_to(CONFIGS)) for p in ALL_YAML])
+def test_config_validates(path: Path) -> None:
+    if is_manifest(path):
+        manifest = load_config(demo_config_class(), path)
+        for task in manifest.tasks:
+            assert (CONFIGS.parent / task.config).is_file(), f"{path}: task {task.name!r} names a missing config {task.config}"
+        return
+    cfg = load_config(run_config_class(package_of(path)), path)
+    assert cfg.train is not None
+    if package_of(path) == "vpt":
+        from vpt.backbones import FAMILIES
+
+        family = cfg.model.name.partition(":")[0]
+        assert family in FAMILIES, f"{path}: backbone family {family!r} is not registered ({FAMILIES.names()})"
+
+
+def test_package_of_paths() -> None:
+    assert package_of(CONFIGS / "smoke" / "vpt_tiny.yaml") == "vpt"
+    assert package_of(CONFIGS / "demo" / "efficientnet-vpt.yaml") == "vpt"
+    for config, package in manifest_packages().items():
+        assert package_of(config) == package
+    assert package_of(CONFIGS / "clip" / "coop.yaml") == "vpt"
+    assert package_of(CONFIGS / "smoke" / "textpt_tiny.yaml") == "textpt"
+    with pytest.raises(AssertionError, match="cannot tell which package runs it"):
+        package_of(CONFIGS / "demo" / "run.yaml")
+    with pytest.raises(AssertionError, match="cannot tell which package runs it"):
+        package_of(CONFIGS / "vpt" / "textpt_mix.yaml")
+
+
+@pytest.mark.parametrize("name", ["vpt_deep_vit_b16.yaml", "vpt_shallow_vit_b16.yaml"])
+def test_vpt_paper_recipe(name: str) -> None:
+    from vpt.cli import VisionRecipe
+
+    raw = read_yaml(CONFIGS / "vpt" / name)
+    cfg = load_config(VisionRecipe.config_class, raw)
+    deep = "deep" in name
+    assert cfg.model.name.startswith("timm:vit_base_patch16_224") and "in21k" in cfg.model.name
+    assert cfg.prompt.method == ("vpt_deep" if deep else "vpt_shallow")
+    assert cfg.prompt.dropout == (0.1 if deep else 0.0) and cfg.prompt.init == "xavier"
+    t = cfg.train
+    assert (t.optimizer, t.momentum, t.scheduler, t.lr_scaling) == ("sgd", 0.9, "cosine", "linear")
+    assert (t.warmup_epochs, t.epochs, t.batch_size) == (10, 100, 64)
