@@ -104,3 +104,10 @@ def test_python_dash_m_vpt_reports_bad_input_cleanly(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "nope.yaml' does not exist" in proc.stderr
+
+
+def test_clip_method_gets_class_names_from_the_data(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    clip = FAMILIES["open_clip"][:3] + [FAMILIES["open_clip"][3].replace("vocab_size: 100", "vocab_size: 49408")]
+    run_json(capsys, ["train", "-c", SMOKE, *SHORT, *clip, "--set", "prompt={method: coop, n_ctx: 2}", "-o", str(tmp_path / "run")])
+    meta = json.loads((tmp_path / "run" / "last" / "prompt_config.json").read_text())
+    assert meta["method"] == "coop" and meta["class_names"] == ["class 0", "class 1", "class 2", "class 3"]
