@@ -1,0 +1,219 @@
+"""CLIP prompt learners on tiny random open_clip models: every method runs, only prompts train, the fast text path
+equals the 77-token reference in float64, save -> load is exact, bad input gets clear errors, training learns."""
+
+import open_clip
+import pytest
+import torch
+
+import promptcore
+import vpt.clip as vc
+from promptcore import PromptFileError
+from promptcore.data import SyntheticImages
+from vpt.clip.tokens import get_tokenizer
+
+NAMES = ["cat", "golden retriever", "sea lion", "tree"]
+
+
+def tiny_clip(seed: int = 0, text_width: int = 64, text_layers: int = 2) -> open_clip.CLIP:
+    torch.manual_seed(seed)
+    return open_clip.CLIP(
+        embed_dim=32,
+        vision_cfg=dict(layers=2, width=64, head_width=32, patch_size=8, image_size=32),
+        text_cfg=dict(context_length=77, vocab_size=49408, width=text_width, heads=2, layers=text_layers),
+    )
+
+
+def configs(names=NAMES):
+    return {
+        "coop": vc.CoOpConfig(class_names=names, n_ctx=4),
+        "coop_csc_middle": vc.CoOpConfig(class_names=names, n_ctx=4, class_specific_context=True, class_token_position="middle"),
+        "coop_front": vc.CoOpConfig(class_names=names, n_ctx=3, class_token_position="front"),
+        "coop_middle": vc.CoOpConfig(class_names=names, n_ctx=5, class_token_position="middle"),
+        "coop_csc_end": vc.CoOpConfig(class_names=names, n_ctx=2, class_specific_context=True),
+        "cocoop": vc.CoCoOpConfig(class_names=names),
+        "maple": vc.MaPLeConfig(class_names=names, depth=2),
+        "ivlp": vc.IVLPConfig(class_names=names, depth=2, vision_n_ctx=3),
+    }
+
+
+IMAGES = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("key", list(configs()))
+def test_every_method_gives_logits_and_only_prompts_get_gradients(key):
+    model = promptcore.wrap(tiny_clip(), configs()[key])
+    assert isinstance(model, promptcore.PromptedModel)
+    logits = model(IMAGES)
+    assert logits.shape == (3, len(NAMES))
+    logits.logsumexp(-1).sum().backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    prompt_names = {n for n, _ in model.named_prompt_parameters()}
+    assert with_grad == prompt_names and all(n.startswith("prompts.") for n in with_grad)
+    assert all(not p.requires_grad for p in model.backbone.parameters())
+    assert model.forward_batch({"pixel_values": IMAGES}).shape == (3, len(NAMES))
+    assert model.backbone.training is False
+
+
+@pytest.mark.parametrize("key", list(configs()))
+def test_fast_text_path_equals_77_token_reference_in_float64(key):
+    model = promptcore.wrap(tiny_clip(), configs()[key]).double()
+    assert model.fast
+    with torch.no_grad():  # non-trivial prompts, so the test does not pass on an initial state by accident
+        for p in model.prompt_parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    images = IMAGES.double()
+    fast = model(images)
+    fast_grads = torch.autograd.grad(fast.square().sum(), list(model.prompt_parameters()))
+    model.fast = False
+    ref = model(images)
+    ref_grads = torch.autograd.grad(ref.square().sum(), list(model.prompt_parameters()))
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-10)
+    for a, b in zip(fast_grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
+
+
+def test_coop_with_text_init_reproduces_encode_text_of_the_hand_written_prompt():
+    clip = tiny_clip().double()
+    model = promptcore.wrap(clip, vc.CoOpConfig(class_names=NAMES, n_ctx=4, ctx_init="a photo of a")).double()
+    tok = get_tokenizer(None, 77)
+    expected = clip.encode_text(tok([f"a photo of a {n}." for n in NAMES]))
+    model.fast = False
+    torch.testing.assert_close(model.text_features(), expected, rtol=0, atol=0)
+    model.fast = True
+    torch.testing.assert_close(model.text_features(), expected, rtol=0, atol=1e-12)
+
+
+def test_zero_shot_matches_manual_clip_and_averages_templates():
+    clip = tiny_clip()
+    tok = get_tokenizer(None, 77)
+    templates = ["a photo of a {}.", "a drawing of a {}."]
+    weights = vc.zeroshot_weights(clip, tok, NAMES, templates)
+    per = [clip.encode_text(tok([t.format(n) for n in NAMES]), normalize=True) for t in templates]
+    torch.testing.assert_close(weights, torch.nn.functional.normalize(per[0] + per[1], dim=-1))
+    model = promptcore.wrap(clip, vc.ZeroShotCLIPConfig(class_names=NAMES, templates=templates))
+    image = clip.encode_image(IMAGES, normalize=True)
+    torch.testing.assert_close(model(IMAGES), clip.logit_scale.exp() * image @ weights.T)
+    assert list(model.prompt_parameters()) == []
+
+
+def test_cocoop_batched_equals_one_image_at_a_time():
+    model = promptcore.wrap(tiny_clip(), vc.CoCoOpConfig(class_names=NAMES)).double()
+    images = IMAGES.double()
+    batched = model(images)
+    single = torch.cat([model(images[i : i + 1]) for i in range(len(images))])
+    torch.testing.assert_close(batched, single, rtol=0, atol=1e-10)
+    model.config.image_chunk = 2
+    torch.testing.assert_close(model(images), batched, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("key", ["coop", "coop_csc_middle", "cocoop", "maple", "ivlp"])
+def test_save_then_load_gives_identical_logits(tmp_path, key):
+    trained = promptcore.wrap(tiny_clip(), configs()[key])
+    with torch.no_grad():
+        for p in trained.prompt_parameters():
+            p.add_(torch.randn_like(p))
+    trained.eval()
+    trained.save_prompts(tmp_path / "p")
+    fresh = promptcore.wrap(tiny_clip(), configs()[key]).eval()
+    assert not torch.equal(fresh(IMAGES), trained(IMAGES))
+    meta = fresh.load_prompts(tmp_path / "p")
+    assert meta["method"] == trained.method and meta["class_names"] == NAMES
+    torch.testing.assert_close(fresh(IMAGES), trained(IMAGES), rtol=0, atol=0)
+
+
+def test_base_to_new_moves_a_unified_context_to_other_classes():
+    model = promptcore.wrap(tiny_clip(), vc.CoOpConfig(class_names=NAMES[:2], n_ctx=4))
+    model.set_class_names(["boat", "plane", "horse"])
+    assert model(IMAGES).shape == (3, 3)
+    csc = promptcore.wrap(tiny_clip(), vc.CoOpConfig(class_names=NAMES[:2], class_specific_context=True))
+    with pytest.raises(ValueError, match="class-specific context.*cannot move"):
+        csc.set_class_names(["boat", "plane"])
+
+
+# ----- bad input ----------------------------------------------------------------------------------------------
+def test_a_class_name_longer_than_the_context_is_named():
+    long = "very " * 80 + "long dog"
+    with pytest.raises(ValueError, match=r"class 'very very.*tokenizes beyond the text context length"):
+        promptcore.wrap(tiny_clip(), vc.CoOpConfig(class_names=["cat", long]))
+
+
+def test_context_plus_class_name_over_77_tokens_is_named():
+    name = "word " * 60 + "end"
+    with pytest.raises(ValueError, match=r"class 'word word.*needs 80 tokens.*61 for the name, 16 context.*context length 77"):
+        promptcore.wrap(tiny_clip(), vc.CoOpConfig(class_names=["cat", name], n_ctx=16))
+
+
+def test_duplicate_and_missing_class_names_are_rejected():
+    with pytest.raises(ValueError, match=r"class_names: duplicate class names \['cat'\]"):
+        vc.CoOpConfig(class_names=["cat", "dog", "cat"])
+    with pytest.raises(ValueError, match="class_names: the text prompts need the class names"):
+        promptcore.wrap(tiny_clip(), vc.CoOpConfig())
+
+
+def test_bad_sizes_are_rejected():
+    with pytest.raises(ValueError, match="n_ctx: must be a positive integer, found 0"):
+        vc.CoOpConfig(n_ctx=0)
+    with pytest.raises(ValueError, match="depth: 9 is more than the text tower's 2 layers"):
+        promptcore.wrap(tiny_clip(), vc.MaPLeConfig(class_names=NAMES, depth=9))
+    with pytest.raises(ValueError, match=r"ctx_init: 'a photo' is 2 tokens but n_ctx is 4"):
+        promptcore.wrap(tiny_clip(), vc.CoOpConfig(class_names=NAMES, n_ctx=4, ctx_init="a photo"))
+    with pytest.raises(ValueError, match=r"templates: \['a photo'\] have no '\{\}'"):
+        vc.ZeroShotCLIPConfig(templates=["a photo"])
+
+
+def test_a_prompt_file_for_another_text_tower_is_rejected(tmp_path):
+    small = promptcore.wrap(tiny_clip(text_width=32), vc.CoOpConfig(class_names=NAMES, n_ctx=4))
+    small.save_prompts(tmp_path / "p")
+    big = promptcore.wrap(tiny_clip(), vc.CoOpConfig(class_names=NAMES, n_ctx=4))
+    with pytest.raises(PromptFileError, match="prompt dim 32 does not match backbone width 64"):
+        big.load_prompts(tmp_path / "p")
+    deep = promptcore.wrap(tiny_clip(), vc.MaPLeConfig(class_names=NAMES, depth=2))
+    deep.save_prompts(tmp_path / "m")
+    shallow = promptcore.wrap(tiny_clip(), vc.MaPLeConfig(class_names=NAMES, depth=1))
+    with pytest.raises(PromptFileError, match="prompt depth 2 does not match"):
+        shallow.load_prompts(tmp_path / "m")
+
+
+def test_deep_vision_prompts_need_a_vit_image_tower():
+    torch.manual_seed(0)
+    resnet_clip = open_clip.CLIP(
+        embed_dim=32,
+        vision_cfg=dict(layers=[1, 1, 1, 1], width=8, head_width=8, image_size=32),
+        text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2),
+    )
+    with pytest.raises(ValueError, match="ModifiedResNet.*need an open_clip VisionTransformer.*use CoOp or CoCoOp"):
+        promptcore.wrap(resnet_clip, vc.MaPLeConfig(class_names=NAMES, depth=1))
+    assert promptcore.wrap(resnet_clip, vc.CoOpConfig(class_names=NAMES, n_ctx=2))(IMAGES).shape == (3, 4)
+
+
+def test_fast_path_is_refused_where_it_does_not_apply():
+    torch.manual_seed(0)
+    bidirectional = open_clip.CLIP(
+        embed_dim=32,
+        vision_cfg=dict(layers=1, width=64, head_width=32, patch_size=8, image_size=32),
+        text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=1, no_causal_mask=True),
+    )
+    with pytest.raises(ValueError, match="text_path: 'fast' does not apply.*no causal mask"):
+        promptcore.wrap(bidirectional, vc.CoOpConfig(class_names=NAMES, text_path="fast"))
+    auto = promptcore.wrap(bidirectional, vc.CoOpConfig(class_names=NAMES, n_ctx=2))
+    assert auto.fast is False and auto(IMAGES).shape == (3, 4)
+
+
+# ----- learning -----------------------------------------------------------------------------------------------
+def test_coop_learns_the_synthetic_classes():
+    from promptcore.train_config import TrainConfig
+    from promptcore.trainer import Trainer
+
+    # A random text tower gives the context little to work with; this seeded set-up (16 context tokens, 40 steps)
+    # goes from chance (0.25) to about 0.6.
+    train = SyntheticImages(256, 4, 32, noise=0.25, seed=0)
+    test = SyntheticImages(128, 4, 32, noise=0.25, seed=0, split="test")
+    model = promptcore.wrap(tiny_clip(), vc.CoOpConfig(class_names=NAMES, n_ctx=16))
+    cfg = TrainConfig(epochs=10, max_steps=40, batch_size=32, lr=0.01, tensorboard=False, progress_bar=False, eval_every_epochs=0)
+    trainer = Trainer(model, cfg, train, None, collate_fn=torch.utils.data.default_collate)
+    before = trainer.evaluate(test)["accuracy"]
+    backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    trainer.fit()
+    accuracy = trainer.evaluate(test)["accuracy"]
+    assert accuracy >= 0.45 and accuracy > before + 0.15, f"CoOp went from {before:.3f} to {accuracy:.3f} on 4 classes (chance 0.25)"
+    assert all(torch.equal(backbone_before[k], v) for k, v in model.backbone.state_dict().items())
