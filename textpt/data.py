@@ -72,6 +72,7 @@ class TextDataConfig:
         num_eval_samples: synthetic evaluation rows.
         num_classes: synthetic classes (2 to 8).
         text_length: synthetic filler words per text.
+        keywords_per_text: synthetic class keywords mixed into each text (more: an easier task).
         seed: the synthetic data's seed.
     """
 
@@ -96,6 +97,7 @@ class TextDataConfig:
     num_eval_samples: int = 256
     num_classes: int = 2
     text_length: int = 12
+    keywords_per_text: int = 2
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -116,7 +118,7 @@ class TextDataConfig:
             raise ValueError(f"template: {self.template!r} has no {{column}} field; e.g. 'Review: {{{self.text_column}}}'")
         if self.target_template is not None:
             template_fields(self.target_template, "target_template")
-        for name in ("max_length", "max_train_samples", "max_eval_samples", "num_samples", "num_eval_samples", "text_length"):
+        for name in ("max_length", "max_train_samples", "max_eval_samples", "num_samples", "num_eval_samples", "text_length", "keywords_per_text"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name}: must be positive, got {value}")
@@ -155,7 +157,10 @@ def load_raw(cfg: TextDataConfig) -> dict[str, Any]:
             splits["eval"] = (cfg.eval_split, cfg.num_eval_samples)
         out = {}
         for role, (split, n) in splits.items():
-            synth = SyntheticTexts(num_samples=n, num_classes=cfg.num_classes, length=cfg.text_length, seed=cfg.seed, split=split)
+            synth = SyntheticTexts(
+                num_samples=n, num_classes=cfg.num_classes, length=cfg.text_length,
+                keywords_per_text=cfg.keywords_per_text, seed=cfg.seed, split=split,
+            )
             features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=synth.class_names)})
             out[role] = datasets.Dataset.from_dict({"text": synth.texts, "label": synth.labels.tolist()}, features=features)
         return _limit(out, cfg)

@@ -1,0 +1,168 @@
+"""``textpt`` command line: ``textpt train | eval | generate`` (also ``python -m textpt``).
+
+``train`` and ``eval`` come from the shared CLI (:func:`promptcore.cli.main`); this module is the text recipe it
+runs (how to build the model and the data from a :class:`textpt.run_config.TextRunConfig`) plus ``generate``::
+
+    textpt train -c configs/smoke/textpt_tiny.yaml -o runs/tiny
+    textpt train -c configs/smoke/textpt_tiny.yaml --set model.task=seq_cls -o runs/tiny_cls
+    textpt eval -c configs/smoke/textpt_tiny.yaml --prompts runs/tiny/best
+    textpt generate -c configs/smoke/textpt_tiny.yaml --prompts runs/tiny/best "a good movie" "a boring film"
+
+Everything here is a few calls a user can make in Python: ``load_model_and_tokenizer``, ``textpt.wrap``,
+``build_text_data``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Any, Sequence
+
+import torch
+
+from promptcore import load_config, read_prompt_config
+from promptcore.cli import add_config_args
+from promptcore.recipe import DataBundle
+
+from . import wrap
+from .data import ExampleEncoder, TextCollator, build_text_data, input_budget, layout_for, load_raw, pad_token_id
+from .loading import load_model_and_tokenizer, model_max_length
+from .model import TextPromptedModel
+from .run_config import TextRunConfig
+
+
+class TextRecipe:
+    """The ``textpt`` recipe for :func:`promptcore.cli.main`."""
+
+    prog = "textpt"
+    config_class = TextRunConfig
+
+    def build_model(self, cfg: TextRunConfig) -> TextPromptedModel:
+        """The frozen model and tokenizer by name, wrapped with the prompt config (and ``model.checkpoint``'s
+        prompts loaded when set)."""
+        backbone, tokenizer = load_model_and_tokenizer(cfg.model)
+        prompt = cfg.prompt
+        if cfg.model.task != "causal_lm" and prompt.verbalizer and prompt.init != "labels":
+            # Only a causal LM scores the verbalizer's words; for seq2seq they are targets (made by the data) and
+            # seq_cls has a head, so the model gets the class count alone.
+            prompt = dataclasses.replace(prompt, verbalizer=None)
+        model = wrap(backbone, prompt, tokenizer=tokenizer, task=cfg.model.task, name=cfg.model.name)
+        if cfg.model.checkpoint is not None:
+            model.load_prompts(cfg.model.checkpoint)
+        return model
+
+    def build_data(self, cfg: TextRunConfig, model: TextPromptedModel) -> DataBundle:
+        """Train/eval datasets tokenized with the model's tokenizer, within the room the prompt leaves."""
+        return build_text_data(
+            cfg.data,
+            model.tokenizer,
+            task=cfg.model.task,
+            max_length=self.max_length(cfg, model),
+            verbalizer=cfg.prompt.verbalizer,
+            num_classes=cfg.prompt.num_classes,
+            num_tasks=cfg.prompt.num_tasks,
+        )
+
+    @staticmethod
+    def max_length(cfg: TextRunConfig, model: TextPromptedModel) -> int | None:
+        """The longest input: ``data.max_length``, else ``model.max_length``, else the model's limit less the
+        prompt's tokens (``None``: no limit)."""
+        limit = model_max_length(model.backbone, model.tokenizer)
+        return input_budget(limit, model.num_prompt_tokens, cfg.data.max_length or cfg.model.max_length)
+
+    def add_commands(self, subparsers: argparse._SubParsersAction) -> None:
+        """Adds ``generate``: generations of texts, or label words with probabilities for classifiers."""
+        p = subparsers.add_parser(
+            "generate",
+            help="generate text for inputs with trained prompts (classifiers: print each label with its probability)",
+            description="Each text is put through the config's data.template (as a row whose text column holds it), "
+            "then the model writes a continuation (causal_lm with data.target_column, seq2seq with data.target_column) "
+            "or scores the classes (seq_cls, and causal_lm / seq2seq with a verbalizer).",
+        )
+        add_config_args(p)
+        p.add_argument("--prompts", required=True, help="prompt folder (a run's best/ or last/)")
+        p.add_argument("texts", nargs="+", help="input texts (the template's text field)")
+        p.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate per text (default 32)")
+        p.add_argument("--task", type=int, default=0, help="task id of a prompt bank (default 0)")
+        p.set_defaults(func=self.generate)
+
+    def generate(self, args: argparse.Namespace) -> int:
+        """``textpt generate``: prints each input, then its generation or its classes by probability."""
+        if args.max_new_tokens <= 0:
+            raise ValueError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
+        cfg = load_config(TextRunConfig, args.config, args.overrides)
+        if not 0 <= args.task < cfg.prompt.num_tasks:
+            raise ValueError(f"--task {args.task} is not a task of the prompt bank; give 0..{cfg.prompt.num_tasks - 1}")
+        read_prompt_config(args.prompts)  # a missing or foreign folder fails here, before the model loads
+        model = self.build_model(cfg)
+        model.load_prompts(args.prompts)
+        model.eval()
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model.to(device)
+        batch = self.encode_texts(cfg, model, args.texts)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        batch["task_ids"] = torch.full((len(args.texts),), args.task, dtype=torch.long, device=device)
+        layout = layout_for(cfg.model.task, cfg.prompt.verbalizer, cfg.data.target_column)
+        if layout == "classification" or (layout == "seq2seq" and cfg.data.target_column is None):
+            names = self.class_names(cfg)
+            probs = class_probabilities(model, batch, layout, cfg.prompt.verbalizer)
+            for i, text in enumerate(args.texts):
+                print(f"[{i + 1}] {text}")
+                for c in probs[i].argsort(descending=True).tolist():
+                    print(f"    {names[c]}  {probs[i, c]:.4f}")
+            return 0
+        new = model.generate(batch["input_ids"], batch["attention_mask"], batch["task_ids"], max_new_tokens=args.max_new_tokens)
+        for i, (text, ids) in enumerate(zip(args.texts, new.tolist())):
+            print(f"[{i + 1}] {text}")
+            print(f"    {model.tokenizer.decode(ids, skip_special_tokens=True).strip()}")
+        return 0
+
+    def encode_texts(self, cfg: TextRunConfig, model: TextPromptedModel, texts: list[str]) -> dict[str, torch.Tensor]:
+        """A batch of ``texts`` put through the data template, as the model saw its training inputs."""
+        tokenizer = model.tokenizer
+        encoder = ExampleEncoder(tokenizer, "inputs", cfg.data.template, cfg.data.text_column, self.max_length(cfg, model))
+        examples, _ = encoder.encode({cfg.data.text_column: list(texts)}, split="command line")
+        return TextCollator(pad_token_id(tokenizer), tokenizer.padding_side)(list(examples))
+
+    @staticmethod
+    def class_names(cfg: TextRunConfig) -> list[str]:
+        """Names to print for classes: the verbalizer's words, else ``data.label_names``, else the data's
+        ``ClassLabel`` names, else ``class 0``, ``class 1``..."""
+        if cfg.prompt.verbalizer:
+            return [w.strip() for w in cfg.prompt.verbalizer]
+        if cfg.data.label_names:
+            return list(cfg.data.label_names)
+        raw = load_raw(cfg.data)["train"]
+        feature = raw.features.get(cfg.data.label_column) if cfg.data.label_column else None
+        if hasattr(feature, "names"):
+            return list(feature.names)
+        return [f"class {i}" for i in range(cfg.prompt.num_classes)]
+
+
+@torch.no_grad()
+def class_probabilities(model: TextPromptedModel, batch: dict[str, torch.Tensor], layout: str, verbalizer: list[str] | None) -> torch.Tensor:
+    """``[B, C]`` class probabilities: softmax of the class logits (``seq_cls``, causal-LM verbalizer scores), or
+    for ``seq2seq`` of each verbalizer word's summed target log-probability."""
+    ids, mask, tasks = batch["input_ids"], batch["attention_mask"], batch.get("task_ids")
+    if layout == "classification":
+        return model.class_logits(ids, mask, tasks).float().softmax(-1)
+    tokenizer = model.tokenizer
+    scores = []
+    for word in verbalizer:
+        target = torch.tensor(tokenizer(word.strip(), add_special_tokens=True)["input_ids"], device=ids.device)
+        lm_labels = target.expand(ids.shape[0], -1)
+        logits, targets = model.lm_outputs({"input_ids": ids, "attention_mask": mask, "task_ids": tasks, "lm_labels": lm_labels})
+        logp = logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1))[..., 0]
+        scores.append(logp.sum(-1))
+    return torch.stack(scores, dim=-1).softmax(-1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``textpt`` console script."""
+    from promptcore.cli import main as shared_main
+
+    return shared_main(TextRecipe(), list(sys.argv[1:] if argv is None else argv))
+
+
+__all__ = ["TextRecipe", "class_probabilities", "main"]
