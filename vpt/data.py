@@ -402,6 +402,27 @@ def collate_images(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     return batch
 
 
+class _Rows:
+    """Image ``i`` of a column (picklable, so DataLoader workers can be spawned)."""
+
+    def __init__(self, rows: Any, column: str | None = None) -> None:
+        self.rows, self.column = rows, column
+
+    def __call__(self, i: int) -> Any:
+        row = self.rows[i]
+        return row if self.column is None else row[self.column]
+
+
+class _FolderImages:
+    """Image ``i`` of a torchvision ``ImageFolder``, opened lazily with its own loader (RGB)."""
+
+    def __init__(self, tree: Any) -> None:
+        self.tree = tree
+
+    def __call__(self, i: int) -> Any:
+        return self.tree.loader(self.tree.samples[i][0])
+
+
 def _check_columns(ds: Any, cfg: VisionDataConfig, what: str) -> list[str] | None:
     """Checks the image and label columns of a ``datasets.Dataset``; returns its class names if it has them."""
     from datasets import ClassLabel, Value
@@ -429,8 +450,7 @@ def _from_hf_split(ds: Any, cfg: VisionDataConfig, what: str) -> LabeledImages:
     names = _check_columns(ds, cfg, what)
     labels = [int(v) for v in ds[cfg.label_column]]
     images = ds.select_columns([cfg.image_column])
-    column = cfg.image_column
-    return LabeledImages(load=lambda i: images[i][column], labels=labels, class_names=names, name=what)
+    return LabeledImages(load=_Rows(images, cfg.image_column), labels=labels, class_names=names, name=what)
 
 
 def _from_dataset_dict(dd: Any, cfg: VisionDataConfig, label: str) -> tuple[LabeledImages, LabeledImages | None]:
@@ -478,8 +498,7 @@ def _load_imagefolder(cfg: VisionDataConfig) -> tuple[LabeledImages, LabeledImag
             tree = ImageFolder(str(path))
         except FileNotFoundError as e:
             raise DataError(f"{what}: {e}") from None
-        # ImageFolder's loader decodes to RGB; keep its path list and open lazily.
-        return LabeledImages(load=lambda i: tree.loader(tree.samples[i][0]), labels=list(tree.targets), class_names=list(tree.classes), name=what)
+        return LabeledImages(load=_FolderImages(tree), labels=list(tree.targets), class_names=list(tree.classes), name=what)
 
     if (root / cfg.train_split).is_dir():
         train = folder(root / cfg.train_split, f"image folder {str(root / cfg.train_split)!r}")
@@ -511,7 +530,7 @@ def _load_synthetic(cfg: VisionDataConfig, image_config: ImageConfig) -> tuple[L
 
     def make(split: str, n: int) -> LabeledImages:
         ds = SyntheticImages(n, num_classes, image_size=h, channels=image_config.channels, noise=cfg.synthetic.noise, seed=cfg.seed, split=split)
-        return LabeledImages(load=lambda i: ds.images[i], labels=ds.labels.tolist(), class_names=ds.class_names, name=f"synthetic {split}", prepared=True)
+        return LabeledImages(load=_Rows(ds.images), labels=ds.labels.tolist(), class_names=ds.class_names, name=f"synthetic {split}", prepared=True)
 
     evals = make("test", cfg.synthetic.num_eval) if cfg.eval_split is not None else None
     return make("train", cfg.synthetic.num_train), evals

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
 
 import promptcore
 from promptcore import PromptFileError
