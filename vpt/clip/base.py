@@ -11,6 +11,7 @@ from torch import nn
 
 from promptcore import PromptedModel, init_prompt_
 
+from ..backbones import backbone_name
 from .text import PromptLayout, TextTower
 from .tokens import SpecialTokens, Tokenizer, check_class_names, get_tokenizer, text_token_ids
 
@@ -29,7 +30,8 @@ class CLIPPromptModel(PromptedModel):
         model: a frozen open_clip ``CLIP`` or ``CustomTextCLIP`` (its parameters are frozen here).
         config: the method config; its ``class_names`` must be set.
         tokenizer: a tokenizer object; default: the one ``config.tokenizer`` names (``null``: OpenAI's BPE).
-        name: backbone name for prompt files (``open_clip:ViT-B-16:openai``); default: a label from the sizes.
+        name: backbone name for prompt files (``open_clip:ViT-B-16:openai``); default: the name
+            :func:`vpt.backbones.create_model` built it under, else a label from the sizes.
 
     Trainable modules live in ``prompts`` (one container per method), the only prompt module.
     """
@@ -59,7 +61,7 @@ class CLIPPromptModel(PromptedModel):
         self.text_tower = TextTower(model)
         self.tokenizer = tokenizer or get_tokenizer(config.tokenizer, self.text_tower.context_length)
         self.special = SpecialTokens.of(self.tokenizer)
-        self.name = name or describe_backbone(model, self.text_tower)
+        self.name = name or backbone_name(model) or describe_backbone(model, self.text_tower)
         self.class_names = check_class_names(config.class_names)
 
     # ----- construction helpers ---------------------------------------------------------------------------------
@@ -122,7 +124,7 @@ class CLIPPromptModel(PromptedModel):
             "dim": self.text_tower.width,
             "embed_dim": self.text_tower.embed_dim,
             "context_length": self.text_tower.context_length,
-            "num_class_names": len(self.class_names),
+            "num_classes": len(self.class_names),
             "class_names": list(self.class_names),
         }
 

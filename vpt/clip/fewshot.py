@@ -16,7 +16,7 @@ from collections import defaultdict
 from typing import Any, Literal, Sequence
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 
 def dataset_labels(dataset: Dataset) -> list[int]:
@@ -35,6 +35,7 @@ def few_shot_indices(
     seed: int,
     class_names: Sequence[str] | None = None,
     on_short: Literal["error", "all"] = "error",
+    classes: Sequence[int] | None = None,
 ) -> list[int]:
     """Indices of ``shots`` items per class, drawn without replacement with ``seed`` (sorted).
 
@@ -44,15 +45,18 @@ def few_shot_indices(
         seed: the draw depends on it only (and on the labels).
         class_names: names for error messages (index ``label``).
         on_short: a class with fewer than K items: ``error`` (default) or ``all`` (take all its items).
+        classes: draw only for these classes (e.g. the base classes); default every label present.
 
     Raises:
         ValueError: K not positive, or a class with fewer than K items under ``on_short: error`` (named).
     """
     if shots <= 0:
         raise ValueError(f"shots: K must be a positive integer, found {shots}")
+    keep = None if classes is None else {int(c) for c in classes}
     by_class: dict[int, list[int]] = defaultdict(list)
     for i, y in enumerate(labels):
-        by_class[int(y)].append(i)
+        if keep is None or int(y) in keep:
+            by_class[int(y)].append(i)
     g = torch.Generator().manual_seed(seed)
     chosen: list[int] = []
     for y in sorted(by_class):
@@ -137,3 +141,19 @@ def format_aggregate(agg: dict[str, tuple[float, float]], scale: float = 100.0, 
 def base_new_metrics(base_accuracy: float, new_accuracy: float) -> dict[str, Any]:
     """One seed's row: ``{"base": .., "new": .., "hm": ..}`` (accuracies as fractions)."""
     return {"base": base_accuracy, "new": new_accuracy, "hm": harmonic_mean(base_accuracy, new_accuracy)}
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: Any, dataset: Dataset, collate_fn: Any = None, batch_size: int = 64) -> float:
+    """Top-1 accuracy of a prompted model on ``dataset`` (summed ``eval_step`` counts; the model's device)."""
+    model.eval()
+    device = next(model.parameters()).device
+    correct = count = 0.0
+    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn):
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        sums = model.eval_step(batch)
+        correct += float(sums["accuracy"])
+        count += float(sums["count"])
+    if count == 0:
+        raise ValueError("evaluate_accuracy: the dataset is empty")
+    return correct / count

@@ -118,7 +118,7 @@ class ZeroShotCLIP(PromptedModel):
         return {
             "method": self.method,
             "backbone": self.name,
-            "num_class_names": len(self.class_names),
+            "num_classes": len(self.class_names),
             "class_names": list(self.class_names),
             "templates": list(self.config.templates),
         }
