@@ -6,6 +6,7 @@ it runs (how to build the model and the data from a :class:`vpt.run_config.Visio
     vpt train -c configs/smoke/vpt_tiny.yaml --set train.epochs=2 -o runs/tiny
     vpt eval -c configs/smoke/vpt_tiny.yaml --prompts runs/tiny/best
     vpt predict -c configs/smoke/vpt_tiny.yaml --prompts runs/tiny/best photos/ cat.jpg --top-k 3
+    vpt base2new | interpret ...     # the CLIP methods' verbs (vpt.clip.cli)
 
 Everything here is a few calls a user can make in Python: ``create_model``, ``wrap``, ``build_vision_data``.
 """
@@ -25,6 +26,7 @@ from promptcore.cli import main as shared_main
 from promptcore.recipe import DataBundle
 
 from .backbones import create_model
+from .clip import cli as clip_cli
 from .clip.config import CLIPPromptConfig
 from .data import (
     ImageConfig,
@@ -131,7 +133,8 @@ class VisionRecipe:
         return class_names_of(cfg.data, train, int(model.prompt_config().get("num_classes") or infer_num_classes(cfg.data, train)))
 
     def add_commands(self, subparsers: argparse._SubParsersAction) -> None:
-        """Adds ``predict`` (top-k labels of images with trained prompts)."""
+        """Adds ``predict`` (top-k labels of images with trained prompts) and the CLIP verbs (``base2new``,
+        ``interpret``: :mod:`vpt.clip.cli`)."""
         p = subparsers.add_parser("predict", help="print the top-k labels of images with trained prompts")
         add_config_args(p)
         p.add_argument("--prompts", required=True, help="prompt folder (a run's best/ or last/)")
@@ -139,6 +142,7 @@ class VisionRecipe:
         p.add_argument("--top-k", type=int, default=5, help="labels to print per image (default 5)")
         p.add_argument("--task", type=int, default=0, help="task id of a prompt bank (default 0)")
         p.set_defaults(func=self.predict)
+        clip_cli.add_commands(subparsers)
 
     def predict(self, args: argparse.Namespace) -> int:
         """``vpt predict``: prints each image's path, then its top-k labels with probabilities."""

@@ -111,3 +111,14 @@ def test_clip_method_gets_class_names_from_the_data(tmp_path: Path, capsys: pyte
     run_json(capsys, ["train", "-c", SMOKE, *SHORT, *clip, "--set", "prompt={method: coop, n_ctx: 2}", "-o", str(tmp_path / "run")])
     meta = json.loads((tmp_path / "run" / "last" / "prompt_config.json").read_text())
     assert meta["method"] == "coop" and meta["class_names"] == ["class 0", "class 1", "class 2", "class 3"]
+
+
+def test_vpt_verbs_include_predict_and_the_clip_verbs() -> None:
+    import argparse
+
+    from promptcore.cli import build_parser
+    from vpt.cli import VisionRecipe
+
+    parser = build_parser(VisionRecipe())
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert {"train", "eval", "predict", "base2new", "interpret"} <= set(sub.choices)
