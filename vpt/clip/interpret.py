@@ -29,7 +29,8 @@ def nearest_words(
             f"context vectors have width {vectors.shape[-1]} but the text tower's token embedding has width "
             f"{embedding.shape[-1]}: the prompts were learned for another model"
         )
-    dist = torch.cdist(vectors.float(), embedding.float())
+    # Exact distances: the matrix-product shortcut loses the small ones (a vector sitting on a word reads ~1e-3).
+    dist = torch.cdist(vectors.float(), embedding.float(), compute_mode="donot_use_mm_for_euclid_dist")
     top = dist.topk(min(top_k, embedding.shape[0]), dim=-1, largest=False)
     return [
         [(tokenizer.decode([int(i)]).strip(), float(d)) for d, i in zip(row_d, row_i)]
