@@ -390,9 +390,11 @@ class Trainer:
     # ----- checkpoints -----------------------------------------------------------------------------------------
     def _save_checkpoint(self, progress: _Progress) -> None:
         """Writes ``last/`` and ``state/`` for ``progress`` (main process; all processes share RNG states)."""
+        if self.run is None:
+            return
         plain, rng_tensors = self._rng_state()
         plains, rng_all = self._gather(plain), self._gather(rng_tensors)
-        if self.run is not None and self.is_main:
+        if self.is_main:
             self.model.save_prompts(self.run.last, extra={"step": progress.step, "epoch": progress.epoch})
             meta = {
                 "progress": dataclasses.asdict(progress),
@@ -676,8 +678,12 @@ class Trainer:
             self._save_checkpoint(p)
         except _Interrupted:
             self._save_checkpoint(self._boundary)
-            where = f"; continue with resume=True / --resume {self.run.path}" if self.run else ""
-            raise TrainingInterrupted(f"training interrupted at step {self._boundary.step}: last/ and the training state were saved{where}") from None
+            if self.run is None:
+                raise TrainingInterrupted(f"training interrupted at step {self._boundary.step} (no run_dir: nothing was saved)") from None
+            raise TrainingInterrupted(
+                f"training interrupted at step {self._boundary.step}: last/ and the training state were saved; "
+                f"continue with resume=True / --resume {self.run.path}"
+            ) from None
         finally:
             self._restore_signals()
             if bar is not None:
