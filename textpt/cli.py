@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 

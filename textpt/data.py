@@ -22,7 +22,7 @@ import string
 import sys
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 from torch.utils.data import Dataset
