@@ -483,7 +483,8 @@ def main(argv: list[str] | None = None) -> None:
         for n in asset_names():
             a = ASSETS[n]
             cached = "cached" if is_complete(cache_dir() / n) else "not cached"
-            print(f"{n:20s} {a.kind:8s} {a.archive.index}:{a.archive.requirement():45s} {cached:11s} {a.description}")
+            package = f"{a.archive.index}:{a.archive.requirement()}"
+            print(f"{n:20s} {a.kind:8s} {package:52s} {cached:11s} {a.license:13s} {a.description}")
         return
     for n in args.names or asset_names():
         print(asset_path(n))
