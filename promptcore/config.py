@@ -216,7 +216,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not key:
         raise ConfigError([f"--set {text!r}: empty key before '='"])
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise ConfigError([
+            f"--set {text!r}: the value is not valid YAML; quote it, e.g. --set '{key}=\"{raw}\"'"
+        ]) from None
     return key.split("."), value
 
 

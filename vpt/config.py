@@ -105,7 +105,7 @@ class VPTConfig:
                 raise ValueError(f"num_classes: {self.num_classes} does not match the {len(self.class_names)} class_names")
             if self.num_tasks != 1:
                 raise ValueError("num_tasks: the 'zeroshot' head is one fixed head; use num_tasks 1 or a trained head")
-        elif self.num_classes is None or self.num_classes <= 0:
+        elif self.num_classes is not None and self.num_classes <= 0:
             raise ValueError(f"num_classes: the {self.head!r} head needs a positive number of classes, got {self.num_classes!r}")
         if self.fast == "on" and self.method != "vpt_deep":
             raise ValueError(

@@ -76,6 +76,11 @@ class VisualPromptModel(PromptedModel):
         cfg, tb = self.config, self.tokens
         if cfg.head == "zeroshot":
             return self._zeroshot_head()
+        if cfg.num_classes is None:
+            raise ValueError(
+                f"num_classes: the {cfg.head!r} head needs the number of classes; set prompt.num_classes "
+                f"(the vpt CLI fills it from the data when it is null)"
+            )
         dim = tb.pool_dim if cfg.head == "backbone_pool" or (cfg.head == "linear" and not tb.has_class_token) else tb.width
         return TaskLinearHead(dim, cfg.num_classes, cfg.num_tasks)
 

@@ -89,3 +89,8 @@ def test_bad_override_and_missing_file(tmp_path):
         load_config(Run, bad)
     assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
     assert parse_override("a=null") == (["a"], None)
+
+
+def test_override_value_that_is_not_yaml_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"the value is not valid YAML; quote it"):
+        parse_override("data.template={title}: {text}")

@@ -110,7 +110,7 @@ def test_image_of_another_size_gives_a_clear_error():
     [
         ({"num_tokens": 0, "num_classes": 2}, "num_tokens: must be a positive integer"),
         ({"num_tokens": -3, "num_classes": 2}, "num_tokens: must be a positive integer"),
-        ({"num_classes": None}, "num_classes: the 'linear' head needs a positive number of classes"),
+        ({"num_classes": 0}, "num_classes: the 'linear' head needs a positive number of classes"),
         ({"num_classes": 2, "dropout": 1.0}, r"dropout: must lie in \[0, 1\)"),
         ({"num_classes": 2, "head": "zeroshot"}, "class_names: the 'zeroshot' head needs the class names"),
     ],
@@ -118,6 +118,12 @@ def test_image_of_another_size_gives_a_clear_error():
 def test_config_rejects_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
         VPTConfig(**kwargs)
+
+
+def test_unset_num_classes_is_refused_when_the_head_is_built():
+    # The config may leave it null (the CLI fills it from the data); wrapping without it names the field.
+    with pytest.raises(ValueError, match=r"num_classes: the 'linear' head needs the number of classes; set prompt.num_classes"):
+        vpt.wrap(tiny("timm_cls"), VPTConfig(num_tokens=2))
 
 
 def test_config_loads_from_yaml_dict_with_field_errors():
