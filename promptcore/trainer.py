@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -352,6 +353,10 @@ class Trainer:
                 f"pretrained weights, or seed (promptcore.trainer.seed_everything) before building a random one"
             )
 
+    def _autocast(self) -> Any:
+        # Accelerate's autocast() rebuilds its state object on every call; without mixed precision skip it.
+        return self.accelerator.autocast() if self.config.mixed_precision != "no" else nullcontext()
+
     def _set_train_mode(self) -> None:
         """Prompt modules train; every other top-level module (backbone and any frozen helper) stays in eval."""
         self.model.train()
@@ -548,13 +553,13 @@ class Trainer:
             batch = next(batches)
             self._check_labels(batch, f"training batch {j} of epoch {p.epoch}")
             batch = _to_device(batch, self.device)
-            with self.accelerator.autocast():
+            with self._autocast():
                 loss = self.model.training_step(batch)
             if loss.dim() != 0:
                 raise ValueError(f"{type(self.model).__name__}.training_step returned shape {tuple(loss.shape)}; it must return the mean loss, a scalar")
             # Weighted by this slice's share of the step's global samples, so the summed gradient is the mean
             # over the global batch, whatever the split across processes and micro-batches.
-            weighted = loss.float() * (n / total)
+            weighted = loss.float() if n == total else loss.float() * (n / total)
             (self.scaler.scale(weighted) if self.scaler is not None else weighted).backward()
             loss_sum += weighted.detach()
         loss_value, stop = self._reduce_step(loss_sum)
@@ -737,7 +742,7 @@ class Trainer:
                     if self._stop_requested and self.world_size == 1:
                         raise _Interrupted
                     self._check_labels(batch, f"eval batch {i}")
-                    with self.accelerator.autocast():
+                    with self._autocast():
                         out = self.model.eval_step(_to_device(batch, self.device))
                     for key, value in out.items():
                         value = torch.as_tensor(value, device=self.device).detach().to(acc_dtype)
