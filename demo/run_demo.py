@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import sys
 import time
@@ -186,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     total_start = time.perf_counter()
+    load_before = os.getloadavg()[0]
     demo = load_config(DemoConfig, args.config)
     names = [t.name for t in demo.tasks]
     unknown = [n for n in args.only + [s.partition(":")[0] for s in args.set] if n not in names]
@@ -202,7 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     for task in tasks:
         results.extend(run_task(task, configs[task.name][1], out / "runs"))
     total_s = time.perf_counter() - total_start
-    machine = f"{platform.machine()} CPU, {torch.get_num_threads()} threads" + (", CUDA" if torch.cuda.is_available() else "")
+    machine = f"{platform.machine()} CPU, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    machine += ", CUDA" if torch.cuda.is_available() else ""
+    # Wall times depend on what else runs: the load average tells a reader whether the machine was shared.
+    machine += f" (1-minute load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end)"
     table = write_report(results, out, fetch_s, total_s, demo.budget_minutes, machine,
                          {t.name: t.config for t in tasks}, hub=args.hub)  # fmt: skip
     print("\n" + table)
