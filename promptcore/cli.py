@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
 from .config import ConfigError, load_config
 from .files import PromptFileError
 from .model import PromptedModel
@@ -127,6 +129,17 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
 def main(recipe: Recipe, argv: Sequence[str] | None = None) -> int:
     """Parses ``argv`` (default: ``sys.argv[1:]``), runs the verb and returns the exit status."""
     args = build_parser(recipe).parse_args(argv)
+    try:
+        return _run(args)
+    finally:
+        # A multi-process launch (torchrun, accelerate launch) leaves a process group; tear it down before the
+        # interpreter exits, where gloo/NCCL threads killed mid-flight abort the process.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Runs the verb; known errors become one ``error:`` line and status 2."""
     try:
         return int(args.func(args))
     except TrainingInterrupted as e:
