@@ -78,6 +78,9 @@ _KEYWORDS = (
     "forest river mountain valley meadow",
 )
 
+SYNTHETIC_WORDS: tuple[str, ...] = tuple(dict.fromkeys((*_FILLER, *" ".join(_KEYWORDS).split())))
+"""Every word :class:`SyntheticTexts` can emit (tiny offline tokenizers include them)."""
+
 
 class SyntheticTexts(Dataset):
     """Short texts of ``num_classes`` classes (at most 8): filler words with a few class keywords mixed in.

@@ -42,12 +42,7 @@ class TextRecipe:
         """The frozen model and tokenizer by name, wrapped with the prompt config (and ``model.checkpoint``'s
         prompts loaded when set)."""
         backbone, tokenizer = load_model_and_tokenizer(cfg.model)
-        prompt = cfg.prompt
-        if cfg.model.task != "causal_lm" and prompt.verbalizer and prompt.init != "labels":
-            # Only a causal LM scores the verbalizer's words; for seq2seq they are targets (made by the data) and
-            # seq_cls has a head, so the model gets the class count alone.
-            prompt = dataclasses.replace(prompt, verbalizer=None)
-        model = wrap(backbone, prompt, tokenizer=tokenizer, task=cfg.model.task, name=cfg.model.name)
+        model = wrap(backbone, cfg.prompt, tokenizer=tokenizer, task=cfg.model.task, name=cfg.model.name)
         if cfg.model.checkpoint is not None:
             model.load_prompts(cfg.model.checkpoint)
         return model

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from promptcore.data import SYNTHETIC_WORDS
+
 from .config import TextModelConfig
 
 logger = logging.getLogger(__name__)
@@ -20,14 +22,14 @@ TINY_WORDS = (
     "wonderful bad terrible awful worst boring poor hate hated dull movie film review story plot actor acting scene "
     "music ending positive negative neutral sentiment classify question answer yes no true false translate english "
     "german summary summarize text label one two three four five six seven eight nine ten . , : ; ! ? ' \" ( ) -"
-).split()
+).split() + list(SYNTHETIC_WORDS)
 TINY_SPECIALS = ("<unk>", "<s>", "</s>")
 
 # Tiny ``random:`` model configs (``model.kwargs``) for tests and smoke runs: two layers, width 32.
 TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "llama": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2},
     "gpt2": {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 128},
-    "t5": {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2, "num_decoder_layers": 2, "num_heads": 4, "decoder_start_token_id": 0},
+    "t5": {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2, "num_decoder_layers": 2, "num_heads": 4},
     "bert": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 128},
 }
 
@@ -114,6 +116,9 @@ def _random_model(model_type: str, task: str, kwargs: dict[str, Any], vocab_size
     import transformers
 
     config_kwargs = {"vocab_size": vocab_size, **special_ids, **kwargs}
+    if task == "seq2seq":
+        # a random encoder-decoder config has no first decoder input; T5 starts from the pad token
+        config_kwargs.setdefault("decoder_start_token_id", config_kwargs.get("pad_token_id", 0))
     try:
         config = transformers.AutoConfig.for_model(model_type, **config_kwargs)
     except ValueError as e:

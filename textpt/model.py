@@ -143,8 +143,8 @@ class TextPromptedModel(PromptedModel):
         words = self.config.verbalizer
         if not words:
             return None
-        if self.task != "causal_lm":
-            raise ValueError(f"verbalizer: scoring label words is for causal_lm; task {self.task!r} uses {'lm_labels targets' if self.task == 'seq2seq' else 'a classification head'}")
+        # Every task keeps the words (a 'labels' init starts from them); only a causal LM scores them: seq2seq
+        # models get them as decoder targets from the data, seq_cls models classify with their head.
         if self.tokenizer is None:
             raise ValueError("verbalizer: the label words need the tokenizer; call textpt.wrap(model, config, tokenizer=tokenizer)")
         ids = [self.tokenizer(w, add_special_tokens=False)["input_ids"] for w in words]
