@@ -14,9 +14,12 @@ from promptcore import wrap
 from .backbones import TokenBackbone, create_model, token_backbone
 from .config import BackboneConfig, VPTConfig
 from .model import VisualPromptModel
+from .pixel import PixelPromptConfig, PixelPromptModel
 
 __all__ = [
     "BackboneConfig",
+    "PixelPromptConfig",
+    "PixelPromptModel",
     "TokenBackbone",
     "VPTConfig",
     "VisualPromptModel",
