@@ -11,6 +11,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary path next to ``path``; on success it is fsynced and renamed over ``path``."""
@@ -23,6 +29,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -62,10 +69,13 @@ def atomic_dir(dst: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
     try:
         yield tmp
+        mask = _umask()
         for f in tmp.rglob("*"):
             if f.is_file():
                 with open(f, "rb+") as fh:
                     os.fsync(fh.fileno())
+                os.chmod(f, 0o666 & ~mask)  # some writers (safetensors) make 0600 files
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; prompt folders are meant to be shared
         replace_dir(tmp, dst)
     finally:
         if tmp.exists():

@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 import torch
@@ -135,3 +136,13 @@ def test_save_replaces_folder_atomically(tmp_path):
 def test_wrap_without_registered_method_says_what_to_do():
     with pytest.raises(TypeError, match="no prompt method is registered for config type dict.*Import vpt or textpt"):
         wrap(nn.Linear(2, 2), {})
+
+
+def test_prompt_folder_gets_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        Toy().save_prompts(tmp_path / "p")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "p").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "p" / TENSORS_FILE).stat().st_mode & 0o777 == 0o644
