@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 demo: $(STAMP)
-	$(BIN)/python -m promptcore.demo
+	$(BIN)/python demo/run_demo.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
