@@ -36,7 +36,7 @@ from promptcore.trainer import Trainer  # noqa: E402
 
 from demo.report import MethodResult, write_report  # noqa: E402
 
-# Packaged asset -> the same model on its hub, for `--hub` (docs/demo.md).
+# Packaged asset -> the same model on its hub, for `--hub` (README, "On a connected machine").
 HUB_NAMES: dict[str, dict[str, Any]] = {
     "asset:efficientnet_lite0": {"model.name": "timm:tf_efficientnet_lite0.in1k", "model.pretrained": True},
     "asset:minilm_l6": {"model.name": "hf:sentence-transformers/all-MiniLM-L6-v2"},
