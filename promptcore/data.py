@@ -5,7 +5,7 @@ Both sources are deterministic in ``seed``; ``split`` picks disjoint samples dra
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -118,3 +118,50 @@ class SyntheticTexts(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return {"text": self.texts[i], "labels": int(self.labels[i])}
+
+
+def few_shot_indices(
+    labels: Sequence[int],
+    shots: int,
+    seed: int,
+    class_names: Sequence[str] | None = None,
+    *,
+    classes: Sequence[int] | None = None,
+    among: Sequence[int] | None = None,
+    on_short: Literal["error", "all"] = "error",
+) -> list[int]:
+    """Indices of ``shots`` items per class, drawn without replacement with ``seed`` (sorted; same seed, same items).
+
+    Args:
+        labels: the label of every item.
+        shots: K, items per class.
+        seed: the draw depends on it and the labels only.
+        class_names: class names by label, for messages; when given, every class must have items.
+        classes: draw only for these classes (e.g. CoCoOp's base classes); default: every class named in
+            ``class_names``, else every label present.
+        among: draw only from these indices (e.g. what a validation hold-out left).
+        on_short: a class with fewer than K items is an ``error`` (default), or gives ``all`` its items.
+
+    Raises:
+        ValueError: K not positive, or (``on_short: error``) a class with fewer than K items, named with its count.
+    """
+    if shots <= 0:
+        raise ValueError(f"shots: K must be a positive integer, found {shots}")
+    pool = range(len(labels)) if among is None else among
+    by_class: dict[int, list[int]] = {}
+    for i in pool:
+        by_class.setdefault(int(labels[i]), []).append(int(i))
+    if classes is None:
+        classes = range(len(class_names)) if class_names is not None else sorted(by_class)
+    g = torch.Generator().manual_seed(seed)
+    chosen: list[int] = []
+    for c in classes:
+        items = by_class.get(int(c), [])
+        if len(items) < shots:
+            if on_short == "error":
+                name = f" ({class_names[c]!r})" if class_names is not None and c < len(class_names) else ""
+                raise ValueError(f"class {c}{name} has {len(items)} image(s), fewer than shots={shots}")
+            chosen.extend(items)
+            continue
+        chosen.extend(items[int(j)] for j in torch.randperm(len(items), generator=g)[:shots])
+    return sorted(chosen)

@@ -30,7 +30,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
-from promptcore.data import SyntheticImages
+from promptcore.data import SyntheticImages, few_shot_indices
 from promptcore.recipe import DataBundle
 from promptcore.registry import did_you_mean
 
@@ -604,38 +604,6 @@ def check_labels(images: LabeledImages, num_classes: int) -> None:
             )
 
 
-def few_shot_indices(labels: Sequence[int], shots: int, seed: int, class_names: Sequence[str] | None = None, among: Sequence[int] | None = None) -> list[int]:
-    """``shots`` indices per class, drawn without replacement with ``seed`` (sorted; same seed, same images).
-
-    Args:
-        labels: the label of every image.
-        shots: images per class (K).
-        seed: the draw's seed.
-        class_names: names used in the error message.
-        among: draw only from these indices (e.g. what is left after a validation hold-out).
-
-    Raises:
-        DataError: when a class has fewer than ``shots`` images, naming the class and its count.
-    """
-    pool = list(range(len(labels))) if among is None else list(among)
-    by_class: dict[int, list[int]] = {}
-    for i in pool:
-        by_class.setdefault(int(labels[i]), []).append(i)
-    classes = range(len(class_names)) if class_names is not None else sorted(by_class)
-    rng = random.Random(seed)
-    chosen: list[int] = []
-    for c in classes:
-        members = by_class.get(c, [])
-        if len(members) < shots:
-            name = f"class {c} ({class_names[c]!r})" if class_names is not None else f"class {c}"
-            raise DataError(
-                f"{name} has {len(members)} training image(s), fewer than shots={shots}; lower data.shots to at "
-                f"most {len(members)} or add images of that class"
-            )
-        chosen.extend(rng.sample(members, shots))
-    return sorted(chosen)
-
-
 def holdout_indices(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Splits ``range(n)`` into (train, held-out) with ``round(fraction * n)`` (at least 1) held out, seeded."""
     order = list(range(n))
@@ -678,7 +646,10 @@ def build_vision_data(
     elif eval_src is not None:
         eval_set = VisionDataset(eval_src, None, eval_tf, cfg.image_column)
     if cfg.shots is not None:
-        train_idx = few_shot_indices(train_src.labels, cfg.shots, cfg.seed, names, among=train_idx)
+        try:
+            train_idx = few_shot_indices(train_src.labels, cfg.shots, cfg.seed, names, among=train_idx)
+        except ValueError as e:
+            raise DataError(f"{e}; lower data.shots or add images of that class") from None
     train_set = VisionDataset(train_src, train_idx, build_transform(image_config, train=True, augment=cfg.augment), cfg.image_column)
     info = {
         "num_classes": n_classes,

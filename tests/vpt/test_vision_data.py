@@ -71,7 +71,7 @@ def test_flat_imagefolder_holdout_and_few_shot(tmp_path: Path, vit: torch.nn.Mod
     assert bundle.train[0]["pixel_values"].shape == (3, 32, 32)  # grayscale became 3 channels
     again = build_vision_data(cfg, resolve_image_config(vit))
     assert again.train.indices == bundle.train.indices and again.eval.indices == bundle.eval.indices
-    with pytest.raises(DataError, match=r"class 0 \('blue'\) has 4 training image\(s\), fewer than shots=5"):
+    with pytest.raises(DataError, match=r"class 0 \('blue'\) has 4 image\(s\), fewer than shots=5; lower data.shots"):
         build_vision_data(load_config(VisionDataConfig, {**cfg.__dict__, "synthetic": {}, "shots": 5}), resolve_image_config(vit))
 
 
@@ -80,7 +80,7 @@ def test_few_shot_draw_is_seeded_and_per_class() -> None:
     a = few_shot_indices(labels, 3, seed=0)
     assert a == few_shot_indices(labels, 3, seed=0) and a != few_shot_indices(labels, 3, seed=1)
     assert sorted(labels[i] for i in a) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
-    with pytest.raises(DataError, match=r"class 2 \('cat'\) has 0 training image"):
+    with pytest.raises(ValueError, match=r"class 2 \('cat'\) has 0 image\(s\), fewer than shots=1"):
         few_shot_indices([0, 1, 0, 1], 1, seed=0, class_names=["a", "b", "cat"])
     train, held = holdout_indices(10, 0.3, seed=0)
     assert len(held) == 3 and sorted(train + held) == list(range(10)) and holdout_indices(10, 0.3, seed=0) == (train, held)

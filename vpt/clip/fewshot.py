@@ -1,6 +1,7 @@
 """Few-shot data and base-to-new evaluation, on plain label lists and torch Datasets.
 
-- :func:`few_shot_indices`: K images per class with a seed (CoOp's 1/2/4/8/16-shot protocol).
+- :func:`few_shot_indices` (from :mod:`promptcore.data`): K images per class with a seed (CoOp's 1/2/4/8/16-shot
+  protocol).
 - :func:`base_new_split`: the first half of the classes are base, the rest new (``ceil(C / 2)`` base classes, as
   CoCoOp's ``subsample_classes``).
 - :class:`ClassSubset`: a dataset restricted to some classes, labels renumbered ``0 .. len(classes) - 1``.
@@ -12,11 +13,12 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections import defaultdict
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from promptcore.data import few_shot_indices
 
 
 def dataset_labels(dataset: Dataset) -> list[int]:
@@ -27,52 +29,6 @@ def dataset_labels(dataset: Dataset) -> list[int]:
         if labels is not None and not callable(labels) and len(labels) == len(dataset):
             return [int(x) for x in (labels.tolist() if isinstance(labels, torch.Tensor) else labels)]
     return [int(dataset[i]["labels"]) for i in range(len(dataset))]
-
-
-def few_shot_indices(
-    labels: Sequence[int],
-    shots: int,
-    seed: int,
-    class_names: Sequence[str] | None = None,
-    on_short: Literal["error", "all"] = "error",
-    classes: Sequence[int] | None = None,
-) -> list[int]:
-    """Indices of ``shots`` items per class, drawn without replacement with ``seed`` (sorted).
-
-    Args:
-        labels: the label of each item.
-        shots: K, images per class.
-        seed: the draw depends on it only (and on the labels).
-        class_names: names for error messages (index ``label``).
-        on_short: a class with fewer than K items: ``error`` (default) or ``all`` (take all its items).
-        classes: draw only for these classes (e.g. the base classes); default every label present.
-
-    Raises:
-        ValueError: K not positive, or a class with fewer than K items under ``on_short: error`` (named).
-    """
-    if shots <= 0:
-        raise ValueError(f"shots: K must be a positive integer, found {shots}")
-    keep = None if classes is None else {int(c) for c in classes}
-    by_class: dict[int, list[int]] = defaultdict(list)
-    for i, y in enumerate(labels):
-        if keep is None or int(y) in keep:
-            by_class[int(y)].append(i)
-    g = torch.Generator().manual_seed(seed)
-    chosen: list[int] = []
-    for y in sorted(by_class):
-        items = by_class[y]
-        if len(items) < shots:
-            if on_short == "error":
-                name = f"{class_names[y]!r} (label {y})" if class_names is not None and y < len(class_names) else f"label {y}"
-                raise ValueError(
-                    f"class {name} has {len(items)} images, fewer than {shots} shots; use fewer shots or "
-                    f"on_short: all to take every image of such classes"
-                )
-            chosen.extend(items)
-            continue
-        perm = torch.randperm(len(items), generator=g)[:shots]
-        chosen.extend(items[int(j)] for j in perm)
-    return sorted(chosen)
 
 
 def base_new_split(num_classes: int) -> tuple[list[int], list[int]]:

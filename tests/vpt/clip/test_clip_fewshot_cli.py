@@ -36,7 +36,7 @@ def test_few_shot_is_seeded_and_takes_k_per_class():
 
 
 def test_k_larger_than_a_class_names_it_or_takes_all():
-    with pytest.raises(ValueError, match=r"class 'dog' \(label 1\) has 3 images, fewer than 4 shots"):
+    with pytest.raises(ValueError, match=r"class 1 \('dog'\) has 3 image\(s\), fewer than shots=4"):
         few_shot_indices(LABELS, 4, seed=0, class_names=["cat", "dog", "car"])
     got = few_shot_indices(LABELS, 4, seed=0, on_short="all")
     assert sorted(LABELS[i] for i in got).count(1) == 3 and sorted(LABELS[i] for i in got).count(0) == 4
