@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # torch is pinned to the release this project is built and tested against (a CUDA build that also runs on CPU).
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install test demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
