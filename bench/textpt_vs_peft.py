@@ -7,8 +7,14 @@ each prompt length, interleaving the two implementations:
 - inference throughput (examples/s of a no-grad forward), ratio textpt / PEFT (as time, lower is better);
 - the largest logit difference on the input tokens (float32);
 - memory: on CUDA the peak allocated bytes of a train step; on CPU the bytes autograd saves for backward
-  (summed through ``torch.autograd.graph.saved_tensors_hooks``), the part of train memory that the prompt length
-  changes (the weights are shared).
+  (through ``torch.autograd.graph.saved_tensors_hooks``), each storage counted once and the backbone's frozen
+  weights left out (both sides share them; textpt's two passes, prompt and input, would otherwise count every
+  weight twice): the activations a train step holds until backward, the part of train memory that the prompt
+  length changes.
+
+Every timed function runs once untimed first (the first backward costs several times a later one), and the repeats
+alternate which implementation goes first, so a call that follows the other model's allocations is not always the
+same side's.
 
 Usage: ``python bench/textpt_vs_peft.py [--repeats 3] [--out bench/results/textpt.md]``.
 """
@@ -34,17 +40,21 @@ SMOLLM2_135M = dict(
 )
 
 
-def saved_bytes(fn) -> int:
-    total = 0
+def saved_bytes(fn, shared: torch.nn.Module) -> int:
+    """Bytes of the distinct storages autograd saves while ``fn`` runs, ``shared``'s parameters left out."""
+    weights = {p.untyped_storage().data_ptr() for p in shared.parameters()}
+    storages: dict[int, int] = {}
 
     def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            storages[storage.data_ptr()] = storage.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return total
+        out = fn()
+    del out
+    return sum(storages.values())
 
 
 def timed(fn, device) -> float:
@@ -63,11 +73,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--tokens", type=int, nargs="+", default=[20, 100])
+    parser.add_argument("--layers", type=int, default=SMOLLM2_135M["num_hidden_layers"], help="fewer for a quick check")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    backbone = LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M)).to(device).eval()
+    load_before = os.getloadavg()
+    backbone = LlamaForCausalLM(LlamaConfig(**dict(SMOLLM2_135M, num_hidden_layers=args.layers))).to(device).eval()
     for p in backbone.parameters():
         p.requires_grad_(False)
     ids = torch.randint(0, SMOLLM2_135M["vocab_size"], (args.batch, args.length), device=device)
@@ -94,9 +106,8 @@ def main() -> None:
             return pm(input_ids=ids, attention_mask=mask).logits[:, n:]
 
         diff = float((infer_textpt() - infer_peft()).abs().max())
-        mem_t, mem_p = saved_bytes(lambda: pt.training_step({"input_ids": ids, "attention_mask": mask, "lm_labels": ids})), saved_bytes(
-            lambda: pm(input_ids=ids, attention_mask=mask, labels=ids).loss
-        )
+        mem_t = saved_bytes(lambda: pt.training_step({"input_ids": ids, "attention_mask": mask, "lm_labels": ids}), backbone)
+        mem_p = saved_bytes(lambda: pm(input_ids=ids, attention_mask=mask, labels=ids).loss, backbone)
         if device.type == "cuda":
             peaks = []
             for fn in (train_textpt, train_peft):
@@ -104,13 +115,15 @@ def main() -> None:
                 fn()
                 peaks.append(torch.cuda.max_memory_allocated())
             mem_t, mem_p = peaks
+        for fn in (train_textpt, train_peft, infer_textpt, infer_peft):  # warm-up: allocator, kernels, autograd
+            fn()
         train = {"t": [], "p": []}
         infer = {"t": [], "p": []}
-        for _ in range(args.repeats):  # interleaved, so drift in machine load hits both alike
-            train["t"].append(timed(train_textpt, device))
-            train["p"].append(timed(train_peft, device))
-            infer["t"].append(timed(infer_textpt, device))
-            infer["p"].append(timed(infer_peft, device))
+        for i in range(args.repeats):  # interleaved, so drift in machine load hits both alike
+            sides = [("t", train_textpt, infer_textpt), ("p", train_peft, infer_peft)]
+            for side, train_fn, infer_fn in sides if i % 2 == 0 else sides[::-1]:
+                train[side].append(timed(train_fn, device))
+                infer[side].append(timed(infer_fn, device))
         med = {k: {s: statistics.median(v[s]) for s in v} for k, v in (("train", train), ("infer", infer))}
         row = {
             "n": n,
@@ -125,11 +138,13 @@ def main() -> None:
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, torch threads {torch.get_num_threads()}, " + (
         torch.cuda.get_device_name() if device.type == "cuda" else "no GPU"
     )
-    mem_kind = "peak CUDA allocated bytes of a train step" if device.type == "cuda" else "bytes autograd saves for backward (CPU)"
+    load_after = os.getloadavg()
+    machine += f"; load average (1/5/15 min) {' / '.join(f'{x:.1f}' for x in load_before)} at the start, {' / '.join(f'{x:.1f}' for x in load_after)} at the end"
+    mem_kind = "peak CUDA allocated bytes of a train step" if device.type == "cuda" else "activation bytes saved for backward (CPU)"
     lines = [
         "# textpt vs PEFT prompt tuning (SmolLM2-135M shapes, random weights)",
         "",
-        f"Machine: {machine}; torch {torch.__version__}. Batch {args.batch} x {args.length} input tokens, float32, "
+        f"Machine: {machine}; torch {torch.__version__}. {args.layers} layers, batch {args.batch} x {args.length} input tokens, float32, "
         f"median of {args.repeats} interleaved repeats. Ratios are textpt / PEFT time (lower is better).",
         "",
         f"| prompt tokens | train step textpt (s) | train step PEFT (s) | step ratio | infer textpt (ex/s) | infer PEFT (ex/s) | infer time ratio | max logit diff | memory textpt / PEFT ({mem_kind}) |",

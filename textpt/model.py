@@ -232,15 +232,42 @@ class TextPromptedModel(PromptedModel):
             return self.forward_with_prefix(input_ids, attention_mask, self.prefix_key_values(task_ids, b)).logits
         return self.forward_concat(input_ids, attention_mask, task_ids)
 
-    def forward_concat(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor | None) -> torch.Tensor:
-        """The reference path of shallow prompts on causal LMs: concatenated embeddings, prompt next to the tokens."""
+    def last_token_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Causal LM: next-token logits ``[B, vocab]`` after each example's last real token.
+
+        Only those positions go through the LM head (``logits_to_keep``, where the model takes it): a classifier
+        needs one row of logits per example, not ``[B, L, vocab]``.
+        """
+        attention_mask = self._check_inputs(input_ids, attention_mask, task_ids)
+        last = last_token_index(attention_mask).unsqueeze(1)  # [B, 1]
+        if self.uses_prefix_cache or self.use_fast_path():
+            kv = self.prefix_key_values(task_ids, input_ids.shape[0])
+            if self._accepts(self.backbone, "logits_to_keep"):
+                return self.forward_with_prefix(input_ids, attention_mask, kv, logits_to_keep=last).logits[:, 0]
+            logits = self.forward_with_prefix(input_ids, attention_mask, kv).logits
+            return logits.gather(1, last.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))[:, 0]
+        return self.forward_concat(input_ids, attention_mask, task_ids, keep=last)[:, 0]
+
+    def forward_concat(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor | None, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The reference path of shallow prompts on causal LMs: concatenated embeddings, prompt next to the tokens.
+
+        ``keep`` (``[B, K]`` input positions) returns the logits of those positions only, through ``logits_to_keep``
+        where the model takes it; by default every input position's logits.
+        """
         prompt = self.shallow_prompt(task_ids, input_ids.shape[0])
         x, mask, positions, index = pack_prompt(prompt, self.embedding(input_ids), attention_mask, self.padding_side)
+        if keep is not None:
+            index = index.gather(1, keep)
+            if self._accepts(self.backbone, "logits_to_keep"):
+                return self.backbone(inputs_embeds=x, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=index).logits
         logits = self.backbone(inputs_embeds=x, attention_mask=mask, position_ids=positions, use_cache=False).logits
         return logits.gather(1, index.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
 
-    def forward_with_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, kv: KeyValues):
-        """Runs the input after a key/value prefix (shared-prompt fast path and prefix tuning)."""
+    def forward_with_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, kv: KeyValues, **kwargs: Any):
+        """Runs the input after a key/value prefix (shared-prompt fast path and prefix tuning); ``kwargs`` go to the
+        backbone (``logits_to_keep``)."""
         b, n = input_ids.shape[0], kv[0][0].shape[-2]
         mask = torch.cat([attention_mask.new_ones(b, n), attention_mask], dim=1)
         return self.backbone(
@@ -249,6 +276,7 @@ class TextPromptedModel(PromptedModel):
             position_ids=positions_after_prefix(attention_mask, n),
             past_key_values=prefix_cache(kv),
             use_cache=True,
+            **kwargs,
         )
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -284,8 +312,7 @@ class TextPromptedModel(PromptedModel):
             attention_mask = torch.ones_like(input_ids)
         words = self.verbalizer_ids
         if all(len(w) == 1 for w in words):
-            logits = self.token_logits(input_ids, attention_mask, task_ids)
-            last = logits.gather(1, last_token_index(attention_mask).view(-1, 1, 1).expand(-1, 1, logits.shape[-1]))[:, 0]
+            last = self.last_token_logits(input_ids, attention_mask, task_ids)
             ids = torch.tensor([w[0] for w in words], device=last.device)
             return _upcast(last).log_softmax(-1)[:, ids]
         return self._multi_token_scores(input_ids, attention_mask, task_ids)
@@ -335,6 +362,17 @@ class TextPromptedModel(PromptedModel):
 
     def lm_outputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits, targets)`` aligned for the LM loss: causal LMs shift by one, seq2seq targets are the decoder's."""
+        logits, targets = self._lm_logits_and_targets(batch)
+        if self.task == "causal_lm":
+            return logits[:, :-1], targets[:, :-1]
+        return logits, targets
+
+    def _lm_logits_and_targets(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like :meth:`lm_outputs`, but a causal LM keeps every position: the last one gets the ignored target -100.
+
+        The losses use this form, so ``[B, L, vocab]`` logits flatten as a view; slicing off the last position would
+        copy them (about 200 MB at batch 16 x 64 tokens and a 49k vocabulary) for the same loss.
+        """
         labels = batch["lm_labels"]
         if self.task == "causal_lm":
             mask = batch.get("attention_mask")
@@ -343,7 +381,7 @@ class TextPromptedModel(PromptedModel):
             if mask is not None:
                 # a token right after padding has no real predecessor (the first real token is never a target)
                 targets = targets.masked_fill(mask[:, :-1] == 0, -100)
-            return logits[:, :-1], targets
+            return logits, F.pad(targets, (0, 1), value=-100)
         if self.task == "seq2seq":
             x, mask, _, _ = self.encode(batch["input_ids"], batch.get("attention_mask"), batch.get("task_ids"))
             logits = self.backbone(inputs_embeds=x, attention_mask=mask, labels=labels, use_cache=False).logits
@@ -352,7 +390,7 @@ class TextPromptedModel(PromptedModel):
 
     def training_step(self, batch: dict[str, Any]) -> torch.Tensor:
         if "lm_labels" in batch:
-            logits, targets = self.lm_outputs(batch)
+            logits, targets = self._lm_logits_and_targets(batch)
             return F.cross_entropy(_upcast(logits).flatten(0, 1), targets.flatten(), ignore_index=-100)
         return super().training_step(batch)
 
@@ -360,7 +398,7 @@ class TextPromptedModel(PromptedModel):
     def eval_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         if "lm_labels" not in batch:
             return super().eval_step(batch)
-        logits, targets = self.lm_outputs(batch)
+        logits, targets = self._lm_logits_and_targets(batch)
         keep = targets != -100
         count = keep.sum().float()
         loss = F.cross_entropy(_upcast(logits).flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")

@@ -6,7 +6,7 @@ import torch
 import textpt
 from textpt import TextModelConfig, TextPromptConfig, load_model_and_tokenizer
 from textpt.loading import TINY_CONFIGS
-from textpt.model import repad
+from textpt.model import last_token_index, repad
 
 ROWS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15]]
 
@@ -73,3 +73,31 @@ def test_fast_on_rejected_for_encoder_models():
     model, tok = load_model_and_tokenizer(TextModelConfig(name="random:bert", task="seq_cls", kwargs=TINY_CONFIGS["bert"]))
     with pytest.raises(ValueError, match="fast: the shared-prefix path needs a decoder-only model"):
         textpt.wrap(model, TextPromptConfig(num_tokens=2, num_classes=2, fast="on"), tokenizer=tok)
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("fast", ["on", "off"])
+def test_last_token_logits_are_the_rows_of_the_full_logits(model_type, side, fast):
+    # The verbalizer runs the LM head on each example's last real token only (logits_to_keep); the rows must be the
+    # full logits' rows at that token, on the fast path and the reference path, with either padding side.
+    pt, tok = build(model_type, side)
+    pt.config.fast = fast
+    ids, mask = repad(ROWS, tok.pad_token_id, side, torch.device("cpu"))
+    full = pt.token_logits(ids, mask)
+    last = [full[i, j] for i, j in enumerate(last_token_index(mask).tolist())]
+    torch.testing.assert_close(pt.last_token_logits(ids, mask), torch.stack(last), rtol=0, atol=1e-10)
+
+
+def test_lm_loss_equals_the_loss_of_the_shifted_logits():
+    # The loss skips slicing the logits (a copy): the last position gets target -100 instead. Same mean over tokens.
+    pt, tok = build("llama", "right")
+    ids, mask = repad(ROWS, tok.pad_token_id, "right", torch.device("cpu"))
+    batch = {"input_ids": ids, "attention_mask": mask, "lm_labels": ids.masked_fill(mask == 0, -100)}
+    logits, targets = pt.lm_outputs(batch)
+    assert logits.shape[1] == ids.shape[1] - 1 and targets.shape == logits.shape[:2]
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+    torch.testing.assert_close(pt.training_step(batch), expected, rtol=0, atol=1e-12)
+    sums = pt.eval_step(batch)
+    assert int(sums["count"]) == int((targets != -100).sum())
+    torch.testing.assert_close(sums["loss"] / sums["count"], expected.detach(), rtol=0, atol=1e-12)
