@@ -16,7 +16,7 @@ Every timed function runs once untimed first (the first backward costs several t
 alternate which implementation goes first, so a call that follows the other model's allocations is not always the
 same side's.
 
-Usage: ``python bench/textpt_vs_peft.py [--repeats 3] [--out bench/results/textpt.md]``.
+Usage: ``python bench/textpt_vs_peft.py [--repeats 3] [--out FILE]``.
 """
 
 from __future__ import annotations

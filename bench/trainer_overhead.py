@@ -10,7 +10,7 @@ headline is the ratio of the fastest epochs (the least disturbed run of each sid
 intrinsic cost); the median of the per-round ratios is shown next to it. Wall-clock and process CPU time are both
 reported.
 
-Run: ``python bench/trainer_overhead.py [--steps 20] [--repeats 15] [--write bench/results/trainer.md]``
+Run: ``python bench/trainer_overhead.py [--steps 20] [--repeats 15] [--write FILE]``
 """
 
 from __future__ import annotations

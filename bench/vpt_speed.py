@@ -11,7 +11,7 @@ autocast on CUDA). Measured, with interleaved repeats (median):
   ``torch.autograd.graph.saved_tensors_hooks``, each storage once, parameters excluded);
 - inference images/s with 0, 10, 50, 100 deep prompts (fast path).
 
-Run: ``python bench/vpt_speed.py [--repeats 3] [--batch 8] [--out bench/results/vpt.md]``.
+Run: ``python bench/vpt_speed.py [--repeats 3] [--batch 8] [--out FILE]``.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=None, help="default 8 on CPU, 128 on CUDA")
-    parser.add_argument("--out", default="bench/results/vpt.md")
+    parser.add_argument("--out", help="also write the markdown table to this file")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     batch = args.batch or (128 if device.type == "cuda" else 8)
@@ -208,8 +208,9 @@ def main() -> None:
     ]
     text = "\n".join(lines)
     print(text)
-    with open(args.out, "w") as f:
-        f.write(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
 
 
 if __name__ == "__main__":
