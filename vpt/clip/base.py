@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from promptcore import PromptedModel, init_prompt_
@@ -14,6 +13,7 @@ from promptcore import PromptedModel, init_prompt_
 from ..backbones import backbone_name
 from .text import PromptLayout, TextTower
 from .tokens import SpecialTokens, Tokenizer, check_class_names, get_tokenizer, text_token_ids
+from .zeroshot import clip_logits
 
 
 def describe_backbone(model: nn.Module, text: TextTower) -> str:
@@ -105,14 +105,8 @@ class CLIPPromptModel(PromptedModel):
 
     # ----- outputs ----------------------------------------------------------------------------------------------
     def clip_logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-        """CLIP's logits: ``logit_scale.exp()`` times the cosine similarity (plus ``logit_bias`` where the model has
-        one). ``text_features`` is ``[C, E]`` (one classifier) or ``[B, C, E]`` (one per image)."""
-        img = F.normalize(image_features.float(), dim=-1)
-        txt = F.normalize(text_features.float(), dim=-1)
-        sim = img @ txt.T if txt.dim() == 2 else torch.einsum("be,bce->bc", img, txt)
-        logits = self.backbone.logit_scale.exp().float() * sim
-        bias = getattr(self.backbone, "logit_bias", None)
-        return logits + bias.float() if bias is not None else logits
+        """CLIP's logits for this model (see :func:`vpt.clip.zeroshot.clip_logits`)."""
+        return clip_logits(self.backbone, image_features, text_features)
 
     def forward_batch(self, batch: dict[str, Any]) -> torch.Tensor:
         return self(batch["pixel_values"])

@@ -19,6 +19,17 @@ Template = str | Callable[[str], str]
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
 
 
+
+def clip_logits(clip_model: nn.Module, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    """CLIP's logits: ``logit_scale.exp()`` times the cosine similarity (plus ``logit_bias`` where the model has
+    one). ``text_features`` is ``[C, E]`` (one classifier) or ``[B, C, E]`` (one per image)."""
+    img = F.normalize(image_features.float(), dim=-1)
+    txt = F.normalize(text_features.float(), dim=-1)
+    sim = img @ txt.T if txt.dim() == 2 else torch.einsum("be,bce->bc", img, txt)
+    logits = clip_model.logit_scale.exp().float() * sim
+    bias = getattr(clip_model, "logit_bias", None)
+    return logits + bias.float() if bias is not None else logits
+
 def fill_template(template: Template, name: str) -> str:
     """``template.format(name)`` for a string with one ``{}``, or ``template(name)`` for a callable (open_clip's
     ``OPENAI_IMAGENET_TEMPLATES`` are callables)."""
@@ -106,10 +117,7 @@ class ZeroShotCLIP(PromptedModel):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``[B, num_classes]`` logits: ``logit_scale.exp()`` times cosine similarity (plus ``logit_bias``)."""
         with torch.no_grad():
-            image = F.normalize(self.backbone.encode_image(pixel_values).float(), dim=-1)
-            logits = self.backbone.logit_scale.exp().float() * image @ self.weights.float().T
-            bias = getattr(self.backbone, "logit_bias", None)
-            return logits + bias.float() if bias is not None else logits
+            return clip_logits(self.backbone, self.backbone.encode_image(pixel_values), self.weights)
 
     def forward_batch(self, batch: dict[str, Any]) -> torch.Tensor:
         return self(batch["pixel_values"])
