@@ -11,6 +11,7 @@ from torch import nn
 
 from promptcore import PromptedModel, register_wrapper
 
+from ..backbones import backbone_name
 from .config import ZeroShotCLIPConfig
 from .tokens import SpecialTokens, Tokenizer, check_class_names, get_tokenizer, text_token_ids
 
@@ -103,7 +104,7 @@ class ZeroShotCLIP(PromptedModel):
         self.config = config
         self.backbone = model
         self.tokenizer = tokenizer or get_tokenizer(config.tokenizer, model.context_length)
-        self.name = name or f"open_clip {type(model).__name__}"
+        self.name = name or backbone_name(model) or f"open_clip {type(model).__name__}"
         self.set_class_names(config.class_names)
         self.freeze_backbone()
         self.train()
