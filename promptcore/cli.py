@@ -1,7 +1,9 @@
-"""The shared command line of the packages (``vpt``, ``textpt``): ``train`` and ``eval``, plus each package's verbs.
+"""The shared command line of the packages (``vpt``, ``textpt``): ``train`` and ``eval``, plus registered verbs.
 
 A package's console script is one line, ``def main(argv=None): return promptcore.cli.main(RECIPE, argv)``, where
-the recipe (:class:`promptcore.recipe.Recipe`) builds the model and data from the package's run config::
+the recipe (:class:`promptcore.recipe.Recipe`) builds the model and data from the package's run config. Further
+verbs (``vpt predict``, ``vpt base2new``, ``textpt generate``) are :class:`Command` records in :data:`COMMANDS`,
+added by whichever package or plugin (:mod:`promptcore.plugins`) provides them::
 
     vpt train -c CONFIG [--set a.b=value ...] [-o RUN_DIR] [--overwrite]
     vpt train --resume RUN_DIR [--set ...]         # the config comes from RUN_DIR/config.yaml
@@ -17,22 +19,53 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from .config import ConfigError, load_config
+from .errors import UserError
 from .files import PromptFileError
 from .model import PromptedModel
+from .plugins import load_plugins
 from .recipe import DataBundle, Recipe
+from .registry import Registry
 from .runs import CONFIG_FILE
 from .trainer import NonFiniteLossError, Trainer, TrainingInterrupted, seed_everything
 
 # Errors that mean "your input is wrong", reported as one clean line.
-KNOWN_ERRORS = (ConfigError, PromptFileError, FileNotFoundError, ValueError, KeyError, NonFiniteLossError)
+KNOWN_ERRORS = (UserError, ConfigError, PromptFileError, FileNotFoundError, ValueError, KeyError, NonFiniteLossError)
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class Command:
+    """A CLI verb of one program.
+
+    Attributes:
+        prog: the program it belongs to (``vpt``, ``textpt``).
+        name: the verb.
+        help: one line for ``PROG --help``.
+        configure: adds the verb's arguments to its ``argparse`` parser.
+        run: runs the verb on the parsed arguments; returns the exit status.
+    """
+
+    prog: str
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: Registry[Command] = Registry("command")
+
+
+def register_command(command: Command) -> Command:
+    """Adds ``command`` as ``PROG VERB`` (a verb can be registered once per program)."""
+    return COMMANDS.add(f"{command.prog} {command.name}", command)
 
 
 def add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -122,12 +155,17 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
     ev.add_argument("--prompts", required=True, metavar="DIR", help="prompt folder (a run's best/ or last/)")
     ev.set_defaults(func=lambda a: cmd_eval(recipe, a))
 
-    recipe.add_commands(sub)
+    for _, command in COMMANDS.items():
+        if command.prog == recipe.prog:
+            verb = sub.add_parser(command.name, help=command.help, description=command.help)
+            command.configure(verb)
+            verb.set_defaults(func=command.run)
     return parser
 
 
 def main(recipe: Recipe, argv: Sequence[str] | None = None) -> int:
-    """Parses ``argv`` (default: ``sys.argv[1:]``), runs the verb and returns the exit status."""
+    """Loads the plugins, parses ``argv`` (default: ``sys.argv[1:]``), runs the verb and returns the exit status."""
+    load_plugins()
     args = build_parser(recipe).parse_args(argv)
     try:
         return _run(args)

@@ -3,8 +3,9 @@
 A config is a tree of dataclasses. :func:`load_config` builds it from a YAML file (or a dict) plus
 ``--set a.b=value`` overrides; unknown keys are rejected with the closest valid key suggested, values are checked
 against the field types (``int``, ``float``, ``str``, ``bool``, ``Optional``, ``Literal``, ``list``, ``dict``,
-nested dataclasses), and a dataclass's ``__post_init__`` may raise ``ValueError`` to reject a value. All problems
-are gathered into one :class:`ConfigError`.
+nested dataclasses, unions of dataclasses told apart by ``method``, and registry choices such as
+:func:`promptcore.methods.method_config`), and a dataclass's ``__post_init__`` may raise ``ValueError`` to reject a
+value. All problems are gathered into one :class:`ConfigError`.
 """
 
 from __future__ import annotations
@@ -13,16 +14,17 @@ import dataclasses
 import os
 import types
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .errors import UserError
 from .registry import did_you_mean
 
 C = TypeVar("C")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """One or more problems in a config; ``errors`` lists them, each starting with the field's dotted path."""
 
     def __init__(self, errors: list[str], source: str | None = None) -> None:
@@ -37,6 +39,9 @@ def _type_name(tp: Any) -> str:
     if isinstance(tp, type):
         return tp.__name__
     origin = get_origin(tp)
+    if origin is Annotated:
+        choice = _choice_of(tp)
+        return f"a {choice.kind} method config" if choice is not None else _type_name(get_args(tp)[0])
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
     if origin in (Union, types.UnionType):
@@ -46,6 +51,27 @@ def _type_name(tp: Any) -> str:
 
 DISCRIMINATOR = "method"
 _NO_ARM = object()
+
+
+def _choice_of(tp: Any) -> Any:
+    """The registry choice in an ``Annotated[...]`` type (metadata with ``resolve``/``accepts``), or None."""
+    return next((m for m in get_args(tp)[1:] if hasattr(m, "resolve") and hasattr(m, "accepts")), None)
+
+
+def _convert_choice(value: Any, choice: Any, path: str, errors: list[str]) -> Any:
+    """A field whose dataclass is chosen by a registry from the value's ``method`` key."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if not choice.accepts(value):
+            errors.append(f"{path}: {type(value).__name__} is not a registered {choice.kind} method config")
+        return value
+    if not isinstance(value, dict):
+        errors.append(f"{path}: expected a mapping with a 'method' key, found {type(value).__name__} {value!r}")
+        return value
+    cls, problem = choice.resolve(value, path)
+    if problem is not None:
+        errors.append(problem)
+        return value
+    return _build(cls, value, path, errors)
 
 
 def _discriminated_arm(value: Any, args: tuple, path: str, errors: list[str]) -> Any:
@@ -82,6 +108,11 @@ def _convert(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
     if tp is Any:
         return value
     origin = get_origin(tp)
+    if origin is Annotated:
+        choice = _choice_of(tp)
+        if choice is not None:
+            return _convert_choice(value, choice, path, errors)
+        return _convert(value, get_args(tp)[0], path, errors)
     if origin in (Union, types.UnionType):
         args = get_args(tp)
         if value is None and type(None) in args:
@@ -167,7 +198,7 @@ def _convert(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
 
 
 def _build(cls: type[C], data: dict, path: str, errors: list[str]) -> C:
-    hints = get_type_hints(cls)
+    hints = get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     prefix = f"{path}." if path else ""
     n_before = len(errors)
@@ -280,10 +311,6 @@ def to_yaml(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-def replace(cfg: C, **changes: Any) -> C:
-    return dataclasses.replace(cfg, **changes)
-
-
 __all__ = [
     "ConfigError",
     "apply_overrides",
@@ -291,7 +318,6 @@ __all__ = [
     "load_config",
     "parse_override",
     "read_yaml",
-    "replace",
     "to_dict",
     "to_yaml",
 ]

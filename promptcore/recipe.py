@@ -5,7 +5,6 @@ Recipes stay thin: everything a recipe does, a user can do in a few lines of Pyt
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -34,7 +33,3 @@ class Recipe(Protocol):
     def build_model(self, cfg: Any) -> PromptedModel: ...
 
     def build_data(self, cfg: Any, model: PromptedModel) -> DataBundle: ...
-
-    def add_commands(self, subparsers: argparse._SubParsersAction) -> None:
-        """Adds package-specific verbs (``predict``, ``generate`` ...); each sets ``func`` via set_defaults."""
-        ...

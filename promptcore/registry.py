@@ -1,8 +1,14 @@
-"""Strict name registries: a duplicate name raises, an unknown name lists the close matches."""
+"""Strict name registries, the one extension mechanism of the toolkit.
+
+Methods, backbone families, data sources, assets and CLI verbs are each a :class:`Registry` of records: a
+duplicate name raises, an unknown name lists the close matches. A package (or a user's own module, or a test)
+extends the toolkit by adding a record; nothing else needs editing.
+"""
 
 from __future__ import annotations
 
 import difflib
+from contextlib import contextmanager
 from typing import Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -21,11 +27,18 @@ def did_you_mean(name: str, candidates: list[str]) -> str:
     return " Did you mean " + " or ".join(repr(m) for m in matches) + "?"
 
 
+class UnknownNameError(KeyError):
+    """A name that is not registered; the message lists the close matches and the known names."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it as written
+        return str(self.args[0]) if self.args else ""
+
+
 class Registry(Generic[T]):
-    """Maps names to objects (builders, classes) of one kind.
+    """Maps names to records (builders, classes, small dataclasses) of one kind.
 
     Args:
-        kind: what the registry holds, used in error messages ("backbone family", "method").
+        kind: what the registry holds, used in error messages ("backbone family", "prompt method").
     """
 
     def __init__(self, kind: str) -> None:
@@ -41,25 +54,55 @@ class Registry(Generic[T]):
 
         return decorator
 
-    def add(self, name: str, obj: T) -> None:
+    def add(self, name: str, obj: T) -> T:
+        """Registers ``obj`` under ``name`` and returns it.
+
+        Raises:
+            KeyError: the name is taken (the message names the first registration).
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{self.kind} names are non-empty strings, got {name!r}")
         if name in self._entries:
             raise KeyError(
                 f"{self.kind} {name!r} is already registered (by {self._entries[name]!r}); "
                 f"choose another name or remove the first registration."
             )
         self._entries[name] = obj
+        return obj
+
+    def remove(self, name: str) -> T:
+        """Unregisters ``name`` and returns its record (for tests and plugins that replace an entry)."""
+        self.get(name)
+        return self._entries.pop(name)
+
+    @contextmanager
+    def temporarily(self, name: str, obj: T) -> Iterator[T]:
+        """Registers ``obj`` under ``name`` for the duration of a ``with`` block."""
+        self.add(name, obj)
+        try:
+            yield obj
+        finally:
+            self._entries.pop(name, None)
 
     def get(self, name: str) -> T:
+        """The record registered under ``name``.
+
+        Raises:
+            UnknownNameError: (a ``KeyError``) listing close matches and the known names.
+        """
         try:
             return self._entries[name]
-        except KeyError:
+        except (KeyError, TypeError):
             known = sorted(self._entries)
-            raise KeyError(
-                f"unknown {self.kind} {name!r}.{did_you_mean(name, known)} Known: {', '.join(known) or 'none'}."
+            raise UnknownNameError(
+                f"unknown {self.kind} {name!r}.{did_you_mean(str(name), known)} Known: {', '.join(known) or 'none'}."
             ) from None
 
     def names(self) -> list[str]:
         return sorted(self._entries)
+
+    def items(self) -> list[tuple[str, T]]:
+        return sorted(self._entries.items())
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
@@ -69,3 +112,6 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {len(self)} entries)"

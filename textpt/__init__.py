@@ -18,7 +18,8 @@ from typing import Any
 
 from torch import nn
 
-from promptcore import register_wrapper
+import promptcore
+from promptcore import register_method
 
 from .config import TextModelConfig, TextPromptConfig
 from .loading import ModelLoadError, load_model_and_tokenizer, load_tokenizer, tiny_tokenizer
@@ -26,13 +27,6 @@ from .model import TextPromptedModel
 from .p_tuning import PTuningModel
 from .prefix import PrefixModel
 from .prompt_tuning import PromptTuningModel
-
-METHODS: dict[str, type[TextPromptedModel]] = {
-    "prompt_tuning": PromptTuningModel,
-    "p_tuning": PTuningModel,
-    "prefix": PrefixModel,
-}
-
 
 def wrap(
     backbone: nn.Module, config: TextPromptConfig, tokenizer: Any = None, task: str | None = None, name: str | None = None
@@ -46,16 +40,15 @@ def wrap(
         task: ``causal_lm``, ``seq2seq`` or ``seq_cls``; inferred from the backbone when ``None``.
         name: the backbone's name for prompt files (default: its ``name_or_path``).
     """
-    return METHODS[config.method](backbone, config, tokenizer=tokenizer, task=task, name=name)
+    return promptcore.wrap(backbone, config, tokenizer=tokenizer, task=task, name=name)
 
 
-@register_wrapper(TextPromptConfig)
-def _wrap_for_promptcore(backbone: nn.Module, config: TextPromptConfig) -> TextPromptedModel:
-    return wrap(backbone, config)
+register_method("prompt_tuning", TextPromptConfig, PromptTuningModel, kind="text", summary="prompt tuning (Lester et al. 2021)")
+register_method("p_tuning", TextPromptConfig, PTuningModel, kind="text", summary="P-tuning: prompts from an MLP/LSTM encoder (Liu et al. 2021)")
+register_method("prefix", TextPromptConfig, PrefixModel, kind="text", summary="prefix tuning / deep prompts (Li & Liang 2021)")
 
 
 __all__ = [
-    "METHODS",
     "ModelLoadError",
     "PTuningModel",
     "PrefixModel",

@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 
 from promptcore import load_config, read_prompt_config
-from promptcore.cli import add_config_args
+from promptcore.cli import Command, add_config_args, register_command
 from promptcore.recipe import DataBundle
 
 from . import wrap
@@ -65,22 +65,6 @@ class TextRecipe:
         prompt's tokens (``None``: no limit)."""
         limit = model_max_length(model.backbone, model.tokenizer)
         return input_budget(limit, model.num_prompt_tokens, cfg.data.max_length or cfg.model.max_length)
-
-    def add_commands(self, subparsers: argparse._SubParsersAction) -> None:
-        """Adds ``generate``: generations of texts, or label words with probabilities for classifiers."""
-        p = subparsers.add_parser(
-            "generate",
-            help="generate text for inputs with trained prompts (classifiers: print each label with its probability)",
-            description="Each text is put through the config's data.template (as a row whose text column holds it), "
-            "then the model writes a continuation (causal_lm with data.target_column, seq2seq with data.target_column) "
-            "or scores the classes (seq_cls, and causal_lm / seq2seq with a verbalizer).",
-        )
-        add_config_args(p)
-        p.add_argument("--prompts", required=True, help="prompt folder (a run's best/ or last/)")
-        p.add_argument("texts", nargs="+", help="input texts (the template's text field)")
-        p.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate per text (default 32)")
-        p.add_argument("--task", type=int, default=0, help="task id of a prompt bank (default 0)")
-        p.set_defaults(func=self.generate)
 
     def generate(self, args: argparse.Namespace) -> int:
         """``textpt generate``: prints each input, then its generation or its classes by probability."""
@@ -151,6 +135,26 @@ def class_probabilities(model: TextPromptedModel, batch: dict[str, torch.Tensor]
         logp = logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1))[..., 0]
         scores.append(logp.sum(-1))
     return torch.stack(scores, dim=-1).softmax(-1)
+
+
+def _generate_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Each text is put through the config's data.template (as a row whose text column holds it), then the model "
+        "writes a continuation (causal_lm with data.target_column, seq2seq with data.target_column) or scores the "
+        "classes (seq_cls, and causal_lm / seq2seq with a verbalizer)."
+    )
+    add_config_args(p)
+    p.add_argument("--prompts", required=True, help="prompt folder (a run's best/ or last/)")
+    p.add_argument("texts", nargs="+", help="input texts (the template's text field)")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate per text (default 32)")
+    p.add_argument("--task", type=int, default=0, help="task id of a prompt bank (default 0)")
+
+
+register_command(Command(
+    prog="textpt", name="generate",
+    help="generate text for inputs with trained prompts (classifiers: print each label with its probability)",
+    configure=_generate_arguments, run=lambda args: TextRecipe().generate(args),
+))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,12 +21,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from promptcore import PromptedModel, read_prompt_config, wrap
-from promptcore.cli import add_config_args
+from promptcore.cli import Command, add_config_args, register_command
 from promptcore.cli import main as shared_main
 from promptcore.recipe import DataBundle
 
 from .backbones import create_model
-from .clip import cli as clip_cli
 from .clip.config import CLIPPromptConfig
 from .data import (
     ImageConfig,
@@ -132,18 +131,6 @@ class VisionRecipe:
         train = self.sources(cfg, resolve_image_config(model.backbone, cfg.data.image_size))[0]
         return class_names_of(cfg.data, train, int(model.prompt_config().get("num_classes") or infer_num_classes(cfg.data, train)))
 
-    def add_commands(self, subparsers: argparse._SubParsersAction) -> None:
-        """Adds ``predict`` (top-k labels of images with trained prompts) and the CLIP verbs (``base2new``,
-        ``interpret``: :mod:`vpt.clip.cli`)."""
-        p = subparsers.add_parser("predict", help="print the top-k labels of images with trained prompts")
-        add_config_args(p)
-        p.add_argument("--prompts", required=True, help="prompt folder (a run's best/ or last/)")
-        p.add_argument("images", nargs="+", help="image files or folders of images")
-        p.add_argument("--top-k", type=int, default=5, help="labels to print per image (default 5)")
-        p.add_argument("--task", type=int, default=0, help="task id of a prompt bank (default 0)")
-        p.set_defaults(func=self.predict)
-        clip_cli.add_commands(subparsers)
-
     def predict(self, args: argparse.Namespace) -> int:
         """``vpt predict``: prints each image's path, then its top-k labels with probabilities."""
         if args.top_k <= 0:
@@ -174,6 +161,20 @@ class VisionRecipe:
                 for rank, (p, c) in enumerate(zip(values, indices), 1):
                     print(f"  {rank}. {names[c]}  {p:.4f}")
         return 0
+
+
+def _predict_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_args(p)
+    p.add_argument("--prompts", required=True, help="prompt folder (a run's best/ or last/)")
+    p.add_argument("images", nargs="+", help="image files or folders of images")
+    p.add_argument("--top-k", type=int, default=5, help="labels to print per image (default 5)")
+    p.add_argument("--task", type=int, default=0, help="task id of a prompt bank (default 0)")
+
+
+register_command(Command(
+    prog="vpt", name="predict", help="print the top-k labels of images with trained prompts",
+    configure=_predict_arguments, run=lambda args: VisionRecipe().predict(args),
+))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

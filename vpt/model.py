@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from promptcore import DeepSoftPrompt, PromptBank, PromptedModel, SoftPrompt, register_wrapper
+from promptcore import DeepSoftPrompt, PromptBank, PromptedModel, SoftPrompt, register_method
 
 from .backbones import TokenBackbone, token_backbone
 from .config import VPTConfig
@@ -225,7 +225,5 @@ class VisualPromptModel(PromptedModel):
         return task_ids if num_tasks > 1 else None
 
 
-@register_wrapper(VPTConfig)
-def wrap_vpt(backbone: nn.Module, config: VPTConfig) -> VisualPromptModel:
-    """``promptcore.wrap(model, VPTConfig(...))``: VPT prompts on a frozen ViT-style encoder."""
-    return VisualPromptModel(backbone, config)
+register_method("vpt_shallow", VPTConfig, VisualPromptModel, kind="vision", summary="VPT-shallow: prompts before the first block")
+register_method("vpt_deep", VPTConfig, VisualPromptModel, kind="vision", summary="VPT-deep: fresh prompts before every block")

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from promptcore import PromptBank, PromptedModel, register_wrapper
+from promptcore import PromptBank, PromptedModel, register_method
 from promptcore.model import COMPAT_LABELS
 
 from .backbones import backbone_name as built_name
@@ -293,7 +293,6 @@ class PixelPromptModel(PromptedModel):
         return self(batch["pixel_values"], batch.get("task_ids"))
 
 
-@register_wrapper(PixelPromptConfig)
-def wrap_pixel(backbone: nn.Module, config: PixelPromptConfig) -> PixelPromptModel:
-    """``promptcore.wrap`` for pixel prompts."""
-    return PixelPromptModel(backbone, config)
+register_method("pixel_pad", PixelPromptConfig, PixelPromptModel, kind="vision", summary="pixel prompt: a learned border")
+register_method("pixel_fixed_patch", PixelPromptConfig, PixelPromptModel, kind="vision", summary="pixel prompt: a learned corner patch")
+register_method("pixel_random_patch", PixelPromptConfig, PixelPromptModel, kind="vision", summary="pixel prompt: a learned patch at a random place")

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 from toy_prompted import ToyPrompted, toy_data  # noqa: E402
 
 from promptcore import TrainConfig  # noqa: E402
-from promptcore.cli import EXIT_ERROR, add_config_args, load_run_config, main  # noqa: E402
+from promptcore.cli import EXIT_ERROR, Command, add_config_args, load_run_config, main, register_command  # noqa: E402
 from promptcore.recipe import DataBundle  # noqa: E402
 
 
@@ -54,13 +54,13 @@ class ToyRecipe:
             eval=toy_data(cfg.data.eval_samples, cfg.data.num_classes, split="validation"),
         )
 
-    def add_commands(self, subparsers) -> None:
-        describe = subparsers.add_parser("describe", help="print the resolved config")
-        add_config_args(describe)
-        describe.set_defaults(func=lambda args: print(json.dumps({"lr": load_run_config(self, args).train.lr})) or 3)
 
 
 RECIPE = ToyRecipe()
+register_command(Command(
+    prog="toypt", name="describe", help="print the resolved config", configure=add_config_args,
+    run=lambda args: print(json.dumps({"lr": load_run_config(RECIPE, args).train.lr})) or 3,
+))
 
 
 @pytest.fixture

@@ -134,7 +134,7 @@ def test_save_replaces_folder_atomically(tmp_path):
 
 
 def test_wrap_without_registered_method_says_what_to_do():
-    with pytest.raises(TypeError, match="no prompt method is registered for config type dict.*Import vpt or textpt"):
+    with pytest.raises(TypeError, match="dict is not the config of a registered prompt method.*Import the package"):
         wrap(nn.Linear(2, 2), {})
 
 

@@ -9,6 +9,7 @@ Importing this package registers each method config with :func:`promptcore.wrap`
     logits = prompted(pixel_values)
 """
 
+from . import cli  # noqa: F401  (registers the base2new and interpret commands)
 from .cocoop import CoCoOp
 from .config import CLIP_METHODS, CLIPPromptConfig, CoCoOpConfig, CoOpConfig, IVLPConfig, MaPLeConfig, ZeroShotCLIPConfig
 from .coop import CoOp

@@ -1,4 +1,4 @@
-"""CLI verbs of the CLIP methods, added to ``vpt`` by :func:`add_commands`::
+"""CLI verbs of the CLIP methods, registered as ``vpt`` commands when :mod:`vpt.clip` is imported::
 
     vpt base2new -c configs/clip/coop_vit_b16.yaml --seeds 1 2 3 -o runs/coop-b2n
     vpt interpret --prompts runs/coop-b2n/seed1/best -c configs/clip/coop_vit_b16.yaml --top-k 5
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from promptcore import read_prompt_config, wrap
+from promptcore.cli import Command, add_config_args, register_command
 from promptcore.config import load_config
 from promptcore.train_config import TrainConfig
 
@@ -173,22 +174,27 @@ def cmd_interpret(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Adds ``base2new`` and ``interpret`` to a CLI's subparsers (``vpt`` calls it)."""
-    from promptcore.cli import add_config_args
-
-    p = subparsers.add_parser("base2new", help="CLIP prompts: train on base classes per seed, report base / new / H (mean ± std)")
+def _base2new_arguments(p: argparse.ArgumentParser) -> None:
     add_config_args(p)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds (default 1 2 3)")
     p.add_argument("-o", "--output", metavar="DIR", help="writes DIR/seed<N>/ runs, base2new.json and base2new.md")
     p.add_argument("--overwrite", action="store_true", help="replace runs already in DIR")
-    p.set_defaults(func=cmd_base2new)
 
-    q = subparsers.add_parser("interpret", help="CLIP prompts: nearest vocabulary words to each learned context vector")
+
+def _interpret_arguments(q: argparse.ArgumentParser) -> None:
     add_config_args(q, required=False)
     q.add_argument("--prompts", required=True, metavar="DIR", help="prompt folder of a CLIP method")
     q.add_argument("--top-k", type=int, default=5, help="words per context vector (default 5)")
-    q.set_defaults(func=cmd_interpret)
 
 
-__all__ = ["CLIPRunConfig", "add_commands", "format_table", "load_clip_run_config", "run_base_to_new"]
+register_command(Command(
+    prog="vpt", name="base2new", help="CLIP prompts: train on base classes per seed, report base / new / H (mean ± std)",
+    configure=_base2new_arguments, run=cmd_base2new,
+))
+register_command(Command(
+    prog="vpt", name="interpret", help="CLIP prompts: nearest vocabulary words to each learned context vector",
+    configure=_interpret_arguments, run=cmd_interpret,
+))
+
+
+__all__ = ["CLIPRunConfig", "format_table", "load_clip_run_config", "run_base_to_new"]

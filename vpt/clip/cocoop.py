@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from promptcore import register_wrapper
+from promptcore import register_method
 
 from .base import CLIPPromptModel
 from .config import CoCoOpConfig
@@ -62,6 +62,4 @@ class CoCoOp(CLIPPromptModel):
         return {**super().prompt_config(), "num_tokens": self.config.n_ctx, "num_layers": 1, "class_specific": False}
 
 
-@register_wrapper(CoCoOpConfig)
-def _wrap(model: nn.Module, config: CoCoOpConfig) -> CoCoOp:
-    return CoCoOp(model, config)
+register_method("cocoop", CoCoOpConfig, CoCoOp, kind="vision", summary="CoCoOp: CoOp context plus a per-image meta-net shift")

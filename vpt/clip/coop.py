@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from promptcore import register_wrapper
+from promptcore import register_method
 
 from .base import CLIPPromptModel
 from .config import CoOpConfig
@@ -75,6 +75,4 @@ class CoOp(CLIPPromptModel):
         }
 
 
-@register_wrapper(CoOpConfig)
-def _wrap(model: nn.Module, config: CoOpConfig) -> CoOp:
-    return CoOp(model, config)
+register_method("coop", CoOpConfig, CoOp, kind="vision", summary="CoOp: learned text context for CLIP")

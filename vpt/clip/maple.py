@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from promptcore import init_prompt_, register_wrapper
+from promptcore import init_prompt_, register_method
 
 from .base import CLIPPromptModel
 from .config import IVLPConfig, MaPLeConfig
@@ -134,11 +134,5 @@ class IVLP(_DeepCLIP):
         }
 
 
-@register_wrapper(MaPLeConfig)
-def _wrap_maple(model: nn.Module, config: MaPLeConfig) -> MaPLe:
-    return MaPLe(model, config)
-
-
-@register_wrapper(IVLPConfig)
-def _wrap_ivlp(model: nn.Module, config: IVLPConfig) -> IVLP:
-    return IVLP(model, config)
+register_method("maple", MaPLeConfig, MaPLe, kind="vision", summary="MaPLe: coupled deep prompts on both CLIP towers")
+register_method("ivlp", IVLPConfig, IVLP, kind="vision", summary="IVLP: independent deep prompts on both CLIP towers")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from promptcore import PromptedModel, register_wrapper
+from promptcore import PromptedModel, register_method
 
 from ..backbones import backbone_name
 from .config import ZeroShotCLIPConfig
@@ -133,6 +133,4 @@ class ZeroShotCLIP(PromptedModel):
         }
 
 
-@register_wrapper(ZeroShotCLIPConfig)
-def _wrap(model: nn.Module, config: ZeroShotCLIPConfig) -> ZeroShotCLIP:
-    return ZeroShotCLIP(model, config)
+register_method("clip_zeroshot", ZeroShotCLIPConfig, ZeroShotCLIP, kind="vision", summary="zero-shot CLIP (nothing trains)", trains=False)

@@ -1,6 +1,5 @@
 """Few-shot sampling, the base-to-new split, seed aggregation, interpretation, the CLI verbs and the configs."""
 
-import argparse
 import json
 from pathlib import Path
 
@@ -9,7 +8,9 @@ import torch
 
 import promptcore
 import vpt.clip as vc
-from vpt.clip.cli import add_commands, load_clip_run_config
+from promptcore.cli import build_parser
+from vpt.clip.cli import load_clip_run_config
+from vpt.cli import VisionRecipe
 from vpt.clip.fewshot import (
     ClassSubset,
     aggregate,
@@ -83,9 +84,7 @@ def test_interpret_finds_the_words_the_context_was_initialised_with(tmp_path):
 
 
 def parse(argv):
-    parser = argparse.ArgumentParser(prog="vpt")
-    add_commands(parser.add_subparsers(dest="command"))
-    return parser.parse_args(argv)
+    return build_parser(VisionRecipe()).parse_args(argv)
 
 
 def test_base2new_cli_aggregates_seeds_and_interpret_reads_its_prompts(tmp_path, capsys):

@@ -1,0 +1,183 @@
+"""Prompt methods by name: one :class:`Method` record per method in :data:`METHODS`, and :func:`wrap`.
+
+A method is a config class (a dataclass whose ``method`` field holds the method's name) and a builder
+``build(backbone, config, **context) -> PromptedModel``. Adding a method is one file and one line::
+
+    register_method("my_method", MyConfig, MyModel, kind="vision", summary="what it does")
+
+after which ``wrap(backbone, MyConfig(...))`` builds it, and a run config's ``prompt:`` section with
+``method: my_method`` loads ``MyConfig`` (the section's type is :func:`method_config`).
+
+This module imports no torch: configs can be validated before the heavy libraries load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal, get_args, get_origin, get_type_hints
+
+from .registry import Registry, did_you_mean
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .model import PromptedModel
+
+Kind = Literal["vision", "text"]
+KINDS: tuple[str, ...] = ("vision", "text")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One prompt method.
+
+    Attributes:
+        name: the value of ``method:`` in YAML and of the config's ``method`` field.
+        config_class: its config dataclass (one class may serve several names, e.g. ``vpt_shallow``/``vpt_deep``).
+        build: ``build(backbone, config, **context)`` returns the prompted model; ``context`` carries what a
+            package passes (a tokenizer, the task, the backbone's name).
+        kind: ``vision`` (``vpt`` run configs and CLI, CLIP methods included) or ``text`` (``textpt``).
+        summary: one line for listings and error messages.
+        trains: whether the method has parameters to train (``False`` for zero-shot baselines).
+    """
+
+    name: str
+    config_class: type
+    build: Callable[..., "PromptedModel"]
+    kind: str
+    summary: str = ""
+    trains: bool = True
+
+
+METHODS: Registry[Method] = Registry("prompt method")
+
+
+def _method_values(config_class: type) -> tuple[str, ...]:
+    """The names a config class's ``method`` field admits (``Literal`` arguments, else its default)."""
+    if not dataclasses.is_dataclass(config_class):
+        raise TypeError(f"a method's config class must be a dataclass, got {config_class!r}")
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    if "method" not in fields:
+        raise TypeError(f"{config_class.__name__} has no 'method' field; a method config names its method in 'method'")
+    hint = get_type_hints(config_class).get("method")
+    if get_origin(hint) is Literal:
+        return tuple(str(a) for a in get_args(hint))
+    default = fields["method"].default
+    return (default,) if isinstance(default, str) else ()
+
+
+def register_method(
+    name: str,
+    config_class: type,
+    build: Callable[..., "PromptedModel"],
+    kind: str,
+    summary: str = "",
+    trains: bool = True,
+) -> Method:
+    """Registers a prompt method (see :class:`Method`); a name can be registered once.
+
+    Raises:
+        KeyError: the name is taken.
+        TypeError / ValueError: the config class cannot carry ``method: name``, or ``kind`` is unknown.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
+    values = _method_values(config_class)
+    if name not in values:
+        raise ValueError(
+            f"{config_class.__name__}.method admits {list(values)}, not {name!r}: declare "
+            f"method: Literal[{name!r}] = {name!r} (or add {name!r} to its Literal)"
+        )
+    return METHODS.add(name, Method(name, config_class, build, kind, summary, trains))
+
+
+def method_names(kind: str | None = None) -> list[str]:
+    """Registered method names, sorted; only those of ``kind`` when given."""
+    return [n for n, m in METHODS.items() if kind is None or m.kind == kind]
+
+
+def method_of(config: Any) -> Method:
+    """The :class:`Method` record of a config object (by its ``method`` field).
+
+    Raises:
+        TypeError: the object is not a registered method's config.
+    """
+    name = getattr(config, "method", None)
+    if not isinstance(name, str) or name not in METHODS:
+        known = ", ".join(METHODS.names()) or "none yet"
+        raise TypeError(
+            f"{type(config).__name__} is not the config of a registered prompt method (method={name!r}); "
+            f"registered: {known}. Import the package that registers it (vpt, vpt.clip, textpt) or register_method() it."
+        )
+    record = METHODS.get(name)
+    if not isinstance(config, record.config_class):
+        raise TypeError(
+            f"method {name!r} takes a {record.config_class.__name__}, got a {type(config).__name__}; build the "
+            f"config with {record.config_class.__name__}(...)"
+        )
+    return record
+
+
+def wrap(backbone: "nn.Module", config: Any, **context: Any) -> "PromptedModel":
+    """Wraps a frozen ``backbone`` with the prompts that ``config`` describes.
+
+    ``config`` is a registered method's config (``vpt``, ``vpt.clip`` and ``textpt`` register theirs when
+    imported); ``context`` goes to the method's builder (``tokenizer=``, ``task=``, ``name=`` for text methods).
+    The backbone's parameters are frozen; only the prompts (and the head, where the method has one) train.
+    """
+    return method_of(config).build(backbone, config, **context)
+
+
+@dataclass(frozen=True)
+class MethodChoice:
+    """Marks a config field whose value is a method config chosen by its ``method:`` key (see :func:`method_config`).
+
+    :func:`promptcore.config.from_dict` calls :meth:`resolve` to pick the dataclass to build.
+    """
+
+    kind: str
+
+    def names(self) -> list[str]:
+        return method_names(self.kind)
+
+    def accepts(self, value: Any) -> bool:
+        record = METHODS.get(value.method) if getattr(value, "method", None) in METHODS else None
+        return record is not None and record.kind == self.kind and isinstance(value, record.config_class)
+
+    def resolve(self, value: dict, path: str) -> tuple[type | None, str | None]:
+        """``(config class, None)`` for the method ``value['method']`` names, else ``(None, error message)``."""
+        known = self.names()
+        listing = ", ".join(map(repr, known)) or "none registered"
+        method = value.get("method")
+        if method is None:
+            return None, f"{path}.method: required to choose the method; one of {listing}"
+        if method not in known:
+            hint = did_you_mean(str(method), known)
+            other = f" ({method!r} is a {METHODS.get(method).kind} method)" if method in METHODS else ""
+            return None, f"{path}.method: unknown method {method!r}{other}.{hint} Known: {listing}"
+        return METHODS.get(method).config_class, None
+
+
+def method_config(kind: str) -> Any:
+    """The type of a run config's ``prompt:`` field: any registered ``kind`` method's config, chosen by ``method``.
+
+    Example::
+
+        @dataclass
+        class VisionRunConfig:
+            prompt: method_config("vision")
+    """
+    return Annotated[Any, MethodChoice(kind)]
+
+
+__all__ = [
+    "METHODS",
+    "Method",
+    "MethodChoice",
+    "method_config",
+    "method_names",
+    "method_of",
+    "register_method",
+    "wrap",
+]

@@ -1,0 +1,98 @@
+"""The method registry: register_method, wrap by config, and run-config prompt sections chosen by ``method``."""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+from torch import nn
+
+from promptcore import METHODS, ConfigError, PromptedModel, SoftPrompt, load_config, method_config, register_method, wrap
+from promptcore.methods import method_names
+from promptcore.plugins import load_plugins
+from promptcore.registry import Registry
+
+
+@dataclass
+class EchoConfig:
+    method: Literal["echo_a", "echo_b"] = "echo_a"
+    num_tokens: int = 2
+
+    def __post_init__(self):
+        if self.num_tokens <= 0:
+            raise ValueError(f"num_tokens: must be positive, got {self.num_tokens}")
+
+
+class Echo(PromptedModel):
+    def __init__(self, backbone, config, name=None):
+        super().__init__()
+        self.backbone, self.config, self.name = backbone, config, name
+        self.prompts = SoftPrompt(config.num_tokens, 4)
+
+    def prompt_config(self):
+        return {"method": self.config.method, "backbone": self.name}
+
+
+@dataclass
+class Run:
+    prompt: method_config("vision")
+    other: int = field(default=0)
+
+
+@pytest.fixture
+def echo():
+    record = register_method("echo_a", EchoConfig, Echo, kind="vision", summary="test method")
+    yield record
+    METHODS.remove("echo_a")
+
+
+def test_wrap_builds_the_registered_method_with_context(echo):
+    model = wrap(nn.Linear(2, 2), EchoConfig(num_tokens=3), name="toy")
+    assert isinstance(model, Echo) and model.name == "toy" and model.prompts.weight.shape == (3, 4)
+    assert "echo_a" in method_names("vision") and "echo_a" not in method_names("text")
+
+
+def test_register_method_is_strict(echo):
+    with pytest.raises(KeyError, match="prompt method 'echo_a' is already registered"):
+        register_method("echo_a", EchoConfig, Echo, kind="vision")
+    with pytest.raises(ValueError, match=r"EchoConfig.method admits \['echo_a', 'echo_b'\], not 'echo_c'"):
+        register_method("echo_c", EchoConfig, Echo, kind="vision")
+    with pytest.raises(ValueError, match="kind: 'audio' is not one of vision, text"):
+        register_method("echo_b", EchoConfig, Echo, kind="audio")
+    with pytest.raises(TypeError, match="has no 'method' field"):
+        register_method("x", Run, Echo, kind="vision")
+
+
+def test_wrap_refuses_a_config_of_another_method(echo):
+    with pytest.raises(TypeError, match=r"EchoConfig is not the config of a registered prompt method \(method='echo_b'\)"):
+        wrap(nn.Linear(2, 2), EchoConfig(method="echo_b"))
+
+
+def test_run_config_prompt_section_is_chosen_by_method(echo):
+    cfg = load_config(Run, {"prompt": {"method": "echo_a", "num_tokens": 5}})
+    assert isinstance(cfg.prompt, EchoConfig) and cfg.prompt.num_tokens == 5
+    with pytest.raises(ConfigError) as e:
+        load_config(Run, {"prompt": {"method": "echo_aa", "num_tokns": 1}, "othr": 1})
+    text = str(e.value)
+    assert "prompt.method: unknown method 'echo_aa'. Did you mean 'echo_a'?" in text
+    assert "othr: unknown key for Run. Did you mean 'other'?" in text
+    with pytest.raises(ConfigError, match=r"prompt.num_tokens: must be positive, got 0"):
+        load_config(Run, {"prompt": {"method": "echo_a", "num_tokens": 0}})
+    with pytest.raises(ConfigError, match=r"prompt.method: required to choose the method; one of .*'echo_a'"):
+        load_config(Run, {"prompt": {"num_tokens": 2}})
+
+
+def test_registry_helpers():
+    reg: Registry[int] = Registry("thing")
+    with reg.temporarily("a", 1):
+        assert reg.get("a") == 1 and reg.items() == [("a", 1)]
+    assert "a" not in reg
+    reg.add("b", 2)
+    assert reg.remove("b") == 2 and len(reg) == 0
+    with pytest.raises(KeyError, match="unknown thing 'b'. Known: none."):
+        reg.get("b")
+
+
+def test_the_packages_are_plugins():
+    modules = load_plugins()
+    assert {"vpt", "vpt.clip", "textpt"} <= set(modules)
+    assert {"vpt_deep", "coop", "prompt_tuning"} <= set(METHODS.names())
