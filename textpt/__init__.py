@@ -21,6 +21,7 @@ from torch import nn
 import promptcore
 from promptcore import register_method
 
+from . import assets  # noqa: F401  (registers the text assets)
 from .config import TextModelConfig, TextPromptConfig
 from .loading import ModelLoadError, load_model_and_tokenizer, load_tokenizer, tiny_tokenizer
 from .model import TextPromptedModel

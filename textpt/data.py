@@ -27,8 +27,9 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset
 
-from promptcore.data import SyntheticTexts
 from promptcore.recipe import DataBundle
+
+from .synthetic import SyntheticTexts
 
 Source = Literal["synthetic", "hf", "csv", "json", "parquet", "asset"]
 Layout = Literal["classification", "causal_lm", "seq2seq", "inputs"]
@@ -40,7 +41,7 @@ class TextDataConfig:
     """The ``data:`` section of a text run config.
 
     Attributes:
-        source: ``synthetic`` (:class:`promptcore.data.SyntheticTexts`: keyword-bearing texts, columns ``text`` and
+        source: ``synthetic`` (:class:`textpt.synthetic.SyntheticTexts`: keyword-bearing texts, columns ``text`` and
             ``label``), ``hf`` (``datasets.load_dataset(name, subset)``), ``csv`` / ``json`` / ``parquet`` (local
             files in ``data_files``) or ``asset`` (``textpt.assets.load_dataset(name)``, e.g. ``rotten_tomatoes``).
         name: the dataset name for ``hf`` and ``asset``.

@@ -9,9 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from promptcore.data import SYNTHETIC_WORDS
-
 from .config import TextModelConfig
+from .synthetic import SYNTHETIC_WORDS
 
 logger = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ Five lines of Python::
 
 from promptcore import wrap
 
+from . import assets  # noqa: F401  (registers the vision assets)
 from .backbones import TokenBackbone, create_model, token_backbone
 from .config import BackboneConfig, VPTConfig
 from .model import VisualPromptModel

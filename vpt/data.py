@@ -6,7 +6,7 @@ Sources (``data.source``):
   ``parquet``, ``csv``, ``json`` ... with ``data_dir`` / ``data_files``). Image and label column names and split
   names are configurable.
 - ``imagefolder``: a torchvision ``ImageFolder`` tree (one sub-folder per class), optionally with split sub-folders.
-- ``synthetic``: :class:`promptcore.data.SyntheticImages`, generated at the backbone's input size.
+- ``synthetic``: :class:`vpt.synthetic.SyntheticImages`, generated at the backbone's input size.
 - ``asset``: an offline dataset shipped inside a package (``vpt.assets.load_dataset``), e.g. ``fashion_mnist``.
 
 Transforms come from the backbone's pretrained config (:func:`resolve_image_config`): timm's
@@ -30,9 +30,11 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
-from promptcore.data import SyntheticImages, few_shot_indices
+from promptcore.data import few_shot_indices
 from promptcore.recipe import DataBundle
 from promptcore.registry import did_you_mean
+
+from .synthetic import SyntheticImages
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -56,7 +58,7 @@ class DataError(ValueError):
 # ----- config ---------------------------------------------------------------------------------------------------
 @dataclass
 class SyntheticDataConfig:
-    """The ``synthetic`` source: class patterns plus noise (:class:`promptcore.data.SyntheticImages`)."""
+    """The ``synthetic`` source: class patterns plus noise (:class:`vpt.synthetic.SyntheticImages`)."""
 
     num_train: int = 512
     num_eval: int = 256

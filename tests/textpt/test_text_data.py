@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from promptcore.config import ConfigError, load_config
-from promptcore.data import SyntheticTexts
+from textpt.synthetic import SyntheticTexts
 from textpt.data import (
     IGNORE_INDEX,
     DataError,
@@ -311,3 +311,12 @@ def test_tokenizer_without_pad_token_pads_with_eos_or_says_how_to_fix(tok):
 def test_config_errors_name_the_field(data, model, prompt, message):
     with pytest.raises(ConfigError, match=message):
         load_config(TextRunConfig, {"model": {"name": "random:gpt2", **model}, "prompt": prompt, "data": data})
+
+
+def test_synthetic_texts_are_seeded_and_carry_their_class_signal():
+    t = SyntheticTexts(8, 2, seed=1)
+    assert t.texts == SyntheticTexts(8, 2, seed=1).texts and t.class_names == ["excellent", "terrible"]
+    keywords = [{"excellent", "wonderful", "superb", "delightful", "brilliant"}, {"terrible", "awful", "dreadful", "boring", "painful"}]
+    for text, y in zip(t.texts, t.labels.tolist()):
+        words = set(text.split())
+        assert words & keywords[y] and not words & keywords[1 - y]  # the class signal, and only its own

@@ -9,7 +9,7 @@ import torch
 import promptcore
 from promptcore import PromptFileError
 from promptcore.config import ConfigError, load_config
-from promptcore.data import SyntheticImages
+from vpt.synthetic import SyntheticImages
 from vpt.pixel import PixelPromptConfig, PixelPromptModel
 
 

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 import vpt.assets
+from vpt.synthetic import SyntheticImages
 
 from promptcore.config import ConfigError, load_config
 from vpt.data import (
@@ -178,3 +179,9 @@ def test_config_errors_name_their_fields() -> None:
         load_config(VisionDataConfig, {"label_colum": "y"})
     with pytest.raises(DataError, match="image column 'image' holds int values"):
         to_rgb(3)
+
+
+def test_synthetic_images_are_seeded_and_splits_differ():
+    a, b = SyntheticImages(16, 4, seed=3), SyntheticImages(16, 4, seed=3)
+    assert (a.images == b.images).all() and (a.labels == b.labels).all()
+    assert not (SyntheticImages(16, 4, seed=3, split="test").images == a.images).all()

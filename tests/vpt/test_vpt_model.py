@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import promptcore
 import vpt
 from promptcore import PromptFileError, load_config
-from promptcore.data import SyntheticImages
+from vpt.synthetic import SyntheticImages
 from vpt import BackboneConfig, VPTConfig, VisualPromptModel, create_model
 
 from test_backbones import TINY, images, tiny

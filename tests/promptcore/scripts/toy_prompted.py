@@ -1,7 +1,7 @@
 """A toy PromptedModel for the trainer tests: tiny MLP backbone (with BatchNorm and dropout, so a backbone left
 in train mode would change its buffers), a SoftPrompt with dropout (so resume must restore the RNG), a Linear head.
 
-Imported by the tests (via sys.path) and by the subprocess scripts next to it; needs only torch and promptcore.
+Imported by the tests (via sys.path) and by the subprocess scripts next to it; needs torch, promptcore and vpt's synthetic images.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from promptcore import PromptedModel, SoftPrompt
-from promptcore.data import SyntheticImages
+from vpt.synthetic import SyntheticImages
 
 
 class ToyPrompted(PromptedModel):

@@ -8,7 +8,7 @@ import torch
 import promptcore
 import vpt.clip as vc
 from promptcore import PromptFileError
-from promptcore.data import SyntheticImages
+from vpt.synthetic import SyntheticImages
 from vpt.clip.tokens import get_tokenizer
 
 NAMES = ["cat", "golden retriever", "sea lion", "tree"]
