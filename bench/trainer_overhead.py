@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from promptcore import PromptedModel, SoftPrompt, TrainConfig, Trainer
 from promptcore.data import SyntheticImages
-from promptcore.trainer import lr_factor
+from promptcore.optim import lr_factor
 
 
 class TinyPromptedViT(PromptedModel):

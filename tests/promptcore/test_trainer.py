@@ -14,8 +14,10 @@ sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 from toy_prompted import ToyPrompted, toy_data, toy_model  # noqa: E402
 
 from promptcore import Trainer, TrainConfig  # noqa: E402
+from promptcore.callbacks import Callback  # noqa: E402
 from promptcore.runs import RunDirError  # noqa: E402
-from promptcore.trainer import EpochBatches, NonFiniteLossError, build_optimizer, check_optimizer_params, lr_factor  # noqa: E402
+from promptcore.optim import build_optimizer, lr_factor  # noqa: E402
+from promptcore.trainer import EpochBatches, NonFiniteLossError, check_optimizer_params  # noqa: E402
 
 
 def cfg(**kw) -> TrainConfig:
@@ -111,18 +113,27 @@ def test_lr_schedules_warmup_and_floor():
         lr_factor(3, 10, 0, "step", 0.0)
 
 
+class LrRecorder(Callback):
+    """The rate of every group at each optimizer step, as the step used it."""
+
+    def __init__(self):
+        self.lrs = []
+
+    def on_step_end(self, trainer, info):
+        self.lrs.append({g["name"]: g["lr"] for g in trainer.optimizer.param_groups})
+
+
 def test_scheduler_follows_config_and_linear_lr_scaling():
     # 40 rows, batch 8 -> 5 steps/epoch; warmup 1 epoch + 1 step = 6 steps of 20.
-    trainer = Trainer(toy_model(), cfg(epochs=4, lr=0.1, lr_scaling="linear", warmup_epochs=1, warmup_steps=1, max_steps=20), toy_data())
+    recorder = LrRecorder()
+    trainer = Trainer(toy_model(), cfg(epochs=4, lr=0.1, lr_scaling="linear", warmup_epochs=1, warmup_steps=1, max_steps=20), toy_data(), callbacks=[recorder])
     assert trainer.lr == pytest.approx(0.1 * 8 / 256)
     assert (trainer.total_steps, trainer.warmup_steps) == (20, 6)
-    lrs = []
-    for _ in range(20):
-        lrs.append(trainer.optimizer.param_groups[0]["lr"])
-        trainer.optimizer.step()
-        trainer.scheduler.step()
+    trainer.fit()
+    lrs = [r["all"] for r in recorder.lrs]
+    assert len(lrs) == 20
     assert lrs[0] == pytest.approx(trainer.lr / 6) and lrs[5] == pytest.approx(trainer.lr)
-    assert lrs[6:] == sorted(lrs[6:], reverse=True)
+    assert lrs[:6] == sorted(lrs[:6]) and lrs[6:] == sorted(lrs[6:], reverse=True) and lrs[6] > lrs[19] > 0
 
 
 @pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("adafactor", torch.optim.Adafactor), ("adamw", torch.optim.AdamW)])
