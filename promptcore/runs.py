@@ -142,8 +142,8 @@ class RunDir:
         free = shutil.disk_usage(self.path).free
         if free < needed:
             raise RunDirError(
-                f"run directory {str(self.path)!r}: its disk has {_megabytes(free)} free, a checkpoint needs about "
-                f"{_megabytes(needed)} ({what}); free some space or choose a folder on another disk"
+                f"run directory {str(self.path)!r}: its disk has {format_size(free)} free, a checkpoint needs about "
+                f"{format_size(needed)} ({what}); free some space or choose a folder on another disk"
             )
 
     def clean_leftovers(self) -> list[str]:
@@ -265,5 +265,9 @@ class RunDir:
         return meta, tensors
 
 
-def _megabytes(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB"
+def format_size(n: int) -> str:
+    """``n`` bytes as KiB, MiB or GiB with one decimal."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 2**10:.1f} KiB"

@@ -44,7 +44,7 @@ from .errors import UserError
 from .model import PromptedModel
 from .optim import OPTIMIZER_STATE_FACTOR, LRSchedule, build_optimizer
 from .registry import did_you_mean
-from .runs import RunDir, RunDirError
+from .runs import RunDir, RunDirError, format_size
 from .train_config import TrainConfig
 
 # The fields a resumed run must share with the saved one: they fix the data order and the global batch.
@@ -442,12 +442,14 @@ class Trainer:
             t.numel() * t.element_size() for m in self.model.prompt_modules().values() for t in m.state_dict().values()
         )
         optimizer_bytes = OPTIMIZER_STATE_FACTOR[self.config.optimizer] * sum(p.numel() * p.element_size() for p in self.params)
-        state_bytes = module_bytes + optimizer_bytes
+        # Metadata, file headers and each process's RNG states (JSON and tensors): about 40 KB per process.
+        state_bytes = module_bytes + optimizer_bytes + 2**16 * self.world_size
+        prompt_bytes += 2**12
         # last/, best/ and state/, and while one of them is replaced, the old and the new copy.
         needed = 2 * prompt_bytes + state_bytes + max(prompt_bytes, state_bytes)
         what = (
-            f"last/ and best/ {prompt_bytes / 2**20:.1f} MiB each, state/ {state_bytes / 2**20:.1f} MiB with the "
-            f"{self.config.optimizer} state, and a second copy of the largest while it is replaced"
+            f"last/ and best/ {format_size(prompt_bytes)} each, state/ {format_size(state_bytes)} with the {self.config.optimizer} "
+            f"state, and a second copy of the largest while it is replaced"
         )
         return needed, what
 
@@ -626,10 +628,10 @@ class Trainer:
         if not changes:
             return
         self.run.update_config(to_yaml(new))
-        lr = ", ".join(f"{g['name']} {g['lr']:.4g}" for g in self.optimizer.param_groups)
+        lr = ", ".join(f"{s['name']} {self.schedule.lr(self.progress.step, s['lr']):.4g}" for s in self._group_settings)
         print(
             f"resume {self.run.path} at step {self.progress.step} with a changed config ({'; '.join(changes)}): the lr "
-            f"schedule is recomputed, {self.schedule.describe()}, and continues from step {self.progress.step} (lr {lr}); "
+            f"schedule is recomputed, {self.schedule.describe()}, and continues from step {self.progress.step} (next lr: {lr}); "
             f"config.yaml records the new config, config.original.yaml the first",
             file=sys.stderr,
         )
