@@ -6,12 +6,16 @@ Two units:
 
 - ``step`` (default): the rate changes every optimizer step. Warmup over ``W`` steps, then ``cosine`` / ``linear``
   decay to ``min_lr_ratio * lr`` at the last step, or ``constant``.
-- ``epoch``: the rate changes once per epoch, as Dassl's ``build_lr_scheduler`` (used by CoOp, CoCoOp, MaPLe and
-  IVLP) steps it after each epoch's last batch. Warmup over ``W`` whole epochs, then the decay of
-  ``torch.optim.lr_scheduler.CosineAnnealingLR(T_max=epochs)`` recounted from 0 at the end of the warmup
-  (Dassl's default ``WARMUP_RECOUNT=True``): epoch ``e >= W`` gets ``lr * 0.5 * (1 + cos(pi * (e - W) / epochs))``.
-  The cosine period is the whole run, not the epochs after warmup, so the last epoch's rate is
-  ``lr * 0.5 * (1 + cos(pi * (epochs - 1 - W) / epochs))``, not 0, exactly as Dassl trains.
+- ``epoch``: the rate changes once per epoch, as in Dassl (used by CoOp, CoCoOp, MaPLe and IVLP), whose trainer
+  steps the scheduler after each epoch's last batch (``dassl/engine/trainer.py``) and whose
+  ``build_lr_scheduler`` (``dassl/optim/lr_scheduler.py``) wraps ``CosineAnnealingLR(T_max=max_epoch)`` in a
+  warmup scheduler. Warmup over ``W`` whole epochs: ``constant`` holds ``warmup_lr`` (Dassl's
+  ``WARMUP_CONS_LR``); ``linear`` runs epoch 0 at ``warmup_lr`` (``WARMUP_MIN_LR``) and epoch ``e`` at
+  ``lr * e / W``. At epoch ``W`` the wrapper hands over the cosine scheduler's initial rate, ``lr``, and then steps
+  it from 0 (Dassl's default ``WARMUP_RECOUNT=True``): epoch ``e >= W`` gets
+  ``lr * 0.5 * (1 + cos(pi * (e - W) / epochs))``. The cosine period is the whole run, not the epochs after the
+  warmup, so the last epoch's rate is ``lr * 0.5 * (1 + cos(pi * (epochs - 1 - W) / epochs))``, not 0, exactly as
+  Dassl trains. ``min_lr_ratio`` (Dassl: 0) lifts the floor as for per-step schedules.
 
 Optimizers: torch's AdamW, SGD and Adafactor, and :class:`AdafactorT5X`, Adafactor as T5X runs it in the prompt
 tuning recipe of Lester et al. (2021).
@@ -108,9 +112,8 @@ class LRSchedule:
 
     def describe(self) -> str:
         """One line for logs: length and warmup."""
-        unit = "epochs" if self.unit == "epoch" else "steps"
-        warm = f", {self.warmup} {unit} of {self.warmup_type} warmup" if self.warmup else ""
-        return f"{self.schedule} over {self.total_steps} steps (stepped per {self.unit}{warm})"
+        warm = f", {self.warmup_type} warmup of {self.warmup} {self.unit}{'s' if self.warmup > 1 else ''}" if self.warmup else ""
+        return f"{self.schedule} over {self.total_steps} steps (changing every {self.unit}{warm})"
 
 
 # ----- optimizers --------------------------------------------------------------------------------------------------
