@@ -251,7 +251,7 @@ class Trainer:
             the dataset size), the optimizer and its groups, and the metric that selects ``best/``: the new values
             apply from the current step (a new ``epochs`` / ``max_steps`` recomputes the learning-rate schedule for
             the new length), one line names the changes, and ``config.yaml`` is updated (the first config is kept
-            in ``config.original.yaml``).
+            in ``config.original.yaml``). A run a callback stopped (early stopping) stays finished.
         overwrite: replace a run already in ``run_dir`` instead of refusing.
         callbacks: :class:`~promptcore.callbacks.Callback` objects, run after those named in ``config.callbacks``
             (and after the built-in progress bar and TensorBoard ones).
