@@ -9,8 +9,11 @@ Layout of a run directory::
     best/                prompts with the best eval metric (prompts.safetensors + prompt_config.json)
     last/                prompts at the last checkpoint
     state/               the resumable training state:
-        trainer_state.json   position (epoch, batch in epoch, step), accumulators, best metric, python/numpy RNG
-        tensors.pt           prompt modules (training form), optimizer, scheduler, grad scaler, torch RNG
+        trainer_state.json   position (epoch, batch in epoch, step), accumulators, best metric, why a callback
+                             stopped the run, the train config, optimizer group names, callback states,
+                             python/numpy RNG
+        tensors.pt           prompt modules (training form), optimizer, grad scaler, torch RNG (the learning
+                             rate is a function of the step: no scheduler state)
     tb/                  TensorBoard events
     step_times.jsonl     each step's wall time (with the ``step_timer`` callback)
 
@@ -174,7 +177,6 @@ class RunDir:
         """Makes the folder ready for a fresh run; refuses one that holds a run unless ``overwrite``."""
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"run directory {str(self.path)!r} is a file; give a folder path for the run")
-        self.clean_leftovers()
         if self.holds_run():
             if not overwrite:
                 raise RunDirError(
