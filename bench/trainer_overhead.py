@@ -31,8 +31,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch.utils.data import DataLoader
 
 from promptcore import PromptedModel, SoftPrompt, TrainConfig, Trainer
+from promptcore.optim import lr_factor
 from vpt.synthetic import SyntheticImages
-from promptcore.trainer import lr_factor
 
 
 class TinyPromptedViT(PromptedModel):

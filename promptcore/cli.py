@@ -79,7 +79,11 @@ def add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> N
 
 def load_run_config(recipe: Recipe, args: argparse.Namespace) -> Any:
     """The run config a verb asked for: ``-c CONFIG``, or ``RUN_DIR/config.yaml`` with ``--resume RUN_DIR``;
-    ``--set`` overrides applied, everything validated (one :class:`ConfigError` listing every problem)."""
+    ``--set`` overrides applied, everything validated (one :class:`ConfigError` listing every problem).
+
+    With ``--resume``, ``--set`` may change what does not fix the data order or the optimizer state (e.g.
+    ``train.epochs``: the schedule is recomputed for the new length); the trainer names the changes in one line and
+    records the new config in ``config.yaml``, the first in ``config.original.yaml``."""
     resume = getattr(args, "resume", None)
     if resume:
         if args.config:

@@ -182,6 +182,12 @@ class PromptedModel(nn.Module):
         """The mean training loss of a batch (cross-entropy on ``batch['labels']`` by default)."""
         return F.cross_entropy(self.forward_batch(batch).float(), batch["labels"])
 
+    def metric_names(self) -> tuple[str, ...]:
+        """The metrics :meth:`eval_step` reports (its keys without ``count``): what ``train.metric`` and the
+        early-stopping callback may name, checked before training starts. Override it with :meth:`eval_step`
+        when that reports other keys."""
+        return ("loss", "accuracy")
+
     @torch.no_grad()
     def eval_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Per-batch sums of each metric plus ``count``; the trainer reports ``sum / count``."""

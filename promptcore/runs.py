@@ -3,35 +3,46 @@
 Layout of a run directory::
 
     config.yaml          the resolved run config (or the TrainConfig alone when no run config was given)
+    config.original.yaml the first config, kept when a resume changed the config (config.yaml is the current one)
     metrics.jsonl        one JSON object per line: train windows, epoch ends, evaluations
     curves.png           loss and eval metric over steps (written at the end of fit())
     best/                prompts with the best eval metric (prompts.safetensors + prompt_config.json)
     last/                prompts at the last checkpoint
     state/               the resumable training state:
-        trainer_state.json   position (epoch, batch in epoch, step), accumulators, best metric, python/numpy RNG
-        tensors.pt           prompt modules (training form), optimizer, scheduler, grad scaler, torch RNG
+        trainer_state.json   position (epoch, batch in epoch, step), accumulators, best metric, why a callback
+                             stopped the run, the train config, optimizer group names, callback states,
+                             python/numpy RNG
+        tensors.pt           prompt modules (training form), optimizer, grad scaler, torch RNG (the learning
+                             rate is a function of the step: no scheduler state)
     tb/                  TensorBoard events
+    step_times.jsonl     each step's wall time (with the ``step_timer`` callback)
 
 Every file is written with the atomic helpers of :mod:`promptcore.io` (temp file + rename, folder swap), so the
-previous checkpoint stays readable until the next one is complete. Nothing is unpickled: ``tensors.pt`` is read
-with ``torch.load(weights_only=True)`` and only ever holds what :class:`RunDir` wrote.
+previous checkpoint stays readable until the next one is complete; what a kill leaves of an unfinished write
+(``.NAME.XXXXXXXX.tmp`` files and folders, ``NAME.old`` folders) is cleaned when the run starts or resumes.
+Nothing is unpickled: ``tensors.pt`` is read with ``torch.load(weights_only=True)`` and only ever holds what
+:class:`RunDir` wrote.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .errors import UserError
 from .io import atomic_dir, atomic_write_text, recover_dir
 
 STATE_FORMAT = 1
 
 CONFIG_FILE = "config.yaml"
+ORIGINAL_CONFIG_FILE = "config.original.yaml"
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
 BEST_DIR = "best"
@@ -40,13 +51,21 @@ STATE_DIR = "state"
 TB_DIR = "tb"
 STATE_JSON = "trainer_state.json"
 STATE_TENSORS = "tensors.pt"
+STEP_TIMES_FILE = "step_times.jsonl"
 
 # Everything a run writes; ``overwrite`` removes exactly these (never other files a user keeps in the folder).
-RUN_ENTRIES = (CONFIG_FILE, METRICS_FILE, CURVES_FILE, BEST_DIR, LAST_DIR, STATE_DIR, TB_DIR)
+RUN_ENTRIES = (CONFIG_FILE, ORIGINAL_CONFIG_FILE, METRICS_FILE, CURVES_FILE, BEST_DIR, LAST_DIR, STATE_DIR, TB_DIR, STEP_TIMES_FILE)
+# The probe file of the write check; like the atomic writes' temp names it ends in ``.XXXXXXXX.tmp``.
+WRITE_PROBE = "write-check"
+# ``.NAME.XXXXXXXX.tmp``: the temp names of promptcore.io's atomic writes (tempfile's 8 random characters).
+_TEMP_NAME = re.compile(
+    r"^\.(?:" + "|".join(re.escape(n) for n in (*RUN_ENTRIES, WRITE_PROBE)) + r")\.[a-z0-9_]{8}\.tmp$"
+)
 
 
-class RunDirError(ValueError):
-    """A run directory that cannot be used as asked (already holds a run, or has nothing to resume)."""
+class RunDirError(UserError):
+    """A run directory that cannot be used as asked (already holds a run, has nothing to resume, is not
+    writable or lacks the space for a checkpoint)."""
 
 
 class RunDir:
@@ -88,6 +107,14 @@ class RunDir:
     def tensorboard(self) -> Path:
         return self.path / TB_DIR
 
+    @property
+    def step_times(self) -> Path:
+        return self.path / STEP_TIMES_FILE
+
+    @property
+    def original_config(self) -> Path:
+        return self.path / ORIGINAL_CONFIG_FILE
+
     def holds_run(self) -> bool:
         """Whether the folder already holds (part of) a run."""
         return any((self.path / name).exists() or (self.path / (name + ".old")).exists() for name in RUN_ENTRIES)
@@ -97,6 +124,55 @@ class RunDir:
         return (self.state / STATE_JSON).is_file() and (self.state / STATE_TENSORS).is_file()
 
     # ----- starting a run -------------------------------------------------------------------------------------
+    def check_writable(self) -> None:
+        """Creates the folder if needed and writes (then removes) a probe file in it; raises :class:`RunDirError`
+        naming the folder and the fix when that fails."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"run directory {str(self.path)!r} is a file; give a folder path for the run")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=f".{WRITE_PROBE}.", suffix=".tmp", dir=self.path)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise RunDirError(
+                f"run directory {str(self.path)!r} cannot be written ({e.strerror or e}: {e.filename or self.path}); "
+                f"choose a writable folder (-o/--output, or run_dir=...) or make that folder writable"
+            ) from None
+
+    def check_free_space(self, needed: int, what: str) -> None:
+        """Refuses a folder whose disk has less free space than ``needed`` bytes (``what`` says what needs it)."""
+        free = shutil.disk_usage(self.path).free
+        if free < needed:
+            raise RunDirError(
+                f"run directory {str(self.path)!r}: its disk has {format_size(free)} free, a checkpoint needs about "
+                f"{format_size(needed)} ({what}); free some space or choose a folder on another disk"
+            )
+
+    def clean_leftovers(self) -> list[str]:
+        """Removes what a kill left of unfinished atomic writes: temp files and folders of the run's own entries,
+        and ``NAME.old`` folders whose replacement is in place (one whose replacement is missing is put back).
+        Returns the names removed. Nothing else in the folder is touched."""
+        removed: list[str] = []
+        if not self.path.is_dir():
+            return removed
+        for entry in sorted(self.path.iterdir()):
+            if not _TEMP_NAME.match(entry.name):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry.name)
+        for name in (BEST_DIR, LAST_DIR, STATE_DIR):
+            old = self.path / (name + ".old")
+            if old.is_dir() and (self.path / name).is_dir():
+                shutil.rmtree(old)
+                removed.append(old.name)
+            else:
+                recover_dir(self.path / name)
+        return removed
+
     def prepare_new(self, overwrite: bool) -> None:
         """Makes the folder ready for a fresh run; refuses one that holds a run unless ``overwrite``."""
         if self.path.exists() and not self.path.is_dir():
@@ -128,6 +204,13 @@ class RunDir:
             )
 
     def write_config(self, text: str) -> None:
+        atomic_write_text(self.config, text)
+
+    def update_config(self, text: str) -> None:
+        """Replaces ``config.yaml`` with ``text`` (a resume that changed the config), keeping the run's first
+        config in ``config.original.yaml`` (written once, never replaced)."""
+        if not self.original_config.exists() and self.config.is_file():
+            atomic_write_text(self.original_config, self.config.read_text())
         atomic_write_text(self.config, text)
 
     # ----- metrics --------------------------------------------------------------------------------------------
@@ -182,3 +265,11 @@ class RunDir:
         except Exception as e:  # torch raises several types for torn or foreign files
             raise RunDirError(f"{tensor_path} cannot be read ({type(e).__name__}: {e}); the run cannot be resumed from it") from None
         return meta, tensors
+
+
+def format_size(n: int) -> str:
+    """``n`` bytes as KiB, MiB or GiB with one decimal."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 2**10:.1f} KiB"

@@ -2,29 +2,66 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import UserError
+from .registry import did_you_mean
+
+# What a ``param_groups`` entry may override.
+GROUP_KEYS = ("lr", "weight_decay")
 
 
 @dataclass
 class TrainConfig:
     """How prompts are trained. Sizes are per process unless noted.
 
-    The learning rate is ``lr``; with ``lr_scaling: linear`` it is ``lr * global_batch / 256`` (VPT's base-lr rule).
+    Learning rate: ``lr``, or with ``lr_scaling: linear`` ``lr * global_batch / 256`` (VPT's base-lr rule).
+    ``param_groups`` gives trainable modules of the model (the keys of ``model.prompt_modules()``: ``prompts``,
+    ``head``, ``prompt_proj`` ...) their own ``lr`` / ``weight_decay``; every module then trains in its own optimizer
+    group and the other modules use ``lr`` / ``weight_decay``. Example::
+
+        train: {lr: 1.0e-2, param_groups: {head: {lr: 1.0e-3}}}
+
+    The schedule scales each group's rate, and ``lr_scaling`` applies to every group.
+
+    Schedule (see :mod:`promptcore.optim`): ``scheduler`` after a warmup of ``warmup_epochs`` (+ ``warmup_steps``),
+    stepped per optimizer step, or per epoch with ``schedule_unit: epoch`` (Dassl's rule, used by CoOp, CoCoOp,
+    MaPLe and IVLP: whole warmup epochs, then cosine over ``epochs`` recounted from the end of the warmup).
+    ``warmup_type: linear`` ramps up to the rate; ``constant`` holds every group at ``warmup_lr`` (an absolute rate,
+    not scaled). Dassl's CoOp preset is::
+
+        train: {optimizer: sgd, lr: 0.002, epochs: 200, scheduler: cosine, schedule_unit: epoch,
+                warmup_epochs: 1, warmup_type: constant, warmup_lr: 1.0e-5}
+
+    Optimizers: ``adamw``, ``sgd`` (with ``momentum``), ``adafactor`` (``torch.optim.Adafactor``: relative step
+    size ``min(lr, 1/sqrt(t))`` times the parameter's RMS), ``adafactor_t5x`` (:class:`promptcore.optim.AdafactorT5X`,
+    Lester et al.'s prompt tuning recipe: ``lr`` is the step size itself; ``weight_decay`` is T5X's decoupled
+    rate, not scaled by ``lr``; ``adafactor_start_step`` as there described).
+
+    Callbacks (:mod:`promptcore.callbacks`) by registered name, with their arguments in a mapping::
+
+        train: {callbacks: [step_timer, {name: early_stopping, patience: 3}]}
     """
 
     epochs: int = 10
     max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs when reached first)
     batch_size: int = 32  # global batch = batch_size * processes * grad_accum_steps
     eval_batch_size: int | None = None  # default: batch_size
-    optimizer: Literal["adamw", "sgd", "adafactor"] = "adamw"
+    optimizer: Literal["adamw", "sgd", "adafactor", "adafactor_t5x"] = "adamw"
     lr: float = 1e-3
     lr_scaling: Literal["none", "linear"] = "none"
     weight_decay: float = 0.0
+    param_groups: dict[str, dict[str, float]] = field(default_factory=dict)  # module -> {lr, weight_decay}
     momentum: float = 0.9  # SGD only
+    adafactor_start_step: int = 0  # adafactor_t5x only: steps its second-moment decay counts as done
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    schedule_unit: Literal["step", "epoch"] = "step"
     warmup_epochs: float = 0.0
-    warmup_steps: int = 0  # added to warmup_epochs' steps
+    warmup_steps: int = 0  # added to warmup_epochs' steps (schedule_unit step only)
+    warmup_type: Literal["linear", "constant"] = "linear"
+    warmup_lr: float | None = None  # constant warmup's rate; first epoch's rate of a linear per-epoch warmup
     min_lr_ratio: float = 0.0  # cosine/linear decay floor, as a fraction of lr
     grad_clip: float | None = None  # max global grad norm
     grad_accum_steps: int = 1
@@ -33,23 +70,79 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms + cudnn settings
     eval_every_epochs: int = 1  # 0: no evaluation during training
-    metric: str = "accuracy"  # metric that selects best/ (from the model's eval_step)
+    metric: str = "accuracy"  # metric that selects best/ (one of model.metric_names())
     metric_mode: Literal["max", "min"] = "max"
     save_every_steps: int = 0  # also checkpoint the training state every N steps (0: at epoch ends only)
     log_every_steps: int = 10
     num_workers: int = 0
     tensorboard: bool = True
     progress_bar: bool = True
+    callbacks: list[str | dict[str, Any]] = field(default_factory=list)  # names, or {name: ..., arg: value}
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "grad_accum_steps"):
+        for name in ("epochs", "batch_size", "grad_accum_steps", "log_every_steps"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr: must be positive, got {self.lr}")
+                raise UserError(f"{name}: must be positive, got {getattr(self, name)}")
+        for name in ("eval_every_epochs", "save_every_steps", "num_workers", "adafactor_start_step", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name}: must not be negative, got {getattr(self, name)}")
+        _check_rate("lr", self.lr)
+        _check_decay("weight_decay", self.weight_decay)
+        for name in ("momentum", "warmup_epochs"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise UserError(f"{name}: must be a finite number >= 0, got {value}")
+        if not (math.isfinite(self.min_lr_ratio) and 0.0 <= self.min_lr_ratio <= 1.0):
+            raise UserError(f"min_lr_ratio: must lie in [0, 1] (a fraction of lr), got {self.min_lr_ratio}")
         if self.max_steps is not None and self.max_steps <= 0:
-            raise ValueError(f"max_steps: must be positive or null, got {self.max_steps}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"grad_clip: must be positive or null, got {self.grad_clip}")
-        if self.warmup_epochs < 0 or self.warmup_steps < 0:
-            raise ValueError("warmup_epochs/warmup_steps: must not be negative")
+            raise UserError(f"max_steps: must be positive or null, got {self.max_steps}")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise UserError(f"grad_clip: must be a positive finite number or null, got {self.grad_clip}")
+        if self.eval_batch_size is not None and self.eval_batch_size <= 0:
+            raise UserError(f"eval_batch_size: must be positive or null, got {self.eval_batch_size}")
+        if self.adafactor_start_step and self.optimizer != "adafactor_t5x":
+            raise UserError(f"adafactor_start_step: only adafactor_t5x uses it (optimizer is {self.optimizer}); remove it")
+        for module, overrides in self.param_groups.items():
+            if not isinstance(overrides, dict):
+                raise UserError(f"param_groups.{module}: expected a mapping of {' / '.join(GROUP_KEYS)}, found {overrides!r}")
+            for key, value in overrides.items():
+                if key not in GROUP_KEYS:
+                    raise UserError(
+                        f"param_groups.{module}.{key}: unknown setting.{did_you_mean(str(key), list(GROUP_KEYS))} "
+                        f"A group sets {', '.join(GROUP_KEYS)}"
+                    )
+                (_check_rate if key == "lr" else _check_decay)(f"param_groups.{module}.{key}", value)
+        self._check_warmup()
+        from .callbacks import check_callback_specs  # the registry imports nothing of the trainer's config
+
+        check_callback_specs(self.callbacks)
+
+    def _check_warmup(self) -> None:
+        has_warmup = self.warmup_epochs > 0 or self.warmup_steps > 0
+        if self.schedule_unit == "epoch":
+            if self.warmup_steps:
+                raise UserError("warmup_steps: schedule_unit epoch warms up over whole epochs; use warmup_epochs")
+            if not float(self.warmup_epochs).is_integer():
+                raise UserError(f"warmup_epochs: schedule_unit epoch warms up over whole epochs, got {self.warmup_epochs}")
+        if self.warmup_lr is not None:
+            _check_rate("warmup_lr", self.warmup_lr)
+            if not has_warmup:
+                raise UserError("warmup_lr: set, but there is no warmup (warmup_epochs and warmup_steps are 0); remove it or add a warmup")
+            if self.warmup_type == "linear" and self.schedule_unit == "step":
+                raise UserError(
+                    "warmup_lr: a linear per-step warmup starts at lr / warmup steps and uses no warmup_lr; set "
+                    "warmup_type: constant (hold warmup_lr) or schedule_unit: epoch (warmup_lr is the first epoch's rate)"
+                )
+        elif has_warmup and (self.warmup_type == "constant" or self.schedule_unit == "epoch"):
+            what = "a constant warmup holds" if self.warmup_type == "constant" else "a linear per-epoch warmup starts at"
+            raise UserError(f"warmup_lr: required, {what} warmup_lr (Dassl's CoOp presets use 1.0e-5)")
+
+
+def _check_rate(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise UserError(f"{name}: must be a positive finite number, got {value!r}")
+
+
+def _check_decay(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise UserError(f"{name}: must be a finite number >= 0, got {value!r}")

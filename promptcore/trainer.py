@@ -10,13 +10,18 @@ the Ctrl-C flag so every process agrees on both.
 Data order is a function of ``(seed, epoch)``: each epoch's permutation is drawn from its own generator and cut
 into global batches of ``batch_size * processes`` samples, of which each process takes its slice. A resumed run
 therefore starts its sampler at the saved position without loading the batches it skips, and ends bitwise equal
-to an uninterrupted run on CPU.
+to an uninterrupted run on CPU. The learning rate is a pure function of the step (:class:`~promptcore.optim.
+LRSchedule`), so a run resumed with another length recomputes its schedule and continues from its step.
+
+Extension points: per-module learning rates (``train.param_groups``), callbacks (:mod:`promptcore.callbacks`),
+schedules and optimizers (:mod:`promptcore.optim`).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import os
 import random
@@ -25,20 +30,27 @@ import sys
 import threading
 import time
 from contextlib import nullcontext
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import yaml
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .config import to_dict, to_yaml
+from .callbacks import Callback, ProgressBar, StepInfo, TensorBoard, build_callback
+from .config import ConfigError, to_dict, to_yaml
+from .errors import UserError
 from .model import PromptedModel
-from .runs import RunDir, RunDirError
+from .optim import OPTIMIZER_STATE_FACTOR, LRSchedule, build_optimizer
+from .registry import did_you_mean
+from .runs import RunDir, RunDirError, format_size
 from .train_config import TrainConfig
 
 # The fields a resumed run must share with the saved one: they fix the data order and the global batch.
 RESUME_KEYS = ("seed", "batch_size", "grad_accum_steps")
+# Fields a resumed run cannot change either: the optimizer state and best/ belong to them.
+FIXED_ON_RESUME = ("optimizer", "metric", "metric_mode")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -77,35 +89,42 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min_lr_ratio: float) -> float:
-    """Learning-rate multiplier of optimizer step ``step`` (0-based).
+def build_param_groups(model: PromptedModel, config: TrainConfig, lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: one of all prompt parameters, or with ``config.param_groups`` one per
+    trainable module (``model.prompt_modules()`` order), each with its ``lr`` (times ``lr_scale``) and
+    ``weight_decay``. A group's ``name`` is ``all`` or the module's name.
 
-    Linear warmup reaches the full rate on the last warmup step (the first step already moves the prompts), then
-    ``cosine`` or ``linear`` decay to ``min_lr_ratio`` at ``total_steps``, or ``constant``.
+    Raises:
+        ConfigError: ``param_groups`` names a module the model does not train, or one without parameters.
     """
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    progress = min(max((step - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0), 1.0)
-    if schedule == "cosine":
-        decay = 0.5 * (1.0 + math.cos(math.pi * progress))
-    elif schedule == "linear":
-        decay = 1.0 - progress
-    else:
-        raise ValueError(f"scheduler: unknown schedule {schedule!r}; choose cosine, linear or constant")
-    return min_lr_ratio + (1.0 - min_lr_ratio) * decay
-
-
-def build_optimizer(params: list[torch.nn.Parameter], config: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    """AdamW, SGD with momentum, or Adafactor over ``params`` (one group)."""
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    if config.optimizer == "adafactor":
-        return torch.optim.Adafactor(params, lr=lr, weight_decay=config.weight_decay)
-    raise ValueError(f"optimizer: unknown optimizer {config.optimizer!r}; choose adamw, sgd or adafactor")
+    modules = model.prompt_modules()
+    unknown = [name for name in config.param_groups if name not in modules]
+    if unknown:
+        known = list(modules)
+        raise ConfigError([
+            f"train.param_groups.{name}: {type(model).__name__} has no trainable module {name!r}.{did_you_mean(name, known)} "
+            f"Its trainable modules are {', '.join(known)}"
+            for name in unknown
+        ])
+    if not config.param_groups:
+        params = list(model.prompt_parameters())
+        return [{"params": params, "name": "all", "lr": config.lr * lr_scale, "weight_decay": config.weight_decay}]
+    groups, seen = [], set()
+    for name, module in modules.items():
+        params = [p for p in module.parameters() if id(p) not in seen]
+        seen.update(id(p) for p in params)
+        if not params:
+            if name in config.param_groups:
+                raise ConfigError([f"train.param_groups.{name}: module {name!r} of {type(model).__name__} has no parameters of its own to train; remove it"])
+            continue
+        overrides = config.param_groups.get(name, {})
+        groups.append({
+            "params": params,
+            "name": name,
+            "lr": overrides.get("lr", config.lr) * lr_scale,
+            "weight_decay": overrides.get("weight_decay", config.weight_decay),
+        })
+    return groups
 
 
 def check_optimizer_params(optimizer: torch.optim.Optimizer, model: PromptedModel) -> None:
@@ -135,12 +154,12 @@ def _num_rows(dataset: Dataset, split: str) -> int:
     try:
         n = len(dataset)  # type: ignore[arg-type]
     except TypeError:
-        raise ValueError(
+        raise UserError(
             f"{split} dataset {type(dataset).__name__} has no len(); the trainer needs a map-style dataset "
             f"(random access by index) to fix the data order and resume mid-epoch"
         ) from None
     if n == 0:
-        raise ValueError(f"{split} dataset has no rows; check the data source, split name and filters of the {split} data")
+        raise UserError(f"{split} dataset has no rows; check the data source, split name and filters of the {split} data")
     return n
 
 
@@ -208,10 +227,15 @@ class _Progress:
     best_value: float | None = None
     best_step: int = -1
     best_epoch: int = -1
+    stop_reason: str | None = None  # why a callback stopped the run (it stays finished when resumed)
 
 
 class Trainer:
     """Trains the prompt parameters of ``model``; the backbone stays frozen, in eval mode and bitwise unchanged.
+
+    Everything a run could be refused for (config values, ``train.metric`` against ``model.metric_names()``,
+    ``train.param_groups`` against the model's trainable modules, callbacks, an unwritable run directory or a disk
+    without room for a checkpoint) is checked here, before the run directory is written and before training.
 
     Args:
         model: any :class:`PromptedModel`; its ``training_step(batch)`` gives the loss and ``eval_step(batch)``
@@ -222,14 +246,21 @@ class Trainer:
         collate_fn: list of items -> batch dict (default: torch's default collate).
         run_dir: where the run is written (see :mod:`promptcore.runs`); ``None`` trains in memory only.
         run_config: the whole run config, written to ``config.yaml`` (default: ``{"train": config}``).
-        resume: continue the run in ``run_dir`` from its training state.
+        resume: continue the run in ``run_dir`` from its training state. The config may differ from the run's in
+            anything but the data order (``seed``, ``batch_size``, ``grad_accum_steps``, the number of processes,
+            the dataset size), the optimizer and its groups, and the metric that selects ``best/``: the new values
+            apply from the current step (a new ``epochs`` / ``max_steps`` recomputes the learning-rate schedule for
+            the new length), one line names the changes, and ``config.yaml`` is updated (the first config is kept
+            in ``config.original.yaml``). A run a callback stopped (early stopping) stays finished.
         overwrite: replace a run already in ``run_dir`` instead of refusing.
+        callbacks: :class:`~promptcore.callbacks.Callback` objects, run after those named in ``config.callbacks``
+            (and after the built-in progress bar and TensorBoard ones).
 
     Example::
 
         model = wrap(backbone, VPTConfig(num_tokens=10, num_classes=10))
         trainer = Trainer(model, TrainConfig(epochs=5, lr=0.1), train_ds, eval_ds, run_dir="runs/demo")
-        result = trainer.fit()            # {"step": ..., "eval": {...}, "best": {...}, ...}
+        result = trainer.fit()            # {"step": ..., "eval": {...}, "best": {...}, "stopped": None, ...}
         trainer.evaluate(test_ds)         # {"loss": ..., "accuracy": ..., "count": ...}
     """
 
@@ -240,22 +271,28 @@ class Trainer:
         train_dataset: Dataset | None,
         eval_dataset: Dataset | None = None,
         collate_fn: Callable[[list[Any]], Any] | None = None,
-        run_dir: str | None = None,
+        run_dir: str | os.PathLike | None = None,
         run_config: Any = None,
         resume: bool = False,
         overwrite: bool = False,
+        callbacks: Sequence[Callback] = (),
     ) -> None:
         if not isinstance(model, PromptedModel):
             raise TypeError(f"Trainer needs a PromptedModel (from promptcore.wrap or a subclass), got {type(model).__name__}")
         if resume and run_dir is None:
-            raise ValueError("resume=True needs the run_dir of the run to continue")
+            raise UserError("resume=True needs the run_dir of the run to continue")
         if resume and overwrite:
-            raise ValueError("resume and overwrite exclude each other: resume continues the run in run_dir, overwrite replaces it")
+            raise UserError("resume and overwrite exclude each other: resume continues the run in run_dir, overwrite replaces it")
         self.model, self.config = model, config
         self.train_dataset, self.eval_dataset, self.collate_fn = train_dataset, eval_dataset, collate_fn
         self.num_train = _num_rows(train_dataset, "train") if train_dataset is not None else 0
         if eval_dataset is not None:
             _num_rows(eval_dataset, "eval")
+            if config.metric not in model.metric_names():
+                raise UserError(
+                    f"metric: {config.metric!r} is not among the eval metrics of {type(model).__name__} "
+                    f"({', '.join(model.metric_names())}); set train.metric to one of them"
+                )
 
         self.accelerator = self._make_accelerator(config)
         self.device = self.accelerator.device
@@ -270,7 +307,7 @@ class Trainer:
             try:
                 model.enable_gradient_checkpointing()
             except NotImplementedError as e:
-                raise ValueError(f"gradient_checkpointing: {e}; set train.gradient_checkpointing: false") from None
+                raise UserError(f"gradient_checkpointing: {e}; set train.gradient_checkpointing: false") from None
         model.to(self.device)
         self.params = list(model.prompt_parameters())
         if not self.params:
@@ -284,35 +321,48 @@ class Trainer:
         self.num_classes = num_classes if isinstance(num_classes, int) and num_classes > 0 else None
 
         self.global_batch = config.batch_size * self.world_size * config.grad_accum_steps
-        self.lr = config.lr * self.global_batch / 256 if config.lr_scaling == "linear" else config.lr
-        self.optimizer = build_optimizer(self.params, config, self.lr)
+        lr_scale = self.global_batch / 256 if config.lr_scaling == "linear" else 1.0
+        self.lr = config.lr * lr_scale
+        self.optimizer = build_optimizer(build_param_groups(model, config, lr_scale), config, self.lr)
         check_optimizer_params(self.optimizer, model)
+        # Each group's settings as the config gives them; a resumed run puts them back over the loaded state.
+        self._group_settings = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         micro_per_epoch = math.ceil(self.num_train / (config.batch_size * self.world_size)) if self.num_train else 0
         self.steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accum_steps)
         self.total_steps = config.epochs * self.steps_per_epoch
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, config.max_steps)
-        self.warmup_steps = round(config.warmup_epochs * self.steps_per_epoch) + config.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda s: lr_factor(s, self.total_steps, self.warmup_steps, config.scheduler, config.min_lr_ratio),
-        )
+        self.schedule = LRSchedule.from_config(config, self.total_steps, self.steps_per_epoch)
+        self.warmup_steps = self.schedule.warmup if config.schedule_unit == "step" else self.schedule.warmup * self.steps_per_epoch
+
+        builtin: list[Callback] = []
+        if config.progress_bar:
+            builtin.append(ProgressBar())
+        if config.tensorboard:
+            builtin.append(TensorBoard())
+        named = [build_callback(spec, f"train.callbacks[{i}]") for i, spec in enumerate(config.callbacks)]
+        self.callbacks: list[Callback] = [*builtin, *named, *callbacks]
+        for cb in self.callbacks:
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks: {cb!r} is not a promptcore.callbacks.Callback (subclass it and override its hooks)")
+        self._callback_keys = _callback_keys(self.callbacks)
 
         self.progress = _Progress()
         self._boundary = copy.copy(self.progress)
-        self._resumed = False
-        self._stop_requested = False
-        self._writer = None
+        self._boundary_callbacks: dict[str, Any] = {}
+        self.resumed = False
+        self._stop_requested = False  # Ctrl-C / SIGTERM
+        self._stop_reason: str | None = None  # a callback's request_stop
         self._last_records: dict[str, dict[str, Any]] = {}  # the latest metrics line of each split
         self._checkpoint_step: int | None = None  # step of the last training state written
         self.run = RunDir(run_dir) if run_dir is not None else None
+        self._callback("on_init")
         if self.run is not None:
+            self._on_main(lambda: self._prepare_run_dir(resume, overwrite, run_config))
             if resume:
-                self._load_state()
-            elif self.is_main:
-                self.run.prepare_new(overwrite)
-                self.run.write_config(to_yaml(run_config) if run_config is not None else to_yaml({"train": to_dict(config)}))
+                self._load_state(run_config)
             self.accelerator.wait_for_everyone()
+        self._apply_lr(max(self.progress.step - 1, 0))  # the rate of the last step done (logged with its window)
 
     # ----- set-up ----------------------------------------------------------------------------------------------
     @staticmethod
@@ -328,7 +378,7 @@ class Trainer:
         cpu = launched and not torch.cuda.is_available()
         accelerator = Accelerator(cpu=cpu, mixed_precision=config.mixed_precision)
         if config.mixed_precision == "fp16" and accelerator.scaler is None:
-            raise ValueError(
+            raise UserError(
                 f"mixed_precision: fp16 needs a CUDA GPU with a gradient scaler, found device {accelerator.device}; "
                 f"use bf16 (works on CPU and recent GPUs) or no"
             )
@@ -347,11 +397,64 @@ class Trainer:
         dist.all_reduce(high, op=dist.ReduceOp.MAX)
         differ = [name for (name, _), a, b in zip(frozen, low.tolist(), high.tolist()) if a != b]
         if differ:
-            raise ValueError(
+            raise UserError(
                 f"frozen weights differ between the {self.world_size} processes ({', '.join(differ[:5])}"
                 f"{' ...' if len(differ) > 5 else ''}); build the model identically on every process: load the same "
                 f"pretrained weights, or seed (promptcore.trainer.seed_everything) before building a random one"
             )
+
+    def _on_main(self, fn: Callable[[], None]) -> None:
+        """Runs ``fn`` on the main process; a user error it raises is raised on every process (none waits for
+        the main one in a barrier it will never reach)."""
+        error = None
+        if self.is_main:
+            try:
+                fn()
+            except UserError as e:
+                if self.world_size == 1:
+                    raise
+                error = str(e)
+        if self.world_size > 1:
+            shared = [error]
+            dist.broadcast_object_list(shared, src=0)
+            if shared[0] is not None:
+                raise RunDirError(shared[0])
+
+    def _prepare_run_dir(self, resume: bool, overwrite: bool, run_config: Any) -> None:
+        """Main process: leftovers of killed writes removed, folder writable, room for a checkpoint; a new run's
+        folder made ready and its config written."""
+        assert self.run is not None
+        if resume:
+            self.run.check_resumable()
+        removed = self.run.clean_leftovers()
+        if removed:
+            print(f"{self.run.path}: removed leftovers of interrupted writes: {', '.join(removed)}", file=sys.stderr)
+        self.run.check_writable()
+        self.run.check_free_space(*self._checkpoint_size())
+        if not resume:
+            self.run.prepare_new(overwrite)
+            self.run.write_config(self._config_text(run_config))
+
+    def _checkpoint_size(self) -> tuple[int, str]:
+        """Bytes a checkpoint needs on disk (an estimate) and what they are made of."""
+        prompt_bytes = sum(t.numel() * t.element_size() for t in self.model.prompt_state_dict().values())
+        module_bytes = sum(
+            t.numel() * t.element_size() for m in self.model.prompt_modules().values() for t in m.state_dict().values()
+        )
+        optimizer_bytes = OPTIMIZER_STATE_FACTOR[self.config.optimizer] * sum(p.numel() * p.element_size() for p in self.params)
+        # Metadata, file headers and each process's RNG states (JSON and tensors): about 40 KB per process.
+        state_bytes = module_bytes + optimizer_bytes + 2**16 * self.world_size
+        prompt_bytes += 2**12
+        # last/, best/ and state/, and while one of them is replaced, the old and the new copy.
+        needed = 2 * prompt_bytes + state_bytes + max(prompt_bytes, state_bytes)
+        what = (
+            f"last/ and best/ {format_size(prompt_bytes)} each, state/ {format_size(state_bytes)} with the {self.config.optimizer} "
+            f"state, and a second copy of the largest while it is replaced"
+        )
+        return needed, what
+
+    def _config_text(self, run_config: Any) -> str:
+        return to_yaml(run_config) if run_config is not None else to_yaml({"train": to_dict(self.config)})
 
     def _autocast(self) -> Any:
         # Accelerate's autocast() rebuilds its state object on every call; without mixed precision skip it.
@@ -364,6 +467,11 @@ class Trainer:
         for name, child in self.model.named_children():
             if name not in prompt_names:
                 child.eval()
+
+    def _apply_lr(self, step: int) -> None:
+        """Sets every group's rate for optimizer step ``step`` (0-based)."""
+        for group, settings in zip(self.optimizer.param_groups, self._group_settings):
+            group["lr"] = self.schedule.lr(step, settings["lr"])
 
     def _rng_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """This process's RNG states: JSON-able (python, numpy) and tensors (torch CPU, CUDA)."""
@@ -392,8 +500,40 @@ class Trainer:
         dist.all_gather_object(out, obj)
         return out
 
+    # ----- callbacks -------------------------------------------------------------------------------------------
+    def _callback(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+    def _callback_states(self) -> dict[str, Any]:
+        """The callbacks' states, detached (a JSON round trip), keyed by class name."""
+        states = {key: cb.state_dict() for key, cb in zip(self._callback_keys, self.callbacks)}
+        return json.loads(json.dumps({k: v for k, v in states.items() if v}))
+
+    def request_stop(self, reason: str) -> None:
+        """Asks training to stop after the current step or epoch end; the run then saves, and ``fit()`` returns
+        with ``result["stopped"] == reason``. Callbacks call it (see :mod:`promptcore.callbacks`)."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+
+    def _agree_stop(self) -> bool:
+        """Whether any process asked to stop; every process gets the same answer (and the same reason)."""
+        requested = self._stop_reason is not None
+        if self.world_size > 1:
+            flag = torch.tensor([float(requested)], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item() > 0:
+                self._stop_reason = next(r for r in self._gather(self._stop_reason) if r is not None)
+                return True
+        return requested
+
+    def _mark_boundary(self) -> None:
+        """Records a point a Ctrl-C can save: the progress and the callbacks' states after the step just done."""
+        self._boundary = copy.copy(self.progress)
+        self._boundary_callbacks = self._callback_states()
+
     # ----- checkpoints -----------------------------------------------------------------------------------------
-    def _save_checkpoint(self, progress: _Progress) -> None:
+    def _save_checkpoint(self, progress: _Progress, callback_states: dict[str, Any] | None = None) -> None:
         """Writes ``last/`` and ``state/`` for ``progress`` (main process; all processes share RNG states)."""
         if self.run is None:
             return
@@ -406,24 +546,28 @@ class Trainer:
                 "world_size": self.world_size,
                 "num_train": self.num_train,
                 "train": to_dict(self.config),
+                "groups": [g["name"] for g in self.optimizer.param_groups],
+                "callbacks": self._callback_states() if callback_states is None else callback_states,
                 "rng": plains,
             }
             tensors = {
                 "prompts": {name: m.state_dict() for name, m in self.model.prompt_modules().items()},
                 "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else {},
                 "rng": rng_all,
             }
             self.run.save_state(meta, tensors)
         self._checkpoint_step = progress.step
         self.accelerator.wait_for_everyone()
+        self._callback("on_save", self.run.last, "last")
 
-    def _load_state(self) -> None:
+    def _load_state(self, run_config: Any) -> None:
         assert self.run is not None
         meta, tensors = self.run.load_state()
-        saved = meta["train"]
-        found = {"world_size": self.world_size, "num_train": self.num_train, **{k: getattr(self.config, k) for k in RESUME_KEYS}}
+        # Checkpoints of earlier versions lack the newer keys: they ran with their defaults.
+        saved = {**to_dict(TrainConfig()), **meta["train"]}
+        current = to_dict(self.config)
+        found = {"world_size": self.world_size, "num_train": self.num_train, **{k: current[k] for k in RESUME_KEYS}}
         expected = {"world_size": meta["world_size"], "num_train": meta["num_train"], **{k: saved[k] for k in RESUME_KEYS}}
         diffs = [f"{k}: run has {expected[k]!r}, now {found[k]!r}" for k in found if found[k] != expected[k]]
         if diffs:
@@ -431,21 +575,66 @@ class Trainer:
                 f"cannot resume {self.run.path}: the data order would differ ({'; '.join(diffs)}); resume with the "
                 f"run's config.yaml, the same dataset and the same number of processes"
             )
+        fixed = [f"{k}: run has {saved[k]!r}, now {current[k]!r}" for k in FIXED_ON_RESUME if saved[k] != current[k]]
+        groups = [g["name"] for g in self.optimizer.param_groups]
+        if meta.get("groups", ["all"]) != groups:
+            fixed.append(f"optimizer groups (train.param_groups): run has {meta.get('groups', ['all'])}, now {groups}")
+        if fixed:
+            raise RunDirError(
+                f"cannot resume {self.run.path}: {'; '.join(fixed)}; the run's optimizer state and best/ belong to "
+                f"its settings. Resume with them, or start a new run (overwrite=True / --overwrite, or another directory)"
+            )
         for name, module in self.model.prompt_modules().items():
             module.load_state_dict(tensors["prompts"][name])
         self.optimizer.load_state_dict(tensors["optimizer"])
-        self.scheduler.load_state_dict(tensors["scheduler"])
+        for group, settings in zip(self.optimizer.param_groups, self._group_settings):
+            group.update(settings)  # the config's values (a resumed run may change lr or weight_decay)
         if self.scaler is not None and tensors["scaler"]:
             self.scaler.load_state_dict(tensors["scaler"])
         self._set_rng_state(meta["rng"][self.rank], tensors["rng"][self.rank])
         self.progress = _Progress(**meta["progress"])
+        self._load_callback_states(meta.get("callbacks", {}))
         self._boundary = copy.copy(self.progress)
+        self._boundary_callbacks = self._callback_states()
         self._checkpoint_step = self.progress.step
         if self.is_main:
             # Lines written after the checkpoint are redone by the resumed run, so the file ends as if never killed.
             self.run.truncate_metrics(self.progress.metrics_lines)
         self._last_records = {r["split"]: r for r in self.run.read_metrics()[: self.progress.metrics_lines]}
-        self._resumed = True
+        self.resumed = True
+        if self.is_main:
+            self._record_config_changes(saved, current, run_config)
+
+    def _load_callback_states(self, states: dict[str, Any]) -> None:
+        for key, cb in zip(self._callback_keys, self.callbacks):
+            if key in states:
+                cb.load_state_dict(states[key])
+        dropped = sorted(set(states) - set(self._callback_keys))
+        if dropped and self.is_main:
+            print(f"resume: the run's callbacks {', '.join(dropped)} are not used any more; their state is dropped", file=sys.stderr)
+
+    def _record_config_changes(self, saved: dict[str, Any], current: dict[str, Any], run_config: Any) -> None:
+        """Main process, on resume: names what the config changed, and records the new config in config.yaml."""
+        assert self.run is not None
+        on_disk = yaml.safe_load(self.run.config.read_text()) if self.run.config.is_file() else None
+        if run_config is None:  # a Python resume gives the train section only: keep the rest of the run's config
+            run_config = {**on_disk, "train": current} if isinstance(on_disk, dict) else {"train": current}
+        new = to_dict(run_config)
+        changes = [f"train.{k} {saved[k]!r} -> {current[k]!r}" for k in current if saved[k] != current[k]]
+        old_flat, new_flat = _flatten(on_disk if isinstance(on_disk, dict) else {}), _flatten(new)
+        changes += [
+            f"{k} {old_flat.get(k)!r} -> {v!r}" for k, v in new_flat.items() if not k.startswith("train.") and old_flat.get(k) != v
+        ]
+        if not changes:
+            return
+        self.run.update_config(to_yaml(new))
+        lr = ", ".join(f"{s['name']} {self.schedule.lr(self.progress.step, s['lr']):.4g}" for s in self._group_settings)
+        print(
+            f"resume {self.run.path} at step {self.progress.step} with a changed config ({'; '.join(changes)}): the lr "
+            f"schedule is recomputed, {self.schedule.describe()}, and continues from step {self.progress.step} (next lr: {lr}); "
+            f"config.yaml records the new config, config.original.yaml the first",
+            file=sys.stderr,
+        )
 
     # ----- logging ---------------------------------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
@@ -453,26 +642,15 @@ class Trainer:
         self._last_records[record["split"]] = record
         if self.run is not None and self.is_main:
             self.run.append_metrics(record)
-        if self._writer is not None:
-            split = record["split"]
-            for key, value in record.items():
-                if key not in ("split", "step", "epoch") and isinstance(value, (int, float)):
-                    self._writer.add_scalar(f"{split}/{key}", value, record["step"])
-
-    def _open_writer(self) -> None:
-        if self.run is None or not self.is_main or not self.config.tensorboard:
-            return
-        from torch.utils.tensorboard import SummaryWriter
-
-        # purge_step hides events a killed run wrote after its checkpoint.
-        self._writer = SummaryWriter(str(self.run.tensorboard), purge_step=self.progress.step + 1 if self._resumed else None)
+        self._callback("on_log", record)
 
     def _flush_window(self) -> None:
         p = self.progress
         if p.window_steps:
-            # The rate the window's last step used (the scheduler already points at the next step's).
-            lr = self.lr * lr_factor(p.step - 1, self.total_steps, self.warmup_steps, self.config.scheduler, self.config.min_lr_ratio)
-            self._log({"split": "train", "epoch": p.epoch, "step": p.step, "loss": p.window_loss / p.window_steps, "lr": lr})
+            # The rate the window's last step used: ``lr``, or ``lr/<group>`` for each of several groups.
+            groups = self.optimizer.param_groups
+            lrs = {"lr": groups[0]["lr"]} if len(groups) == 1 else {f"lr/{g['name']}": g["lr"] for g in groups}
+            self._log({"split": "train", "epoch": p.epoch, "step": p.step, "loss": p.window_loss / p.window_steps, **lrs})
             p.window_loss, p.window_steps = 0.0, 0
 
     # ----- signals ---------------------------------------------------------------------------------------------
@@ -509,7 +687,7 @@ class Trainer:
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= self.num_classes:
             bad = lo if lo < 0 else hi
-            raise ValueError(
+            raise UserError(
                 f"label {bad} is out of range for a model with {self.num_classes} classes ({where}); labels must lie "
                 f"in [0, {self.num_classes - 1}]: check the dataset's labels or set the model's num_classes to match"
             )
@@ -582,12 +760,12 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
-        self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value, stop
 
-    def _train_epoch(self, bar: Any) -> bool:
-        """Runs the rest of ``progress.epoch``; returns False when max_steps stopped training inside it."""
+    def _train_epoch(self) -> bool:
+        """Runs the rest of ``progress.epoch``; returns False when max_steps or a stop request ended training
+        inside it."""
         cfg, p = self.config, self.progress
         sampler = EpochBatches(self.num_train, cfg.batch_size, self.world_size, self.rank, cfg.seed, p.epoch, start=p.micro)
         batches = iter(self._loader(self.train_dataset, sampler, epoch_generator(cfg.seed, p.epoch)))
@@ -597,8 +775,8 @@ class Trainer:
             if p.step >= self.total_steps:
                 return False
             micro = range(p.micro, min(p.micro + accum, sampler.num_micro))
-            loss, stop = self._optimizer_step(batches, sampler, micro)
-            samples = sum(sampler.global_size(j) for j in micro)
+            self._apply_lr(p.step)
+            loss, interrupted = self._optimizer_step(batches, sampler, micro)
             p.step += 1
             p.micro = micro.stop
             p.window_loss += loss
@@ -606,19 +784,20 @@ class Trainer:
             p.epoch_loss += loss
             p.epoch_steps += 1
             now = time.perf_counter()
-            throughput = samples / max(now - tick, 1e-9)
+            info = StepInfo(step=p.step, epoch=p.epoch, loss=loss, samples=sum(sampler.global_size(j) for j in micro), seconds=now - tick)
             tick = now
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{throughput:.0f}", refresh=False)
+            self._callback("on_step_end", info)
             if p.step % cfg.log_every_steps == 0:
-                if self._writer is not None:
-                    self._writer.add_scalar("train/samples_per_s", throughput, p.step)
                 self._flush_window()
-            self._boundary = copy.copy(p)
+            stopped = self._agree_stop()
+            if stopped:
+                p.stop_reason = self._stop_reason
+            self._mark_boundary()
+            if stopped:
+                return False
             if cfg.save_every_steps and p.step % cfg.save_every_steps == 0 and p.micro < sampler.num_micro:
                 self._save_checkpoint(p)
-            if stop:
+            if interrupted:
                 raise _Interrupted
         return True
 
@@ -627,20 +806,25 @@ class Trainer:
         self._flush_window()
         if p.epoch_steps:
             self._log({"split": "epoch", "epoch": p.epoch, "step": p.step, "loss": p.epoch_loss / p.epoch_steps})
+        self._callback("on_epoch_end")
         if self.eval_dataset is not None and cfg.eval_every_epochs and (p.epoch + 1) % cfg.eval_every_epochs == 0:
             self._evaluate_and_keep_best()
         p.epoch += 1
         p.micro, p.epoch_loss, p.epoch_steps = 0, 0.0, 0
+        if self._agree_stop():
+            p.stop_reason = self._stop_reason
         self._save_checkpoint(p)
-        self._boundary = copy.copy(p)
+        self._mark_boundary()
 
     def _evaluate_and_keep_best(self) -> dict[str, float]:
         cfg, p = self.config, self.progress
         metrics = self.evaluate()
         if cfg.metric not in metrics:
-            raise ValueError(
-                f"metric: {cfg.metric!r} is not among the eval metrics of {type(self.model).__name__} "
-                f"({', '.join(k for k in metrics if k != 'count')}); set train.metric to one of them"
+            reported = [k for k in metrics if k != "count"]
+            raise UserError(
+                f"metric: {type(self.model).__name__}.eval_step reported {', '.join(reported)} but not train.metric "
+                f"{cfg.metric!r}, which its metric_names() lists; set train.metric to one of {', '.join(reported)} "
+                f"(and make metric_names() return the keys eval_step reports)"
             )
         self._log({"split": "eval", "epoch": p.epoch, "step": p.step, **metrics})
         p.last_eval_step = p.step
@@ -648,33 +832,32 @@ class Trainer:
         better = p.best_value is None or (value > p.best_value if cfg.metric_mode == "max" else value < p.best_value)
         if better:
             p.best_value, p.best_step, p.best_epoch = value, p.step, p.epoch
-            if self.run is not None and self.is_main:
-                self.model.save_prompts(self.run.best, extra={"step": p.step, "epoch": p.epoch, "metric": cfg.metric, "value": value})
+            if self.run is not None:
+                if self.is_main:
+                    self.model.save_prompts(self.run.best, extra={"step": p.step, "epoch": p.epoch, "metric": cfg.metric, "value": value})
+                self._callback("on_save", self.run.best, "best")
+        self._callback("on_evaluate", metrics)
         return metrics
 
     def fit(self) -> dict[str, Any]:
-        """Trains until ``epochs`` or ``max_steps``; returns the last step, the final eval metrics and the best.
+        """Trains until ``epochs`` or ``max_steps``, or until a callback stops the run; returns the last step, the
+        final eval metrics, the best, and why a callback stopped it (``stopped``, else ``None``).
 
         Raises:
             NonFiniteLossError: the loss became NaN/inf (the run directory keeps the last good checkpoint).
             TrainingInterrupted: Ctrl-C or SIGTERM; ``last/`` and the training state were saved first.
         """
         if self.train_dataset is None:
-            raise ValueError("fit() needs a train dataset; this Trainer was built with train_dataset=None (evaluation only)")
+            raise UserError("fit() needs a train dataset; this Trainer was built with train_dataset=None (evaluation only)")
         cfg, p = self.config, self.progress
-        if not self._resumed and p.step == 0:
+        if not self.resumed and p.step == 0:
             seed_everything(cfg.seed)
         self._set_train_mode()
-        self._open_writer()
         self._install_signals()
-        bar = None
-        if cfg.progress_bar and self.is_main:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=self.total_steps, initial=p.step, desc="train", unit="step", dynamic_ncols=True)
         try:
-            while p.epoch < cfg.epochs and p.step < self.total_steps:
-                if not self._train_epoch(bar):
+            self._callback("on_train_begin")
+            while p.epoch < cfg.epochs and p.step < self.total_steps and p.stop_reason is None:
+                if not self._train_epoch():
                     break
                 self._end_epoch()
             self._flush_window()
@@ -682,7 +865,7 @@ class Trainer:
                 self._evaluate_and_keep_best()
             self._save_checkpoint(p)
         except _Interrupted:
-            self._save_checkpoint(self._boundary)
+            self._save_checkpoint(self._boundary, self._boundary_callbacks)
             if self.run is None:
                 raise TrainingInterrupted(f"training interrupted at step {self._boundary.step} (no run_dir: nothing was saved)") from None
             raise TrainingInterrupted(
@@ -691,11 +874,7 @@ class Trainer:
             ) from None
         finally:
             self._restore_signals()
-            if bar is not None:
-                bar.close()
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
+            self._callback("on_train_end")
         if self.run is not None and self.is_main:
             from .plots import plot_curves
 
@@ -711,6 +890,7 @@ class Trainer:
             "train_loss": self._last_records.get("train", {}).get("loss"),
             "eval": {k: v for k, v in final.items() if k not in ("split", "step", "epoch")},
             "best": best,
+            "stopped": p.stop_reason,
             "run_dir": str(self.run.path) if self.run is not None else None,
         }
 
@@ -724,7 +904,7 @@ class Trainer:
         """
         dataset = self.eval_dataset if dataset is None else dataset
         if dataset is None:
-            raise ValueError("no eval dataset: pass one to evaluate(dataset) or to Trainer(eval_dataset=...)")
+            raise UserError("no eval dataset: pass one to evaluate(dataset) or to Trainer(eval_dataset=...)")
         n = _num_rows(dataset, "eval")
         size = self.config.eval_batch_size or self.config.batch_size
         # Strided shards: every sample is evaluated once, and rank 0 always has one when the dataset has any.
@@ -771,15 +951,34 @@ class Trainer:
         return metrics
 
 
+def _callback_keys(callbacks: list[Callback]) -> list[str]:
+    """Names under which the callbacks' states are saved: the class name, numbered when a class appears twice."""
+    keys, counts = [], {}
+    for cb in callbacks:
+        name = type(cb).__name__
+        counts[name] = counts.get(name, 0) + 1
+        keys.append(name if counts[name] == 1 else f"{name}.{counts[name]}")
+    return keys
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}": value})
+    return out
+
+
 __all__ = [
     "EpochBatches",
     "NonFiniteLossError",
     "Trainer",
     "TrainingInterrupted",
-    "build_optimizer",
+    "build_param_groups",
     "check_optimizer_params",
     "epoch_generator",
-    "lr_factor",
     "seed_everything",
     "set_determinism",
 ]

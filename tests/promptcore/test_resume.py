@@ -3,6 +3,7 @@ best prompts, metrics.jsonl) to a run that was never interrupted. The toy model 
 state must be restored exactly for this to hold."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -17,9 +18,11 @@ from safetensors.torch import load_file
 SCRIPTS = Path(__file__).parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
-from toy_prompted import RESUME_TRAIN, resume_run_args, toy_model  # noqa: E402
+from toy_prompted import RESUME_TRAIN, LrRecorder, SigintAt, resume_run_args, toy_model  # noqa: E402
 
 from promptcore import Trainer, TrainConfig  # noqa: E402
+from promptcore.runs import RunDirError  # noqa: E402
+from promptcore.trainer import TrainingInterrupted  # noqa: E402
 
 TOTAL_STEPS = 15
 
@@ -122,3 +125,81 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path, reference):
     result = run_in_process(run_dir, resume=True)
     assert result["step"] == TOTAL_STEPS and result["eval"]["count"] == 12
     assert_same_run(run_dir, reference)
+
+
+# ----- resuming with a changed config ------------------------------------------------------------------------------
+def small(**kw) -> TrainConfig:
+    return TrainConfig(**{**RESUME_TRAIN, **kw})
+
+
+def test_resume_with_more_epochs_recomputes_the_schedule_and_records_the_config(tmp_path, capsys):
+    run = tmp_path / "run"
+    train, evaluation = resume_run_args()
+    Trainer(toy_model(), small(epochs=2, warmup_steps=2), train, evaluation, run_dir=run).fit()
+    original = (run / "config.yaml").read_text()
+    recorder = LrRecorder()
+    trainer = Trainer(toy_model(), small(epochs=4, warmup_steps=2), train, evaluation, run_dir=run, resume=True, callbacks=[recorder])
+    err = capsys.readouterr().err
+    assert "resume " in err and "at step 10 with a changed config (train.epochs 2 -> 4)" in err
+    assert "cosine over 20 steps" in err and "continues from step 10" in err
+    result = trainer.fit()
+    assert result["step"] == 20 and result["epoch"] == 4
+    # Steps 11-20 follow the schedule of the 20-step run from where it stands, with no restart of the warmup.
+    assert sorted(recorder.lrs) == list(range(11, 21))
+    for step, lrs in recorder.lrs.items():
+        assert lrs["all"] == trainer.schedule.lr(step - 1, 0.05)
+    assert trainer.schedule.total_steps == 20 and recorder.lrs[11]["all"] == pytest.approx(0.05 * 0.5 * (1 + math.cos(math.pi * 8 / 18)))
+    assert (run / "config.original.yaml").read_text() == original
+    assert "epochs: 4" in (run / "config.yaml").read_text() and "epochs: 2" in original
+    assert json.loads((run / "state/trainer_state.json").read_text())["train"]["epochs"] == 4
+
+    # A shorter run: the resumed run is past the new end, so it only finishes (eval, checkpoint); the first
+    # config stays recorded.
+    result = Trainer(toy_model(), small(epochs=1, warmup_steps=2), train, evaluation, run_dir=run, resume=True).fit()
+    assert result["step"] == 20
+    assert (run / "config.original.yaml").read_text() == original and "epochs: 1" in (run / "config.yaml").read_text()
+
+
+def test_resume_mid_run_with_fewer_epochs_stops_at_the_new_end(tmp_path):
+    run = tmp_path / "run"
+    train, evaluation = resume_run_args()
+    with pytest.raises(TrainingInterrupted):
+        Trainer(toy_model(), small(), train, evaluation, run_dir=run, callbacks=[SigintAt(6)]).fit()
+    result = Trainer(toy_model(), small(epochs=2), train, evaluation, run_dir=run, resume=True).fit()
+    assert result["step"] == 10 and result["epoch"] == 2
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"seed": 1}, r"data order would differ \(seed: run has 0, now 1\)"),
+        ({"grad_accum_steps": 2}, r"data order would differ \(grad_accum_steps: run has 1, now 2\)"),
+        ({"optimizer": "sgd"}, r"cannot resume .*: optimizer: run has 'adamw', now 'sgd'; the run's optimizer state and best/ belong to its settings"),
+        ({"metric": "loss"}, r"metric: run has 'accuracy', now 'loss'"),
+        ({"param_groups": {"head": {"lr": 0.01}}}, r"optimizer groups \(train.param_groups\): run has \['all'\], now \['prompts', 'head'\]"),
+    ],
+)
+def test_resume_refuses_what_would_change_the_data_order_or_the_optimizer_state(tmp_path, change, message):
+    run = tmp_path / "run"
+    train, evaluation = resume_run_args()
+    Trainer(toy_model(), small(epochs=1), train, evaluation, run_dir=run).fit()
+    with pytest.raises(RunDirError, match=message):
+        Trainer(toy_model(), small(epochs=1, **change), train, evaluation, run_dir=run, resume=True)
+
+
+def test_param_groups_ctrl_c_then_resume_equals_uninterrupted_run(tmp_path):
+    groups = dict(param_groups={"head": {"lr": 0.01, "weight_decay": 0.1}}, weight_decay=0.01, optimizer="adafactor_t5x", scheduler="linear", warmup_steps=3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train, evaluation = resume_run_args()
+        Trainer(toy_model(), small(**groups), train, evaluation, run_dir=tmp_path / "ref").fit()
+        run = tmp_path / "run"
+        with pytest.raises(TrainingInterrupted, match="interrupted at step 8"):
+            Trainer(toy_model(), small(**groups), train, evaluation, run_dir=run, callbacks=[SigintAt(7)]).fit()
+        Trainer(toy_model(), small(**groups), train, evaluation, run_dir=run, resume=True).fit()
+    finally:
+        torch.set_num_threads(threads)
+    assert_same_run(run, tmp_path / "ref")
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"lr/prompts", "lr/head"} <= set(lines[0])

@@ -11,11 +11,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 
-from toy_prompted import ToyPrompted, toy_data, toy_model  # noqa: E402
+from toy_prompted import LrRecorder, ToyPrompted, toy_data, toy_model  # noqa: E402
 
 from promptcore import Trainer, TrainConfig  # noqa: E402
+from promptcore.config import ConfigError  # noqa: E402
+from promptcore.errors import UserError  # noqa: E402
 from promptcore.runs import RunDirError  # noqa: E402
-from promptcore.trainer import EpochBatches, NonFiniteLossError, build_optimizer, check_optimizer_params, lr_factor  # noqa: E402
+from promptcore.optim import AdafactorT5X, build_optimizer, lr_factor  # noqa: E402
+from promptcore.trainer import EpochBatches, NonFiniteLossError, check_optimizer_params  # noqa: E402
 
 
 def cfg(**kw) -> TrainConfig:
@@ -113,19 +116,20 @@ def test_lr_schedules_warmup_and_floor():
 
 def test_scheduler_follows_config_and_linear_lr_scaling():
     # 40 rows, batch 8 -> 5 steps/epoch; warmup 1 epoch + 1 step = 6 steps of 20.
-    trainer = Trainer(toy_model(), cfg(epochs=4, lr=0.1, lr_scaling="linear", warmup_epochs=1, warmup_steps=1, max_steps=20), toy_data())
+    recorder = LrRecorder()
+    trainer = Trainer(toy_model(), cfg(epochs=4, lr=0.1, lr_scaling="linear", warmup_epochs=1, warmup_steps=1, max_steps=20), toy_data(), callbacks=[recorder])
     assert trainer.lr == pytest.approx(0.1 * 8 / 256)
     assert (trainer.total_steps, trainer.warmup_steps) == (20, 6)
-    lrs = []
-    for _ in range(20):
-        lrs.append(trainer.optimizer.param_groups[0]["lr"])
-        trainer.optimizer.step()
-        trainer.scheduler.step()
+    trainer.fit()
+    lrs = [r["all"] for r in recorder.lrs.values()]
+    assert len(lrs) == 20
     assert lrs[0] == pytest.approx(trainer.lr / 6) and lrs[5] == pytest.approx(trainer.lr)
-    assert lrs[6:] == sorted(lrs[6:], reverse=True)
+    assert lrs[:6] == sorted(lrs[:6]) and lrs[6:] == sorted(lrs[6:], reverse=True) and lrs[6] > lrs[19] > 0
 
 
-@pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("adafactor", torch.optim.Adafactor), ("adamw", torch.optim.AdamW)])
+@pytest.mark.parametrize(
+    "name, cls", [("sgd", torch.optim.SGD), ("adafactor", torch.optim.Adafactor), ("adamw", torch.optim.AdamW), ("adafactor_t5x", AdafactorT5X)]
+)
 def test_optimizers(name, cls):
     model = toy_model()
     trainer = Trainer(model, cfg(optimizer=name, epochs=1, lr=0.01), toy_data())
@@ -261,3 +265,142 @@ def test_unknown_metric_and_fp16_on_cpu_are_refused():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="mixed_precision: fp16 needs a CUDA GPU"):
             Trainer(toy_model(), cfg(mixed_precision="fp16"), toy_data())
+
+
+# ----- per-module learning rates -----------------------------------------------------------------------------------
+def test_param_groups_give_each_module_its_rate_and_log_it(tmp_path):
+    recorder = LrRecorder()
+    config = cfg(lr=0.05, weight_decay=0.01, param_groups={"head": {"lr": 0.005, "weight_decay": 0.0}}, lr_scaling="linear", scheduler="constant")
+    model = toy_model()
+    trainer = Trainer(model, config, toy_data(), run_dir=tmp_path / "run", callbacks=[recorder])
+    groups = trainer.optimizer.param_groups
+    assert [g["name"] for g in groups] == ["prompts", "head"]
+    assert [p for g in groups for p in g["params"]] == list(model.prompt_parameters())  # each parameter once
+    assert [g["weight_decay"] for g in groups] == [0.01, 0.0]
+    trainer.fit()
+    # lr_scaling applies to every group: global batch 8 / 256.
+    assert recorder.lrs[1] == {"prompts": pytest.approx(0.05 * 8 / 256), "head": pytest.approx(0.005 * 8 / 256)}
+    train_lines = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines() if '"train"' in line]
+    assert train_lines[0]["lr/prompts"] == pytest.approx(0.05 * 8 / 256) and train_lines[0]["lr/head"] == pytest.approx(0.005 * 8 / 256)
+    assert "lr" not in train_lines[0]
+
+
+def test_param_groups_train_each_module_at_its_rate():
+    # SGD without momentum: an update is -lr * grad, so with the head's rate at 0 the head cannot move.
+    model = toy_model()
+    head_before = model.head.weight.detach().clone()
+    prompts_before = model.prompts.weight.detach().clone()
+    trainer = Trainer(model, cfg(optimizer="sgd", momentum=0.0, epochs=1, param_groups={"head": {"lr": 1e-300}}), toy_data())
+    trainer.fit()
+    assert torch.equal(model.head.weight, head_before) and not torch.equal(model.prompts.weight, prompts_before)
+
+
+def test_param_groups_naming_no_trainable_module_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"train.param_groups.heads: ToyPrompted has no trainable module 'heads'. Did you mean 'head'\? Its trainable modules are prompts, head"):
+        Trainer(toy_model(), cfg(param_groups={"heads": {"lr": 0.1}}), toy_data(), run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+    class EmptyHead(ToyPrompted):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Identity()
+
+        def forward_batch(self, batch):
+            return self.backbone(batch["pixel_values"])[:, :4] + self.prompts().mean(0)[:4]
+
+    with pytest.raises(ConfigError, match="train.param_groups.head: module 'head' of EmptyHead has no parameters of its own to train; remove it"):
+        Trainer(EmptyHead(), cfg(param_groups={"head": {"lr": 0.1}}), toy_data())
+
+
+# ----- checks before any work --------------------------------------------------------------------------------------
+def test_metric_is_checked_against_the_model_before_the_run_directory_is_made(tmp_path):
+    with pytest.raises(UserError, match=r"metric: 'token_accuracy' is not among the eval metrics of ToyPrompted \(loss, accuracy\); set train.metric to one of them"):
+        Trainer(toy_model(), cfg(metric="token_accuracy"), toy_data(), toy_data(8, split="validation"), run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # nothing blocks the corrected rerun
+
+    class TokenMetrics(ToyPrompted):
+        def metric_names(self):
+            return ("loss", "token_accuracy")
+
+        def eval_step(self, batch):
+            out = super().eval_step(batch)
+            return {"loss": out["loss"], "token_accuracy": out["accuracy"], "count": out["count"]}
+
+    result = Trainer(TokenMetrics(), cfg(metric="token_accuracy", epochs=1), toy_data(), toy_data(8, split="validation")).fit()
+    assert result["best"]["metric"] == "token_accuracy"
+    assert toy_model().metric_names() == ("loss", "accuracy")
+
+
+def test_metric_names_that_lie_about_eval_step_get_a_clear_error():
+    class Liar(ToyPrompted):
+        def metric_names(self):
+            return ("loss", "f1")
+
+    with pytest.raises(UserError, match=r"Liar.eval_step reported loss, accuracy but not train.metric 'f1'"):
+        Trainer(Liar(), cfg(metric="f1", epochs=1), toy_data(), toy_data(8, split="validation")).fit()
+
+
+def test_unwritable_run_directory_is_refused_before_training(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(RunDirError, match=rf"run directory '{blocker}/run' cannot be written .*choose a writable folder \(-o/--output, or run_dir=...\) or make that folder writable"):
+        Trainer(toy_model(), cfg(), toy_data(), run_dir=blocker / "run")
+
+    # A read-only folder (this test may run as root, who may write anywhere: the refusal is simulated).
+    import promptcore.runs
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "ro"))
+
+    monkeypatch.setattr(promptcore.runs.tempfile, "mkstemp", refuse)
+    model = toy_model()
+    before = model.prompts.weight.detach().clone()
+    with pytest.raises(RunDirError, match=rf"run directory '{tmp_path}/ro/run' cannot be written \(Permission denied: {tmp_path}/ro\)"):
+        Trainer(model, cfg(), toy_data(), run_dir=tmp_path / "ro" / "run")
+    assert torch.equal(model.prompts.weight, before)
+
+
+def test_a_disk_without_room_for_a_checkpoint_is_refused_with_both_numbers(tmp_path, monkeypatch):
+    import shutil as shutil_module
+
+    import promptcore.runs
+
+    usage = shutil_module.disk_usage(tmp_path)
+    monkeypatch.setattr(promptcore.runs.shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    with pytest.raises(RunDirError, match=r"its disk has 1.0 KiB free, a checkpoint needs about 139.6 KiB \(last/ and best/ 4.5 KiB each, state/ 65.4 KiB with the adamw state"):
+        Trainer(toy_model(), cfg(), toy_data(), run_dir=tmp_path / "run")
+    monkeypatch.setattr(promptcore.runs.shutil, "disk_usage", lambda path: usage._replace(free=10**9))
+    trainer = Trainer(toy_model(), cfg(), toy_data(), run_dir=tmp_path / "run2")
+    needed, _ = trainer._checkpoint_size()
+    trainer.fit()
+    on_disk = sum(f.stat().st_size for d in ("last", "best", "state") if (tmp_path / "run2" / d).exists() for f in (tmp_path / "run2" / d).iterdir())
+    assert on_disk <= needed  # the estimate covers what a checkpoint writes
+
+
+def test_leftovers_of_interrupted_writes_are_cleaned_and_nothing_else(tmp_path):
+    run = tmp_path / "run"
+    Trainer(toy_model(), cfg(epochs=1), toy_data(), run_dir=run).fit()
+    # What kills between the steps of atomic writes leave behind, and files that are not ours.
+    (run / ".metrics.jsonl.ab12cd_3.tmp").write_text("torn")
+    (run / ".state.x9y8z7w6.tmp").mkdir()
+    (run / ".state.x9y8z7w6.tmp" / "tensors.pt").write_text("half")
+    (run / ".write-check.0a1b2c3d.tmp").write_text("")
+    (run / "last.old").mkdir()
+    (run / ".notes.ab12cd34.tmp").write_text("mine")
+    (run / ".metrics.jsonl.tmp").write_text("mine too")
+    Trainer(toy_model(), cfg(epochs=2), toy_data(), run_dir=run, resume=True).fit()
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".") or p.name.endswith(".old")) == [".metrics.jsonl.tmp", ".notes.ab12cd34.tmp"]
+
+    # A kill between the two renames of a folder swap: the old folder is put back.
+    (run / "last").rename(run / "last.old")
+    Trainer(toy_model(), cfg(epochs=2), toy_data(), run_dir=run, resume=True)
+    assert (run / "last").is_dir() and not (run / "last.old").exists()
+
+
+def test_curves_of_a_single_logged_point_are_drawn_with_markers():
+    from promptcore.plots import draw_curves
+
+    fig = draw_curves([{"split": "train", "step": 1, "loss": 1.5, "lr": 0.1}, {"split": "eval", "step": 1, "loss": 1.4, "accuracy": 0.5}], "accuracy")
+    ax_loss, ax_metric = fig.axes
+    for line in [*ax_loss.lines, *ax_metric.lines]:
+        assert len(line.get_xdata()) == 1 and line.get_marker() not in ("None", None, "", " ")

@@ -6,6 +6,8 @@ Imported by the tests (via sys.path) and by the subprocess scripts next to it; n
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from typing import Any
 
@@ -14,6 +16,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from promptcore import PromptedModel, SoftPrompt
+from promptcore.callbacks import Callback
 from vpt.synthetic import SyntheticImages
 
 
@@ -75,3 +78,38 @@ DISTRIBUTED_TRAIN = dict(epochs=2, batch_size=8, lr=0.05, grad_clip=1.0, warmup_
 
 def distributed_run_args() -> tuple[Dataset, Dataset]:
     return toy_data(42), toy_data(21, split="validation")
+
+
+class LrRecorder(Callback):
+    """The rate of every optimizer group at each step, as the step used it: ``lrs[step] = {group: lr}``."""
+
+    def __init__(self) -> None:
+        self.lrs: dict[int, dict[str, float]] = {}
+
+    def on_step_end(self, trainer: Any, info: Any) -> None:
+        self.lrs[info.step] = {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}
+
+
+class SigintAt(Callback):
+    """Sends this process a real SIGINT after step ``step``: the trainer's handler takes it as a Ctrl-C."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, trainer: Any, info: Any) -> None:
+        if info.step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+class StopAt(Callback):
+    """Asks the trainer to stop after step ``step`` (the multi-process test asks on one rank only)."""
+
+    def __init__(self, step: int, reason: str) -> None:
+        self.step, self.reason = step, reason
+
+    def on_step_end(self, trainer: Any, info: Any) -> None:
+        if info.step == self.step:
+            trainer.request_stop(self.reason)
+
+
+STOP_AT_STEP = 4
