@@ -54,10 +54,13 @@ def test_synthetic_source_matches_promptcore_synthetic_texts():
 
 
 def test_synthetic_class_names_become_the_default_verbalizer():
-    cfg = load_config(TextRunConfig, {"model": {"name": "random:gpt2"}, "data": {"num_classes": 3}})
+    loaded = load_config(TextRunConfig, {"model": {"name": "random:gpt2"}, "data": {"num_classes": 3}})
+    cfg = loaded.resolved()
     assert cfg.prompt.verbalizer == [" " + n for n in SyntheticTexts(num_samples=3, num_classes=3).class_names]
     assert cfg.prompt.num_classes == 3
-    seq_cls = load_config(TextRunConfig, {"model": {"name": "random:bert", "task": "seq_cls"}, "data": {"num_classes": 4}})
+    assert loaded.prompt.verbalizer is None and loaded.prompt.num_classes is None  # resolving returns a new config
+    assert cfg.resolved() is cfg
+    seq_cls = load_config(TextRunConfig, {"model": {"name": "random:bert", "task": "seq_cls"}, "data": {"num_classes": 4}}).resolved()
     assert seq_cls.prompt.verbalizer is None and seq_cls.prompt.num_classes == 4
 
 
