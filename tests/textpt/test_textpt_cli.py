@@ -41,6 +41,9 @@ def test_train_eval_generate_for_each_task(task, tmp_path, capsys):
     assert (run / "best" / "prompts.safetensors").is_file()
     saved = load_config(TextRunConfig, run / "config.yaml")
     assert saved.model.task == task
+    # the run records the resolved config: the synthetic data's class count, and its keywords as the verbalizer
+    assert saved.prompt.num_classes == 2 and saved.resolved() is saved
+    assert saved.prompt.verbalizer == (None if task == "seq_cls" else [" excellent", " terrible"])
 
     assert main(["eval", "-c", SMOKE, "--prompts", str(run / "best"), *FAST, *TASKS[task]]) == 0
     metrics = _json_out(capsys)
