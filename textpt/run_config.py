@@ -75,7 +75,7 @@ def resolve_prompt(task: str, prompt: TextMethodConfig, data: TextDataConfig) ->
     when nothing is filled in."""
     if data.source != "synthetic":
         return prompt
-    if prompt.verbalizer is None and data.target_column is None and task != "seq_cls":
+    if TASKS.get(task).label_words and prompt.verbalizer is None and data.target_column is None:
         return dataclasses.replace(prompt, verbalizer=[" " + name for name in synthetic_class_names(data)], num_classes=None)
     if prompt.num_classes is None:
         return dataclasses.replace(prompt, num_classes=data.num_classes)
@@ -88,21 +88,12 @@ def _check(task: str, prompt: TextMethodConfig, data: TextDataConfig) -> None:
         prompt.check_task(task, data.target_column)
     except ValueError as e:
         raise ValueError(f"prompt.{e}") from None
-    if task == "seq_cls" and prompt.num_classes is None:
-        raise ValueError("prompt.num_classes: model.task seq_cls needs the number of classes (the head's size)")
-    if task == "causal_lm" and prompt.verbalizer and data.target_column is not None:
-        raise ValueError(
-            "prompt.verbalizer: with data.target_column set, a causal_lm run learns to write the targets, so it "
-            "takes no verbalizer; drop one of the two (verbalizer: classify; target_column: generate)"
-        )
+    strategy = TASKS.get(task)
+    strategy.check_run(prompt, data.target_column)
     try:
-        TASKS.get(task).layout(prompt.verbalizer, data.target_column)
+        strategy.layout(prompt.verbalizer, data.target_column)
     except ValueError as e:
         raise ValueError(f"data.target_column: {e}") from None
-    if task == "seq2seq" and data.target_column is None and not prompt.verbalizer:
-        raise ValueError(
-            "prompt.verbalizer: a seq2seq run learns data.target_column or the verbalizer's words; set one of them"
-        )
     if data.task_column is None and prompt.num_tasks > 1:
         raise ValueError(
             f"data.task_column: prompt.num_tasks is {prompt.num_tasks}, so batches need per-row task ids; name the column "

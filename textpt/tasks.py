@@ -34,6 +34,7 @@ from .fast_prefix import accepts, cache_argument, generation_cache
 from .padding import first_token_index, pad_token_id, repad
 
 if TYPE_CHECKING:
+    from .config import TextMethodConfig
     from .model import TextPromptedModel
 
 logger = logging.getLogger(__name__)
@@ -55,11 +56,13 @@ class TextTask:
         name: the task's name (``model.task`` in run configs).
         auto_class: the transformers ``Auto`` class that loads a model for the task.
         decoder_only: the model is a decoder-only LM (its prompt can be a key/value prefix).
+        label_words: the model classifies through label words (a verbalizer), not a head.
     """
 
     name: ClassVar[str] = ""
     auto_class: ClassVar[str] = ""
     decoder_only: ClassVar[bool] = False
+    label_words: ClassVar[bool] = False
 
     # ----- configuration --------------------------------------------------------------------------------------
     def layout(self, verbalizer: list[str] | None, target_column: str | None) -> Layout:
@@ -70,6 +73,10 @@ class TextTask:
             ValueError: the task cannot learn from this combination.
         """
         raise NotImplementedError
+
+    def check_run(self, prompt: "TextMethodConfig", target_column: str | None) -> None:
+        """Raises ``ValueError("section.field: ...")`` when a run of this task cannot learn with the method config
+        ``prompt`` from data whose targets are ``target_column`` (``None``: class labels)."""
 
     def classifies(self, model: "TextPromptedModel") -> bool:
         """Whether the model's outputs are class scores (trained on ``labels``) rather than tokens."""
@@ -143,6 +150,7 @@ class CausalLM(TextTask):
     name = "causal_lm"
     auto_class = "AutoModelForCausalLM"
     decoder_only = True
+    label_words = True
 
     def layout(self, verbalizer: list[str] | None, target_column: str | None) -> Layout:
         if target_column is not None:
@@ -153,6 +161,13 @@ class CausalLM(TextTask):
             "model.task causal_lm needs prompt.verbalizer (one word per class, to classify by scoring them) or "
             "data.target_column (target texts, to train generation)"
         )
+
+    def check_run(self, prompt: "TextMethodConfig", target_column: str | None) -> None:
+        if prompt.verbalizer and target_column is not None:
+            raise ValueError(
+                "prompt.verbalizer: with data.target_column set, a causal_lm run learns to write the targets, so it "
+                "takes no verbalizer; drop one of the two (verbalizer: classify; target_column: generate)"
+            )
 
     def classifies(self, model: "TextPromptedModel") -> bool:
         return model.verbalizer_ids is not None
@@ -246,9 +261,14 @@ class Seq2Seq(TextTask):
 
     name = "seq2seq"
     auto_class = "AutoModelForSeq2SeqLM"
+    label_words = True
 
     def layout(self, verbalizer: list[str] | None, target_column: str | None) -> Layout:
         return "seq2seq"
+
+    def check_run(self, prompt: "TextMethodConfig", target_column: str | None) -> None:
+        if target_column is None and not prompt.verbalizer:
+            raise ValueError("prompt.verbalizer: a seq2seq run learns data.target_column or the verbalizer's words; set one of them")
 
     def classifies(self, model: "TextPromptedModel") -> bool:
         return False
@@ -292,6 +312,10 @@ class SequenceClassification(TextTask):
 
     def layout(self, verbalizer: list[str] | None, target_column: str | None) -> Layout:
         return "classification"
+
+    def check_run(self, prompt: "TextMethodConfig", target_column: str | None) -> None:
+        if prompt.num_classes is None:
+            raise ValueError("prompt.num_classes: model.task seq_cls needs the number of classes (the head's size)")
 
     def classifies(self, model: "TextPromptedModel") -> bool:
         return True
