@@ -8,6 +8,12 @@ runs (how to build the model and the data from a :class:`textpt.run_config.TextR
     textpt eval -c configs/smoke/textpt_tiny.yaml --prompts runs/tiny/best
     textpt generate -c configs/smoke/textpt_tiny.yaml --prompts runs/tiny/best "a good movie" "a boring film"
 
+The baselines are methods too: ``linear_probe`` trains only a head, ``zero_shot`` trains nothing (``textpt eval``
+and ``generate`` run it without ``--prompts``)::
+
+    textpt train -c configs/textpt/minilm_linear_probe.yaml -o runs/minilm-probe
+    textpt eval -c configs/smoke/textpt_tiny.yaml --set "prompt={method: zero_shot}"
+
 Everything here is a few calls a user can make in Python: ``load_model_and_tokenizer``, ``textpt.wrap``,
 ``build_text_data``.
 """

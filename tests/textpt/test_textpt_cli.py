@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 
 from promptcore.config import load_config
+from promptcore.methods import method_names
+from textpt.config import SoftPromptConfig
 from textpt.cli import main
 from textpt.run_config import TextRunConfig
 
@@ -122,4 +124,5 @@ def test_python_dash_m_textpt():
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs" / "textpt").rglob("*.yaml")) + ["configs/smoke/textpt_tiny.yaml"])
 def test_every_textpt_config_validates(path):
     cfg = load_config(TextRunConfig, ROOT / path)
-    assert cfg.train.lr > 0 and cfg.prompt.num_tokens > 0
+    assert cfg.train.lr > 0 and cfg.prompt.method in method_names("text")
+    assert cfg.prompt.num_tokens > 0 if isinstance(cfg.prompt, SoftPromptConfig) else cfg.prompt.method in ("linear_probe", "zero_shot")
