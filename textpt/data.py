@@ -31,7 +31,7 @@ from promptcore.recipe import DataBundle
 
 from .padding import pad_token_id, repad
 from .synthetic import SyntheticTexts
-from .tasks import IGNORE_INDEX, TASKS, Layout
+from .tasks import IGNORE_INDEX, TASKS, Layout, label_word_target
 
 Source = Literal["synthetic", "hf", "csv", "json", "parquet", "asset"]
 
@@ -435,10 +435,10 @@ class ExampleEncoder:
             return list(ids) + ([eos] if eos is not None else [])
         if self.layout != "seq2seq":
             return []
-        # T5-style targets: the tokenizer adds the end-of-sequence token itself; the verbalizer's leading space
-        # (there for BPE vocabularies) is not part of a seq2seq target.
-        text = self._render(self.target_template, row) if self.target_column else self.verbalizer[label].strip()
-        ids = list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        if self.target_column:
+            ids = list(self.tokenizer(self._render(self.target_template, row), add_special_tokens=True)["input_ids"])
+        else:
+            ids = label_word_target(self.tokenizer, self.verbalizer[label])
         if len(ids) > self.max_target_length:
             ids = ids[: self.max_target_length - 1] + ids[-1:]
         return ids

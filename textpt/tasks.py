@@ -277,15 +277,15 @@ class Seq2Seq(TextTask):
         raise ValueError("seq2seq: a forward needs decoder targets; call lm_outputs(batch), class_logits() or generate()")
 
     def class_logits(self, model: "TextPromptedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor | None, task_ids: torch.Tensor | None) -> torch.Tensor:
-        """Each verbalizer word's summed log-probability as the decoder's target (written as the data writes
-        seq2seq targets: without the leading space, with the tokenizer's end-of-sequence token)."""
+        """Each verbalizer word's summed log-probability as the decoder's target (:func:`label_word_target`, as the
+        data writes it)."""
         if not model.config.verbalizer:
             raise ValueError("seq2seq models score classes by their label words as targets: set prompt.verbalizer (one word per class)")
         if model.tokenizer is None:
             raise ValueError("verbalizer: the label words need the tokenizer; call textpt.wrap(model, config, tokenizer=tokenizer)")
         scores = []
         for word in model.config.verbalizer:
-            target = torch.tensor(model.tokenizer(word.strip(), add_special_tokens=True)["input_ids"], device=input_ids.device)
+            target = torch.tensor(label_word_target(model.tokenizer, word), device=input_ids.device)
             batch = {"input_ids": input_ids, "attention_mask": attention_mask, "task_ids": task_ids, "lm_labels": target.expand(input_ids.shape[0], -1)}
             logits, targets = self.lm_logits_and_targets(model, batch)
             scores.append(upcast(logits).log_softmax(-1).gather(-1, targets.unsqueeze(-1))[..., 0].sum(-1))
@@ -302,6 +302,12 @@ class Seq2Seq(TextTask):
         x, mask, _, _ = model.encode(input_ids, attention_mask, task_ids)
         generate_kwargs.setdefault("pad_token_id", pad_token_id(model.tokenizer))
         return model.backbone.generate(inputs_embeds=x, attention_mask=mask, **generate_kwargs)
+
+
+def label_word_target(tokenizer: Any, word: str) -> list[int]:
+    """A verbalizer word as a seq2seq target: T5-style, the tokenizer adds the end-of-sequence token itself, and the
+    word's leading space (there for BPE vocabularies) is not part of it."""
+    return list(tokenizer(word.strip(), add_special_tokens=True)["input_ids"])
 
 
 class SequenceClassification(TextTask):
@@ -360,4 +366,15 @@ def infer_task(backbone: nn.Module) -> str:
     return "seq_cls"
 
 
-__all__ = ["IGNORE_INDEX", "TASKS", "CausalLM", "Layout", "Seq2Seq", "SequenceClassification", "TextTask", "infer_task", "upcast"]
+__all__ = [
+    "IGNORE_INDEX",
+    "TASKS",
+    "CausalLM",
+    "Layout",
+    "Seq2Seq",
+    "SequenceClassification",
+    "TextTask",
+    "infer_task",
+    "label_word_target",
+    "upcast",
+]
