@@ -76,6 +76,7 @@ class TextMethodConfig:
         verbalizer: one label word per class (``[" negative", " positive"]``): a causal LM classifies by scoring
             them after the input, a seq2seq model learns to write them. Each word is tokenized as written; a word
             of several tokens scores the sum of its tokens' log-probabilities.
+        seed: seed of the method's random initialisations (its prompts, a ``seq_cls`` head).
         tasks: (class attribute) the model tasks the method runs on.
     """
 
@@ -84,6 +85,7 @@ class TextMethodConfig:
     method: str = ""
     num_classes: int | None = None
     verbalizer: list[str] | None = None
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.verbalizer is not None:
@@ -128,7 +130,6 @@ class SoftPromptConfig(TextMethodConfig):
         init_text: the text for ``init: text``.
         init_std: the standard deviation of the random init.
         num_tasks: size of the prompt bank; batches then carry per-sample ``task_ids``.
-        seed: seed of the random inits (and of a ``seq_cls`` head).
     """
 
     num_tokens: int = 20
@@ -136,7 +137,6 @@ class SoftPromptConfig(TextMethodConfig):
     init_text: str | None = None
     init_std: float = 0.02
     num_tasks: int = 1
-    seed: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()

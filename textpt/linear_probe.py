@@ -20,16 +20,12 @@ from .model import TextPromptedModel
 
 @dataclass
 class LinearProbeConfig(TextMethodConfig):
-    """A linear head on the frozen encoder (``method: linear_probe``; ``model.task: seq_cls``).
-
-    Attributes:
-        seed: seed of the head's initialisation.
-    """
+    """A linear head on the frozen encoder (``method: linear_probe``; ``model.task: seq_cls``); the fields are
+    :class:`textpt.config.TextMethodConfig`'s (``num_classes``: the head's size, ``seed``: its initialisation)."""
 
     tasks: ClassVar[tuple[str, ...]] = ("seq_cls",)
 
     method: Literal["linear_probe"] = "linear_probe"
-    seed: int = 0
 
 
 class LinearProbeModel(TextPromptedModel):

@@ -20,7 +20,6 @@ A model that classifies (``model.classifies``) trains and evaluates on ``labels`
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
@@ -36,8 +35,6 @@ from .padding import first_token_index, pad_token_id, repad
 if TYPE_CHECKING:
     from .config import TextMethodConfig
     from .model import TextPromptedModel
-
-logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # the target value torch's cross-entropy skips: padding, template tokens, unpredicted positions
 Layout = Literal["classification", "causal_lm", "seq2seq", "inputs"]
