@@ -11,9 +11,10 @@ Five lines::
 Each method is one file with its config class and its model, registered by name (``method:`` in YAML):
 ``prompt_tuning`` (:class:`PromptTuningConfig`), ``p_tuning`` (:class:`PTuningConfig`), ``prefix``
 (:class:`PrefixConfig`), and the baselines ``linear_probe`` (:class:`LinearProbeConfig`) and ``zero_shot``
-(:class:`ZeroShotConfig`). A new method is a file that subclasses :class:`textpt.config.TextMethodConfig` (or
-:class:`textpt.config.SoftPromptConfig`) and :class:`TextPromptedModel`, then calls
-``promptcore.register_method(name, Config, Model, kind="text")``.
+(:class:`ZeroShotConfig`). A new method is a file that subclasses :class:`TextMethodConfig` (or
+:class:`SoftPromptConfig`) and :class:`TextPromptedModel` (or :class:`SoftPromptedModel`), then calls
+``promptcore.register_method(name, Config, Model, kind="text")``; the tasks (causal LM, seq2seq, encoder
+classification) are :mod:`textpt.tasks`'s.
 
 ``promptcore.wrap(model, PromptTuningConfig(...))`` works too (without a tokenizer: no ``text``/``labels`` init, no
 verbalizer, pad id 0).
@@ -32,7 +33,7 @@ from . import assets  # noqa: F401  (registers the text assets)
 from .config import SoftPromptConfig, TextMethodConfig, TextModelConfig
 from .linear_probe import LinearProbeConfig, LinearProbeModel
 from .loading import ModelLoadError, load_model_and_tokenizer, load_tokenizer, tiny_tokenizer
-from .model import TextPromptedModel
+from .model import SoftPromptedModel, TextPromptedModel
 from .p_tuning import PTuningConfig, PTuningModel
 from .prefix import PrefixConfig, PrefixModel
 from .prompt_tuning import PromptTuningConfig, PromptTuningModel
@@ -80,6 +81,7 @@ __all__ = [
     "PromptTuningConfig",
     "PromptTuningModel",
     "SoftPromptConfig",
+    "SoftPromptedModel",
     "TextMethodConfig",
     "TextModelConfig",
     "TextPromptedModel",
