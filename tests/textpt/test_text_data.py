@@ -309,6 +309,11 @@ def test_tokenizer_without_pad_token_pads_with_eos_or_says_how_to_fix(tok):
         ({"num_classes": 3}, {}, {"num_classes": 2}, "prompt.num_classes: 2 does not match data.num_classes 3"),
         ({"target_column": "a"}, {}, {"verbalizer": [" a", " b"]}, "prompt.verbalizer: with data.target_column set"),
         ({}, {}, {"num_tasks": 2}, "data.task_column: prompt.num_tasks is 2"),
+        ({"target_column": "a"}, {"task": "seq2seq"}, {"method": "zero_shot", "verbalizer": ["a", "b"]},
+         "prompt.method: zero_shot classifies by label words, it does not learn target texts"),
+        ({"source": "csv", "data_files": {"train": "a", "test": "b"}}, {"task": "seq2seq"}, {"method": "zero_shot"},
+         "prompt.verbalizer: zero_shot scores one label word per class"),
+        ({}, {"task": "seq_cls"}, {"method": "prefix"}, "prompt.method: prefix is implemented for causal_lm models, not seq_cls"),
     ],
 )
 def test_config_errors_name_the_field(data, model, prompt, message):

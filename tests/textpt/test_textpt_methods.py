@@ -203,6 +203,7 @@ def test_seq_cls_needs_num_classes():
         ({"method": "p_tuning", "num_tasks": 2}, "num_tasks: a prompt bank"),
         ({"methd": "prefix"}, "Did you mean 'method'"),
         ({"verbalizer": ["bad", " "]}, "verbalizer: give one non-empty word per class"),
+        ({"method": "p_tuning", "reparam_hidden": 0}, "reparam_hidden: must be a positive width or null, got 0"),
     ],
 )
 def test_config_errors_name_the_field(data, message):
@@ -222,3 +223,12 @@ class NoEmbeddings(nn.Module):
 def test_model_without_input_embeddings():
     with pytest.raises(textpt.ModelLoadError, match=r"has no input embeddings .* use a transformers text model"):
         textpt.wrap(NoEmbeddings(), PromptTuningConfig(num_tokens=2), task="causal_lm")
+
+
+def test_token_logits_need_a_decoder_only_model():
+    backbone, tok = load("t5", "seq2seq", side="right")
+    pt = textpt.wrap(backbone, PromptTuningConfig(num_tokens=2), tokenizer=tok)
+    with pytest.raises(ValueError, match="token_logits is for decoder-only models \\(causal_lm\\); this one is seq2seq"):
+        pt.token_logits(torch.tensor([[5, 6]]))
+    with pytest.raises(ValueError, match=r"seq2seq: a forward needs decoder targets; call lm_outputs\(batch\)"):
+        pt(torch.tensor([[5, 6]]))
