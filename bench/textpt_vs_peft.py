@@ -28,11 +28,10 @@ import statistics
 import time
 
 import torch
-from peft import PromptTuningConfig, get_peft_model
+import peft
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import textpt
-from textpt import TextPromptConfig
 
 SMOLLM2_135M = dict(
     vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -86,8 +85,8 @@ def main() -> None:
     mask = torch.ones_like(ids)
     rows = []
     for n in args.tokens:
-        pt = textpt.wrap(backbone, TextPromptConfig(num_tokens=n, init="vocab"), task="causal_lm", name="SmolLM2-135M shapes")
-        pm = get_peft_model(backbone, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=n))
+        pt = textpt.wrap(backbone, textpt.PromptTuningConfig(num_tokens=n, init="vocab"), task="causal_lm", name="SmolLM2-135M shapes")
+        pm = peft.get_peft_model(backbone, peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=n))
         with torch.no_grad():
             pm.prompt_encoder["default"].embedding.weight.copy_(pt.prompts.weight)
 
@@ -134,7 +133,6 @@ def main() -> None:
         }
         rows.append(row)
         print(row, flush=True)
-        del pt, pm
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, torch threads {torch.get_num_threads()}, " + (
         torch.cuda.get_device_name() if device.type == "cuda" else "no GPU"
     )

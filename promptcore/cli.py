@@ -8,6 +8,10 @@ added by whichever package or plugin (:mod:`promptcore.plugins`) provides them::
     vpt train -c CONFIG [--set a.b=value ...] [-o RUN_DIR] [--overwrite]
     vpt train --resume RUN_DIR [--set ...]         # the config comes from RUN_DIR/config.yaml
     vpt eval -c CONFIG --prompts DIR [--set ...]   # prints the eval split's metrics as JSON
+    textpt eval -c CONFIG [--set ...]              # a method with nothing to train (zero-shot) needs no --prompts
+
+A run config class may define ``resolved()``, returning the config with the defaults that depend on other sections
+filled in (a new object): the verbs then work with, and a training run records, the resolved config.
 
 Known errors (bad config, missing or foreign files, bad data) print ``error: ...`` and exit with status 2;
 ``--traceback`` shows the full traceback instead.
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from .config import ConfigError, load_config
 from .errors import UserError
@@ -33,7 +38,8 @@ from .plugins import load_plugins
 from .recipe import DataBundle, Recipe
 from .registry import Registry
 from .runs import CONFIG_FILE
-from .trainer import NonFiniteLossError, Trainer, TrainingInterrupted, seed_everything
+from .train_config import TrainConfig
+from .trainer import NonFiniteLossError, Trainer, TrainingInterrupted, _to_device, seed_everything
 
 # Errors that mean "your input is wrong", reported as one clean line.
 KNOWN_ERRORS = (UserError, ConfigError, PromptFileError, FileNotFoundError, ValueError, KeyError, NonFiniteLossError)
@@ -79,7 +85,8 @@ def add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> N
 
 def load_run_config(recipe: Recipe, args: argparse.Namespace) -> Any:
     """The run config a verb asked for: ``-c CONFIG``, or ``RUN_DIR/config.yaml`` with ``--resume RUN_DIR``;
-    ``--set`` overrides applied, everything validated (one :class:`ConfigError` listing every problem).
+    ``--set`` overrides applied, everything validated (one :class:`ConfigError` listing every problem), and
+    resolved where the config class defines ``resolved()``.
 
     With ``--resume``, ``--set`` may change what does not fix the data order or the optimizer state (e.g.
     ``train.epochs``: the schedule is recomputed for the new length); the trainer names the changes in one line and
@@ -98,7 +105,34 @@ def load_run_config(recipe: Recipe, args: argparse.Namespace) -> Any:
     cfg = load_config(recipe.config_class, source, args.overrides)
     if not hasattr(cfg, "train"):
         raise ValueError(f"{recipe.config_class.__name__} has no 'train' section; a run config needs train: TrainConfig")
-    return cfg
+    return cfg.resolved() if hasattr(cfg, "resolved") else cfg
+
+
+def trains(model: PromptedModel) -> bool:
+    """Whether ``model`` has parameters to train (zero-shot baselines have none)."""
+    return next(model.prompt_parameters(), None) is not None
+
+
+def load_prompts_option(model: PromptedModel, prompts: str | None) -> None:
+    """Loads the ``--prompts DIR`` of a verb into ``model``; a model with nothing to train may go without."""
+    if prompts is not None:
+        model.load_prompts(prompts)
+    elif trains(model):
+        raise ValueError(f"--prompts: {type(model).__name__} has trained parts; give the prompt folder of a run (its best/ or last/)")
+
+
+@torch.no_grad()
+def evaluate_frozen(model: PromptedModel, config: TrainConfig, dataset: Dataset, collate_fn: Any) -> dict[str, float]:
+    """The eval metrics of a model with nothing to train (which :class:`Trainer` refuses), on one process: each
+    key of ``model.eval_step`` summed over ``dataset`` and divided by the summed ``count``, as the trainer does."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    sums: dict[str, float] = {}
+    for batch in DataLoader(dataset, batch_size=config.eval_batch_size or config.batch_size, collate_fn=collate_fn):
+        for key, value in model.eval_step(_to_device(batch, device)).items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+    count = sums.pop("count")
+    return {**{k: v / count for k, v in sums.items()}, "count": int(count)}
 
 
 def build_model_and_data(recipe: Recipe, cfg: Any) -> tuple[PromptedModel, DataBundle]:
@@ -134,7 +168,10 @@ def cmd_eval(recipe: Recipe, args: argparse.Namespace) -> int:
     model, data = build_model_and_data(recipe, cfg)
     if data.eval is None:
         raise ValueError(f"the config's data section gives no eval split; {recipe.prog} eval evaluates the eval split")
-    model.load_prompts(args.prompts)
+    load_prompts_option(model, args.prompts)
+    if not trains(model):
+        print(json.dumps(evaluate_frozen(model, cfg.train, data.eval, data.collate_fn), indent=2))
+        return 0
     trainer = Trainer(model, cfg.train, None, data.eval, data.collate_fn)
     metrics = trainer.evaluate()
     if trainer.is_main:
@@ -156,7 +193,7 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluate saved prompts on the config's eval split")
     add_config_args(ev)
-    ev.add_argument("--prompts", required=True, metavar="DIR", help="prompt folder (a run's best/ or last/)")
+    ev.add_argument("--prompts", metavar="DIR", help="prompt folder (a run's best/ or last/); not needed by methods that train nothing")
     ev.set_defaults(func=lambda a: cmd_eval(recipe, a))
 
     for _, command in COMMANDS.items():

@@ -134,9 +134,15 @@ class MethodChoice:
     """Marks a config field whose value is a method config chosen by its ``method:`` key (see :func:`method_config`).
 
     :func:`promptcore.config.from_dict` calls :meth:`resolve` to pick the dataclass to build.
+
+    Attributes:
+        kind: the kind of methods the field admits.
+        default: the method of a section without a ``method`` key (its config class's ``method`` defaults to
+            it), or None to require the key.
     """
 
     kind: str
+    default: str | None = None
 
     def names(self) -> list[str]:
         return method_names(self.kind)
@@ -149,7 +155,7 @@ class MethodChoice:
         """``(config class, None)`` for the method ``value['method']`` names, else ``(None, error message)``."""
         known = self.names()
         listing = ", ".join(map(repr, known)) or "none registered"
-        method = value.get("method")
+        method = value.get("method", self.default)
         if method is None:
             return None, f"{path}.method: required to choose the method; one of {listing}"
         if method not in known:
@@ -159,8 +165,9 @@ class MethodChoice:
         return METHODS.get(method).config_class, None
 
 
-def method_config(kind: str) -> Any:
-    """The type of a run config's ``prompt:`` field: any registered ``kind`` method's config, chosen by ``method``.
+def method_config(kind: str, default: str | None = None) -> Any:
+    """The type of a run config's ``prompt:`` field: any registered ``kind`` method's config, chosen by ``method``
+    (``default`` when the section has no ``method`` key; required when ``default`` is None).
 
     Example::
 
@@ -168,7 +175,7 @@ def method_config(kind: str) -> Any:
         class VisionRunConfig:
             prompt: method_config("vision")
     """
-    return Annotated[Any, MethodChoice(kind)]
+    return Annotated[Any, MethodChoice(kind, default)]
 
 
 __all__ = [

@@ -34,3 +34,32 @@ def test_import_promptcore_loads_no_heavy_library():
     code = "import sys, promptcore; print(sorted({m.split('.')[0] for m in sys.modules} & %r))" % HEAVY
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# ----- textpt: one method, one file ---------------------------------------------------------------------------------
+# The package's front (its namespace, CLI, run config default and PEFT's prompt-tuning format) names methods; the
+# framework modules (model, tasks, padding, data, loading, ...) never do, so a method is added or removed as one file.
+TEXTPT_FRONT = {"__init__", "__main__", "cli", "run_config", "peft_interop"}
+
+
+def local_imports(path: Path) -> set[str]:
+    """The sibling modules a package module imports (``from .x import ...``, ``from . import x``)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            names.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
+    return names
+
+
+def registers_a_method(path: Path) -> bool:
+    calls = (n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call))
+    return any(getattr(c.func, "id", None) == "register_method" for c in calls)
+
+
+def test_textpt_framework_modules_import_no_method():
+    modules = {p.stem: p for p in (ROOT / "textpt").glob("*.py")}
+    methods = {name for name, path in modules.items() if registers_a_method(path)}
+    assert {"prompt_tuning", "p_tuning", "prefix", "linear_probe", "zero_shot"} <= methods
+    framework = set(modules) - methods - TEXTPT_FRONT
+    assert {"model", "tasks", "config", "padding", "data", "loading"} <= framework
+    assert {name: sorted(local_imports(modules[name]) & methods) for name in framework if local_imports(modules[name]) & methods} == {}

@@ -1,42 +1,54 @@
-"""textpt: prompt tuning, P-tuning and prefix tuning for frozen Hugging Face text models.
+"""textpt: prompt tuning, P-tuning and prefix tuning for frozen Hugging Face text models, and their baselines.
 
 Five lines::
 
     import textpt
     model, tok = textpt.load_model_and_tokenizer(textpt.TextModelConfig("hf:HuggingFaceTB/SmolLM2-135M"))
-    pt = textpt.wrap(model, textpt.TextPromptConfig(num_tokens=20, init="text", init_text="Summarize:"), tokenizer=tok)
+    pt = textpt.wrap(model, textpt.PromptTuningConfig(num_tokens=20, init="text", init_text="Summarize:"), tokenizer=tok)
     loss = pt.training_step({"input_ids": ..., "attention_mask": ..., "lm_labels": ...})
     new_tokens = pt.generate(ids, mask, max_new_tokens=20)
 
-``promptcore.wrap(model, TextPromptConfig(...))`` works too (without a tokenizer: no ``text``/``labels`` init, no
+Each method is one file with its config class and its model, registered by name (``method:`` in YAML):
+``prompt_tuning`` (:class:`PromptTuningConfig`), ``p_tuning`` (:class:`PTuningConfig`), ``prefix``
+(:class:`PrefixConfig`), and the baselines ``linear_probe`` (:class:`LinearProbeConfig`) and ``zero_shot``
+(:class:`ZeroShotConfig`). A new method is a file that subclasses :class:`TextMethodConfig` (or
+:class:`SoftPromptConfig`) and :class:`TextPromptedModel` (or :class:`SoftPromptedModel`), then calls
+``promptcore.register_method(name, Config, Model, kind="text")``; the tasks (causal LM, seq2seq, encoder
+classification) are :mod:`textpt.tasks`'s.
+
+``promptcore.wrap(model, PromptTuningConfig(...))`` works too (without a tokenizer: no ``text``/``labels`` init, no
 verbalizer, pad id 0).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from torch import nn
 
 import promptcore
-from promptcore import register_method
 
 from . import assets  # noqa: F401  (registers the text assets)
-from .config import TextModelConfig, TextPromptConfig
+from .config import SoftPromptConfig, TextMethodConfig, TextModelConfig
+from .linear_probe import LinearProbeConfig, LinearProbeModel
 from .loading import ModelLoadError, load_model_and_tokenizer, load_tokenizer, tiny_tokenizer
-from .model import TextPromptedModel
-from .p_tuning import PTuningModel
-from .prefix import PrefixModel
-from .prompt_tuning import PromptTuningModel
+from .model import SoftPromptedModel, TextPromptedModel
+from .p_tuning import PTuningConfig, PTuningModel
+from .prefix import PrefixConfig, PrefixModel
+from .prompt_tuning import PromptTuningConfig, PromptTuningModel
+from .zero_shot import ZeroShotConfig, ZeroShotModel
+
 
 def wrap(
-    backbone: nn.Module, config: TextPromptConfig, tokenizer: Any = None, task: str | None = None, name: str | None = None
+    backbone: nn.Module, config: TextMethodConfig, tokenizer: Any = None, task: str | None = None, name: str | None = None
 ) -> TextPromptedModel:
-    """Puts the prompts ``config`` describes on a frozen transformers model.
+    """Puts the method ``config`` describes on a frozen transformers model.
 
     Args:
         backbone: the model (``load_model_and_tokenizer`` gives one); its parameters are frozen.
-        config: the prompt config; ``config.method`` chooses the class.
+        config: a registered text method's config (``PromptTuningConfig(...)``, ``PrefixConfig(...)`` ...); its
+            ``method`` chooses the model class.
         tokenizer: needed for ``text``/``labels`` inits, verbalizers, the pad id and the padding side.
         task: ``causal_lm``, ``seq2seq`` or ``seq_cls``; inferred from the backbone when ``None``.
         name: the backbone's name for prompt files (default: its ``name_or_path``).
@@ -44,19 +56,37 @@ def wrap(
     return promptcore.wrap(backbone, config, tokenizer=tokenizer, task=task, name=name)
 
 
-register_method("prompt_tuning", TextPromptConfig, PromptTuningModel, kind="text", summary="prompt tuning (Lester et al. 2021)")
-register_method("p_tuning", TextPromptConfig, PTuningModel, kind="text", summary="P-tuning: prompts from an MLP/LSTM encoder (Liu et al. 2021)")
-register_method("prefix", TextPromptConfig, PrefixModel, kind="text", summary="prefix tuning / deep prompts (Li & Liang 2021)")
+def __getattr__(name: str) -> Any:
+    # The one flat config of every method became a config class per method; the old name stays for code written
+    # before, as prompt tuning's config (its default method).
+    if name == "TextPromptConfig":
+        warnings.warn(
+            "textpt.TextPromptConfig is now textpt.PromptTuningConfig; P-tuning and prefix tuning have their own "
+            "PTuningConfig and PrefixConfig",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return PromptTuningConfig
+    raise AttributeError(f"module 'textpt' has no attribute {name!r}")
 
 
 __all__ = [
+    "LinearProbeConfig",
+    "LinearProbeModel",
     "ModelLoadError",
+    "PTuningConfig",
     "PTuningModel",
+    "PrefixConfig",
     "PrefixModel",
+    "PromptTuningConfig",
     "PromptTuningModel",
+    "SoftPromptConfig",
+    "SoftPromptedModel",
+    "TextMethodConfig",
     "TextModelConfig",
-    "TextPromptConfig",
     "TextPromptedModel",
+    "ZeroShotConfig",
+    "ZeroShotModel",
     "load_model_and_tokenizer",
     "load_tokenizer",
     "tiny_tokenizer",

@@ -8,6 +8,12 @@ runs (how to build the model and the data from a :class:`textpt.run_config.TextR
     textpt eval -c configs/smoke/textpt_tiny.yaml --prompts runs/tiny/best
     textpt generate -c configs/smoke/textpt_tiny.yaml --prompts runs/tiny/best "a good movie" "a boring film"
 
+The baselines are methods too: ``linear_probe`` trains only a head, ``zero_shot`` trains nothing (``textpt eval``
+and ``generate`` run it without ``--prompts``)::
+
+    textpt train -c configs/textpt/minilm_linear_probe.yaml -o runs/minilm-probe
+    textpt eval -c configs/smoke/textpt_tiny.yaml --set "prompt={method: zero_shot}"
+
 Everything here is a few calls a user can make in Python: ``load_model_and_tokenizer``, ``textpt.wrap``,
 ``build_text_data``.
 """
@@ -15,21 +21,22 @@ Everything here is a few calls a user can make in Python: ``load_model_and_token
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from typing import Sequence
 
 import torch
 
 from promptcore import load_config, read_prompt_config
-from promptcore.cli import Command, add_config_args, register_command
+from promptcore.cli import Command, add_config_args, load_prompts_option, register_command
 from promptcore.recipe import DataBundle
 
 from . import wrap
-from .data import ExampleEncoder, TextCollator, build_text_data, input_budget, layout_for, load_raw, pad_token_id
+from .data import ExampleEncoder, TextCollator, build_text_data, dataset_label_names, input_budget, load_raw
 from .loading import load_model_and_tokenizer, model_max_length
 from .model import TextPromptedModel
+from .padding import pad_token_id
 from .run_config import TextRunConfig
+from .tasks import TASKS
 
 
 class TextRecipe:
@@ -39,8 +46,9 @@ class TextRecipe:
     config_class = TextRunConfig
 
     def build_model(self, cfg: TextRunConfig) -> TextPromptedModel:
-        """The frozen model and tokenizer by name, wrapped with the prompt config (and ``model.checkpoint``'s
-        prompts loaded when set)."""
+        """The frozen model and tokenizer by name, wrapped with the resolved prompt config (and
+        ``model.checkpoint``'s prompts loaded when set)."""
+        cfg = cfg.resolved()
         backbone, tokenizer = load_model_and_tokenizer(cfg.model)
         model = wrap(backbone, cfg.prompt, tokenizer=tokenizer, task=cfg.model.task, name=cfg.model.name)
         if cfg.model.checkpoint is not None:
@@ -49,6 +57,7 @@ class TextRecipe:
 
     def build_data(self, cfg: TextRunConfig, model: TextPromptedModel) -> DataBundle:
         """Train/eval datasets tokenized with the model's tokenizer, within the room the prompt leaves."""
+        cfg = cfg.resolved()
         return build_text_data(
             cfg.data,
             model.tokenizer,
@@ -70,22 +79,24 @@ class TextRecipe:
         """``textpt generate``: prints each input, then its generation or its classes by probability."""
         if args.max_new_tokens <= 0:
             raise ValueError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
-        cfg = load_config(TextRunConfig, args.config, args.overrides)
+        cfg = load_config(TextRunConfig, args.config, args.overrides).resolved()
         if not 0 <= args.task < cfg.prompt.num_tasks:
             raise ValueError(f"--task {args.task} is not a task of the prompt bank; give 0..{cfg.prompt.num_tasks - 1}")
-        read_prompt_config(args.prompts)  # a missing or foreign folder fails here, before the model loads
+        if args.prompts is not None:
+            read_prompt_config(args.prompts)  # a missing or foreign folder fails here, before the model loads
         model = self.build_model(cfg)
-        model.load_prompts(args.prompts)
+        load_prompts_option(model, args.prompts)
         model.eval()
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model.to(device)
         batch = self.encode_texts(cfg, model, args.texts)
         batch = {k: v.to(device) for k, v in batch.items()}
         batch["task_ids"] = torch.full((len(args.texts),), args.task, dtype=torch.long, device=device)
-        layout = layout_for(cfg.model.task, cfg.prompt.verbalizer, cfg.data.target_column)
+        layout = TASKS.get(cfg.model.task).layout(cfg.prompt.verbalizer, cfg.data.target_column)
         if layout == "classification" or (layout == "seq2seq" and cfg.data.target_column is None):
             names = self.class_names(cfg)
-            probs = class_probabilities(model, batch, layout, cfg.prompt.verbalizer)
+            with torch.no_grad():
+                probs = model.class_logits(batch["input_ids"], batch["attention_mask"], batch["task_ids"]).float().softmax(-1)
             for i, text in enumerate(args.texts):
                 print(f"[{i + 1}] {text}")
                 for c in probs[i].argsort(descending=True).tolist():
@@ -112,29 +123,8 @@ class TextRecipe:
             return [w.strip() for w in cfg.prompt.verbalizer]
         if cfg.data.label_names:
             return list(cfg.data.label_names)
-        raw = load_raw(cfg.data)["train"]
-        feature = raw.features.get(cfg.data.label_column) if cfg.data.label_column else None
-        if hasattr(feature, "names"):
-            return list(feature.names)
-        return [f"class {i}" for i in range(cfg.prompt.num_classes)]
-
-
-@torch.no_grad()
-def class_probabilities(model: TextPromptedModel, batch: dict[str, torch.Tensor], layout: str, verbalizer: list[str] | None) -> torch.Tensor:
-    """``[B, C]`` class probabilities: softmax of the class logits (``seq_cls``, causal-LM verbalizer scores), or
-    for ``seq2seq`` of each verbalizer word's summed target log-probability."""
-    ids, mask, tasks = batch["input_ids"], batch["attention_mask"], batch.get("task_ids")
-    if layout == "classification":
-        return model.class_logits(ids, mask, tasks).float().softmax(-1)
-    tokenizer = model.tokenizer
-    scores = []
-    for word in verbalizer:
-        target = torch.tensor(tokenizer(word.strip(), add_special_tokens=True)["input_ids"], device=ids.device)
-        lm_labels = target.expand(ids.shape[0], -1)
-        logits, targets = model.lm_outputs({"input_ids": ids, "attention_mask": mask, "task_ids": tasks, "lm_labels": lm_labels})
-        logp = logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1))[..., 0]
-        scores.append(logp.sum(-1))
-    return torch.stack(scores, dim=-1).softmax(-1)
+        names = dataset_label_names(load_raw(cfg.data)["train"], cfg.data.label_column)
+        return names or [f"class {i}" for i in range(cfg.prompt.num_classes)]
 
 
 def _generate_arguments(p: argparse.ArgumentParser) -> None:
@@ -144,7 +134,7 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
         "classes (seq_cls, and causal_lm / seq2seq with a verbalizer)."
     )
     add_config_args(p)
-    p.add_argument("--prompts", required=True, help="prompt folder (a run's best/ or last/)")
+    p.add_argument("--prompts", help="prompt folder (a run's best/ or last/); not needed by methods that train nothing")
     p.add_argument("texts", nargs="+", help="input texts (the template's text field)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate per text (default 32)")
     p.add_argument("--task", type=int, default=0, help="task id of a prompt bank (default 0)")
@@ -164,4 +154,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     return shared_main(TextRecipe(), list(sys.argv[1:] if argv is None else argv))
 
 
-__all__ = ["TextRecipe", "class_probabilities", "main"]
+__all__ = ["TextRecipe", "main"]

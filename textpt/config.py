@@ -1,5 +1,8 @@
 """Typed configs of the text side: which model to load (:class:`TextModelConfig`, the run config's ``model:``
-section) and which prompts to put on it (:class:`TextPromptConfig`, the ``prompt:`` section).
+section) and the bases of the method configs (the ``prompt:`` section): :class:`TextMethodConfig` for every text
+method, :class:`SoftPromptConfig` for the methods that train prompt tokens. Each method's own config lives in the
+method's file (:mod:`textpt.prompt_tuning`, :mod:`textpt.p_tuning`, :mod:`textpt.prefix`,
+:mod:`textpt.linear_probe`, :mod:`textpt.zero_shot`).
 
 Each ``__post_init__`` rejects a bad value with ``ValueError("field: message")`` so that
 :func:`promptcore.config.load_config` reports it next to the other problems of the file.
@@ -8,10 +11,11 @@ Each ``__post_init__`` rejects a bad value with ``ValueError("field: message")``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, get_args
+
+from promptcore.methods import METHODS
 
 TaskName = Literal["causal_lm", "seq2seq", "seq_cls"]
-MethodName = Literal["prompt_tuning", "prefix", "p_tuning"]
 InitName = Literal["random", "normal", "vocab", "text", "labels"]
 
 DTYPES: tuple[str, ...] = ("float32", "float64", "bfloat16", "float16")
@@ -58,64 +62,32 @@ class TextModelConfig:
 
 
 @dataclass
-class TextPromptConfig:
-    """Soft prompts for a text model.
+class TextMethodConfig:
+    """The base of every text method's config (a run config's ``prompt:`` section, whose ``method:`` chooses the
+    class among the registered text methods).
+
+    A method's config subclasses this one (or :class:`SoftPromptConfig`, for methods that train prompt tokens),
+    declares ``method: Literal["its_name"] = "its_name"`` and adds its own fields.
 
     Attributes:
-        method: ``prompt_tuning`` (shallow virtual tokens before the input, Lester et al. 2021), ``p_tuning`` (the
-            same tokens produced by an MLP/LSTM encoder while training, folded into plain embeddings when saved;
-            Liu et al. 2021) or ``prefix`` (learned keys and values in every attention layer, Li & Liang 2021 /
-            P-Tuning v2; causal LMs).
-        num_tokens: prompt length.
-        init: ``random``/``normal`` (N(0, init_std²)), ``vocab`` (embeddings of randomly sampled vocabulary
-            tokens), ``text`` (the embeddings of ``init_text``, repeated to ``num_tokens``) or ``labels`` (the
-            embeddings of the verbalizer's words, as Lester et al. do). For ``prefix`` the token inits run the
-            tokens through the frozen model and start from their keys and values.
-        init_text: the text for ``init: text``.
-        init_std: the standard deviation of the random init (for ``prefix`` it is relative to the model's key
-            and value scale when 0; an absolute value otherwise).
-        reparam: P-tuning's encoder, ``mlp`` or ``lstm`` (``p_tuning`` only).
-        reparam_hidden: the encoder's hidden width (default: the model's width).
-        num_tasks: size of the prompt bank; batches then carry per-sample ``task_ids``.
-        num_classes: classes of a classification task (``seq_cls``, or ``causal_lm`` with a verbalizer).
-        verbalizer: one label word per class for causal-LM classification (``[" negative", " positive"]``). Each
-            word is tokenized as written; a word of several tokens scores the sum of its tokens' log-probabilities.
-        fast: the shared-prefix path for shallow prompts on decoder-only models (the prompt's keys and values are
-            computed once per step and shared by the batch); ``auto`` uses it where it applies, ``on`` requires
-            it, ``off`` always concatenates embeddings (the reference path). Both give the same numbers.
-        seed: seed of the random inits.
+        method: the method's registered name.
+        num_classes: classes of a classification task (``seq_cls``, or a causal LM scoring a verbalizer); defaults
+            to the verbalizer's length.
+        verbalizer: one label word per class (``[" negative", " positive"]``): a causal LM classifies by scoring
+            them after the input, a seq2seq model learns to write them. Each word is tokenized as written; a word
+            of several tokens scores the sum of its tokens' log-probabilities.
+        seed: seed of the method's random initialisations (its prompts, a ``seq_cls`` head).
+        tasks: (class attribute) the model tasks the method runs on.
     """
 
-    method: MethodName = "prompt_tuning"
-    num_tokens: int = 20
-    init: InitName = "random"
-    init_text: str | None = None
-    init_std: float = 0.02
-    reparam: Literal["mlp", "lstm"] | None = None
-    reparam_hidden: int | None = None
-    num_tasks: int = 1
+    tasks: ClassVar[tuple[str, ...]] = get_args(TaskName)
+
+    method: str = ""
     num_classes: int | None = None
     verbalizer: list[str] | None = None
-    fast: Literal["auto", "on", "off"] = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.num_tokens <= 0:
-            raise ValueError(f"num_tokens: must be a positive prompt length, got {self.num_tokens}")
-        if self.num_tasks <= 0:
-            raise ValueError(f"num_tasks: must be at least 1, got {self.num_tasks}")
-        if self.init_std <= 0:
-            raise ValueError(f"init_std: must be positive, got {self.init_std}")
-        if self.init == "text" and not (self.init_text or "").strip():
-            raise ValueError("init_text: init 'text' needs a non-empty init_text, e.g. 'Classify the sentiment of this review:'")
-        if self.init == "labels" and not self.verbalizer:
-            raise ValueError("verbalizer: init 'labels' starts from the verbalizer's words; give verbalizer: [word per class]")
-        if self.method == "p_tuning" and self.reparam is None:
-            self.reparam = "mlp"
-        if self.reparam is not None and self.method != "p_tuning":
-            raise ValueError(f"reparam: only method 'p_tuning' has a reparameterisation encoder, not {self.method!r}; use method: p_tuning")
-        if self.reparam is not None and self.num_tasks > 1:
-            raise ValueError("num_tasks: a prompt bank (num_tasks > 1) holds plain prompts; P-tuning's encoder is for one task")
         if self.verbalizer is not None:
             if not self.verbalizer or any(not isinstance(w, str) or not w.strip() for w in self.verbalizer):
                 raise ValueError(f"verbalizer: give one non-empty word per class, found {self.verbalizer!r}")
@@ -127,3 +99,54 @@ class TextPromptConfig:
                 )
         if self.num_classes is not None and self.num_classes < 2:
             raise ValueError(f"num_classes: a classifier needs at least 2 classes, got {self.num_classes}")
+
+    @property
+    def num_tasks(self) -> int:
+        """Prompts in the method's bank: one (the methods with a bank, :class:`SoftPromptConfig`'s, make it a field)."""
+        return 1
+
+    def check_task(self, task: str, target_column: str | None = None) -> None:
+        """Raises ``ValueError("field: ...")`` when the method cannot run a ``task`` model on data whose targets are
+        ``target_column`` (``None``: class labels). Called when a model is wrapped and when a run config is checked.
+        """
+        if task not in self.tasks:
+            others = [n for n, m in METHODS.items() if m.kind == "text" and task in getattr(m.config_class, "tasks", ())]
+            raise ValueError(
+                f"method: {self.method} is implemented for {' and '.join(self.tasks)} models, not {task}; a {task} "
+                f"model runs {', '.join(others) or 'no registered method'}"
+            )
+
+
+@dataclass
+class SoftPromptConfig(TextMethodConfig):
+    """The base of the configs of methods that train ``num_tokens`` prompt positions (prompt tuning, P-tuning,
+    prefix).
+
+    Attributes:
+        num_tokens: prompt length.
+        init: ``random``/``normal`` (N(0, init_std²)), ``vocab`` (embeddings of randomly sampled vocabulary
+            tokens), ``text`` (the embeddings of ``init_text``, repeated to ``num_tokens``) or ``labels`` (the
+            embeddings of the verbalizer's words, as Lester et al. do).
+        init_text: the text for ``init: text``.
+        init_std: the standard deviation of the random init.
+        num_tasks: size of the prompt bank; batches then carry per-sample ``task_ids``.
+    """
+
+    num_tokens: int = 20
+    init: InitName = "random"
+    init_text: str | None = None
+    init_std: float = 0.02
+    num_tasks: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_tokens <= 0:
+            raise ValueError(f"num_tokens: must be a positive prompt length, got {self.num_tokens}")
+        if self.num_tasks <= 0:
+            raise ValueError(f"num_tasks: must be at least 1, got {self.num_tasks}")
+        if self.init_std <= 0:
+            raise ValueError(f"init_std: must be positive, got {self.init_std}")
+        if self.init == "text" and not (self.init_text or "").strip():
+            raise ValueError("init_text: init 'text' needs a non-empty init_text, e.g. 'Classify the sentiment of this review:'")
+        if self.init == "labels" and not self.verbalizer:
+            raise ValueError("verbalizer: init 'labels' starts from the verbalizer's words; give verbalizer: [word per class]")

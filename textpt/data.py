@@ -29,11 +29,11 @@ from torch.utils.data import Dataset
 
 from promptcore.recipe import DataBundle
 
+from .padding import pad_token_id, repad
 from .synthetic import SyntheticTexts
+from .tasks import IGNORE_INDEX, TASKS, Layout, label_word_target
 
 Source = Literal["synthetic", "hf", "csv", "json", "parquet", "asset"]
-Layout = Literal["classification", "causal_lm", "seq2seq", "inputs"]
-IGNORE_INDEX = -100  # the label value torch's cross-entropy skips
 
 
 @dataclass
@@ -435,10 +435,10 @@ class ExampleEncoder:
             return list(ids) + ([eos] if eos is not None else [])
         if self.layout != "seq2seq":
             return []
-        # T5-style targets: the tokenizer adds the end-of-sequence token itself; the verbalizer's leading space
-        # (there for BPE vocabularies) is not part of a seq2seq target.
-        text = self._render(self.target_template, row) if self.target_column else self.verbalizer[label].strip()
-        ids = list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        if self.target_column:
+            ids = list(self.tokenizer(self._render(self.target_template, row), add_special_tokens=True)["input_ids"])
+        else:
+            ids = label_word_target(self.tokenizer, self.verbalizer[label])
         if len(ids) > self.max_target_length:
             ids = ids[: self.max_target_length - 1] + ids[-1:]
         return ids
@@ -469,23 +469,6 @@ class ExampleEncoder:
 
 
 # ----- batching -------------------------------------------------------------------------------------------------
-def pad_token_id(tokenizer: Any) -> int:
-    """The id used for padding: the tokenizer's pad token, else its end-of-sequence token (padding is masked out,
-    so any valid id gives the same numbers).
-
-    Raises:
-        ValueError: the tokenizer has neither.
-    """
-    for attr in ("pad_token_id", "eos_token_id"):
-        value = getattr(tokenizer, attr, None)
-        if value is not None:
-            return int(value)
-    raise ValueError(
-        f"{type(tokenizer).__name__} has neither a pad token nor an end-of-sequence token to pad with; set one, e.g. "
-        f"tokenizer.add_special_tokens({{'pad_token': '<pad>'}}) and resize the model's embeddings"
-    )
-
-
 @dataclass
 class TextCollator:
     """Pads encoded examples into a batch of tensors.
@@ -504,56 +487,18 @@ class TextCollator:
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if self.padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
-        ids = [e["input_ids"] for e in examples]
-        batch = {
-            "input_ids": self._pad(ids, self.pad_token_id, self.padding_side),
-            "attention_mask": self._pad([[1] * len(x) for x in ids], 0, self.padding_side),
-        }
+        input_ids, attention_mask = repad([e["input_ids"] for e in examples], self.pad_token_id, self.padding_side, torch.device("cpu"))
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
         if "lm_labels" in examples[0]:
             side = self.padding_side if self.labels_aligned else "right"
-            batch["lm_labels"] = self._pad([e["lm_labels"] for e in examples], IGNORE_INDEX, side)
+            batch["lm_labels"] = repad([e["lm_labels"] for e in examples], IGNORE_INDEX, side, torch.device("cpu"))[0]
         for key in ("labels", "task_ids"):
             if key in examples[0]:
                 batch[key] = torch.tensor([e[key] for e in examples], dtype=torch.long)
         return batch
 
-    @staticmethod
-    def _pad(seqs: list[list[int]], value: int, side: str) -> torch.Tensor:
-        width = max(len(s) for s in seqs)
-        out = torch.full((len(seqs), width), value, dtype=torch.long)
-        for row, s in enumerate(seqs):
-            if s:
-                if side == "right":
-                    out[row, : len(s)] = torch.tensor(s)
-                else:
-                    out[row, width - len(s) :] = torch.tensor(s)
-        return out
-
 
 # ----- one call for a run ---------------------------------------------------------------------------------------
-def layout_for(task: str, verbalizer: list[str] | None, target_column: str | None) -> Layout:
-    """The batch layout of a model task: ``seq_cls`` classifies; ``causal_lm`` learns ``target_column`` when it
-    is set and else scores the verbalizer's words; ``seq2seq`` learns targets (texts or verbalizer words).
-
-    Raises:
-        ValueError: ``causal_lm`` with neither a verbalizer nor a target column.
-    """
-    if task == "seq_cls":
-        return "classification"
-    if task == "seq2seq":
-        return "seq2seq"
-    if task != "causal_lm":
-        raise ValueError(f"unknown model task {task!r}; expected causal_lm, seq2seq or seq_cls")
-    if target_column is not None:
-        return "causal_lm"
-    if verbalizer:
-        return "classification"
-    raise ValueError(
-        "model.task causal_lm needs prompt.verbalizer (one word per class, to classify by scoring them) or "
-        "data.target_column (target texts, to train generation)"
-    )
-
-
 def build_text_data(
     cfg: TextDataConfig,
     tokenizer: Any,
@@ -583,7 +528,7 @@ def build_text_data(
         ``rows``, ``truncated`` and ``skipped`` counts.
     """
     raw = load_raw(cfg) if raw is None else raw
-    layout = layout_for(task, verbalizer, cfg.target_column)
+    layout = TASKS.get(task).layout(verbalizer, cfg.target_column)
     label_names = cfg.label_names or dataset_label_names(raw["train"], cfg.label_column)
     encoder = ExampleEncoder(
         tokenizer,
@@ -655,7 +600,6 @@ __all__ = [
     "build_text_data",
     "dataset_label_names",
     "input_budget",
-    "layout_for",
     "load_raw",
     "pad_token_id",
     "synthetic_class_names",

@@ -12,9 +12,15 @@ Two uses share this plumbing:
 
 The training prefix is a :class:`PrefixLayer` cache: it prepends its keys and values to each call's and stores
 nothing, so a layer re-run by gradient checkpointing sees exactly what it saw the first time.
+
+A cache reaches a model through the keyword its ``forward`` names (:func:`cache_argument`): ``cache`` in the
+transformers releases that renamed it, ``past_key_values`` (deprecated there) in the earlier ones the package
+supports.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 from torch import nn
@@ -46,6 +52,17 @@ class _RecordingLayer(DynamicLayer):
         return key_states, value_states
 
 
+def accepts(module: nn.Module, name: str) -> bool:
+    """Whether ``module.forward`` takes the keyword argument ``name``."""
+    return name in inspect.signature(module.forward).parameters
+
+
+def cache_argument(module: nn.Module) -> str:
+    """The keyword a transformers model takes its key/value cache by: ``cache`` where ``forward`` names it (the
+    supported API of the installed releases), else ``past_key_values`` (releases before the rename)."""
+    return "cache" if accepts(module, "cache") else "past_key_values"
+
+
 def num_layers(backbone: nn.Module) -> int:
     """Decoder layers of a transformers model (read from its config)."""
     return int(backbone.config.get_text_config(decoder=True).num_hidden_layers)
@@ -65,7 +82,8 @@ def prompt_key_values(backbone: nn.Module, prompt_embeds: torch.Tensor) -> KeyVa
     cache = Cache(layers=[_RecordingLayer() for _ in range(num_layers(backbone))])
     positions = torch.arange(n, device=prompt_embeds.device).unsqueeze(0).expand(t, -1)
     mask = torch.ones(t, n, dtype=torch.long, device=prompt_embeds.device)
-    decoder_of(backbone)(inputs_embeds=prompt_embeds, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+    decoder = decoder_of(backbone)
+    decoder(inputs_embeds=prompt_embeds, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_argument(decoder): cache})
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 

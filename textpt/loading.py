@@ -11,6 +11,7 @@ from torch import nn
 
 from .config import TextModelConfig
 from .synthetic import SYNTHETIC_WORDS
+from .tasks import TASKS
 
 logger = logging.getLogger(__name__)
 
@@ -23,21 +24,6 @@ TINY_WORDS = (
     "german summary summarize text label one two three four five six seven eight nine ten . , : ; ! ? ' \" ( ) -"
 ).split() + list(SYNTHETIC_WORDS)
 TINY_SPECIALS = ("<unk>", "<s>", "</s>")
-
-# Tiny ``random:`` model configs (``model.kwargs``) for tests and smoke runs: two layers, width 32.
-TINY_CONFIGS: dict[str, dict[str, Any]] = {
-    "llama": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2},
-    "gpt2": {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 128},
-    "t5": {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2, "num_decoder_layers": 2, "num_heads": 4},
-    "bert": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 128},
-}
-
-_TASK_CLASSES = {
-    "causal_lm": "AutoModelForCausalLM",
-    "seq2seq": "AutoModelForSeq2SeqLM",
-    "seq_cls": "AutoModel",
-}
-
 
 class ModelLoadError(ValueError):
     """A model name that cannot be resolved or a model that cannot carry prompts."""
@@ -127,7 +113,7 @@ def _random_model(model_type: str, task: str, kwargs: dict[str, Any], vocab_size
             f"random:{model_type} has vocab_size {config.vocab_size} but its tokenizer has {vocab_size} tokens; "
             f"raise model.kwargs.vocab_size to at least {vocab_size}"
         )
-    cls = getattr(transformers, _TASK_CLASSES[task])
+    cls = getattr(transformers, TASKS.get(task).auto_class)
     return cls.from_config(config)
 
 
@@ -152,7 +138,7 @@ def load_model_and_tokenizer(cfg: TextModelConfig) -> tuple[nn.Module, Any]:
         folder = _folder(kind, target)
         tok_kwargs = {k: v for k, v in cfg.kwargs.items() if k in ("gguf_file", "revision")} if cfg.tokenizer is None else {}
         tokenizer = load_tokenizer(tok_name, cfg.padding_side, **tok_kwargs)
-        cls = getattr(transformers, _TASK_CLASSES[cfg.task])
+        cls = getattr(transformers, TASKS.get(cfg.task).auto_class)
         model = cls.from_pretrained(folder, dtype=dtype, **cfg.kwargs)
     model = model.to(dtype)
     check_prompt_ready(model, cfg.name)

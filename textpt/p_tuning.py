@@ -8,10 +8,47 @@ path, generation) is prompt tuning's, which is why this method is a thin subclas
 
 from __future__ import annotations
 
-from .prompt_tuning import PromptTuningModel
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import nn
+
+from promptcore import SoftPrompt, register_method
+
+from .prompt_tuning import PromptTuningConfig, PromptTuningModel
+
+
+@dataclass
+class PTuningConfig(PromptTuningConfig):
+    """P-tuning (``method: p_tuning``): prompt tuning's fields plus the encoder.
+
+    Attributes:
+        reparam: the encoder, ``mlp`` or ``lstm`` (a bidirectional LSTM followed by an MLP, as in the paper).
+        reparam_hidden: the encoder's hidden width (default: the model's width).
+    """
+
+    method: Literal["p_tuning"] = "p_tuning"
+    reparam: Literal["mlp", "lstm"] = "mlp"
+    reparam_hidden: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_tasks > 1:
+            raise ValueError("num_tasks: a prompt bank (num_tasks > 1) holds plain prompts; P-tuning's encoder is for one task")
+        if self.reparam_hidden is not None and self.reparam_hidden <= 0:
+            raise ValueError(f"reparam_hidden: must be a positive width or null, got {self.reparam_hidden}")
 
 
 class PTuningModel(PromptTuningModel):
     """Prompt tuning with P-tuning's reparameterisation encoder (``config.reparam``, default ``mlp``)."""
 
     method = "p_tuning"
+    config: PTuningConfig
+
+    def _build_prompts(self) -> nn.Module:
+        return SoftPrompt(
+            self.config.num_tokens, self.dim, reparam=self.config.reparam, reparam_hidden=self.config.reparam_hidden, **self._init_kwargs()
+        )
+
+
+register_method("p_tuning", PTuningConfig, PTuningModel, kind="text", summary="P-tuning: prompts from an MLP/LSTM encoder (Liu et al. 2021)")

@@ -24,9 +24,8 @@ from torch import nn
 from promptcore import PromptBank, PromptFileError
 from promptcore.io import atomic_dir
 
-from .config import TextPromptConfig
 from .fast_prefix import num_layers
-from .prompt_tuning import PromptTuningModel
+from .prompt_tuning import PromptTuningConfig, PromptTuningModel
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -107,7 +106,7 @@ def load_peft_adapter(backbone: nn.Module, directory: str | os.PathLike, tokeniz
         PromptFileError: the adapter is not prompt tuning, or its width does not match the backbone's.
     """
     weight, adapter = read_peft_adapter(directory)
-    model = PromptTuningModel(backbone, TextPromptConfig(method="prompt_tuning", num_tokens=int(weight.shape[0])), tokenizer, "causal_lm", name)
+    model = PromptTuningModel(backbone, PromptTuningConfig(num_tokens=int(weight.shape[0])), tokenizer, "causal_lm", name)
     if weight.shape[1] != model.dim:
         raise PromptFileError(
             f"PEFT adapter {directory}: prompt dim {weight.shape[1]} does not match backbone width {model.dim} "

@@ -12,31 +12,39 @@ run those tokens through the frozen model and start from their own keys and valu
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
-from promptcore import DeepSoftPrompt, PromptBank
+from promptcore import DeepSoftPrompt, PromptBank, register_method
 
-from .config import TextPromptConfig
+from .config import SoftPromptConfig
 from .fast_prefix import KeyValues, prompt_key_values
-from .model import TextPromptedModel
+from .model import SoftPromptedModel
 
 
-class PrefixModel(TextPromptedModel):
+@dataclass
+class PrefixConfig(SoftPromptConfig):
+    """Prefix tuning (``method: prefix``); the fields are :class:`textpt.config.SoftPromptConfig`'s. The token inits
+    (``vocab``, ``text``, ``labels``) run the tokens through the frozen model and start from their keys and values.
+    Causal LMs only (the prefix lives in the decoder's self-attention caches)."""
+
+    tasks: ClassVar[tuple[str, ...]] = ("causal_lm",)
+
+    method: Literal["prefix"] = "prefix"
+
+
+class PrefixModel(SoftPromptedModel):
     """Per-layer key/value prefixes on a frozen causal LM (arguments of :class:`textpt.model.TextPromptedModel`)."""
 
     method = "prefix"
     uses_prefix_cache = True
+    config: PrefixConfig
 
-    def __init__(self, backbone: nn.Module, config: TextPromptConfig, tokenizer: Any = None, task: str | None = None, name: str | None = None) -> None:
+    def __init__(self, backbone: nn.Module, config: PrefixConfig, tokenizer: Any = None, task: str | None = None, name: str | None = None) -> None:
         super().__init__(backbone, config, tokenizer, task, name)
-        if self.task != "causal_lm":
-            raise ValueError(
-                f"method: prefix is implemented for causal_lm models (decoder self-attention caches); task {self.task!r} "
-                f"supports prompt_tuning and p_tuning"
-            )
         with torch.no_grad():
             probe = prompt_key_values(backbone, self.embedding.weight[:1].unsqueeze(0))
         shapes = {tuple(k.shape[1:]) for k, _ in probe}
@@ -87,3 +95,6 @@ class PrefixModel(TextPromptedModel):
 
     def prompt_config(self) -> dict[str, Any]:
         return {**super().prompt_config(), "num_layers": self.num_layers, "kv_width": self.kv_heads * self.head_dim}
+
+
+register_method("prefix", PrefixConfig, PrefixModel, kind="text", summary="prefix tuning / deep prompts (Li & Liang 2021)")

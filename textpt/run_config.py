@@ -2,7 +2,12 @@
 ``train`` sections.
 
 Load it with ``promptcore.load_config(TextRunConfig, "run.yaml", overrides=["train.lr=0.3"])``; every problem of
-the file is reported at once, each naming its field.
+the file is reported at once, each naming its field. The ``prompt`` section is the config of the method its
+``method:`` names (any registered text method; ``prompt_tuning`` when the key is left out).
+
+Loading validates; it fills in nothing. :meth:`TextRunConfig.resolved` returns the config with the defaults that
+depend on other sections filled in (a new object; the loaded one is left as it is): the ``textpt`` CLI works with,
+and records in the run directory, the resolved config.
 """
 
 from __future__ import annotations
@@ -10,71 +15,90 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from promptcore.methods import method_config
 from promptcore.train_config import TrainConfig
 
-from .config import TextModelConfig, TextPromptConfig
-from .data import TextDataConfig, layout_for, synthetic_class_names
+from .config import TextMethodConfig, TextModelConfig
+from .data import TextDataConfig, synthetic_class_names
+from .prompt_tuning import PromptTuningConfig
+from .tasks import TASKS
 
 
 @dataclass
 class TextRunConfig:
     """A text prompt-tuning run.
 
-    The sections must agree on the task; checks across sections:
+    Defaults filled by :meth:`resolved` (on synthetic data only):
 
-    - ``seq_cls`` needs ``prompt.num_classes`` (or a verbalizer); on synthetic data it defaults to
-      ``data.num_classes``.
+    - without ``data.target_column`` and ``prompt.verbalizer``, a ``causal_lm`` or ``seq2seq`` run gets the class
+      keywords as its verbalizer, each after a space (``[" excellent", " terrible"]``);
+    - otherwise an unset ``prompt.num_classes`` becomes ``data.num_classes``.
+
+    Checks across sections (on the resolved config):
+
+    - the method runs the model's task (``prefix``: causal_lm; ``linear_probe``: seq_cls; ``zero_shot``:
+      causal_lm or seq2seq, with a verbalizer);
+    - ``seq_cls`` needs ``prompt.num_classes``;
     - ``causal_lm`` classifies when ``prompt.verbalizer`` is set and learns to write ``data.target_column``
-      otherwise (one of them, not both); ``seq2seq`` learns ``data.target_column`` or the verbalizer's words.
-    - On synthetic data without a target column, the verbalizer defaults to the class keywords, each after a
-      space (``[" excellent", " terrible"]``).
+      otherwise (one of them, not both); ``seq2seq`` learns ``data.target_column`` or the verbalizer's words;
+    - a prompt bank (``prompt.num_tasks > 1``) needs ``data.task_column``.
 
     Attributes:
         model: the frozen model and tokenizer.
-        prompt: the prompt method and its sizes.
+        prompt: the method's config, chosen by its ``method`` key.
         data: the data source, columns and template.
         train: the trainer's settings.
     """
 
     model: TextModelConfig
-    prompt: TextPromptConfig = field(default_factory=TextPromptConfig)
+    prompt: method_config("text", default="prompt_tuning") = field(default_factory=PromptTuningConfig)
     data: TextDataConfig = field(default_factory=TextDataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        task, prompt, data = self.model.task, self.prompt, self.data
-        if data.source == "synthetic":
-            if prompt.num_classes is not None and prompt.num_classes != data.num_classes:
-                raise ValueError(
-                    f"prompt.num_classes: {prompt.num_classes} does not match data.num_classes {data.num_classes} of "
-                    f"the synthetic data; make them equal (or drop prompt.num_classes)"
-                )
-            if prompt.verbalizer is None and data.target_column is None and task != "seq_cls":
-                words = [" " + name for name in synthetic_class_names(data)]
-                self.prompt = dataclasses.replace(prompt, verbalizer=words, num_classes=None)
-            elif prompt.num_classes is None:
-                self.prompt = dataclasses.replace(prompt, num_classes=data.num_classes)
-        prompt = self.prompt
-        if task == "seq_cls" and prompt.num_classes is None:
-            raise ValueError("prompt.num_classes: model.task seq_cls needs the number of classes (the head's size)")
-        if task == "causal_lm" and prompt.verbalizer and data.target_column is not None:
+        data = self.data
+        if data.source == "synthetic" and self.prompt.num_classes not in (None, data.num_classes):
             raise ValueError(
-                "prompt.verbalizer: with data.target_column set, a causal_lm run learns to write the targets, so it "
-                "takes no verbalizer; drop one of the two (verbalizer: classify; target_column: generate)"
+                f"prompt.num_classes: {self.prompt.num_classes} does not match data.num_classes {data.num_classes} of "
+                f"the synthetic data; make them equal (or drop prompt.num_classes)"
             )
-        try:
-            layout_for(task, prompt.verbalizer, data.target_column)
-        except ValueError as e:
-            raise ValueError(f"data.target_column: {e}") from None
-        if task == "seq2seq" and data.target_column is None and not prompt.verbalizer:
-            raise ValueError(
-                "prompt.verbalizer: a seq2seq run learns data.target_column or the verbalizer's words; set one of them"
-            )
-        if data.task_column is None and prompt.num_tasks > 1:
-            raise ValueError(
-                f"data.task_column: prompt.num_tasks is {prompt.num_tasks}, so batches need per-row task ids; name "
-                f"the column holding them"
-            )
+        _check(self.model.task, resolve_prompt(self.model.task, self.prompt, data), data)
+
+    def resolved(self) -> "TextRunConfig":
+        """This config with the defaults that depend on other sections filled in (itself when there are none)."""
+        prompt = resolve_prompt(self.model.task, self.prompt, self.data)
+        return self if prompt is self.prompt else dataclasses.replace(self, prompt=prompt)
 
 
-__all__ = ["TextRunConfig"]
+def resolve_prompt(task: str, prompt: TextMethodConfig, data: TextDataConfig) -> TextMethodConfig:
+    """``prompt`` with the synthetic data's defaults (see :class:`TextRunConfig`): a new config, or ``prompt`` itself
+    when nothing is filled in."""
+    if data.source != "synthetic":
+        return prompt
+    if TASKS.get(task).label_words and prompt.verbalizer is None and data.target_column is None:
+        return dataclasses.replace(prompt, verbalizer=[" " + name for name in synthetic_class_names(data)], num_classes=None)
+    if prompt.num_classes is None:
+        return dataclasses.replace(prompt, num_classes=data.num_classes)
+    return prompt
+
+
+def _check(task: str, prompt: TextMethodConfig, data: TextDataConfig) -> None:
+    """The checks across sections of a resolved run config; raises ``ValueError("section.field: ...")``."""
+    try:
+        prompt.check_task(task, data.target_column)
+    except ValueError as e:
+        raise ValueError(f"prompt.{e}") from None
+    strategy = TASKS.get(task)
+    strategy.check_run(prompt, data.target_column)
+    try:
+        strategy.layout(prompt.verbalizer, data.target_column)
+    except ValueError as e:
+        raise ValueError(f"data.target_column: {e}") from None
+    if data.task_column is None and prompt.num_tasks > 1:
+        raise ValueError(
+            f"data.task_column: prompt.num_tasks is {prompt.num_tasks}, so batches need per-row task ids; name the column "
+            f"holding them"
+        )
+
+
+__all__ = ["TextRunConfig", "resolve_prompt"]

@@ -1,4 +1,5 @@
-"""Contract cases of the text methods, on a tiny random GPT-2 (causal LM) with its built-in tokenizer.
+"""Contract cases of the text methods, on a tiny random GPT-2 (causal LM) with its built-in tokenizer, and for the
+baselines a tiny random BERT (linear probe) and the GPT-2 scoring two label words (zero-shot).
 
 GPT-2 runs wholly in the dtype it is given (Llama's RMSNorm upcasts to float32 inside, even in a float64 model), so
 the fast and plain paths can be compared at float64 precision.
@@ -6,6 +7,8 @@ the fast and plain paths can be compared at float64 precision.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,14 +16,16 @@ import torch
 import textpt
 from harness import CASES, MethodCase
 from promptcore import PromptedModel
-from textpt import TextModelConfig, TextPromptConfig, load_model_and_tokenizer
+from textpt import LinearProbeConfig, TextModelConfig, ZeroShotConfig, load_model_and_tokenizer
 from textpt.data import TextCollator
-from textpt.loading import TINY_CONFIGS
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "textpt"))
+from tiny_text import TINY_CONFIGS, method_config  # noqa: E402
 
 
-def gpt2() -> tuple[torch.nn.Module, Any]:
+def backbone(model_type: str = "gpt2", task: str = "causal_lm") -> tuple[torch.nn.Module, Any]:
     torch.manual_seed(1234)  # the same frozen backbone for every seed of the prompts
-    return load_model_and_tokenizer(TextModelConfig(name="random:gpt2", task="causal_lm", kwargs=TINY_CONFIGS["gpt2"]))
+    return load_model_and_tokenizer(TextModelConfig(name=f"random:{model_type}", task=task, kwargs=TINY_CONFIGS[model_type]))
 
 
 def rows(model: PromptedModel) -> tuple[list[dict[str, Any]], Any]:
@@ -33,20 +38,26 @@ def rows(model: PromptedModel) -> tuple[list[dict[str, Any]], Any]:
     return items, TextCollator(model.tokenizer.pad_token_id, model.tokenizer.padding_side)
 
 
+def labelled_rows(model: PromptedModel) -> tuple[list[dict[str, Any]], Any]:
+    """The same sequences with class labels 0, 1, 0, 1, ... instead of LM targets."""
+    items, collate = rows(model)
+    return [{"input_ids": it["input_ids"], "labels": i % 2} for i, it in enumerate(items)], collate
+
+
 def token_logits(model: PromptedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The next-token logits of every real input position."""
     mask = batch["attention_mask"]
     return model.token_logits(batch["input_ids"], mask)[mask.bool()]
 
 
-def fast_flag(fast: bool | None) -> str:
-    return "auto" if fast is None else "on" if fast else "off"
+def fast_flag(fast: bool | None) -> dict[str, str]:
+    return {"fast": "auto" if fast is None else "on" if fast else "off"}
 
 
 def build(method: str, seed: int, fast: bool | None, num_tokens: int = 3) -> PromptedModel:
-    backbone, tokenizer = gpt2()
-    config = TextPromptConfig(method=method, num_tokens=num_tokens, seed=seed, fast=fast_flag(fast) if method != "prefix" else "auto")
-    return textpt.wrap(backbone, config, tokenizer=tokenizer)
+    model, tokenizer = backbone()
+    config = method_config(method, num_tokens=num_tokens, seed=seed, **(fast_flag(fast) if method != "prefix" else {}))
+    return textpt.wrap(model, config, tokenizer=tokenizer)
 
 
 for method in ("prompt_tuning", "p_tuning", "prefix"):
@@ -57,3 +68,27 @@ for method in ("prompt_tuning", "p_tuning", "prefix"):
         outputs=token_logits,
         fast_spy="textpt.prompt_tuning.prompt_key_values" if method != "prefix" else None,
     ))
+
+
+def linear_probe(seed: int, num_classes: int = 2) -> PromptedModel:
+    model, tokenizer = backbone("bert", "seq_cls")
+    return textpt.wrap(model, LinearProbeConfig(num_classes=num_classes, seed=seed), tokenizer=tokenizer)
+
+
+CASES.add("linear_probe", MethodCase(
+    build=lambda seed, fast: linear_probe(seed),
+    data=labelled_rows,
+    foreign=lambda seed: linear_probe(seed, num_classes=3),
+))
+
+
+def zero_shot(words: list[str]) -> PromptedModel:
+    model, tokenizer = backbone()
+    return textpt.wrap(model, ZeroShotConfig(verbalizer=words), tokenizer=tokenizer)
+
+
+CASES.add("zero_shot", MethodCase(
+    build=lambda seed, fast: zero_shot(["good", "bad"]),
+    data=labelled_rows,
+    foreign=lambda seed: zero_shot(["good", "bad", "fine"]),
+))

@@ -54,10 +54,13 @@ def test_synthetic_source_matches_promptcore_synthetic_texts():
 
 
 def test_synthetic_class_names_become_the_default_verbalizer():
-    cfg = load_config(TextRunConfig, {"model": {"name": "random:gpt2"}, "data": {"num_classes": 3}})
+    loaded = load_config(TextRunConfig, {"model": {"name": "random:gpt2"}, "data": {"num_classes": 3}})
+    cfg = loaded.resolved()
     assert cfg.prompt.verbalizer == [" " + n for n in SyntheticTexts(num_samples=3, num_classes=3).class_names]
     assert cfg.prompt.num_classes == 3
-    seq_cls = load_config(TextRunConfig, {"model": {"name": "random:bert", "task": "seq_cls"}, "data": {"num_classes": 4}})
+    assert loaded.prompt.verbalizer is None and loaded.prompt.num_classes is None  # resolving returns a new config
+    assert cfg.resolved() is cfg
+    seq_cls = load_config(TextRunConfig, {"model": {"name": "random:bert", "task": "seq_cls"}, "data": {"num_classes": 4}}).resolved()
     assert seq_cls.prompt.verbalizer is None and seq_cls.prompt.num_classes == 4
 
 
@@ -306,6 +309,11 @@ def test_tokenizer_without_pad_token_pads_with_eos_or_says_how_to_fix(tok):
         ({"num_classes": 3}, {}, {"num_classes": 2}, "prompt.num_classes: 2 does not match data.num_classes 3"),
         ({"target_column": "a"}, {}, {"verbalizer": [" a", " b"]}, "prompt.verbalizer: with data.target_column set"),
         ({}, {}, {"num_tasks": 2}, "data.task_column: prompt.num_tasks is 2"),
+        ({"target_column": "a"}, {"task": "seq2seq"}, {"method": "zero_shot", "verbalizer": ["a", "b"]},
+         "prompt.method: zero_shot classifies by label words, it does not learn target texts"),
+        ({"source": "csv", "data_files": {"train": "a", "test": "b"}}, {"task": "seq2seq"}, {"method": "zero_shot"},
+         "prompt.verbalizer: zero_shot scores one label word per class"),
+        ({}, {"task": "seq_cls"}, {"method": "prefix"}, "prompt.method: prefix is implemented for causal_lm models, not seq_cls"),
     ],
 )
 def test_config_errors_name_the_field(data, model, prompt, message):

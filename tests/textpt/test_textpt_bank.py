@@ -4,20 +4,20 @@ import pytest
 import torch
 
 import textpt
-from textpt import TextModelConfig, TextPromptConfig, load_model_and_tokenizer
-from textpt.loading import TINY_CONFIGS
-from textpt.model import repad
+from textpt import TextModelConfig, load_model_and_tokenizer
+from textpt.padding import repad
+from tiny_text import TINY_CONFIGS, method_config
 
 ROWS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15], [16, 17, 18, 19]]
 TASKS = torch.tensor([2, 0, 2, 1])
 
 
-def build(model_type, task="causal_lm", **prompt):
+def build(model_type, task="causal_lm", method="prompt_tuning", **prompt):
     torch.manual_seed(0)
     model, tok = load_model_and_tokenizer(
         TextModelConfig(name=f"random:{model_type}", task=task, kwargs=TINY_CONFIGS[model_type], dtype="float64", padding_side="left")
     )
-    return textpt.wrap(model, TextPromptConfig(num_tokens=3, num_tasks=3, init_std=1.0, **prompt), tokenizer=tok), tok
+    return textpt.wrap(model, method_config(method, num_tokens=3, num_tasks=3, init_std=1.0, **prompt), tokenizer=tok), tok
 
 
 def trained_tokens(batch):

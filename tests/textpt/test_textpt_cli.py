@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 
 from promptcore.config import load_config
+from promptcore.methods import method_names
+from textpt.config import SoftPromptConfig
 from textpt.cli import main
 from textpt.run_config import TextRunConfig
 
@@ -41,6 +43,9 @@ def test_train_eval_generate_for_each_task(task, tmp_path, capsys):
     assert (run / "best" / "prompts.safetensors").is_file()
     saved = load_config(TextRunConfig, run / "config.yaml")
     assert saved.model.task == task
+    # the run records the resolved config: the synthetic data's class count, and its keywords as the verbalizer
+    assert saved.prompt.num_classes == 2 and saved.resolved() is saved
+    assert saved.prompt.verbalizer == (None if task == "seq_cls" else [" excellent", " terrible"])
 
     assert main(["eval", "-c", SMOKE, "--prompts", str(run / "best"), *FAST, *TASKS[task]]) == 0
     metrics = _json_out(capsys)
@@ -119,4 +124,5 @@ def test_python_dash_m_textpt():
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs" / "textpt").rglob("*.yaml")) + ["configs/smoke/textpt_tiny.yaml"])
 def test_every_textpt_config_validates(path):
     cfg = load_config(TextRunConfig, ROOT / path)
-    assert cfg.train.lr > 0 and cfg.prompt.num_tokens > 0
+    assert cfg.train.lr > 0 and cfg.prompt.method in method_names("text")
+    assert cfg.prompt.num_tokens > 0 if isinstance(cfg.prompt, SoftPromptConfig) else cfg.prompt.method in ("linear_probe", "zero_shot")

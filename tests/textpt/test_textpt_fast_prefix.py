@@ -4,19 +4,19 @@ import pytest
 import torch
 
 import textpt
-from textpt import TextModelConfig, TextPromptConfig, load_model_and_tokenizer
-from textpt.loading import TINY_CONFIGS
-from textpt.model import last_token_index, repad
+from textpt import PromptTuningConfig, TextModelConfig, load_model_and_tokenizer
+from textpt.padding import last_token_index, repad
+from tiny_text import TINY_CONFIGS, method_config
 
 ROWS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15]]
 
 
-def build(model_type, side, **prompt):
+def build(model_type, side, method="prompt_tuning", **prompt):
     torch.manual_seed(0)
     model, tok = load_model_and_tokenizer(
         TextModelConfig(name=f"random:{model_type}", kwargs=TINY_CONFIGS[model_type], dtype="float64", padding_side=side)
     )
-    return textpt.wrap(model, TextPromptConfig(num_tokens=4, init_std=1.0, **prompt), tokenizer=tok), tok
+    return textpt.wrap(model, method_config(method, num_tokens=4, init_std=1.0, **prompt), tokenizer=tok), tok
 
 
 def loss_and_grads(pt, batch, fast):
@@ -72,7 +72,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(method):
 def test_fast_on_rejected_for_encoder_models():
     model, tok = load_model_and_tokenizer(TextModelConfig(name="random:bert", task="seq_cls", kwargs=TINY_CONFIGS["bert"]))
     with pytest.raises(ValueError, match="fast: the shared-prefix path needs a decoder-only model"):
-        textpt.wrap(model, TextPromptConfig(num_tokens=2, num_classes=2, fast="on"), tokenizer=tok)
+        textpt.wrap(model, PromptTuningConfig(num_tokens=2, num_classes=2, fast="on"), tokenizer=tok)
 
 
 @pytest.mark.parametrize("model_type", ["gpt2", "llama"])

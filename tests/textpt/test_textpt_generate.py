@@ -4,21 +4,20 @@ import pytest
 import torch
 
 import textpt
-from textpt import TextModelConfig, TextPromptConfig, load_model_and_tokenizer
-from textpt.generation import reference_greedy_decode
-from textpt.loading import TINY_CONFIGS
-from textpt.model import repad
+from textpt import TextModelConfig, load_model_and_tokenizer
+from textpt.padding import repad
+from tiny_text import TINY_CONFIGS, method_config, reference_greedy_decode
 
 ROWS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15]]
 NEW = 5
 
 
-def build(model_type, side, task="causal_lm", **prompt):
+def build(model_type, side, task="causal_lm", method="prompt_tuning", **prompt):
     torch.manual_seed(0)
     model, tok = load_model_and_tokenizer(
         TextModelConfig(name=f"random:{model_type}", task=task, kwargs=TINY_CONFIGS[model_type], dtype="float64", padding_side=side)
     )
-    return textpt.wrap(model, TextPromptConfig(num_tokens=3, init_std=1.0, **prompt), tokenizer=tok), tok
+    return textpt.wrap(model, method_config(method, num_tokens=3, init_std=1.0, **prompt), tokenizer=tok), tok
 
 
 def until_eos(tokens, eos):
@@ -35,7 +34,7 @@ def until_eos(tokens, eos):
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning", "prefix"])
 def test_greedy_generate_equals_reference_decode(model_type, side, method):
-    pt, tok = build(model_type, side, method=method, fast="off" if method != "prefix" else "auto")
+    pt, tok = build(model_type, side, method=method, **({} if method == "prefix" else {"fast": "off"}))
     ids, mask = repad(ROWS, tok.pad_token_id, side, torch.device("cpu"))
     generated = pt.generate(ids, mask, max_new_tokens=NEW, do_sample=False)
     reference = reference_greedy_decode(pt, ids, mask, NEW)  # fast: off -> the concatenated path, no cache

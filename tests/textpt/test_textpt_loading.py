@@ -5,7 +5,8 @@ import logging
 import pytest
 
 from textpt import TextModelConfig, load_model_and_tokenizer
-from textpt.loading import ModelLoadError, TINY_CONFIGS, prepare_tokenizer, resolve_name, tiny_tokenizer
+from textpt.loading import ModelLoadError, prepare_tokenizer, resolve_name, tiny_tokenizer
+from tiny_text import TINY_CONFIGS
 from promptcore import ConfigError, load_config
 
 

@@ -8,9 +8,10 @@ from torch import nn
 import promptcore
 import textpt
 from promptcore import PromptFileError, load_config
-from textpt import TextModelConfig, TextPromptConfig, load_model_and_tokenizer
-from textpt.loading import TINY_CONFIGS
-from textpt.model import repad
+from textpt import PrefixConfig, PromptTuningConfig, PTuningConfig, TextModelConfig, load_model_and_tokenizer
+from textpt.padding import repad
+from textpt.run_config import TextRunConfig
+from tiny_text import TINY_CONFIGS, method_config
 
 ROWS = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
 
@@ -48,7 +49,7 @@ CASES = [
 def test_training_touches_only_prompts_and_save_load_round_trips(tmp_path, model_type, task, method):
     backbone, tok = load(model_type, task)
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
-    pt = textpt.wrap(backbone, TextPromptConfig(method=method, num_tokens=3, num_classes=2 if task == "seq_cls" else None), tokenizer=tok)
+    pt = textpt.wrap(backbone, method_config(method, num_tokens=3, num_classes=2 if task == "seq_cls" else None), tokenizer=tok)
     batch = batch_for(task, tok)
     opt = torch.optim.AdamW(pt.prompt_parameters(), lr=1e-2)
     pt.train()
@@ -70,7 +71,7 @@ def test_training_touches_only_prompts_and_save_load_round_trips(tmp_path, model
     assert metrics["count"] > 0 and torch.isfinite(metrics["loss"])
     out = pt(batch["input_ids"], batch["attention_mask"]) if task != "seq2seq" else pt.lm_outputs(batch)[0]
     pt.save_prompts(tmp_path / "p")
-    fresh = textpt.wrap(load(model_type, task)[0], TextPromptConfig(method=method, num_tokens=3, num_classes=2 if task == "seq_cls" else None), tokenizer=tok)
+    fresh = textpt.wrap(load(model_type, task)[0], method_config(method, num_tokens=3, num_classes=2 if task == "seq_cls" else None), tokenizer=tok)
     fresh.load_prompts(tmp_path / "p")
     again = fresh(batch["input_ids"], batch["attention_mask"]) if task != "seq2seq" else fresh.lm_outputs(batch)[0]
     torch.testing.assert_close(again, out, rtol=0, atol=1e-5)
@@ -78,7 +79,7 @@ def test_training_touches_only_prompts_and_save_load_round_trips(tmp_path, model
 
 def test_p_tuning_folds_at_save(tmp_path):
     backbone, tok = load()
-    pt = textpt.wrap(backbone, TextPromptConfig(method="p_tuning", reparam="lstm", num_tokens=3), tokenizer=tok)
+    pt = textpt.wrap(backbone, PTuningConfig(reparam="lstm", num_tokens=3), tokenizer=tok)
     assert pt.prompts.encoder is not None
     pt.save_prompts(tmp_path / "p")
     tensors, meta = promptcore.load_prompt_files(tmp_path / "p")
@@ -87,21 +88,21 @@ def test_p_tuning_folds_at_save(tmp_path):
 
 def test_promptcore_wrap_dispatches_to_textpt():
     backbone, _ = load("gpt2")
-    pt = promptcore.wrap(backbone, TextPromptConfig(method="prefix", num_tokens=2))
+    pt = promptcore.wrap(backbone, PrefixConfig(num_tokens=2))
     assert isinstance(pt, textpt.PrefixModel)
     assert pt.prompts.weight.shape == (2 * 2, 2, 32)
 
 
 def test_prefix_reads_grouped_query_width():
     backbone, tok = load("llama")  # 4 heads, 2 key/value heads of 8: width 16, not the model's 32
-    pt = textpt.wrap(backbone, TextPromptConfig(method="prefix", num_tokens=2), tokenizer=tok)
+    pt = textpt.wrap(backbone, PrefixConfig(num_tokens=2), tokenizer=tok)
     assert pt.prompts.weight.shape == (4, 2, 16)
 
 
 @pytest.mark.parametrize("init", ["vocab", "text", "labels"])
 def test_token_inits_start_from_embeddings(init):
     backbone, tok = load("gpt2")
-    cfg = TextPromptConfig(num_tokens=4, init=init, init_text="classify the sentiment of this review :", verbalizer=["bad", "great"])
+    cfg = PromptTuningConfig(num_tokens=4, init=init, init_text="classify the sentiment of this review :", verbalizer=["bad", "great"])
     pt = textpt.wrap(backbone, cfg, tokenizer=tok)
     emb = backbone.get_input_embeddings().weight
     rows = pt.prompts.weight.detach()
@@ -114,7 +115,7 @@ def test_token_inits_start_from_embeddings(init):
 def test_prefix_text_init_is_the_texts_keys_and_values():
     backbone, tok = load("gpt2", dtype="float64")
     text = "great movie"
-    pt = textpt.wrap(backbone, TextPromptConfig(method="prefix", num_tokens=2, init="text", init_text=text), tokenizer=tok)
+    pt = textpt.wrap(backbone, PrefixConfig(num_tokens=2, init="text", init_text=text), tokenizer=tok)
     ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"] + [9]])
     with torch.no_grad():
         expected = backbone(ids).logits[0, -1]
@@ -125,12 +126,12 @@ def test_prefix_text_init_is_the_texts_keys_and_values():
 def test_text_init_needs_tokenizer():
     backbone, _ = load("gpt2")
     with pytest.raises(ValueError, match=r"tokenizer is needed; call textpt.wrap\(model, config, tokenizer=tokenizer\)"):
-        promptcore.wrap(backbone, TextPromptConfig(num_tokens=2, init="text", init_text="hello"))
+        promptcore.wrap(backbone, PromptTuningConfig(num_tokens=2, init="text", init_text="hello"))
 
 
 def test_verbalizer_single_and_multi_token_scores():
     backbone, tok = load("llama", dtype="float64")
-    pt = textpt.wrap(backbone, TextPromptConfig(num_tokens=2, verbalizer=["bad", "very good"]), tokenizer=tok)
+    pt = textpt.wrap(backbone, PromptTuningConfig(num_tokens=2, verbalizer=["bad", "very good"]), tokenizer=tok)
     ids, mask = repad(ROWS, tok.pad_token_id, "left", torch.device("cpu"))
     scores = pt(ids, mask)
     assert scores.shape == (3, 2)
@@ -149,30 +150,30 @@ def test_verbalizer_single_and_multi_token_scores():
 
 def test_label_missing_from_verbalizer():
     backbone, tok = load("gpt2")
-    pt = textpt.wrap(backbone, TextPromptConfig(num_tokens=2, verbalizer=["bad", "great"]), tokenizer=tok)
+    pt = textpt.wrap(backbone, PromptTuningConfig(num_tokens=2, verbalizer=["bad", "great"]), tokenizer=tok)
     with pytest.raises(ValueError, match=r"labels range 0..2 but the verbalizer has 2 words \['bad', 'great'\]"):
         pt.training_step({"input_ids": torch.tensor([[5, 6], [7, 8]]), "labels": torch.tensor([0, 2])})
 
 
 def test_prompt_file_for_another_width(tmp_path):
     backbone, tok = load("gpt2")
-    textpt.wrap(backbone, TextPromptConfig(num_tokens=2), tokenizer=tok, name="small").save_prompts(tmp_path / "p")
+    textpt.wrap(backbone, PromptTuningConfig(num_tokens=2), tokenizer=tok, name="small").save_prompts(tmp_path / "p")
     wide, _ = load("gpt2", n_embd=48)
-    pt = textpt.wrap(wide, TextPromptConfig(num_tokens=2), tokenizer=tok, name="wide")
+    pt = textpt.wrap(wide, PromptTuningConfig(num_tokens=2), tokenizer=tok, name="wide")
     with pytest.raises(PromptFileError, match=r"prompt dim 32 does not match backbone width 48 \(wide\)"):
         pt.load_prompts(tmp_path / "p")
 
 
 def test_too_long_input_is_a_clear_error():
     backbone, tok = load("gpt2", n_positions=16)
-    pt = textpt.wrap(backbone, TextPromptConfig(num_tokens=4), tokenizer=tok)
+    pt = textpt.wrap(backbone, PromptTuningConfig(num_tokens=4), tokenizer=tok)
     with pytest.raises(ValueError, match=r"input of 14 tokens plus 4 prompt tokens exceeds the 16 positions .* at most 12 tokens"):
         pt.token_logits(torch.full((1, 14), 5))
 
 
 def test_empty_text_row_gives_finite_scores():
     backbone, tok = load("llama")
-    pt = textpt.wrap(backbone, TextPromptConfig(num_tokens=2, verbalizer=["bad", "great"]), tokenizer=tok)
+    pt = textpt.wrap(backbone, PromptTuningConfig(num_tokens=2, verbalizer=["bad", "great"]), tokenizer=tok)
     ids = torch.tensor([[2, 2, 2], [5, 6, 7]])
     mask = torch.tensor([[0, 0, 0], [1, 1, 1]])
     assert torch.isfinite(pt(ids, mask)).all()
@@ -181,13 +182,13 @@ def test_empty_text_row_gives_finite_scores():
 def test_prefix_rejected_for_encoders():
     backbone, tok = load("bert", "seq_cls")
     with pytest.raises(ValueError, match="prefix is implemented for causal_lm models"):
-        textpt.wrap(backbone, TextPromptConfig(method="prefix", num_tokens=2, num_classes=2), tokenizer=tok)
+        textpt.wrap(backbone, PrefixConfig(num_tokens=2, num_classes=2), tokenizer=tok)
 
 
 def test_seq_cls_needs_num_classes():
     backbone, tok = load("bert", "seq_cls")
     with pytest.raises(ValueError, match="num_classes: task seq_cls trains a classification head"):
-        textpt.wrap(backbone, TextPromptConfig(num_tokens=2), tokenizer=tok)
+        textpt.wrap(backbone, PromptTuningConfig(num_tokens=2), tokenizer=tok)
 
 
 @pytest.mark.parametrize(
@@ -196,20 +197,22 @@ def test_seq_cls_needs_num_classes():
         ({"num_tokens": 0}, "num_tokens: must be a positive prompt length"),
         ({"init": "text"}, "init_text: init 'text' needs a non-empty init_text"),
         ({"init": "labels"}, "verbalizer: init 'labels' starts from the verbalizer's words"),
-        ({"reparam": "mlp"}, "reparam: only method 'p_tuning' has a reparameterisation encoder"),
+        ({"reparam": "mlp"}, "prompt.reparam: unknown key for PromptTuningConfig"),
+        ({"method": "prefix", "fast": "on"}, "prompt.fast: unknown key for PrefixConfig"),
         ({"verbalizer": ["a", "b"], "num_classes": 3}, "verbalizer: has 2 words but num_classes is 3"),
         ({"method": "p_tuning", "num_tasks": 2}, "num_tasks: a prompt bank"),
         ({"methd": "prefix"}, "Did you mean 'method'"),
         ({"verbalizer": ["bad", " "]}, "verbalizer: give one non-empty word per class"),
+        ({"method": "p_tuning", "reparam_hidden": 0}, "reparam_hidden: must be a positive width or null, got 0"),
     ],
 )
 def test_config_errors_name_the_field(data, message):
     with pytest.raises(promptcore.ConfigError, match=message):
-        load_config(TextPromptConfig, data)
+        load_config(TextRunConfig, {"model": {"name": "random:gpt2"}, "prompt": data})
 
 
 def test_p_tuning_defaults_to_mlp():
-    assert TextPromptConfig(method="p_tuning").reparam == "mlp"
+    assert PTuningConfig().reparam == "mlp"
 
 
 class NoEmbeddings(nn.Module):
@@ -219,4 +222,13 @@ class NoEmbeddings(nn.Module):
 
 def test_model_without_input_embeddings():
     with pytest.raises(textpt.ModelLoadError, match=r"has no input embeddings .* use a transformers text model"):
-        textpt.wrap(NoEmbeddings(), TextPromptConfig(num_tokens=2), task="causal_lm")
+        textpt.wrap(NoEmbeddings(), PromptTuningConfig(num_tokens=2), task="causal_lm")
+
+
+def test_token_logits_need_a_decoder_only_model():
+    backbone, tok = load("t5", "seq2seq", side="right")
+    pt = textpt.wrap(backbone, PromptTuningConfig(num_tokens=2), tokenizer=tok)
+    with pytest.raises(ValueError, match="token_logits is for decoder-only models \\(causal_lm\\); this one is seq2seq"):
+        pt.token_logits(torch.tensor([[5, 6]]))
+    with pytest.raises(ValueError, match=r"seq2seq: a forward needs decoder targets; call lm_outputs\(batch\)"):
+        pt(torch.tensor([[5, 6]]))

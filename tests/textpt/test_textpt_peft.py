@@ -9,8 +9,8 @@ peft = pytest.importorskip("peft")
 
 import textpt  # noqa: E402
 from promptcore import PromptFileError  # noqa: E402
-from textpt import TextModelConfig, TextPromptConfig, load_model_and_tokenizer  # noqa: E402
-from textpt.loading import TINY_CONFIGS  # noqa: E402
+from textpt import PromptTuningConfig, TextModelConfig, load_model_and_tokenizer  # noqa: E402
+from tiny_text import TINY_CONFIGS, method_config  # noqa: E402
 from textpt.peft_interop import load_peft_adapter, save_peft_adapter  # noqa: E402
 
 IDS = torch.tensor([[5, 6, 7, 8, 9], [10, 11, 12, 13, 14]])
@@ -28,7 +28,7 @@ def peft_logits(model, ids):
 @pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning"])
 def test_export_loads_in_peft_with_same_logits(tmp_path, method):
     backbone, tok = load()
-    pt = textpt.wrap(backbone, TextPromptConfig(method=method, num_tokens=4, init_std=1.0), tokenizer=tok)
+    pt = textpt.wrap(backbone, method_config(method, num_tokens=4, init_std=1.0), tokenizer=tok)
     ours = pt.token_logits(IDS).detach()
     save_peft_adapter(pt, tmp_path / "adapter")
     assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["peft_type"] == "PROMPT_TUNING"
@@ -55,7 +55,7 @@ def test_import_peft_adapter_same_logits(tmp_path):
 
 def test_import_rejects_other_width(tmp_path):
     backbone, tok = load()
-    pt = textpt.wrap(backbone, TextPromptConfig(num_tokens=2), tokenizer=tok)
+    pt = textpt.wrap(backbone, PromptTuningConfig(num_tokens=2), tokenizer=tok)
     save_peft_adapter(pt, tmp_path / "adapter")
     wide, _ = load(hidden_size=48, num_attention_heads=4)
     with pytest.raises(PromptFileError, match="prompt dim 32 does not match backbone width 48"):
@@ -71,6 +71,6 @@ def test_import_rejects_other_peft_type(tmp_path):
 
 def test_export_rejects_banks_and_prefixes(tmp_path):
     backbone, tok = load()
-    bank = textpt.wrap(backbone, TextPromptConfig(num_tokens=2, num_tasks=2), tokenizer=tok)
+    bank = textpt.wrap(backbone, PromptTuningConfig(num_tokens=2, num_tasks=2), tokenizer=tok)
     with pytest.raises(ValueError, match="hold one shallow prompt"):
         save_peft_adapter(bank, tmp_path / "a")

@@ -1,0 +1,44 @@
+"""Linear probe: the frozen encoder's pooled features and a trained linear head, without a prompt.
+
+The baseline of prompt tuning on an encoder classifier (``seq_cls``): the same backbone, the same pooled features
+(the first real token through the model's own frozen pooler, see :class:`textpt.tasks.SequenceClassification`),
+the same head and data; only the head trains, and a prompt file holds only the head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from torch import nn
+
+from promptcore import register_method
+
+from .config import TextMethodConfig
+from .model import TextPromptedModel
+
+
+@dataclass
+class LinearProbeConfig(TextMethodConfig):
+    """A linear head on the frozen encoder (``method: linear_probe``; ``model.task: seq_cls``); the fields are
+    :class:`textpt.config.TextMethodConfig`'s (``num_classes``: the head's size, ``seed``: its initialisation)."""
+
+    tasks: ClassVar[tuple[str, ...]] = ("seq_cls",)
+
+    method: Literal["linear_probe"] = "linear_probe"
+
+
+class LinearProbeModel(TextPromptedModel):
+    """The frozen encoder with a trainable classification head and no prompt (arguments of
+    :class:`textpt.model.TextPromptedModel`)."""
+
+    method = "linear_probe"
+    prompt_module_names = ("head",)
+    config: LinearProbeConfig
+
+    def __init__(self, backbone: nn.Module, config: LinearProbeConfig, tokenizer: Any = None, task: str | None = None, name: str | None = None) -> None:
+        super().__init__(backbone, config, tokenizer, task, name)
+        self.freeze_backbone()
+
+
+register_method("linear_probe", LinearProbeConfig, LinearProbeModel, kind="text", summary="linear probe: a head on the frozen encoder's pooled features, no prompt")

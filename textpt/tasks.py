@@ -1,0 +1,377 @@
+"""The model tasks of a prompted text model, one strategy each: how the model is run, trained, evaluated and asked to
+generate, and which batches it takes.
+
+- :class:`CausalLM` (``causal_lm``): next-token logits of the input tokens, trained on ``lm_labels``; or class
+  scores from the verbalizer's words after the input (``labels`` batches); generation through transformers'
+  ``generate`` with the prompt as a key/value cache.
+- :class:`Seq2Seq` (``seq2seq``): the encoder input carries the prompt, the decoder is trained on ``lm_labels``;
+  class scores are the verbalizer words' summed log-probabilities as decoder targets.
+- :class:`SequenceClassification` (``seq_cls``): an encoder whose first real token (``[CLS]``), through the
+  model's own frozen pooler where it has one, feeds a trainable linear head.
+
+A strategy is stateless: every call takes the prompted model (:class:`textpt.model.TextPromptedModel`), which
+places the prompt (``token_logits``, ``last_token_logits``, ``encode``) and holds the head and the verbalizer.
+Strategies are registered by task name in :data:`TASKS`.
+
+A model that classifies (``model.classifies``) trains and evaluates on ``labels`` with the metrics
+``("loss", "accuracy")``; one that writes tokens trains on ``lm_labels`` and reports ``("loss",
+"token_accuracy")``, both as sums over the batch's targets for the trainer to average.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from promptcore import PromptedModel
+from promptcore.registry import Registry
+
+from .fast_prefix import accepts, cache_argument, generation_cache
+from .padding import first_token_index, pad_token_id, repad
+
+if TYPE_CHECKING:
+    from .config import TextMethodConfig
+    from .model import TextPromptedModel
+
+IGNORE_INDEX = -100  # the target value torch's cross-entropy skips: padding, template tokens, unpredicted positions
+Layout = Literal["classification", "causal_lm", "seq2seq", "inputs"]
+
+
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """Losses and log-probabilities in at least float32 (bf16/fp16 logits are upcast, float64 kept)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
+class TextTask:
+    """One model task. Subclasses set the class attributes and override what their task supports; the defaults
+    refuse with a message naming the task.
+
+    Attributes:
+        name: the task's name (``model.task`` in run configs).
+        auto_class: the transformers ``Auto`` class that loads a model for the task.
+        decoder_only: the model is a decoder-only LM (its prompt can be a key/value prefix).
+        label_words: the model classifies through label words (a verbalizer), not a head.
+    """
+
+    name: ClassVar[str] = ""
+    auto_class: ClassVar[str] = ""
+    decoder_only: ClassVar[bool] = False
+    label_words: ClassVar[bool] = False
+
+    # ----- configuration --------------------------------------------------------------------------------------
+    def layout(self, verbalizer: list[str] | None, target_column: str | None) -> Layout:
+        """The batch layout of the task's data (see :mod:`textpt.data`) for a run with this verbalizer and target
+        column.
+
+        Raises:
+            ValueError: the task cannot learn from this combination.
+        """
+        raise NotImplementedError
+
+    def check_run(self, prompt: "TextMethodConfig", target_column: str | None) -> None:
+        """Raises ``ValueError("section.field: ...")`` when a run of this task cannot learn with the method config
+        ``prompt`` from data whose targets are ``target_column`` (``None``: class labels)."""
+
+    def classifies(self, model: "TextPromptedModel") -> bool:
+        """Whether the model's outputs are class scores (trained on ``labels``) rather than tokens."""
+        raise NotImplementedError
+
+    def metric_names(self, model: "TextPromptedModel") -> tuple[str, ...]:
+        """The metrics :meth:`eval_step` reports (besides ``count``)."""
+        return ("loss", "accuracy") if model.classifies else ("loss", "token_accuracy")
+
+    def build_head(self, model: "TextPromptedModel") -> nn.Module | None:
+        """The task's trainable head, or None."""
+        return None
+
+    # ----- running ---------------------------------------------------------------------------------------------
+    def forward(self, model: "TextPromptedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor | None, task_ids: torch.Tensor | None) -> torch.Tensor:
+        """Class logits when the model classifies, else the task's token outputs."""
+        if model.classifies:
+            return self.class_logits(model, input_ids, attention_mask, task_ids)
+        return self.token_outputs(model, input_ids, attention_mask, task_ids)
+
+    def token_outputs(self, model: "TextPromptedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor | None, task_ids: torch.Tensor | None) -> torch.Tensor:
+        """What ``forward`` returns for a model that does not classify."""
+        raise ValueError(f"{self.name} models classify; call class_logits")
+
+    def class_logits(self, model: "TextPromptedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor | None, task_ids: torch.Tensor | None) -> torch.Tensor:
+        """``[B, num_classes]`` class scores."""
+        raise NotImplementedError
+
+    def lm_logits_and_targets(self, model: "TextPromptedModel", batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits [B, T, vocab], targets [B, T])`` of the LM loss, :data:`IGNORE_INDEX` where nothing is learned."""
+        raise ValueError(f"{self.name} models train on class labels, not lm_labels")
+
+    def lm_outputs(self, model: "TextPromptedModel", batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, targets)`` aligned for the LM loss, every position a prediction."""
+        return self.lm_logits_and_targets(model, batch)
+
+    def generate(self, model: "TextPromptedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor | None, **generate_kwargs: Any) -> torch.Tensor:
+        """Token ids generated with the prompt."""
+        raise ValueError(f"{self.name} models classify; they do not generate text")
+
+    # ----- training contract -----------------------------------------------------------------------------------
+    def learns_tokens(self, model: "TextPromptedModel", batch: dict[str, Any]) -> bool:
+        """Whether ``batch`` trains the LM loss: it has ``lm_labels``, and class ``labels`` only if the model does
+        not classify (a seq2seq batch carries both when the targets are the verbalizer's words)."""
+        return "lm_labels" in batch and ("labels" not in batch or not model.classifies)
+
+    def training_step(self, model: "TextPromptedModel", batch: dict[str, Any]) -> torch.Tensor:
+        """The mean LM loss over the target tokens, or the classification loss of ``labels``."""
+        if not self.learns_tokens(model, batch):
+            return PromptedModel.training_step(model, batch)
+        logits, targets = self.lm_logits_and_targets(model, batch)
+        return F.cross_entropy(upcast(logits).flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+
+    @torch.no_grad()
+    def eval_step(self, model: "TextPromptedModel", batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Sums over the batch for :meth:`metric_names` plus ``count`` (target tokens, or examples)."""
+        if not self.learns_tokens(model, batch):
+            return PromptedModel.eval_step(model, batch)
+        logits, targets = self.lm_logits_and_targets(model, batch)
+        keep = targets != IGNORE_INDEX
+        count = keep.sum().float()
+        loss = F.cross_entropy(upcast(logits).flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        correct = ((logits.argmax(-1) == targets) & keep).sum().float()
+        # sums over tokens: the trainer's sum / count gives the mean token loss and token accuracy
+        return {"loss": loss, "token_accuracy": correct, "count": count}
+
+
+class CausalLM(TextTask):
+    """Decoder-only LMs: learns to write targets (``lm_labels``), or classifies by scoring the verbalizer's words."""
+
+    name = "causal_lm"
+    auto_class = "AutoModelForCausalLM"
+    decoder_only = True
+    label_words = True
+
+    def layout(self, verbalizer: list[str] | None, target_column: str | None) -> Layout:
+        if target_column is not None:
+            return "causal_lm"
+        if verbalizer:
+            return "classification"
+        raise ValueError(
+            "model.task causal_lm needs prompt.verbalizer (one word per class, to classify by scoring them) or "
+            "data.target_column (target texts, to train generation)"
+        )
+
+    def check_run(self, prompt: "TextMethodConfig", target_column: str | None) -> None:
+        if prompt.verbalizer and target_column is not None:
+            raise ValueError(
+                "prompt.verbalizer: with data.target_column set, a causal_lm run learns to write the targets, so it "
+                "takes no verbalizer; drop one of the two (verbalizer: classify; target_column: generate)"
+            )
+
+    def classifies(self, model: "TextPromptedModel") -> bool:
+        return model.verbalizer_ids is not None
+
+    def token_outputs(self, model: "TextPromptedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor | None, task_ids: torch.Tensor | None) -> torch.Tensor:
+        return model.token_logits(input_ids, attention_mask, task_ids)
+
+    def class_logits(self, model: "TextPromptedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor | None, task_ids: torch.Tensor | None) -> torch.Tensor:
+        """The verbalizer words' log-probabilities after each input (a word of several tokens: their sum)."""
+        if model.verbalizer_ids is None:
+            raise ValueError("classification with a causal LM scores label words: set prompt.verbalizer (one word per class)")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        words = model.verbalizer_ids
+        if all(len(w) == 1 for w in words):
+            last = model.last_token_logits(input_ids, attention_mask, task_ids)
+            ids = torch.tensor([w[0] for w in words], device=last.device)
+            return upcast(last).log_softmax(-1)[:, ids]
+        return self._multi_token_scores(model, input_ids, attention_mask, task_ids)
+
+    def _multi_token_scores(self, model: "TextPromptedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor | None) -> torch.Tensor:
+        """Sum of log p(word tokens | input) per class: one run over every (example, class) pair."""
+        b, c = input_ids.shape[0], len(model.verbalizer_ids)
+        rows, spans = [], []
+        for i in range(b):
+            real = input_ids[i][attention_mask[i].bool()].tolist()
+            for w in model.verbalizer_ids:
+                rows.append(real + w)
+                spans.append((len(real), len(w)))
+        ids, mask = repad(rows, pad_token_id(model.tokenizer), model.padding_side, input_ids.device)
+        tasks = task_ids.repeat_interleave(c) if task_ids is not None else None
+        logp = upcast(model.token_logits(ids, mask, tasks)).log_softmax(-1)
+        offset = ids.shape[1] - mask.sum(1) if model.padding_side == "left" else torch.zeros_like(mask[:, 0])
+        scores = []
+        for r, (start, k) in enumerate(spans):
+            # the word's tokens sit at start..start+k-1; each is predicted by the position before it
+            pos = int(offset[r]) + start - 1 + torch.arange(k, device=ids.device)
+            scores.append(logp[r, pos, ids[r, pos + 1]].sum())
+        return torch.stack(scores).view(b, c)
+
+    def lm_logits_and_targets(self, model: "TextPromptedModel", batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every position's next-token logits; the last position gets the ignored target.
+
+        The losses use this form, so ``[B, L, vocab]`` logits flatten as a view; slicing off the last position would
+        copy them (about 200 MB at batch 16 x 64 tokens and a 49k vocabulary) for the same loss.
+        """
+        mask = batch.get("attention_mask")
+        logits = model.token_logits(batch["input_ids"], mask, batch.get("task_ids"))
+        targets = batch["lm_labels"][:, 1:]
+        if mask is not None:
+            # a token right after padding has no real predecessor (the first real token is never a target)
+            targets = targets.masked_fill(mask[:, :-1] == 0, IGNORE_INDEX)
+        return logits, F.pad(targets, (0, 1), value=IGNORE_INDEX)
+
+    def lm_outputs(self, model: "TextPromptedModel", batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, targets = self.lm_logits_and_targets(model, batch)
+        return logits[:, :-1], targets[:, :-1]
+
+    def generate(self, model: "TextPromptedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor | None, **generate_kwargs: Any) -> torch.Tensor:
+        """New tokens ``[B, new]`` (the input is not repeated), generated after the prompt's key/value prefix.
+
+        Shallow prompts generate through their keys/values too: the same numbers as the concatenated reference
+        (proved by the tests against a step-by-step decode of it), and the prompt is computed once, not per
+        example. ``generate`` is given ``n`` placeholder ids in front of the input, which the cache already covers,
+        and an attention mask of ``n`` ones plus the input's mask: transformers then only runs the real tokens,
+        derives position ids from the mask (so left padding keeps each example's positions), and extends the mask
+        as it decodes. Right-padded inputs are moved to the left first: decoding appends at the end of each row, so
+        the real tokens must end there. A model without a prompt generates as the backbone does.
+        """
+        order = torch.sort(attention_mask, dim=1, stable=True).indices
+        input_ids, attention_mask = input_ids.gather(1, order), attention_mask.gather(1, order)
+        pad = pad_token_id(model.tokenizer)
+        generate_kwargs.setdefault("pad_token_id", pad)
+        b = input_ids.shape[0]
+        if model.num_prompt_tokens == 0:
+            out = model.backbone.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+            return out[:, input_ids.shape[1]:]
+        kv = model.prefix_key_values(task_ids, b)
+        n = kv[0][0].shape[-2]
+        generate_kwargs[cache_argument(model.backbone)] = generation_cache(kv)
+        out = model.backbone.generate(
+            input_ids=torch.cat([input_ids.new_full((b, n), pad), input_ids], dim=1),
+            attention_mask=torch.cat([attention_mask.new_ones(b, n), attention_mask], dim=1),
+            **generate_kwargs,
+        )
+        return out[:, n + input_ids.shape[1]:]
+
+
+class Seq2Seq(TextTask):
+    """Encoder-decoder LMs (T5): the encoder input carries the prompt; the decoder learns target texts."""
+
+    name = "seq2seq"
+    auto_class = "AutoModelForSeq2SeqLM"
+    label_words = True
+
+    def layout(self, verbalizer: list[str] | None, target_column: str | None) -> Layout:
+        return "seq2seq"
+
+    def check_run(self, prompt: "TextMethodConfig", target_column: str | None) -> None:
+        if target_column is None and not prompt.verbalizer:
+            raise ValueError("prompt.verbalizer: a seq2seq run learns data.target_column or the verbalizer's words; set one of them")
+
+    def classifies(self, model: "TextPromptedModel") -> bool:
+        return False
+
+    def token_outputs(self, model: "TextPromptedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor | None, task_ids: torch.Tensor | None) -> torch.Tensor:
+        raise ValueError("seq2seq: a forward needs decoder targets; call lm_outputs(batch), class_logits() or generate()")
+
+    def class_logits(self, model: "TextPromptedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor | None, task_ids: torch.Tensor | None) -> torch.Tensor:
+        """Each verbalizer word's summed log-probability as the decoder's target (:func:`label_word_target`, as the
+        data writes it)."""
+        if not model.config.verbalizer:
+            raise ValueError("seq2seq models score classes by their label words as targets: set prompt.verbalizer (one word per class)")
+        if model.tokenizer is None:
+            raise ValueError("verbalizer: the label words need the tokenizer; call textpt.wrap(model, config, tokenizer=tokenizer)")
+        scores = []
+        for word in model.config.verbalizer:
+            target = torch.tensor(label_word_target(model.tokenizer, word), device=input_ids.device)
+            batch = {"input_ids": input_ids, "attention_mask": attention_mask, "task_ids": task_ids, "lm_labels": target.expand(input_ids.shape[0], -1)}
+            logits, targets = self.lm_logits_and_targets(model, batch)
+            scores.append(upcast(logits).log_softmax(-1).gather(-1, targets.unsqueeze(-1))[..., 0].sum(-1))
+        return torch.stack(scores, dim=-1)
+
+    def lm_logits_and_targets(self, model: "TextPromptedModel", batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = batch["lm_labels"]
+        x, mask, _, _ = model.encode(batch["input_ids"], batch.get("attention_mask"), batch.get("task_ids"))
+        logits = model.backbone(inputs_embeds=x, attention_mask=mask, labels=labels, use_cache=False).logits
+        return logits, labels
+
+    def generate(self, model: "TextPromptedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor | None, **generate_kwargs: Any) -> torch.Tensor:
+        """The decoder's output ids ``[B, T]``; the encoder takes the prompted embeddings."""
+        x, mask, _, _ = model.encode(input_ids, attention_mask, task_ids)
+        generate_kwargs.setdefault("pad_token_id", pad_token_id(model.tokenizer))
+        return model.backbone.generate(inputs_embeds=x, attention_mask=mask, **generate_kwargs)
+
+
+def label_word_target(tokenizer: Any, word: str) -> list[int]:
+    """A verbalizer word as a seq2seq target: T5-style, the tokenizer adds the end-of-sequence token itself, and the
+    word's leading space (there for BPE vocabularies) is not part of it."""
+    return list(tokenizer(word.strip(), add_special_tokens=True)["input_ids"])
+
+
+class SequenceClassification(TextTask):
+    """Encoders (BERT): a trainable linear head on the first real token, through the model's own frozen pooler."""
+
+    name = "seq_cls"
+    auto_class = "AutoModel"
+
+    def layout(self, verbalizer: list[str] | None, target_column: str | None) -> Layout:
+        return "classification"
+
+    def check_run(self, prompt: "TextMethodConfig", target_column: str | None) -> None:
+        if prompt.num_classes is None:
+            raise ValueError("prompt.num_classes: model.task seq_cls needs the number of classes (the head's size)")
+
+    def classifies(self, model: "TextPromptedModel") -> bool:
+        return True
+
+    def build_head(self, model: "TextPromptedModel") -> nn.Module:
+        if model.config.num_classes is None:
+            raise ValueError("num_classes: task seq_cls trains a classification head; set prompt.num_classes")
+        head = nn.Linear(int(model.backbone.config.hidden_size), model.config.num_classes)
+        generator = torch.Generator().manual_seed(model.config.seed)
+        with torch.no_grad():
+            head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 0.02)
+            head.bias.zero_()
+        return head.to(model.backbone.dtype)
+
+    def class_logits(self, model: "TextPromptedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor | None, task_ids: torch.Tensor | None) -> torch.Tensor:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        x, mask, positions, index = model.encode(input_ids, attention_mask, task_ids)
+        kwargs = {"position_ids": positions} if accepts(model.backbone, "position_ids") else {}
+        hidden = model.backbone(inputs_embeds=x, attention_mask=mask, **kwargs).last_hidden_state
+        cls_pos = index.gather(1, first_token_index(attention_mask).unsqueeze(1))
+        cls = hidden.gather(1, cls_pos.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # [B, 1, H]
+        pooler = getattr(model.backbone, "pooler", None)
+        pooled = pooler(cls) if pooler is not None else cls[:, 0]
+        return model.head(pooled)
+
+
+TASKS: Registry[TextTask] = Registry("text model task")
+"""Task name -> its strategy."""
+TASKS.add(CausalLM.name, CausalLM())
+TASKS.add(Seq2Seq.name, Seq2Seq())
+TASKS.add(SequenceClassification.name, SequenceClassification())
+
+
+def infer_task(backbone: nn.Module) -> str:
+    """``seq2seq`` for encoder-decoders, ``causal_lm`` for models with an LM head, else ``seq_cls``."""
+    config = getattr(backbone, "config", None)
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    if hasattr(backbone, "get_output_embeddings") and backbone.get_output_embeddings() is not None:
+        return "causal_lm"
+    return "seq_cls"
+
+
+__all__ = [
+    "IGNORE_INDEX",
+    "TASKS",
+    "CausalLM",
+    "Layout",
+    "Seq2Seq",
+    "SequenceClassification",
+    "TextTask",
+    "infer_task",
+    "label_word_target",
+    "upcast",
+]
