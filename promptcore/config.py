@@ -311,9 +311,34 @@ def to_yaml(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+def check_sources(cfg: Any, sources: dict[str, str]) -> None:
+    """Validates a run config's provenance block (its ``source:`` mapping).
+
+    A paper preset says where each value comes from: ``source`` maps a dotted field path of the run config
+    (``train.lr``, ``prompt.num_tokens``) to its origin, as a repository and path (``KMnP/vpt configs/base-prompt.yaml``),
+    a paper's table, or ``differs: <reason>`` / ``local: <reason>`` for a deliberate choice of this preset.
+
+    Raises:
+        ValueError: naming each key that is not a field of ``cfg``, or an empty origin.
+    """
+    problems = []
+    for key, origin in sources.items():
+        node: Any = cfg
+        for part in key.split("."):
+            if not dataclasses.is_dataclass(node) or part not in {f.name for f in dataclasses.fields(node)}:
+                problems.append(f"source.{key}: not a field of the run config (give a dotted path such as 'train.lr')")
+                break
+            node = getattr(node, part)
+        if not isinstance(origin, str) or not origin.strip():
+            problems.append(f"source.{key}: give the value's origin (repository and path, paper table, or 'differs: why')")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
 __all__ = [
     "ConfigError",
     "apply_overrides",
+    "check_sources",
     "from_dict",
     "load_config",
     "parse_override",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from promptcore.config import check_sources
 from promptcore.methods import method_config
 from promptcore.train_config import TrainConfig
 
@@ -48,14 +49,18 @@ class TextRunConfig:
         prompt: the method's config, chosen by its ``method`` key.
         data: the data source, columns and template.
         train: the trainer's settings.
+        source: a paper preset's provenance: dotted field path -> where the value comes from
+            (:func:`promptcore.config.check_sources`).
     """
 
     model: TextModelConfig
     prompt: method_config("text", default="prompt_tuning") = field(default_factory=PromptTuningConfig)
     data: TextDataConfig = field(default_factory=TextDataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    source: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_sources(self, self.source)
         data = self.data
         if data.source == "synthetic" and self.prompt.num_classes not in (None, data.num_classes):
             raise ValueError(

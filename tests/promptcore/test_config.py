@@ -3,7 +3,7 @@ from typing import Literal
 
 import pytest
 
-from promptcore.config import ConfigError, load_config, parse_override, to_dict, to_yaml
+from promptcore.config import ConfigError, check_sources, load_config, parse_override, to_dict, to_yaml
 from promptcore.train_config import TrainConfig
 
 
@@ -94,3 +94,10 @@ def test_bad_override_and_missing_file(tmp_path):
 def test_override_value_that_is_not_yaml_is_a_config_error():
     with pytest.raises(ConfigError, match=r"the value is not valid YAML; quote it"):
         parse_override("data.template={title}: {text}")
+
+
+def test_a_provenance_block_names_fields_and_origins():
+    cfg = load_config(Run, {"prompt": {"method": "deep", "layers": [0]}, "train": {"lr": 0.1}})
+    check_sources(cfg, {"train.lr": "KMnP/vpt configs/base-prompt.yaml", "prompt.layers": "local: two layers suffice here"})
+    with pytest.raises(ValueError, match=r"source.train.lrr: not a field of the run config.*source.prompt.layers: give the value's origin"):
+        check_sources(cfg, {"train.lrr": "x", "prompt.layers": " "})
