@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 import vpt.assets
+from vpt.backbones import FAMILIES
 from vpt.synthetic import SyntheticImages
 
 from promptcore.config import ConfigError, load_config
@@ -147,7 +148,7 @@ def test_transforms_from_each_library() -> None:
 
     eff = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     cfg = resolve_image_config(eff)
-    assert cfg.size == (224, 224) and cfg.library == "timm"
+    assert cfg.size == (224, 224) and cfg.family is FAMILIES.get("timm")
     assert resolve_image_config(eff, image_size=64).size == (64, 64)
     clip = open_clip.CLIP(
         embed_dim=16,
@@ -155,7 +156,7 @@ def test_transforms_from_each_library() -> None:
         text_cfg=dict(context_length=8, vocab_size=50, width=16, heads=1, layers=1),
     )
     cfg = resolve_image_config(clip)
-    assert cfg.size == (48, 48) and cfg.library == "open_clip" and cfg.mean == open_clip.OPENAI_DATASET_MEAN
+    assert cfg.size == (48, 48) and cfg.family is FAMILIES.get("open_clip") and cfg.mean == open_clip.OPENAI_DATASET_MEAN
     from vpt.data import build_transform
 
     assert build_transform(cfg)(to_rgb(Image.new("L", (100, 60)))).shape == (3, 48, 48)

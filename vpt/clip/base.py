@@ -16,13 +16,6 @@ from .tokens import SpecialTokens, Tokenizer, check_class_names, get_tokenizer, 
 from .zeroshot import clip_logits
 
 
-def describe_backbone(model: nn.Module, text: TextTower) -> str:
-    """A label for prompt files when no backbone name is given: the model class and the tower sizes."""
-    visual = getattr(model, "visual", None)
-    vision = f", vision {type(visual).__name__}" if visual is not None else ""
-    return f"open_clip {type(model).__name__} (text width {text.width}, {text.num_layers} layers{vision})"
-
-
 class CLIPPromptModel(PromptedModel):
     """Base of the CLIP prompt learners: ``forward(pixel_values) -> logits [B, num_classes]``.
 
@@ -30,8 +23,8 @@ class CLIPPromptModel(PromptedModel):
         model: a frozen open_clip ``CLIP`` or ``CustomTextCLIP`` (its parameters are frozen here).
         config: the method config; its ``class_names`` must be set.
         tokenizer: a tokenizer object; default: the one ``config.tokenizer`` names (``null``: OpenAI's BPE).
-        name: backbone name for prompt files (``open_clip:ViT-B-16:openai``); default: the name
-            :func:`vpt.backbones.create_model` built it under, else a label from the sizes.
+        name: backbone name for prompt files (``open_clip:ViT-B-16:openai``); default:
+            :func:`vpt.backbones.backbone_name`.
 
     Trainable modules live in ``prompts`` (one container per method), the only prompt module.
     """
@@ -61,7 +54,7 @@ class CLIPPromptModel(PromptedModel):
         self.text_tower = TextTower(model)
         self.tokenizer = tokenizer or get_tokenizer(config.tokenizer, self.text_tower.context_length)
         self.special = SpecialTokens.of(self.tokenizer)
-        self.name = name or backbone_name(model) or describe_backbone(model, self.text_tower)
+        self.name = name or backbone_name(model)
         self.class_names = check_class_names(config.class_names)
 
     # ----- construction helpers ---------------------------------------------------------------------------------

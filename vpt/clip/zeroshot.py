@@ -104,7 +104,7 @@ class ZeroShotCLIP(PromptedModel):
         self.config = config
         self.backbone = model
         self.tokenizer = tokenizer or get_tokenizer(config.tokenizer, model.context_length)
-        self.name = name or backbone_name(model) or f"open_clip {type(model).__name__}"
+        self.name = name or backbone_name(model)
         self.set_class_names(config.class_names)
         self.freeze_backbone()
         self.train()
