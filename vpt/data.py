@@ -1,6 +1,7 @@
 """Image classification data for prompt tuning: sources, the backbone's own transforms, few-shot sampling.
 
-Sources (``data.source``):
+Sources (``data.source``) are records of :data:`SOURCES`; a new one is ``SOURCES.add("name", DataSource(load))``.
+The toolkit's own:
 
 - ``hf``: any Hugging Face ``datasets`` dataset by name, or local files through its builders (``imagefolder``,
   ``parquet``, ``csv``, ``json`` ... with ``data_dir`` / ``data_files``). Image and label column names and split
@@ -22,7 +23,7 @@ import io
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ from torch.utils.data import Dataset
 
 from promptcore.data import few_shot_indices
 from promptcore.recipe import DataBundle
-from promptcore.registry import did_you_mean
+from promptcore.registry import Registry, did_you_mean
 
 from .backbones import FAMILIES, OTHER, ImageConfig, family_of
 from .synthetic import SyntheticImages
@@ -63,7 +64,8 @@ class VisionDataConfig:
     """The ``data:`` section of a vision run config.
 
     Attributes:
-        source: ``synthetic``, ``hf`` (Hugging Face ``datasets``), ``imagefolder`` (torchvision) or ``asset``.
+        source: a registered data source (:data:`SOURCES`): ``synthetic``, ``hf`` (Hugging Face ``datasets``),
+            ``imagefolder`` (torchvision) or ``asset``.
         name: the ``hf`` dataset name or builder (``cifar10``, ``imagefolder``, ``parquet``, ``csv`` ...) or a
             folder written by ``DatasetDict.save_to_disk``; or the ``asset`` name (``fashion_mnist``, ``mnist_5k``).
         config_name: the ``hf`` dataset's configuration (subset), if it has several.
@@ -82,7 +84,7 @@ class VisionDataConfig:
         synthetic: sizes of the ``synthetic`` source (its class count is ``num_classes``, 4 when unset).
     """
 
-    source: Literal["synthetic", "hf", "imagefolder", "asset"] = "synthetic"
+    source: str = "synthetic"
     name: str | None = None
     config_name: str | None = None
     data_dir: str | None = None
@@ -101,10 +103,11 @@ class VisionDataConfig:
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
 
     def __post_init__(self) -> None:
-        if self.source in ("hf", "asset") and not self.name:
-            raise ValueError(f"name: required for source {self.source!r} (the dataset {'name or builder' if self.source == 'hf' else 'asset name'})")
-        if self.source == "imagefolder" and not self.data_dir:
-            raise ValueError("data_dir: required for source 'imagefolder' (the folder with one sub-folder per class)")
+        try:
+            source = SOURCES.get(self.source)
+        except KeyError as e:
+            raise ValueError(f"source: {e}") from None
+        source.check(self)
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction: must lie in [0, 1), got {self.val_fraction}")
         if self.val_fraction > 0 and self.eval_split is not None:
@@ -315,7 +318,7 @@ def _from_dataset_dict(dd: Any, cfg: VisionDataConfig, label: str) -> tuple[Labe
     return get(cfg.train_split), (get(cfg.eval_split) if cfg.eval_split else None)
 
 
-def _load_hf(cfg: VisionDataConfig) -> tuple[LabeledImages, LabeledImages | None]:
+def _load_hf(cfg: VisionDataConfig, image_config: ImageConfig | None) -> tuple[LabeledImages, LabeledImages | None]:
     import datasets
 
     if (Path(cfg.name) / "dataset_dict.json").is_file():  # a folder written by DatasetDict.save_to_disk
@@ -328,13 +331,13 @@ def _load_hf(cfg: VisionDataConfig) -> tuple[LabeledImages, LabeledImages | None
     return _from_dataset_dict(dd, cfg, f"dataset {cfg.name!r}")
 
 
-def _load_asset(cfg: VisionDataConfig) -> tuple[LabeledImages, LabeledImages | None]:
+def _load_asset(cfg: VisionDataConfig, image_config: ImageConfig | None) -> tuple[LabeledImages, LabeledImages | None]:
     from vpt import assets  # imported here: assets read package files, only when a config asks for one
 
     return _from_dataset_dict(assets.load_dataset(cfg.name), cfg, f"asset {cfg.name!r}")
 
 
-def _load_imagefolder(cfg: VisionDataConfig) -> tuple[LabeledImages, LabeledImages | None]:
+def _load_imagefolder(cfg: VisionDataConfig, image_config: ImageConfig | None) -> tuple[LabeledImages, LabeledImages | None]:
     from torchvision.datasets import ImageFolder
 
     root = Path(cfg.data_dir)
@@ -370,8 +373,13 @@ def _load_imagefolder(cfg: VisionDataConfig) -> tuple[LabeledImages, LabeledImag
     return folder(root, f"image folder {str(root)!r}"), None
 
 
-def _load_synthetic(cfg: VisionDataConfig, image_config: ImageConfig) -> tuple[LabeledImages, LabeledImages | None]:
-    num_classes = infer_num_classes(cfg)
+SYNTHETIC_DEFAULT_CLASSES = 4
+
+
+def _load_synthetic(cfg: VisionDataConfig, image_config: ImageConfig | None) -> tuple[LabeledImages, LabeledImages | None]:
+    if image_config is None:
+        raise ValueError("the synthetic source needs the backbone's image config (resolve_image_config(model))")
+    num_classes = cfg.num_classes or len(cfg.class_names or ()) or SYNTHETIC_DEFAULT_CLASSES
     h, w = image_config.size
     if h != w:
         raise DataError(f"the synthetic source makes square images; the backbone expects {h}x{w}, set data.image_size")
@@ -384,41 +392,58 @@ def _load_synthetic(cfg: VisionDataConfig, image_config: ImageConfig) -> tuple[L
     return make("train", cfg.synthetic.num_train), evals
 
 
+@dataclass(frozen=True)
+class DataSource:
+    """One value of ``data.source``: how to load its images.
+
+    Attributes:
+        load: ``load(config, image_config) -> (train, eval or None)``, the images before hold-out and few-shot
+            sampling. ``image_config`` is the backbone's (:func:`resolve_image_config`), or ``None`` when the caller
+            has no backbone at hand; a source that needs it (the synthetic one makes images at its size) raises then.
+        requires: ``(field, what it holds)`` pairs of config fields the source cannot do without, checked when the
+            config is built (``name: required for source 'hf' (the dataset name or builder)``).
+        summary: one line for listings.
+    """
+
+    load: Callable[["VisionDataConfig", ImageConfig | None], tuple[LabeledImages, LabeledImages | None]]
+    requires: tuple[tuple[str, str], ...] = ()
+    summary: str = ""
+
+    def check(self, cfg: "VisionDataConfig") -> None:
+        """Raises ``ValueError("field: ...")`` for the first required field ``cfg`` leaves empty."""
+        for name, what in self.requires:
+            if not getattr(cfg, name):
+                raise ValueError(f"{name}: required for source {cfg.source!r} ({what})")
+
+
+SOURCES: Registry[DataSource] = Registry("data source")
+SOURCES.add("synthetic", DataSource(_load_synthetic, summary="seeded class patterns plus noise, made at the backbone's size"))
+SOURCES.add("hf", DataSource(_load_hf, (("name", "the dataset name or builder"),), "a Hugging Face datasets dataset or builder"))
+SOURCES.add("imagefolder", DataSource(
+    _load_imagefolder, (("data_dir", "the folder with one sub-folder per class"),), "a torchvision ImageFolder tree"
+))
+SOURCES.add("asset", DataSource(_load_asset, (("name", "the dataset asset name"),), "an offline dataset asset (vpt.assets)"))
+
+
 def load_sources(cfg: VisionDataConfig, image_config: ImageConfig | None = None) -> tuple[LabeledImages, LabeledImages | None]:
     """The configured train and eval images before hold-out and few-shot sampling, checked.
 
-    ``image_config`` is needed by the synthetic source only (it generates images at the backbone's size).
+    ``image_config`` is needed by sources that make images at the backbone's size (the synthetic one).
     """
-    if cfg.source == "synthetic":
-        if image_config is None:
-            raise ValueError("the synthetic source needs the backbone's image config (resolve_image_config(model))")
-        train, evals = _load_synthetic(cfg, image_config)
-    elif cfg.source == "hf":
-        train, evals = _load_hf(cfg)
-    elif cfg.source == "asset":
-        train, evals = _load_asset(cfg)
-    else:
-        train, evals = _load_imagefolder(cfg)
+    train, evals = SOURCES.get(cfg.source).load(cfg, image_config)
     for part in (train, evals):
         if part is not None and len(part) == 0:
             raise DataError(f"{part.name} has no rows; check the dataset name, split and data_files / data_dir")
     return train, evals
 
 
-SYNTHETIC_DEFAULT_CLASSES = 4
-
-
-def infer_num_classes(cfg: VisionDataConfig, train: LabeledImages | None = None) -> int:
+def infer_num_classes(cfg: VisionDataConfig, train: LabeledImages) -> int:
     """The class count the data implies: ``num_classes``, else the class names (configured, then the data's),
-    else the largest training label + 1. The synthetic source needs no loading (4 classes unless set)."""
+    else the largest training label + 1."""
     if cfg.num_classes is not None:
         return cfg.num_classes
     if cfg.class_names is not None:
         return len(cfg.class_names)
-    if train is None:
-        if cfg.source == "synthetic":
-            return SYNTHETIC_DEFAULT_CLASSES
-        raise ValueError("infer_num_classes needs the loaded training images for a non-synthetic source")
     if train.class_names is not None:
         return len(train.class_names)
     return max(train.labels) + 1
