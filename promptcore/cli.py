@@ -8,6 +8,7 @@ added by whichever package or plugin (:mod:`promptcore.plugins`) provides them::
     vpt train -c CONFIG [--set a.b=value ...] [-o RUN_DIR] [--overwrite]
     vpt train --resume RUN_DIR [--set ...]         # the config comes from RUN_DIR/config.yaml
     vpt eval -c CONFIG --prompts DIR [--set ...]   # prints the eval split's metrics as JSON
+    vpt eval -c CONFIG [--set ...]                 # a method with nothing to train (zero-shot CLIP)
 
 Known errors (bad config, missing or foreign files, bad data) print ``error: ...`` and exit with status 2;
 ``--traceback`` shows the full traceback instead.
@@ -97,11 +98,18 @@ def load_run_config(recipe: Recipe, args: argparse.Namespace) -> Any:
     return cfg
 
 
-def build_model_and_data(recipe: Recipe, cfg: Any) -> tuple[PromptedModel, DataBundle]:
-    """Seeds (so prompt initialisation is reproducible), then builds the model and its data from ``cfg``."""
+def build_model_and_data(recipe: Recipe, cfg: Any) -> tuple[Any, PromptedModel, DataBundle]:
+    """Seeds (so prompt initialisation is reproducible), then builds the model and its data from ``cfg``.
+
+    Returns the run config as the recipe resolved it (the values it reads from the data filled in, by its optional
+    ``resolve_config``; ``cfg`` itself without one), the model and the data.
+    """
     seed_everything(cfg.train.seed)
+    resolve = getattr(recipe, "resolve_config", None)
+    if resolve is not None:
+        cfg = resolve(cfg)
     model = recipe.build_model(cfg)
-    return model, recipe.build_data(cfg, model)
+    return cfg, model, recipe.build_data(cfg, model)
 
 
 def default_run_dir(recipe: Recipe, config_path: str | None) -> Path:
@@ -112,8 +120,7 @@ def default_run_dir(recipe: Recipe, config_path: str | None) -> Path:
 def cmd_train(recipe: Recipe, args: argparse.Namespace) -> int:
     if args.resume and args.output:
         raise ValueError("--resume continues the run in place; drop -o/--output")
-    cfg = load_run_config(recipe, args)
-    model, data = build_model_and_data(recipe, cfg)
+    cfg, model, data = build_model_and_data(recipe, load_run_config(recipe, args))
     run_dir = Path(args.resume) if args.resume else Path(args.output) if args.output else default_run_dir(recipe, args.config)
     trainer = Trainer(
         model, cfg.train, data.train, data.eval, data.collate_fn,
@@ -126,11 +133,21 @@ def cmd_train(recipe: Recipe, args: argparse.Namespace) -> int:
 
 
 def cmd_eval(recipe: Recipe, args: argparse.Namespace) -> int:
-    cfg = load_run_config(recipe, args)
-    model, data = build_model_and_data(recipe, cfg)
+    cfg, model, data = build_model_and_data(recipe, load_run_config(recipe, args))
     if data.eval is None:
         raise ValueError(f"the config's data section gives no eval split; {recipe.prog} eval evaluates the eval split")
-    model.load_prompts(args.prompts)
+    trains = any(True for _ in model.prompt_parameters())
+    if args.prompts:
+        model.load_prompts(args.prompts)
+    elif trains:
+        raise ValueError(
+            f"--prompts: required, the prompt folder to evaluate (a run's best/ or last/); only methods with nothing "
+            f"to train evaluate without one, and {type(model).__name__} trains prompts"
+        )
+    if not trains:  # the trainer refuses models with nothing to train; such a model is evaluated as it is
+        model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        print(json.dumps(model.evaluate(data.eval, data.collate_fn, cfg.train.eval_batch_size or cfg.train.batch_size), indent=2))
+        return 0
     trainer = Trainer(model, cfg.train, None, data.eval, data.collate_fn)
     metrics = trainer.evaluate()
     if trainer.is_main:
@@ -152,7 +169,7 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluate saved prompts on the config's eval split")
     add_config_args(ev)
-    ev.add_argument("--prompts", required=True, metavar="DIR", help="prompt folder (a run's best/ or last/)")
+    ev.add_argument("--prompts", metavar="DIR", help="prompt folder (a run's best/ or last/); methods with nothing to train need none")
     ev.set_defaults(func=lambda a: cmd_eval(recipe, a))
 
     for _, command in COMMANDS.items():

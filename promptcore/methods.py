@@ -17,6 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal, get_args, get_origin, get_type_hints
 
+from .plugins import load_plugins
 from .registry import Registry, did_you_mean
 
 if TYPE_CHECKING:
@@ -146,7 +147,13 @@ class MethodChoice:
         return record is not None and record.kind == self.kind and isinstance(value, record.config_class)
 
     def resolve(self, value: dict, path: str) -> tuple[type | None, str | None]:
-        """``(config class, None)`` for the method ``value['method']`` names, else ``(None, error message)``."""
+        """``(config class, None)`` for the method ``value['method']`` names, else ``(None, error message)``.
+
+        A method that is not registered yet may come with a plugin (:mod:`promptcore.plugins`): they are loaded
+        before the name is refused.
+        """
+        if value.get("method") not in METHODS:
+            load_plugins()
         known = self.names()
         listing = ", ".join(map(repr, known)) or "none registered"
         method = value.get("method")

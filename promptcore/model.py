@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from .files import PromptFileError, load_prompt_files, save_prompt_files
 
@@ -192,3 +193,24 @@ class PromptedModel(nn.Module):
             "accuracy": (logits.argmax(-1) == labels).sum().float(),
             "count": torch.tensor(float(labels.numel()), device=logits.device),
         }
+
+    @torch.no_grad()
+    def evaluate(self, dataset: Dataset, collate_fn: Callable[[list[Any]], Any] | None = None, batch_size: int = 64) -> dict[str, float]:
+        """``{metric: sum / count}`` of :meth:`eval_step` over ``dataset``, plus ``count``, in this process and on the
+        model's device. The trainer evaluates the models it trains (across processes); this serves models with
+        nothing to train, which it refuses (zero-shot baselines).
+
+        Raises:
+            ValueError: the dataset is empty.
+        """
+        self.eval()
+        device = next(self.parameters()).device
+        sums: dict[str, float] = {}
+        for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn):
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            for key, value in self.eval_step(batch).items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+        count = sums.pop("count", 0.0)
+        if count <= 0:
+            raise ValueError(f"{type(self).__name__}.evaluate: the dataset is empty")
+        return {**{k: v / count for k, v in sums.items()}, "count": int(count)}

@@ -1,10 +1,63 @@
-"""Classification heads on top of a prompted encoder: a per-task linear head and the fixed zero-shot CLIP head."""
+"""Heads of :class:`vpt.model.VisualPromptModel` by name (``prompt.head``), and the per-task linear classifier.
+
+Each head is a :class:`VPTHead` record in :data:`HEADS`: what it reads from the encoder and the module that turns
+that into logits. The toolkit's own are ``linear`` (the class token, or the backbone's pooling without one),
+``prompt_mean`` (the mean of the last block's prompt outputs) and ``backbone_pool`` (the backbone's own pooling);
+:mod:`vpt.clip` adds ``zeroshot``. Another package adds a head the same way: ``HEADS.add("name", VPTHead(...))``.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from promptcore.plugins import load_plugins
+from promptcore.registry import Registry
+
+if TYPE_CHECKING:
+    from .backbones import TokenBackbone
+    from .config import VPTConfig
+
+
+@dataclass(frozen=True)
+class VPTHead:
+    """One head of a VPT model.
+
+    Attributes:
+        build: ``build(tokens, config) -> module``; the module's ``forward(features, task_ids)`` gives logits
+            ``[B, num_classes]`` (``task_ids [B]`` with a prompt bank, else ``None``).
+        features: ``features(tokens, x, prompt_out) -> [B, D]``: what the head reads, from the last block's output
+            with the prompts removed (``x``) and the last block's prompt outputs (``prompt_out``).
+        summary: one line for listings and docs.
+        check: ``check(config)`` raises ``ValueError("field: ...")`` for settings the head cannot take.
+        reads_prompt_outputs: whether ``features`` reads ``prompt_out``; the fast VPT-deep path never computes prompt
+            outputs, so the last block then runs the plain path.
+    """
+
+    build: Callable[["TokenBackbone", "VPTConfig"], nn.Module]
+    features: Callable[["TokenBackbone", torch.Tensor, torch.Tensor | None], torch.Tensor]
+    summary: str = ""
+    check: Callable[["VPTConfig"], None] = lambda config: None
+    reads_prompt_outputs: bool = False
+
+
+HEADS: Registry[VPTHead] = Registry("VPT head")
+
+
+def head_named(name: str) -> VPTHead:
+    """The head registered as ``name``; installed plugins are loaded first if it is not (``zeroshot`` comes with
+    :mod:`vpt.clip`).
+
+    Raises:
+        KeyError: no head of that name (the message lists the close matches and the known heads).
+    """
+    if name not in HEADS:
+        load_plugins()
+    return HEADS.get(name)
 
 
 class TaskLinearHead(nn.Module):
@@ -33,25 +86,33 @@ class TaskLinearHead(nn.Module):
         return f"dim={self.dim}, num_classes={self.num_classes}, num_tasks={self.num_tasks}"
 
 
-class ZeroShotHead(nn.Module):
-    """CLIP's zero-shot classifier: scaled cosine similarity to fixed class text embeddings.
+def linear_head(width: Callable[["TokenBackbone"], int]) -> Callable[["TokenBackbone", "VPTConfig"], nn.Module]:
+    """The ``build`` of a trained linear head on features ``width(tokens)`` wide."""
 
-    The class embeddings are derived from the frozen text tower, so they are a non-persistent buffer: they never
-    land in prompt files and a loading model rebuilds them from its own text tower.
+    def build(tokens: "TokenBackbone", config: "VPTConfig") -> nn.Module:
+        if config.num_classes is None:
+            raise ValueError(
+                f"num_classes: the {config.head!r} head needs the number of classes; set prompt.num_classes "
+                f"(the vpt CLI fills it from the data when it is null)"
+            )
+        return TaskLinearHead(width(tokens), config.num_classes, config.num_tasks)
 
-    Args:
-        class_embeddings: ``[num_classes, embed_dim]`` text embeddings (normalised here).
-        logit_scale: the multiplier of the cosine similarities (CLIP's learned temperature, exponentiated).
-    """
+    return build
 
-    def __init__(self, class_embeddings: torch.Tensor, logit_scale: float) -> None:
-        super().__init__()
-        self.register_buffer("class_embeddings", F.normalize(class_embeddings.detach(), dim=-1), persistent=False)
-        self.logit_scale = float(logit_scale)
 
-    def forward(self, features: torch.Tensor, task_ids: torch.Tensor | None = None) -> torch.Tensor:
-        features = F.normalize(features, dim=-1)
-        return self.logit_scale * features @ self.class_embeddings.to(features.dtype).t()
-
-    def extra_repr(self) -> str:
-        return f"num_classes={self.class_embeddings.shape[0]}, logit_scale={self.logit_scale:.2f}"
+HEADS.add("linear", VPTHead(
+    build=linear_head(lambda tb: tb.width if tb.has_class_token else tb.pool_dim),
+    features=lambda tb, x, prompt_out: tb.class_feature(x),
+    summary="linear on the normalised class token (on the backbone's pooling when it has none)",
+))
+HEADS.add("prompt_mean", VPTHead(
+    build=linear_head(lambda tb: tb.width),
+    features=lambda tb, x, prompt_out: tb.final_norm(prompt_out).mean(dim=1),
+    summary="linear on the mean of the last block's prompt outputs",
+    reads_prompt_outputs=True,
+))
+HEADS.add("backbone_pool", VPTHead(
+    build=linear_head(lambda tb: tb.pool_dim),
+    features=lambda tb, x, prompt_out: tb.pool(x),
+    summary="linear on the backbone's own pooling",
+))

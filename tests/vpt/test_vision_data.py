@@ -15,6 +15,7 @@ from vpt.backbones import FAMILIES
 from vpt.synthetic import SyntheticImages
 
 from promptcore.config import ConfigError, load_config
+from promptcore.data import few_shot_indices
 from vpt.data import (
     SOURCES,
     DataError,
@@ -22,7 +23,6 @@ from vpt.data import (
     LabeledImages,
     VisionDataConfig,
     build_vision_data,
-    few_shot_indices,
     holdout_indices,
     load_sources,
     resolve_image_config,
