@@ -1,4 +1,5 @@
-"""Contract cases of the vision methods: VPT, pixel prompts and the CLIP prompt learners, on tiny random backbones."""
+"""Contract cases of the vision methods: VPT, pixel prompts, the linear probe and the CLIP methods, on tiny random
+backbones."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 import vpt.clip as vc
 from harness import CASES, MethodCase
 from promptcore import PromptedModel, wrap
-from vpt import BackboneConfig, PixelPromptConfig, VPTConfig, create_model
+from vpt import BackboneConfig, LinearProbeConfig, PixelPromptConfig, VPTConfig, create_model
 from vpt.data import collate_images
 from vpt.synthetic import SyntheticImages
 
@@ -66,6 +67,12 @@ for method in ("pixel_pad", "pixel_fixed_patch", "pixel_random_patch"):
         data=images,
         foreign=lambda seed, m=method: seeded(seed, vit(), PixelPromptConfig(method=m, prompt_size=5, num_classes=3)),
     ))
+
+CASES.add("linear_probe", MethodCase(
+    build=lambda seed, fast: seeded(seed, vit(), LinearProbeConfig(num_classes=3)),
+    data=images,
+    foreign=lambda seed: seeded(seed, vit(), LinearProbeConfig(num_classes=4)),
+))
 
 CLIP_CONFIGS = {
     "coop": lambda path, n=4: vc.CoOpConfig(class_names=NAMES, n_ctx=n, text_path=path),

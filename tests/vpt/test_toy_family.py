@@ -55,3 +55,12 @@ def test_vpt_train_runs_pixel_prompts_on_the_toy_family(toyfamily, tmp_path, cap
     meta = json.loads((tmp_path / "run" / "last" / "prompt_config.json").read_text())
     assert meta["backbone"] == "toyfamily:small" and meta["image_size"] == [20, 20] and meta["num_classes"] == 4
     assert meta["dim"] == (8 if head == "linear" else None)
+
+
+def test_vpt_train_runs_the_linear_probe_on_the_toy_family(toyfamily, tmp_path, capsys):
+    config = write_config(tmp_path / "toy.yaml", {"method": "linear_probe"})
+    assert main(["train", "-c", config, "-o", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    meta = json.loads((tmp_path / "run" / "last" / "prompt_config.json").read_text())
+    expected = {"method": "linear_probe", "backbone": "toyfamily:small", "dim": 8, "num_classes": 4, "head": "linear"}
+    assert {k: meta[k] for k in expected} == expected

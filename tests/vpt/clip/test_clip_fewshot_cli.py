@@ -102,3 +102,15 @@ def test_base2new_cli_aggregates_seeds_and_interpret_reads_its_prompts(tmp_path,
 def test_every_clip_config_validates(path):
     cfg = load_run_config(path)
     assert isinstance(cfg.prompt, vc.CLIPMethodConfig)
+
+
+def test_vpt_eval_runs_zero_shot_clip_without_prompts(tmp_path, capsys):
+    from vpt.cli import main
+
+    argv = ["-c", str(ROOT / "configs/clip/smoke_coop_tiny.yaml"), "--set", "prompt={method: clip_zeroshot}"]
+    assert main(["eval", *argv]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads(out[out.index("{") :])
+    assert metrics["count"] == 64 and 0.0 <= metrics["accuracy"] <= 1.0
+    assert main(["eval", *argv, "--set", "prompt={method: coop, n_ctx: 2}"]) == 2
+    assert "--prompts: required" in capsys.readouterr().err
