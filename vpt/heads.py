@@ -9,7 +9,7 @@ that into logits. The toolkit's own are ``linear`` (the class token, or the back
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -63,24 +63,37 @@ def head_named(name: str) -> VPTHead:
 class TaskLinearHead(nn.Module):
     """One linear classifier per task: ``weight [num_tasks, num_classes, dim]``, ``bias [num_tasks, num_classes]``.
 
-    With one task it is an ordinary linear layer; with several, each image uses its task's classifier, so a batch
-    can mix tasks (a prompt bank).
+    Without ``task_ids`` it is an ordinary linear layer (task 0); with them, each image uses its task's classifier,
+    so a batch can mix tasks (a prompt bank). Every image goes through every task's classifier (``num_tasks`` small
+    matrices) and keeps its own task's logits, so no per-image weight copy is made.
+
+    Args:
+        dim, num_classes, num_tasks: the sizes.
+        init: ``trunc_normal`` (weights N(0, 0.02²) truncated, zero bias: VPT's heads) or ``linear``
+            (``nn.Linear``'s own initialisation, per task: the pixel prompts' heads).
     """
 
-    def __init__(self, dim: int, num_classes: int, num_tasks: int = 1) -> None:
+    def __init__(self, dim: int, num_classes: int, num_tasks: int = 1, init: Literal["trunc_normal", "linear"] = "trunc_normal") -> None:
         super().__init__()
         self.dim, self.num_classes, self.num_tasks = dim, num_classes, num_tasks
         self.weight = nn.Parameter(torch.empty(num_tasks, num_classes, dim))
         self.bias = nn.Parameter(torch.zeros(num_tasks, num_classes))
-        nn.init.trunc_normal_(self.weight, std=0.02)
+        if init == "linear":
+            for t in range(num_tasks):
+                layer = nn.Linear(dim, num_classes)
+                self.weight.data[t].copy_(layer.weight.data)
+                self.bias.data[t].copy_(layer.bias.data)
+        else:
+            nn.init.trunc_normal_(self.weight, std=0.02)
 
     def forward(self, features: torch.Tensor, task_ids: torch.Tensor | None = None) -> torch.Tensor:
         """``features [B, dim]`` -> logits ``[B, num_classes]``; ``task_ids [B]`` picks each image's classifier."""
-        # Prompt parameters may stay float32 on a bfloat16 (or float64) backbone: compute in the features' dtype.
+        # Heads may stay float32 on a bfloat16 (or float64) backbone: compute in the features' dtype.
+        weight, bias = self.weight.to(features.dtype), self.bias.to(features.dtype)
         if task_ids is None:
-            return F.linear(features, self.weight[0].to(features.dtype), self.bias[0].to(features.dtype))
-        weight = self.weight[task_ids].to(features.dtype)
-        return torch.einsum("bd,bcd->bc", features, weight) + self.bias[task_ids].to(features.dtype)
+            return F.linear(features, weight[0], bias[0])
+        logits = torch.einsum("bd,tkd->btk", features, weight) + bias
+        return logits[torch.arange(features.shape[0], device=features.device), task_ids]
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_classes={self.num_classes}, num_tasks={self.num_tasks}"

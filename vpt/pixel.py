@@ -32,6 +32,7 @@ from promptcore.model import COMPAT_LABELS
 
 from .backbones import backbone_name, family_of
 from .data import resolve_image_config
+from .heads import TaskLinearHead
 
 PixelMethod = Literal["pixel_pad", "pixel_fixed_patch", "pixel_random_patch"]
 
@@ -99,27 +100,6 @@ def prompt_pixel_index(method: PixelMethod, size: int, height: int, width: int) 
     return mask.flatten().nonzero().flatten()
 
 
-class TaskHeads(nn.Module):
-    """One linear head per task: ``weight [num_tasks, num_classes, dim]``, ``bias [num_tasks, num_classes]``.
-
-    Every image goes through every task's head (``num_tasks`` small matrices) and keeps its own task's logits,
-    so no per-image weight copy is made.
-    """
-
-    def __init__(self, num_tasks: int, dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(num_tasks, num_classes, dim))
-        self.bias = nn.Parameter(torch.empty(num_tasks, num_classes))
-        for t in range(num_tasks):  # nn.Linear's own initialisation, per task
-            layer = nn.Linear(dim, num_classes)
-            self.weight.data[t].copy_(layer.weight.data)
-            self.bias.data[t].copy_(layer.bias.data)
-
-    def forward(self, features: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
-        logits = torch.einsum("bd,tkd->btk", features, self.weight.to(features.dtype)) + self.bias.to(features.dtype)
-        return logits[torch.arange(features.shape[0], device=features.device), task_ids]
-
-
 class PixelPromptModel(PromptedModel):
     """A frozen image model with a learnable pixel prompt and a head (:class:`PixelPromptConfig`).
 
@@ -155,7 +135,7 @@ class PixelPromptModel(PromptedModel):
                 raise ValueError("num_classes: the 'linear' head needs the number of classes (vpt train fills it from the data)")
             dim = self.family.feature_width(backbone, image)
             self.num_classes, self.feature_dim = config.num_classes, dim
-            self.head = TaskHeads(config.num_tasks, dim, config.num_classes)
+            self.head = TaskLinearHead(dim, config.num_classes, config.num_tasks, init="linear")
         self.freeze_backbone()
         self.backbone.eval()
 
