@@ -1,4 +1,4 @@
-"""VPT speed and memory benchmark (issue 3, Performance): ratios measured in one run on one machine.
+"""VPT speed and memory benchmark: ratios measured in one run on one machine.
 
 ViT-B/16 shapes (timm ``vit_base_patch16_224``, random weights), 50 deep prompts, batch 8 on CPU (128 with bf16
 autocast on CUDA). Measured, with interleaved repeats (median):
