@@ -52,6 +52,8 @@ class PixelPromptConfig:
             be the model's class count (default: that count).
         num_tasks: a prompt bank: one prompt and one head per task, chosen per image by ``task_ids``.
         image_size: the (square) input size the prompt is laid out for; default: the backbone's input size.
+            ``vpt train`` sets it to ``data.image_size`` when that is set, so the prompt fits the images the data
+            pipeline makes (:func:`vpt.run_config.resolve_run_config`).
     """
 
     method: PixelMethod = "pixel_pad"
