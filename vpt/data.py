@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from promptcore.data import few_shot_indices
+from promptcore.plugins import lookup
 from promptcore.recipe import DataBundle
 from promptcore.registry import Registry, did_you_mean
 
@@ -104,7 +105,7 @@ class VisionDataConfig:
 
     def __post_init__(self) -> None:
         try:
-            source = SOURCES.get(self.source)
+            source = lookup(SOURCES, self.source)
         except KeyError as e:
             raise ValueError(f"source: {e}") from None
         source.check(self)

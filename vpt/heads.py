@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from promptcore.plugins import load_plugins
+from promptcore.plugins import lookup
 from promptcore.registry import Registry
 
 if TYPE_CHECKING:
@@ -55,9 +55,7 @@ def head_named(name: str) -> VPTHead:
     Raises:
         KeyError: no head of that name (the message lists the close matches and the known heads).
     """
-    if name not in HEADS:
-        load_plugins()
-    return HEADS.get(name)
+    return lookup(HEADS, name)
 
 
 class TaskLinearHead(nn.Module):

@@ -2,14 +2,16 @@
 need, asked of the family that owns them.
 
 Each family is one file that registers one :class:`BackboneFamily` in :data:`FAMILIES` (``timm``, ``open_clip``,
-``hf``, ``asset``). A new family is a new file with ``FAMILIES.add("name", MyFamily())``, imported before use
-(a plugin module, see :mod:`promptcore.plugins`). The libraries themselves are imported lazily, when a model of
+``hf``, ``asset``). A new family is a new file with ``FAMILIES.add("name", MyFamily())``, imported before use or
+declared as a plugin (:mod:`promptcore.plugins`; a name not registered loads the plugins first). The libraries themselves are imported lazily, when a model of
 theirs is built or used.
 """
 
 from __future__ import annotations
 
 from torch import nn
+
+from promptcore.plugins import lookup
 
 from ..config import BackboneConfig
 from . import asset, hf, open_clip, timm  # noqa: F401  (each registers its family)
@@ -37,7 +39,7 @@ def create_model(cfg: BackboneConfig) -> nn.Module:
         KeyError: unknown family or model name (the message lists close matches).
     """
     family_name, _, model_name = cfg.name.partition(":")
-    family = FAMILIES.get(family_name)
+    family = lookup(FAMILIES, family_name)
     model = family.create(model_name, cfg)
     if cfg.checkpoint:
         load_weights_file(model, cfg.checkpoint, cfg.name)

@@ -114,3 +114,15 @@ def test_vpt_eval_runs_zero_shot_clip_without_prompts(tmp_path, capsys):
     assert metrics["count"] == 64 and 0.0 <= metrics["accuracy"] <= 1.0
     assert main(["eval", *argv, "--set", "prompt={method: coop, n_ctx: 2}"]) == 2
     assert "--prompts: required" in capsys.readouterr().err
+
+
+def test_a_config_naming_a_clip_method_loads_the_plugin_from_python():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, vpt; assert 'vpt.clip' not in sys.modules; "
+        f"cfg = vpt.load_run_config({str(ROOT / 'configs/clip/coop_vit_b16.yaml')!r}); "
+        "assert type(cfg.prompt).__name__ == 'CoOpConfig' and 'vpt.clip' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
