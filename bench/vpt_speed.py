@@ -1,4 +1,4 @@
-"""VPT speed and memory benchmark (issue 3, Performance): ratios measured in one run on one machine.
+"""VPT speed and memory benchmark: ratios measured in one run on one machine.
 
 ViT-B/16 shapes (timm ``vit_base_patch16_224``, random weights), 50 deep prompts, batch 8 on CPU (128 with bf16
 autocast on CUDA). Measured, with interleaved repeats (median):
@@ -114,7 +114,7 @@ def memory_ratio(device: torch.device, batch: int) -> dict[str, float]:
             state_bytes = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
             results[name] = (param_bytes + grad_bytes + state_bytes + saved) / 2**20
             results[f"{name}_saved"] = saved / 2**20
-        del model, opt
+        model = opt = None  # free this model before the next is built (the lambda above holds the name)
     return results
 
 
@@ -148,7 +148,7 @@ def main() -> None:
             times[name].append(timed(fn, device))
     med = {k: statistics.median(v) for k, v in times.items()}
     print({k: [round(t, 3) for t in v] for k, v in times.items()})
-    del plain, opts
+    plain = opts = None  # free the plain model before the inference models are built
 
     infer: dict[int, list[float]] = {0: [], 10: [], 50: [], 100: []}
     models = {n: build(device, n, "auto").eval() for n in infer if n}
@@ -164,7 +164,7 @@ def main() -> None:
         for n in infer:
             infer[n].append(batch / timed(lambda: run_infer(n), device))
     ips = {n: statistics.median(v) for n, v in infer.items()}
-    del models
+    models = None
 
     mem = memory_ratio(device, batch)
     machine = (

@@ -8,10 +8,11 @@ added by whichever package or plugin (:mod:`promptcore.plugins`) provides them::
     vpt train -c CONFIG [--set a.b=value ...] [-o RUN_DIR] [--overwrite]
     vpt train --resume RUN_DIR [--set ...]         # the config comes from RUN_DIR/config.yaml
     vpt eval -c CONFIG --prompts DIR [--set ...]   # prints the eval split's metrics as JSON
-    textpt eval -c CONFIG [--set ...]              # a method with nothing to train (zero-shot) needs no --prompts
+    vpt eval -c CONFIG [--set ...]                 # a method with nothing to train (zero-shot) needs no --prompts
 
-A run config class may define ``resolved()``, returning the config with the defaults that depend on other sections
-filled in (a new object): the verbs then work with, and a training run records, the resolved config.
+Configs are resolved in two pure steps, each returning a new object: a run config class may define ``resolved()``
+(defaults that depend on other sections of the config), and a recipe may define ``resolve_config(cfg)`` (values read
+from the backbone or the data, after seeding). The verbs work with, and a training run records, the resolved config.
 
 Known errors (bad config, missing or foreign files, bad data) print ``error: ...`` and exit with status 2;
 ``--traceback`` shows the full traceback instead.
@@ -28,7 +29,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from .config import ConfigError, load_config
 from .errors import UserError
@@ -38,8 +38,7 @@ from .plugins import load_plugins
 from .recipe import DataBundle, Recipe
 from .registry import Registry
 from .runs import CONFIG_FILE
-from .train_config import TrainConfig
-from .trainer import NonFiniteLossError, Trainer, TrainingInterrupted, _to_device, seed_everything
+from .trainer import NonFiniteLossError, Trainer, TrainingInterrupted, seed_everything
 
 # Errors that mean "your input is wrong", reported as one clean line.
 KNOWN_ERRORS = (UserError, ConfigError, PromptFileError, FileNotFoundError, ValueError, KeyError, NonFiniteLossError)
@@ -118,28 +117,24 @@ def load_prompts_option(model: PromptedModel, prompts: str | None) -> None:
     if prompts is not None:
         model.load_prompts(prompts)
     elif trains(model):
-        raise ValueError(f"--prompts: {type(model).__name__} has trained parts; give the prompt folder of a run (its best/ or last/)")
+        raise UserError(
+            f"--prompts: required, the prompt folder to evaluate (a run's best/ or last/); only methods with nothing "
+            f"to train evaluate without one, and {type(model).__name__} has trained parameters"
+        )
 
 
-@torch.no_grad()
-def evaluate_frozen(model: PromptedModel, config: TrainConfig, dataset: Dataset, collate_fn: Any) -> dict[str, float]:
-    """The eval metrics of a model with nothing to train (which :class:`Trainer` refuses), on one process: each
-    key of ``model.eval_step`` summed over ``dataset`` and divided by the summed ``count``, as the trainer does."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device).eval()
-    sums: dict[str, float] = {}
-    for batch in DataLoader(dataset, batch_size=config.eval_batch_size or config.batch_size, collate_fn=collate_fn):
-        for key, value in model.eval_step(_to_device(batch, device)).items():
-            sums[key] = sums.get(key, 0.0) + float(value)
-    count = sums.pop("count")
-    return {**{k: v / count for k, v in sums.items()}, "count": int(count)}
+def build_model_and_data(recipe: Recipe, cfg: Any) -> tuple[Any, PromptedModel, DataBundle]:
+    """Seeds (so prompt initialisation is reproducible), then builds the model and its data from ``cfg``.
 
-
-def build_model_and_data(recipe: Recipe, cfg: Any) -> tuple[PromptedModel, DataBundle]:
-    """Seeds (so prompt initialisation is reproducible), then builds the model and its data from ``cfg``."""
+    Returns the run config as the recipe resolved it (the values it reads from the data filled in, by its optional
+    ``resolve_config``; ``cfg`` itself without one), the model and the data.
+    """
     seed_everything(cfg.train.seed)
+    resolve = getattr(recipe, "resolve_config", None)
+    if resolve is not None:
+        cfg = resolve(cfg)
     model = recipe.build_model(cfg)
-    return model, recipe.build_data(cfg, model)
+    return cfg, model, recipe.build_data(cfg, model)
 
 
 def default_run_dir(recipe: Recipe, config_path: str | None) -> Path:
@@ -150,8 +145,7 @@ def default_run_dir(recipe: Recipe, config_path: str | None) -> Path:
 def cmd_train(recipe: Recipe, args: argparse.Namespace) -> int:
     if args.resume and args.output:
         raise ValueError("--resume continues the run in place; drop -o/--output")
-    cfg = load_run_config(recipe, args)
-    model, data = build_model_and_data(recipe, cfg)
+    cfg, model, data = build_model_and_data(recipe, load_run_config(recipe, args))
     run_dir = Path(args.resume) if args.resume else Path(args.output) if args.output else default_run_dir(recipe, args.config)
     trainer = Trainer(
         model, cfg.train, data.train, data.eval, data.collate_fn,
@@ -164,14 +158,10 @@ def cmd_train(recipe: Recipe, args: argparse.Namespace) -> int:
 
 
 def cmd_eval(recipe: Recipe, args: argparse.Namespace) -> int:
-    cfg = load_run_config(recipe, args)
-    model, data = build_model_and_data(recipe, cfg)
+    cfg, model, data = build_model_and_data(recipe, load_run_config(recipe, args))
     if data.eval is None:
         raise ValueError(f"the config's data section gives no eval split; {recipe.prog} eval evaluates the eval split")
     load_prompts_option(model, args.prompts)
-    if not trains(model):
-        print(json.dumps(evaluate_frozen(model, cfg.train, data.eval, data.collate_fn), indent=2))
-        return 0
     trainer = Trainer(model, cfg.train, None, data.eval, data.collate_fn)
     metrics = trainer.evaluate()
     if trainer.is_main:
@@ -193,7 +183,7 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluate saved prompts on the config's eval split")
     add_config_args(ev)
-    ev.add_argument("--prompts", metavar="DIR", help="prompt folder (a run's best/ or last/); not needed by methods that train nothing")
+    ev.add_argument("--prompts", metavar="DIR", help="prompt folder (a run's best/ or last/); methods with nothing to train need none")
     ev.set_defaults(func=lambda a: cmd_eval(recipe, a))
 
     for _, command in COMMANDS.items():

@@ -8,6 +8,10 @@ A method is a config class (a dataclass whose ``method`` field holds the method'
 after which ``wrap(backbone, MyConfig(...))`` builds it, and a run config's ``prompt:`` section with
 ``method: my_method`` loads ``MyConfig`` (the section's type is :func:`method_config`).
 
+Names are unique within a kind: ``vpt`` and ``textpt`` both have a ``linear_probe``. :data:`METHODS` keys each
+record by ``"<kind>:<name>"`` (``"vision:linear_probe"``, ``"text:linear_probe"``); YAML and configs use the bare
+name, and the run config's kind tells which one is meant.
+
 This module imports no torch: configs can be validated before the heavy libraries load.
 """
 
@@ -17,6 +21,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal, get_args, get_origin, get_type_hints
 
+from .plugins import load_plugins
 from .registry import Registry, did_you_mean
 
 if TYPE_CHECKING:
@@ -51,6 +56,12 @@ class Method:
 
 
 METHODS: Registry[Method] = Registry("prompt method")
+"""Every registered method, keyed ``"<kind>:<name>"`` (:func:`method_key`)."""
+
+
+def method_key(kind: str, name: str) -> str:
+    """The key of method ``name`` of ``kind`` in :data:`METHODS` (``"vision:vpt_deep"``)."""
+    return f"{kind}:{name}"
 
 
 def _method_values(config_class: type) -> tuple[str, ...]:
@@ -75,10 +86,10 @@ def register_method(
     summary: str = "",
     trains: bool = True,
 ) -> Method:
-    """Registers a prompt method (see :class:`Method`); a name can be registered once.
+    """Registers a prompt method (see :class:`Method`); a name can be registered once per kind.
 
     Raises:
-        KeyError: the name is taken.
+        KeyError: the name is taken for this kind.
         TypeError / ValueError: the config class cannot carry ``method: name``, or ``kind`` is unknown.
     """
     if kind not in KINDS:
@@ -89,34 +100,33 @@ def register_method(
             f"{config_class.__name__}.method admits {list(values)}, not {name!r}: declare "
             f"method: Literal[{name!r}] = {name!r} (or add {name!r} to its Literal)"
         )
-    return METHODS.add(name, Method(name, config_class, build, kind, summary, trains))
+    return METHODS.add(method_key(kind, name), Method(name, config_class, build, kind, summary, trains))
 
 
-def method_names(kind: str | None = None) -> list[str]:
-    """Registered method names, sorted; only those of ``kind`` when given."""
-    return [n for n, m in METHODS.items() if kind is None or m.kind == kind]
+def method_names(kind: str) -> list[str]:
+    """The registered method names of ``kind``, sorted."""
+    return [m.name for _, m in METHODS.items() if m.kind == kind]
 
 
 def method_of(config: Any) -> Method:
-    """The :class:`Method` record of a config object (by its ``method`` field).
+    """The :class:`Method` record of a config object: its ``method`` name, of the kind whose config class it is.
 
     Raises:
         TypeError: the object is not a registered method's config.
     """
     name = getattr(config, "method", None)
-    if not isinstance(name, str) or name not in METHODS:
-        known = ", ".join(METHODS.names()) or "none yet"
-        raise TypeError(
-            f"{type(config).__name__} is not the config of a registered prompt method (method={name!r}); "
-            f"registered: {known}. Import the package that registers it (vpt, vpt.clip, textpt) or register_method() it."
-        )
-    record = METHODS.get(name)
-    if not isinstance(config, record.config_class):
-        raise TypeError(
-            f"method {name!r} takes a {record.config_class.__name__}, got a {type(config).__name__}; build the "
-            f"config with {record.config_class.__name__}(...)"
-        )
-    return record
+    records = [m for _, m in METHODS.items() if m.name == name] if isinstance(name, str) else []
+    for record in records:
+        if isinstance(config, record.config_class):
+            return record
+    if records:
+        takes = " or ".join(f"{r.config_class.__name__} ({r.kind})" for r in records)
+        raise TypeError(f"method {name!r} takes a {takes}, got a {type(config).__name__}; build the config with that class")
+    known = ", ".join(METHODS.names()) or "none yet"
+    raise TypeError(
+        f"{type(config).__name__} is not the config of a registered prompt method (method={name!r}); "
+        f"registered: {known}. Import the package that registers it (vpt, vpt.clip, textpt) or register_method() it."
+    )
 
 
 def wrap(backbone: "nn.Module", config: Any, **context: Any) -> "PromptedModel":
@@ -148,21 +158,28 @@ class MethodChoice:
         return method_names(self.kind)
 
     def accepts(self, value: Any) -> bool:
-        record = METHODS.get(value.method) if getattr(value, "method", None) in METHODS else None
-        return record is not None and record.kind == self.kind and isinstance(value, record.config_class)
+        key = method_key(self.kind, str(getattr(value, "method", "")))
+        return key in METHODS and isinstance(value, METHODS.get(key).config_class)
 
     def resolve(self, value: dict, path: str) -> tuple[type | None, str | None]:
-        """``(config class, None)`` for the method ``value['method']`` names, else ``(None, error message)``."""
+        """``(config class, None)`` for the method ``value['method']`` names, else ``(None, error message)``.
+
+        A method that is not registered yet may come with a plugin (:mod:`promptcore.plugins`): they are loaded
+        before the name is refused.
+        """
+        method = value.get("method", self.default)
+        if method_key(self.kind, str(method)) not in METHODS:
+            load_plugins()
         known = self.names()
         listing = ", ".join(map(repr, known)) or "none registered"
-        method = value.get("method", self.default)
         if method is None:
             return None, f"{path}.method: required to choose the method; one of {listing}"
         if method not in known:
             hint = did_you_mean(str(method), known)
-            other = f" ({method!r} is a {METHODS.get(method).kind} method)" if method in METHODS else ""
-            return None, f"{path}.method: unknown method {method!r}{other}.{hint} Known: {listing}"
-        return METHODS.get(method).config_class, None
+            kinds = [m.kind for _, m in METHODS.items() if m.name == method]
+            other = f" ({method!r} is a {' and '.join(kinds)} method)" if kinds else ""
+            return None, f"{path}.method: unknown {self.kind} method {method!r}{other}.{hint} Known: {listing}"
+        return METHODS.get(method_key(self.kind, method)).config_class, None
 
 
 def method_config(kind: str, default: str | None = None) -> Any:
@@ -183,6 +200,7 @@ __all__ = [
     "Method",
     "MethodChoice",
     "method_config",
+    "method_key",
     "method_names",
     "method_of",
     "register_method",

@@ -14,6 +14,11 @@ from __future__ import annotations
 import importlib
 import warnings
 from importlib.metadata import entry_points
+from typing import TypeVar
+
+from .registry import Registry
+
+T = TypeVar("T")
 
 GROUP = "prompttune.plugins"
 _loaded: set[str] = set()
@@ -39,4 +44,16 @@ def load_plugins() -> list[str]:
     return modules
 
 
-__all__ = ["GROUP", "load_plugins"]
+def lookup(registry: Registry[T], name: str) -> T:
+    """``registry.get(name)``, loading the plugins first when ``name`` is not registered (it may come with one), so a
+    name from a config works in Python as it does on the command line.
+
+    Raises:
+        KeyError: (or the registry's error type) no plugin registers it either; the message lists close matches.
+    """
+    if name not in registry:
+        load_plugins()
+    return registry.get(name)
+
+
+__all__ = ["GROUP", "load_plugins", "lookup"]

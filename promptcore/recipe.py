@@ -25,7 +25,12 @@ class DataBundle:
 
 
 class Recipe(Protocol):
-    """A package's CLI plug-in. ``config_class`` is its run config: a dataclass with a ``train: TrainConfig``."""
+    """A package's CLI plug-in. ``config_class`` is its run config: a dataclass with a ``train: TrainConfig``.
+
+    A recipe may also define ``resolve_config(cfg) -> cfg``: the run config with the values it leaves to the data
+    filled in, as a new config. The CLI calls it (after seeding) before :meth:`build_model`, and writes the
+    resolved config to the run's ``config.yaml``.
+    """
 
     prog: str
     config_class: type

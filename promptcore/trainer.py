@@ -310,8 +310,12 @@ class Trainer:
                 raise UserError(f"gradient_checkpointing: {e}; set train.gradient_checkpointing: false") from None
         model.to(self.device)
         self.params = list(model.prompt_parameters())
-        if not self.params:
-            raise ValueError(f"{type(model).__name__} has no prompt parameters to train (prompt_module_names={model.prompt_module_names})")
+        if not self.params and train_dataset is not None:
+            raise UserError(
+                f"{type(model).__name__} has no prompt parameters to train (prompt_module_names="
+                f"{model.prompt_module_names}); a method that trains nothing (zero-shot) is only evaluated: "
+                f"Trainer(model, config, None, eval_dataset).evaluate(), or the eval command"
+            )
         if self.world_size > 1:
             self._check_same_frozen_weights()
             # Every process starts from rank 0's prompts, whatever each one's initialisation drew.
@@ -323,10 +327,13 @@ class Trainer:
         self.global_batch = config.batch_size * self.world_size * config.grad_accum_steps
         lr_scale = self.global_batch / 256 if config.lr_scaling == "linear" else 1.0
         self.lr = config.lr * lr_scale
-        self.optimizer = build_optimizer(build_param_groups(model, config, lr_scale), config, self.lr)
-        check_optimizer_params(self.optimizer, model)
+        # A model with nothing to train gets no optimizer: it can only be evaluated.
+        self.optimizer = build_optimizer(build_param_groups(model, config, lr_scale), config, self.lr) if self.params else None
+        if self.optimizer is not None:
+            check_optimizer_params(self.optimizer, model)
         # Each group's settings as the config gives them; a resumed run puts them back over the loaded state.
-        self._group_settings = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        groups = self.optimizer.param_groups if self.optimizer is not None else []
+        self._group_settings = [{k: v for k, v in g.items() if k != "params"} for g in groups]
         micro_per_epoch = math.ceil(self.num_train / (config.batch_size * self.world_size)) if self.num_train else 0
         self.steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accum_steps)
         self.total_steps = config.epochs * self.steps_per_epoch
@@ -470,7 +477,7 @@ class Trainer:
 
     def _apply_lr(self, step: int) -> None:
         """Sets every group's rate for optimizer step ``step`` (0-based)."""
-        for group, settings in zip(self.optimizer.param_groups, self._group_settings):
+        for group, settings in zip(self.optimizer.param_groups if self.optimizer is not None else [], self._group_settings):
             group["lr"] = self.schedule.lr(step, settings["lr"])
 
     def _rng_state(self) -> tuple[dict[str, Any], dict[str, Any]]:

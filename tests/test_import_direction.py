@@ -63,3 +63,34 @@ def test_textpt_framework_modules_import_no_method():
     framework = set(modules) - methods - TEXTPT_FRONT
     assert {"model", "tasks", "config", "padding", "data", "loading"} <= framework
     assert {name: sorted(local_imports(modules[name]) & methods) for name in framework if local_imports(modules[name]) & methods} == {}
+
+
+def imports_of(path: Path, package: str) -> set[str]:
+    """Every module ``path`` imports, absolute names (relative imports resolved against ``package``)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            names.update([module] + [f"{module}.{a.name}" for a in node.names])
+    return names
+
+
+def test_vpt_clip_is_a_leaf_no_other_vpt_module_imports_it():
+    """vpt.clip registers itself through the plugin mechanism; the rest of vpt never names it."""
+    bad = {}
+    for path in sorted((ROOT / "vpt").rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        if rel.parts[:2] == ("vpt", "clip"):
+            continue
+        found = sorted(n for n in imports_of(path, ".".join(rel.parent.parts)) if n == "vpt.clip" or n.startswith("vpt.clip."))
+        if found:
+            bad[str(rel)] = found
+    assert bad == {}
+
+
+def test_import_vpt_leaves_vpt_clip_unloaded():
+    code = "import vpt, sys; assert 'vpt.clip' not in sys.modules, 'import vpt loaded vpt.clip'"
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

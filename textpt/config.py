@@ -110,7 +110,7 @@ class TextMethodConfig:
         ``target_column`` (``None``: class labels). Called when a model is wrapped and when a run config is checked.
         """
         if task not in self.tasks:
-            others = [n for n, m in METHODS.items() if m.kind == "text" and task in getattr(m.config_class, "tasks", ())]
+            others = [m.name for _, m in METHODS.items() if m.kind == "text" and task in getattr(m.config_class, "tasks", ())]
             raise ValueError(
                 f"method: {self.method} is implemented for {' and '.join(self.tasks)} models, not {task}; a {task} "
                 f"model runs {', '.join(others) or 'no registered method'}"

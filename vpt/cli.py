@@ -6,7 +6,7 @@ it runs (how to build the model and the data from a :class:`vpt.run_config.Visio
     vpt train -c configs/smoke/vpt_tiny.yaml --set train.epochs=2 -o runs/tiny
     vpt eval -c configs/smoke/vpt_tiny.yaml --prompts runs/tiny/best
     vpt predict -c configs/smoke/vpt_tiny.yaml --prompts runs/tiny/best photos/ cat.jpg --top-k 3
-    vpt base2new | interpret ...     # the CLIP methods' verbs (vpt.clip.cli)
+    vpt base2new | interpret ...     # the CLIP methods' verbs (registered by the vpt.clip plugin)
 
 Everything here is a few calls a user can make in Python: ``create_model``, ``wrap``, ``build_vision_data``.
 """
@@ -14,11 +14,13 @@ Everything here is a few calls a user can make in Python: ``create_model``, ``wr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
-from typing import Any, Sequence, get_args
+from typing import Any, Sequence
 
 import torch
 from PIL import Image, UnidentifiedImageError
+from torch import nn
 
 from promptcore import PromptedModel, read_prompt_config, wrap
 from promptcore.cli import Command, add_config_args, register_command
@@ -26,7 +28,6 @@ from promptcore.cli import main as shared_main
 from promptcore.recipe import DataBundle
 
 from .backbones import create_model
-from .clip.config import CLIPPromptConfig
 from .data import (
     ImageConfig,
     LabeledImages,
@@ -38,9 +39,8 @@ from .data import (
     resolve_image_config,
     to_rgb,
 )
-from .run_config import VisionRunConfig, load_run_config
+from .run_config import VisionRunConfig, load_run_config, resolve_run_config
 
-CLIP_CONFIGS = get_args(CLIPPromptConfig)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -78,8 +78,8 @@ def open_image(path: Path) -> Image.Image:
 class VisionRecipe:
     """The ``vpt`` recipe for :func:`promptcore.cli.main`.
 
-    It keeps the data sources it loaded to count classes for :meth:`build_model`, so :meth:`build_data` does not
-    load them again.
+    It builds the backbone once per model section (reading it resolves the config, then it is wrapped) and keeps
+    the data sources it loaded to count classes, so :meth:`build_data` does not load them again.
     """
 
     prog = "vpt"
@@ -87,6 +87,7 @@ class VisionRecipe:
 
     def __init__(self) -> None:
         self._sources: dict[str, tuple[LabeledImages, LabeledImages | None]] = {}
+        self._backbones: dict[str, nn.Module] = {}
 
     def sources(self, cfg: VisionRunConfig, image_config: ImageConfig) -> tuple[LabeledImages, LabeledImages | None]:
         """The run's data sources (loaded once per data config)."""
@@ -95,27 +96,24 @@ class VisionRecipe:
             self._sources[key] = load_sources(cfg.data, image_config)
         return self._sources[key]
 
-    def build_model(self, cfg: VisionRunConfig) -> PromptedModel:
-        """The backbone by name, wrapped with the prompt config.
+    def backbone(self, cfg: VisionRunConfig) -> nn.Module:
+        """The run's backbone, built once per model section; :meth:`build_model` takes it."""
+        key = repr(cfg.model)
+        if key not in self._backbones:
+            self._backbones[key] = create_model(cfg.model)
+        return self._backbones[key]
 
-        Unset ``num_classes`` (pixel prompts) and ``class_names`` (CLIP methods) are filled from the data, and the
-        prompt config is validated again with them.
-        """
-        backbone = create_model(cfg.model)
-        prompt = cfg.prompt
-        if getattr(prompt, "image_size", "absent") is None and cfg.data.image_size is not None:
-            prompt.image_size = cfg.data.image_size  # pixel prompts are laid out at the size the data is resized to
-        needs_count = getattr(prompt, "num_classes", "absent") is None
-        needs_names = isinstance(prompt, CLIP_CONFIGS) and prompt.class_names is None
-        if needs_count or needs_names:
-            train = self.sources(cfg, resolve_image_config(backbone, cfg.data.image_size))[0]
-            count = infer_num_classes(cfg.data, train)
-            if needs_count:
-                prompt.num_classes = count
-            if needs_names:
-                prompt.class_names = class_names_of(cfg.data, train, count)
-            prompt.__post_init__()
-        return wrap(backbone, prompt)
+    def resolve_config(self, cfg: VisionRunConfig) -> VisionRunConfig:
+        """``cfg`` with the values its prompt config leaves to the data filled in (:func:`resolve_run_config`)."""
+        backbone = self.backbone(cfg)
+        return resolve_run_config(
+            cfg, backbone, lambda: self.sources(cfg, resolve_image_config(backbone, cfg.data.image_size))[0]
+        )
+
+    def build_model(self, cfg: VisionRunConfig) -> PromptedModel:
+        """The backbone by name, wrapped with the prompt config as :meth:`resolve_config` completes it."""
+        cfg = self.resolve_config(cfg)
+        return wrap(self._backbones.pop(repr(cfg.model)), cfg.prompt)
 
     def build_data(self, cfg: VisionRunConfig, model: PromptedModel) -> DataBundle:
         """Train/eval datasets with the backbone's own transforms, labels checked against the model's classes."""
@@ -138,8 +136,11 @@ class VisionRecipe:
         paths = image_paths(args.images)
         cfg = load_run_config(args.config, args.overrides)
         meta = read_prompt_config(args.prompts)
-        if getattr(cfg.prompt, "num_classes", "absent") is None and meta.get("num_classes"):
-            cfg.prompt.num_classes = int(meta["num_classes"])  # the prompts' head size: no data needed
+        # The head size and class names the prompts were trained with: no data needs loading to know them.
+        fields = {f.name for f in dataclasses.fields(cfg.prompt)}
+        known = {k: meta[k] for k in ("num_classes", "class_names") if k in fields and getattr(cfg.prompt, k) is None and meta.get(k)}
+        if known:
+            cfg = dataclasses.replace(cfg, prompt=dataclasses.replace(cfg.prompt, **known))
         model = self.build_model(cfg)
         model.load_prompts(args.prompts)
         model.eval()

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 PromptMethod = Literal["vpt_shallow", "vpt_deep"]
-HeadName = Literal["linear", "prompt_mean", "backbone_pool", "zeroshot"]
 
 
 @dataclass
@@ -62,12 +61,14 @@ class VPTConfig:
             ``uniform`` or ``zeros``.
         projection: when set, prompts live in this dimension and a trained linear layer maps them to the backbone
             width (VPT's prompt projection).
-        head: ``linear`` on the class token (on the backbone's pooled features when it has no class token),
-            ``prompt_mean`` (mean of the last block's prompt outputs), ``backbone_pool`` (linear on the
-            backbone's own pooling) or ``zeroshot`` (fixed CLIP text embeddings of ``class_names``; open_clip).
-        num_classes: head size; for ``zeroshot`` it defaults to ``len(class_names)``.
+        head: a registered head (:data:`vpt.heads.HEADS`): ``linear`` on the class token (on the backbone's pooled
+            features when it has no class token), ``prompt_mean`` (mean of the last block's prompt outputs),
+            ``backbone_pool`` (linear on the backbone's own pooling), or ``zeroshot`` from :mod:`vpt.clip` (fixed
+            CLIP text embeddings of ``class_names``; open_clip).
+        num_classes: head size; defaults to ``len(class_names)`` when those are given.
         num_tasks: a prompt bank: one prompt set and one head per task, chosen per image by ``task_ids``.
-        class_names: class names for the ``zeroshot`` head.
+        class_names: class names in label order (the ``zeroshot`` head embeds them); ``vpt train`` fills them from
+            the data when both they and ``num_classes`` are unset.
         templates: prompt templates with ``{}`` for the class name (``zeroshot``); default ``["a photo of a {}."]``.
         fast: exact fast VPT-deep (prompt keys/values once per step): ``auto`` uses it wherever it applies,
             ``on`` raises where it does not, ``off`` always runs the plain concatenation.
@@ -78,7 +79,7 @@ class VPTConfig:
     dropout: float = 0.0
     init: Literal["xavier", "normal", "uniform", "zeros"] = "xavier"
     projection: int | None = None
-    head: HeadName = "linear"
+    head: str = "linear"
     num_classes: int | None = None
     num_tasks: int = 1
     class_names: list[str] | None = None
@@ -96,17 +97,20 @@ class VPTConfig:
             raise ValueError(f"projection: must be a positive prompt dimension or null, got {self.projection!r}")
         if self.num_tasks <= 0:
             raise ValueError(f"num_tasks: must be a positive integer, got {self.num_tasks!r}")
-        if self.head == "zeroshot":
-            if not self.class_names:
-                raise ValueError("class_names: the 'zeroshot' head needs the class names to embed with the text tower")
+        if self.class_names is not None:
             if self.num_classes is None:
                 self.num_classes = len(self.class_names)
             if self.num_classes != len(self.class_names):
                 raise ValueError(f"num_classes: {self.num_classes} does not match the {len(self.class_names)} class_names")
-            if self.num_tasks != 1:
-                raise ValueError("num_tasks: the 'zeroshot' head is one fixed head; use num_tasks 1 or a trained head")
-        elif self.num_classes is not None and self.num_classes <= 0:
+        if self.num_classes is not None and self.num_classes <= 0:
             raise ValueError(f"num_classes: the {self.head!r} head needs a positive number of classes, got {self.num_classes!r}")
+        from .heads import head_named  # the heads module builds torch modules; the config only checks the name
+
+        try:
+            head = head_named(self.head)
+        except KeyError as e:
+            raise ValueError(f"head: {e}") from None
+        head.check(self)
         if self.fast == "on" and self.method != "vpt_deep":
             raise ValueError(
                 "fast: 'on' applies to 'vpt_deep' only (shallow prompts' states after the first block depend on the "

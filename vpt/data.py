@@ -1,6 +1,7 @@
 """Image classification data for prompt tuning: sources, the backbone's own transforms, few-shot sampling.
 
-Sources (``data.source``):
+Sources (``data.source``) are records of :data:`SOURCES`; a new one is ``SOURCES.add("name", DataSource(load))``.
+The toolkit's own:
 
 - ``hf``: any Hugging Face ``datasets`` dataset by name, or local files through its builders (``imagefolder``,
   ``parquet``, ``csv``, ``json`` ... with ``data_dir`` / ``data_files``). Image and label column names and split
@@ -9,20 +10,20 @@ Sources (``data.source``):
 - ``synthetic``: :class:`vpt.synthetic.SyntheticImages`, generated at the backbone's input size.
 - ``asset``: an offline dataset shipped inside a package (``vpt.assets.load_dataset``), e.g. ``fashion_mnist``.
 
-Transforms come from the backbone's pretrained config (:func:`resolve_image_config`): timm's
-``resolve_model_data_config`` + ``create_transform``; open_clip's preprocess config + ``image_transform_v2``; the
-Hugging Face image processor saved with the model when it can be loaded locally, else the model config's
-``image_size`` with the mean/std its processor family uses. Every image is converted to RGB first, so grayscale
-and RGBA images work, and resized per that config, so images of any size work.
+Transforms come from the family that owns the backbone (:mod:`vpt.backbones`): its image config
+(:func:`resolve_image_config`: timm's ``resolve_model_data_config``, open_clip's preprocess config, the Hugging Face
+image processor ...) and its transforms (:func:`build_transform`). Every image is converted to RGB first, so
+grayscale and RGBA images work, and resized per that config, so images of any size work.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -31,24 +32,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from promptcore.data import few_shot_indices
+from promptcore.plugins import lookup
 from promptcore.recipe import DataBundle
-from promptcore.registry import did_you_mean
+from promptcore.registry import Registry, did_you_mean
 
+from .backbones import FAMILIES, OTHER, ImageConfig, family_of
 from .synthetic import SyntheticImages
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-HALF = (0.5, 0.5, 0.5)
-# Mean/std of the HF image processors of each model type, used when no processor config can be loaded offline.
-HF_DEFAULT_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "vit": (HALF, HALF),
-    "siglip": (HALF, HALF),
-    "siglip_vision_model": (HALF, HALF),
-    "clip": (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
-    "clip_vision_model": (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
-}
 
 
 class DataError(ValueError):
@@ -76,7 +65,8 @@ class VisionDataConfig:
     """The ``data:`` section of a vision run config.
 
     Attributes:
-        source: ``synthetic``, ``hf`` (Hugging Face ``datasets``), ``imagefolder`` (torchvision) or ``asset``.
+        source: a registered data source (:data:`SOURCES`): ``synthetic``, ``hf`` (Hugging Face ``datasets``),
+            ``imagefolder`` (torchvision) or ``asset``.
         name: the ``hf`` dataset name or builder (``cifar10``, ``imagefolder``, ``parquet``, ``csv`` ...) or a
             folder written by ``DatasetDict.save_to_disk``; or the ``asset`` name (``fashion_mnist``, ``mnist_5k``).
         config_name: the ``hf`` dataset's configuration (subset), if it has several.
@@ -95,7 +85,7 @@ class VisionDataConfig:
         synthetic: sizes of the ``synthetic`` source (its class count is ``num_classes``, 4 when unset).
     """
 
-    source: Literal["synthetic", "hf", "imagefolder", "asset"] = "synthetic"
+    source: str = "synthetic"
     name: str | None = None
     config_name: str | None = None
     data_dir: str | None = None
@@ -114,10 +104,11 @@ class VisionDataConfig:
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
 
     def __post_init__(self) -> None:
-        if self.source in ("hf", "asset") and not self.name:
-            raise ValueError(f"name: required for source {self.source!r} (the dataset {'name or builder' if self.source == 'hf' else 'asset name'})")
-        if self.source == "imagefolder" and not self.data_dir:
-            raise ValueError("data_dir: required for source 'imagefolder' (the folder with one sub-folder per class)")
+        try:
+            source = lookup(SOURCES, self.source)
+        except KeyError as e:
+            raise ValueError(f"source: {e}") from None
+        source.check(self)
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction: must lie in [0, 1), got {self.val_fraction}")
         if self.val_fraction > 0 and self.eval_split is not None:
@@ -136,178 +127,37 @@ class VisionDataConfig:
 
 
 # ----- the backbone's preprocessing -----------------------------------------------------------------------------
-@dataclass
-class ImageConfig:
-    """How a backbone expects its images. ``source`` says where the values were read from."""
-
-    size: tuple[int, int]
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    interpolation: str = "bicubic"
-    crop_pct: float = 1.0
-    channels: int = 3
-    source: str = "default"
-    library: Literal["timm", "open_clip", "hf", "other"] = "other"
-    library_config: dict[str, Any] = field(default_factory=dict)
-
-
-def _library(model: nn.Module) -> str:
-    root = type(model).__module__.split(".")[0]
-    if root == "open_clip" or type(getattr(model, "visual", None)).__module__.split(".")[0] == "open_clip":
-        return "open_clip"
-    if hasattr(model, "pretrained_cfg") and hasattr(model, "forward_features"):
-        return "timm"
-    if root == "transformers" or hasattr(getattr(model, "config", None), "model_type"):
-        return "hf"
-    return "other"
-
-
-def _pair(size: Any) -> tuple[int, int]:
-    if isinstance(size, int):
-        return (size, size)
-    size = tuple(int(s) for s in size)
-    return size[-2:] if len(size) >= 2 else (size[0], size[0])
-
-
 def resolve_image_config(model: nn.Module, image_size: int | None = None) -> ImageConfig:
-    """Reads the input size, mean, std and resizing of ``model`` (a timm, open_clip or transformers model).
+    """The input size, mean, std and resizing of ``model``, as the family that owns it reads them.
 
     Args:
         model: the library's model (the frozen backbone, not the prompted wrapper).
-        image_size: replaces the configured size (height = width) when given.
+        image_size: replaces the model's input size (height = width) when given.
 
     Raises:
-        ValueError: for a model of no known library when ``image_size`` is not given.
+        ValueError: for a model whose family cannot read its input size (a plain torch module) when
+            ``image_size`` is not given.
     """
-    library = _library(model)
-    if library == "timm":
-        from timm.data import resolve_model_data_config
-
-        cfg = dict(resolve_model_data_config(model))
-        # A ViT built with img_size=... keeps its pretrained_cfg's 224 while its patch embedding only takes its own size.
-        fixed = getattr(getattr(model, "patch_embed", None), "img_size", None)
-        if fixed is not None and getattr(model.patch_embed, "strict_img_size", True) and not getattr(model.patch_embed, "dynamic_img_size", False):
-            cfg["input_size"] = (cfg["input_size"][0], *_pair(fixed))
-        out = ImageConfig(
-            size=_pair(cfg["input_size"]),
-            mean=tuple(cfg["mean"]),
-            std=tuple(cfg["std"]),
-            interpolation=cfg.get("interpolation", "bicubic"),
-            crop_pct=float(cfg.get("crop_pct", 1.0)),
-            channels=int(cfg["input_size"][0]),
-            source="timm resolve_model_data_config",
-            library="timm",
-            library_config=cfg,
-        )
-    elif library == "open_clip":
-        import open_clip
-
-        cfg = dict(open_clip.get_model_preprocess_cfg(model))
-        pre = open_clip.transform.PreprocessCfg(**{k: v for k, v in cfg.items() if k in open_clip.transform.PreprocessCfg.__dataclass_fields__})
-        out = ImageConfig(
-            size=_pair(pre.size),
-            mean=tuple(pre.mean),
-            std=tuple(pre.std),
-            interpolation=pre.interpolation,
-            channels=3,
-            source="open_clip preprocess_cfg",
-            library="open_clip",
-            library_config={"size": _pair(pre.size), **{k: v for k, v in cfg.items() if k != "size"}},
-        )
-    elif library == "hf":
-        out = _hf_image_config(model)
-    elif image_size is not None:
-        out = ImageConfig(size=(image_size, image_size), source="data.image_size with ImageNet mean/std")
-    else:
-        raise ValueError(
-            f"cannot read the input size of a {type(model).__name__} (not a timm, open_clip or transformers model); "
-            f"set data.image_size (and the prompt's image_size) to the size it expects"
-        )
+    family = family_of(model)
+    out = family.image_config(model)
+    if out is None:
+        if image_size is None:
+            raise ValueError(
+                f"cannot read the input size of a {type(model).__name__} (no backbone family reads it: "
+                f"{', '.join(FAMILIES)}); set data.image_size (and the prompt's image_size) to the size it expects"
+            )
+        return ImageConfig(size=(image_size, image_size), source="data.image_size with ImageNet mean/std", family=family)
     if image_size is not None and out.size != (image_size, image_size):
-        out.size = (image_size, image_size)
-        out.source += f", size from data.image_size={image_size}"
-        if out.library == "open_clip":
-            out.library_config["size"] = out.size
-        elif out.library == "timm":
-            out.library_config["input_size"] = (out.channels, image_size, image_size)
+        out = dataclasses.replace(out, size=(image_size, image_size), source=f"{out.source}, size from data.image_size={image_size}")
     return out
 
 
-def _hf_image_config(model: nn.Module) -> ImageConfig:
-    config = model.config
-    vision = getattr(config, "vision_config", None) or config
-    model_type = getattr(vision, "model_type", "") or getattr(config, "model_type", "")
-    name = getattr(model, "name_or_path", "") or getattr(config, "_name_or_path", "")
-    processor = None
-    if name:
-        try:
-            from transformers import AutoImageProcessor
-
-            processor = AutoImageProcessor.from_pretrained(name)
-        except (OSError, ValueError):
-            processor = None  # no processor saved with the model, or none reachable offline: use the config below
-    if processor is not None:
-        size = getattr(processor, "crop_size", None) or getattr(processor, "size", None) or {}
-        size = dict(size)
-        if "height" in size:
-            hw = (size["height"], size["width"])
-        elif "shortest_edge" in size:
-            hw = (size["shortest_edge"], size["shortest_edge"])
-        else:
-            hw = _pair(vision.image_size)
-        mean, std = getattr(processor, "image_mean", None), getattr(processor, "image_std", None)
-        resize = dict(getattr(processor, "size", None) or {})
-        crop_pct = hw[0] / resize["shortest_edge"] if getattr(processor, "do_center_crop", False) and "shortest_edge" in resize else 1.0
-        return ImageConfig(
-            size=tuple(hw),
-            mean=tuple(mean) if mean is not None else IMAGENET_MEAN,
-            std=tuple(std) if std is not None else IMAGENET_STD,
-            interpolation="bicubic" if int(getattr(processor, "resample", 3) or 3) == 3 else "bilinear",
-            crop_pct=float(crop_pct),
-            channels=int(getattr(vision, "num_channels", 3)),
-            source=f"HF image processor of {name}",
-            library="hf",
-        )
-    mean, std = HF_DEFAULT_STATS.get(model_type, (IMAGENET_MEAN, IMAGENET_STD))
-    return ImageConfig(
-        size=_pair(vision.image_size),
-        mean=mean,
-        std=std,
-        channels=int(getattr(vision, "num_channels", 3)),
-        source=f"HF model config image_size ({model_type or 'unknown type'}; no image processor found)",
-        library="hf",
-    )
-
-
 def build_transform(image_config: ImageConfig, train: bool = False, augment: bool = False) -> Callable[[Image.Image], torch.Tensor]:
-    """The transform of ``image_config``'s library: PIL RGB image -> normalised float tensor ``[C, H, W]``.
+    """The transform of the backbone's family: PIL RGB image -> normalised float tensor ``[C, H, W]``.
 
     Evaluation (and training without ``augment``) resizes and centre-crops to the backbone's size.
     """
-    training = train and augment
-    if image_config.library == "timm":
-        from timm.data import create_transform
-
-        cfg = image_config.library_config
-        kwargs = {k: cfg[k] for k in ("interpolation", "mean", "std", "crop_pct", "crop_mode") if k in cfg}
-        return create_transform(input_size=cfg["input_size"], is_training=training, **kwargs)
-    if image_config.library == "open_clip":
-        import open_clip
-
-        fields = open_clip.transform.PreprocessCfg.__dataclass_fields__
-        pre = open_clip.transform.PreprocessCfg(**{k: v for k, v in image_config.library_config.items() if k in fields})
-        return open_clip.transform.image_transform_v2(pre, is_train=training)
-    from torchvision import transforms as T
-
-    modes = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR}
-    mode = modes.get(image_config.interpolation, T.InterpolationMode.BICUBIC)
-    h, w = image_config.size
-    if training:
-        steps = [T.RandomResizedCrop((h, w), interpolation=mode), T.RandomHorizontalFlip()]
-    else:
-        resize = (round(h / image_config.crop_pct), round(w / image_config.crop_pct))
-        steps = [T.Resize(resize, interpolation=mode), T.CenterCrop((h, w))]
-    return T.Compose([*steps, T.ToTensor(), T.Normalize(image_config.mean, image_config.std)])
+    return (image_config.family or OTHER).transform(image_config, train and augment)
 
 
 def to_rgb(image: Any, column: str = "image") -> Image.Image:
@@ -469,7 +319,7 @@ def _from_dataset_dict(dd: Any, cfg: VisionDataConfig, label: str) -> tuple[Labe
     return get(cfg.train_split), (get(cfg.eval_split) if cfg.eval_split else None)
 
 
-def _load_hf(cfg: VisionDataConfig) -> tuple[LabeledImages, LabeledImages | None]:
+def _load_hf(cfg: VisionDataConfig, image_config: ImageConfig | None) -> tuple[LabeledImages, LabeledImages | None]:
     import datasets
 
     if (Path(cfg.name) / "dataset_dict.json").is_file():  # a folder written by DatasetDict.save_to_disk
@@ -482,13 +332,13 @@ def _load_hf(cfg: VisionDataConfig) -> tuple[LabeledImages, LabeledImages | None
     return _from_dataset_dict(dd, cfg, f"dataset {cfg.name!r}")
 
 
-def _load_asset(cfg: VisionDataConfig) -> tuple[LabeledImages, LabeledImages | None]:
+def _load_asset(cfg: VisionDataConfig, image_config: ImageConfig | None) -> tuple[LabeledImages, LabeledImages | None]:
     from vpt import assets  # imported here: assets read package files, only when a config asks for one
 
     return _from_dataset_dict(assets.load_dataset(cfg.name), cfg, f"asset {cfg.name!r}")
 
 
-def _load_imagefolder(cfg: VisionDataConfig) -> tuple[LabeledImages, LabeledImages | None]:
+def _load_imagefolder(cfg: VisionDataConfig, image_config: ImageConfig | None) -> tuple[LabeledImages, LabeledImages | None]:
     from torchvision.datasets import ImageFolder
 
     root = Path(cfg.data_dir)
@@ -524,8 +374,13 @@ def _load_imagefolder(cfg: VisionDataConfig) -> tuple[LabeledImages, LabeledImag
     return folder(root, f"image folder {str(root)!r}"), None
 
 
-def _load_synthetic(cfg: VisionDataConfig, image_config: ImageConfig) -> tuple[LabeledImages, LabeledImages | None]:
-    num_classes = infer_num_classes(cfg)
+SYNTHETIC_DEFAULT_CLASSES = 4
+
+
+def _load_synthetic(cfg: VisionDataConfig, image_config: ImageConfig | None) -> tuple[LabeledImages, LabeledImages | None]:
+    if image_config is None:
+        raise ValueError("the synthetic source needs the backbone's image config (resolve_image_config(model))")
+    num_classes = cfg.num_classes or len(cfg.class_names or ()) or SYNTHETIC_DEFAULT_CLASSES
     h, w = image_config.size
     if h != w:
         raise DataError(f"the synthetic source makes square images; the backbone expects {h}x{w}, set data.image_size")
@@ -538,41 +393,58 @@ def _load_synthetic(cfg: VisionDataConfig, image_config: ImageConfig) -> tuple[L
     return make("train", cfg.synthetic.num_train), evals
 
 
+@dataclass(frozen=True)
+class DataSource:
+    """One value of ``data.source``: how to load its images.
+
+    Attributes:
+        load: ``load(config, image_config) -> (train, eval or None)``, the images before hold-out and few-shot
+            sampling. ``image_config`` is the backbone's (:func:`resolve_image_config`), or ``None`` when the caller
+            has no backbone at hand; a source that needs it (the synthetic one makes images at its size) raises then.
+        requires: ``(field, what it holds)`` pairs of config fields the source cannot do without, checked when the
+            config is built (``name: required for source 'hf' (the dataset name or builder)``).
+        summary: one line for listings.
+    """
+
+    load: Callable[["VisionDataConfig", ImageConfig | None], tuple[LabeledImages, LabeledImages | None]]
+    requires: tuple[tuple[str, str], ...] = ()
+    summary: str = ""
+
+    def check(self, cfg: "VisionDataConfig") -> None:
+        """Raises ``ValueError("field: ...")`` for the first required field ``cfg`` leaves empty."""
+        for name, what in self.requires:
+            if not getattr(cfg, name):
+                raise ValueError(f"{name}: required for source {cfg.source!r} ({what})")
+
+
+SOURCES: Registry[DataSource] = Registry("data source")
+SOURCES.add("synthetic", DataSource(_load_synthetic, summary="seeded class patterns plus noise, made at the backbone's size"))
+SOURCES.add("hf", DataSource(_load_hf, (("name", "the dataset name or builder"),), "a Hugging Face datasets dataset or builder"))
+SOURCES.add("imagefolder", DataSource(
+    _load_imagefolder, (("data_dir", "the folder with one sub-folder per class"),), "a torchvision ImageFolder tree"
+))
+SOURCES.add("asset", DataSource(_load_asset, (("name", "the dataset asset name"),), "an offline dataset asset (vpt.assets)"))
+
+
 def load_sources(cfg: VisionDataConfig, image_config: ImageConfig | None = None) -> tuple[LabeledImages, LabeledImages | None]:
     """The configured train and eval images before hold-out and few-shot sampling, checked.
 
-    ``image_config`` is needed by the synthetic source only (it generates images at the backbone's size).
+    ``image_config`` is needed by sources that make images at the backbone's size (the synthetic one).
     """
-    if cfg.source == "synthetic":
-        if image_config is None:
-            raise ValueError("the synthetic source needs the backbone's image config (resolve_image_config(model))")
-        train, evals = _load_synthetic(cfg, image_config)
-    elif cfg.source == "hf":
-        train, evals = _load_hf(cfg)
-    elif cfg.source == "asset":
-        train, evals = _load_asset(cfg)
-    else:
-        train, evals = _load_imagefolder(cfg)
+    train, evals = SOURCES.get(cfg.source).load(cfg, image_config)
     for part in (train, evals):
         if part is not None and len(part) == 0:
             raise DataError(f"{part.name} has no rows; check the dataset name, split and data_files / data_dir")
     return train, evals
 
 
-SYNTHETIC_DEFAULT_CLASSES = 4
-
-
-def infer_num_classes(cfg: VisionDataConfig, train: LabeledImages | None = None) -> int:
+def infer_num_classes(cfg: VisionDataConfig, train: LabeledImages) -> int:
     """The class count the data implies: ``num_classes``, else the class names (configured, then the data's),
-    else the largest training label + 1. The synthetic source needs no loading (4 classes unless set)."""
+    else the largest training label + 1."""
     if cfg.num_classes is not None:
         return cfg.num_classes
     if cfg.class_names is not None:
         return len(cfg.class_names)
-    if train is None:
-        if cfg.source == "synthetic":
-            return SYNTHETIC_DEFAULT_CLASSES
-        raise ValueError("infer_num_classes needs the loaded training images for a non-synthetic source")
     if train.class_names is not None:
         return len(train.class_names)
     return max(train.labels) + 1

@@ -24,7 +24,7 @@ from promptcore import DeepSoftPrompt, PromptBank, PromptedModel, SoftPrompt, re
 from .backbones import TokenBackbone, token_backbone
 from .config import VPTConfig
 from .fast_deep import fast_unsupported, run_fast_deep
-from .heads import TaskLinearHead, ZeroShotHead
+from .heads import head_named
 
 
 class VisualPromptModel(PromptedModel):
@@ -33,7 +33,7 @@ class VisualPromptModel(PromptedModel):
     Args:
         backbone: the library's model (from :func:`vpt.backbones.create_model` or built directly).
         config: the prompt method, prompt sizes and head.
-        name: backbone name recorded in prompt files (default: the name the model was built under).
+        name: backbone name recorded in prompt files (default: :func:`vpt.backbones.backbone_name`).
 
     Trainable modules: ``prompts`` (``SoftPrompt``/``DeepSoftPrompt``, or a ``PromptBank`` for several tasks),
     ``prompt_proj`` (with ``projection``) and ``head``.
@@ -65,42 +65,14 @@ class VisualPromptModel(PromptedModel):
         # Dropout lives here, not in the prompt modules: one mask per step on the prompt tensor that both the plain
         # and the fast path consume (see vpt.fast_deep).
         self.prompt_dropout = nn.Dropout(config.dropout)
-        self.head = self._build_head()
+        self.head_spec = head_named(config.head)
+        self.head = self.head_spec.build(tb, config)
         self._checkpointing = False
         self.fast = self._fast_path_choice()
         self.freeze_backbone()
         self.backbone.eval()
 
     # ----- construction -------------------------------------------------------------------------------------------
-    def _build_head(self) -> nn.Module:
-        cfg, tb = self.config, self.tokens
-        if cfg.head == "zeroshot":
-            return self._zeroshot_head()
-        if cfg.num_classes is None:
-            raise ValueError(
-                f"num_classes: the {cfg.head!r} head needs the number of classes; set prompt.num_classes "
-                f"(the vpt CLI fills it from the data when it is null)"
-            )
-        dim = tb.pool_dim if cfg.head == "backbone_pool" or (cfg.head == "linear" and not tb.has_class_token) else tb.width
-        return TaskLinearHead(dim, cfg.num_classes, cfg.num_tasks)
-
-    def _zeroshot_head(self) -> ZeroShotHead:
-        cfg, tb = self.config, self.tokens
-        if not hasattr(tb.model, "encode_text"):
-            raise ValueError(
-                f"head 'zeroshot' needs an open_clip model with its text tower, got {tb.name}; build the backbone as "
-                f"'open_clip:ARCH:TAG' or choose head 'linear'"
-            )
-        import open_clip
-
-        from .clip import DEFAULT_TEMPLATES, zeroshot_weights  # the CLIP package; only this head needs it
-        from .clip.tokens import get_tokenizer
-
-        arch = tb.name.split(":")[1] if tb.name.startswith("open_clip:") else None
-        tokenizer = get_tokenizer(arch if arch in open_clip.list_models() else None, tb.model.context_length)
-        weights = zeroshot_weights(tb.model, tokenizer, cfg.class_names, cfg.templates or DEFAULT_TEMPLATES)
-        return ZeroShotHead(weights, float(tb.model.logit_scale.exp()))
-
     def _fast_path_choice(self) -> bool:
         if not self.deep or self.config.fast == "off":
             return False
@@ -110,8 +82,8 @@ class VisualPromptModel(PromptedModel):
         return reason is None
 
     def _num_fast_layers(self) -> int:
-        # prompt_mean reads the last block's prompt outputs, which the fast path never computes.
-        return self.num_layers - 1 if self.config.head == "prompt_mean" else self.num_layers
+        # A head that reads the last block's prompt outputs (prompt_mean) needs that block on the plain path.
+        return self.num_layers - 1 if self.head_spec.reads_prompt_outputs else self.num_layers
 
     # ----- PromptedModel contract ---------------------------------------------------------------------------------
     def prompt_config(self) -> dict[str, Any]:
@@ -164,7 +136,7 @@ class VisualPromptModel(PromptedModel):
                 tokens, prompt_out = self._run_plain(tokens, prompts, task_ids, start=n_fast)
         else:
             tokens, prompt_out = self._run_plain(tokens, prompts, task_ids)
-        return self.head(self._head_features(tokens, prompt_out), task_ids)
+        return self.head(self.head_spec.features(self.tokens, tokens, prompt_out), task_ids)
 
     def _run_plain(
         self, x: torch.Tensor, prompts: torch.Tensor, task_ids: torch.Tensor | None, start: int = 0
@@ -181,16 +153,6 @@ class VisualPromptModel(PromptedModel):
                 x = torch.cat([x[:, :pre], p, rest], dim=1)
             x = run(lambda h, i=index: self.tokens.run_block(i, h), x)
         return torch.cat([x[:, :pre], x[:, pre + n :]], dim=1), x[:, pre : pre + n]
-
-    def _head_features(self, x: torch.Tensor, prompt_out: torch.Tensor | None) -> torch.Tensor:
-        head, tb = self.config.head, self.tokens
-        if head == "linear":
-            return tb.class_feature(x)
-        if head == "prompt_mean":
-            return tb.final_norm(prompt_out).mean(dim=1)
-        if head == "backbone_pool":
-            return tb.pool(x)
-        return tb.image_embedding(x)
 
     def _checkpoint_fn(self):
         if not (self._checkpointing and torch.is_grad_enabled()):

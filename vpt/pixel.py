@@ -13,10 +13,10 @@ The prompt is stored as exactly the prompted pixels, ``[num_tasks, channels, pix
 ``index_add`` over the flattened image; with ``num_tasks > 1`` each image takes its task's prompt and head
 (``task_ids``), so one batch can mix tasks.
 
-Heads: ``linear`` (default) on the frozen model's pooled features (timm ``forward_features`` +
-``forward_head(pre_logits=True)``, width ``num_features``; open_clip's image embedding; a transformers model's
-``pooler_output``, else the mean of its last hidden states), or ``backbone``: the model's own classifier, kept
-frozen, when its class count is the task's.
+Heads: ``linear`` (default) on the frozen model's pooled features, or ``backbone``: the model's own classifier,
+kept frozen, when its class count is the task's. Both come from the family that owns the model
+(:meth:`vpt.backbones.BackboneFamily.pooled_features`, :meth:`~vpt.backbones.BackboneFamily.classify`): timm's
+``forward_head(pre_logits=True)``, open_clip's image embedding, a transformers model's ``pooler_output`` ...
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ from torch import nn
 from promptcore import PromptBank, PromptedModel, register_method
 from promptcore.model import COMPAT_LABELS
 
-from .backbones import backbone_name as built_name
+from .backbones import backbone_name, family_of
 from .data import resolve_image_config
+from .heads import TaskLinearHead
 
 PixelMethod = Literal["pixel_pad", "pixel_fixed_patch", "pixel_random_patch"]
 
@@ -51,6 +52,8 @@ class PixelPromptConfig:
             be the model's class count (default: that count).
         num_tasks: a prompt bank: one prompt and one head per task, chosen per image by ``task_ids``.
         image_size: the (square) input size the prompt is laid out for; default: the backbone's input size.
+            ``vpt train`` sets it to ``data.image_size`` when that is set, so the prompt fits the images the data
+            pipeline makes (:func:`vpt.run_config.resolve_run_config`).
     """
 
     method: PixelMethod = "pixel_pad"
@@ -99,111 +102,14 @@ def prompt_pixel_index(method: PixelMethod, size: int, height: int, width: int) 
     return mask.flatten().nonzero().flatten()
 
 
-class TaskHeads(nn.Module):
-    """One linear head per task: ``weight [num_tasks, num_classes, dim]``, ``bias [num_tasks, num_classes]``.
-
-    Every image goes through every task's head (``num_tasks`` small matrices) and keeps its own task's logits,
-    so no per-image weight copy is made.
-    """
-
-    def __init__(self, num_tasks: int, dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(num_tasks, num_classes, dim))
-        self.bias = nn.Parameter(torch.empty(num_tasks, num_classes))
-        for t in range(num_tasks):  # nn.Linear's own initialisation, per task
-            layer = nn.Linear(dim, num_classes)
-            self.weight.data[t].copy_(layer.weight.data)
-            self.bias.data[t].copy_(layer.bias.data)
-
-    def forward(self, features: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
-        logits = torch.einsum("bd,tkd->btk", features, self.weight.to(features.dtype)) + self.bias.to(features.dtype)
-        return logits[torch.arange(features.shape[0], device=features.device), task_ids]
-
-
-FeatureKind = Literal["timm", "open_clip", "hf"]
-
-
-def feature_kind(backbone: nn.Module) -> FeatureKind:
-    """Which library API gives ``backbone``'s pooled features (see :func:`pooled_features`)."""
-    if hasattr(backbone, "forward_features") and hasattr(backbone, "forward_head") and hasattr(backbone, "num_features"):
-        return "timm"
-    visual = getattr(backbone, "visual", backbone)
-    if type(visual).__module__.split(".")[0] == "open_clip" and hasattr(visual, "output_dim"):
-        return "open_clip"
-    if hasattr(getattr(backbone, "config", None), "model_type"):
-        return "hf"
-    raise TypeError(
-        f"pixel prompts cannot read pooled features from a {type(backbone).__name__}: expected a timm model "
-        f"(forward_features/forward_head), an open_clip model or a transformers model; use head 'backbone' to "
-        f"keep the model's own classifier"
-    )
-
-
-def pooled_features(backbone: nn.Module, kind: FeatureKind, images: torch.Tensor) -> torch.Tensor:
-    """Pooled features ``[B, D]`` of ``images`` through the library's own API (no classifier)."""
-    if kind == "timm":
-        return backbone.forward_head(backbone.forward_features(images), pre_logits=True)
-    if kind == "open_clip":
-        return getattr(backbone, "visual", backbone)(images)
-    out = backbone(pixel_values=images)
-    pooled = getattr(out, "pooler_output", None)
-    # No pooler: the mean over all tokens, which assumes nothing about class or register tokens.
-    return pooled.flatten(1) if pooled is not None else out.last_hidden_state.mean(1)
-
-
-def feature_width(backbone: nn.Module, kind: FeatureKind) -> int | None:
-    """``D`` of :func:`pooled_features` where the model states it (timm ``num_features``, open_clip ``output_dim``)."""
-    if kind == "timm":
-        return int(backbone.num_features)
-    if kind == "open_clip":
-        return int(getattr(backbone, "visual", backbone).output_dim)
-    return None
-
-
-def own_classifier_classes(backbone: nn.Module) -> int:
-    """The class count of the model's own classifier (head ``backbone``).
-
-    Raises:
-        ValueError: when the model has no classifier.
-    """
-    n = getattr(backbone, "num_classes", None)
-    if isinstance(n, int) and hasattr(backbone, "forward_head"):
-        if n <= 0:
-            raise ValueError(
-                f"head 'backbone' needs the model's classifier, but {type(backbone).__name__} was built without one "
-                f"(num_classes=0); build it with its classifier or use head 'linear'"
-            )
-        return n
-    labels = getattr(getattr(backbone, "config", None), "num_labels", None)
-    if labels is not None and type(backbone).__name__.endswith("ForImageClassification"):
-        return int(labels)
-    raise ValueError(
-        f"head 'backbone' needs a model with its own classifier (a timm classifier or a transformers "
-        f"*ForImageClassification); {type(backbone).__name__} has none, use head 'linear'"
-    )
-
-
-def backbone_name(backbone: nn.Module) -> str:
-    """A name for prompt files: the one ``vpt.backbones.create_model`` recorded, else the library's own."""
-    recorded = built_name(backbone)
-    if recorded:
-        return recorded
-    arch = (getattr(backbone, "pretrained_cfg", None) or {}).get("architecture")
-    if arch:
-        return f"timm:{arch}"
-    hf_name = getattr(backbone, "name_or_path", "")
-    if hf_name:
-        return f"hf:{hf_name}"
-    return type(backbone).__name__
-
-
 class PixelPromptModel(PromptedModel):
     """A frozen image model with a learnable pixel prompt and a head (:class:`PixelPromptConfig`).
 
     Args:
-        backbone: the library's model (timm, open_clip or transformers; any CNN or ViT).
+        backbone: the library's model (timm, open_clip or transformers; any CNN or ViT; a plain torch model with
+            ``image_size`` set and head ``backbone``).
         config: the prompt config; ``num_classes`` must be set (or come from the model with ``head: backbone``).
-        name: the backbone name recorded in prompt files (default: :func:`backbone_name`).
+        name: the backbone name recorded in prompt files (default: :func:`vpt.backbones.backbone_name`).
     """
 
     def __init__(self, backbone: nn.Module, config: PixelPromptConfig, name: str | None = None) -> None:
@@ -211,6 +117,7 @@ class PixelPromptModel(PromptedModel):
         self.backbone = backbone
         self.config = config
         self.name = name or backbone_name(backbone)
+        self.family = family_of(backbone)
         image = resolve_image_config(backbone, config.image_size)
         self.image_size: tuple[int, int] = image.size
         self.channels = image.channels
@@ -218,7 +125,7 @@ class PixelPromptModel(PromptedModel):
         self.register_buffer("pixel_index", index, persistent=False)
         self.prompts = PromptBank(config.num_tasks, (self.channels, index.numel()), init=config.init, std=config.init_scale, init_range=config.init_scale)
         if config.head == "backbone":
-            n = own_classifier_classes(backbone)
+            n = self.family.classifier_classes(backbone, image)
             if config.num_classes is not None and config.num_classes != n:
                 raise ValueError(
                     f"num_classes: {config.num_classes} does not match the {n} classes of the model's own classifier "
@@ -228,15 +135,9 @@ class PixelPromptModel(PromptedModel):
         else:
             if config.num_classes is None:
                 raise ValueError("num_classes: the 'linear' head needs the number of classes (vpt train fills it from the data)")
-            self.feature_kind = feature_kind(backbone)
-            dim = feature_width(backbone, self.feature_kind)
-            if dim is None:
-                with torch.no_grad():  # the width of a model that does not state it: one tiny forward
-                    param = next(backbone.parameters())
-                    probe = torch.zeros(1, self.channels, *self.image_size, device=param.device, dtype=param.dtype)
-                    dim = int(pooled_features(backbone, self.feature_kind, probe).shape[-1])
+            dim = self.family.feature_width(backbone, image)
             self.num_classes, self.feature_dim = config.num_classes, dim
-            self.head = TaskHeads(config.num_tasks, dim, config.num_classes)
+            self.head = TaskLinearHead(dim, config.num_classes, config.num_tasks, init="linear")
         self.freeze_backbone()
         self.backbone.eval()
 
@@ -285,9 +186,8 @@ class PixelPromptModel(PromptedModel):
             task_ids = torch.zeros(pixel_values.shape[0], dtype=torch.long, device=pixel_values.device)
         x = self.apply_prompt(pixel_values, task_ids)
         if self.head is None:
-            out = self.backbone(pixel_values=x) if hasattr(getattr(self.backbone, "config", None), "num_labels") else self.backbone(x)
-            return getattr(out, "logits", out)
-        return self.head(pooled_features(self.backbone, self.feature_kind, x), task_ids)
+            return self.family.classify(self.backbone, x)
+        return self.head(self.family.pooled_features(self.backbone, x), task_ids)
 
     def forward_batch(self, batch: dict[str, Any]) -> torch.Tensor:
         return self(batch["pixel_values"], batch.get("task_ids"))

@@ -61,7 +61,7 @@ def build(method: str, seed: int, fast: bool | None, num_tokens: int = 3) -> Pro
 
 
 for method in ("prompt_tuning", "p_tuning", "prefix"):
-    CASES.add(method, MethodCase(
+    CASES.add(f"text:{method}", MethodCase(
         build=lambda seed, fast, m=method: build(m, seed, fast),
         data=rows,
         foreign=lambda seed, m=method: build(m, seed, None, num_tokens=4),
@@ -75,7 +75,7 @@ def linear_probe(seed: int, num_classes: int = 2) -> PromptedModel:
     return textpt.wrap(model, LinearProbeConfig(num_classes=num_classes, seed=seed), tokenizer=tokenizer)
 
 
-CASES.add("linear_probe", MethodCase(
+CASES.add("text:linear_probe", MethodCase(
     build=lambda seed, fast: linear_probe(seed),
     data=labelled_rows,
     foreign=lambda seed: linear_probe(seed, num_classes=3),
@@ -87,7 +87,7 @@ def zero_shot(words: list[str]) -> PromptedModel:
     return textpt.wrap(model, ZeroShotConfig(verbalizer=words), tokenizer=tokenizer)
 
 
-CASES.add("zero_shot", MethodCase(
+CASES.add("text:zero_shot", MethodCase(
     build=lambda seed, fast: zero_shot(["good", "bad"]),
     data=labelled_rows,
     foreign=lambda seed: zero_shot(["good", "bad", "fine"]),

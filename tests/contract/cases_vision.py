@@ -1,4 +1,5 @@
-"""Contract cases of the vision methods: VPT, pixel prompts and the CLIP prompt learners, on tiny random backbones."""
+"""Contract cases of the vision methods: VPT, pixel prompts, the linear probe and the CLIP methods, on tiny random
+backbones."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 import vpt.clip as vc
 from harness import CASES, MethodCase
 from promptcore import PromptedModel, wrap
-from vpt import BackboneConfig, PixelPromptConfig, VPTConfig, create_model
+from vpt import BackboneConfig, LinearProbeConfig, PixelPromptConfig, VPTConfig, create_model
 from vpt.data import collate_images
 from vpt.synthetic import SyntheticImages
 
@@ -51,7 +52,7 @@ def seeded(seed: int, backbone: torch.nn.Module, config: Any) -> PromptedModel:
 
 for method in ("vpt_shallow", "vpt_deep"):
     deep = method == "vpt_deep"
-    CASES.add(method, MethodCase(
+    CASES.add(f"vision:{method}", MethodCase(
         build=lambda seed, fast, m=method, d=deep: seeded(
             seed, vit(), VPTConfig(method=m, num_tokens=4, num_classes=3, fast=fast_flag(fast) if d else "auto")
         ),
@@ -61,11 +62,17 @@ for method in ("vpt_shallow", "vpt_deep"):
     ))
 
 for method in ("pixel_pad", "pixel_fixed_patch", "pixel_random_patch"):
-    CASES.add(method, MethodCase(
+    CASES.add(f"vision:{method}", MethodCase(
         build=lambda seed, fast, m=method: seeded(seed, vit(), PixelPromptConfig(method=m, prompt_size=4, num_classes=3)),
         data=images,
         foreign=lambda seed, m=method: seeded(seed, vit(), PixelPromptConfig(method=m, prompt_size=5, num_classes=3)),
     ))
+
+CASES.add("vision:linear_probe", MethodCase(
+    build=lambda seed, fast: seeded(seed, vit(), LinearProbeConfig(num_classes=3)),
+    data=images,
+    foreign=lambda seed: seeded(seed, vit(), LinearProbeConfig(num_classes=4)),
+))
 
 CLIP_CONFIGS = {
     "coop": lambda path, n=4: vc.CoOpConfig(class_names=NAMES, n_ctx=n, text_path=path),
@@ -74,14 +81,14 @@ CLIP_CONFIGS = {
     "ivlp": lambda path, n=2: vc.IVLPConfig(class_names=NAMES, n_ctx=n, depth=2, ctx_init=None, text_path=path),
 }
 for method, make in CLIP_CONFIGS.items():
-    CASES.add(method, MethodCase(
+    CASES.add(f"vision:{method}", MethodCase(
         build=lambda seed, fast, make=make: seeded(seed, tiny_clip(), make(text_path(fast))),
         data=images,
         foreign=lambda seed, make=make: seeded(seed, tiny_clip(), make("auto", 3)),
         fast_spy="vpt.clip.text.TextTower.encode_shared_prefix",
     ))
 
-CASES.add("clip_zeroshot", MethodCase(
+CASES.add("vision:clip_zeroshot", MethodCase(
     build=lambda seed, fast: seeded(seed, tiny_clip(), vc.ZeroShotCLIPConfig(class_names=NAMES)),
     data=images,
     foreign=lambda seed: seeded(seed, tiny_clip(), vc.ZeroShotCLIPConfig(class_names=NAMES[:2])),

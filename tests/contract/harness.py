@@ -1,7 +1,8 @@
 """The contract every registered prompt method honours, and the record that tells the suite how to build one.
 
-Each method registered in :data:`promptcore.METHODS` has a :class:`MethodCase` in :data:`CASES` (the case files
-next to this one register them; a method without a case fails the suite). A case builds a tiny instance of the
+Each method registered in :data:`promptcore.METHODS` has a :class:`MethodCase` in :data:`CASES` under the same key
+(``"vision:vpt_deep"``, ``"text:prompt_tuning"``; the case files next to this one register them; a method without a
+case fails the suite). A case builds a tiny instance of the
 method, seeded, with a few rows of data; :mod:`test_contract` then checks, for every method alike:
 
 - after ``backward()`` only prompt parameters hold gradients, and they do;

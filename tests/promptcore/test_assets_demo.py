@@ -46,13 +46,14 @@ def _tiny_vit():
 
 
 def test_vision_linear_probe_is_the_head_on_unprompted_features():
-    from vpt.pixel import PixelPromptConfig, pooled_features
+    from vpt.backbones import family_of
+    from vpt.pixel import PixelPromptConfig
 
     backbone = _tiny_vit()
     probe = VisionLinearProbe(backbone, PixelPromptConfig(prompt_size=4, num_classes=3, image_size=32)).double()
     x = torch.randn(5, 3, 32, 32, dtype=torch.float64)
     with torch.no_grad():
-        expected = pooled_features(backbone, "timm", x) @ probe.head.weight[0].T + probe.head.bias[0]
+        expected = family_of(backbone).pooled_features(backbone, x) @ probe.head.weight[0].T + probe.head.bias[0]
         assert torch.allclose(probe(x), expected, atol=1e-12, rtol=0)
     assert [n for n, _ in probe.named_prompt_parameters()] == ["head.weight", "head.bias"]
     assert probe.prompt_config()["method"] == "linear_probe"

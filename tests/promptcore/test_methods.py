@@ -42,7 +42,7 @@ class Run:
 def echo():
     record = register_method("echo_a", EchoConfig, Echo, kind="vision", summary="test method")
     yield record
-    METHODS.remove("echo_a")
+    METHODS.remove("vision:echo_a")
 
 
 def test_wrap_builds_the_registered_method_with_context(echo):
@@ -52,7 +52,7 @@ def test_wrap_builds_the_registered_method_with_context(echo):
 
 
 def test_register_method_is_strict(echo):
-    with pytest.raises(KeyError, match="prompt method 'echo_a' is already registered"):
+    with pytest.raises(KeyError, match="prompt method 'vision:echo_a' is already registered"):
         register_method("echo_a", EchoConfig, Echo, kind="vision")
     with pytest.raises(ValueError, match=r"EchoConfig.method admits \['echo_a', 'echo_b'\], not 'echo_c'"):
         register_method("echo_c", EchoConfig, Echo, kind="vision")
@@ -73,7 +73,7 @@ def test_run_config_prompt_section_is_chosen_by_method(echo):
     with pytest.raises(ConfigError) as e:
         load_config(Run, {"prompt": {"method": "echo_aa", "num_tokns": 1}, "othr": 1})
     text = str(e.value)
-    assert "prompt.method: unknown method 'echo_aa'. Did you mean 'echo_a'?" in text
+    assert "prompt.method: unknown vision method 'echo_aa'. Did you mean 'echo_a'?" in text
     assert "othr: unknown key for Run. Did you mean 'other'?" in text
     with pytest.raises(ConfigError, match=r"prompt.num_tokens: must be positive, got 0"):
         load_config(Run, {"prompt": {"method": "echo_a", "num_tokens": 0}})
@@ -95,4 +95,4 @@ def test_registry_helpers():
 def test_the_packages_are_plugins():
     modules = load_plugins()
     assert {"vpt", "vpt.clip", "textpt"} <= set(modules)
-    assert {"vpt_deep", "coop", "prompt_tuning"} <= set(METHODS.names())
+    assert {"vision:vpt_deep", "vision:coop", "text:prompt_tuning", "vision:linear_probe", "text:linear_probe"} <= set(METHODS.names())

@@ -137,7 +137,7 @@ def test_linear_probe_through_the_cli(tmp_path, capsys):
     assert main(["eval", "-c", SMOKE, "--prompts", str(run / "best"), *probe]) == 0
     assert 0 <= _json_out(capsys)["accuracy"] <= 1
     assert main(["eval", "-c", SMOKE, *probe]) == 2
-    assert "--prompts: LinearProbeModel has trained parts" in capsys.readouterr().err
+    assert "--prompts: required, the prompt folder to evaluate" in (err := capsys.readouterr().err) and "LinearProbeModel has trained parameters" in err
 
 
 @pytest.mark.parametrize("task", [[], T5], ids=["causal_lm", "seq2seq"])

@@ -48,7 +48,7 @@ class RepeatModel(SoftPromptedModel):
 def toy_method():
     record = register_method("toy_repeat", RepeatConfig, RepeatModel, kind="text", summary="a test method")
     yield record
-    METHODS.remove("toy_repeat")
+    METHODS.remove("text:toy_repeat")
 
 
 def _json_out(capsys) -> dict:
@@ -75,6 +75,6 @@ def test_a_method_registered_from_a_test_file_runs_through_the_cli(toy_method, t
 
 
 def test_the_method_is_gone_once_removed(tmp_path, capsys):
-    assert "toy_repeat" not in METHODS
+    assert "text:toy_repeat" not in METHODS
     assert main(["train", "-c", SMOKE, "-o", str(tmp_path / "run"), *FAST, *TOY]) == 2
-    assert "prompt.method: unknown method 'toy_repeat'" in capsys.readouterr().err
+    assert "prompt.method: unknown text method 'toy_repeat'" in capsys.readouterr().err

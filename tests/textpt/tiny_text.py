@@ -23,7 +23,7 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
 
 def method_config(method: str = "prompt_tuning", **fields: Any) -> Any:
     """The config of the registered text method ``method`` with ``fields``."""
-    return METHODS.get(method).config_class(**fields)
+    return METHODS.get(f"text:{method}").config_class(**fields)
 
 
 @torch.no_grad()

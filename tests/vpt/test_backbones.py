@@ -164,4 +164,4 @@ def test_checkpoint_of_another_architecture_is_rejected(tmp_path):
 def test_family_registry_is_strict():
     assert {"timm", "open_clip", "hf", "asset"} <= set(FAMILIES)
     with pytest.raises(KeyError, match="already registered"):
-        FAMILIES.add("timm", BackboneFamily(create=lambda n, c: None, adapt=lambda m, n: None, describe=""))
+        FAMILIES.add("timm", BackboneFamily())

@@ -186,3 +186,27 @@ def test_bad_input_messages() -> None:
     assert "prompt_size: must be a positive number of pixels, got 0" in str(err.value)
     with pytest.raises(ConfigError, match="'pixel_padd' is not one of"):
         load_config(PixelPromptConfig, {"method": "pixel_padd"})
+
+
+def plain_cnn() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3)
+    ).eval()
+
+
+def test_a_plain_torch_cnn_takes_pixel_prompts_with_its_own_classifier() -> None:
+    cnn = plain_cnn()
+    model = PixelPromptModel(cnn, PixelPromptConfig(prompt_size=2, init="zeros", head="backbone", image_size=16))
+    assert model.num_classes == 3 and model.name == "Sequential"
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(model(x), cnn(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="num_classes: 5 does not match the 3 classes of the model's own classifier"):
+        PixelPromptModel(cnn, PixelPromptConfig(prompt_size=2, head="backbone", image_size=16, num_classes=5))
+
+
+def test_a_plain_torch_cnn_needs_its_size_and_has_no_pooled_features() -> None:
+    with pytest.raises(ValueError, match=r"cannot read the input size of a Sequential .*set data.image_size"):
+        PixelPromptModel(plain_cnn(), PixelPromptConfig(prompt_size=2, head="backbone"))
+    with pytest.raises(TypeError, match=r"cannot read pooled features from a torch.nn.modules.container.Sequential.*head 'backbone'"):
+        PixelPromptModel(plain_cnn(), PixelPromptConfig(prompt_size=2, num_classes=3, image_size=16))

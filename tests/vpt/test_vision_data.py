@@ -11,14 +11,18 @@ import torch
 from PIL import Image
 
 import vpt.assets
+from vpt.backbones import FAMILIES
 from vpt.synthetic import SyntheticImages
 
 from promptcore.config import ConfigError, load_config
+from promptcore.data import few_shot_indices
 from vpt.data import (
+    SOURCES,
     DataError,
+    DataSource,
+    LabeledImages,
     VisionDataConfig,
     build_vision_data,
-    few_shot_indices,
     holdout_indices,
     load_sources,
     resolve_image_config,
@@ -147,7 +151,7 @@ def test_transforms_from_each_library() -> None:
 
     eff = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     cfg = resolve_image_config(eff)
-    assert cfg.size == (224, 224) and cfg.library == "timm"
+    assert cfg.size == (224, 224) and cfg.family is FAMILIES.get("timm")
     assert resolve_image_config(eff, image_size=64).size == (64, 64)
     clip = open_clip.CLIP(
         embed_dim=16,
@@ -155,7 +159,7 @@ def test_transforms_from_each_library() -> None:
         text_cfg=dict(context_length=8, vocab_size=50, width=16, heads=1, layers=1),
     )
     cfg = resolve_image_config(clip)
-    assert cfg.size == (48, 48) and cfg.library == "open_clip" and cfg.mean == open_clip.OPENAI_DATASET_MEAN
+    assert cfg.size == (48, 48) and cfg.family is FAMILIES.get("open_clip") and cfg.mean == open_clip.OPENAI_DATASET_MEAN
     from vpt.data import build_transform
 
     assert build_transform(cfg)(to_rgb(Image.new("L", (100, 60)))).shape == (3, 48, 48)
@@ -185,3 +189,24 @@ def test_synthetic_images_are_seeded_and_splits_differ():
     a, b = SyntheticImages(16, 4, seed=3), SyntheticImages(16, 4, seed=3)
     assert (a.images == b.images).all() and (a.labels == b.labels).all()
     assert not (SyntheticImages(16, 4, seed=3, split="test").images == a.images).all()
+
+
+def test_unknown_source_lists_close_matches() -> None:
+    with pytest.raises(ConfigError, match=r"source: unknown data source 'hff'. Did you mean 'hf'\? Known: asset, hf, imagefolder, synthetic"):
+        load_config(VisionDataConfig, {"source": "hff"})
+
+
+def test_a_source_registered_outside_the_library_loads_by_name(vit: torch.nn.Module) -> None:
+    def load(cfg: VisionDataConfig, image_config) -> tuple[LabeledImages, LabeledImages]:
+        colors = [(255, 0, 0), (0, 0, 255)]
+        images = [Image.new("RGB", (12, 12), colors[i % 2]) for i in range(6)]
+        part = LabeledImages(load=images.__getitem__, labels=[i % 2 for i in range(6)], class_names=["red", "blue"], name=cfg.name)
+        return part, part
+
+    with SOURCES.temporarily("colors", DataSource(load, requires=(("name", "what to call it"),))):
+        with pytest.raises(ConfigError, match=r"name: required for source 'colors' \(what to call it\)"):
+            load_config(VisionDataConfig, {"source": "colors"})
+        bundle = build_vision_data(data_cfg(source="colors", name="two colors"), resolve_image_config(vit))
+    assert "colors" not in SOURCES
+    assert bundle.class_names == ["red", "blue"] and len(bundle.train) == 6
+    assert bundle.eval[1]["pixel_values"].shape == (3, 32, 32) and bundle.eval[1]["labels"] == 1

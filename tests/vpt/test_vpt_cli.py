@@ -117,8 +117,10 @@ def test_vpt_verbs_include_predict_and_the_clip_verbs() -> None:
     import argparse
 
     from promptcore.cli import build_parser
+    from promptcore.plugins import load_plugins
     from vpt.cli import VisionRecipe
 
+    load_plugins()  # as the vpt command does first: the CLIP verbs come with the vpt.clip plugin
     parser = build_parser(VisionRecipe())
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert {"train", "eval", "predict", "base2new", "interpret"} <= set(sub.choices)

@@ -112,7 +112,8 @@ def test_image_of_another_size_gives_a_clear_error():
         ({"num_tokens": -3, "num_classes": 2}, "num_tokens: must be a positive integer"),
         ({"num_classes": 0}, "num_classes: the 'linear' head needs a positive number of classes"),
         ({"num_classes": 2, "dropout": 1.0}, r"dropout: must lie in \[0, 1\)"),
-        ({"num_classes": 2, "head": "zeroshot"}, "class_names: the 'zeroshot' head needs the class names"),
+        ({"num_classes": 2, "head": "lineer"}, r"head: unknown VPT head 'lineer'. Did you mean 'linear'\?"),
+        ({"num_classes": 3, "class_names": ["a", "b"]}, "num_classes: 3 does not match the 2 class_names"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, message):
@@ -144,30 +145,3 @@ def test_linear_head_without_class_token_reads_the_backbone_pooling():
     for i in range(tb.depth):
         h = tb.run_block(i, torch.cat([p[i].expand(3, -1, -1), h[:, 2:] if i else h], dim=1))
     torch.testing.assert_close(features["x"], tb.pool(h[:, 2:]), rtol=0, atol=1e-10)
-
-
-def test_zeroshot_head_uses_the_open_clip_text_tower():
-    from vpt.clip import zeroshot_weights
-    from vpt.clip.tokens import get_tokenizer
-
-    backbone = tiny("open_clip")
-    names = ["cat", "dog", "bird"]
-    model = vpt.wrap(backbone, VPTConfig(num_tokens=2, head="zeroshot", class_names=names)).double()
-    assert model.config.num_classes == 3
-    assert {n for n, _ in model.named_prompt_parameters()} == {"prompts.weight"}
-    assert "head.class_embeddings" not in model.prompt_state_dict()
-    weights = zeroshot_weights(backbone, get_tokenizer(None, backbone.context_length), names)
-    x = images()
-    tb = model.tokens
-    h = tb.embed(x)
-    p = model.prompt_tokens()[0]
-    for i in range(tb.depth):
-        h = tb.run_block(i, torch.cat([h[:, :1], p[i].expand(3, -1, -1), h[:, 1 + (2 if i else 0) :]], dim=1))
-    h = torch.cat([h[:, :1], h[:, 3:]], dim=1)
-    expected = backbone.logit_scale.exp() * F.normalize(tb.image_embedding(h), dim=-1) @ weights.t()
-    torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-10)
-
-
-def test_zeroshot_head_needs_an_open_clip_model():
-    with pytest.raises(ValueError, match="head 'zeroshot' needs an open_clip model with its text tower, got hf:tiny-clip"):
-        vpt.wrap(tiny("hf_clip"), VPTConfig(num_tokens=2, head="zeroshot", class_names=["a", "b"]))

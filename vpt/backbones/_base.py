@@ -1,16 +1,19 @@
 """Plumbing of the backbone registry: the family record, the token-level view VPT runs on, weight files.
 
-A family file builds models by name (``create``) and, for models it knows, returns a :class:`TokenBackbone`
-(``adapt``): the seams VPT needs, read from the library's own modules.
+A family (:class:`BackboneFamily`) answers every library-specific question about its models: how to build one by
+name, whether a model object is one of its own (:func:`family_of` asks each family in turn), its token view for
+VPT (:class:`TokenBackbone`), its image config and transforms, its pooled features, its own classifier, and the
+name prompt files record for it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
+from PIL import Image
 from torch import nn
 
 from promptcore import Registry
@@ -71,11 +74,8 @@ class TokenBackbone:
         return self.final_norm(x[:, :1])[:, 0] if self.has_class_token else self.pool(x)
 
     def image_embedding(self, x: torch.Tensor) -> torch.Tensor:
-        """The image embedding in a joint image-text space (the ``zeroshot`` head)."""
-        raise ValueError(
-            f"backbone {self.name} has no image-text embedding; the 'zeroshot' head needs an open_clip model "
-            f"(e.g. 'open_clip:ViT-B-16:laion2b_s34b_b88k'); choose head 'linear' or 'backbone_pool'"
-        )
+        """The image embedding in a joint image-text space (open_clip models have one)."""
+        raise ValueError(f"backbone {self.name} has no image-text embedding (an open_clip model has one)")
 
     # ----- the fast VPT-deep path (vpt/fast_deep.py) ------------------------------------------------------------
     def fast_unsupported(self, index: int) -> str | None:
@@ -97,22 +97,148 @@ class TokenBackbone:
         raise NotImplementedError
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 @dataclass(frozen=True)
-class BackboneFamily:
-    """One backbone family: how to build its models by name and how to view them as tokens.
+class ImageConfig:
+    """How a backbone expects its images, as its family reads them from the model.
 
     Attributes:
-        create: ``(model_name, config) -> model``; ``model_name`` is the part after ``family:``.
-        adapt: ``(model, name) -> TokenBackbone``, or ``None`` when the model is not one of this family's.
+        size: ``(height, width)`` of the model's input.
+        mean, std: per-channel normalisation.
+        interpolation: resizing filter (``bicubic``, ``bilinear``).
+        crop_pct: evaluation resizes to ``size / crop_pct`` and centre-crops ``size``.
+        channels: input channels.
+        source: where the values were read from (reported in the run's data info).
+        family: the family whose :meth:`BackboneFamily.transform` turns images into tensors for this model.
+        options: further settings of the family's own transform that have no field here (timm's ``crop_mode``,
+            open_clip's ``resize_mode`` and ``fill_color``).
+    """
+
+    size: tuple[int, int]
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bicubic"
+    crop_pct: float = 1.0
+    channels: int = 3
+    source: str = "default"
+    family: "BackboneFamily | None" = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class BackboneFamily:
+    """Everything library-specific about one family of backbones, answered in one place.
+
+    A family file subclasses this class, overrides what its library does differently, and registers one
+    instance: ``FAMILIES.add("name", MyFamily())``. The defaults describe a model that no family owns (a plain
+    torch module): no token view, no readable input size (``data.image_size`` gives it), torchvision's
+    resize-and-crop transform, the model's output as its classifier's logits, and no pooled features.
+
+    Attributes:
         describe: one line on the supported models, for error messages and docs.
     """
 
-    create: Callable[[str, "BackboneConfig"], nn.Module]
-    adapt: Callable[[nn.Module, str | None], TokenBackbone | None]
-    describe: str
+    describe: str = "any torch image model (no token view; give data.image_size)"
+
+    def create(self, model_name: str, cfg: "BackboneConfig") -> nn.Module:
+        """The library's model for ``model_name`` (the part of ``family:model`` after the colon)."""
+        raise NotImplementedError(f"{type(self).__name__} builds no models by name")
+
+    def owns(self, model: nn.Module) -> bool:
+        """Whether ``model`` is one of this family's (only the family that owns a model answers for it)."""
+        return False
+
+    def default_name(self, model: nn.Module) -> str:
+        """The name recorded in prompt files for a model not built by :func:`vpt.create_model`."""
+        return type(model).__name__
+
+    def adapt(self, model: nn.Module, name: str) -> TokenBackbone | None:
+        """The token view of ``model`` for token prompts (VPT), or ``None`` when it has no token sequence."""
+        return None
+
+    def image_config(self, model: nn.Module) -> ImageConfig | None:
+        """The input size, normalisation and resizing ``model`` was trained with, or ``None`` when unknown."""
+        return None
+
+    def transform(self, image: ImageConfig, training: bool) -> Callable[[Image.Image], torch.Tensor]:
+        """PIL RGB image -> normalised ``[C, H, W]`` tensor for ``image``; ``training`` adds augmentation.
+
+        The default is torchvision's: random resized crop and flip in training, else resize to
+        ``size / crop_pct`` and centre-crop ``size``.
+        """
+        from torchvision import transforms as T
+
+        modes = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR}
+        mode = modes.get(image.interpolation, T.InterpolationMode.BICUBIC)
+        h, w = image.size
+        if training:
+            steps = [T.RandomResizedCrop((h, w), interpolation=mode), T.RandomHorizontalFlip()]
+        else:
+            resize = (round(h / image.crop_pct), round(w / image.crop_pct))
+            steps = [T.Resize(resize, interpolation=mode), T.CenterCrop((h, w))]
+        return T.Compose([*steps, T.ToTensor(), T.Normalize(image.mean, image.std)])
+
+    def pooled_features(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """The frozen model's own pooled features ``[B, D]`` (no classifier), through the library's API."""
+        known = "; ".join(f"{n}: {FAMILIES.get(n).describe}" for n in FAMILIES)
+        raise TypeError(
+            f"cannot read pooled features from a {type(model).__module__}.{type(model).__name__}: no backbone family "
+            f"owns it (families: {known}). Use head 'backbone' to keep the model's own classifier, or register a "
+            f"backbone family for it (vpt.backbones.FAMILIES)"
+        )
+
+    def feature_width(self, model: nn.Module, image: ImageConfig) -> int:
+        """``D`` of :meth:`pooled_features`; the default runs one image of ``image.size`` through the model."""
+        with torch.no_grad():
+            return int(self.pooled_features(model, probe_image(model, image)).shape[-1])
+
+    def classifier_classes(self, model: nn.Module, image: ImageConfig) -> int:
+        """The class count of the model's own classifier (head ``backbone``).
+
+        The default reads the width of the model's output for one image of ``image.size``.
+
+        Raises:
+            ValueError: the model has no classifier.
+        """
+        with torch.no_grad():
+            out = self.classify(model, probe_image(model, image))
+        if out.dim() != 2:
+            raise ValueError(
+                f"head 'backbone' takes the output of {type(model).__name__} as class logits, but it has shape "
+                f"{tuple(out.shape)} for one image, not [1, classes]; use a model that ends in its classifier"
+            )
+        return int(out.shape[-1])
+
+    def classify(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, classes]`` of the model's own classifier."""
+        return model(images)
+
+
+def probe_image(model: nn.Module, image: ImageConfig) -> torch.Tensor:
+    """One zero image of ``image``'s size, on the model's device and in its dtype (to read output widths)."""
+    param = next(model.parameters())
+    return torch.zeros(1, image.channels, *image.size, device=param.device, dtype=param.dtype)
+
+
+def from_library(obj: object, package: str) -> bool:
+    """Whether ``obj``'s class, or a class it derives from, is defined in ``package`` (``timm``, ``open_clip``)."""
+    return any(cls.__module__.split(".")[0] == package for cls in type(obj).__mro__)
 
 
 FAMILIES: Registry[BackboneFamily] = Registry("backbone family")
+OTHER = BackboneFamily()
+"""The family of models that no registered family owns (see :class:`BackboneFamily`'s defaults)."""
+
+
+def family_of(model: nn.Module) -> BackboneFamily:
+    """The family that owns ``model``: the registered families are asked in name order, :data:`OTHER` if none does."""
+    for name in FAMILIES:
+        family = FAMILIES.get(name)
+        if family.owns(model):
+            return family
+    return OTHER
 
 
 def load_weights_file(model: nn.Module, path: str, label: str) -> None:
@@ -158,10 +284,11 @@ def find_module(root: nn.Module, paths: Sequence[str]) -> nn.Module | None:
 
 
 def as_pair(value: int | Sequence[int]) -> tuple[int, int]:
+    """``(height, width)`` from an int or a size sequence (``(C, H, W)`` gives its last two)."""
     if isinstance(value, int):
         return (value, value)
-    a, b = value
-    return (int(a), int(b))
+    size = [int(v) for v in value]
+    return (size[0], size[0]) if len(size) == 1 else (size[-2], size[-1])
 
 
 def unknown_model_error(family: str, model_name: str, known: list[str]) -> KeyError:

@@ -1,7 +1,13 @@
-"""transformers vision encoders: ``hf:<repo id or local folder>`` building ``ViTModel``, ``CLIPVisionModel`` or
-``SiglipVisionModel`` (a full CLIP/SigLIP checkpoint gives its vision tower).
+"""The transformers family: ``hf:<repo id or local folder>`` building ``ViTModel``, ``CLIPVisionModel`` or
+``SiglipVisionModel`` (a full CLIP/SigLIP checkpoint gives its vision tower); it answers for every transformers
+model.
 
-Seams used: ``embeddings`` (patches, class token, positions; CLIP's ``pre_layrnorm``), the encoder layers
+Image config: the image processor saved with the model when it can be loaded locally, else the model config's
+``image_size`` with the mean/std its processor family uses; torchvision transforms from those values. Pooled
+features: ``pooler_output``, else the mean of the last hidden states; the classifier: a
+``*ForImageClassification``'s ``logits``.
+
+Token view seams: ``embeddings`` (patches, class token, positions; CLIP's ``pre_layrnorm``), the encoder layers
 (``layer(hidden_states, attention_mask)``), the final layer norm and the model's own pooling (ViT's ``pooler``,
 CLIP's post-norm class token, SigLIP's attention-pooling ``head``). The fast path runs the layers' own
 ``q_proj``/``k_proj``/``v_proj``/output projection, layer norms and MLP.
@@ -15,7 +21,17 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ._base import FAMILIES, BackboneFamily, TokenBackbone, as_pair, find_module
+from ._base import (
+    FAMILIES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BackboneFamily,
+    ImageConfig,
+    TokenBackbone,
+    as_pair,
+    find_module,
+    from_library,
+)
 
 if TYPE_CHECKING:
     from ..config import BackboneConfig
@@ -24,27 +40,117 @@ if TYPE_CHECKING:
 _VISION_TOWER = {"clip": "clip_vision_model", "siglip": "siglip_vision_model"}
 
 
-def create(model_name: str, cfg: "BackboneConfig") -> nn.Module:
-    import transformers
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+HALF = (0.5, 0.5, 0.5)
+# Mean/std of the HF image processors of each model type, used when no processor config can be loaded offline.
+DEFAULT_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "vit": (HALF, HALF),
+    "siglip": (HALF, HALF),
+    "siglip_vision_model": (HALF, HALF),
+    "clip": (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
+    "clip_vision_model": (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
+}
 
-    kwargs = dict(cfg.kwargs)
-    config_dict = kwargs.pop("config", None)
-    if config_dict is not None:
-        # A config dict builds a random model offline (tests, custom sizes); model_name is then only a label.
-        config_dict = dict(config_dict)
-        model_type = config_dict.pop("model_type", None)
-        if model_type is None:
-            raise ValueError("hf kwargs.config needs a model_type: 'vit', 'clip_vision_model' or 'siglip_vision_model'")
-        config = transformers.AutoConfig.for_model(_VISION_TOWER.get(model_type, model_type), **config_dict, **kwargs)
-        return _model_class(config)(config)
-    config = transformers.AutoConfig.from_pretrained(model_name, **kwargs)
-    vision_type = _VISION_TOWER.get(config.model_type)
-    if vision_type is not None:
-        config = config.vision_config
-    cls = _model_class(config)
-    if cfg.pretrained:
-        return cls.from_pretrained(model_name, config=config)
-    return cls(config)
+
+class HFFamily(BackboneFamily):
+    describe = "transformers models; token prompts on ViTModel, CLIPVisionModel, SiglipVisionModel"
+
+    def create(self, model_name: str, cfg: "BackboneConfig") -> nn.Module:
+        import transformers
+
+        kwargs = dict(cfg.kwargs)
+        config_dict = kwargs.pop("config", None)
+        if config_dict is not None:
+            # A config dict builds a random model offline (tests, custom sizes); model_name is then only a label.
+            config_dict = dict(config_dict)
+            model_type = config_dict.pop("model_type", None)
+            if model_type is None:
+                raise ValueError("hf kwargs.config needs a model_type: 'vit', 'clip_vision_model' or 'siglip_vision_model'")
+            config = transformers.AutoConfig.for_model(_VISION_TOWER.get(model_type, model_type), **config_dict, **kwargs)
+            return _model_class(config)(config)
+        config = transformers.AutoConfig.from_pretrained(model_name, **kwargs)
+        vision_type = _VISION_TOWER.get(config.model_type)
+        if vision_type is not None:
+            config = config.vision_config
+        cls = _model_class(config)
+        if cfg.pretrained:
+            return cls.from_pretrained(model_name, config=config)
+        return cls(config)
+
+    def owns(self, model: nn.Module) -> bool:
+        return from_library(model, "transformers")
+
+    def default_name(self, model: nn.Module) -> str:
+        return f"hf:{getattr(model, 'name_or_path', '') or type(model).__name__}"
+
+    def adapt(self, model: nn.Module, name: str) -> TokenBackbone | None:
+        return HFVisionEncoder(model, name) if type(model).__name__ in _LAYOUTS else None
+
+    def image_config(self, model: nn.Module) -> ImageConfig:
+        return _image_config(model, self)
+
+    def pooled_features(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        out = model(pixel_values=images)
+        pooled = getattr(out, "pooler_output", None)
+        # No pooler: the mean over all tokens, which assumes nothing about class or register tokens.
+        return pooled.flatten(1) if pooled is not None else out.last_hidden_state.mean(1)
+
+    def classifier_classes(self, model: nn.Module, image: ImageConfig) -> int:
+        if not type(model).__name__.endswith("ForImageClassification"):
+            raise ValueError(
+                f"head 'backbone' needs a model with its own classifier (a transformers *ForImageClassification); "
+                f"{type(model).__name__} has none, use head 'linear'"
+            )
+        return int(model.config.num_labels)
+
+    def classify(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        return model(pixel_values=images).logits
+
+
+def _image_config(model: nn.Module, family: BackboneFamily) -> ImageConfig:
+    config = model.config
+    vision = getattr(config, "vision_config", None) or config
+    model_type = getattr(vision, "model_type", "") or getattr(config, "model_type", "")
+    name = getattr(model, "name_or_path", "") or getattr(config, "_name_or_path", "")
+    processor = None
+    if name:
+        try:
+            from transformers import AutoImageProcessor
+
+            processor = AutoImageProcessor.from_pretrained(name)
+        except (OSError, ValueError):
+            processor = None  # no processor saved with the model, or none reachable offline: use the config below
+    if processor is not None:
+        size = dict(getattr(processor, "crop_size", None) or getattr(processor, "size", None) or {})
+        if "height" in size:
+            hw = (size["height"], size["width"])
+        elif "shortest_edge" in size:
+            hw = (size["shortest_edge"], size["shortest_edge"])
+        else:
+            hw = as_pair(vision.image_size)
+        mean, std = getattr(processor, "image_mean", None), getattr(processor, "image_std", None)
+        resize = dict(getattr(processor, "size", None) or {})
+        crop_pct = hw[0] / resize["shortest_edge"] if getattr(processor, "do_center_crop", False) and "shortest_edge" in resize else 1.0
+        return ImageConfig(
+            size=tuple(hw),
+            mean=tuple(mean) if mean is not None else IMAGENET_MEAN,
+            std=tuple(std) if std is not None else IMAGENET_STD,
+            interpolation="bicubic" if int(getattr(processor, "resample", 3) or 3) == 3 else "bilinear",
+            crop_pct=float(crop_pct),
+            channels=int(getattr(vision, "num_channels", 3)),
+            source=f"HF image processor of {name}",
+            family=family,
+        )
+    mean, std = DEFAULT_STATS.get(model_type, (IMAGENET_MEAN, IMAGENET_STD))
+    return ImageConfig(
+        size=as_pair(vision.image_size),
+        mean=mean,
+        std=std,
+        channels=int(getattr(vision, "num_channels", 3)),
+        source=f"HF model config image_size ({model_type or 'unknown type'}; no image processor found)",
+        family=family,
+    )
 
 
 def _model_class(config) -> type:
@@ -80,22 +186,16 @@ _LAYOUTS = {
 }
 
 
-def adapt(model: nn.Module, name: str | None) -> TokenBackbone | None:
-    if not type(model).__module__.startswith("transformers.") or type(model).__name__ not in _LAYOUTS:
-        return None
-    return HFVisionEncoder(model, name)
-
-
 class HFVisionEncoder(TokenBackbone):
     """A transformers ``ViTModel`` / ``CLIPVisionModel`` / ``SiglipVisionModel`` seen as tokens."""
 
-    def __init__(self, model: nn.Module, name: str | None) -> None:
+    def __init__(self, model: nn.Module, name: str) -> None:
         config = model.config
         kind = type(model).__name__
         self.model = model
         self.kind = kind
         self.names = _LAYOUTS[kind]
-        self.name = name or f"hf:{getattr(config, '_name_or_path', '') or kind}"
+        self.name = name
         layers = find_module(model, ("encoder.layers", "encoder.layer", "layers"))
         if layers is None:
             raise TypeError(f"{kind} has no encoder layers where expected (encoder.layers / encoder.layer / layers)")
@@ -163,7 +263,4 @@ class HFVisionEncoder(TokenBackbone):
         return x + drop(layer.mlp(getattr(layer, self.names.norm2)(x)))
 
 
-FAMILIES.add(
-    "hf",
-    BackboneFamily(create=create, adapt=adapt, describe="transformers ViTModel, CLIPVisionModel, SiglipVisionModel"),
-)
+FAMILIES.add("hf", HFFamily())

@@ -1,8 +1,12 @@
-"""open_clip image towers (ViT): ``open_clip:<architecture>[:<pretrained tag>]``, e.g.
-``open_clip:ViT-B-16:laion2b_s34b_b88k``. ``create_model`` returns the full CLIP model (the ``zeroshot`` head
-needs its text tower); prompts go into ``model.visual``.
+"""The open_clip family: ``open_clip:<architecture>[:<pretrained tag>]``, e.g.
+``open_clip:ViT-B-16:laion2b_s34b_b88k``. ``create_model`` returns the full CLIP model (CLIP methods and the
+``zeroshot`` head need its text tower); image prompts go into ``model.visual``.
 
-Seams used: ``visual._embeds`` (conv patches, class embedding, positional embedding, patch dropout, ``ln_pre``),
+Image config: ``open_clip.get_model_preprocess_cfg``; transforms: ``open_clip.transform.image_transform_v2``.
+Pooled features: the image tower's output (the image embedding, ``visual.output_dim`` wide). CLIP has no
+classifier of its own.
+
+Token view seams: ``visual._embeds`` (conv patches, class embedding, positional embedding, patch dropout, ``ln_pre``),
 ``visual.transformer.resblocks``, ``visual._pool`` (``ln_post``, token/avg pooling, attentional pooling) and
 ``visual.proj``. The fast path runs ``ResidualAttentionBlock`` (``nn.MultiheadAttention``: ``in_proj_weight``,
 ``in_proj_bias``, ``out_proj``; layer scale; MLP); custom blocks (qk-norm, scaled cosine attention) run the
@@ -11,65 +15,115 @@ plain path.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import FAMILIES, BackboneFamily, TokenBackbone, as_pair, unknown_model_error
+from ._base import FAMILIES, BackboneFamily, ImageConfig, TokenBackbone, as_pair, from_library, unknown_model_error
 
 if TYPE_CHECKING:
     from ..config import BackboneConfig
 
 
-def create(model_name: str, cfg: "BackboneConfig") -> nn.Module:
-    import open_clip
+class OpenClipFamily(BackboneFamily):
+    describe = "open_clip CLIP models; token prompts on a ViT image tower"
 
-    architecture, _, tag = model_name.partition(":")
-    kwargs = dict(cfg.kwargs)
-    model_cfg = kwargs.pop("model_cfg", None)
-    if model_cfg is not None:
-        # A config dict builds the model without a registered config or weights (tests, custom towers).
-        if kwargs:
-            raise ValueError(f"open_clip model_cfg builds the model directly; other kwargs {sorted(kwargs)} would be ignored")
-        return open_clip.CLIP(**model_cfg)
-    if architecture not in open_clip.list_models():
-        raise unknown_model_error("open_clip", architecture, open_clip.list_models())
-    if cfg.pretrained and not tag:
-        tags = [t for a, t in open_clip.list_pretrained() if a == architecture]
-        raise ValueError(
-            f"open_clip:{architecture} with pretrained: true needs a pretrained tag, 'open_clip:{architecture}:TAG'; "
-            f"tags: {', '.join(tags) or 'none'}"
-        )
-    return open_clip.create_model(architecture, pretrained=tag if cfg.pretrained else None, **kwargs)
+    def create(self, model_name: str, cfg: "BackboneConfig") -> nn.Module:
+        import open_clip
 
-
-def adapt(model: nn.Module, name: str | None) -> TokenBackbone | None:
-    if not type(model).__module__.startswith("open_clip."):
-        return None
-    from open_clip.transformer import VisionTransformer
-
-    visual = getattr(model, "visual", model)
-    if not isinstance(visual, VisionTransformer):
-        if visual is not model:
-            raise TypeError(
-                f"open_clip image tower {type(visual).__name__} is not open_clip's VisionTransformer, which token "
-                f"prompts need; use its timm model through a 'timm:' backbone, or pixel prompts (prompt.method: pixel_pad)"
+        architecture, _, tag = model_name.partition(":")
+        kwargs = dict(cfg.kwargs)
+        model_cfg = kwargs.pop("model_cfg", None)
+        if model_cfg is not None:
+            # A config dict builds the model without a registered config or weights (tests, custom towers).
+            if kwargs:
+                raise ValueError(f"open_clip model_cfg builds the model directly; other kwargs {sorted(kwargs)} would be ignored")
+            return open_clip.CLIP(**model_cfg)
+        if architecture not in open_clip.list_models():
+            raise unknown_model_error("open_clip", architecture, open_clip.list_models())
+        if cfg.pretrained and not tag:
+            tags = [t for a, t in open_clip.list_pretrained() if a == architecture]
+            raise ValueError(
+                f"open_clip:{architecture} with pretrained: true needs a pretrained tag, 'open_clip:{architecture}:TAG'; "
+                f"tags: {', '.join(tags) or 'none'}"
             )
-        return None
-    return OpenClipViT(model, visual, name)
+        return open_clip.create_model(architecture, pretrained=tag if cfg.pretrained else None, **kwargs)
+
+    def owns(self, model: nn.Module) -> bool:
+        return from_library(model, "open_clip") or from_library(getattr(model, "visual", None), "open_clip")
+
+    def default_name(self, model: nn.Module) -> str:
+        return f"open_clip:{type(model).__name__}"
+
+    def adapt(self, model: nn.Module, name: str) -> TokenBackbone | None:
+        from open_clip.transformer import VisionTransformer
+
+        visual = getattr(model, "visual", model)
+        if not isinstance(visual, VisionTransformer):
+            if visual is not model:
+                raise TypeError(
+                    f"open_clip image tower {type(visual).__name__} is not open_clip's VisionTransformer, which token "
+                    f"prompts need; use its timm model through a 'timm:' backbone, or pixel prompts (prompt.method: pixel_pad)"
+                )
+            return None
+        return OpenClipViT(model, visual, name)
+
+    def image_config(self, model: nn.Module) -> ImageConfig:
+        import open_clip
+
+        fields = _preprocess_fields()
+        cfg = {k: v for k, v in open_clip.get_model_preprocess_cfg(model).items() if k in fields}
+        pre = open_clip.transform.PreprocessCfg(**cfg)
+        return ImageConfig(
+            size=as_pair(pre.size),
+            mean=tuple(pre.mean),
+            std=tuple(pre.std),
+            interpolation=pre.interpolation,
+            channels=3,
+            source="open_clip preprocess_cfg",
+            family=self,
+            options={k: v for k, v in cfg.items() if k not in ("size", "mean", "std", "interpolation")},
+        )
+
+    def transform(self, image: ImageConfig, training: bool) -> Callable:
+        import open_clip
+
+        pre = open_clip.transform.PreprocessCfg(
+            size=image.size, mean=image.mean, std=image.std, interpolation=image.interpolation, **image.options
+        )
+        return open_clip.transform.image_transform_v2(pre, is_train=training)
+
+    def pooled_features(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        return getattr(model, "visual", model)(images)
+
+    def feature_width(self, model: nn.Module, image: ImageConfig) -> int:
+        return int(getattr(model, "visual", model).output_dim)
+
+    def classifier_classes(self, model: nn.Module, image: ImageConfig) -> int:
+        raise ValueError(
+            f"head 'backbone' needs a model with its own classifier; the open_clip {type(model).__name__} has none "
+            f"(use head 'linear', or a CLIP method such as clip_zeroshot or coop)"
+        )
+
+
+def _preprocess_fields() -> tuple[str, ...]:
+    """The fields of open_clip's ``PreprocessCfg`` (a model's preprocess config may hold other keys too)."""
+    from open_clip.transform import PreprocessCfg
+
+    return tuple(PreprocessCfg.__dataclass_fields__)
 
 
 class OpenClipViT(TokenBackbone):
     """An open_clip ``VisionTransformer`` image tower seen as tokens (one class token)."""
 
-    def __init__(self, model: nn.Module, visual: nn.Module, name: str | None) -> None:
+    def __init__(self, model: nn.Module, visual: nn.Module, name: str) -> None:
         if not visual.transformer.batch_first:
             raise TypeError("open_clip tower runs sequence-first (batch_first=False); token prompts need batch-first blocks")
         self.model = model
         self.visual = visual
-        self.name = name or f"open_clip:{type(model).__name__}"
+        self.name = name
         self.width = visual.transformer.width
         self.depth = len(visual.transformer.resblocks)
         self.patch_size = as_pair(visual.patch_size)
@@ -128,7 +182,4 @@ class OpenClipViT(TokenBackbone):
         return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
 
 
-FAMILIES.add(
-    "open_clip",
-    BackboneFamily(create=create, adapt=adapt, describe="open_clip CLIP models with a ViT image tower"),
-)
+FAMILIES.add("open_clip", OpenClipFamily())

@@ -1,6 +1,11 @@
-"""timm ``VisionTransformer`` family (ViT, DeiT, DeiT-III, ViTs with register tokens ...): ``timm:<model name>``.
+"""The timm family: ``timm:<model name>``, any timm model (CNNs included); token prompts on its
+``VisionTransformer`` (ViT, DeiT, DeiT-III, ViTs with register tokens ...).
 
-Seams used: ``patch_embed``, ``_pos_embed``, ``patch_drop``, ``norm_pre``, ``blocks``, ``norm``,
+Image config: ``timm.data.resolve_model_data_config`` (the model's ``pretrained_cfg``), with the fixed input size
+of a ViT built for another size; transforms: ``timm.data.create_transform``. Pooled features:
+``forward_head(forward_features(x), pre_logits=True)``; the classifier: the model's own ``forward``.
+
+Token view seams: ``patch_embed``, ``_pos_embed``, ``patch_drop``, ``norm_pre``, ``blocks``, ``norm``,
 ``forward_head(pre_logits=True)`` and ``num_prefix_tokens`` (class and register tokens, ``no_embed_class`` handled
 by ``_pos_embed`` itself). The fast path runs timm's ``Block`` with its ``Attention`` (fused ``qkv``, ``q_norm``,
 ``k_norm``, ``norm``, ``proj``, layer scale, MLP); other block types run the plain path.
@@ -8,52 +13,116 @@ by ``_pos_embed`` itself). The fast path runs timm's ``Block`` with its ``Attent
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
 
-from ._base import FAMILIES, BackboneFamily, TokenBackbone, as_pair, unknown_model_error
+from ._base import FAMILIES, BackboneFamily, ImageConfig, TokenBackbone, as_pair, from_library, unknown_model_error
 
 if TYPE_CHECKING:
     from ..config import BackboneConfig
 
 
-def create(model_name: str, cfg: "BackboneConfig") -> nn.Module:
-    import timm
+class TimmFamily(BackboneFamily):
+    describe = "timm models; token prompts on its VisionTransformer (ViT, DeiT, DeiT-III, register tokens)"
 
-    architecture = model_name.split(".", 1)[0]
-    if not timm.is_model(architecture):
-        raise unknown_model_error("timm", model_name, timm.list_models())
-    return timm.create_model(model_name, pretrained=cfg.pretrained, **cfg.kwargs)
+    def create(self, model_name: str, cfg: "BackboneConfig") -> nn.Module:
+        import timm
+
+        architecture = model_name.split(".", 1)[0]
+        if not timm.is_model(architecture):
+            raise unknown_model_error("timm", model_name, timm.list_models())
+        return timm.create_model(model_name, pretrained=cfg.pretrained, **cfg.kwargs)
+
+    def owns(self, model: nn.Module) -> bool:
+        return from_library(model, "timm")
+
+    def default_name(self, model: nn.Module) -> str:
+        return f"timm:{(getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or type(model).__name__}"
+
+    def adapt(self, model: nn.Module, name: str) -> TokenBackbone | None:
+        from timm.models.vision_transformer import VisionTransformer
+
+        return TimmViT(model, name) if isinstance(model, VisionTransformer) else None
+
+    def image_config(self, model: nn.Module) -> ImageConfig:
+        from timm.data import resolve_model_data_config
+
+        cfg = dict(resolve_model_data_config(model))
+        return ImageConfig(
+            # A ViT built with img_size=... keeps its pretrained_cfg's 224 while its patch embedding only takes its own size.
+            size=fixed_image_size(model) or as_pair(cfg["input_size"]),
+            mean=tuple(cfg["mean"]),
+            std=tuple(cfg["std"]),
+            interpolation=cfg["interpolation"],
+            crop_pct=float(cfg["crop_pct"]),
+            channels=int(cfg["input_size"][0]),
+            source="timm resolve_model_data_config",
+            family=self,
+            options={k: v for k, v in cfg.items() if k not in _IMAGE_CONFIG_KEYS},
+        )
+
+    def transform(self, image: ImageConfig, training: bool) -> Callable:
+        from timm.data import create_transform
+
+        return create_transform(
+            input_size=(image.channels, *image.size),
+            is_training=training,
+            interpolation=image.interpolation,
+            mean=image.mean,
+            std=image.std,
+            crop_pct=image.crop_pct,
+            **image.options,
+        )
+
+    def pooled_features(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        return model.forward_head(model.forward_features(images), pre_logits=True)
+
+    def feature_width(self, model: nn.Module, image: ImageConfig) -> int:
+        return pooled_width(model)
+
+    def classifier_classes(self, model: nn.Module, image: ImageConfig) -> int:
+        if model.num_classes <= 0:
+            raise ValueError(
+                f"head 'backbone' needs the model's classifier, but {type(model).__name__} was built without one "
+                f"(num_classes=0); build it with its classifier or use head 'linear'"
+            )
+        return int(model.num_classes)
 
 
-def adapt(model: nn.Module, name: str | None) -> TokenBackbone | None:
-    if not type(model).__module__.startswith("timm."):
+# resolve_model_data_config keys that ImageConfig holds in its own fields; the rest go to create_transform as options.
+_IMAGE_CONFIG_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct")
+
+
+def fixed_image_size(model: nn.Module) -> tuple[int, int] | None:
+    """The only input size a ViT's patch embedding takes (``None`` for CNNs and dynamic-size ViTs)."""
+    pe = getattr(model, "patch_embed", None)
+    if getattr(pe, "img_size", None) is None or not getattr(pe, "strict_img_size", True):
         return None
-    from timm.models.vision_transformer import VisionTransformer
-
-    if not isinstance(model, VisionTransformer):
+    if getattr(model, "dynamic_img_size", False) or getattr(pe, "dynamic_img_size", False):
         return None
-    return TimmViT(model, name)
+    return as_pair(pe.img_size)
+
+
+def pooled_width(model: nn.Module) -> int:
+    """Width of ``forward_head(pre_logits=True)``: the pre-logits layer's, where the model has one."""
+    return int(getattr(model, "head_hidden_size", None) or model.num_features)
 
 
 class TimmViT(TokenBackbone):
     """A timm ``VisionTransformer`` seen as tokens."""
 
-    def __init__(self, model: nn.Module, name: str | None) -> None:
-        arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
+    def __init__(self, model: nn.Module, name: str) -> None:
         self.model = model
-        self.name = name or f"timm:{arch}"
+        self.name = name
         self.width = model.embed_dim
         self.depth = len(model.blocks)
         self.patch_size = as_pair(model.patch_embed.patch_size)
-        pe = model.patch_embed
-        fixed = not getattr(model, "dynamic_img_size", False) and getattr(pe, "strict_img_size", True)
-        self.image_size = as_pair(pe.img_size) if fixed and pe.img_size is not None else None
+        self.image_size = fixed_image_size(model)
         self.num_prefix_tokens = model.num_prefix_tokens
         self.has_class_token = model.cls_token is not None
-        self.pool_dim = getattr(model, "head_hidden_size", None) or model.num_features
+        self.pool_dim = pooled_width(model)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         m = self.model
@@ -103,7 +172,4 @@ class TimmViT(TokenBackbone):
         return x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
 
 
-FAMILIES.add(
-    "timm",
-    BackboneFamily(create=create, adapt=adapt, describe="timm VisionTransformer (ViT, DeiT, DeiT-III, register tokens)"),
-)
+FAMILIES.add("timm", TimmFamily())

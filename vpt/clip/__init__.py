@@ -1,24 +1,33 @@
 """CLIP prompt learning on open_clip models: zero-shot CLIP, CoOp, CoCoOp, MaPLe and IVLP.
 
-Importing this package registers each method config with :func:`promptcore.wrap`::
+A leaf of :mod:`vpt`: nothing else in vpt imports it. Importing it (the ``vpt`` CLI does, as a plugin) registers
+its methods with :func:`promptcore.wrap` and the run configs' ``prompt:`` section, the ``zeroshot`` head of VPT
+models, and the ``vpt base2new`` and ``vpt interpret`` verbs::
 
     import open_clip, promptcore
     from vpt.clip import CoOpConfig
     model = open_clip.create_model("ViT-B-16", pretrained="openai")
     prompted = promptcore.wrap(model, CoOpConfig(class_names=["cat", "dog"], ctx_init="a photo of a", n_ctx=4))
     logits = prompted(pixel_values)
+
+A new CLIP method is one file: a config deriving from :class:`CLIPContextConfig` (or :class:`CLIPMethodConfig`),
+a model deriving from :class:`CLIPPromptModel` (or :class:`CLIPModel`), and ``register_method(name, Config,
+Model, kind="vision")``.
 """
 
 from . import cli  # noqa: F401  (registers the base2new and interpret commands)
+from .base import CLIPModel, CLIPPromptModel, clip_logits
 from .cocoop import CoCoOp
-from .config import CLIP_METHODS, CLIPPromptConfig, CoCoOpConfig, CoOpConfig, IVLPConfig, MaPLeConfig, ZeroShotCLIPConfig
+from .config import CLIPContextConfig, CLIPMethodConfig, CoCoOpConfig, CoOpConfig, IVLPConfig, MaPLeConfig, ZeroShotCLIPConfig
 from .coop import CoOp
 from .maple import IVLP, MaPLe
-from .zeroshot import DEFAULT_TEMPLATES, ZeroShotCLIP, zeroshot_weights
+from .zeroshot import DEFAULT_TEMPLATES, ZeroShotCLIP, ZeroShotHead, zeroshot_weights
 
 __all__ = [
-    "CLIP_METHODS",
-    "CLIPPromptConfig",
+    "CLIPContextConfig",
+    "CLIPMethodConfig",
+    "CLIPModel",
+    "CLIPPromptModel",
     "CoCoOp",
     "CoCoOpConfig",
     "CoOp",
@@ -30,5 +39,7 @@ __all__ = [
     "MaPLeConfig",
     "ZeroShotCLIP",
     "ZeroShotCLIPConfig",
+    "ZeroShotHead",
+    "clip_logits",
     "zeroshot_weights",
 ]

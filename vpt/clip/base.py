@@ -1,11 +1,13 @@
-"""What every CLIP prompt learner shares: the frozen open_clip model, its text tower view, the tokenizer, the class
-prompts and the CLIP logits."""
+"""What the CLIP methods share: the frozen open_clip model, the tokenizer, the class names and the CLIP logits
+(:class:`CLIPModel`); and for the prompt learners, the text tower view and the class prompts
+(:class:`CLIPPromptModel`)."""
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from promptcore import PromptedModel, init_prompt_
@@ -13,25 +15,63 @@ from promptcore import PromptedModel, init_prompt_
 from ..backbones import backbone_name
 from .text import PromptLayout, TextTower
 from .tokens import SpecialTokens, Tokenizer, check_class_names, get_tokenizer, text_token_ids
-from .zeroshot import clip_logits
 
 
-def describe_backbone(model: nn.Module, text: TextTower) -> str:
-    """A label for prompt files when no backbone name is given: the model class and the tower sizes."""
-    visual = getattr(model, "visual", None)
-    vision = f", vision {type(visual).__name__}" if visual is not None else ""
-    return f"open_clip {type(model).__name__} (text width {text.width}, {text.num_layers} layers{vision})"
+def clip_logits(clip_model: nn.Module, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    """CLIP's logits: ``logit_scale.exp()`` times the cosine similarity (plus ``logit_bias`` where the model has
+    one). ``text_features`` is ``[C, E]`` (one classifier) or ``[B, C, E]`` (one per image)."""
+    img = F.normalize(image_features.float(), dim=-1)
+    txt = F.normalize(text_features.float(), dim=-1)
+    sim = img @ txt.T if txt.dim() == 2 else torch.einsum("be,bce->bc", img, txt)
+    logits = clip_model.logit_scale.exp().float() * sim
+    bias = getattr(clip_model, "logit_bias", None)
+    return logits + bias.float() if bias is not None else logits
 
 
-class CLIPPromptModel(PromptedModel):
-    """Base of the CLIP prompt learners: ``forward(pixel_values) -> logits [B, num_classes]``.
+class CLIPModel(PromptedModel):
+    """Base of every CLIP method's model: ``forward(pixel_values) -> logits [B, num_classes]``, one class per name
+    of ``config.class_names``.
 
     Args:
-        model: a frozen open_clip ``CLIP`` or ``CustomTextCLIP`` (its parameters are frozen here).
-        config: the method config; its ``class_names`` must be set.
+        model: a frozen open_clip ``CLIP`` or ``CustomTextCLIP`` (its parameters are frozen by the subclass).
+        config: the method config (a :class:`vpt.clip.config.CLIPMethodConfig`); its ``class_names`` must be set.
         tokenizer: a tokenizer object; default: the one ``config.tokenizer`` names (``null``: OpenAI's BPE).
-        name: backbone name for prompt files (``open_clip:ViT-B-16:openai``); default: the name
-            :func:`vpt.backbones.create_model` built it under, else a label from the sizes.
+        name: backbone name for prompt files (``open_clip:ViT-B-16:openai``); default:
+            :func:`vpt.backbones.backbone_name`.
+    """
+
+    method: str = ""
+
+    def __init__(self, model: nn.Module, config: Any, tokenizer: Tokenizer | None = None, name: str | None = None) -> None:
+        super().__init__()
+        if config.class_names is None:
+            raise ValueError(
+                "class_names: the text prompts need the class names; set prompt.class_names (the CLI fills them from the data)"
+            )
+        self.config = config
+        self.backbone = model
+        self.tokenizer = tokenizer or get_tokenizer(config.tokenizer, model.context_length)
+        self.name = name or backbone_name(model)
+        self.class_names = check_class_names(config.class_names)
+
+    def clip_logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """CLIP's logits for this model (see :func:`clip_logits`)."""
+        return clip_logits(self.backbone, image_features, text_features)
+
+    def forward_batch(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self(batch["pixel_values"])
+
+    def prompt_config(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "backbone": self.name,
+            "num_classes": len(self.class_names),
+            "class_names": list(self.class_names),
+        }
+
+
+class CLIPPromptModel(CLIPModel):
+    """Base of the CLIP prompt learners with a learned text context (see :class:`CLIPModel` for the arguments).
 
     Trainable modules live in ``prompts`` (one container per method), the only prompt module.
     """
@@ -48,31 +88,22 @@ class CLIPPromptModel(PromptedModel):
         "vision_num_tokens",
         "vision_num_layers",
     )
-    method: str = ""
 
     def __init__(self, model: nn.Module, config: Any, tokenizer: Tokenizer | None = None, name: str | None = None) -> None:
-        super().__init__()
-        if config.class_names is None:
-            raise ValueError(
-                "class_names: the text prompts need the class names; set prompt.class_names (the CLI fills them from the data)"
-            )
-        self.config = config
-        self.backbone = model
-        self.text_tower = TextTower(model)
-        self.tokenizer = tokenizer or get_tokenizer(config.tokenizer, self.text_tower.context_length)
+        text_tower = TextTower(model)  # first: it says clearly why a text tower cannot take prompts
+        super().__init__(model, config, tokenizer, name)
+        self.text_tower = text_tower
         self.special = SpecialTokens.of(self.tokenizer)
-        self.name = name or backbone_name(model) or describe_backbone(model, self.text_tower)
-        self.class_names = check_class_names(config.class_names)
 
     # ----- construction helpers ---------------------------------------------------------------------------------
-    def _text_path(self, requested: str, applies: bool = True) -> bool:
+    def _text_path(self, requested: str) -> bool:
         """Resolves ``text_path`` (auto / fast / reference) to whether the fast path runs."""
         issue = self.text_tower.fast_path_issue()
         if requested == "reference":
             return False
         if requested == "fast" and issue:
             raise ValueError(f"text_path: 'fast' does not apply to this model: {issue}; use 'auto' or 'reference'")
-        return issue is None and applies
+        return issue is None
 
     def _context(self, shape: tuple[int, ...], ctx_init: str | None, std: float) -> nn.Parameter:
         """A context parameter ``[..., n_ctx, width]``: the embeddings of ``ctx_init``'s first ``n_ctx`` tokens, or
@@ -104,22 +135,12 @@ class CLIPPromptModel(PromptedModel):
         self.class_names = names
 
     # ----- outputs ----------------------------------------------------------------------------------------------
-    def clip_logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-        """CLIP's logits for this model (see :func:`vpt.clip.zeroshot.clip_logits`)."""
-        return clip_logits(self.backbone, image_features, text_features)
-
-    def forward_batch(self, batch: dict[str, Any]) -> torch.Tensor:
-        return self(batch["pixel_values"])
-
     def prompt_config(self) -> dict[str, Any]:
         return {
-            "method": self.method,
-            "backbone": self.name,
+            **super().prompt_config(),
             "dim": self.text_tower.width,
             "embed_dim": self.text_tower.embed_dim,
             "context_length": self.text_tower.context_length,
-            "num_classes": len(self.class_names),
-            "class_names": list(self.class_names),
         }
 
     def _finish(self) -> None:

@@ -13,48 +13,42 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from promptcore import read_prompt_config, wrap
+from promptcore import METHODS, UserError, read_prompt_config, wrap
 from promptcore.cli import Command, add_config_args, register_command
-from promptcore.config import load_config
-from promptcore.train_config import TrainConfig
 
 from ..config import BackboneConfig
-from ..data import VisionDataConfig
-from .config import CLIPPromptConfig, CoOpConfig
+from ..run_config import VisionRunConfig, load_run_config
+from .config import CLIPMethodConfig
 
 
-@dataclass
-class CLIPRunConfig:
-    """A CLIP prompt-learning run: the vision run config's sections with a CLIP method in ``prompt``.
+def clip_run_config(cfg: VisionRunConfig, verb: str) -> VisionRunConfig:
+    """``cfg`` itself when its prompt is a CLIP method's config.
 
-    ``data.shots`` is K (per seed, the draw uses the seed); ``data.seed`` is unused by ``base2new``, whose seeds come
-    from ``--seeds``.
+    Raises:
+        UserError: another method (the message names the CLIP methods).
     """
-
-    model: BackboneConfig = field(default_factory=lambda: BackboneConfig(name="open_clip:ViT-B-16:openai", pretrained=True))
-    prompt: CLIPPromptConfig = field(default_factory=CoOpConfig)
-    data: VisionDataConfig = field(default_factory=VisionDataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-
-def load_clip_run_config(source: Any, overrides: Sequence[str] = ()) -> CLIPRunConfig:
-    """Loads and validates a :class:`CLIPRunConfig` from YAML (or a dict) with ``a.b=value`` overrides."""
-    return load_config(CLIPRunConfig, source, list(overrides))
+    if not isinstance(cfg.prompt, CLIPMethodConfig):
+        clip = [m.name for _, m in METHODS.items() if issubclass(m.config_class, CLIPMethodConfig)]
+        raise UserError(
+            f"prompt.method: {verb} works on CLIP methods ({', '.join(clip)}), not {cfg.prompt.method!r}; use a "
+            f"config such as configs/clip/coop_vit_b16.yaml"
+        )
+    return cfg
 
 
 def run_base_to_new(
-    cfg: CLIPRunConfig,
+    cfg: VisionRunConfig,
     seeds: Sequence[int],
     output: str | Path | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Base-to-new generalisation (CoCoOp's protocol) over several seeds.
+    """Base-to-new generalisation (CoCoOp's protocol) over several seeds, for a run config with a CLIP method.
 
-    For each seed: K shots per base class (``cfg.data.shots``; all images when null) drawn with the seed, the prompts
+    ``data.shots`` is K (per seed, the draw uses the seed); ``data.seed`` is unused, the seeds are ``seeds``. For
+    each seed: K shots per base class (``cfg.data.shots``; all images when null) drawn with the seed, the prompts
     trained with :class:`promptcore.trainer.Trainer` (the zero-shot baseline trains nothing), then accuracy on the
     eval split's base classes and, after :meth:`set_class_names`, on its new classes.
 
@@ -62,14 +56,14 @@ def run_base_to_new(
         ``{"seeds": [{"seed", "base", "new", "hm"}...], "mean": {...}, "std": {...}, "summary": {"base": "x ± y"...}}``
         (accuracies as fractions; the summary in percent).
     """
-    import torch
-
+    from promptcore.data import few_shot_indices
     from promptcore.trainer import Trainer, seed_everything
 
     from ..backbones import create_model
     from ..data import DataError, build_vision_data, collate_images, load_sources, resolve_image_config
-    from .fewshot import ClassSubset, aggregate, base_new_metrics, base_new_split, evaluate_accuracy, few_shot_indices, format_aggregate
+    from .fewshot import ClassSubset, aggregate, base_new_metrics, base_new_split, format_aggregate
 
+    clip_run_config(cfg, "base2new")
     if not seeds:
         raise ValueError("--seeds: give at least one seed, e.g. --seeds 1 2 3")
     out_dir = Path(output) if output is not None else None
@@ -94,16 +88,13 @@ def run_base_to_new(
         train_set = ClassSubset(bundle.train, base, shots, train_labels)
         eval_labels = bundle.eval.labels
         model = wrap(backbone, dataclasses.replace(cfg.prompt, class_names=[names[i] for i in base]))
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        train_cfg = dataclasses.replace(cfg.train, seed=seed)
         if list(model.prompt_parameters()):
             run_dir = str(out_dir / f"seed{seed}") if out_dir is not None else None
-            train_cfg = dataclasses.replace(cfg.train, seed=seed)
             Trainer(model, train_cfg, train_set, None, collate_images, run_dir=run_dir, run_config=cfg, overwrite=overwrite).fit()
-        model.to(device)
-        batch = cfg.train.eval_batch_size or cfg.train.batch_size
-        base_acc = evaluate_accuracy(model, ClassSubset(bundle.eval, base, labels=eval_labels), collate_images, batch)
+        base_acc = Trainer(model, train_cfg, None, collate_fn=collate_images).evaluate(ClassSubset(bundle.eval, base, labels=eval_labels))["accuracy"]
         model.set_class_names([names[i] for i in new])
-        new_acc = evaluate_accuracy(model, ClassSubset(bundle.eval, new, labels=eval_labels), collate_images, batch)
+        new_acc = Trainer(model, train_cfg, None, collate_fn=collate_images).evaluate(ClassSubset(bundle.eval, new, labels=eval_labels))["accuracy"]
         row = {"seed": seed, **base_new_metrics(base_acc, new_acc)}
         rows.append(row)
         print(f"seed {seed}: base {100 * row['base']:.2f}  new {100 * row['new']:.2f}  H {100 * row['hm']:.2f}", flush=True)
@@ -140,7 +131,7 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def cmd_base2new(args: argparse.Namespace) -> int:
-    cfg = load_clip_run_config(args.config, args.overrides)
+    cfg = load_run_config(args.config, args.overrides)
     result = run_base_to_new(cfg, args.seeds, args.output, args.overwrite)
     print(format_table(result), end="")
     return 0
@@ -153,8 +144,8 @@ def cmd_interpret(args: argparse.Namespace) -> int:
 
     meta = read_prompt_config(args.prompts)
     if args.config:
-        cfg = load_clip_run_config(args.config, args.overrides)
-        backbone_cfg, tokenizer_name = cfg.model, getattr(cfg.prompt, "tokenizer", None)
+        cfg = clip_run_config(load_run_config(args.config, args.overrides), "interpret")
+        backbone_cfg, tokenizer_name = cfg.model, cfg.prompt.tokenizer
     else:
         name = str(meta.get("backbone", ""))
         if not name.startswith("open_clip:"):
@@ -197,4 +188,4 @@ register_command(Command(
 ))
 
 
-__all__ = ["CLIPRunConfig", "format_table", "load_clip_run_config", "run_base_to_new"]
+__all__ = ["clip_run_config", "format_table", "run_base_to_new"]

@@ -27,7 +27,7 @@ class CoCoOp(CLIPPromptModel):
     (Linear(E, E // ratio), ReLU, Linear(E // ratio, width); E the joint embedding width).
 
     Args:
-        model, tokenizer, name: see :class:`vpt.clip.base.CLIPPromptModel`.
+        model, tokenizer, name: see :class:`vpt.clip.base.CLIPModel`.
         config: :class:`vpt.clip.config.CoCoOpConfig`.
     """
 

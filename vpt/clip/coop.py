@@ -25,7 +25,7 @@ class CoOp(CLIPPromptModel):
     class-specific context).
 
     Args:
-        model, tokenizer, name: see :class:`vpt.clip.base.CLIPPromptModel`.
+        model, tokenizer, name: see :class:`vpt.clip.base.CLIPModel`.
         config: :class:`vpt.clip.config.CoOpConfig`.
     """
 

@@ -1,7 +1,6 @@
-"""Few-shot data and base-to-new evaluation, on plain label lists and torch Datasets.
+"""Base-to-new evaluation, on plain label lists and torch Datasets (the K-shot draw is
+:func:`promptcore.data.few_shot_indices`, CoOp's 1/2/4/8/16-shot protocol).
 
-- :func:`few_shot_indices` (from :mod:`promptcore.data`): K images per class with a seed (CoOp's 1/2/4/8/16-shot
-  protocol).
 - :func:`base_new_split`: the first half of the classes are base, the rest new (``ceil(C / 2)`` base classes, as
   CoCoOp's ``subsample_classes``).
 - :class:`ClassSubset`: a dataset restricted to some classes, labels renumbered ``0 .. len(classes) - 1``.
@@ -16,9 +15,7 @@ import statistics
 from typing import Any, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
-
-from promptcore.data import few_shot_indices
+from torch.utils.data import Dataset
 
 
 def dataset_labels(dataset: Dataset) -> list[int]:
@@ -97,19 +94,3 @@ def format_aggregate(agg: dict[str, tuple[float, float]], scale: float = 100.0, 
 def base_new_metrics(base_accuracy: float, new_accuracy: float) -> dict[str, Any]:
     """One seed's row: ``{"base": .., "new": .., "hm": ..}`` (accuracies as fractions)."""
     return {"base": base_accuracy, "new": new_accuracy, "hm": harmonic_mean(base_accuracy, new_accuracy)}
-
-
-@torch.no_grad()
-def evaluate_accuracy(model: Any, dataset: Dataset, collate_fn: Any = None, batch_size: int = 64) -> float:
-    """Top-1 accuracy of a prompted model on ``dataset`` (summed ``eval_step`` counts; the model's device)."""
-    model.eval()
-    device = next(model.parameters()).device
-    correct = count = 0.0
-    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn):
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        sums = model.eval_step(batch)
-        correct += float(sums["accuracy"])
-        count += float(sums["count"])
-    if count == 0:
-        raise ValueError("evaluate_accuracy: the dataset is empty")
-    return correct / count

@@ -71,7 +71,7 @@ class MaPLe(_DeepCLIP):
     ``prompts.proj`` (J linear maps text width -> vision width).
 
     Args:
-        model, tokenizer, name: see :class:`vpt.clip.base.CLIPPromptModel`.
+        model, tokenizer, name: see :class:`vpt.clip.base.CLIPModel`.
         config: :class:`vpt.clip.config.MaPLeConfig`.
     """
 
@@ -105,7 +105,7 @@ class IVLP(_DeepCLIP):
     ``[vision depth, vision n_ctx, vision width]``.
 
     Args:
-        model, tokenizer, name: see :class:`vpt.clip.base.CLIPPromptModel`.
+        model, tokenizer, name: see :class:`vpt.clip.base.CLIPModel`.
         config: :class:`vpt.clip.config.IVLPConfig`.
     """
 

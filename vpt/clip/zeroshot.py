@@ -1,17 +1,21 @@
 """Zero-shot CLIP: a classifier made of class-name text embeddings (Radford et al. 2021), the baseline of every
-prompt-learning method here, and the fixed ``head: zeroshot`` of vpt."""
+prompt-learning method here (method ``clip_zeroshot``), and the fixed ``zeroshot`` head of VPT models on open_clip
+backbones (``prompt.head: zeroshot``)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from promptcore import PromptedModel, register_method
+from promptcore import register_method
 
-from ..backbones import backbone_name
+from ..backbones import TokenBackbone
+from ..config import VPTConfig
+from ..heads import HEADS, VPTHead
+from .base import CLIPModel, clip_logits
 from .config import ZeroShotCLIPConfig
 from .tokens import SpecialTokens, Tokenizer, check_class_names, get_tokenizer, text_token_ids
 
@@ -19,17 +23,6 @@ Template = str | Callable[[str], str]
 
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
 
-
-
-def clip_logits(clip_model: nn.Module, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-    """CLIP's logits: ``logit_scale.exp()`` times the cosine similarity (plus ``logit_bias`` where the model has
-    one). ``text_features`` is ``[C, E]`` (one classifier) or ``[B, C, E]`` (one per image)."""
-    img = F.normalize(image_features.float(), dim=-1)
-    txt = F.normalize(text_features.float(), dim=-1)
-    sim = img @ txt.T if txt.dim() == 2 else torch.einsum("be,bce->bc", img, txt)
-    logits = clip_model.logit_scale.exp().float() * sim
-    bias = getattr(clip_model, "logit_bias", None)
-    return logits + bias.float() if bias is not None else logits
 
 def fill_template(template: Template, name: str) -> str:
     """``template.format(name)`` for a string with one ``{}``, or ``template(name)`` for a callable (open_clip's
@@ -85,26 +78,18 @@ def zeroshot_weights(
     return F.normalize(emb.mean(1), dim=-1)
 
 
-class ZeroShotCLIP(PromptedModel):
+class ZeroShotCLIP(CLIPModel):
     """Zero-shot CLIP as a prompted model with nothing to train (the baseline of base-to-new tables).
 
     Args:
-        model: a frozen open_clip CLIP model.
+        model, tokenizer, name: see :class:`vpt.clip.base.CLIPModel`.
         config: :class:`vpt.clip.config.ZeroShotCLIPConfig` (class names and templates).
-        tokenizer: a tokenizer object; default: the one ``config.tokenizer`` names (``null``: OpenAI's BPE).
-        name: backbone name for prompt files.
     """
 
     method = "clip_zeroshot"
 
     def __init__(self, model: nn.Module, config: ZeroShotCLIPConfig, tokenizer: Tokenizer | None = None, name: str | None = None) -> None:
-        super().__init__()
-        if config.class_names is None:
-            raise ValueError("class_names: zero-shot CLIP needs the class names; set prompt.class_names (the CLI fills them from the data)")
-        self.config = config
-        self.backbone = model
-        self.tokenizer = tokenizer or get_tokenizer(config.tokenizer, model.context_length)
-        self.name = name or backbone_name(model) or f"open_clip {type(model).__name__}"
+        super().__init__(model, config, tokenizer, name)
         self.set_class_names(config.class_names)
         self.freeze_backbone()
         self.train()
@@ -120,17 +105,67 @@ class ZeroShotCLIP(PromptedModel):
         with torch.no_grad():
             return clip_logits(self.backbone, self.backbone.encode_image(pixel_values), self.weights)
 
-    def forward_batch(self, batch: dict[str, Any]) -> torch.Tensor:
-        return self(batch["pixel_values"])
-
-    def prompt_config(self) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "backbone": self.name,
-            "num_classes": len(self.class_names),
-            "class_names": list(self.class_names),
-            "templates": list(self.config.templates),
-        }
+    def prompt_config(self) -> dict:
+        return {**super().prompt_config(), "templates": list(self.config.templates)}
 
 
 register_method("clip_zeroshot", ZeroShotCLIPConfig, ZeroShotCLIP, kind="vision", summary="zero-shot CLIP (nothing trains)", trains=False)
+
+
+# ----- the zeroshot head of VPT models ------------------------------------------------------------------------------
+class ZeroShotHead(nn.Module):
+    """CLIP's zero-shot classifier: scaled cosine similarity to fixed class text embeddings.
+
+    The class embeddings are derived from the frozen text tower, so they are a non-persistent buffer: they never
+    land in prompt files and a loading model rebuilds them from its own text tower.
+
+    Args:
+        class_embeddings: ``[num_classes, embed_dim]`` text embeddings (normalised here).
+        logit_scale: the multiplier of the cosine similarities (CLIP's learned temperature, exponentiated).
+    """
+
+    def __init__(self, class_embeddings: torch.Tensor, logit_scale: float) -> None:
+        super().__init__()
+        self.register_buffer("class_embeddings", F.normalize(class_embeddings.detach(), dim=-1), persistent=False)
+        self.logit_scale = float(logit_scale)
+
+    def forward(self, features: torch.Tensor, task_ids: torch.Tensor | None = None) -> torch.Tensor:
+        features = F.normalize(features, dim=-1)
+        return self.logit_scale * features @ self.class_embeddings.to(features.dtype).t()
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.class_embeddings.shape[0]}, logit_scale={self.logit_scale:.2f}"
+
+
+def zeroshot_head(tokens: TokenBackbone, config: VPTConfig) -> ZeroShotHead:
+    """The ``zeroshot`` head: the text embeddings of ``config.class_names`` in ``config.templates``."""
+    clip = tokens.model
+    if not hasattr(clip, "encode_text"):
+        raise ValueError(
+            f"head 'zeroshot' needs an open_clip model with its text tower, got {tokens.name}; build the backbone as "
+            f"'open_clip:ARCH:TAG' or choose head 'linear'"
+        )
+    if not config.class_names:
+        raise ValueError(
+            "class_names: the 'zeroshot' head needs the class names to embed with the text tower; set "
+            "prompt.class_names (vpt train fills them from the data when num_classes is unset too)"
+        )
+    import open_clip
+
+    arch = tokens.name.split(":")[1] if tokens.name.startswith("open_clip:") else None
+    tokenizer = get_tokenizer(arch if arch in open_clip.list_models() else None, clip.context_length)
+    weights = zeroshot_weights(clip, tokenizer, config.class_names, config.templates or DEFAULT_TEMPLATES)
+    return ZeroShotHead(weights, float(clip.logit_scale.detach().exp()))
+
+
+def _check_zeroshot_head(config: VPTConfig) -> None:
+    if config.num_tasks != 1:
+        raise ValueError("num_tasks: the 'zeroshot' head is one fixed head; use num_tasks 1 or a trained head")
+
+
+HEADS.add("zeroshot", VPTHead(
+    build=zeroshot_head,
+    features=lambda tb, x, prompt_out: tb.image_embedding(x),
+    summary="fixed CLIP text embeddings of class_names (open_clip backbones)",
+    check=_check_zeroshot_head,
+))

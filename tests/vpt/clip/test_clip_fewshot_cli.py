@@ -9,19 +9,12 @@ import torch
 import promptcore
 import vpt.clip as vc
 from promptcore.cli import build_parser
-from vpt.clip.cli import load_clip_run_config
+from promptcore.data import few_shot_indices
 from vpt.cli import VisionRecipe
-from vpt.clip.fewshot import (
-    ClassSubset,
-    aggregate,
-    base_new_split,
-    dataset_labels,
-    few_shot_indices,
-    format_aggregate,
-    harmonic_mean,
-)
+from vpt.clip.fewshot import ClassSubset, aggregate, base_new_split, dataset_labels, format_aggregate, harmonic_mean
 from vpt.clip.interpret import interpret_prompts, nearest_words
 from vpt.clip.tokens import get_tokenizer
+from vpt.run_config import load_run_config
 
 ROOT = Path(__file__).resolve().parents[3]
 LABELS = [0, 1, 2, 0, 1, 2, 0, 1, 0, 2, 0]  # class 0: 5 items, class 1: 3, class 2: 3
@@ -107,5 +100,29 @@ def test_base2new_cli_aggregates_seeds_and_interpret_reads_its_prompts(tmp_path,
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs/clip").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_clip_config_validates(path):
-    cfg = load_clip_run_config(path)
-    assert cfg.prompt.method in vc.CLIP_METHODS
+    cfg = load_run_config(path)
+    assert isinstance(cfg.prompt, vc.CLIPMethodConfig)
+
+
+def test_vpt_eval_runs_zero_shot_clip_without_prompts(tmp_path, capsys):
+    from vpt.cli import main
+
+    argv = ["-c", str(ROOT / "configs/clip/smoke_coop_tiny.yaml"), "--set", "prompt={method: clip_zeroshot}"]
+    assert main(["eval", *argv]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads(out[out.index("{") :])
+    assert metrics["count"] == 64 and 0.0 <= metrics["accuracy"] <= 1.0
+    assert main(["eval", *argv, "--set", "prompt={method: coop, n_ctx: 2}"]) == 2
+    assert "--prompts: required" in capsys.readouterr().err
+
+
+def test_a_config_naming_a_clip_method_loads_the_plugin_from_python():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, vpt; assert 'vpt.clip' not in sys.modules; "
+        f"cfg = vpt.load_run_config({str(ROOT / 'configs/clip/coop_vit_b16.yaml')!r}); "
+        "assert type(cfg.prompt).__name__ == 'CoOpConfig' and 'vpt.clip' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
