@@ -1,10 +1,24 @@
-"""Data helpers shared by the packages: the seeded K-shot sampler."""
+"""Data helpers shared by the packages: the seeded K-shot sampler and the seeds of synthetic splits."""
 
 from __future__ import annotations
 
 from typing import Literal, Sequence
 
 import torch
+
+_SPLIT_OFFSET = {"train": 0, "validation": 1, "test": 2}
+
+
+def split_seed(seed: int, split: str) -> int:
+    """The generator seed of one split of a seeded synthetic source: the splits of one ``seed`` draw disjoint
+    samples from the same classes.
+
+    Raises:
+        ValueError: ``split`` is not ``train``, ``validation`` or ``test``.
+    """
+    if split not in _SPLIT_OFFSET:
+        raise ValueError(f"split must be one of {', '.join(_SPLIT_OFFSET)}, got {split!r}")
+    return seed * 1000 + 17 + _SPLIT_OFFSET[split]
 
 
 def few_shot_indices(

@@ -10,14 +10,7 @@ from typing import Literal
 import torch
 from torch.utils.data import Dataset
 
-_SPLIT_OFFSET = {"train": 0, "validation": 1, "test": 2}
-
-
-def _split_seed(seed: int, split: str) -> int:
-    if split not in _SPLIT_OFFSET:
-        raise ValueError(f"split must be one of {', '.join(_SPLIT_OFFSET)}, got {split!r}")
-    return seed * 1000 + 17 + _SPLIT_OFFSET[split]
-
+from promptcore.data import split_seed
 
 _FILLER = (
     "the a of and to in is it that was for on with as this but his by from they at be one have not all are an "
@@ -56,7 +49,7 @@ class SyntheticTexts(Dataset):
         if num_samples <= 0:
             raise ValueError(f"num_samples must be positive, got {num_samples}")
         keywords = [k.split() for k in _KEYWORDS[:num_classes]]
-        g = torch.Generator().manual_seed(_split_seed(seed, split))
+        g = torch.Generator().manual_seed(split_seed(seed, split))
         self.labels = (torch.arange(num_samples) % num_classes)[torch.randperm(num_samples, generator=g)]
         self.texts = []
         for label in self.labels.tolist():

@@ -10,14 +10,7 @@ from typing import Literal
 import torch
 from torch.utils.data import Dataset
 
-_SPLIT_OFFSET = {"train": 0, "validation": 1, "test": 2}
-
-
-def _split_seed(seed: int, split: str) -> int:
-    if split not in _SPLIT_OFFSET:
-        raise ValueError(f"split must be one of {', '.join(_SPLIT_OFFSET)}, got {split!r}")
-    return seed * 1000 + 17 + _SPLIT_OFFSET[split]
-
+from promptcore.data import split_seed
 
 class SyntheticImages(Dataset):
     """Images of ``num_classes`` classes: each class has a fixed smooth random pattern, each image is that
@@ -49,7 +42,7 @@ class SyntheticImages(Dataset):
         low = torch.randn(num_classes, channels, 4, 4, generator=g)
         patterns = torch.nn.functional.interpolate(low, size=(image_size, image_size), mode="bilinear", align_corners=False)
         patterns = patterns / patterns.flatten(1).std(1).view(-1, 1, 1, 1)
-        gs = torch.Generator().manual_seed(_split_seed(seed, split))
+        gs = torch.Generator().manual_seed(split_seed(seed, split))
         self.labels = torch.arange(num_samples) % num_classes
         self.labels = self.labels[torch.randperm(num_samples, generator=gs)]
         self.images = patterns[self.labels] + noise * torch.randn(num_samples, channels, image_size, image_size, generator=gs)
