@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, get_args
 
+from promptcore.errors import UserError
 from promptcore.methods import METHODS
 
 TaskName = Literal["causal_lm", "seq2seq", "seq_cls"]
-InitName = Literal["random", "normal", "vocab", "text", "labels"]
+InitName = Literal["random", "normal", "vocab", "text", "labels", "class_labels"]
 
 DTYPES: tuple[str, ...] = ("float32", "float64", "bfloat16", "float16")
 
@@ -75,7 +76,8 @@ class TextMethodConfig:
             to the verbalizer's length.
         verbalizer: one label word per class (``[" negative", " positive"]``): a causal LM classifies by scoring
             them after the input, a seq2seq model learns to write them. Each word is tokenized as written; a word
-            of several tokens scores the sum of its tokens' log-probabilities.
+            of several tokens scores the sum of its tokens' log-probabilities. The words must differ, and so must
+            their tokens (checked when the model is wrapped): two classes with the same tokens get the same score.
         seed: seed of the method's random initialisations (its prompts, a ``seq_cls`` head).
         tasks: (class attribute) the model tasks the method runs on.
     """
@@ -91,6 +93,12 @@ class TextMethodConfig:
         if self.verbalizer is not None:
             if not self.verbalizer or any(not isinstance(w, str) or not w.strip() for w in self.verbalizer):
                 raise ValueError(f"verbalizer: give one non-empty word per class, found {self.verbalizer!r}")
+            repeated = sorted({w for w in self.verbalizer if self.verbalizer.count(w) > 1})
+            if repeated:
+                raise ValueError(
+                    f"verbalizer: {', '.join(map(repr, repeated))} names several classes, which would all get the same "
+                    f"score; give each class its own word"
+                )
             if self.num_classes is None:
                 self.num_classes = len(self.verbalizer)
             elif self.num_classes != len(self.verbalizer):
@@ -105,6 +113,10 @@ class TextMethodConfig:
         """Prompts in the method's bank: one (the methods with a bank, :class:`SoftPromptConfig`'s, make it a field)."""
         return 1
 
+    def input_limit(self) -> int | None:
+        """The most input tokens the method can take (``None``: no limit of its own, the model's applies)."""
+        return None
+
     def check_task(self, task: str, target_column: str | None = None) -> None:
         """Raises ``ValueError("field: ...")`` when the method cannot run a ``task`` model on data whose targets are
         ``target_column`` (``None``: class labels). Called when a model is wrapped and when a run config is checked.
@@ -117,6 +129,20 @@ class TextMethodConfig:
             )
 
 
+def check_label_word_ids(words: list[str], ids: list[list[int]]) -> None:
+    """Raises :class:`promptcore.UserError` when two verbalizer words have the same token ids as the task scores
+    them (e.g. two words unknown to the vocabulary, both ``<unk>``): their classes would always score the same, and
+    a two-class loss would stay at ln 2."""
+    seen: dict[tuple[int, ...], str] = {}
+    for word, word_ids in zip(words, ids):
+        other = seen.setdefault(tuple(word_ids), word)
+        if other != word:
+            raise UserError(
+                f"verbalizer: {other!r} and {word!r} are the same tokens {list(word_ids)} for this tokenizer, so their "
+                f"classes would always get the same score; choose label words the tokenizer tells apart"
+            )
+
+
 @dataclass
 class SoftPromptConfig(TextMethodConfig):
     """The base of the configs of methods that train ``num_tokens`` prompt positions (prompt tuning, P-tuning,
@@ -125,12 +151,17 @@ class SoftPromptConfig(TextMethodConfig):
     Attributes:
         num_tokens: prompt length.
         init: ``random``/``normal`` (N(0, init_std²)), ``vocab`` (embeddings of randomly sampled vocabulary
-            tokens), ``text`` (the embeddings of ``init_text``, repeated to ``num_tokens``) or ``labels`` (the
-            embeddings of the verbalizer's words, as Lester et al. do).
+            tokens), ``text`` (the embeddings of ``init_text``'s tokens, repeated to ``num_tokens``), ``labels``
+            (the tokens of the verbalizer's words one after another, repeated to ``num_tokens``) or, where the
+            method offers it (``inits``), ``class_labels`` (Lester et al.'s class-label init as their code builds
+            it, see :class:`textpt.prompt_tuning.PromptTuningConfig`).
         init_text: the text for ``init: text``.
         init_std: the standard deviation of the random init.
         num_tasks: size of the prompt bank; batches then carry per-sample ``task_ids``.
+        inits: (class attribute) the inits the method offers.
     """
+
+    inits: ClassVar[tuple[str, ...]] = ("random", "normal", "vocab", "text", "labels")
 
     num_tokens: int = 20
     init: InitName = "random"
@@ -146,7 +177,9 @@ class SoftPromptConfig(TextMethodConfig):
             raise ValueError(f"num_tasks: must be at least 1, got {self.num_tasks}")
         if self.init_std <= 0:
             raise ValueError(f"init_std: must be positive, got {self.init_std}")
+        if self.init not in self.inits:
+            raise ValueError(f"init: {self.init!r} is not offered by method {self.method}; choose one of {', '.join(self.inits)}")
         if self.init == "text" and not (self.init_text or "").strip():
             raise ValueError("init_text: init 'text' needs a non-empty init_text, e.g. 'Classify the sentiment of this review:'")
-        if self.init == "labels" and not self.verbalizer:
-            raise ValueError("verbalizer: init 'labels' starts from the verbalizer's words; give verbalizer: [word per class]")
+        if self.init in ("labels", "class_labels") and not self.verbalizer:
+            raise ValueError(f"verbalizer: init {self.init!r} starts from the verbalizer's words; give verbalizer: [word per class]")
