@@ -31,8 +31,8 @@ from promptcore.cli import Command, add_config_args, load_prompts_option, regist
 from promptcore.recipe import DataBundle
 
 from . import wrap
-from .data import ExampleEncoder, TextCollator, build_text_data, dataset_label_names, input_budget, load_raw
-from .loading import load_model_and_tokenizer, model_max_length
+from .data import ExampleEncoder, TextCollator, build_text_data, dataset_label_names, load_raw, model_input_budget
+from .loading import load_model_and_tokenizer
 from .model import TextPromptedModel
 from .padding import pad_token_id
 from .run_config import TextRunConfig
@@ -71,9 +71,8 @@ class TextRecipe:
     @staticmethod
     def max_length(cfg: TextRunConfig, model: TextPromptedModel) -> int | None:
         """The longest input: ``data.max_length``, else ``model.max_length``, else the model's limit less the
-        prompt's tokens (``None``: no limit)."""
-        limit = model_max_length(model.backbone, model.tokenizer)
-        return input_budget(limit, model.num_prompt_tokens, cfg.data.max_length or cfg.model.max_length)
+        prompt's tokens, within the method's own limit (:func:`textpt.data.model_input_budget`; ``None``: no limit)."""
+        return model_input_budget(model, cfg.data.max_length or cfg.model.max_length)
 
     def generate(self, args: argparse.Namespace) -> int:
         """``textpt generate``: prints each input, then its generation or its classes by probability."""

@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 
 from promptcore.recipe import DataBundle
 
+from .loading import model_max_length
 from .padding import pad_token_id, repad
 from .synthetic import SyntheticTexts
 from .tasks import IGNORE_INDEX, TASKS, Layout, label_word_target
@@ -570,6 +571,40 @@ def build_text_data(
     )
 
 
+# Config keys giving a model's position count, read when its tokenizer states no maximum.
+POSITION_KEYS = ("max_position_embeddings", "n_positions")
+
+
+def model_input_budget(model: Any, max_length: int | None = None) -> int | None:
+    """The longest tokenized input of a wrapped text model (:class:`textpt.model.TextPromptedModel`), as
+    ``textpt train`` cuts its data.
+
+    ``max_length`` when given; else the model's limit (:func:`textpt.loading.model_max_length`: the position table
+    of absolute-position models, else the tokenizer's stated maximum) less the prompt's tokens. A model whose
+    tokenizer states no maximum falls back to its config's position count (``max_position_embeddings`` or
+    ``n_positions``), with a warning: otherwise one long row would pad its whole batch to its length. Never more
+    than the method's own limit (:meth:`textpt.config.TextMethodConfig.input_limit`, DePT's ``max_length``).
+    ``None``: no limit at all.
+    """
+    limit = model_max_length(model.backbone, model.tokenizer)
+    fallback = limit is None and max_length is None
+    if fallback:
+        config = model.backbone.config
+        limit = next((v for k in POSITION_KEYS if isinstance(v := getattr(config, k, None), int) and v > 0), None)
+    budget = input_budget(limit, model.num_prompt_tokens, max_length)
+    method_limit = model.config.input_limit()
+    if method_limit is not None and (budget is None or budget > method_limit):
+        return method_limit
+    if fallback and limit is not None:
+        warnings.warn(
+            f"the tokenizer of {model.backbone_name} states no maximum length; inputs are cut to the model's {limit} "
+            f"positions (its config's {'/'.join(POSITION_KEYS)}) less the prompt's {model.num_prompt_tokens}. Set "
+            f"data.max_length to choose the length",
+            stacklevel=2,
+        )
+    return budget
+
+
 def input_budget(model_limit: int | None, num_prompt_tokens: int, max_length: int | None = None) -> int | None:
     """The longest tokenized input of a prompted model: ``max_length`` when given, else the model's limit
     (:func:`textpt.loading.model_max_length`) less the prompt's tokens, which take positions too; ``None`` when
@@ -601,6 +636,7 @@ __all__ = [
     "dataset_label_names",
     "input_budget",
     "load_raw",
+    "model_input_budget",
     "pad_token_id",
     "synthetic_class_names",
     "template_fields",
