@@ -55,21 +55,21 @@ def test_vocab_init_draws_from_the_first_rows():
     assert all(row_of(emb, r) < 10 for r in pt.prompts.weight.detach())
 
 
-def bert_with_special_tokens(tmp_path):
+def bert_with_special_tokens():
     """A tiny random BERT with a real BERT tokenizer (it adds [CLS] and [SEP]) over a small vocabulary."""
     from transformers import BertTokenizerFast
 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "classify", "the", "review", "good", "bad"]
-    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)})
     backbone, _ = load("bert", "seq_cls")
     return backbone, tok
 
 
-def test_text_init_with_or_without_special_tokens(tmp_path):
-    backbone, tok = bert_with_special_tokens(tmp_path)
+def test_text_init_with_or_without_special_tokens():
+    backbone, tok = bert_with_special_tokens()
     emb = backbone.get_input_embeddings().weight.detach()
-    ids = [tok.convert_tokens_to_ids(t) for t in ["classify", "the", "review"]]
+    ids = [5, 6, 7]  # classify the review
+    assert tok("classify the review")["input_ids"] == [2, *ids, 3]
     cls, sep = tok.cls_token_id, tok.sep_token_id
     plain = textpt.wrap(backbone, PromptTuningConfig(num_tokens=4, init="text", init_text="classify the review", num_classes=2), tokenizer=tok)
     assert torch.equal(plain.prompts.weight.detach(), emb[ids + ids[:1]])  # the text's own tokens (the default)
