@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal, get_args
 
 from promptcore.errors import UserError
 from promptcore.methods import METHODS
+from promptcore.registry import did_you_mean
 
 TaskName = Literal["causal_lm", "seq2seq", "seq_cls"]
 InitName = Literal["random", "normal", "vocab", "text", "labels", "class_labels"]
@@ -37,7 +38,9 @@ class TextModelConfig:
         dtype: the backbone's parameter dtype. Prompts are kept in the same dtype.
         kwargs: for ``random:`` names, the model config's fields (``{"hidden_size": 64, "num_hidden_layers": 2,
             ...}``; ``vocab_size`` defaults to the built-in tokenizer's size); for every other name, extra keyword
-            arguments of ``from_pretrained`` (``{"revision": "main"}``, ``{"gguf_file": "model.gguf"}``).
+            arguments of ``from_pretrained`` (``{"revision": "main"}``, ``{"gguf_file": "model.gguf"}``) or fields
+            of the model's config. A key that is neither is refused (for ``random:`` names when the config is
+            checked, naming the close matches), never ignored.
         tokenizer: where to load the tokenizer from when it is not next to the model (same forms as ``name``).
         checkpoint: a prompt folder (``save_prompts``) to load after wrapping, or ``None``.
         padding_side: the side the tokenizer pads. Both give the same logits; ``left`` suits generation.
@@ -60,6 +63,30 @@ class TextModelConfig:
             raise ValueError(f"dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.max_length is not None and self.max_length <= 0:
             raise ValueError(f"max_length: must be a positive number of tokens or null, got {self.max_length}")
+        if self.name.startswith("random:") and self.kwargs:
+            check_config_kwargs(self.name.removeprefix("random:").strip(), self.kwargs)
+
+
+def check_config_kwargs(model_type: str, kwargs: dict[str, Any]) -> None:
+    """Raises ``ValueError("kwargs: ...")`` naming each key of ``kwargs`` that is not a field of transformers' config
+    of ``model_type`` (which would take it silently and build the default), with the close matches. An unknown
+    model type is left to the loader, which names the known ones."""
+    import inspect
+
+    import transformers
+
+    try:
+        default = transformers.AutoConfig.for_model(model_type)
+    except ValueError:
+        return
+    known = set(default.to_dict()) | set(default.attribute_map) | set(inspect.signature(type(default).__init__).parameters)
+    unknown = [k for k in kwargs if k not in known]
+    if unknown:
+        each = " ".join(f"{k!r}:{did_you_mean(k, sorted(known)) or ' no close match.'}" for k in unknown)
+        raise ValueError(
+            f"kwargs: {', '.join(map(repr, unknown))} {'is not a field' if len(unknown) == 1 else 'are not fields'} of "
+            f"the {model_type} config ({type(default).__name__}), which would ignore them and build its default. {each}"
+        )
 
 
 @dataclass
