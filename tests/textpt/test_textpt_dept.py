@@ -198,7 +198,7 @@ def test_train_eval_generate_through_the_cli(tmp_path, capsys):
 
     smoke = str(Path(__file__).resolve().parents[2] / "configs" / "smoke" / "textpt_tiny.yaml")
     args = [
-        "-c", smoke, "--set", "prompt={method: dept, num_tokens: 4, rank: 2, max_length: 32}",
+        "-c", smoke, "--set", "prompt={method: dept, num_tokens: 4, rank: 2, max_length: 64}",
         "--set", "train.param_groups={lora: {lr: 0.01}}", "--set", "train.max_steps=2", "--set", "data.num_samples=16",
         "--set", "data.num_eval_samples=8", "--set", "train.batch_size=8",
     ]
