@@ -17,7 +17,8 @@ Two units:
   warmup, so the last epoch's rate is ``lr * 0.5 * (1 + cos(pi * (epochs - 1 - W) / epochs))``, not 0, exactly as
   Dassl trains. ``min_lr_ratio`` (Dassl: 0) lifts the floor as for per-step schedules.
 
-Optimizers: torch's AdamW, SGD and Adafactor, and :class:`AdafactorT5X`, Adafactor as T5X runs it in the prompt
+Optimizers: torch's AdamW, Adam (weight decay added to the gradient as L2, as P-tuning's official code trains),
+SGD and Adafactor, and :class:`AdafactorT5X`, Adafactor as T5X runs it in the prompt
 tuning recipe of Lester et al. (2021).
 """
 
@@ -230,10 +231,10 @@ class AdafactorT5X(torch.optim.Optimizer):
         return loss
 
 
-OPTIMIZERS = ("adamw", "sgd", "adafactor", "adafactor_t5x")
+OPTIMIZERS = ("adamw", "adam", "sgd", "adafactor", "adafactor_t5x")
 
 # Bytes of optimizer state per byte of trained parameters (an upper bound), for the run directory's space check.
-OPTIMIZER_STATE_FACTOR = {"adamw": 2, "sgd": 1, "adafactor": 1, "adafactor_t5x": 1}
+OPTIMIZER_STATE_FACTOR = {"adamw": 2, "adam": 2, "sgd": 1, "adafactor": 1, "adafactor_t5x": 1}
 
 
 def build_optimizer(params: Iterable[Any], config: TrainConfig, lr: float) -> torch.optim.Optimizer:
@@ -241,6 +242,8 @@ def build_optimizer(params: Iterable[Any], config: TrainConfig, lr: float) -> to
     and ``weight_decay`` override ``lr`` and ``config.weight_decay``)."""
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay)
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.optimizer == "adafactor":

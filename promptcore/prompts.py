@@ -7,8 +7,14 @@ Initialisations, by name:
 - ``uniform``: U(-init_range, init_range), 0.5 by default (Lester et al. 2021).
 - ``xavier``: VPT's U(-v, v) with v = sqrt(6 / (3 * patch_area + dim)) (Jia et al. 2022); needs ``patch_area``.
 - ``tensor``: copy of a given tensor of the prompt's shape.
-- ``vocab``: rows sampled (without replacement where possible) from a given embedding matrix.
+- ``vocab``: rows sampled (without replacement where possible) from a given embedding matrix, or from its first
+  ``population`` rows.
 - ``text``: the embeddings of given token ids, repeated or truncated to ``num_tokens``.
+- ``class_labels``: Lester et al.'s class-label initialisation, as ``prompt_tuning/prompts.py`` of
+  google-research/prompt-tuning builds it (``from_embedded_list`` over ``from_sample_of_embeddings``): every
+  position is first drawn as ``vocab`` does from the first ``population`` rows (their configs: 5,000), then position
+  ``i`` is overwritten by the mean embedding of the ``i``-th label's tokens (a label of several sub-tokens fills one
+  position).
 """
 
 from __future__ import annotations
@@ -19,8 +25,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-InitName = Literal["normal", "uniform", "xavier", "tensor", "vocab", "text", "zeros"]
-INIT_NAMES: tuple[str, ...] = ("normal", "uniform", "xavier", "tensor", "vocab", "text", "zeros")
+InitName = Literal["normal", "uniform", "xavier", "tensor", "vocab", "text", "class_labels", "zeros"]
+INIT_NAMES: tuple[str, ...] = ("normal", "uniform", "xavier", "tensor", "vocab", "text", "class_labels", "zeros")
 
 
 def vpt_xavier_bound(patch_area: int, dim: int) -> float:
@@ -39,9 +45,15 @@ def init_prompt_(
     tensor: torch.Tensor | None = None,
     embedding: torch.Tensor | None = None,
     token_ids: list[int] | torch.Tensor | None = None,
+    token_groups: list[list[int]] | None = None,
+    population: int | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Fills ``weight`` (shape ``[..., num_tokens, dim]``) in place with the named initialisation."""
+    """Fills ``weight`` (shape ``[..., num_tokens, dim]``) in place with the named initialisation.
+
+    ``population`` limits ``vocab`` and ``class_labels`` draws to the embedding matrix's first rows; ``token_groups``
+    are the ``class_labels`` init's labels, one list of token ids each.
+    """
     num_tokens, dim = weight.shape[-2], weight.shape[-1]
     if init == "normal":
         weight.copy_(torch.randn(weight.shape, generator=generator) * std)
@@ -60,17 +72,13 @@ def init_prompt_(
         if tuple(tensor.shape) != tuple(weight.shape[-tensor.dim():]) or tensor.dim() < 2:
             raise ValueError(f"init tensor has shape {tuple(tensor.shape)}, expected {tuple(weight.shape)}")
         weight.copy_(tensor.expand_as(weight))
-    elif init == "vocab":
+    elif init in ("vocab", "class_labels"):
         if embedding is None:
-            raise ValueError("init 'vocab' needs the embedding matrix to sample rows from (embedding=...)")
+            raise ValueError(f"init {init!r} needs the embedding matrix to sample rows from (embedding=...)")
         _check_embedding(embedding, dim)
-        rows = weight.numel() // dim
-        vocab = embedding.shape[0]
-        if rows <= vocab:
-            idx = torch.randperm(vocab, generator=generator)[:rows]
-        else:
-            idx = torch.randint(0, vocab, (rows,), generator=generator)
-        weight.copy_(embedding.detach()[idx].to(weight.dtype).reshape(weight.shape))
+        weight.copy_(_sample_rows(embedding, weight.numel() // dim, population, generator).to(weight.dtype).reshape(weight.shape))
+        if init == "class_labels":
+            _put_labels(weight, embedding, token_groups)
     elif init == "text":
         if embedding is None or token_ids is None:
             raise ValueError("init 'text' needs the embedding matrix and the token ids of the text")
@@ -84,6 +92,37 @@ def init_prompt_(
     else:
         raise ValueError(f"unknown prompt init {init!r}; choose one of {', '.join(INIT_NAMES)}")
     return weight
+
+
+def _sample_rows(embedding: torch.Tensor, rows: int, population: int | None, generator: torch.Generator | None) -> torch.Tensor:
+    """``rows`` rows of the first ``population`` (default: all) rows of ``embedding``, without replacement when there
+    are enough of them."""
+    vocab = embedding.shape[0]
+    if population is not None and not 0 < population:
+        raise ValueError(f"population must be a positive number of embedding rows, got {population}")
+    pool = vocab if population is None else min(population, vocab)
+    if rows <= pool:
+        idx = torch.randperm(pool, generator=generator)[:rows]
+    else:
+        idx = torch.randint(0, pool, (rows,), generator=generator)
+    return embedding.detach()[idx]
+
+
+def _put_labels(weight: torch.Tensor, embedding: torch.Tensor, token_groups: list[list[int]] | None) -> None:
+    """Position ``i`` of every prompt in ``weight`` becomes the mean embedding of ``token_groups[i]``."""
+    if not token_groups:
+        raise ValueError("init 'class_labels' needs the labels' token ids (token_groups=[[ids of label 0], ...])")
+    num_tokens = weight.shape[-2]
+    if len(token_groups) > num_tokens:
+        raise ValueError(
+            f"init 'class_labels': {len(token_groups)} labels do not fit {num_tokens} prompt positions (one position "
+            f"per label); use at least {len(token_groups)} prompt tokens"
+        )
+    for i, ids in enumerate(token_groups):
+        if not ids:
+            raise ValueError(f"init 'class_labels': label {i} gave no tokens; give non-empty labels")
+        mean = embedding.detach()[torch.as_tensor(ids, dtype=torch.long)].double().mean(0)
+        weight[..., i, :] = mean.to(weight.dtype)
 
 
 def _check_embedding(embedding: torch.Tensor, dim: int) -> None:
@@ -100,7 +139,10 @@ def _check_sizes(**sizes: int) -> None:
 class PromptEncoder(nn.Module):
     """P-tuning's reparameterisation (Liu et al. 2021): prompt = encoder(raw embeddings).
 
-    ``mlp``: two-layer MLP with ReLU; ``lstm``: bidirectional LSTM then the MLP.
+    ``mlp``: two-layer MLP with ReLU (``dim -> hidden -> dim``). ``lstm``: the structure of P-tuning's official
+    encoder (THUDM/P-tuning ``LAMA/p_tuning/prompt_encoder.py``): a bidirectional LSTM of 2 layers with
+    ``hidden // 2`` units per direction, then the MLP (``hidden -> hidden -> dim``). With ``hidden = dim`` (the
+    default) it is the official ``lstm_head`` and ``mlp_head`` exactly; its LSTM dropout is the official default, 0.
     """
 
     def __init__(self, kind: Literal["mlp", "lstm"], dim: int, hidden: int | None = None) -> None:
@@ -110,7 +152,7 @@ class PromptEncoder(nn.Module):
         hidden = hidden or dim
         self.kind = kind
         if kind == "lstm":
-            self.lstm = nn.LSTM(dim, max(hidden // 2, 1), bidirectional=True, batch_first=True)
+            self.lstm = nn.LSTM(dim, max(hidden // 2, 1), num_layers=2, bidirectional=True, batch_first=True)
             in_dim = 2 * max(hidden // 2, 1)
         else:
             self.lstm, in_dim = None, dim

@@ -35,7 +35,8 @@ class TrainConfig:
         train: {optimizer: sgd, lr: 0.002, epochs: 200, scheduler: cosine, schedule_unit: epoch,
                 warmup_epochs: 1, warmup_type: constant, warmup_lr: 1.0e-5}
 
-    Optimizers: ``adamw``, ``sgd`` (with ``momentum``), ``adafactor`` (``torch.optim.Adafactor``: relative step
+    Optimizers: ``adamw``, ``adam`` (``torch.optim.Adam``: ``weight_decay`` is an L2 term added to the gradient,
+    not AdamW's decoupled decay), ``sgd`` (with ``momentum``), ``adafactor`` (``torch.optim.Adafactor``: relative step
     size ``min(lr, 1/sqrt(t))`` times the parameter's RMS), ``adafactor_t5x`` (:class:`promptcore.optim.AdafactorT5X`,
     Lester et al.'s prompt tuning recipe: ``lr`` is the step size itself; ``weight_decay`` is T5X's decoupled
     rate, not scaled by ``lr``; ``adafactor_start_step`` as there described).
@@ -49,7 +50,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs when reached first)
     batch_size: int = 32  # global batch = batch_size * processes * grad_accum_steps
     eval_batch_size: int | None = None  # default: batch_size
-    optimizer: Literal["adamw", "sgd", "adafactor", "adafactor_t5x"] = "adamw"
+    optimizer: Literal["adamw", "adam", "sgd", "adafactor", "adafactor_t5x"] = "adamw"
     lr: float = 1e-3
     lr_scaling: Literal["none", "linear"] = "none"
     weight_decay: float = 0.0

@@ -10,7 +10,7 @@ Five lines::
 
 Each method is one file with its config class and its model, registered by name (``method:`` in YAML):
 ``prompt_tuning`` (:class:`PromptTuningConfig`), ``p_tuning`` (:class:`PTuningConfig`), ``prefix``
-(:class:`PrefixConfig`), and the baselines ``linear_probe`` (:class:`LinearProbeConfig`) and ``zero_shot``
+(:class:`PrefixConfig`), ``dept`` (:class:`DePTConfig`), and the baselines ``linear_probe`` (:class:`LinearProbeConfig`) and ``zero_shot``
 (:class:`ZeroShotConfig`). A new method is a file that subclasses :class:`TextMethodConfig` (or
 :class:`SoftPromptConfig`) and :class:`TextPromptedModel` (or :class:`SoftPromptedModel`), then calls
 ``promptcore.register_method(name, Config, Model, kind="text")``; the tasks (causal LM, seq2seq, encoder
@@ -31,6 +31,7 @@ import promptcore
 
 from . import assets  # noqa: F401  (registers the text assets)
 from .config import SoftPromptConfig, TextMethodConfig, TextModelConfig
+from .dept import DePTConfig, DePTModel
 from .linear_probe import LinearProbeConfig, LinearProbeModel
 from .loading import ModelLoadError, load_model_and_tokenizer, load_tokenizer, tiny_tokenizer
 from .model import SoftPromptedModel, TextPromptedModel
@@ -71,6 +72,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "DePTConfig",
+    "DePTModel",
     "LinearProbeConfig",
     "LinearProbeModel",
     "ModelLoadError",

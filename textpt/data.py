@@ -27,8 +27,10 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset
 
+from promptcore.errors import UserError
 from promptcore.recipe import DataBundle
 
+from .loading import model_max_length
 from .padding import pad_token_id, repad
 from .synthetic import SyntheticTexts
 from .tasks import IGNORE_INDEX, TASKS, Layout, label_word_target
@@ -49,8 +51,8 @@ class TextDataConfig:
         data_files: for ``csv`` / ``json`` / ``parquet``: split name -> file path (``{train: a.csv, test: b.csv}``).
         train_split: the split trained on.
         eval_split: the split evaluated on, or ``null`` for none.
-        text_column: the column holding the text; it is the field that is shortened when an input is too long and
-            that must not be empty.
+        text_column: the column holding the text; it is the field that is shortened when an input is too long (see
+            ``truncation_side``) and that must not be empty.
         label_column: the column holding class labels (integers ``0..C-1``, or strings mapped by ``label_names``
             or else by the verbalizer's words); ``null`` for unlabelled data.
         target_column: the column holding target texts for generation (``causal_lm``) or ``seq2seq`` training.
@@ -64,17 +66,31 @@ class TextDataConfig:
         label_names: class names in class order, mapping string labels to class indices (``[rotten, fresh]``);
             default: the dataset's ``ClassLabel`` names, else the verbalizer's words.
         max_length: the longest tokenized input (prompt tokens not counted); ``null``: ``model.max_length``, else
-            the model's maximum less the prompt length. Longer texts are shortened, with one warning per run.
+            the model's maximum less the prompt length (:func:`model_input_budget`). A longer input is shortened by
+            cutting its ``text_column`` field only, so the template's other words (an instruction before it, the
+            ``"Sentiment:"`` after it that a causal LM's verbalizer follows) and the model's special tokens always
+            stay; one warning per run counts the shortened rows. What is cut, by task: ``causal_lm``
+            classification and ``seq_cls``: the text field of the input; ``causal_lm`` generation training: the
+            target keeps at most half of ``max_length`` when input and target do not fit together, then the input's
+            text field is cut to the rest; ``seq2seq``: the input's text field (the target is limited separately,
+            keeping its end-of-sequence token).
+        truncation_side: which end of the text field is cut: ``right`` (keep its beginning, as T5's and Hugging
+            Face tokenizers' truncation do) or ``left`` (keep its end).
         max_train_samples: use only the first N training rows.
         max_eval_samples: use only the first N evaluation rows.
         skip_empty: drop rows whose text (or target) is empty, counting them in the bundle's ``info``, instead of
             raising an error naming the first such row.
+        test_size: ``source: asset`` only: split the dataset's rows anew, this fraction (``0.1``) or number of rows
+            (``500``) into ``test`` (:func:`textpt.assets.load_dataset`, stratified by label, seeded by ``seed``);
+            ``null``: the asset's default split (80/20, seed 0). A whole number is a row count, a number below 1
+            a fraction.
+        train_size: ``source: asset`` only: likewise for ``train`` (``null``: every row not in ``test``).
         num_samples: synthetic training rows.
         num_eval_samples: synthetic evaluation rows.
         num_classes: synthetic classes (2 to 8).
         text_length: synthetic filler words per text.
         keywords_per_text: synthetic class keywords mixed into each text (more: an easier task).
-        seed: the synthetic data's seed.
+        seed: the synthetic data's seed, and the seed of an asset's split when ``test_size`` or ``train_size`` is set.
     """
 
     source: Source = "synthetic"
@@ -91,9 +107,12 @@ class TextDataConfig:
     target_template: str | None = None
     label_names: list[str] | None = None
     max_length: int | None = None
+    truncation_side: Literal["right", "left"] = "right"
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     skip_empty: bool = False
+    test_size: int | float | None = None
+    train_size: int | float | None = None
     num_samples: int = 512
     num_eval_samples: int = 256
     num_classes: int = 2
@@ -123,6 +142,17 @@ class TextDataConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name}: must be positive, got {value}")
+        for name in ("test_size", "train_size"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if self.source != "asset":
+                raise ValueError(
+                    f"{name}: splits a packaged dataset's rows anew (source: asset); source {self.source!r} brings its "
+                    f"own splits, chosen with train_split / eval_split"
+                )
+            if not (isinstance(value, int) and value >= 1) and not (isinstance(value, float) and 0 < value < 1):
+                raise ValueError(f"{name}: give a fraction between 0 and 1 (0.2) or a number of rows (500), got {value!r}")
 
 
 def template_fields(template: str, what: str = "template") -> list[str]:
@@ -168,10 +198,16 @@ def load_raw(cfg: TextDataConfig) -> dict[str, Any]:
     if cfg.source == "asset":
         from . import assets
 
-        dd = assets.load_dataset(cfg.name)
+        split = {"test_size": cfg.test_size} if cfg.test_size is not None else {}
+        if cfg.test_size is not None or cfg.train_size is not None:
+            split.update(train_size=cfg.train_size, seed=cfg.seed)
+        dd = assets.load_dataset(cfg.name, **split)
     elif cfg.source == "hf":
         dd = datasets.load_dataset(cfg.name, cfg.subset)
     else:
+        if cfg.source in ("csv", "json"):
+            for path in cfg.data_files.values():
+                check_utf8(path)
         dd = datasets.load_dataset(cfg.source, data_files=dict(cfg.data_files))
     what = f"dataset {cfg.name!r}" if cfg.source in ("hf", "asset") else f"{cfg.source} files {dict(cfg.data_files)}"
     out = {}
@@ -183,6 +219,29 @@ def load_raw(cfg: TextDataConfig) -> dict[str, Any]:
             raise KeyError(f"{what} has no split {split!r}; it has {sorted(dd)}. Set data.{key} to one of them")
         out[role] = dd[split]
     return _limit(out, cfg)
+
+
+def check_utf8(path: str) -> None:
+    """Raises :class:`DataError` naming ``path`` and the first offending byte when the file is not UTF-8 text (the
+    csv and json readers would fail deep inside with no file name). A missing file is left to the reader."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                decoder.decode(chunk)
+                offset += len(chunk)
+            decoder.decode(b"", final=True)
+    except FileNotFoundError:
+        return
+    except UnicodeDecodeError as e:
+        where = offset + e.start
+        raise DataError(
+            f"{path} is not UTF-8 text: byte {where} is {e.object[e.start:e.start + 1]!r} ({e.reason}); save the file as "
+            f"UTF-8 (e.g. iconv -f latin1 -t utf-8 {path} > utf8.csv) and point data.data_files at it"
+        ) from None
 
 
 def _limit(raw: dict[str, Any], cfg: TextDataConfig) -> dict[str, Any]:
@@ -204,8 +263,9 @@ def dataset_label_names(dataset: Any, label_column: str | None) -> list[str] | N
 
 
 # ----- tokenization ---------------------------------------------------------------------------------------------
-class DataError(ValueError):
-    """A row of the data cannot be used as configured (empty text, a label outside the classes ...)."""
+class DataError(UserError):
+    """A row or file of the data cannot be used as configured (empty text, a label outside the classes, a file that
+    is not UTF-8 ...)."""
 
 
 class TokenizedTexts(Dataset):
@@ -233,10 +293,11 @@ class EncodeStats:
 class ExampleEncoder:
     """Turns data rows into token ids for one layout, shortening over-long texts to ``max_length`` tokens.
 
-    Over-long inputs are shortened by cutting the end of the text field and rendering the template again, so the
-    template's words around the text (``"Sentiment:"`` after it) always stay. A ``causal_lm`` target keeps at
-    most half of ``max_length`` when prompt and target do not fit together; a ``seq2seq`` target is cut to
-    ``max_target_length`` keeping its final end-of-sequence token.
+    Over-long inputs are shortened by cutting the text field (its end, or its beginning with ``truncation_side:
+    left``) and rendering the template again, so the template's words around the text (``"Sentiment:"`` after it)
+    and the tokenizer's special tokens always stay. A ``causal_lm`` target keeps at most half of ``max_length``
+    when prompt and target do not fit together; a ``seq2seq`` target is cut to ``max_target_length`` keeping its
+    final end-of-sequence token.
 
     Args:
         tokenizer: a Hugging Face tokenizer.
@@ -255,6 +316,7 @@ class ExampleEncoder:
         num_tasks: the prompt bank's size, to check task ids.
         max_target_length: the longest ``seq2seq`` target (default ``max_length``).
         skip_empty: drop rows with an empty text or target instead of raising :class:`DataError`.
+        truncation_side: ``right`` cuts the text field's end, ``left`` its beginning.
     """
 
     def __init__(
@@ -275,9 +337,13 @@ class ExampleEncoder:
         num_tasks: int = 1,
         max_target_length: int | None = None,
         skip_empty: bool = False,
+        truncation_side: Literal["right", "left"] = "right",
     ) -> None:
         if max_length is not None and max_length <= 0:
             raise ValueError(f"max_length must be positive or None, got {max_length}")
+        if truncation_side not in ("right", "left"):
+            raise ValueError(f"truncation_side must be 'right' or 'left', got {truncation_side!r}")
+        self.truncation_side = truncation_side
         self.tokenizer = tokenizer
         self.layout = layout
         self.template = template
@@ -444,28 +510,32 @@ class ExampleEncoder:
         return ids
 
     def _shorten(self, row: dict, budget: int) -> list[int]:
-        """The row's input ids within ``budget``: cut the text field's end, render the template again, repeat."""
+        """The row's input ids within ``budget``: cut the text field (its end, or its beginning with
+        ``truncation_side`` left), render the template again, repeat."""
         text = str(row[self.text_column])
         fast = getattr(self.tokenizer, "is_fast", False)
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=fast)
         ids = self.tokenizer(self._render(self.template, row), add_special_tokens=True)["input_ids"]
-        keep = len(encoded["input_ids"])
+        total = keep = len(encoded["input_ids"])
         while len(ids) > budget:
             # Re-tokenizing a cut text can merge differently, so the overflow is re-measured after each cut.
             keep -= max(1, len(ids) - budget)
             if keep <= 0:
                 raise DataError(
-                    f"the template {self.template!r} alone takes more than {budget} tokens; shorten it or raise "
-                    f"data.max_length"
+                    f"the template {self.template!r} without its {self.text_column!r} field already takes more than "
+                    f"{budget} tokens; shorten the template (or its other fields) or raise data.max_length"
                 )
-            # Cut the original characters where a fast tokenizer says token ``keep`` ends (unknown words survive);
-            # a slow tokenizer has no offsets, so its tokens are decoded back to text.
-            if fast:
-                short = text[: encoded["offset_mapping"][keep - 1][1]]
+            # Cut the original characters where a fast tokenizer says the kept tokens start or end (unknown words
+            # survive); a slow tokenizer has no offsets, so its tokens are decoded back to text.
+            if self.truncation_side == "right":
+                short = text[: encoded["offset_mapping"][keep - 1][1]] if fast else self._decode(encoded["input_ids"][:keep])
             else:
-                short = self.tokenizer.decode(encoded["input_ids"][:keep], skip_special_tokens=True)
+                short = text[encoded["offset_mapping"][total - keep][0]:] if fast else self._decode(encoded["input_ids"][total - keep:])
             ids = self.tokenizer(self._render(self.template, {**row, self.text_column: short}), add_special_tokens=True)["input_ids"]
         return list(ids)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
 # ----- batching -------------------------------------------------------------------------------------------------
@@ -545,6 +615,7 @@ def build_text_data(
         num_classes=num_classes,
         num_tasks=num_tasks,
         skip_empty=cfg.skip_empty,
+        truncation_side=cfg.truncation_side,
     )
     encoded: dict[str, TokenizedTexts] = {}
     info: dict[str, Any] = {"layout": layout, "max_length": max_length}
@@ -568,6 +639,40 @@ def build_text_data(
         class_names=list(label_names or verbalizer or []) or None,
         info=info,
     )
+
+
+# Config keys giving a model's position count, read when its tokenizer states no maximum.
+POSITION_KEYS = ("max_position_embeddings", "n_positions")
+
+
+def model_input_budget(model: Any, max_length: int | None = None) -> int | None:
+    """The longest tokenized input of a wrapped text model (:class:`textpt.model.TextPromptedModel`), as
+    ``textpt train`` cuts its data.
+
+    ``max_length`` when given; else the model's limit (:func:`textpt.loading.model_max_length`: the position table
+    of absolute-position models, else the tokenizer's stated maximum) less the prompt's tokens. A model whose
+    tokenizer states no maximum falls back to its config's position count (``max_position_embeddings`` or
+    ``n_positions``), with a warning: otherwise one long row would pad its whole batch to its length. Never more
+    than the method's own limit (:meth:`textpt.config.TextMethodConfig.input_limit`, DePT's ``max_length``).
+    ``None``: no limit at all.
+    """
+    limit = model_max_length(model.backbone, model.tokenizer)
+    fallback = limit is None and max_length is None
+    if fallback:
+        config = model.backbone.config
+        limit = next((v for k in POSITION_KEYS if isinstance(v := getattr(config, k, None), int) and v > 0), None)
+    budget = input_budget(limit, model.num_prompt_tokens, max_length)
+    method_limit = model.config.input_limit()
+    if method_limit is not None and (budget is None or budget > method_limit):
+        return method_limit
+    if fallback and limit is not None:
+        warnings.warn(
+            f"the tokenizer of {model.backbone_name} states no maximum length; inputs are cut to the model's {limit} "
+            f"positions (its config's {'/'.join(POSITION_KEYS)}) less the prompt's {model.num_prompt_tokens}. Set "
+            f"data.max_length to choose the length",
+            stacklevel=2,
+        )
+    return budget
 
 
 def input_budget(model_limit: int | None, num_prompt_tokens: int, max_length: int | None = None) -> int | None:
@@ -598,9 +703,11 @@ __all__ = [
     "TextDataConfig",
     "TokenizedTexts",
     "build_text_data",
+    "check_utf8",
     "dataset_label_names",
     "input_budget",
     "load_raw",
+    "model_input_budget",
     "pad_token_id",
     "synthetic_class_names",
     "template_fields",

@@ -26,11 +26,11 @@ from torch.utils.checkpoint import checkpoint
 
 from promptcore import PromptedModel
 
-from .config import SoftPromptConfig, TextMethodConfig
+from .config import SoftPromptConfig, TextMethodConfig, check_label_word_ids
 from .fast_prefix import KeyValues, accepts, cache_argument, positions_after_prefix, prefix_cache
 from .loading import check_prompt_ready, model_max_length
 from .padding import last_token_index, pack_prompt
-from .tasks import TASKS, infer_task
+from .tasks import TASKS, infer_task, label_word_target
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,8 @@ class TextPromptedModel(PromptedModel):
         empty = [w for w, i in zip(words, ids) if not i]
         if empty:
             raise ValueError(f"verbalizer: words {empty} give no tokens with this tokenizer; choose other label words")
+        if self.strategy.label_words:  # the tokens the task scores: as written (causal LM), as targets (seq2seq)
+            check_label_word_ids(words, ids if self.strategy.decoder_only else [label_word_target(self.tokenizer, w) for w in words])
         multi = {w: len(i) for w, i in zip(words, ids) if len(i) > 1}
         if multi:
             logger.info("verbalizer words of several tokens %s are scored by the sum of their tokens' log-probabilities", multi)
@@ -122,6 +124,11 @@ class TextPromptedModel(PromptedModel):
     def shallow_prompt(self, task_ids: torch.Tensor | None, batch_size: int) -> torch.Tensor:
         """``[B, n, D]`` prompt embeddings before the input (``n = 0`` here: no prompt)."""
         return self.embedding.weight.new_zeros(batch_size, 0, self.dim)
+
+    def embed_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``[B, L, D]``: the input's embeddings as the shallow prompt is put before them (the token embeddings; a
+        method that changes them, DePT, overrides this)."""
+        return self.embedding(input_ids)
 
     def prefix_key_values(self, task_ids: torch.Tensor | None, batch_size: int) -> KeyValues:
         """Per-layer ``(keys, values)`` ``[B, heads, n, head_dim]`` to prepend (prefix methods and the fast path)."""
@@ -193,7 +200,7 @@ class TextPromptedModel(PromptedModel):
         where the model takes it; by default every input position's logits.
         """
         prompt = self.shallow_prompt(task_ids, input_ids.shape[0])
-        x, mask, positions, index = pack_prompt(prompt, self.embedding(input_ids), attention_mask, self.padding_side)
+        x, mask, positions, index = pack_prompt(prompt, self.embed_inputs(input_ids, attention_mask), attention_mask, self.padding_side)
         if keep is not None:
             index = index.gather(1, keep)
             if accepts(self.backbone, "logits_to_keep"):
@@ -215,7 +222,7 @@ class TextPromptedModel(PromptedModel):
         """Encoder inputs with the prompt (seq2seq, seq_cls): ``(inputs_embeds, mask, position_ids, token_index)``."""
         attention_mask = self._check_inputs(input_ids, attention_mask, task_ids)
         prompt = self.shallow_prompt(task_ids, input_ids.shape[0])
-        return pack_prompt(prompt, self.embedding(input_ids), attention_mask, self.padding_side)
+        return pack_prompt(prompt, self.embed_inputs(input_ids, attention_mask), attention_mask, self.padding_side)
 
     # ----- the task's forward, losses and generation --------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, task_ids: torch.Tensor | None = None) -> torch.Tensor:

@@ -15,7 +15,7 @@ from torch import nn
 
 from promptcore import SoftPrompt, register_method
 
-from .prompt_tuning import PromptTuningConfig, PromptTuningModel
+from .prompt_tuning import PromptTuningConfig, PromptTuningModel, prompt_init
 
 
 @dataclass
@@ -23,7 +23,9 @@ class PTuningConfig(PromptTuningConfig):
     """P-tuning (``method: p_tuning``): prompt tuning's fields plus the encoder.
 
     Attributes:
-        reparam: the encoder, ``mlp`` or ``lstm`` (a bidirectional LSTM followed by an MLP, as in the paper).
+        reparam: the encoder, ``mlp`` or ``lstm`` (a 2-layer bidirectional LSTM followed by an MLP, the structure of
+            the official ``LAMA/p_tuning/prompt_encoder.py``; see :class:`promptcore.PromptEncoder`). The official
+            encoder's inputs are an ``nn.Embedding``, drawn N(0, 1): ``init: random`` with ``init_std: 1.0``.
         reparam_hidden: the encoder's hidden width (default: the model's width).
     """
 
@@ -47,7 +49,7 @@ class PTuningModel(PromptTuningModel):
 
     def _build_prompts(self) -> nn.Module:
         return SoftPrompt(
-            self.config.num_tokens, self.dim, reparam=self.config.reparam, reparam_hidden=self.config.reparam_hidden, **self._init_kwargs()
+            self.config.num_tokens, self.dim, reparam=self.config.reparam, reparam_hidden=self.config.reparam_hidden, **prompt_init(self)
         )
 
 

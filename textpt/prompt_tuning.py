@@ -1,5 +1,9 @@
 """Prompt tuning (Lester et al. 2021): ``num_tokens`` trainable vectors in front of the input's token embeddings.
 
+Inits as the official code (google-research/prompt-tuning) builds them: ``class_labels`` (their
+``configs/prompts/from_class_labels.gin``) with ``init_vocab_size: 5000``, ``vocab`` with ``init_vocab_size: 5000``
+(``from_sampled_vocab.gin``). The preset ``configs/textpt/t5_prompt_tuning_lester.yaml`` runs their SST-2 recipe.
+
 One task: a :class:`promptcore.SoftPrompt`. Several tasks: a :class:`promptcore.PromptBank`, each sample choosing
 its prompt by ``task_ids``, so one batch can mix tasks in training and inference.
 
@@ -10,7 +14,7 @@ On decoder-only models the prompt goes through the exact shared-prefix path (:mo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -26,14 +30,43 @@ from .model import SoftPromptedModel
 class PromptTuningConfig(SoftPromptConfig):
     """Prompt tuning (``method: prompt_tuning``); the common fields are :class:`textpt.config.SoftPromptConfig`'s.
 
+    Inits (besides :class:`~textpt.config.SoftPromptConfig`'s): ``class_labels``, Lester et al.'s class-label
+    init as ``prompt_tuning/prompts.py`` builds it (``from_embedded_list`` over ``from_sample_of_embeddings``):
+    position ``i`` holds the ``i``-th verbalizer word's embedding (the mean of its tokens' embeddings when it has
+    several), and every other position an embedding drawn without replacement from the first ``init_vocab_size``
+    rows of the vocabulary (their configs: 5,000). The official code draws from the embedding table's first rows;
+    T5's SentencePiece vocabulary lists its pieces by score, so those are its most frequent ones, while the ids of a
+    BPE vocabulary (GPT-2, Llama) follow the merge order, which only roughly tracks frequency. ``labels`` differs:
+    it repeats the label words' tokens one after another over every position.
+
     Attributes:
         fast: the shared-prefix path for shallow prompts on decoder-only models (the prompt's keys and values are
             computed once per step and shared by the batch); ``auto`` uses it where it applies, ``on`` requires
             it, ``off`` always concatenates embeddings (the reference path). Both give the same numbers.
+        init_vocab_size: ``vocab`` and ``class_labels`` draw from the vocabulary's first ``init_vocab_size`` rows
+            (``null``: the whole vocabulary).
+        init_text_special_tokens: ``init: text`` takes the text as the tokenizer encodes a whole input, special
+            tokens included (``[CLS] text [SEP]`` on BERT, ``<s> text`` on Llama, ``text </s>`` on T5), as PEFT's
+            ``PromptTuningInit.TEXT`` does. Default ``false``: the text's own tokens only; the input after the
+            prompt already carries the model's special tokens.
     """
+
+    inits: ClassVar[tuple[str, ...]] = (*SoftPromptConfig.inits, "class_labels")
 
     method: Literal["prompt_tuning"] = "prompt_tuning"
     fast: Literal["auto", "on", "off"] = "auto"
+    init_vocab_size: int | None = None
+    init_text_special_tokens: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.init_vocab_size is not None:
+            if self.init_vocab_size <= 0:
+                raise ValueError(f"init_vocab_size: must be a positive number of vocabulary rows or null, got {self.init_vocab_size}")
+            if self.init not in ("vocab", "class_labels"):
+                raise ValueError(f"init_vocab_size: only the vocab and class_labels inits draw from the vocabulary, init is {self.init!r}; remove it")
+        if self.init_text_special_tokens and self.init != "text":
+            raise ValueError(f"init_text_special_tokens: applies to init 'text', init is {self.init!r}; remove it")
 
 
 class PromptTuningModel(SoftPromptedModel):
@@ -49,18 +82,8 @@ class PromptTuningModel(SoftPromptedModel):
         self.prompts = self._build_prompts().to(backbone.dtype)
         self.freeze_backbone()
 
-    def _init_kwargs(self) -> dict[str, Any]:
-        generator = torch.Generator().manual_seed(self.config.seed)
-        init = self.config.init
-        weight = self.embedding.weight
-        if init in ("random", "normal"):
-            return {"init": "normal", "std": self.config.init_std, "generator": generator}
-        if init == "vocab":
-            return {"init": "vocab", "embedding": weight.float(), "generator": generator}
-        return {"init": "text", "embedding": weight.float(), "token_ids": self.init_token_ids()}
-
     def _build_prompts(self) -> nn.Module:
-        n, kwargs = self.config.num_tokens, self._init_kwargs()
+        n, kwargs = self.config.num_tokens, prompt_init(self)
         if self.config.num_tasks > 1:
             return PromptBank(self.config.num_tasks, (n, self.dim), **kwargs)
         return SoftPrompt(n, self.dim, **kwargs)
@@ -86,6 +109,28 @@ class PromptTuningModel(SoftPromptedModel):
             used, rows = torch.unique(task_ids, return_inverse=True)
             return select_rows(prompt_key_values(self.backbone, self.prompts.weight[used]), rows, batch_size)
         return select_rows(prompt_key_values(self.backbone, self.prompt_table()), None, batch_size)
+
+
+def prompt_init(model: SoftPromptedModel) -> dict[str, Any]:
+    """The keyword arguments of :func:`promptcore.init_prompt_` for the init a prompt tuning config names (the
+    methods built on prompt tuning's config share them)."""
+    config: PromptTuningConfig = model.config
+    generator = torch.Generator().manual_seed(config.seed)
+    weight = model.embedding.weight.float()
+    if config.init in ("random", "normal"):
+        return {"init": "normal", "std": config.init_std, "generator": generator}
+    if config.init == "vocab":
+        return {"init": "vocab", "embedding": weight, "population": config.init_vocab_size, "generator": generator}
+    if config.init == "class_labels":
+        return {
+            "init": "class_labels", "embedding": weight, "token_groups": model.verbalizer_ids,
+            "population": config.init_vocab_size, "generator": generator,
+        }
+    if config.init == "text" and config.init_text_special_tokens:
+        if model.tokenizer is None:
+            raise ValueError("init 'text': the tokenizer is needed; call textpt.wrap(model, config, tokenizer=tokenizer)")
+        return {"init": "text", "embedding": weight, "token_ids": model.tokenizer(config.init_text)["input_ids"]}
+    return {"init": "text", "embedding": weight, "token_ids": model.init_token_ids()}
 
 
 register_method("prompt_tuning", PromptTuningConfig, PromptTuningModel, kind="text", summary="prompt tuning (Lester et al. 2021)")

@@ -42,7 +42,9 @@ class TextRunConfig:
     - ``seq_cls`` needs ``prompt.num_classes``;
     - ``causal_lm`` classifies when ``prompt.verbalizer`` is set and learns to write ``data.target_column``
       otherwise (one of them, not both); ``seq2seq`` learns ``data.target_column`` or the verbalizer's words;
-    - a prompt bank (``prompt.num_tasks > 1``) needs ``data.task_column``.
+    - a prompt bank (``prompt.num_tasks > 1``) needs ``data.task_column``;
+    - ``data.max_length`` and ``model.max_length`` stay within the method's own input limit (DePT's
+      ``prompt.max_length``), which caps the inputs when neither is set.
 
     Attributes:
         model: the frozen model and tokenizer.
@@ -67,7 +69,7 @@ class TextRunConfig:
                 f"prompt.num_classes: {self.prompt.num_classes} does not match data.num_classes {data.num_classes} of "
                 f"the synthetic data; make them equal (or drop prompt.num_classes)"
             )
-        _check(self.model.task, resolve_prompt(self.model.task, self.prompt, data), data)
+        _check(self.model, resolve_prompt(self.model.task, self.prompt, data), data)
 
     def resolved(self) -> "TextRunConfig":
         """This config with the defaults that depend on other sections filled in (itself when there are none)."""
@@ -87,8 +89,9 @@ def resolve_prompt(task: str, prompt: TextMethodConfig, data: TextDataConfig) ->
     return prompt
 
 
-def _check(task: str, prompt: TextMethodConfig, data: TextDataConfig) -> None:
+def _check(model: TextModelConfig, prompt: TextMethodConfig, data: TextDataConfig) -> None:
     """The checks across sections of a resolved run config; raises ``ValueError("section.field: ...")``."""
+    task = model.task
     try:
         prompt.check_task(task, data.target_column)
     except ValueError as e:
@@ -104,6 +107,13 @@ def _check(task: str, prompt: TextMethodConfig, data: TextDataConfig) -> None:
             f"data.task_column: prompt.num_tasks is {prompt.num_tasks}, so batches need per-row task ids; name the column "
             f"holding them"
         )
+    limit = prompt.input_limit()
+    for key, value in (("data.max_length", data.max_length), ("model.max_length", model.max_length)):
+        if limit is not None and value is not None and value > limit:
+            raise ValueError(
+                f"{key}: {value} tokens, but method {prompt.method} takes at most {limit} input tokens "
+                f"(prompt.max_length); lower {key} or raise prompt.max_length"
+            )
 
 
 __all__ = ["TextRunConfig", "resolve_prompt"]

@@ -92,3 +92,23 @@ CASES.add("text:zero_shot", MethodCase(
     data=labelled_rows,
     foreign=lambda seed: zero_shot(["good", "bad", "fine"]),
 ))
+
+
+# ----- DePT: a prompt and a low-rank update of the input embeddings (no fast path) -----------------------------------
+from textpt import DePTConfig  # noqa: E402
+
+
+def dept(seed: int, num_tokens: int = 3) -> PromptedModel:
+    model, tokenizer = backbone()
+    pt = textpt.wrap(model, DePTConfig(num_tokens=num_tokens, rank=2, max_length=8, seed=seed), tokenizer=tokenizer)
+    with torch.no_grad():  # B starts at zero; a nonzero B makes the update (and its save/load) show in the outputs
+        pt.lora.B.copy_(torch.randn(pt.lora.B.shape, generator=torch.Generator().manual_seed(seed)))
+    return pt
+
+
+CASES.add("dept", MethodCase(
+    build=lambda seed, fast: dept(seed),
+    data=rows,
+    foreign=lambda seed: dept(seed, num_tokens=4),
+    outputs=token_logits,
+))

@@ -14,7 +14,7 @@ from toy_prompted import LrRecorder, toy_data, toy_model  # noqa: E402
 
 from promptcore import TrainConfig, Trainer  # noqa: E402
 from promptcore.config import ConfigError, load_config  # noqa: E402
-from promptcore.optim import AdafactorT5X, LRSchedule  # noqa: E402
+from promptcore.optim import AdafactorT5X, LRSchedule, build_optimizer  # noqa: E402
 
 
 # ----- Dassl's schedule --------------------------------------------------------------------------------------------
@@ -231,3 +231,18 @@ def test_adafactor_t5x_trains_and_resumes_its_state_in_the_trainer(tmp_path):
     trainer.fit()
     assert not torch.equal(before, model.prompts.weight)
     assert trainer.optimizer.state[model.prompts.weight]["step"] == 5
+
+
+def test_adam_adds_weight_decay_to_the_gradient():
+    # P-tuning's official code trains with torch.optim.Adam(weight_decay=5e-4): the decay is an L2 term in the
+    # gradient, normalised by Adam like the rest of it. With a zero gradient the first step moves by lr itself;
+    # AdamW's decoupled decay moves by lr * weight_decay.
+    moved = {}
+    for name in ("adam", "adamw"):
+        p = torch.nn.Parameter(torch.ones(1))
+        opt = build_optimizer([p], TrainConfig(optimizer=name, lr=0.1, weight_decay=0.5), lr=0.1)
+        p.grad = torch.zeros(1)
+        opt.step()
+        moved[name] = 1.0 - p.item()
+    assert moved["adam"] == pytest.approx(0.1, rel=1e-5)
+    assert moved["adamw"] == pytest.approx(0.1 * 0.5, rel=1e-5)

@@ -37,6 +37,29 @@ def test_tensor_vocab_and_text_inits():
     assert torch.equal(SoftPrompt(1, 8, init="text", embedding=emb, token_ids=[3, 7]).weight, emb[[3]])  # truncated
 
 
+def test_vocab_draws_from_the_first_population_rows():
+    emb = torch.randn(50, 8)
+    rows = SoftPrompt(40, 8, init="vocab", embedding=emb, population=5, generator=torch.Generator().manual_seed(0)).weight
+    drawn = {int((emb == r).all(1).nonzero()[0]) for r in rows}
+    assert drawn == set(range(5))  # more positions than the population: drawn with replacement, only from it
+    few = SoftPrompt(4, 8, init="vocab", embedding=emb, population=5, generator=torch.Generator().manual_seed(1)).weight
+    idx = [int((emb == r).all(1).nonzero()[0]) for r in few]
+    assert len(set(idx)) == 4 and max(idx) < 5
+
+
+def test_class_labels_puts_each_label_first_and_samples_the_rest():
+    # Lester et al.: label i at position i (several sub-tokens averaged), the rest drawn from the first rows.
+    emb = torch.randn(50, 8)
+    p = SoftPrompt(6, 8, init="class_labels", embedding=emb, token_groups=[[10, 11], [20]], population=5,
+                   generator=torch.Generator().manual_seed(0))
+    w = p.weight.detach()
+    torch.testing.assert_close(w[0], (emb[10] + emb[11]) / 2, rtol=0, atol=1e-7)
+    assert torch.equal(w[1], emb[20])
+    assert all(int((emb == r).all(1).nonzero()[0]) < 5 for r in w[2:])
+    bank = PromptBank(3, (4, 8), init="class_labels", embedding=emb, token_groups=[[1], [2]], population=10)
+    assert all(torch.equal(bank.weight[t, 1], emb[2]) for t in range(3))
+
+
 def test_init_errors_name_the_problem():
     with pytest.raises(ValueError, match="num_tokens must be a positive integer, got 0"):
         SoftPrompt(0, 8)
@@ -48,6 +71,12 @@ def test_init_errors_name_the_problem():
         SoftPrompt(2, 8, init="vocab", embedding=torch.randn(10, 4))
     with pytest.raises(ValueError, match="init text gave no tokens"):
         SoftPrompt(2, 8, init="text", embedding=torch.randn(10, 8), token_ids=[])
+    with pytest.raises(ValueError, match="3 labels do not fit 2 prompt positions"):
+        SoftPrompt(2, 8, init="class_labels", embedding=torch.randn(10, 8), token_groups=[[1], [2], [3]])
+    with pytest.raises(ValueError, match="label 1 gave no tokens"):
+        SoftPrompt(2, 8, init="class_labels", embedding=torch.randn(10, 8), token_groups=[[1], []])
+    with pytest.raises(ValueError, match="population must be a positive number of embedding rows, got 0"):
+        SoftPrompt(2, 8, init="vocab", embedding=torch.randn(10, 8), population=0)
 
 
 def test_forward_shapes_and_dropout_only_in_training():
@@ -71,6 +100,29 @@ def test_reparam_folds_to_the_same_embeddings(kind):
     assert p.encoder is None
     assert torch.equal(p(), before)
     assert [n for n, _ in p.named_parameters()] == ["weight"]
+
+
+def test_lstm_encoder_is_p_tunings_official_structure():
+    # THUDM/P-tuning LAMA/p_tuning/prompt_encoder.py: LSTM(H, H // 2, num_layers=2, bidirectional) then
+    # Linear(H, H) - ReLU - Linear(H, H). Built independently here, it takes the encoder's weights name for name
+    # and gives the same prompt in float64.
+    torch.manual_seed(0)
+    p = SoftPrompt(5, 8, reparam="lstm").double()
+    lstm_head = torch.nn.LSTM(input_size=8, hidden_size=4, num_layers=2, bidirectional=True, batch_first=True).double()
+    mlp_head = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8)).double()
+    lstm_head.load_state_dict(p.encoder.lstm.state_dict())
+    mlp_head.load_state_dict(p.encoder.mlp.state_dict())
+    official = mlp_head(lstm_head(p.weight.unsqueeze(0))[0]).squeeze(0)
+    torch.testing.assert_close(p(), official, rtol=0, atol=0)
+
+
+def test_folded_lstm_prompt_equals_the_encoder_output_in_float64():
+    torch.manual_seed(0)
+    p = SoftPrompt(7, 16, reparam="lstm").double().eval()
+    out = p.encoder(p.weight).detach().clone()
+    assert out.dtype == torch.float64
+    p.fold()
+    assert p.encoder is None and torch.equal(p.weight, out)
 
 
 def test_reparam_gets_gradients_through_the_encoder():

@@ -7,6 +7,7 @@ demo makes it) or when PROMPTTUNE_TEST_SMOLLM=1; otherwise it is skipped.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import Counter
 
@@ -31,8 +32,28 @@ def test_rotten_tomatoes_keeps_labelled_snippets_in_a_seeded_split():
     assert dd["train"].features["label"].names == ["rotten", "fresh"]
     counts = Counter(dd["train"]["label"]) + Counter(dd["test"]["label"])
     assert counts == {1: 7403, 0: 5405}  # fresh, rotten: the counts of the source file
-    assert all(t.strip() for t in dd["test"]["text"])
+    assert all(t and t == t.strip() for split in dd.values() for t in split["text"])  # stripped, none empty
     assert assets.load_dataset("rotten_tomatoes")["test"]["text"][:5] == dd["test"]["text"][:5]
+
+
+@pytest.mark.download
+def test_rotten_tomatoes_default_split_is_the_one_it_always_was():
+    # The rows of each split under the default 80/20 seed-0 split, pinned when the split moved from cache-build time
+    # to load time (the texts are the earlier ones, stripped): a run on the default split keeps seeing the same rows.
+    dd = assets.load_dataset("rotten_tomatoes")
+    digest = {k: hashlib.sha256("\n".join(v["text"]).encode()).hexdigest()[:16] for k, v in dd.items()}
+    assert digest == {"train": "709cc9037964be6a", "test": "c67e7551a5846ed1"}
+
+
+@pytest.mark.download
+def test_rotten_tomatoes_split_of_given_sizes_and_seed():
+    dd = assets.load_dataset("rotten_tomatoes", test_size=500, train_size=0.1, seed=3)
+    assert {k: len(v) for k, v in dd.items()} == {"train": 1280, "test": 500}
+    share = sum(dd["test"]["label"]) / 500
+    assert abs(share - 7403 / 12808) < 0.01  # stratified: the classes' proportions kept
+    assert assets.load_dataset("rotten_tomatoes", test_size=500, train_size=0.1, seed=3)["test"]["text"] == dd["test"]["text"]
+    with pytest.raises(assets.SplitError, match=r"dataset 'rotten_tomatoes' \(12808 rows\): test_size 20000 and train_size None do not fit"):
+        assets.load_dataset("rotten_tomatoes", test_size=20000)
 
 
 @pytest.mark.download

@@ -235,11 +235,82 @@ def test_input_budget():
 
 def test_template_longer_than_the_budget(tok):
     enc = ExampleEncoder(tok, "classification", "review of the movie : {text} sentiment :", "text", 4, label_column="label", num_classes=2)
-    with pytest.raises(DataError, match="the template 'review of the movie : {text} sentiment :' alone takes more than 4 tokens"):
+    with pytest.raises(DataError, match="the template 'review of the movie : {text} sentiment :' without its 'text' field already takes more than 4 tokens"):
         enc.encode({"text": ["good good good"], "label": [0]})
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("layout", ["classification", "seq2seq", "inputs"])
+def test_only_the_text_field_is_cut_from_the_chosen_side(tok, side, layout):
+    # The instruction before the text and the cue after it (which a causal LM's verbalizer follows) stay whole.
+    text = "one two three four five six seven eight nine ten"
+    enc = ExampleEncoder(
+        tok, layout, "classify the review : {text} sentiment :", "text", 9, label_column="label", num_classes=2,
+        verbalizer=[" bad", " good"] if layout == "seq2seq" else None, truncation_side=side,
+    )
+    ds, stats = enc.encode({"text": [text], "label": [1]})
+    ids = ds[0]["input_ids"]
+    head, tail = _ids(tok, "classify the review :"), _ids(tok, "sentiment :")
+    assert stats.truncated == 1 and len(ids) == 9
+    assert ids[: len(head)] == head and ids[-len(tail):] == tail
+    kept = ids[len(head): -len(tail)]
+    words = _ids(tok, text)
+    assert kept == (words[: len(kept)] if side == "right" else words[-len(kept):])
+
+
+def test_truncation_keeps_the_tokenizers_special_tokens():
+    from transformers import BertTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c", "d", "e", "x", ":"]
+    bert = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)})
+    enc = ExampleEncoder(bert, "classification", "x : {text}", "text", 6, label_column="label", num_classes=2, truncation_side="left")
+    ds, _ = enc.encode({"text": ["a b c d e"], "label": [0]})
+    assert bert.convert_ids_to_tokens(ds[0]["input_ids"]) == ["[CLS]", "x", ":", "d", "e", "[SEP]"]
+
+
+def test_truncation_side_is_a_data_key():
+    cfg = load_config(TextRunConfig, {"model": {"name": "random:gpt2"}, "data": {"truncation_side": "left"}})
+    assert cfg.data.truncation_side == "left"
+    with pytest.raises(ConfigError, match=r"data.truncation_side: 'middle' is not one of 'right', 'left'"):
+        load_config(TextRunConfig, {"model": {"name": "random:gpt2"}, "data": {"truncation_side": "middle"}})
+
+
 # ----- bad input --------------------------------------------------------------------------------------------------
+def test_a_csv_that_is_not_utf8_is_named(tmp_path, tok):
+    good = tmp_path / "train.csv"
+    good.write_text("text,label\na good movie,1\n")
+    bad = tmp_path / "test.csv"
+    bad.write_bytes("text,label\nun caf\u00e9 terrible,0\n".encode("latin-1"))
+    cfg = TextDataConfig(source="csv", data_files={"train": str(good), "test": str(bad)})
+    with pytest.raises(DataError, match=rf"{bad} is not UTF-8 text: byte 17 is b'\\xe9' .* save the file as UTF-8"):
+        load_raw(cfg)
+
+
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        ({"source": "csv", "data_files": {"train": "a.csv", "test": "b.csv"}, "test_size": 0.1},
+         "data.test_size: splits a packaged dataset's rows anew \\(source: asset\\); source 'csv' brings its own splits"),
+        ({"source": "asset", "name": "rotten_tomatoes", "test_size": 1.5}, "data.test_size: give a fraction between 0 and 1 \\(0.2\\) or a number of rows \\(500\\), got 1.5"),
+        ({"source": "asset", "name": "rotten_tomatoes", "train_size": 0}, "data.train_size: give a fraction"),
+    ],
+)
+def test_split_size_errors(data, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(TextRunConfig, {"model": {"name": "random:gpt2"}, "data": data})
+
+
+@pytest.mark.download
+def test_an_asset_split_of_given_sizes_from_yaml_keys(tok):
+    cfg = load_config(TextRunConfig, {"model": {"name": "random:gpt2"}, "prompt": {"verbalizer": [" bad", " good"]}, "data": {
+        "source": "asset", "name": "rotten_tomatoes", "test_size": 300, "train_size": 0.05, "seed": 7}}).data
+    raw = load_raw(cfg)
+    assert (len(raw["train"]), len(raw["eval"])) == (640, 300)
+    assert load_raw(cfg)["eval"]["text"] == raw["eval"]["text"]  # seeded
+    other = load_raw(TextDataConfig(source="asset", name="rotten_tomatoes", test_size=300, train_size=0.05, seed=8))
+    assert other["eval"]["text"] != raw["eval"]["text"]
+
+
 def test_empty_text_names_the_row_or_is_skipped(tok):
     rows = {"text": ["good", "  ", "bad"], "label": [1, 0, 0]}
     enc = ExampleEncoder(tok, "classification", "{text}", "text", None, label_column="label", num_classes=2)

@@ -95,7 +95,7 @@ def test_zero_shot_scores_the_words_as_targets_of_the_plain_seq2seq_model():
     "model_type, task, config, message",
     [
         ("gpt2", "causal_lm", ZeroShotConfig(), "verbalizer: zero_shot scores one label word per class"),
-        ("bert", "seq_cls", ZeroShotConfig(verbalizer=WORDS), r"zero_shot is implemented for causal_lm and seq2seq models, not seq_cls; a seq_cls model runs linear_probe"),
+        ("bert", "seq_cls", ZeroShotConfig(verbalizer=WORDS), r"zero_shot is implemented for causal_lm and seq2seq models, not seq_cls; a seq_cls model runs dept, linear_probe"),
     ],
 )
 def test_zero_shot_errors(model_type, task, config, message):
@@ -124,7 +124,7 @@ def _json_out(capsys) -> dict:
 
 
 BERT = ["--set", "model.task=seq_cls", "--set", "model.name=random:bert"]
-T5 = ["--set", "model.task=seq2seq", "--set", "model.name=random:t5"]
+T5 = ["--set", "model.task=seq2seq", "--set", "model.name=random:t5", "--set", "model.kwargs={d_model: 32, d_ff: 64, d_kv: 16, num_layers: 2, num_heads: 2}"]
 
 
 def test_linear_probe_through_the_cli(tmp_path, capsys):

@@ -21,7 +21,7 @@ FAST = ["--set", "train.max_steps=3", "--set", "data.num_samples=24", "--set", "
 TASKS = {
     "causal_lm": [],
     "seq_cls": ["--set", "model.task=seq_cls", "--set", "model.name=random:bert"],
-    "seq2seq": ["--set", "model.task=seq2seq", "--set", "model.name=random:t5"],
+    "seq2seq": ["--set", "model.task=seq2seq", "--set", "model.name=random:t5", "--set", "model.kwargs={d_model: 32, d_ff: 64, d_kv: 16, num_layers: 2, num_heads: 2}"],
 }
 
 
