@@ -106,7 +106,7 @@ def dept(seed: int, num_tokens: int = 3) -> PromptedModel:
     return pt
 
 
-CASES.add("dept", MethodCase(
+CASES.add("text:dept", MethodCase(
     build=lambda seed, fast: dept(seed),
     data=rows,
     foreign=lambda seed: dept(seed, num_tokens=4),
