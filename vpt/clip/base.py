@@ -107,7 +107,7 @@ class CLIPPromptModel(CLIPModel):
 
     def _context(self, shape: tuple[int, ...], ctx_init: str | None, std: float) -> nn.Parameter:
         """A context parameter ``[..., n_ctx, width]``: the embeddings of ``ctx_init``'s first ``n_ctx`` tokens, or
-        N(0, std²)."""
+        N(0, std²). (The rest of ``ctx_init`` stays in the prompt as fixed words: :meth:`_layout`.)"""
         weight = torch.empty(shape)
         n_ctx = shape[-2]
         if ctx_init is None:
@@ -123,8 +123,12 @@ class CLIPPromptModel(CLIPModel):
         return nn.Parameter(weight)
 
     def _layout(self, class_names: Sequence[str], n_ctx: int, position: str = "end", shared: bool = True) -> PromptLayout:
+        """The class prompts' layout. The official prompt text is ``ctx_init + " " + name + "."`` with tokens
+        ``1 .. n_ctx`` learned: the tokens of ``config.ctx_init`` past the first ``n_ctx`` stay as fixed words."""
+        ctx_init = getattr(self.config, "ctx_init", None)
+        words = text_token_ids(self.tokenizer, [ctx_init], self.special)[0][n_ctx:] if ctx_init else []
         layout = PromptLayout(
-            self.tokenizer, self.special, class_names, n_ctx, position, self.text_tower.context_length, shared
+            self.tokenizer, self.special, class_names, n_ctx, position, self.text_tower.context_length, shared, words
         )
         return layout.to(self.text_tower.token_embedding.weight.device)
 

@@ -51,8 +51,13 @@ class CLIPContextConfig(CLIPMethodConfig):
 
     Attributes:
         n_ctx: context tokens.
-        ctx_init: initial context words (``"a photo of a"``); their first ``n_ctx`` tokens are used (MaPLe's rule),
-            fewer tokens than ``n_ctx`` is an error. ``null``: N(0, ``init_std``²).
+        ctx_init: initial context words (``"a photo of a"``). The prompt is the official text
+            ``ctx_init + " " + name + "."``: its first ``n_ctx`` tokens are learned, initialised from their
+            embeddings, and the rest of ``ctx_init`` stays as fixed words before the class name (so MaPLe's
+            ``n_ctx: 2`` reads ``[SOS] ctx1 ctx2 of a {name}.``, as in its ``MultiModalPromptLearner``). Fewer
+            tokens than ``n_ctx`` is an error. CoOp's and CoCoOp's official code set n_ctx to the number of words
+            of ``ctx_init`` (``N_CTX`` is ignored); here n_ctx is explicit, and their configs' value for
+            ``"a photo of a"`` is 4. ``null``: N(0, ``init_std``²) and no words.
         init_std: std of the random context initialisation.
         text_path: ``auto`` uses the exact fast text encoder (shared prefix computed once, no padding) where it
             applies and the plain 77-token path otherwise; ``fast`` requires it; ``reference`` forces the plain path.
@@ -133,7 +138,7 @@ class MaPLeConfig(CLIPContextConfig):
     Attributes:
         n_ctx: prompt tokens per layer on each tower.
         depth: prompted layers J (1 = prompts at the input only); at most the layers of either tower.
-        ctx_init: initial words of the first-layer text context (first ``n_ctx`` tokens used).
+        ctx_init: the first-layer text context's initial words (the first ``n_ctx`` tokens learned, the rest fixed).
     """
 
     method: Literal["maple"] = "maple"

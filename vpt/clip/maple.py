@@ -6,10 +6,10 @@
 - **IVLP** (independent vision-language prompting, the baseline of Rasheed et al. and Khattak et al.): deep prompts
   on both towers, learned independently.
 
-Text side: the first layer's prompts are the context ``[SOS, ctx, class name, '.', EOT]``; before layers 1 .. J-1
-the hidden states at the context positions are replaced by that layer's prompts. With the class name at the end
-those positions are in the shared prefix, so the exact fast text path applies (see :mod:`vpt.clip.text`). Image side:
-see :mod:`vpt.clip.vision` (open_clip ViT image towers).
+Text side: the first layer's prompts are the context of ``[SOS, ctx, fixed words of ctx_init, class name, '.',
+EOT]``; before layers 1 .. J-1 the hidden states at the context positions are replaced by that layer's prompts. With
+the class name at the end those positions are in the shared prefix, so the exact fast text path applies (see
+:mod:`vpt.clip.text`). Image side: see :mod:`vpt.clip.vision` (open_clip ViT image towers).
 """
 
 from __future__ import annotations

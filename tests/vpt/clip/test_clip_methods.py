@@ -30,6 +30,7 @@ def configs(names=NAMES):
         "coop_front": vc.CoOpConfig(class_names=names, n_ctx=3, class_token_position="front"),
         "coop_middle": vc.CoOpConfig(class_names=names, n_ctx=5, class_token_position="middle"),
         "coop_csc_end": vc.CoOpConfig(class_names=names, n_ctx=2, class_specific_context=True),
+        "coop_fixed_words": vc.CoOpConfig(class_names=names, n_ctx=2, ctx_init="a photo of a"),
         "cocoop": vc.CoCoOpConfig(class_names=names),
         "maple": vc.MaPLeConfig(class_names=names, depth=2),
         "ivlp": vc.IVLPConfig(class_names=names, depth=2, vision_n_ctx=3),
@@ -81,6 +82,48 @@ def test_coop_with_text_init_reproduces_encode_text_of_the_hand_written_prompt()
     torch.testing.assert_close(model.text_features(), expected, rtol=0, atol=0)
     model.fast = True
     torch.testing.assert_close(model.text_features(), expected, rtol=0, atol=1e-12)
+
+
+# Class names as the official code writes them: underscores read as spaces, the name tokenised with its period.
+ODD_NAMES = ["cat", "sea_lion", "e.t."]
+ODD_TEXTS = ["a photo of a cat.", "a photo of a sea lion.", "a photo of a e.t.."]
+
+
+@pytest.mark.parametrize("config", [
+    vc.MaPLeConfig(class_names=ODD_NAMES, n_ctx=2, depth=1, ctx_init="a photo of a"),
+    vc.IVLPConfig(class_names=ODD_NAMES, n_ctx=2, depth=1, ctx_init="a photo of a"),
+    vc.CoOpConfig(class_names=ODD_NAMES, n_ctx=4, ctx_init="a photo of a"),
+    vc.CoOpConfig(class_names=ODD_NAMES, n_ctx=1, ctx_init="a photo of a"),
+    vc.CoCoOpConfig(class_names=ODD_NAMES, n_ctx=4, ctx_init="a photo of a"),
+], ids=["maple_2ctx", "ivlp_2ctx", "coop_4ctx", "coop_1ctx", "cocoop_4ctx"])
+def test_at_init_the_text_is_the_official_prompt_ctx_init_then_the_class_name(config):
+    """MaPLe / IVLP (MultiModalPromptLearner, VLPromptLearner) learn tokens 1..n_ctx of "a photo of a {name}." and
+    keep the rest of ctx_init as words: n_ctx 2 reads [SOS][ctx1][ctx2] of a {name}. CoOp / CoCoOp (PromptLearner)
+    set n_ctx to the words of ctx_init (4 for "a photo of a"). At initialisation the text features are open_clip's
+    encode_text of that text, exactly on the 77-token path and to rounding on the fast one."""
+    clip = tiny_clip().double()
+    model = promptcore.wrap(clip, config).double()
+    if isinstance(model, vc.CoCoOp):
+        torch.nn.init.zeros_(model.prompts.meta_net[-1].weight)  # no image-conditioned shift: the plain context
+        torch.nn.init.zeros_(model.prompts.meta_net[-1].bias)
+        text = lambda: model.text_features(torch.randn(1, clip.visual.output_dim, dtype=torch.float64))[0]  # noqa: E731
+    else:
+        text = model.text_features
+    expected = clip.encode_text(get_tokenizer(None, 77)(ODD_TEXTS))
+    model.fast = False
+    torch.testing.assert_close(text(), expected, rtol=0, atol=0)
+    model.fast = True
+    torch.testing.assert_close(text(), expected, rtol=0, atol=1e-12)
+
+
+def test_fixed_words_of_ctx_init_need_the_class_name_at_the_end():
+    with pytest.raises(ValueError, match=r"ctx_init: its words past the first 2 tokens stay fixed.*class_token_position: end"):
+        promptcore.wrap(tiny_clip(), vc.CoOpConfig(class_names=NAMES, n_ctx=2, ctx_init="a photo of a", class_token_position="front"))
+
+
+def test_class_names_equal_once_underscores_read_as_spaces_are_refused():
+    with pytest.raises(ValueError, match=r"class_names: \['sea_lion', 'sea lion'\] give the same prompt text"):
+        vc.CoOpConfig(class_names=["sea_lion", "sea lion"])
 
 
 def test_zero_shot_matches_manual_clip_and_averages_templates():
