@@ -116,6 +116,48 @@ def test_at_init_the_text_is_the_official_prompt_ctx_init_then_the_class_name(co
     torch.testing.assert_close(text(), expected, rtol=0, atol=1e-12)
 
 
+def official_image_features(clip, images, first, deep):
+    """The official MaPLe / IVLP image tower (VisionTransformer_MaPLe.forward and the blocks' prompt replacement),
+    written out: the first prompts are appended after the positional embedding, before ln_pre; each deeper
+    layer's prompts replace the last tokens before the block; the class token is pooled."""
+    v = clip.visual
+    x = v.conv1(images).flatten(2).transpose(1, 2)
+    x = torch.cat([v.class_embedding.expand(len(x), 1, -1), x], 1) + v.positional_embedding
+    x = v.ln_pre(torch.cat([x, first.expand(len(x), -1, -1)], 1))
+    for i, block in enumerate(v.transformer.resblocks):
+        if 1 <= i <= len(deep):
+            x = torch.cat([x[:, : -len(first)], deep[i - 1].expand(len(x), -1, -1)], 1)
+        x = block(x)
+    return v.ln_post(x[:, 0]) @ v.proj
+
+
+@pytest.mark.parametrize("method", ["maple", "ivlp"])
+def test_image_prompts_follow_the_official_tower(method):
+    clip = tiny_clip().double()
+    config = {"maple": vc.MaPLeConfig, "ivlp": vc.IVLPConfig}[method](class_names=NAMES, depth=2)
+    model = promptcore.wrap(clip, config).double()
+    with torch.no_grad():
+        for p in model.prompt_parameters():
+            p.add_(torch.randn_like(p))
+    prompts = model.vision_prompts()
+    images = IMAGES.double()
+    expected = official_image_features(clip, images, prompts[0], prompts[1:])
+    torch.testing.assert_close(model.vision_tower.encode(images, prompts), expected, rtol=0, atol=1e-12)
+
+
+def test_maple_deep_projections_start_as_copies_of_one_linear():
+    clip = open_clip.CLIP(
+        embed_dim=32,
+        vision_cfg=dict(layers=3, width=64, head_width=32, patch_size=8, image_size=32),
+        text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=3),
+    )
+    model = promptcore.wrap(clip, vc.MaPLeConfig(class_names=NAMES, depth=3))
+    first, *deep = model.prompts.proj
+    assert all(torch.equal(d.weight, deep[0].weight) and torch.equal(d.bias, deep[0].bias) for d in deep)
+    assert not torch.equal(first.weight, deep[0].weight)
+    assert deep[0].weight.data_ptr() != deep[1].weight.data_ptr()  # copies, trained separately
+
+
 def test_fixed_words_of_ctx_init_need_the_class_name_at_the_end():
     with pytest.raises(ValueError, match=r"ctx_init: its words past the first 2 tokens stay fixed.*class_token_position: end"):
         promptcore.wrap(tiny_clip(), vc.CoOpConfig(class_names=NAMES, n_ctx=2, ctx_init="a photo of a", class_token_position="front"))
