@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .templates import check_templates
 from .tokens import check_class_names
 
 ClassPosition = Literal["end", "middle", "front"]
@@ -79,18 +80,19 @@ class CLIPContextConfig(CLIPMethodConfig):
 
 @dataclass
 class ZeroShotCLIPConfig(CLIPMethodConfig):
-    """Zero-shot CLIP: class-name prompts from ``templates`` (each with one ``{}``), averaged; nothing trains."""
+    """Zero-shot CLIP: class-name prompts from ``templates`` averaged (CLIP's prompt ensembling); nothing trains.
+
+    Attributes:
+        templates: templates with one ``{}`` each, or a registered template set (:mod:`vpt.clip.templates`), e.g.
+            ``coop:oxford_pets``, the per-dataset template of the CoOp papers' zero-shot baseline.
+    """
 
     method: Literal["clip_zeroshot"] = "clip_zeroshot"
-    templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
+    templates: list[str] | str = field(default_factory=lambda: ["a photo of a {}."])
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.templates:
-            raise ValueError("templates: expected at least one template, e.g. ['a photo of a {}.']")
-        bad = [t for t in self.templates if "{}" not in t]
-        if bad:
-            raise ValueError(f"templates: {bad} have no '{{}}' where the class name goes, e.g. 'a photo of a {{}}.'")
+        check_templates(self.templates)
 
 
 @dataclass

@@ -181,6 +181,30 @@ def test_zero_shot_matches_manual_clip_and_averages_templates():
     assert list(model.prompt_parameters()) == []
 
 
+# ----- template sets ----------------------------------------------------------------------------------------------
+def test_template_sets_resolve_and_unknown_names_are_named():
+    from vpt.clip.templates import templates_of
+
+    assert templates_of("coop:oxford_pets") == ["a photo of a {}, a type of pet."]
+    assert templates_of("coop:dtd") == ["{} texture."] and templates_of("kgcoop:dtd") == ["a photo of a {}, a type of texture."]
+    imagenet80 = templates_of("clip:imagenet80")
+    assert len(imagenet80) == 80 and imagenet80[0] == "a bad photo of a {}."
+    assert templates_of("promptsrc:imagenet60") == imagenet80[:60] and "a photo of a {}." in imagenet80[:60]
+    assert set(templates_of("clip:imagenet_select")) <= set(imagenet80)
+    assert templates_of(["a {}."]) == ["a {}."]
+    with pytest.raises(ValueError, match=r"templates: unknown template set 'coop:oxford_pet'. Did you mean 'coop:oxford_pets'"):
+        vc.ZeroShotCLIPConfig(templates="coop:oxford_pet")
+
+
+def test_zero_shot_with_a_named_set_writes_underscores_as_spaces():
+    clip = tiny_clip()
+    tok = get_tokenizer(None, 77)
+    model = promptcore.wrap(clip, vc.ZeroShotCLIPConfig(class_names=["apple_pie", "baby_back_ribs"], templates="coop:food101"))
+    expected = clip.encode_text(tok(["a photo of apple pie, a type of food.", "a photo of baby back ribs, a type of food."]), normalize=True)
+    torch.testing.assert_close(model.weights, expected)
+    assert model.prompt_config()["templates"] == ["a photo of {}, a type of food."]
+
+
 def test_cocoop_batched_equals_one_image_at_a_time():
     model = promptcore.wrap(tiny_clip(), vc.CoCoOpConfig(class_names=NAMES)).double()
     images = IMAGES.double()
