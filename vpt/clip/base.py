@@ -19,13 +19,15 @@ from .tokens import SpecialTokens, Tokenizer, check_class_names, get_tokenizer, 
 
 def clip_logits(clip_model: nn.Module, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
     """CLIP's logits: ``logit_scale.exp()`` times the cosine similarity (plus ``logit_bias`` where the model has
-    one). ``text_features`` is ``[C, E]`` (one classifier) or ``[B, C, E]`` (one per image)."""
-    img = F.normalize(image_features.float(), dim=-1)
-    txt = F.normalize(text_features.float(), dim=-1)
+    one). ``text_features`` is ``[C, E]`` (one classifier) or ``[B, C, E]`` (one per image). Computed in float32
+    at least (float64 stays float64, so the float64 checks of the paths compare float64 logits)."""
+    dtype = torch.promote_types(torch.promote_types(image_features.dtype, text_features.dtype), torch.float32)
+    img = F.normalize(image_features.to(dtype), dim=-1)
+    txt = F.normalize(text_features.to(dtype), dim=-1)
     sim = img @ txt.T if txt.dim() == 2 else torch.einsum("be,bce->bc", img, txt)
-    logits = clip_model.logit_scale.exp().float() * sim
+    logits = clip_model.logit_scale.exp().to(dtype) * sim
     bias = getattr(clip_model, "logit_bias", None)
-    return logits + bias.float() if bias is not None else logits
+    return logits + bias.to(dtype) if bias is not None else logits
 
 
 class CLIPModel(PromptedModel):
