@@ -10,14 +10,14 @@ The loss is cross-entropy plus ``weight`` times the knowledge-guided term, as th
 ``c`` (one template per dataset, ``CUSTOM_TEMPLATES``: the ``kgcoop:<dataset>`` template sets). For unit vectors
 ``1 - cos = ||t - h||² / 2``, so this is half the paper's squared Euclidean distance (Eq. 5) averaged over classes;
 the paper's and the official runs' weight is 8.0 (``scripts/run.sh``). The text side is CoOp's, with its exact
-shared-prefix path; the hand-crafted features are computed once for the training classes and again after
-:meth:`set_class_names` only if training continues.
+shared-prefix path; the hand-crafted features are computed when training first needs them (for the current
+classes, on the training device) and again after :meth:`set_class_names` only if training continues.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +58,7 @@ class KgCoOpConfig(CoOpConfig):
 
 class KgCoOp(CoOp):
     """KgCoOp on an open_clip CLIP model. Trainable: ``prompts.ctx`` as CoOp; the frozen text features of the
-    hand-crafted prompts are the non-persistent buffer ``hand_crafted`` ``[C, embed_dim]`` (unit rows).
+    hand-crafted prompts are :meth:`hand_crafted_features` (a non-persistent buffer once embedded).
 
     Args:
         model, tokenizer, name: see :class:`vpt.clip.base.CLIPModel`.
@@ -69,23 +69,27 @@ class KgCoOp(CoOp):
 
     def __init__(self, model: nn.Module, config: KgCoOpConfig, tokenizer: Tokenizer | None = None, name: str | None = None) -> None:
         super().__init__(model, config, tokenizer, name)
-        self.register_buffer("hand_crafted", self._hand_crafted(), persistent=False)
+        self.register_buffer("hand_crafted", None, persistent=False)  # embedded when training first needs it
 
-    def _hand_crafted(self) -> torch.Tensor:
-        device = self.text_tower.token_embedding.weight.device
-        with torch.autocast(device.type, enabled=False):
-            return zeroshot_weights(self.backbone, self.tokenizer, self.class_names, templates_of(self.config.templates))
+    def hand_crafted_features(self) -> torch.Tensor:
+        """``[C, E]`` unit frozen text features of the hand-crafted prompts of the current classes, embedded on
+        first use (on the device training runs on) and kept until the classes change."""
+        if self.hand_crafted is None:
+            device = self.text_tower.token_embedding.weight.device
+            with torch.autocast(device.type, enabled=False):
+                templates = templates_of(self.config.templates)
+                self.hand_crafted = zeroshot_weights(self.backbone, self.tokenizer, self.class_names, templates)
+        return self.hand_crafted
 
-    def set_class_names(self, class_names: list[str]) -> None:
+    def set_class_names(self, class_names: Sequence[str]) -> None:
         super().set_class_names(class_names)
-        self.hand_crafted = None  # embedded again if training continues on these classes
+        self.hand_crafted = None
 
     def knowledge_loss(self, text_features: torch.Tensor) -> torch.Tensor:
         """``1 - mean_c cos(t_c, h_c)`` for text features ``[C, E]`` of the current classes."""
-        if self.hand_crafted is None:
-            self.hand_crafted = self._hand_crafted()
         dtype = torch.promote_types(text_features.dtype, torch.float32)  # at least float32 under autocast
-        cos = F.cosine_similarity(text_features.to(dtype), self.hand_crafted.to(dtype), dim=-1, eps=1e-7)
+        hand_crafted = self.hand_crafted_features().to(dtype)
+        cos = F.cosine_similarity(text_features.to(dtype), hand_crafted, dim=-1, eps=1e-7)
         return 1.0 - cos.mean()
 
     def training_step(self, batch: dict[str, Any]) -> torch.Tensor:

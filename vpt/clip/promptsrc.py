@@ -32,7 +32,7 @@ import base64
 import math
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -82,8 +82,8 @@ class PromptSRCConfig(IVLPConfig):
 
 class PromptSRC(IVLP):
     """PromptSRC on an open_clip CLIP model with a ViT image tower. Trainable: IVLP's ``prompts.ctx``,
-    ``prompts.text_deep`` and ``prompts.vision``. The frozen text features of the current classes are the
-    non-persistent buffer ``frozen_text`` ``[C, embed_dim]`` (unit rows).
+    ``prompts.text_deep`` and ``prompts.vision``. The frozen text features of the current classes are
+    :meth:`frozen_text_features` (a non-persistent buffer once embedded).
 
     Args:
         model, tokenizer, name: see :class:`vpt.clip.base.CLIPModel`.
@@ -94,17 +94,22 @@ class PromptSRC(IVLP):
 
     def __init__(self, model: nn.Module, config: PromptSRCConfig, tokenizer: Tokenizer | None = None, name: str | None = None) -> None:
         super().__init__(model, config, tokenizer, name)
-        self.register_buffer("frozen_text", self._frozen_text(), persistent=False)
+        self.register_buffer("frozen_text", None, persistent=False)  # embedded when training first needs it
 
-    def _frozen_text(self) -> torch.Tensor:
-        device = self.text_tower.token_embedding.weight.device
-        with torch.autocast(device.type, enabled=False):
-            templates = templates_of(self.config.templates)
-            return zeroshot_weights(self.backbone, self.tokenizer, self.class_names, templates, normalize_each=False)
+    def frozen_text_features(self) -> torch.Tensor:
+        """``[C, E]`` unit frozen text features of the current classes (textual diversity over ``templates``),
+        embedded on first use (on the device training runs on; the official code too computes them once, for the
+        training classes) and kept until the classes change."""
+        if self.frozen_text is None:
+            device = self.text_tower.token_embedding.weight.device
+            with torch.autocast(device.type, enabled=False):
+                templates = templates_of(self.config.templates)
+                self.frozen_text = zeroshot_weights(self.backbone, self.tokenizer, self.class_names, templates, normalize_each=False)
+        return self.frozen_text
 
-    def set_class_names(self, class_names: list[str]) -> None:
+    def set_class_names(self, class_names: Sequence[str]) -> None:
         super().set_class_names(class_names)
-        self.frozen_text = None  # embedded again if training continues on these classes
+        self.frozen_text = None
 
     def consistency_losses(
         self, image: torch.Tensor, text: torch.Tensor, logits: torch.Tensor, frozen_image: torch.Tensor
@@ -112,13 +117,12 @@ class PromptSRC(IVLP):
         """The three unweighted self-consistency terms for prompted image features ``[B, E]``, text features
         ``[C, E]`` and logits ``[B, C]``, and the frozen image features ``[B, E]``: ``text`` and ``image`` (L1 of
         the normalised features) and ``logits`` (KL of the prompted from the frozen distribution)."""
-        if self.frozen_text is None:
-            self.frozen_text = self._frozen_text()
+        frozen_text = self.frozen_text_features()
         dtype = logits.dtype
-        frozen_logits = self.clip_logits(frozen_image, self.frozen_text)
+        frozen_logits = self.clip_logits(frozen_image, frozen_text)
         kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(frozen_logits.to(dtype), -1), reduction="sum", log_target=True)
         return {
-            "text": F.l1_loss(F.normalize(text.to(dtype), dim=-1), self.frozen_text.to(dtype)),
+            "text": F.l1_loss(F.normalize(text.to(dtype), dim=-1), frozen_text.to(dtype)),
             "image": F.l1_loss(F.normalize(image.to(dtype), dim=-1), F.normalize(frozen_image.to(dtype), dim=-1)),
             "logits": kl / logits.numel(),
         }
