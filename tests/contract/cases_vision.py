@@ -93,3 +93,21 @@ CASES.add("vision:clip_zeroshot", MethodCase(
     data=images,
     foreign=lambda seed: seeded(seed, tiny_clip(), vc.ZeroShotCLIPConfig(class_names=NAMES[:2])),
 ))
+
+
+# ----- CLIP methods with a frozen-CLIP regulariser (KgCoOp, PromptSRC) --------------------------------------------
+REGULARISED_CLIP = {
+    "kgcoop": lambda path, n=4: vc.KgCoOpConfig(class_names=NAMES, n_ctx=n, ctx_init=None, text_path=path),
+    "promptsrc": lambda path, n=2: vc.PromptSRCConfig(
+        class_names=NAMES, n_ctx=n, depth=2, ctx_init=None, templates=["a photo of a {}.", "a drawing of a {}."], text_path=path
+    ),
+}
+for method, make in REGULARISED_CLIP.items():
+    # Outputs: the logits and the training loss, whose extra terms run the text path too.
+    CASES.add(f"vision:{method}", MethodCase(
+        build=lambda seed, fast, make=make: seeded(seed, tiny_clip(), make(text_path(fast))),
+        data=images,
+        foreign=lambda seed, make=make: seeded(seed, tiny_clip(), make("auto", 3)),
+        outputs=lambda model, batch: torch.stack([model.forward_batch(batch).sum(), model.training_step(batch)]),
+        fast_spy="vpt.clip.text.TextTower.encode_shared_prefix",
+    ))

@@ -1,8 +1,9 @@
-"""CLIP prompt learning on open_clip models: zero-shot CLIP, CoOp, CoCoOp, MaPLe and IVLP.
+"""CLIP prompt learning on open_clip models: zero-shot CLIP, CoOp, CoCoOp, MaPLe, IVLP, KgCoOp and PromptSRC.
 
 A leaf of :mod:`vpt`: nothing else in vpt imports it. Importing it (the ``vpt`` CLI does, as a plugin) registers
 its methods with :func:`promptcore.wrap` and the run configs' ``prompt:`` section, the ``zeroshot`` head of VPT
-models, and the ``vpt base2new`` and ``vpt interpret`` verbs::
+models, the ``gpa`` training callback (PromptSRC's prompt aggregation), the template sets of
+:mod:`vpt.clip.templates`, and the ``vpt base2new`` and ``vpt interpret`` verbs::
 
     import open_clip, promptcore
     from vpt.clip import CoOpConfig
@@ -20,7 +21,10 @@ from .base import CLIPModel, CLIPPromptModel, clip_logits
 from .cocoop import CoCoOp
 from .config import CLIPContextConfig, CLIPMethodConfig, CoCoOpConfig, CoOpConfig, IVLPConfig, MaPLeConfig, ZeroShotCLIPConfig
 from .coop import CoOp
+from .kgcoop import KgCoOp, KgCoOpConfig
 from .maple import IVLP, MaPLe
+from .promptsrc import GaussianPromptAggregation, PromptSRC, PromptSRCConfig
+from .templates import TEMPLATE_SETS, templates_of
 from .zeroshot import DEFAULT_TEMPLATES, ZeroShotCLIP, ZeroShotHead, zeroshot_weights
 
 __all__ = [
@@ -33,13 +37,20 @@ __all__ = [
     "CoOp",
     "CoOpConfig",
     "DEFAULT_TEMPLATES",
+    "GaussianPromptAggregation",
     "IVLP",
     "IVLPConfig",
+    "KgCoOp",
+    "KgCoOpConfig",
     "MaPLe",
     "MaPLeConfig",
+    "PromptSRC",
+    "PromptSRCConfig",
+    "TEMPLATE_SETS",
     "ZeroShotCLIP",
     "ZeroShotCLIPConfig",
     "ZeroShotHead",
     "clip_logits",
+    "templates_of",
     "zeroshot_weights",
 ]

@@ -19,13 +19,15 @@ from .tokens import SpecialTokens, Tokenizer, check_class_names, get_tokenizer, 
 
 def clip_logits(clip_model: nn.Module, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
     """CLIP's logits: ``logit_scale.exp()`` times the cosine similarity (plus ``logit_bias`` where the model has
-    one). ``text_features`` is ``[C, E]`` (one classifier) or ``[B, C, E]`` (one per image)."""
-    img = F.normalize(image_features.float(), dim=-1)
-    txt = F.normalize(text_features.float(), dim=-1)
+    one). ``text_features`` is ``[C, E]`` (one classifier) or ``[B, C, E]`` (one per image). Computed in float32
+    at least (float64 stays float64, so the float64 checks of the paths compare float64 logits)."""
+    dtype = torch.promote_types(torch.promote_types(image_features.dtype, text_features.dtype), torch.float32)
+    img = F.normalize(image_features.to(dtype), dim=-1)
+    txt = F.normalize(text_features.to(dtype), dim=-1)
     sim = img @ txt.T if txt.dim() == 2 else torch.einsum("be,bce->bc", img, txt)
-    logits = clip_model.logit_scale.exp().float() * sim
+    logits = clip_model.logit_scale.exp().to(dtype) * sim
     bias = getattr(clip_model, "logit_bias", None)
-    return logits + bias.float() if bias is not None else logits
+    return logits + bias.to(dtype) if bias is not None else logits
 
 
 class CLIPModel(PromptedModel):
@@ -107,7 +109,7 @@ class CLIPPromptModel(CLIPModel):
 
     def _context(self, shape: tuple[int, ...], ctx_init: str | None, std: float) -> nn.Parameter:
         """A context parameter ``[..., n_ctx, width]``: the embeddings of ``ctx_init``'s first ``n_ctx`` tokens, or
-        N(0, std²)."""
+        N(0, std²). (The rest of ``ctx_init`` stays in the prompt as fixed words: :meth:`_layout`.)"""
         weight = torch.empty(shape)
         n_ctx = shape[-2]
         if ctx_init is None:
@@ -123,8 +125,12 @@ class CLIPPromptModel(CLIPModel):
         return nn.Parameter(weight)
 
     def _layout(self, class_names: Sequence[str], n_ctx: int, position: str = "end", shared: bool = True) -> PromptLayout:
+        """The class prompts' layout. The official prompt text is ``ctx_init + " " + name + "."`` with tokens
+        ``1 .. n_ctx`` learned: the tokens of ``config.ctx_init`` past the first ``n_ctx`` stay as fixed words."""
+        ctx_init = getattr(self.config, "ctx_init", None)
+        words = text_token_ids(self.tokenizer, [ctx_init], self.special)[0][n_ctx:] if ctx_init else []
         layout = PromptLayout(
-            self.tokenizer, self.special, class_names, n_ctx, position, self.text_tower.context_length, shared
+            self.tokenizer, self.special, class_names, n_ctx, position, self.text_tower.context_length, shared, words
         )
         return layout.to(self.text_tower.token_embedding.weight.device)
 

@@ -1,7 +1,7 @@
 """CLI verbs of the CLIP methods, registered as ``vpt`` commands when :mod:`vpt.clip` is imported::
 
-    vpt base2new -c configs/clip/coop_vit_b16.yaml --seeds 1 2 3 -o runs/coop-b2n
-    vpt interpret --prompts runs/coop-b2n/seed1/best -c configs/clip/coop_vit_b16.yaml --top-k 5
+    vpt base2new -c configs/clip/coop_vit_b16_b2n.yaml --seeds 1 2 3 -o runs/coop-b2n
+    vpt interpret --prompts runs/coop-b2n/seed1/last -c configs/clip/coop_vit_b16_b2n.yaml --top-k 5
 
 ``base2new`` trains on the base classes (the first half) with K shots per class for each seed, evaluates base and
 new accuracy and their harmonic mean, and prints and writes (``-o DIR/base2new.json`` and ``.md``) the mean ± std

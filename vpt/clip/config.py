@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .templates import check_templates
 from .tokens import check_class_names
 
 ClassPosition = Literal["end", "middle", "front"]
@@ -51,8 +52,13 @@ class CLIPContextConfig(CLIPMethodConfig):
 
     Attributes:
         n_ctx: context tokens.
-        ctx_init: initial context words (``"a photo of a"``); their first ``n_ctx`` tokens are used (MaPLe's rule),
-            fewer tokens than ``n_ctx`` is an error. ``null``: N(0, ``init_std``²).
+        ctx_init: initial context words (``"a photo of a"``). The prompt is the official text
+            ``ctx_init + " " + name + "."``: its first ``n_ctx`` tokens are learned, initialised from their
+            embeddings, and the rest of ``ctx_init`` stays as fixed words before the class name (so MaPLe's
+            ``n_ctx: 2`` reads ``[SOS] ctx1 ctx2 of a {name}.``, as in its ``MultiModalPromptLearner``). Fewer
+            tokens than ``n_ctx`` is an error. CoOp's and CoCoOp's official code set n_ctx to the number of words
+            of ``ctx_init`` (``N_CTX`` is ignored); here n_ctx is explicit, and their configs' value for
+            ``"a photo of a"`` is 4. ``null``: N(0, ``init_std``²) and no words.
         init_std: std of the random context initialisation.
         text_path: ``auto`` uses the exact fast text encoder (shared prefix computed once, no padding) where it
             applies and the plain 77-token path otherwise; ``fast`` requires it; ``reference`` forces the plain path.
@@ -74,18 +80,19 @@ class CLIPContextConfig(CLIPMethodConfig):
 
 @dataclass
 class ZeroShotCLIPConfig(CLIPMethodConfig):
-    """Zero-shot CLIP: class-name prompts from ``templates`` (each with one ``{}``), averaged; nothing trains."""
+    """Zero-shot CLIP: class-name prompts from ``templates`` averaged (CLIP's prompt ensembling); nothing trains.
+
+    Attributes:
+        templates: templates with one ``{}`` each, or a registered template set (:mod:`vpt.clip.templates`), e.g.
+            ``coop:oxford_pets``, the per-dataset template of the CoOp papers' zero-shot baseline.
+    """
 
     method: Literal["clip_zeroshot"] = "clip_zeroshot"
-    templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
+    templates: list[str] | str = field(default_factory=lambda: ["a photo of a {}."])
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.templates:
-            raise ValueError("templates: expected at least one template, e.g. ['a photo of a {}.']")
-        bad = [t for t in self.templates if "{}" not in t]
-        if bad:
-            raise ValueError(f"templates: {bad} have no '{{}}' where the class name goes, e.g. 'a photo of a {{}}.'")
+        check_templates(self.templates)
 
 
 @dataclass
@@ -133,7 +140,7 @@ class MaPLeConfig(CLIPContextConfig):
     Attributes:
         n_ctx: prompt tokens per layer on each tower.
         depth: prompted layers J (1 = prompts at the input only); at most the layers of either tower.
-        ctx_init: initial words of the first-layer text context (first ``n_ctx`` tokens used).
+        ctx_init: the first-layer text context's initial words (the first ``n_ctx`` tokens learned, the rest fixed).
     """
 
     method: Literal["maple"] = "maple"

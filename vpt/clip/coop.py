@@ -49,9 +49,7 @@ class CoOp(CLIPPromptModel):
                 "class-specific context (class_specific_context: true) is learned per class and cannot move to other "
                 "classes; base-to-new evaluation needs a unified context"
             )
-        names = list(class_names)
-        self.layout = self._layout(names, self.config.n_ctx, self.config.class_token_position)
-        self.class_names = names
+        super().set_class_names(class_names)
 
     def text_features(self) -> torch.Tensor:
         """``[C, embed_dim]`` text features of the class prompts (not normalised)."""

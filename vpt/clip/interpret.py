@@ -44,7 +44,7 @@ def interpret_prompts(
     """Nearest words of every learned text context vector in a prompt folder.
 
     Args:
-        directory: a prompt folder of a CLIP method (CoOp, CoCoOp, MaPLe, IVLP).
+        directory: a prompt folder of a CLIP method (CoOp, CoCoOp, MaPLe, IVLP, KgCoOp, PromptSRC).
         model: the open_clip model the prompts were learned on (its ``token_embedding`` is searched).
         tokenizer: its tokenizer.
         top_k: words per vector.
@@ -58,7 +58,8 @@ def interpret_prompts(
     if not keys:
         raise ValueError(
             f"prompt folder {directory} holds no text context ({', '.join(TEXT_CONTEXT_KEYS)}); found {sorted(tensors)} "
-            f"(method {meta.get('method')!r}); interpret works on CLIP text prompts (coop, cocoop, maple, ivlp)"
+            f"(method {meta.get('method')!r}); interpret works on CLIP text prompts (coop, cocoop, maple, ivlp, kgcoop, "
+            f"promptsrc)"
         )
     text = getattr(model, "text", None)
     embedding = (text if isinstance(text, torch.nn.Module) else model).token_embedding.weight.detach()

@@ -6,14 +6,15 @@
 - **IVLP** (independent vision-language prompting, the baseline of Rasheed et al. and Khattak et al.): deep prompts
   on both towers, learned independently.
 
-Text side: the first layer's prompts are the context ``[SOS, ctx, class name, '.', EOT]``; before layers 1 .. J-1
-the hidden states at the context positions are replaced by that layer's prompts. With the class name at the end
-those positions are in the shared prefix, so the exact fast text path applies (see :mod:`vpt.clip.text`). Image side:
-see :mod:`vpt.clip.vision` (open_clip ViT image towers).
+Text side: the first layer's prompts are the context of ``[SOS, ctx, fixed words of ctx_init, class name, '.',
+EOT]``; before layers 1 .. J-1 the hidden states at the context positions are replaced by that layer's prompts. With
+the class name at the end those positions are in the shared prefix, so the exact fast text path applies (see
+:mod:`vpt.clip.text`). Image side: see :mod:`vpt.clip.vision` (open_clip ViT image towers).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -68,7 +69,7 @@ class _DeepCLIP(CLIPPromptModel):
 
 class MaPLe(_DeepCLIP):
     """MaPLe. Trainable: ``prompts.ctx`` ``[n_ctx, text width]``, ``prompts.text_deep`` ``[J-1, n_ctx, text width]``,
-    ``prompts.proj`` (J linear maps text width -> vision width).
+    ``prompts.proj`` (J linear maps text width -> vision width; the J-1 deep ones start equal, as in the official code).
 
     Args:
         model, tokenizer, name: see :class:`vpt.clip.base.CLIPModel`.
@@ -80,7 +81,11 @@ class MaPLe(_DeepCLIP):
     def __init__(self, model: nn.Module, config: MaPLeConfig, tokenizer: Tokenizer | None = None, name: str | None = None) -> None:
         super().__init__(model, config, tokenizer, name)
         self._setup(config, config.depth, "depth")
-        self.prompts.proj = nn.ModuleList(nn.Linear(self.text_tower.width, self.vision_tower.width) for _ in range(config.depth))
+        # As the official MultiModalPromptLearner: the first layer's projection is its own Linear; the deeper
+        # layers' projections start as copies of one Linear (_get_clones), so they share their initial weights.
+        first = nn.Linear(self.text_tower.width, self.vision_tower.width)
+        deep = nn.Linear(self.text_tower.width, self.vision_tower.width)
+        self.prompts.proj = nn.ModuleList([first, *(copy.deepcopy(deep) for _ in range(config.depth - 1))])
         self._finish()
 
     def vision_prompts(self) -> list[torch.Tensor]:

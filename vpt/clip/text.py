@@ -6,8 +6,9 @@ sequence run through open_clip's own blocks with its causal mask, pooled at the 
 does.
 
 **Fast path** (:meth:`TextTower.encode_shared_prefix`): CLIP's text transformer is causal, so the hidden states of
-the first ``P`` tokens never depend on what follows. When ``[SOS, context]`` comes before the class name (CoOp and
-CoCoOp with a shared context and the name at the end; MaPLe and IVLP, whose deep prompts sit in that prefix),
+the first ``P`` tokens never depend on what follows. When ``[SOS, context, fixed words]`` comes before the class name
+(CoOp, CoCoOp and KgCoOp with a shared context and the name at the end; MaPLe, IVLP and PromptSRC, whose deep
+prompts sit in that prefix),
 the prefix is run once per step (once per image for CoCoOp) and only the class-name tokens, the period and the
 end token run per class, attending to the prefix's keys and values. Nothing past the longest prompt's end token is
 computed, and in the last layer only the end token (the pooled one) is. With the name in the middle or front, or
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .tokens import SpecialTokens, Tokenizer, text_token_ids
+from .tokens import SpecialTokens, Tokenizer, prompt_name, text_token_ids
 
 _POOLS_AT_END_TOKEN = ("argmax", "eos")
 
@@ -254,11 +255,20 @@ def _residual(block: nn.Module, x: torch.Tensor, attn_out: torch.Tensor) -> torc
 
 
 class PromptLayout(nn.Module):
-    """Token layout of the class prompts ``[SOS, context and class name, '.', EOT, padding]``.
+    """Token layout of the class prompts ``[SOS, context, fixed words, class name, '.', EOT, padding]``.
+
+    The tokens are those of the official prompt text ``ctx_init + " " + name + "."`` (``X X .. X name.`` without an
+    initialisation), tokenised as the official code does, with the first ``n_ctx`` tokens after SOS left as slots
+    for the learned context. ``words`` are the tokens of ``ctx_init`` past the first ``n_ctx``: they stay fixed
+    (MaPLe with ``n_ctx: 2`` and ``"a photo of a"`` reads ``[SOS] ctx1 ctx2 of a {name}.``). The class name and
+    its period are tokenised together, as in the official text; with the name in the middle or at the front the
+    context goes after the name's own tokens (CoOp's ``name_lens``). Underscores in class names read as spaces
+    (:func:`vpt.clip.tokens.prompt_name`).
 
     Buffers (derived, not saved): ``ids`` ``[C, context_length]`` (context slots hold the padding id, their
     embeddings are replaced), ``ctx_pos`` ``[C, n_ctx]`` where the context goes, ``eot`` ``[C]``.
-    ``shared`` is how many leading tokens are the same for every class (the fast path's prefix).
+    ``shared`` is how many leading tokens are the same for every class (the fast path's prefix: SOS, the context
+    and the fixed words when the name is at the end).
 
     Args:
         tokenizer, special: the text tower's tokenizer and its start/end ids.
@@ -267,9 +277,11 @@ class PromptLayout(nn.Module):
         position: class name ``end``, ``middle`` or ``front``.
         context_length: the text tower's context length.
         shared_context: one context for all classes (False: class-specific).
+        words: fixed token ids between the context and the class name (``end`` only).
 
     Raises:
-        ValueError: a class whose prompt does not fit in ``context_length`` (the message names it).
+        ValueError: a class whose prompt does not fit in ``context_length`` (the message names it), or fixed
+            words with the name elsewhere than at the end.
     """
 
     def __init__(
@@ -281,20 +293,29 @@ class PromptLayout(nn.Module):
         position: str,
         context_length: int,
         shared_context: bool = True,
+        words: Sequence[int] = (),
     ) -> None:
         super().__init__()
         names = list(class_names)
-        name_ids = text_token_ids(tokenizer, names, special, names)
-        period = text_token_ids(tokenizer, ["."], special)[0]
+        texts = [prompt_name(n) for n in names]
+        name_ids = text_token_ids(tokenizer, texts, special, names)
+        tails = text_token_ids(tokenizer, [t + "." for t in texts], special, names)
+        words = list(words)
+        if words and position != "end":
+            raise ValueError(
+                f"ctx_init: its words past the first {n_ctx} tokens stay fixed before the class name, which needs "
+                f"class_token_position: end (found {position!r}); give ctx_init exactly n_ctx tokens"
+            )
         half = n_ctx // 2
         ids, ctx_pos, eot = [], [], []
-        for name, tokens in zip(names, name_ids):
+        for name, tokens, tail in zip(names, name_ids, tails):
+            k = len(tokens)
             if position == "end":
-                parts = [("c", n_ctx), ("t", tokens)]
+                parts = [("c", n_ctx), ("t", words), ("t", tail)]
             elif position == "middle":
-                parts = [("c", half), ("t", tokens), ("c", n_ctx - half)]
+                parts = [("c", half), ("t", tail[:k]), ("c", n_ctx - half), ("t", tail[k:])]
             elif position == "front":
-                parts = [("t", tokens), ("c", n_ctx)]
+                parts = [("t", tail[:k]), ("c", n_ctx), ("t", tail[k:])]
             else:
                 raise ValueError(f"class_token_position: {position!r} is not one of 'end', 'middle', 'front'")
             row, where = [special.sos], []
@@ -304,22 +325,23 @@ class PromptLayout(nn.Module):
                     row.extend([special.pad] * part)
                 else:
                     row.extend(part)
-            row.extend(period + [special.eot])
+            row.append(special.eot)
             if len(row) > context_length:
+                fixed = f", {len(words)} fixed words" if words else ""
                 raise ValueError(
-                    f"class {name!r}: its prompt needs {len(row)} tokens ({len(tokens)} for the name, {n_ctx} context, "
+                    f"class {name!r}: its prompt needs {len(row)} tokens ({k} for the name, {n_ctx} context{fixed}, "
                     f"start, '.' and end), more than the text tower's context length {context_length}; shorten the "
                     f"class name or use fewer context tokens (n_ctx)"
                 )
             ids.append(row + [special.pad] * (context_length - len(row)))
             ctx_pos.append(where)
             eot.append(len(row) - 1)
-        self.num_classes, self.n_ctx, self.position = len(names), n_ctx, position
+        self.num_classes, self.n_ctx, self.position, self.words = len(names), n_ctx, position, words
         self.register_buffer("ids", torch.tensor(ids, dtype=torch.long), persistent=False)
         self.register_buffer("ctx_pos", torch.tensor(ctx_pos, dtype=torch.long).view(len(names), n_ctx), persistent=False)
         self.register_buffer("eot", torch.tensor(eot, dtype=torch.long), persistent=False)
         self.max_len = max(eot) + 1
-        self.shared = {"end": 1 + n_ctx, "middle": 1 + half, "front": 1}[position] if shared_context else 1
+        self.shared = {"end": 1 + n_ctx + len(words), "middle": 1 + half, "front": 1}[position] if shared_context else 1
 
     def embed(self, token_embedding: nn.Embedding, ctx: torch.Tensor, length: int) -> torch.Tensor:
         """Prompt embeddings ``[G, C, length, width]`` with ``ctx`` (``[G, 1 or C, n_ctx, width]``) in its slots."""
@@ -351,9 +373,10 @@ class PromptLayout(nn.Module):
             return tower.encode_reference(embeds.flatten(0, 1), eot, deep).view(G, C, -1)
         P = self.shared
         if ctx.shape[1] == 1 and self.position == "end":
-            # All context sits in the prefix: the suffix (name, '.', EOT) needs no copy per group.
-            sos = tower.token_embedding(self.ids[:1, :1]).to(ctx.dtype).expand(G, 1, -1)
-            prefix = torch.cat([sos, ctx[:, 0]], 1)
+            # All context sits in the prefix (with SOS and the fixed words): the suffix (name, '.', EOT) needs no
+            # copy per group.
+            fixed = tower.token_embedding(self.ids[:1, :P]).to(ctx.dtype).expand(G, P, -1)
+            prefix = torch.cat([fixed[:, :1], ctx[:, 0], fixed[:, 1 + self.n_ctx :]], 1)
             suffix = tower.token_embedding(self.ids[:, P : self.max_len]).to(ctx.dtype)
         else:
             seq = self.embed(tower.token_embedding, ctx, self.max_len)

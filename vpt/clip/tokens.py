@@ -77,8 +77,17 @@ def text_token_ids(
     return out
 
 
+def prompt_name(name: str) -> str:
+    """A class name as the prompts write it: underscores read as spaces (``apple_pie`` -> ``apple pie``), as the
+    official code of every CLIP method here does (``name.replace("_", " ")`` in CoOp, CoCoOp, MaPLe, IVLP,
+    PromptSRC, KgCoOp and CoOp's zero-shot CLIP), so label names of datasets written with underscores read as
+    words."""
+    return name.replace("_", " ")
+
+
 def check_class_names(names: Any, field: str = "class_names") -> list[str]:
-    """Checks a class-name list: non-empty strings, no duplicates. Returns it as a list.
+    """Checks a class-name list: non-empty strings, no duplicates (also once underscores read as spaces, which
+    would give two classes the same prompt). Returns it as a list.
 
     Raises ValueError("class_names: ...") naming the offending entries.
     """
@@ -90,4 +99,10 @@ def check_class_names(names: Any, field: str = "class_names") -> list[str]:
     dup = sorted(n for n, c in Counter(names).items() if c > 1)
     if dup:
         raise ValueError(f"{field}: duplicate class names {dup}; each class needs a distinct name (its text prompt)")
+    same = sorted(n for n, c in Counter(prompt_name(n) for n in names).items() if c > 1)
+    if same:
+        raise ValueError(
+            f"{field}: {[n for n in names if prompt_name(n) in same]} give the same prompt text {same} (underscores "
+            f"read as spaces); rename one of them"
+        )
     return list(names)

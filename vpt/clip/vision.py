@@ -6,6 +6,11 @@ Prompt tokens are appended after the image tokens before the first block; before
 they are replaced by that layer's prompts; they are dropped before pooling, so the tower's own pooling (class token,
 average or attentional) sees exactly the tokens it always does. The vision transformer has no attention mask, so
 where the prompts sit in the sequence does not change the result.
+
+The first layer's prompts go through ``ln_pre`` with the image tokens: the official MaPLe and IVLP image towers
+(``VisionTransformer_MaPLe`` / ``VisionTransformer`` in their ``clip/model.py``) append them after the positional
+embedding and before ``ln_pre``. ``ln_pre`` acts on each token alone, so applying it to the prompts after
+``_embeds`` is the same computation; the deeper layers' prompts replace hidden states directly, without it.
 """
 
 from __future__ import annotations
@@ -54,7 +59,9 @@ class VisionTower:
         B, T, _ = x.shape
         for i, block in enumerate(self.visual.transformer.resblocks):
             if i < len(prompts):
-                x = torch.cat([x[:, :T], prompts[i].to(x.dtype).expand(B, -1, -1)], 1)
+                p = prompts[i].to(x.dtype)
+                p = self.visual.ln_pre(p) if i == 0 else p
+                x = torch.cat([x[:, :T], p.expand(B, -1, -1)], 1)
             x = block(x)
         pooled, _ = self.visual._pool(x[:, :T])
         return pooled @ self.visual.proj if self.visual.proj is not None else pooled

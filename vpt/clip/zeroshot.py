@@ -17,7 +17,8 @@ from ..config import VPTConfig
 from ..heads import HEADS, VPTHead
 from .base import CLIPModel, clip_logits
 from .config import ZeroShotCLIPConfig
-from .tokens import SpecialTokens, Tokenizer, check_class_names, get_tokenizer, text_token_ids
+from .templates import templates_of
+from .tokens import SpecialTokens, Tokenizer, check_class_names, get_tokenizer, prompt_name, text_token_ids
 
 Template = str | Callable[[str], str]
 
@@ -42,11 +43,13 @@ def zeroshot_weights(
     templates: Sequence[Template] = DEFAULT_TEMPLATES,
     *,
     batch_size: int = 256,
+    normalize_each: bool = True,
 ) -> torch.Tensor:
     """Zero-shot classifier weights from an open_clip model: one unit-norm text embedding per class.
 
-    For each class, every template is filled with the class name and encoded with ``model.encode_text``; the
-    normalised embeddings are averaged over templates and normalised again (CLIP's prompt ensembling).
+    For each class, every template is filled with the class name (underscores read as spaces,
+    :func:`vpt.clip.tokens.prompt_name`) and encoded with ``model.encode_text``; the normalised embeddings are
+    averaged over templates and normalised again (CLIP's prompt ensembling, CoOp's ``ZeroshotCLIP2``).
 
     Args:
         model: an open_clip ``CLIP`` / ``CustomTextCLIP`` (anything with ``encode_text(ids, normalize=True)``).
@@ -54,6 +57,8 @@ def zeroshot_weights(
         class_names: one name per class, in label order; duplicates are rejected.
         templates: strings with one ``{}`` or callables ``name -> text``.
         batch_size: texts encoded per ``encode_text`` call.
+        normalize_each: ``False`` averages the raw embeddings before the one normalisation (PromptSRC's frozen
+            text features, ``fixed_embeddings`` in its ``VLPromptLearner``).
 
     Returns:
         ``[num_classes, embed_dim]``, rows of unit norm, on the model's device and dtype. Logits are
@@ -67,13 +72,13 @@ def zeroshot_weights(
     if not templates:
         raise ValueError("templates: expected at least one template, e.g. ['a photo of a {}.']")
     special = SpecialTokens.of(tokenizer)
-    texts = [fill_template(t, n) for n in names for t in templates]
+    texts = [fill_template(t, prompt_name(n)) for n in names for t in templates]
     text_token_ids(tokenizer, texts, special, [n for n in names for _ in templates])  # names a truncated class
     param = next(model.parameters())
     chunks = []
     for start in range(0, len(texts), batch_size):
         ids = tokenizer(texts[start : start + batch_size]).to(param.device)
-        chunks.append(model.encode_text(ids, normalize=True))
+        chunks.append(model.encode_text(ids, normalize=normalize_each))
     emb = torch.cat(chunks).view(len(names), len(templates), -1)
     return F.normalize(emb.mean(1), dim=-1)
 
@@ -97,7 +102,7 @@ class ZeroShotCLIP(CLIPModel):
     def set_class_names(self, class_names: Sequence[str]) -> None:
         """Re-embeds the classifier for another set of classes."""
         self.class_names = check_class_names(list(class_names))
-        weights = zeroshot_weights(self.backbone, self.tokenizer, self.class_names, self.config.templates)
+        weights = zeroshot_weights(self.backbone, self.tokenizer, self.class_names, templates_of(self.config.templates))
         self.register_buffer("weights", weights, persistent=False)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -106,7 +111,7 @@ class ZeroShotCLIP(CLIPModel):
             return clip_logits(self.backbone, self.backbone.encode_image(pixel_values), self.weights)
 
     def prompt_config(self) -> dict:
-        return {**super().prompt_config(), "templates": list(self.config.templates)}
+        return {**super().prompt_config(), "templates": templates_of(self.config.templates)}
 
 
 register_method("clip_zeroshot", ZeroShotCLIPConfig, ZeroShotCLIP, kind="vision", summary="zero-shot CLIP (nothing trains)", trains=False)

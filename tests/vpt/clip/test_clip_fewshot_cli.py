@@ -98,10 +98,48 @@ def test_base2new_cli_aggregates_seeds_and_interpret_reads_its_prompts(tmp_path,
     assert printed != (text := capsys.readouterr().out) and "ctx 4:" in text
 
 
+@pytest.mark.parametrize("method, prompt, callbacks", [
+    ("promptsrc", "{method: promptsrc, n_ctx: 2, depth: 2, templates: ['a photo of a {}.', 'a drawing of a {}.']}",
+     "[{name: gpa, mean: 2, std: 1}]"),
+    ("kgcoop", "{method: kgcoop, weight: 8.0, templates: coop:imagenet}", "[]"),
+])
+def test_base2new_cli_runs_promptsrc_and_kgcoop_on_a_tiny_clip(tmp_path, capsys, method, prompt, callbacks):
+    out = tmp_path / method
+    config = str(ROOT / "configs/clip/smoke_coop_tiny.yaml")
+    sets = ["--set", f"prompt={prompt}", "--set", f"train.callbacks={callbacks}", "--set", "train.epochs=2"]
+    args = parse(["base2new", "-c", config, "--seeds", "1", "-o", str(out), *sets])
+    assert args.func(args) == 0
+    captured = capsys.readouterr()
+    assert "seed 1: base" in captured.out and "gpa: the run ended" not in captured.err
+    result = json.loads((out / "base2new.json").read_text())
+    assert result["method"] == method and 0.0 <= result["mean"]["hm"] <= 1.0
+    meta = json.loads((out / "seed1" / "last" / "prompt_config.json").read_text())
+    assert meta["method"] == method and meta["epoch"] == 2
+    state = json.loads((out / "seed1" / "state" / "trainer_state.json").read_text())
+    if method == "promptsrc":
+        assert state["callbacks"]["GaussianPromptAggregation"]["added"] == [0, 1]
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "configs/clip").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_clip_config_validates(path):
     cfg = load_run_config(path)
     assert isinstance(cfg.prompt, vc.CLIPMethodConfig)
+
+
+PAPER_PRESETS = sorted(p for p in (ROOT / "configs/clip").glob("*.yaml") if not p.name.startswith("smoke_"))
+DATA_FROM_THE_PAPERS = ("shots", "augment", "augment_scale", "interpolation", "mean", "std", "resize", "crop_pct")
+
+
+@pytest.mark.parametrize("path", PAPER_PRESETS, ids=lambda p: p.name)
+def test_every_value_a_paper_preset_sets_names_its_source(path):
+    """Each key set under prompt: and train:, and the data keys that come from the papers, has an origin in
+    source: (an official file, a paper table, or 'differs:' / 'local:' with the reason)."""
+    from promptcore.config import read_yaml
+
+    raw = read_yaml(path)
+    keys = [f"{section}.{k}" for section in ("prompt", "train") for k in raw.get(section, {}) if k not in ("method", "class_names")]
+    keys += [f"data.{k}" for k in DATA_FROM_THE_PAPERS if k in raw.get("data", {})]
+    assert keys and sorted(set(keys) - set(raw.get("source", {}))) == []
 
 
 def test_vpt_eval_runs_zero_shot_clip_without_prompts(tmp_path, capsys):
@@ -122,7 +160,7 @@ def test_a_config_naming_a_clip_method_loads_the_plugin_from_python():
 
     code = (
         "import sys, vpt; assert 'vpt.clip' not in sys.modules; "
-        f"cfg = vpt.load_run_config({str(ROOT / 'configs/clip/coop_vit_b16.yaml')!r}); "
+        f"cfg = vpt.load_run_config({str(ROOT / 'configs/clip/smoke_coop_tiny.yaml')!r}); "
         "assert type(cfg.prompt).__name__ == 'CoOpConfig' and 'vpt.clip' in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

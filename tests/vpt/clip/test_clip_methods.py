@@ -30,6 +30,7 @@ def configs(names=NAMES):
         "coop_front": vc.CoOpConfig(class_names=names, n_ctx=3, class_token_position="front"),
         "coop_middle": vc.CoOpConfig(class_names=names, n_ctx=5, class_token_position="middle"),
         "coop_csc_end": vc.CoOpConfig(class_names=names, n_ctx=2, class_specific_context=True),
+        "coop_fixed_words": vc.CoOpConfig(class_names=names, n_ctx=2, ctx_init="a photo of a"),
         "cocoop": vc.CoCoOpConfig(class_names=names),
         "maple": vc.MaPLeConfig(class_names=names, depth=2),
         "ivlp": vc.IVLPConfig(class_names=names, depth=2, vision_n_ctx=3),
@@ -83,6 +84,90 @@ def test_coop_with_text_init_reproduces_encode_text_of_the_hand_written_prompt()
     torch.testing.assert_close(model.text_features(), expected, rtol=0, atol=1e-12)
 
 
+# Class names as the official code writes them: underscores read as spaces, the name tokenised with its period.
+ODD_NAMES = ["cat", "sea_lion", "e.t."]
+ODD_TEXTS = ["a photo of a cat.", "a photo of a sea lion.", "a photo of a e.t.."]
+
+
+@pytest.mark.parametrize("config", [
+    vc.MaPLeConfig(class_names=ODD_NAMES, n_ctx=2, depth=1, ctx_init="a photo of a"),
+    vc.IVLPConfig(class_names=ODD_NAMES, n_ctx=2, depth=1, ctx_init="a photo of a"),
+    vc.CoOpConfig(class_names=ODD_NAMES, n_ctx=4, ctx_init="a photo of a"),
+    vc.CoOpConfig(class_names=ODD_NAMES, n_ctx=1, ctx_init="a photo of a"),
+    vc.CoCoOpConfig(class_names=ODD_NAMES, n_ctx=4, ctx_init="a photo of a"),
+], ids=["maple_2ctx", "ivlp_2ctx", "coop_4ctx", "coop_1ctx", "cocoop_4ctx"])
+def test_at_init_the_text_is_the_official_prompt_ctx_init_then_the_class_name(config):
+    """MaPLe / IVLP (MultiModalPromptLearner, VLPromptLearner) learn tokens 1..n_ctx of "a photo of a {name}." and
+    keep the rest of ctx_init as words: n_ctx 2 reads [SOS][ctx1][ctx2] of a {name}. CoOp / CoCoOp (PromptLearner)
+    set n_ctx to the words of ctx_init (4 for "a photo of a"). At initialisation the text features are open_clip's
+    encode_text of that text, exactly on the 77-token path and to rounding on the fast one."""
+    clip = tiny_clip().double()
+    model = promptcore.wrap(clip, config).double()
+    if isinstance(model, vc.CoCoOp):
+        torch.nn.init.zeros_(model.prompts.meta_net[-1].weight)  # no image-conditioned shift: the plain context
+        torch.nn.init.zeros_(model.prompts.meta_net[-1].bias)
+        text = lambda: model.text_features(torch.randn(1, clip.visual.output_dim, dtype=torch.float64))[0]  # noqa: E731
+    else:
+        text = model.text_features
+    expected = clip.encode_text(get_tokenizer(None, 77)(ODD_TEXTS))
+    model.fast = False
+    torch.testing.assert_close(text(), expected, rtol=0, atol=0)
+    model.fast = True
+    torch.testing.assert_close(text(), expected, rtol=0, atol=1e-12)
+
+
+def official_image_features(clip, images, first, deep):
+    """The official MaPLe / IVLP image tower (VisionTransformer_MaPLe.forward and the blocks' prompt replacement),
+    written out: the first prompts are appended after the positional embedding, before ln_pre; each deeper
+    layer's prompts replace the last tokens before the block; the class token is pooled."""
+    v = clip.visual
+    x = v.conv1(images).flatten(2).transpose(1, 2)
+    x = torch.cat([v.class_embedding.expand(len(x), 1, -1), x], 1) + v.positional_embedding
+    x = v.ln_pre(torch.cat([x, first.expand(len(x), -1, -1)], 1))
+    for i, block in enumerate(v.transformer.resblocks):
+        if 1 <= i <= len(deep):
+            x = torch.cat([x[:, : -len(first)], deep[i - 1].expand(len(x), -1, -1)], 1)
+        x = block(x)
+    return v.ln_post(x[:, 0]) @ v.proj
+
+
+@pytest.mark.parametrize("method", ["maple", "ivlp"])
+def test_image_prompts_follow_the_official_tower(method):
+    clip = tiny_clip().double()
+    config = {"maple": vc.MaPLeConfig, "ivlp": vc.IVLPConfig}[method](class_names=NAMES, depth=2)
+    model = promptcore.wrap(clip, config).double()
+    with torch.no_grad():
+        for p in model.prompt_parameters():
+            p.add_(torch.randn_like(p))
+    prompts = model.vision_prompts()
+    images = IMAGES.double()
+    expected = official_image_features(clip, images, prompts[0], prompts[1:])
+    torch.testing.assert_close(model.vision_tower.encode(images, prompts), expected, rtol=0, atol=1e-12)
+
+
+def test_maple_deep_projections_start_as_copies_of_one_linear():
+    clip = open_clip.CLIP(
+        embed_dim=32,
+        vision_cfg=dict(layers=3, width=64, head_width=32, patch_size=8, image_size=32),
+        text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=3),
+    )
+    model = promptcore.wrap(clip, vc.MaPLeConfig(class_names=NAMES, depth=3))
+    first, *deep = model.prompts.proj
+    assert all(torch.equal(d.weight, deep[0].weight) and torch.equal(d.bias, deep[0].bias) for d in deep)
+    assert not torch.equal(first.weight, deep[0].weight)
+    assert deep[0].weight.data_ptr() != deep[1].weight.data_ptr()  # copies, trained separately
+
+
+def test_fixed_words_of_ctx_init_need_the_class_name_at_the_end():
+    with pytest.raises(ValueError, match=r"ctx_init: its words past the first 2 tokens stay fixed.*class_token_position: end"):
+        promptcore.wrap(tiny_clip(), vc.CoOpConfig(class_names=NAMES, n_ctx=2, ctx_init="a photo of a", class_token_position="front"))
+
+
+def test_class_names_equal_once_underscores_read_as_spaces_are_refused():
+    with pytest.raises(ValueError, match=r"class_names: \['sea_lion', 'sea lion'\] give the same prompt text"):
+        vc.CoOpConfig(class_names=["sea_lion", "sea lion"])
+
+
 def test_zero_shot_matches_manual_clip_and_averages_templates():
     clip = tiny_clip()
     tok = get_tokenizer(None, 77)
@@ -94,6 +179,30 @@ def test_zero_shot_matches_manual_clip_and_averages_templates():
     image = clip.encode_image(IMAGES, normalize=True)
     torch.testing.assert_close(model(IMAGES), clip.logit_scale.exp() * image @ weights.T)
     assert list(model.prompt_parameters()) == []
+
+
+# ----- template sets ----------------------------------------------------------------------------------------------
+def test_template_sets_resolve_and_unknown_names_are_named():
+    from vpt.clip.templates import templates_of
+
+    assert templates_of("coop:oxford_pets") == ["a photo of a {}, a type of pet."]
+    assert templates_of("coop:dtd") == ["{} texture."] and templates_of("kgcoop:dtd") == ["a photo of a {}, a type of texture."]
+    imagenet80 = templates_of("clip:imagenet80")
+    assert len(imagenet80) == 80 and imagenet80[0] == "a bad photo of a {}."
+    assert templates_of("promptsrc:imagenet60") == imagenet80[:60] and "a photo of a {}." in imagenet80[:60]
+    assert set(templates_of("clip:imagenet_select")) <= set(imagenet80)
+    assert templates_of(["a {}."]) == ["a {}."]
+    with pytest.raises(ValueError, match=r"templates: unknown template set 'coop:oxford_pet'. Did you mean 'coop:oxford_pets'"):
+        vc.ZeroShotCLIPConfig(templates="coop:oxford_pet")
+
+
+def test_zero_shot_with_a_named_set_writes_underscores_as_spaces():
+    clip = tiny_clip()
+    tok = get_tokenizer(None, 77)
+    model = promptcore.wrap(clip, vc.ZeroShotCLIPConfig(class_names=["apple_pie", "baby_back_ribs"], templates="coop:food101"))
+    expected = clip.encode_text(tok(["a photo of apple pie, a type of food.", "a photo of baby back ribs, a type of food."]), normalize=True)
+    torch.testing.assert_close(model.weights, expected)
+    assert model.prompt_config()["templates"] == ["a photo of {}, a type of food."]
 
 
 def test_cocoop_batched_equals_one_image_at_a_time():

@@ -1,0 +1,107 @@
+"""KgCoOp (Yao, Zhang & Xu, "Visual-Language Prompt Tuning with Knowledge-guided Context Optimization", CVPR 2023):
+CoOp whose learned class text features are kept near the frozen CLIP's features of hand-crafted prompts.
+
+The loss is cross-entropy plus ``weight`` times the knowledge-guided term, as the official code computes it
+(``htyao89/KgCoOp KgCoOp/trainers/kgcoop.py``, ``CustomCLIP.forward`` and ``forward_backward``)::
+
+    L = CE + weight * (1 - mean_c cos(t_c, h_c))
+
+``t_c`` the learned text feature of class ``c``, ``h_c`` the frozen text feature of the hand-crafted prompt of
+``c`` (one template per dataset, ``CUSTOM_TEMPLATES``: the ``kgcoop:<dataset>`` template sets). For unit vectors
+``1 - cos = ||t - h||² / 2``, so this is half the paper's squared Euclidean distance (Eq. 5) averaged over classes;
+the paper's and the official runs' weight is 8.0 (``scripts/run.sh``). The text side is CoOp's, with its exact
+shared-prefix path; the hand-crafted features are computed when training first needs them (for the current
+classes, on the training device) and again after :meth:`set_class_names` only if training continues.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from promptcore import register_method
+
+from .config import CoOpConfig
+from .coop import CoOp
+from .templates import check_templates, templates_of
+from .tokens import Tokenizer
+from .zeroshot import zeroshot_weights
+
+
+@dataclass
+class KgCoOpConfig(CoOpConfig):
+    """KgCoOp: CoOp's fields (the official base-to-new setting: 4 tokens from ``"a photo of a"``, unified context,
+    the class name at the end) plus the knowledge-guided term.
+
+    Attributes:
+        weight: the term's weight (λ = 8.0 in the paper and the official base-to-new runs).
+        templates: the hand-crafted prompts: templates with one ``{}``, or a template set (``kgcoop:<dataset>``,
+            KgCoOp's per-dataset template; several templates are averaged as zero-shot CLIP averages them).
+    """
+
+    method: Literal["kgcoop"] = "kgcoop"
+    n_ctx: int = 4
+    ctx_init: str | None = "a photo of a"
+    weight: float = 8.0
+    templates: list[str] | str = field(default_factory=lambda: ["a photo of a {}."])
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.weight >= 0:
+            raise ValueError(f"weight: must be a number >= 0, found {self.weight}")
+        check_templates(self.templates)
+
+
+class KgCoOp(CoOp):
+    """KgCoOp on an open_clip CLIP model. Trainable: ``prompts.ctx`` as CoOp; the frozen text features of the
+    hand-crafted prompts are :meth:`hand_crafted_features` (a non-persistent buffer once embedded).
+
+    Args:
+        model, tokenizer, name: see :class:`vpt.clip.base.CLIPModel`.
+        config: :class:`KgCoOpConfig`.
+    """
+
+    method = "kgcoop"
+
+    def __init__(self, model: nn.Module, config: KgCoOpConfig, tokenizer: Tokenizer | None = None, name: str | None = None) -> None:
+        super().__init__(model, config, tokenizer, name)
+        self.register_buffer("hand_crafted", None, persistent=False)  # embedded when training first needs it
+
+    def hand_crafted_features(self) -> torch.Tensor:
+        """``[C, E]`` unit frozen text features of the hand-crafted prompts of the current classes, embedded on
+        first use (on the device training runs on) and kept until the classes change."""
+        if self.hand_crafted is None:
+            device = self.text_tower.token_embedding.weight.device
+            with torch.autocast(device.type, enabled=False):
+                templates = templates_of(self.config.templates)
+                self.hand_crafted = zeroshot_weights(self.backbone, self.tokenizer, self.class_names, templates)
+        return self.hand_crafted
+
+    def set_class_names(self, class_names: Sequence[str]) -> None:
+        super().set_class_names(class_names)
+        self.hand_crafted = None
+
+    def knowledge_loss(self, text_features: torch.Tensor) -> torch.Tensor:
+        """``1 - mean_c cos(t_c, h_c)`` for text features ``[C, E]`` of the current classes."""
+        dtype = torch.promote_types(text_features.dtype, torch.float32)  # at least float32 under autocast
+        hand_crafted = self.hand_crafted_features().to(dtype)
+        cos = F.cosine_similarity(text_features.to(dtype), hand_crafted, dim=-1, eps=1e-7)
+        return 1.0 - cos.mean()
+
+    def training_step(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Cross-entropy plus ``weight`` times :meth:`knowledge_loss`."""
+        with torch.no_grad():
+            image = self.backbone.encode_image(batch["pixel_values"])
+        text = self.text_features()
+        ce = F.cross_entropy(self.clip_logits(image, text), batch["labels"])
+        return ce + self.config.weight * self.knowledge_loss(text)
+
+
+register_method("kgcoop", KgCoOpConfig, KgCoOp, kind="vision", summary="KgCoOp: CoOp kept near hand-crafted prompts' CLIP features")
+
+
+__all__ = ["KgCoOp", "KgCoOpConfig"]

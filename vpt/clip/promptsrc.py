@@ -1,0 +1,234 @@
+"""PromptSRC (Khattak et al., "Self-regulating Prompts: Foundational Model Adaptation without Forgetting", ICCV
+2023): IVLP's deep prompts on both towers, regularised towards the frozen CLIP, and averaged over epochs.
+
+As the official code computes it (``muzairkhattak/PromptSRC trainers/promptsrc.py``, ``CustomCLIP.forward`` and
+``PromptSRC.forward_backward``), for a batch of images with labels::
+
+    L = CE(logits, y)
+        + logit_loss_weight * KL(p_frozen || p_prompted)        # sum over the batch's logits / their number
+        + text_loss_weight  * L1(t̂, ĥ)                           # mean over classes and dimensions
+        + image_loss_weight * L1(v̂, v̂_frozen)                    # mean over images and dimensions
+
+- ``t̂``: the prompted text features of the classes, ``ĥ`` the frozen CLIP's: the raw ``encode_text`` features of
+  every template of ``templates`` averaged, then normalised (textual diversity; PromptSRC's 60 ImageNet templates,
+  ``fixed_embeddings`` in its ``VLPromptLearner``);
+- ``v̂``: the prompted image features, ``v̂_frozen`` the frozen CLIP's (its image tower without prompts), both
+  normalised;
+- the frozen logits are ``logit_scale * v̂_frozen @ ĥ.T``; KL at temperature 1 (``F.kl_div(..., reduction="sum",
+  log_target=True) / logits.numel()``); weights 1, 25 and 10 in the official configs.
+
+Gaussian prompt aggregation (GPA) is the ``gpa`` callback of this module (:class:`GaussianPromptAggregation`,
+``train.callbacks: [{name: gpa, mean: 15, std: 1}]``): at the end of each epoch ``e`` (1-based) it adds the
+prompts times ``N(e; mean, std)`` (the weights over the run's epochs normalised to sum to 1) to a running sum,
+and at the end of the last epoch it loads the sum into the prompts, which are then evaluated and saved. A
+callback because the aggregation is a schedule over the training run (it needs the epoch count and the epoch
+ends, which the trainer owns), it applies unchanged to any prompted model, and its running sum goes into the
+trainer's checkpoints through the callback state, so a resumed run aggregates exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from promptcore import register_method
+from promptcore.callbacks import Callback, register_callback
+
+from .config import IVLPConfig
+from .maple import IVLP
+from .templates import check_templates, templates_of
+from .tokens import Tokenizer
+from .zeroshot import zeroshot_weights
+
+if TYPE_CHECKING:
+    from promptcore.trainer import Trainer
+
+
+@dataclass
+class PromptSRCConfig(IVLPConfig):
+    """PromptSRC: IVLP's prompts (the official base-to-new config: 4 text and 4 vision tokens in 9 layers of each
+    tower, the text context from ``"a photo of a"``) and the self-regulating losses.
+
+    Attributes:
+        text_loss_weight: weight of the L1 distance of the prompted to the frozen text features (25).
+        image_loss_weight: weight of the L1 distance of the prompted to the frozen image features (10).
+        logit_loss_weight: weight of the KL divergence of the prompted from the frozen logits (1, fixed in the
+            official code).
+        templates: the frozen text features' templates (textual diversity): a list, or a template set; the
+            official code's 60 ImageNet templates are ``promptsrc:imagenet60``.
+    """
+
+    method: Literal["promptsrc"] = "promptsrc"
+    n_ctx: int = 4
+    text_loss_weight: float = 25.0
+    image_loss_weight: float = 10.0
+    logit_loss_weight: float = 1.0
+    templates: list[str] | str = "promptsrc:imagenet60"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("text_loss_weight", "image_loss_weight", "logit_loss_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}: must be a number >= 0, found {getattr(self, name)}")
+        check_templates(self.templates)
+
+
+class PromptSRC(IVLP):
+    """PromptSRC on an open_clip CLIP model with a ViT image tower. Trainable: IVLP's ``prompts.ctx``,
+    ``prompts.text_deep`` and ``prompts.vision``. The frozen text features of the current classes are
+    :meth:`frozen_text_features` (a non-persistent buffer once embedded).
+
+    Args:
+        model, tokenizer, name: see :class:`vpt.clip.base.CLIPModel`.
+        config: :class:`PromptSRCConfig`.
+    """
+
+    method = "promptsrc"
+
+    def __init__(self, model: nn.Module, config: PromptSRCConfig, tokenizer: Tokenizer | None = None, name: str | None = None) -> None:
+        super().__init__(model, config, tokenizer, name)
+        self.register_buffer("frozen_text", None, persistent=False)  # embedded when training first needs it
+
+    def frozen_text_features(self) -> torch.Tensor:
+        """``[C, E]`` unit frozen text features of the current classes (textual diversity over ``templates``),
+        embedded on first use (on the device training runs on; the official code too computes them once, for the
+        training classes) and kept until the classes change."""
+        if self.frozen_text is None:
+            device = self.text_tower.token_embedding.weight.device
+            with torch.autocast(device.type, enabled=False):
+                templates = templates_of(self.config.templates)
+                self.frozen_text = zeroshot_weights(self.backbone, self.tokenizer, self.class_names, templates, normalize_each=False)
+        return self.frozen_text
+
+    def set_class_names(self, class_names: Sequence[str]) -> None:
+        super().set_class_names(class_names)
+        self.frozen_text = None
+
+    def consistency_losses(
+        self, image: torch.Tensor, text: torch.Tensor, logits: torch.Tensor, frozen_image: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The three unweighted self-consistency terms for prompted image features ``[B, E]``, text features
+        ``[C, E]`` and logits ``[B, C]``, and the frozen image features ``[B, E]``: ``text`` and ``image`` (L1 of
+        the normalised features) and ``logits`` (KL of the prompted from the frozen distribution)."""
+        frozen_text = self.frozen_text_features()
+        dtype = logits.dtype
+        frozen_logits = self.clip_logits(frozen_image, frozen_text)
+        kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(frozen_logits.to(dtype), -1), reduction="sum", log_target=True)
+        return {
+            "text": F.l1_loss(F.normalize(text.to(dtype), dim=-1), frozen_text.to(dtype)),
+            "image": F.l1_loss(F.normalize(image.to(dtype), dim=-1), F.normalize(frozen_image.to(dtype), dim=-1)),
+            "logits": kl / logits.numel(),
+        }
+
+    def training_step(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Cross-entropy plus the weighted self-consistency terms (see the module docstring)."""
+        pixel_values = batch["pixel_values"]
+        image = self.vision_tower.encode(pixel_values, self.vision_prompts())
+        text = self.text_features()
+        logits = self.clip_logits(image, text)
+        with torch.no_grad():
+            frozen_image = self.backbone.encode_image(pixel_values)
+        terms = self.consistency_losses(image, text, logits, frozen_image)
+        c = self.config
+        return (
+            F.cross_entropy(logits, batch["labels"])
+            + c.logit_loss_weight * terms["logits"]
+            + c.text_loss_weight * terms["text"]
+            + c.image_loss_weight * terms["image"]
+        )
+
+
+class GaussianPromptAggregation(Callback):
+    """PromptSRC's Gaussian-weighted prompt aggregation over epochs (registered as ``gpa``).
+
+    The prompts at the end of epoch ``e`` (1-based, of ``N = train.epochs``) get the weight ``g(e) / sum_k g(k)``,
+    ``g`` the normal density with ``mean`` and ``std``; the running weighted sum is loaded into the prompts at the
+    end of the last epoch, before that epoch's evaluation and checkpoint, as the official trainer loads it after
+    the last batch (``previous_model_gpa``). Official values: base-to-new ``mean 15, std 1`` (20 epochs); few-shot
+    ``30, 30`` or ``45, 5`` (50 epochs, by dataset); cross-dataset ``6, 10``. A run that ends before its last
+    epoch (``max_steps``, a stop) keeps its last prompts and says so; resuming it finishes the aggregation. When
+    a resumed run changes ``train.epochs``, the epochs already added keep their weights.
+
+    The official code averages the whole model's state dict; the frozen weights come out unchanged (the weights
+    sum to 1), so averaging the prompt parameters is the same aggregation.
+
+    Args:
+        mean: the Gaussian's mean, in epochs (1-based).
+        std: its standard deviation, in epochs (> 0).
+    """
+
+    def __init__(self, mean: float, std: float) -> None:
+        for name, value in (("mean", mean), ("std", std)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name}: must be a finite number of epochs, got {value!r}")
+        if std <= 0:
+            raise ValueError(f"std: must be > 0 epochs, got {std}")
+        self.mean, self.std = float(mean), float(std)
+        self.sum: dict[str, torch.Tensor] | None = None
+        self.added: list[int] = []
+        self._state: dict[str, Any] = {}
+
+    def weights(self, epochs: int) -> list[float]:
+        """The normalised weight of each epoch ``1 .. epochs`` (index 0 is epoch 1)."""
+        density = [math.exp(-0.5 * ((e - self.mean) / self.std) ** 2) for e in range(1, epochs + 1)]
+        total = sum(density)
+        return [d / total for d in density]
+
+    def on_epoch_end(self, trainer: "Trainer") -> None:
+        epoch, epochs = trainer.progress.epoch, trainer.config.epochs
+        weight = self.weights(epochs)[epoch]
+        params = dict(trainer.model.named_prompt_parameters())
+        with torch.no_grad():
+            if self.sum is None:
+                self.sum = {n: p.detach() * weight for n, p in params.items()}
+            else:
+                self.sum = {n: self.sum[n].to(p.device) + p.detach() * weight for n, p in params.items()}
+            self.added.append(epoch)
+            if epoch == epochs - 1:
+                for n, p in params.items():
+                    p.copy_(self.sum[n])
+        self._state = {"added": list(self.added), "sum": _encode(self.sum)}
+
+    def on_train_end(self, trainer: "Trainer") -> None:
+        done, epochs = trainer.progress.epoch, trainer.config.epochs
+        if done < epochs and trainer.is_main:
+            print(
+                f"gpa: the run ended after {done} of {epochs} epochs; the prompts are the last trained ones, not the "
+                f"Gaussian average (resume the run to finish it)",
+                file=sys.stderr,
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.added = list(state["added"])
+        self.sum = _decode(state["sum"])
+        self._state = dict(state)
+
+
+def _encode(tensors: dict[str, torch.Tensor]) -> str:
+    """Tensors as text for the JSON callback state (safetensors bytes, base64): exact, and never unpickled."""
+    from safetensors.torch import save
+
+    return base64.b64encode(save({n: t.detach().cpu().contiguous() for n, t in tensors.items()})).decode("ascii")
+
+
+def _decode(text: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
+
+    return load(base64.b64decode(text))
+
+
+register_method("promptsrc", PromptSRCConfig, PromptSRC, kind="vision", summary="PromptSRC: IVLP prompts regularised towards frozen CLIP")
+register_callback("gpa", GaussianPromptAggregation)
+
+
+__all__ = ["GaussianPromptAggregation", "PromptSRC", "PromptSRCConfig"]
