@@ -26,6 +26,7 @@ from promptcore import PromptedModel, read_prompt_config, wrap
 from promptcore.cli import Command, add_config_args, register_command
 from promptcore.cli import main as shared_main
 from promptcore.recipe import DataBundle
+from promptcore.trainer import seed_everything
 
 from .backbones import create_model
 from .data import (
@@ -36,8 +37,11 @@ from .data import (
     class_names_of,
     infer_num_classes,
     load_sources,
+    preprocessing_overrides,
     resolve_image_config,
     to_rgb,
+    with_data_overrides,
+    with_recorded_preprocessing,
 )
 from .run_config import VisionRunConfig, load_run_config, resolve_run_config
 
@@ -115,11 +119,28 @@ class VisionRecipe:
         cfg = self.resolve_config(cfg)
         return wrap(self._backbones.pop(repr(cfg.model)), cfg.prompt)
 
+    def config_for_prompts(self, cfg: VisionRunConfig, prompt_config: dict[str, Any], directory: str) -> VisionRunConfig:
+        """``cfg`` with the preprocessing the prompts in ``directory`` were trained with, where ``cfg.data`` leaves
+        it unset (:func:`vpt.data.with_recorded_preprocessing`): ``vpt eval`` and ``vpt predict`` preprocess images
+        as training did."""
+        data = with_recorded_preprocessing(cfg.data, prompt_config.get("preprocessing") or {}, directory)
+        return cfg if data is cfg.data else dataclasses.replace(cfg, data=data)
+
     def build_data(self, cfg: VisionRunConfig, model: PromptedModel) -> DataBundle:
-        """Train/eval datasets with the backbone's own transforms, labels checked against the model's classes."""
+        """Train/eval datasets with the backbone's transforms and the data section's overrides, labels checked
+        against the model's classes.
+
+        The model's prompt files will record what the data determined, so ``vpt eval`` and ``vpt predict`` need not
+        load the data to know it: the data section's preprocessing (:func:`vpt.data.preprocessing_overrides`) and,
+        when the model's own prompt config names no classes (pixel prompts, the linear probe), the class names.
+        """
         image_config = resolve_image_config(model.backbone, cfg.data.image_size)
-        num_classes = model.prompt_config().get("num_classes")
-        return build_vision_data(cfg.data, image_config, num_classes, self.sources(cfg, image_config))
+        known = model.prompt_config()
+        bundle = build_vision_data(cfg.data, image_config, known.get("num_classes"), self.sources(cfg, image_config))
+        model.record_in_prompt_files(preprocessing=preprocessing_overrides(cfg.data))
+        if not known.get("class_names"):
+            model.record_in_prompt_files(class_names=bundle.class_names)
+        return bundle
 
     def class_names(self, cfg: VisionRunConfig, model: PromptedModel, prompt_meta: dict[str, Any]) -> list[str]:
         """Class names for ``predict``: the prompt folder's, the prompt config's (CLIP), else the data's."""
@@ -136,18 +157,20 @@ class VisionRecipe:
         paths = image_paths(args.images)
         cfg = load_run_config(args.config, args.overrides)
         meta = read_prompt_config(args.prompts)
+        cfg = self.config_for_prompts(cfg, meta, args.prompts)
         # The head size and class names the prompts were trained with: no data needs loading to know them.
         fields = {f.name for f in dataclasses.fields(cfg.prompt)}
         known = {k: meta[k] for k in ("num_classes", "class_names") if k in fields and getattr(cfg.prompt, k) is None and meta.get(k)}
         if known:
             cfg = dataclasses.replace(cfg, prompt=dataclasses.replace(cfg.prompt, **known))
+        seed_everything(cfg.train.seed)  # as train and eval do: a backbone built without weights is the same one
         model = self.build_model(cfg)
         model.load_prompts(args.prompts)
         model.eval()
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model.to(device)
         names = self.class_names(cfg, model, meta)
-        transform = build_transform(resolve_image_config(model.backbone, cfg.data.image_size))
+        transform = build_transform(with_data_overrides(resolve_image_config(model.backbone, cfg.data.image_size), cfg.data))
         k = min(args.top_k, len(names))
         batch_size = cfg.train.eval_batch_size or cfg.train.batch_size
         for start in range(0, len(paths), batch_size):
