@@ -1,11 +1,13 @@
-"""``vpt`` command line: ``vpt train | eval | predict`` (also ``python -m vpt``).
+"""``vpt`` command line: ``vpt train | eval | predict | sweep`` (also ``python -m vpt``).
 
 ``train`` and ``eval`` come from the shared CLI (:func:`promptcore.cli.main`); this module is the vision recipe
-it runs (how to build the model and the data from a :class:`vpt.run_config.VisionRunConfig`) plus ``predict``::
+it runs (how to build the model and the data from a :class:`vpt.run_config.VisionRunConfig`) plus ``predict`` and
+``sweep`` (:func:`promptcore.sweep.run_sweep` on the config's ``sweep:`` grid)::
 
     vpt train -c configs/smoke/vpt_tiny.yaml --set train.epochs=2 -o runs/tiny
     vpt eval -c configs/smoke/vpt_tiny.yaml --prompts runs/tiny/best
     vpt predict -c configs/smoke/vpt_tiny.yaml --prompts runs/tiny/best photos/ cat.jpg --top-k 3
+    vpt sweep -c configs/vpt/vtab1k/vpt_deep.yaml --seeds 42 -o runs/sweep   # the preset's lr x wd grid
     vpt base2new | interpret ...     # the CLIP methods' verbs (registered by the vpt.clip plugin)
 
 Everything here is a few calls a user can make in Python: ``create_model``, ``wrap``, ``build_vision_data``.
@@ -26,6 +28,7 @@ from promptcore import PromptedModel, read_prompt_config, wrap
 from promptcore.cli import Command, add_config_args, register_command
 from promptcore.cli import main as shared_main
 from promptcore.recipe import DataBundle
+from promptcore.sweep import format_sweep, parse_grid, run_sweep
 from promptcore.trainer import seed_everything
 
 from .backbones import create_model
@@ -198,6 +201,30 @@ def _predict_arguments(p: argparse.ArgumentParser) -> None:
 register_command(Command(
     prog="vpt", name="predict", help="print the top-k labels of images with trained prompts",
     configure=_predict_arguments, run=lambda args: VisionRecipe().predict(args),
+))
+
+
+def _sweep_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_args(p)
+    p.add_argument(
+        "--grid", action="append", default=[], metavar="KEY=[V1, V2]",
+        help="values to try, e.g. --grid 'train.lr=[0.1, 0.5]' (repeatable; replaces the config's sweep: mapping)",
+    )
+    p.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="train.seed of each point's runs (default: the config's)")
+    p.add_argument("-o", "--output", metavar="DIR", help="folder of the runs and of sweep.json / sweep.md (default: nothing is saved)")
+    p.add_argument("--overwrite", action="store_true", help="replace runs already in DIR")
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    result = run_sweep(VisionRecipe(), args.config, args.overrides, parse_grid(args.grid) or None, args.seeds, args.output, args.overwrite)
+    print(format_sweep(result), end="")
+    print("best: " + " ".join(f"--set {o}" for o in result["best"]["overrides"]))
+    return 0
+
+
+register_command(Command(
+    prog="vpt", name="sweep", help="train one run per point of a grid (the config's sweep: mapping) and seed, and rank them",
+    configure=_sweep_arguments, run=_sweep,
 ))
 
 
