@@ -8,7 +8,7 @@ Five lines of Python::
     logits = model(images)           # train model.prompt_parameters() only
     model.save_prompts("prompts/")   # prompts.safetensors + prompt_config.json
 
-Importing vpt registers its methods (``vpt_shallow``, ``vpt_deep``, ``pixel_pad``, ``pixel_fixed_patch``,
+Importing vpt registers its methods (``vpt_shallow``, ``vpt_deep``, ``vfpt``, ``pixel_pad``, ``pixel_fixed_patch``,
 ``pixel_random_patch``, ``linear_probe``), backbone families, data sources and VPT heads; the CLIP methods come
 with :mod:`vpt.clip`, which vpt itself never imports (the CLI loads it as a plugin).
 """
@@ -22,6 +22,7 @@ from .linear_probe import LinearProbe, LinearProbeConfig
 from .model import VisualPromptModel
 from .pixel import PixelPromptConfig, PixelPromptModel
 from .run_config import VisionRunConfig, load_run_config, resolve_run_config
+from .vfpt import VFPTConfig, VFPTModel
 
 __all__ = [
     "BackboneConfig",
@@ -30,6 +31,8 @@ __all__ = [
     "PixelPromptConfig",
     "PixelPromptModel",
     "TokenBackbone",
+    "VFPTConfig",
+    "VFPTModel",
     "VPTConfig",
     "VisionRunConfig",
     "VisualPromptModel",
