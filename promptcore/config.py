@@ -358,7 +358,7 @@ def grid_points(grid: dict[str, list[Any]]) -> list[list[str]]:
     return [
         [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}" for k, v in zip(keys, values)]
         for values in itertools.product(*(grid[k] for k in keys))
-    ]
+    ]  # an empty grid has one point: no overrides
 
 
 def is_field_path(cfg: Any, key: str) -> bool:

@@ -45,7 +45,8 @@ def run_sweep(
         recipe: the package's recipe (``vpt.cli.VisionRecipe()``): how to build the model and data.
         config: the run config (a YAML file or a dict).
         overrides: ``a.b=value`` overrides applied to every run.
-        grid: dotted field path -> the values to try; default: the config's own ``sweep`` mapping.
+        grid: dotted field path -> the values to try; default: the config's own ``sweep`` mapping. Without one,
+            the config's own values are the only point (named ``config``): the seeds alone are swept.
         seeds: ``train.seed`` of each point's runs; default: the config's ``train.seed``.
         output: the folder of the runs (``OUTPUT/<point>/seed<seed>``) and of ``sweep.json`` / ``sweep.md``;
             ``None`` trains without saving anything.
@@ -56,20 +57,20 @@ def run_sweep(
         "mean", "std"}], "best": <the best point>}``; ``final`` is the last evaluation's metric.
 
     Raises:
-        UserError: no grid, or a configuration without an evaluation split.
+        UserError: ``train.seed`` in the grid, or a configuration without an evaluation split.
     """
     from .cli import build_model_and_data
     from .trainer import Trainer
 
     base = _load(recipe, config, list(overrides))
     grid = dict(base.sweep if grid is None and hasattr(base, "sweep") else grid or {})
-    if not grid:
-        raise UserError("sweep: no grid to run; give the values to try (--grid 'train.lr=[0.1, 0.5]') or a config with a sweep: mapping")
+    if "train.seed" in grid:
+        raise UserError("sweep: train.seed is in the grid; give the seeds with --seeds (seeds=...) instead")
     seeds = list(seeds) if seeds else [base.train.seed]
     metric, mode = base.train.metric, base.train.metric_mode
     points = []
     for point in grid_points(grid):
-        name = "_".join(point)
+        name = "_".join(point) or "config"
         runs = []
         for seed in seeds:
             cfg = _load(recipe, config, [*overrides, *point, f"train.seed={seed}"])

@@ -170,3 +170,18 @@ def test_vpt_paper_recipe(name: str) -> None:
     else:
         assert (d.augment, d.crop_pct, d.interpolation, t.seed) == ("none", 1.0, "bilinear", 42)
     assert cfg.sweep["train.weight_decay"] == [0.01, 0.001, 0.0001, 0.0] and 50.0 in cfg.sweep["train.lr"]
+
+
+@pytest.mark.parametrize(
+    "task, tokens, batch, base_lr, wd",
+    [("dmlab", 100, 64, 1.0, 0.001), ("sun397", 5, 128, 25.0, 0.0001), ("eurosat", 100, 64, 1.0, 0.001)],
+)
+def test_vtab_task_presets_hold_the_values_kmnp_vpt_documents(task: str, tokens: int, batch: int, base_lr: float, wd: float) -> None:
+    from vpt.cli import VisionRecipe
+
+    cfg = load_config(VisionRecipe.config_class, CONFIGS / "vpt" / "vtab1k" / f"vpt_deep_{task}.yaml")
+    t = cfg.train
+    assert (cfg.prompt.num_tokens, cfg.prompt.dropout, t.batch_size, t.lr, t.weight_decay) == (tokens, 0.1, batch, base_lr, wd)
+    # demo.ipynb passes the scaled rate: SOLVER.BASE_LR = base_lr / 256 * batch (0.25, 12.5, 0.25).
+    assert t.lr_scaling == "linear" and base_lr * batch / 256 in (0.25, 12.5)
+    assert not cfg.sweep and cfg.data.train_split == "train800val200" and cfg.data.data_dir.endswith(task)

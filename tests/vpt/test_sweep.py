@@ -66,4 +66,9 @@ def test_grid_and_source_mistakes_are_reported(tmp_path: Path) -> None:
         load_run_config({**config, "source": {"train.lr": " "}})
     with pytest.raises(ConfigError, match=r"--grid 'train.lr=0.1': give the values to try as a list"):
         parse_grid(["train.lr=0.1"])
-    assert main(["sweep", "-c", str(SMOKE)]) == 2  # no grid: one error line
+    assert main(["sweep", "-c", str(SMOKE), "--grid", "train.seed=[1, 2]"]) == 2  # seeds go to --seeds: one error line
+
+
+def test_without_a_grid_the_seeds_alone_are_swept() -> None:
+    result = run_sweep(VisionRecipe(), SMOKE, QUICK, seeds=[3, 4])
+    assert [p["name"] for p in result["points"]] == ["config"] and [r["seed"] for r in result["points"][0]["runs"]] == [3, 4]
