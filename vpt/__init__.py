@@ -3,7 +3,7 @@
 Five lines of Python::
 
     import vpt
-    backbone = vpt.create_model(vpt.BackboneConfig("timm:vit_base_patch16_224.augreg_in21k", pretrained=True))
+    backbone = vpt.create_model(vpt.BackboneConfig("timm:vit_base_patch16_224.orig_in21k", pretrained=True))
     model = vpt.wrap(backbone, vpt.VPTConfig(method="vpt_deep", num_tokens=50, num_classes=100))
     logits = model(images)           # train model.prompt_parameters() only
     model.save_prompts("prompts/")   # prompts.safetensors + prompt_config.json
