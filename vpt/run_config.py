@@ -1,10 +1,11 @@
-"""The vision run config: what ``vpt train | eval | predict | base2new | interpret`` read from YAML, and how the
-values it leaves to the data are filled in.
+"""The vision run config: what ``vpt train | eval | predict | sweep | base2new | interpret`` read from YAML, and how
+the values it leaves to the data are filled in.
 
 Sections: ``model`` (:class:`vpt.config.BackboneConfig`), ``prompt`` (the config of any registered vision method,
-chosen by its ``method`` key: ``vpt_shallow``/``vpt_deep`` token prompts, ``pixel_*`` pixel prompts,
+chosen by its ``method`` key: ``vpt_shallow``/``vpt_deep``/``vfpt`` token prompts, ``pixel_*`` pixel prompts,
 ``linear_probe``, the CLIP methods of :mod:`vpt.clip` and any plugin's), ``data``
-(:class:`vpt.data.VisionDataConfig`) and ``train`` (:class:`promptcore.train_config.TrainConfig`).
+(:class:`vpt.data.VisionDataConfig`) and ``train`` (:class:`promptcore.train_config.TrainConfig`); a preset adds
+``source`` (where each value comes from) and ``sweep`` (the grid ``vpt sweep`` runs).
 """
 
 from __future__ import annotations
