@@ -218,7 +218,7 @@ def _sweep_arguments(p: argparse.ArgumentParser) -> None:
 def _sweep(args: argparse.Namespace) -> int:
     result = run_sweep(VisionRecipe(), args.config, args.overrides, parse_grid(args.grid) or None, args.seeds, args.output, args.overwrite)
     print(format_sweep(result), end="")
-    print("best: " + " ".join(f"--set {o}" for o in result["best"]["overrides"]))
+    print("best: " + (" ".join(f"--set {o}" for o in result["best"]["overrides"]) or "the config's own values"))
     return 0
 
 
