@@ -32,7 +32,7 @@ import torch
 
 from .config import ConfigError, load_config
 from .errors import UserError
-from .files import PromptFileError
+from .files import PromptFileError, read_prompt_config
 from .model import PromptedModel
 from .plugins import load_plugins
 from .recipe import DataBundle, Recipe
@@ -158,7 +158,11 @@ def cmd_train(recipe: Recipe, args: argparse.Namespace) -> int:
 
 
 def cmd_eval(recipe: Recipe, args: argparse.Namespace) -> int:
-    cfg, model, data = build_model_and_data(recipe, load_run_config(recipe, args))
+    cfg = load_run_config(recipe, args)
+    config_for_prompts = getattr(recipe, "config_for_prompts", None)
+    if args.prompts is not None and config_for_prompts is not None:
+        cfg = config_for_prompts(cfg, read_prompt_config(args.prompts), args.prompts)
+    cfg, model, data = build_model_and_data(recipe, cfg)
     if data.eval is None:
         raise ValueError(f"the config's data section gives no eval split; {recipe.prog} eval evaluates the eval split")
     load_prompts_option(model, args.prompts)

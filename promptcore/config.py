@@ -323,23 +323,62 @@ def check_sources(cfg: Any, sources: dict[str, str]) -> None:
     """
     problems = []
     for key, origin in sources.items():
-        node: Any = cfg
-        for part in key.split("."):
-            if not dataclasses.is_dataclass(node) or part not in {f.name for f in dataclasses.fields(node)}:
-                problems.append(f"source.{key}: not a field of the run config (give a dotted path such as 'train.lr')")
-                break
-            node = getattr(node, part)
+        if not is_field_path(cfg, key):
+            problems.append(f"source.{key}: not a field of the run config (give a dotted path such as 'train.lr')")
         if not isinstance(origin, str) or not origin.strip():
             problems.append(f"source.{key}: give the value's origin (repository and path, paper table, or 'differs: why')")
     if problems:
         raise ValueError("; ".join(problems))
 
 
+def check_grid(cfg: Any, grid: dict[str, list[Any]]) -> None:
+    """Validates a run config's sweep grid (its ``sweep:`` mapping): a dotted field path (``train.lr``) -> the
+    values to try, a non-empty list. Whether each value fits its field is checked when a grid point's config is
+    built (:func:`grid_points` gives them as ``--set`` overrides).
+
+    Raises:
+        ValueError: naming each key that is not a field of ``cfg`` or has no values.
+    """
+    problems = []
+    for key, values in grid.items():
+        if not is_field_path(cfg, key) or key.split(".")[0] in ("source", "sweep"):
+            problems.append(f"sweep.{key}: not a field of the run config (give a dotted path such as 'train.lr')")
+        if not isinstance(values, list) or not values:
+            problems.append(f"sweep.{key}: give a non-empty list of the values to try, e.g. [0.1, 0.5]")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def grid_points(grid: dict[str, list[Any]]) -> list[list[str]]:
+    """Every point of ``grid`` (the product of its lists, the last key varying fastest) as ``key=value`` overrides
+    (values written as YAML, so :func:`parse_override` reads them back with their types)."""
+    import itertools
+
+    keys = list(grid)
+    return [
+        [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}" for k, v in zip(keys, values)]
+        for values in itertools.product(*(grid[k] for k in keys))
+    ]  # an empty grid has one point: no overrides
+
+
+def is_field_path(cfg: Any, key: str) -> bool:
+    """Whether the dotted ``key`` (``train.lr``) names a field of the dataclass tree ``cfg``."""
+    node: Any = cfg
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(node) or part not in {f.name for f in dataclasses.fields(node)}:
+            return False
+        node = getattr(node, part)
+    return True
+
+
 __all__ = [
     "ConfigError",
     "apply_overrides",
+    "check_grid",
     "check_sources",
     "from_dict",
+    "grid_points",
+    "is_field_path",
     "load_config",
     "parse_override",
     "read_yaml",

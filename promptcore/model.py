@@ -133,9 +133,16 @@ class PromptedModel(nn.Module):
             for key, value in sub.items():
                 own[key].copy_(value.to(own[key].dtype))
 
+    def record_in_prompt_files(self, **values: Any) -> None:
+        """Adds ``values`` (JSON-serialisable) to the config of every prompt folder :meth:`save_prompts` writes
+        from now on, beside :meth:`prompt_config`: what the prompts were trained with that the model itself does not
+        hold (the vision recipe records the data section's preprocessing, so evaluation and prediction can
+        preprocess images as training did). They are not compared when a prompt folder is loaded."""
+        self.__dict__.setdefault("_prompt_file_records", {}).update(values)
+
     def save_prompts(self, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
         """Writes ``prompts.safetensors`` + ``prompt_config.json`` into ``directory`` (replaced atomically)."""
-        config = {**self.prompt_config(), **(extra or {})}
+        config = {**self.prompt_config(), **self.__dict__.get("_prompt_file_records", {}), **(extra or {})}
         return save_prompt_files(directory, self.prompt_state_dict(), config)
 
     def check_prompt_config(self, found: dict[str, Any], source: str = "prompt file") -> None:

@@ -30,6 +30,10 @@ class Recipe(Protocol):
     A recipe may also define ``resolve_config(cfg) -> cfg``: the run config with the values it leaves to the data
     filled in, as a new config. The CLI calls it (after seeding) before :meth:`build_model`, and writes the
     resolved config to the run's ``config.yaml``.
+
+    And ``config_for_prompts(cfg, prompt_config, directory) -> cfg``: the run config to evaluate the prompt folder
+    ``directory`` with, given its ``prompt_config.json`` (e.g. the data preprocessing the prompts were trained with,
+    where ``cfg`` leaves it unset); ``eval --prompts`` calls it before building anything.
     """
 
     prog: str

@@ -110,16 +110,78 @@ def test_package_of_paths() -> None:
         package_of(CONFIGS / "vpt" / "textpt_mix.yaml")
 
 
-@pytest.mark.parametrize("name", ["vpt_deep_vit_b16.yaml", "vpt_shallow_vit_b16.yaml"])
+VPT_PRESETS = sorted(p for p in ALL_YAML if p.relative_to(CONFIGS).parts[0] == "vpt")
+SOURCED_SECTIONS = ("model", "prompt", "data", "train")
+
+
+def set_keys(raw: dict, cfg: object) -> set[str]:
+    """The dotted paths of every value ``raw`` sets under the sourced sections (a nested mapping counts as one value
+    unless its field is itself a config section, as ``data.synthetic`` is)."""
+    import dataclasses
+
+    from promptcore.config import is_field_path
+
+    def walk(node: dict, prefix: str) -> set[str]:
+        out = set()
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            target = cfg
+            for part in path.split("."):
+                target = getattr(target, part)
+            if isinstance(value, dict) and dataclasses.is_dataclass(target) and is_field_path(cfg, path):
+                out |= walk(value, f"{path}.")
+            else:
+                out.add(path)
+        return out
+
+    return set().union(*(walk(raw[s], f"{s}.") for s in SOURCED_SECTIONS if s in raw))
+
+
+@pytest.mark.parametrize("path", VPT_PRESETS, ids=[str(p.relative_to(CONFIGS)) for p in VPT_PRESETS])
+def test_vpt_presets_say_where_every_value_comes_from(path: Path) -> None:
+    from vpt.cli import VisionRecipe
+
+    raw = read_yaml(path)
+    cfg = load_config(VisionRecipe.config_class, raw)
+    missing = sorted(set_keys(raw, cfg) - set(cfg.source))
+    assert not missing, f"{path.name}: no source for {missing}"
+    if cfg.sweep:
+        assert "sweep" in cfg.source, f"{path.name}: no source for its sweep: grid"
+    for key, origin in cfg.source.items():
+        assert origin.startswith(("local:", "differs:")) or "/" in origin or "paper" in origin, f"{path.name}: {key}: {origin!r} names no origin"
+
+
+@pytest.mark.parametrize("name", ["vpt_deep_vit_b16.yaml", "vpt_shallow_vit_b16.yaml", "vtab1k/vpt_deep.yaml", "fgvc/vpt_shallow.yaml"])
 def test_vpt_paper_recipe(name: str) -> None:
     from vpt.cli import VisionRecipe
 
-    raw = read_yaml(CONFIGS / "vpt" / name)
-    cfg = load_config(VisionRecipe.config_class, raw)
+    cfg = load_config(VisionRecipe.config_class, CONFIGS / "vpt" / name)
     deep = "deep" in name
-    assert cfg.model.name.startswith("timm:vit_base_patch16_224") and "in21k" in cfg.model.name
+    assert cfg.model.name == "timm:vit_base_patch16_224.orig_in21k" and cfg.model.pretrained
     assert cfg.prompt.method == ("vpt_deep" if deep else "vpt_shallow")
     assert cfg.prompt.dropout == (0.1 if deep else 0.0) and cfg.prompt.init == "xavier"
     t = cfg.train
     assert (t.optimizer, t.momentum, t.scheduler, t.lr_scaling) == ("sgd", 0.9, "cosine", "linear")
-    assert (t.warmup_epochs, t.epochs, t.batch_size) == (10, 100, 64)
+    assert (t.warmup_epochs, t.epochs, t.batch_size) == (10, 100, 128)
+    d = cfg.data
+    assert (d.mean, d.std) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    if "fgvc" in name:
+        assert (d.augment, d.resize, d.interpolation) == ("crop_flip", 256, "bilinear")
+    else:
+        assert (d.augment, d.crop_pct, d.interpolation, t.seed) == ("none", 1.0, "bilinear", 42)
+    assert cfg.sweep["train.weight_decay"] == [0.01, 0.001, 0.0001, 0.0] and 50.0 in cfg.sweep["train.lr"]
+
+
+@pytest.mark.parametrize(
+    "task, tokens, batch, base_lr, wd",
+    [("dmlab", 100, 64, 1.0, 0.001), ("sun397", 5, 128, 25.0, 0.0001), ("eurosat", 100, 64, 1.0, 0.001)],
+)
+def test_vtab_task_presets_hold_the_values_kmnp_vpt_documents(task: str, tokens: int, batch: int, base_lr: float, wd: float) -> None:
+    from vpt.cli import VisionRecipe
+
+    cfg = load_config(VisionRecipe.config_class, CONFIGS / "vpt" / "vtab1k" / f"vpt_deep_{task}.yaml")
+    t = cfg.train
+    assert (cfg.prompt.num_tokens, cfg.prompt.dropout, t.batch_size, t.lr, t.weight_decay) == (tokens, 0.1, batch, base_lr, wd)
+    # demo.ipynb passes the scaled rate: SOLVER.BASE_LR = base_lr / 256 * batch (0.25, 12.5, 0.25).
+    assert t.lr_scaling == "linear" and base_lr * batch / 256 in (0.25, 12.5)
+    assert not cfg.sweep and cfg.data.train_split == "train800val200" and cfg.data.data_dir.endswith(task)

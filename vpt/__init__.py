@@ -3,12 +3,12 @@
 Five lines of Python::
 
     import vpt
-    backbone = vpt.create_model(vpt.BackboneConfig("timm:vit_base_patch16_224.augreg_in21k", pretrained=True))
+    backbone = vpt.create_model(vpt.BackboneConfig("timm:vit_base_patch16_224.orig_in21k", pretrained=True))
     model = vpt.wrap(backbone, vpt.VPTConfig(method="vpt_deep", num_tokens=50, num_classes=100))
     logits = model(images)           # train model.prompt_parameters() only
     model.save_prompts("prompts/")   # prompts.safetensors + prompt_config.json
 
-Importing vpt registers its methods (``vpt_shallow``, ``vpt_deep``, ``pixel_pad``, ``pixel_fixed_patch``,
+Importing vpt registers its methods (``vpt_shallow``, ``vpt_deep``, ``vfpt``, ``pixel_pad``, ``pixel_fixed_patch``,
 ``pixel_random_patch``, ``linear_probe``), backbone families, data sources and VPT heads; the CLIP methods come
 with :mod:`vpt.clip`, which vpt itself never imports (the CLI loads it as a plugin).
 """
@@ -22,6 +22,7 @@ from .linear_probe import LinearProbe, LinearProbeConfig
 from .model import VisualPromptModel
 from .pixel import PixelPromptConfig, PixelPromptModel
 from .run_config import VisionRunConfig, load_run_config, resolve_run_config
+from .vfpt import VFPTConfig, VFPTModel
 
 __all__ = [
     "BackboneConfig",
@@ -30,6 +31,8 @@ __all__ = [
     "PixelPromptConfig",
     "PixelPromptModel",
     "TokenBackbone",
+    "VFPTConfig",
+    "VFPTModel",
     "VPTConfig",
     "VisionRunConfig",
     "VisualPromptModel",

@@ -1,11 +1,13 @@
-"""``vpt`` command line: ``vpt train | eval | predict`` (also ``python -m vpt``).
+"""``vpt`` command line: ``vpt train | eval | predict | sweep`` (also ``python -m vpt``).
 
 ``train`` and ``eval`` come from the shared CLI (:func:`promptcore.cli.main`); this module is the vision recipe
-it runs (how to build the model and the data from a :class:`vpt.run_config.VisionRunConfig`) plus ``predict``::
+it runs (how to build the model and the data from a :class:`vpt.run_config.VisionRunConfig`) plus ``predict`` and
+``sweep`` (:func:`promptcore.sweep.run_sweep` on the config's ``sweep:`` grid)::
 
     vpt train -c configs/smoke/vpt_tiny.yaml --set train.epochs=2 -o runs/tiny
     vpt eval -c configs/smoke/vpt_tiny.yaml --prompts runs/tiny/best
     vpt predict -c configs/smoke/vpt_tiny.yaml --prompts runs/tiny/best photos/ cat.jpg --top-k 3
+    vpt sweep -c configs/vpt/vtab1k/vpt_deep.yaml --seeds 42 -o runs/sweep   # the preset's lr x wd grid
     vpt base2new | interpret ...     # the CLIP methods' verbs (registered by the vpt.clip plugin)
 
 Everything here is a few calls a user can make in Python: ``create_model``, ``wrap``, ``build_vision_data``.
@@ -26,6 +28,8 @@ from promptcore import PromptedModel, read_prompt_config, wrap
 from promptcore.cli import Command, add_config_args, register_command
 from promptcore.cli import main as shared_main
 from promptcore.recipe import DataBundle
+from promptcore.sweep import format_sweep, parse_grid, run_sweep
+from promptcore.trainer import seed_everything
 
 from .backbones import create_model
 from .data import (
@@ -36,8 +40,11 @@ from .data import (
     class_names_of,
     infer_num_classes,
     load_sources,
+    preprocessing_overrides,
     resolve_image_config,
     to_rgb,
+    with_data_overrides,
+    with_recorded_preprocessing,
 )
 from .run_config import VisionRunConfig, load_run_config, resolve_run_config
 
@@ -115,11 +122,28 @@ class VisionRecipe:
         cfg = self.resolve_config(cfg)
         return wrap(self._backbones.pop(repr(cfg.model)), cfg.prompt)
 
+    def config_for_prompts(self, cfg: VisionRunConfig, prompt_config: dict[str, Any], directory: str) -> VisionRunConfig:
+        """``cfg`` with the preprocessing the prompts in ``directory`` were trained with, where ``cfg.data`` leaves
+        it unset (:func:`vpt.data.with_recorded_preprocessing`): ``vpt eval`` and ``vpt predict`` preprocess images
+        as training did."""
+        data = with_recorded_preprocessing(cfg.data, prompt_config.get("preprocessing") or {}, directory)
+        return cfg if data is cfg.data else dataclasses.replace(cfg, data=data)
+
     def build_data(self, cfg: VisionRunConfig, model: PromptedModel) -> DataBundle:
-        """Train/eval datasets with the backbone's own transforms, labels checked against the model's classes."""
+        """Train/eval datasets with the backbone's transforms and the data section's overrides, labels checked
+        against the model's classes.
+
+        The model's prompt files will record what the data determined, so ``vpt eval`` and ``vpt predict`` need not
+        load the data to know it: the data section's preprocessing (:func:`vpt.data.preprocessing_overrides`) and,
+        when the model's own prompt config names no classes (pixel prompts, the linear probe), the class names.
+        """
         image_config = resolve_image_config(model.backbone, cfg.data.image_size)
-        num_classes = model.prompt_config().get("num_classes")
-        return build_vision_data(cfg.data, image_config, num_classes, self.sources(cfg, image_config))
+        known = model.prompt_config()
+        bundle = build_vision_data(cfg.data, image_config, known.get("num_classes"), self.sources(cfg, image_config))
+        model.record_in_prompt_files(preprocessing=preprocessing_overrides(cfg.data))
+        if not known.get("class_names"):
+            model.record_in_prompt_files(class_names=bundle.class_names)
+        return bundle
 
     def class_names(self, cfg: VisionRunConfig, model: PromptedModel, prompt_meta: dict[str, Any]) -> list[str]:
         """Class names for ``predict``: the prompt folder's, the prompt config's (CLIP), else the data's."""
@@ -136,18 +160,20 @@ class VisionRecipe:
         paths = image_paths(args.images)
         cfg = load_run_config(args.config, args.overrides)
         meta = read_prompt_config(args.prompts)
+        cfg = self.config_for_prompts(cfg, meta, args.prompts)
         # The head size and class names the prompts were trained with: no data needs loading to know them.
         fields = {f.name for f in dataclasses.fields(cfg.prompt)}
         known = {k: meta[k] for k in ("num_classes", "class_names") if k in fields and getattr(cfg.prompt, k) is None and meta.get(k)}
         if known:
             cfg = dataclasses.replace(cfg, prompt=dataclasses.replace(cfg.prompt, **known))
+        seed_everything(cfg.train.seed)  # as train and eval do: a backbone built without weights is the same one
         model = self.build_model(cfg)
         model.load_prompts(args.prompts)
         model.eval()
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model.to(device)
         names = self.class_names(cfg, model, meta)
-        transform = build_transform(resolve_image_config(model.backbone, cfg.data.image_size))
+        transform = build_transform(with_data_overrides(resolve_image_config(model.backbone, cfg.data.image_size), cfg.data))
         k = min(args.top_k, len(names))
         batch_size = cfg.train.eval_batch_size or cfg.train.batch_size
         for start in range(0, len(paths), batch_size):
@@ -175,6 +201,30 @@ def _predict_arguments(p: argparse.ArgumentParser) -> None:
 register_command(Command(
     prog="vpt", name="predict", help="print the top-k labels of images with trained prompts",
     configure=_predict_arguments, run=lambda args: VisionRecipe().predict(args),
+))
+
+
+def _sweep_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_args(p)
+    p.add_argument(
+        "--grid", action="append", default=[], metavar="KEY=[V1, V2]",
+        help="values to try, e.g. --grid 'train.lr=[0.1, 0.5]' (repeatable; replaces the config's sweep: mapping)",
+    )
+    p.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="train.seed of each point's runs (default: the config's)")
+    p.add_argument("-o", "--output", metavar="DIR", help="folder of the runs and of sweep.json / sweep.md (default: nothing is saved)")
+    p.add_argument("--overwrite", action="store_true", help="replace runs already in DIR")
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    result = run_sweep(VisionRecipe(), args.config, args.overrides, parse_grid(args.grid) or None, args.seeds, args.output, args.overwrite)
+    print(format_sweep(result), end="")
+    print("best: " + (" ".join(f"--set {o}" for o in result["best"]["overrides"]) or "the config's own values"))
+    return 0
+
+
+register_command(Command(
+    prog="vpt", name="sweep", help="train one run per point of a grid (the config's sweep: mapping) and seed, and rank them",
+    configure=_sweep_arguments, run=_sweep,
 ))
 
 

@@ -7,7 +7,7 @@ values with ``ValueError("field: message")`` so the loader reports every problem
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 PromptMethod = Literal["vpt_shallow", "vpt_deep"]
 
@@ -74,6 +74,11 @@ class VPTConfig:
             ``on`` raises where it does not, ``off`` always runs the plain concatenation.
     """
 
+    # The method names this config class takes, and those of them that prompt every block (a subclass for another
+    # token-prompt method, such as vpt.vfpt's, names its own).
+    methods: ClassVar[tuple[str, ...]] = ("vpt_shallow", "vpt_deep")
+    deep_methods: ClassVar[tuple[str, ...]] = ("vpt_deep",)
+
     method: PromptMethod = "vpt_deep"
     num_tokens: int = 10
     dropout: float = 0.0
@@ -86,9 +91,14 @@ class VPTConfig:
     templates: list[str] | None = None
     fast: Literal["auto", "on", "off"] = "auto"
 
+    @property
+    def deep(self) -> bool:
+        """Whether fresh prompts go before every block (VPT-deep), not once before the first (VPT-shallow)."""
+        return self.method in self.deep_methods
+
     def __post_init__(self) -> None:
-        if self.method not in ("vpt_shallow", "vpt_deep"):
-            raise ValueError(f"method: {self.method!r} is not a token-prompt method; use 'vpt_shallow' or 'vpt_deep'")
+        if self.method not in self.methods:
+            raise ValueError(f"method: {self.method!r} is not a method of {type(self).__name__}; use {' or '.join(map(repr, self.methods))}")
         if not isinstance(self.num_tokens, int) or self.num_tokens <= 0:
             raise ValueError(f"num_tokens: must be a positive integer (prompt length), got {self.num_tokens!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -111,8 +121,9 @@ class VPTConfig:
         except KeyError as e:
             raise ValueError(f"head: {e}") from None
         head.check(self)
-        if self.fast == "on" and self.method != "vpt_deep":
+        if self.fast == "on" and not self.deep:
             raise ValueError(
-                "fast: 'on' applies to 'vpt_deep' only (shallow prompts' states after the first block depend on the "
-                "image, so nothing but one block's K/V projection could be shared); use fast 'auto' or 'off'"
+                f"fast: 'on' applies to deep prompts only, not {self.method!r} (shallow prompts' states after the first "
+                f"block depend on the image, so nothing but one block's K/V projection could be shared); use fast "
+                f"'auto' or 'off'"
             )

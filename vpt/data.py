@@ -10,20 +10,24 @@ The toolkit's own:
 - ``synthetic``: :class:`vpt.synthetic.SyntheticImages`, generated at the backbone's input size.
 - ``asset``: an offline dataset shipped inside a package (``vpt.assets.load_dataset``), e.g. ``fashion_mnist``.
 
-Transforms come from the family that owns the backbone (:mod:`vpt.backbones`): its image config
+Preprocessing: the family that owns the backbone (:mod:`vpt.backbones`) gives the defaults, its image config
 (:func:`resolve_image_config`: timm's ``resolve_model_data_config``, open_clip's preprocess config, the Hugging Face
-image processor ...) and its transforms (:func:`build_transform`). Every image is converted to RGB first, so
-grayscale and RGBA images work, and resized per that config, so images of any size work.
+image processor ...) and its transforms; the data section may override them (:func:`with_data_overrides`: ``mean``,
+``std``, ``interpolation``, ``resize``, ``crop_pct``, ``image_size``) and choose the training augmentation
+(``augment``), and :func:`build_transform` builds the pipeline from both. Every image is converted to RGB first,
+so grayscale and RGBA images work, and resized per that config, so images of any size work.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import random
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +42,7 @@ from promptcore.registry import Registry, did_you_mean
 
 from .backbones import FAMILIES, OTHER, ImageConfig, family_of
 from .synthetic import SyntheticImages
+from .transforms import INTERPOLATIONS, interpolation_mode, normalized
 
 
 class DataError(ValueError):
@@ -58,6 +63,13 @@ class SyntheticDataConfig:
             raise ValueError(f"num_train/num_eval: must be positive, got {self.num_train} and {self.num_eval}")
         if self.noise < 0:
             raise ValueError(f"noise: must not be negative, got {self.noise}")
+
+
+AugmentMode = Literal["none", "library", "rrc_flip", "crop_flip"]
+AUGMENT_MODES: tuple[str, ...] = ("none", "library", "rrc_flip", "crop_flip")
+DEFAULT_AUGMENT_SCALE = (0.08, 1.0)
+PREPROCESSING_KEYS = ("image_size", "mean", "std", "interpolation", "resize", "crop_pct")
+"""The data keys that override the backbone's preprocessing (recorded in prompt files)."""
 
 
 @dataclass
@@ -81,8 +93,34 @@ class VisionDataConfig:
         num_classes: number of classes; default: read from the data (class names, else the largest label + 1).
         class_names: names of the classes, in label order; default: read from the data.
         image_size: overrides the backbone's input size (height = width), e.g. to run a CNN on small images.
-        augment: training-time augmentation from the backbone's library (timm / open_clip); off by default.
+        augment: the training images' augmentation (evaluation never augments):
+
+            - ``none`` (default): the evaluation transform;
+            - ``library``: the backbone library's own training transform (timm's ``create_transform``, open_clip's
+              ``image_transform_v2``, torchvision's random resized crop and flip for other models);
+            - ``rrc_flip``: ``RandomResizedCrop(size, scale=augment_scale)``, ``RandomHorizontalFlip``, normalise
+              (Dassl's CLIP training pipeline);
+            - ``crop_flip``: ``Resize`` (from ``resize`` or ``crop_pct``, which it needs), ``RandomCrop(size)``,
+              ``RandomHorizontalFlip``, normalise (VPT's FGVC pipeline).
+
+            The booleans of earlier versions still work: ``true`` means ``library``, ``false`` means ``none``.
+        augment_scale: ``[low, high]`` area fraction of ``rrc_flip``'s random resized crop (torchvision's
+            ``scale``); only ``rrc_flip`` reads it.
+        mean, std: per-channel normalisation, replacing the backbone's (e.g. ImageNet statistics for a ViT whose
+            weights came with 0.5 / 0.5, as VPT's code normalises).
+        interpolation: resizing filter, replacing the backbone's: ``nearest``, ``bilinear``, ``bicubic``,
+            ``lanczos``.
+        resize: evaluation resizes the shorter image side to this many pixels, then centre-crops the input size
+            (VPT's FGVC pipeline: 256 for 224 crops); replaces the backbone's own resize. ``crop_flip`` resizes the
+            same way before its random crop.
+        crop_pct: evaluation resizes the shorter side to ``size / crop_pct`` (rounded down), then centre-crops
+            ``size``; ``1.0`` resizes straight to the input size instead, without keeping the aspect ratio (VPT's
+            VTAB pipeline). Replaces the backbone's own resize; set ``resize`` or ``crop_pct``, not both.
         synthetic: sizes of the ``synthetic`` source (its class count is ``num_classes``, 4 when unset).
+
+    The preprocessing keys a run sets (``image_size``, ``mean``, ``std``, ``interpolation``, ``resize``,
+    ``crop_pct``: :func:`preprocessing_overrides`) are recorded in its prompt files, so ``vpt eval`` and ``vpt
+    predict`` preprocess as training did when their config leaves those keys unset.
     """
 
     source: str = "synthetic"
@@ -100,7 +138,13 @@ class VisionDataConfig:
     num_classes: int | None = None
     class_names: list[str] | None = None
     image_size: int | None = None
-    augment: bool = False
+    augment: str | bool = "none"  # an AugmentMode (checked in __post_init__, which lists close matches)
+    augment_scale: tuple[float, float] = DEFAULT_AUGMENT_SCALE
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] | None = None
+    resize: int | None = None
+    crop_pct: float | None = None
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
 
     def __post_init__(self) -> None:
@@ -124,6 +168,37 @@ class VisionDataConfig:
             raise ValueError(f"class_names: {len(self.class_names)} names given for num_classes {self.num_classes}")
         if self.image_size is not None and self.image_size <= 0:
             raise ValueError(f"image_size: must be positive or null, got {self.image_size}")
+        self._check_preprocessing()
+
+    def _check_preprocessing(self) -> None:
+        self.augment = augment_mode(self.augment)
+        low, high = self.augment_scale = tuple(float(v) for v in self.augment_scale)
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"augment_scale: must be [low, high] with 0 < low <= high <= 1 (area fractions), got {[low, high]}")
+        if self.augment != "rrc_flip" and self.augment_scale != DEFAULT_AUGMENT_SCALE:
+            raise ValueError(f"augment_scale: only augment 'rrc_flip' reads it (augment is {self.augment!r}); remove it or set augment: rrc_flip")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is not None and (not values or any(not math.isfinite(v) for v in values)):
+                raise ValueError(f"{name}: give one finite number per channel, e.g. [0.485, 0.456, 0.406], got {values}")
+        if self.std is not None and any(v <= 0 for v in self.std):
+            raise ValueError(f"std: must be positive per channel, got {self.std}")
+        if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation: {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
+        if self.resize is not None and self.resize <= 0:
+            raise ValueError(f"resize: must be a positive number of pixels (the shorter side) or null, got {self.resize}")
+        if self.crop_pct is not None and not 0.0 < self.crop_pct <= 1.0:
+            raise ValueError(f"crop_pct: must lie in (0, 1] (1.0 resizes straight to the input size), got {self.crop_pct}")
+        if self.resize is not None and self.crop_pct is not None:
+            raise ValueError(
+                f"resize: {self.resize} and crop_pct: {self.crop_pct} both set the resize before the centre crop; "
+                f"keep one (resize: the shorter side in pixels; crop_pct: size / crop_pct)"
+            )
+        if self.augment == "crop_flip" and self.resize is None and self.crop_pct is None:
+            raise ValueError(
+                "augment: 'crop_flip' resizes before its random crop; set data.resize (VPT's FGVC pipeline: 256 for "
+                "224 crops) or data.crop_pct"
+            )
 
 
 # ----- the backbone's preprocessing -----------------------------------------------------------------------------
@@ -152,12 +227,132 @@ def resolve_image_config(model: nn.Module, image_size: int | None = None) -> Ima
     return out
 
 
-def build_transform(image_config: ImageConfig, train: bool = False, augment: bool = False) -> Callable[[Image.Image], torch.Tensor]:
-    """The transform of the backbone's family: PIL RGB image -> normalised float tensor ``[C, H, W]``.
+def augment_mode(augment: str | bool) -> str:
+    """The augmentation ``augment`` names (:data:`AUGMENT_MODES`); the old booleans mean ``library`` / ``none``.
 
-    Evaluation (and training without ``augment``) resizes and centre-crops to the backbone's size.
+    Raises:
+        ValueError: an unknown name (the message lists the close matches).
     """
-    return (image_config.family or OTHER).transform(image_config, train and augment)
+    if isinstance(augment, bool):
+        return "library" if augment else "none"
+    if augment not in AUGMENT_MODES:
+        raise ValueError(f"augment: {augment!r} is not one of {', '.join(AUGMENT_MODES)}.{did_you_mean(str(augment), list(AUGMENT_MODES))}")
+    return augment
+
+
+def preprocessing_overrides(cfg: VisionDataConfig) -> dict[str, Any]:
+    """The preprocessing keys ``cfg`` sets (:data:`PREPROCESSING_KEYS`), as plain values: what a run records in its
+    prompt files, so evaluation and prediction can preprocess as training did."""
+    out = {}
+    for key in PREPROCESSING_KEYS:
+        value = getattr(cfg, key)
+        if value is not None:
+            out[key] = list(value) if isinstance(value, (list, tuple)) else value
+    return out
+
+
+def with_recorded_preprocessing(cfg: VisionDataConfig, recorded: dict[str, Any], source: str) -> VisionDataConfig:
+    """``cfg`` with the preprocessing keys it leaves unset taken from ``recorded`` (:func:`preprocessing_overrides`
+    of the training run, read from its prompt folder ``source``); ``cfg`` itself when there is nothing to take.
+
+    A key that ``cfg`` sets to another value than ``recorded`` is kept (the config is the user's explicit choice),
+    and a warning names it.
+    """
+    changes = {}
+    own = preprocessing_overrides(cfg)
+    for key in PREPROCESSING_KEYS:
+        if key not in recorded:
+            continue
+        value = getattr(cfg, key)
+        if value is None:
+            changes[key] = recorded[key]
+        elif own[key] != recorded[key]:
+            warnings.warn(
+                f"data.{key}: the config sets {value!r}, but the prompts in {source} were trained with {recorded[key]!r}; "
+                f"using the config's value (remove data.{key} to preprocess as training did)",
+                stacklevel=2,
+            )
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
+def with_data_overrides(image: ImageConfig, cfg: VisionDataConfig) -> ImageConfig:
+    """``image`` (the backbone's preprocessing, :func:`resolve_image_config`) with the overrides of the data section
+    ``cfg`` applied: ``image_size``, ``mean``, ``std``, ``interpolation``, and ``resize`` / ``crop_pct`` as the
+    evaluation resize (:attr:`ImageConfig.resize`). ``image`` itself when ``cfg`` sets none of them; applying it
+    twice gives the same result.
+
+    Raises:
+        DataError: ``mean`` / ``std`` with another number of values than the backbone has channels, or a ``resize``
+            smaller than the crop.
+    """
+    changes: dict[str, Any] = {}
+    if cfg.image_size is not None and image.size != (cfg.image_size, cfg.image_size):
+        changes["size"] = (cfg.image_size, cfg.image_size)
+    for key in ("mean", "std"):
+        values = getattr(cfg, key)
+        if values is not None:
+            if len(values) != image.channels:
+                raise DataError(f"data.{key}: {len(values)} values for a backbone with {image.channels} input channels; give one per channel")
+            changes[key] = tuple(values)
+    if cfg.interpolation is not None:
+        changes["interpolation"] = cfg.interpolation
+    h, w = changes.get("size", image.size)
+    if cfg.resize is not None:
+        if cfg.resize < max(h, w):
+            raise DataError(f"data.resize: {cfg.resize} px is smaller than the {h}x{w} crop; use at least {max(h, w)} (or crop_pct: 1.0 to resize straight to {h}x{w})")
+        changes["resize"] = cfg.resize
+        changes["crop_pct"] = min(h, w) / cfg.resize
+    elif cfg.crop_pct is not None:
+        changes["resize"] = (h, w) if cfg.crop_pct == 1.0 else math.floor(max(h, w) / cfg.crop_pct)
+        changes["crop_pct"] = cfg.crop_pct
+    changes = {k: v for k, v in changes.items() if getattr(image, k) != v}
+    if not changes:
+        return image
+    overridden = ", ".join(k for k in ("size", "mean", "std", "interpolation", "resize") if k in changes)
+    return dataclasses.replace(image, **changes, source=f"{image.source}; data overrides {overridden}")
+
+
+def build_transform(
+    image_config: ImageConfig,
+    train: bool = False,
+    augment: AugmentMode | bool = "none",
+    scale: tuple[float, float] = DEFAULT_AUGMENT_SCALE,
+) -> Callable[[Image.Image], torch.Tensor]:
+    """The transform of a backbone's images: PIL RGB image -> normalised float tensor ``[C, H, W]``.
+
+    Evaluation (and training with ``augment`` ``none``) resizes and centre-crops to the input size: with the
+    family's own transform, or, when the data section set the resize (``image_config.resize``), with
+    ``Resize(resize)`` and ``CenterCrop(size)``. Training with ``library`` uses the family's own training
+    transform; ``rrc_flip`` and ``crop_flip`` are described at :class:`VisionDataConfig`.
+
+    Args:
+        image_config: the backbone's preprocessing with the data section's overrides (:func:`with_data_overrides`).
+        train: the training images' transform (only then is ``augment`` read).
+        augment: :data:`AUGMENT_MODES`, or the old booleans.
+        scale: the area range of ``rrc_flip``'s random resized crop.
+
+    Raises:
+        ValueError: ``crop_flip`` without a resize in ``image_config``.
+    """
+    from torchvision import transforms as T
+
+    mode = augment_mode(augment) if train else "none"
+    family = image_config.family or OTHER
+    if mode == "library":
+        return family.transform(image_config, True)
+    size, resize = image_config.size, image_config.resize
+    filter_ = interpolation_mode(image_config.interpolation)
+    if mode == "rrc_flip":
+        steps = [T.RandomResizedCrop(size, scale=tuple(scale), interpolation=filter_), T.RandomHorizontalFlip()]
+    elif mode == "crop_flip":
+        if resize is None:
+            raise ValueError("augment: 'crop_flip' resizes before its random crop; set data.resize (VPT's FGVC pipeline: 256 for 224 crops) or data.crop_pct")
+        steps = [T.Resize(resize, interpolation=filter_), T.RandomCrop(size), T.RandomHorizontalFlip()]
+    elif resize is not None:
+        steps = [T.Resize(resize, interpolation=filter_), T.CenterCrop(size)]
+    else:
+        return family.transform(image_config, False)
+    return normalized(steps, image_config.mean, image_config.std)
 
 
 def to_rgb(image: Any, column: str = "image") -> Image.Image:
@@ -498,13 +693,15 @@ def build_vision_data(
 
     Args:
         cfg: the data section.
-        image_config: the backbone's preprocessing (:func:`resolve_image_config`).
+        image_config: the backbone's preprocessing (:func:`resolve_image_config`); the data section's overrides
+            are applied here (:func:`with_data_overrides`).
         num_classes: the model's class count, to check labels against (default: from the data).
         sources: already loaded :func:`load_sources` output, to avoid loading twice.
 
     Returns:
         A :class:`DataBundle` with ``class_names`` and ``info`` (``num_classes``, sizes, transform source).
     """
+    image_config = with_data_overrides(image_config, cfg)
     train_src, eval_src = sources if sources is not None else load_sources(cfg, image_config)
     n_classes = num_classes or infer_num_classes(cfg, train_src)
     names = class_names_of(cfg, train_src, n_classes)
@@ -524,12 +721,14 @@ def build_vision_data(
             train_idx = few_shot_indices(train_src.labels, cfg.shots, cfg.seed, names, among=train_idx)
         except ValueError as e:
             raise DataError(f"{e}; lower data.shots or add images of that class") from None
-    train_set = VisionDataset(train_src, train_idx, build_transform(image_config, train=True, augment=cfg.augment), cfg.image_column)
+    train_tf = build_transform(image_config, train=True, augment=cfg.augment, scale=cfg.augment_scale)
+    train_set = VisionDataset(train_src, train_idx, train_tf, cfg.image_column)
     info = {
         "num_classes": n_classes,
         "num_train": len(train_set),
         "num_eval": len(eval_set) if eval_set is not None else 0,
         "image_size": list(image_config.size),
         "transform": image_config.source,
+        "augment": cfg.augment,
     }
     return DataBundle(train=train_set, eval=eval_set, collate_fn=collate_images, class_names=names, info=info)

@@ -48,7 +48,7 @@ class VisualPromptModel(PromptedModel):
         self.backbone = backbone
         self.tokens: TokenBackbone = token_backbone(backbone, name)
         tb = self.tokens
-        self.deep = config.method == "vpt_deep"
+        self.deep = config.deep
         self.num_layers = tb.depth if self.deep else 1
         prompt_dim = config.projection or tb.width
         init = {"init": config.init}

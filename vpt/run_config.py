@@ -1,10 +1,11 @@
-"""The vision run config: what ``vpt train | eval | predict | base2new | interpret`` read from YAML, and how the
-values it leaves to the data are filled in.
+"""The vision run config: what ``vpt train | eval | predict | sweep | base2new | interpret`` read from YAML, and how
+the values it leaves to the data are filled in.
 
 Sections: ``model`` (:class:`vpt.config.BackboneConfig`), ``prompt`` (the config of any registered vision method,
-chosen by its ``method`` key: ``vpt_shallow``/``vpt_deep`` token prompts, ``pixel_*`` pixel prompts,
+chosen by its ``method`` key: ``vpt_shallow``/``vpt_deep``/``vfpt`` token prompts, ``pixel_*`` pixel prompts,
 ``linear_probe``, the CLIP methods of :mod:`vpt.clip` and any plugin's), ``data``
-(:class:`vpt.data.VisionDataConfig`) and ``train`` (:class:`promptcore.train_config.TrainConfig`).
+(:class:`vpt.data.VisionDataConfig`) and ``train`` (:class:`promptcore.train_config.TrainConfig`); a preset adds
+``source`` (where each value comes from) and ``sweep`` (the grid ``vpt sweep`` runs).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from promptcore.config import check_sources, load_config
+from promptcore.config import check_grid, check_sources, load_config
 from promptcore.methods import method_config
 from promptcore.train_config import TrainConfig
 
@@ -30,8 +31,17 @@ class VisionRunConfig:
     """One vision run: backbone, prompts, data and training.
 
     Values the prompt config leaves unset that the data determines are filled by :func:`resolve_run_config`.
-    ``source`` is a paper preset's provenance: dotted field path -> where the value comes from
-    (:func:`promptcore.config.check_sources`).
+
+    Attributes:
+        model: the frozen backbone.
+        prompt: the method's config, chosen by its ``method`` key.
+        data: the data source and the preprocessing.
+        train: the trainer's settings.
+        source: a paper preset's provenance: dotted field path -> where the value comes from
+            (:func:`promptcore.config.check_sources`).
+        sweep: a grid ``vpt sweep`` runs: dotted field path -> the values to try (``train.lr: [0.1, 0.5]``), e.g.
+            the learning rates and weight decays a paper searches per dataset (:func:`promptcore.config.check_grid`).
+            ``vpt train`` runs the config's own values and ignores it.
     """
 
     model: BackboneConfig = field(default_factory=BackboneConfig)
@@ -39,9 +49,11 @@ class VisionRunConfig:
     data: VisionDataConfig = field(default_factory=VisionDataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     source: dict[str, str] = field(default_factory=dict)
+    sweep: dict[str, list[Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_sources(self, self.source)
+        check_grid(self, self.sweep)
 
 
 def load_run_config(source: str | os.PathLike | dict[str, Any] | None = None, overrides: list[str] = ()) -> VisionRunConfig:

@@ -1,5 +1,5 @@
-"""Contract cases of the vision methods: VPT, pixel prompts, the linear probe and the CLIP methods, on tiny random
-backbones."""
+"""Contract cases of the vision methods: VPT, VFPT, pixel prompts, the linear probe and the CLIP methods, on tiny
+random backbones."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import vpt.clip as vc
 from harness import CASES, MethodCase
 from promptcore import PromptedModel, wrap
-from vpt import BackboneConfig, LinearProbeConfig, PixelPromptConfig, VPTConfig, create_model
+from vpt import BackboneConfig, LinearProbeConfig, PixelPromptConfig, VFPTConfig, VPTConfig, create_model
 from vpt.data import collate_images
 from vpt.synthetic import SyntheticImages
 
@@ -60,6 +60,13 @@ for method in ("vpt_shallow", "vpt_deep"):
         foreign=lambda seed, m=method: seeded(seed, vit(), VPTConfig(method=m, num_tokens=5, num_classes=3)),
         fast_spy="vpt.fast_deep.fast_block" if deep else None,
     ))
+
+CASES.add("vision:vfpt", MethodCase(
+    build=lambda seed, fast: seeded(seed, vit(), VFPTConfig(num_tokens=4, num_classes=3, fourier_share=0.5, fast=fast_flag(fast))),
+    data=images,
+    foreign=lambda seed: seeded(seed, vit(), VFPTConfig(num_tokens=4, num_classes=3, fourier_share=0.25)),
+    fast_spy="vpt.fast_deep.fast_block",
+))
 
 for method in ("pixel_pad", "pixel_fixed_patch", "pixel_random_patch"):
     CASES.add(f"vision:{method}", MethodCase(

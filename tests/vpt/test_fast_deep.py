@@ -115,7 +115,7 @@ def test_shallow_runs_the_plain_path_and_matches_a_hand_concatenation(key):
 
 
 def test_fast_on_with_shallow_is_rejected_in_the_config():
-    with pytest.raises(ValueError, match="fast: 'on' applies to 'vpt_deep' only"):
+    with pytest.raises(ValueError, match="fast: 'on' applies to deep prompts only, not 'vpt_shallow'"):
         VPTConfig(method="vpt_shallow", num_classes=2, fast="on")
 
 

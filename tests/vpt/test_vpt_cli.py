@@ -123,4 +123,4 @@ def test_vpt_verbs_include_predict_and_the_clip_verbs() -> None:
     load_plugins()  # as the vpt command does first: the CLIP verbs come with the vpt.clip plugin
     parser = build_parser(VisionRecipe())
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert {"train", "eval", "predict", "base2new", "interpret"} <= set(sub.choices)
+    assert {"train", "eval", "predict", "sweep", "base2new", "interpret"} <= set(sub.choices)

@@ -19,6 +19,8 @@ from torch import nn
 from promptcore import Registry
 from promptcore.registry import did_you_mean
 
+from ..transforms import interpolation_mode, normalized
+
 if TYPE_CHECKING:
     from ..config import BackboneConfig
 
@@ -108,13 +110,17 @@ class ImageConfig:
     Attributes:
         size: ``(height, width)`` of the model's input.
         mean, std: per-channel normalisation.
-        interpolation: resizing filter (``bicubic``, ``bilinear``).
+        interpolation: resizing filter (``nearest``, ``bilinear``, ``bicubic``, ``lanczos``).
         crop_pct: evaluation resizes to ``size / crop_pct`` and centre-crops ``size``.
         channels: input channels.
         source: where the values were read from (reported in the run's data info).
         family: the family whose :meth:`BackboneFamily.transform` turns images into tensors for this model.
         options: further settings of the family's own transform that have no field here (timm's ``crop_mode``,
             open_clip's ``resize_mode`` and ``fill_color``).
+        resize: set by the data section (``data.resize`` / ``data.crop_pct``, :func:`vpt.data.with_data_overrides`),
+            never by a family: the evaluation resize before the centre crop, replacing the family's own. An int
+            resizes the shorter side to it (torchvision's ``Resize(int)``), ``(height, width)`` resizes straight
+            to that size. ``None``: the family's own evaluation transform.
     """
 
     size: tuple[int, int]
@@ -126,6 +132,7 @@ class ImageConfig:
     source: str = "default"
     family: "BackboneFamily | None" = None
     options: dict[str, Any] = field(default_factory=dict)
+    resize: int | tuple[int, int] | None = None
 
 
 class BackboneFamily:
@@ -170,15 +177,14 @@ class BackboneFamily:
         """
         from torchvision import transforms as T
 
-        modes = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR}
-        mode = modes.get(image.interpolation, T.InterpolationMode.BICUBIC)
+        mode = interpolation_mode(image.interpolation)
         h, w = image.size
         if training:
             steps = [T.RandomResizedCrop((h, w), interpolation=mode), T.RandomHorizontalFlip()]
         else:
             resize = (round(h / image.crop_pct), round(w / image.crop_pct))
             steps = [T.Resize(resize, interpolation=mode), T.CenterCrop((h, w))]
-        return T.Compose([*steps, T.ToTensor(), T.Normalize(image.mean, image.std)])
+        return normalized(steps, image.mean, image.std)
 
     def pooled_features(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """The frozen model's own pooled features ``[B, D]`` (no classifier), through the library's API."""
