@@ -9,8 +9,8 @@
 - ``fsdp``: torch's FSDP2 (``fully_shard``) the way Accelerate's FSDP plugin v2 applies it: each transformer block
   (ViT block, CLIP resblock, decoder layer, ...) is one unit, then the root takes the remaining frozen weights
   (embeddings, norms). Each process keeps ``1 / N`` of the frozen weights and gathers one block at a time in its
-  forward (and again for the backward through it). The prompts and heads are left out of sharding
-  (``ignored_params``): they are a few KB, so each process keeps them whole, the optimizer and the prompt files
+  forward (and again for the backward through it). The prompts and heads (and scalar weights, which FSDP cannot
+  shard, such as CLIP's ``logit_scale``) are left out of sharding (``ignored_params``): they are a few KB, so each process keeps them whole, the optimizer and the prompt files
   see plain tensors, and the trainer sums their gradients with one collective per step, the only gradients there
   are (frozen weights have none to reduce-scatter).
 
@@ -144,9 +144,9 @@ def shard_units(model: nn.Module, block_classes: list[str] | tuple[str, ...] = (
     return units
 
 
-def shard_model(step: StepModule, config: FSDPConfig, world_size: int, device: torch.device) -> list[nn.Module]:
-    """Applies FSDP2 to ``step``: each block, then the root with the prompt parameters left out; returns the
-    block units."""
+def shard_model(root: nn.Module, model: nn.Module, config: FSDPConfig, world_size: int, device: torch.device) -> list[nn.Module]:
+    """Applies FSDP2 to the prompted ``model`` inside ``root`` (the module that is called, e.g. a
+    :class:`StepModule`): each block, then ``root`` with the prompt parameters left out; returns the block units."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 
@@ -155,14 +155,14 @@ def shard_model(step: StepModule, config: FSDPConfig, world_size: int, device: t
             f"train.fsdp.cpu_offload: the processes already run on the {device.type}; it offloads GPU weights to "
             f"the CPU, remove it"
         )
-    model = step.model
     units = shard_units(model, config.block_classes)
     mesh = init_device_mesh(device.type, (world_size,))
     offload = CPUOffloadPolicy() if config.cpu_offload else OffloadPolicy()
-    prompts = set(model.prompt_parameters())
+    # Left whole on every process: the prompts, and scalar weights (CLIP's logit_scale), which FSDP cannot shard.
+    kept = set(model.prompt_parameters()) | {p for p in model.parameters() if p.dim() == 0}
     for unit in units:
-        fully_shard(unit, mesh=mesh, reshard_after_forward=config.reshard_after_forward, offload_policy=offload)
-    fully_shard(step, mesh=mesh, reshard_after_forward=config.reshard_after_forward, offload_policy=offload, ignored_params=prompts)
+        fully_shard(unit, mesh=mesh, reshard_after_forward=config.reshard_after_forward, offload_policy=offload, ignored_params=kept)
+    fully_shard(root, mesh=mesh, reshard_after_forward=config.reshard_after_forward, offload_policy=offload, ignored_params=kept)
     return units
 
 

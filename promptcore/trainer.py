@@ -335,7 +335,7 @@ class Trainer:
         elif self.mode == "ddp":
             self.mode = "none"  # nothing trains: evaluation only needs no engine
         elif self.mode == "fsdp":
-            shard_model(self.step_module, config.fsdp, self.world_size, self.device)
+            shard_model(self.step_module, model, config.fsdp, self.world_size, self.device)
         self._dummy: dict[str, Any] = {}
         num_classes = model.prompt_config().get("num_classes")
         self.num_classes = num_classes if isinstance(num_classes, int) and num_classes > 0 else None
