@@ -1,0 +1,96 @@
+"""vpt's calls into timm, open_clip, transformers and torch raise no deprecation warning: training, evaluation and
+saving through the ``vpt`` command on each backbone family and each method family (VPT-deep plain and fast, VFPT,
+pixel prompts, the linear probe, and the CLIP methods CoOp, CoCoOp, MaPLe, PromptSRC and KgCoOp) run with every
+DeprecationWarning, PendingDeprecationWarning and FutureWarning an error.
+
+A deprecated call warns once and breaks in a later release; these tests catch it the day it appears (textpt's
+paths: ``tests/textpt/test_textpt_warnings.py``; the packaged demo models: ``tests/promptcore/test_demo_training.py``).
+Warnings that third-party code raises about its own internals would be let through by name below, each with its
+reason; there are none today.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+from vpt.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = str(ROOT / "configs" / "smoke" / "vpt_tiny.yaml")
+CLIP_SMOKE = str(ROOT / "configs" / "clip" / "smoke_coop_tiny.yaml")
+SHORT = ["--set", "train.epochs=1", "--set", "train.max_steps=2", "--set", "data.synthetic.num_eval=16"]
+DEPRECATIONS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+# (message regex, category, module regex, why it is not ours): the only deprecations let through.
+THIRD_PARTY: list[tuple[str, type[Warning], str, str]] = []
+
+FAMILIES = {
+    "timm": [],
+    "open_clip": [
+        "--set", "model.name=open_clip:tiny",
+        "--set", "model.kwargs={model_cfg: {embed_dim: 32, vision_cfg: {image_size: 32, patch_size: 8, width: 64, layers: 2, head_width: 32}, "
+        "text_cfg: {context_length: 16, vocab_size: 100, width: 32, heads: 2, layers: 1}}}",
+    ],
+    "hf": [
+        "--set", "model.name=hf:tiny-vit",
+        "--set", "model.kwargs={config: {model_type: vit, image_size: 32, patch_size: 8, hidden_size: 64, num_hidden_layers: 2, "
+        "num_attention_heads: 2, intermediate_size: 128}}",
+    ],
+}  # fmt: skip
+VISION_PROMPTS = {
+    "vpt_deep_fast": "{method: vpt_deep, num_tokens: 4, num_classes: 4, fast: 'on'}",
+    "vpt_deep_plain": "{method: vpt_deep, num_tokens: 4, num_classes: 4, fast: 'off', dropout: 0.1}",
+    "vpt_shallow": "{method: vpt_shallow, num_tokens: 4, num_classes: 4}",
+    "vfpt": "{method: vfpt, num_tokens: 4, num_classes: 4, fourier_share: 0.5}",
+    "pixel_pad": "{method: pixel_pad, prompt_size: 4, num_classes: 4}",
+    "linear_probe": "{method: linear_probe, num_classes: 4}",
+}
+CLIP_PROMPTS = {
+    "coop": "{method: coop, n_ctx: 2}",
+    "cocoop": "{method: cocoop, n_ctx: 2}",
+    "maple": "{method: maple, n_ctx: 2, depth: 2}",
+    "promptsrc": "{method: promptsrc, n_ctx: 2, depth: 2, templates: ['a photo of a {}.', 'a drawing of a {}.']}",
+    "kgcoop": "{method: kgcoop, weight: 8.0, templates: ['a photo of a {}.']}",
+}
+
+
+@pytest.fixture
+def no_deprecations():
+    with warnings.catch_warnings():
+        for category in DEPRECATIONS:
+            warnings.simplefilter("error", category)
+        for message, category, module, _reason in THIRD_PARTY:
+            warnings.filterwarnings("ignore", message=message, category=category, module=module)
+        yield
+
+
+def train_then_eval(config: str, sets: list[str], run: Path) -> None:
+    assert main(["train", "-c", config, *sets, "-o", str(run)]) == 0
+    assert main(["eval", "-c", config, *sets, "--prompts", str(run / "last")]) == 0
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_each_backbone_family_raises_no_deprecation(family, tmp_path, capsys, no_deprecations):
+    train_then_eval(SMOKE, [*SHORT, *FAMILIES[family]], tmp_path / "run")
+
+
+@pytest.mark.parametrize("method", sorted(VISION_PROMPTS))
+def test_each_vision_method_raises_no_deprecation(method, tmp_path, capsys, no_deprecations):
+    train_then_eval(SMOKE, [*SHORT, "--set", f"prompt={VISION_PROMPTS[method]}"], tmp_path / "run")
+
+
+@pytest.mark.parametrize("method", sorted(CLIP_PROMPTS))
+def test_each_clip_method_raises_no_deprecation(method, tmp_path, capsys, no_deprecations):
+    sets = ["--set", f"prompt={CLIP_PROMPTS[method]}", "--set", "train.max_steps=2", "--set", "train.epochs=1"]
+    train_then_eval(CLIP_SMOKE, sets, tmp_path / "run")
+
+
+def test_the_filter_turns_a_deprecated_call_into_an_error(no_deprecations):
+    import torch
+
+    # A deprecated torch call of the kind these tests exist to catch (torch.amp.GradScaler("cuda") replaces it).
+    with pytest.raises(FutureWarning, match="is deprecated"):
+        torch.cuda.amp.GradScaler(enabled=False)
