@@ -16,30 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from test_vpt_cli import FAMILIES, ROOT, SHORT, SMOKE  # the smoke config and each backbone family's --set
 from vpt.cli import main
 
-ROOT = Path(__file__).resolve().parents[2]
-SMOKE = str(ROOT / "configs" / "smoke" / "vpt_tiny.yaml")
 CLIP_SMOKE = str(ROOT / "configs" / "clip" / "smoke_coop_tiny.yaml")
-SHORT = ["--set", "train.epochs=1", "--set", "train.max_steps=2", "--set", "data.synthetic.num_eval=16"]
 DEPRECATIONS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
 
 # (message regex, category, module regex, why it is not ours): the only deprecations let through.
 THIRD_PARTY: list[tuple[str, type[Warning], str, str]] = []
 
-FAMILIES = {
-    "timm": [],
-    "open_clip": [
-        "--set", "model.name=open_clip:tiny",
-        "--set", "model.kwargs={model_cfg: {embed_dim: 32, vision_cfg: {image_size: 32, patch_size: 8, width: 64, layers: 2, head_width: 32}, "
-        "text_cfg: {context_length: 16, vocab_size: 100, width: 32, heads: 2, layers: 1}}}",
-    ],
-    "hf": [
-        "--set", "model.name=hf:tiny-vit",
-        "--set", "model.kwargs={config: {model_type: vit, image_size: 32, patch_size: 8, hidden_size: 64, num_hidden_layers: 2, "
-        "num_attention_heads: 2, intermediate_size: 128}}",
-    ],
-}  # fmt: skip
 VISION_PROMPTS = {
     "vpt_deep_fast": "{method: vpt_deep, num_tokens: 4, num_classes: 4, fast: 'on'}",
     "vpt_deep_plain": "{method: vpt_deep, num_tokens: 4, num_classes: 4, fast: 'off', dropout: 0.1}",
