@@ -32,7 +32,7 @@ import signal
 import sys
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -775,7 +775,7 @@ class Trainer:
             batch = _to_device(batch, self.device)
             # DDP reduces the gradients in the backward of the window's last micro-batch only.
             sync = self.engine.no_sync() if self.mode == "ddp" and j != micro[-1] else nullcontext()
-            with sync:
+            with sync, _out_of_memory_levers(self.config, p.step + 1, n):
                 with self._autocast():
                     loss = self.engine(batch)
                 if loss.dim() != 0:
@@ -1006,6 +1006,25 @@ class Trainer:
         metrics = {k: float(v) / count for k, v in sums.items() if k != "count"}
         metrics["count"] = int(count)
         return metrics
+
+
+@contextmanager
+def _out_of_memory_levers(config: TrainConfig, step: int, rows: int) -> Iterator[None]:
+    """Turns running out of device or host memory in a training step into one line naming the settings that
+    lower memory use."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
+            raise
+        levers = [f"train.batch_size (now {config.batch_size}; raise train.grad_accum_steps to keep the global batch)"]
+        if not config.gradient_checkpointing:
+            levers.append("train.gradient_checkpointing: true")
+        if config.distributed != "fsdp":
+            levers.append("train.distributed: fsdp over several processes (shards the frozen weights)")
+        levers.append("model.dtype: bfloat16 or model.quantization: int8 for the frozen weights")
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"out of memory in training step {step} ({rows} rows in this process): {first}; lower it with " + "; ".join(levers)) from None
 
 
 def _callback_keys(callbacks: list[Callback]) -> list[str]:
