@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from .distributed import FSDPConfig
@@ -123,6 +123,11 @@ class TrainConfig:
                     )
                 (_check_rate if key == "lr" else _check_decay)(f"param_groups.{module}.{key}", value)
         self._check_warmup()
+        if isinstance(self.fsdp, dict):  # TrainConfig(fsdp={...}) from Python, as YAML gives it
+            unknown = sorted(set(self.fsdp) - {f.name for f in fields(FSDPConfig)})
+            if unknown:
+                raise UserError(f"fsdp.{unknown[0]}: unknown setting; the fsdp section sets {', '.join(f.name for f in fields(FSDPConfig))}")
+            self.fsdp = FSDPConfig(**self.fsdp)
         if self.distributed != "fsdp" and self.fsdp != FSDPConfig():
             raise UserError(f"fsdp: set, but train.distributed is {self.distributed!r}; set train.distributed: fsdp or remove the fsdp section")
         from .callbacks import check_callback_specs  # the registry imports nothing of the trainer's config

@@ -30,6 +30,9 @@ def test_auto_is_ddp_with_several_processes_and_nothing_with_one():
 def test_an_fsdp_section_without_fsdp_is_refused():
     with pytest.raises(UserError, match="fsdp: set, but train.distributed is 'auto'"):
         TrainConfig(fsdp={"cpu_offload": True})  # type: ignore[arg-type]
+    assert TrainConfig(distributed="fsdp", fsdp={"reshard_after_forward": False}).fsdp.reshard_after_forward is False  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="fsdp.reshard: unknown setting"):
+        TrainConfig(distributed="fsdp", fsdp={"reshard": False})  # type: ignore[arg-type]
     from promptcore.config import load_config
 
     config = load_config(TrainConfig, {"distributed": "fsdp", "fsdp": {"block_classes": ["Block"], "reshard_after_forward": False}})
