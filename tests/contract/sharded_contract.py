@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1] / "vpt"))
 
 import cases_text  # noqa: E402,F401  (registers the text methods' cases)
 import cases_vision  # noqa: E402,F401  (registers the vision and CLIP methods' cases)
@@ -29,6 +30,7 @@ from harness import CASES, Spy, to_float64  # noqa: E402
 from promptcore import METHODS  # noqa: E402
 from promptcore.distributed import FSDPConfig, local_bytes, shard_model  # noqa: E402
 from promptcore.plugins import load_plugins  # noqa: E402
+from test_backbones import TINY, images  # noqa: E402
 
 
 class Output(nn.Module):
@@ -92,6 +94,51 @@ def run_case(name: str, world: int) -> dict:
     }
 
 
+def run_family(key: str, world: int) -> dict:
+    """VPT-deep on one tiny backbone of the families' matrix (timm, open_clip, Hugging Face variants): the fast path
+    sharded against the plain path unsharded."""
+    import vpt
+    from vpt import VPTConfig, create_model
+
+    torch.manual_seed(0)
+    backbone = create_model(TINY[key]).double()
+    torch.manual_seed(0)
+    plain = vpt.wrap(backbone, VPTConfig(method="vpt_deep", num_tokens=3, num_classes=4, fast="off")).double()
+    fast_backbone = create_model(TINY[key]).double()
+    fast_backbone.load_state_dict(backbone.state_dict())
+    fast = vpt.wrap(fast_backbone, VPTConfig(method="vpt_deep", num_tokens=3, num_classes=4, fast="auto")).double()
+    fast.load_state_dict(plain.state_dict())
+    for m in (plain, fast):
+        m.freeze_backbone().eval()
+    x = images()
+    ref = plain(x)
+    ref.pow(2).sum().backward()
+    prompt_ids = {id(p) for p in fast.prompt_parameters()}
+    total = local_bytes(p for p in fast.parameters() if id(p) not in prompt_ids)
+
+    class Call(nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, images):
+            return self.model(images)
+
+    root = Call(fast)
+    units = shard_model(root, fast, FSDPConfig(), world, torch.device("cpu"))
+    with Spy("vpt.fast_deep.fast_block") as spy:
+        out = root(x)
+        out.pow(2).sum().backward()
+    grad_diff = max(
+        float((a.grad - b.grad).abs().max() / b.grad.abs().max()) for a, b in zip(fast.prompt_parameters(), plain.prompt_parameters())
+    )
+    return {
+        "ok": True, "fast": fast.fast, "fast_calls": spy.calls, "units": len(units),
+        "out_diff": float((out - ref).abs().max() / ref.abs().max()), "grad_diff": grad_diff, "grads": len(prompt_ids),
+        "grads_missing_mismatch": 0, "frozen_fraction": local_bytes(p for p in fast.parameters() if id(p) not in prompt_ids) / total,
+    }
+
+
 def main() -> None:
     out_dir = Path(sys.argv[1])
     dist.init_process_group("gloo")
@@ -104,6 +151,12 @@ def main() -> None:
             results[name] = run_case(name, world)
         except Exception:  # reported per method by the test; the other methods still run
             results[name] = {"ok": False, "error": traceback.format_exc()[-3000:]}
+        dist.barrier()
+    for key in sorted(TINY) if len(sys.argv) == 2 else []:
+        try:
+            results[f"vpt_deep:{key}"] = run_family(key, world)
+        except Exception:
+            results[f"vpt_deep:{key}"] = {"ok": False, "error": traceback.format_exc()[-3000:]}
         dist.barrier()
     (out_dir / f"rank{rank}.json").write_text(json.dumps(results, indent=1))
     dist.destroy_process_group()
