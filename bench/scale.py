@@ -11,9 +11,10 @@ Models (random weights, shapes of real checkpoints, built through the toolkit's 
 
 Each configuration runs ``--steps`` optimizer steps of the trainer with the same global batch (``--global-batch``
 rows split over the processes). Per process it reports: the bytes of frozen weights it holds (its shards under
-FSDP), its resident memory after the model was set up (sharded), and its peak resident memory during training
-(``VmHWM`` reset after set-up through ``/proc/self/clear_refs``: frozen weights + activations + prompt state), and
-the median step time of the steps after the first. The prompts after the last step are compared with the
+FSDP), its memory after the model was set up (sharded), and its peak memory during training (frozen weights +
+activations + prompt state + what FSDP gathers), and the median step time of the steps after the first. Memory is
+resident memory (``VmRSS``; the peak is ``VmHWM``, reset after set-up through ``/proc/self/clear_refs``) minus the
+process's resident memory before the model was built (the interpreter and the libraries, about 0.7 GiB). The prompts after the last step are compared with the
 1-process run's (max absolute difference).
 
 Every process builds the whole model before the trainer shards it (the recipes load weights the usual way), so the
@@ -94,6 +95,14 @@ def worker(model_name: str, steps: int, global_batch: int, out: Path) -> None:
         "distributed": "fsdp" if world > 1 else "auto", "mixed_precision": "bf16" if cuda else "no",
     }
     recipe = Recipe()
+    import ctypes
+    import gc
+
+    import promptcore.trainer  # noqa: F401  (everything imported before the baseline is read)
+
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    baseline = _vm("VmRSS")  # the interpreter and the libraries, before any model exists
     cfg = load_config(recipe.config_class, {**spec, "train": train})
     cfg = cfg.resolved() if hasattr(cfg, "resolved") else cfg
     cfg, model, data = build_model_and_data(recipe, cfg)
@@ -101,11 +110,7 @@ def worker(model_name: str, steps: int, global_batch: int, out: Path) -> None:
     trainer = Trainer(model, cfg.train, data.train, None, data.collate_fn, callbacks=[timer])
     prompt_ids = {id(p) for p in model.prompt_parameters()}
     frozen = local_bytes(p for p in model.parameters() if id(p) not in prompt_ids)
-    import gc
-
     gc.collect()
-    import ctypes
-
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # the unsharded weights the set-up freed go back to the system
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -116,8 +121,8 @@ def worker(model_name: str, steps: int, global_batch: int, out: Path) -> None:
     wall = time.perf_counter() - start
     times = [timer.times[s] for s in sorted(timer.times)][1:] or list(timer.times.values())
     record = {
-        "model": model_name, "procs": world, "rank": rank, "frozen_bytes": frozen, "rss_after_setup": set_up,
-        "peak_rss_training": max(_vm("VmHWM"), set_up), "step_seconds": statistics.median(times), "wall": wall,
+        "model": model_name, "procs": world, "rank": rank, "frozen_bytes": frozen,
+        "rss_after_setup": set_up - baseline, "peak_rss_training": max(_vm("VmHWM"), set_up) - baseline, "baseline": baseline, "step_seconds": statistics.median(times), "wall": wall,
         "gpu_peak": torch.cuda.max_memory_allocated() if cuda else None,
         "prompts": {k: v.float().flatten()[:64].tolist() for k, v in model.prompt_state_dict().items()},
     }
@@ -142,7 +147,7 @@ def table(model_name: str, procs: list[int], out: Path) -> list[str]:
     rows = {n: [json.loads((out / f"{model_name}-{n}-{r}.json").read_text()) for r in range(n)] for n in procs}
     base = rows[procs[0]][0]
     lines = [
-        "| processes | frozen weights / process | vs 1 | RSS after set-up | vs 1 | peak RSS in training | vs 1 | step time (median) | prompts vs 1 process (max abs diff) |",
+        "| processes | frozen weights / process | vs 1 | memory after set-up | vs 1 | peak memory in training | vs 1 | step time (median) | prompts vs 1 process (max abs diff) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for n in procs:
