@@ -14,6 +14,8 @@ HTML comments right before a block change how it runs (several may be stacked):
   local model, a long run by a short one). OLD must occur in the block.
 - ``<!-- doctest: expect KEY >= NUMBER -->`` (or ``<=``): the last ``"KEY": number`` the block prints must satisfy the
   comparison, so a number the text claims is checked by the run that shows it.
+
+A comment ``# trainable params: A || all params: B || trainable%: C`` in a block must be what the block prints.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ BLOCK_TIMEOUT_S = 300
 
 _FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```+|~~~+)\s*(?P<lang>[\w+-]*)[^\n]*$")
 _DIRECTIVE = re.compile(r"^\s*<!--\s*doctest:\s*(?P<body>.*?)\s*-->\s*$")
+_COUNT_COMMENT = re.compile(r"#\s*(trainable params: [\d,]+ \|\| all params: [\d,]+ \|\| trainable%: [\d.]+)")
 _EXPECT = re.compile(r"^(?P<key>[\w.-]+)\s*(?P<op>>=|<=)\s*(?P<value>[-+0-9.eE]+)$")
 
 
@@ -128,11 +131,13 @@ def prepared_code(block: Block) -> str:
 
 def check_expectations(block: Block, output: str) -> None:
     for key, op, value in block.expects:
-        found = re.findall(rf'"{re.escape(key)}":\s*([-+0-9.eE]+)', output)
+        found = re.findall(rf"[\"']{re.escape(key)}[\"']:\s*([-+0-9.eE]+)", output)
         assert found, f"{block.where}: expected the output to report {key!r}; output:\n{output[-3000:]}"
         got = float(found[-1])
         ok = got >= value if op == ">=" else got <= value
         assert ok, f"{block.where}: {key} = {got}, the text claims {op} {value}"
+    for claimed in _COUNT_COMMENT.findall(block.code):
+        assert claimed.strip() in output, f"{block.where}: the comment says {claimed.strip()!r}; the run printed:\n{output[-3000:]}"
 
 
 _WORKER = r"""
@@ -158,6 +163,7 @@ class PythonWorker:
     """One interpreter per doc file: imports are paid once, each block still gets a fresh namespace."""
 
     def __init__(self, cwd: Path, env: dict[str, str], log: Path) -> None:
+        self._log_path = log
         self._log = log.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _WORKER], cwd=cwd, env=env, text=True,
@@ -172,7 +178,8 @@ class PythonWorker:
         line = self.proc.stdout.readline() if ready else ""
         if not line:
             self.close()
-            return False, f"the block did not finish within {BLOCK_TIMEOUT_S} s or the interpreter died"
+            log = self._log_path.read_text(errors="replace")[-3000:]
+            return False, f"the block did not finish within {BLOCK_TIMEOUT_S} s or the interpreter died\n{log}"
         reply = json.loads(line)
         return reply["ok"], reply["output"]
 
@@ -249,6 +256,7 @@ def test_harness_parses_directives_and_fails_a_failing_block(tmp_path: Path) -> 
     assert blocks[0].subs == [("hf:big", "random:tiny")] and blocks[1].skip == "needs a GPU"
     assert "random:tiny" in prepared_code(blocks[0])
     check_expectations(blocks[0], '{"accuracy": 0.75}')
+    check_expectations(blocks[0], "{'accuracy': 0.75}")
     with pytest.raises(AssertionError, match="the text claims"):
         check_expectations(blocks[0], '{"accuracy": 0.25}')
     with pytest.raises(AssertionError, match="failed"):
@@ -256,6 +264,9 @@ def test_harness_parses_directives_and_fails_a_failing_block(tmp_path: Path) -> 
     with pytest.raises(AssertionError, match="failed"):
         _run_outside(tmp_path, "```python\nraise SystemExit(3)\n```\n")
     _run_outside(tmp_path, "```python\nx = 1\n```\n\n```python\nassert 'x' not in globals()\n```\n")
+    with pytest.raises(AssertionError, match="the comment says"):
+        _run_outside(tmp_path, "```python\nprint('trainable params: 1 || all params: 2 || trainable%: 50.0')"
+                               "  # trainable params: 1 || all params: 3 || trainable%: 33.3\n```\n")
     with pytest.raises(ValueError, match="needs a reason"):
         _run_outside(tmp_path, "<!-- doctest: skip -->\n```bash\ntrue\n```\n")
 
