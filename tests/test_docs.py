@@ -4,8 +4,8 @@ Each fenced ```bash / ```sh / ```console and ```python block is extracted and ru
 in one shared temporary directory (so a later block can use what an earlier one wrote), with the repository's
 top-level folders (``configs/`` ...) linked into it. Shell blocks run in bash with the interpreter's ``bin/`` first on
 PATH (the ``vpt`` and ``textpt`` commands) and the repository on PYTHONPATH; ``console`` blocks run their ``$ ``
-lines. Python blocks run in one worker process per file, each in a fresh namespace. Other blocks (```text, ```yaml
-...) only show things and are not run.
+lines. Python blocks run in a fresh process each (forked from one that has imported the libraries). Other blocks
+(```text, ```yaml ...) only show things and are not run.
 
 HTML comments right before a block change how it runs (several may be stacked):
 
@@ -38,6 +38,7 @@ DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL = {"bash", "sh", "console", "shell"}
 PYTHON = {"python", "py"}
 BLOCK_TIMEOUT_S = 300
+PRELOAD = ("torch", "timm", "open_clip", "transformers", "promptcore", "vpt", "vpt.clip", "textpt")
 
 _FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```+|~~~+)\s*(?P<lang>[\w+-]*)[^\n]*$")
 _DIRECTIVE = re.compile(r"^\s*<!--\s*doctest:\s*(?P<body>.*?)\s*-->\s*$")
@@ -138,36 +139,53 @@ def check_expectations(block: Block, output: str) -> None:
         ok = got >= value if op == ">=" else got <= value
         assert ok, f"{block.where}: {key} = {got}, the text claims {op} {value}"
     for claimed in _COUNT_COMMENT.findall(block.code):
-        assert claimed.strip() in output, f"{block.where}: the comment says {claimed.strip()!r}; the run printed:\n{output[-3000:]}"
+        shown = claimed.strip()
+        assert shown in output, f"{block.where}: the comment says {shown!r}; the run printed:\n{output[-3000:]}"
 
 
 _WORKER = r"""
-import contextlib, io, json, os, sys, traceback
+import json, os, sys, tempfile, traceback
+for name in sys.argv[1:]:
+    try:
+        __import__(name)
+    except Exception:
+        pass
 proto = os.fdopen(os.dup(1), "w")
-os.dup2(2, 1)
 for line in sys.stdin:
     request = json.loads(line)
-    buffer = io.StringIO()
-    ok = True
-    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
-        try:
-            exec(compile(request["code"], request["name"], "exec"), {"__name__": "__main__"})
-        except BaseException:
-            ok = False
-            traceback.print_exc()
-    proto.write(json.dumps({"ok": ok, "output": buffer.getvalue()}) + "\n")
+    with tempfile.TemporaryFile("w+") as log:
+        pid = os.fork()
+        if pid == 0:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            status = 0
+            try:
+                exec(compile(request["code"], request["name"], "exec"), {"__name__": "__main__"})
+            except SystemExit as e:
+                status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except BaseException:
+                traceback.print_exc()
+                status = 1
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+        _, wait_status = os.waitpid(pid, 0)
+        log.seek(0)
+        output = log.read()
+    proto.write(json.dumps({"ok": os.waitstatus_to_exitcode(wait_status) == 0, "output": output}) + "\n")
     proto.flush()
 """
 
 
 class PythonWorker:
-    """One interpreter per doc file: imports are paid once, each block still gets a fresh namespace."""
+    """One interpreter per doc file that imports the heavy libraries once and runs each block in a forked child: every
+    block starts from the same clean state (no global settings, registrations or names left by an earlier block)."""
 
-    def __init__(self, cwd: Path, env: dict[str, str], log: Path) -> None:
+    def __init__(self, cwd: Path, env: dict[str, str], log: Path, preload: tuple[str, ...] = PRELOAD) -> None:
         self._log_path = log
         self._log = log.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _WORKER], cwd=cwd, env=env, text=True,
+            [sys.executable, "-c", _WORKER, *preload], cwd=cwd, env=env, text=True,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
         )
 
@@ -202,7 +220,7 @@ def doc_env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def run_doc(path: Path, tmp: Path, root: Path = ROOT) -> None:
+def run_doc(path: Path, tmp: Path, root: Path = ROOT, preload: tuple[str, ...] = PRELOAD) -> None:
     for entry in root.iterdir():
         if entry.name in ("configs", "demo", "bench", "docs") and not (tmp / entry.name).exists():
             (tmp / entry.name).symlink_to(entry)
@@ -215,7 +233,7 @@ def run_doc(path: Path, tmp: Path, root: Path = ROOT) -> None:
             code = prepared_code(block)
             t0 = time.time()
             if block.lang in PYTHON:
-                worker = worker or PythonWorker(tmp, env, tmp / ".python-worker.log")
+                worker = worker or PythonWorker(tmp, env, tmp / ".python-worker.log", preload)
                 ok, output = worker.run(code, block.where)
             else:
                 try:
@@ -267,6 +285,8 @@ def test_harness_parses_directives_and_fails_a_failing_block(tmp_path: Path) -> 
     with pytest.raises(AssertionError, match="failed"):
         _run_outside(tmp_path, "```python\nraise SystemExit(3)\n```\n")
     _run_outside(tmp_path, "```python\nx = 1\n```\n\n```python\nassert 'x' not in globals()\n```\n")
+    _run_outside(tmp_path, "```python\nimport os\nos.environ['DOC_X'] = '1'\n```\n\n"
+                           "```python\nimport os\nassert 'DOC_X' not in os.environ\n```\n")
     with pytest.raises(AssertionError, match="the comment says"):
         _run_outside(tmp_path, "```python\nprint('trainable params: 1 || all params: 2 || trainable%: 50.0')"
                                "  # trainable params: 1 || all params: 3 || trainable%: 33.3\n```\n")
@@ -280,4 +300,4 @@ def _run_outside(tmp: Path, text: str) -> None:
     work = tmp / "work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
-    run_doc(doc, work, root=tmp)
+    run_doc(doc, work, root=tmp, preload=())
