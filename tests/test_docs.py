@@ -27,7 +27,6 @@ import select
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -231,7 +230,6 @@ def run_doc(path: Path, tmp: Path, root: Path = ROOT, preload: tuple[str, ...] =
             if not runnable(block) or block.skip:
                 continue
             code = prepared_code(block)
-            t0 = time.time()
             if block.lang in PYTHON:
                 worker = worker or PythonWorker(tmp, env, tmp / ".python-worker.log", preload)
                 ok, output = worker.run(code, block.where)
@@ -244,7 +242,6 @@ def run_doc(path: Path, tmp: Path, root: Path = ROOT, preload: tuple[str, ...] =
                     ok, output = done.returncode == 0, done.stdout
                 except subprocess.TimeoutExpired as e:
                     ok, output = False, f"timed out after {BLOCK_TIMEOUT_S} s\n{e.stdout or ''}"
-            print(f"TIMING {block.where} {time.time() - t0:.1f}s", file=sys.stderr)
             assert ok, f"{block.where}: the {block.lang} block failed:\n{code}\n--- output ---\n{output[-6000:]}"
             check_expectations(block, output)
     finally:
