@@ -1,0 +1,318 @@
+"""Every example in README.md and docs/*.md runs as written.
+
+Each fenced ```bash / ```sh / ```console and ```python block is extracted and run; blocks of one file run in order,
+in one shared temporary directory (so a later block can use what an earlier one wrote), with the repository's
+top-level folders (``configs/`` ...) linked into it. Shell blocks run in bash with the interpreter's ``bin/`` first on
+PATH (the ``vpt`` and ``textpt`` commands) and the repository on PYTHONPATH; ``console`` blocks run their ``$ ``
+lines. Python blocks run in a fresh process each (forked from one that has imported the libraries). Other blocks
+(```text, ```yaml ...) only show things and are not run.
+
+HTML comments right before a block change how it runs (several may be stacked):
+
+- ``<!-- doctest: skip (reason) -->``: not run; the reason is required.
+- ``<!-- doctest: sub OLD -> NEW -->``: every OLD in the block is replaced by NEW before it runs (a hub name by a tiny
+  local model, a long run by a short one). OLD must occur in the block.
+- ``<!-- doctest: expect KEY >= NUMBER -->`` (or ``<=``): the last ``"KEY": number`` the block prints must satisfy the
+  comparison, so a number the text claims is checked by the run that shows it.
+
+A comment ``# trainable params: A || all params: B || trainable%: C`` in a block must be what the block prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SHELL = {"bash", "sh", "console", "shell"}
+PYTHON = {"python", "py"}
+BLOCK_TIMEOUT_S = 300
+PRELOAD = ("torch", "timm", "open_clip", "transformers", "promptcore", "vpt", "vpt.clip", "textpt")
+
+_FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```+|~~~+)\s*(?P<lang>[\w+-]*)[^\n]*$")
+_DIRECTIVE = re.compile(r"^\s*<!--\s*doctest:\s*(?P<body>.*?)\s*-->\s*$")
+_COUNT_COMMENT = re.compile(r"#\s*(trainable params: [\d,]+ \|\| all params: [\d,]+ \|\| trainable%: [\d.]+)")
+_EXPECT = re.compile(r"^(?P<key>[\w.-]+)\s*(?P<op>>=|<=)\s*(?P<value>[-+0-9.eE]+)$")
+
+
+@dataclass
+class Block:
+    name: str  # the file, relative to the repository
+    line: int  # 1-based line of the opening fence
+    lang: str
+    code: str
+    skip: str | None = None
+    subs: list[tuple[str, str]] = field(default_factory=list)
+    expects: list[tuple[str, str, float]] = field(default_factory=list)
+
+    @property
+    def where(self) -> str:
+        return f"{self.name}:{self.line}"
+
+
+def parse_directive(body: str, where: str, block: Block) -> None:
+    if body.startswith("skip"):
+        reason = body[len("skip") :].strip().strip("()").strip()
+        if not reason:
+            raise ValueError(f"{where}: 'doctest: skip' needs a reason: <!-- doctest: skip (why) -->")
+        block.skip = reason
+    elif body.startswith("sub "):
+        old, sep, new = body[len("sub ") :].partition(" -> ")
+        if not sep or not old:
+            raise ValueError(f"{where}: expected <!-- doctest: sub OLD -> NEW -->, found {body!r}")
+        block.subs.append((old, new))
+    elif body.startswith("expect "):
+        m = _EXPECT.match(body[len("expect ") :].strip())
+        if not m:
+            raise ValueError(f"{where}: expected <!-- doctest: expect KEY >= NUMBER -->, found {body!r}")
+        block.expects.append((m["key"], m["op"], float(m["value"])))
+    else:
+        raise ValueError(f"{where}: unknown doctest directive {body!r} (skip, sub, expect)")
+
+
+def extract_blocks(path: Path, root: Path = ROOT) -> list[Block]:
+    """The fenced blocks of a Markdown file with the directives in the comment lines right before each."""
+    name = str(path.relative_to(root))
+    lines = path.read_text(encoding="utf-8").splitlines()
+    blocks: list[Block] = []
+    pending: list[tuple[int, str]] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        directive = _DIRECTIVE.match(line)
+        if directive:
+            pending.append((i + 1, directive["body"]))
+            i += 1
+            continue
+        fence = _FENCE.match(line)
+        if not fence:
+            if line.strip():
+                pending = []  # a directive belongs to the block right after it
+            i += 1
+            continue
+        indent, marker = len(fence["indent"]), fence["fence"]
+        body: list[str] = []
+        j = i + 1
+        while j < len(lines) and not (lines[j].strip().startswith(marker) and lines[j].strip().strip(marker[0]) == ""):
+            body.append(lines[j][indent:] if lines[j][:indent].strip() == "" else lines[j])
+            j += 1
+        block = Block(name, i + 1, fence["lang"].lower(), "\n".join(body) + "\n")
+        for lineno, text in pending:
+            parse_directive(text, f"{name}:{lineno}", block)
+        pending = []
+        blocks.append(block)
+        i = j + 1
+    return blocks
+
+
+def runnable(block: Block) -> bool:
+    return block.lang in SHELL | PYTHON
+
+
+def prepared_code(block: Block) -> str:
+    code = block.code
+    for old, new in block.subs:
+        if old not in code:
+            raise AssertionError(f"{block.where}: 'doctest: sub' text {old!r} is not in the block")
+        code = code.replace(old, new)
+    if block.lang == "console":
+        code = "".join(line[2:] + "\n" for line in code.splitlines() if line.startswith("$ "))
+    return code
+
+
+def check_expectations(block: Block, output: str) -> None:
+    for key, op, value in block.expects:
+        found = re.findall(rf"[\"']{re.escape(key)}[\"']:\s*([-+0-9.eE]+)", output)
+        assert found, f"{block.where}: expected the output to report {key!r}; output:\n{output[-3000:]}"
+        got = float(found[-1])
+        ok = got >= value if op == ">=" else got <= value
+        assert ok, f"{block.where}: {key} = {got}, the text claims {op} {value}"
+    for claimed in _COUNT_COMMENT.findall(block.code):
+        shown = claimed.strip()
+        assert shown in output, f"{block.where}: the comment says {shown!r}; the run printed:\n{output[-3000:]}"
+
+
+_WORKER = r"""
+import json, os, sys, tempfile, traceback
+for name in sys.argv[1:]:
+    try:
+        __import__(name)
+    except Exception:
+        pass
+proto = os.fdopen(os.dup(1), "w")
+for line in sys.stdin:
+    request = json.loads(line)
+    with tempfile.TemporaryFile("w+") as log:
+        pid = os.fork()
+        if pid == 0:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            status = 0
+            try:
+                exec(compile(request["code"], request["name"], "exec"), {"__name__": "__main__"})
+            except SystemExit as e:
+                status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except BaseException:
+                traceback.print_exc()
+                status = 1
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+        _, wait_status = os.waitpid(pid, 0)
+        log.seek(0)
+        output = log.read()
+    proto.write(json.dumps({"ok": os.waitstatus_to_exitcode(wait_status) == 0, "output": output}) + "\n")
+    proto.flush()
+"""
+
+
+class PythonWorker:
+    """One interpreter per doc file that imports the heavy libraries once and runs each block in a forked child: every
+    block starts from the same clean state (no global settings, registrations or names left by an earlier block)."""
+
+    def __init__(self, cwd: Path, env: dict[str, str], log: Path, preload: tuple[str, ...] = PRELOAD) -> None:
+        self._log_path = log
+        self._log = log.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _WORKER, *preload], cwd=cwd, env=env, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+        )
+
+    def run(self, code: str, name: str) -> tuple[bool, str]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"code": code, "name": name}) + "\n")
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], BLOCK_TIMEOUT_S)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            self.close()
+            log = self._log_path.read_text(errors="replace")[-3000:]
+            return False, f"the block did not finish within {BLOCK_TIMEOUT_S} s or the interpreter died\n{log}"
+        reply = json.loads(line)
+        return reply["ok"], reply["output"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+def doc_env(tmp: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env["MPLBACKEND"] = "Agg"
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        env[key] = "1"
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    return env
+
+
+def run_doc(path: Path, tmp: Path, root: Path = ROOT, preload: tuple[str, ...] = PRELOAD) -> None:
+    for entry in root.iterdir():
+        if entry.name in ("configs", "demo", "bench", "docs") and not (tmp / entry.name).exists():
+            (tmp / entry.name).symlink_to(entry)
+    env = doc_env(tmp)
+    worker: PythonWorker | None = None
+    try:
+        for block in extract_blocks(path, root):
+            if not runnable(block) or block.skip:
+                continue
+            code = prepared_code(block)
+            if block.lang in PYTHON:
+                worker = worker or PythonWorker(tmp, env, tmp / ".python-worker.log", preload)
+                ok, output = worker.run(code, block.where)
+            else:
+                try:
+                    done = subprocess.run(
+                        ["bash", "-euo", "pipefail", "-c", code], cwd=tmp, env=env, text=True,
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=BLOCK_TIMEOUT_S,
+                    )
+                    ok, output = done.returncode == 0, done.stdout
+                except subprocess.TimeoutExpired as e:
+                    ok, output = False, f"timed out after {BLOCK_TIMEOUT_S} s\n{e.stdout or ''}"
+            assert ok, f"{block.where}: the {block.lang} block failed:\n{code}\n--- output ---\n{output[-6000:]}"
+            check_expectations(block, output)
+    finally:
+        if worker is not None:
+            worker.close()
+
+
+@pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_doc_examples_run(path: Path, tmp_path: Path) -> None:
+    run_doc(path, tmp_path)
+
+
+def test_every_skip_states_its_reason_and_skips_stay_rare() -> None:
+    blocks = [b for p in DOC_FILES for b in extract_blocks(p) if runnable(b)]
+    skipped = [b for b in blocks if b.skip]
+    assert all(b.skip for b in skipped)
+    assert len(skipped) <= len(blocks) // 4, [f"{b.where}: {b.skip}" for b in skipped]
+
+
+def test_harness_parses_directives_and_fails_a_failing_block(tmp_path: Path) -> None:
+    doc = tmp_path / "doc.md"
+    doc.write_text(
+        "text\n<!-- doctest: sub hf:big -> random:tiny -->\n<!-- doctest: expect accuracy >= 0.5 -->\n"
+        "```bash\necho '{\"accuracy\": 0.75}' hf:big\n```\n\n<!-- doctest: skip (needs a GPU) -->\n```python\n"
+        "import cuda_only\n```\n\n```text\nnot run\n```\n",
+        encoding="utf-8",
+    )
+    blocks = extract_blocks(doc, tmp_path)
+    assert [b.lang for b in blocks] == ["bash", "python", "text"]
+    assert blocks[0].subs == [("hf:big", "random:tiny")] and blocks[1].skip == "needs a GPU"
+    assert "random:tiny" in prepared_code(blocks[0])
+    check_expectations(blocks[0], '{"accuracy": 0.75}')
+    check_expectations(blocks[0], "{'accuracy': 0.75}")
+    with pytest.raises(AssertionError, match="the text claims"):
+        check_expectations(blocks[0], '{"accuracy": 0.25}')
+    with pytest.raises(AssertionError, match="failed"):
+        _run_outside(tmp_path, "```bash\nfalse\n```\n")
+    with pytest.raises(AssertionError, match="failed"):
+        _run_outside(tmp_path, "```python\nraise SystemExit(3)\n```\n")
+    _run_outside(tmp_path, "```python\nx = 1\n```\n\n```python\nassert 'x' not in globals()\n```\n")
+    _run_outside(tmp_path, "```python\nimport os\nos.environ['DOC_X'] = '1'\n```\n\n"
+                           "```python\nimport os\nassert 'DOC_X' not in os.environ\n```\n")
+    with pytest.raises(AssertionError, match="the comment says"):
+        _run_outside(tmp_path, "```python\nprint('trainable params: 1 || all params: 2 || trainable%: 50.0')"
+                               "  # trainable params: 1 || all params: 3 || trainable%: 33.3\n```\n")
+    with pytest.raises(ValueError, match="needs a reason"):
+        _run_outside(tmp_path, "<!-- doctest: skip -->\n```bash\ntrue\n```\n")
+
+
+def _run_outside(tmp: Path, text: str) -> None:
+    doc = tmp / "case.md"
+    doc.write_text(text, encoding="utf-8")
+    work = tmp / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    run_doc(doc, work, root=tmp, preload=())
+
+
+# Written alongside these docs and merged separately; the link is checked like any other once the file exists.
+LINKED_BEFORE_WRITTEN = {"docs/scaling.md"}
+
+
+@pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_point_at_files_that_exist(path: Path) -> None:
+    text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S)
+    dead = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            continue
+        resolved = (path.parent / target.split("#")[0]).resolve()
+        name = str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(resolved)
+        if not resolved.exists() and name not in LINKED_BEFORE_WRITTEN:
+            dead.append(target)
+    assert not dead, f"{path.relative_to(ROOT)}: dead links {dead}"
