@@ -300,10 +300,6 @@ def _run_outside(tmp: Path, text: str) -> None:
     run_doc(doc, work, root=tmp, preload=())
 
 
-# Written alongside these docs and merged separately; the link is checked like any other once the file exists.
-LINKED_BEFORE_WRITTEN = {"docs/scaling.md"}
-
-
 @pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_relative_links_point_at_files_that_exist(path: Path) -> None:
     text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S)
@@ -312,7 +308,6 @@ def test_relative_links_point_at_files_that_exist(path: Path) -> None:
         if re.match(r"[a-z]+:", target) or target.startswith("#"):
             continue
         resolved = (path.parent / target.split("#")[0]).resolve()
-        name = str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(resolved)
-        if not resolved.exists() and name not in LINKED_BEFORE_WRITTEN:
+        if not resolved.exists():
             dead.append(target)
     assert not dead, f"{path.relative_to(ROOT)}: dead links {dead}"
