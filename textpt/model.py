@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from promptcore import PromptedModel
+from promptcore.errors import UserError
 
 from .config import SoftPromptConfig, TextMethodConfig, check_label_word_ids
 from .fast_prefix import KeyValues, accepts, cache_argument, positions_after_prefix, prefix_cache
@@ -73,7 +74,11 @@ class TextPromptedModel(PromptedModel):
         self.tokenizer = tokenizer
         self.task = task or infer_task(backbone)
         self.strategy = TASKS.get(self.task)
-        config.check_task(self.task)
+        try:
+            config.check_task(self.task)
+        except ValueError as e:  # name the architecture: a refusal must say which model it refuses
+            model_type = getattr(backbone.config, "model_type", "?")
+            raise UserError(f"{e}; the model is {type(backbone).__name__} (model_type {model_type})") from None
         self.backbone_name = name or getattr(backbone.config, "name_or_path", "") or type(backbone).__name__
         self.dim = int(embedding.weight.shape[1])
         self.padding_side = getattr(tokenizer, "padding_side", "right") if tokenizer is not None else "right"
@@ -219,10 +224,16 @@ class TextPromptedModel(PromptedModel):
         )
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, task_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Encoder inputs with the prompt (seq2seq, seq_cls): ``(inputs_embeds, mask, position_ids, token_index)``."""
+        """Encoder inputs with the prompt (seq2seq, seq_cls): ``(inputs_embeds, mask, position_ids, token_index)``.
+
+        An encoder sees every position at once, so the padding side is free: the prompt and the input are packed from
+        the first position with the padding after them, whatever the tokenizer's side. There each model's own default
+        position ids are the ones of the unpadded input (RoBERTa counts from ``padding_idx + 1``, BART adds its offset
+        and takes no ``position_ids``), so the encoder is run without ``position_ids``.
+        """
         attention_mask = self._check_inputs(input_ids, attention_mask, task_ids)
         prompt = self.shallow_prompt(task_ids, input_ids.shape[0])
-        return pack_prompt(prompt, self.embed_inputs(input_ids, attention_mask), attention_mask, self.padding_side)
+        return pack_prompt(prompt, self.embed_inputs(input_ids, attention_mask), attention_mask, "right")
 
     # ----- the task's forward, losses and generation --------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, task_ids: torch.Tensor | None = None) -> torch.Tensor:

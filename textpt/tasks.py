@@ -29,7 +29,7 @@ from torch import nn
 from promptcore import PromptedModel
 from promptcore.registry import Registry
 
-from .fast_prefix import accepts, cache_argument, generation_cache
+from .fast_prefix import cache_argument, generation_cache
 from .padding import first_token_index, pad_token_id, repad
 
 if TYPE_CHECKING:
@@ -336,9 +336,8 @@ class SequenceClassification(TextTask):
     def class_logits(self, model: "TextPromptedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor | None, task_ids: torch.Tensor | None) -> torch.Tensor:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        x, mask, positions, index = model.encode(input_ids, attention_mask, task_ids)
-        kwargs = {"position_ids": positions} if accepts(model.backbone, "position_ids") else {}
-        hidden = model.backbone(inputs_embeds=x, attention_mask=mask, **kwargs).last_hidden_state
+        x, mask, _, index = model.encode(input_ids, attention_mask, task_ids)
+        hidden = model.backbone(inputs_embeds=x, attention_mask=mask).last_hidden_state
         cls_pos = index.gather(1, first_token_index(attention_mask).unsqueeze(1))
         cls = hidden.gather(1, cls_pos.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # [B, 1, H]
         pooler = getattr(model.backbone, "pooler", None)
