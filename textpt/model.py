@@ -52,10 +52,13 @@ class TextPromptedModel(PromptedModel):
 
     Attributes:
         task: the task's name. strategy: its :class:`textpt.tasks.TextTask`.
+        pooling: what a ``seq_cls`` head reads (``cls``, ``mean``, ``last``, ``pooler``; None for the other tasks);
+            :meth:`set_pooling` changes it.
     """
 
     method: str = ""
     uses_prefix_cache: bool = False  # prefix methods feed keys/values, shallow methods feed embeddings
+    compat_keys = (*PromptedModel.compat_keys, "pooling")  # a head trained on other features would load silently wrong
 
     def __init__(
         self,
@@ -85,7 +88,27 @@ class TextPromptedModel(PromptedModel):
         self.max_positions = model_max_length(backbone)
         self.verbalizer_ids = self._tokenize_verbalizer()
         self.head = self.strategy.build_head(self)
+        try:
+            self.set_pooling("auto")
+        except UserError as e:  # a checkpoint that pools in a way not offered: the caller may still choose one
+            self.pooling, self._pooling_problem = None, e
         self._checkpointing = False
+
+    def set_pooling(self, pooling: str) -> None:
+        """Chooses what a ``seq_cls`` model's head reads (``model.pooling``): ``auto`` (what the checkpoint was
+        trained for), ``cls``, ``mean``, ``last`` or ``pooler``; see :meth:`textpt.tasks.SequenceClassification.resolve_pooling`.
+
+        Raises:
+            UserError: a pooling the model cannot provide, or any but ``auto`` for a task that pools nothing.
+        """
+        self.pooling = self.strategy.resolve_pooling(self.backbone, pooling)
+        self._pooling_problem: UserError | None = None
+
+    def check_pooling(self) -> str:
+        """The pooling a ``seq_cls`` forward uses; raises the problem ``auto`` met when none could be chosen."""
+        if self._pooling_problem is not None:
+            raise self._pooling_problem
+        return self.pooling
 
     def _tokenize_verbalizer(self) -> list[list[int]] | None:
         words = self.config.verbalizer
@@ -309,6 +332,8 @@ class TextPromptedModel(PromptedModel):
             cfg["verbalizer"] = list(self.config.verbalizer)
         if self.head is not None:
             cfg["head"] = "linear"
+        if self.pooling is not None:
+            cfg["pooling"] = self.pooling
         return cfg
 
 

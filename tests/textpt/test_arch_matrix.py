@@ -9,6 +9,7 @@ architecture. docs/text_methods.md carries the same matrix as a table.
 
 from __future__ import annotations
 
+import functools
 from unittest import mock
 
 import pytest
@@ -69,10 +70,18 @@ ROWS = [[5, 6, 7, 8, 9], [11, 12], [13, 14, 15]]
 TARGETS = [[20, 21], [22], [23, 24]]
 
 
-def build(arch: str, method: str, seed: int = 0, side: str = "left"):
+@functools.cache
+def backbone_of(arch: str):
+    """The frozen backbone and tokenizer of ``arch``, built once: wrapping never changes a backbone (test_pair checks
+    it bit for bit), so every method and seed of the prompt shares it."""
     model_type, task, kwargs = INSTALLED[arch]
-    torch.manual_seed(0)  # the same frozen backbone for every seed of the prompt
-    model, tok = load_model_and_tokenizer(TextModelConfig(name=f"random:{model_type}", task=task, kwargs=kwargs, dtype="float32" if arch in FLOAT32 else "float64", padding_side=side))
+    torch.manual_seed(0)
+    return load_model_and_tokenizer(TextModelConfig(name=f"random:{model_type}", task=task, kwargs=kwargs, dtype="float32" if arch in FLOAT32 else "float64"))
+
+
+def build(arch: str, method: str, seed: int = 0):
+    task = INSTALLED[arch][1]
+    model, tok = backbone_of(arch)
     fields = {"seed": seed}
     if method != "linear_probe":
         fields.update(num_tokens=2, init_std=1.0)  # a large init: a misplaced prompt shows in the outputs
@@ -209,13 +218,8 @@ def test_generate_equals_reference_decode(arch, method):
 @pytest.mark.parametrize("arch,method", REFUSED)
 def test_refused_pair_names_the_architecture(arch, method):
     model_type, task, _ = INSTALLED[arch]
-    with pytest.raises(UserError, match=rf"method: {method} .*not {task}.*the model is {type(build_backbone(arch)).__name__} \(model_type {model_type}\)"):
+    with pytest.raises(UserError, match=rf"method: {method} .*not {task}.*the model is {type(backbone_of(arch)[0]).__name__} \(model_type {model_type}\)"):
         build(arch, method)
-
-
-def build_backbone(arch: str):
-    model_type, task, kwargs = INSTALLED[arch]
-    return load_model_and_tokenizer(TextModelConfig(name=f"random:{model_type}", task=task, kwargs=kwargs))[0]
 
 
 @pytest.mark.parametrize("arch", [a for a, (_, task, _) in INSTALLED.items() if task == "seq_cls"])
