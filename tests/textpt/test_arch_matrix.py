@@ -63,8 +63,9 @@ METHODS_BY_TASK = {
     "seq_cls": ("prompt_tuning", "p_tuning", "dept", "linear_probe"),
 }
 PAIRS = [(a, m) for a, (_, task, _) in INSTALLED.items() for m in METHODS_BY_TASK[task]]
-# Prefix tuning puts keys/values into decoder self-attention caches: causal LMs only.
+# Prefix tuning puts keys/values into decoder self-attention caches: causal LMs only; a linear probe needs an encoder.
 REFUSED = [(a, "prefix") for a, (_, task, _) in INSTALLED.items() if task != "causal_lm"]
+REFUSED += [(a, "linear_probe") for a, (_, task, _) in INSTALLED.items() if task != "seq_cls"]
 
 ROWS = [[5, 6, 7, 8, 9], [11, 12], [13, 14, 15]]
 TARGETS = [[20, 21], [22], [23, 24]]
@@ -194,25 +195,26 @@ def test_fast_path_equals_concatenation(arch, method):
         torch.testing.assert_close(fast_grads[name], ref, rtol=0, atol=atol(arch, 1e-6) * scale)
 
 
-GENERATE_PAIRS = [(a, m) for a, m in PAIRS if INSTALLED[a][1] == "causal_lm"]
+# Each architecture generates from both padding sides over its methods (one side per method keeps the matrix fast;
+# tests/textpt/test_textpt_generate.py runs both sides of every method on GPT-2 and Llama).
+GENERATE_CASES = [
+    (a, m, ("left", "right")[i % 2]) for a, (_, task, _) in INSTALLED.items() if task == "causal_lm" for i, m in enumerate(METHODS_BY_TASK[task])
+]
 
 
-@pytest.mark.parametrize("arch,method", GENERATE_PAIRS)
-def test_generate_equals_reference_decode(arch, method):
+@pytest.mark.parametrize("arch,method,side", GENERATE_CASES)
+def test_generate_equals_reference_decode(arch, method, side):
     pt, tok = build(arch, method)
-    for side in ("left", "right"):
-        pt.padding_side = side
-        ids, mask = repad(ROWS, tok.pad_token_id, side, torch.device("cpu"))
+    pt.padding_side = side
+    ids, mask = repad(ROWS, tok.pad_token_id, side, torch.device("cpu"))
+    generated = pt.generate(ids, mask, max_new_tokens=3, do_sample=False, eos_token_id=None)
+    if method == "dept":  # DePT updates the input's embeddings only, not the generated tokens'
+        reference = torch.tensor(dept_reference_decode(pt, ROWS, 3))
+    else:
         if method != "prefix":
-            pt.config.fast = "auto"
-        generated = pt.generate(ids, mask, max_new_tokens=3, do_sample=False, eos_token_id=None)
-        if method == "dept":  # DePT updates the input's embeddings only, not the generated tokens'
-            reference = torch.tensor(dept_reference_decode(pt, ROWS, 3))
-        else:
-            if method != "prefix":
-                pt.config.fast = "off"  # the reference: the concatenated path, no cache
-            reference = reference_greedy_decode(pt, ids, mask, 3)
-        assert torch.equal(generated, reference), side
+            pt.config.fast = "off"  # the reference: the concatenated path, no cache
+        reference = reference_greedy_decode(pt, ids, mask, 3)
+    assert torch.equal(generated, reference), side
 
 
 @pytest.mark.parametrize("arch,method", REFUSED)
