@@ -123,3 +123,16 @@ def test_a_head_trained_on_other_features_does_not_load(tmp_path):
     with pytest.raises(PromptFileError, match="pooling"):
         probe("cls").load_prompts(tmp_path / "p")
     probe("mean").load_prompts(tmp_path / "p")
+
+
+def test_cli_runs_the_pooling_of_the_config_and_refuses_one_the_model_lacks(tmp_path, capsys):
+    from test_textpt_cli import FAST, SMOKE, TASKS
+    from textpt.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "-c", SMOKE, "-o", str(run), *FAST, *TASKS["seq_cls"], "--set", "model.pooling=mean"]) == 0
+    assert json.loads((run / "best" / "prompt_config.json").read_text())["pooling"] == "mean"
+    capsys.readouterr()
+    deberta = ["--set", "model.name=random:deberta-v2", "--set", "model.kwargs={hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4}"]
+    assert main(["train", "-c", SMOKE, "-o", str(tmp_path / "d"), *FAST, *TASKS["seq_cls"], *deberta, "--set", "model.pooling=pooler"]) == 2
+    assert "'pooler' needs the model's own pooler layer, and DebertaV2Model" in capsys.readouterr().err
