@@ -155,7 +155,6 @@ def test_pair(arch, method, tmp_path):
     torch.optim.SGD(pt.prompt_parameters(), lr=0.1).step()
     assert all(not torch.equal(before[n], p) for n, p in pt.named_prompt_parameters())
     assert all(torch.equal(backbone[k], v) for k, v in pt.backbone.state_dict().items())
-    assert float(pt.training_step(batch).detach()) != float(loss.detach())
 
     # save -> load into a model of another seed: the same outputs, bit for bit
     pt.zero_grad()
