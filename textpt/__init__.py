@@ -42,7 +42,12 @@ from .zero_shot import ZeroShotConfig, ZeroShotModel
 
 
 def wrap(
-    backbone: nn.Module, config: TextMethodConfig, tokenizer: Any = None, task: str | None = None, name: str | None = None
+    backbone: nn.Module,
+    config: TextMethodConfig,
+    tokenizer: Any = None,
+    task: str | None = None,
+    name: str | None = None,
+    pooling: str = "auto",
 ) -> TextPromptedModel:
     """Puts the method ``config`` describes on a frozen transformers model.
 
@@ -53,8 +58,12 @@ def wrap(
         tokenizer: needed for ``text``/``labels`` inits, verbalizers, the pad id and the padding side.
         task: ``causal_lm``, ``seq2seq`` or ``seq_cls``; inferred from the backbone when ``None``.
         name: the backbone's name for prompt files (default: its ``name_or_path``).
+        pooling: what a ``seq_cls`` head reads (``auto``, ``cls``, ``mean``, ``last``, ``pooler``; see
+            :class:`textpt.TextModelConfig`).
     """
-    return promptcore.wrap(backbone, config, tokenizer=tokenizer, task=task, name=name)
+    model = promptcore.wrap(backbone, config, tokenizer=tokenizer, task=task, name=name)
+    model.set_pooling(pooling)
+    return model
 
 
 def __getattr__(name: str) -> Any:

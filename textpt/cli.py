@@ -65,7 +65,7 @@ class TextRecipe:
             if problem is None:
                 raise
             raise problem from None
-        model = wrap(backbone, cfg.prompt, tokenizer=tokenizer, task=cfg.model.task, name=cfg.model.name)
+        model = wrap(backbone, cfg.prompt, tokenizer=tokenizer, task=cfg.model.task, name=cfg.model.name, pooling=cfg.model.pooling)
         if cfg.model.checkpoint is not None:
             model.load_prompts(cfg.model.checkpoint)
         return model

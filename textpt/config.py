@@ -18,6 +18,7 @@ from promptcore.methods import METHODS
 from promptcore.registry import did_you_mean
 
 TaskName = Literal["causal_lm", "seq2seq", "seq_cls"]
+PoolingName = Literal["auto", "cls", "mean", "last", "pooler"]
 InitName = Literal["random", "normal", "vocab", "text", "labels", "class_labels"]
 
 DTYPES: tuple[str, ...] = ("float32", "float64", "bfloat16", "float16")
@@ -45,6 +46,12 @@ class TextModelConfig:
         checkpoint: a prompt folder (``save_prompts``) to load after wrapping, or ``None``.
         padding_side: the side the tokenizer pads. Both give the same logits; ``left`` suits generation.
         max_length: longest tokenized input (prompt tokens not counted); ``None``: the model's maximum.
+        pooling: what a ``seq_cls`` head reads: ``cls`` (the first token, ``[CLS]``), ``mean`` (the mean of the
+            input's real tokens; padding and prompt positions excluded), ``last`` (the last real token), ``pooler``
+            (the first token through the model's own frozen pooler, where it has one) or ``auto`` (what the
+            checkpoint was trained for: mean or what its pooling config says for sentence-transformers folders,
+            ModernBERT's ``classifier_pooling``, else the pooler where the model has one, else cls). Other tasks
+            pool nothing and take ``auto`` only.
     """
 
     name: str
@@ -55,8 +62,13 @@ class TextModelConfig:
     checkpoint: str | None = None
     padding_side: Literal["left", "right"] = "left"
     max_length: int | None = None
+    pooling: PoolingName = "auto"
 
     def __post_init__(self) -> None:
+        if self.pooling not in get_args(PoolingName):
+            raise ValueError(f"pooling: {self.pooling!r} is not one of {', '.join(get_args(PoolingName))}")
+        if self.pooling != "auto" and self.task != "seq_cls":
+            raise ValueError(f"pooling: {self.pooling!r} pools an encoder's features for task seq_cls; a {self.task} model pools nothing, so leave it at auto")
         if not self.name or not isinstance(self.name, str):
             raise ValueError("name: empty model name; give 'hf:ORG/NAME', a local folder, 'asset:NAME' or 'random:TYPE'")
         if self.dtype not in DTYPES:

@@ -1,8 +1,9 @@
 """Linear probe: the frozen encoder's pooled features and a trained linear head, without a prompt.
 
 The baseline of prompt tuning on an encoder classifier (``seq_cls``): the same backbone, the same pooled features
-(the first real token through the model's own frozen pooler, see :class:`textpt.tasks.SequenceClassification`),
-the same head and data; only the head trains, and a prompt file holds only the head.
+(``model.pooling``: by default what the checkpoint was trained for, the mean for sentence-transformers models; see
+:meth:`textpt.tasks.SequenceClassification.resolve_pooling`), the same head and data; only the head trains, and a
+prompt file holds only the head (and the pooling it was trained on).
 """
 
 from __future__ import annotations

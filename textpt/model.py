@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from promptcore import PromptedModel
+from promptcore.errors import UserError
 
 from .config import SoftPromptConfig, TextMethodConfig, check_label_word_ids
 from .fast_prefix import KeyValues, accepts, cache_argument, positions_after_prefix, prefix_cache
@@ -51,10 +52,13 @@ class TextPromptedModel(PromptedModel):
 
     Attributes:
         task: the task's name. strategy: its :class:`textpt.tasks.TextTask`.
+        pooling: what a ``seq_cls`` head reads (``cls``, ``mean``, ``last``, ``pooler``; None for the other tasks);
+            :meth:`set_pooling` changes it.
     """
 
     method: str = ""
     uses_prefix_cache: bool = False  # prefix methods feed keys/values, shallow methods feed embeddings
+    compat_keys = (*PromptedModel.compat_keys, "pooling")  # a head trained on other features would load silently wrong
 
     def __init__(
         self,
@@ -73,14 +77,38 @@ class TextPromptedModel(PromptedModel):
         self.tokenizer = tokenizer
         self.task = task or infer_task(backbone)
         self.strategy = TASKS.get(self.task)
-        config.check_task(self.task)
+        try:
+            config.check_task(self.task)
+        except ValueError as e:  # name the architecture: a refusal must say which model it refuses
+            model_type = getattr(backbone.config, "model_type", "?")
+            raise UserError(f"{e}; the model is {type(backbone).__name__} (model_type {model_type})") from None
         self.backbone_name = name or getattr(backbone.config, "name_or_path", "") or type(backbone).__name__
         self.dim = int(embedding.weight.shape[1])
         self.padding_side = getattr(tokenizer, "padding_side", "right") if tokenizer is not None else "right"
         self.max_positions = model_max_length(backbone)
         self.verbalizer_ids = self._tokenize_verbalizer()
         self.head = self.strategy.build_head(self)
+        try:
+            self.set_pooling("auto")
+        except UserError as e:  # a checkpoint that pools in a way not offered: the caller may still choose one
+            self.pooling, self._pooling_problem = None, e
         self._checkpointing = False
+
+    def set_pooling(self, pooling: str) -> None:
+        """Chooses what a ``seq_cls`` model's head reads (``model.pooling``): ``auto`` (what the checkpoint was
+        trained for), ``cls``, ``mean``, ``last`` or ``pooler``; see :meth:`textpt.tasks.SequenceClassification.resolve_pooling`.
+
+        Raises:
+            UserError: a pooling the model cannot provide, or any but ``auto`` for a task that pools nothing.
+        """
+        self.pooling = self.strategy.resolve_pooling(self.backbone, pooling)
+        self._pooling_problem: UserError | None = None
+
+    def check_pooling(self) -> str:
+        """The pooling a ``seq_cls`` forward uses; raises the problem ``auto`` met when none could be chosen."""
+        if self._pooling_problem is not None:
+            raise self._pooling_problem
+        return self.pooling
 
     def _tokenize_verbalizer(self) -> list[list[int]] | None:
         words = self.config.verbalizer
@@ -219,10 +247,16 @@ class TextPromptedModel(PromptedModel):
         )
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, task_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Encoder inputs with the prompt (seq2seq, seq_cls): ``(inputs_embeds, mask, position_ids, token_index)``."""
+        """Encoder inputs with the prompt (seq2seq, seq_cls): ``(inputs_embeds, mask, position_ids, token_index)``.
+
+        An encoder sees every position at once, so the padding side is free: the prompt and the input are packed from
+        the first position with the padding after them, whatever the tokenizer's side. There each model's own default
+        position ids are the ones of the unpadded input (RoBERTa counts from ``padding_idx + 1``, BART adds its offset
+        and takes no ``position_ids``), so the encoder is run without ``position_ids``.
+        """
         attention_mask = self._check_inputs(input_ids, attention_mask, task_ids)
         prompt = self.shallow_prompt(task_ids, input_ids.shape[0])
-        return pack_prompt(prompt, self.embed_inputs(input_ids, attention_mask), attention_mask, self.padding_side)
+        return pack_prompt(prompt, self.embed_inputs(input_ids, attention_mask), attention_mask, "right")
 
     # ----- the task's forward, losses and generation --------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, task_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -298,6 +332,8 @@ class TextPromptedModel(PromptedModel):
             cfg["verbalizer"] = list(self.config.verbalizer)
         if self.head is not None:
             cfg["head"] = "linear"
+        if self.pooling is not None:
+            cfg["pooling"] = self.pooling
         return cfg
 
 

@@ -6,8 +6,9 @@ generate, and which batches it takes.
   ``generate`` with the prompt as a key/value cache.
 - :class:`Seq2Seq` (``seq2seq``): the encoder input carries the prompt, the decoder is trained on ``lm_labels``;
   class scores are the verbalizer words' summed log-probabilities as decoder targets.
-- :class:`SequenceClassification` (``seq_cls``): an encoder whose first real token (``[CLS]``), through the
-  model's own frozen pooler where it has one, feeds a trainable linear head.
+- :class:`SequenceClassification` (``seq_cls``): an encoder whose pooled features (``model.pooling``: the first
+  real token ``[CLS]``, the mean of the input's tokens, the last token, or the model's own frozen pooler; by default
+  what the checkpoint was trained for) feed a trainable linear head.
 
 A strategy is stateless: every call takes the prompted model (:class:`textpt.model.TextPromptedModel`), which
 places the prompt (``token_logits``, ``last_token_logits``, ``encode``) and holds the head and the verbalizer.
@@ -20,6 +21,9 @@ A model that classifies (``model.classifies``) trains and evaluates on ``labels`
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
@@ -27,14 +31,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from promptcore import PromptedModel
+from promptcore.errors import UserError
 from promptcore.registry import Registry
 
-from .fast_prefix import accepts, cache_argument, generation_cache
-from .padding import first_token_index, pad_token_id, repad
+from .fast_prefix import cache_argument, generation_cache
+from .padding import first_token_index, last_token_index, pad_token_id, repad
 
 if TYPE_CHECKING:
     from .config import TextMethodConfig
     from .model import TextPromptedModel
+
+logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # the target value torch's cross-entropy skips: padding, template tokens, unpredicted positions
 Layout = Literal["classification", "causal_lm", "seq2seq", "inputs"]
@@ -85,6 +92,16 @@ class TextTask:
 
     def build_head(self, model: "TextPromptedModel") -> nn.Module | None:
         """The task's trainable head, or None."""
+        return None
+
+    def resolve_pooling(self, backbone: nn.Module, pooling: str) -> str | None:
+        """The pooling the task runs for ``model.pooling`` (None: the task pools nothing).
+
+        Raises:
+            UserError: a pooling other than ``auto`` for a task that pools nothing.
+        """
+        if pooling != "auto":
+            raise UserError(f"model.pooling: {pooling!r} pools an encoder's features for seq_cls; a {self.name} model pools nothing, so leave it at auto")
         return None
 
     # ----- running ---------------------------------------------------------------------------------------------
@@ -308,7 +325,7 @@ def label_word_target(tokenizer: Any, word: str) -> list[int]:
 
 
 class SequenceClassification(TextTask):
-    """Encoders (BERT): a trainable linear head on the first real token, through the model's own frozen pooler."""
+    """Encoders (BERT): a trainable linear head on pooled features (:meth:`resolve_pooling`, :func:`pool`)."""
 
     name = "seq_cls"
     auto_class = "AutoModel"
@@ -336,14 +353,102 @@ class SequenceClassification(TextTask):
     def class_logits(self, model: "TextPromptedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor | None, task_ids: torch.Tensor | None) -> torch.Tensor:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        x, mask, positions, index = model.encode(input_ids, attention_mask, task_ids)
-        kwargs = {"position_ids": positions} if accepts(model.backbone, "position_ids") else {}
-        hidden = model.backbone(inputs_embeds=x, attention_mask=mask, **kwargs).last_hidden_state
-        cls_pos = index.gather(1, first_token_index(attention_mask).unsqueeze(1))
-        cls = hidden.gather(1, cls_pos.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # [B, 1, H]
-        pooler = getattr(model.backbone, "pooler", None)
-        pooled = pooler(cls) if pooler is not None else cls[:, 0]
-        return model.head(pooled)
+        x, mask, _, index = model.encode(input_ids, attention_mask, task_ids)
+        hidden = model.backbone(inputs_embeds=x, attention_mask=mask).last_hidden_state
+        return model.head(pool(model.backbone, hidden, index, attention_mask, model.check_pooling()))
+
+    def resolve_pooling(self, backbone: nn.Module, pooling: str) -> str:
+        """``model.pooling`` made concrete for ``backbone``. ``auto`` is what the checkpoint was trained for: the
+        pooling of a sentence-transformers folder (its ``modules.json`` and pooling ``config.json``), ModernBERT's
+        ``classifier_pooling``, else the model's own pooler where it has one (BERT, RoBERTa), else the first token.
+
+        Raises:
+            UserError: ``pooler`` for a model without one, or an ``auto`` checkpoint that pools in a way not offered.
+        """
+        has_pooler = getattr(backbone, "pooler", None) is not None
+        label = f"{type(backbone).__name__} (model_type {getattr(backbone.config, 'model_type', '?')})"
+        if pooling == "pooler" and not has_pooler:
+            raise UserError(
+                f"model.pooling: 'pooler' needs the model's own pooler layer, and {label} has none; choose cls, mean "
+                f"or last (or auto)"
+            )
+        if pooling != "auto":
+            return pooling
+        trained = sentence_transformers_pooling(backbone)
+        if trained is None and getattr(backbone.config, "classifier_pooling", None) in ("cls", "mean"):
+            trained = backbone.config.classifier_pooling
+        if trained is not None:
+            return trained
+        return "pooler" if has_pooler else "cls"
+
+
+POOLINGS: tuple[str, ...] = ("cls", "mean", "last", "pooler")
+"""What ``seq_cls`` pools (``model.pooling``, besides ``auto``)."""
+
+# sentence-transformers' pooling flags (``1_Pooling/config.json``) -> textpt's pooling
+_SENTENCE_TRANSFORMERS_MODES = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean", "pooling_mode_lasttoken": "last"}
+
+
+def pool(backbone: nn.Module, hidden: torch.Tensor, index: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """``[B, H]`` features of the input's tokens in ``hidden`` ``[B, T, H]`` (prompt and input packed; ``index``
+    ``[B, L]``: where each input token landed, ``attention_mask`` ``[B, L]``: which are real).
+
+    ``cls`` and ``last`` take the first and last real input token; ``pooler`` runs the first through the model's
+    frozen pooler; ``mean`` averages the real input tokens, special tokens included (as sentence-transformers
+    does) and prompt positions excluded: the checkpoint's features average the input it was trained on, whatever
+    the prompt's length, and a prompted model pools the same positions as the linear probe.
+    """
+    if pooling == "mean":
+        tokens = hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # [B, L, H], input order
+        weights = attention_mask.to(tokens.dtype).unsqueeze(-1)
+        return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1)
+    which = last_token_index(attention_mask) if pooling == "last" else first_token_index(attention_mask)
+    position = index.gather(1, which.unsqueeze(1))
+    token = hidden.gather(1, position.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # [B, 1, H]
+    return backbone.pooler(token) if pooling == "pooler" else token[:, 0]
+
+
+def _checkpoint_file(source: str, name: str) -> Path | None:
+    """``name`` in the model's folder, or in the Hugging Face cache of hub id ``source`` (never downloaded)."""
+    if not source:
+        return None
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        path = folder / name
+        return path if path.is_file() else None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source, name)
+    except Exception:  # not a hub id: nothing cached under it
+        return None
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def sentence_transformers_pooling(backbone: nn.Module) -> str | None:
+    """The pooling a sentence-transformers checkpoint was trained with (``modules.json`` names its pooling module,
+    whose ``config.json`` sets one ``pooling_mode_*``), or None when the model is not one.
+
+    Raises:
+        UserError: the checkpoint pools in a way textpt does not offer (max, weighted mean, several at once).
+    """
+    source = str(getattr(backbone.config, "name_or_path", "") or "")
+    modules_file = _checkpoint_file(source, "modules.json")
+    if modules_file is None:
+        return None
+    modules = json.loads(modules_file.read_text())
+    folder = next((m.get("path", "") for m in modules if str(m.get("type", "")).endswith("Pooling")), None)
+    config_file = _checkpoint_file(source, f"{folder}/config.json") if folder is not None else None
+    if config_file is None:
+        return None
+    flags = [k for k, v in json.loads(config_file.read_text()).items() if k.startswith("pooling_mode_") and v is True]
+    if len(flags) == 1 and flags[0] in _SENTENCE_TRANSFORMERS_MODES:
+        logger.info("%s is a sentence-transformers model trained with %s: pooling by %s", source, flags[0], _SENTENCE_TRANSFORMERS_MODES[flags[0]])
+        return _SENTENCE_TRANSFORMERS_MODES[flags[0]]
+    raise UserError(
+        f"model.pooling: auto follows the checkpoint, and {source} pools by {' + '.join(flags) or 'nothing'} "
+        f"({folder}/config.json), which textpt does not offer; set model.pooling to one of {', '.join(POOLINGS[:3])}"
+    )
 
 
 TASKS: Registry[TextTask] = Registry("text model task")
@@ -368,10 +473,13 @@ __all__ = [
     "TASKS",
     "CausalLM",
     "Layout",
+    "POOLINGS",
     "Seq2Seq",
     "SequenceClassification",
     "TextTask",
     "infer_task",
     "label_word_target",
+    "pool",
+    "sentence_transformers_pooling",
     "upcast",
 ]

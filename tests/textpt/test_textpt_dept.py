@@ -64,7 +64,8 @@ def test_the_update_reaches_exactly_the_input_tokens(side):
     model = with_random_b(textpt.wrap(backbone, DePTConfig(num_tokens=3, rank=4, max_length=8), tokenizer=tok))
     ids, mask = repad(ROWS, tok.pad_token_id, side, torch.device("cpu"))
     x, packed_mask, _, index = model.encode(ids, mask, None)
-    plain, _, _, _ = pack_prompt(model.shallow_prompt(None, 3), model.embedding(ids), mask, side)
+    # an encoder's input is packed with the padding after it, whatever the tokenizer's side (TextPromptedModel.encode)
+    plain, _, _, _ = pack_prompt(model.shallow_prompt(None, 3), model.embedding(ids), mask, "right")
     delta = x - plain
     delta_of_update = model.lora.scaling * model.lora.A.detach() @ model.lora.B.detach()
     for b, row in enumerate(ROWS):
