@@ -30,9 +30,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .config import ConfigError, load_config
-from .errors import UserError
-from .files import PromptFileError, read_prompt_config
+from .config import load_config
+from .errors import MissingFileError, UserError
+from .files import read_prompt_config
 from .model import PromptedModel
 from .plugins import load_plugins
 from .recipe import DataBundle, Recipe
@@ -40,8 +40,9 @@ from .registry import Registry
 from .runs import CONFIG_FILE
 from .trainer import NonFiniteLossError, Trainer, TrainingInterrupted, seed_everything
 
-# Errors that mean "your input is wrong", reported as one clean line.
-KNOWN_ERRORS = (UserError, ConfigError, PromptFileError, FileNotFoundError, ValueError, KeyError, NonFiniteLossError)
+# Errors that mean "your input is wrong", reported as one clean line. Only these: any other exception (a ValueError
+# from deep inside a library included) is a bug and keeps its traceback.
+KNOWN_ERRORS = (UserError, NonFiniteLossError)
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 
@@ -93,17 +94,17 @@ def load_run_config(recipe: Recipe, args: argparse.Namespace) -> Any:
     resume = getattr(args, "resume", None)
     if resume:
         if args.config:
-            raise ValueError(f"--resume reads the config saved in {resume}/{CONFIG_FILE}; drop -c {args.config} (change values with --set)")
+            raise UserError(f"--resume reads the config saved in {resume}/{CONFIG_FILE}; drop -c {args.config} (change values with --set)")
         source: str | Path = Path(resume) / CONFIG_FILE
         if not Path(source).is_file():
-            raise FileNotFoundError(f"cannot resume: {source} does not exist; --resume takes a run directory written by '{recipe.prog} train'")
+            raise MissingFileError(f"cannot resume: {source} does not exist; --resume takes a run directory written by '{recipe.prog} train'")
     elif args.config:
         source = args.config
     else:
-        raise ValueError("no config given: pass -c CONFIG (or --resume RUN_DIR to continue a run)")
+        raise UserError("no config given: pass -c CONFIG (or --resume RUN_DIR to continue a run)")
     cfg = load_config(recipe.config_class, source, args.overrides)
     if not hasattr(cfg, "train"):
-        raise ValueError(f"{recipe.config_class.__name__} has no 'train' section; a run config needs train: TrainConfig")
+        raise UserError(f"{recipe.config_class.__name__} has no 'train' section; a run config needs train: TrainConfig")
     return cfg.resolved() if hasattr(cfg, "resolved") else cfg
 
 
@@ -144,7 +145,7 @@ def default_run_dir(recipe: Recipe, config_path: str | None) -> Path:
 
 def cmd_train(recipe: Recipe, args: argparse.Namespace) -> int:
     if args.resume and args.output:
-        raise ValueError("--resume continues the run in place; drop -o/--output")
+        raise UserError("--resume continues the run in place; drop -o/--output")
     cfg, model, data = build_model_and_data(recipe, load_run_config(recipe, args))
     run_dir = Path(args.resume) if args.resume else Path(args.output) if args.output else default_run_dir(recipe, args.config)
     trainer = Trainer(
@@ -164,7 +165,7 @@ def cmd_eval(recipe: Recipe, args: argparse.Namespace) -> int:
         cfg = config_for_prompts(cfg, read_prompt_config(args.prompts), args.prompts)
     cfg, model, data = build_model_and_data(recipe, cfg)
     if data.eval is None:
-        raise ValueError(f"the config's data section gives no eval split; {recipe.prog} eval evaluates the eval split")
+        raise UserError(f"the config's data section gives no eval split; {recipe.prog} eval evaluates the eval split")
     load_prompts_option(model, args.prompts)
     trainer = Trainer(model, cfg.train, None, data.eval, data.collate_fn)
     metrics = trainer.evaluate()

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from promptcore.errors import UserError
+
 from .config import TextModelConfig
 from .synthetic import SYNTHETIC_WORDS
 from .tasks import TASKS
@@ -25,7 +27,7 @@ TINY_WORDS = (
 ).split() + list(SYNTHETIC_WORDS)
 TINY_SPECIALS = ("<unk>", "<s>", "</s>")
 
-class ModelLoadError(ValueError):
+class ModelLoadError(UserError):
     """A model name that cannot be resolved or a model that cannot carry prompts."""
 
 

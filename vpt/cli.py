@@ -27,6 +27,7 @@ from torch import nn
 from promptcore import PromptedModel, read_prompt_config, wrap
 from promptcore.cli import Command, add_config_args, register_command
 from promptcore.cli import main as shared_main
+from promptcore.errors import MissingFileError, UserError
 from promptcore.recipe import DataBundle
 from promptcore.sweep import format_sweep, parse_grid, run_sweep
 from promptcore.trainer import seed_everything
@@ -63,12 +64,12 @@ def image_paths(items: Sequence[str]) -> list[Path]:
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
-                raise FileNotFoundError(f"folder {item!r} holds no images (looked for {', '.join(IMAGE_SUFFIXES)})")
+                raise MissingFileError(f"folder {item!r} holds no images (looked for {', '.join(IMAGE_SUFFIXES)})")
             paths.extend(found)
         elif path.is_file():
             paths.append(path)
         else:
-            raise FileNotFoundError(f"image {item!r} does not exist; give image files or folders of images")
+            raise MissingFileError(f"image {item!r} does not exist; give image files or folders of images")
     return paths
 
 
@@ -79,7 +80,7 @@ def open_image(path: Path) -> Image.Image:
             image.load()
             return to_rgb(image)
     except UnidentifiedImageError:
-        raise ValueError(f"{path} is not an image file PIL can read") from None
+        raise UserError(f"{path} is not an image file PIL can read") from None
 
 
 class VisionRecipe:
@@ -156,7 +157,7 @@ class VisionRecipe:
     def predict(self, args: argparse.Namespace) -> int:
         """``vpt predict``: prints each image's path, then its top-k labels with probabilities."""
         if args.top_k <= 0:
-            raise ValueError(f"--top-k must be positive, got {args.top_k}")
+            raise UserError(f"--top-k must be positive, got {args.top_k}")
         paths = image_paths(args.images)
         cfg = load_run_config(args.config, args.overrides)
         meta = read_prompt_config(args.prompts)

@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from promptcore.data import few_shot_indices
+from promptcore.errors import MissingFileError, UserError
 from promptcore.plugins import lookup
 from promptcore.recipe import DataBundle
 from promptcore.registry import Registry, did_you_mean
@@ -45,7 +46,7 @@ from .synthetic import SyntheticImages
 from .transforms import INTERPOLATIONS, interpolation_mode, normalized
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A dataset that cannot be used as configured (missing column, no rows, bad labels, too few images)."""
 
 
@@ -60,9 +61,9 @@ class SyntheticDataConfig:
 
     def __post_init__(self) -> None:
         if self.num_train <= 0 or self.num_eval <= 0:
-            raise ValueError(f"num_train/num_eval: must be positive, got {self.num_train} and {self.num_eval}")
+            raise UserError(f"num_train/num_eval: must be positive, got {self.num_train} and {self.num_eval}")
         if self.noise < 0:
-            raise ValueError(f"noise: must not be negative, got {self.noise}")
+            raise UserError(f"noise: must not be negative, got {self.noise}")
 
 
 AugmentMode = Literal["none", "library", "rrc_flip", "crop_flip"]
@@ -151,51 +152,51 @@ class VisionDataConfig:
         try:
             source = lookup(SOURCES, self.source)
         except KeyError as e:
-            raise ValueError(f"source: {e}") from None
+            raise UserError(f"source: {e}") from None
         source.check(self)
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction: must lie in [0, 1), got {self.val_fraction}")
+            raise UserError(f"val_fraction: must lie in [0, 1), got {self.val_fraction}")
         if self.val_fraction > 0 and self.eval_split is not None:
-            raise ValueError(
+            raise UserError(
                 f"val_fraction: {self.val_fraction} holds out part of the training split as the evaluation set, "
                 f"but eval_split is {self.eval_split!r} too; set eval_split: null to use the hold-out, or val_fraction: 0"
             )
         if self.shots is not None and self.shots <= 0:
-            raise ValueError(f"shots: must be a positive number of images per class or null, got {self.shots}")
+            raise UserError(f"shots: must be a positive number of images per class or null, got {self.shots}")
         if self.num_classes is not None and self.num_classes < 2:
-            raise ValueError(f"num_classes: must be at least 2 or null, got {self.num_classes}")
+            raise UserError(f"num_classes: must be at least 2 or null, got {self.num_classes}")
         if self.class_names is not None and self.num_classes is not None and len(self.class_names) != self.num_classes:
-            raise ValueError(f"class_names: {len(self.class_names)} names given for num_classes {self.num_classes}")
+            raise UserError(f"class_names: {len(self.class_names)} names given for num_classes {self.num_classes}")
         if self.image_size is not None and self.image_size <= 0:
-            raise ValueError(f"image_size: must be positive or null, got {self.image_size}")
+            raise UserError(f"image_size: must be positive or null, got {self.image_size}")
         self._check_preprocessing()
 
     def _check_preprocessing(self) -> None:
         self.augment = augment_mode(self.augment)
         low, high = self.augment_scale = tuple(float(v) for v in self.augment_scale)
         if not 0.0 < low <= high <= 1.0:
-            raise ValueError(f"augment_scale: must be [low, high] with 0 < low <= high <= 1 (area fractions), got {[low, high]}")
+            raise UserError(f"augment_scale: must be [low, high] with 0 < low <= high <= 1 (area fractions), got {[low, high]}")
         if self.augment != "rrc_flip" and self.augment_scale != DEFAULT_AUGMENT_SCALE:
-            raise ValueError(f"augment_scale: only augment 'rrc_flip' reads it (augment is {self.augment!r}); remove it or set augment: rrc_flip")
+            raise UserError(f"augment_scale: only augment 'rrc_flip' reads it (augment is {self.augment!r}); remove it or set augment: rrc_flip")
         for name in ("mean", "std"):
             values = getattr(self, name)
             if values is not None and (not values or any(not math.isfinite(v) for v in values)):
-                raise ValueError(f"{name}: give one finite number per channel, e.g. [0.485, 0.456, 0.406], got {values}")
+                raise UserError(f"{name}: give one finite number per channel, e.g. [0.485, 0.456, 0.406], got {values}")
         if self.std is not None and any(v <= 0 for v in self.std):
-            raise ValueError(f"std: must be positive per channel, got {self.std}")
+            raise UserError(f"std: must be positive per channel, got {self.std}")
         if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation: {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
+            raise UserError(f"interpolation: {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
         if self.resize is not None and self.resize <= 0:
-            raise ValueError(f"resize: must be a positive number of pixels (the shorter side) or null, got {self.resize}")
+            raise UserError(f"resize: must be a positive number of pixels (the shorter side) or null, got {self.resize}")
         if self.crop_pct is not None and not 0.0 < self.crop_pct <= 1.0:
-            raise ValueError(f"crop_pct: must lie in (0, 1] (1.0 resizes straight to the input size), got {self.crop_pct}")
+            raise UserError(f"crop_pct: must lie in (0, 1] (1.0 resizes straight to the input size), got {self.crop_pct}")
         if self.resize is not None and self.crop_pct is not None:
-            raise ValueError(
+            raise UserError(
                 f"resize: {self.resize} and crop_pct: {self.crop_pct} both set the resize before the centre crop; "
                 f"keep one (resize: the shorter side in pixels; crop_pct: size / crop_pct)"
             )
         if self.augment == "crop_flip" and self.resize is None and self.crop_pct is None:
-            raise ValueError(
+            raise UserError(
                 "augment: 'crop_flip' resizes before its random crop; set data.resize (VPT's FGVC pipeline: 256 for "
                 "224 crops) or data.crop_pct"
             )
@@ -217,7 +218,7 @@ def resolve_image_config(model: nn.Module, image_size: int | None = None) -> Ima
     out = family.image_config(model)
     if out is None:
         if image_size is None:
-            raise ValueError(
+            raise UserError(
                 f"cannot read the input size of a {type(model).__name__} (no backbone family reads it: "
                 f"{', '.join(FAMILIES)}); set data.image_size (and the prompt's image_size) to the size it expects"
             )
@@ -236,7 +237,7 @@ def augment_mode(augment: str | bool) -> str:
     if isinstance(augment, bool):
         return "library" if augment else "none"
     if augment not in AUGMENT_MODES:
-        raise ValueError(f"augment: {augment!r} is not one of {', '.join(AUGMENT_MODES)}.{did_you_mean(str(augment), list(AUGMENT_MODES))}")
+        raise UserError(f"augment: {augment!r} is not one of {', '.join(AUGMENT_MODES)}.{did_you_mean(str(augment), list(AUGMENT_MODES))}")
     return augment
 
 
@@ -346,7 +347,7 @@ def build_transform(
         steps = [T.RandomResizedCrop(size, scale=tuple(scale), interpolation=filter_), T.RandomHorizontalFlip()]
     elif mode == "crop_flip":
         if resize is None:
-            raise ValueError("augment: 'crop_flip' resizes before its random crop; set data.resize (VPT's FGVC pipeline: 256 for 224 crops) or data.crop_pct")
+            raise UserError("augment: 'crop_flip' resizes before its random crop; set data.resize (VPT's FGVC pipeline: 256 for 224 crops) or data.crop_pct")
         steps = [T.Resize(resize, interpolation=filter_), T.RandomCrop(size), T.RandomHorizontalFlip()]
     elif resize is not None:
         steps = [T.Resize(resize, interpolation=filter_), T.CenterCrop(size)]
@@ -538,7 +539,7 @@ def _load_imagefolder(cfg: VisionDataConfig, image_config: ImageConfig | None) -
 
     root = Path(cfg.data_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"data.data_dir {str(root)!r} is not a folder; give the folder with one sub-folder per class")
+        raise MissingFileError(f"data.data_dir {str(root)!r} is not a folder; give the folder with one sub-folder per class")
 
     def folder(path: Path, what: str) -> LabeledImages:
         try:
@@ -574,7 +575,7 @@ SYNTHETIC_DEFAULT_CLASSES = 4
 
 def _load_synthetic(cfg: VisionDataConfig, image_config: ImageConfig | None) -> tuple[LabeledImages, LabeledImages | None]:
     if image_config is None:
-        raise ValueError("the synthetic source needs the backbone's image config (resolve_image_config(model))")
+        raise UserError("the synthetic source needs the backbone's image config (resolve_image_config(model))")
     num_classes = cfg.num_classes or len(cfg.class_names or ()) or SYNTHETIC_DEFAULT_CLASSES
     h, w = image_config.size
     if h != w:
@@ -609,7 +610,7 @@ class DataSource:
         """Raises ``ValueError("field: ...")`` for the first required field ``cfg`` leaves empty."""
         for name, what in self.requires:
             if not getattr(cfg, name):
-                raise ValueError(f"{name}: required for source {cfg.source!r} ({what})")
+                raise UserError(f"{name}: required for source {cfg.source!r} ({what})")
 
 
 SOURCES: Registry[DataSource] = Registry("data source")

@@ -9,8 +9,11 @@ theirs is built or used.
 
 from __future__ import annotations
 
+import sys
+
 from torch import nn
 
+from promptcore.errors import UnsupportedModelError, UserError
 from promptcore.plugins import lookup
 
 from ..config import BackboneConfig
@@ -35,15 +38,30 @@ __all__ = [
 def create_model(cfg: BackboneConfig) -> nn.Module:
     """Builds the library's own model (timm model, full open_clip CLIP model, transformers model) with weights.
 
+    A model left with random weights (``pretrained: false``, or built from a config dict) is announced in one line
+    on stderr: prompts trained on a random backbone are of no use on real images.
+
     Raises:
         KeyError: unknown family or model name (the message lists close matches).
     """
     family_name, _, model_name = cfg.name.partition(":")
     family = lookup(FAMILIES, family_name)
-    model = family.create(model_name, cfg)
+    try:
+        model = family.create(model_name, cfg)
+    except OSError as e:
+        if not cfg.library_weights:
+            raise
+        # An offline hub, a missing cache entry, a folder without weights: the config asked for weights it cannot get.
+        raise UserError(
+            f"model.name: cannot load the pretrained weights of {cfg.name} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r}); "
+            f"put them in the library's cache (or name a local folder), or set model.pretrained: false for a random backbone"
+        ) from None
     if cfg.checkpoint:
         load_weights_file(model, cfg.checkpoint, cfg.name)
     setattr(model, NAME_ATTR, cfg.name)
+    if cfg.random_weights:
+        why = "pretrained: false" if cfg.pretrained is False else "built from a config dict in model.kwargs"
+        print(f"model: {cfg.name} has random weights ({why}); prompts trained on it fit no pretrained model", file=sys.stderr)
     return model.eval()
 
 
@@ -68,7 +86,7 @@ def token_backbone(model: nn.Module, name: str | None = None) -> TokenBackbone:
     view = family_of(model).adapt(model, name)
     if view is None:
         supported = "; ".join(f"{n}: {FAMILIES.get(n).describe}" for n in FAMILIES)
-        raise TypeError(
+        raise UnsupportedModelError(
             f"backbone {name} ({type(model).__module__}.{type(model).__name__}) has no token sequence that token "
             f"prompts (VPT) can extend. Token prompts need a ViT-style encoder ({supported}). For CNNs and other "
             f"image models use pixel prompts: set prompt.method: pixel_pad (or pixel_fixed_patch, "

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from promptcore.errors import UnsupportedModelError, UserError
+
 from ._base import (
     FAMILIES,
     IMAGENET_MEAN,
@@ -66,7 +68,7 @@ class HFFamily(BackboneFamily):
             config_dict = dict(config_dict)
             model_type = config_dict.pop("model_type", None)
             if model_type is None:
-                raise ValueError("hf kwargs.config needs a model_type: 'vit', 'clip_vision_model' or 'siglip_vision_model'")
+                raise UserError("hf kwargs.config needs a model_type: 'vit', 'clip_vision_model' or 'siglip_vision_model'")
             config = transformers.AutoConfig.for_model(_VISION_TOWER.get(model_type, model_type), **config_dict, **kwargs)
             return _model_class(config)(config)
         config = transformers.AutoConfig.from_pretrained(model_name, **kwargs)
@@ -74,7 +76,7 @@ class HFFamily(BackboneFamily):
         if vision_type is not None:
             config = config.vision_config
         cls = _model_class(config)
-        if cfg.pretrained:
+        if cfg.library_weights:
             return cls.from_pretrained(model_name, config=config)
         return cls(config)
 
@@ -98,7 +100,7 @@ class HFFamily(BackboneFamily):
 
     def classifier_classes(self, model: nn.Module, image: ImageConfig) -> int:
         if not type(model).__name__.endswith("ForImageClassification"):
-            raise ValueError(
+            raise UserError(
                 f"head 'backbone' needs a model with its own classifier (a transformers *ForImageClassification); "
                 f"{type(model).__name__} has none, use head 'linear'"
             )
@@ -162,7 +164,7 @@ def _model_class(config) -> type:
         "siglip_vision_model": transformers.SiglipVisionModel,
     }
     if config.model_type not in classes:
-        raise ValueError(
+        raise UserError(
             f"hf model_type {config.model_type!r} is not a supported vision encoder; supported: {', '.join(classes)} "
             f"(and full 'clip'/'siglip' checkpoints, whose vision tower is used)"
         )
@@ -198,7 +200,7 @@ class HFVisionEncoder(TokenBackbone):
         self.name = name
         layers = find_module(model, ("encoder.layers", "encoder.layer", "layers"))
         if layers is None:
-            raise TypeError(f"{kind} has no encoder layers where expected (encoder.layers / encoder.layer / layers)")
+            raise UnsupportedModelError(f"{kind} has no encoder layers where expected (encoder.layers / encoder.layer / layers)")
         self.layers = layers
         self.width = config.hidden_size
         self.depth = len(layers)

@@ -65,7 +65,7 @@ def run_base_to_new(
 
     clip_run_config(cfg, "base2new")
     if not seeds:
-        raise ValueError("--seeds: give at least one seed, e.g. --seeds 1 2 3")
+        raise UserError("--seeds: give at least one seed, e.g. --seeds 1 2 3")
     out_dir = Path(output) if output is not None else None
     sources = None
     rows = []
@@ -79,7 +79,7 @@ def run_base_to_new(
             raise DataError("base2new evaluates on the eval split; set data.eval_split (or data.val_fraction)")
         names = list(cfg.prompt.class_names or bundle.class_names)
         if len(names) != bundle.info["num_classes"]:
-            raise ValueError(f"prompt.class_names: {len(names)} names for {bundle.info['num_classes']} classes in the data")
+            raise UserError(f"prompt.class_names: {len(names)} names for {bundle.info['num_classes']} classes in the data")
         base, new = base_new_split(len(names))
         train_labels = bundle.train.labels
         shots = None
@@ -149,7 +149,7 @@ def cmd_interpret(args: argparse.Namespace) -> int:
     else:
         name = str(meta.get("backbone", ""))
         if not name.startswith("open_clip:"):
-            raise ValueError(
+            raise UserError(
                 f"the prompt folder records backbone {name!r}, not an 'open_clip:ARCH:TAG' name to rebuild; pass the "
                 f"run config with -c CONFIG"
             )
