@@ -1,5 +1,6 @@
 import json
 import os
+import warnings
 
 import pytest
 import torch
@@ -96,6 +97,22 @@ def test_other_backbone_with_same_sizes_warns(tmp_path):
     Toy(name="a").save_prompts(tmp_path / "p")
     with pytest.warns(UserWarning, match="trained on backbone 'a', loading into 'b'"):
         Toy(name="b").load_prompts(tmp_path / "p")
+
+
+def test_same_backbone_name_with_other_weights_warns_with_both_fingerprints(tmp_path):
+    torch.manual_seed(0)
+    trained = Toy()
+    trained.save_prompts(tmp_path / "p")
+    recorded = json.loads((tmp_path / "p" / CONFIG_FILE).read_text())["backbone_fingerprint"]
+    assert recorded == trained.backbone_fingerprint() and len(recorded) == 16
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the very same weights load without a word
+        Toy().load_prompts(tmp_path / "p")
+    torch.manual_seed(1)  # a random backbone rebuilt with another seed: same name, same shapes, other weights
+    other = Toy()
+    with pytest.warns(UserWarning, match=rf"trained on backbone 'toy-mlp' with weights fingerprint {recorded}; this 'toy-mlp' has {other.backbone_fingerprint()}"):
+        other.load_prompts(tmp_path / "p")
 
 
 def test_truncated_and_corrupt_files_are_refused(tmp_path):

@@ -186,3 +186,8 @@ def test_a_random_backbone_is_built_only_when_asked_and_says_so(capsys):
     assert "model: hf:tiny-vit has random weights (built from a config dict in model.kwargs)" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"pretrained: true, but kwargs.config builds the model from a config dict"):
         BackboneConfig("hf:tiny-vit", pretrained=True, kwargs=TINY["hf_vit"].kwargs)
+
+
+def test_a_typo_in_model_kwargs_names_the_key_and_the_close_match():
+    with pytest.raises(UserError, match=r"model.kwargs.embed_dimm: not an argument of timm:vit_base_patch16_224's builder.*Did you mean 'embed_dim'"):
+        create_model(BackboneConfig("timm:vit_base_patch16_224", pretrained=False, kwargs={**_VIT, "embed_dimm": 64}))

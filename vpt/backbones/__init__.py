@@ -9,12 +9,15 @@ theirs is built or used.
 
 from __future__ import annotations
 
+import inspect
+import re
 import sys
 
 from torch import nn
 
 from promptcore.errors import UnsupportedModelError, UserError
 from promptcore.plugins import lookup
+from promptcore.registry import did_you_mean
 
 from ..config import BackboneConfig
 from . import asset, hf, open_clip, timm  # noqa: F401  (each registers its family)
@@ -48,6 +51,15 @@ def create_model(cfg: BackboneConfig) -> nn.Module:
     family = lookup(FAMILIES, family_name)
     try:
         model = family.create(model_name, cfg)
+    except TypeError as e:
+        key = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        if key is None:
+            raise
+        known = constructor_arguments(e)
+        hint = did_you_mean(key.group(1), known) if known else ""
+        raise UserError(
+            f"model.kwargs.{key.group(1)}: not an argument of {cfg.name}'s builder ({e}).{hint} Correct or remove it"
+        ) from None
     except OSError as e:
         if not cfg.library_weights:
             raise
@@ -63,6 +75,23 @@ def create_model(cfg: BackboneConfig) -> nn.Module:
         why = "pretrained: false" if cfg.pretrained is False else "built from a config dict in model.kwargs"
         print(f"model: {cfg.name} has random weights ({why}); prompts trained on it fit no pretrained model", file=sys.stderr)
     return model.eval()
+
+
+def constructor_arguments(error: TypeError) -> list[str]:
+    """The keyword arguments of the class whose constructor raised ``error`` ("X.__init__() got an unexpected
+    keyword argument ..."), found among the locals of the frames it was raised through; empty when not found."""
+    name = re.search(r"(\w+)\.__init__\(\)", str(error))
+    frames = []
+    tb = error.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            if isinstance(value, type) and name is not None and value.__name__ == name.group(1):
+                params = inspect.signature(value.__init__).parameters.values()
+                return sorted(p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    return []
 
 
 def backbone_name(model: nn.Module) -> str:

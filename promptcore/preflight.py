@@ -1,0 +1,64 @@
+"""Checks run before any work, so that a run is refused at once, in one line, rather than failing or going wrong
+after an epoch: what a resumed run's saved state needs of the model built now.
+
+The trainer calls :func:`check_resume` before it loads a run's training state.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from .files import CONFIG_FILE, read_prompt_config
+from .fingerprint import FINGERPRINT_KEY
+from .runs import RunDirError
+
+if TYPE_CHECKING:
+    from .model import PromptedModel
+
+
+def check_resume(model: "PromptedModel", saved_prompts: dict[str, dict[str, torch.Tensor]], last: Path, run_path: Path) -> None:
+    """Refuses to resume when the model built now cannot continue the run's prompts.
+
+    Args:
+        model: the model built from the (possibly changed) config.
+        saved_prompts: the training state's prompt modules, ``{module name: state dict}``.
+        last: the run's ``last/`` prompt folder (its config holds the backbone's weights fingerprint).
+        run_path: the run directory, for the message.
+
+    Raises:
+        RunDirError: a prompt module or tensor the run does not have, or of another shape (a changed
+            ``prompt.num_tokens``, method or head size), or a backbone whose frozen weights changed (another checkpoint,
+            pretrained tag, or a random backbone built with another seed); each named.
+    """
+    problems = []
+    modules = model.prompt_modules()
+    for name in sorted(set(modules) | set(saved_prompts)):
+        if name not in saved_prompts or name not in modules:
+            problems.append(f"prompt module {name!r} is {'new' if name in modules else 'gone'}")
+            continue
+        own, saved = modules[name].state_dict(), saved_prompts[name]
+        for key in sorted(set(own) | set(saved)):
+            if key not in own or key not in saved:
+                problems.append(f"{name}.{key} is {'new' if key in own else 'gone'}")
+            elif tuple(own[key].shape) != tuple(saved[key].shape):
+                problems.append(f"{name}.{key} has shape {tuple(saved[key].shape)} in the run, {tuple(own[key].shape)} now")
+    if problems:
+        raise RunDirError(
+            f"cannot resume {run_path}: the prompts the config builds now do not fit the run's ({'; '.join(problems)}); "
+            f"resume with the run's prompt settings (drop the --set that changed them), or start a new run"
+        )
+    recorded = read_prompt_config(last).get(FINGERPRINT_KEY) if (last / CONFIG_FILE).is_file() else None
+    current = model.backbone_fingerprint()
+    if recorded is not None and current is not None and recorded != current:
+        raise RunDirError(
+            f"cannot resume {run_path}: its prompts were trained on a backbone with weights fingerprint {recorded}, the "
+            f"model built now ({model._backbone_label()}) has {current}: the frozen weights changed (another checkpoint "
+            f"or pretrained tag, or a random backbone built with another seed). Resume with the run's own backbone, or "
+            f"start a new run"
+        )
+
+
+__all__ = ["check_resume"]
