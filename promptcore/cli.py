@@ -44,6 +44,7 @@ from .trainer import NonFiniteLossError, Trainer, TrainingInterrupted, seed_ever
 # from deep inside a library included) is a bug and keeps its traceback.
 KNOWN_ERRORS = (UserError, NonFiniteLossError)
 EXIT_ERROR = 2
+SKIPPED_ROWS_FILE = "skipped_rows.txt"  # the rows a run's data.on_bad_rows: skip left out, one per line
 EXIT_INTERRUPTED = 130
 
 
@@ -138,9 +139,10 @@ def build_model_and_data(recipe: Recipe, cfg: Any) -> tuple[Any, PromptedModel, 
     return cfg, model, recipe.build_data(cfg, model)
 
 
-def default_run_dir(recipe: Recipe, config_path: str | None) -> Path:
+def default_run_dir(recipe: Recipe, config_path: str | None, verb: str | None = None) -> Path:
+    """``runs/<prog>[-<verb>]-<config name>-<time>``: where a verb writes when given no ``-o``."""
     stem = Path(config_path).stem if config_path else "run"
-    return Path("runs") / f"{recipe.prog}-{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path("runs") / f"{recipe.prog}-{verb + '-' if verb else ''}{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def cmd_train(recipe: Recipe, args: argparse.Namespace) -> int:
@@ -152,6 +154,10 @@ def cmd_train(recipe: Recipe, args: argparse.Namespace) -> int:
         model, cfg.train, data.train, data.eval, data.collate_fn,
         run_dir=str(run_dir), run_config=cfg, resume=bool(args.resume), overwrite=args.overwrite,
     )
+    skipped = data.info.get("skipped_rows") if data.info else None
+    if skipped and trainer.is_main:
+        (run_dir / SKIPPED_ROWS_FILE).write_text("".join(f"{row}\n" for row in skipped))
+        print(f"data: {len(skipped)} bad row(s) left out (data.on_bad_rows: skip), listed in {run_dir / SKIPPED_ROWS_FILE}", file=sys.stderr)
     result = trainer.fit()
     if trainer.is_main:
         print(json.dumps(result, indent=2))

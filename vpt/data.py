@@ -24,6 +24,7 @@ import dataclasses
 import io
 import math
 import random
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,11 @@ class VisionDataConfig:
             ``size``; ``1.0`` resizes straight to the input size instead, without keeping the aspect ratio (VPT's
             VTAB pipeline). Replaces the backbone's own resize; set ``resize`` or ``crop_pct``, not both.
         synthetic: sizes of the ``synthetic`` source (its class count is ``num_classes``, 4 when unset).
+        on_bad_rows: what to do with images that cannot be read (an empty or truncated file, not an image, over
+            PIL's decompression-bomb limit). Image folders are scanned before any work (every file's header and
+            checksums, without decoding): ``error`` (default) names every bad file and stops; ``skip`` leaves them
+            out, says how many, and ``vpt train`` lists them in the run directory (``skipped_rows.txt``). Other
+            sources are checked as images are read: a bad one stops the run with its index named.
 
     The preprocessing keys a run sets (``image_size``, ``mean``, ``std``, ``interpolation``, ``resize``,
     ``crop_pct``: :func:`preprocessing_overrides`) are recorded in its prompt files, so ``vpt eval`` and ``vpt
@@ -147,6 +153,7 @@ class VisionDataConfig:
     resize: int | None = None
     crop_pct: float | None = None
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+    on_bad_rows: Literal["error", "skip"] = "error"
 
     def __post_init__(self) -> None:
         try:
@@ -363,17 +370,39 @@ def to_rgb(image: Any, column: str = "image") -> Image.Image:
     elif isinstance(image, (str, Path)):
         image = Image.open(image)
     elif isinstance(image, (np.ndarray, list)):
-        array = np.asarray(image)
-        if array.dtype != np.uint8:
-            array = np.clip(array, 0, 255).astype(np.uint8)
-        image = Image.fromarray(array)
+        image = Image.fromarray(to_uint8(np.asarray(image)))
     if not isinstance(image, Image.Image):
         raise DataError(
             f"image column {column!r} holds {type(image).__name__} values; expected images (PIL images, arrays, "
             f"file paths or encoded bytes). Set data.image_column to the column that holds the images"
         )
+    if image.mode in WIDE_MODES:
+        # PIL's convert("RGB") clamps 16-bit, 32-bit and float pixels at 255 (a 16-bit PNG turns almost white):
+        # scale their range to 8 bits first.
+        image = Image.fromarray(to_uint8(np.asarray(image), image.mode))
     # Grayscale (L), palette (P), RGBA, CMYK ...: the backbones take 3-channel RGB.
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+# PIL modes wider than 8 bits per channel (16-bit grayscale PNGs open as I;16 or I, float TIFFs as F).
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def to_uint8(array: np.ndarray, mode: str | None = None) -> np.ndarray:
+    """``array`` scaled to 8 bits without losing its range: 16-bit data (dtype uint16, PIL mode ``I;16*``, or
+    integers above 255 up to 65535) by 255/65535, floats in [0, 1] by 255; anything else is clipped to [0, 255]."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    values = array.astype(np.float64)
+    high = float(values.max()) if values.size else 0.0
+    sixteen = array.dtype == np.uint16 or (mode or "").startswith("I;16")
+    if sixteen or (np.issubdtype(array.dtype, np.integer) and 255 < high <= 65535):
+        values = values * (255.0 / 65535.0)
+    elif np.issubdtype(array.dtype, np.floating) and high <= 1.0:
+        values = values * 255.0
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
 # ----- sources --------------------------------------------------------------------------------------------------
@@ -387,6 +416,10 @@ class LabeledImages:
         class_names: names in label order, when the data has them.
         name: what it is, for messages ("cifar10 split 'train'").
         prepared: images are tensors already at the model's size (the synthetic source): no transform.
+        check: returns why image ``i`` cannot be read (naming its file), or None when it can: a fast check, without
+            decoding, that :func:`build_vision_data` runs over every image before any work. None: the source has
+            no such check, and a bad image is reported when it is read.
+        describe: names image ``i`` in messages (its file); default: its index in ``name``.
     """
 
     load: Callable[[int], Any]
@@ -394,6 +427,12 @@ class LabeledImages:
     class_names: list[str] | None
     name: str
     prepared: bool = False
+    check: Callable[[int], str | None] | None = None
+    describe: Callable[[int], str] | None = None
+
+    def label_of(self, i: int) -> str:
+        """Image ``i`` as messages name it."""
+        return self.describe(i) if self.describe is not None else f"image {i} of {self.name}"
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -431,12 +470,44 @@ class VisionDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         j = self.indices[i]
-        image = self.images.load(j)
-        if not self.images.prepared:
-            image = to_rgb(image, self.image_column)
-            if self.transform is not None:
-                image = self.transform(image)
+        try:
+            image = self.images.load(j)
+            if not self.images.prepared:
+                image = to_rgb(image, self.image_column)
+        except UNREADABLE as e:
+            raise DataError(
+                f"{self.images.label_of(j)} cannot be read ({type(e).__name__}: {e}); replace or remove it"
+                f"{' (data.on_bad_rows: skip leaves out the images a scan finds bad)' if self.images.check else ''}"
+            ) from None
+        if not self.images.prepared and self.transform is not None:
+            image = self.transform(image)
         return {"pixel_values": image, "labels": int(self.images.labels[j])}
+
+
+# What reading a bad image file raises: not an image or empty (UnidentifiedImageError, an OSError), truncated
+# (OSError, or SyntaxError from PIL's checks), too large (DecompressionBombError).
+UNREADABLE = (OSError, SyntaxError, Image.DecompressionBombError)
+
+
+def check_image_file(path: str | Path) -> str | None:
+    """Why the image file ``path`` cannot be read, or None: opens it and verifies its structure and checksums
+    (PIL's ``verify``), without decoding the pixels."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except UNREADABLE as e:
+        reason = "an empty file" if Path(path).is_file() and Path(path).stat().st_size == 0 else f"{type(e).__name__}: {e}"
+        return f"{path}: {reason}"
+    return None
+
+
+def bad_images(images: LabeledImages, indices: Sequence[int]) -> list[tuple[int, str]]:
+    """``(index, why)`` for each image of ``indices`` that ``images.check`` finds unreadable (none without a
+    check)."""
+    if images.check is None:
+        return []
+    found = ((i, images.check(i)) for i in indices)
+    return [(i, why) for i, why in found if why is not None]
 
 
 def collate_images(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -469,6 +540,12 @@ class _FolderImages:
 
     def __call__(self, i: int) -> Any:
         return self.tree.loader(self.tree.samples[i][0])
+
+    def check(self, i: int) -> str | None:
+        return check_image_file(self.tree.samples[i][0])
+
+    def describe(self, i: int) -> str:
+        return f"image {self.tree.samples[i][0]}"
 
 
 def _check_columns(ds: Any, cfg: VisionDataConfig, what: str) -> list[str] | None:
@@ -546,7 +623,11 @@ def _load_imagefolder(cfg: VisionDataConfig, image_config: ImageConfig | None) -
             tree = ImageFolder(str(path))
         except FileNotFoundError as e:
             raise DataError(f"{what}: {e}") from None
-        return LabeledImages(load=_FolderImages(tree), labels=list(tree.targets), class_names=list(tree.classes), name=what)
+        images = _FolderImages(tree)
+        return LabeledImages(
+            load=images, labels=list(tree.targets), class_names=list(tree.classes), name=what, check=images.check,
+            describe=images.describe,
+        )
 
     if (root / cfg.train_split).is_dir():
         train = folder(root / cfg.train_split, f"image folder {str(root / cfg.train_split)!r}")
@@ -684,6 +765,29 @@ def holdout_indices(n: int, fraction: float, seed: int) -> tuple[list[int], list
     return sorted(order[k:]), sorted(order[:k])
 
 
+def _drop_bad_images(parts: list[tuple[LabeledImages, list[int]]], policy: str) -> tuple[list[list[int]], list[str]]:
+    """Each part's indices without the images a scan finds unreadable, and why each was left out (``policy``
+    ``skip``); with ``error``, one :class:`DataError` naming every bad image of every part."""
+    found = [bad_images(images, indices) for images, indices in parts]
+    if not any(found):
+        return [indices for _, indices in parts], []
+    whys = [why for bad in found for _, why in bad]
+    total = sum(len(indices) for _, indices in parts)
+    if policy == "error":
+        shown = "; ".join(whys[:20]) + (f"; and {len(whys) - 20} more" if len(whys) > 20 else "")
+        raise DataError(
+            f"{len(whys)} of {total} images cannot be read: {shown}. Replace or remove them, or set "
+            f"data.on_bad_rows: skip to leave them out"
+        )
+    kept = []
+    for (images, indices), bad in zip(parts, found):
+        if bad:
+            print(f"data: {images.name}: skipping {len(bad)} unreadable image(s) of {len(indices)} (data.on_bad_rows: skip)", file=sys.stderr)
+        dropped = {i for i, _ in bad}
+        kept.append([i for i in indices if i not in dropped])
+    return kept, whys
+
+
 def build_vision_data(
     cfg: VisionDataConfig,
     image_config: ImageConfig,
@@ -717,6 +821,11 @@ def build_vision_data(
         eval_set = VisionDataset(train_src, held, eval_tf, cfg.image_column)
     elif eval_src is not None:
         eval_set = VisionDataset(eval_src, None, eval_tf, cfg.image_column)
+    parts = [(train_src, train_idx)] + ([(eval_set.images, eval_set.indices)] if eval_set is not None else [])
+    kept, skipped = _drop_bad_images(parts, cfg.on_bad_rows)
+    train_idx = kept[0]
+    if eval_set is not None:
+        eval_set.indices = kept[1]
     if cfg.shots is not None:
         try:
             train_idx = few_shot_indices(train_src.labels, cfg.shots, cfg.seed, names, among=train_idx)
@@ -732,4 +841,6 @@ def build_vision_data(
         "transform": image_config.source,
         "augment": cfg.augment,
     }
+    if skipped:
+        info["skipped_rows"] = skipped
     return DataBundle(train=train_set, eval=eval_set, collate_fn=collate_images, class_names=names, info=info)
