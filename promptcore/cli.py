@@ -99,6 +99,7 @@ def load_run_config(recipe: Recipe, args: argparse.Namespace) -> Any:
         source: str | Path = Path(resume) / CONFIG_FILE
         if not Path(source).is_file():
             raise MissingFileError(f"cannot resume: {source} does not exist; --resume takes a run directory written by '{recipe.prog} train'")
+        check_run_program(recipe, Path(resume))
     elif args.config:
         source = args.config
     else:
@@ -107,6 +108,20 @@ def load_run_config(recipe: Recipe, args: argparse.Namespace) -> Any:
     if not hasattr(cfg, "train"):
         raise UserError(f"{recipe.config_class.__name__} has no 'train' section; a run config needs train: TrainConfig")
     return cfg.resolved() if hasattr(cfg, "resolved") else cfg
+
+
+def check_run_program(recipe: Recipe, run_dir: Path) -> None:
+    """Refuses a run directory another program wrote (``textpt train --resume`` of a ``vpt`` run): its prompt files
+    record the program (``program``, added by ``train``), and its config would not parse as this one's."""
+    last = run_dir / "last"
+    if not (last / "prompt_config.json").is_file():
+        return
+    program = read_prompt_config(last).get("program")
+    if program and program != recipe.prog:
+        raise UserError(
+            f"cannot resume {run_dir}: it is a run of '{program} train', not of '{recipe.prog}'; continue it with "
+            f"'{program} train --resume {run_dir}'"
+        )
 
 
 def trains(model: PromptedModel) -> bool:
@@ -149,6 +164,7 @@ def cmd_train(recipe: Recipe, args: argparse.Namespace) -> int:
     if args.resume and args.output:
         raise UserError("--resume continues the run in place; drop -o/--output")
     cfg, model, data = build_model_and_data(recipe, load_run_config(recipe, args))
+    model.record_in_prompt_files(program=recipe.prog)  # names the program to continue the run with (--resume)
     run_dir = Path(args.resume) if args.resume else Path(args.output) if args.output else default_run_dir(recipe, args.config)
     trainer = Trainer(
         model, cfg.train, data.train, data.eval, data.collate_fn,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -139,9 +140,24 @@ def load_model_and_tokenizer(cfg: TextModelConfig) -> tuple[nn.Module, Any]:
 
         folder = _folder(kind, target)
         tok_kwargs = {k: v for k, v in cfg.kwargs.items() if k in ("gguf_file", "revision")} if cfg.tokenizer is None else {}
-        tokenizer = load_tokenizer(tok_name, cfg.padding_side, **tok_kwargs)
         cls = getattr(transformers, TASKS.get(cfg.task).auto_class)
-        model = cls.from_pretrained(folder, dtype=dtype, **cfg.kwargs)
+        try:
+            tokenizer = load_tokenizer(tok_name, cfg.padding_side, **tok_kwargs)
+            model = cls.from_pretrained(folder, dtype=dtype, **cfg.kwargs)
+        except OSError as e:
+            # An offline hub, a name not in the cache, a folder without weights or tokenizer files.
+            first = str(e).splitlines()[0] if str(e) else repr(e)
+            raise ModelLoadError(
+                f"model.name: cannot load {cfg.name} ({type(e).__name__}: {first}); put the model in the Hugging Face "
+                f"cache (or give a local folder), or use 'random:TYPE' for a random test model"
+            ) from None
+        except TypeError as e:
+            key = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+            if key is None:
+                raise
+            raise ModelLoadError(
+                f"model.kwargs.{key.group(1)}: not an argument of {cfg.name}'s model or config ({e}); correct or remove it"
+            ) from None
     model = model.to(dtype)
     check_prompt_ready(model, cfg.name)
     if cfg.max_length is not None:
