@@ -134,7 +134,7 @@ CASES = {
     "empty text config": ("textpt", setup_empty, r"model: required field is missing"),
     "csv not utf-8": ("textpt", setup_latin1_csv, r"rows.csv is not UTF-8 text: byte \d+ is b'\\xe9'.*iconv"),
     "random model kwargs typo": ("textpt", plain(*TEXT, "--set", "model.kwargs.hidden_sizee=32"), r"'hidden_sizee' is not a field of the llama config.*Did you mean 'hidden_size'"),
-    "hf folder kwargs typo": ("textpt", setup_hf_folder_kwargs_typo, r"model.kwargs.hidden_sizee: not an argument of .*model"),
+    "hf folder kwargs typo": ("textpt", setup_hf_folder_kwargs_typo, r"model.kwargs.hidden_sizee: neither an argument of from_pretrained nor a field of the model's config.*'hidden_size'"),
     "text hub name offline": ("textpt", plain(*TEXT, "--set", "model.name=hf:gpt2"), r"model.name: cannot load hf:gpt2 .*'random:TYPE'"),
     "duplicate verbalizer words": ("textpt", plain(*TEXT, "--set", 'prompt.verbalizer=[" excellent", " excellent"]'), r"prompt.verbalizer: ' excellent' names several classes"),
     "verbalizer words tokenized alike": ("textpt", plain(*TEXT, "--set", 'prompt.verbalizer=[" zyzzyva", " qwxqwx"]'),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -151,13 +150,7 @@ def load_model_and_tokenizer(cfg: TextModelConfig) -> tuple[nn.Module, Any]:
                 f"model.name: cannot load {cfg.name} ({type(e).__name__}: {first}); put the model in the Hugging Face "
                 f"cache (or give a local folder), or use 'random:TYPE' for a random test model"
             ) from None
-        except TypeError as e:
-            key = re.search(r"unexpected keyword argument '(\w+)'", str(e))
-            if key is None:
-                raise
-            raise ModelLoadError(
-                f"model.kwargs.{key.group(1)}: not an argument of {cfg.name}'s model or config ({e}); correct or remove it"
-            ) from None
+
     model = model.to(dtype)
     check_prompt_ready(model, cfg.name)
     if cfg.max_length is not None:
