@@ -119,6 +119,9 @@ CASES = {
     "vpt on a cnn": ("vpt", plain(*VPT, "--set", "model.name=timm:resnet10t", "--set", "model.kwargs={}"),
                      r"has no token sequence that token prompts \(VPT\) can extend.*pixel prompts"),
     "model kwargs typo": ("vpt", plain(*VPT, "--set", "model.kwargs.embed_dimm=64"), r"model.kwargs.embed_dimm: not an argument.*Did you mean 'embed_dim'"),
+    "hf config dict typo": ("vpt", plain(*VPT, "--set", "model.name=hf:tiny-vit", "--set", "model.kwargs={config: {model_type: vit, image_size: 32, "
+                                       "patch_size: 8, hidden_sizee: 64, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 128}}"),
+                            r"model.kwargs.config: 'hidden_sizee' is not a field of the vit config.*Did you mean 'hidden_size'"),
     "hub name offline": ("vpt", plain(*VPT, "--set", "model.name=hf:google/vit-base-patch16-224", "--set", "model.kwargs={}", "--set", "model.pretrained=null"),
                          r"model.name: cannot load the pretrained weights of hf:google/vit-base-patch16-224 .*model.pretrained: false"),
     "open_clip without a tag": ("vpt", plain(*VPT, "--set", "model.name=open_clip:ViT-B-16", "--set", "model.kwargs={}", "--set", "model.pretrained=null"),
