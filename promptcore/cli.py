@@ -35,6 +35,7 @@ from .errors import MissingFileError, UserError
 from .files import read_prompt_config
 from .model import PromptedModel
 from .plugins import load_plugins
+from .preflight import run_problems
 from .recipe import DataBundle, Recipe
 from .registry import Registry
 from .runs import CONFIG_FILE
@@ -140,18 +141,28 @@ def load_prompts_option(model: PromptedModel, prompts: str | None) -> None:
         )
 
 
-def build_model_and_data(recipe: Recipe, cfg: Any) -> tuple[Any, PromptedModel, DataBundle]:
+def build_model_and_data(
+    recipe: Recipe, cfg: Any, problems: list[str] | None = None
+) -> tuple[Any, PromptedModel, DataBundle | None]:
     """Seeds (so prompt initialisation is reproducible), then builds the model and its data from ``cfg``.
 
     Returns the run config as the recipe resolved it (the values it reads from the data filled in, by its optional
-    ``resolve_config``; ``cfg`` itself without one), the model and the data.
+    ``resolve_config``; ``cfg`` itself without one), the model and the data. With ``problems`` given, a
+    :class:`UserError` of the data (bad rows, a missing column) is appended to it and the data is None, so the
+    caller can report it with the other problems of the run.
     """
     seed_everything(cfg.train.seed)
     resolve = getattr(recipe, "resolve_config", None)
     if resolve is not None:
         cfg = resolve(cfg)
     model = recipe.build_model(cfg)
-    return cfg, model, recipe.build_data(cfg, model)
+    if problems is None:
+        return cfg, model, recipe.build_data(cfg, model)
+    try:
+        return cfg, model, recipe.build_data(cfg, model)
+    except UserError as e:
+        problems.append(str(e))
+        return cfg, model, None
 
 
 def default_run_dir(recipe: Recipe, config_path: str | None, verb: str | None = None) -> Path:
@@ -163,9 +174,14 @@ def default_run_dir(recipe: Recipe, config_path: str | None, verb: str | None = 
 def cmd_train(recipe: Recipe, args: argparse.Namespace) -> int:
     if args.resume and args.output:
         raise UserError("--resume continues the run in place; drop -o/--output")
-    cfg, model, data = build_model_and_data(recipe, load_run_config(recipe, args))
+    problems: list[str] = []
+    cfg, model, data = build_model_and_data(recipe, load_run_config(recipe, args), problems)
     model.record_in_prompt_files(program=recipe.prog)  # names the program to continue the run with (--resume)
     run_dir = Path(args.resume) if args.resume else Path(args.output) if args.output else default_run_dir(recipe, args.config)
+    problems += run_problems(model, cfg.train, data is None or data.eval is not None, run_dir)
+    if problems:  # every problem found before any work, at once
+        raise UserError(problems[0] if len(problems) == 1 else f"{len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems))
+    assert data is not None
     trainer = Trainer(
         model, cfg.train, data.train, data.eval, data.collate_fn,
         run_dir=str(run_dir), run_config=cfg, resume=bool(args.resume), overwrite=args.overwrite,

@@ -1,7 +1,7 @@
 """Checks run before any work, so that a run is refused at once, in one line, rather than failing or going wrong
-after an epoch: what a resumed run's saved state needs of the model built now.
-
-The trainer calls :func:`check_resume` before it loads a run's training state.
+after an epoch: what a run needs of its model and folder (:func:`run_problems`, which ``train`` reports together
+with the data's problems), and what a resumed run's saved state needs of the model built now (:func:`check_resume`,
+called by the trainer before it loads the state).
 """
 
 from __future__ import annotations
@@ -13,10 +13,29 @@ import torch
 
 from .files import CONFIG_FILE, read_prompt_config
 from .fingerprint import FINGERPRINT_KEY
-from .runs import RunDirError
+from .runs import RunDir, RunDirError
 
 if TYPE_CHECKING:
     from .model import PromptedModel
+    from .train_config import TrainConfig
+
+
+def run_problems(model: "PromptedModel", config: "TrainConfig", evaluates: bool, run_dir: str | Path) -> list[str]:
+    """What would stop a training run that the config and the data do not already report, each a message: the
+    metric that selects ``best/`` against the model's eval metrics (when the run evaluates), and a run directory
+    that cannot be written. The trainer checks them again (a run started from Python meets them there); found here,
+    they are reported with the data's problems in one go."""
+    problems = []
+    if evaluates and config.metric not in model.metric_names():
+        problems.append(
+            f"metric: {config.metric!r} is not among the eval metrics of {type(model).__name__} "
+            f"({', '.join(model.metric_names())}); set train.metric to one of them"
+        )
+    try:
+        RunDir(run_dir).check_writable()
+    except RunDirError as e:
+        problems.append(str(e))
+    return problems
 
 
 def check_resume(model: "PromptedModel", saved_prompts: dict[str, dict[str, torch.Tensor]], last: Path, run_path: Path) -> None:

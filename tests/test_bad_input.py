@@ -173,3 +173,13 @@ def test_predict_names_each_unreadable_file_and_still_predicts_the_others(tmp_pa
     assert len(errors) == 2 and "empty.png" in errors[0] and "truncated.png" in errors[1]
     assert "predict: 2 of 8 images could not be read" in captured.err
 
+
+
+def test_the_problems_of_data_metric_and_run_directory_are_reported_together(tmp_path, capsys):
+    argv = setup_bad_images(tmp_path)[:-2]  # without its -o
+    (tmp_path / "file").write_text("a file, not a folder")
+    capsys.readouterr()
+    assert vpt.cli.main([*argv, "--set", "train.metric=bogus", "-o", str(tmp_path / "file" / "run")]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "error: 3 problems:\n" in err and "Traceback" not in err, err
+    assert re.search(r"  - 2 of \d+ images cannot be read.*\n  - metric: 'bogus' is not among.*\n  - run directory '.*file/run' cannot be written", err)
