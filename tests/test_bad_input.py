@@ -122,6 +122,8 @@ CASES = {
     "hf config dict typo": ("vpt", plain(*VPT, "--set", "model.name=hf:tiny-vit", "--set", "model.kwargs={config: {model_type: vit, image_size: 32, "
                                        "patch_size: 8, hidden_sizee: 64, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 128}}"),
                             r"model.kwargs.config: 'hidden_sizee' is not a field of the vit config.*Did you mean 'hidden_size'"),
+    "missing hf dataset": ("vpt", plain(*VPT, "--set", "data.source=hf", "--set", "data.name={tmp}/nothing"),
+                           r"could not load dataset '.*nothing' \(FileNotFoundError.*check data.name"),
     "hub name offline": ("vpt", plain(*VPT, "--set", "model.name=hf:google/vit-base-patch16-224", "--set", "model.kwargs={}", "--set", "model.pretrained=null"),
                          r"model.name: cannot load the pretrained weights of hf:google/vit-base-patch16-224 .*model.pretrained: false"),
     "open_clip without a tag": ("vpt", plain(*VPT, "--set", "model.name=open_clip:ViT-B-16", "--set", "model.kwargs={}", "--set", "model.pretrained=null"),
@@ -138,6 +140,9 @@ CASES = {
     "csv not utf-8": ("textpt", setup_latin1_csv, r"rows.csv is not UTF-8 text: byte \d+ is b'\\xe9'.*iconv"),
     "random model kwargs typo": ("textpt", plain(*TEXT, "--set", "model.kwargs.hidden_sizee=32"), r"'hidden_sizee' is not a field of the llama config.*Did you mean 'hidden_size'"),
     "hf folder kwargs typo": ("textpt", setup_hf_folder_kwargs_typo, r"model.kwargs.hidden_sizee: neither an argument of from_pretrained nor a field of the model's config.*'hidden_size'"),
+    "missing text dataset": ("textpt", plain(*TEXT, "--set", "data.source=hf", "--set", "data.name={tmp}/nothing",
+                                             "--set", 'prompt.verbalizer=[" excellent", " terrible"]'),
+                             r"could not load dataset '.*nothing' \(FileNotFoundError.*check data.name"),
     "text hub name offline": ("textpt", plain(*TEXT, "--set", "model.name=hf:gpt2"), r"model.name: cannot load hf:gpt2 .*'random:TYPE'"),
     "duplicate verbalizer words": ("textpt", plain(*TEXT, "--set", 'prompt.verbalizer=[" excellent", " excellent"]'), r"prompt.verbalizer: ' excellent' names several classes"),
     "verbalizer words tokenized alike": ("textpt", plain(*TEXT, "--set", 'prompt.verbalizer=[" zyzzyva", " qwxqwx"]'),

@@ -202,13 +202,21 @@ def load_raw(cfg: TextDataConfig) -> dict[str, Any]:
         if cfg.test_size is not None or cfg.train_size is not None:
             split.update(train_size=cfg.train_size, seed=cfg.seed)
         dd = assets.load_dataset(cfg.name, **split)
-    elif cfg.source == "hf":
-        dd = datasets.load_dataset(cfg.name, cfg.subset)
     else:
         if cfg.source in ("csv", "json"):
             for path in cfg.data_files.values():
                 check_utf8(path)
-        dd = datasets.load_dataset(cfg.source, data_files=dict(cfg.data_files))
+        try:
+            if cfg.source == "hf":
+                dd = datasets.load_dataset(cfg.name, cfg.subset)
+            else:
+                dd = datasets.load_dataset(cfg.source, data_files=dict(cfg.data_files))
+        except (ValueError, OSError) as e:  # no such dataset or file, an offline hub, files without rows
+            where = f"dataset {cfg.name!r}" if cfg.source == "hf" else f"{cfg.source} files {dict(cfg.data_files)}"
+            raise DataError(
+                f"could not load {where} ({type(e).__name__}: {e}); check data.name / data.data_files and that the "
+                f"files hold rows (a hub dataset must be in the local cache on offline machines)"
+            ) from None
     what = f"dataset {cfg.name!r}" if cfg.source in ("hf", "asset") else f"{cfg.source} files {dict(cfg.data_files)}"
     out = {}
     for role, split in (("train", cfg.train_split), ("eval", cfg.eval_split)):

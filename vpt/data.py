@@ -600,8 +600,11 @@ def _load_hf(cfg: VisionDataConfig, image_config: ImageConfig | None) -> tuple[L
     kwargs = {k: v for k, v in (("data_dir", cfg.data_dir), ("data_files", cfg.data_files)) if v is not None}
     try:
         dd = datasets.load_dataset(cfg.name, cfg.config_name, **kwargs)
-    except ValueError as e:  # e.g. a builder given files with no rows: add which dataset and what to check
-        raise DataError(f"could not load dataset {cfg.name!r} ({e}); check data.name, data.data_files / data.data_dir and that the files hold rows") from None
+    except (ValueError, OSError) as e:  # no such dataset or file, an offline hub, files without rows
+        raise DataError(
+            f"could not load dataset {cfg.name!r} ({type(e).__name__}: {e}); check data.name, data.data_files / "
+            f"data.data_dir and that the files hold rows (a hub dataset must be in the local cache on offline machines)"
+        ) from None
     return _from_dataset_dict(dd, cfg, f"dataset {cfg.name!r}")
 
 
