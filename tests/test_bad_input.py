@@ -103,6 +103,11 @@ def setup_hf_folder_kwargs_typo(tmp: Path) -> list[str]:
             "--set", "model.kwargs={hidden_sizee: 5}", "-o", str(tmp / "run")]
 
 
+def corrupt(tmp: Path, name: str) -> Path:
+    (tmp / name).write_text("not a weights file")
+    return tmp / name
+
+
 def plain(*argv: str) -> Callable[[Path], list[str]]:
     """A case that needs no files: ``{tmp}`` in ``argv`` is the test's folder."""
     return lambda tmp: [a.replace("{tmp}", str(tmp)) for a in argv]
@@ -124,6 +129,10 @@ CASES = {
                             r"model.kwargs.config: 'hidden_sizee' is not a field of the vit config.*Did you mean 'hidden_size'"),
     "missing hf dataset": ("vpt", plain(*VPT, "--set", "data.source=hf", "--set", "data.name={tmp}/nothing"),
                            r"could not load dataset '.*nothing' \(FileNotFoundError.*check data.name"),
+    "corrupt safetensors checkpoint": ("vpt", lambda tmp: [*plain(*VPT)(tmp), "--set", f"model.checkpoint={corrupt(tmp, 'w.safetensors')}"],
+                                       r"checkpoint '.*w.safetensors' is not a readable safetensors file"),
+    "corrupt torch checkpoint": ("vpt", lambda tmp: [*plain(*VPT)(tmp), "--set", f"model.checkpoint={corrupt(tmp, 'w.pth')}"],
+                                 r"checkpoint '.*w.pth' cannot be read as tensors"),
     "hub name offline": ("vpt", plain(*VPT, "--set", "model.name=hf:google/vit-base-patch16-224", "--set", "model.kwargs={}", "--set", "model.pretrained=null"),
                          r"model.name: cannot load the pretrained weights of hf:google/vit-base-patch16-224 .*model.pretrained: false"),
     "open_clip without a tag": ("vpt", plain(*VPT, "--set", "model.name=open_clip:ViT-B-16", "--set", "model.kwargs={}", "--set", "model.pretrained=null"),

@@ -8,6 +8,7 @@ name prompt files record for it.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -257,11 +258,22 @@ def load_weights_file(model: nn.Module, path: str, label: str) -> None:
     if not file.is_file():
         raise MissingFileError(f"checkpoint {path!r} for backbone {label} does not exist; give a local weights file")
     if file.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        state = load_file(str(file))
+        try:
+            state = load_file(str(file))
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"checkpoint {path!r} is not a readable safetensors file ({e}); it is truncated or corrupt") from None
     elif file.suffix in (".pth", ".pt", ".bin"):
-        state = torch.load(str(file), map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(str(file), map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UserError(
+                f"checkpoint {path!r} cannot be read as tensors ({first}); give a weights file saved with torch.save of "
+                f"a state dict, or a .safetensors file (nothing else is unpickled)"
+            ) from None
         for key in ("state_dict", "model"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]  # training checkpoints wrap the weights
