@@ -23,12 +23,14 @@ SAMPLES = 1024
 
 
 @torch.no_grad()
-def backbone_fingerprint(backbone: nn.Module) -> str:
+def backbone_fingerprint(backbone: nn.Module) -> str | None:
     """16 hex digits identifying ``backbone``'s weights: a SHA-256 over the names, shapes and ``SAMPLES`` evenly
     spaced values (as float64) of the first, last and two middle parameters (buffers when it has none).
 
     Equal weights give equal fingerprints whatever the device or dtype the values are read in is (values are
-    compared as float64); weights that differ anywhere in the sampled values give different ones."""
+    compared as float64); weights that differ anywhere in the sampled values give different ones. None when the
+    weights are not all on this process (sharded ``DTensor`` parameters, DeepSpeed ZeRO-3 placeholders, the meta
+    device): reading them would need a collective the saving process alone cannot run, so nothing is recorded."""
     named = list(backbone.named_parameters()) or list(backbone.named_buffers())
     if not named:
         return "none"
@@ -36,6 +38,8 @@ def backbone_fingerprint(backbone: nn.Module) -> str:
     digest = hashlib.sha256()
     for i in picks:
         name, tensor = named[i]
+        if type(tensor).__name__ == "DTensor" or tensor.device.type == "meta" or tensor.numel() == 0:
+            return None
         flat = tensor.detach().reshape(-1)
         if flat.numel() > SAMPLES:
             flat = flat[torch.linspace(0, flat.numel() - 1, SAMPLES, device=flat.device).long()]

@@ -8,6 +8,7 @@ from torch import nn
 
 from promptcore import PromptedModel, PromptFileError, SoftPrompt, load_prompt_files, wrap
 from promptcore.files import CONFIG_FILE, TENSORS_FILE
+from promptcore.fingerprint import backbone_fingerprint
 
 
 class Toy(PromptedModel):
@@ -163,3 +164,10 @@ def test_prompt_folder_gets_the_usual_permissions(tmp_path):
         os.umask(old)
     assert (tmp_path / "p").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "p" / TENSORS_FILE).stat().st_mode & 0o777 == 0o644
+
+
+def test_a_backbone_whose_weights_are_not_here_records_no_fingerprint(tmp_path):
+    with torch.device("meta"):
+        placeholder = nn.Linear(4, 4)  # as sharded or offloaded weights look to one process
+    assert backbone_fingerprint(placeholder) is None
+    assert backbone_fingerprint(nn.Linear(4, 4)) != backbone_fingerprint(nn.Linear(4, 4))
