@@ -743,7 +743,7 @@ class Trainer:
             with self._autocast():
                 loss = self.model.training_step(batch)
             if loss.dim() != 0:
-                raise UserError(f"{type(self.model).__name__}.training_step returned shape {tuple(loss.shape)}; it must return the mean loss, a scalar")
+                raise ValueError(f"{type(self.model).__name__}.training_step returned shape {tuple(loss.shape)}; it must return the mean loss, a scalar")
             # Weighted by this slice's share of the step's global samples, so the summed gradient is the mean
             # over the global batch, whatever the split across processes and micro-batches.
             weighted = loss.float() if n == total else loss.float() * (n / total)
@@ -948,13 +948,13 @@ class Trainer:
             dist.all_reduce(stacked)
             sums = dict(zip(keys, stacked))
         if "count" not in sums:
-            raise UserError(
+            raise ValueError(
                 f"{type(self.model).__name__}.eval_step returned {keys} without 'count'; it must return per-batch sums "
                 f"of each metric plus 'count' (the number of samples) so the trainer can average them"
             )
         count = float(sums["count"])
         if count <= 0:
-            raise UserError(f"{type(self.model).__name__}.eval_step reported a total count of {count}; expected the number of samples")
+            raise ValueError(f"{type(self.model).__name__}.eval_step reported a total count of {count}; expected the number of samples")
         metrics = {k: float(v) / count for k, v in sums.items() if k != "count"}
         metrics["count"] = int(count)
         return metrics

@@ -186,7 +186,7 @@ class TextTower:
         G, P, _ = prefix.shape
         C, S = suffix.shape[-3], suffix.shape[-2]
         if deep is not None and 1 + deep.shape[1] > P:
-            raise UserError(f"deep prompts replace positions 1..{deep.shape[1]} but the shared prefix has {P} tokens")
+            raise ValueError(f"deep prompts replace positions 1..{deep.shape[1]} but the shared prefix has {P} tokens")
         pos = self.positional_embedding.to(dtype)
         p = prefix.to(dtype) + pos[:P]  # [G, P, D]
         s = suffix.to(dtype) + pos[P : P + S]  # [(G,) C, S, D]
