@@ -112,7 +112,12 @@ def _count(params: Any) -> int:
 
 
 def _train(model: Any, cfg: Any, data: Any, eval_set: Any, run_dir: Path) -> tuple[dict[str, Any], list[dict]]:
-    trainer = Trainer(model, cfg.train, data.train, eval_set, data.collate_fn, run_dir=str(run_dir), run_config=cfg, overwrite=True)
+    train = cfg.train
+    # train.param_groups names the prompt method's modules (prompts, head); a baseline trains only its head.
+    groups = {name: g for name, g in train.param_groups.items() if name in model.prompt_modules()}
+    if groups != train.param_groups:
+        train = dataclasses.replace(train, param_groups=groups)
+    trainer = Trainer(model, train, data.train, eval_set, data.collate_fn, run_dir=str(run_dir), run_config=cfg, overwrite=True)
     result = trainer.fit()
     return result["eval"], trainer.run.read_metrics()
 

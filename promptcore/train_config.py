@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from .distributed import FSDPConfig
 from .errors import UserError
 from .registry import did_you_mean
 
@@ -44,6 +45,12 @@ class TrainConfig:
     Callbacks (:mod:`promptcore.callbacks`) by registered name, with their arguments in a mapping::
 
         train: {callbacks: [step_timer, {name: early_stopping, patience: 3}]}
+
+    Several processes (:mod:`promptcore.distributed`, docs/scaling.md): ``distributed: auto`` trains data parallel
+    (DDP through Accelerate) when launched with several processes; ``fsdp`` also shards the frozen backbone over
+    them with FSDP2, one unit per transformer block, set by the ``fsdp`` section::
+
+        train: {distributed: fsdp, fsdp: {reshard_after_forward: true}}
     """
 
     epochs: int = 10
@@ -79,6 +86,8 @@ class TrainConfig:
     tensorboard: bool = True
     progress_bar: bool = True
     callbacks: list[str | dict[str, Any]] = field(default_factory=list)  # names, or {name: ..., arg: value}
+    distributed: Literal["auto", "ddp", "fsdp"] = "auto"  # auto: ddp when launched with several processes
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)  # distributed: fsdp only
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum_steps", "log_every_steps"):
@@ -114,6 +123,13 @@ class TrainConfig:
                     )
                 (_check_rate if key == "lr" else _check_decay)(f"param_groups.{module}.{key}", value)
         self._check_warmup()
+        if isinstance(self.fsdp, dict):  # TrainConfig(fsdp={...}) from Python, as YAML gives it
+            unknown = sorted(set(self.fsdp) - {f.name for f in fields(FSDPConfig)})
+            if unknown:
+                raise UserError(f"fsdp.{unknown[0]}: unknown setting; the fsdp section sets {', '.join(f.name for f in fields(FSDPConfig))}")
+            self.fsdp = FSDPConfig(**self.fsdp)
+        if self.distributed != "fsdp" and self.fsdp != FSDPConfig():
+            raise UserError(f"fsdp: set, but train.distributed is {self.distributed!r}; set train.distributed: fsdp or remove the fsdp section")
         from .callbacks import check_callback_specs  # the registry imports nothing of the trainer's config
 
         check_callback_specs(self.callbacks)

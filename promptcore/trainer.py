@@ -1,11 +1,14 @@
 """The trainer: trains the prompts (and head) of any :class:`~promptcore.model.PromptedModel`, nothing else.
 
 Built on Hugging Face Accelerate for devices, mixed precision and multi-process launch (``accelerate launch``,
-``torchrun``). Only the prompts train, so their gradients are a few KB: after each accumulation window the
-trainer sums them across processes with one ``all_reduce`` of a flat buffer instead of wrapping the model in DDP.
-That keeps the model's own ``training_step``/``eval_step`` methods callable as they are (DDP only synchronises
-through ``forward``), costs one small collective per optimizer step, and lets the same buffer carry the loss and
-the Ctrl-C flag so every process agrees on both.
+``torchrun``). With several processes the model runs under one of torch's engines (:mod:`promptcore.distributed`):
+DDP through ``accelerator.prepare`` (``train.distributed: auto`` / ``ddp``), or FSDP2 sharding the frozen
+backbone (``fsdp``). Either way a step is one call of :class:`~promptcore.distributed.StepModule`, whose forward is
+the model's own ``training_step`` / ``eval_step``, so the engines' hooks run around it. After each accumulation
+window one small collective carries the global loss and the Ctrl-C flag (and, under FSDP, the prompt gradients,
+which FSDP leaves to the trainer because the prompts are not sharded), so every process agrees on both.
+A process whose slice of a global batch is empty (the last, short batch of an epoch) runs a zero-weighted step
+on one row instead, so its collectives match the others'.
 
 Data order is a function of ``(seed, epoch)``: each epoch's permutation is drawn from its own generator and cut
 into global batches of ``batch_size * processes`` samples, of which each process takes its slice. A resumed run
@@ -29,7 +32,7 @@ import signal
 import sys
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -40,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .callbacks import Callback, ProgressBar, StepInfo, TensorBoard, build_callback
 from .config import ConfigError, to_dict, to_yaml
+from .distributed import StepModule, ignore_frozen_in_ddp, resolve_mode, shard_model
 from .errors import UserError
 from .model import PromptedModel
 from .optim import OPTIMIZER_STATE_FACTOR, LRSchedule, build_optimizer
@@ -322,6 +326,18 @@ class Trainer:
             # Every process starts from rank 0's prompts, whatever each one's initialisation drew.
             for p in self.params:
                 dist.broadcast(p.data, src=0)
+        self.mode = resolve_mode(config.distributed, self.world_size, self.device)
+        # A step is one call of this module (the engines' hooks run around calls); engine is what is called.
+        self.step_module = StepModule(model)
+        self.engine: torch.nn.Module = self.step_module
+        if self.mode == "ddp" and self.params and train_dataset is not None:
+            ignore_frozen_in_ddp(self.step_module)
+            self.engine = self.accelerator.prepare_model(self.step_module)
+        elif self.mode == "ddp":
+            self.mode = "none"  # nothing trains: evaluation only needs no engine
+        elif self.mode == "fsdp":
+            shard_model(self.step_module, model, config.fsdp, self.world_size, self.device)
+        self._dummy: dict[str, Any] = {}
         num_classes = model.prompt_config().get("num_classes")
         self.num_classes = num_classes if isinstance(num_classes, int) and num_classes > 0 else None
 
@@ -384,7 +400,11 @@ class Trainer:
         launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
         # On a machine without GPUs, a multi-process launch (torchrun) must be told to use CPU processes (gloo).
         cpu = launched and not torch.cuda.is_available()
-        accelerator = Accelerator(cpu=cpu, mixed_precision=config.mixed_precision)
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        # Some prompts may go unused in a step (a prompt bank's other tasks): DDP must not wait for their gradients.
+        ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+        accelerator = Accelerator(cpu=cpu, mixed_precision=config.mixed_precision, kwargs_handlers=[ddp])
         if config.mixed_precision == "fp16" and accelerator.scaler is None:
             raise UserError(
                 f"mixed_precision: fp16 needs a CUDA GPU with a gradient scaler, found device {accelerator.device}; "
@@ -713,10 +733,22 @@ class Trainer:
             generator=generator,
         )
 
+    def _dummy_batch(self, dataset: Dataset, split: str) -> Any:
+        """One row of ``dataset`` as a batch: what a process with an empty slice runs (zero-weighted) so that its
+        collectives match the other processes'."""
+        if split not in self._dummy:
+            self._dummy[split] = (self.collate_fn or torch.utils.data.default_collate)([dataset[0]])
+        return self._dummy[split]
+
     def _reduce_step(self, loss_sum: torch.Tensor) -> tuple[float, bool]:
-        """Sums prompt gradients, loss and stop flag over processes; returns (global mean loss, stop)."""
+        """Sums loss and stop flag over processes (and, under FSDP, the prompt gradients, which DDP averages
+        itself); returns (global mean loss, stop)."""
         if self.world_size == 1:
             return float(loss_sum), self._stop_requested
+        if self.mode == "ddp":
+            flat = torch.stack([loss_sum.float(), torch.tensor(float(self._stop_requested), device=self.device)])
+            dist.all_reduce(flat)
+            return float(flat[0]), bool(flat[1] > 0)
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         flag = torch.tensor([float(self._stop_requested)], device=self.device)
         flat = torch.cat([g.float().flatten() for g in grads] + [loss_sum.float().view(1), flag])
@@ -735,20 +767,28 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         for j in micro:
             n = sampler.local_size(j)
-            if n == 0:
+            if n == 0 and self.mode == "none":
                 continue
-            batch = next(batches)
-            self._check_labels(batch, f"training batch {j} of epoch {p.epoch}")
+            if n == 0:
+                batch = self._dummy_batch(self.train_dataset, "train")
+            else:
+                batch = next(batches)
+                self._check_labels(batch, f"training batch {j} of epoch {p.epoch}")
             batch = _to_device(batch, self.device)
-            with self._autocast():
-                loss = self.model.training_step(batch)
-            if loss.dim() != 0:
-                raise ValueError(f"{type(self.model).__name__}.training_step returned shape {tuple(loss.shape)}; it must return the mean loss, a scalar")
-            # Weighted by this slice's share of the step's global samples, so the summed gradient is the mean
-            # over the global batch, whatever the split across processes and micro-batches.
-            weighted = loss.float() if n == total else loss.float() * (n / total)
-            (self.scaler.scale(weighted) if self.scaler is not None else weighted).backward()
-            loss_sum += weighted.detach()
+            # DDP reduces the gradients in the backward of the window's last micro-batch only.
+            sync = self.engine.no_sync() if self.mode == "ddp" and j != micro[-1] else nullcontext()
+            with sync, _out_of_memory_levers(self.config, p.step + 1, n):
+                with self._autocast():
+                    loss = self.engine(batch)
+                if loss.dim() != 0:
+                    raise ValueError(f"{type(self.model).__name__}.training_step returned shape {tuple(loss.shape)}; it must return the mean loss, a scalar")
+                # Weighted by this slice's share of the step's global samples, so the summed gradient is the mean
+                # over the global batch, whatever the split across processes and micro-batches. DDP averages over
+                # the processes instead of summing: its share is scaled by their number.
+                share = n / total * (self.world_size if self.mode == "ddp" else 1)
+                weighted = loss.float() if share == 1 else loss.float() * share
+                (self.scaler.scale(weighted) if self.scaler is not None else weighted).backward()
+            loss_sum += weighted.detach() if self.mode != "ddp" else loss.float().detach() * (n / total)
         loss_value, stop = self._reduce_step(loss_sum)
         if not math.isfinite(loss_value):
             self.optimizer.zero_grad(set_to_none=True)
@@ -848,6 +888,10 @@ class Trainer:
         self._callback("on_evaluate", metrics)
         return metrics
 
+    def _eval_call(self, batch: Any) -> dict[str, torch.Tensor]:
+        # Under FSDP the call goes through the sharded root (its hooks gather the weights); DDP needs no hook here.
+        return self.engine(batch, "eval") if self.mode == "fsdp" else self.model.eval_step(batch)
+
     def fit(self) -> dict[str, Any]:
         """Trains until ``epochs`` or ``max_steps``, or until a callback stops the run; returns the last step, the
         final eval metrics, the best, and why a callback stopped it (``stopped``, else ``None``).
@@ -919,6 +963,9 @@ class Trainer:
         # Strided shards: every sample is evaluated once, and rank 0 always has one when the dataset has any.
         indices = list(range(self.rank, n, self.world_size))
         batches = [indices[i : i + size] for i in range(0, len(indices), size)]
+        # Under FSDP every process takes part in every forward (each gathers the blocks' weights with the others):
+        # a process with fewer batches than rank 0 runs one row for each missing batch and discards the result.
+        padding = math.ceil(math.ceil(n / self.world_size) / size) - len(batches) if self.mode == "fsdp" else 0
         was_training = self.model.training
         self.model.eval()
         acc_dtype = torch.float64 if self.device.type != "mps" else torch.float32
@@ -932,10 +979,13 @@ class Trainer:
                         raise _Interrupted
                     self._check_labels(batch, f"eval batch {i}")
                     with self._autocast():
-                        out = self.model.eval_step(_to_device(batch, self.device))
+                        out = self._eval_call(_to_device(batch, self.device))
                     for key, value in out.items():
                         value = torch.as_tensor(value, device=self.device).detach().to(acc_dtype)
                         sums[key] = sums[key] + value if key in sums else value
+                for _ in range(padding):
+                    with self._autocast():
+                        self._eval_call(_to_device(self._dummy_batch(dataset, f"eval{id(dataset)}"), self.device))
         finally:
             if was_training:
                 self._set_train_mode()
@@ -958,6 +1008,25 @@ class Trainer:
         metrics = {k: float(v) / count for k, v in sums.items() if k != "count"}
         metrics["count"] = int(count)
         return metrics
+
+
+@contextmanager
+def _out_of_memory_levers(config: TrainConfig, step: int, rows: int) -> Iterator[None]:
+    """Turns running out of device or host memory in a training step into one line naming the settings that
+    lower memory use."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
+            raise
+        levers = [f"train.batch_size (now {config.batch_size}; raise train.grad_accum_steps to keep the global batch)"]
+        if not config.gradient_checkpointing:
+            levers.append("train.gradient_checkpointing: true")
+        if config.distributed != "fsdp":
+            levers.append("train.distributed: fsdp over several processes (shards the frozen weights)")
+        levers.append("model.dtype: bfloat16 or model.quantization: int8 for the frozen weights")
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"out of memory in training step {step} ({rows} rows in this process): {first}; lower it with " + "; ".join(levers)) from None
 
 
 def _callback_keys(callbacks: list[Callback]) -> list[str]:

@@ -24,6 +24,7 @@ import inspect
 
 import torch
 from torch import nn
+from promptcore.distributed import is_sharded
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 KeyValues = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values, each [batch, heads, tokens, head_dim]
@@ -83,8 +84,13 @@ def prompt_key_values(backbone: nn.Module, prompt_embeds: torch.Tensor) -> KeyVa
     positions = torch.arange(n, device=prompt_embeds.device).unsqueeze(0).expand(t, -1)
     mask = torch.ones(t, n, dtype=torch.long, device=prompt_embeds.device)
     decoder = decoder_of(backbone)
-    decoder(inputs_embeds=prompt_embeds, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_argument(decoder): cache})
-    return [(layer.keys, layer.values) for layer in cache.layers]
+    out = decoder(inputs_embeds=prompt_embeds, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_argument(decoder): cache})
+    kv = [(layer.keys, layer.values) for layer in cache.layers]
+    if is_sharded(decoder):
+        # FSDP gathers a layer's weights for the backward when the gradient of the layer's output arrives; the last
+        # layer's output is otherwise unused here, so it joins the graph with weight zero (adding 0 changes nothing).
+        kv[0] = (kv[0][0] + out.last_hidden_state.sum() * 0, kv[0][1])
+    return kv
 
 
 def select_rows(kv: KeyValues, rows: torch.Tensor | None, batch_size: int) -> KeyValues:

@@ -21,6 +21,10 @@ Where it does not apply:
 - blocks whose type the family does not implement (``TokenBackbone.fast_unsupported``): ``fast: auto`` runs the
   whole model on the plain path, ``fast: on`` raises.
 
+Each block's work (its prompt K/V and its image tokens) runs as one call of the block's module
+(:func:`promptcore.distributed.call_through`), so hooks on the block apply: FSDP gathers a sharded block's weights
+for it and for the backward through it.
+
 Prompt dropout is applied to the prompt tensor before either path sees it (one mask per step), so both paths
 consume the same random numbers and stay equal in training mode too.
 """
@@ -31,6 +35,8 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from promptcore.distributed import call_through
 
 from .backbones import TokenBackbone
 
@@ -86,9 +92,14 @@ def run_fast_deep(
         the image tokens after block ``L - 1`` ``[B, N, width]``.
     """
     run = checkpoint or (lambda fn, *args: fn(*args))
-    for index in range(prompts.shape[1]):
-        keys, values = prompt_kv(backbone, index, prompts[:, index])
+
+    def layer(index: int, h: torch.Tensor, layer_prompts: torch.Tensor) -> torch.Tensor:
+        keys, values = prompt_kv(backbone, index, layer_prompts)
         if task_ids is not None:
             keys, values = keys[task_ids], values[task_ids]
-        x = run(lambda h, k, v, i=index: fast_block(backbone, i, h, k, v), x, keys, values)
+        return fast_block(backbone, index, h, keys, values)
+
+    for index in range(prompts.shape[1]):
+        block = backbone.block(index)
+        x = run(lambda h, p, i=index, b=block: call_through(b, lambda *a: layer(i, *a), h, p), x, prompts[:, index])
     return x

@@ -62,7 +62,7 @@ def test_vision_linear_probe_is_the_head_on_unprompted_features():
 
 
 def _tiny_text(model_type: str, task: str):
-    from textpt import TextModelConfig, TextPromptConfig, load_model_and_tokenizer
+    from textpt import PromptTuningConfig, TextModelConfig, load_model_and_tokenizer
 
     kwargs = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
               "max_position_embeddings": 64}  # fmt: skip
@@ -70,7 +70,7 @@ def _tiny_text(model_type: str, task: str):
     backbone, tok = load_model_and_tokenizer(TextModelConfig(f"random:{model_type}", task=task, dtype="float64", kwargs=kwargs,
                                                              padding_side="left" if task == "causal_lm" else "right"))  # fmt: skip
     verbalizer = [" excellent", " terrible"] if task == "causal_lm" else None
-    prompt = TextPromptConfig(num_tokens=4, num_classes=2, verbalizer=verbalizer)
+    prompt = PromptTuningConfig(num_tokens=4, num_classes=2, verbalizer=verbalizer)
     return backbone, tok, TextWithoutPrompt(backbone, prompt, tokenizer=tok, task=task)
 
 

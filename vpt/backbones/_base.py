@@ -63,6 +63,10 @@ class TokenBackbone:
 
     def run_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Block ``index`` through the library's own forward (the plain reference path)."""
+        return self.block(index)(x)
+
+    def block(self, index: int) -> nn.Module:
+        """The module of block ``index`` (FSDP shards it as one unit; the fast path runs through its call)."""
         raise NotImplementedError
 
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:

@@ -242,6 +242,9 @@ class HFVisionEncoder(TokenBackbone):
         x = m.embeddings(images.to(next(m.embeddings.parameters()).dtype))
         return m.pre_layrnorm(x) if self.kind == "CLIPVisionModel" else x
 
+    def block(self, index: int) -> nn.Module:
+        return self.layers[index]
+
     def run_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
         out = self.layers[index](x, None)
         return out[0] if isinstance(out, tuple) else out

@@ -138,8 +138,8 @@ class OpenClipViT(TokenBackbone):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.visual._embeds(images)
 
-    def run_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        return self.visual.transformer.resblocks[index](x)
+    def block(self, index: int) -> nn.Module:
+        return self.visual.transformer.resblocks[index]
 
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
         # With attentional pooling ln_post normalises the pooler's output, not the tokens.

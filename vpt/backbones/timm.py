@@ -133,8 +133,8 @@ class TimmViT(TokenBackbone):
         x = m.patch_drop(x)
         return m.norm_pre(x)
 
-    def run_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        return self.model.blocks[index](x)
+    def block(self, index: int) -> nn.Module:
+        return self.model.blocks[index]
 
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.norm(x)

@@ -22,12 +22,13 @@ models fall back to the reference path (``text_path: auto``).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from promptcore.distributed import call_through
 from promptcore.errors import UserError
 
 from .tokens import SpecialTokens, Tokenizer, check_distinct_token_ids, prompt_name, text_token_ids
@@ -196,10 +197,8 @@ class TextTower:
         everything = torch.ones(1, dtype=torch.bool, device=device)
         end = (eot - P).to(device)  # [C] end token index within the suffix
         last = self.num_layers - 1
-        for i, block in enumerate(self.blocks):
-            if deep is not None and 1 <= i <= deep.shape[0]:
-                n = deep.shape[1]
-                p = torch.cat([p[:, :1], deep[i - 1].to(dtype).expand(G, -1, -1), p[:, 1 + n :]], 1)
+
+        def layer(i: int, block: nn.Module, p: torch.Tensor, s: torch.Tensor) -> Any:
             attn = block.attn
             H = attn.num_heads
             qp, kp, vp = _heads(F.linear(block.ln_1(p), attn.in_proj_weight, attn.in_proj_bias), H)  # [G, H, P, hd]
@@ -215,6 +214,18 @@ class TextTower:
                 p = _residual(block, p, _attend(qp, [(kp, vp, causal_p)], attn))
             kp5, vp5 = kp.unsqueeze(1), vp.unsqueeze(1)  # [G, 1, H, P, hd]: broadcast over the classes
             s = _residual(block, s, _attend(qs, [(kp5, vp5, everything), (ks, vs, mask_s)], attn))
+            return s if i == last else (p, s)
+
+        for i, block in enumerate(self.blocks):
+            if deep is not None and 1 <= i <= deep.shape[0]:
+                n = deep.shape[1]
+                p = torch.cat([p[:, :1], deep[i - 1].to(dtype).expand(G, -1, -1), p[:, 1 + n :]], 1)
+            # One call of the block per layer: hooks on it (FSDP gathering its sharded weights) run around its work.
+            out = call_through(block, lambda p_, s_, i_=i, b=block: layer(i_, b, p_, s_), p, s)
+            if i == last:
+                s = out
+            else:
+                p, s = out
         s = s.squeeze(-2).expand(G, C, -1)
         return self.project(self.src.ln_final(s))
 

@@ -1,0 +1,55 @@
+"""Every registered method under FSDP2 (2 processes, gloo): the same outputs and prompt gradients as the unsharded
+plain path in float64, the fast path seen to run where the method has one, and each process holding half of the
+frozen weights; the same for VPT-deep's fast path on every tiny backbone of the family matrix (timm, open_clip,
+Hugging Face). One torchrun launch of sharded_contract.py runs them all."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import cases_text  # noqa: F401  (registers the text methods' cases)
+import cases_vision  # noqa: F401  (registers the vision and CLIP methods' cases)
+from harness import CASES
+from promptcore import METHODS
+from promptcore.plugins import load_plugins
+
+load_plugins()
+NAMES = [n for n in METHODS.names() if n in CASES]
+sys.path.insert(0, str(Path(__file__).parents[1] / "vpt"))
+from test_backbones import TINY  # noqa: E402
+
+FAMILIES = [f"vpt_deep:{key}" for key in sorted(TINY)]
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("sharded")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    script = Path(__file__).with_name("sharded_contract.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script), str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+@pytest.mark.parametrize("name", NAMES + FAMILIES)
+def test_sharded_method_equals_the_unsharded_plain_path_in_float64(sharded, name):
+    for rank, results in enumerate(sharded):
+        r = results[name]
+        assert r["ok"], f"rank {rank}: {r.get('error')}"
+        assert r["units"] >= 2, "no transformer blocks were sharded"
+        assert r["out_diff"] < 1e-10, f"rank {rank}: outputs differ by {r['out_diff']:.3g} (relative)"
+        assert r["grad_diff"] < 1e-9, f"rank {rank}: prompt gradients differ by {r['grad_diff']:.3g} (relative)"
+        assert r["grads_missing_mismatch"] == 0
+        if name in FAMILIES or METHODS.get(name).trains:
+            assert r["grads"] > 0, "no prompt gradient under sharding"
+        if r["fast"]:
+            assert r["fast_calls"] > 0, f"the fast path of {name} never ran under sharding"
+        # Each of the 2 processes holds half of the frozen weights (up to the padding of odd-sized dimensions).
+        assert 0.45 < r["frozen_fraction"] < 0.55, f"rank {rank} holds {r['frozen_fraction']:.3f} of the frozen weights"

@@ -1,0 +1,95 @@
+"""The distributed settings checked in one process: engine choice, shard units, refusals, the out-of-memory line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+
+from toy_prompted import toy_data, toy_model  # noqa: E402
+
+from promptcore import Trainer, TrainConfig, UserError  # noqa: E402
+from promptcore.distributed import call_through, resolve_mode, shard_units  # noqa: E402
+
+CPU = torch.device("cpu")
+
+
+def test_auto_is_ddp_with_several_processes_and_nothing_with_one():
+    assert resolve_mode("auto", 1, CPU) == "none"
+    assert resolve_mode("auto", 4, CPU) == "ddp"
+    assert resolve_mode("fsdp", 2, CPU) == "fsdp"
+    with pytest.raises(UserError, match=r"train.distributed: ddp needs several processes, this run has 1; launch it with `torchrun"):
+        resolve_mode("ddp", 1, CPU)
+
+
+def test_an_fsdp_section_without_fsdp_is_refused():
+    with pytest.raises(UserError, match="fsdp: set, but train.distributed is 'auto'"):
+        TrainConfig(fsdp={"cpu_offload": True})  # type: ignore[arg-type]
+    assert TrainConfig(distributed="fsdp", fsdp={"reshard_after_forward": False}).fsdp.reshard_after_forward is False  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="fsdp.reshard: unknown setting"):
+        TrainConfig(distributed="fsdp", fsdp={"reshard": False})  # type: ignore[arg-type]
+    from promptcore.config import load_config
+
+    config = load_config(TrainConfig, {"distributed": "fsdp", "fsdp": {"block_classes": ["Block"], "reshard_after_forward": False}})
+    assert config.fsdp.block_classes == ["Block"] and config.fsdp.reshard_after_forward is False
+
+
+class Blocks(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 8)
+        self.layers = nn.ModuleList(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8)) for _ in range(3))
+        self.prompts = nn.ModuleList(nn.Linear(8, 8) for _ in range(2))  # prompt modules are never units
+
+    def prompt_modules(self):
+        return {"prompts": self.prompts}
+
+
+def test_shard_units_are_the_outermost_lists_of_identical_blocks_outside_the_prompts():
+    model = Blocks()
+    assert shard_units(model) == list(model.layers)
+    assert shard_units(model, ["Linear"]) == [model.embed, *(lin for block in model.layers for lin in block)]
+    with pytest.raises(UserError, match=r"train.fsdp: no module of class DecoderLayer found in Blocks to shard; set train.fsdp.block_classes"):
+        shard_units(model, ["DecoderLayer"])
+    with pytest.raises(UserError, match="no list of identical blocks found in ToyPrompted"):
+        shard_units(toy_model())
+
+
+def test_call_through_runs_the_function_as_the_modules_forward_with_its_hooks():
+    block = nn.Linear(2, 2)
+    seen = []
+    block.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
+    out = call_through(block, lambda x: x * 3, torch.ones(1, 5))
+    assert torch.equal(out, torch.full((1, 5), 3.0)) and seen == [torch.Size([1, 5])]
+    assert "forward" not in block.__dict__  # the module's own forward is back
+    assert block(torch.ones(1, 2)).shape == (1, 2)
+
+
+def test_running_out_of_memory_in_a_step_names_the_settings_that_lower_it(monkeypatch):
+    model = toy_model()
+
+    def out_of_memory(batch):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(model, "training_step", out_of_memory)
+    config = TrainConfig(epochs=1, batch_size=8, progress_bar=False, tensorboard=False, eval_every_epochs=0)
+    trainer = Trainer(model, config, toy_data())
+    with pytest.raises(UserError) as e:
+        trainer.fit()
+    message = str(e.value)
+    assert message.startswith("out of memory in training step 1 (8 rows in this process): CUDA out of memory.")
+    for lever in ("train.batch_size (now 8", "train.gradient_checkpointing: true", "train.distributed: fsdp", "model.quantization: int8"):
+        assert lever in message
+
+
+def test_other_runtime_errors_in_a_step_are_not_taken_for_memory(monkeypatch):
+    model = toy_model()
+    monkeypatch.setattr(model, "training_step", lambda batch: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    config = TrainConfig(epochs=1, batch_size=8, progress_bar=False, tensorboard=False, eval_every_epochs=0)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        Trainer(model, config, toy_data()).fit()
