@@ -42,7 +42,8 @@ def backbone_fingerprint(backbone: nn.Module) -> str | None:
             return None
         flat = tensor.detach().reshape(-1)
         if flat.numel() > SAMPLES:
-            flat = flat[torch.linspace(0, flat.numel() - 1, SAMPLES, device=flat.device).long()]
+            # Integer steps: a float linspace rounds the last index of a large tensor past its end.
+            flat = flat[torch.arange(SAMPLES, device=flat.device) * (flat.numel() - 1) // (SAMPLES - 1)]
         digest.update(f"{name}:{tuple(tensor.shape)}:".encode())
         digest.update(flat.to("cpu", torch.float64).numpy().tobytes())
     return digest.hexdigest()[:16]

@@ -171,3 +171,12 @@ def test_a_backbone_whose_weights_are_not_here_records_no_fingerprint(tmp_path):
         placeholder = nn.Linear(4, 4)  # as sharded or offloaded weights look to one process
     assert backbone_fingerprint(placeholder) is None
     assert backbone_fingerprint(nn.Linear(4, 4)) != backbone_fingerprint(nn.Linear(4, 4))
+
+
+def test_the_fingerprint_samples_a_large_tensor_up_to_its_last_value():
+    # 28,311,552 values: a float32 linspace to the last index rounds past the end of the tensor.
+    big = nn.Embedding(28_311_552 // 64, 64)
+    first = backbone_fingerprint(big)
+    with torch.no_grad():
+        big.weight.view(-1)[-1] += 1.0  # the last value is sampled, so it changes the fingerprint
+    assert backbone_fingerprint(big) != first
