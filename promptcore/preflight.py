@@ -6,6 +6,7 @@ called by the trainer before it loads the state).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,7 +14,7 @@ import torch
 
 from .files import CONFIG_FILE, read_prompt_config
 from .fingerprint import FINGERPRINT_KEY
-from .runs import RunDir, RunDirError
+from .runs import RunDirError
 
 if TYPE_CHECKING:
     from .model import PromptedModel
@@ -31,11 +32,27 @@ def run_problems(model: "PromptedModel", config: "TrainConfig", evaluates: bool,
             f"metric: {config.metric!r} is not among the eval metrics of {type(model).__name__} "
             f"({', '.join(model.metric_names())}); set train.metric to one of them"
         )
-    try:
-        RunDir(run_dir).check_writable()
-    except RunDirError as e:
-        problems.append(str(e))
+    problem = _unwritable(Path(run_dir))
+    if problem:
+        problems.append(problem)
     return problems
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why the run directory ``path`` could not be made or written, judged without creating anything (the
+    trainer's probe file is the final word): its nearest existing ancestor must be a writable folder."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None:
+        return None
+    if not existing.is_dir():
+        what = "is a file" if existing == path else f"lies under the file {str(existing)!r}"
+        return f"run directory {str(path)!r} cannot be written ({what}); give a folder path for the run (-o/--output)"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return (
+            f"run directory {str(path)!r} cannot be written ({str(existing)!r} is not writable); choose a writable "
+            f"folder (-o/--output) or make that folder writable"
+        )
+    return None
 
 
 def check_resume(model: "PromptedModel", saved_prompts: dict[str, dict[str, torch.Tensor]], last: Path, run_path: Path) -> None:

@@ -139,7 +139,7 @@ CASES = {
                                 r"open_clip:ViT-B-16 names no pretrained weights; add a pretrained tag"),
     "unknown metric": ("vpt", plain(*VPT, "--set", "train.metric=bogus"), r"metric: 'bogus' is not among the eval metrics .*\(loss, accuracy\)"),
     "lr not finite": ("vpt", plain(*VPT, "--set", "train.lr=.nan"), r"train.lr: must be a positive finite number, got nan"),
-    "output under a file": ("vpt", setup_file_as_output, r"run directory '.*file/run' cannot be written"),
+    "output under a file": ("vpt", setup_file_as_output, r"run directory '.*file/run' cannot be written \(lies under the file"),
     "corrupt images": ("vpt", setup_bad_images, r"2 of \d+ images cannot be read: .*empty.png: an empty file; .*truncated.png: .*data.on_bad_rows: skip"),
     "image over the decompression limit": ("vpt", setup_huge_image, r"huge.png: DecompressionBombError"),
     "resume with other prompt shapes": ("vpt", setup_resume_changed_prompts, r"cannot resume .*prompts.weight has shape \(2, 4, 64\) in the run, \(2, 6, 64\) now"),
