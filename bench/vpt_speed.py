@@ -42,7 +42,7 @@ def _autocast(device: torch.device):
 
 def build(device: torch.device, num_tokens: int, fast: str) -> vpt.VisualPromptModel:
     torch.manual_seed(0)
-    backbone = create_model(BackboneConfig("timm:vit_base_patch16_224", kwargs={"num_classes": 0}))
+    backbone = create_model(BackboneConfig("timm:vit_base_patch16_224", pretrained=False, kwargs={"num_classes": 0}))
     return vpt.wrap(backbone, VPTConfig(method="vpt_deep", num_tokens=num_tokens, num_classes=NUM_CLASSES, fast=fast)).to(device)
 
 

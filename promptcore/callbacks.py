@@ -269,13 +269,13 @@ class EarlyStopping(Callback):
 
     def __init__(self, patience: int = 3, min_delta: float = 0.0, metric: str | None = None, mode: str | None = None) -> None:
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"patience: must be an integer >= 1, got {patience!r}")
+            raise UserError(f"patience: must be an integer >= 1, got {patience!r}")
         if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not math.isfinite(min_delta) or min_delta < 0:
-            raise ValueError(f"min_delta: must be a finite number >= 0, got {min_delta!r}")
+            raise UserError(f"min_delta: must be a finite number >= 0, got {min_delta!r}")
         if mode not in (None, "max", "min"):
-            raise ValueError(f"mode: must be max or min, got {mode!r}")
+            raise UserError(f"mode: must be max or min, got {mode!r}")
         if metric is not None and not isinstance(metric, str):
-            raise ValueError(f"metric: must be a metric name, got {metric!r}")
+            raise UserError(f"metric: must be a metric name, got {metric!r}")
         self.patience, self.min_delta, self.metric, self.mode = patience, float(min_delta), metric, mode
         self.best: float | None = None
         self.best_step: int | None = None

@@ -30,19 +30,22 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .config import ConfigError, load_config
-from .errors import UserError
-from .files import PromptFileError, read_prompt_config
+from .config import load_config
+from .errors import MissingFileError, UserError
+from .files import read_prompt_config
 from .model import PromptedModel
 from .plugins import load_plugins
+from .preflight import run_problems
 from .recipe import DataBundle, Recipe
 from .registry import Registry
 from .runs import CONFIG_FILE
 from .trainer import NonFiniteLossError, Trainer, TrainingInterrupted, seed_everything
 
-# Errors that mean "your input is wrong", reported as one clean line.
-KNOWN_ERRORS = (UserError, ConfigError, PromptFileError, FileNotFoundError, ValueError, KeyError, NonFiniteLossError)
+# Errors that mean "your input is wrong", reported as one clean line. Only these: any other exception (a ValueError
+# from deep inside a library included) is a bug and keeps its traceback.
+KNOWN_ERRORS = (UserError, NonFiniteLossError)
 EXIT_ERROR = 2
+SKIPPED_ROWS_FILE = "skipped_rows.txt"  # the rows a run's data.on_bad_rows: skip left out, one per line
 EXIT_INTERRUPTED = 130
 
 
@@ -93,18 +96,33 @@ def load_run_config(recipe: Recipe, args: argparse.Namespace) -> Any:
     resume = getattr(args, "resume", None)
     if resume:
         if args.config:
-            raise ValueError(f"--resume reads the config saved in {resume}/{CONFIG_FILE}; drop -c {args.config} (change values with --set)")
+            raise UserError(f"--resume reads the config saved in {resume}/{CONFIG_FILE}; drop -c {args.config} (change values with --set)")
         source: str | Path = Path(resume) / CONFIG_FILE
         if not Path(source).is_file():
-            raise FileNotFoundError(f"cannot resume: {source} does not exist; --resume takes a run directory written by '{recipe.prog} train'")
+            raise MissingFileError(f"cannot resume: {source} does not exist; --resume takes a run directory written by '{recipe.prog} train'")
+        check_run_program(recipe, Path(resume))
     elif args.config:
         source = args.config
     else:
-        raise ValueError("no config given: pass -c CONFIG (or --resume RUN_DIR to continue a run)")
+        raise UserError("no config given: pass -c CONFIG (or --resume RUN_DIR to continue a run)")
     cfg = load_config(recipe.config_class, source, args.overrides)
     if not hasattr(cfg, "train"):
-        raise ValueError(f"{recipe.config_class.__name__} has no 'train' section; a run config needs train: TrainConfig")
+        raise UserError(f"{recipe.config_class.__name__} has no 'train' section; a run config needs train: TrainConfig")
     return cfg.resolved() if hasattr(cfg, "resolved") else cfg
+
+
+def check_run_program(recipe: Recipe, run_dir: Path) -> None:
+    """Refuses a run directory another program wrote (``textpt train --resume`` of a ``vpt`` run): its prompt files
+    record the program (``program``, added by ``train``), and its config would not parse as this one's."""
+    last = run_dir / "last"
+    if not (last / "prompt_config.json").is_file():
+        return
+    program = read_prompt_config(last).get("program")
+    if program and program != recipe.prog:
+        raise UserError(
+            f"cannot resume {run_dir}: it is a run of '{program} train', not of '{recipe.prog}'; continue it with "
+            f"'{program} train --resume {run_dir}'"
+        )
 
 
 def trains(model: PromptedModel) -> bool:
@@ -123,34 +141,55 @@ def load_prompts_option(model: PromptedModel, prompts: str | None) -> None:
         )
 
 
-def build_model_and_data(recipe: Recipe, cfg: Any) -> tuple[Any, PromptedModel, DataBundle]:
+def build_model_and_data(
+    recipe: Recipe, cfg: Any, problems: list[str] | None = None
+) -> tuple[Any, PromptedModel, DataBundle | None]:
     """Seeds (so prompt initialisation is reproducible), then builds the model and its data from ``cfg``.
 
     Returns the run config as the recipe resolved it (the values it reads from the data filled in, by its optional
-    ``resolve_config``; ``cfg`` itself without one), the model and the data.
+    ``resolve_config``; ``cfg`` itself without one), the model and the data. With ``problems`` given, a
+    :class:`UserError` of the data (bad rows, a missing column) is appended to it and the data is None, so the
+    caller can report it with the other problems of the run.
     """
     seed_everything(cfg.train.seed)
     resolve = getattr(recipe, "resolve_config", None)
     if resolve is not None:
         cfg = resolve(cfg)
     model = recipe.build_model(cfg)
-    return cfg, model, recipe.build_data(cfg, model)
+    if problems is None:
+        return cfg, model, recipe.build_data(cfg, model)
+    try:
+        return cfg, model, recipe.build_data(cfg, model)
+    except UserError as e:
+        problems.append(str(e))
+        return cfg, model, None
 
 
-def default_run_dir(recipe: Recipe, config_path: str | None) -> Path:
+def default_run_dir(recipe: Recipe, config_path: str | None, verb: str | None = None) -> Path:
+    """``runs/<prog>[-<verb>]-<config name>-<time>``: where a verb writes when given no ``-o``."""
     stem = Path(config_path).stem if config_path else "run"
-    return Path("runs") / f"{recipe.prog}-{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path("runs") / f"{recipe.prog}-{verb + '-' if verb else ''}{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def cmd_train(recipe: Recipe, args: argparse.Namespace) -> int:
     if args.resume and args.output:
-        raise ValueError("--resume continues the run in place; drop -o/--output")
-    cfg, model, data = build_model_and_data(recipe, load_run_config(recipe, args))
+        raise UserError("--resume continues the run in place; drop -o/--output")
+    problems: list[str] = []
+    cfg, model, data = build_model_and_data(recipe, load_run_config(recipe, args), problems)
+    model.record_in_prompt_files(program=recipe.prog)  # names the program to continue the run with (--resume)
     run_dir = Path(args.resume) if args.resume else Path(args.output) if args.output else default_run_dir(recipe, args.config)
+    problems += run_problems(model, cfg.train, data is None or data.eval is not None, run_dir)
+    if problems:  # every problem found before any work, at once
+        raise UserError(problems[0] if len(problems) == 1 else f"{len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems))
+    assert data is not None
     trainer = Trainer(
         model, cfg.train, data.train, data.eval, data.collate_fn,
         run_dir=str(run_dir), run_config=cfg, resume=bool(args.resume), overwrite=args.overwrite,
     )
+    skipped = data.info.get("skipped_rows") if data.info else None
+    if skipped and trainer.is_main:
+        (run_dir / SKIPPED_ROWS_FILE).write_text("".join(f"{row}\n" for row in skipped))
+        print(f"data: {len(skipped)} bad row(s) left out (data.on_bad_rows: skip), listed in {run_dir / SKIPPED_ROWS_FILE}", file=sys.stderr)
     result = trainer.fit()
     if trainer.is_main:
         print(json.dumps(result, indent=2))
@@ -164,7 +203,7 @@ def cmd_eval(recipe: Recipe, args: argparse.Namespace) -> int:
         cfg = config_for_prompts(cfg, read_prompt_config(args.prompts), args.prompts)
     cfg, model, data = build_model_and_data(recipe, cfg)
     if data.eval is None:
-        raise ValueError(f"the config's data section gives no eval split; {recipe.prog} eval evaluates the eval split")
+        raise UserError(f"the config's data section gives no eval split; {recipe.prog} eval evaluates the eval split")
     load_prompts_option(model, args.prompts)
     trainer = Trainer(model, cfg.train, None, data.eval, data.collate_fn)
     metrics = trainer.evaluate()

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
-from .errors import UserError
+from .errors import MissingFileError, UserError
 from .registry import did_you_mean
 
 C = TypeVar("C")
@@ -277,7 +277,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def read_yaml(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist (check the path given with -c/--config)")
+        raise MissingFileError(f"config file {str(path)!r} does not exist (check the path given with -c/--config)")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
@@ -328,7 +328,7 @@ def check_sources(cfg: Any, sources: dict[str, str]) -> None:
         if not isinstance(origin, str) or not origin.strip():
             problems.append(f"source.{key}: give the value's origin (repository and path, paper table, or 'differs: why')")
     if problems:
-        raise ValueError("; ".join(problems))
+        raise UserError("; ".join(problems))
 
 
 def check_grid(cfg: Any, grid: dict[str, list[Any]]) -> None:
@@ -346,7 +346,7 @@ def check_grid(cfg: Any, grid: dict[str, list[Any]]) -> None:
         if not isinstance(values, list) or not values:
             problems.append(f"sweep.{key}: give a non-empty list of the values to try, e.g. [0.1, 0.5]")
     if problems:
-        raise ValueError("; ".join(problems))
+        raise UserError("; ".join(problems))
 
 
 def grid_points(grid: dict[str, list[Any]]) -> list[list[str]]:

@@ -6,6 +6,8 @@ from typing import Literal, Sequence
 
 import torch
 
+from .errors import UserError
+
 _SPLIT_OFFSET = {"train": 0, "validation": 1, "test": 2}
 
 
@@ -17,7 +19,7 @@ def split_seed(seed: int, split: str) -> int:
         ValueError: ``split`` is not ``train``, ``validation`` or ``test``.
     """
     if split not in _SPLIT_OFFSET:
-        raise ValueError(f"split must be one of {', '.join(_SPLIT_OFFSET)}, got {split!r}")
+        raise UserError(f"split must be one of {', '.join(_SPLIT_OFFSET)}, got {split!r}")
     return seed * 1000 + 17 + _SPLIT_OFFSET[split]
 
 
@@ -47,7 +49,7 @@ def few_shot_indices(
         ValueError: K not positive, or (``on_short: error``) a class with fewer than K items, named with its count.
     """
     if shots <= 0:
-        raise ValueError(f"shots: K must be a positive integer, found {shots}")
+        raise UserError(f"shots: K must be a positive integer, found {shots}")
     pool = range(len(labels)) if among is None else among
     by_class: dict[int, list[int]] = {}
     for i in pool:
@@ -61,7 +63,7 @@ def few_shot_indices(
         if len(items) < shots:
             if on_short == "error":
                 name = f" ({class_names[c]!r})" if class_names is not None and c < len(class_names) else ""
-                raise ValueError(f"class {c}{name} has {len(items)} image(s), fewer than shots={shots}")
+                raise UserError(f"class {c}{name} has {len(items)} image(s), fewer than shots={shots}")
             chosen.extend(items)
             continue
         chosen.extend(items[int(j)] for j in torch.randperm(len(items), generator=g)[:shots])

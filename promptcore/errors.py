@@ -12,4 +12,12 @@ class UserError(ValueError):
     """Bad input from the user: the message names what was wrong (field, file or row) and how to fix it."""
 
 
-__all__ = ["UserError"]
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder the user named (config, run directory, prompt folder, images) does not exist."""
+
+
+class UnsupportedModelError(UserError, TypeError):
+    """A model given by the user cannot take what was asked of it (token prompts on a CNN, an unknown class)."""
+
+
+__all__ = ["MissingFileError", "UnsupportedModelError", "UserError"]

@@ -14,6 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .errors import MissingFileError, UserError
 from .io import atomic_dir, recover_dir
 from .version import FORMAT_VERSION, TOOLKIT, __version__
 
@@ -21,7 +22,7 @@ TENSORS_FILE = "prompts.safetensors"
 CONFIG_FILE = "prompt_config.json"
 
 
-class PromptFileError(ValueError):
+class PromptFileError(UserError):
     """A prompt file that is missing, corrupt, or made for another model."""
 
 
@@ -47,13 +48,13 @@ def read_prompt_config(directory: str | os.PathLike) -> dict[str, Any]:
     directory = Path(directory)
     recover_dir(directory)
     if not directory.is_dir():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"prompt folder {str(directory)!r} does not exist; pass the folder that holds {TENSORS_FILE} and "
             f"{CONFIG_FILE} (a run's best/ or last/ folder)"
         )
     path = directory / CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: {directory} is not a prompt folder (expected {CONFIG_FILE} and {TENSORS_FILE})")
+        raise MissingFileError(f"{path} is missing: {directory} is not a prompt folder (expected {CONFIG_FILE} and {TENSORS_FILE})")
     try:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -73,7 +74,7 @@ def load_prompt_files(directory: str | os.PathLike) -> tuple[dict[str, torch.Ten
     meta = read_prompt_config(directory)
     path = Path(directory) / TENSORS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; the prompt folder {directory} is incomplete, save the prompts again")
+        raise MissingFileError(f"{path} is missing; the prompt folder {directory} is incomplete, save the prompts again")
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:

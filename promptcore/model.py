@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .files import PromptFileError, load_prompt_files, save_prompt_files
+from .fingerprint import FINGERPRINT_KEY, backbone_fingerprint
 
 # Config keys a prompt file must share with the model, and how to name them in a mismatch message:
 # (what the file's value is, what the model's value is).
@@ -141,8 +142,12 @@ class PromptedModel(nn.Module):
         self.__dict__.setdefault("_prompt_file_records", {}).update(values)
 
     def save_prompts(self, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-        """Writes ``prompts.safetensors`` + ``prompt_config.json`` into ``directory`` (replaced atomically)."""
+        """Writes ``prompts.safetensors`` + ``prompt_config.json`` into ``directory`` (replaced atomically); the
+        config records the frozen backbone's weights fingerprint (:mod:`promptcore.fingerprint`)."""
         config = {**self.prompt_config(), **self.__dict__.get("_prompt_file_records", {}), **(extra or {})}
+        fingerprint = self.backbone_fingerprint()
+        if fingerprint is not None:
+            config[FINGERPRINT_KEY] = fingerprint
         return save_prompt_files(directory, self.prompt_state_dict(), config)
 
     def check_prompt_config(self, found: dict[str, Any], source: str = "prompt file") -> None:
@@ -156,10 +161,20 @@ class PromptedModel(nn.Module):
                 problems.append(f"{what} {found[key]!r} does not match {theirs} {expected[key]!r} ({label})")
         if problems:
             raise PromptFileError(f"{source} does not fit this model: " + "; ".join(problems))
+        theirs, ours = found.get(FINGERPRINT_KEY), self.backbone_fingerprint()
+        weights = f" (weights fingerprint {theirs}, here {ours})" if theirs and ours else ""
         if found.get("backbone") and expected.get("backbone") and found["backbone"] != expected["backbone"]:
             warnings.warn(
-                f"{source} was trained on backbone {found['backbone']!r}, loading into {expected['backbone']!r} "
+                f"{source} was trained on backbone {found['backbone']!r}, loading into {expected['backbone']!r}{weights} "
                 f"(sizes match, so it loads; check that this is intended)",
+                stacklevel=3,
+            )
+        elif theirs and ours and theirs != ours:
+            warnings.warn(
+                f"{source} was trained on backbone {found.get('backbone', label)!r} with weights fingerprint {theirs}; "
+                f"this {expected.get('backbone', label)!r} has {ours}: the same architecture with other frozen weights "
+                f"(another checkpoint or pretrained tag, or a random backbone built with another seed), so the prompts "
+                f"will not work as trained. Load them into the backbone they were trained on",
                 stacklevel=3,
             )
 
@@ -169,6 +184,12 @@ class PromptedModel(nn.Module):
         self.check_prompt_config(meta, source=f"prompt folder {directory}")
         self.load_prompt_state_dict(tensors)
         return meta
+
+    def backbone_fingerprint(self) -> str | None:
+        """A short hash of the frozen backbone's weights (:func:`promptcore.fingerprint.backbone_fingerprint`);
+        None for a model without a ``backbone`` module."""
+        backbone = getattr(self, "backbone", None)
+        return backbone_fingerprint(backbone) if isinstance(backbone, nn.Module) else None
 
     def _backbone_label(self) -> str:
         try:

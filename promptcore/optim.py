@@ -30,6 +30,7 @@ from typing import Any, Iterable
 
 import torch
 
+from .errors import UserError
 from .train_config import TrainConfig
 
 
@@ -44,7 +45,7 @@ def decay_factor(progress: float, schedule: str, min_lr_ratio: float) -> float:
     elif schedule == "linear":
         decay = 1.0 - progress
     else:
-        raise ValueError(f"scheduler: unknown schedule {schedule!r}; choose cosine, linear or constant")
+        raise UserError(f"scheduler: unknown schedule {schedule!r}; choose cosine, linear or constant")
     return min_lr_ratio + (1.0 - min_lr_ratio) * decay
 
 
@@ -166,9 +167,9 @@ class AdafactorT5X(torch.optim.Optimizer):
         start_step: int = 0,
     ) -> None:
         if not lr > 0 or not math.isfinite(lr):
-            raise ValueError(f"lr: must be a positive number, got {lr}")
+            raise UserError(f"lr: must be a positive number, got {lr}")
         if start_step < 0:
-            raise ValueError(f"start_step: must not be negative, got {start_step}")
+            raise UserError(f"start_step: must not be negative, got {start_step}")
         defaults = dict(
             lr=lr, decay_rate=decay_rate, clipping_threshold=clipping_threshold, epsilon1=epsilon1,
             min_dim_size_to_factor=min_dim_size_to_factor, weight_decay=weight_decay, start_step=start_step,
@@ -250,7 +251,7 @@ def build_optimizer(params: Iterable[Any], config: TrainConfig, lr: float) -> to
         return torch.optim.Adafactor(params, lr=lr, weight_decay=config.weight_decay)
     if config.optimizer == "adafactor_t5x":
         return AdafactorT5X(params, lr=lr, weight_decay=config.weight_decay, start_step=config.adafactor_start_step)
-    raise ValueError(f"optimizer: unknown optimizer {config.optimizer!r}; choose {', '.join(OPTIMIZERS)}")
+    raise UserError(f"optimizer: unknown optimizer {config.optimizer!r}; choose {', '.join(OPTIMIZERS)}")
 
 
 __all__ = [

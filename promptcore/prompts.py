@@ -25,6 +25,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .errors import UserError
+
 InitName = Literal["normal", "uniform", "xavier", "tensor", "vocab", "text", "class_labels", "zeros"]
 INIT_NAMES: tuple[str, ...] = ("normal", "uniform", "xavier", "tensor", "vocab", "text", "class_labels", "zeros")
 
@@ -61,36 +63,36 @@ def init_prompt_(
         weight.copy_((torch.rand(weight.shape, generator=generator) * 2 - 1) * init_range)
     elif init == "xavier":
         if patch_area is None:
-            raise ValueError("init 'xavier' (VPT) needs patch_area, the patch height x width of the backbone")
+            raise UserError("init 'xavier' (VPT) needs patch_area, the patch height x width of the backbone")
         v = vpt_xavier_bound(patch_area, dim)
         weight.copy_((torch.rand(weight.shape, generator=generator) * 2 - 1) * v)
     elif init == "zeros":
         weight.zero_()
     elif init == "tensor":
         if tensor is None:
-            raise ValueError("init 'tensor' needs the tensor to copy (init_tensor=...)")
+            raise UserError("init 'tensor' needs the tensor to copy (init_tensor=...)")
         if tuple(tensor.shape) != tuple(weight.shape[-tensor.dim():]) or tensor.dim() < 2:
-            raise ValueError(f"init tensor has shape {tuple(tensor.shape)}, expected {tuple(weight.shape)}")
+            raise UserError(f"init tensor has shape {tuple(tensor.shape)}, expected {tuple(weight.shape)}")
         weight.copy_(tensor.expand_as(weight))
     elif init in ("vocab", "class_labels"):
         if embedding is None:
-            raise ValueError(f"init {init!r} needs the embedding matrix to sample rows from (embedding=...)")
+            raise UserError(f"init {init!r} needs the embedding matrix to sample rows from (embedding=...)")
         _check_embedding(embedding, dim)
         weight.copy_(_sample_rows(embedding, weight.numel() // dim, population, generator).to(weight.dtype).reshape(weight.shape))
         if init == "class_labels":
             _put_labels(weight, embedding, token_groups)
     elif init == "text":
         if embedding is None or token_ids is None:
-            raise ValueError("init 'text' needs the embedding matrix and the token ids of the text")
+            raise UserError("init 'text' needs the embedding matrix and the token ids of the text")
         _check_embedding(embedding, dim)
         ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()
         if ids.numel() == 0:
-            raise ValueError("init 'text': the init text gave no tokens; give a non-empty text")
+            raise UserError("init 'text': the init text gave no tokens; give a non-empty text")
         reps = math.ceil(num_tokens / ids.numel())
         ids = ids.repeat(reps)[:num_tokens]
         weight.copy_(embedding.detach()[ids].to(weight.dtype).expand_as(weight))
     else:
-        raise ValueError(f"unknown prompt init {init!r}; choose one of {', '.join(INIT_NAMES)}")
+        raise UserError(f"unknown prompt init {init!r}; choose one of {', '.join(INIT_NAMES)}")
     return weight
 
 
@@ -99,7 +101,7 @@ def _sample_rows(embedding: torch.Tensor, rows: int, population: int | None, gen
     are enough of them."""
     vocab = embedding.shape[0]
     if population is not None and not 0 < population:
-        raise ValueError(f"population must be a positive number of embedding rows, got {population}")
+        raise UserError(f"population must be a positive number of embedding rows, got {population}")
     pool = vocab if population is None else min(population, vocab)
     if rows <= pool:
         idx = torch.randperm(pool, generator=generator)[:rows]
@@ -111,29 +113,29 @@ def _sample_rows(embedding: torch.Tensor, rows: int, population: int | None, gen
 def _put_labels(weight: torch.Tensor, embedding: torch.Tensor, token_groups: list[list[int]] | None) -> None:
     """Position ``i`` of every prompt in ``weight`` becomes the mean embedding of ``token_groups[i]``."""
     if not token_groups:
-        raise ValueError("init 'class_labels' needs the labels' token ids (token_groups=[[ids of label 0], ...])")
+        raise UserError("init 'class_labels' needs the labels' token ids (token_groups=[[ids of label 0], ...])")
     num_tokens = weight.shape[-2]
     if len(token_groups) > num_tokens:
-        raise ValueError(
+        raise UserError(
             f"init 'class_labels': {len(token_groups)} labels do not fit {num_tokens} prompt positions (one position "
             f"per label); use at least {len(token_groups)} prompt tokens"
         )
     for i, ids in enumerate(token_groups):
         if not ids:
-            raise ValueError(f"init 'class_labels': label {i} gave no tokens; give non-empty labels")
+            raise UserError(f"init 'class_labels': label {i} gave no tokens; give non-empty labels")
         mean = embedding.detach()[torch.as_tensor(ids, dtype=torch.long)].double().mean(0)
         weight[..., i, :] = mean.to(weight.dtype)
 
 
 def _check_embedding(embedding: torch.Tensor, dim: int) -> None:
     if embedding.dim() != 2 or embedding.shape[1] != dim:
-        raise ValueError(f"embedding matrix has shape {tuple(embedding.shape)}, expected [vocab, {dim}]")
+        raise UserError(f"embedding matrix has shape {tuple(embedding.shape)}, expected [vocab, {dim}]")
 
 
 def _check_sizes(**sizes: int) -> None:
     for name, value in sizes.items():
         if not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise UserError(f"{name} must be a positive integer, got {value!r}")
 
 
 class PromptEncoder(nn.Module):
@@ -148,7 +150,7 @@ class PromptEncoder(nn.Module):
     def __init__(self, kind: Literal["mlp", "lstm"], dim: int, hidden: int | None = None) -> None:
         super().__init__()
         if kind not in ("mlp", "lstm"):
-            raise ValueError(f"reparam must be 'mlp' or 'lstm', got {kind!r}")
+            raise UserError(f"reparam must be 'mlp' or 'lstm', got {kind!r}")
         hidden = hidden or dim
         self.kind = kind
         if kind == "lstm":
@@ -274,7 +276,7 @@ class PromptBank(nn.Module):
         super().__init__()
         _check_sizes(num_tasks=num_tasks, **{f"prompt_shape[{i}]": s for i, s in enumerate(prompt_shape)})
         if len(prompt_shape) not in (2, 3):
-            raise ValueError(f"prompt_shape must be (num_tokens, dim) or (num_layers, num_tokens, dim), got {prompt_shape}")
+            raise UserError(f"prompt_shape must be (num_tokens, dim) or (num_layers, num_tokens, dim), got {prompt_shape}")
         self.num_tasks, self.prompt_shape = num_tasks, tuple(prompt_shape)
         self.weight = nn.Parameter(torch.empty(num_tasks, *prompt_shape))
         init_prompt_(self.weight, init, **init_kwargs)
@@ -282,9 +284,9 @@ class PromptBank(nn.Module):
 
     def check_task_ids(self, task_ids: torch.Tensor) -> None:
         if task_ids.dtype not in (torch.int32, torch.int64) or task_ids.dim() != 1:
-            raise ValueError(f"task_ids must be a 1-D integer tensor, got {task_ids.dtype} of shape {tuple(task_ids.shape)}")
+            raise UserError(f"task_ids must be a 1-D integer tensor, got {task_ids.dtype} of shape {tuple(task_ids.shape)}")
         if task_ids.numel() and (int(task_ids.min()) < 0 or int(task_ids.max()) >= self.num_tasks):
-            raise ValueError(
+            raise UserError(
                 f"task_ids must lie in [0, {self.num_tasks - 1}] for a bank of {self.num_tasks} tasks, "
                 f"found {int(task_ids.min())}..{int(task_ids.max())}"
             )

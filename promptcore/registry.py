@@ -11,6 +11,8 @@ import difflib
 from contextlib import contextmanager
 from typing import Callable, Generic, Iterator, TypeVar
 
+from .errors import UserError
+
 T = TypeVar("T")
 
 
@@ -27,7 +29,7 @@ def did_you_mean(name: str, candidates: list[str]) -> str:
     return " Did you mean " + " or ".join(repr(m) for m in matches) + "?"
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(UserError, KeyError):
     """A name that is not registered; the message lists the close matches and the known names."""
 
     def __str__(self) -> str:  # KeyError quotes its message; show it as written

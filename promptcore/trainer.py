@@ -47,6 +47,7 @@ from .distributed import StepModule, ignore_frozen_in_ddp, resolve_mode, shard_m
 from .errors import UserError
 from .model import PromptedModel
 from .optim import OPTIMIZER_STATE_FACTOR, LRSchedule, build_optimizer
+from .preflight import check_resume
 from .registry import did_you_mean
 from .runs import RunDir, RunDirError, format_size
 from .train_config import TrainConfig
@@ -611,6 +612,7 @@ class Trainer:
                 f"cannot resume {self.run.path}: {'; '.join(fixed)}; the run's optimizer state and best/ belong to "
                 f"its settings. Resume with them, or start a new run (overwrite=True / --overwrite, or another directory)"
             )
+        check_resume(self.model, tensors["prompts"], self.run.last, self.run.path)
         for name, module in self.model.prompt_modules().items():
             module.load_state_dict(tensors["prompts"][name])
         self.optimizer.load_state_dict(tensors["optimizer"])

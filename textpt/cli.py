@@ -92,10 +92,10 @@ class TextRecipe:
     def generate(self, args: argparse.Namespace) -> int:
         """``textpt generate``: prints each input, then its generation or its classes by probability."""
         if args.max_new_tokens <= 0:
-            raise ValueError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
+            raise UserError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
         cfg = load_config(TextRunConfig, args.config, args.overrides).resolved()
         if not 0 <= args.task < cfg.prompt.num_tasks:
-            raise ValueError(f"--task {args.task} is not a task of the prompt bank; give 0..{cfg.prompt.num_tasks - 1}")
+            raise UserError(f"--task {args.task} is not a task of the prompt bank; give 0..{cfg.prompt.num_tasks - 1}")
         if args.prompts is not None:
             read_prompt_config(args.prompts)  # a missing or foreign folder fails here, before the model loads
         model = self.build_model(cfg)

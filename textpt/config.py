@@ -70,11 +70,11 @@ class TextModelConfig:
         if self.pooling != "auto" and self.task != "seq_cls":
             raise ValueError(f"pooling: {self.pooling!r} pools an encoder's features for task seq_cls; a {self.task} model pools nothing, so leave it at auto")
         if not self.name or not isinstance(self.name, str):
-            raise ValueError("name: empty model name; give 'hf:ORG/NAME', a local folder, 'asset:NAME' or 'random:TYPE'")
+            raise UserError("name: empty model name; give 'hf:ORG/NAME', a local folder, 'asset:NAME' or 'random:TYPE'")
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
+            raise UserError(f"dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.max_length is not None and self.max_length <= 0:
-            raise ValueError(f"max_length: must be a positive number of tokens or null, got {self.max_length}")
+            raise UserError(f"max_length: must be a positive number of tokens or null, got {self.max_length}")
         if self.name.startswith("random:") and self.kwargs:
             check_config_kwargs(self.name.removeprefix("random:").strip(), self.kwargs)
 
@@ -95,7 +95,7 @@ def check_config_kwargs(model_type: str, kwargs: dict[str, Any]) -> None:
     unknown = [k for k in kwargs if k not in known]
     if unknown:
         each = " ".join(f"{k!r}:{did_you_mean(k, sorted(known)) or ' no close match.'}" for k in unknown)
-        raise ValueError(
+        raise UserError(
             f"kwargs: {', '.join(map(repr, unknown))} {'is not a field' if len(unknown) == 1 else 'are not fields'} of "
             f"the {model_type} config ({type(default).__name__}), which would ignore them and build its default. {each}"
         )
@@ -131,21 +131,21 @@ class TextMethodConfig:
     def __post_init__(self) -> None:
         if self.verbalizer is not None:
             if not self.verbalizer or any(not isinstance(w, str) or not w.strip() for w in self.verbalizer):
-                raise ValueError(f"verbalizer: give one non-empty word per class, found {self.verbalizer!r}")
+                raise UserError(f"verbalizer: give one non-empty word per class, found {self.verbalizer!r}")
             repeated = sorted({w for w in self.verbalizer if self.verbalizer.count(w) > 1})
             if repeated:
-                raise ValueError(
+                raise UserError(
                     f"verbalizer: {', '.join(map(repr, repeated))} names several classes, which would all get the same "
                     f"score; give each class its own word"
                 )
             if self.num_classes is None:
                 self.num_classes = len(self.verbalizer)
             elif self.num_classes != len(self.verbalizer):
-                raise ValueError(
+                raise UserError(
                     f"verbalizer: has {len(self.verbalizer)} words but num_classes is {self.num_classes}; give one word per class"
                 )
         if self.num_classes is not None and self.num_classes < 2:
-            raise ValueError(f"num_classes: a classifier needs at least 2 classes, got {self.num_classes}")
+            raise UserError(f"num_classes: a classifier needs at least 2 classes, got {self.num_classes}")
 
     @property
     def num_tasks(self) -> int:
@@ -162,7 +162,7 @@ class TextMethodConfig:
         """
         if task not in self.tasks:
             others = [m.name for _, m in METHODS.items() if m.kind == "text" and task in getattr(m.config_class, "tasks", ())]
-            raise ValueError(
+            raise UserError(
                 f"method: {self.method} is implemented for {' and '.join(self.tasks)} models, not {task}; a {task} "
                 f"model runs {', '.join(others) or 'no registered method'}"
             )
@@ -211,14 +211,14 @@ class SoftPromptConfig(TextMethodConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.num_tokens <= 0:
-            raise ValueError(f"num_tokens: must be a positive prompt length, got {self.num_tokens}")
+            raise UserError(f"num_tokens: must be a positive prompt length, got {self.num_tokens}")
         if self.num_tasks <= 0:
-            raise ValueError(f"num_tasks: must be at least 1, got {self.num_tasks}")
+            raise UserError(f"num_tasks: must be at least 1, got {self.num_tasks}")
         if self.init_std <= 0:
-            raise ValueError(f"init_std: must be positive, got {self.init_std}")
+            raise UserError(f"init_std: must be positive, got {self.init_std}")
         if self.init not in self.inits:
-            raise ValueError(f"init: {self.init!r} is not offered by method {self.method}; choose one of {', '.join(self.inits)}")
+            raise UserError(f"init: {self.init!r} is not offered by method {self.method}; choose one of {', '.join(self.inits)}")
         if self.init == "text" and not (self.init_text or "").strip():
-            raise ValueError("init_text: init 'text' needs a non-empty init_text, e.g. 'Classify the sentiment of this review:'")
+            raise UserError("init_text: init 'text' needs a non-empty init_text, e.g. 'Classify the sentiment of this review:'")
         if self.init in ("labels", "class_labels") and not self.verbalizer:
-            raise ValueError(f"verbalizer: init {self.init!r} starts from the verbalizer's words; give verbalizer: [word per class]")
+            raise UserError(f"verbalizer: init {self.init!r} starts from the verbalizer's words; give verbalizer: [word per class]")

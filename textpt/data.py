@@ -122,12 +122,12 @@ class TextDataConfig:
 
     def __post_init__(self) -> None:
         if self.source in ("hf", "asset") and not self.name:
-            raise ValueError(f"name: source {self.source!r} needs a dataset name (e.g. name: rotten_tomatoes)")
+            raise UserError(f"name: source {self.source!r} needs a dataset name (e.g. name: rotten_tomatoes)")
         if self.source in ("csv", "json", "parquet"):
             wanted = [s for s in (self.train_split, self.eval_split) if s is not None]
             missing = [s for s in wanted if s not in self.data_files]
             if missing:
-                raise ValueError(
+                raise UserError(
                     f"data_files: source {self.source!r} needs a file for split(s) {missing}, found splits "
                     f"{sorted(self.data_files) or 'none'}; e.g. data_files: {{train: train.{self.source}, test: test.{self.source}}}"
                 )
@@ -135,24 +135,24 @@ class TextDataConfig:
             self.template = "{" + self.text_column + "}"
         fields = template_fields(self.template, "template")
         if not fields:
-            raise ValueError(f"template: {self.template!r} has no {{column}} field; e.g. 'Review: {{{self.text_column}}}'")
+            raise UserError(f"template: {self.template!r} has no {{column}} field; e.g. 'Review: {{{self.text_column}}}'")
         if self.target_template is not None:
             template_fields(self.target_template, "target_template")
         for name in ("max_length", "max_train_samples", "max_eval_samples", "num_samples", "num_eval_samples", "text_length", "keywords_per_text"):
             value = getattr(self, name)
             if value is not None and value <= 0:
-                raise ValueError(f"{name}: must be positive, got {value}")
+                raise UserError(f"{name}: must be positive, got {value}")
         for name in ("test_size", "train_size"):
             value = getattr(self, name)
             if value is None:
                 continue
             if self.source != "asset":
-                raise ValueError(
+                raise UserError(
                     f"{name}: splits a packaged dataset's rows anew (source: asset); source {self.source!r} brings its "
                     f"own splits, chosen with train_split / eval_split"
                 )
             if not (isinstance(value, int) and value >= 1) and not (isinstance(value, float) and 0 < value < 1):
-                raise ValueError(f"{name}: give a fraction between 0 and 1 (0.2) or a number of rows (500), got {value!r}")
+                raise UserError(f"{name}: give a fraction between 0 and 1 (0.2) or a number of rows (500), got {value!r}")
 
 
 def template_fields(template: str, what: str = "template") -> list[str]:
@@ -160,15 +160,15 @@ def template_fields(template: str, what: str = "template") -> list[str]:
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as e:
-        raise ValueError(f"{what}: {template!r} is not a valid template ({e}); write literal braces as {{{{ and }}}}") from None
+        raise UserError(f"{what}: {template!r} is not a valid template ({e}); write literal braces as {{{{ and }}}}") from None
     fields = []
     for _, name, spec, conversion in parsed:
         if name is None:
             continue
         if not name or any(c in name for c in ".[]"):
-            raise ValueError(f"{what}: field {{{name}}} in {template!r} must name a column, e.g. {{text}}")
+            raise UserError(f"{what}: field {{{name}}} in {template!r} must name a column, e.g. {{text}}")
         if spec or conversion:
-            raise ValueError(f"{what}: field {{{name}}} in {template!r} has a format spec or conversion; use plain {{column}} fields")
+            raise UserError(f"{what}: field {{{name}}} in {template!r} has a format spec or conversion; use plain {{column}} fields")
         fields.append(name)
     return fields
 
@@ -202,13 +202,21 @@ def load_raw(cfg: TextDataConfig) -> dict[str, Any]:
         if cfg.test_size is not None or cfg.train_size is not None:
             split.update(train_size=cfg.train_size, seed=cfg.seed)
         dd = assets.load_dataset(cfg.name, **split)
-    elif cfg.source == "hf":
-        dd = datasets.load_dataset(cfg.name, cfg.subset)
     else:
         if cfg.source in ("csv", "json"):
             for path in cfg.data_files.values():
                 check_utf8(path)
-        dd = datasets.load_dataset(cfg.source, data_files=dict(cfg.data_files))
+        try:
+            if cfg.source == "hf":
+                dd = datasets.load_dataset(cfg.name, cfg.subset)
+            else:
+                dd = datasets.load_dataset(cfg.source, data_files=dict(cfg.data_files))
+        except (ValueError, OSError) as e:  # no such dataset or file, an offline hub, files without rows
+            where = f"dataset {cfg.name!r}" if cfg.source == "hf" else f"{cfg.source} files {dict(cfg.data_files)}"
+            raise DataError(
+                f"could not load {where} ({type(e).__name__}: {e}); check data.name / data.data_files and that the "
+                f"files hold rows (a hub dataset must be in the local cache on offline machines)"
+            ) from None
     what = f"dataset {cfg.name!r}" if cfg.source in ("hf", "asset") else f"{cfg.source} files {dict(cfg.data_files)}"
     out = {}
     for role, split in (("train", cfg.train_split), ("eval", cfg.eval_split)):
@@ -216,7 +224,7 @@ def load_raw(cfg: TextDataConfig) -> dict[str, Any]:
             continue
         if split not in dd:
             key = "train_split" if role == "train" else "eval_split"
-            raise KeyError(f"{what} has no split {split!r}; it has {sorted(dd)}. Set data.{key} to one of them")
+            raise MissingSplitError(f"{what} has no split {split!r}; it has {sorted(dd)}. Set data.{key} to one of them")
         out[role] = dd[split]
     return _limit(out, cfg)
 
@@ -266,6 +274,13 @@ def dataset_label_names(dataset: Any, label_column: str | None) -> list[str] | N
 class DataError(UserError):
     """A row or file of the data cannot be used as configured (empty text, a label outside the classes, a file that
     is not UTF-8 ...)."""
+
+
+class MissingSplitError(UserError, KeyError):
+    """A configured split the dataset does not have."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it as written
+        return str(self.args[0]) if self.args else ""
 
 
 class TokenizedTexts(Dataset):
@@ -340,9 +355,9 @@ class ExampleEncoder:
         truncation_side: Literal["right", "left"] = "right",
     ) -> None:
         if max_length is not None and max_length <= 0:
-            raise ValueError(f"max_length must be positive or None, got {max_length}")
+            raise UserError(f"max_length must be positive or None, got {max_length}")
         if truncation_side not in ("right", "left"):
-            raise ValueError(f"truncation_side must be 'right' or 'left', got {truncation_side!r}")
+            raise UserError(f"truncation_side must be 'right' or 'left', got {truncation_side!r}")
         self.truncation_side = truncation_side
         self.tokenizer = tokenizer
         self.layout = layout
@@ -364,14 +379,14 @@ class ExampleEncoder:
         self.max_target_length = max_target_length or max_length or sys.maxsize
         self.skip_empty = skip_empty
         if layout == "causal_lm" and target_column is None:
-            raise ValueError("causal_lm generation training needs data.target_column (the text the model learns to write)")
+            raise UserError("causal_lm generation training needs data.target_column (the text the model learns to write)")
         if layout == "seq2seq" and target_column is None and not verbalizer:
-            raise ValueError(
+            raise UserError(
                 "seq2seq needs data.target_column (target texts) or a verbalizer (prompt.verbalizer: one word per class) "
                 "for the model to write"
             )
         if layout == "classification" and self.num_classes is None:
-            raise ValueError("classification needs the number of classes: set prompt.num_classes or prompt.verbalizer")
+            raise UserError("classification needs the number of classes: set prompt.num_classes or prompt.verbalizer")
 
     # -- rows to ids --
     def encode(self, rows: Any, split: str = "train") -> tuple[TokenizedTexts, EncodeStats]:
@@ -556,7 +571,7 @@ class TextCollator:
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if self.padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
+            raise UserError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
         input_ids, attention_mask = repad([e["input_ids"] for e in examples], self.pad_token_id, self.padding_side, torch.device("cpu"))
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
         if "lm_labels" in examples[0]:
@@ -687,7 +702,7 @@ def input_budget(model_limit: int | None, num_prompt_tokens: int, max_length: in
         return max_length
     budget = model_limit - num_prompt_tokens
     if budget <= 0:
-        raise ValueError(
+        raise UserError(
             f"the prompt's {num_prompt_tokens} tokens fill the model's maximum of {model_limit} positions; "
             f"use fewer prompt tokens (prompt.num_tokens)"
         )

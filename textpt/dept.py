@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from promptcore import SoftPrompt, register_method
+from promptcore.errors import UserError
 
 from .model import SoftPromptedModel
 from .padding import pack_prompt, pad_token_id
@@ -66,11 +67,11 @@ class DePTConfig(PromptTuningConfig):
         super().__post_init__()
         for name in ("rank", "max_length"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
+                raise UserError(f"{name}: must be positive, got {getattr(self, name)}")
         if not (math.isfinite(self.alpha) and self.alpha > 0):
-            raise ValueError(f"alpha: must be a positive number, got {self.alpha}")
+            raise UserError(f"alpha: must be a positive number, got {self.alpha}")
         if self.num_tasks > 1:
-            raise ValueError("num_tasks: a prompt bank (num_tasks > 1) holds plain prompts; DePT's update is for one task")
+            raise UserError("num_tasks: a prompt bank (num_tasks > 1) holds plain prompts; DePT's update is for one task")
 
     def input_limit(self) -> int:
         return self.max_length
@@ -86,7 +87,7 @@ def rank_for_budget(prompt_tokens: int, num_tokens: int, dim: int, max_length: i
     """
     rank = (prompt_tokens - num_tokens) * dim // (max_length + dim)
     if rank <= 0:
-        raise ValueError(
+        raise UserError(
             f"a {num_tokens}-token prompt leaves no rank within the budget of {prompt_tokens} prompt tokens; use a "
             f"shorter prompt or a larger budget"
         )
@@ -150,7 +151,7 @@ class DePTModel(SoftPromptedModel):
         positions = attention_mask.long().cumsum(1) - 1
         longest = int(positions[:, -1].max()) + 1 if positions.numel() else 0
         if longest > self.lora.max_length:
-            raise ValueError(
+            raise UserError(
                 f"an input has {longest} tokens, but DePT's update covers {self.lora.max_length} positions "
                 f"(prompt.max_length); cut the inputs to at most {self.lora.max_length} tokens (data.max_length)"
             )

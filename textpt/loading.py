@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from promptcore.errors import UserError
+
 from .config import TextModelConfig
 from .synthetic import SYNTHETIC_WORDS
 from .tasks import TASKS
@@ -25,7 +27,7 @@ TINY_WORDS = (
 ).split() + list(SYNTHETIC_WORDS)
 TINY_SPECIALS = ("<unk>", "<s>", "</s>")
 
-class ModelLoadError(ValueError):
+class ModelLoadError(UserError):
     """A model name that cannot be resolved or a model that cannot carry prompts."""
 
 
@@ -137,9 +139,18 @@ def load_model_and_tokenizer(cfg: TextModelConfig) -> tuple[nn.Module, Any]:
 
         folder = _folder(kind, target)
         tok_kwargs = {k: v for k, v in cfg.kwargs.items() if k in ("gguf_file", "revision")} if cfg.tokenizer is None else {}
-        tokenizer = load_tokenizer(tok_name, cfg.padding_side, **tok_kwargs)
         cls = getattr(transformers, TASKS.get(cfg.task).auto_class)
-        model = cls.from_pretrained(folder, dtype=dtype, **cfg.kwargs)
+        try:
+            tokenizer = load_tokenizer(tok_name, cfg.padding_side, **tok_kwargs)
+            model = cls.from_pretrained(folder, dtype=dtype, **cfg.kwargs)
+        except OSError as e:
+            # An offline hub, a name not in the cache, a folder without weights or tokenizer files.
+            first = str(e).splitlines()[0] if str(e) else repr(e)
+            raise ModelLoadError(
+                f"model.name: cannot load {cfg.name} ({type(e).__name__}: {first}); put the model in the Hugging Face "
+                f"cache (or give a local folder), or use 'random:TYPE' for a random test model"
+            ) from None
+
     model = model.to(dtype)
     check_prompt_ready(model, cfg.name)
     if cfg.max_length is not None:

@@ -71,7 +71,7 @@ class TextPromptedModel(PromptedModel):
         super().__init__()
         embedding = check_prompt_ready(backbone, name)
         if config.method != self.method:
-            raise ValueError(f"method: {type(self).__name__} implements {self.method!r}, the config asks for {config.method!r}")
+            raise UserError(f"method: {type(self).__name__} implements {self.method!r}, the config asks for {config.method!r}")
         self.backbone = backbone
         self.config = config
         self.tokenizer = tokenizer
@@ -117,11 +117,11 @@ class TextPromptedModel(PromptedModel):
         # Every task keeps the words (a 'labels' init starts from them); a causal LM scores them, a seq2seq model
         # writes them (as targets), a seq_cls model classifies with its head.
         if self.tokenizer is None:
-            raise ValueError("verbalizer: the label words need the tokenizer; call textpt.wrap(model, config, tokenizer=tokenizer)")
+            raise UserError("verbalizer: the label words need the tokenizer; call textpt.wrap(model, config, tokenizer=tokenizer)")
         ids = [self.tokenizer(w, add_special_tokens=False)["input_ids"] for w in words]
         empty = [w for w, i in zip(words, ids) if not i]
         if empty:
-            raise ValueError(f"verbalizer: words {empty} give no tokens with this tokenizer; choose other label words")
+            raise UserError(f"verbalizer: words {empty} give no tokens with this tokenizer; choose other label words")
         if self.strategy.label_words:  # the tokens the task scores: as written (causal LM), as targets (seq2seq)
             check_label_word_ids(words, ids if self.strategy.decoder_only else [label_word_target(self.tokenizer, w) for w in words])
         multi = {w: len(i) for w, i in zip(words, ids) if len(i) > 1}
@@ -174,22 +174,22 @@ class TextPromptedModel(PromptedModel):
     # ----- prompt placement ---------------------------------------------------------------------------------------
     def _check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, task_ids: torch.Tensor | None) -> torch.Tensor:
         if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+            raise UserError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if self.max_positions is not None and input_ids.shape[1] + self.num_prompt_tokens > self.max_positions:
-            raise ValueError(
+            raise UserError(
                 f"input of {input_ids.shape[1]} tokens plus {self.num_prompt_tokens} prompt tokens exceeds the "
                 f"{self.max_positions} positions of {self.backbone_name}; truncate the text to at most "
                 f"{self.max_positions - self.num_prompt_tokens} tokens (data max_length)"
             )
         if task_ids is None and self.num_tasks > 1:
-            raise ValueError(f"this model has a bank of {self.num_tasks} task prompts; the batch must carry task_ids [batch]")
+            raise UserError(f"this model has a bank of {self.num_tasks} task prompts; the batch must carry task_ids [batch]")
         return attention_mask
 
     def _check_decoder(self, what: str) -> None:
         if not self.strategy.decoder_only:
-            raise ValueError(f"{what} is for decoder-only models (causal_lm); this one is {self.task}")
+            raise UserError(f"{what} is for decoder-only models (causal_lm); this one is {self.task}")
 
     def _uses_key_values(self) -> bool:
         return self.uses_prefix_cache or self.use_fast_path()
@@ -276,7 +276,7 @@ class TextPromptedModel(PromptedModel):
         n = self.config.num_classes
         if n is not None and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n):
             where = f"the verbalizer has {n} words {self.config.verbalizer}" if self.config.verbalizer else f"the head has {n} classes"
-            raise ValueError(f"labels range {int(labels.min())}..{int(labels.max())} but {where}; every label must be a class index in 0..{n - 1}")
+            raise UserError(f"labels range {int(labels.min())}..{int(labels.max())} but {where}; every label must be a class index in 0..{n - 1}")
 
     def forward_batch(self, batch: dict[str, Any]) -> torch.Tensor:
         self._check_labels(batch["labels"])
@@ -349,7 +349,7 @@ class SoftPromptedModel(TextPromptedModel):
 
     def token_ids(self, text: str) -> list[int]:
         if self.tokenizer is None:
-            raise ValueError(f"init {self.config.init!r}: the tokenizer is needed; call textpt.wrap(model, config, tokenizer=tokenizer)")
+            raise UserError(f"init {self.config.init!r}: the tokenizer is needed; call textpt.wrap(model, config, tokenizer=tokenizer)")
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def init_token_ids(self) -> list[int] | None:

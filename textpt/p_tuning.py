@@ -14,6 +14,7 @@ from typing import Literal
 from torch import nn
 
 from promptcore import SoftPrompt, register_method
+from promptcore.errors import UserError
 
 from .prompt_tuning import PromptTuningConfig, PromptTuningModel, prompt_init
 
@@ -36,9 +37,9 @@ class PTuningConfig(PromptTuningConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.num_tasks > 1:
-            raise ValueError("num_tasks: a prompt bank (num_tasks > 1) holds plain prompts; P-tuning's encoder is for one task")
+            raise UserError("num_tasks: a prompt bank (num_tasks > 1) holds plain prompts; P-tuning's encoder is for one task")
         if self.reparam_hidden is not None and self.reparam_hidden <= 0:
-            raise ValueError(f"reparam_hidden: must be a positive width or null, got {self.reparam_hidden}")
+            raise UserError(f"reparam_hidden: must be a positive width or null, got {self.reparam_hidden}")
 
 
 class PTuningModel(PromptTuningModel):

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from promptcore.errors import UserError
+
 
 def pad_token_id(tokenizer: Any) -> int:
     """The id written into padded positions: the tokenizer's pad token, else its end-of-sequence token; 0 when
@@ -27,7 +29,7 @@ def pad_token_id(tokenizer: Any) -> int:
         value = getattr(tokenizer, attr, None)
         if value is not None:
             return int(value)
-    raise ValueError(
+    raise UserError(
         f"{type(tokenizer).__name__} has neither a pad token nor an end-of-sequence token to pad with; set one, e.g. "
         f"tokenizer.add_special_tokens({{'pad_token': '<pad>'}}) and resize the model's embeddings"
     )

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from promptcore import PromptBank, PromptFileError
+from promptcore.errors import MissingFileError, UserError
 from promptcore.io import atomic_dir
 
 from .fast_prefix import num_layers
@@ -39,12 +40,12 @@ def save_peft_adapter(model: PromptTuningModel, directory: str | os.PathLike, ba
         ValueError: the model is not a one-task prompt (or P-tuning) model on a causal LM.
     """
     if not isinstance(model, PromptTuningModel) or isinstance(model.prompts, PromptBank):
-        raise ValueError(
+        raise UserError(
             f"PEFT prompt-tuning adapters hold one shallow prompt; {type(model).__name__} with "
             f"{model.config.num_tasks} task(s) cannot be exported (use save_prompts for banks and prefixes)"
         )
     if model.task != "causal_lm":
-        raise ValueError(f"PEFT export is implemented for causal_lm models; this model's task is {model.task}")
+        raise UserError(f"PEFT export is implemented for causal_lm models; this model's task is {model.task}")
     weight = model.prompt_table()[0].detach().to("cpu").contiguous()
     config = model.backbone.config.get_text_config()
     adapter = {
@@ -76,11 +77,11 @@ def read_peft_adapter(directory: str | os.PathLike) -> tuple[torch.Tensor, dict[
     directory = Path(directory)
     config_path, weights_path = directory / ADAPTER_CONFIG, directory / ADAPTER_WEIGHTS
     if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} is missing: {directory} is not a PEFT adapter folder")
+        raise MissingFileError(f"{config_path} is missing: {directory} is not a PEFT adapter folder")
     if not weights_path.is_file():
         pickled = directory / "adapter_model.bin"
         hint = f" (found {pickled.name}, a pickle, which is never loaded: re-save it with safe_serialization=True)" if pickled.exists() else ""
-        raise FileNotFoundError(f"{weights_path} is missing{hint}")
+        raise MissingFileError(f"{weights_path} is missing{hint}")
     try:
         config = json.loads(config_path.read_text())
     except json.JSONDecodeError as e:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from promptcore import DeepSoftPrompt, PromptBank, register_method
+from promptcore.errors import UserError
 
 from .config import SoftPromptConfig
 from .fast_prefix import KeyValues, prompt_key_values
@@ -49,7 +50,7 @@ class PrefixModel(SoftPromptedModel):
             probe = prompt_key_values(backbone, self.embedding.weight[:1].unsqueeze(0))
         shapes = {tuple(k.shape[1:]) for k, _ in probe}
         if len(shapes) != 1:
-            raise ValueError(f"layers of {self.backbone_name} have different key/value shapes {sorted(shapes)}; prefix needs one shape")
+            raise UserError(f"layers of {self.backbone_name} have different key/value shapes {sorted(shapes)}; prefix needs one shape")
         self.kv_heads, _, self.head_dim = next(iter(shapes))
         self.num_layers = len(probe)
         shape = (2 * self.num_layers, config.num_tokens, self.kv_heads * self.head_dim)
@@ -74,7 +75,7 @@ class PrefixModel(SoftPromptedModel):
             generator = torch.Generator().manual_seed(self.config.seed)
             ids = torch.randint(0, self.embedding.weight.shape[0], (n,), generator=generator).tolist()
         if not ids:
-            raise ValueError(f"init {self.config.init!r}: the init tokens are empty; give a non-empty init text or verbalizer")
+            raise UserError(f"init {self.config.init!r}: the init tokens are empty; give a non-empty init text or verbalizer")
         ids = (ids * (n // len(ids) + 1))[:n]
         embeds = self.embedding(torch.tensor([ids], device=weight.device))
         weight.copy_(self._flatten(prompt_key_values(self.backbone, embeds)).expand_as(weight))

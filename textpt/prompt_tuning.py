@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from promptcore import PromptBank, SoftPrompt, register_method
+from promptcore.errors import UserError
 
 from .config import SoftPromptConfig
 from .fast_prefix import KeyValues, prompt_key_values, select_rows
@@ -62,11 +63,11 @@ class PromptTuningConfig(SoftPromptConfig):
         super().__post_init__()
         if self.init_vocab_size is not None:
             if self.init_vocab_size <= 0:
-                raise ValueError(f"init_vocab_size: must be a positive number of vocabulary rows or null, got {self.init_vocab_size}")
+                raise UserError(f"init_vocab_size: must be a positive number of vocabulary rows or null, got {self.init_vocab_size}")
             if self.init not in ("vocab", "class_labels"):
-                raise ValueError(f"init_vocab_size: only the vocab and class_labels inits draw from the vocabulary, init is {self.init!r}; remove it")
+                raise UserError(f"init_vocab_size: only the vocab and class_labels inits draw from the vocabulary, init is {self.init!r}; remove it")
         if self.init_text_special_tokens and self.init != "text":
-            raise ValueError(f"init_text_special_tokens: applies to init 'text', init is {self.init!r}; remove it")
+            raise UserError(f"init_text_special_tokens: applies to init 'text', init is {self.init!r}; remove it")
 
 
 class PromptTuningModel(SoftPromptedModel):
@@ -78,7 +79,7 @@ class PromptTuningModel(SoftPromptedModel):
     def __init__(self, backbone: nn.Module, config: PromptTuningConfig, tokenizer: Any = None, task: str | None = None, name: str | None = None) -> None:
         super().__init__(backbone, config, tokenizer, task, name)
         if config.fast == "on" and not self.strategy.decoder_only:
-            raise ValueError(f"fast: the shared-prefix path needs a decoder-only model (causal_lm), this task is {self.task}; use fast: auto or off")
+            raise UserError(f"fast: the shared-prefix path needs a decoder-only model (causal_lm), this task is {self.task}; use fast: auto or off")
         self.prompts = self._build_prompts().to(backbone.dtype)
         self.freeze_backbone()
 
@@ -128,7 +129,7 @@ def prompt_init(model: SoftPromptedModel) -> dict[str, Any]:
         }
     if config.init == "text" and config.init_text_special_tokens:
         if model.tokenizer is None:
-            raise ValueError("init 'text': the tokenizer is needed; call textpt.wrap(model, config, tokenizer=tokenizer)")
+            raise UserError("init 'text': the tokenizer is needed; call textpt.wrap(model, config, tokenizer=tokenizer)")
         return {"init": "text", "embedding": weight, "token_ids": model.tokenizer(config.init_text)["input_ids"]}
     return {"init": "text", "embedding": weight, "token_ids": model.init_token_ids()}
 

@@ -16,6 +16,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from promptcore.config import check_sources
+from promptcore.errors import UserError
 from promptcore.methods import method_config
 from promptcore.train_config import TrainConfig
 
@@ -65,7 +66,7 @@ class TextRunConfig:
         check_sources(self, self.source)
         data = self.data
         if data.source == "synthetic" and self.prompt.num_classes not in (None, data.num_classes):
-            raise ValueError(
+            raise UserError(
                 f"prompt.num_classes: {self.prompt.num_classes} does not match data.num_classes {data.num_classes} of "
                 f"the synthetic data; make them equal (or drop prompt.num_classes)"
             )
@@ -95,22 +96,22 @@ def _check(model: TextModelConfig, prompt: TextMethodConfig, data: TextDataConfi
     try:
         prompt.check_task(task, data.target_column)
     except ValueError as e:
-        raise ValueError(f"prompt.{e}") from None
+        raise UserError(f"prompt.{e}") from None
     strategy = TASKS.get(task)
     strategy.check_run(prompt, data.target_column)
     try:
         strategy.layout(prompt.verbalizer, data.target_column)
     except ValueError as e:
-        raise ValueError(f"data.target_column: {e}") from None
+        raise UserError(f"data.target_column: {e}") from None
     if data.task_column is None and prompt.num_tasks > 1:
-        raise ValueError(
+        raise UserError(
             f"data.task_column: prompt.num_tasks is {prompt.num_tasks}, so batches need per-row task ids; name the column "
             f"holding them"
         )
     limit = prompt.input_limit()
     for key, value in (("data.max_length", data.max_length), ("model.max_length", model.max_length)):
         if limit is not None and value is not None and value > limit:
-            raise ValueError(
+            raise UserError(
                 f"{key}: {value} tokens, but method {prompt.method} takes at most {limit} input tokens "
                 f"(prompt.max_length); lower {key} or raise prompt.max_length"
             )

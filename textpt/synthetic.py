@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from promptcore.data import split_seed
+from promptcore.errors import UserError
 
 _FILLER = (
     "the a of and to in is it that was for on with as this but his by from they at be one have not all are an "
@@ -45,9 +46,9 @@ class SyntheticTexts(Dataset):
         split: Literal["train", "validation", "test"] = "train",
     ) -> None:
         if not 2 <= num_classes <= len(_KEYWORDS):
-            raise ValueError(f"num_classes must be between 2 and {len(_KEYWORDS)}, got {num_classes}")
+            raise UserError(f"num_classes must be between 2 and {len(_KEYWORDS)}, got {num_classes}")
         if num_samples <= 0:
-            raise ValueError(f"num_samples must be positive, got {num_samples}")
+            raise UserError(f"num_samples must be positive, got {num_samples}")
         keywords = [k.split() for k in _KEYWORDS[:num_classes]]
         g = torch.Generator().manual_seed(split_seed(seed, split))
         self.labels = (torch.arange(num_samples) % num_classes)[torch.randperm(num_samples, generator=g)]

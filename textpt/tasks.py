@@ -113,7 +113,7 @@ class TextTask:
 
     def token_outputs(self, model: "TextPromptedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor | None, task_ids: torch.Tensor | None) -> torch.Tensor:
         """What ``forward`` returns for a model that does not classify."""
-        raise ValueError(f"{self.name} models classify; call class_logits")
+        raise UserError(f"{self.name} models classify; call class_logits")
 
     def class_logits(self, model: "TextPromptedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor | None, task_ids: torch.Tensor | None) -> torch.Tensor:
         """``[B, num_classes]`` class scores."""
@@ -121,7 +121,7 @@ class TextTask:
 
     def lm_logits_and_targets(self, model: "TextPromptedModel", batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits [B, T, vocab], targets [B, T])`` of the LM loss, :data:`IGNORE_INDEX` where nothing is learned."""
-        raise ValueError(f"{self.name} models train on class labels, not lm_labels")
+        raise UserError(f"{self.name} models train on class labels, not lm_labels")
 
     def lm_outputs(self, model: "TextPromptedModel", batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits, targets)`` aligned for the LM loss, every position a prediction."""
@@ -129,7 +129,7 @@ class TextTask:
 
     def generate(self, model: "TextPromptedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor | None, **generate_kwargs: Any) -> torch.Tensor:
         """Token ids generated with the prompt."""
-        raise ValueError(f"{self.name} models classify; they do not generate text")
+        raise UserError(f"{self.name} models classify; they do not generate text")
 
     # ----- training contract -----------------------------------------------------------------------------------
     def learns_tokens(self, model: "TextPromptedModel", batch: dict[str, Any]) -> bool:
@@ -171,14 +171,14 @@ class CausalLM(TextTask):
             return "causal_lm"
         if verbalizer:
             return "classification"
-        raise ValueError(
+        raise UserError(
             "model.task causal_lm needs prompt.verbalizer (one word per class, to classify by scoring them) or "
             "data.target_column (target texts, to train generation)"
         )
 
     def check_run(self, prompt: "TextMethodConfig", target_column: str | None) -> None:
         if prompt.verbalizer and target_column is not None:
-            raise ValueError(
+            raise UserError(
                 "prompt.verbalizer: with data.target_column set, a causal_lm run learns to write the targets, so it "
                 "takes no verbalizer; drop one of the two (verbalizer: classify; target_column: generate)"
             )
@@ -192,7 +192,7 @@ class CausalLM(TextTask):
     def class_logits(self, model: "TextPromptedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor | None, task_ids: torch.Tensor | None) -> torch.Tensor:
         """The verbalizer words' log-probabilities after each input (a word of several tokens: their sum)."""
         if model.verbalizer_ids is None:
-            raise ValueError("classification with a causal LM scores label words: set prompt.verbalizer (one word per class)")
+            raise UserError("classification with a causal LM scores label words: set prompt.verbalizer (one word per class)")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         words = model.verbalizer_ids
@@ -282,21 +282,21 @@ class Seq2Seq(TextTask):
 
     def check_run(self, prompt: "TextMethodConfig", target_column: str | None) -> None:
         if target_column is None and not prompt.verbalizer:
-            raise ValueError("prompt.verbalizer: a seq2seq run learns data.target_column or the verbalizer's words; set one of them")
+            raise UserError("prompt.verbalizer: a seq2seq run learns data.target_column or the verbalizer's words; set one of them")
 
     def classifies(self, model: "TextPromptedModel") -> bool:
         return False
 
     def token_outputs(self, model: "TextPromptedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor | None, task_ids: torch.Tensor | None) -> torch.Tensor:
-        raise ValueError("seq2seq: a forward needs decoder targets; call lm_outputs(batch), class_logits() or generate()")
+        raise UserError("seq2seq: a forward needs decoder targets; call lm_outputs(batch), class_logits() or generate()")
 
     def class_logits(self, model: "TextPromptedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor | None, task_ids: torch.Tensor | None) -> torch.Tensor:
         """Each verbalizer word's summed log-probability as the decoder's target (:func:`label_word_target`, as the
         data writes it)."""
         if not model.config.verbalizer:
-            raise ValueError("seq2seq models score classes by their label words as targets: set prompt.verbalizer (one word per class)")
+            raise UserError("seq2seq models score classes by their label words as targets: set prompt.verbalizer (one word per class)")
         if model.tokenizer is None:
-            raise ValueError("verbalizer: the label words need the tokenizer; call textpt.wrap(model, config, tokenizer=tokenizer)")
+            raise UserError("verbalizer: the label words need the tokenizer; call textpt.wrap(model, config, tokenizer=tokenizer)")
         scores = []
         for word in model.config.verbalizer:
             target = torch.tensor(label_word_target(model.tokenizer, word), device=input_ids.device)
@@ -335,14 +335,14 @@ class SequenceClassification(TextTask):
 
     def check_run(self, prompt: "TextMethodConfig", target_column: str | None) -> None:
         if prompt.num_classes is None:
-            raise ValueError("prompt.num_classes: model.task seq_cls needs the number of classes (the head's size)")
+            raise UserError("prompt.num_classes: model.task seq_cls needs the number of classes (the head's size)")
 
     def classifies(self, model: "TextPromptedModel") -> bool:
         return True
 
     def build_head(self, model: "TextPromptedModel") -> nn.Module:
         if model.config.num_classes is None:
-            raise ValueError("num_classes: task seq_cls trains a classification head; set prompt.num_classes")
+            raise UserError("num_classes: task seq_cls trains a classification head; set prompt.num_classes")
         head = nn.Linear(int(model.backbone.config.hidden_size), model.config.num_classes)
         generator = torch.Generator().manual_seed(model.config.seed)
         with torch.no_grad():

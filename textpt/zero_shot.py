@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal
 from torch import nn
 
 from promptcore import register_method
+from promptcore.errors import UserError
 
 from .config import TextMethodConfig
 from .model import TextPromptedModel
@@ -30,9 +31,9 @@ class ZeroShotConfig(TextMethodConfig):
     def check_task(self, task: str, target_column: str | None = None) -> None:
         super().check_task(task, target_column)
         if not self.verbalizer:
-            raise ValueError("verbalizer: zero_shot scores one label word per class; give verbalizer: [word per class]")
+            raise UserError("verbalizer: zero_shot scores one label word per class; give verbalizer: [word per class]")
         if target_column is not None:
-            raise ValueError("method: zero_shot classifies by label words, it does not learn target texts; drop data.target_column")
+            raise UserError("method: zero_shot classifies by label words, it does not learn target texts; drop data.target_column")
 
 
 class ZeroShotModel(TextPromptedModel):

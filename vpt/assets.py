@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from promptcore.assets import Archive, Asset, UnknownAssetError, asset_path, cached_dataset, read_text, register_asset
+from promptcore.errors import UserError
 from promptcore.registry import Registry
 
 _EFFICIENTNET = Archive(
@@ -99,14 +100,14 @@ def load_mapped_state_dict(model: nn.Module, state: dict[str, torch.Tensor], sou
     """
     targets = model.state_dict()
     if len(state) != len(targets):
-        raise ValueError(
+        raise UserError(
             f"{source} holds {len(state)} tensors but the model has {len(targets)}: the architecture arguments "
             f"changed the network. Build it with the defaults (set the class count with num_classes, which is "
             f"applied after loading)."
         )
     for i, ((src, tensor), (dst, target)) in enumerate(zip(state.items(), targets.items())):
         if tensor.shape != target.shape:
-            raise ValueError(
+            raise UserError(
                 f"tensor #{i} of {source}, {src!r} with shape {tuple(tensor.shape)}, does not fit the model's "
                 f"{dst!r} with shape {tuple(target.shape)}: the weights do not belong to this architecture."
             )
@@ -147,7 +148,7 @@ def _read_idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         raw = f.read()
     if raw[:3] != b"\x00\x00\x08":
-        raise ValueError(f"{path} is not an IDX file of uint8 data (its header is {raw[:4].hex()}).")
+        raise UserError(f"{path} is not an IDX file of uint8 data (its header is {raw[:4].hex()}).")
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,14 +26,17 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from promptcore import PromptedModel, read_prompt_config, wrap
-from promptcore.cli import Command, add_config_args, register_command
+from promptcore.cli import EXIT_ERROR, Command, add_config_args, default_run_dir, register_command
 from promptcore.cli import main as shared_main
+from promptcore.errors import MissingFileError, UserError
 from promptcore.recipe import DataBundle
 from promptcore.sweep import format_sweep, parse_grid, run_sweep
 from promptcore.trainer import seed_everything
 
 from .backbones import create_model
 from .data import (
+    UNREADABLE,
+    DataError,
     ImageConfig,
     LabeledImages,
     build_transform,
@@ -63,23 +67,26 @@ def image_paths(items: Sequence[str]) -> list[Path]:
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
-                raise FileNotFoundError(f"folder {item!r} holds no images (looked for {', '.join(IMAGE_SUFFIXES)})")
+                raise MissingFileError(f"folder {item!r} holds no images (looked for {', '.join(IMAGE_SUFFIXES)})")
             paths.extend(found)
         elif path.is_file():
             paths.append(path)
         else:
-            raise FileNotFoundError(f"image {item!r} does not exist; give image files or folders of images")
+            raise MissingFileError(f"image {item!r} does not exist; give image files or folders of images")
     return paths
 
 
 def open_image(path: Path) -> Image.Image:
-    """The image at ``path`` as RGB; a file that is not an image gets a clear error."""
+    """The image at ``path`` as RGB; a file that cannot be read (not an image, empty, truncated, over PIL's
+    decompression-bomb limit) gets a clear error naming it."""
     try:
         with Image.open(path) as image:
             image.load()
             return to_rgb(image)
     except UnidentifiedImageError:
-        raise ValueError(f"{path} is not an image file PIL can read") from None
+        raise DataError(f"{path} is not an image file PIL can read") from None
+    except UNREADABLE as e:
+        raise DataError(f"{path} cannot be read ({type(e).__name__}: {e})") from None
 
 
 class VisionRecipe:
@@ -154,9 +161,12 @@ class VisionRecipe:
         return class_names_of(cfg.data, train, int(model.prompt_config().get("num_classes") or infer_num_classes(cfg.data, train)))
 
     def predict(self, args: argparse.Namespace) -> int:
-        """``vpt predict``: prints each image's path, then its top-k labels with probabilities."""
+        """``vpt predict``: prints each image's path, then its top-k labels with probabilities.
+
+        An image that cannot be read is named in an ``error:`` line on stderr and the others are still predicted;
+        the exit status is then 2."""
         if args.top_k <= 0:
-            raise ValueError(f"--top-k must be positive, got {args.top_k}")
+            raise UserError(f"--top-k must be positive, got {args.top_k}")
         paths = image_paths(args.images)
         cfg = load_run_config(args.config, args.overrides)
         meta = read_prompt_config(args.prompts)
@@ -176,9 +186,19 @@ class VisionRecipe:
         transform = build_transform(with_data_overrides(resolve_image_config(model.backbone, cfg.data.image_size), cfg.data))
         k = min(args.top_k, len(names))
         batch_size = cfg.train.eval_batch_size or cfg.train.batch_size
+        failed = 0
         for start in range(0, len(paths), batch_size):
-            chunk = paths[start : start + batch_size]
-            pixels = torch.stack([transform(open_image(p)) for p in chunk]).to(device)
+            chunk, images = [], []
+            for path in paths[start : start + batch_size]:
+                try:
+                    images.append(transform(open_image(path)))
+                    chunk.append(path)
+                except DataError as e:
+                    print(f"error: {e}", file=sys.stderr)
+                    failed += 1
+            if not chunk:
+                continue
+            pixels = torch.stack(images).to(device)
             task_ids = torch.full((len(chunk),), args.task, dtype=torch.long, device=device)
             with torch.no_grad():
                 probs = model.forward_batch({"pixel_values": pixels, "task_ids": task_ids}).float().softmax(-1)
@@ -187,6 +207,9 @@ class VisionRecipe:
                 print(path)
                 for rank, (p, c) in enumerate(zip(values, indices), 1):
                     print(f"  {rank}. {names[c]}  {p:.4f}")
+        if failed:
+            print(f"predict: {failed} of {len(paths)} images could not be read (named above); the others are predicted", file=sys.stderr)
+            return EXIT_ERROR
         return 0
 
 
@@ -211,14 +234,19 @@ def _sweep_arguments(p: argparse.ArgumentParser) -> None:
         help="values to try, e.g. --grid 'train.lr=[0.1, 0.5]' (repeatable; replaces the config's sweep: mapping)",
     )
     p.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="train.seed of each point's runs (default: the config's)")
-    p.add_argument("-o", "--output", metavar="DIR", help="folder of the runs and of sweep.json / sweep.md (default: nothing is saved)")
+    p.add_argument(
+        "-o", "--output", metavar="DIR",
+        help="folder of the runs and of sweep.json / sweep.md (default: runs/vpt-sweep-<config>-<time>)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace runs already in DIR")
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    result = run_sweep(VisionRecipe(), args.config, args.overrides, parse_grid(args.grid) or None, args.seeds, args.output, args.overwrite)
+    output = Path(args.output) if args.output else default_run_dir(VisionRecipe(), args.config, "sweep")
+    result = run_sweep(VisionRecipe(), args.config, args.overrides, parse_grid(args.grid) or None, args.seeds, output, args.overwrite)
     print(format_sweep(result), end="")
     print("best: " + (" ".join(f"--set {o}" for o in result["best"]["overrides"]) or "the config's own values"))
+    print(f"sweep: runs and sweep.json / sweep.md written to {output}", file=sys.stderr)
     return 0
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from promptcore.errors import UserError
+
 PromptMethod = Literal["vpt_shallow", "vpt_deep"]
 
 
@@ -21,7 +23,12 @@ class BackboneConfig:
             ``open_clip:ViT-B-16:laion2b_s34b_b88k`` (architecture, then the pretrained tag),
             ``hf:google/vit-base-patch16-224-in21k`` (a Hub repo id or a local folder), ``asset:efficientnet_lite0``
             (a model from the offline assets).
-        pretrained: load the library's pretrained weights (from its cache; there is no hub on offline machines).
+        pretrained: whether to load the weights the name gives (from the library's cache; there is no hub on
+            offline machines). Default (``null``): yes, for a pretrained name, a Hub id or a local folder; a model
+            built from a config dict (hf ``kwargs.config``, open_clip ``kwargs.model_cfg``) has no weights to load.
+            ``false`` builds the architecture with random weights. A random backbone is announced in one line
+            (:func:`vpt.backbones.create_model`), since prompts trained on it are of no use on real images.
+            With ``checkpoint`` set, the default loads that file alone.
         checkpoint: a local weights file loaded after building: ``.safetensors``, or ``.pth``/``.bin`` read with
             ``torch.load(weights_only=True)``; keys must match the library's own model.
         kwargs: builder keyword arguments passed through. timm: ``timm.create_model`` kwargs (``img_size``,
@@ -34,17 +41,43 @@ class BackboneConfig:
     """
 
     name: str = "timm:vit_base_patch16_224.augreg_in21k"
-    pretrained: bool = False
+    pretrained: bool | None = None
     checkpoint: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         family, sep, rest = self.name.partition(":")
         if not sep or not family or not rest:
-            raise ValueError(
+            raise UserError(
                 f"name: {self.name!r} is not 'family:model'; write e.g. 'timm:{self.name or 'vit_base_patch16_224'}', "
                 f"'open_clip:ViT-B-16:laion2b_s34b_b88k' or 'hf:google/vit-base-patch16-224-in21k'"
             )
+        if self.pretrained and self.builds_from_config:
+            key = "config" if "config" in self.kwargs else "model_cfg"
+            raise UserError(
+                f"pretrained: true, but kwargs.{key} builds the model from a config dict, which has no weights; drop "
+                f"kwargs.{key} to load {self.name}'s weights, or set pretrained: false for a random model"
+            )
+
+    @property
+    def builds_from_config(self) -> bool:
+        """Whether the model is built from a config dict in ``kwargs`` (no weights exist for it)."""
+        family = self.name.partition(":")[0]
+        return (family == "hf" and "config" in self.kwargs) or (family == "open_clip" and "model_cfg" in self.kwargs)
+
+    @property
+    def library_weights(self) -> bool:
+        """Whether the family loads the library's pretrained weights: ``pretrained``, and by default unless the
+        model is built from a config dict or its weights come from ``checkpoint``."""
+        if self.pretrained is None:
+            return not (self.builds_from_config or self.checkpoint)
+        return self.pretrained
+
+    @property
+    def random_weights(self) -> bool:
+        """Whether the backbone built is left with random weights (no library weights, no checkpoint, not an
+        asset, whose files hold its weights)."""
+        return not (self.library_weights or self.checkpoint or self.name.partition(":")[0] == "asset")
 
 
 @dataclass
@@ -98,31 +131,31 @@ class VPTConfig:
 
     def __post_init__(self) -> None:
         if self.method not in self.methods:
-            raise ValueError(f"method: {self.method!r} is not a method of {type(self).__name__}; use {' or '.join(map(repr, self.methods))}")
+            raise UserError(f"method: {self.method!r} is not a method of {type(self).__name__}; use {' or '.join(map(repr, self.methods))}")
         if not isinstance(self.num_tokens, int) or self.num_tokens <= 0:
-            raise ValueError(f"num_tokens: must be a positive integer (prompt length), got {self.num_tokens!r}")
+            raise UserError(f"num_tokens: must be a positive integer (prompt length), got {self.num_tokens!r}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout: must lie in [0, 1), got {self.dropout!r}")
+            raise UserError(f"dropout: must lie in [0, 1), got {self.dropout!r}")
         if self.projection is not None and self.projection <= 0:
-            raise ValueError(f"projection: must be a positive prompt dimension or null, got {self.projection!r}")
+            raise UserError(f"projection: must be a positive prompt dimension or null, got {self.projection!r}")
         if self.num_tasks <= 0:
-            raise ValueError(f"num_tasks: must be a positive integer, got {self.num_tasks!r}")
+            raise UserError(f"num_tasks: must be a positive integer, got {self.num_tasks!r}")
         if self.class_names is not None:
             if self.num_classes is None:
                 self.num_classes = len(self.class_names)
             if self.num_classes != len(self.class_names):
-                raise ValueError(f"num_classes: {self.num_classes} does not match the {len(self.class_names)} class_names")
+                raise UserError(f"num_classes: {self.num_classes} does not match the {len(self.class_names)} class_names")
         if self.num_classes is not None and self.num_classes <= 0:
-            raise ValueError(f"num_classes: the {self.head!r} head needs a positive number of classes, got {self.num_classes!r}")
+            raise UserError(f"num_classes: the {self.head!r} head needs a positive number of classes, got {self.num_classes!r}")
         from .heads import head_named  # the heads module builds torch modules; the config only checks the name
 
         try:
             head = head_named(self.head)
         except KeyError as e:
-            raise ValueError(f"head: {e}") from None
+            raise UserError(f"head: {e}") from None
         head.check(self)
         if self.fast == "on" and not self.deep:
-            raise ValueError(
+            raise UserError(
                 f"fast: 'on' applies to deep prompts only, not {self.method!r} (shallow prompts' states after the first "
                 f"block depend on the image, so nothing but one block's K/V projection could be shared); use fast "
                 f"'auto' or 'off'"

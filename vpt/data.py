@@ -24,6 +24,7 @@ import dataclasses
 import io
 import math
 import random
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from promptcore.data import few_shot_indices
+from promptcore.errors import MissingFileError, UserError
 from promptcore.plugins import lookup
 from promptcore.recipe import DataBundle
 from promptcore.registry import Registry, did_you_mean
@@ -45,7 +47,7 @@ from .synthetic import SyntheticImages
 from .transforms import INTERPOLATIONS, interpolation_mode, normalized
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A dataset that cannot be used as configured (missing column, no rows, bad labels, too few images)."""
 
 
@@ -60,9 +62,9 @@ class SyntheticDataConfig:
 
     def __post_init__(self) -> None:
         if self.num_train <= 0 or self.num_eval <= 0:
-            raise ValueError(f"num_train/num_eval: must be positive, got {self.num_train} and {self.num_eval}")
+            raise UserError(f"num_train/num_eval: must be positive, got {self.num_train} and {self.num_eval}")
         if self.noise < 0:
-            raise ValueError(f"noise: must not be negative, got {self.noise}")
+            raise UserError(f"noise: must not be negative, got {self.noise}")
 
 
 AugmentMode = Literal["none", "library", "rrc_flip", "crop_flip"]
@@ -117,6 +119,11 @@ class VisionDataConfig:
             ``size``; ``1.0`` resizes straight to the input size instead, without keeping the aspect ratio (VPT's
             VTAB pipeline). Replaces the backbone's own resize; set ``resize`` or ``crop_pct``, not both.
         synthetic: sizes of the ``synthetic`` source (its class count is ``num_classes``, 4 when unset).
+        on_bad_rows: what to do with images that cannot be read (an empty or truncated file, not an image, over
+            PIL's decompression-bomb limit). Image folders are scanned before any work (every file's header and
+            checksums, without decoding): ``error`` (default) names every bad file and stops; ``skip`` leaves them
+            out, says how many, and ``vpt train`` lists them in the run directory (``skipped_rows.txt``). Other
+            sources are checked as images are read: a bad one stops the run with its index named.
 
     The preprocessing keys a run sets (``image_size``, ``mean``, ``std``, ``interpolation``, ``resize``,
     ``crop_pct``: :func:`preprocessing_overrides`) are recorded in its prompt files, so ``vpt eval`` and ``vpt
@@ -146,56 +153,57 @@ class VisionDataConfig:
     resize: int | None = None
     crop_pct: float | None = None
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+    on_bad_rows: Literal["error", "skip"] = "error"
 
     def __post_init__(self) -> None:
         try:
             source = lookup(SOURCES, self.source)
         except KeyError as e:
-            raise ValueError(f"source: {e}") from None
+            raise UserError(f"source: {e}") from None
         source.check(self)
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction: must lie in [0, 1), got {self.val_fraction}")
+            raise UserError(f"val_fraction: must lie in [0, 1), got {self.val_fraction}")
         if self.val_fraction > 0 and self.eval_split is not None:
-            raise ValueError(
+            raise UserError(
                 f"val_fraction: {self.val_fraction} holds out part of the training split as the evaluation set, "
                 f"but eval_split is {self.eval_split!r} too; set eval_split: null to use the hold-out, or val_fraction: 0"
             )
         if self.shots is not None and self.shots <= 0:
-            raise ValueError(f"shots: must be a positive number of images per class or null, got {self.shots}")
+            raise UserError(f"shots: must be a positive number of images per class or null, got {self.shots}")
         if self.num_classes is not None and self.num_classes < 2:
-            raise ValueError(f"num_classes: must be at least 2 or null, got {self.num_classes}")
+            raise UserError(f"num_classes: must be at least 2 or null, got {self.num_classes}")
         if self.class_names is not None and self.num_classes is not None and len(self.class_names) != self.num_classes:
-            raise ValueError(f"class_names: {len(self.class_names)} names given for num_classes {self.num_classes}")
+            raise UserError(f"class_names: {len(self.class_names)} names given for num_classes {self.num_classes}")
         if self.image_size is not None and self.image_size <= 0:
-            raise ValueError(f"image_size: must be positive or null, got {self.image_size}")
+            raise UserError(f"image_size: must be positive or null, got {self.image_size}")
         self._check_preprocessing()
 
     def _check_preprocessing(self) -> None:
         self.augment = augment_mode(self.augment)
         low, high = self.augment_scale = tuple(float(v) for v in self.augment_scale)
         if not 0.0 < low <= high <= 1.0:
-            raise ValueError(f"augment_scale: must be [low, high] with 0 < low <= high <= 1 (area fractions), got {[low, high]}")
+            raise UserError(f"augment_scale: must be [low, high] with 0 < low <= high <= 1 (area fractions), got {[low, high]}")
         if self.augment != "rrc_flip" and self.augment_scale != DEFAULT_AUGMENT_SCALE:
-            raise ValueError(f"augment_scale: only augment 'rrc_flip' reads it (augment is {self.augment!r}); remove it or set augment: rrc_flip")
+            raise UserError(f"augment_scale: only augment 'rrc_flip' reads it (augment is {self.augment!r}); remove it or set augment: rrc_flip")
         for name in ("mean", "std"):
             values = getattr(self, name)
             if values is not None and (not values or any(not math.isfinite(v) for v in values)):
-                raise ValueError(f"{name}: give one finite number per channel, e.g. [0.485, 0.456, 0.406], got {values}")
+                raise UserError(f"{name}: give one finite number per channel, e.g. [0.485, 0.456, 0.406], got {values}")
         if self.std is not None and any(v <= 0 for v in self.std):
-            raise ValueError(f"std: must be positive per channel, got {self.std}")
+            raise UserError(f"std: must be positive per channel, got {self.std}")
         if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation: {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
+            raise UserError(f"interpolation: {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
         if self.resize is not None and self.resize <= 0:
-            raise ValueError(f"resize: must be a positive number of pixels (the shorter side) or null, got {self.resize}")
+            raise UserError(f"resize: must be a positive number of pixels (the shorter side) or null, got {self.resize}")
         if self.crop_pct is not None and not 0.0 < self.crop_pct <= 1.0:
-            raise ValueError(f"crop_pct: must lie in (0, 1] (1.0 resizes straight to the input size), got {self.crop_pct}")
+            raise UserError(f"crop_pct: must lie in (0, 1] (1.0 resizes straight to the input size), got {self.crop_pct}")
         if self.resize is not None and self.crop_pct is not None:
-            raise ValueError(
+            raise UserError(
                 f"resize: {self.resize} and crop_pct: {self.crop_pct} both set the resize before the centre crop; "
                 f"keep one (resize: the shorter side in pixels; crop_pct: size / crop_pct)"
             )
         if self.augment == "crop_flip" and self.resize is None and self.crop_pct is None:
-            raise ValueError(
+            raise UserError(
                 "augment: 'crop_flip' resizes before its random crop; set data.resize (VPT's FGVC pipeline: 256 for "
                 "224 crops) or data.crop_pct"
             )
@@ -217,7 +225,7 @@ def resolve_image_config(model: nn.Module, image_size: int | None = None) -> Ima
     out = family.image_config(model)
     if out is None:
         if image_size is None:
-            raise ValueError(
+            raise UserError(
                 f"cannot read the input size of a {type(model).__name__} (no backbone family reads it: "
                 f"{', '.join(FAMILIES)}); set data.image_size (and the prompt's image_size) to the size it expects"
             )
@@ -236,7 +244,7 @@ def augment_mode(augment: str | bool) -> str:
     if isinstance(augment, bool):
         return "library" if augment else "none"
     if augment not in AUGMENT_MODES:
-        raise ValueError(f"augment: {augment!r} is not one of {', '.join(AUGMENT_MODES)}.{did_you_mean(str(augment), list(AUGMENT_MODES))}")
+        raise UserError(f"augment: {augment!r} is not one of {', '.join(AUGMENT_MODES)}.{did_you_mean(str(augment), list(AUGMENT_MODES))}")
     return augment
 
 
@@ -346,7 +354,7 @@ def build_transform(
         steps = [T.RandomResizedCrop(size, scale=tuple(scale), interpolation=filter_), T.RandomHorizontalFlip()]
     elif mode == "crop_flip":
         if resize is None:
-            raise ValueError("augment: 'crop_flip' resizes before its random crop; set data.resize (VPT's FGVC pipeline: 256 for 224 crops) or data.crop_pct")
+            raise UserError("augment: 'crop_flip' resizes before its random crop; set data.resize (VPT's FGVC pipeline: 256 for 224 crops) or data.crop_pct")
         steps = [T.Resize(resize, interpolation=filter_), T.RandomCrop(size), T.RandomHorizontalFlip()]
     elif resize is not None:
         steps = [T.Resize(resize, interpolation=filter_), T.CenterCrop(size)]
@@ -362,17 +370,39 @@ def to_rgb(image: Any, column: str = "image") -> Image.Image:
     elif isinstance(image, (str, Path)):
         image = Image.open(image)
     elif isinstance(image, (np.ndarray, list)):
-        array = np.asarray(image)
-        if array.dtype != np.uint8:
-            array = np.clip(array, 0, 255).astype(np.uint8)
-        image = Image.fromarray(array)
+        image = Image.fromarray(to_uint8(np.asarray(image)))
     if not isinstance(image, Image.Image):
         raise DataError(
             f"image column {column!r} holds {type(image).__name__} values; expected images (PIL images, arrays, "
             f"file paths or encoded bytes). Set data.image_column to the column that holds the images"
         )
+    if image.mode in WIDE_MODES:
+        # PIL's convert("RGB") clamps 16-bit, 32-bit and float pixels at 255 (a 16-bit PNG turns almost white):
+        # scale their range to 8 bits first.
+        image = Image.fromarray(to_uint8(np.asarray(image), image.mode))
     # Grayscale (L), palette (P), RGBA, CMYK ...: the backbones take 3-channel RGB.
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+# PIL modes wider than 8 bits per channel (16-bit grayscale PNGs open as I;16 or I, float TIFFs as F).
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def to_uint8(array: np.ndarray, mode: str | None = None) -> np.ndarray:
+    """``array`` scaled to 8 bits without losing its range: 16-bit data (dtype uint16, PIL mode ``I;16*``, or
+    integers above 255 up to 65535) by 255/65535, floats in [0, 1] by 255; anything else is clipped to [0, 255]."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    values = array.astype(np.float64)
+    high = float(values.max()) if values.size else 0.0
+    sixteen = array.dtype == np.uint16 or (mode or "").startswith("I;16")
+    if sixteen or (np.issubdtype(array.dtype, np.integer) and 255 < high <= 65535):
+        values = values * (255.0 / 65535.0)
+    elif np.issubdtype(array.dtype, np.floating) and high <= 1.0:
+        values = values * 255.0
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
 # ----- sources --------------------------------------------------------------------------------------------------
@@ -386,6 +416,10 @@ class LabeledImages:
         class_names: names in label order, when the data has them.
         name: what it is, for messages ("cifar10 split 'train'").
         prepared: images are tensors already at the model's size (the synthetic source): no transform.
+        check: returns why image ``i`` cannot be read (naming its file), or None when it can: a fast check, without
+            decoding, that :func:`build_vision_data` runs over every image before any work. None: the source has
+            no such check, and a bad image is reported when it is read.
+        describe: names image ``i`` in messages (its file); default: its index in ``name``.
     """
 
     load: Callable[[int], Any]
@@ -393,6 +427,12 @@ class LabeledImages:
     class_names: list[str] | None
     name: str
     prepared: bool = False
+    check: Callable[[int], str | None] | None = None
+    describe: Callable[[int], str] | None = None
+
+    def label_of(self, i: int) -> str:
+        """Image ``i`` as messages name it."""
+        return self.describe(i) if self.describe is not None else f"image {i} of {self.name}"
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -430,12 +470,44 @@ class VisionDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         j = self.indices[i]
-        image = self.images.load(j)
-        if not self.images.prepared:
-            image = to_rgb(image, self.image_column)
-            if self.transform is not None:
-                image = self.transform(image)
+        try:
+            image = self.images.load(j)
+            if not self.images.prepared:
+                image = to_rgb(image, self.image_column)
+        except UNREADABLE as e:
+            raise DataError(
+                f"{self.images.label_of(j)} cannot be read ({type(e).__name__}: {e}); replace or remove it"
+                f"{' (data.on_bad_rows: skip leaves out the images a scan finds bad)' if self.images.check else ''}"
+            ) from None
+        if not self.images.prepared and self.transform is not None:
+            image = self.transform(image)
         return {"pixel_values": image, "labels": int(self.images.labels[j])}
+
+
+# What reading a bad image file raises: not an image or empty (UnidentifiedImageError, an OSError), truncated
+# (OSError, or SyntaxError from PIL's checks), too large (DecompressionBombError).
+UNREADABLE = (OSError, SyntaxError, Image.DecompressionBombError)
+
+
+def check_image_file(path: str | Path) -> str | None:
+    """Why the image file ``path`` cannot be read, or None: opens it and verifies its structure and checksums
+    (PIL's ``verify``), without decoding the pixels."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except UNREADABLE as e:
+        reason = "an empty file" if Path(path).is_file() and Path(path).stat().st_size == 0 else f"{type(e).__name__}: {e}"
+        return f"{path}: {reason}"
+    return None
+
+
+def bad_images(images: LabeledImages, indices: Sequence[int]) -> list[tuple[int, str]]:
+    """``(index, why)`` for each image of ``indices`` that ``images.check`` finds unreadable (none without a
+    check)."""
+    if images.check is None:
+        return []
+    found = ((i, images.check(i)) for i in indices)
+    return [(i, why) for i, why in found if why is not None]
 
 
 def collate_images(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -468,6 +540,12 @@ class _FolderImages:
 
     def __call__(self, i: int) -> Any:
         return self.tree.loader(self.tree.samples[i][0])
+
+    def check(self, i: int) -> str | None:
+        return check_image_file(self.tree.samples[i][0])
+
+    def describe(self, i: int) -> str:
+        return f"image {self.tree.samples[i][0]}"
 
 
 def _check_columns(ds: Any, cfg: VisionDataConfig, what: str) -> list[str] | None:
@@ -522,8 +600,11 @@ def _load_hf(cfg: VisionDataConfig, image_config: ImageConfig | None) -> tuple[L
     kwargs = {k: v for k, v in (("data_dir", cfg.data_dir), ("data_files", cfg.data_files)) if v is not None}
     try:
         dd = datasets.load_dataset(cfg.name, cfg.config_name, **kwargs)
-    except ValueError as e:  # e.g. a builder given files with no rows: add which dataset and what to check
-        raise DataError(f"could not load dataset {cfg.name!r} ({e}); check data.name, data.data_files / data.data_dir and that the files hold rows") from None
+    except (ValueError, OSError) as e:  # no such dataset or file, an offline hub, files without rows
+        raise DataError(
+            f"could not load dataset {cfg.name!r} ({type(e).__name__}: {e}); check data.name, data.data_files / "
+            f"data.data_dir and that the files hold rows (a hub dataset must be in the local cache on offline machines)"
+        ) from None
     return _from_dataset_dict(dd, cfg, f"dataset {cfg.name!r}")
 
 
@@ -538,14 +619,18 @@ def _load_imagefolder(cfg: VisionDataConfig, image_config: ImageConfig | None) -
 
     root = Path(cfg.data_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"data.data_dir {str(root)!r} is not a folder; give the folder with one sub-folder per class")
+        raise MissingFileError(f"data.data_dir {str(root)!r} is not a folder; give the folder with one sub-folder per class")
 
     def folder(path: Path, what: str) -> LabeledImages:
         try:
             tree = ImageFolder(str(path))
         except FileNotFoundError as e:
             raise DataError(f"{what}: {e}") from None
-        return LabeledImages(load=_FolderImages(tree), labels=list(tree.targets), class_names=list(tree.classes), name=what)
+        images = _FolderImages(tree)
+        return LabeledImages(
+            load=images, labels=list(tree.targets), class_names=list(tree.classes), name=what, check=images.check,
+            describe=images.describe,
+        )
 
     if (root / cfg.train_split).is_dir():
         train = folder(root / cfg.train_split, f"image folder {str(root / cfg.train_split)!r}")
@@ -574,7 +659,7 @@ SYNTHETIC_DEFAULT_CLASSES = 4
 
 def _load_synthetic(cfg: VisionDataConfig, image_config: ImageConfig | None) -> tuple[LabeledImages, LabeledImages | None]:
     if image_config is None:
-        raise ValueError("the synthetic source needs the backbone's image config (resolve_image_config(model))")
+        raise UserError("the synthetic source needs the backbone's image config (resolve_image_config(model))")
     num_classes = cfg.num_classes or len(cfg.class_names or ()) or SYNTHETIC_DEFAULT_CLASSES
     h, w = image_config.size
     if h != w:
@@ -609,7 +694,7 @@ class DataSource:
         """Raises ``ValueError("field: ...")`` for the first required field ``cfg`` leaves empty."""
         for name, what in self.requires:
             if not getattr(cfg, name):
-                raise ValueError(f"{name}: required for source {cfg.source!r} ({what})")
+                raise UserError(f"{name}: required for source {cfg.source!r} ({what})")
 
 
 SOURCES: Registry[DataSource] = Registry("data source")
@@ -683,6 +768,29 @@ def holdout_indices(n: int, fraction: float, seed: int) -> tuple[list[int], list
     return sorted(order[k:]), sorted(order[:k])
 
 
+def _drop_bad_images(parts: list[tuple[LabeledImages, list[int]]], policy: str) -> tuple[list[list[int]], list[str]]:
+    """Each part's indices without the images a scan finds unreadable, and why each was left out (``policy``
+    ``skip``); with ``error``, one :class:`DataError` naming every bad image of every part."""
+    found = [bad_images(images, indices) for images, indices in parts]
+    if not any(found):
+        return [indices for _, indices in parts], []
+    whys = [why for bad in found for _, why in bad]
+    total = sum(len(indices) for _, indices in parts)
+    if policy == "error":
+        shown = "; ".join(whys[:20]) + (f"; and {len(whys) - 20} more" if len(whys) > 20 else "")
+        raise DataError(
+            f"{len(whys)} of {total} images cannot be read: {shown}. Replace or remove them, or set "
+            f"data.on_bad_rows: skip to leave them out"
+        )
+    kept = []
+    for (images, indices), bad in zip(parts, found):
+        if bad:
+            print(f"data: {images.name}: skipping {len(bad)} unreadable image(s) of {len(indices)} (data.on_bad_rows: skip)", file=sys.stderr)
+        dropped = {i for i, _ in bad}
+        kept.append([i for i in indices if i not in dropped])
+    return kept, whys
+
+
 def build_vision_data(
     cfg: VisionDataConfig,
     image_config: ImageConfig,
@@ -716,6 +824,11 @@ def build_vision_data(
         eval_set = VisionDataset(train_src, held, eval_tf, cfg.image_column)
     elif eval_src is not None:
         eval_set = VisionDataset(eval_src, None, eval_tf, cfg.image_column)
+    parts = [(train_src, train_idx)] + ([(eval_set.images, eval_set.indices)] if eval_set is not None else [])
+    kept, skipped = _drop_bad_images(parts, cfg.on_bad_rows)
+    train_idx = kept[0]
+    if eval_set is not None:
+        eval_set.indices = kept[1]
     if cfg.shots is not None:
         try:
             train_idx = few_shot_indices(train_src.labels, cfg.shots, cfg.seed, names, among=train_idx)
@@ -731,4 +844,6 @@ def build_vision_data(
         "transform": image_config.source,
         "augment": cfg.augment,
     }
+    if skipped:
+        info["skipped_rows"] = skipped
     return DataBundle(train=train_set, eval=eval_set, collate_fn=collate_images, class_names=names, info=info)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from promptcore.errors import UserError
 from promptcore.plugins import lookup
 from promptcore.registry import Registry
 
@@ -102,7 +103,7 @@ def linear_head(width: Callable[["TokenBackbone"], int]) -> Callable[["TokenBack
 
     def build(tokens: "TokenBackbone", config: "VPTConfig") -> nn.Module:
         if config.num_classes is None:
-            raise ValueError(
+            raise UserError(
                 f"num_classes: the {config.head!r} head needs the number of classes; set prompt.num_classes "
                 f"(the vpt CLI fills it from the data when it is null)"
             )

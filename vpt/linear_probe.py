@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from promptcore import PromptedModel, register_method
+from promptcore.errors import UnsupportedModelError, UserError
 
 from .backbones import FAMILIES, OTHER, backbone_name, family_of
 from .data import resolve_image_config
@@ -35,7 +36,7 @@ class LinearProbeConfig:
 
     def __post_init__(self) -> None:
         if self.num_classes is not None and self.num_classes <= 0:
-            raise ValueError(f"num_classes: must be positive or null, got {self.num_classes!r}")
+            raise UserError(f"num_classes: must be positive or null, got {self.num_classes!r}")
 
 
 class LinearProbe(PromptedModel):
@@ -55,10 +56,10 @@ class LinearProbe(PromptedModel):
     def __init__(self, backbone: nn.Module, config: LinearProbeConfig, name: str | None = None) -> None:
         super().__init__()
         if config.num_classes is None:
-            raise ValueError("num_classes: the linear probe needs the number of classes (vpt train fills it from the data)")
+            raise UserError("num_classes: the linear probe needs the number of classes (vpt train fills it from the data)")
         self.family = family_of(backbone)
         if self.family is OTHER:
-            raise TypeError(
+            raise UnsupportedModelError(
                 f"the linear probe reads the pooled features the backbone's family gives, but no backbone family owns "
                 f"a {type(backbone).__module__}.{type(backbone).__name__} (families: {', '.join(FAMILIES)}); register "
                 f"one for it (vpt.backbones.FAMILIES.add)"

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from promptcore import DeepSoftPrompt, PromptBank, PromptedModel, SoftPrompt, register_method
+from promptcore.errors import UserError
 
 from .backbones import TokenBackbone, token_backbone
 from .config import VPTConfig
@@ -78,7 +79,7 @@ class VisualPromptModel(PromptedModel):
             return False
         reason = fast_unsupported(self.tokens, self._num_fast_layers())
         if reason is not None and self.config.fast == "on":
-            raise ValueError(f"fast: 'on' but the fast VPT-deep path does not apply to {self.tokens.name}: {reason}; use fast 'auto'")
+            raise UserError(f"fast: 'on' but the fast VPT-deep path does not apply to {self.tokens.name}: {reason}; use fast 'auto'")
         return reason is None
 
     def _num_fast_layers(self) -> int:
@@ -161,10 +162,10 @@ class VisualPromptModel(PromptedModel):
 
     def _check_images(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() != 4:
-            raise ValueError(f"pixel_values must be [batch, channels, height, width], got shape {tuple(images.shape)}")
+            raise UserError(f"pixel_values must be [batch, channels, height, width], got shape {tuple(images.shape)}")
         size = self.tokens.image_size
         if size is not None and tuple(images.shape[-2:]) != size:
-            raise ValueError(
+            raise UserError(
                 f"image size {images.shape[-2]}x{images.shape[-1]} does not match the input size {size[0]}x{size[1]} "
                 f"of backbone {self.tokens.name}; resize the images to {size[0]}x{size[1]} (vpt's data transforms do "
                 f"this from the backbone's config) or build the backbone for that size"
@@ -175,13 +176,13 @@ class VisualPromptModel(PromptedModel):
         num_tasks = self.config.num_tasks
         if task_ids is None:
             if num_tasks > 1:
-                raise ValueError(f"this model has a prompt bank of {num_tasks} tasks; pass task_ids [batch] with each image's task")
+                raise UserError(f"this model has a prompt bank of {num_tasks} tasks; pass task_ids [batch] with each image's task")
             return None
         task_ids = torch.as_tensor(task_ids, device=self.prompts.weight.device)
         if task_ids.shape != (batch,) or task_ids.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"task_ids must be {batch} integers (one per image), got {task_ids.dtype} of shape {tuple(task_ids.shape)}")
+            raise UserError(f"task_ids must be {batch} integers (one per image), got {task_ids.dtype} of shape {tuple(task_ids.shape)}")
         if int(task_ids.min()) < 0 or int(task_ids.max()) >= num_tasks:
-            raise ValueError(
+            raise UserError(
                 f"task_ids must lie in [0, {num_tasks - 1}] for {num_tasks} task(s), found {int(task_ids.min())}..{int(task_ids.max())}"
             )
         return task_ids if num_tasks > 1 else None

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from promptcore import PromptBank, PromptedModel, register_method
+from promptcore.errors import UserError
 from promptcore.model import COMPAT_LABELS
 
 from .backbones import backbone_name, family_of
@@ -67,17 +68,17 @@ class PixelPromptConfig:
 
     def __post_init__(self) -> None:
         if self.method not in ("pixel_pad", "pixel_fixed_patch", "pixel_random_patch"):
-            raise ValueError(f"method: {self.method!r} is not a pixel-prompt method; use 'pixel_pad', 'pixel_fixed_patch' or 'pixel_random_patch'")
+            raise UserError(f"method: {self.method!r} is not a pixel-prompt method; use 'pixel_pad', 'pixel_fixed_patch' or 'pixel_random_patch'")
         if not isinstance(self.prompt_size, int) or self.prompt_size <= 0:
-            raise ValueError(f"prompt_size: must be a positive number of pixels, got {self.prompt_size!r}")
+            raise UserError(f"prompt_size: must be a positive number of pixels, got {self.prompt_size!r}")
         if self.init_scale <= 0:
-            raise ValueError(f"init_scale: must be positive, got {self.init_scale!r}")
+            raise UserError(f"init_scale: must be positive, got {self.init_scale!r}")
         if self.num_classes is not None and self.num_classes <= 0:
-            raise ValueError(f"num_classes: must be positive or null, got {self.num_classes!r}")
+            raise UserError(f"num_classes: must be positive or null, got {self.num_classes!r}")
         if self.num_tasks <= 0:
-            raise ValueError(f"num_tasks: must be a positive integer, got {self.num_tasks!r}")
+            raise UserError(f"num_tasks: must be a positive integer, got {self.num_tasks!r}")
         if self.image_size is not None and self.image_size <= 0:
-            raise ValueError(f"image_size: must be positive or null, got {self.image_size!r}")
+            raise UserError(f"image_size: must be positive or null, got {self.image_size!r}")
 
 
 def prompt_pixel_index(method: PixelMethod, size: int, height: int, width: int) -> torch.Tensor:
@@ -90,14 +91,14 @@ def prompt_pixel_index(method: PixelMethod, size: int, height: int, width: int) 
     cols = torch.arange(width).view(1, -1).expand(height, width)
     if method == "pixel_pad":
         if 2 * size >= min(height, width):
-            raise ValueError(
+            raise UserError(
                 f"prompt_size: a pad of {size} px leaves no image inside a {height}x{width} input "
                 f"(needs 2 * prompt_size < {min(height, width)}); use a smaller prompt_size"
             )
         mask = (rows < size) | (rows >= height - size) | (cols < size) | (cols >= width - size)
     else:
         if size > min(height, width):
-            raise ValueError(f"prompt_size: a {size} px patch does not fit a {height}x{width} input; use at most {min(height, width)}")
+            raise UserError(f"prompt_size: a {size} px patch does not fit a {height}x{width} input; use at most {min(height, width)}")
         mask = (rows < size) & (cols < size)
     return mask.flatten().nonzero().flatten()
 
@@ -127,14 +128,14 @@ class PixelPromptModel(PromptedModel):
         if config.head == "backbone":
             n = self.family.classifier_classes(backbone, image)
             if config.num_classes is not None and config.num_classes != n:
-                raise ValueError(
+                raise UserError(
                     f"num_classes: {config.num_classes} does not match the {n} classes of the model's own classifier "
                     f"(head 'backbone'); use head 'linear' to train a new {config.num_classes}-way head"
                 )
             self.num_classes, self.feature_dim, self.head = n, None, None
         else:
             if config.num_classes is None:
-                raise ValueError("num_classes: the 'linear' head needs the number of classes (vpt train fills it from the data)")
+                raise UserError("num_classes: the 'linear' head needs the number of classes (vpt train fills it from the data)")
             dim = self.family.feature_width(backbone, image)
             self.num_classes, self.feature_dim = config.num_classes, dim
             self.head = TaskLinearHead(dim, config.num_classes, config.num_tasks, init="linear")
@@ -170,7 +171,7 @@ class PixelPromptModel(PromptedModel):
         """The prompted images: ``pixel_values`` plus each image's task prompt at the prompted pixels."""
         b, c, h, w = pixel_values.shape
         if (h, w) != self.image_size or c != self.channels:
-            raise ValueError(
+            raise UserError(
                 f"pixel prompts were laid out for {self.channels}x{self.image_size[0]}x{self.image_size[1]} images, "
                 f"got {c}x{h}x{w}; resize the images to the backbone's size (vpt.data.build_transform does) or set "
                 f"prompt.image_size"

@@ -23,7 +23,6 @@ from promptcore.train_config import TrainConfig
 
 from .config import BackboneConfig
 from .data import LabeledImages, VisionDataConfig, class_names_of, infer_num_classes, load_sources, resolve_image_config
-from .pixel import PixelPromptConfig
 
 
 @dataclass
@@ -33,8 +32,8 @@ class VisionRunConfig:
     Values the prompt config leaves unset that the data determines are filled by :func:`resolve_run_config`.
 
     Attributes:
-        model: the frozen backbone.
-        prompt: the method's config, chosen by its ``method`` key.
+        model: the frozen backbone (required).
+        prompt: the method's config, chosen by its ``method`` key (required).
         data: the data source and the preprocessing.
         train: the trainer's settings.
         source: a paper preset's provenance: dotted field path -> where the value comes from
@@ -44,8 +43,9 @@ class VisionRunConfig:
             ``vpt train`` runs the config's own values and ignores it.
     """
 
-    model: BackboneConfig = field(default_factory=BackboneConfig)
-    prompt: method_config("vision") = field(default_factory=PixelPromptConfig)
+    # Required: a default backbone would be a large download (or a random ViT-B), a default method a guess.
+    model: BackboneConfig
+    prompt: method_config("vision")
     data: VisionDataConfig = field(default_factory=VisionDataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     source: dict[str, str] = field(default_factory=dict)

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from promptcore.data import split_seed
+from promptcore.errors import UserError
 
 class SyntheticImages(Dataset):
     """Images of ``num_classes`` classes: each class has a fixed smooth random pattern, each image is that
@@ -37,7 +38,7 @@ class SyntheticImages(Dataset):
         split: Literal["train", "validation", "test"] = "train",
     ) -> None:
         if num_samples <= 0 or num_classes <= 1:
-            raise ValueError(f"need num_samples > 0 and num_classes > 1, got {num_samples} and {num_classes}")
+            raise UserError(f"need num_samples > 0 and num_classes > 1, got {num_samples} and {num_classes}")
         g = torch.Generator().manual_seed(seed)
         low = torch.randn(num_classes, channels, 4, 4, generator=g)
         patterns = torch.nn.functional.interpolate(low, size=(image_size, image_size), mode="bilinear", align_corners=False)

@@ -13,6 +13,8 @@ from typing import Any, Callable, Sequence
 import torch
 from PIL import Image
 
+from promptcore.errors import UserError
+
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 
 
@@ -21,7 +23,7 @@ def interpolation_mode(name: str) -> Any:
     from torchvision.transforms import InterpolationMode
 
     if name not in INTERPOLATIONS:
-        raise ValueError(f"interpolation: {name!r} is not one of {', '.join(INTERPOLATIONS)}")
+        raise UserError(f"interpolation: {name!r} is not one of {', '.join(INTERPOLATIONS)}")
     return InterpolationMode(name)
 
 

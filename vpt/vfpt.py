@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from promptcore import register_method
+from promptcore.errors import UserError
 
 from .config import VPTConfig
 from .model import VisualPromptModel
@@ -64,11 +65,11 @@ class VFPTConfig(VPTConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0.0 <= self.fourier_share <= 1.0:
-            raise ValueError(f"fourier_share: must lie in [0, 1] (the fraction of each layer's prompts), got {self.fourier_share!r}")
+            raise UserError(f"fourier_share: must lie in [0, 1] (the fraction of each layer's prompts), got {self.fourier_share!r}")
         if self.fourier_dims not in FOURIER_DIMS:
-            raise ValueError(f"fourier_dims: {self.fourier_dims!r} is not one of {', '.join(FOURIER_DIMS)}")
+            raise UserError(f"fourier_dims: {self.fourier_dims!r} is not one of {', '.join(FOURIER_DIMS)}")
         if self.fourier_location not in ("prepend", "append"):
-            raise ValueError(f"fourier_location: {self.fourier_location!r} is not 'prepend' or 'append'")
+            raise UserError(f"fourier_location: {self.fourier_location!r} is not 'prepend' or 'append'")
 
     @property
     def num_fourier_tokens(self) -> int:

@@ -15,7 +15,7 @@ from vpt import BackboneConfig, LinearProbeConfig, PixelPromptConfig, VFPTConfig
 from vpt.data import collate_images
 from vpt.synthetic import SyntheticImages
 
-VIT = BackboneConfig("timm:vit_base_patch16_224", kwargs=dict(img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=4))
+VIT = BackboneConfig("timm:vit_base_patch16_224", pretrained=False, kwargs=dict(img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=4))
 NAMES = ["cat", "golden retriever", "sea lion"]
 
 

@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 from toy_prompted import ToyPrompted, toy_data  # noqa: E402
 
 from promptcore import TrainConfig  # noqa: E402
+from promptcore.errors import UserError  # noqa: E402
 from promptcore.cli import EXIT_ERROR, Command, add_config_args, load_run_config, main, register_command  # noqa: E402
 from promptcore.recipe import DataBundle  # noqa: E402
 
@@ -44,8 +45,10 @@ class ToyRecipe:
     config_class = ToyRunConfig
 
     def build_model(self, cfg: ToyRunConfig) -> ToyPrompted:
+        if cfg.model.backbone == "bug":
+            raise ValueError("an internal inconsistency")  # a bug, not bad input: it must keep its traceback
         if cfg.model.backbone != "toy-mlp":
-            raise KeyError(f"unknown backbone {cfg.model.backbone!r}; known: toy-mlp")
+            raise UserError(f"unknown backbone {cfg.model.backbone!r}; known: toy-mlp")
         return ToyPrompted(dim=cfg.model.dim, num_classes=cfg.model.num_classes, num_tokens=cfg.model.num_tokens)
 
     def build_data(self, cfg: ToyRunConfig, model: ToyPrompted) -> DataBundle:
@@ -135,6 +138,12 @@ def test_known_errors_print_one_clean_line_and_exit_2(tmp_path, config_file, cap
     assert code == EXIT_ERROR
     assert err.startswith("error: ") and message.format(tmp=tmp_path) in err, err
     assert "Traceback" not in err
+
+
+def test_a_bug_is_not_mistaken_for_bad_input_and_keeps_its_traceback(config_file, capsys):
+    # Only UserError (and its subclasses) means bad input; a ValueError from anywhere else is a bug.
+    with pytest.raises(ValueError, match="an internal inconsistency"):
+        main(RECIPE, ["eval", "-c", str(config_file), "--set", "model.backbone=bug"])
 
 
 def test_traceback_flag_reraises(tmp_path, capsys):

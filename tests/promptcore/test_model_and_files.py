@@ -1,5 +1,6 @@
 import json
 import os
+import warnings
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ from torch import nn
 
 from promptcore import PromptedModel, PromptFileError, SoftPrompt, load_prompt_files, wrap
 from promptcore.files import CONFIG_FILE, TENSORS_FILE
+from promptcore.fingerprint import backbone_fingerprint
 
 
 class Toy(PromptedModel):
@@ -98,6 +100,22 @@ def test_other_backbone_with_same_sizes_warns(tmp_path):
         Toy(name="b").load_prompts(tmp_path / "p")
 
 
+def test_same_backbone_name_with_other_weights_warns_with_both_fingerprints(tmp_path):
+    torch.manual_seed(0)
+    trained = Toy()
+    trained.save_prompts(tmp_path / "p")
+    recorded = json.loads((tmp_path / "p" / CONFIG_FILE).read_text())["backbone_fingerprint"]
+    assert recorded == trained.backbone_fingerprint() and len(recorded) == 16
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the very same weights load without a word
+        Toy().load_prompts(tmp_path / "p")
+    torch.manual_seed(1)  # a random backbone rebuilt with another seed: same name, same shapes, other weights
+    other = Toy()
+    with pytest.warns(UserWarning, match=rf"trained on backbone 'toy-mlp' with weights fingerprint {recorded}; this 'toy-mlp' has {other.backbone_fingerprint()}"):
+        other.load_prompts(tmp_path / "p")
+
+
 def test_truncated_and_corrupt_files_are_refused(tmp_path):
     m = Toy()
     m.save_prompts(tmp_path / "p")
@@ -146,3 +164,19 @@ def test_prompt_folder_gets_the_usual_permissions(tmp_path):
         os.umask(old)
     assert (tmp_path / "p").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "p" / TENSORS_FILE).stat().st_mode & 0o777 == 0o644
+
+
+def test_a_backbone_whose_weights_are_not_here_records_no_fingerprint(tmp_path):
+    with torch.device("meta"):
+        placeholder = nn.Linear(4, 4)  # as sharded or offloaded weights look to one process
+    assert backbone_fingerprint(placeholder) is None
+    assert backbone_fingerprint(nn.Linear(4, 4)) != backbone_fingerprint(nn.Linear(4, 4))
+
+
+def test_the_fingerprint_samples_a_large_tensor_up_to_its_last_value():
+    # 28,311,552 values: a float32 linspace to the last index rounds past the end of the tensor.
+    big = nn.Embedding(28_311_552 // 64, 64)
+    first = backbone_fingerprint(big)
+    with torch.no_grad():
+        big.weight.view(-1)[-1] += 1.0  # the last value is sampled, so it changes the fingerprint
+    assert backbone_fingerprint(big) != first

@@ -187,6 +187,18 @@ def test_resume_refuses_what_would_change_the_data_order_or_the_optimizer_state(
         Trainer(toy_model(), small(epochs=1, **change), train, evaluation, run_dir=run, resume=True)
 
 
+def test_resume_refuses_prompts_of_another_shape_and_a_backbone_whose_weights_changed(tmp_path):
+    run = tmp_path / "run"
+    train, evaluation = resume_run_args()
+    Trainer(toy_model(), small(epochs=1), train, evaluation, run_dir=run).fit()
+    with pytest.raises(RunDirError, match=r"prompts the config builds now do not fit the run's \(prompts.weight has shape \(3, 16\) in the run, \(5, 16\) now\)"):
+        Trainer(toy_model(num_tokens=5), small(epochs=2), train, evaluation, run_dir=run, resume=True)
+    # Same shapes, other frozen weights (a random backbone built with another seed): the fingerprints differ.
+    with pytest.raises(RunDirError, match=r"trained on a backbone with weights fingerprint [0-9a-f]{16}, the model built now \(toy-mlp\) has [0-9a-f]{16}"):
+        Trainer(toy_model(seed=1), small(epochs=2), train, evaluation, run_dir=run, resume=True)
+    assert Trainer(toy_model(), small(epochs=2), train, evaluation, run_dir=run, resume=True).fit()["epoch"] == 2
+
+
 def test_param_groups_ctrl_c_then_resume_equals_uninterrupted_run(tmp_path):
     groups = dict(param_groups={"head": {"lr": 0.01, "weight_decay": 0.1}}, weight_decay=0.01, optimizer="adafactor_t5x", scheduler="linear", warmup_steps=3)
     threads = torch.get_num_threads()

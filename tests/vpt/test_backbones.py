@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import vpt
+from promptcore.errors import UserError
 from vpt import BackboneConfig, create_model, token_backbone
 from vpt.backbones import FAMILIES, BackboneFamily, backbone_name
 
@@ -21,13 +22,13 @@ _OPEN_CLIP = {
 _HF = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=32, patch_size=8)
 
 TINY: dict[str, BackboneConfig] = {
-    "timm_cls": BackboneConfig("timm:vit_base_patch16_224", kwargs=_VIT),
-    "timm_nocls_avg": BackboneConfig("timm:vit_base_patch16_224", kwargs={**_VIT, "class_token": False, "global_pool": "avg"}),
+    "timm_cls": BackboneConfig("timm:vit_base_patch16_224", pretrained=False, kwargs=_VIT),
+    "timm_nocls_avg": BackboneConfig("timm:vit_base_patch16_224", pretrained=False, kwargs={**_VIT, "class_token": False, "global_pool": "avg"}),
     "timm_reg_noembedcls_ls": BackboneConfig(
-        "timm:vit_base_patch16_224", kwargs={**_VIT, "reg_tokens": 2, "no_embed_class": True, "init_values": 0.1}
+        "timm:vit_base_patch16_224", pretrained=False, kwargs={**_VIT, "reg_tokens": 2, "no_embed_class": True, "init_values": 0.1}
     ),
     "timm_reg_avg_fcnorm": BackboneConfig(
-        "timm:vit_base_patch16_224", kwargs={**_VIT, "reg_tokens": 3, "global_pool": "avg", "fc_norm": True}
+        "timm:vit_base_patch16_224", pretrained=False, kwargs={**_VIT, "reg_tokens": 3, "global_pool": "avg", "fc_norm": True}
     ),
     "open_clip": BackboneConfig("open_clip:tiny", kwargs={"model_cfg": _OPEN_CLIP}),
     "open_clip_ls_avg": BackboneConfig(
@@ -98,7 +99,7 @@ def test_sizes_and_names_are_read_not_assumed():
 
 
 def test_kwargs_pass_through_to_the_builder():
-    model = create_model(BackboneConfig("timm:vit_small_patch16_224", kwargs={**_VIT, "depth": 3, "embed_dim": 32}))
+    model = create_model(BackboneConfig("timm:vit_small_patch16_224", pretrained=False, kwargs={**_VIT, "depth": 3, "embed_dim": 32}))
     tb = token_backbone(model)
     assert (tb.width, tb.depth) == (32, 3)
 
@@ -126,7 +127,7 @@ def test_hf_config_needs_a_supported_vision_model_type():
 
 
 def test_cnn_has_no_token_view_and_suggests_pixel_prompts():
-    cnn = create_model(BackboneConfig("timm:resnet10t", kwargs={"num_classes": 4}))
+    cnn = create_model(BackboneConfig("timm:resnet10t", pretrained=False, kwargs={"num_classes": 4}))
     with pytest.raises(TypeError, match=r"has no token sequence.*pixel prompts: set prompt.method: pixel_pad"):
         token_backbone(cnn)
     with pytest.raises(TypeError, match="pixel_pad"):
@@ -152,7 +153,7 @@ def test_checkpoint_file_loads_strictly(tmp_path, suffix):
 def test_checkpoint_of_another_architecture_is_rejected(tmp_path):
     from safetensors.torch import save_file
 
-    other = create_model(BackboneConfig("timm:vit_base_patch16_224", kwargs={**_VIT, "depth": 3}))
+    other = create_model(BackboneConfig("timm:vit_base_patch16_224", pretrained=False, kwargs={**_VIT, "depth": 3}))
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(tmp_path / "w.safetensors"))
     cfg = BackboneConfig(TINY["timm_cls"].name, checkpoint=str(tmp_path / "w.safetensors"), kwargs=_VIT)
     with pytest.raises(ValueError, match=r"does not fit backbone timm:vit_base_patch16_224: 0 missing keys.*unexpected keys"):
@@ -165,3 +166,28 @@ def test_family_registry_is_strict():
     assert {"timm", "open_clip", "hf", "asset"} <= set(FAMILIES)
     with pytest.raises(KeyError, match="already registered"):
         FAMILIES.add("timm", BackboneFamily())
+
+
+def test_a_pretrained_name_loads_its_weights_by_default_and_says_how_to_get_them(tmp_path, monkeypatch):
+    # No network and an empty cache: the default must try to load weights, and fail in one line saying what to do.
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert BackboneConfig("timm:vit_tiny_patch16_224").library_weights
+    with pytest.raises(UserError, match=r"model.name: cannot load the pretrained weights of timm:vit_tiny_patch16_224 .*model.pretrained: false"):
+        create_model(BackboneConfig("timm:vit_tiny_patch16_224", kwargs=_VIT))
+    with pytest.raises(UserError, match=r"open_clip:ViT-B-16 names no pretrained weights; add a pretrained tag.*model.pretrained: false"):
+        create_model(BackboneConfig("open_clip:ViT-B-16"))
+
+
+def test_a_random_backbone_is_built_only_when_asked_and_says_so(capsys):
+    create_model(TINY["timm_cls"])
+    assert "model: timm:vit_base_patch16_224 has random weights (pretrained: false)" in capsys.readouterr().err
+    create_model(TINY["hf_vit"])
+    assert "model: hf:tiny-vit has random weights (built from a config dict in model.kwargs)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"pretrained: true, but kwargs.config builds the model from a config dict"):
+        BackboneConfig("hf:tiny-vit", pretrained=True, kwargs=TINY["hf_vit"].kwargs)
+
+
+def test_a_typo_in_model_kwargs_names_the_key_and_the_close_match():
+    with pytest.raises(UserError, match=r"model.kwargs.embed_dimm: not an argument of timm:vit_base_patch16_224's builder.*Did you mean 'embed_dim'"):
+        create_model(BackboneConfig("timm:vit_base_patch16_224", pretrained=False, kwargs={**_VIT, "embed_dimm": 64}))

@@ -188,7 +188,7 @@ def write_folder(root: Path) -> None:
 
 def test_the_run_records_the_overrides_and_eval_and_predict_preprocess_as_training_did(tmp_path, capsys) -> None:
     write_folder(tmp_path / "data")
-    model = {"name": "timm:vit_tiny_patch16_224", "kwargs": {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2}}
+    model = {"name": "timm:vit_tiny_patch16_224", "pretrained": False, "kwargs": {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2}}
     overrides = {"mean": [0.2, 0.3, 0.4], "std": [0.5, 0.6, 0.7], "crop_pct": 1.0, "interpolation": "bilinear"}
     full = {
         "model": model,
@@ -243,7 +243,7 @@ def test_the_run_records_the_overrides_and_eval_and_predict_preprocess_as_traini
 
 def test_pixel_prompts_follow_the_recorded_image_size_in_predict(tmp_path, capsys) -> None:
     write_folder(tmp_path / "data")
-    model = {"name": "timm:resnet10t", "kwargs": {"num_classes": 0}}
+    model = {"name": "timm:resnet10t", "pretrained": False, "kwargs": {"num_classes": 0}}
     full = {
         "model": model,
         "prompt": {"method": "pixel_pad", "prompt_size": 3},

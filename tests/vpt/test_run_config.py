@@ -15,7 +15,7 @@ from vpt import LinearProbeConfig, PixelPromptConfig, VisionRunConfig, VPTConfig
 from vpt.cli import VisionRecipe, main
 from vpt.data import SyntheticDataConfig, VisionDataConfig
 
-from test_backbones import tiny
+from test_backbones import TINY, tiny
 
 SMOKE = str(Path(__file__).resolve().parents[2] / "configs" / "smoke" / "vpt_tiny.yaml")
 
@@ -30,7 +30,7 @@ def synthetic(**kw) -> VisionDataConfig:
 
 
 def test_pixel_prompts_are_laid_out_at_the_size_the_data_is_resized_to(cnn):
-    cfg = VisionRunConfig(prompt=PixelPromptConfig(prompt_size=4), data=synthetic(image_size=64, num_classes=3))
+    cfg = VisionRunConfig(model=TINY["timm_cls"], prompt=PixelPromptConfig(prompt_size=4), data=synthetic(image_size=64, num_classes=3))
     before = to_dict(cfg)
     resolved = resolve_run_config(cfg, cnn)
     assert to_dict(cfg) == before, "resolution changed the config it was given"
@@ -47,18 +47,18 @@ def vpt_wrap_size(backbone, prompt) -> tuple[int, int]:
 
 
 def test_set_values_are_kept_and_a_resolved_config_resolves_to_itself(cnn):
-    cfg = VisionRunConfig(prompt=PixelPromptConfig(prompt_size=4, num_classes=5, image_size=96), data=synthetic(image_size=64))
+    cfg = VisionRunConfig(model=TINY["timm_cls"], prompt=PixelPromptConfig(prompt_size=4, num_classes=5, image_size=96), data=synthetic(image_size=64))
     assert resolve_run_config(cfg, cnn) is cfg
-    cfg = VisionRunConfig(prompt=LinearProbeConfig(), data=synthetic())
+    cfg = VisionRunConfig(model=TINY["timm_cls"], prompt=LinearProbeConfig(), data=synthetic())
     resolved = resolve_run_config(cfg, cnn)
     assert resolved.prompt.num_classes == 4 and resolve_run_config(resolved, cnn) is resolved
 
 
 def test_class_names_come_from_the_data_only_when_the_head_size_does_not():
     data = synthetic(num_classes=3)
-    both = resolve_run_config(VisionRunConfig(prompt=VPTConfig(num_tokens=2), data=data), tiny("timm_cls"))
+    both = resolve_run_config(VisionRunConfig(model=TINY["timm_cls"], prompt=VPTConfig(num_tokens=2), data=data), tiny("timm_cls"))
     assert both.prompt.num_classes == 3 and both.prompt.class_names == ["class 0", "class 1", "class 2"]
-    sized = resolve_run_config(VisionRunConfig(prompt=VPTConfig(num_tokens=2, num_classes=3), data=data), tiny("timm_cls"))
+    sized = resolve_run_config(VisionRunConfig(model=TINY["timm_cls"], prompt=VPTConfig(num_tokens=2, num_classes=3), data=data), tiny("timm_cls"))
     assert sized.prompt.class_names is None
 
 

@@ -210,3 +210,59 @@ def test_a_source_registered_outside_the_library_loads_by_name(vit: torch.nn.Mod
     assert "colors" not in SOURCES
     assert bundle.class_names == ["red", "blue"] and len(bundle.train) == 6
     assert bundle.eval[1]["pixel_values"].shape == (3, 32, 32) and bundle.eval[1]["labels"] == 1
+
+
+def test_16_bit_and_float_images_convert_to_rgb_without_losing_their_range(tmp_path: Path) -> None:
+    ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    with Image.open(tmp_path / "g16.png") as image:
+        assert image.mode in ("I;16", "I")
+        rgb = np.asarray(to_rgb(image))
+    # Plain convert("RGB") clamps at 255 and turns 99.6% of this ramp white; scaled, it stays a ramp.
+    expected = np.rint(ramp * (255 / 65535)).astype(np.uint8)
+    assert (rgb[..., 0] == expected).all() and (rgb[..., 0] == rgb[..., 2]).all()
+    assert (rgb == 255).mean() < 0.01
+    np.testing.assert_array_equal(np.asarray(to_rgb(ramp))[..., 1], expected)
+    floats = np.linspace(0.0, 1.0, 256, dtype=np.float32).reshape(16, 16)
+    np.testing.assert_array_equal(np.asarray(to_rgb(Image.fromarray(floats, mode="F")))[..., 0], np.arange(256, dtype=np.uint8).reshape(16, 16))
+
+
+def write_bad_images(root: Path) -> tuple[Path, Path]:
+    write_image_tree(root, {"blue": 3, "green": 3})
+    empty = root / "blue" / "empty.png"
+    empty.write_bytes(b"")
+    whole = (root / "green" / "0.png").read_bytes()
+    truncated = root / "green" / "truncated.png"
+    truncated.write_bytes(whole[: len(whole) // 2])
+    return empty, truncated
+
+
+def test_unreadable_images_are_all_named_before_training_or_skipped_and_counted(tmp_path: Path, vit: torch.nn.Module, capsys) -> None:
+    empty, truncated = write_bad_images(tmp_path / "train")
+    write_image_tree(tmp_path / "test", {"blue": 1, "green": 1})
+    (tmp_path / "test" / "blue" / "not_an_image.png").write_text("hello")
+    cfg = data_cfg(source="imagefolder", data_dir=str(tmp_path))
+    with pytest.raises(DataError, match=r"3 of 11 images cannot be read: .*empty.png: an empty file; .*truncated.png: .*; .*not_an_image.png: UnidentifiedImageError.*data.on_bad_rows: skip"):
+        build_vision_data(cfg, resolve_image_config(vit))
+    bundle = build_vision_data(data_cfg(source="imagefolder", data_dir=str(tmp_path), on_bad_rows="skip"), resolve_image_config(vit))
+    assert len(bundle.train) == 6 and len(bundle.eval) == 2
+    assert [row.split(":")[0] for row in bundle.info["skipped_rows"]] == [str(empty), str(truncated), str(tmp_path / "test" / "blue" / "not_an_image.png")]
+    assert "skipping 2 unreadable image(s) of 8 (data.on_bad_rows: skip)" in capsys.readouterr().err
+    for i in range(len(bundle.train)):
+        bundle.train[i]  # every image left in reads
+
+
+def test_an_image_over_the_decompression_limit_is_named(tmp_path: Path, vit: torch.nn.Module, monkeypatch) -> None:
+    write_image_tree(tmp_path / "train", {"blue": 2, "green": 2}, size=(40, 30))
+    Image.new("RGB", (200, 200)).save(tmp_path / "train" / "blue" / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 200 x 200 is over twice the limit: PIL refuses it
+    cfg = data_cfg(source="imagefolder", data_dir=str(tmp_path), eval_split=None, val_fraction=0.25)
+    with pytest.raises(DataError, match=r"1 of 5 images cannot be read: .*huge.png: DecompressionBombError"):
+        build_vision_data(cfg, resolve_image_config(vit))
+
+
+def test_an_unscanned_source_names_a_bad_image_when_it_is_read(vit: torch.nn.Module) -> None:
+    images = LabeledImages(load=lambda i: {"bytes": b"not an image"}, labels=[0, 1], class_names=None, name="rows 'train'")
+    bundle = build_vision_data(data_cfg(source="imagefolder", data_dir="."), resolve_image_config(vit), 2, sources=(images, None))
+    with pytest.raises(DataError, match=r"image 0 of rows 'train' cannot be read \(UnidentifiedImageError"):
+        bundle.train[0]

@@ -87,10 +87,10 @@ def test_save_load_gives_identical_outputs(tmp_path, key, method, head):
 def test_prompt_file_for_another_width_or_depth_is_rejected(tmp_path):
     model = vpt.wrap(tiny("timm_cls"), VPTConfig(num_tokens=3, num_classes=4))
     model.save_prompts(tmp_path / "p")
-    wider = create_model(BackboneConfig("timm:vit_base_patch16_224", kwargs={**TINY["timm_cls"].kwargs, "embed_dim": 32}))
+    wider = create_model(BackboneConfig("timm:vit_base_patch16_224", pretrained=False, kwargs={**TINY["timm_cls"].kwargs, "embed_dim": 32}))
     with pytest.raises(PromptFileError, match=r"prompt dim 64 does not match backbone width 32"):
         vpt.wrap(wider, VPTConfig(num_tokens=3, num_classes=4)).load_prompts(tmp_path / "p")
-    deeper = create_model(BackboneConfig("timm:vit_base_patch16_224", kwargs={**TINY["timm_cls"].kwargs, "depth": 3}))
+    deeper = create_model(BackboneConfig("timm:vit_base_patch16_224", pretrained=False, kwargs={**TINY["timm_cls"].kwargs, "depth": 3}))
     with pytest.raises(PromptFileError, match=r"prompt depth 2 does not match the model's prompted layers 3"):
         vpt.wrap(deeper, VPTConfig(num_tokens=3, num_classes=4)).load_prompts(tmp_path / "p")
     with pytest.raises(PromptFileError, match=r"prompt method 'vpt_deep' does not match the model's method 'vpt_shallow'"):

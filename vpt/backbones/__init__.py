@@ -9,9 +9,15 @@ theirs is built or used.
 
 from __future__ import annotations
 
+import inspect
+import re
+import sys
+
 from torch import nn
 
+from promptcore.errors import UnsupportedModelError, UserError
 from promptcore.plugins import lookup
+from promptcore.registry import did_you_mean
 
 from ..config import BackboneConfig
 from . import asset, hf, open_clip, timm  # noqa: F401  (each registers its family)
@@ -35,16 +41,57 @@ __all__ = [
 def create_model(cfg: BackboneConfig) -> nn.Module:
     """Builds the library's own model (timm model, full open_clip CLIP model, transformers model) with weights.
 
+    A model left with random weights (``pretrained: false``, or built from a config dict) is announced in one line
+    on stderr: prompts trained on a random backbone are of no use on real images.
+
     Raises:
         KeyError: unknown family or model name (the message lists close matches).
     """
     family_name, _, model_name = cfg.name.partition(":")
     family = lookup(FAMILIES, family_name)
-    model = family.create(model_name, cfg)
+    try:
+        model = family.create(model_name, cfg)
+    except TypeError as e:
+        key = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        if key is None:
+            raise
+        known = constructor_arguments(e)
+        hint = did_you_mean(key.group(1), known) if known else ""
+        raise UserError(
+            f"model.kwargs.{key.group(1)}: not an argument of {cfg.name}'s builder ({e}).{hint} Correct or remove it"
+        ) from None
+    except OSError as e:
+        if not cfg.library_weights:
+            raise
+        # An offline hub, a missing cache entry, a folder without weights: the config asked for weights it cannot get.
+        raise UserError(
+            f"model.name: cannot load the pretrained weights of {cfg.name} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r}); "
+            f"put them in the library's cache (or name a local folder), or set model.pretrained: false for a random backbone"
+        ) from None
     if cfg.checkpoint:
         load_weights_file(model, cfg.checkpoint, cfg.name)
     setattr(model, NAME_ATTR, cfg.name)
+    if cfg.random_weights:
+        why = "pretrained: false" if cfg.pretrained is False else "built from a config dict in model.kwargs"
+        print(f"model: {cfg.name} has random weights ({why}); prompts trained on it fit no pretrained model", file=sys.stderr)
     return model.eval()
+
+
+def constructor_arguments(error: TypeError) -> list[str]:
+    """The keyword arguments of the class whose constructor raised ``error`` ("X.__init__() got an unexpected
+    keyword argument ..."), found among the locals of the frames it was raised through; empty when not found."""
+    name = re.search(r"(\w+)\.__init__\(\)", str(error))
+    frames = []
+    tb = error.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            if isinstance(value, type) and name is not None and value.__name__ == name.group(1):
+                params = inspect.signature(value.__init__).parameters.values()
+                return sorted(p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    return []
 
 
 def backbone_name(model: nn.Module) -> str:
@@ -68,7 +115,7 @@ def token_backbone(model: nn.Module, name: str | None = None) -> TokenBackbone:
     view = family_of(model).adapt(model, name)
     if view is None:
         supported = "; ".join(f"{n}: {FAMILIES.get(n).describe}" for n in FAMILIES)
-        raise TypeError(
+        raise UnsupportedModelError(
             f"backbone {name} ({type(model).__module__}.{type(model).__name__}) has no token sequence that token "
             f"prompts (VPT) can extend. Token prompts need a ViT-style encoder ({supported}). For CNNs and other "
             f"image models use pixel prompts: set prompt.method: pixel_pad (or pixel_fixed_patch, "

@@ -8,6 +8,7 @@ name prompt files record for it.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -17,6 +18,7 @@ from PIL import Image
 from torch import nn
 
 from promptcore import Registry
+from promptcore.errors import MissingFileError, UnsupportedModelError, UserError
 from promptcore.registry import did_you_mean
 
 from ..transforms import interpolation_mode, normalized
@@ -81,7 +83,7 @@ class TokenBackbone:
 
     def image_embedding(self, x: torch.Tensor) -> torch.Tensor:
         """The image embedding in a joint image-text space (open_clip models have one)."""
-        raise ValueError(f"backbone {self.name} has no image-text embedding (an open_clip model has one)")
+        raise UserError(f"backbone {self.name} has no image-text embedding (an open_clip model has one)")
 
     # ----- the fast VPT-deep path (vpt/fast_deep.py) ------------------------------------------------------------
     def fast_unsupported(self, index: int) -> str | None:
@@ -193,7 +195,7 @@ class BackboneFamily:
     def pooled_features(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """The frozen model's own pooled features ``[B, D]`` (no classifier), through the library's API."""
         known = "; ".join(f"{n}: {FAMILIES.get(n).describe}" for n in FAMILIES)
-        raise TypeError(
+        raise UnsupportedModelError(
             f"cannot read pooled features from a {type(model).__module__}.{type(model).__name__}: no backbone family "
             f"owns it (families: {known}). Use head 'backbone' to keep the model's own classifier, or register a "
             f"backbone family for it (vpt.backbones.FAMILIES)"
@@ -215,7 +217,7 @@ class BackboneFamily:
         with torch.no_grad():
             out = self.classify(model, probe_image(model, image))
         if out.dim() != 2:
-            raise ValueError(
+            raise UserError(
                 f"head 'backbone' takes the output of {type(model).__name__} as class logits, but it has shape "
                 f"{tuple(out.shape)} for one image, not [1, classes]; use a model that ends in its classifier"
             )
@@ -258,21 +260,32 @@ def load_weights_file(model: nn.Module, path: str, label: str) -> None:
     """
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"checkpoint {path!r} for backbone {label} does not exist; give a local weights file")
+        raise MissingFileError(f"checkpoint {path!r} for backbone {label} does not exist; give a local weights file")
     if file.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        state = load_file(str(file))
+        try:
+            state = load_file(str(file))
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"checkpoint {path!r} is not a readable safetensors file ({e}); it is truncated or corrupt") from None
     elif file.suffix in (".pth", ".pt", ".bin"):
-        state = torch.load(str(file), map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(str(file), map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UserError(
+                f"checkpoint {path!r} cannot be read as tensors ({first}); give a weights file saved with torch.save of "
+                f"a state dict, or a .safetensors file (nothing else is unpickled)"
+            ) from None
         for key in ("state_dict", "model"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]  # training checkpoints wrap the weights
     else:
-        raise ValueError(f"checkpoint {path!r} has suffix {file.suffix!r}; expected .safetensors, .pth, .pt or .bin")
+        raise UserError(f"checkpoint {path!r} has suffix {file.suffix!r}; expected .safetensors, .pth, .pt or .bin")
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
+        raise UserError(
             f"checkpoint {path!r} does not fit backbone {label}: {len(result.missing_keys)} missing keys "
             f"(e.g. {result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected keys "
             f"(e.g. {result.unexpected_keys[:3]}); save the weights of the same architecture (model.state_dict())"

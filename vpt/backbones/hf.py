@@ -16,10 +16,13 @@ CLIP's post-norm class token, SigLIP's attention-pooling ``head``). The fast pat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+from promptcore.errors import UnsupportedModelError, UserError
+from promptcore.registry import did_you_mean
 
 from ._base import (
     FAMILIES,
@@ -53,6 +56,28 @@ DEFAULT_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 
 
+def _check_config_fields(model_type: str, values: dict[str, Any]) -> None:
+    """Refuses keys of a config dict that are not fields of transformers' config of ``model_type``: the config
+    would keep them as unused attributes and build its default size without a word. (textpt checks its random
+    models' kwargs the same way; the packages share no transformers code, promptcore has none.)"""
+    import inspect
+
+    import transformers
+
+    try:
+        default = transformers.AutoConfig.for_model(model_type)
+    except ValueError:
+        return  # an unknown model type: _model_class names the supported ones
+    known = set(default.to_dict()) | set(default.attribute_map) | set(inspect.signature(type(default).__init__).parameters)
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        each = " ".join(f"{k!r}:{did_you_mean(k, sorted(known)) or ' no close match.'}" for k in unknown)
+        raise UserError(
+            f"model.kwargs.config: {', '.join(map(repr, unknown))} {'is not a field' if len(unknown) == 1 else 'are not fields'} "
+            f"of the {model_type} config ({type(default).__name__}), which would ignore them and build its default. {each}"
+        )
+
+
 class HFFamily(BackboneFamily):
     describe = "transformers models; token prompts on ViTModel, CLIPVisionModel, SiglipVisionModel"
 
@@ -66,15 +91,17 @@ class HFFamily(BackboneFamily):
             config_dict = dict(config_dict)
             model_type = config_dict.pop("model_type", None)
             if model_type is None:
-                raise ValueError("hf kwargs.config needs a model_type: 'vit', 'clip_vision_model' or 'siglip_vision_model'")
-            config = transformers.AutoConfig.for_model(_VISION_TOWER.get(model_type, model_type), **config_dict, **kwargs)
+                raise UserError("hf kwargs.config needs a model_type: 'vit', 'clip_vision_model' or 'siglip_vision_model'")
+            model_type = _VISION_TOWER.get(model_type, model_type)
+            _check_config_fields(model_type, {**config_dict, **kwargs})
+            config = transformers.AutoConfig.for_model(model_type, **config_dict, **kwargs)
             return _model_class(config)(config)
         config = transformers.AutoConfig.from_pretrained(model_name, **kwargs)
         vision_type = _VISION_TOWER.get(config.model_type)
         if vision_type is not None:
             config = config.vision_config
         cls = _model_class(config)
-        if cfg.pretrained:
+        if cfg.library_weights:
             return cls.from_pretrained(model_name, config=config)
         return cls(config)
 
@@ -98,7 +125,7 @@ class HFFamily(BackboneFamily):
 
     def classifier_classes(self, model: nn.Module, image: ImageConfig) -> int:
         if not type(model).__name__.endswith("ForImageClassification"):
-            raise ValueError(
+            raise UserError(
                 f"head 'backbone' needs a model with its own classifier (a transformers *ForImageClassification); "
                 f"{type(model).__name__} has none, use head 'linear'"
             )
@@ -162,7 +189,7 @@ def _model_class(config) -> type:
         "siglip_vision_model": transformers.SiglipVisionModel,
     }
     if config.model_type not in classes:
-        raise ValueError(
+        raise UserError(
             f"hf model_type {config.model_type!r} is not a supported vision encoder; supported: {', '.join(classes)} "
             f"(and full 'clip'/'siglip' checkpoints, whose vision tower is used)"
         )
@@ -198,7 +225,7 @@ class HFVisionEncoder(TokenBackbone):
         self.name = name
         layers = find_module(model, ("encoder.layers", "encoder.layer", "layers"))
         if layers is None:
-            raise TypeError(f"{kind} has no encoder layers where expected (encoder.layers / encoder.layer / layers)")
+            raise UnsupportedModelError(f"{kind} has no encoder layers where expected (encoder.layers / encoder.layer / layers)")
         self.layers = layers
         self.width = config.hidden_size
         self.depth = len(layers)

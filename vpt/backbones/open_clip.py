@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from promptcore.errors import UnsupportedModelError, UserError
+
 from ._base import FAMILIES, BackboneFamily, ImageConfig, TokenBackbone, as_pair, from_library, unknown_model_error
 
 if TYPE_CHECKING:
@@ -39,17 +41,18 @@ class OpenClipFamily(BackboneFamily):
         if model_cfg is not None:
             # A config dict builds the model without a registered config or weights (tests, custom towers).
             if kwargs:
-                raise ValueError(f"open_clip model_cfg builds the model directly; other kwargs {sorted(kwargs)} would be ignored")
+                raise UserError(f"open_clip model_cfg builds the model directly; other kwargs {sorted(kwargs)} would be ignored")
             return open_clip.CLIP(**model_cfg)
         if architecture not in open_clip.list_models():
             raise unknown_model_error("open_clip", architecture, open_clip.list_models())
-        if cfg.pretrained and not tag:
+        if cfg.library_weights and not tag:
             tags = [t for a, t in open_clip.list_pretrained() if a == architecture]
-            raise ValueError(
-                f"open_clip:{architecture} with pretrained: true needs a pretrained tag, 'open_clip:{architecture}:TAG'; "
-                f"tags: {', '.join(tags) or 'none'}"
+            raise UserError(
+                f"model.name: open_clip:{architecture} names no pretrained weights; add a pretrained tag, "
+                f"'open_clip:{architecture}:TAG' (tags: {', '.join(tags) or 'none'}), or set model.pretrained: false for "
+                f"random weights"
             )
-        return open_clip.create_model(architecture, pretrained=tag if cfg.pretrained else None, **kwargs)
+        return open_clip.create_model(architecture, pretrained=tag if cfg.library_weights else None, **kwargs)
 
     def owns(self, model: nn.Module) -> bool:
         return from_library(model, "open_clip") or from_library(getattr(model, "visual", None), "open_clip")
@@ -63,7 +66,7 @@ class OpenClipFamily(BackboneFamily):
         visual = getattr(model, "visual", model)
         if not isinstance(visual, VisionTransformer):
             if visual is not model:
-                raise TypeError(
+                raise UnsupportedModelError(
                     f"open_clip image tower {type(visual).__name__} is not open_clip's VisionTransformer, which token "
                     f"prompts need; use its timm model through a 'timm:' backbone, or pixel prompts (prompt.method: pixel_pad)"
                 )
@@ -102,7 +105,7 @@ class OpenClipFamily(BackboneFamily):
         return int(getattr(model, "visual", model).output_dim)
 
     def classifier_classes(self, model: nn.Module, image: ImageConfig) -> int:
-        raise ValueError(
+        raise UserError(
             f"head 'backbone' needs a model with its own classifier; the open_clip {type(model).__name__} has none "
             f"(use head 'linear', or a CLIP method such as clip_zeroshot or coop)"
         )
@@ -120,7 +123,7 @@ class OpenClipViT(TokenBackbone):
 
     def __init__(self, model: nn.Module, visual: nn.Module, name: str) -> None:
         if not visual.transformer.batch_first:
-            raise TypeError("open_clip tower runs sequence-first (batch_first=False); token prompts need batch-first blocks")
+            raise UnsupportedModelError("open_clip tower runs sequence-first (batch_first=False); token prompts need batch-first blocks")
         self.model = model
         self.visual = visual
         self.name = name

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from torch import nn
 
+from promptcore.errors import UserError
+
 from ._base import FAMILIES, BackboneFamily, ImageConfig, TokenBackbone, as_pair, from_library, unknown_model_error
 
 if TYPE_CHECKING:
@@ -33,7 +35,7 @@ class TimmFamily(BackboneFamily):
         architecture = model_name.split(".", 1)[0]
         if not timm.is_model(architecture):
             raise unknown_model_error("timm", model_name, timm.list_models())
-        return timm.create_model(model_name, pretrained=cfg.pretrained, **cfg.kwargs)
+        return timm.create_model(model_name, pretrained=cfg.library_weights, **cfg.kwargs)
 
     def owns(self, model: nn.Module) -> bool:
         return from_library(model, "timm")
@@ -84,7 +86,7 @@ class TimmFamily(BackboneFamily):
 
     def classifier_classes(self, model: nn.Module, image: ImageConfig) -> int:
         if model.num_classes <= 0:
-            raise ValueError(
+            raise UserError(
                 f"head 'backbone' needs the model's classifier, but {type(model).__name__} was built without one "
                 f"(num_classes=0); build it with its classifier or use head 'linear'"
             )

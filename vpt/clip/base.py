@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from promptcore import PromptedModel, init_prompt_
+from promptcore.errors import UserError
 
 from ..backbones import backbone_name
 from .text import PromptLayout, TextTower
@@ -47,7 +48,7 @@ class CLIPModel(PromptedModel):
     def __init__(self, model: nn.Module, config: Any, tokenizer: Tokenizer | None = None, name: str | None = None) -> None:
         super().__init__()
         if config.class_names is None:
-            raise ValueError(
+            raise UserError(
                 "class_names: the text prompts need the class names; set prompt.class_names (the CLI fills them from the data)"
             )
         self.config = config
@@ -104,7 +105,7 @@ class CLIPPromptModel(CLIPModel):
         if requested == "reference":
             return False
         if requested == "fast" and issue:
-            raise ValueError(f"text_path: 'fast' does not apply to this model: {issue}; use 'auto' or 'reference'")
+            raise UserError(f"text_path: 'fast' does not apply to this model: {issue}; use 'auto' or 'reference'")
         return issue is None
 
     def _context(self, shape: tuple[int, ...], ctx_init: str | None, std: float) -> nn.Parameter:
@@ -117,7 +118,7 @@ class CLIPPromptModel(CLIPModel):
             return nn.Parameter(weight)
         ids = text_token_ids(self.tokenizer, [ctx_init], self.special)[0]
         if len(ids) < n_ctx:
-            raise ValueError(
+            raise UserError(
                 f"ctx_init: {ctx_init!r} is {len(ids)} tokens but n_ctx is {n_ctx}; give at least {n_ctx} tokens of "
                 f"text, set n_ctx: {len(ids)}, or ctx_init: null for a random init"
             )

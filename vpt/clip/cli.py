@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from promptcore import METHODS, UserError, read_prompt_config, wrap
-from promptcore.cli import Command, add_config_args, register_command
+from promptcore.cli import Command, add_config_args, default_run_dir, register_command
 
 from ..config import BackboneConfig
 from ..run_config import VisionRunConfig, load_run_config
@@ -65,7 +66,7 @@ def run_base_to_new(
 
     clip_run_config(cfg, "base2new")
     if not seeds:
-        raise ValueError("--seeds: give at least one seed, e.g. --seeds 1 2 3")
+        raise UserError("--seeds: give at least one seed, e.g. --seeds 1 2 3")
     out_dir = Path(output) if output is not None else None
     sources = None
     rows = []
@@ -79,7 +80,7 @@ def run_base_to_new(
             raise DataError("base2new evaluates on the eval split; set data.eval_split (or data.val_fraction)")
         names = list(cfg.prompt.class_names or bundle.class_names)
         if len(names) != bundle.info["num_classes"]:
-            raise ValueError(f"prompt.class_names: {len(names)} names for {bundle.info['num_classes']} classes in the data")
+            raise UserError(f"prompt.class_names: {len(names)} names for {bundle.info['num_classes']} classes in the data")
         base, new = base_new_split(len(names))
         train_labels = bundle.train.labels
         shots = None
@@ -131,9 +132,13 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def cmd_base2new(args: argparse.Namespace) -> int:
+    from ..cli import VisionRecipe  # the vpt CLI registers this verb; import it only when the verb runs
+
     cfg = load_run_config(args.config, args.overrides)
-    result = run_base_to_new(cfg, args.seeds, args.output, args.overwrite)
+    output = Path(args.output) if args.output else default_run_dir(VisionRecipe(), args.config, "base2new")
+    result = run_base_to_new(cfg, args.seeds, output, args.overwrite)
     print(format_table(result), end="")
+    print(f"base2new: results written to {output / 'base2new.json'} and {output / 'base2new.md'}", file=sys.stderr)
     return 0
 
 
@@ -149,7 +154,7 @@ def cmd_interpret(args: argparse.Namespace) -> int:
     else:
         name = str(meta.get("backbone", ""))
         if not name.startswith("open_clip:"):
-            raise ValueError(
+            raise UserError(
                 f"the prompt folder records backbone {name!r}, not an 'open_clip:ARCH:TAG' name to rebuild; pass the "
                 f"run config with -c CONFIG"
             )
@@ -168,7 +173,10 @@ def cmd_interpret(args: argparse.Namespace) -> int:
 def _base2new_arguments(p: argparse.ArgumentParser) -> None:
     add_config_args(p)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds (default 1 2 3)")
-    p.add_argument("-o", "--output", metavar="DIR", help="writes DIR/seed<N>/ runs, base2new.json and base2new.md")
+    p.add_argument(
+        "-o", "--output", metavar="DIR",
+        help="writes DIR/seed<N>/ runs, base2new.json and base2new.md (default: runs/vpt-base2new-<config>-<time>)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace runs already in DIR")
 
 

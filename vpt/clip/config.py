@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from promptcore.errors import UserError
+
 from .templates import check_templates
 from .tokens import check_class_names
 
@@ -21,7 +23,7 @@ def _check_positive(cfg: object, *names: str) -> None:
     for name in names:
         value = getattr(cfg, name)
         if value is not None and value <= 0:
-            raise ValueError(f"{name}: must be a positive integer, found {value}")
+            raise UserError(f"{name}: must be a positive integer, found {value}")
 
 
 @dataclass
@@ -73,9 +75,9 @@ class CLIPContextConfig(CLIPMethodConfig):
         super().__post_init__()
         _check_positive(self, "n_ctx")
         if self.ctx_init is not None and not self.ctx_init.strip():
-            raise ValueError("ctx_init: empty text; give words such as 'a photo of a' or null for a random init")
+            raise UserError("ctx_init: empty text; give words such as 'a photo of a' or null for a random init")
         if self.init_std <= 0:
-            raise ValueError(f"init_std: must be positive, found {self.init_std}")
+            raise UserError(f"init_std: must be positive, found {self.init_std}")
 
 
 @dataclass

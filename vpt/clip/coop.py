@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from promptcore import register_method
+from promptcore.errors import UserError
 
 from .base import CLIPPromptModel
 from .config import CoOpConfig
@@ -45,7 +46,7 @@ class CoOp(CLIPPromptModel):
 
     def set_class_names(self, class_names: Sequence[str]) -> None:
         if self.config.class_specific_context:
-            raise ValueError(
+            raise UserError(
                 "class-specific context (class_specific_context: true) is learned per class and cannot move to other "
                 "classes; base-to-new evaluation needs a unified context"
             )

@@ -17,6 +17,8 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from promptcore.errors import UserError
+
 
 def dataset_labels(dataset: Dataset) -> list[int]:
     """The integer label of every item: from ``dataset.labels`` / ``dataset.targets`` when present (no decoding),
@@ -31,7 +33,7 @@ def dataset_labels(dataset: Dataset) -> list[int]:
 def base_new_split(num_classes: int) -> tuple[list[int], list[int]]:
     """``(base, new)`` class indices: the first ``ceil(C / 2)`` classes and the rest (CoCoOp's split)."""
     if num_classes < 2:
-        raise ValueError(f"base-to-new needs at least 2 classes, found {num_classes}")
+        raise UserError(f"base-to-new needs at least 2 classes, found {num_classes}")
     m = math.ceil(num_classes / 2)
     return list(range(m)), list(range(m, num_classes))
 
@@ -77,7 +79,7 @@ def harmonic_mean(base: float, new: float) -> float:
 def aggregate(runs: Sequence[dict[str, float]]) -> dict[str, tuple[float, float]]:
     """``{metric: (mean, std)}`` over runs (sample std; 0 for a single run). Every run must have the same keys."""
     if not runs:
-        raise ValueError("aggregate: no runs to aggregate")
+        raise UserError("aggregate: no runs to aggregate")
     keys = list(runs[0])
     out = {}
     for k in keys:

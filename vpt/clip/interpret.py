@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from promptcore import load_prompt_files
+from promptcore.errors import UserError
 
 from .tokens import Tokenizer
 
@@ -23,9 +24,9 @@ def nearest_words(
     """For each row of ``vectors`` ``[N, width]``, the ``top_k`` nearest rows of ``embedding`` ``[vocab, width]`` as
     ``(word, distance)``; words decoded with ``tokenizer.decode``."""
     if top_k <= 0:
-        raise ValueError(f"top_k: must be positive, found {top_k}")
+        raise UserError(f"top_k: must be positive, found {top_k}")
     if vectors.shape[-1] != embedding.shape[-1]:
-        raise ValueError(
+        raise UserError(
             f"context vectors have width {vectors.shape[-1]} but the text tower's token embedding has width "
             f"{embedding.shape[-1]}: the prompts were learned for another model"
         )
@@ -56,7 +57,7 @@ def interpret_prompts(
     tensors, meta = load_prompt_files(directory)
     keys = [k for k in TEXT_CONTEXT_KEYS if k in tensors]
     if not keys:
-        raise ValueError(
+        raise UserError(
             f"prompt folder {directory} holds no text context ({', '.join(TEXT_CONTEXT_KEYS)}); found {sorted(tensors)} "
             f"(method {meta.get('method')!r}); interpret works on CLIP text prompts (coop, cocoop, maple, ivlp, kgcoop, "
             f"promptsrc)"

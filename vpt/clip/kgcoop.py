@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from promptcore import register_method
+from promptcore.errors import UserError
 
 from .config import CoOpConfig
 from .coop import CoOp
@@ -52,7 +53,7 @@ class KgCoOpConfig(CoOpConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.weight >= 0:
-            raise ValueError(f"weight: must be a number >= 0, found {self.weight}")
+            raise UserError(f"weight: must be a number >= 0, found {self.weight}")
         check_templates(self.templates)
 
 

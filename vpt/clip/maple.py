@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from promptcore import init_prompt_, register_method
+from promptcore.errors import UserError
 
 from .base import CLIPPromptModel
 from .config import IVLPConfig, MaPLeConfig
@@ -46,7 +47,7 @@ class _DeepCLIP(CLIPPromptModel):
             (vision_field, vision_depth, "image", v.num_layers),
         ):
             if depth > layers:
-                raise ValueError(f"{field}: {depth} is more than the {tower} tower's {layers} layers; use at most {layers}")
+                raise UserError(f"{field}: {depth} is more than the {tower} tower's {layers} layers; use at most {layers}")
         self.prompts = nn.Module()
         self.prompts.ctx = self._context((config.n_ctx, t.width), config.ctx_init, config.init_std)
         self.prompts.register_parameter("text_deep", _deep_parameter(config.depth - 1, config.n_ctx, t.width, config.init_std))

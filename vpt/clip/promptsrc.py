@@ -40,6 +40,7 @@ from torch import nn
 
 from promptcore import register_method
 from promptcore.callbacks import Callback, register_callback
+from promptcore.errors import UserError
 
 from .config import IVLPConfig
 from .maple import IVLP
@@ -76,7 +77,7 @@ class PromptSRCConfig(IVLPConfig):
         super().__post_init__()
         for name in ("text_loss_weight", "image_loss_weight", "logit_loss_weight"):
             if not getattr(self, name) >= 0:
-                raise ValueError(f"{name}: must be a number >= 0, found {getattr(self, name)}")
+                raise UserError(f"{name}: must be a number >= 0, found {getattr(self, name)}")
         check_templates(self.templates)
 
 
@@ -167,9 +168,9 @@ class GaussianPromptAggregation(Callback):
     def __init__(self, mean: float, std: float) -> None:
         for name, value in (("mean", mean), ("std", std)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name}: must be a finite number of epochs, got {value!r}")
+                raise UserError(f"{name}: must be a finite number of epochs, got {value!r}")
         if std <= 0:
-            raise ValueError(f"std: must be > 0 epochs, got {std}")
+            raise UserError(f"std: must be > 0 epochs, got {std}")
         self.mean, self.std = float(mean), float(std)
         self.sum: dict[str, torch.Tensor] | None = None
         self.added: list[int] = []

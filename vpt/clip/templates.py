@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from promptcore.errors import UserError
 from promptcore.plugins import lookup
 from promptcore.registry import Registry, UnknownNameError
 
@@ -100,13 +101,13 @@ def check_templates(spec: str | Sequence[str], field: str = "templates") -> None
         try:
             lookup(TEMPLATE_SETS, spec)
         except UnknownNameError as e:
-            raise ValueError(f"{field}: {e}") from None
+            raise UserError(f"{field}: {e}") from None
         return
     if not spec:
-        raise ValueError(f"{field}: expected at least one template, e.g. ['a photo of a {{}}.'], or a template set such as coop:imagenet")
+        raise UserError(f"{field}: expected at least one template, e.g. ['a photo of a {{}}.'], or a template set such as coop:imagenet")
     bad = [t for t in spec if "{}" not in t]
     if bad:
-        raise ValueError(f"{field}: {bad} have no '{{}}' where the class name goes, e.g. 'a photo of a {{}}.'")
+        raise UserError(f"{field}: {bad} have no '{{}}' where the class name goes, e.g. 'a photo of a {{}}.'")
 
 
 def templates_of(spec: str | Sequence[str]) -> list[str]:

@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from promptcore.distributed import call_through
+from promptcore.errors import UserError
 
-from .tokens import SpecialTokens, Tokenizer, prompt_name, text_token_ids
+from .tokens import SpecialTokens, Tokenizer, check_distinct_token_ids, prompt_name, text_token_ids
 
 _POOLS_AT_END_TOKEN = ("argmax", "eos")
 
@@ -50,16 +51,16 @@ class TextTower:
         self.src = text if isinstance(text, nn.Module) else model
         missing = [a for a in ("token_embedding", "positional_embedding", "transformer", "ln_final") if not hasattr(self.src, a)]
         if missing:
-            raise ValueError(
+            raise UserError(
                 f"the text tower {type(self.src).__name__} lacks {missing}: CLIP prompt methods need open_clip's own "
                 f"text transformer (CLIP or CustomTextCLIP with a TextTransformer), not a Hugging Face text encoder"
             )
         if getattr(self.src, "cls_emb", None) is not None:
-            raise ValueError("the text tower appends a CoCa class token (embed_cls); CLIP prompt methods need a tower pooled at the end token")
+            raise UserError("the text tower appends a CoCa class token (embed_cls); CLIP prompt methods need a tower pooled at the end token")
         if not getattr(self.transformer, "batch_first", True):
-            raise ValueError("the text transformer is not batch_first; open_clip >= 2.24 builds batch_first towers")
+            raise UserError("the text transformer is not batch_first; open_clip >= 2.24 builds batch_first towers")
         if self.pool_type not in _POOLS_AT_END_TOKEN:
-            raise ValueError(
+            raise UserError(
                 f"the text tower pools with {self.pool_type!r}; CLIP prompt methods need pooling at the end token "
                 f"({' or '.join(_POOLS_AT_END_TOKEN)}), as CLIP does"
             )
@@ -311,10 +312,11 @@ class PromptLayout(nn.Module):
         names = list(class_names)
         texts = [prompt_name(n) for n in names]
         name_ids = text_token_ids(tokenizer, texts, special, names)
+        check_distinct_token_ids(names, name_ids)
         tails = text_token_ids(tokenizer, [t + "." for t in texts], special, names)
         words = list(words)
         if words and position != "end":
-            raise ValueError(
+            raise UserError(
                 f"ctx_init: its words past the first {n_ctx} tokens stay fixed before the class name, which needs "
                 f"class_token_position: end (found {position!r}); give ctx_init exactly n_ctx tokens"
             )
@@ -329,7 +331,7 @@ class PromptLayout(nn.Module):
             elif position == "front":
                 parts = [("t", tail[:k]), ("c", n_ctx), ("t", tail[k:])]
             else:
-                raise ValueError(f"class_token_position: {position!r} is not one of 'end', 'middle', 'front'")
+                raise UserError(f"class_token_position: {position!r} is not one of 'end', 'middle', 'front'")
             row, where = [special.sos], []
             for kind, part in parts:
                 if kind == "c":
@@ -340,7 +342,7 @@ class PromptLayout(nn.Module):
             row.append(special.eot)
             if len(row) > context_length:
                 fixed = f", {len(words)} fixed words" if words else ""
-                raise ValueError(
+                raise UserError(
                     f"class {name!r}: its prompt needs {len(row)} tokens ({k} for the name, {n_ctx} context{fixed}, "
                     f"start, '.' and end), more than the text tower's context length {context_length}; shorten the "
                     f"class name or use fewer context tokens (n_ctx)"

@@ -14,6 +14,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from promptcore.errors import UserError
+
 Tokenizer = Callable[[list[str]], torch.Tensor]
 
 
@@ -45,7 +47,7 @@ class SpecialTokens:
     def of(cls, tokenizer: Tokenizer) -> "SpecialTokens":
         ids = tokenizer([""])[0].tolist()
         if len(ids) < 3 or ids[0] == ids[1]:
-            raise ValueError(
+            raise UserError(
                 f"the tokenizer gives {ids[:3]}... for an empty text, expected [start, end, padding...]: CLIP prompt "
                 f"methods need a tokenizer that puts a start token first and an end token after the text "
                 f"(OpenAI's BPE SimpleTokenizer, the default with tokenizer: null)"
@@ -66,15 +68,29 @@ def text_token_ids(
     for i, (text, row) in enumerate(zip(texts, rows.tolist())):
         owner = f"class {classes[i]!r}: " if classes is not None else ""
         if special.eot not in row[1:]:
-            raise ValueError(f"{owner}text {text!r} has no end token after tokenization; the tokenizer does not fit CLIP prompting")
+            raise UserError(f"{owner}text {text!r} has no end token after tokenization; the tokenizer does not fit CLIP prompting")
         end = row.index(special.eot, 1)
         if row[-1] != special.pad:
-            raise ValueError(
+            raise UserError(
                 f"{owner}{text!r} tokenizes beyond the text context length ({len(row)} tokens, truncated by the "
                 f"tokenizer); shorten it"
             )
         out.append(row[1:end])
     return out
+
+
+def check_distinct_token_ids(names: Sequence[str], ids: Sequence[Sequence[int]], field: str = "class_names") -> None:
+    """Raises :class:`promptcore.UserError` when two class names tokenize to the same ids (CLIP's tokenizer
+    lowercases and collapses whitespace: ``Cat`` and ``cat`` are one text to it): their prompts, and so their
+    logits, would be equal and the two classes could never be told apart."""
+    seen: dict[tuple[int, ...], str] = {}
+    for name, row in zip(names, ids):
+        other = seen.setdefault(tuple(row), name)
+        if other != name:
+            raise UserError(
+                f"{field}: {other!r} and {name!r} are the same tokens {list(row)} for the CLIP tokenizer (it lowercases "
+                f"and collapses whitespace), so their classes would always get the same score; rename one of them"
+            )
 
 
 def prompt_name(name: str) -> str:
@@ -92,16 +108,16 @@ def check_class_names(names: Any, field: str = "class_names") -> list[str]:
     Raises ValueError("class_names: ...") naming the offending entries.
     """
     if not isinstance(names, (list, tuple)) or not names:
-        raise ValueError(f"{field}: expected a non-empty list of class names, found {names!r}")
+        raise UserError(f"{field}: expected a non-empty list of class names, found {names!r}")
     bad = [n for n in names if not isinstance(n, str) or not n.strip()]
     if bad:
-        raise ValueError(f"{field}: every class name must be a non-empty string, found {bad!r}")
+        raise UserError(f"{field}: every class name must be a non-empty string, found {bad!r}")
     dup = sorted(n for n, c in Counter(names).items() if c > 1)
     if dup:
-        raise ValueError(f"{field}: duplicate class names {dup}; each class needs a distinct name (its text prompt)")
+        raise UserError(f"{field}: duplicate class names {dup}; each class needs a distinct name (its text prompt)")
     same = sorted(n for n, c in Counter(prompt_name(n) for n in names).items() if c > 1)
     if same:
-        raise ValueError(
+        raise UserError(
             f"{field}: {[n for n in names if prompt_name(n) in same]} give the same prompt text {same} (underscores "
             f"read as spaces); rename one of them"
         )

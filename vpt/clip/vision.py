@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from promptcore.errors import UserError
+
 
 class VisionTower:
     """A read-only view of an open_clip ViT image tower (``model.visual``); every size is read from the model.
@@ -32,13 +34,13 @@ class VisionTower:
         seams = ("_embeds", "_pool", "transformer", "proj")
         missing = [s for s in seams if not hasattr(self.visual, s)]
         if missing or not hasattr(self.visual.transformer, "resblocks"):
-            raise ValueError(
+            raise UserError(
                 f"the image tower {type(self.visual).__name__} has no {missing or ['transformer.resblocks']}: deep vision "
                 f"prompts (MaPLe, IVLP) need an open_clip VisionTransformer image tower (open_clip >= 3.0); use CoOp or "
                 f"CoCoOp, which work with any image tower"
             )
         if not getattr(self.visual.transformer, "batch_first", True):
-            raise ValueError("the vision transformer is not batch_first; open_clip >= 2.24 builds batch_first towers")
+            raise UserError("the vision transformer is not batch_first; open_clip >= 2.24 builds batch_first towers")
 
     @property
     def width(self) -> int:

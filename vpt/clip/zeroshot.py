@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from promptcore import register_method
+from promptcore.errors import UserError
 
 from ..backbones import TokenBackbone
 from ..config import VPTConfig
@@ -18,7 +19,15 @@ from ..heads import HEADS, VPTHead
 from .base import CLIPModel, clip_logits
 from .config import ZeroShotCLIPConfig
 from .templates import templates_of
-from .tokens import SpecialTokens, Tokenizer, check_class_names, get_tokenizer, prompt_name, text_token_ids
+from .tokens import (
+    SpecialTokens,
+    Tokenizer,
+    check_class_names,
+    check_distinct_token_ids,
+    get_tokenizer,
+    prompt_name,
+    text_token_ids,
+)
 
 Template = str | Callable[[str], str]
 
@@ -31,7 +40,7 @@ def fill_template(template: Template, name: str) -> str:
     if callable(template):
         return template(name)
     if "{}" not in template:
-        raise ValueError(f"template {template!r} has no '{{}}' where the class name goes, e.g. 'a photo of a {{}}.'")
+        raise UserError(f"template {template!r} has no '{{}}' where the class name goes, e.g. 'a photo of a {{}}.'")
     return template.format(name)
 
 
@@ -70,10 +79,11 @@ def zeroshot_weights(
     """
     names = check_class_names(class_names)
     if not templates:
-        raise ValueError("templates: expected at least one template, e.g. ['a photo of a {}.']")
+        raise UserError("templates: expected at least one template, e.g. ['a photo of a {}.']")
     special = SpecialTokens.of(tokenizer)
     texts = [fill_template(t, prompt_name(n)) for n in names for t in templates]
     text_token_ids(tokenizer, texts, special, [n for n in names for _ in templates])  # names a truncated class
+    check_distinct_token_ids(names, text_token_ids(tokenizer, [prompt_name(n) for n in names], special, names))
     param = next(model.parameters())
     chunks = []
     for start in range(0, len(texts), batch_size):
@@ -146,12 +156,12 @@ def zeroshot_head(tokens: TokenBackbone, config: VPTConfig) -> ZeroShotHead:
     """The ``zeroshot`` head: the text embeddings of ``config.class_names`` in ``config.templates``."""
     clip = tokens.model
     if not hasattr(clip, "encode_text"):
-        raise ValueError(
+        raise UserError(
             f"head 'zeroshot' needs an open_clip model with its text tower, got {tokens.name}; build the backbone as "
             f"'open_clip:ARCH:TAG' or choose head 'linear'"
         )
     if not config.class_names:
-        raise ValueError(
+        raise UserError(
             "class_names: the 'zeroshot' head needs the class names to embed with the text tower; set "
             "prompt.class_names (vpt train fills them from the data when num_classes is unset too)"
         )
@@ -165,7 +175,7 @@ def zeroshot_head(tokens: TokenBackbone, config: VPTConfig) -> ZeroShotHead:
 
 def _check_zeroshot_head(config: VPTConfig) -> None:
     if config.num_tasks != 1:
-        raise ValueError("num_tasks: the 'zeroshot' head is one fixed head; use num_tasks 1 or a trained head")
+        raise UserError("num_tasks: the 'zeroshot' head is one fixed head; use num_tasks 1 or a trained head")
 
 
 HEADS.add("zeroshot", VPTHead(

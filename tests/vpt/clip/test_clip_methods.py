@@ -7,7 +7,7 @@ import torch
 
 import promptcore
 import vpt.clip as vc
-from promptcore import PromptFileError
+from promptcore import PromptFileError, UserError
 from vpt.synthetic import SyntheticImages
 from vpt.clip.tokens import get_tokenizer
 
@@ -166,6 +166,14 @@ def test_fixed_words_of_ctx_init_need_the_class_name_at_the_end():
 def test_class_names_equal_once_underscores_read_as_spaces_are_refused():
     with pytest.raises(ValueError, match=r"class_names: \['sea_lion', 'sea lion'\] give the same prompt text"):
         vc.CoOpConfig(class_names=["sea_lion", "sea lion"])
+
+
+def test_class_names_the_tokenizer_cannot_tell_apart_are_refused():
+    # CLIP's tokenizer lowercases: both names give one prompt, so the two classes would tie.
+    with pytest.raises(UserError, match=r"class_names: 'Cat' and 'cat' are the same tokens \[\d+\] for the CLIP tokenizer"):
+        promptcore.wrap(tiny_clip(), vc.CoOpConfig(class_names=["Cat", "cat", "dog"], n_ctx=2))
+    with pytest.raises(UserError, match=r"class_names: 'Cat' and 'cat' are the same tokens"):
+        vc.zeroshot_weights(tiny_clip(), get_tokenizer(None, 77), ["Cat", "cat", "dog"], ["a photo of a {}."])
 
 
 def test_zero_shot_matches_manual_clip_and_averages_templates():

@@ -38,6 +38,14 @@ def test_vpt_base2new_runs_the_toy_clip_method(toy_clip, tmp_path, capsys):
     assert (tmp_path / "b2n" / "seed1" / "last" / "prompts.safetensors").is_file()
 
 
+def test_base2new_without_an_output_folder_writes_its_results_and_says_where(toy_clip, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["base2new", "-c", SMOKE, *TOY, "--seeds", "1"]) == 0
+    written = sorted(tmp_path.glob("runs/vpt-base2new-smoke_coop_tiny-*/base2new.json"))
+    assert len(written) == 1 and json.loads(written[0].read_text())["method"] == "toy_clip"
+    assert f"base2new: results written to {written[0].relative_to(tmp_path)}" in capsys.readouterr().err
+
+
 def test_base2new_refuses_a_method_that_is_not_a_clip_method(tmp_path, capsys):
     argv = ["base2new", "-c", SMOKE, "--set", "prompt={method: vpt_deep, num_tokens: 2}", "--seeds", "1"]
     assert main(argv) == 2

@@ -1,0 +1,100 @@
+"""Checks run before any work, so that a run is refused at once, in one line, rather than failing or going wrong
+after an epoch: what a run needs of its model and folder (:func:`run_problems`, which ``train`` reports together
+with the data's problems), and what a resumed run's saved state needs of the model built now (:func:`check_resume`,
+called by the trainer before it loads the state).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from .files import CONFIG_FILE, read_prompt_config
+from .fingerprint import FINGERPRINT_KEY
+from .runs import RunDirError
+
+if TYPE_CHECKING:
+    from .model import PromptedModel
+    from .train_config import TrainConfig
+
+
+def run_problems(model: "PromptedModel", config: "TrainConfig", evaluates: bool, run_dir: str | Path) -> list[str]:
+    """What would stop a training run that the config and the data do not already report, each a message: the
+    metric that selects ``best/`` against the model's eval metrics (when the run evaluates), and a run directory
+    that cannot be written. The trainer checks them again (a run started from Python meets them there); found here,
+    they are reported with the data's problems in one go."""
+    problems = []
+    if evaluates and config.metric not in model.metric_names():
+        problems.append(
+            f"metric: {config.metric!r} is not among the eval metrics of {type(model).__name__} "
+            f"({', '.join(model.metric_names())}); set train.metric to one of them"
+        )
+    problem = _unwritable(Path(run_dir))
+    if problem:
+        problems.append(problem)
+    return problems
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why the run directory ``path`` could not be made or written, judged without creating anything (the
+    trainer's probe file is the final word): its nearest existing ancestor must be a writable folder."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None:
+        return None
+    if not existing.is_dir():
+        what = "is a file" if existing == path else f"lies under the file {str(existing)!r}"
+        return f"run directory {str(path)!r} cannot be written ({what}); give a folder path for the run (-o/--output)"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return (
+            f"run directory {str(path)!r} cannot be written ({str(existing)!r} is not writable); choose a writable "
+            f"folder (-o/--output) or make that folder writable"
+        )
+    return None
+
+
+def check_resume(model: "PromptedModel", saved_prompts: dict[str, dict[str, torch.Tensor]], last: Path, run_path: Path) -> None:
+    """Refuses to resume when the model built now cannot continue the run's prompts.
+
+    Args:
+        model: the model built from the (possibly changed) config.
+        saved_prompts: the training state's prompt modules, ``{module name: state dict}``.
+        last: the run's ``last/`` prompt folder (its config holds the backbone's weights fingerprint).
+        run_path: the run directory, for the message.
+
+    Raises:
+        RunDirError: a prompt module or tensor the run does not have, or of another shape (a changed
+            ``prompt.num_tokens``, method or head size), or a backbone whose frozen weights changed (another checkpoint,
+            pretrained tag, or a random backbone built with another seed); each named.
+    """
+    problems = []
+    modules = model.prompt_modules()
+    for name in sorted(set(modules) | set(saved_prompts)):
+        if name not in saved_prompts or name not in modules:
+            problems.append(f"prompt module {name!r} is {'new' if name in modules else 'gone'}")
+            continue
+        own, saved = modules[name].state_dict(), saved_prompts[name]
+        for key in sorted(set(own) | set(saved)):
+            if key not in own or key not in saved:
+                problems.append(f"{name}.{key} is {'new' if key in own else 'gone'}")
+            elif tuple(own[key].shape) != tuple(saved[key].shape):
+                problems.append(f"{name}.{key} has shape {tuple(saved[key].shape)} in the run, {tuple(own[key].shape)} now")
+    if problems:
+        raise RunDirError(
+            f"cannot resume {run_path}: the prompts the config builds now do not fit the run's ({'; '.join(problems)}); "
+            f"resume with the run's prompt settings (drop the --set that changed them), or start a new run"
+        )
+    recorded = read_prompt_config(last).get(FINGERPRINT_KEY) if (last / CONFIG_FILE).is_file() else None
+    current = model.backbone_fingerprint()
+    if recorded is not None and current is not None and recorded != current:
+        raise RunDirError(
+            f"cannot resume {run_path}: its prompts were trained on a backbone with weights fingerprint {recorded}, the "
+            f"model built now ({model._backbone_label()}) has {current}: the frozen weights changed (another checkpoint "
+            f"or pretrained tag, or a random backbone built with another seed). Resume with the run's own backbone, or "
+            f"start a new run"
+        )
+
+
+__all__ = ["check_resume"]
