@@ -45,6 +45,15 @@ class TextModelConfig:
         checkpoint: a prompt folder (``save_prompts``) to load after wrapping, or ``None``.
         padding_side: the side the tokenizer pads. Both give the same logits; ``left`` suits generation.
         max_length: longest tokenized input (prompt tokens not counted); ``None``: the model's maximum.
+        device_map: where the frozen model's modules live, for a model bigger than one device (transformers'
+            ``device_map``, placed by Accelerate): ``auto``, ``balanced``, ``balanced_low_0`` or ``sequential``
+            (filled in from the devices' free memory), or ``{module name: device}`` with devices ``cpu``, a GPU
+            index (``0``, ``cuda:1``) or ``disk``. ``None``: the whole model on the run's device. Only for one-process
+            runs (several processes shard with ``train.distributed: fsdp``). See docs/big_models.md.
+        offload_folder: where the weights that ``device_map`` sends to ``disk`` are kept; needed when it does.
+        quantization: ``int8`` or ``int4`` stores the frozen linear layers' weights in that many bits (weight-only:
+            activations, prompts and heads stay in ``dtype``), through the ``prompttune[quant]`` extra; ``None``:
+            weights in ``dtype``.
     """
 
     name: str
@@ -55,6 +64,9 @@ class TextModelConfig:
     checkpoint: str | None = None
     padding_side: Literal["left", "right"] = "left"
     max_length: int | None = None
+    device_map: str | dict[str, str | int] | None = None
+    offload_folder: str | None = None
+    quantization: Literal["int8", "int4"] | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -65,6 +77,51 @@ class TextModelConfig:
             raise ValueError(f"max_length: must be a positive number of tokens or null, got {self.max_length}")
         if self.name.startswith("random:") and self.kwargs:
             check_config_kwargs(self.name.removeprefix("random:").strip(), self.kwargs)
+        check_placement(self.device_map, self.offload_folder)
+        if self.name.startswith("random:") and (self.device_map is not None or self.quantization is not None):
+            key = "device_map" if self.device_map is not None else "quantization"
+            raise ValueError(
+                f"{key}: applies to weights loaded from a folder, and {self.name} builds its model in memory; "
+                f"save it with model.save_pretrained(FOLDER) and set model.name: FOLDER"
+            )
+
+
+DEVICE_MAPS: tuple[str, ...] = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_placement(device_map: str | dict[str, str | int] | None, offload_folder: str | None) -> None:
+    """Raises ``ValueError("device_map: ...")`` (or ``offload_folder:``) for a device map transformers would not
+    take, or one that sends weights to ``disk`` without an ``offload_folder``."""
+    if device_map is None:
+        if offload_folder is not None:
+            raise ValueError("offload_folder: only used with a device_map that sends modules to disk; set model.device_map too")
+        return
+    if isinstance(device_map, str):
+        if device_map not in DEVICE_MAPS:
+            raise ValueError(
+                f"device_map: {device_map!r} is not one of {', '.join(DEVICE_MAPS)} or a {{module name: device}} map."
+                f"{did_you_mean(device_map, list(DEVICE_MAPS))}"
+            )
+        return
+    if not device_map:
+        raise ValueError("device_map: an empty map places nothing; give {module name: device} or 'auto'")
+    bad = {k: v for k, v in device_map.items() if not _is_device(v)}
+    if bad:
+        raise ValueError(
+            f"device_map: {bad} {'is not a device' if len(bad) == 1 else 'are not devices'}; use 'cpu', 'disk', a GPU "
+            f"index (0) or 'cuda:N'"
+        )
+    if "disk" in device_map.values() and offload_folder is None:
+        raise ValueError("offload_folder: device_map sends modules to 'disk'; set model.offload_folder to a folder for their weights")
+
+
+def _is_device(value: str | int) -> bool:
+    if isinstance(value, int):
+        return value >= 0 and not isinstance(value, bool)
+    if value in ("cpu", "disk", "mps", "cuda"):
+        return True
+    kind, _, index = value.partition(":")
+    return kind in ("cuda", "xpu", "npu") and index.isdigit()
 
 
 def check_config_kwargs(model_type: str, kwargs: dict[str, Any]) -> None:
