@@ -34,6 +34,17 @@ def folder(tmp_path_factory):
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def quant_folder(tmp_path_factory):
+    """A random Llama of width 64 with a real model's initial scale (0.02), whose logits quantization barely moves."""
+    path = tmp_path_factory.mktemp("tiny_llama_quant")
+    kwargs = {**SMOKE_KWARGS, "hidden_size": 64, "intermediate_size": 128, "initializer_range": 0.02}
+    model, tokenizer = load_model_and_tokenizer(TextModelConfig(name="random:llama", kwargs=kwargs))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
 def _load(folder, **placement):
     backbone, tokenizer = load_model_and_tokenizer(TextModelConfig(name=folder, **placement))
     return backbone, tokenizer
@@ -130,3 +141,56 @@ def test_quantization_without_its_library_names_the_extra(folder, kind, module, 
     assert main(["train", "-c", SMOKE, "--set", f"model.name={folder}", "--set", f"model.quantization={kind}"]) == 2
     err = capsys.readouterr().err
     assert f"model.quantization: {kind} needs the" in err and "pip install 'prompttune[quant]'" in err, err
+
+
+def _quant_case(kind: str):
+    module = {"int8": "torchao", "int4": "optimum.quanto"}[kind]
+    present = importlib.util.find_spec(module.split(".")[0]) is not None
+    return pytest.param(kind, marks=pytest.mark.skipif(not present, reason=f"{module} is not installed (pip install 'prompttune[quant]')"))
+
+
+@pytest.mark.parametrize("kind, tolerance, ratio", [(*_quant_case("int8").values, 0.1, 0.4), (*_quant_case("int4").values, 0.6, 0.3)])
+def test_quantized_backbone_trains_its_prompts_in_less_memory(quant_folder, kind, tolerance, ratio):
+    from promptcore import Trainer
+    from promptcore.train_config import TrainConfig
+    from textpt.data import TextCollator
+
+    config = method_config(num_tokens=4, init="vocab", verbalizer=[" good", " bad"])
+    plain, tok = _load(quant_folder)
+    quantized, _ = _load(quant_folder, quantization=kind)
+    linear = quantized.model.layers[0].mlp.up_proj.weight
+    assert type(linear) is not torch.nn.Parameter or type(linear.data) is not torch.Tensor  # a quantized tensor
+    linears = {n: p for n, p in plain.named_parameters() if ".layers." in n}
+    lin_bytes = sum(p.numel() * p.element_size() for p in linears.values())
+    quant_linear_bytes = _frozen_bytes(quantized.model.layers)
+    assert quant_linear_bytes <= ratio * lin_bytes, (quant_linear_bytes, lin_bytes)
+    assert _frozen_bytes(quantized) < _frozen_bytes(plain)
+    ids, mask = _batch(tok)
+    ref, got = wrap(plain, config, tokenizer=tok), wrap(quantized, config, tokenizer=tok)
+    expected = ref.token_logits(ids, mask)
+    error = (got.token_logits(ids, mask) - expected).abs().max()
+    assert error <= tolerance * expected.std(), (error, expected.std())  # int8: about 0.03 std, int4: about 0.36
+    before = {n: t.detach().clone() for n, t in quantized.state_dict().items() if isinstance(t, torch.Tensor)}
+    start = got.prompts.weight.detach().clone()
+    rows = [{"input_ids": i[m.bool()].tolist(), "labels": c} for i, m, c in zip(ids, mask, (0, 1))] * 4
+    Trainer(got, TrainConfig(max_steps=3, batch_size=4, lr=0.1, progress_bar=False, tensorboard=False), rows, None, TextCollator(tok.pad_token_id, "left")).fit()
+    assert not torch.equal(got.prompts.weight.detach(), start)
+    after = quantized.state_dict()
+    assert all(torch.equal(_plain(after[n]), _plain(t)) for n, t in before.items())
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """The stored bits of ``t`` (the inner tensors of a quantized weight, flattened and joined)."""
+    if hasattr(t, "__tensor_flatten__"):
+        return torch.cat([getattr(t, n).detach().flatten().float() for n in t.__tensor_flatten__()[0]])
+    return t.detach()
+
+
+@pytest.mark.skipif(not HAS_TORCHAO, reason="torchao is not installed (pip install 'prompttune[quant]')")
+def test_the_fast_prefix_runs_on_quantized_weights_and_equals_the_concatenated_path(quant_folder):
+    quantized, tok = _load(quant_folder, quantization="int8")
+    ids, mask = _batch(tok)
+    on = wrap(quantized, method_config(num_tokens=4, init="vocab", verbalizer=[" good", " bad"], fast="on"), tokenizer=tok)
+    off = wrap(quantized, method_config(num_tokens=4, init="vocab", verbalizer=[" good", " bad"], fast="off"), tokenizer=tok)
+    assert on.use_fast_path() and not off.use_fast_path()
+    torch.testing.assert_close(on.token_logits(ids, mask), off.token_logits(ids, mask), atol=1e-4, rtol=1e-4)
