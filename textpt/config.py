@@ -23,6 +23,16 @@ InitName = Literal["random", "normal", "vocab", "text", "labels", "class_labels"
 DTYPES: tuple[str, ...] = ("float32", "float64", "bfloat16", "float16")
 
 
+def trainable_dtype(backbone: Any) -> Any:
+    """The dtype of the trained parameters (prompts, heads) on ``backbone``: its own, but float32 when it is a
+    16-bit float, as mixed precision keeps master weights (updates of a bfloat16 prompt round away); they are cast
+    to the backbone's dtype, differentiably, where they enter it."""
+    import torch
+
+    dtype = getattr(backbone, "dtype", torch.float32)
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
 @dataclass
 class TextModelConfig:
     """The frozen text model and its tokenizer.
@@ -35,7 +45,8 @@ class TextModelConfig:
             ``kwargs`` with a small built-in word-level tokenizer, for tests and smoke runs.
         task: ``causal_lm`` (generation, and classification by scoring verbalizer words), ``seq2seq`` (T5-style
             targets) or ``seq_cls`` (an encoder with a trainable classification head).
-        dtype: the backbone's parameter dtype. Prompts are kept in the same dtype.
+        dtype: the frozen weights' dtype. Prompts and heads are kept in it too, except on a ``bfloat16`` or
+            ``float16`` model, where they stay ``float32`` (:func:`trainable_dtype`).
         kwargs: for ``random:`` names, the model config's fields (``{"hidden_size": 64, "num_hidden_layers": 2,
             ...}``; ``vocab_size`` defaults to the built-in tokenizer's size); for every other name, extra keyword
             arguments of ``from_pretrained`` (``{"revision": "main"}``, ``{"gguf_file": "model.gguf"}``) or fields

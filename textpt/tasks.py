@@ -29,6 +29,7 @@ from torch import nn
 from promptcore import PromptedModel
 from promptcore.registry import Registry
 
+from .config import trainable_dtype
 from .fast_prefix import accepts, cache_argument, generation_cache
 from .padding import first_token_index, pad_token_id, repad
 
@@ -331,7 +332,7 @@ class SequenceClassification(TextTask):
         with torch.no_grad():
             head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 0.02)
             head.bias.zero_()
-        return head.to(model.backbone.dtype)
+        return head.to(trainable_dtype(model.backbone))
 
     def class_logits(self, model: "TextPromptedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor | None, task_ids: torch.Tensor | None) -> torch.Tensor:
         if attention_mask is None:
@@ -343,7 +344,7 @@ class SequenceClassification(TextTask):
         cls = hidden.gather(1, cls_pos.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # [B, 1, H]
         pooler = getattr(model.backbone, "pooler", None)
         pooled = pooler(cls) if pooler is not None else cls[:, 0]
-        return model.head(pooled)
+        return model.head(pooled.to(model.head.weight.dtype))
 
 
 TASKS: Registry[TextTask] = Registry("text model task")

@@ -194,3 +194,28 @@ def test_the_fast_prefix_runs_on_quantized_weights_and_equals_the_concatenated_p
     off = wrap(quantized, method_config(num_tokens=4, init="vocab", verbalizer=[" good", " bad"], fast="off"), tokenizer=tok)
     assert on.use_fast_path() and not off.use_fast_path()
     torch.testing.assert_close(on.token_logits(ids, mask), off.token_logits(ids, mask), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "task, method, fields",
+    [
+        ("causal_lm", "prompt_tuning", {"fast": "auto"}),
+        ("causal_lm", "prompt_tuning", {"fast": "off"}),
+        ("causal_lm", "p_tuning", {}),
+        ("causal_lm", "prefix", {}),
+        ("causal_lm", "dept", {"rank": 2, "max_length": 16}),
+        ("seq_cls", "prompt_tuning", {}),
+    ],
+)
+def test_prompts_and_heads_stay_float32_on_a_bfloat16_model(task, method, fields):
+    name, kwargs = ("random:bert", {}) if task == "seq_cls" else ("random:llama", SMOKE_KWARGS)
+    backbone, tok = load_model_and_tokenizer(TextModelConfig(name=name, task=task, dtype="bfloat16", kwargs=kwargs))
+    model = wrap(backbone, method_config(method, num_tokens=4, num_classes=2, verbalizer=None if task == "seq_cls" else [" good", " bad"], **fields), tokenizer=tok, task=task)
+    assert {p.dtype for p in model.prompt_parameters()} == {torch.float32}
+    assert {p.dtype for p in model.backbone.parameters()} == {torch.bfloat16}
+    ids, mask = _batch(tok)
+    logits = model.class_logits(ids, mask)
+    assert torch.isfinite(logits).all()
+    logits.float().logsumexp(-1).sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.prompt_parameters())
+    assert any(p.grad.abs().sum() > 0 for p in model.prompt_parameters())
