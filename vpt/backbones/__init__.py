@@ -9,8 +9,11 @@ theirs is built or used.
 
 from __future__ import annotations
 
+import importlib.util
+
 from torch import nn
 
+from promptcore.errors import UserError
 from promptcore.plugins import lookup
 
 from ..config import BackboneConfig
@@ -43,8 +46,27 @@ def create_model(cfg: BackboneConfig) -> nn.Module:
     model = family.create(model_name, cfg)
     if cfg.checkpoint:
         load_weights_file(model, cfg.checkpoint, cfg.name)
+    if cfg.quantization is not None:
+        quantize_linear_weights(model, cfg.quantization)
     setattr(model, NAME_ATTR, cfg.name)
     return model.eval()
+
+
+def quantize_linear_weights(model: nn.Module, kind: str) -> None:
+    """Stores the weights of ``model``'s linear layers in ``kind`` (``int8``) with torchao's weight-only
+    quantization, in place; the layers compute in their input's dtype, and gradients reach the inputs.
+
+    Raises:
+        UserError: torchao is not installed.
+    """
+    if importlib.util.find_spec("torchao") is None:
+        raise UserError(
+            f"model.quantization: {kind} needs the torchao package, which is not installed; "
+            f"pip install 'prompttune[quant]' (or pip install torchao), or set model.quantization: null"
+        )
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    quantize_(model, Int8WeightOnlyConfig())
 
 
 def backbone_name(model: nn.Module) -> str:
