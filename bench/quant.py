@@ -81,14 +81,14 @@ def accuracy(name: str, kind: str, train: int, test: int, out: Path) -> dict:
     sets = ["model.name=" + name, f"data.max_train_samples={train}", f"data.max_eval_samples={test}", "train.progress_bar=false"]
     if kind != "fp32":
         sets.append(f"model.quantization={kind}")
-    argv = [sys.executable, "-m", "textpt.cli", "train", "-c", str(DEMO), "-o", str(out / kind)]
+    argv = [sys.executable, "-m", "textpt", "train", "-c", str(DEMO), "-o", str(out / kind)]
     for s in sets:
         argv += ["--set", s]
     start = time.perf_counter()
     done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
     seconds = time.perf_counter() - start
     result = json.loads(done.stdout[done.stdout.index("{"):])
-    metrics = result.get("final_eval") or result.get("best_eval") or result
+    metrics = result["eval"]
     acc = float(metrics["accuracy"])
     count = int(metrics.get("count", test))
     low, high = wilson(round(acc * count), count)
