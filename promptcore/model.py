@@ -75,6 +75,23 @@ class PromptedModel(nn.Module):
             p.requires_grad_(id(p) in trainable)
         return self
 
+    def backbone_is_placed(self) -> bool:
+        """Whether the backbone's weights stay where and as they were loaded (spread over devices by a device map,
+        or quantized): :meth:`to` and the casts then move the prompt modules only. ``False`` here."""
+        return False
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "PromptedModel":
+        # nn.Module.to / .cuda / .float all end here: a placed backbone is left out of them.
+        backbone = self._modules.get("backbone")
+        if not recurse or backbone is None or not self.backbone_is_placed():
+            return super()._apply(fn, recurse)
+        modules = self._modules
+        self._modules = {name: m for name, m in modules.items() if m is not backbone}
+        try:
+            return super()._apply(fn, recurse)
+        finally:
+            self._modules = modules
+
     def train(self, mode: bool = True) -> "PromptedModel":
         """Sets train mode on the prompt modules only: frozen modules always stay in eval mode."""
         super().train(mode)

@@ -24,6 +24,16 @@ InitName = Literal["random", "normal", "vocab", "text", "labels", "class_labels"
 DTYPES: tuple[str, ...] = ("float32", "float64", "bfloat16", "float16")
 
 
+def trainable_dtype(backbone: Any) -> Any:
+    """The dtype of the trained parameters (prompts, heads) on ``backbone``: its own, but float32 when it is a
+    16-bit float, as mixed precision keeps master weights (updates of a bfloat16 prompt round away); they are cast
+    to the backbone's dtype, differentiably, where they enter it."""
+    import torch
+
+    dtype = getattr(backbone, "dtype", torch.float32)
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
 @dataclass
 class TextModelConfig:
     """The frozen text model and its tokenizer.
@@ -36,7 +46,8 @@ class TextModelConfig:
             ``kwargs`` with a small built-in word-level tokenizer, for tests and smoke runs.
         task: ``causal_lm`` (generation, and classification by scoring verbalizer words), ``seq2seq`` (T5-style
             targets) or ``seq_cls`` (an encoder with a trainable classification head).
-        dtype: the backbone's parameter dtype. Prompts are kept in the same dtype.
+        dtype: the frozen weights' dtype. Prompts and heads are kept in it too, except on a ``bfloat16`` or
+            ``float16`` model, where they stay ``float32`` (:func:`trainable_dtype`).
         kwargs: for ``random:`` names, the model config's fields (``{"hidden_size": 64, "num_hidden_layers": 2,
             ...}``; ``vocab_size`` defaults to the built-in tokenizer's size); for every other name, extra keyword
             arguments of ``from_pretrained`` (``{"revision": "main"}``, ``{"gguf_file": "model.gguf"}``) or fields
@@ -52,6 +63,15 @@ class TextModelConfig:
             checkpoint was trained for: mean or what its pooling config says for sentence-transformers folders,
             ModernBERT's ``classifier_pooling``, else the pooler where the model has one, else cls). Other tasks
             pool nothing and take ``auto`` only.
+        device_map: where the frozen model's modules live, for a model bigger than one device (transformers'
+            ``device_map``, placed by Accelerate): ``auto``, ``balanced``, ``balanced_low_0`` or ``sequential``
+            (filled in from the devices' free memory), or ``{module name: device}`` with devices ``cpu``, a GPU
+            index (``0``, ``cuda:1``) or ``disk``. ``None``: the whole model on the run's device. Only for one-process
+            runs (several processes shard with ``train.distributed: fsdp``). See docs/big_models.md.
+        offload_folder: where the weights that ``device_map`` sends to ``disk`` are kept; needed when it does.
+        quantization: ``int8`` or ``int4`` stores the frozen linear layers' weights in that many bits (weight-only:
+            activations, prompts and heads stay in ``dtype``), through the ``prompttune[quant]`` extra; ``None``:
+            weights in ``dtype``.
     """
 
     name: str
@@ -63,12 +83,15 @@ class TextModelConfig:
     padding_side: Literal["left", "right"] = "left"
     max_length: int | None = None
     pooling: PoolingName = "auto"
+    device_map: str | dict[str, str | int] | None = None
+    offload_folder: str | None = None
+    quantization: Literal["int8", "int4"] | None = None
 
     def __post_init__(self) -> None:
         if self.pooling not in get_args(PoolingName):
-            raise ValueError(f"pooling: {self.pooling!r} is not one of {', '.join(get_args(PoolingName))}")
+            raise UserError(f"pooling: {self.pooling!r} is not one of {', '.join(get_args(PoolingName))}")
         if self.pooling != "auto" and self.task != "seq_cls":
-            raise ValueError(f"pooling: {self.pooling!r} pools an encoder's features for task seq_cls; a {self.task} model pools nothing, so leave it at auto")
+            raise UserError(f"pooling: {self.pooling!r} pools an encoder's features for task seq_cls; a {self.task} model pools nothing, so leave it at auto")
         if not self.name or not isinstance(self.name, str):
             raise UserError("name: empty model name; give 'hf:ORG/NAME', a local folder, 'asset:NAME' or 'random:TYPE'")
         if self.dtype not in DTYPES:
@@ -77,6 +100,51 @@ class TextModelConfig:
             raise UserError(f"max_length: must be a positive number of tokens or null, got {self.max_length}")
         if self.name.startswith("random:") and self.kwargs:
             check_config_kwargs(self.name.removeprefix("random:").strip(), self.kwargs)
+        check_placement(self.device_map, self.offload_folder)
+        if self.name.startswith("random:") and (self.device_map is not None or self.quantization is not None):
+            key = "device_map" if self.device_map is not None else "quantization"
+            raise UserError(
+                f"{key}: applies to weights loaded from a folder, and {self.name} builds its model in memory; "
+                f"save it with model.save_pretrained(FOLDER) and set model.name: FOLDER"
+            )
+
+
+DEVICE_MAPS: tuple[str, ...] = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_placement(device_map: str | dict[str, str | int] | None, offload_folder: str | None) -> None:
+    """Raises ``ValueError("device_map: ...")`` (or ``offload_folder:``) for a device map transformers would not
+    take, or one that sends weights to ``disk`` without an ``offload_folder``."""
+    if device_map is None:
+        if offload_folder is not None:
+            raise UserError("offload_folder: only used with a device_map that sends modules to disk; set model.device_map too")
+        return
+    if isinstance(device_map, str):
+        if device_map not in DEVICE_MAPS:
+            raise UserError(
+                f"device_map: {device_map!r} is not one of {', '.join(DEVICE_MAPS)} or a {{module name: device}} map."
+                f"{did_you_mean(device_map, list(DEVICE_MAPS))}"
+            )
+        return
+    if not device_map:
+        raise UserError("device_map: an empty map places nothing; give {module name: device} or 'auto'")
+    bad = {k: v for k, v in device_map.items() if not _is_device(v)}
+    if bad:
+        raise UserError(
+            f"device_map: {bad} {'is not a device' if len(bad) == 1 else 'are not devices'}; use 'cpu', 'disk', a GPU "
+            f"index (0) or 'cuda:N'"
+        )
+    if "disk" in device_map.values() and offload_folder is None:
+        raise UserError("offload_folder: device_map sends modules to 'disk'; set model.offload_folder to a folder for their weights")
+
+
+def _is_device(value: str | int) -> bool:
+    if isinstance(value, int):
+        return value >= 0 and not isinstance(value, bool)
+    if value in ("cpu", "disk", "mps", "cuda"):
+        return True
+    kind, _, index = value.partition(":")
+    return kind in ("cuda", "xpu", "npu") and index.isdigit()
 
 
 def check_config_kwargs(model_type: str, kwargs: dict[str, Any]) -> None:

@@ -38,6 +38,7 @@ from torch import nn
 from promptcore import SoftPrompt, register_method
 from promptcore.errors import UserError
 
+from .config import trainable_dtype
 from .model import SoftPromptedModel
 from .padding import pack_prompt, pad_token_id
 from .prompt_tuning import PromptTuningConfig, prompt_init
@@ -134,9 +135,9 @@ class DePTModel(SoftPromptedModel):
 
     def __init__(self, backbone: nn.Module, config: DePTConfig, tokenizer: Any = None, task: str | None = None, name: str | None = None) -> None:
         super().__init__(backbone, config, tokenizer, task, name)
-        self.prompts = SoftPrompt(config.num_tokens, self.dim, **prompt_init(self)).to(backbone.dtype)
+        self.prompts = SoftPrompt(config.num_tokens, self.dim, **prompt_init(self)).to(trainable_dtype(backbone))
         generator = torch.Generator().manual_seed(config.seed + 1)  # not the prompt's draws
-        self.lora = LowRankUpdate(config.max_length, config.rank, self.dim, config.alpha, generator).to(backbone.dtype)
+        self.lora = LowRankUpdate(config.max_length, config.rank, self.dim, config.alpha, generator).to(trainable_dtype(backbone))
         self.freeze_backbone()
 
     def shallow_prompt(self, task_ids: torch.Tensor | None, batch_size: int) -> torch.Tensor:
@@ -155,7 +156,8 @@ class DePTModel(SoftPromptedModel):
                 f"an input has {longest} tokens, but DePT's update covers {self.lora.max_length} positions "
                 f"(prompt.max_length); cut the inputs to at most {self.lora.max_length} tokens (data.max_length)"
             )
-        return self.embedding(input_ids) + self.lora(positions.clamp(min=0))
+        embeds = self.embedding(input_ids)
+        return embeds + self.lora(positions.clamp(min=0)).to(embeds.dtype)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, task_ids: torch.Tensor | None = None, **generate_kwargs: Any) -> torch.Tensor:

@@ -80,6 +80,7 @@ def prompt_key_values(backbone: nn.Module, prompt_embeds: torch.Tensor) -> KeyVa
     Differentiable: gradients reach ``prompt_embeds`` through the returned tensors.
     """
     t, n = prompt_embeds.shape[:2]
+    prompt_embeds = prompt_embeds.to(backbone.get_input_embeddings().weight.dtype)
     cache = Cache(layers=[_RecordingLayer() for _ in range(num_layers(backbone))])
     positions = torch.arange(n, device=prompt_embeds.device).unsqueeze(0).expand(t, -1)
     mask = torch.ones(t, n, dtype=torch.long, device=prompt_embeds.device)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +144,7 @@ def load_model_and_tokenizer(cfg: TextModelConfig) -> tuple[nn.Module, Any]:
         cls = getattr(transformers, TASKS.get(cfg.task).auto_class)
         try:
             tokenizer = load_tokenizer(tok_name, cfg.padding_side, **tok_kwargs)
-            model = cls.from_pretrained(folder, dtype=dtype, **cfg.kwargs)
+            model = cls.from_pretrained(folder, dtype=dtype, **placement_kwargs(cfg), **cfg.kwargs)
         except OSError as e:
             # An offline hub, a name not in the cache, a folder without weights or tokenizer files.
             first = str(e).splitlines()[0] if str(e) else repr(e)
@@ -151,7 +153,8 @@ def load_model_and_tokenizer(cfg: TextModelConfig) -> tuple[nn.Module, Any]:
                 f"cache (or give a local folder), or use 'random:TYPE' for a random test model"
             ) from None
 
-    model = model.to(dtype)
+    if not is_placed(model):  # a placed or quantized model keeps its weights where and as they were loaded
+        model = model.to(dtype)
     check_prompt_ready(model, cfg.name)
     if cfg.max_length is not None:
         tokenizer.model_max_length = cfg.max_length
@@ -159,6 +162,70 @@ def load_model_and_tokenizer(cfg: TextModelConfig) -> tuple[nn.Module, Any]:
     for p in model.parameters():
         p.requires_grad_(False)
     return model, tokenizer
+
+
+def placement_kwargs(cfg: TextModelConfig) -> dict[str, Any]:
+    """``from_pretrained``'s ``device_map``, ``offload_folder`` and ``quantization_config`` for ``cfg``.
+
+    Raises:
+        UserError: a device map in a run of several processes, or a quantization whose library is not installed.
+    """
+    kwargs: dict[str, Any] = {}
+    if cfg.device_map is not None:
+        check_one_process("model.device_map")
+        kwargs["device_map"] = cfg.device_map
+        if cfg.offload_folder is not None:
+            kwargs["offload_folder"] = cfg.offload_folder
+    if cfg.quantization is not None:
+        kwargs["quantization_config"] = quantization_config(cfg.quantization)
+        if cfg.device_map is None and torch.cuda.is_available():
+            # quantized weights are not cast or moved after loading: load them onto the run's GPU
+            kwargs["device_map"] = {"": torch.cuda.current_device()}
+    return kwargs
+
+
+def check_one_process(key: str) -> None:
+    """Raises :class:`UserError` when the run has several processes (``WORLD_SIZE`` > 1): a device map places one
+    copy of the model across devices, and each process would place its own."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1:
+        raise UserError(
+            f"{key}: places one model across devices in one process, but this run has {world} processes; drop "
+            f"{key} and set train.distributed: fsdp to shard the frozen model over the processes"
+        )
+
+
+# The library behind each quantization: (import name, pip name).
+QUANT_LIBRARIES = {"int8": ("torchao", "torchao"), "int4": ("optimum.quanto", "optimum-quanto")}
+
+
+def require_quant_library(kind: str) -> None:
+    """Raises :class:`UserError` naming the pip extra when the library of quantization ``kind`` is missing."""
+    module, package = QUANT_LIBRARIES[kind]
+    if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
+        raise UserError(
+            f"model.quantization: {kind} needs the {package} package, which is not installed; "
+            f"pip install 'prompttune[quant]' (or pip install {package}), or set model.quantization: null"
+        )
+
+
+def quantization_config(kind: str):
+    """transformers' quantization config of ``kind``: ``int8`` weight-only through torchao (CPU and GPU), ``int4``
+    weight-only through optimum-quanto (torchao's int4 kernels need a GPU or bfloat16)."""
+    require_quant_library(kind)
+    import transformers
+
+    if kind == "int8":
+        from torchao.quantization import Int8WeightOnlyConfig
+
+        return transformers.TorchAoConfig(Int8WeightOnlyConfig())
+    return transformers.QuantoConfig(weights="int4")
+
+
+def is_placed(model: nn.Module) -> bool:
+    """Whether ``model``'s weights were placed by a device map or quantized when loaded: such a model is not moved
+    or cast as a whole (its hooks move activations between devices; its quantized weights keep their bits)."""
+    return getattr(model, "hf_device_map", None) is not None or getattr(model, "is_quantized", False)
 
 
 def check_prompt_ready(model: nn.Module, name: str | None = None) -> nn.Embedding:

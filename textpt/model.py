@@ -29,7 +29,7 @@ from promptcore.errors import UserError
 
 from .config import SoftPromptConfig, TextMethodConfig, check_label_word_ids
 from .fast_prefix import KeyValues, accepts, cache_argument, positions_after_prefix, prefix_cache
-from .loading import check_prompt_ready, model_max_length
+from .loading import check_prompt_ready, is_placed, model_max_length
 from .padding import last_token_index, pack_prompt
 from .tasks import TASKS, infer_task, label_word_target
 
@@ -128,6 +128,10 @@ class TextPromptedModel(PromptedModel):
         if multi:
             logger.info("verbalizer words of several tokens %s are scored by the sum of their tokens' log-probabilities", multi)
         return ids
+
+    def backbone_is_placed(self) -> bool:
+        """Whether the backbone was loaded with a device map or quantized weights (:func:`textpt.loading.is_placed`)."""
+        return is_placed(self.backbone)
 
     @property
     def embedding(self) -> nn.Module:

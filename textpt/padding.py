@@ -52,7 +52,7 @@ def pack_prompt(
     # A stable sort on the mask moves the padding to one side and keeps everything else in order.
     key = mask if padding_side == "left" else 1 - mask
     order = torch.sort(key, dim=1, stable=True).indices
-    x = torch.cat([prompt, embeds], dim=1)
+    x = torch.cat([prompt.to(embeds.dtype), embeds], dim=1)  # float32 prompts on a bfloat16 model: cast, differentiably
     x = x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
     mask = mask.gather(1, order)
     positions = (mask.long().cumsum(1) - 1).clamp(min=0)

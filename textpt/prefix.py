@@ -21,7 +21,7 @@ from torch import nn
 from promptcore import DeepSoftPrompt, PromptBank, register_method
 from promptcore.errors import UserError
 
-from .config import SoftPromptConfig
+from .config import SoftPromptConfig, trainable_dtype
 from .fast_prefix import KeyValues, prompt_key_values
 from .model import SoftPromptedModel
 
@@ -58,7 +58,7 @@ class PrefixModel(SoftPromptedModel):
             self.prompts = PromptBank(config.num_tasks, shape, init="zeros")
         else:
             self.prompts = DeepSoftPrompt(*shape, init="zeros")
-        self.prompts.to(backbone.dtype)
+        self.prompts.to(trainable_dtype(backbone))
         self._initialise()
         self.freeze_backbone()
 
@@ -90,6 +90,7 @@ class PrefixModel(SoftPromptedModel):
             weight = self.prompts(task_ids)  # [B, 2L, n, width]
         else:
             weight = self.prompts().unsqueeze(0).expand(batch_size, -1, -1, -1)
+        weight = weight.to(self.embedding.weight.dtype)
         b, _, n, _ = weight.shape
         per = weight.view(b, self.num_layers, 2, n, self.kv_heads, self.head_dim).transpose(3, 4)
         return [(per[:, i, 0], per[:, i, 1]) for i in range(self.num_layers)]

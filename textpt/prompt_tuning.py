@@ -22,7 +22,7 @@ from torch import nn
 from promptcore import PromptBank, SoftPrompt, register_method
 from promptcore.errors import UserError
 
-from .config import SoftPromptConfig
+from .config import SoftPromptConfig, trainable_dtype
 from .fast_prefix import KeyValues, prompt_key_values, select_rows
 from .model import SoftPromptedModel
 
@@ -80,7 +80,7 @@ class PromptTuningModel(SoftPromptedModel):
         super().__init__(backbone, config, tokenizer, task, name)
         if config.fast == "on" and not self.strategy.decoder_only:
             raise UserError(f"fast: the shared-prefix path needs a decoder-only model (causal_lm), this task is {self.task}; use fast: auto or off")
-        self.prompts = self._build_prompts().to(backbone.dtype)
+        self.prompts = self._build_prompts().to(trainable_dtype(backbone))
         self.freeze_backbone()
 
     def _build_prompts(self) -> nn.Module:

@@ -44,6 +44,7 @@ class TextRunConfig:
     - ``causal_lm`` classifies when ``prompt.verbalizer`` is set and learns to write ``data.target_column``
       otherwise (one of them, not both); ``seq2seq`` learns ``data.target_column`` or the verbalizer's words;
     - a prompt bank (``prompt.num_tasks > 1``) needs ``data.task_column``;
+    - ``model.device_map`` (one process) goes with ``train.distributed: auto`` only;
     - ``data.max_length`` and ``model.max_length`` stay within the method's own input limit (DePT's
       ``prompt.max_length``), which caps the inputs when neither is set.
 
@@ -71,6 +72,12 @@ class TextRunConfig:
                 f"the synthetic data; make them equal (or drop prompt.num_classes)"
             )
         _check(self.model, resolve_prompt(self.model.task, self.prompt, data), data)
+        if self.model.device_map is not None and self.train.distributed != "auto":
+            raise ValueError(
+                f"model.device_map: places one model across devices in one process; train.distributed: "
+                f"{self.train.distributed} runs several. Drop model.device_map and keep train.distributed: fsdp to shard "
+                f"the frozen model over the processes, or set train.distributed: auto for one process"
+            )
 
     def resolved(self) -> "TextRunConfig":
         """This config with the defaults that depend on other sections filled in (itself when there are none)."""

@@ -34,6 +34,7 @@ from promptcore import PromptedModel
 from promptcore.errors import UserError
 from promptcore.registry import Registry
 
+from .config import trainable_dtype
 from .fast_prefix import cache_argument, generation_cache
 from .padding import first_token_index, last_token_index, pad_token_id, repad
 
@@ -348,14 +349,14 @@ class SequenceClassification(TextTask):
         with torch.no_grad():
             head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 0.02)
             head.bias.zero_()
-        return head.to(model.backbone.dtype)
+        return head.to(trainable_dtype(model.backbone))
 
     def class_logits(self, model: "TextPromptedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor | None, task_ids: torch.Tensor | None) -> torch.Tensor:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         x, mask, _, index = model.encode(input_ids, attention_mask, task_ids)
         hidden = model.backbone(inputs_embeds=x, attention_mask=mask).last_hidden_state
-        return model.head(pool(model.backbone, hidden, index, attention_mask, model.check_pooling()))
+        return model.head(pool(model.backbone, hidden, index, attention_mask, model.check_pooling()).to(model.head.weight.dtype))
 
     def resolve_pooling(self, backbone: nn.Module, pooling: str) -> str:
         """``model.pooling`` made concrete for ``backbone``. ``auto`` is what the checkpoint was trained for: the

@@ -38,12 +38,19 @@ class BackboneConfig:
             ``config`` (a config dict with ``model_type``: ``vit``, ``clip_vision_model`` or
             ``siglip_vision_model``) to build without the hub, other keys go to ``from_pretrained``/the config.
             asset: ``vpt.assets.create_asset_model`` kwargs.
+        device_map: not offered for vision backbones, which are built whole on the run's device (the key exists so
+            that a config setting it, as a text model's may, is told what to use instead: ``train.distributed: fsdp``
+            shards the frozen backbone over several processes; ``quantization`` shrinks it).
+        quantization: ``int8`` stores the weights of the frozen linear layers in 8 bits (torchao's weight-only
+            int8, through the ``prompttune[quant]`` extra; prompts and heads stay full precision). ``None``: as built.
     """
 
     name: str = "timm:vit_base_patch16_224.augreg_in21k"
     pretrained: bool | None = None
     checkpoint: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    device_map: str | dict[str, str | int] | None = None
+    quantization: Literal["int8"] | None = None
 
     def __post_init__(self) -> None:
         family, sep, rest = self.name.partition(":")
@@ -51,6 +58,12 @@ class BackboneConfig:
             raise UserError(
                 f"name: {self.name!r} is not 'family:model'; write e.g. 'timm:{self.name or 'vit_base_patch16_224'}', "
                 f"'open_clip:ViT-B-16:laion2b_s34b_b88k' or 'hf:google/vit-base-patch16-224-in21k'"
+            )
+        if self.device_map is not None:
+            raise UserError(
+                "device_map: vision backbones are built whole on the run's device (device_map is offered for textpt "
+                "models); to spread a big frozen backbone, launch several processes with train.distributed: fsdp, "
+                "which shards it (docs/scaling.md), or use model.quantization: int8 to shrink it"
             )
         if self.pretrained and self.builds_from_config:
             key = "config" if "config" in self.kwargs else "model_cfg"

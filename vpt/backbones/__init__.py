@@ -9,6 +9,7 @@ theirs is built or used.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import re
 import sys
@@ -70,6 +71,8 @@ def create_model(cfg: BackboneConfig) -> nn.Module:
         ) from None
     if cfg.checkpoint:
         load_weights_file(model, cfg.checkpoint, cfg.name)
+    if cfg.quantization is not None:
+        quantize_linear_weights(model, cfg.quantization)
     setattr(model, NAME_ATTR, cfg.name)
     if cfg.random_weights:
         why = "pretrained: false" if cfg.pretrained is False else "built from a config dict in model.kwargs"
@@ -92,6 +95,23 @@ def constructor_arguments(error: TypeError) -> list[str]:
                 params = inspect.signature(value.__init__).parameters.values()
                 return sorted(p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
     return []
+
+
+def quantize_linear_weights(model: nn.Module, kind: str) -> None:
+    """Stores the weights of ``model``'s linear layers in ``kind`` (``int8``) with torchao's weight-only
+    quantization, in place; the layers compute in their input's dtype, and gradients reach the inputs.
+
+    Raises:
+        UserError: torchao is not installed.
+    """
+    if importlib.util.find_spec("torchao") is None:
+        raise UserError(
+            f"model.quantization: {kind} needs the torchao package, which is not installed; "
+            f"pip install 'prompttune[quant]' (or pip install torchao), or set model.quantization: null"
+        )
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    quantize_(model, Int8WeightOnlyConfig())
 
 
 def backbone_name(model: nn.Module) -> str:

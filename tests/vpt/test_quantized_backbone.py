@@ -1,0 +1,72 @@
+"""``model.quantization: int8`` on vision backbones (torchao's weight-only int8 on every linear layer): prompts train
+through it, the VPT-deep fast path equals the plain path on it, and a device map is refused with the alternative."""
+
+import dataclasses
+import importlib.util
+
+import pytest
+import torch
+
+import vpt
+from promptcore.config import ConfigError, load_config
+from vpt import VPTConfig, create_model
+from vpt.run_config import VisionRunConfig
+
+from test_backbones import TINY, images
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="torchao is not installed (pip install 'prompttune[quant]')")
+
+
+def _stored(t: torch.Tensor) -> torch.Tensor:
+    """The stored numbers of ``t``: the inner tensors of a quantized weight, joined."""
+    if hasattr(t, "__tensor_flatten__"):
+        return torch.cat([getattr(t, n).detach().flatten().float() for n in t.__tensor_flatten__()[0]])
+    return t.detach().flatten().float()
+
+
+def _linear_bytes(model: torch.nn.Module) -> int:
+    total = 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            w = m.weight
+            inner = [getattr(w, n) for n in w.__tensor_flatten__()[0]] if hasattr(w, "__tensor_flatten__") else [w]
+            total += sum(x.numel() * x.element_size() for x in inner)
+    return total
+
+
+@pytest.mark.parametrize("key", ["timm_cls", "open_clip", "hf_vit"])
+def test_int8_backbone_trains_prompts_and_keeps_the_fast_path_exact(key):
+    torch.manual_seed(0)
+    full = create_model(TINY[key])
+    torch.manual_seed(0)
+    quantized = create_model(dataclasses.replace(TINY[key], quantization="int8"))
+    assert _linear_bytes(quantized) <= 0.4 * _linear_bytes(full)
+    cfg = dict(method="vpt_deep", num_tokens=3, num_classes=5)
+    torch.manual_seed(0)
+    reference = vpt.wrap(full, VPTConfig(fast="off", **cfg))
+    plain = vpt.wrap(quantized, VPTConfig(fast="off", **cfg))
+    fast = vpt.wrap(quantized, VPTConfig(fast="auto", **cfg))
+    for model in (plain, fast):
+        model.load_prompt_state_dict(reference.prompt_state_dict())
+    assert fast.fast and not plain.fast
+    x = images(dtype=torch.float32)
+    expected = reference(x)
+    got_plain, got_fast = plain(x), fast(x)
+    torch.testing.assert_close(got_fast, got_plain, rtol=1e-4, atol=1e-4)
+    assert (got_plain - expected).abs().max() <= 0.1 * expected.std()
+    before = {n: _stored(t) for n, t in quantized.state_dict().items()}
+    optimizer = torch.optim.SGD(list(fast.prompt_parameters()), lr=0.5)
+    start = fast.prompts.weight.detach().clone()
+    for _ in range(2):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(fast(x), torch.tensor([0, 1, 2])).backward()
+        assert fast.prompts.weight.grad.abs().sum() > 0
+        assert all(p.grad is None for p in quantized.parameters())
+        optimizer.step()
+    assert not torch.equal(fast.prompts.weight.detach(), start)
+    assert all(torch.equal(_stored(t), before[n]) for n, t in quantized.state_dict().items())
+
+
+def test_a_vision_device_map_is_refused_naming_fsdp():
+    with pytest.raises(ConfigError, match=r"model.device_map: vision backbones are built whole.*train.distributed: fsdp"):
+        load_config(VisionRunConfig, {"model": {"name": "timm:vit_base_patch16_224", "device_map": "auto"}})
