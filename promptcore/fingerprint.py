@@ -30,7 +30,8 @@ def backbone_fingerprint(backbone: nn.Module) -> str | None:
     Equal weights give equal fingerprints whatever the device or dtype the values are read in is (values are
     compared as float64); weights that differ anywhere in the sampled values give different ones. None when the
     weights are not all on this process (sharded ``DTensor`` parameters, DeepSpeed ZeRO-3 placeholders, the meta
-    device): reading them would need a collective the saving process alone cannot run, so nothing is recorded."""
+    device): reading them would need a collective the saving process alone cannot run, so nothing is recorded; nor
+    for quantized weights, whose values are not those of the float checkpoint they came from."""
     named = list(backbone.named_parameters()) or list(backbone.named_buffers())
     if not named:
         return "none"
@@ -40,6 +41,8 @@ def backbone_fingerprint(backbone: nn.Module) -> str | None:
         name, tensor = named[i]
         if type(tensor).__name__ == "DTensor" or tensor.device.type == "meta" or tensor.numel() == 0:
             return None
+        if type(tensor.detach()) is not torch.Tensor:
+            return None  # quantized weights (torchao, optimum-quanto tensor types): not comparable with float ones
         flat = tensor.detach().reshape(-1)
         if flat.numel() > SAMPLES:
             # Integer steps: a float linspace rounds the last index of a large tensor past its end.

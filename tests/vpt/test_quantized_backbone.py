@@ -2,6 +2,7 @@
 through it, the VPT-deep fast path equals the plain path on it, and a device map is refused with the alternative."""
 
 import dataclasses
+import json
 import importlib.util
 
 import pytest
@@ -70,3 +71,25 @@ def test_int8_backbone_trains_prompts_and_keeps_the_fast_path_exact(key):
 def test_a_vision_device_map_is_refused_naming_fsdp():
     with pytest.raises(ConfigError, match=r"model.device_map: vision backbones are built whole.*train.distributed: fsdp"):
         load_config(VisionRunConfig, {"model": {"name": "timm:vit_base_patch16_224", "device_map": "auto"}})
+
+
+def test_prompts_of_an_int8_backbone_save_and_load(tmp_path):
+    torch.manual_seed(0)
+    quantized = create_model(dataclasses.replace(TINY["hf_vit"], quantization="int8"))
+    model = vpt.wrap(quantized, VPTConfig(method="vpt_deep", num_tokens=3, num_classes=5))
+    model.save_prompts(tmp_path / "p")
+    assert json.loads((tmp_path / "p" / "prompt_config.json").read_text())["method"] == "vpt_deep"
+    other = vpt.wrap(quantized, VPTConfig(method="vpt_deep", num_tokens=3, num_classes=5))
+    other.load_prompts(tmp_path / "p")
+    torch.testing.assert_close(other.prompts.weight, model.prompts.weight)
+
+
+def test_quantized_weights_record_no_fingerprint():
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    from promptcore.fingerprint import backbone_fingerprint
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64))
+    assert backbone_fingerprint(model) is not None
+    quantize_(model, Int8WeightOnlyConfig())
+    assert backbone_fingerprint(model) is None  # reading int8 weights as floats fails (and would not compare)
