@@ -422,4 +422,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run as a script, this file is the module ``__main__``, whose registry nothing fills: the packages register
+    # their assets in ``promptcore.assets``, so the command runs from there.
+    from promptcore.assets import main as _main
+
+    _main()

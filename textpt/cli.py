@@ -201,3 +201,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = ["TextRecipe", "main"]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -259,3 +259,7 @@ register_command(Command(
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vpt`` console script (``argv`` defaults to ``sys.argv[1:]``); returns the exit status."""
     return shared_main(VisionRecipe(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
