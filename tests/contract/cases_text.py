@@ -7,8 +7,6 @@ the fast and plain paths can be compared at float64 precision.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +17,6 @@ from promptcore import PromptedModel
 from textpt import LinearProbeConfig, TextModelConfig, ZeroShotConfig, load_model_and_tokenizer
 from textpt.data import TextCollator
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "textpt"))
 from tiny_text import TINY_CONFIGS, method_config  # noqa: E402
 
 

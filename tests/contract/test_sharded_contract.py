@@ -21,7 +21,6 @@ from promptcore.plugins import load_plugins
 
 load_plugins()
 NAMES = [n for n in METHODS.names() if n in CASES]
-sys.path.insert(0, str(Path(__file__).parents[1] / "vpt"))
 from test_backbones import TINY  # noqa: E402
 
 FAMILIES = [f"vpt_deep:{key}" for key in sorted(TINY)]

@@ -3,14 +3,12 @@ with the prompt taken out (checked against the plain backbone in float64, on tin
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 from demo.baselines import TextWithoutPrompt, VisionLinearProbe, evaluate  # noqa: E402
 from demo.run_demo import HUB_NAMES, DemoConfig, _eval_subset, load_task_config  # noqa: E402

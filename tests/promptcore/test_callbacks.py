@@ -2,14 +2,11 @@
 and its errors. Uses the toy model of scripts/toy_prompted.py."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 
 from toy_prompted import SigintAt, StopAt, toy_data, toy_model  # noqa: E402
 

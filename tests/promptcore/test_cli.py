@@ -1,14 +1,12 @@
 """The shared CLI (promptcore.cli.main) driven by a toy recipe: train, resume, eval, package verbs, clean errors."""
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 
 from toy_prompted import ToyPrompted, toy_data  # noqa: E402
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import warnings
 from pathlib import Path
 
@@ -23,8 +22,6 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from demo.run_demo import DemoConfig, _eval_subset, _recipe, load_task_config  # noqa: E402
 from promptcore import ConfigError, Trainer, load_config  # noqa: E402

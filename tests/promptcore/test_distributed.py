@@ -17,7 +17,6 @@ import torch
 from safetensors.torch import load_file
 
 SCRIPTS = Path(__file__).parent / "scripts"
-sys.path.insert(0, str(SCRIPTS))
 
 from toy_prompted import DISTRIBUTED_TRAIN, STOP_AT_STEP, StopAt, distributed_run_args, toy_model  # noqa: E402
 

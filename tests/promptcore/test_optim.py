@@ -2,13 +2,10 @@
 here, T5X Adafactor against transformers' Adafactor in float64, and the config checks around them."""
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 
 from toy_prompted import LrRecorder, toy_data, toy_model  # noqa: E402
 

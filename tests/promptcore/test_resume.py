@@ -16,7 +16,6 @@ import torch
 from safetensors.torch import load_file
 
 SCRIPTS = Path(__file__).parent / "scripts"
-sys.path.insert(0, str(SCRIPTS))
 
 from toy_prompted import RESUME_TRAIN, LrRecorder, SigintAt, resume_run_args, toy_model  # noqa: E402
 

@@ -3,13 +3,11 @@ YAML, resuming with a changed length, and every refusal as one ``error:`` line w
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent))
 
 from test_cli import run_cli  # noqa: E402
 

@@ -3,13 +3,10 @@ optimizers, precision, and every bad input with its message. Uses the toy model 
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 
 from toy_prompted import LrRecorder, ToyPrompted, toy_data, toy_model  # noqa: E402
 

@@ -1,6 +1,6 @@
 """What the text tests share: tiny ``random:`` model configs, configs by method name, and the slow reference decode.
 
-Imported as ``tiny_text`` (pytest puts this folder on ``sys.path``; the contract cases add it themselves).
+Imported as ``tiny_text`` (the pytest config puts this folder on ``sys.path`` for every test).
 """
 
 from __future__ import annotations

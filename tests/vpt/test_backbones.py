@@ -1,6 +1,6 @@
 """Backbones by name and their token view, on tiny random models of timm, open_clip and transformers (offline).
 
-``TINY`` is imported by the other vpt test files (same folder on sys.path).
+``TINY`` is imported by the other vpt test files and the contract suite (the pytest config puts this folder on sys.path).
 """
 
 from __future__ import annotations
