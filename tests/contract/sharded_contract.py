@@ -22,6 +22,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "vpt"))
+sys.path.insert(0, str(Path(__file__).parents[1] / "textpt"))  # run by torchrun, outside the pytest config's pythonpath
 
 import cases_text  # noqa: E402,F401  (registers the text methods' cases)
 import cases_vision  # noqa: E402,F401  (registers the vision and CLIP methods' cases)
