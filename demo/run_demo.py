@@ -139,10 +139,11 @@ def recording_rows(model: Any) -> Iterator[list[bool]]:
 
 
 def last_evaluation(rows: list[bool], metrics: dict[str, Any]) -> list[bool] | None:
-    """The per-row outcomes of the last evaluation, checked against its accuracy; None (the report then uses the
-    unpaired test, and says so) when they disagree."""
+    """The per-row outcomes of the last evaluation, checked against it (every evaluation covers all its rows, and the
+    last one's correct rows add up to its accuracy); None (the report then uses the unpaired test, and says so) when
+    they disagree."""
     n = int(metrics["count"])
-    last = rows[-n:] if n and len(rows) >= n else []
+    last = rows[-n:] if n and rows and len(rows) % n == 0 else []
     if len(last) != n or sum(last) != round(metrics["accuracy"] * n):
         print(f"per-row outcomes ({sum(last)} of {len(last)} recorded) disagree with the evaluation "
               f"({metrics['accuracy']:.4f} of {n}); the report falls back to the unpaired test", flush=True)  # fmt: skip
