@@ -101,7 +101,8 @@ def significance_lines(results: list[MethodResult]) -> list[str]:
     lines = []
     for method, base, test in comparisons(results):
         verdict = "significant" if test.significant(LEVEL) else "not significant"
-        rows = f"{method.eval_rows} paired test rows" if test.test == "McNemar exact" else f"{method.eval_rows} and {base.eval_rows} test rows"
+        paired = test.test == "McNemar exact"
+        rows = f"{method.eval_rows} paired test rows" if paired else f"{method.eval_rows} and {base.eval_rows} test rows"
         lines.append(
             f"- {method.title}: {method.method} {100 * method.accuracy:.1f}% vs {base.method} {100 * base.accuracy:.1f}%, "
             f"difference {100 * test.difference:+.1f} points: **{verdict}** at {100 * LEVEL:g}% "
@@ -127,11 +128,11 @@ def plot_accuracy(results: list[MethodResult], path: Path) -> None:
     for ax, task in zip(axes, tasks):
         rows = [r for r in results if r.task == task]
         acc = [100 * r.accuracy for r in rows]
-        intervals = [r.interval() for r in rows]
-        errors = [[a - 100 * low for a, (low, _) in zip(acc, intervals)], [100 * high - a for a, (_, high) in zip(acc, intervals)]]
+        intervals = [(100 * low, 100 * high) for low, high in (r.interval() for r in rows)]
+        errors = [[a - low for a, (low, _) in zip(acc, intervals)], [high - a for a, (_, high) in zip(acc, intervals)]]
         colors = ["tab:blue", "tab:gray"][: len(rows)]
         bars = ax.bar(range(len(rows)), acc, color=colors, yerr=errors, capsize=6, ecolor="black")
-        labels = [f"{a:.1f}%\n[{100 * low:.1f}, {100 * high:.1f}]\nn={r.eval_rows}" for a, (low, high), r in zip(acc, intervals, rows)]
+        labels = [f"{a:.1f}%\n[{low:.1f}, {high:.1f}]\nn={r.eval_rows}" for a, (low, high), r in zip(acc, intervals, rows)]
         ax.bar_label(bars, labels=labels, label_type="center", fontsize=8, color="white")
         ax.set_xticks(range(len(rows)), [r.method.replace(" + ", "\n+ ").replace(" (", "\n(") for r in rows], fontsize=8)
         ax.set_ylim(0, 105)
@@ -201,10 +202,9 @@ def write_report(
         "",
         table,
         "",
-        f"Is the prompt method's difference from its baseline significant at {100 * LEVEL:g}%? McNemar's exact test "
-        "on the rows both",
-        "methods classified differently (both ran on the same test rows), or a two-proportion z-test where per-row "
-        "outcomes were not recorded:",
+        f"Is each prompt method's difference from its baseline significant at {100 * LEVEL:g}%? Both ran on the same",
+        "test rows: McNemar's exact test on the rows the two classify differently (a two-proportion z-test where the",
+        "per-row outcomes were not recorded; each line names its test):",
         "",
         *significance,
         "",
