@@ -1,4 +1,5 @@
-"""The demo's report: a markdown table of what each method measured, an accuracy chart and training curves."""
+"""The demo's report: a markdown table of what each method measured, with 95% intervals, whether each prompt
+method's difference from its baseline is significant, an accuracy chart with error bars and training curves."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from promptcore.io import atomic_path, atomic_write_text
+from promptcore.stats import Comparison, binomial_interval, compare_accuracies
+
+LEVEL = 0.05  # significance level of the report's comparisons; the intervals are at 1 - LEVEL
 
 
 @dataclass
@@ -24,6 +28,8 @@ class MethodResult:
         train_rows: training rows seen per epoch (0 for a method that trains nothing).
         wall_s: seconds for the method: building, training and evaluating.
         records: the trainer's metrics records (``metrics.jsonl``) for the curves; empty when nothing trained.
+        rows_correct: per evaluation row, in the evaluation set's order, whether the method got it right (for the
+            paired significance test); None when not recorded.
     """
 
     task: str
@@ -36,25 +42,73 @@ class MethodResult:
     train_rows: int
     wall_s: float
     records: list[dict[str, Any]]
+    rows_correct: list[bool] | None = None
+
+    @property
+    def correct(self) -> int:
+        """Rows classified correctly (the accuracy is a mean over ``eval_rows`` rows)."""
+        return round(self.accuracy * self.eval_rows)
+
+    def interval(self) -> tuple[float, float]:
+        """The accuracy's Wilson interval at ``1 - LEVEL``, as fractions."""
+        return binomial_interval(self.correct, self.eval_rows, 1 - LEVEL)
 
 
 def _params(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
 
 
+def _accuracy(r: MethodResult) -> str:
+    low, high = r.interval()
+    return f"{100 * r.accuracy:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
+
+
 def results_table(results: list[MethodResult]) -> str:
-    """The markdown table: one row per task and method."""
+    """The markdown table: one row per task and method, each accuracy with its 95% interval."""
     lines = [
-        "| task | method | accuracy | eval rows | trainable params | of total | train rows | wall time |",
+        "| task | method | accuracy [95% interval] | eval rows | trainable params | of total | train rows | wall time |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         share = f"{100 * r.trainable / r.total:.3f}%" if r.total else "-"
         lines.append(
-            f"| {r.title} | {r.method} | {100 * r.accuracy:.1f}% | {r.eval_rows} | {_params(r.trainable)} | {share} "
+            f"| {r.title} | {r.method} | {_accuracy(r)} | {r.eval_rows} | {_params(r.trainable)} | {share} "
             f"| {r.train_rows} | {r.wall_s:.0f} s |"
         )
     return "\n".join(lines)
+
+
+def comparisons(results: list[MethodResult]) -> list[tuple[MethodResult, MethodResult, Comparison]]:
+    """Per task, the prompt method (the task's first result) against each of its baselines (the others): McNemar's
+    exact test when both per-row outcomes were recorded, else the two-proportion z-test."""
+    pairs = []
+    for task in dict.fromkeys(r.task for r in results):
+        method, *baselines = [r for r in results if r.task == task]
+        for base in baselines:
+            test = compare_accuracies(method.correct, method.eval_rows, base.correct, base.eval_rows,
+                                      method.rows_correct, base.rows_correct)  # fmt: skip
+            pairs.append((method, base, test))
+    return pairs
+
+
+def _p(p: float) -> str:
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def significance_lines(results: list[MethodResult]) -> list[str]:
+    """One markdown bullet per comparison of :func:`comparisons`: the difference, whether it is significant at
+    ``LEVEL`` and the p-value."""
+    lines = []
+    for method, base, test in comparisons(results):
+        verdict = "significant" if test.significant(LEVEL) else "not significant"
+        paired = test.test == "McNemar exact"
+        rows = f"{method.eval_rows} paired test rows" if paired else f"{method.eval_rows} and {base.eval_rows} test rows"
+        lines.append(
+            f"- {method.title}: {method.method} {100 * method.accuracy:.1f}% vs {base.method} {100 * base.accuracy:.1f}%, "
+            f"difference {100 * test.difference:+.1f} points: **{verdict}** at {100 * LEVEL:g}% "
+            f"({test.test} test on {rows}, p = {_p(test.p_value)})"
+        )
+    return lines
 
 
 def _save(fig: Any, path: Path) -> None:
@@ -63,7 +117,7 @@ def _save(fig: Any, path: Path) -> None:
 
 
 def plot_accuracy(results: list[MethodResult], path: Path) -> None:
-    """Bar chart: accuracy per method, grouped by task."""
+    """Bar chart: accuracy per method, grouped by task, with each accuracy's 95% interval as an error bar."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -73,11 +127,16 @@ def plot_accuracy(results: list[MethodResult], path: Path) -> None:
     axes = fig.subplots(1, len(tasks), squeeze=False)[0]
     for ax, task in zip(axes, tasks):
         rows = [r for r in results if r.task == task]
-        bars = ax.bar(range(len(rows)), [100 * r.accuracy for r in rows], color=["tab:blue", "tab:gray"][: len(rows)])
-        ax.bar_label(bars, fmt="%.1f%%")
+        acc = [100 * r.accuracy for r in rows]
+        intervals = [(100 * low, 100 * high) for low, high in (r.interval() for r in rows)]
+        errors = [[a - low for a, (low, _) in zip(acc, intervals)], [high - a for a, (_, high) in zip(acc, intervals)]]
+        colors = ["tab:blue", "tab:gray"][: len(rows)]
+        bars = ax.bar(range(len(rows)), acc, color=colors, yerr=errors, capsize=6, ecolor="black")
+        labels = [f"{a:.1f}%\n[{low:.1f}, {high:.1f}]\nn={r.eval_rows}" for a, (low, high), r in zip(acc, intervals, rows)]
+        ax.bar_label(bars, labels=labels, label_type="center", fontsize=8, color="white")
         ax.set_xticks(range(len(rows)), [r.method.replace(" + ", "\n+ ").replace(" (", "\n(") for r in rows], fontsize=8)
         ax.set_ylim(0, 105)
-        ax.set_ylabel("accuracy (%)")
+        ax.set_ylabel(f"accuracy (%), {100 * (1 - LEVEL):g}% interval")
         ax.set_title(rows[0].title, fontsize=9)
     fig.tight_layout()
     _save(fig, path)
@@ -123,19 +182,31 @@ def write_report(
     configs: dict[str, str],
     hub: bool = False,
 ) -> str:
-    """Writes ``report.md``, ``accuracy.png`` and ``curves.png`` under ``out``; returns the results table."""
+    """Writes ``report.md``, ``accuracy.png`` and ``curves.png`` under ``out``; returns the results table and the
+    significance lines.
+
+    Per task, the first result is the prompt method and each further one a baseline it is compared with.
+    """
     out.mkdir(parents=True, exist_ok=True)
     plot_accuracy(results, out / "accuracy.png")
     plot_curves(results, out / "curves.png")
     table = results_table(results)
+    significance = significance_lines(results)
     source = "hub model names (--hub)" if hub else "packaged assets (promptcore.assets), no model hub"
     lines = [
         "# prompttune demo report",
         "",
         f"Measured by `make demo` (`demo/run_demo.py`) on {machine}; models from {source}. Every number is what this",
-        "run measured. Accuracy is the last evaluation after training, on held-out test rows.",
+        "run measured. Accuracy is the last evaluation after training, on held-out test rows; the brackets give its",
+        f"{100 * (1 - LEVEL):g}% Wilson interval over the test rows (promptcore.stats.binomial_interval).",
         "",
         table,
+        "",
+        f"Is each prompt method's difference from its baseline significant at {100 * LEVEL:g}%? Both ran on the same",
+        "test rows: McNemar's exact test on the rows the two classify differently (a two-proportion z-test where the",
+        "per-row outcomes were not recorded; each line names its test):",
+        "",
+        *significance,
         "",
         f"Total wall time {total_s / 60:.1f} min (budget {budget_minutes:g} min), of which fetching and preparing the "
         f"assets {fetch_s:.0f} s.",
@@ -154,4 +225,4 @@ def write_report(
         "",
     ]
     atomic_write_text(out / "report.md", "\n".join(lines))
-    return table
+    return "\n".join([table, "", *significance])

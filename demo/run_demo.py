@@ -3,8 +3,8 @@
 Every model and dataset comes from an ordinary package (:mod:`promptcore.assets`), so this runs on a machine that
 reaches the package index and no model hub. For each task of ``configs/demo/demo.yaml`` it trains the run config's
 prompt method and evaluates its baseline (:mod:`demo.baselines`) on the same frozen model, data and trainer, then
-writes ``demo/report.md`` with accuracy, trainable parameters and wall time per method, an accuracy bar chart and
-the training curves. Usage::
+writes ``demo/report.md`` with accuracy (and its 95% interval), trainable parameters and wall time per method, whether
+each prompt method's difference from its baseline is significant, an accuracy bar chart and the training curves. Usage::
 
     python demo/run_demo.py                       # everything (about 12 minutes on a 2-core CPU)
     python demo/run_demo.py --only text_encoder   # one task
@@ -21,6 +21,8 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -111,6 +113,44 @@ def _count(params: Any) -> int:
     return sum(p.numel() for p in params)
 
 
+@contextmanager
+def recording_rows(model: Any) -> Iterator[list[bool]]:
+    """Records whether the model gets each evaluation row right, for the paired significance test of the report.
+
+    Every ``forward_batch`` call made without gradients (an evaluation: the trainer's and
+    :func:`demo.baselines.evaluate` run under ``no_grad``, training steps do not) appends, per row, whether the
+    highest logit is the label. The trainer's evaluations thus cost nothing more; the last evaluation is the last
+    ``len(eval_set)`` entries.
+    """
+    rows: list[bool] = []
+    plain = model.forward_batch
+
+    def forward_batch(batch: dict[str, Any]) -> torch.Tensor:
+        logits = plain(batch)
+        if not torch.is_grad_enabled():
+            rows.extend((logits.argmax(-1) == batch["labels"].to(logits.device)).tolist())
+        return logits
+
+    model.forward_batch = forward_batch
+    try:
+        yield rows
+    finally:
+        del model.forward_batch
+
+
+def last_evaluation(rows: list[bool], metrics: dict[str, Any]) -> list[bool] | None:
+    """The per-row outcomes of the last evaluation, checked against it (every evaluation covers all its rows, and the
+    last one's correct rows add up to its accuracy); None (the report then uses the unpaired test, and says so) when
+    they disagree."""
+    n = int(metrics["count"])
+    last = rows[-n:] if n and rows and len(rows) % n == 0 else []
+    if len(last) != n or sum(last) != round(metrics["accuracy"] * n):
+        print(f"per-row outcomes ({sum(last)} of {len(last)} recorded) disagree with the evaluation "
+              f"({metrics['accuracy']:.4f} of {n}); the report falls back to the unpaired test", flush=True)  # fmt: skip
+        return None
+    return last
+
+
 def _train(model: Any, cfg: Any, data: Any, eval_set: Any, run_dir: Path) -> tuple[dict[str, Any], list[dict]]:
     train = cfg.train
     # train.param_groups names the prompt method's modules (prompts, head); a baseline trains only its head.
@@ -134,10 +174,11 @@ def run_task(task: DemoTask, cfg: Any, runs: Path) -> list[MethodResult]:
     model = recipe.build_model(cfg)
     data = recipe.build_data(cfg, model)
     eval_set = _eval_subset(data.eval, task.eval_samples, cfg.train.seed)
-    metrics, records = _train(model, cfg, data, eval_set, runs / task.name / "prompt")
+    with recording_rows(model) as rows:
+        metrics, records = _train(model, cfg, data, eval_set, runs / task.name / "prompt")
     results.append(MethodResult(task.name, task.title, task.method_label, metrics["accuracy"], metrics["count"],
                                 _count(model.prompt_parameters()), _count(model.parameters()), len(data.train),
-                                time.perf_counter() - start, records))  # fmt: skip
+                                time.perf_counter() - start, records, last_evaluation(rows, metrics)))  # fmt: skip
 
     label = "linear probe (head only)" if task.baseline == "linear_probe" else "zero-shot (no prompt)"
     print(f"\n== {task.title}: {label}", flush=True)
@@ -146,15 +187,16 @@ def run_task(task: DemoTask, cfg: Any, runs: Path) -> list[MethodResult]:
         baseline = VisionLinearProbe(model.backbone, model.config, name=model.name)
     else:
         baseline = TextWithoutPrompt(model.backbone, model.config, tokenizer=model.tokenizer, task=model.task, name=model.backbone_name)
-    if task.baseline == "zero_shot":
-        size = cfg.train.eval_batch_size or cfg.train.batch_size
-        metrics, records, trained_rows = evaluate(baseline, eval_set, data.collate_fn, size, "zero-shot eval"), [], 0
-    else:
-        metrics, records = _train(baseline, cfg, data, eval_set, runs / task.name / "baseline")
-        trained_rows = len(data.train)
+    with recording_rows(baseline) as rows:
+        if task.baseline == "zero_shot":
+            size = cfg.train.eval_batch_size or cfg.train.batch_size
+            metrics, records, trained_rows = evaluate(baseline, eval_set, data.collate_fn, size, "zero-shot eval"), [], 0
+        else:
+            metrics, records = _train(baseline, cfg, data, eval_set, runs / task.name / "baseline")
+            trained_rows = len(data.train)
     results.append(MethodResult(task.name, task.title, label, metrics["accuracy"], metrics["count"],
                                 _count(baseline.prompt_parameters()), _count(baseline.parameters()), trained_rows,
-                                time.perf_counter() - start, records))  # fmt: skip
+                                time.perf_counter() - start, records, last_evaluation(rows, metrics)))  # fmt: skip
     return results
 
 
@@ -213,9 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     machine += ", CUDA" if torch.cuda.is_available() else ""
     # Wall times depend on what else runs: the load average tells a reader whether the machine was shared.
     machine += f" (1-minute load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end)"
-    table = write_report(results, out, fetch_s, total_s, demo.budget_minutes, machine,
+    summary = write_report(results, out, fetch_s, total_s, demo.budget_minutes, machine,
                          {t.name: t.config for t in tasks}, hub=args.hub)  # fmt: skip
-    print("\n" + table)
+    print("\n" + summary)
     print(f"\nwrote {out / 'report.md'} in {total_s / 60:.1f} min (budget {demo.budget_minutes:g} min)")
     return 0
 
