@@ -150,6 +150,13 @@ def shard_model(root: nn.Module, model: nn.Module, config: FSDPConfig, world_siz
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 
+    placed = getattr(model, "backbone_is_placed", lambda: False)()
+    if placed or any(type(p.detach()) is not torch.Tensor for p in model.parameters()):
+        raise UserError(
+            "train.distributed: fsdp shards plain float weights, and this model's frozen weights are quantized or "
+            "spread by a device map (model.quantization / model.device_map); use one or the other: fsdp over several "
+            "processes, or quantization / a device map in one process (train.distributed: auto)"
+        )
     if config.cpu_offload and device.type != "cuda":
         raise UserError(
             f"train.fsdp.cpu_offload: the processes already run on the {device.type}; it offloads GPU weights to "

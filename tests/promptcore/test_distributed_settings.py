@@ -90,3 +90,15 @@ def test_other_runtime_errors_in_a_step_are_not_taken_for_memory(monkeypatch):
     config = TrainConfig(epochs=1, batch_size=8, progress_bar=False, tensorboard=False, eval_every_epochs=0)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         Trainer(model, config, toy_data()).fit()
+
+
+def test_fsdp_refuses_quantized_frozen_weights_before_any_collective():
+    pytest.importorskip("torchao", reason="torchao is not installed (pip install 'prompttune[quant]')")
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    from promptcore.distributed import FSDPConfig, StepModule, shard_model
+
+    model = toy_model()
+    quantize_(model.backbone, Int8WeightOnlyConfig())
+    with pytest.raises(UserError, match=r"train.distributed: fsdp shards plain float weights.*model.quantization / model.device_map"):
+        shard_model(StepModule(model), model, FSDPConfig(), 2, CPU)  # refused before a device mesh is needed
