@@ -145,3 +145,11 @@ def test_settings_that_cannot_work_are_refused_in_one_line(tmp_path, setting, me
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_fsdp_with_gradient_checkpointing_gives_the_same_prompts(fsdp_runs, tmp_path):
+    # The fast VPT-deep path runs each block through its call under activation checkpointing: FSDP gathers the
+    # block's weights again for the recomputation.
+    proc = launch("vpt", [*VPT, "--set", "train.distributed=fsdp", "--set", "train.gradient_checkpointing=true"], tmp_path / "gc")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_close_prompts(prompts(tmp_path / "gc"), prompts(fsdp_runs["vpt"]), 1e-6)
