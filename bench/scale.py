@@ -69,7 +69,7 @@ def _vm(field: str) -> int:
     return 0
 
 
-def worker(model_name: str, steps: int, global_batch: int, out: Path) -> None:
+def worker(model_name: str, steps: int, global_batch: int, out: Path, keep_whole: list[str]) -> None:
     """One process of a launch: builds the model with the recipe, trains ``steps`` steps, writes its figures."""
     import torch
 
@@ -94,6 +94,8 @@ def worker(model_name: str, steps: int, global_batch: int, out: Path) -> None:
         "metric": "loss", "metric_mode": "min", "eval_every_epochs": 0, "tensorboard": False, "progress_bar": False,
         "distributed": "fsdp" if world > 1 else "auto", "mixed_precision": "bf16" if cuda else "no",
     }
+    if world > 1 and keep_whole:
+        train["fsdp"] = {"keep_whole": keep_whole}
     recipe = Recipe()
     import ctypes
     import gc
@@ -129,12 +131,12 @@ def worker(model_name: str, steps: int, global_batch: int, out: Path) -> None:
     (out / f"{model_name}-{world}-{rank}.json").write_text(json.dumps(record))
 
 
-def launch(model_name: str, procs: int, steps: int, global_batch: int, out: Path) -> None:
+def launch(model_name: str, procs: int, steps: int, global_batch: int, out: Path, keep_whole: list[str]) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // procs))}
     # glibc keeps freed blocks below its (growing) mmap threshold in its heap, so resident memory would count memory
     # freed long ago (FSDP's per-block gathers); a fixed threshold returns every large block to the system at once.
     env.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
-    me = [str(Path(__file__).resolve()), "--worker", model_name, "--steps", str(steps), "--global-batch", str(global_batch), "--out", str(out)]
+    me = [str(Path(__file__).resolve()), "--worker", model_name, "--steps", str(steps), "--global-batch", str(global_batch), "--out", str(out), *(["--keep-whole", *keep_whole] if keep_whole else [])]
     if procs == 1:
         cmd = [sys.executable, *me]
     else:
@@ -171,11 +173,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--global-batch", type=int, default=8)
     parser.add_argument("--write", metavar="FILE", help="append the markdown section to FILE (e.g. bench/RESULTS.md)")
+    parser.add_argument("--keep-whole", nargs="+", default=[], metavar="MODULE", help="train.fsdp.keep_whole for the FSDP runs (e.g. embed_tokens)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.steps, args.global_batch, Path(args.out))
+        worker(args.worker, args.steps, args.global_batch, Path(args.out), args.keep_whole)
         return
     procs = [int(n) for n in args.procs.split(",")]
     models = ["llama", "vit"] if args.model == "both" else [args.model]
@@ -185,7 +188,8 @@ def main() -> None:
     lines = [
         "## Several processes: FSDP2 sharding of the frozen backbone (`scale.py`)",
         "",
-        f"`python bench/scale.py --procs {args.procs} --steps {args.steps} --global-batch {args.global_batch}` on {device}, "
+        f"`python bench/scale.py --model {args.model} --procs {args.procs} --steps {args.steps} --global-batch {args.global_batch}"
+        f"{' --keep-whole ' + ' '.join(args.keep_whole) if args.keep_whole else ''}` on {device}, "
         f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}. One process unsharded against N processes with "
         f"`train.distributed: fsdp`, the same global batch; figures per process (the largest over the processes).",
     ]
@@ -193,8 +197,10 @@ def main() -> None:
         out = Path(tmp)
         for model_name in models:
             for n in procs:
-                launch(model_name, n, args.steps, args.global_batch, out)
+                launch(model_name, n, args.steps, args.global_batch, out, args.keep_whole)
             title = "Llama, Qwen2.5-0.5B shapes (494M parameters), prompt tuning 20 tokens" if model_name == "llama" else "ViT-L/16 (304M parameters), VPT-deep 10 tokens"
+            if args.keep_whole:
+                title += f", `train.fsdp.keep_whole: [{', '.join(args.keep_whole)}]`"
             lines += ["", f"{title}:", "", *table(model_name, procs, out)]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -46,11 +46,17 @@ class FSDPConfig:
             all-gather per block and step.
         cpu_offload: keep the shards in CPU memory and copy each block to the GPU for its use (FSDP2's
             ``CPUOffloadPolicy``); for GPUs only.
+        keep_whole: modules (names as in ``model.named_modules()``, or their last parts: ``embed_tokens``) whose
+            weights every process keeps whole instead of sharding. For a weight that is used whole anyway and is a
+            large share of the model, such as a big vocabulary's embedding tied to the LM head, this trades its
+            ``(N - 1) / N`` saving for the memory FSDP needs to gather it (the full matrix plus its buffers) and one
+            all-gather per forward and backward.
     """
 
     block_classes: list[str] = field(default_factory=list)
     reshard_after_forward: bool = True
     cpu_offload: bool = False
+    keep_whole: list[str] = field(default_factory=list)
 
 
 def resolve_mode(requested: str, world_size: int, device: torch.device) -> Mode:
@@ -144,6 +150,26 @@ def shard_units(model: nn.Module, block_classes: list[str] | tuple[str, ...] = (
     return units
 
 
+def whole_modules(model: nn.Module, names: list[str]) -> list[nn.Module]:
+    """The modules ``train.fsdp.keep_whole`` names: each name is a module path or its last parts
+    (``embed_tokens`` matches ``backbone.model.embed_tokens``).
+
+    Raises:
+        UserError: a name matches no module.
+    """
+    found = []
+    paths = [n for n, _ in model.named_modules() if n]
+    for name in names:
+        matches = [m for n, m in model.named_modules() if n and (n == name or n.endswith("." + name))]
+        if not matches:
+            from .registry import did_you_mean
+
+            last = sorted({p.rsplit(".", 1)[-1] for p in paths})
+            raise UserError(f"train.fsdp.keep_whole: no module named {name!r} in {type(model).__name__}.{did_you_mean(name, last)}")
+        found += matches
+    return found
+
+
 def shard_model(root: nn.Module, model: nn.Module, config: FSDPConfig, world_size: int, device: torch.device) -> list[nn.Module]:
     """Applies FSDP2 to the prompted ``model`` inside ``root`` (the module that is called, e.g. a
     :class:`StepModule`): each block, then ``root`` with the prompt parameters left out; returns the block units."""
@@ -165,8 +191,10 @@ def shard_model(root: nn.Module, model: nn.Module, config: FSDPConfig, world_siz
     units = shard_units(model, config.block_classes)
     mesh = init_device_mesh(device.type, (world_size,))
     offload = CPUOffloadPolicy() if config.cpu_offload else OffloadPolicy()
-    # Left whole on every process: the prompts, and scalar weights (CLIP's logit_scale), which FSDP cannot shard.
+    # Left whole on every process: the prompts, scalar weights (CLIP's logit_scale), which FSDP cannot shard, and
+    # the modules the config keeps whole.
     kept = set(model.prompt_parameters()) | {p for p in model.parameters() if p.dim() == 0}
+    kept |= {p for module in whole_modules(model, config.keep_whole) for p in module.parameters()}
     for unit in units:
         fully_shard(unit, mesh=mesh, reshard_after_forward=config.reshard_after_forward, offload_policy=offload, ignored_params=kept)
     fully_shard(root, mesh=mesh, reshard_after_forward=config.reshard_after_forward, offload_policy=offload, ignored_params=kept)

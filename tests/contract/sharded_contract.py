@@ -45,7 +45,7 @@ class Output(nn.Module):
         return self.case.output(self.model, batch)
 
 
-def run_case(name: str, world: int) -> dict:
+def run_case(name: str, world: int, fsdp: FSDPConfig | None = None) -> dict:
     case = CASES.get(name)
     fast = True if case.fast_spy is not None else None
     trains = METHODS.get(name).trains
@@ -63,7 +63,7 @@ def run_case(name: str, world: int) -> dict:
     prompt_ids = {id(p) for p in model.prompt_parameters()}
     frozen_total = local_bytes(p for p in model.parameters() if id(p) not in prompt_ids)
     root = Output(model, case)
-    units = shard_model(root, model, FSDPConfig(), world, torch.device("cpu"))
+    units = shard_model(root, model, fsdp or FSDPConfig(), world, torch.device("cpu"))
     frozen_local = local_bytes(p for p in model.parameters() if id(p) not in prompt_ids)
     calls = 0
     if fast:
@@ -152,6 +152,13 @@ def main() -> None:
             results[name] = run_case(name, world)
         except Exception:  # reported per method by the test; the other methods still run
             results[name] = {"ok": False, "error": traceback.format_exc()[-3000:]}
+        dist.barrier()
+    if len(sys.argv) == 2:
+        # The token embedding kept whole on every process (train.fsdp.keep_whole), the rest sharded.
+        try:
+            results["keep_whole"] = run_case("text:prompt_tuning", world, FSDPConfig(keep_whole=["wte"]))
+        except Exception:
+            results["keep_whole"] = {"ok": False, "error": traceback.format_exc()[-3000:]}
         dist.barrier()
     for key in sorted(TINY) if len(sys.argv) == 2 else []:
         try:

@@ -52,3 +52,13 @@ def test_sharded_method_equals_the_unsharded_plain_path_in_float64(sharded, name
             assert r["fast_calls"] > 0, f"the fast path of {name} never ran under sharding"
         # Each of the 2 processes holds half of the frozen weights (up to the padding of odd-sized dimensions).
         assert 0.45 < r["frozen_fraction"] < 0.55, f"rank {rank} holds {r['frozen_fraction']:.3f} of the frozen weights"
+
+
+def test_a_module_kept_whole_is_not_sharded_and_the_results_stay_exact(sharded):
+    for rank, results in enumerate(sharded):
+        r = results["keep_whole"]
+        assert r["ok"], f"rank {rank}: {r.get('error')}"
+        assert r["out_diff"] < 1e-10 and r["grad_diff"] < 1e-9 and r["fast_calls"] > 0
+        plain = results["text:prompt_tuning"]["frozen_fraction"]
+        # The embedding is whole on each process: more than half of the frozen weights, less than all.
+        assert plain < r["frozen_fraction"] < 1.0, (plain, r["frozen_fraction"])

@@ -102,3 +102,13 @@ def test_fsdp_refuses_quantized_frozen_weights_before_any_collective():
     quantize_(model.backbone, Int8WeightOnlyConfig())
     with pytest.raises(UserError, match=r"train.distributed: fsdp shards plain float weights.*model.quantization / model.device_map"):
         shard_model(StepModule(model), model, FSDPConfig(), 2, CPU)  # refused before a device mesh is needed
+
+
+def test_keep_whole_names_modules_by_path_or_last_parts():
+    from promptcore.distributed import whole_modules
+
+    model = Blocks()
+    assert whole_modules(model, ["embed"]) == [model.embed]
+    assert whole_modules(model, ["layers.1.0"]) == [model.layers[1][0]]
+    with pytest.raises(UserError, match="train.fsdp.keep_whole: no module named 'embd' in Blocks. Did you mean 'embed'"):
+        whole_modules(model, ["embd"])
