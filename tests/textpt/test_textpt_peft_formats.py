@@ -156,6 +156,28 @@ def test_seq_cls_is_refused_both_ways(tmp_path):
         load_peft_adapter(bert, tmp_path / "peft")
 
 
+def test_seq_cls_refusal_reason_peft_pools_the_first_virtual_token():
+    """The fact behind the refusal: with textpt's prompt and head copied into PEFT's SEQ_CLS model, PEFT's logits are
+    the pooler run on position 0 (the first virtual token), not textpt's, which read the input's [CLS]."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    bert, tok = load("bert")
+    pt = textpt.wrap(bert, PromptTuningConfig(num_tokens=2, num_classes=2, init_std=1.0), tokenizer=tok)
+    assert pt.pooling == "pooler"
+    classifier = BertForSequenceClassification(BertConfig(vocab_size=bert.config.vocab_size, num_labels=2, **TINY_CONFIGS["bert"])).eval()
+    classifier.bert.load_state_dict(bert.state_dict())
+    classifier.classifier.load_state_dict(pt.head.state_dict())
+    pm = peft.get_peft_model(classifier, peft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=2)).eval()
+    with torch.no_grad():
+        pm.prompt_encoder["default"].embedding.weight.copy_(pt.prompt_table()[0])
+        theirs = pm(input_ids=IDS, attention_mask=ones(IDS)).logits
+        ours = pt.class_logits(IDS)
+        x = torch.cat([pt.prompt_table().expand(2, -1, -1), bert.get_input_embeddings()(IDS)], dim=1)
+        first_virtual = pt.head(bert.pooler(bert(inputs_embeds=x).last_hidden_state))  # BertPooler reads position 0
+    torch.testing.assert_close(theirs, first_virtual, rtol=0, atol=1e-5)
+    assert (theirs - ours).abs().max() > 1e-3
+
+
 def test_unsupported_type_is_named_with_the_supported_list(tmp_path):
     lora = peft.get_peft_model(load()[0], peft.LoraConfig(task_type="CAUSAL_LM", r=2, target_modules=["q_proj"]))
     lora.save_pretrained(str(tmp_path / "lora"))
