@@ -8,13 +8,14 @@ import torch
 
 peft = pytest.importorskip("peft")
 
+from tiny_text import TINY_CONFIGS, method_config  # noqa: E402
+
 import textpt  # noqa: E402
 from promptcore import PromptFileError  # noqa: E402
 from promptcore.errors import UserError  # noqa: E402
 from textpt import PromptTuningConfig, TextModelConfig, load_model_and_tokenizer  # noqa: E402
 from textpt.peft_interop import load_peft_adapter, save_peft_adapter  # noqa: E402
 from textpt.prefix import PrefixModel  # noqa: E402
-from tiny_text import TINY_CONFIGS, method_config  # noqa: E402
 
 IDS = torch.tensor([[5, 6, 7, 8, 9], [10, 11, 12, 13, 14]])
 LABELS = torch.tensor([[4, 7, 9], [8, 5, 6]])
@@ -139,6 +140,19 @@ def test_p_tuning_import_folds_the_encoder(tmp_path, encoder):
     assert pt.method == "prompt_tuning" and pt.config.num_tokens == 4
     with torch.no_grad():
         torch.testing.assert_close(pt.token_logits(IDS), expected, rtol=0, atol=1e-5)
+
+
+def test_p_tuning_seq2seq_import_folds_the_encoder(tmp_path):
+    config = peft.PromptEncoderConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3, encoder_hidden_size=16, num_transformer_submodules=1)
+    pm = peft.get_peft_model(load("t5")[0], config)
+    with torch.no_grad():
+        pm.prompt_encoder["default"].embedding.weight.normal_(0, 1)
+    pm.eval()
+    expected = seq2seq_peft(pm)
+    pm.save_pretrained(str(tmp_path / "peft"))
+    pt = load_peft_adapter(load("t5")[0], tmp_path / "peft")
+    assert pt.task == "seq2seq" and pt.method == "prompt_tuning"
+    torch.testing.assert_close(seq2seq_ours(pt), expected, rtol=0, atol=1e-5)
 
 
 # ----- refused --------------------------------------------------------------------------------------------------------
