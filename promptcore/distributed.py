@@ -9,10 +9,11 @@
 - ``fsdp``: torch's FSDP2 (``fully_shard``) the way Accelerate's FSDP plugin v2 applies it: each transformer block
   (ViT block, CLIP resblock, decoder layer, ...) is one unit, then the root takes the remaining frozen weights
   (embeddings, norms). Each process keeps ``1 / N`` of the frozen weights and gathers one block at a time in its
-  forward (and again for the backward through it). The prompts and heads (and scalar weights, which FSDP cannot
-  shard, such as CLIP's ``logit_scale``) are left out of sharding (``ignored_params``): they are a few KB, so each process keeps them whole, the optimizer and the prompt files
-  see plain tensors, and the trainer sums their gradients with one collective per step, the only gradients there
-  are (frozen weights have none to reduce-scatter).
+  forward (and again for the backward through it). The prompts and heads are left out of sharding
+  (``ignored_params``): they are a few KB, so each process keeps them whole, the optimizer and the prompt files see
+  plain tensors, and the trainer sums their gradients with one collective per step, the only gradients there are
+  (frozen weights have none to reduce-scatter). Scalar weights, which FSDP cannot shard (CLIP's ``logit_scale``),
+  and the modules ``train.fsdp.keep_whole`` names stay whole too.
 
 Both engines hook into module calls, so a training or evaluation step runs as one call of :class:`StepModule`, whose
 ``forward`` is the model's own ``training_step`` / ``eval_step``. Code that computes with a block's submodules
