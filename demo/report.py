@@ -219,8 +219,9 @@ def write_report(
         "",
         *[f"- `{name}`: `{path}`" for name, path in configs.items()],
         "",
-        "Baselines: `linear probe` trains only the head on the frozen features (the same model with the prompt taken",
-        "out); `zero-shot` scores the verbalizer words after the same template with nothing trained (demo/baselines.py).",
+        "Baselines: `linear probe` trains only a head on the frozen backbone's pooled features (the library's",
+        "`linear_probe` method); `zero-shot` scores the verbalizer words after the same template with nothing trained",
+        "(textpt's `zero_shot` method).",
         "Runs (prompts, metrics, curves) are under `demo/runs/`.",
         "",
     ]

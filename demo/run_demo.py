@@ -164,7 +164,8 @@ def _train(model: Any, cfg: Any, data: Any, eval_set: Any, run_dir: Path) -> tup
 
 def run_task(task: DemoTask, cfg: Any, runs: Path) -> list[MethodResult]:
     """Trains the prompt method, then the baseline, of one task; returns their measured results."""
-    from demo.baselines import TextWithoutPrompt, VisionLinearProbe, evaluate
+    from demo.baselines import evaluate
+    from promptcore import wrap
 
     recipe = _recipe(task.package)
     results = []
@@ -183,10 +184,22 @@ def run_task(task: DemoTask, cfg: Any, runs: Path) -> list[MethodResult]:
     label = "linear probe (head only)" if task.baseline == "linear_probe" else "zero-shot (no prompt)"
     print(f"\n== {task.title}: {label}", flush=True)
     start = time.perf_counter()
+    # The library's own head-only methods, on the same frozen backbone: vpt's and textpt's linear probe (the
+    # backbone's pooled features), textpt's zero-shot (the verbalizer's words after the same template).
     if task.package == "vpt":
-        baseline = VisionLinearProbe(model.backbone, model.config, name=model.name)
+        from vpt import LinearProbeConfig
+
+        baseline = wrap(model.backbone, LinearProbeConfig(num_classes=model.config.num_classes), name=model.name)
     else:
-        baseline = TextWithoutPrompt(model.backbone, model.config, tokenizer=model.tokenizer, task=model.task, name=model.backbone_name)
+        import textpt
+        from textpt import LinearProbeConfig as TextProbe
+        from textpt import ZeroShotConfig
+
+        if task.baseline == "linear_probe":
+            base_config = TextProbe(num_classes=model.config.num_classes, seed=model.config.seed)
+        else:
+            base_config = ZeroShotConfig(num_classes=model.config.num_classes, verbalizer=model.config.verbalizer)
+        baseline = textpt.wrap(model.backbone, base_config, tokenizer=model.tokenizer, task=model.task, name=model.backbone_name, pooling=model.pooling or "auto")
     with recording_rows(baseline) as rows:
         if task.baseline == "zero_shot":
             size = cfg.train.eval_batch_size or cfg.train.batch_size

@@ -10,7 +10,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
-from demo.baselines import TextWithoutPrompt, VisionLinearProbe, evaluate  # noqa: E402
+from demo.baselines import evaluate  # noqa: E402
 from demo.run_demo import HUB_NAMES, DemoConfig, _eval_subset, load_task_config  # noqa: E402
 from promptcore import load_config  # noqa: E402
 
@@ -43,12 +43,15 @@ def _tiny_vit():
                              embed_dim=64, num_heads=2, num_classes=0).double()  # fmt: skip
 
 
+# The demo's baselines are the library's head-only methods (demo/run_demo.py builds them as below).
+
+
 def test_vision_linear_probe_is_the_head_on_unprompted_features():
+    import vpt
     from vpt.backbones import family_of
-    from vpt.pixel import PixelPromptConfig
 
     backbone = _tiny_vit()
-    probe = VisionLinearProbe(backbone, PixelPromptConfig(prompt_size=4, num_classes=3, image_size=32)).double()
+    probe = vpt.wrap(backbone, vpt.LinearProbeConfig(num_classes=3)).double()
     x = torch.randn(5, 3, 32, 32, dtype=torch.float64)
     with torch.no_grad():
         expected = family_of(backbone).pooled_features(backbone, x) @ probe.head.weight[0].T + probe.head.bias[0]
@@ -60,16 +63,19 @@ def test_vision_linear_probe_is_the_head_on_unprompted_features():
 
 
 def _tiny_text(model_type: str, task: str):
-    from textpt import PromptTuningConfig, TextModelConfig, load_model_and_tokenizer
+    import textpt
+    from textpt import LinearProbeConfig, TextModelConfig, ZeroShotConfig, load_model_and_tokenizer
 
     kwargs = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
               "max_position_embeddings": 64}  # fmt: skip
     torch.manual_seed(0)
     backbone, tok = load_model_and_tokenizer(TextModelConfig(f"random:{model_type}", task=task, dtype="float64", kwargs=kwargs,
                                                              padding_side="left" if task == "causal_lm" else "right"))  # fmt: skip
-    verbalizer = [" excellent", " terrible"] if task == "causal_lm" else None
-    prompt = PromptTuningConfig(num_tokens=4, num_classes=2, verbalizer=verbalizer)
-    return backbone, tok, TextWithoutPrompt(backbone, prompt, tokenizer=tok, task=task)
+    if task == "causal_lm":
+        config = ZeroShotConfig(num_classes=2, verbalizer=[" excellent", " terrible"])
+    else:
+        config = LinearProbeConfig(num_classes=2)
+    return backbone, tok, textpt.wrap(backbone, config, tokenizer=tok, task=task)
 
 
 def test_text_linear_probe_is_the_head_on_the_plain_encoder():
@@ -80,7 +86,7 @@ def test_text_linear_probe_is_the_head_on_the_plain_encoder():
         expected = probe.head(out.pooler_output)
         assert torch.allclose(probe.class_logits(batch["input_ids"], batch["attention_mask"]), expected, atol=1e-12, rtol=0)
     assert [n for n, _ in probe.named_prompt_parameters()] == ["head.weight", "head.bias"]
-    assert probe.num_prompt_tokens == 0 and probe.prompt_config()["method"] == "linear_probe"
+    assert probe.prompt_config()["method"] == "linear_probe"
 
 
 def test_zero_shot_scores_the_verbalizer_on_the_plain_causal_lm():
