@@ -6,14 +6,16 @@ called by the trainer before it loads the state).
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
 
 from .files import CONFIG_FILE, read_prompt_config
 from .fingerprint import FINGERPRINT_KEY
+from .registry import did_you_mean
 from .runs import RunDirError
 
 if TYPE_CHECKING:
@@ -98,3 +100,25 @@ def check_resume(model: "PromptedModel", saved_prompts: dict[str, dict[str, torc
 
 
 __all__ = ["check_resume"]
+
+
+def unknown_fields(values: Iterable[str], config: Any) -> tuple[list[str], str]:
+    """The keys of ``values`` that are not fields of the (transformers-style) ``config`` object, and a hint naming
+    each one's close matches: such a config keeps unknown keys as unused attributes and builds its default size
+    without a word. ``config`` is an instance of its class built with defaults (``to_dict``, ``attribute_map`` and
+    the constructor's parameters count as fields)."""
+    known = set(config.to_dict()) | set(getattr(config, "attribute_map", {})) | set(inspect.signature(type(config).__init__).parameters)
+    unknown = [k for k in values if k not in known]
+    hint = " ".join(f"{k!r}:{did_you_mean(k, sorted(known)) or ' no close match.'}" for k in unknown)
+    return unknown, hint
+
+
+def first_same_ids(names: Sequence[str], ids: Sequence[Sequence[int]]) -> tuple[str, str, list[int]] | None:
+    """The first two of ``names`` whose token ids are equal (their classes would always score the same), with those
+    ids, or None when every name's ids differ."""
+    seen: dict[tuple[int, ...], str] = {}
+    for name, row in zip(names, ids):
+        other = seen.setdefault(tuple(row), name)
+        if other != name:
+            return other, name, list(row)
+    return None

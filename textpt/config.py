@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal, get_args
 
 from promptcore.errors import UserError
 from promptcore.methods import METHODS
+from promptcore.preflight import first_same_ids, unknown_fields
 from promptcore.registry import did_you_mean
 
 TaskName = Literal["causal_lm", "seq2seq", "seq_cls"]
@@ -151,21 +152,17 @@ def check_config_kwargs(model_type: str, kwargs: dict[str, Any]) -> None:
     """Raises ``ValueError("kwargs: ...")`` naming each key of ``kwargs`` that is not a field of transformers' config
     of ``model_type`` (which would take it silently and build the default), with the close matches. An unknown
     model type is left to the loader, which names the known ones."""
-    import inspect
-
     import transformers
 
     try:
         default = transformers.AutoConfig.for_model(model_type)
     except ValueError:
         return
-    known = set(default.to_dict()) | set(default.attribute_map) | set(inspect.signature(type(default).__init__).parameters)
-    unknown = [k for k in kwargs if k not in known]
+    unknown, hint = unknown_fields(kwargs, default)
     if unknown:
-        each = " ".join(f"{k!r}:{did_you_mean(k, sorted(known)) or ' no close match.'}" for k in unknown)
         raise UserError(
             f"kwargs: {', '.join(map(repr, unknown))} {'is not a field' if len(unknown) == 1 else 'are not fields'} of "
-            f"the {model_type} config ({type(default).__name__}), which would ignore them and build its default. {each}"
+            f"the {model_type} config ({type(default).__name__}), which would ignore them and build its default. {hint}"
         )
 
 
@@ -240,14 +237,13 @@ def check_label_word_ids(words: list[str], ids: list[list[int]]) -> None:
     """Raises :class:`promptcore.UserError` when two verbalizer words have the same token ids as the task scores
     them (e.g. two words unknown to the vocabulary, both ``<unk>``): their classes would always score the same, and
     a two-class loss would stay at ln 2."""
-    seen: dict[tuple[int, ...], str] = {}
-    for word, word_ids in zip(words, ids):
-        other = seen.setdefault(tuple(word_ids), word)
-        if other != word:
-            raise UserError(
-                f"verbalizer: {other!r} and {word!r} are the same tokens {list(word_ids)} for this tokenizer, so their "
-                f"classes would always get the same score; choose label words the tokenizer tells apart"
-            )
+    same = first_same_ids(words, ids)
+    if same is not None:
+        other, word, row = same
+        raise UserError(
+            f"verbalizer: {other!r} and {word!r} are the same tokens {row} for this tokenizer, so their "
+            f"classes would always get the same score; choose label words the tokenizer tells apart"
+        )
 
 
 @dataclass

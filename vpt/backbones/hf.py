@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from promptcore.errors import UnsupportedModelError, UserError
-from promptcore.registry import did_you_mean
+from promptcore.preflight import unknown_fields
 
 from ._base import (
     FAMILIES,
@@ -58,23 +58,19 @@ DEFAULT_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 
 def _check_config_fields(model_type: str, values: dict[str, Any]) -> None:
     """Refuses keys of a config dict that are not fields of transformers' config of ``model_type``: the config
-    would keep them as unused attributes and build its default size without a word. (textpt checks its random
-    models' kwargs the same way; the packages share no transformers code, promptcore has none.)"""
-    import inspect
-
+    would keep them as unused attributes and build its default size without a word (textpt checks its random
+    models' kwargs with the same :func:`promptcore.preflight.unknown_fields`)."""
     import transformers
 
     try:
         default = transformers.AutoConfig.for_model(model_type)
     except ValueError:
         return  # an unknown model type: _model_class names the supported ones
-    known = set(default.to_dict()) | set(default.attribute_map) | set(inspect.signature(type(default).__init__).parameters)
-    unknown = [k for k in values if k not in known]
+    unknown, hint = unknown_fields(values, default)
     if unknown:
-        each = " ".join(f"{k!r}:{did_you_mean(k, sorted(known)) or ' no close match.'}" for k in unknown)
         raise UserError(
             f"model.kwargs.config: {', '.join(map(repr, unknown))} {'is not a field' if len(unknown) == 1 else 'are not fields'} "
-            f"of the {model_type} config ({type(default).__name__}), which would ignore them and build its default. {each}"
+            f"of the {model_type} config ({type(default).__name__}), which would ignore them and build its default. {hint}"
         )
 
 

@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from promptcore.errors import UserError
+from promptcore.preflight import first_same_ids
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
 
@@ -83,14 +84,13 @@ def check_distinct_token_ids(names: Sequence[str], ids: Sequence[Sequence[int]],
     """Raises :class:`promptcore.UserError` when two class names tokenize to the same ids (CLIP's tokenizer
     lowercases and collapses whitespace: ``Cat`` and ``cat`` are one text to it): their prompts, and so their
     logits, would be equal and the two classes could never be told apart."""
-    seen: dict[tuple[int, ...], str] = {}
-    for name, row in zip(names, ids):
-        other = seen.setdefault(tuple(row), name)
-        if other != name:
-            raise UserError(
-                f"{field}: {other!r} and {name!r} are the same tokens {list(row)} for the CLIP tokenizer (it lowercases "
-                f"and collapses whitespace), so their classes would always get the same score; rename one of them"
-            )
+    same = first_same_ids(names, ids)
+    if same is not None:
+        other, name, row = same
+        raise UserError(
+            f"{field}: {other!r} and {name!r} are the same tokens {row} for the CLIP tokenizer (it lowercases "
+            f"and collapses whitespace), so their classes would always get the same score; rename one of them"
+        )
 
 
 def prompt_name(name: str) -> str:
