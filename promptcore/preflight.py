@@ -23,17 +23,25 @@ if TYPE_CHECKING:
     from .train_config import TrainConfig
 
 
+def metric_problem(model: "PromptedModel", config: "TrainConfig") -> str | None:
+    """Why ``train.metric`` cannot select ``best/`` for ``model`` (not among its eval metrics), or None."""
+    if config.metric in model.metric_names():
+        return None
+    return (
+        f"metric: {config.metric!r} is not among the eval metrics of {type(model).__name__} "
+        f"({', '.join(model.metric_names())}); set train.metric to one of them"
+    )
+
+
 def run_problems(model: "PromptedModel", config: "TrainConfig", evaluates: bool, run_dir: str | Path) -> list[str]:
     """What would stop a training run that the config and the data do not already report, each a message: the
     metric that selects ``best/`` against the model's eval metrics (when the run evaluates), and a run directory
     that cannot be written. The trainer checks them again (a run started from Python meets them there); found here,
     they are reported with the data's problems in one go."""
     problems = []
-    if evaluates and config.metric not in model.metric_names():
-        problems.append(
-            f"metric: {config.metric!r} is not among the eval metrics of {type(model).__name__} "
-            f"({', '.join(model.metric_names())}); set train.metric to one of them"
-        )
+    problem = metric_problem(model, config) if evaluates else None
+    if problem:
+        problems.append(problem)
     problem = _unwritable(Path(run_dir))
     if problem:
         problems.append(problem)

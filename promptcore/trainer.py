@@ -45,6 +45,7 @@ from .callbacks import Callback, ProgressBar, StepInfo, TensorBoard, build_callb
 from .config import ConfigError, to_dict, to_yaml
 from .distributed import StepModule, ignore_frozen_in_ddp, resolve_mode, shard_model
 from .errors import UserError
+from .preflight import metric_problem
 from .model import PromptedModel
 from .optim import OPTIMIZER_STATE_FACTOR, LRSchedule, build_optimizer
 from .preflight import check_resume
@@ -293,11 +294,9 @@ class Trainer:
         self.num_train = _num_rows(train_dataset, "train") if train_dataset is not None else 0
         if eval_dataset is not None:
             _num_rows(eval_dataset, "eval")
-            if config.metric not in model.metric_names():
-                raise UserError(
-                    f"metric: {config.metric!r} is not among the eval metrics of {type(model).__name__} "
-                    f"({', '.join(model.metric_names())}); set train.metric to one of them"
-                )
+            problem = metric_problem(model, config)
+            if problem:
+                raise UserError(problem)
 
         self.accelerator = self._make_accelerator(config)
         self.device = self.accelerator.device
