@@ -134,9 +134,12 @@ def wrap(backbone: "nn.Module", config: Any, **context: Any) -> "PromptedModel":
 
     ``config`` is a registered method's config (``vpt``, ``vpt.clip`` and ``textpt`` register theirs when
     imported); ``context`` goes to the method's builder (``tokenizer=``, ``task=``, ``name=`` for text methods).
-    The backbone's parameters are frozen; only the prompts (and the head, where the method has one) train.
+    The backbone's parameters are frozen; only the prompts (and the head, where the method has one) train. The
+    prompts are put on the backbone's device (:meth:`promptcore.PromptedModel.follow_backbone_device`).
     """
-    return method_of(config).build(backbone, config, **context)
+    model = method_of(config).build(backbone, config, **context)
+    follow = getattr(model, "follow_backbone_device", None)
+    return follow() if follow is not None else model
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,22 @@ class PromptedModel(nn.Module):
         or quantized): :meth:`to` and the casts then move the prompt modules only. ``False`` here."""
         return False
 
+    def follow_backbone_device(self) -> "PromptedModel":
+        """Moves the prompt modules to the backbone's device when every backbone weight sits on one device.
+
+        Prompts are built on the CPU; wrapping a backbone that already lives on a GPU would otherwise leave them
+        there and fail at the first step with a device mismatch. A placed backbone (spread by a device map) is
+        left as its loader placed it."""
+        backbone = self._modules.get("backbone")
+        if backbone is None or self.backbone_is_placed():
+            return self
+        devices = {t.device for t in backbone.parameters()} | {t.device for t in backbone.buffers()}
+        if len(devices) == 1:
+            device = next(iter(devices))
+            if any(t.device != device for t in self.prompt_parameters()):
+                self.to(device)
+        return self
+
     def _apply(self, fn: Any, recurse: bool = True) -> "PromptedModel":
         # nn.Module.to / .cuda / .float all end here: a placed backbone is left out of them.
         backbone = self._modules.get("backbone")

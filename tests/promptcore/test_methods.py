@@ -96,3 +96,23 @@ def test_the_packages_are_plugins():
     modules = load_plugins()
     assert {"vpt", "vpt.clip", "textpt"} <= set(modules)
     assert {"vision:vpt_deep", "vision:coop", "text:prompt_tuning", "vision:linear_probe", "text:linear_probe"} <= set(METHODS.names())
+
+
+def test_wrap_puts_the_prompts_on_the_backbones_device():
+    # Prompts are built on the CPU; a backbone already on another device takes them along. The meta device stands
+    # in for a GPU here (both methods below build their prompts without running the backbone).
+    import timm
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import textpt
+    import vpt
+
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=1)).to("meta")
+    text = textpt.wrap(llama, textpt.PromptTuningConfig(num_tokens=3, init="random"), task="causal_lm", name="tiny")
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32, patch_size=8).to("meta")
+    image = vpt.wrap(vit, vpt.VPTConfig(method="vpt_deep", num_tokens=4, num_classes=3))
+    for model in (text, image):
+        assert {p.device.type for p in model.prompt_parameters()} == {"meta"}
+    cpu = textpt.wrap(LlamaForCausalLM(llama.config), textpt.PromptTuningConfig(num_tokens=3, init="random"), task="causal_lm", name="tiny")
+    assert {p.device.type for p in cpu.parameters()} == {"cpu"}
