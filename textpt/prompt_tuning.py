@@ -7,8 +7,8 @@ Inits as the official code (google-research/prompt-tuning) builds them: ``class_
 One task: a :class:`promptcore.SoftPrompt`. Several tasks: a :class:`promptcore.PromptBank`, each sample choosing
 its prompt by ``task_ids``, so one batch can mix tasks in training and inference.
 
-On decoder-only models the prompt goes through the exact shared-prefix path (:mod:`textpt.fast_prefix`) unless
-``fast: off``; seq2seq and encoder models get the concatenated embeddings.
+On decoder-only models on the CPU the prompt goes through the exact shared-prefix path (:mod:`textpt.fast_prefix`)
+unless ``fast: off``; on a GPU only with ``fast: on``; seq2seq and encoder models get the concatenated embeddings.
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ class PromptTuningConfig(SoftPromptConfig):
 
     Attributes:
         fast: the shared-prefix path for shallow prompts on decoder-only models (the prompt's keys and values are
-            computed once per step and shared by the batch); ``auto`` uses it where it applies, ``on`` requires
-            it, ``off`` always concatenates embeddings (the reference path). Both give the same numbers.
+            computed once per step and shared by the batch); ``auto`` uses it where it applies and the model sits on
+            the CPU (on a GPU the extra pass costs more than it saves: bench/RESULTS.md), ``on`` requires it on
+            any device, ``off`` always concatenates embeddings (the reference path). Both give the same numbers.
         init_vocab_size: ``vocab`` and ``class_labels`` draw from the vocabulary's first ``init_vocab_size`` rows
             (``null``: the whole vocabulary).
         init_text_special_tokens: ``init: text`` takes the text as the tokenizer encodes a whole input, special
@@ -101,7 +102,12 @@ class PromptTuningModel(SoftPromptedModel):
         return self.prompts(batch_size)
 
     def use_fast_path(self) -> bool:
-        return self.strategy.decoder_only and self.config.fast != "off"
+        if not self.strategy.decoder_only or self.config.fast == "off":
+            return False
+        # auto takes the shared prefix on the CPU, where it saves the prompt's compute in every example. On a GPU
+        # the prompt's own pass costs more than it saves at the sizes measured on an H200 (bench/RESULTS.md: train
+        # steps 1.2-2.2x PEFT's with it, 0.9-1.05x with concatenation), so auto concatenates there.
+        return self.config.fast == "on" or self.embedding.weight.device.type == "cpu"
 
     def prefix_key_values(self, task_ids: torch.Tensor | None, batch_size: int) -> KeyValues:
         """The prompt's keys/values computed once per task, then shared by the batch (views when one task)."""

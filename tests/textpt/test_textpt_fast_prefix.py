@@ -101,3 +101,17 @@ def test_lm_loss_equals_the_loss_of_the_shifted_logits():
     sums = pt.eval_step(batch)
     assert int(sums["count"]) == int((targets != -100).sum())
     torch.testing.assert_close(sums["loss"] / sums["count"], expected.detach(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("fast, cpu, gpu", [("auto", True, False), ("on", True, True), ("off", False, False)])
+def test_auto_takes_the_shared_prefix_on_the_cpu_only(fast, cpu, gpu):
+    # On a GPU the prompt's own pass costs more than it saves (bench/RESULTS.md), so auto concatenates there. The
+    # meta device stands in for a GPU: the choice reads only the embedding's device.
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    backbone = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                            num_attention_heads=2, num_key_value_heads=1))
+    model = textpt.wrap(backbone, PromptTuningConfig(num_tokens=2, init="random", fast=fast), task="causal_lm", name="tiny")
+    assert model.use_fast_path() is cpu
+    model.to("meta")
+    assert model.use_fast_path() is gpu
