@@ -3,12 +3,18 @@
 # appended to bench/RESULTS.md under a heading naming the GPU. Run from the repository root after `make install`:
 #   bash bench/gpu.sh            # all benchmarks
 #   QUICK=1 bash bench/gpu.sh    # fewer repeats, for a first look
+# Settings (environment): PY (the interpreter), RESULTS (the file to append to), BENCH_TIMEOUT (seconds one
+# benchmark may run before it is stopped and recorded as failed), LOGDIR (keep each benchmark's log there), ONLY
+# (a comma-separated list of the benchmarks to run, e.g. ONLY=scale,quant; the names are those printed after ==).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-OUT=bench/RESULTS.md
+OUT=${RESULTS:-bench/RESULTS.md}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-1800}
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
+LOGS=${LOGDIR:-$TMP}
+mkdir -p "$LOGS"
 
 GPU=$($PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU: bench/gpu.sh is for GPU machines'; print(torch.cuda.get_device_name(0))")
 NGPU=$($PY -c "import torch; print(torch.cuda.device_count())")
@@ -23,15 +29,25 @@ REPEATS=${REPEATS:-5}
 
 run() {  # run NAME CMD...: the script's markdown goes to RESULTS.md; a failing benchmark is recorded, not hidden
   local name=$1; shift
+  if [ -n "${ONLY:-}" ] && [[ ",$ONLY," != *",$name,"* ]]; then return 0; fi
   echo "== $name"
-  if "$@" > "$TMP/$name.log" 2>&1; then
-    echo "ok: $name"
+  local start=$SECONDS
+  if timeout "$BENCH_TIMEOUT" "$@" > "$LOGS/$name.log" 2>&1; then
+    echo "ok: $name ($((SECONDS - start)) s)"
   else
-    echo "FAILED: $name (see below)"; tail -20 "$TMP/$name.log"
-    printf '\n### %s\n\nfailed on this machine:\n\n```text\n%s\n```\n' "$name" "$(tail -20 "$TMP/$name.log")" >> "$OUT"
+    local rc=$?
+    local why="failed on this machine (exit $rc)"
+    [ "$rc" = 124 ] && why="stopped after BENCH_TIMEOUT=$BENCH_TIMEOUT s"
+    echo "FAILED: $name, $why"; tail -20 "$LOGS/$name.log"
+    printf '\n### %s\n\n%s:\n\n```text\n%s\n```\n' "$name" "$why" "$(tail -20 "$LOGS/$name.log")" >> "$OUT"
   fi
 }
 
+# FSDP needs one GPU per process: 1, 2 and 4 processes as far as the GPUs go.
+PROCS=1
+[ "$NGPU" -ge 2 ] && PROCS=1,2
+[ "$NGPU" -ge 4 ] && PROCS=1,2,4
+run scale $PY bench/scale.py --procs "$PROCS" --steps 10 --global-batch 32 --write "$OUT"
 run trainer_overhead $PY bench/trainer_overhead.py --repeats "$REPEATS" --batch-size 128 --write "$TMP/trainer.md"
 [ -f "$TMP/trainer.md" ] && { echo; cat "$TMP/trainer.md"; } >> "$OUT"
 run vpt_speed $PY bench/vpt_speed.py --repeats "$REPEATS" --out "$TMP/vpt.md"
@@ -39,11 +55,7 @@ run vpt_speed $PY bench/vpt_speed.py --repeats "$REPEATS" --out "$TMP/vpt.md"
 run textpt_vs_peft $PY bench/textpt_vs_peft.py --repeats "$REPEATS" --batch 32 --out "$TMP/textpt.md"
 [ -f "$TMP/textpt.md" ] && { echo; cat "$TMP/textpt.md"; } >> "$OUT"
 run clip_text_speed $PY bench/clip_text_speed.py --repeats "$REPEATS" --device cuda
-{ echo; echo '### clip_text_speed'; echo; echo '```text'; cat "$TMP/clip_text_speed.log"; echo '```'; } >> "$OUT"
-# FSDP needs one GPU per process: 1, 2 and 4 processes as far as the GPUs go.
-PROCS=1
-[ "$NGPU" -ge 2 ] && PROCS=1,2
-[ "$NGPU" -ge 4 ] && PROCS=1,2,4
-run scale $PY bench/scale.py --procs "$PROCS" --steps 10 --global-batch 32 --write "$OUT"
-[ -f bench/quant.py ] && run quant $PY bench/quant.py --write "$OUT"
+[ -f "$LOGS/clip_text_speed.log" ] && { echo; echo '### clip_text_speed'; echo; echo '```text'; cat "$LOGS/clip_text_speed.log"; echo '```'; } >> "$OUT"
+# frozen-weight bytes of fp32 / int8 / int4 on a random Llama of SmolLM2-135M shapes (no download needed)
+run quant $PY bench/quant.py --random --write "$OUT"
 echo "figures appended to $OUT"

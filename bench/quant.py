@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
-import math
 import os
 import platform
 import subprocess
@@ -52,6 +51,11 @@ def frozen_bytes(model) -> int:
     return total
 
 
+def child_env() -> dict[str, str]:
+    """The environment of a child process: this one's, with the repository first on the import path."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
 def measure(name: str, kind: str) -> dict:
     """Loads ``name`` with quantization ``kind`` in this process and returns its figures."""
     import gc
@@ -68,16 +72,10 @@ def measure(name: str, kind: str) -> dict:
     return {"kind": kind, "frozen_bytes": frozen_bytes(model), "rss_mib": _status_mib("VmRSS"), "peak_mib": _status_mib("VmHWM"), "load_s": seconds}
 
 
-def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The 95% Wilson score interval of a binomial proportion."""
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
-
-
 def accuracy(name: str, kind: str, train: int, test: int, out: Path) -> dict:
     """Trains the demo's prompt on the ``kind`` backbone and returns its test accuracy and interval."""
+    from promptcore.stats import binomial_interval
+
     sets = ["model.name=" + name, f"data.max_train_samples={train}", f"data.max_eval_samples={test}", "train.progress_bar=false"]
     if kind != "fp32":
         sets.append(f"model.quantization={kind}")
@@ -85,13 +83,13 @@ def accuracy(name: str, kind: str, train: int, test: int, out: Path) -> dict:
     for s in sets:
         argv += ["--set", s]
     start = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+    done = subprocess.run(argv, capture_output=True, text=True, env=child_env(), check=True)
     seconds = time.perf_counter() - start
     result = json.loads(done.stdout[done.stdout.index("{"):])
     metrics = result["eval"]
     acc = float(metrics["accuracy"])
     count = int(metrics.get("count", test))
-    low, high = wilson(round(acc * count), count)
+    low, high = binomial_interval(round(acc * count), count)
     return {"kind": kind, "accuracy": acc, "count": count, "low": low, "high": high, "seconds": seconds}
 
 
@@ -120,18 +118,24 @@ def main() -> None:
             name = tmp
         rows = []
         for kind in args.kinds:
-            done = subprocess.run([sys.executable, __file__, "--child", name, kind], capture_output=True, text=True, check=True,
-                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
+            done = subprocess.run([sys.executable, __file__, "--child", name, kind], check=False, capture_output=True, text=True, env=child_env())
+            if done.returncode:  # one kind failing (say, its library does not run on this torch) leaves the others
+                print(done.stderr, file=sys.stderr)
+                rows.append({"kind": kind, "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"})
+                continue
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        fp32 = next((r["frozen_bytes"] for r in rows if r["kind"] == "fp32"), None)
+        fp32 = next((r["frozen_bytes"] for r in rows if r["kind"] == "fp32" and "error" not in r), None)
         lines = [
-            f"`python bench/quant.py {' '.join(sys.argv[1:])}`, {platform.machine()} CPU with {os.cpu_count()} cores, no GPU, "
-            f"torch {__import__('torch').__version__}, {time.strftime('%Y-%m-%d')}; model {'random Llama of SmolLM2-135M shapes' if args.random else 'asset:smollm2_135m'}",
+            (f"`python bench/quant.py {' '.join(sys.argv[1:])}`, {platform.machine()} CPU with {os.cpu_count()} cores, no GPU, "
+             f"torch {__import__('torch').__version__}, {time.strftime('%Y-%m-%d')}; model {'random Llama of SmolLM2-135M shapes' if args.random else 'asset:smollm2_135m'}"),
             "",
             "| frozen weights | MiB (params + buffers) | / fp32 | resident MiB after load | process peak MiB | load s |",
             "|---|---|---|---|---|---|",
         ]
         for r in rows:
+            if "error" in r:
+                lines.append(f"| {r['kind']} | failed: {r['error'][:160]} | | | | |")
+                continue
             ratio = f"{r['frozen_bytes'] / fp32:.3f}" if fp32 else "-"
             lines.append(f"| {r['kind']} | {r['frozen_bytes'] / 2**20:.1f} | {ratio} | {r['rss_mib']:.0f} | {r['peak_mib']:.0f} | {r['load_s']:.1f} |")
         if args.accuracy:

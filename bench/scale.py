@@ -132,7 +132,7 @@ def worker(model_name: str, steps: int, global_batch: int, out: Path, keep_whole
 
 
 def launch(model_name: str, procs: int, steps: int, global_batch: int, out: Path, keep_whole: list[str]) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // procs))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // procs))}
     # glibc keeps freed blocks below its (growing) mmap threshold in its heap, so resident memory would count memory
     # freed long ago (FSDP's per-block gathers); a fixed threshold returns every large block to the system at once.
     env.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
