@@ -30,6 +30,7 @@ class MethodResult:
         records: the trainer's metrics records (``metrics.jsonl``) for the curves; empty when nothing trained.
         rows_correct: per evaluation row, in the evaluation set's order, whether the method got it right (for the
             paired significance test); None when not recorded.
+        baseline: whether this is a baseline (head only or zero-shot) that the task's prompt methods are compared with.
     """
 
     task: str
@@ -43,6 +44,7 @@ class MethodResult:
     wall_s: float
     records: list[dict[str, Any]]
     rows_correct: list[bool] | None = None
+    baseline: bool = False
 
     @property
     def correct(self) -> int:
@@ -79,16 +81,23 @@ def results_table(results: list[MethodResult]) -> str:
 
 
 def comparisons(results: list[MethodResult]) -> list[tuple[MethodResult, MethodResult, Comparison]]:
-    """Per task, the prompt method (the task's first result) against each of its baselines (the others): McNemar's
-    exact test when both per-row outcomes were recorded, else the two-proportion z-test."""
+    """Per task, each prompt method against each of the task's baselines: McNemar's exact test when both per-row
+    outcomes were recorded, else the two-proportion z-test."""
     pairs = []
     for task in dict.fromkeys(r.task for r in results):
-        method, *baselines = [r for r in results if r.task == task]
-        for base in baselines:
-            test = compare_accuracies(method.correct, method.eval_rows, base.correct, base.eval_rows,
-                                      method.rows_correct, base.rows_correct)  # fmt: skip
-            pairs.append((method, base, test))
+        rows = [r for r in results if r.task == task]
+        for method in (r for r in rows if not r.baseline):
+            for base in (r for r in rows if r.baseline):
+                test = compare_accuracies(method.correct, method.eval_rows, base.correct, base.eval_rows,
+                                          method.rows_correct, base.rows_correct)  # fmt: skip
+                pairs.append((method, base, test))
     return pairs
+
+
+def _colors(rows: list[MethodResult]) -> list[str]:
+    """Prompt methods in colours, baselines in grey."""
+    prompts = iter(["tab:blue", "tab:green", "tab:orange", "tab:purple"])
+    return ["tab:gray" if r.baseline else next(prompts, "tab:blue") for r in rows]
 
 
 def _p(p: float) -> str:
@@ -122,7 +131,7 @@ def plot_accuracy(results: list[MethodResult], path: Path) -> None:
     from matplotlib.figure import Figure
 
     tasks = list(dict.fromkeys(r.task for r in results))
-    fig = Figure(figsize=(4 * len(tasks), 4), dpi=100)
+    fig = Figure(figsize=(max(4, 1.4 * max(sum(r.task == t for r in results) for t in tasks)) * len(tasks), 4), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(tasks), squeeze=False)[0]
     for ax, task in zip(axes, tasks):
@@ -130,8 +139,7 @@ def plot_accuracy(results: list[MethodResult], path: Path) -> None:
         acc = [100 * r.accuracy for r in rows]
         intervals = [(100 * low, 100 * high) for low, high in (r.interval() for r in rows)]
         errors = [[a - low for a, (low, _) in zip(acc, intervals)], [high - a for a, (_, high) in zip(acc, intervals)]]
-        colors = ["tab:blue", "tab:gray"][: len(rows)]
-        bars = ax.bar(range(len(rows)), acc, color=colors, yerr=errors, capsize=6, ecolor="black")
+        bars = ax.bar(range(len(rows)), acc, color=_colors(rows), yerr=errors, capsize=6, ecolor="black")
         labels = [f"{a:.1f}%\n[{low:.1f}, {high:.1f}]\nn={r.eval_rows}" for a, (low, high), r in zip(acc, intervals, rows)]
         ax.bar_label(bars, labels=labels, label_type="center", fontsize=8, color="white")
         ax.set_xticks(range(len(rows)), [r.method.replace(" + ", "\n+ ").replace(" (", "\n(") for r in rows], fontsize=8)
@@ -153,7 +161,8 @@ def plot_curves(results: list[MethodResult], path: Path) -> None:
     axes = fig.subplots(1, len(tasks), squeeze=False)[0]
     for ax, task in zip(axes, tasks):
         acc_ax = ax.twinx()
-        for color, r in zip(["tab:blue", "tab:gray"], [r for r in results if r.task == task]):
+        rows = [r for r in results if r.task == task]
+        for color, r in zip(_colors(rows), rows):
             train = [x for x in r.records if x.get("split") == "train" and "loss" in x]
             evals = [x for x in r.records if x.get("split") == "eval" and "accuracy" in x]
             if train:
@@ -185,7 +194,7 @@ def write_report(
     """Writes ``report.md``, ``accuracy.png`` and ``curves.png`` under ``out``; returns the results table and the
     significance lines.
 
-    Per task, the first result is the prompt method and each further one a baseline it is compared with.
+    Per task, each prompt method is compared with each baseline (:func:`comparisons`).
     """
     out.mkdir(parents=True, exist_ok=True)
     plot_accuracy(results, out / "accuracy.png")

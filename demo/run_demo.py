@@ -47,6 +47,14 @@ HUB_NAMES: dict[str, dict[str, Any]] = {
 
 
 @dataclass
+class ExtraMethod:
+    """A further prompt method of a task: its run config (the task's model and data) and its name in the report."""
+
+    config: str
+    method_label: str
+
+
+@dataclass
 class DemoTask:
     """One comparison: a run config's prompt method against a baseline on the same model and data.
 
@@ -58,6 +66,7 @@ class DemoTask:
         method_label: how the prompt method is named in the report.
         baseline: ``linear_probe`` (head only, trained) or ``zero_shot`` (nothing trained; causal LM verbalizer).
         eval_samples: evaluate a fixed seeded subset of this many test rows (for data configs without such a cap).
+        more: further prompt methods on the same model and data, each compared with the same baseline.
     """
 
     name: str
@@ -67,6 +76,7 @@ class DemoTask:
     method_label: str
     baseline: Literal["linear_probe", "zero_shot"]
     eval_samples: int | None = None
+    more: list[ExtraMethod] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.eval_samples is not None and self.eval_samples <= 0:
@@ -91,14 +101,29 @@ def _recipe(package: str) -> Any:
     return TextRecipe()
 
 
-def load_task_config(task: DemoTask, overrides: list[str], hub: bool) -> Any:
-    """The task's run config with ``overrides`` (and hub model names when ``hub``)."""
+def load_task_config(task: DemoTask, overrides: list[str], hub: bool, path: str | None = None) -> Any:
+    """The run config at ``path`` (default: the task's own) with ``overrides`` (and hub model names when ``hub``)."""
     recipe = _recipe(task.package)
-    raw = load_config(recipe.config_class, ROOT / task.config)
+    path = path or task.config
+    raw = load_config(recipe.config_class, ROOT / path)
     extra = []
     if hub and raw.model.name in HUB_NAMES:
         extra = [f"{k}={json.dumps(v)}" for k, v in HUB_NAMES[raw.model.name].items()]
-    return load_config(recipe.config_class, ROOT / task.config, [*extra, *overrides])
+    return load_config(recipe.config_class, ROOT / path, [*extra, *overrides])
+
+
+def load_task_configs(task: DemoTask, overrides: list[str], hub: bool) -> list[Any]:
+    """The run configs of the task's prompt methods (its own first, then ``more``); each further one must use the
+    same model and data as the first, or the comparison with the shared baseline would mean nothing."""
+    configs = [load_task_config(task, overrides, hub)]
+    for extra in task.more:
+        cfg = load_task_config(task, overrides, hub, extra.config)
+        for section in ("model", "data"):
+            if getattr(cfg, section) != getattr(configs[0], section):
+                raise SystemExit(f"demo task {task.name}: {extra.config} has another {section} section than {task.config}; "
+                                 f"every method of a task must use the same model and data")  # fmt: skip
+        configs.append(cfg)
+    return configs
 
 
 def _eval_subset(dataset: Any, n: int | None, seed: int) -> Any:
@@ -162,24 +187,28 @@ def _train(model: Any, cfg: Any, data: Any, eval_set: Any, run_dir: Path) -> tup
     return result["eval"], trainer.run.read_metrics()
 
 
-def run_task(task: DemoTask, cfg: Any, runs: Path) -> list[MethodResult]:
-    """Trains the prompt method, then the baseline, of one task; returns their measured results."""
+def run_task(task: DemoTask, cfgs: list[Any], runs: Path) -> list[MethodResult]:
+    """Trains the prompt methods (the task's own, then ``more``), then the baseline, of one task; returns their
+    measured results."""
     from demo.baselines import evaluate
     from promptcore import wrap
 
     recipe = _recipe(task.package)
     results = []
-
-    print(f"\n== {task.title}: {task.method_label}", flush=True)
-    start = time.perf_counter()
-    model = recipe.build_model(cfg)
-    data = recipe.build_data(cfg, model)
-    eval_set = _eval_subset(data.eval, task.eval_samples, cfg.train.seed)
-    with recording_rows(model) as rows:
-        metrics, records = _train(model, cfg, data, eval_set, runs / task.name / "prompt")
-    results.append(MethodResult(task.name, task.title, task.method_label, metrics["accuracy"], metrics["count"],
-                                _count(model.prompt_parameters()), _count(model.parameters()), len(data.train),
-                                time.perf_counter() - start, records, last_evaluation(rows, metrics)))  # fmt: skip
+    labels = [task.method_label, *(extra.method_label for extra in task.more)]
+    folders = ["prompt", *(f"prompt-{i + 2}" for i in range(len(task.more)))]
+    for label, folder, method_cfg in reversed(list(zip(labels, folders, cfgs))):  # the task's own last: its model stays
+        print(f"\n== {task.title}: {label}", flush=True)
+        start = time.perf_counter()
+        model = recipe.build_model(method_cfg)
+        data = recipe.build_data(method_cfg, model)
+        eval_set = _eval_subset(data.eval, task.eval_samples, method_cfg.train.seed)
+        with recording_rows(model) as rows:
+            metrics, records = _train(model, method_cfg, data, eval_set, runs / task.name / folder)
+        results.insert(0, MethodResult(task.name, task.title, label, metrics["accuracy"], metrics["count"],
+                                       _count(model.prompt_parameters()), _count(model.parameters()), len(data.train),
+                                       time.perf_counter() - start, records, last_evaluation(rows, metrics)))  # fmt: skip
+    cfg = cfgs[0]
 
     label = "linear probe (head only)" if task.baseline == "linear_probe" else "zero-shot (no prompt)"
     print(f"\n== {task.title}: {label}", flush=True)
@@ -209,7 +238,7 @@ def run_task(task: DemoTask, cfg: Any, runs: Path) -> list[MethodResult]:
             trained_rows = len(data.train)
     results.append(MethodResult(task.name, task.title, label, metrics["accuracy"], metrics["count"],
                                 _count(baseline.prompt_parameters()), _count(baseline.parameters()), trained_rows,
-                                time.perf_counter() - start, records, last_evaluation(rows, metrics)))  # fmt: skip
+                                time.perf_counter() - start, records, last_evaluation(rows, metrics), baseline=True))  # fmt: skip
     return results
 
 
@@ -218,7 +247,8 @@ def fetch_assets(configs: dict[str, Any]) -> float:
     from tqdm.auto import tqdm
 
     needed: list[tuple[str, str, str]] = []
-    for package, cfg in configs.values():
+    for package, cfgs in configs.values():
+        cfg = cfgs[0]  # every method of a task uses the same model and data
         if cfg.model.name.startswith("asset:"):
             needed.append((package, "model", cfg.model.name.removeprefix("asset:")))
         if cfg.data.source == "asset":
@@ -255,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown task(s) {unknown}; the tasks of {args.config} are {names}")
     tasks = [t for t in demo.tasks if not args.only or t.name in args.only]
     overrides = {t.name: [s.partition(":")[2] for s in args.set if s.partition(":")[0] == t.name] for t in tasks}
-    configs = {t.name: (t.package, load_task_config(t, overrides[t.name], args.hub)) for t in tasks}
+    configs = {t.name: (t.package, load_task_configs(t, overrides[t.name], args.hub)) for t in tasks}
 
     print(f"prompttune demo: {len(tasks)} task(s), budget {demo.budget_minutes:g} min, torch threads {torch.get_num_threads()}")
     fetch_s = fetch_assets(configs)
@@ -269,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     # Wall times depend on what else runs: the load average tells a reader whether the machine was shared.
     machine += f" (1-minute load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end)"
     summary = write_report(results, out, fetch_s, total_s, demo.budget_minutes, machine,
-                         {t.name: t.config for t in tasks}, hub=args.hub)  # fmt: skip
+                         {f"{t.name} ({label})": path for t in tasks
+                          for path, label in [(t.config, t.method_label), *((e.config, e.method_label) for e in t.more)]},
+                         hub=args.hub)  # fmt: skip
     print("\n" + summary)
     print(f"\nwrote {out / 'report.md'} in {total_s / 60:.1f} min (budget {demo.budget_minutes:g} min)")
     return 0

@@ -11,7 +11,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 
 from demo.baselines import evaluate  # noqa: E402
-from demo.run_demo import HUB_NAMES, DemoConfig, _eval_subset, load_task_config  # noqa: E402
+from demo.run_demo import HUB_NAMES, DemoConfig, _eval_subset, load_task_config, load_task_configs  # noqa: E402
 from promptcore import load_config  # noqa: E402
 
 
@@ -25,6 +25,11 @@ def test_every_demo_config_validates():
         hub = load_task_config(task, [], hub=True)
         assert hub.model.name == HUB_NAMES[cfg.model.name]["model.name"]
         listed.add(task.config)
+        methods = load_task_configs(task, [], hub=False)  # the further methods: same model and data, another method
+        assert len(methods) == 1 + len(task.more)
+        for extra, other in zip(task.more, methods[1:]):
+            assert other.model == cfg.model and other.data == cfg.data and other.prompt.method != cfg.prompt.method
+            listed.add(extra.config)
     assert listed == {f"configs/demo/{p.name}" for p in (ROOT / "configs/demo").glob("*.yaml") if p.name != "demo.yaml"}
 
 

@@ -22,9 +22,12 @@ from promptcore.stats import binomial_interval, mcnemar_exact, two_proportion_z_
 from toy_prompted import toy_data, toy_model  # noqa: E402
 
 
+BASELINES = ("linear probe", "probe", "zero-shot")
+
+
 def _result(task: str, method: str, correct: int, n: int, rows: list[bool] | None = None) -> MethodResult:
     records = [{"split": "train", "step": 1, "loss": 0.7}, {"split": "eval", "step": 1, "accuracy": correct / n}]
-    return MethodResult(task, f"{task} title", method, correct / n, n, 100, 10_000, 50, 1.0, records, rows)
+    return MethodResult(task, f"{task} title", method, correct / n, n, 100, 10_000, 50, 1.0, records, rows, baseline=method in BASELINES)
 
 
 def _interval_text(correct: int, n: int) -> str:
@@ -65,6 +68,16 @@ def test_each_baseline_is_compared_with_its_tasks_prompt_method():
     pairs = comparisons(results)
     assert [(m.method, b.method) for m, b, _ in pairs] == [("prompt", "probe"), ("prompt", "zero-shot")]
     assert pairs[1][2].significant() and pairs[1][2].difference == pytest.approx(0.2)
+
+
+def test_every_prompt_method_of_a_task_is_compared_with_its_baseline(tmp_path):
+    results = [_result("a", "shallow", 60, 100), _result("a", "deep", 70, 100), _result("a", "probe", 50, 100)]
+    pairs = comparisons(results)
+    assert [(m.method, b.method) for m, b, _ in pairs] == [("shallow", "probe"), ("deep", "probe")]
+    assert [round(t.difference, 6) for _, _, t in pairs] == [0.1, 0.2]
+    write_report(results, tmp_path, 1.0, 60.0, 15, "test machine", {})
+    lines = (tmp_path / "report.md").read_text().splitlines()
+    assert sum(line.startswith("- a title: ") for line in lines) == 2
 
 
 def test_recorded_rows_are_the_last_evaluation_of_a_real_training_run():

@@ -75,7 +75,7 @@ def _fetch(task: str) -> None:
     from demo.run_demo import fetch_assets
 
     cfg = load_task_config(TASKS[task], [], hub=False)
-    _or_skip(fetch_assets, {task: (TASKS[task].package, cfg)})
+    _or_skip(fetch_assets, {task: (TASKS[task].package, [cfg])})
 
 
 class FirstStepDelta(Callback):
