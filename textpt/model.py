@@ -7,7 +7,9 @@ classification, which owns the forward, the losses, the eval step and generation
   concatenates them to the token embeddings and moves the padding to the tokenizer's side
   (:func:`textpt.padding.pack_prompt`), so the prompt always sits right before the real tokens;
 - or per-layer keys and values (:meth:`TextPromptedModel.prefix_key_values`) fed as a cache prefix
-  (:mod:`textpt.fast_prefix`): prefix tuning, and the exact fast path of shallow prompts on decoder-only models.
+  (:mod:`textpt.fast_prefix`): prefix tuning, and the exact fast path of shallow prompts on decoder-only models;
+  on encoders and encoder-decoders prefix tuning's keys and values go into the attention calls instead
+  (:meth:`TextPromptedModel.backbone_kwargs`, :mod:`textpt.attention_prefix`).
 
 Either way each example gives the logits it gives alone, without padding, on either padding side. The base class
 places no prompt (``num_prompt_tokens == 0``): it is the frozen model itself, which the baselines
@@ -165,6 +167,11 @@ class TextPromptedModel(PromptedModel):
     def prefix_key_values(self, task_ids: torch.Tensor | None, batch_size: int) -> KeyValues:
         """Per-layer ``(keys, values)`` ``[B, heads, n, head_dim]`` to prepend (prefix methods and the fast path)."""
         raise NotImplementedError(f"{type(self).__name__} has no key/value prefix")
+
+    def backbone_kwargs(self, task_ids: torch.Tensor | None, batch_size: int) -> dict[str, Any]:
+        """Keyword arguments of the backbone's ``forward`` that carry the prompt into attention (prefix tuning on
+        encoders and encoder-decoders, :mod:`textpt.attention_prefix`); none here."""
+        return {}
 
     def use_fast_path(self) -> bool:
         """Whether shallow prompts go through the shared key/value prefix (see :mod:`textpt.fast_prefix`)."""

@@ -1,13 +1,24 @@
-"""Prefix tuning / deep prompts (Li & Liang 2021; P-Tuning v2): learned keys and values in every attention layer.
+"""Prefix tuning / deep prompts (Li & Liang 2021; P-Tuning v2): learned keys and values in every self-attention layer.
 
-The prefix is fed through the transformers Cache API: a stateless :class:`textpt.fast_prefix.PrefixLayer` per
-layer in training and scoring (so gradient checkpointing re-runs a layer on the same prefix), a ``DynamicCache``
-seeded with the prefix in generation. The parameter holds, for each layer, ``num_tokens`` keys and values of the
-model's key/value width (grouped-query models have fewer key/value heads: the width is read from a probe run,
-never assumed). With ``num_tasks > 1`` it is a :class:`promptcore.PromptBank` chosen per sample by ``task_ids``.
+The parameter holds, for each prefixed self-attention layer, ``num_tokens`` keys and values of the layer's
+key/value width (grouped-query models have fewer key/value heads: the width is read from a probe run, never
+assumed). With ``num_tasks > 1`` it is a :class:`promptcore.PromptBank` chosen per sample by ``task_ids``. Every
+real token attends to the whole prefix; padding stays masked, so an example gives the same outputs alone and padded.
 
-Supported on causal LMs. Inits: ``random``/``normal`` draw N(0, init_std²); ``vocab``, ``text`` and ``labels``
-run those tokens through the frozen model and start from their own keys and values.
+- Causal LMs (every decoder layer): the prefix is fed through the transformers Cache API, a stateless
+  :class:`textpt.fast_prefix.PrefixLayer` per layer in training and scoring (so gradient checkpointing re-runs a
+  layer on the same prefix), a ``DynamicCache`` seeded with the prefix in generation; the input's positions start
+  after the prefix's.
+- Encoders (``seq_cls``: BERT and MiniLM, RoBERTa) and encoder-decoders (``seq2seq``: T5, BART): every encoder
+  self-attention layer and, for seq2seq, every decoder self-attention layer, as Li & Liang and P-Tuning v2 do. The
+  decoder's cross-attention gets no prefix: it attends to the prefixed encoder's outputs, and leaving it alone keeps
+  the parameter at two sets per encoder-decoder layer pair. The keys and values are prepended inside the attention
+  call (:mod:`textpt.attention_prefix`); prefix tokens take no positions, so each real token keeps its own
+  (absolute positions of BERT, RoBERTa and BART; T5's relative bias is zero towards the prefix). Other encoder
+  architectures (DeBERTa-v2's disentangled relative attention, ModernBERT's rotary and local attention) are refused.
+
+Inits: ``random``/``normal`` draw N(0, init_std²); ``vocab``, ``text`` and ``labels`` run those tokens through the
+frozen model (an encoder-decoder: as its input and as the decoder's) and start from their own keys and values.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ from torch import nn
 from promptcore import DeepSoftPrompt, PromptBank, register_method
 from promptcore.errors import UserError
 
+from .attention_prefix import KWARG, LayerPrefixes, attention_key_values, self_attention_modules
 from .config import SoftPromptConfig, trainable_dtype
 from .fast_prefix import KeyValues, prompt_key_values
 from .model import SoftPromptedModel
@@ -30,24 +42,34 @@ from .model import SoftPromptedModel
 class PrefixConfig(SoftPromptConfig):
     """Prefix tuning (``method: prefix``); the fields are :class:`textpt.config.SoftPromptConfig`'s. The token inits
     (``vocab``, ``text``, ``labels``) run the tokens through the frozen model and start from their keys and values.
-    Causal LMs only (the prefix lives in the decoder's self-attention caches)."""
+    Causal LMs, encoders (BERT, RoBERTa) and encoder-decoders (T5, BART); see :mod:`textpt.prefix`."""
 
-    tasks: ClassVar[tuple[str, ...]] = ("causal_lm",)
+    tasks: ClassVar[tuple[str, ...]] = ("causal_lm", "seq2seq", "seq_cls")
 
     method: Literal["prefix"] = "prefix"
 
 
 class PrefixModel(SoftPromptedModel):
-    """Per-layer key/value prefixes on a frozen causal LM (arguments of :class:`textpt.model.TextPromptedModel`)."""
+    """Per-layer key/value prefixes on a frozen causal LM, encoder or encoder-decoder (arguments of
+    :class:`textpt.model.TextPromptedModel`).
+
+    Attributes:
+        attention_modules: the self-attention modules that get a prefix on an encoder or encoder-decoder, in the
+            order of the parameter's layers (None on causal LMs, whose prefix is a cache).
+
+    Raises:
+        UserError: an encoder or encoder-decoder architecture whose attention cannot take a prefix.
+    """
 
     method = "prefix"
-    uses_prefix_cache = True
     config: PrefixConfig
 
     def __init__(self, backbone: nn.Module, config: PrefixConfig, tokenizer: Any = None, task: str | None = None, name: str | None = None) -> None:
         super().__init__(backbone, config, tokenizer, task, name)
+        self.uses_prefix_cache = self.strategy.decoder_only
+        self.attention_modules = None if self.uses_prefix_cache else self_attention_modules(backbone)
         with torch.no_grad():
-            probe = prompt_key_values(backbone, self.embedding.weight[:1].unsqueeze(0))
+            probe = self._token_key_values([0])
         shapes = {tuple(k.shape[1:]) for k, _ in probe}
         if len(shapes) != 1:
             raise UserError(f"layers of {self.backbone_name} have different key/value shapes {sorted(shapes)}; prefix needs one shape")
@@ -77,8 +99,14 @@ class PrefixModel(SoftPromptedModel):
         if not ids:
             raise UserError(f"init {self.config.init!r}: the init tokens are empty; give a non-empty init text or verbalizer")
         ids = (ids * (n // len(ids) + 1))[:n]
-        embeds = self.embedding(torch.tensor([ids], device=weight.device))
-        weight.copy_(self._flatten(prompt_key_values(self.backbone, embeds)).expand_as(weight))
+        weight.copy_(self._flatten(self._token_key_values(ids)).expand_as(weight))
+
+    def _token_key_values(self, ids: list[int]) -> KeyValues:
+        """Every prefixed layer's keys and values of the tokens ``ids`` run through the frozen model alone."""
+        tokens = torch.tensor([ids], device=self.embedding.weight.device)
+        if self.attention_modules is None:
+            return prompt_key_values(self.backbone, self.embedding(tokens))
+        return attention_key_values(self.backbone, self.attention_modules, tokens)
 
     def _flatten(self, kv: KeyValues) -> torch.Tensor:
         """``[2 * layers, n, width]`` from per-layer ``[1, heads, n, head_dim]`` keys/values."""
@@ -94,6 +122,11 @@ class PrefixModel(SoftPromptedModel):
         b, _, n, _ = weight.shape
         per = weight.view(b, self.num_layers, 2, n, self.kv_heads, self.head_dim).transpose(3, 4)
         return [(per[:, i, 0], per[:, i, 1]) for i in range(self.num_layers)]
+
+    def backbone_kwargs(self, task_ids: torch.Tensor | None, batch_size: int) -> dict[str, Any]:
+        if self.attention_modules is None:
+            return {}
+        return {KWARG: LayerPrefixes(self.attention_modules, self.prefix_key_values(task_ids, batch_size))}
 
     def prompt_config(self) -> dict[str, Any]:
         return {**super().prompt_config(), "num_layers": self.num_layers, "kv_width": self.kv_heads * self.head_dim}

@@ -34,6 +34,7 @@ from promptcore import PromptedModel
 from promptcore.errors import UserError
 from promptcore.registry import Registry
 
+from .attention_prefix import prefixes_during
 from .config import trainable_dtype
 from .fast_prefix import cache_argument, generation_cache
 from .padding import first_token_index, last_token_index, pad_token_id, repad
@@ -309,14 +310,18 @@ class Seq2Seq(TextTask):
     def lm_logits_and_targets(self, model: "TextPromptedModel", batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         labels = batch["lm_labels"]
         x, mask, _, _ = model.encode(batch["input_ids"], batch.get("attention_mask"), batch.get("task_ids"))
-        logits = model.backbone(inputs_embeds=x, attention_mask=mask, labels=labels, use_cache=False).logits
+        extra = model.backbone_kwargs(batch.get("task_ids"), x.shape[0])
+        logits = model.backbone(inputs_embeds=x, attention_mask=mask, labels=labels, use_cache=False, **extra).logits
         return logits, labels
 
     def generate(self, model: "TextPromptedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor | None, **generate_kwargs: Any) -> torch.Tensor:
-        """The decoder's output ids ``[B, T]``; the encoder takes the prompted embeddings."""
+        """The decoder's output ids ``[B, T]``; the encoder takes the prompted embeddings, and a prefix method's
+        keys and values reach the encoder's and decoder's attention for the whole call
+        (:func:`textpt.attention_prefix.prefixes_during`: ``generate`` passes no unknown arguments to the model)."""
         x, mask, _, _ = model.encode(input_ids, attention_mask, task_ids)
         generate_kwargs.setdefault("pad_token_id", pad_token_id(model.tokenizer))
-        return model.backbone.generate(inputs_embeds=x, attention_mask=mask, **generate_kwargs)
+        with prefixes_during(model.backbone_kwargs(task_ids, x.shape[0])):
+            return model.backbone.generate(inputs_embeds=x, attention_mask=mask, **generate_kwargs)
 
 
 def label_word_target(tokenizer: Any, word: str) -> list[int]:
@@ -355,7 +360,7 @@ class SequenceClassification(TextTask):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         x, mask, _, index = model.encode(input_ids, attention_mask, task_ids)
-        hidden = model.backbone(inputs_embeds=x, attention_mask=mask).last_hidden_state
+        hidden = model.backbone(inputs_embeds=x, attention_mask=mask, **model.backbone_kwargs(task_ids, x.shape[0])).last_hidden_state
         return model.head(pool(model.backbone, hidden, index, attention_mask, model.check_pooling()).to(model.head.weight.dtype))
 
     def resolve_pooling(self, backbone: nn.Module, pooling: str) -> str:
