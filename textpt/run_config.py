@@ -38,8 +38,8 @@ class TextRunConfig:
 
     Checks across sections (on the resolved config):
 
-    - the method runs the model's task (``prefix``: causal_lm; ``linear_probe``: seq_cls; ``zero_shot``:
-      causal_lm or seq2seq, with a verbalizer);
+    - the method runs the model's task (``linear_probe``: seq_cls; ``zero_shot``: causal_lm or seq2seq, with a
+      verbalizer; ``prefix`` runs every task, on the encoder architectures :mod:`textpt.attention_prefix` lists);
     - ``seq_cls`` needs ``prompt.num_classes``;
     - ``causal_lm`` classifies when ``prompt.verbalizer`` is set and learns to write ``data.target_column``
       otherwise (one of them, not both); ``seq2seq`` learns ``data.target_column`` or the verbalizer's words;

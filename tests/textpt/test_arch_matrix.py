@@ -19,6 +19,7 @@ import transformers
 import textpt
 from promptcore import UserError
 from textpt import TextModelConfig, load_model_and_tokenizer
+from textpt.attention_prefix import SELF_ATTENTION
 from textpt.fast_prefix import prompt_key_values
 from textpt.padding import repad
 from test_textpt_dept import reference_decode as dept_reference_decode
@@ -59,13 +60,15 @@ def atol(arch: str, float64: float = 1e-10) -> float:
 
 METHODS_BY_TASK = {
     "causal_lm": ("prompt_tuning", "p_tuning", "prefix", "dept"),
-    "seq2seq": ("prompt_tuning", "p_tuning", "dept"),
-    "seq_cls": ("prompt_tuning", "p_tuning", "dept", "linear_probe"),
+    "seq2seq": ("prompt_tuning", "p_tuning", "prefix", "dept"),
+    "seq_cls": ("prompt_tuning", "p_tuning", "prefix", "dept", "linear_probe"),
 }
-PAIRS = [(a, m) for a, (_, task, _) in INSTALLED.items() for m in METHODS_BY_TASK[task]]
-# Prefix tuning puts keys/values into decoder self-attention caches: causal LMs only; a linear probe needs an encoder.
-REFUSED = [(a, "prefix") for a, (_, task, _) in INSTALLED.items() if task != "causal_lm"]
-REFUSED += [(a, "linear_probe") for a, (_, task, _) in INSTALLED.items() if task != "seq_cls"]
+# Prefix tuning on an encoder or encoder-decoder needs an attention that takes plain prefix keys and values
+# (textpt.attention_prefix.SELF_ATTENTION): DeBERTa-v2's disentangled attention and ModernBERT's are refused.
+PREFIX_REFUSED = [a for a, (model_type, task, _) in INSTALLED.items() if task != "causal_lm" and model_type not in SELF_ATTENTION]
+PAIRS = [(a, m) for a, (_, task, _) in INSTALLED.items() for m in METHODS_BY_TASK[task] if (a, m) not in [(r, "prefix") for r in PREFIX_REFUSED]]
+# A linear probe needs an encoder.
+REFUSED = [(a, "linear_probe") for a, (_, task, _) in INSTALLED.items() if task != "seq_cls"]
 
 ROWS = [[5, 6, 7, 8, 9], [11, 12], [13, 14, 15]]
 TARGETS = [[20, 21], [22], [23, 24]]
@@ -221,6 +224,19 @@ def test_refused_pair_names_the_architecture(arch, method):
     model_type, task, _ = INSTALLED[arch]
     with pytest.raises(UserError, match=rf"method: {method} .*not {task}.*the model is {type(backbone_of(arch)[0]).__name__} \(model_type {model_type}\)"):
         build(arch, method)
+
+
+def test_prefix_covers_the_encoders_it_should():
+    assert {"bert", "roberta", "t5", "bart"} <= {a for a, m in PAIRS if m == "prefix"}
+    assert {"deberta_v2", "modernbert"} & set(INSTALLED) <= set(PREFIX_REFUSED)
+
+
+@pytest.mark.parametrize("arch", PREFIX_REFUSED)
+def test_refused_prefix_names_the_architecture_and_the_supported_ones(arch):
+    model_type, _, _ = INSTALLED[arch]
+    name = type(backbone_of(arch)[0]).__name__
+    with pytest.raises(UserError, match=rf"^method: prefix on {name} \(model_type {model_type}\) is not supported: .*model types bart, bert, roberta, t5 "):
+        build(arch, "prefix")
 
 
 @pytest.mark.parametrize("arch", [a for a, (_, task, _) in INSTALLED.items() if task == "seq_cls"])

@@ -384,7 +384,7 @@ def test_tokenizer_without_pad_token_pads_with_eos_or_says_how_to_fix(tok):
          "prompt.method: zero_shot classifies by label words, it does not learn target texts"),
         ({"source": "csv", "data_files": {"train": "a", "test": "b"}}, {"task": "seq2seq"}, {"method": "zero_shot"},
          "prompt.verbalizer: zero_shot scores one label word per class"),
-        ({}, {"task": "seq_cls"}, {"method": "prefix"}, "prompt.method: prefix is implemented for causal_lm models, not seq_cls"),
+        ({}, {"task": "causal_lm"}, {"method": "linear_probe"}, "prompt.method: linear_probe is implemented for seq_cls models, not causal_lm"),
     ],
 )
 def test_config_errors_name_the_field(data, model, prompt, message):

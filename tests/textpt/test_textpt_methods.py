@@ -179,9 +179,12 @@ def test_empty_text_row_gives_finite_scores():
     assert torch.isfinite(pt(ids, mask)).all()
 
 
-def test_prefix_rejected_for_encoders():
-    backbone, tok = load("bert", "seq_cls")
-    with pytest.raises(ValueError, match="prefix is implemented for causal_lm models"):
+def test_prefix_refused_for_an_encoder_whose_attention_takes_no_plain_keys():
+    """BERT takes a prefix (tests/textpt/test_textpt_deep_prompts.py); DeBERTa-v2's disentangled attention does not."""
+    torch.manual_seed(0)
+    kwargs = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 64}
+    backbone, tok = load_model_and_tokenizer(TextModelConfig(name="random:deberta-v2", task="seq_cls", kwargs=kwargs))
+    with pytest.raises(ValueError, match=r"prefix on DebertaV2Model \(model_type deberta-v2\) is not supported.*bart, bert, roberta, t5"):
         textpt.wrap(backbone, PrefixConfig(num_tokens=2, num_classes=2), tokenizer=tok)
 
 

@@ -205,6 +205,7 @@ def test_the_fast_prefix_runs_on_quantized_weights_and_equals_the_concatenated_p
         ("causal_lm", "prefix", {}),
         ("causal_lm", "dept", {"rank": 2, "max_length": 16}),
         ("seq_cls", "prompt_tuning", {}),
+        ("seq_cls", "prefix", {}),
     ],
 )
 def test_prompts_and_heads_stay_float32_on_a_bfloat16_model(task, method, fields):
