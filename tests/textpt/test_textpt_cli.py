@@ -34,26 +34,30 @@ def _probabilities(out: str) -> list[tuple[str, float]]:
     return [(m[1], float(m[2])) for m in re.finditer(r"^    (\S+)  ([0-9.]+)$", out, re.M)]
 
 
-@pytest.mark.parametrize("task", list(TASKS))
-def test_train_eval_generate_for_each_task(task, tmp_path, capsys):
+# every task with the smoke config's prompt tuning; prefix tuning on an encoder and an encoder-decoder
+RUNS = [(task, []) for task in TASKS] + [(task, ["--set", "prompt.method=prefix"]) for task in ("seq_cls", "seq2seq")]
+
+
+@pytest.mark.parametrize("task,method", RUNS, ids=[f"{t}-{'prefix' if m else 'prompt_tuning'}" for t, m in RUNS])
+def test_train_eval_generate_for_each_task(task, method, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "-c", SMOKE, "-o", str(run), *FAST, *TASKS[task]]) == 0
+    assert main(["train", "-c", SMOKE, "-o", str(run), *FAST, *TASKS[task], *method]) == 0
     result = _json_out(capsys)
     assert result["step"] == 3
     assert (run / "best" / "prompts.safetensors").is_file()
     saved = load_config(TextRunConfig, run / "config.yaml")
-    assert saved.model.task == task
+    assert saved.model.task == task and saved.prompt.method == ("prefix" if method else "prompt_tuning")
     # the run records the resolved config: the synthetic data's class count, and its keywords as the verbalizer
     assert saved.prompt.num_classes == 2 and saved.resolved() is saved
     assert saved.prompt.verbalizer == (None if task == "seq_cls" else [" excellent", " terrible"])
 
-    assert main(["eval", "-c", SMOKE, "--prompts", str(run / "best"), *FAST, *TASKS[task]]) == 0
+    assert main(["eval", "-c", SMOKE, "--prompts", str(run / "best"), *FAST, *TASKS[task], *method]) == 0
     metrics = _json_out(capsys)
     assert metrics["count"] > 0 and metrics["loss"] > 0
     if task != "seq2seq":
         assert 0 <= metrics["accuracy"] <= 1
 
-    assert main(["generate", "-c", SMOKE, "--prompts", str(run / "best"), "a good movie", "a bad film", *FAST, *TASKS[task]]) == 0
+    assert main(["generate", "-c", SMOKE, "--prompts", str(run / "best"), "a good movie", "a bad film", *FAST, *TASKS[task], *method]) == 0
     out = capsys.readouterr().out
     assert "[1] a good movie" in out and "[2] a bad film" in out
     probs = _probabilities(out)
