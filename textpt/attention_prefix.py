@@ -1,8 +1,8 @@
 """Keys and values prepended inside the attention call: prefix tuning on encoders and encoder-decoders.
 
-Encoders do not take a key/value cache for their own tokens (BERT's and T5's encoders drop it, BART's has no
-argument), and a seq2seq decoder's cache would give the prefix positions (BART's learned positions and T5's relative
-buckets count the cached tokens). So on these models the prefix enters where every supported architecture computes
+T5's encoder drops a key/value cache and BART's has no argument for one; BERT's takes one but shifts the tokens'
+position ids by its length, and so would a cache in a BART decoder (T5's relative buckets would count it). So on these
+models the prefix enters where every supported architecture computes
 attention from its keys and values: the transformers attention interface. The backbone is switched to a registered
 attention function (``textpt_prefix_sdpa`` or ``textpt_prefix_eager``) that calls the model's own ``sdpa`` or eager
 attention, with, for each self-attention module given a prefix:
