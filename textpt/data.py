@@ -676,14 +676,14 @@ def model_input_budget(model: Any, max_length: int | None = None) -> int | None:
     if fallback:
         config = model.backbone.config
         limit = next((v for k in POSITION_KEYS if isinstance(v := getattr(config, k, None), int) and v > 0), None)
-    budget = input_budget(limit, model.num_prompt_tokens, max_length)
+    budget = input_budget(limit, model.prompt_positions, max_length)
     method_limit = model.config.input_limit()
     if method_limit is not None and (budget is None or budget > method_limit):
         return method_limit
     if fallback and limit is not None:
         warnings.warn(
             f"the tokenizer of {model.backbone_name} states no maximum length; inputs are cut to the model's {limit} "
-            f"positions (its config's {'/'.join(POSITION_KEYS)}) less the prompt's {model.num_prompt_tokens}. Set "
+            f"positions (its config's {'/'.join(POSITION_KEYS)}) less the prompt's {model.prompt_positions}. Set "
             f"data.max_length to choose the length",
             stacklevel=2,
         )

@@ -248,7 +248,10 @@ def model_max_length(model: nn.Module, tokenizer: Any = None) -> int | None:
     config = getattr(model, "config", None)
     for key in ("max_position_embeddings", "n_positions"):
         value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0 and getattr(config, "model_type", "") in ABSOLUTE_POSITION_MODELS:
+        model_type = getattr(config, "model_type", "")
+        if isinstance(value, int) and value > 0 and model_type in ABSOLUTE_POSITION_MODELS:
+            if model_type in PADDING_OFFSET_MODELS:  # positions count from padding_idx + 1 (roberta-base: 514 -> 512)
+                value -= int(config.pad_token_id) + 1
             return value
     limit = getattr(tokenizer, "model_max_length", None)
     return limit if isinstance(limit, int) and limit < 1_000_000 else None
@@ -256,3 +259,5 @@ def model_max_length(model: nn.Module, tokenizer: Any = None) -> int | None:
 
 # Models whose learned position table is a hard limit (rotary models extrapolate, T5 is relative).
 ABSOLUTE_POSITION_MODELS = frozenset({"gpt2", "bert", "roberta", "distilbert", "gpt_neo", "opt", "xlm-roberta", "electra"})
+# Of those, the ones whose positions start after the padding index (the table's first rows are never used).
+PADDING_OFFSET_MODELS = frozenset({"roberta", "xlm-roberta"})

@@ -146,6 +146,12 @@ class TextPromptedModel(PromptedModel):
         return 0
 
     @property
+    def prompt_positions(self) -> int:
+        """Positions of the model's position table the prompt takes from the input (its tokens; none for prefix
+        tuning on encoders and encoder-decoders, whose prefix has no positions)."""
+        return self.num_prompt_tokens
+
+    @property
     def num_tasks(self) -> int:
         """Prompts in the method's bank (batches carry ``task_ids`` when more than 1)."""
         return self.config.num_tasks
@@ -188,11 +194,11 @@ class TextPromptedModel(PromptedModel):
             raise UserError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        if self.max_positions is not None and input_ids.shape[1] + self.num_prompt_tokens > self.max_positions:
+        if self.max_positions is not None and input_ids.shape[1] + self.prompt_positions > self.max_positions:
             raise UserError(
-                f"input of {input_ids.shape[1]} tokens plus {self.num_prompt_tokens} prompt tokens exceeds the "
+                f"input of {input_ids.shape[1]} tokens plus {self.prompt_positions} prompt tokens exceeds the "
                 f"{self.max_positions} positions of {self.backbone_name}; truncate the text to at most "
-                f"{self.max_positions - self.num_prompt_tokens} tokens (data max_length)"
+                f"{self.max_positions - self.prompt_positions} tokens (data max_length)"
             )
         if task_ids is None and self.num_tasks > 1:
             raise UserError(f"this model has a bank of {self.num_tasks} task prompts; the batch must carry task_ids [batch]")

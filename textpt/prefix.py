@@ -123,6 +123,10 @@ class PrefixModel(SoftPromptedModel):
         per = weight.view(b, self.num_layers, 2, n, self.kv_heads, self.head_dim).transpose(3, 4)
         return [(per[:, i, 0], per[:, i, 1]) for i in range(self.num_layers)]
 
+    @property
+    def prompt_positions(self) -> int:
+        return self.num_prompt_tokens if self.attention_modules is None else 0
+
     def backbone_kwargs(self, task_ids: torch.Tensor | None, batch_size: int) -> dict[str, Any]:
         if self.attention_modules is None:
             return {}

@@ -260,6 +260,18 @@ def test_backbone_called_without_a_prefix_is_unchanged(arch):
         assert torch.equal(run(), before)
 
 
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_the_prefix_takes_no_positions(arch):
+    """The whole position table stays the input's (RoBERTa's starts after its padding index)."""
+    pt = build(arch)
+    longest = pt.max_positions
+    assert pt.prompt_positions == 0 and longest is not None
+    ids = torch.full((1, longest), 5)
+    assert pt(ids).shape == (1, 3)
+    with pytest.raises(UserError, match=rf"input of {longest + 1} tokens plus 0 prompt tokens exceeds"):
+        pt(torch.full((1, longest + 1), 5))
+
+
 def greedy_reference(pt, ids, mask, steps: int) -> torch.Tensor:
     """Greedy decoding without a cache: every step runs the whole decoder input through the prefixed model."""
     x, m, _, _ = pt.encode(ids, mask, None)
