@@ -1,5 +1,6 @@
 """Contract cases of the text methods, on a tiny random GPT-2 (causal LM) with its built-in tokenizer, and for the
-baselines a tiny random BERT (linear probe) and the GPT-2 scoring two label words (zero-shot).
+baselines a tiny random BERT (linear probe) and the GPT-2 scoring two label words (zero-shot); prefix tuning also on a
+tiny BERT and T5 (variants ``text:prefix/bert``, ``text:prefix/t5``).
 
 GPT-2 runs wholly in the dtype it is given (Llama's RMSNorm upcasts to float32 inside, even in a float64 model), so
 the fast and plain paths can be compared at float64 precision.
@@ -64,6 +65,22 @@ for method in ("prompt_tuning", "p_tuning", "prefix"):
         foreign=lambda seed, m=method: build(m, seed, None, num_tokens=4),
         outputs=token_logits,
         fast_spy="textpt.prompt_tuning.prompt_key_values" if method != "prefix" else None,
+    ))
+
+
+def encoder_prefix(model_type: str, task: str, seed: int, num_tokens: int = 3) -> PromptedModel:
+    model, tokenizer = backbone(model_type, task)
+    fields = {"num_classes": 2} if task == "seq_cls" else {"verbalizer": ["good", "bad"]}
+    return textpt.wrap(model, method_config("prefix", num_tokens=num_tokens, seed=seed, init_std=1.0, **fields), tokenizer=tokenizer)
+
+
+# Prefix tuning inside the attention calls of an encoder (BERT, class logits of its head) and an encoder-decoder (T5,
+# the verbalizer words' scores as decoder targets): variants of the registered method, "<method>/<backbone>".
+for model_type, task in (("bert", "seq_cls"), ("t5", "seq2seq")):
+    CASES.add(f"text:prefix/{model_type}", MethodCase(
+        build=lambda seed, fast, t=model_type, k=task: encoder_prefix(t, k, seed),
+        data=labelled_rows,
+        foreign=lambda seed, t=model_type, k=task: encoder_prefix(t, k, seed, num_tokens=4),
     ))
 
 

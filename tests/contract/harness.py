@@ -59,6 +59,17 @@ class MethodCase:
 
 
 CASES: Registry[MethodCase] = Registry("contract case")
+"""Cases by registered method name, plus variants ``"<method>/<variant>"`` (a method on another kind of backbone)."""
+
+
+def method_of(case_name: str) -> str:
+    """The registered method a case runs (a variant's name without its ``/<variant>``)."""
+    return case_name.split("/")[0]
+
+
+def variants() -> list[str]:
+    """The names of the variant cases."""
+    return [name for name in CASES.names() if "/" in name]
 
 
 class Spy:

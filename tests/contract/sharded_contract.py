@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "textpt"))  # run by torchrun
 
 import cases_text  # noqa: E402,F401  (registers the text methods' cases)
 import cases_vision  # noqa: E402,F401  (registers the vision and CLIP methods' cases)
-from harness import CASES, Spy, to_float64  # noqa: E402
+from harness import CASES, Spy, method_of, to_float64, variants  # noqa: E402
 
 from promptcore import METHODS  # noqa: E402
 from promptcore.distributed import FSDPConfig, local_bytes, shard_model  # noqa: E402
@@ -48,7 +48,7 @@ class Output(nn.Module):
 def run_case(name: str, world: int, fsdp: FSDPConfig | None = None) -> dict:
     case = CASES.get(name)
     fast = True if case.fast_spy is not None else None
-    trains = METHODS.get(name).trains
+    trains = METHODS.get(method_of(name)).trains
 
     reference = case.build(0, False if fast else None).double()
     reference.freeze_backbone().eval()
@@ -145,7 +145,7 @@ def main() -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     load_plugins()
-    names = sys.argv[2:] or [n for n in METHODS.names() if n in CASES]
+    names = sys.argv[2:] or [n for n in METHODS.names() if n in CASES] + variants()
     results = {}
     for name in names:
         try:

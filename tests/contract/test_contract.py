@@ -9,14 +9,14 @@ import torch
 
 import cases_text  # noqa: F401  (registers the text methods' cases)
 import cases_vision  # noqa: F401  (registers the vision and CLIP methods' cases)
-from harness import CASES, Spy, to_float64
+from harness import CASES, Spy, method_of, to_float64, variants
 from promptcore import METHODS, PromptFileError, TrainConfig, Trainer
 from promptcore.files import TENSORS_FILE
 from promptcore.plugins import load_plugins
 
 load_plugins()
-TRAINING = [name for name, m in METHODS.items() if m.trains]
-FROZEN = [name for name, m in METHODS.items() if not m.trains]
+TRAINING = [name for name, m in METHODS.items() if m.trains] + [v for v in variants() if METHODS.get(method_of(v)).trains]
+FROZEN = [name for name, m in METHODS.items() if not m.trains] + [v for v in variants() if not METHODS.get(method_of(v)).trains]
 FAST = [name for name in METHODS.names() if name in CASES and CASES.get(name).fast_spy is not None]
 
 

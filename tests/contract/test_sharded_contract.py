@@ -15,12 +15,12 @@ import pytest
 
 import cases_text  # noqa: F401  (registers the text methods' cases)
 import cases_vision  # noqa: F401  (registers the vision and CLIP methods' cases)
-from harness import CASES
+from harness import CASES, method_of, variants
 from promptcore import METHODS
 from promptcore.plugins import load_plugins
 
 load_plugins()
-NAMES = [n for n in METHODS.names() if n in CASES]
+NAMES = [n for n in METHODS.names() if n in CASES] + variants()
 from test_backbones import TINY  # noqa: E402
 
 FAMILIES = [f"vpt_deep:{key}" for key in sorted(TINY)]
@@ -46,7 +46,7 @@ def test_sharded_method_equals_the_unsharded_plain_path_in_float64(sharded, name
         assert r["out_diff"] < 1e-10, f"rank {rank}: outputs differ by {r['out_diff']:.3g} (relative)"
         assert r["grad_diff"] < 1e-9, f"rank {rank}: prompt gradients differ by {r['grad_diff']:.3g} (relative)"
         assert r["grads_missing_mismatch"] == 0
-        if name in FAMILIES or METHODS.get(name).trains:
+        if name in FAMILIES or METHODS.get(method_of(name)).trains:
             assert r["grads"] > 0, "no prompt gradient under sharding"
         if r["fast"]:
             assert r["fast_calls"] > 0, f"the fast path of {name} never ran under sharding"
