@@ -8,7 +8,8 @@ Two uses share this plumbing:
   the input tokens then run with positions starting after the prompt. This is the same arithmetic as
   concatenating the prompt to every example (the reference path, kept in :mod:`textpt.model`), without running the
   prompt through every layer once per example. Tests prove equality in float64, logits and gradients.
-- prefix tuning, whose learned per-layer keys and values are the prefix.
+- prefix tuning on causal LMs, whose learned per-layer keys and values are the prefix (on encoders and
+  encoder-decoders prefix tuning goes into the attention calls instead: :mod:`textpt.attention_prefix`).
 
 The training prefix is a :class:`PrefixLayer` cache: it prepends its keys and values to each call's and stores
 nothing, so a layer re-run by gradient checkpointing sees exactly what it saw the first time.

@@ -97,7 +97,10 @@ def save_peft_adapter(model: TextPromptedModel, directory: str | os.PathLike, ba
         raise UserError(f"PEFT export of a {model.task} model is not supported{reason} (supported: {supported_formats()})")
     if isinstance(model, PrefixModel):
         if model.task != "causal_lm":
-            raise UserError(f"PEFT export of a prefix is for causal_lm models; this model's task is {model.task}")
+            raise UserError(
+                f"PEFT export of a prefix is for causal_lm models; this model's task is {model.task}, whose prefix "
+                f"(encoder and decoder self-attention, no positions) PEFT's {model.task} prefix does not reproduce"
+            )
         # textpt [2L, n, width] (layer i: row 2i keys, 2i+1 values) -> PEFT [n, 2L * width], the same order per token
         table = model.prompts.weight.detach().permute(1, 0, 2)
         weight = table.reshape(table.shape[0], -1).to("cpu").contiguous()

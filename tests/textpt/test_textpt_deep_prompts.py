@@ -330,3 +330,14 @@ def test_an_attention_implementation_without_tensor_masks_is_refused():
     model.set_attn_implementation("flex_attention")
     with pytest.raises(UserError, match=r"runs with attn_implementation eager or sdpa, this model was loaded with 'flex_attention'"):
         textpt.wrap(model, method_config("prefix", num_tokens=2, num_classes=2), tokenizer=tok)
+
+
+@pytest.mark.parametrize(
+    "arch,message",
+    [("bert", "PEFT export of a seq_cls model is not supported"), ("t5", "PEFT export of a prefix is for causal_lm models; this model's task is seq2seq")],
+)
+def test_peft_export_is_refused(arch, message, tmp_path):
+    from textpt.peft_interop import save_peft_adapter
+
+    with pytest.raises(UserError, match=message):
+        save_peft_adapter(build(arch), tmp_path / "adapter")
