@@ -222,7 +222,11 @@ def test_make_demo_passes_the_settings_to_each_task_and_its_baseline(tmp_path, s
     assert main(["--only", "text_encoder", "--out", str(tmp_path), *[a for s in sets for a in ("--set", f"text_encoder:{s}")]]) == 0
     runs = tmp_path / "runs" / "text_encoder"
     _check_run_files(runs / "prompt", "text_encoder", STEPS)
+    _check_run_files(runs / "prompt-2", "text_encoder", STEPS)  # the task's further method (deep prompts)
+    assert json.loads((runs / "prompt-2" / "last" / "prompt_config.json").read_text())["method"] == "prefix"
     records = [json.loads(line) for line in (runs / "baseline" / "metrics.jsonl").read_text().splitlines()]
     assert {r["lr"] for r in records if r["split"] == "train"} == {HEAD_LR}
     assert len((runs / "baseline" / "step_times.jsonl").read_text().splitlines()) == STEPS
-    assert (tmp_path / "report.md").is_file()
+    report = (tmp_path / "report.md").read_text()
+    deep = next(e.method_label for e in TASKS["text_encoder"].more)
+    assert f"| {deep} |" in report and f": {deep} " in report  # its row, and its comparison with the probe
