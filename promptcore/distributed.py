@@ -106,15 +106,17 @@ def zero3_config(batch_size: int, grad_accum_steps: int, grad_clip: float | None
 
     The trainer owns the accumulation window (``managed_gradient_accumulation: false``: one ``engine.step()`` per
     window, whatever its length) and weights each loss itself, so DeepSpeed's loss scaling by the window length is
-    turned off at each ``engine.backward``. No weight is persistent (``stage3_param_persistence_threshold: 0``): each
-    process keeps ``1 / N`` of every frozen weight between steps.
+    turned off at each ``engine.backward``. No weight is persistent (``stage3_param_persistence_threshold: 0``) and
+    none is kept for its next use (``stage3_max_reuse_distance: 0``): a block's weights are freed after its forward
+    and gathered again for its backward, as ``train.fsdp.reshard_after_forward: true`` does, so between steps each
+    process holds ``1 / N`` of every frozen weight.
     """
     return {
         "train_micro_batch_size_per_gpu": batch_size,
         "gradient_accumulation_steps": grad_accum_steps,
         "managed_gradient_accumulation": False,
         "gradient_clipping": grad_clip or 0.0,
-        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0, "stage3_max_reuse_distance": 0},
         # The trainer's optimizers are elementwise (Adam, AdamW, SGD); the factored ones are refused.
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**62,
@@ -284,6 +286,10 @@ def prepare_deepspeed(accelerator: Any, step: StepModule, optimizer: torch.optim
 
     model = step.model
     check_plain_weights(model, "deepspeed")
+    # Prompt files record the backbone's weights fingerprint; read it now, while the weights are whole.
+    fingerprint = model.backbone_fingerprint() if hasattr(model, "backbone_fingerprint") else None
+    if fingerprint is not None:
+        model.record_in_prompt_files(backbone_fingerprint=fingerprint)
     units = shard_units(model, config.block_classes, "deepspeed")
     names = {id(m): n for n, m in step.named_modules()}
     set_z3_leaf_modules_by_name(step, [names[id(u)] for u in units])
@@ -295,14 +301,77 @@ def prepare_deepspeed(accelerator: Any, step: StepModule, optimizer: torch.optim
     return engine
 
 
-def whole(params: list[nn.Parameter], mode: str) -> Any:
+def whole(params: list[nn.Parameter], mode: str, write: bool = False) -> Any:
     """A context in which ``params`` are whole on every process: ZeRO-3 gathers them on entry and partitions them
-    again on exit (every process must enter it); a no-op for the other engines, which keep the prompts whole."""
+    again on exit (every process must enter it), keeping what rank 0 wrote into them when ``write``; a no-op for the
+    other engines, which keep the prompts whole."""
     if mode != "deepspeed":
         return nullcontext()
     import deepspeed
 
-    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=0 if write else None)
+
+
+def _flat_partitions(engine: Any, group: int) -> list[torch.Tensor]:
+    """This process's flat fp32 partitions of optimizer group ``group`` (ZeRO-3 steps the optimizer over them)."""
+    zero = engine.optimizer
+    return [flat for i, flat in enumerate(zero.fp32_partitioned_groups_flat) if zero.sub_group_to_group_id[i] == group]
+
+
+def zero3_optimizer_state(engine: Any, group_params: list[list[nn.Parameter]]) -> dict[str, Any]:
+    """The state dict a 1-process optimizer over ``group_params`` would give, gathered from the ZeRO-3 ``engine``'s
+    flat fp32 partitions (every process calls it: each state tensor is one all-gather).
+
+    ZeRO-3 steps the optimizer over flat partitions of each group's prompts; the per-element state (Adam's moments,
+    SGD's momentum) is cut back into each prompt's shape, and the per-group values (the step count) are given to
+    each prompt, as a plain optimizer keeps them.
+    """
+    from deepspeed.utils import safe_get_full_optimizer_state
+
+    optimizer = engine.optimizer.optimizer
+    state: dict[int, dict[str, Any]] = {}
+    groups = []
+    index = 0
+    for g, (group, params) in enumerate(zip(optimizer.param_groups, group_params)):
+        shared = optimizer.state.get(_flat_partitions(engine, g)[0], {})
+        first = index
+        for p in params:
+            entry = {}
+            for key, value in shared.items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0:
+                    entry[key] = safe_get_full_optimizer_state(p, key).view(p.ds_shape).cpu()
+                else:
+                    entry[key] = value.clone() if isinstance(value, torch.Tensor) else value
+            if entry:
+                state[index] = entry
+            index += 1
+        groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": list(range(first, index))})
+    return {"state": state, "param_groups": groups}
+
+
+def load_zero3_optimizer_state(engine: Any, group_params: list[list[nn.Parameter]], saved: dict[str, Any]) -> None:
+    """Puts a state dict of :func:`zero3_optimizer_state` (or of a plain optimizer over the same prompts) into
+    ZeRO-3's partitions: the fp32 master copy of each prompt, from its module value, which every process must hold
+    whole (inside :func:`whole`), and the optimizer state. Each process writes its own partition."""
+    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+    optimizer = engine.optimizer.optimizer
+    index = 0
+    for g, params in enumerate(group_params):
+        for p in params:
+            safe_set_full_fp32_param(p, p.data.detach().reshape(-1))
+        entries = [saved["state"].get(index + i, {}) for i in range(len(params))]
+        if entries and entries[0]:
+            for flat in _flat_partitions(engine, g):  # the state a first step creates, then each prompt's part of it
+                optimizer.state[flat] = {
+                    k: torch.zeros_like(flat) if isinstance(v, torch.Tensor) and v.dim() > 0 else (v.clone() if isinstance(v, torch.Tensor) else v)
+                    for k, v in entries[0].items()
+                }
+            for p, entry in zip(params, entries):
+                for key, value in entry.items():
+                    if isinstance(value, torch.Tensor) and value.dim() > 0:
+                        safe_set_full_optimizer_state(p, value.to(p.ds_tensor.device).reshape(-1), key)
+        index += len(params)
 
 
 def ignore_frozen_in_ddp(step: StepModule) -> None:

@@ -47,12 +47,14 @@ from .config import ConfigError, to_dict, to_yaml
 from .distributed import (
     StepModule,
     ignore_frozen_in_ddp,
+    load_zero3_optimizer_state,
     prepare_deepspeed,
     require_deepspeed,
     resolve_mode,
     shard_model,
     whole,
     zero3_config,
+    zero3_optimizer_state,
 )
 from .errors import UserError
 from .preflight import metric_problem
@@ -361,8 +363,9 @@ class Trainer:
         groups = self.optimizer.param_groups if self.optimizer is not None else []
         self._group_settings = [{k: v for k, v in g.items() if k != "params"} for g in groups]
         self._checkpoint_bytes = self._checkpoint_size()  # while the prompts are whole on every process
+        # The prompts of each optimizer group (DeepSpeed replaces them in the groups by flat partitions).
+        self._group_params = [list(g["params"]) for g in groups]
         if self.mode == "deepspeed":
-            # DeepSpeed takes the optimizer over: its groups then hold flat fp32 partitions of the prompts.
             self.engine = prepare_deepspeed(self.accelerator, self.step_module, self.optimizer, config.deepspeed)
         micro_per_epoch = math.ceil(self.num_train / (config.batch_size * self.world_size)) if self.num_train else 0
         self.steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accum_steps)
@@ -623,7 +626,7 @@ class Trainer:
         """The optimizer's state dict; every process calls it (under DeepSpeed it gathers the partitions)."""
         assert self.optimizer is not None
         if self.mode == "deepspeed":
-            return {}
+            return zero3_optimizer_state(self.engine, self._group_params)
         return self.optimizer.state_dict()
 
     def _load_state(self, run_config: Any) -> None:
@@ -649,10 +652,14 @@ class Trainer:
                 f"cannot resume {self.run.path}: {'; '.join(fixed)}; the run's optimizer state and best/ belong to "
                 f"its settings. Resume with them, or start a new run (overwrite=True / --overwrite, or another directory)"
             )
-        check_resume(self.model, tensors["prompts"], self.run.last, self.run.path)
-        for name, module in self.model.prompt_modules().items():
-            module.load_state_dict(tensors["prompts"][name])
-        self.optimizer.load_state_dict(tensors["optimizer"])
+        with whole(self.params, self.mode, write=True):
+            check_resume(self.model, tensors["prompts"], self.run.last, self.run.path)
+            for name, module in self.model.prompt_modules().items():
+                module.load_state_dict(tensors["prompts"][name])
+            if self.mode == "deepspeed":
+                load_zero3_optimizer_state(self.engine, self._group_params, tensors["optimizer"])
+        if self.mode != "deepspeed":
+            self.optimizer.load_state_dict(tensors["optimizer"])
         for group, settings in zip(self.optimizer.param_groups, self._group_settings):
             group.update(settings)  # the config's values (a resumed run may change lr or weight_decay)
         if self.scaler is not None and tensors["scaler"]:
