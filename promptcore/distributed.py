@@ -106,17 +106,24 @@ def zero3_config(batch_size: int, grad_accum_steps: int, grad_clip: float | None
 
     The trainer owns the accumulation window (``managed_gradient_accumulation: false``: one ``engine.step()`` per
     window, whatever its length) and weights each loss itself, so DeepSpeed's loss scaling by the window length is
-    turned off at each ``engine.backward``. No weight is persistent (``stage3_param_persistence_threshold: 0``) and
-    none is kept for its next use (``stage3_max_reuse_distance: 0``): a block's weights are freed after its forward
-    and gathered again for its backward, as ``train.fsdp.reshard_after_forward: true`` does, so between steps each
-    process holds ``1 / N`` of every frozen weight.
+    turned off at each ``engine.backward``. No weight is persistent (``stage3_param_persistence_threshold: 0``), none
+    is kept for its next use (``stage3_max_reuse_distance: 0``) and none is fetched ahead
+    (``stage3_prefetch_bucket_size: 0``): a block's weights are gathered for its forward, freed after it and
+    gathered again for its backward, as ``train.fsdp.reshard_after_forward: true`` does, so between steps and after
+    an evaluation each process holds ``1 / N`` of every weight (with the defaults, DeepSpeed keeps the weights it
+    prefetched for a next step that an evaluation does not take).
     """
     return {
         "train_micro_batch_size_per_gpu": batch_size,
         "gradient_accumulation_steps": grad_accum_steps,
         "managed_gradient_accumulation": False,
         "gradient_clipping": grad_clip or 0.0,
-        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0, "stage3_max_reuse_distance": 0},
+        "zero_optimization": {
+            "stage": 3,
+            "stage3_param_persistence_threshold": 0,
+            "stage3_max_reuse_distance": 0,
+            "stage3_prefetch_bucket_size": 0,
+        },
         # The trainer's optimizers are elementwise (Adam, AdamW, SGD); the factored ones are refused.
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**62,

@@ -1,0 +1,122 @@
+"""``vpt train`` / ``textpt train`` with ``train.distributed: deepspeed`` (DeepSpeed ZeRO-3 through Accelerate) under
+torchrun on CPU processes (DeepSpeed's CPU accelerator, gloo): the prompts and the optimizer state equal a 1-process
+run's with the same global batch, each process holds half of the frozen weights (and of the prompts) between
+steps, the prompt files are whole and load in one process, and a run killed with SIGKILL resumes to the prompts of
+the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("deepspeed", reason="train.distributed: deepspeed needs the prompttune[deepspeed] extra")
+
+from test_sharding_cli import ROOT, SCRIPT, TORCHRUN, assert_close_prompts, prompts  # noqa: E402
+
+HELD = Path(__file__).parent / "scripts" / "cli_held.py"
+# One epoch of 6 steps; the training state is also written every 2 steps, so a run killed at step 3 resumes at 2.
+SMOKE = {
+    "vpt": [str(ROOT / "configs/smoke/vpt_tiny.yaml"), "--set", "train.epochs=1", "--set", "train.save_every_steps=2"],
+    "textpt": [str(ROOT / "configs/smoke/textpt_tiny.yaml"), "--set", "train.epochs=1"],
+}
+DEEPSPEED = ["--set", "train.distributed=deepspeed"]
+
+
+def run(cmd: list[str], **env: str) -> subprocess.CompletedProcess:
+    full = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **env}
+    for name in ("KILL_AT_STEP", "HELD_DIR"):
+        if name not in env:
+            full.pop(name, None)
+    return subprocess.run(cmd, env=full, capture_output=True, text=True, timeout=600)
+
+
+def two_processes(script: Path, tool: str, args: list[str], **env: str) -> subprocess.CompletedProcess:
+    return run([TORCHRUN, "--standalone", "--nproc_per_node", "2", str(script), tool, *args], **env)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """Per tool: the 2-process deepspeed run (with each process's held elements in ``held/``) and the 1-process
+    run with the same global batch (twice the per-process batch)."""
+    out = {}
+    for tool in ("vpt", "textpt"):
+        base = tmp_path_factory.mktemp(tool)
+        (base / "held").mkdir()
+        proc = two_processes(HELD, tool, ["train", "-c", *SMOKE[tool], *DEEPSPEED, "-o", str(base / "deepspeed")], HELD_DIR=str(base / "held"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        proc = run([sys.executable, str(SCRIPT), tool, "train", "-c", *SMOKE[tool], "--set", "train.batch_size=64", "-o", str(base / "single")])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out[tool] = base
+    return out
+
+
+@pytest.mark.parametrize("tool", ["vpt", "textpt"])
+def test_deepspeed_under_torchrun_equals_one_process(runs, tool):
+    base = runs[tool]
+    assert_close_prompts(prompts(base / "deepspeed"), prompts(base / "single"), 1e-4)
+    # The prompt file is the same few-KB file as a 1-process run's, whole: the prompts only, no frozen weight.
+    assert (base / "deepspeed" / "last" / "prompts.safetensors").stat().st_size < 64 * 1024
+    config = json.loads((base / "deepspeed" / "last" / "prompt_config.json").read_text())
+    assert config["backbone_fingerprint"] == json.loads((base / "single" / "last" / "prompt_config.json").read_text())["backbone_fingerprint"]
+    # The training state holds the optimizer state as a 1-process run's optimizer gives it, gathered from the partitions.
+    ours = torch.load(base / "deepspeed" / "state" / "tensors.pt", weights_only=True)["optimizer"]
+    theirs = torch.load(base / "single" / "state" / "tensors.pt", weights_only=True)["optimizer"]
+    assert ours["state"].keys() == theirs["state"].keys() and ours["state"]
+    for index, state in theirs["state"].items():
+        assert ours["state"][index].keys() == state.keys()
+        for key, value in state.items():
+            torch.testing.assert_close(ours["state"][index][key], value, rtol=1e-4, atol=1e-6, msg=lambda m, k=key: f"{index}.{k}: {m}")
+    assert [g["params"] for g in ours["param_groups"]] == [g["params"] for g in theirs["param_groups"]]
+
+
+@pytest.mark.parametrize("tool", ["vpt", "textpt"])
+def test_each_process_holds_half_of_the_frozen_weights(runs, tool):
+    for rank in (0, 1):
+        report = json.loads((runs[tool] / "held" / f"rank{rank}.json").read_text())
+        for when in ("begin", "end"):
+            n = report[when]
+            assert n["frozen_total"] > n["prompt_total"] > 0
+            # ZeRO-3 pads each weight to a multiple of the 2 processes: at most one element more per weight.
+            assert n["frozen_total"] / 2 <= n["frozen_held"] < n["frozen_total"] / 2 + 1000, (rank, when, n)
+            assert math.ceil(n["prompt_total"] / 2) <= n["prompt_held"] <= n["prompt_total"] / 2 + 8, (rank, when, n)
+            # Between steps nothing is whole: the prompt files and the training state gather the prompts.
+            assert n["frozen_visible"] == 0 and n["prompt_visible"] == 0, (rank, when, n)
+
+
+def test_prompt_files_load_in_one_process(runs):
+    base = runs["vpt"]
+    proc = run([sys.executable, str(SCRIPT), "vpt", "eval", "-c", *SMOKE["vpt"], "--prompts", str(base / "deepspeed" / "last")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads(proc.stdout)
+    last_eval = [json.loads(line) for line in (base / "deepspeed" / "metrics.jsonl").read_text().splitlines() if '"eval"' in line][-1]
+    assert metrics["count"] == 128 and metrics["accuracy"] == last_eval["accuracy"] > 0.5
+    assert metrics["loss"] == pytest.approx(last_eval["loss"], abs=1e-5)
+
+
+def test_deepspeed_run_killed_with_sigkill_resumes_to_the_uninterrupted_prompts(runs, tmp_path):
+    out = tmp_path / "run"
+    killed = two_processes(SCRIPT, "vpt", ["train", "-c", *SMOKE["vpt"], *DEEPSPEED, "-o", str(out)], KILL_AT_STEP="3")
+    assert killed.returncode != 0
+    state = json.loads((out / "state" / "trainer_state.json").read_text())
+    assert state["progress"]["step"] == 2 and state["world_size"] == 2
+    resumed = two_processes(SCRIPT, "vpt", ["train", "--resume", str(out)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    ours, theirs = prompts(out), prompts(runs["vpt"] / "deepspeed")
+    for key in theirs:
+        assert torch.equal(ours[key], theirs[key]), f"{key} differs from the uninterrupted run"
+    assert (out / "metrics.jsonl").read_text() == (runs["vpt"] / "deepspeed" / "metrics.jsonl").read_text()
+
+
+def test_one_process_deepspeed_is_refused_in_one_line(tmp_path):
+    proc = run([sys.executable, str(SCRIPT), "vpt", "train", "-c", *SMOKE["vpt"], *DEEPSPEED, "-o", str(tmp_path / "run")])
+    assert proc.returncode == 2
+    assert "error: train.distributed: deepspeed needs several processes, this run has 1" in proc.stderr
+    assert "Traceback" not in proc.stderr
