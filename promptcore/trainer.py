@@ -424,7 +424,14 @@ class Trainer:
             # Accelerate takes its DeepSpeed path for accelerator processes only; CPU processes (DeepSpeed's CPU
             # accelerator) get it when given their backend, gloo.
             gloo = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
-            return Accelerator(deepspeed_plugin=plugin, kwargs_handlers=gloo)
+            accelerator = Accelerator(deepspeed_plugin=plugin, kwargs_handlers=gloo)
+            if accelerator.distributed_type != "DEEPSPEED":
+                raise UserError(
+                    f"train.distributed: deepspeed: Accelerate set up {accelerator.distributed_type} instead of DeepSpeed "
+                    f"(a launch that forces CPU processes, such as `accelerate launch --cpu`, keeps it from DeepSpeed); "
+                    f"launch with torchrun or `deepspeed --no_local_rank`"
+                )
+            return accelerator
         # On a machine without GPUs, a multi-process launch (torchrun) must be told to use CPU processes (gloo).
         cpu = launched and not torch.cuda.is_available()
         from accelerate.utils import DistributedDataParallelKwargs
