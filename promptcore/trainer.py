@@ -1,15 +1,15 @@
 """The trainer: trains the prompts (and head) of any :class:`~promptcore.model.PromptedModel`, nothing else.
 
 Built on Hugging Face Accelerate for devices, mixed precision and multi-process launch (``accelerate launch``,
-``torchrun``). With several processes the model runs under one of torch's engines (:mod:`promptcore.distributed`):
-DDP through ``accelerator.prepare`` (``train.distributed: auto`` / ``ddp``), or FSDP2 sharding the frozen
-backbone (``fsdp``), or DeepSpeed ZeRO-3 through ``accelerator.prepare`` (``deepspeed``). Either way a step is one call of :class:`~promptcore.distributed.StepModule`, whose forward is
-the model's own ``training_step`` / ``eval_step``, so the engines' hooks run around it. After each accumulation
-window one small collective carries the global loss and the Ctrl-C flag (and, under FSDP, the prompt gradients,
-which FSDP leaves to the trainer because the prompts are not sharded), so every process agrees on both. Under
-DeepSpeed the engine runs each backward and the optimizer step (averaging and clipping the prompt gradients).
-A process whose slice of a global batch is empty (the last, short batch of an epoch) runs a zero-weighted step
-on one row instead, so its collectives match the others'.
+``torchrun``). With several processes the model runs under one of the engines (:mod:`promptcore.distributed`):
+DDP through ``accelerator.prepare`` (``train.distributed: auto`` / ``ddp``), FSDP2 sharding the frozen backbone
+(``fsdp``), or DeepSpeed ZeRO-3 through ``accelerator.prepare`` (``deepspeed``). Either way a step is one call of
+:class:`~promptcore.distributed.StepModule`, whose forward is the model's own ``training_step`` / ``eval_step``, so
+the engines' hooks run around it. After each accumulation window one small collective carries the global loss and
+the Ctrl-C flag (and, under FSDP, the prompt gradients, which FSDP leaves to the trainer because the prompts are not
+sharded), so every process agrees on both. Under DeepSpeed the engine runs each backward and the optimizer step
+(averaging and clipping the prompt gradients). A process whose slice of a global batch is empty (the last, short
+batch of an epoch) runs a zero-weighted step on one row instead, so its collectives match the others'.
 
 Data order is a function of ``(seed, epoch)``: each epoch's permutation is drawn from its own generator and cut
 into global batches of ``batch_size * processes`` samples, of which each process takes its slice. A resumed run
