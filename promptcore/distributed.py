@@ -345,7 +345,7 @@ def zero3_optimizer_state(engine: Any, group_params: list[list[nn.Parameter]]) -
         for p in params:
             entry = {}
             for key, value in shared.items():
-                if isinstance(value, torch.Tensor) and value.dim() > 0:
+                if _per_element(value):
                     entry[key] = safe_get_full_optimizer_state(p, key).view(p.ds_shape).cpu()
                 else:
                     entry[key] = value.clone() if isinstance(value, torch.Tensor) else value
@@ -354,6 +354,15 @@ def zero3_optimizer_state(engine: Any, group_params: list[list[nn.Parameter]]) -
             index += 1
         groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": list(range(first, index))})
     return {"state": state, "param_groups": groups}
+
+
+def _per_element(value: Any) -> bool:
+    """Whether an optimizer state value holds one number per element (moments, momentum), not one per group."""
+    return isinstance(value, torch.Tensor) and value.dim() > 0
+
+
+def _fresh(value: Any, flat: torch.Tensor) -> Any:
+    return torch.zeros_like(flat) if _per_element(value) else value.clone() if isinstance(value, torch.Tensor) else value
 
 
 def load_zero3_optimizer_state(engine: Any, group_params: list[list[nn.Parameter]], saved: dict[str, Any]) -> None:
@@ -369,14 +378,13 @@ def load_zero3_optimizer_state(engine: Any, group_params: list[list[nn.Parameter
             safe_set_full_fp32_param(p, p.data.detach().reshape(-1))
         entries = [saved["state"].get(index + i, {}) for i in range(len(params))]
         if entries and entries[0]:
-            for flat in _flat_partitions(engine, g):  # the state a first step creates, then each prompt's part of it
-                optimizer.state[flat] = {
-                    k: torch.zeros_like(flat) if isinstance(v, torch.Tensor) and v.dim() > 0 else (v.clone() if isinstance(v, torch.Tensor) else v)
-                    for k, v in entries[0].items()
-                }
+            # The state a first step would create (per-element tensors, the shared step count), then each prompt's
+            # part of each per-element tensor.
+            for flat in _flat_partitions(engine, g):
+                optimizer.state[flat] = {k: _fresh(v, flat) for k, v in entries[0].items()}
             for p, entry in zip(params, entries):
                 for key, value in entry.items():
-                    if isinstance(value, torch.Tensor) and value.dim() > 0:
+                    if _per_element(value):
                         safe_set_full_optimizer_state(p, value.to(p.ds_tensor.device).reshape(-1), key)
         index += len(params)
 
