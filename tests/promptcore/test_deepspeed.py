@@ -1,7 +1,8 @@
 """``vpt train`` / ``textpt train`` with ``train.distributed: deepspeed`` (DeepSpeed ZeRO-3 through Accelerate) under
 torchrun on CPU processes (DeepSpeed's CPU accelerator, gloo): the prompts and the optimizer state equal a 1-process
 run's with the same global batch, also after the vpt run was killed with SIGKILL and resumed; each process holds
-half of the frozen weights (and of the prompts) between steps; the prompt files are whole and load in one process.
+half of the frozen weights (and of the prompts) between steps, with vpt on its fast VPT-deep path; the prompt files
+are whole and load in one process.
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ def test_deepspeed_under_torchrun_equals_one_process(runs, tool):
 def test_each_process_holds_half_of_the_frozen_weights(runs, tool):
     for rank in (0, 1):
         report = json.loads((runs[tool] / "held" / f"rank{rank}.json").read_text())
+        # The fast VPT-deep path computes with each block's submodules inside the block's call (its leaf gather).
+        assert report["fast"] is (True if tool == "vpt" else None)
         for when in ("begin", "end"):
             n = report[when]
             assert n["frozen_total"] > n["prompt_total"] > 0

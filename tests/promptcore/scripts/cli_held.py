@@ -1,7 +1,7 @@
 """Runs ``vpt`` or ``textpt`` (under torchrun) and writes, on each process at the start and at the end of training,
-how many elements of the frozen weights and of the prompts that process holds to ``HELD_DIR/rank<r>.json``: under
-DeepSpeed ZeRO-3 a parameter's own tensor is empty between steps and the process keeps its partition
-(``ds_tensor``) of ``ds_numel`` elements.
+how many elements of the frozen weights and of the prompts that process holds (and, for vpt, whether the fast
+VPT-deep path runs) to ``HELD_DIR/rank<r>.json``: under DeepSpeed ZeRO-3 a parameter's own tensor is empty between
+steps and the process keeps its partition (``ds_tensor``) of ``ds_numel`` elements.
 
 Usage: HELD_DIR=DIR python cli_held.py vpt|textpt ARGS...
 """
@@ -32,6 +32,7 @@ class Held(Callback):
 
     def on_train_begin(self, trainer) -> None:
         self.report["begin"] = held(trainer)
+        self.report["fast"] = getattr(trainer.model, "fast", None)  # vpt: whether the fast VPT-deep path runs
 
     def on_train_end(self, trainer) -> None:
         self.report["end"] = held(trainer)
