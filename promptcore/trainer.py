@@ -424,7 +424,12 @@ class Trainer:
             # Accelerate takes its DeepSpeed path for accelerator processes only; CPU processes (DeepSpeed's CPU
             # accelerator) get it when given their backend, gloo.
             gloo = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
+            # Accelerate marks the whole process as DeepSpeed's (an environment variable it reads when an
+            # Accelerator is made); a later Trainer of another engine in this process must not inherit that.
+            marked = os.environ.get("ACCELERATE_USE_DEEPSPEED")
             accelerator = Accelerator(deepspeed_plugin=plugin, kwargs_handlers=gloo)
+            if marked is None:
+                os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
             if accelerator.distributed_type != "DEEPSPEED":
                 raise UserError(
                     f"train.distributed: deepspeed: Accelerate set up {accelerator.distributed_type} instead of DeepSpeed "

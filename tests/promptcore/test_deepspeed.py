@@ -119,3 +119,14 @@ def test_one_process_deepspeed_is_refused_before_any_set_up(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with pytest.raises(UserError, match=r"^train.distributed: deepspeed needs several processes, this run has 1; launch it with `torchrun"):
         Trainer._make_accelerator(TrainConfig(distributed="deepspeed"))
+
+
+def test_from_python_then_another_engine_in_the_same_process(tmp_path):
+    # Accelerate marks the process as DeepSpeed's (ACCELERATE_USE_DEEPSPEED) when it makes a DeepSpeed Accelerator,
+    # and on GPUs every later Accelerator would follow the mark: the trainer takes it back. Both train the same prompts.
+    proc = run([TORCHRUN, "--standalone", "--nproc_per_node", "2", str(Path(__file__).parent / "scripts" / "train_toy_deepspeed.py"), str(tmp_path)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == [["deepspeed", None], ["ddp", None]]
+    assert_close_prompts(prompts(tmp_path / "deepspeed"), prompts(tmp_path / "ddp"), 1e-5)
+
