@@ -32,7 +32,13 @@ DEEPSPEED = ["--set", "train.distributed=deepspeed"]
 
 
 def run(cmd: list[str], **env: str) -> subprocess.CompletedProcess:
-    full = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **env}
+    # CPU processes on any machine: two processes cannot share one GPU under NCCL.
+    cpu = {"CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu"}
+    # DeepSpeed compiles its CPU collective (deepspeed_shm_comm) on first use with the first ninja on PATH, and
+    # compiles it again whenever the cached build came from another ninja: the environment's own comes first, as in
+    # an activated environment and in the docs examples (tests/test_docs.py), so the suite compiles it once.
+    path = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    full = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **cpu, **path, **env}
     for name in ("KILL_AT_STEP", "HELD_DIR"):
         if name not in env:
             full.pop(name, None)
