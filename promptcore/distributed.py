@@ -24,10 +24,10 @@ backbone.
   over the processes, clips them (``train.grad_clip``) and steps the trainer's optimizer over its flat fp32
   partitions, which is why the factored optimizers (Adafactor) are refused.
 
-Both engines hook into module calls, so a training or evaluation step runs as one call of :class:`StepModule`, whose
+The engines hook into module calls, so a training or evaluation step runs as one call of :class:`StepModule`, whose
 ``forward`` is the model's own ``training_step`` / ``eval_step``. Code that computes with a block's submodules
-directly (the exact fast paths) goes through :func:`call_through`, so the block's sharded weights are gathered the
-FSDP way.
+directly (the exact fast paths) goes through :func:`call_through`, so the block's sharded weights are gathered by
+the engine's own hooks (FSDP's, or ZeRO-3's for a leaf module).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .fingerprint import FINGERPRINT_KEY
 
 Mode = Literal["none", "ddp", "fsdp", "deepspeed"]
 
@@ -296,7 +297,7 @@ def prepare_deepspeed(accelerator: Any, step: StepModule, optimizer: torch.optim
     # Prompt files record the backbone's weights fingerprint; read it now, while the weights are whole.
     fingerprint = model.backbone_fingerprint() if hasattr(model, "backbone_fingerprint") else None
     if fingerprint is not None:
-        model.record_in_prompt_files(backbone_fingerprint=fingerprint)
+        model.record_in_prompt_files(**{FINGERPRINT_KEY: fingerprint})
     units = shard_units(model, config.block_classes, "deepspeed")
     names = {id(m): n for n, m in step.named_modules()}
     set_z3_leaf_modules_by_name(step, [names[id(u)] for u in units])
