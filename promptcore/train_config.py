@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from .distributed import FSDPConfig
+from .distributed import DeepSpeedConfig, FSDPConfig
 from .errors import UserError
 from .registry import did_you_mean
 
@@ -51,6 +51,9 @@ class TrainConfig:
     them with FSDP2, one unit per transformer block, set by the ``fsdp`` section::
 
         train: {distributed: fsdp, fsdp: {reshard_after_forward: true}}
+
+    ``deepspeed`` shards it with DeepSpeed ZeRO-3 through Accelerate instead (the ``deepspeed`` section), for setups
+    built on DeepSpeed; it needs the ``prompttune[deepspeed]`` extra.
     """
 
     epochs: int = 10
@@ -86,8 +89,9 @@ class TrainConfig:
     tensorboard: bool = True
     progress_bar: bool = True
     callbacks: list[str | dict[str, Any]] = field(default_factory=list)  # names, or {name: ..., arg: value}
-    distributed: Literal["auto", "ddp", "fsdp"] = "auto"  # auto: ddp when launched with several processes
+    distributed: Literal["auto", "ddp", "fsdp", "deepspeed"] = "auto"  # auto: ddp when launched with several processes
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)  # distributed: fsdp only
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)  # distributed: deepspeed only
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum_steps", "log_every_steps"):
@@ -123,16 +127,38 @@ class TrainConfig:
                     )
                 (_check_rate if key == "lr" else _check_decay)(f"param_groups.{module}.{key}", value)
         self._check_warmup()
-        if isinstance(self.fsdp, dict):  # TrainConfig(fsdp={...}) from Python, as YAML gives it
-            unknown = sorted(set(self.fsdp) - {f.name for f in fields(FSDPConfig)})
-            if unknown:
-                raise UserError(f"fsdp.{unknown[0]}: unknown setting; the fsdp section sets {', '.join(f.name for f in fields(FSDPConfig))}")
-            self.fsdp = FSDPConfig(**self.fsdp)
-        if self.distributed != "fsdp" and self.fsdp != FSDPConfig():
-            raise UserError(f"fsdp: set, but train.distributed is {self.distributed!r}; set train.distributed: fsdp or remove the fsdp section")
+        for section, kind in (("fsdp", FSDPConfig), ("deepspeed", DeepSpeedConfig)):
+            value = getattr(self, section)
+            if isinstance(value, dict):  # TrainConfig(fsdp={...}) from Python, as YAML gives it
+                known = [f.name for f in fields(kind)]
+                unknown = sorted(set(value) - set(known))
+                if unknown:
+                    raise UserError(f"{section}.{unknown[0]}: unknown setting.{did_you_mean(str(unknown[0]), known)} The {section} section sets {', '.join(known)}")
+                setattr(self, section, kind(**value))
+            if self.distributed != section and getattr(self, section) != kind():
+                raise UserError(
+                    f"{section}: set, but train.distributed is {self.distributed!r}; set train.distributed: {section} "
+                    f"or remove the {section} section"
+                )
+        if self.distributed == "deepspeed":
+            self._check_deepspeed()
         from .callbacks import check_callback_specs  # the registry imports nothing of the trainer's config
 
         check_callback_specs(self.callbacks)
+
+    def _check_deepspeed(self) -> None:
+        if self.optimizer in ("adafactor", "adafactor_t5x"):
+            raise UserError(
+                f"optimizer: {self.optimizer} factors each prompt's second moment by the prompt's shape, and DeepSpeed "
+                f"ZeRO-3 steps the optimizer over flat partitions that have none; use adamw, adam or sgd with "
+                f"train.distributed: deepspeed, or keep {self.optimizer} with train.distributed: fsdp"
+            )
+        if self.mixed_precision != "no":
+            raise UserError(
+                f"mixed_precision: {self.mixed_precision} under train.distributed: deepspeed would make DeepSpeed cast "
+                f"the prompts with the model, and the prompts, heads and their optimizer state stay float32 here; set "
+                f"mixed_precision: no, or use train.distributed: fsdp"
+            )
 
     def _check_warmup(self) -> None:
         has_warmup = self.warmup_epochs > 0 or self.warmup_steps > 0

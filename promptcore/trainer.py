@@ -1,14 +1,15 @@
 """The trainer: trains the prompts (and head) of any :class:`~promptcore.model.PromptedModel`, nothing else.
 
 Built on Hugging Face Accelerate for devices, mixed precision and multi-process launch (``accelerate launch``,
-``torchrun``). With several processes the model runs under one of torch's engines (:mod:`promptcore.distributed`):
-DDP through ``accelerator.prepare`` (``train.distributed: auto`` / ``ddp``), or FSDP2 sharding the frozen
-backbone (``fsdp``). Either way a step is one call of :class:`~promptcore.distributed.StepModule`, whose forward is
-the model's own ``training_step`` / ``eval_step``, so the engines' hooks run around it. After each accumulation
-window one small collective carries the global loss and the Ctrl-C flag (and, under FSDP, the prompt gradients,
-which FSDP leaves to the trainer because the prompts are not sharded), so every process agrees on both.
-A process whose slice of a global batch is empty (the last, short batch of an epoch) runs a zero-weighted step
-on one row instead, so its collectives match the others'.
+``torchrun``). With several processes the model runs under one of the engines (:mod:`promptcore.distributed`):
+DDP through ``accelerator.prepare`` (``train.distributed: auto`` / ``ddp``), FSDP2 sharding the frozen backbone
+(``fsdp``), or DeepSpeed ZeRO-3 through ``accelerator.prepare`` (``deepspeed``). Either way a step is one call of
+:class:`~promptcore.distributed.StepModule`, whose forward is the model's own ``training_step`` / ``eval_step``, so
+the engines' hooks run around it. After each accumulation window one small collective carries the global loss and
+the Ctrl-C flag (and, under FSDP, the prompt gradients, which FSDP leaves to the trainer because the prompts are not
+sharded), so every process agrees on both. Under DeepSpeed the engine runs each backward and the optimizer step
+(averaging and clipping the prompt gradients). A process whose slice of a global batch is empty (the last, short
+batch of an epoch) runs a zero-weighted step on one row instead, so its collectives match the others'.
 
 Data order is a function of ``(seed, epoch)``: each epoch's permutation is drawn from its own generator and cut
 into global batches of ``batch_size * processes`` samples, of which each process takes its slice. A resumed run
@@ -43,7 +44,18 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .callbacks import Callback, ProgressBar, StepInfo, TensorBoard, build_callback
 from .config import ConfigError, to_dict, to_yaml
-from .distributed import StepModule, ignore_frozen_in_ddp, resolve_mode, shard_model
+from .distributed import (
+    StepModule,
+    ignore_frozen_in_ddp,
+    load_zero3_optimizer_state,
+    prepare_deepspeed,
+    require_deepspeed,
+    resolve_mode,
+    shard_model,
+    whole,
+    zero3_config,
+    zero3_optimizer_state,
+)
 from .errors import UserError
 from .preflight import metric_problem
 from .model import PromptedModel
@@ -332,7 +344,7 @@ class Trainer:
         if self.mode == "ddp" and self.params and train_dataset is not None:
             ignore_frozen_in_ddp(self.step_module)
             self.engine = self.accelerator.prepare_model(self.step_module)
-        elif self.mode == "ddp":
+        elif self.mode in ("ddp", "deepspeed") and not (self.params and train_dataset is not None):
             self.mode = "none"  # nothing trains: evaluation only needs no engine
         elif self.mode == "fsdp":
             shard_model(self.step_module, model, config.fsdp, self.world_size, self.device)
@@ -350,6 +362,11 @@ class Trainer:
         # Each group's settings as the config gives them; a resumed run puts them back over the loaded state.
         groups = self.optimizer.param_groups if self.optimizer is not None else []
         self._group_settings = [{k: v for k, v in g.items() if k != "params"} for g in groups]
+        self._checkpoint_bytes = self._checkpoint_size()  # while the prompts are whole on every process
+        # The prompts of each optimizer group (DeepSpeed replaces them in the groups by flat partitions).
+        self._group_params = [list(g["params"]) for g in groups]
+        if self.mode == "deepspeed":
+            self.engine = prepare_deepspeed(self.accelerator, self.step_module, self.optimizer, config.deepspeed)
         micro_per_epoch = math.ceil(self.num_train / (config.batch_size * self.world_size)) if self.num_train else 0
         self.steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accum_steps)
         self.total_steps = config.epochs * self.steps_per_epoch
@@ -397,6 +414,29 @@ class Trainer:
         # trainers (with different precisions) can run in one process. An existing process group is kept.
         AcceleratorState._reset_state(reset_partial_state=True)
         launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if config.distributed == "deepspeed":
+            require_deepspeed()
+            if not launched:
+                resolve_mode(config.distributed, 1, torch.device("cpu"))  # refuses a 1-process run
+            from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs
+
+            plugin = DeepSpeedPlugin(hf_ds_config=zero3_config(config.batch_size, config.grad_accum_steps, config.grad_clip))
+            # Accelerate takes its DeepSpeed path for accelerator processes only; CPU processes (DeepSpeed's CPU
+            # accelerator) get it when given their backend, gloo.
+            gloo = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
+            # Accelerate marks the whole process as DeepSpeed's (an environment variable it reads when an
+            # Accelerator is made); a later Trainer of another engine in this process must not inherit that.
+            marked = os.environ.get("ACCELERATE_USE_DEEPSPEED")
+            accelerator = Accelerator(deepspeed_plugin=plugin, kwargs_handlers=gloo)
+            if marked is None:
+                os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
+            if accelerator.distributed_type != "DEEPSPEED":
+                raise UserError(
+                    f"train.distributed: deepspeed: Accelerate set up {accelerator.distributed_type} instead of DeepSpeed "
+                    f"(a launch that forces CPU processes, such as `accelerate launch --cpu`, keeps it from DeepSpeed); "
+                    f"launch with torchrun or `deepspeed --no_local_rank`"
+                )
+            return accelerator
         # On a machine without GPUs, a multi-process launch (torchrun) must be told to use CPU processes (gloo).
         cpu = launched and not torch.cuda.is_available()
         from accelerate.utils import DistributedDataParallelKwargs
@@ -457,7 +497,7 @@ class Trainer:
         if removed:
             print(f"{self.run.path}: removed leftovers of interrupted writes: {', '.join(removed)}", file=sys.stderr)
         self.run.check_writable()
-        self.run.check_free_space(*self._checkpoint_size())
+        self.run.check_free_space(*self._checkpoint_bytes)
         if not resume:
             self.run.prepare_new(overwrite)
             self.run.write_config(self._config_text(run_config))
@@ -566,6 +606,15 @@ class Trainer:
             return
         plain, rng_tensors = self._rng_state()
         plains, rng_all = self._gather(plain), self._gather(rng_tensors)
+        with whole(self.params, self.mode):
+            self._write_checkpoint(progress, callback_states, plains, rng_all)
+        self._checkpoint_step = progress.step
+        self.accelerator.wait_for_everyone()
+        self._callback("on_save", self.run.last, "last")
+
+    def _write_checkpoint(self, progress: _Progress, callback_states: dict[str, Any] | None, plains: list[Any], rng_all: list[Any]) -> None:
+        assert self.run is not None
+        optimizer_state = self._optimizer_state()
         if self.is_main:
             self.model.save_prompts(self.run.last, extra={"step": progress.step, "epoch": progress.epoch})
             meta = {
@@ -579,14 +628,18 @@ class Trainer:
             }
             tensors = {
                 "prompts": {name: m.state_dict() for name, m in self.model.prompt_modules().items()},
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": optimizer_state,
                 "scaler": self.scaler.state_dict() if self.scaler is not None else {},
                 "rng": rng_all,
             }
             self.run.save_state(meta, tensors)
-        self._checkpoint_step = progress.step
-        self.accelerator.wait_for_everyone()
-        self._callback("on_save", self.run.last, "last")
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        """The optimizer's state dict; every process calls it (under DeepSpeed it gathers the partitions)."""
+        assert self.optimizer is not None
+        if self.mode == "deepspeed":
+            return zero3_optimizer_state(self.engine, self._group_params)
+        return self.optimizer.state_dict()
 
     def _load_state(self, run_config: Any) -> None:
         assert self.run is not None
@@ -611,10 +664,14 @@ class Trainer:
                 f"cannot resume {self.run.path}: {'; '.join(fixed)}; the run's optimizer state and best/ belong to "
                 f"its settings. Resume with them, or start a new run (overwrite=True / --overwrite, or another directory)"
             )
-        check_resume(self.model, tensors["prompts"], self.run.last, self.run.path)
-        for name, module in self.model.prompt_modules().items():
-            module.load_state_dict(tensors["prompts"][name])
-        self.optimizer.load_state_dict(tensors["optimizer"])
+        with whole(self.params, self.mode, write=True):
+            check_resume(self.model, tensors["prompts"], self.run.last, self.run.path)
+            for name, module in self.model.prompt_modules().items():
+                module.load_state_dict(tensors["prompts"][name])
+            if self.mode == "deepspeed":
+                load_zero3_optimizer_state(self.engine, self._group_params, tensors["optimizer"])
+        if self.mode != "deepspeed":
+            self.optimizer.load_state_dict(tensors["optimizer"])
         for group, settings in zip(self.optimizer.param_groups, self._group_settings):
             group.update(settings)  # the config's values (a resumed run may change lr or weight_decay)
         if self.scaler is not None and tensors["scaler"]:
@@ -744,7 +801,7 @@ class Trainer:
         itself); returns (global mean loss, stop)."""
         if self.world_size == 1:
             return float(loss_sum), self._stop_requested
-        if self.mode == "ddp":
+        if self.mode in ("ddp", "deepspeed"):
             flat = torch.stack([loss_sum.float(), torch.tensor(float(self._stop_requested), device=self.device)])
             dist.all_reduce(flat)
             return float(flat[0]), bool(flat[1] > 0)
@@ -782,12 +839,16 @@ class Trainer:
                 if loss.dim() != 0:
                     raise ValueError(f"{type(self.model).__name__}.training_step returned shape {tuple(loss.shape)}; it must return the mean loss, a scalar")
                 # Weighted by this slice's share of the step's global samples, so the summed gradient is the mean
-                # over the global batch, whatever the split across processes and micro-batches. DDP averages over
-                # the processes instead of summing: its share is scaled by their number.
-                share = n / total * (self.world_size if self.mode == "ddp" else 1)
+                # over the global batch, whatever the split across processes and micro-batches. DDP and DeepSpeed
+                # average over the processes instead of summing: their share is scaled by the number.
+                averaged = self.mode in ("ddp", "deepspeed")
+                share = n / total * (self.world_size if averaged else 1)
                 weighted = loss.float() if share == 1 else loss.float() * share
-                (self.scaler.scale(weighted) if self.scaler is not None else weighted).backward()
-            loss_sum += weighted.detach() if self.mode != "ddp" else loss.float().detach() * (n / total)
+                if self.mode == "deepspeed":
+                    self.engine.backward(weighted, scale_wrt_gas=False)  # the share already counts the window
+                else:
+                    (self.scaler.scale(weighted) if self.scaler is not None else weighted).backward()
+            loss_sum += loss.float().detach() * (n / total) if averaged else weighted.detach()
         loss_value, stop = self._reduce_step(loss_sum)
         if not math.isfinite(loss_value):
             self.optimizer.zero_grad(set_to_none=True)
@@ -799,6 +860,9 @@ class Trainer:
                 f"loss is {loss_value} at step {p.step + 1} (epoch {p.epoch}); training stopped before updating the "
                 f"prompts{where}. Lower the learning rate, enable grad_clip, or use bf16 instead of fp16"
             )
+        if self.mode == "deepspeed":
+            self.engine.step()  # clips (train.grad_clip), steps the optimizer over the partitions, zeroes the gradients
+            return loss_value, stop
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.config.grad_clip is not None:
@@ -881,15 +945,16 @@ class Trainer:
         if better:
             p.best_value, p.best_step, p.best_epoch = value, p.step, p.epoch
             if self.run is not None:
-                if self.is_main:
-                    self.model.save_prompts(self.run.best, extra={"step": p.step, "epoch": p.epoch, "metric": cfg.metric, "value": value})
+                with whole(self.params, self.mode):
+                    if self.is_main:
+                        self.model.save_prompts(self.run.best, extra={"step": p.step, "epoch": p.epoch, "metric": cfg.metric, "value": value})
                 self._callback("on_save", self.run.best, "best")
         self._callback("on_evaluate", metrics)
         return metrics
 
     def _eval_call(self, batch: Any) -> dict[str, torch.Tensor]:
-        # Under FSDP the call goes through the sharded root (its hooks gather the weights); DDP needs no hook here.
-        return self.engine(batch, "eval") if self.mode == "fsdp" else self.model.eval_step(batch)
+        # Under FSDP and DeepSpeed the call goes through the engine (its hooks gather the weights); DDP needs no hook.
+        return self.engine(batch, "eval") if self.mode in ("fsdp", "deepspeed") else self.model.eval_step(batch)
 
     def fit(self) -> dict[str, Any]:
         """Trains until ``epochs`` or ``max_steps``, or until a callback stops the run; returns the last step, the
@@ -962,9 +1027,9 @@ class Trainer:
         # Strided shards: every sample is evaluated once, and rank 0 always has one when the dataset has any.
         indices = list(range(self.rank, n, self.world_size))
         batches = [indices[i : i + size] for i in range(0, len(indices), size)]
-        # Under FSDP every process takes part in every forward (each gathers the blocks' weights with the others):
-        # a process with fewer batches than rank 0 runs one row for each missing batch and discards the result.
-        padding = math.ceil(math.ceil(n / self.world_size) / size) - len(batches) if self.mode == "fsdp" else 0
+        # Under FSDP and DeepSpeed every process takes part in every forward (each gathers the blocks' weights with
+        # the others): a process with fewer batches than rank 0 runs one row for each missing batch and discards it.
+        padding = math.ceil(math.ceil(n / self.world_size) / size) - len(batches) if self.mode in ("fsdp", "deepspeed") else 0
         was_training = self.model.training
         self.model.eval()
         acc_dtype = torch.float64 if self.device.type != "mps" else torch.float32
@@ -1021,7 +1086,7 @@ def _out_of_memory_levers(config: TrainConfig, step: int, rows: int) -> Iterator
         levers = [f"train.batch_size (now {config.batch_size}; raise train.grad_accum_steps to keep the global batch)"]
         if not config.gradient_checkpointing:
             levers.append("train.gradient_checkpointing: true")
-        if config.distributed != "fsdp":
+        if config.distributed not in ("fsdp", "deepspeed"):
             levers.append("train.distributed: fsdp over several processes (shards the frozen weights)")
         levers.append("model.dtype: bfloat16 or model.quantization: int8 for the frozen weights")
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -89,7 +89,7 @@ def prompt_key_values(backbone: nn.Module, prompt_embeds: torch.Tensor) -> KeyVa
     out = decoder(inputs_embeds=prompt_embeds, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_argument(decoder): cache})
     kv = [(layer.keys, layer.values) for layer in cache.layers]
     if is_sharded(decoder):
-        # FSDP gathers a layer's weights for the backward when the gradient of the layer's output arrives; the last
+        # FSDP and ZeRO-3 gather a layer's weights for the backward when the gradient of its output arrives; the last
         # layer's output is otherwise unused here, so it joins the graph with weight zero (adding 0 changes nothing).
         kv[0] = (kv[0][0] + out.last_hidden_state.sum() * 0, kv[0][1])
     return kv

@@ -73,10 +73,11 @@ class TextRunConfig:
             )
         _check(self.model, resolve_prompt(self.model.task, self.prompt, data), data)
         if self.model.device_map is not None and self.train.distributed != "auto":
+            sharding = self.train.distributed if self.train.distributed in ("fsdp", "deepspeed") else "fsdp"
             raise ValueError(
                 f"model.device_map: places one model across devices in one process; train.distributed: "
-                f"{self.train.distributed} runs several. Drop model.device_map and keep train.distributed: fsdp to shard "
-                f"the frozen model over the processes, or set train.distributed: auto for one process"
+                f"{self.train.distributed} runs several. Drop model.device_map and keep train.distributed: {sharding} to "
+                f"shard the frozen model over the processes, or set train.distributed: auto for one process"
             )
 
     def resolved(self) -> "TextRunConfig":

@@ -22,8 +22,8 @@ Where it does not apply:
   whole model on the plain path, ``fast: on`` raises.
 
 Each block's work (its prompt K/V and its image tokens) runs as one call of the block's module
-(:func:`promptcore.distributed.call_through`), so hooks on the block apply: FSDP gathers a sharded block's weights
-for it and for the backward through it.
+(:func:`promptcore.distributed.call_through`), so hooks on the block apply: FSDP (and DeepSpeed ZeRO-3, for which
+each block is a leaf module) gathers a sharded block's weights for it and for the backward through it.
 
 Prompt dropout is applied to the prompt tensor before either path sees it (one mask per step), so both paths
 consume the same random numbers and stay equal in training mode too.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 
 import pytest
 import torch
@@ -36,6 +37,39 @@ def test_an_fsdp_section_without_fsdp_is_refused():
     assert config.fsdp.block_classes == ["Block"] and config.fsdp.reshard_after_forward is False
 
 
+def test_a_deepspeed_section_is_checked_like_the_fsdp_section():
+    with pytest.raises(UserError, match="deepspeed: set, but train.distributed is 'fsdp'; set train.distributed: deepspeed or remove the deepspeed section"):
+        TrainConfig(distributed="fsdp", deepspeed={"block_classes": ["Block"]})  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="deepspeed.block_class: unknown setting. Did you mean 'block_classes'"):
+        TrainConfig(distributed="deepspeed", deepspeed={"block_class": ["Block"]})  # type: ignore[arg-type]
+    from promptcore.config import ConfigError, load_config
+
+    config = load_config(TrainConfig, {"distributed": "deepspeed", "deepspeed": {"block_classes": ["Block"]}})
+    assert config.deepspeed.block_classes == ["Block"]
+    with pytest.raises(ConfigError, match="deepspeed.block_class: unknown key for DeepSpeedConfig. Did you mean 'block_classes'"):
+        load_config(TrainConfig, {"distributed": "deepspeed", "deepspeed": {"block_class": ["Block"]}})
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ({"optimizer": "adafactor"}, "optimizer: adafactor factors each prompt's second moment by the prompt's shape, and DeepSpeed ZeRO-3 steps"),
+        ({"optimizer": "adafactor_t5x"}, "optimizer: adafactor_t5x factors"),
+        ({"mixed_precision": "bf16"}, "mixed_precision: bf16 under train.distributed: deepspeed would make DeepSpeed cast the prompts"),
+    ],
+)
+def test_deepspeed_refuses_what_its_optimizer_would_change(setting, message):
+    with pytest.raises(UserError, match=message):
+        TrainConfig(distributed="deepspeed", **setting)
+    TrainConfig(distributed="fsdp", **setting)  # the same settings under fsdp are fine
+
+
+def test_deepspeed_not_installed_is_one_line_naming_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # import deepspeed now raises ImportError
+    with pytest.raises(UserError, match=r"^train.distributed: deepspeed needs the deepspeed package, which cannot be imported .*pip install 'prompttune\[deepspeed\]'"):
+        Trainer._make_accelerator(TrainConfig(distributed="deepspeed"))
+
+
 class Blocks(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -53,6 +87,8 @@ def test_shard_units_are_the_outermost_lists_of_identical_blocks_outside_the_pro
     assert shard_units(model, ["Linear"]) == [model.embed, *(lin for block in model.layers for lin in block)]
     with pytest.raises(UserError, match=r"train.fsdp: no module of class DecoderLayer found in Blocks to shard; set train.fsdp.block_classes"):
         shard_units(model, ["DecoderLayer"])
+    with pytest.raises(UserError, match=r"train.deepspeed: no module of class DecoderLayer found in Blocks to shard; set train.deepspeed.block_classes"):
+        shard_units(model, ["DecoderLayer"], "deepspeed")
     with pytest.raises(UserError, match="no list of identical blocks found in ToyPrompted"):
         shard_units(toy_model())
 

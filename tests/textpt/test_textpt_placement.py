@@ -114,6 +114,7 @@ def test_training_with_a_device_map_equals_the_plain_run_and_leaves_the_weights(
         (["model.device_map={model.layers.0: disk}"], r"model.offload_folder: device_map sends modules to 'disk'"),
         (["model.offload_folder=/tmp/x"], r"model.offload_folder: only used with a device_map"),
         (["model.name=hf:HuggingFaceTB/SmolLM2-135M", "model.device_map=auto", "train.distributed=fsdp"], r"model.device_map: .*train.distributed: fsdp runs several.*keep train.distributed: fsdp"),
+        (["model.name=hf:HuggingFaceTB/SmolLM2-135M", "model.device_map=auto", "train.distributed=deepspeed"], r"train.distributed: deepspeed runs several.*keep train.distributed: deepspeed"),
         (["model.quantization=int3"], r"model.quantization"),
         (["model.quantization=int8"], r"quantization: applies to weights loaded from a folder.*save_pretrained"),
     ],
