@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from emit import emit  # bench/emit.py: scripts run as `python bench/NAME.py`
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo" / "causal_lm_prompt.yaml"
 SMOLLM2_SHAPES = {
@@ -144,11 +146,7 @@ def main() -> None:
             for kind in ("fp32", "int8"):
                 r = accuracy(name, kind, args.train, args.test, Path(tmp))
                 lines.append(f"| {kind} | {r['accuracy']:.3f} | {r['low']:.3f}-{r['high']:.3f} | {r['count']} | {r['seconds']:.0f} |")
-        text = "\n".join(lines) + "\n"
-        print(text)
-        if args.write:
-            with open(args.write, "a") as f:
-                f.write("\n" + text)
+        emit(lines, args.write)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from emit import emit  # bench/emit.py: scripts run as `python bench/NAME.py`
+
 ROOT = Path(__file__).resolve().parents[1]
 
 LLAMA = {
@@ -202,11 +204,7 @@ def main() -> None:
             if args.keep_whole:
                 title += f", `train.fsdp.keep_whole: [{', '.join(args.keep_whole)}]`"
             lines += ["", f"{title}:", "", *table(model_name, procs, out)]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        with open(args.write, "a") as f:
-            f.write("\n" + text)
+    emit(lines, args.write)
 
 
 if __name__ == "__main__":

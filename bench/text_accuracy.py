@@ -52,6 +52,8 @@ import sys
 import time
 from pathlib import Path
 
+from emit import emit  # bench/emit.py: scripts run as `python bench/NAME.py`
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {"minilm": ROOT / "configs/textpt/minilm_seq_cls.yaml", "smollm2": ROOT / "configs/textpt/smollm2_verbalizer.yaml"}
 LABELS = {"minilm": "all-MiniLM-L6-v2 (`asset:minilm_l6`, seq_cls)", "smollm2": "SmolLM2-135M-Instruct (`asset:smollm2_135m`, causal LM + verbalizer)"}
@@ -355,11 +357,7 @@ def main() -> None:
     lines += ["", "Training loss (mean of the first 5 / last 5 steps): " + "; ".join(
         f"{model} {kind} {r['loss_first']:.3f} -> {r['loss_last']:.3f}" for model, rows in results.items() for kind, r in rows.items() if isinstance(r, dict) and "loss_first" in r
     ) + "."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        with open(args.write, "a") as f:
-            f.write("\n" + text)
+    emit(lines, args.write)
 
 
 if __name__ == "__main__":
