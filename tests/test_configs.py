@@ -39,7 +39,8 @@ def manifest_packages() -> dict[Path, str]:
     for path in ALL_YAML:
         if is_manifest(path):
             for task in read_yaml(path)["tasks"]:
-                out[(CONFIGS.parent / task["config"]).resolve()] = task["package"]
+                for config in [task["config"], *(extra["config"] for extra in task.get("more", []))]:
+                    out[(CONFIGS.parent / config).resolve()] = task["package"]
     return out
 
 
