@@ -122,6 +122,7 @@ class ServingBackend(Protocol):
         fingerprint: the served weights' fingerprint (:mod:`promptcore.fingerprint`), or None.
         device: where batches run.
         backbone_nbytes: bytes of the frozen weights (memory reports).
+        limits: what one request may ask (:class:`Limits`).
     """
 
     kind: ClassVar[str]
@@ -129,6 +130,7 @@ class ServingBackend(Protocol):
     fingerprint: str | None
     device: torch.device
     backbone_nbytes: int
+    limits: "Limits"
 
     def open_prompt(self, folder: Path, name: str) -> LoadedPrompt:
         """Opens prompt folder ``folder`` under ``name``, on the CPU.
@@ -164,11 +166,29 @@ class LimitError(UserError):
     """An input over one of the server's limits (body bytes, image pixels, text tokens, ``max_tokens``): HTTP 413."""
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask; :meth:`ServingBackend.prepare` raises :class:`LimitError` past them.
+
+    Attributes:
+        max_image_pixels: height x width of a decoded image, before any resizing.
+        max_input_tokens: tokens of a text input after the prompt's template.
+        max_new_tokens: the largest ``max_tokens`` a ``generate`` request may ask for.
+        max_top_k: the largest ``top_k`` of a ``classify`` request.
+    """
+
+    max_image_pixels: int = 4096 * 4096
+    max_input_tokens: int = 4096
+    max_new_tokens: int = 1024
+    max_top_k: int = 1000
+
+
 BackendBuilder = Callable[..., ServingBackend]
 BACKENDS: Registry[BackendBuilder] = Registry("serving backend")
-"""Kind (``vision``, ``text``) -> ``build(model_section: dict | None, prompt_folders: list[Path], device) ->
-ServingBackend``: the backbone a served prompt set runs on, from the package's ``model`` section (as in its run
-configs) or, when that is None, from the model section the first prompt folder records."""
+"""Kind (``vision``, ``text``) -> ``build(model_section: dict | None, prompt_folders: list[Path], device:
+torch.device, limits: Limits) -> ServingBackend``: the backbone a served prompt set runs on, from the package's
+``model`` section (a mapping as in its run configs' ``model:``) or, when that is None, from the model section the
+first of ``prompt_folders`` records (prompt files record the model section and seed they were trained with)."""
 
 
 def backend_for(kind: str) -> BackendBuilder:
@@ -187,6 +207,7 @@ __all__ = [
     "Classification",
     "GenerationStep",
     "LimitError",
+    "Limits",
     "LoadedPrompt",
     "PromptInfo",
     "Request",
