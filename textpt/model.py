@@ -300,11 +300,18 @@ class TextPromptedModel(PromptedModel):
         return self.class_logits(batch["input_ids"], batch.get("attention_mask"), batch.get("task_ids"))
 
     def training_step(self, batch: dict[str, Any]) -> torch.Tensor:
-        return self.strategy.training_step(self, batch)
+        """The task's mean LM loss over the target tokens, or the classification loss of ``labels``
+        (:meth:`forward_batch`)."""
+        if self.strategy.learns_tokens(self, batch):
+            return self.strategy.lm_loss(self, batch)
+        return super().training_step(batch)
 
     @torch.no_grad()
     def eval_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return self.strategy.eval_step(self, batch)
+        """Sums over the batch for :meth:`metric_names` plus ``count`` (target tokens, or examples)."""
+        if self.strategy.learns_tokens(self, batch):
+            return self.strategy.lm_metrics(self, batch)
+        return super().eval_step(batch)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, task_ids: torch.Tensor | None = None, **generate_kwargs: Any) -> torch.Tensor:

@@ -11,8 +11,22 @@ generate, and which batches it takes.
   what the checkpoint was trained for) feed a trainable linear head.
 
 A strategy is stateless: every call takes the prompted model (:class:`textpt.model.TextPromptedModel`), which
-places the prompt (``token_logits``, ``last_token_logits``, ``encode``) and holds the head and the verbalizer.
-Strategies are registered by task name in :data:`TASKS`.
+places the prompt (``token_logits``, ``last_token_logits``, ``encode``) and holds the head and the verbalizer. Calls
+go one way: the model calls its task, the task calls the model's prompt placement, which never calls a task.
+Strategies are registered by task name in :data:`TASKS`; ``model.task`` takes any registered name.
+
+A strategy also owns its batches: :meth:`TextTask.encode_row` turns one data row into an example (the shared row
+machinery, :class:`textpt.data.ExampleEncoder`, renders the template, maps labels and shortens texts) and
+:meth:`TextTask.collator` pads examples into the batch its steps read:
+
+- class labels (``seq_cls``, ``causal_lm`` with a verbalizer, the default):
+  ``{"input_ids": [B, L], "attention_mask": [B, L], "labels": [B]}``;
+- ``causal_lm`` with ``data.target_column``: ``{"input_ids", "attention_mask", "lm_labels": [B, L]}``, the
+  template part and the padding of ``lm_labels`` set to -100 so only the target is learned;
+- ``seq2seq``: ``{"input_ids", "attention_mask", "lm_labels": [B, T]}`` (the target, -100 on padding), plus
+  ``labels`` when the target is a class's verbalizer word.
+
+Each adds ``task_ids: [B]`` when ``data.task_column`` is set. Padding follows the tokenizer's ``padding_side``.
 
 A model that classifies (``model.classifies``) trains and evaluates on ``labels`` with the metrics
 ``("loss", "accuracy")``; one that writes tokens trains on ``lm_labels`` and reports ``("loss",
@@ -23,14 +37,15 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from promptcore import PromptedModel
 from promptcore.errors import UserError
 from promptcore.registry import Registry
 
@@ -41,12 +56,12 @@ from .padding import first_token_index, last_token_index, pad_token_id, repad
 
 if TYPE_CHECKING:
     from .config import TextMethodConfig
+    from .data import ExampleEncoder
     from .model import TextPromptedModel
 
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # the target value torch's cross-entropy skips: padding, template tokens, unpredicted positions
-Layout = Literal["classification", "causal_lm", "seq2seq", "inputs"]
 
 
 def upcast(x: torch.Tensor) -> torch.Tensor:
@@ -71,15 +86,6 @@ class TextTask:
     label_words: ClassVar[bool] = False
 
     # ----- configuration --------------------------------------------------------------------------------------
-    def layout(self, verbalizer: list[str] | None, target_column: str | None) -> Layout:
-        """The batch layout of the task's data (see :mod:`textpt.data`) for a run with this verbalizer and target
-        column.
-
-        Raises:
-            ValueError: the task cannot learn from this combination.
-        """
-        raise NotImplementedError
-
     def check_run(self, prompt: "TextMethodConfig", target_column: str | None) -> None:
         """Raises ``ValueError("section.field: ...")`` when a run of this task cannot learn with the method config
         ``prompt`` from data whose targets are ``target_column`` (``None``: class labels)."""
@@ -105,6 +111,45 @@ class TextTask:
         if pooling != "auto":
             raise UserError(f"model.pooling: {pooling!r} pools an encoder's features for seq_cls; a {self.name} model pools nothing, so leave it at auto")
         return None
+
+    # ----- data: rows to examples, examples to batches ---------------------------------------------------------
+    def learns_labels(self, target_column: str | None) -> bool:
+        """Whether a run whose targets are ``target_column`` (``None``: class labels) learns classes: its rows carry
+        ``labels`` and ``textpt generate`` prints class probabilities. Classes by default."""
+        return True
+
+    def target_template(self, target_column: str) -> str:
+        """How a row becomes the target when ``data.target_template`` is unset."""
+        return "{%s}" % target_column
+
+    def check_encoder(self, encoder: "ExampleEncoder") -> None:
+        """Raises :class:`promptcore.UserError` when ``encoder``'s settings give the task nothing to learn (by
+        default: class labels without a class count)."""
+        if encoder.num_classes is None:
+            raise UserError("classification needs the number of classes: set prompt.num_classes or prompt.verbalizer")
+
+    def encode_row(self, encoder: "ExampleEncoder", row: dict[str, Any], index: int, split: str, input_ids: list[int]) -> tuple[dict[str, Any], bool]:
+        """One row's example (without ``task_ids``, which the encoder adds) and whether it was shortened.
+
+        Args:
+            encoder: the run's row settings and the shared steps (:meth:`~textpt.data.ExampleEncoder.label`,
+                :meth:`~textpt.data.ExampleEncoder.fit`, :meth:`~textpt.data.ExampleEncoder.render`).
+            row: the row's columns.
+            index: the row's index in its split (for error messages).
+            split: the split's name (for error messages).
+            input_ids: the rendered template's token ids, special tokens included, before shortening.
+
+        By default the class label (when ``data.label_column`` is set) and the input ids within ``max_length``.
+        """
+        example: dict[str, Any] = {}
+        if encoder.wants_labels:
+            example["labels"] = encoder.label(row, index, split)
+        example["input_ids"], truncated = encoder.fit(row, input_ids)
+        return example, truncated
+
+    def collator(self, pad_token_id: int, padding_side: str) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]:
+        """Pads the task's examples into batches (``lm_labels`` along ``input_ids`` by default)."""
+        return TextCollator(pad_token_id, padding_side)
 
     # ----- running ---------------------------------------------------------------------------------------------
     def forward(self, model: "TextPromptedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor | None, task_ids: torch.Tensor | None) -> torch.Tensor:
@@ -136,21 +181,19 @@ class TextTask:
     # ----- training contract -----------------------------------------------------------------------------------
     def learns_tokens(self, model: "TextPromptedModel", batch: dict[str, Any]) -> bool:
         """Whether ``batch`` trains the LM loss: it has ``lm_labels``, and class ``labels`` only if the model does
-        not classify (a seq2seq batch carries both when the targets are the verbalizer's words)."""
+        not classify (a seq2seq batch carries both when the targets are the verbalizer's words). The model's
+        ``training_step`` and ``eval_step`` ask this, then call :meth:`lm_loss` / :meth:`lm_metrics`, or score the
+        classes themselves (``forward_batch``, which calls :meth:`class_logits`)."""
         return "lm_labels" in batch and ("labels" not in batch or not model.classifies)
 
-    def training_step(self, model: "TextPromptedModel", batch: dict[str, Any]) -> torch.Tensor:
-        """The mean LM loss over the target tokens, or the classification loss of ``labels``."""
-        if not self.learns_tokens(model, batch):
-            return PromptedModel.training_step(model, batch)
+    def lm_loss(self, model: "TextPromptedModel", batch: dict[str, Any]) -> torch.Tensor:
+        """The mean LM loss over the target tokens of ``batch``."""
         logits, targets = self.lm_logits_and_targets(model, batch)
         return F.cross_entropy(upcast(logits).flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
 
     @torch.no_grad()
-    def eval_step(self, model: "TextPromptedModel", batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Sums over the batch for :meth:`metric_names` plus ``count`` (target tokens, or examples)."""
-        if not self.learns_tokens(model, batch):
-            return PromptedModel.eval_step(model, batch)
+    def lm_metrics(self, model: "TextPromptedModel", batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Sums over the target tokens of ``batch``: ``loss``, ``token_accuracy`` and ``count``."""
         logits, targets = self.lm_logits_and_targets(model, batch)
         keep = targets != IGNORE_INDEX
         count = keep.sum().float()
@@ -158,6 +201,35 @@ class TextTask:
         correct = ((logits.argmax(-1) == targets) & keep).sum().float()
         # sums over tokens: the trainer's sum / count gives the mean token loss and token accuracy
         return {"loss": loss, "token_accuracy": correct, "count": count}
+
+
+@dataclass
+class TextCollator:
+    """Pads encoded examples into a batch of tensors.
+
+    Args:
+        pad_token_id: the id written into padded input positions (masked out by ``attention_mask``).
+        padding_side: ``left`` or ``right`` for ``input_ids`` (and ``lm_labels`` aligned with them).
+        labels_aligned: ``lm_labels`` run along ``input_ids`` (causal LM) and are padded on the same side; else
+            they are a separate target sequence (seq2seq), padded on the right.
+    """
+
+    pad_token_id: int
+    padding_side: Literal["left", "right"] = "right"
+    labels_aligned: bool = True
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if self.padding_side not in ("left", "right"):
+            raise UserError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
+        input_ids, attention_mask = repad([e["input_ids"] for e in examples], self.pad_token_id, self.padding_side, torch.device("cpu"))
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if "lm_labels" in examples[0]:
+            side = self.padding_side if self.labels_aligned else "right"
+            batch["lm_labels"] = repad([e["lm_labels"] for e in examples], IGNORE_INDEX, side, torch.device("cpu"))[0]
+        for key in ("labels", "task_ids"):
+            if key in examples[0]:
+                batch[key] = torch.tensor([e[key] for e in examples], dtype=torch.long)
+        return batch
 
 
 class CausalLM(TextTask):
@@ -168,22 +240,45 @@ class CausalLM(TextTask):
     decoder_only = True
     label_words = True
 
-    def layout(self, verbalizer: list[str] | None, target_column: str | None) -> Layout:
-        if target_column is not None:
-            return "causal_lm"
-        if verbalizer:
-            return "classification"
-        raise UserError(
-            "model.task causal_lm needs prompt.verbalizer (one word per class, to classify by scoring them) or "
-            "data.target_column (target texts, to train generation)"
-        )
-
     def check_run(self, prompt: "TextMethodConfig", target_column: str | None) -> None:
         if prompt.verbalizer and target_column is not None:
             raise UserError(
                 "prompt.verbalizer: with data.target_column set, a causal_lm run learns to write the targets, so it "
                 "takes no verbalizer; drop one of the two (verbalizer: classify; target_column: generate)"
             )
+        if not prompt.verbalizer and target_column is None:
+            raise UserError(f"data.target_column: {self._NEEDS}")
+
+    _NEEDS = (
+        "model.task causal_lm needs prompt.verbalizer (one word per class, to classify by scoring them) or "
+        "data.target_column (target texts, to train generation)"
+    )
+
+    def learns_labels(self, target_column: str | None) -> bool:
+        return target_column is None
+
+    def target_template(self, target_column: str) -> str:
+        return " {%s}" % target_column  # a space after the prompt, as BPE vocabularies expect
+
+    def check_encoder(self, encoder: "ExampleEncoder") -> None:
+        if encoder.target_column is None and not encoder.verbalizer:
+            raise UserError(self._NEEDS)
+
+    def encode_row(self, encoder: "ExampleEncoder", row: dict[str, Any], index: int, split: str, input_ids: list[int]) -> tuple[dict[str, Any], bool]:
+        """Classification rows as the default; generation rows are the input then the target (and the
+        end-of-sequence token), ``lm_labels`` :data:`IGNORE_INDEX` on the input. When the two do not fit in
+        ``max_length``, the target keeps at most half of it and the input's text field is cut to the rest."""
+        if encoder.target_column is None:
+            return super().encode_row(encoder, row, index, split, input_ids)
+        tokenizer = encoder.tokenizer
+        target = list(tokenizer(encoder.render(encoder.target_template, row), add_special_tokens=False)["input_ids"])
+        if tokenizer.eos_token_id is not None:
+            target.append(tokenizer.eos_token_id)
+        budget, cut = encoder.max_length or sys.maxsize, False
+        if len(input_ids) + len(target) > budget and len(target) > budget // 2:
+            target, cut = target[: budget // 2], True
+        ids, shortened = encoder.fit(row, input_ids, budget - len(target))
+        return {"input_ids": ids + target, "lm_labels": [IGNORE_INDEX] * len(ids) + target}, cut or shortened
 
     def classifies(self, model: "TextPromptedModel") -> bool:
         return model.verbalizer_ids is not None
@@ -279,12 +374,41 @@ class Seq2Seq(TextTask):
     auto_class = "AutoModelForSeq2SeqLM"
     label_words = True
 
-    def layout(self, verbalizer: list[str] | None, target_column: str | None) -> Layout:
-        return "seq2seq"
-
     def check_run(self, prompt: "TextMethodConfig", target_column: str | None) -> None:
         if target_column is None and not prompt.verbalizer:
             raise UserError("prompt.verbalizer: a seq2seq run learns data.target_column or the verbalizer's words; set one of them")
+
+    def learns_labels(self, target_column: str | None) -> bool:
+        return target_column is None
+
+    def check_encoder(self, encoder: "ExampleEncoder") -> None:
+        if encoder.target_column is None and not encoder.verbalizer:
+            raise UserError(
+                "seq2seq needs data.target_column (target texts) or a verbalizer (prompt.verbalizer: one word per class) "
+                "for the model to write"
+            )
+        if encoder.target_column is None and encoder.label_column is None:
+            raise UserError("seq2seq without data.target_column writes each row's class word: set data.label_column")
+
+    def encode_row(self, encoder: "ExampleEncoder", row: dict[str, Any], index: int, split: str, input_ids: list[int]) -> tuple[dict[str, Any], bool]:
+        """The input within ``max_length`` and the decoder's target, ``lm_labels``: the target text (special tokens
+        included) or the class's verbalizer word (:func:`label_word_target`, with ``labels``), cut to
+        ``max_target_length`` keeping its final end-of-sequence token."""
+        example: dict[str, Any] = {}
+        if encoder.target_column is not None:
+            target = list(encoder.tokenizer(encoder.render(encoder.target_template, row), add_special_tokens=True)["input_ids"])
+        else:
+            example["labels"] = encoder.label(row, index, split)
+            target = label_word_target(encoder.tokenizer, encoder.verbalizer[example["labels"]])
+        if len(target) > encoder.max_target_length:
+            target = target[: encoder.max_target_length - 1] + target[-1:]
+        example["input_ids"], truncated = encoder.fit(row, input_ids)
+        example["lm_labels"] = target
+        return example, truncated
+
+    def collator(self, pad_token_id: int, padding_side: str) -> TextCollator:
+        """``lm_labels`` are the decoder's own sequence, padded on the right."""
+        return TextCollator(pad_token_id, padding_side, labels_aligned=False)
 
     def classifies(self, model: "TextPromptedModel") -> bool:
         return False
@@ -335,9 +459,6 @@ class SequenceClassification(TextTask):
 
     name = "seq_cls"
     auto_class = "AutoModel"
-
-    def layout(self, verbalizer: list[str] | None, target_column: str | None) -> Layout:
-        return "classification"
 
     def check_run(self, prompt: "TextMethodConfig", target_column: str | None) -> None:
         if prompt.num_classes is None:
@@ -478,7 +599,7 @@ __all__ = [
     "IGNORE_INDEX",
     "TASKS",
     "CausalLM",
-    "Layout",
+    "TextCollator",
     "POOLINGS",
     "Seq2Seq",
     "SequenceClassification",
