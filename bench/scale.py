@@ -108,7 +108,6 @@ def worker(model_name: str, steps: int, global_batch: int, out: Path, keep_whole
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     baseline = _vm("VmRSS")  # the interpreter and the libraries, before any model exists
     cfg = load_config(recipe.config_class, {**spec, "train": train})
-    cfg = cfg.resolved() if hasattr(cfg, "resolved") else cfg
     cfg, model, data = build_model_and_data(recipe, cfg)
     timer = StepTimer()
     trainer = Trainer(model, cfg.train, data.train, None, data.collate_fn, callbacks=[timer])

@@ -79,9 +79,10 @@ def _reset_peak() -> None:
 def _recipe(model: str, train: int, test: int, steps: int):
     from promptcore import load_config
     from textpt.assets import load_dataset
+    from textpt.cli import TextRecipe
     from textpt.run_config import TextRunConfig
 
-    full = load_config(TextRunConfig, RECIPES[model]).resolved()
+    full = TextRecipe().resolve_config(load_config(TextRunConfig, RECIPES[model]))
     whole = len(load_dataset("rotten_tomatoes", progress=False)["train"])
     full_steps = full.train.epochs * math.ceil(whole / full.train.batch_size)  # the recipe on the whole train split
     warmup = max(1, round(full.train.warmup_steps * steps / full_steps))
@@ -90,7 +91,7 @@ def _recipe(model: str, train: int, test: int, steps: int):
         f"train.epochs={math.ceil(steps * full.train.batch_size / train)}", f"train.warmup_steps={warmup}",
         "train.eval_every_epochs=0", "train.progress_bar=false", "train.tensorboard=false",
     ]
-    return load_config(TextRunConfig, RECIPES[model], overrides).resolved(), overrides
+    return TextRecipe().resolve_config(load_config(TextRunConfig, RECIPES[model], overrides)), overrides
 
 
 def _rows(train: int, test: int):

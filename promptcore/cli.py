@@ -10,9 +10,10 @@ added by whichever package or plugin (:mod:`promptcore.plugins`) provides them::
     vpt eval -c CONFIG --prompts DIR [--set ...]   # prints the eval split's metrics as JSON
     vpt eval -c CONFIG [--set ...]                 # a method with nothing to train (zero-shot) needs no --prompts
 
-Configs are resolved in two pure steps, each returning a new object: a run config class may define ``resolved()``
-(defaults that depend on other sections of the config), and a recipe may define ``resolve_config(cfg)`` (values read
-from the backbone or the data, after seeding). The verbs work with, and a training run records, the resolved config.
+Configs are resolved in one pure step returning a new object: a recipe may define ``resolve_config(cfg)``
+(:func:`promptcore.recipe.resolve_config`: defaults that depend on other sections of the config, values read from
+the backbone or the data; called after seeding). The verbs work with, and a training run records, the resolved
+config.
 
 Known errors (bad config, missing or foreign files, bad data) print ``error: ...`` and exit with status 2;
 ``--traceback`` shows the full traceback instead.
@@ -36,7 +37,7 @@ from .files import read_prompt_config
 from .model import PromptedModel
 from .plugins import load_plugins
 from .preflight import run_problems
-from .recipe import DataBundle, Recipe
+from .recipe import DataBundle, Recipe, resolve_config
 from .registry import Registry
 from .runs import CONFIG_FILE
 from .trainer import NonFiniteLossError, Trainer, TrainingInterrupted, seed_everything
@@ -87,8 +88,8 @@ def add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> N
 
 def load_run_config(recipe: Recipe, args: argparse.Namespace) -> Any:
     """The run config a verb asked for: ``-c CONFIG``, or ``RUN_DIR/config.yaml`` with ``--resume RUN_DIR``;
-    ``--set`` overrides applied, everything validated (one :class:`ConfigError` listing every problem), and
-    resolved where the config class defines ``resolved()``.
+    ``--set`` overrides applied, everything validated (one :class:`ConfigError` listing every problem); not yet
+    resolved (:func:`build_model_and_data` resolves it).
 
     With ``--resume``, ``--set`` may change what does not fix the data order or the optimizer state (e.g.
     ``train.epochs``: the schedule is recomputed for the new length); the trainer names the changes in one line and
@@ -108,7 +109,7 @@ def load_run_config(recipe: Recipe, args: argparse.Namespace) -> Any:
     cfg = load_config(recipe.config_class, source, args.overrides)
     if not hasattr(cfg, "train"):
         raise UserError(f"{recipe.config_class.__name__} has no 'train' section; a run config needs train: TrainConfig")
-    return cfg.resolved() if hasattr(cfg, "resolved") else cfg
+    return cfg
 
 
 def check_run_program(recipe: Recipe, run_dir: Path) -> None:
@@ -146,15 +147,13 @@ def build_model_and_data(
 ) -> tuple[Any, PromptedModel, DataBundle | None]:
     """Seeds (so prompt initialisation is reproducible), then builds the model and its data from ``cfg``.
 
-    Returns the run config as the recipe resolved it (the values it reads from the data filled in, by its optional
-    ``resolve_config``; ``cfg`` itself without one), the model and the data. With ``problems`` given, a
+    Returns the run config as the recipe resolved it (:func:`promptcore.recipe.resolve_config`), the model and the
+    data. With ``problems`` given, a
     :class:`UserError` of the data (bad rows, a missing column) is appended to it and the data is None, so the
     caller can report it with the other problems of the run.
     """
     seed_everything(cfg.train.seed)
-    resolve = getattr(recipe, "resolve_config", None)
-    if resolve is not None:
-        cfg = resolve(cfg)
+    cfg = resolve_config(recipe, cfg)
     model = recipe.build_model(cfg)
     if problems is None:
         return cfg, model, recipe.build_data(cfg, model)

@@ -27,9 +27,10 @@ class DataBundle:
 class Recipe(Protocol):
     """A package's CLI plug-in. ``config_class`` is its run config: a dataclass with a ``train: TrainConfig``.
 
-    A recipe may also define ``resolve_config(cfg) -> cfg``: the run config with the values it leaves to the data
-    filled in, as a new config. The CLI calls it (after seeding) before :meth:`build_model`, and writes the
-    resolved config to the run's ``config.yaml``.
+    A recipe may also define ``resolve_config(cfg) -> cfg``, the one config-resolution hook: the run config with
+    the values it leaves to other sections, the backbone or the data filled in, as a new config (``cfg`` itself
+    when nothing is left to fill). The CLI calls it through :func:`resolve_config` (after seeding) before
+    :meth:`build_model`, and writes the resolved config to the run's ``config.yaml``.
 
     And ``config_for_prompts(cfg, prompt_config, directory) -> cfg``: the run config to evaluate the prompt folder
     ``directory`` with, given its ``prompt_config.json`` (e.g. the data preprocessing the prompts were trained with,
@@ -42,3 +43,9 @@ class Recipe(Protocol):
     def build_model(self, cfg: Any) -> PromptedModel: ...
 
     def build_data(self, cfg: Any, model: PromptedModel) -> DataBundle: ...
+
+
+def resolve_config(recipe: Recipe, cfg: Any) -> Any:
+    """``cfg`` as ``recipe`` resolves it (its ``resolve_config`` hook; ``cfg`` itself for a recipe without one)."""
+    hook = getattr(recipe, "resolve_config", None)
+    return cfg if hook is None else hook(cfg)

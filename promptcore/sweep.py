@@ -131,5 +131,4 @@ def format_sweep(result: dict[str, Any]) -> str:
 
 
 def _load(recipe: Recipe, config: str | os.PathLike | dict[str, Any], overrides: list[str]) -> Any:
-    cfg = load_config(recipe.config_class, config, overrides)
-    return cfg.resolved() if hasattr(cfg, "resolved") else cfg
+    return load_config(recipe.config_class, config, overrides)

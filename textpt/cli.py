@@ -21,6 +21,7 @@ Everything here is a few calls a user can make in Python: ``load_model_and_token
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 import warnings
@@ -39,7 +40,7 @@ from .config import TextModelConfig
 from .loading import _folder, load_model_and_tokenizer, resolve_name
 from .model import TextPromptedModel
 from .padding import pad_token_id
-from .run_config import TextRunConfig
+from .run_config import TextRunConfig, resolve_prompt
 from .tasks import TASKS
 
 
@@ -49,6 +50,13 @@ class TextRecipe:
     prog = "textpt"
     config_class = TextRunConfig
 
+    def resolve_config(self, cfg: TextRunConfig) -> TextRunConfig:
+        """``cfg`` with the defaults that depend on other sections filled in (:func:`textpt.run_config.resolve_prompt`:
+        on a source that knows its classes, the verbalizer or ``prompt.num_classes``): a new config, or ``cfg``
+        itself when nothing is left to fill."""
+        prompt = resolve_prompt(cfg.model.task, cfg.prompt, cfg.data)
+        return cfg if prompt is cfg.prompt else dataclasses.replace(cfg, prompt=prompt)
+
     def build_model(self, cfg: TextRunConfig) -> TextPromptedModel:
         """The frozen model and tokenizer by name, wrapped with the resolved prompt config (and
         ``model.checkpoint``'s prompts loaded when set).
@@ -57,7 +65,7 @@ class TextRecipe:
             UserError: ``model.kwargs`` holds a key that is neither a ``from_pretrained`` argument nor a field of the
                 model's config (transformers refuses it before loading weights; the message names the close matches).
         """
-        cfg = cfg.resolved()
+        cfg = self.resolve_config(cfg)
         try:
             backbone, tokenizer = load_model_and_tokenizer(cfg.model)
         except TypeError as e:
@@ -72,7 +80,7 @@ class TextRecipe:
 
     def build_data(self, cfg: TextRunConfig, model: TextPromptedModel) -> DataBundle:
         """Train/eval datasets tokenized with the model's tokenizer, within the room the prompt leaves."""
-        cfg = cfg.resolved()
+        cfg = self.resolve_config(cfg)
         return build_text_data(
             cfg.data,
             model.tokenizer,
@@ -93,7 +101,7 @@ class TextRecipe:
         """``textpt generate``: prints each input, then its generation or its classes by probability."""
         if args.max_new_tokens <= 0:
             raise UserError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
-        cfg = load_config(TextRunConfig, args.config, args.overrides).resolved()
+        cfg = self.resolve_config(load_config(TextRunConfig, args.config, args.overrides))
         if not 0 <= args.task < cfg.prompt.num_tasks:
             raise UserError(f"--task {args.task} is not a task of the prompt bank; give 0..{cfg.prompt.num_tasks - 1}")
         if args.prompts is not None:
@@ -106,8 +114,7 @@ class TextRecipe:
         batch = self.encode_texts(cfg, model, args.texts)
         batch = {k: v.to(device) for k, v in batch.items()}
         batch["task_ids"] = torch.full((len(args.texts),), args.task, dtype=torch.long, device=device)
-        layout = TASKS.get(cfg.model.task).layout(cfg.prompt.verbalizer, cfg.data.target_column)
-        if layout == "classification" or (layout == "seq2seq" and cfg.data.target_column is None):
+        if TASKS.get(cfg.model.task).learns_labels(cfg.data.target_column):
             names = self.class_names(cfg)
             with torch.no_grad():
                 probs = model.class_logits(batch["input_ids"], batch["attention_mask"], batch["task_ids"]).float().softmax(-1)
@@ -127,7 +134,7 @@ class TextRecipe:
         tokenizer = model.tokenizer
         max_length = self.max_length(cfg, model)
         encoder = ExampleEncoder(
-            tokenizer, "inputs", cfg.data.template, cfg.data.text_column, max_length, truncation_side=cfg.data.truncation_side
+            tokenizer, None, cfg.data.template, cfg.data.text_column, max_length, truncation_side=cfg.data.truncation_side
         )
         examples, stats = encoder.encode({cfg.data.text_column: list(texts)}, split="command line")
         if stats.truncated:

@@ -18,7 +18,6 @@ from promptcore.methods import METHODS
 from promptcore.preflight import first_same_ids, unknown_fields
 from promptcore.registry import did_you_mean
 
-TaskName = Literal["causal_lm", "seq2seq", "seq_cls"]
 PoolingName = Literal["auto", "cls", "mean", "last", "pooler"]
 InitName = Literal["random", "normal", "vocab", "text", "labels", "class_labels"]
 
@@ -45,8 +44,9 @@ class TextModelConfig:
             shipped in a Python package, see :mod:`textpt.assets`), or ``random:MODEL_TYPE`` (``random:llama``,
             ``random:gpt2``, ``random:t5``, ``random:bert``): a randomly initialised model built offline from
             ``kwargs`` with a small built-in word-level tokenizer, for tests and smoke runs.
-        task: ``causal_lm`` (generation, and classification by scoring verbalizer words), ``seq2seq`` (T5-style
-            targets) or ``seq_cls`` (an encoder with a trainable classification head).
+        task: a name in :data:`textpt.tasks.TASKS`: ``causal_lm`` (generation, and classification by scoring
+            verbalizer words), ``seq2seq`` (T5-style targets), ``seq_cls`` (an encoder with a trainable
+            classification head), or any registered task.
         dtype: the frozen weights' dtype. Prompts and heads are kept in it too, except on a ``bfloat16`` or
             ``float16`` model, where they stay ``float32`` (:func:`trainable_dtype`).
         kwargs: for ``random:`` names, the model config's fields (``{"hidden_size": 64, "num_hidden_layers": 2,
@@ -76,7 +76,7 @@ class TextModelConfig:
     """
 
     name: str
-    task: TaskName = "causal_lm"
+    task: str = "causal_lm"
     dtype: str = "float32"
     kwargs: dict[str, Any] = field(default_factory=dict)
     tokenizer: str | None = None
@@ -89,6 +89,12 @@ class TextModelConfig:
     quantization: Literal["int8", "int4"] | None = None
 
     def __post_init__(self) -> None:
+        if not is_registered_task(self.task):
+            task_names = registered_tasks()
+            raise UserError(
+                f"task: {self.task!r} is not one of {', '.join(map(repr, task_names))}.{did_you_mean(str(self.task), list(task_names))} "
+                f"A new task is registered with textpt.tasks.TASKS.add(name, strategy)"
+            )
         if self.pooling not in get_args(PoolingName):
             raise UserError(f"pooling: {self.pooling!r} is not one of {', '.join(get_args(PoolingName))}")
         if self.pooling != "auto" and self.task != "seq_cls":
@@ -111,6 +117,23 @@ class TextModelConfig:
 
 
 DEVICE_MAPS: tuple[str, ...] = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def registered_tasks() -> tuple[str, ...]:
+    """The names of the registered model tasks (:data:`textpt.tasks.TASKS`), what ``model.task`` takes."""
+    from .tasks import TASKS  # imported here: tasks.py builds heads in the trainable dtype defined in this module
+
+    return tuple(TASKS.names())
+
+
+def is_registered_task(name: str) -> bool:
+    """Whether ``name`` is a registered model task, loading the plugins (:mod:`promptcore.plugins`) first when it
+    is not, as for every name a config gives."""
+    from promptcore.plugins import load_plugins
+
+    if name not in registered_tasks():
+        load_plugins()
+    return name in registered_tasks()
 
 
 def check_placement(device_map: str | dict[str, str | int] | None, offload_folder: str | None) -> None:
@@ -183,10 +206,10 @@ class TextMethodConfig:
             of several tokens scores the sum of its tokens' log-probabilities. The words must differ, and so must
             their tokens (checked when the model is wrapped): two classes with the same tokens get the same score.
         seed: seed of the method's random initialisations (its prompts, a ``seq_cls`` head).
-        tasks: (class attribute) the model tasks the method runs on.
+        tasks: (class attribute) the model tasks the method runs on; ``None``: every registered task.
     """
 
-    tasks: ClassVar[tuple[str, ...]] = get_args(TaskName)
+    tasks: ClassVar[tuple[str, ...] | None] = None
 
     method: str = ""
     num_classes: int | None = None
@@ -225,12 +248,19 @@ class TextMethodConfig:
         """Raises ``ValueError("field: ...")`` when the method cannot run a ``task`` model on data whose targets are
         ``target_column`` (``None``: class labels). Called when a model is wrapped and when a run config is checked.
         """
-        if task not in self.tasks:
-            others = [m.name for _, m in METHODS.items() if m.kind == "text" and task in getattr(m.config_class, "tasks", ())]
+        tasks = runs_tasks(type(self))
+        if task not in tasks:
+            others = [m.name for _, m in METHODS.items() if m.kind == "text" and task in runs_tasks(m.config_class)]
             raise UserError(
-                f"method: {self.method} is implemented for {' and '.join(self.tasks)} models, not {task}; a {task} "
+                f"method: {self.method} is implemented for {' and '.join(tasks)} models, not {task}; a {task} "
                 f"model runs {', '.join(others) or 'no registered method'}"
             )
+
+
+def runs_tasks(config_class: type) -> tuple[str, ...]:
+    """The model tasks a text method's config class runs on: its ``tasks``, or every registered task."""
+    tasks = getattr(config_class, "tasks", ())
+    return registered_tasks() if tasks is None else tasks
 
 
 def check_label_word_ids(words: list[str], ids: list[list[int]]) -> None:

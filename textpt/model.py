@@ -186,7 +186,7 @@ class TextPromptedModel(PromptedModel):
     def metric_names(self) -> tuple[str, ...]:
         """The metrics :meth:`eval_step` reports besides ``count``: ``("loss", "accuracy")`` for classifiers,
         ``("loss", "token_accuracy")`` for models trained on target tokens."""
-        return self.strategy.metric_names(self)
+        return self.strategy.metric_names(self.classifies)
 
     # ----- prompt placement ---------------------------------------------------------------------------------------
     def _check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, task_ids: torch.Tensor | None) -> torch.Tensor:
@@ -278,7 +278,9 @@ class TextPromptedModel(PromptedModel):
     # ----- the task's forward, losses and generation --------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, task_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Class logits when the model classifies (``seq_cls``, or a causal LM with a verbalizer), else token logits."""
-        return self.strategy.forward(self, input_ids, attention_mask, task_ids)
+        if self.classifies:
+            return self.class_logits(input_ids, attention_mask, task_ids)
+        return self.strategy.token_outputs(self, input_ids, attention_mask, task_ids)
 
     def class_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, task_ids: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, num_classes]``: the head's logits (seq_cls) or the verbalizer words' summed log-probabilities
@@ -302,14 +304,14 @@ class TextPromptedModel(PromptedModel):
     def training_step(self, batch: dict[str, Any]) -> torch.Tensor:
         """The task's mean LM loss over the target tokens, or the classification loss of ``labels``
         (:meth:`forward_batch`)."""
-        if self.strategy.learns_tokens(self, batch):
+        if self.strategy.learns_tokens(batch, self.classifies):
             return self.strategy.lm_loss(self, batch)
         return super().training_step(batch)
 
     @torch.no_grad()
     def eval_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Sums over the batch for :meth:`metric_names` plus ``count`` (target tokens, or examples)."""
-        if self.strategy.learns_tokens(self, batch):
+        if self.strategy.learns_tokens(batch, self.classifies):
             return self.strategy.lm_metrics(self, batch)
         return super().eval_step(batch)
 

@@ -5,7 +5,8 @@ Load it with ``promptcore.load_config(TextRunConfig, "run.yaml", overrides=["tra
 the file is reported at once, each naming its field. The ``prompt`` section is the config of the method its
 ``method:`` names (any registered text method; ``prompt_tuning`` when the key is left out).
 
-Loading validates; it fills in nothing. :meth:`TextRunConfig.resolved` returns the config with the defaults that
+Loading validates; it fills in nothing. The recipe's config-resolution hook,
+:meth:`textpt.cli.TextRecipe.resolve_config` (:func:`resolve_prompt`), returns the config with the defaults that
 depend on other sections filled in (a new object; the loaded one is left as it is): the ``textpt`` CLI works with,
 and records in the run directory, the resolved config.
 """
@@ -21,8 +22,9 @@ from promptcore.methods import method_config
 from promptcore.train_config import TrainConfig
 
 from .config import TextMethodConfig, TextModelConfig
-from .data import TextDataConfig, synthetic_class_names
+from .data import TextDataConfig
 from .prompt_tuning import PromptTuningConfig
+from .sources import SOURCES
 from .tasks import TASKS
 
 
@@ -30,11 +32,13 @@ from .tasks import TASKS
 class TextRunConfig:
     """A text prompt-tuning run.
 
-    Defaults filled by :meth:`resolved` (on synthetic data only):
+    Defaults filled by :func:`resolve_prompt` (on a source that knows its class names before loading, such as the
+    synthetic data):
 
-    - without ``data.target_column`` and ``prompt.verbalizer``, a ``causal_lm`` or ``seq2seq`` run gets the class
-      keywords as its verbalizer, each after a space (``[" excellent", " terrible"]``);
-    - otherwise an unset ``prompt.num_classes`` becomes ``data.num_classes``.
+    - without ``data.target_column`` and ``prompt.verbalizer``, a task that classifies by label words
+      (``causal_lm``, ``seq2seq``) gets the class names as its verbalizer, each after a space
+      (``[" excellent", " terrible"]``);
+    - otherwise an unset ``prompt.num_classes`` becomes the number of classes.
 
     Checks across sections (on the resolved config):
 
@@ -66,10 +70,11 @@ class TextRunConfig:
     def __post_init__(self) -> None:
         check_sources(self, self.source)
         data = self.data
-        if data.source == "synthetic" and self.prompt.num_classes not in (None, data.num_classes):
+        names = known_class_names(data)
+        if names is not None and self.prompt.num_classes not in (None, len(names)):
             raise UserError(
-                f"prompt.num_classes: {self.prompt.num_classes} does not match data.num_classes {data.num_classes} of "
-                f"the synthetic data; make them equal (or drop prompt.num_classes)"
+                f"prompt.num_classes: {self.prompt.num_classes} does not match data.num_classes {len(names)} of "
+                f"the {data.source} data; make them equal (or drop prompt.num_classes)"
             )
         _check(self.model, resolve_prompt(self.model.task, self.prompt, data), data)
         if self.model.device_map is not None and self.train.distributed != "auto":
@@ -80,21 +85,24 @@ class TextRunConfig:
                 f"shard the frozen model over the processes, or set train.distributed: auto for one process"
             )
 
-    def resolved(self) -> "TextRunConfig":
-        """This config with the defaults that depend on other sections filled in (itself when there are none)."""
-        prompt = resolve_prompt(self.model.task, self.prompt, self.data)
-        return self if prompt is self.prompt else dataclasses.replace(self, prompt=prompt)
+
+def known_class_names(data: TextDataConfig) -> list[str] | None:
+    """The class names ``data``'s source knows before loading any row (:attr:`textpt.sources.TextSource.class_names`),
+    or None."""
+    source = SOURCES.get(data.source)
+    return source.class_names(data) if source.class_names is not None else None
 
 
 def resolve_prompt(task: str, prompt: TextMethodConfig, data: TextDataConfig) -> TextMethodConfig:
-    """``prompt`` with the synthetic data's defaults (see :class:`TextRunConfig`): a new config, or ``prompt`` itself
-    when nothing is filled in."""
-    if data.source != "synthetic":
+    """``prompt`` with the defaults of a source that knows its classes (see :class:`TextRunConfig`): a new config,
+    or ``prompt`` itself when nothing is filled in."""
+    names = known_class_names(data)
+    if names is None:
         return prompt
     if TASKS.get(task).label_words and prompt.verbalizer is None and data.target_column is None:
-        return dataclasses.replace(prompt, verbalizer=[" " + name for name in synthetic_class_names(data)], num_classes=None)
+        return dataclasses.replace(prompt, verbalizer=[" " + name for name in names], num_classes=None)
     if prompt.num_classes is None:
-        return dataclasses.replace(prompt, num_classes=data.num_classes)
+        return dataclasses.replace(prompt, num_classes=len(names))
     return prompt
 
 
@@ -105,12 +113,7 @@ def _check(model: TextModelConfig, prompt: TextMethodConfig, data: TextDataConfi
         prompt.check_task(task, data.target_column)
     except ValueError as e:
         raise UserError(f"prompt.{e}") from None
-    strategy = TASKS.get(task)
-    strategy.check_run(prompt, data.target_column)
-    try:
-        strategy.layout(prompt.verbalizer, data.target_column)
-    except ValueError as e:
-        raise UserError(f"data.target_column: {e}") from None
+    TASKS.get(task).check_run(prompt, data.target_column)
     if data.task_column is None and prompt.num_tasks > 1:
         raise UserError(
             f"data.task_column: prompt.num_tasks is {prompt.num_tasks}, so batches need per-row task ids; name the column "
@@ -125,4 +128,4 @@ def _check(model: TextModelConfig, prompt: TextMethodConfig, data: TextDataConfi
             )
 
 
-__all__ = ["TextRunConfig", "resolve_prompt"]
+__all__ = ["TextRunConfig", "known_class_names", "resolve_prompt"]

@@ -94,9 +94,9 @@ class TextTask:
         """Whether the model's outputs are class scores (trained on ``labels``) rather than tokens."""
         raise NotImplementedError
 
-    def metric_names(self, model: "TextPromptedModel") -> tuple[str, ...]:
-        """The metrics :meth:`eval_step` reports (besides ``count``)."""
-        return ("loss", "accuracy") if model.classifies else ("loss", "token_accuracy")
+    def metric_names(self, classifies: bool) -> tuple[str, ...]:
+        """The metrics a model's ``eval_step`` reports (besides ``count``), as it classifies or not."""
+        return ("loss", "accuracy") if classifies else ("loss", "token_accuracy")
 
     def build_head(self, model: "TextPromptedModel") -> nn.Module | None:
         """The task's trainable head, or None."""
@@ -152,14 +152,8 @@ class TextTask:
         return TextCollator(pad_token_id, padding_side)
 
     # ----- running ---------------------------------------------------------------------------------------------
-    def forward(self, model: "TextPromptedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor | None, task_ids: torch.Tensor | None) -> torch.Tensor:
-        """Class logits when the model classifies, else the task's token outputs."""
-        if model.classifies:
-            return self.class_logits(model, input_ids, attention_mask, task_ids)
-        return self.token_outputs(model, input_ids, attention_mask, task_ids)
-
     def token_outputs(self, model: "TextPromptedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor | None, task_ids: torch.Tensor | None) -> torch.Tensor:
-        """What ``forward`` returns for a model that does not classify."""
+        """What the model's ``forward`` returns when it does not classify."""
         raise UserError(f"{self.name} models classify; call class_logits")
 
     def class_logits(self, model: "TextPromptedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor | None, task_ids: torch.Tensor | None) -> torch.Tensor:
@@ -179,12 +173,12 @@ class TextTask:
         raise UserError(f"{self.name} models classify; they do not generate text")
 
     # ----- training contract -----------------------------------------------------------------------------------
-    def learns_tokens(self, model: "TextPromptedModel", batch: dict[str, Any]) -> bool:
-        """Whether ``batch`` trains the LM loss: it has ``lm_labels``, and class ``labels`` only if the model does
-        not classify (a seq2seq batch carries both when the targets are the verbalizer's words). The model's
-        ``training_step`` and ``eval_step`` ask this, then call :meth:`lm_loss` / :meth:`lm_metrics`, or score the
-        classes themselves (``forward_batch``, which calls :meth:`class_logits`)."""
-        return "lm_labels" in batch and ("labels" not in batch or not model.classifies)
+    def learns_tokens(self, batch: dict[str, Any], classifies: bool) -> bool:
+        """Whether ``batch`` trains the LM loss of a model that classifies or not: it has ``lm_labels``, and class
+        ``labels`` only if the model does not classify (a seq2seq batch carries both when the targets are the
+        verbalizer's words). The model's ``training_step`` and ``eval_step`` ask this, then call :meth:`lm_loss` /
+        :meth:`lm_metrics`, or score the classes themselves (``forward_batch``, which calls :meth:`class_logits`)."""
+        return "lm_labels" in batch and ("labels" not in batch or not classifies)
 
     def lm_loss(self, model: "TextPromptedModel", batch: dict[str, Any]) -> torch.Tensor:
         """The mean LM loss over the target tokens of ``batch``."""

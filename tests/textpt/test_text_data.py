@@ -1,4 +1,5 @@
-"""textpt.data: sources, templates, verbalizers, layouts, padding, truncation and bad input."""
+"""textpt.data: sources, templates, verbalizers, each task's examples and batches, padding, truncation and bad
+input."""
 
 import warnings
 
@@ -20,6 +21,7 @@ from textpt.data import (
     load_raw,
     pad_token_id,
 )
+from textpt.cli import TextRecipe
 from textpt.loading import prepare_tokenizer, tiny_tokenizer
 from textpt.run_config import TextRunConfig
 
@@ -55,12 +57,13 @@ def test_synthetic_source_matches_promptcore_synthetic_texts():
 
 def test_synthetic_class_names_become_the_default_verbalizer():
     loaded = load_config(TextRunConfig, {"model": {"name": "random:gpt2"}, "data": {"num_classes": 3}})
-    cfg = loaded.resolved()
+    resolve = TextRecipe().resolve_config
+    cfg = resolve(loaded)
     assert cfg.prompt.verbalizer == [" " + n for n in SyntheticTexts(num_samples=3, num_classes=3).class_names]
     assert cfg.prompt.num_classes == 3
     assert loaded.prompt.verbalizer is None and loaded.prompt.num_classes is None  # resolving returns a new config
-    assert cfg.resolved() is cfg
-    seq_cls = load_config(TextRunConfig, {"model": {"name": "random:bert", "task": "seq_cls"}, "data": {"num_classes": 4}}).resolved()
+    assert resolve(cfg) is cfg
+    seq_cls = resolve(load_config(TextRunConfig, {"model": {"name": "random:bert", "task": "seq_cls"}, "data": {"num_classes": 4}}))
     assert seq_cls.prompt.verbalizer is None and seq_cls.prompt.num_classes == 4
 
 
@@ -122,10 +125,10 @@ def test_sample_limits(tok):
     assert (len(raw["train"]), len(raw["eval"])) == (7, 5)
 
 
-# ----- layouts ----------------------------------------------------------------------------------------------------
+# ----- each task's examples and batches ----------------------------------------------------------------------------------------------------
 def test_template_with_several_fields(tok):
     rows = {"title": ["story"], "body": ["a good plot"], "label": [0]}
-    enc = ExampleEncoder(tok, "classification", "{title} : {body} . sentiment :", "body", None, label_column="label", num_classes=2)
+    enc = ExampleEncoder(tok, "seq_cls", "{title} : {body} . sentiment :", "body", None, label_column="label", num_classes=2)
     ds, _ = enc.encode(rows)
     assert ds[0]["input_ids"] == _ids(tok, "story : a good plot . sentiment :")
 
@@ -182,7 +185,7 @@ def test_collator_follows_the_tokenizers_padding_side(tok):
 
 def test_task_ids(tok):
     rows = {"text": ["good", "bad", "fine"], "label": [1, 0, 1], "task": [0, 2, 1]}
-    enc = ExampleEncoder(tok, "classification", "{text}", "text", None, label_column="label", task_column="task", num_classes=2, num_tasks=3)
+    enc = ExampleEncoder(tok, "seq_cls", "{text}", "text", None, label_column="label", task_column="task", num_classes=2, num_tasks=3)
     ds, _ = enc.encode(rows)
     batch = TextCollator(pad_token_id(tok))([ds[0], ds[1], ds[2]])
     assert batch["task_ids"].tolist() == [0, 2, 1]
@@ -234,19 +237,19 @@ def test_input_budget():
 
 
 def test_template_longer_than_the_budget(tok):
-    enc = ExampleEncoder(tok, "classification", "review of the movie : {text} sentiment :", "text", 4, label_column="label", num_classes=2)
+    enc = ExampleEncoder(tok, "seq_cls", "review of the movie : {text} sentiment :", "text", 4, label_column="label", num_classes=2)
     with pytest.raises(DataError, match="the template 'review of the movie : {text} sentiment :' without its 'text' field already takes more than 4 tokens"):
         enc.encode({"text": ["good good good"], "label": [0]})
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
-@pytest.mark.parametrize("layout", ["classification", "seq2seq", "inputs"])
-def test_only_the_text_field_is_cut_from_the_chosen_side(tok, side, layout):
+@pytest.mark.parametrize("task", ["seq_cls", "seq2seq", None])
+def test_only_the_text_field_is_cut_from_the_chosen_side(tok, side, task):
     # The instruction before the text and the cue after it (which a causal LM's verbalizer follows) stay whole.
     text = "one two three four five six seven eight nine ten"
     enc = ExampleEncoder(
-        tok, layout, "classify the review : {text} sentiment :", "text", 9, label_column="label", num_classes=2,
-        verbalizer=[" bad", " good"] if layout == "seq2seq" else None, truncation_side=side,
+        tok, task, "classify the review : {text} sentiment :", "text", 9, label_column="label", num_classes=2,
+        verbalizer=[" bad", " good"] if task == "seq2seq" else None, truncation_side=side,
     )
     ds, stats = enc.encode({"text": [text], "label": [1]})
     ids = ds[0]["input_ids"]
@@ -263,7 +266,7 @@ def test_truncation_keeps_the_tokenizers_special_tokens():
 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c", "d", "e", "x", ":"]
     bert = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)})
-    enc = ExampleEncoder(bert, "classification", "x : {text}", "text", 6, label_column="label", num_classes=2, truncation_side="left")
+    enc = ExampleEncoder(bert, "seq_cls", "x : {text}", "text", 6, label_column="label", num_classes=2, truncation_side="left")
     ds, _ = enc.encode({"text": ["a b c d e"], "label": [0]})
     assert bert.convert_ids_to_tokens(ds[0]["input_ids"]) == ["[CLS]", "x", ":", "d", "e", "[SEP]"]
 
@@ -313,7 +316,7 @@ def test_an_asset_split_of_given_sizes_from_yaml_keys(tok):
 
 def test_empty_text_names_the_row_or_is_skipped(tok):
     rows = {"text": ["good", "  ", "bad"], "label": [1, 0, 0]}
-    enc = ExampleEncoder(tok, "classification", "{text}", "text", None, label_column="label", num_classes=2)
+    enc = ExampleEncoder(tok, "seq_cls", "{text}", "text", None, label_column="label", num_classes=2)
     with pytest.raises(DataError, match=r"row 1 of split 'test' has an empty 'text' column; remove the row or set data.skip_empty: true"):
         enc.encode(rows, "test")
     enc.skip_empty = True
@@ -328,7 +331,7 @@ def test_empty_target_names_the_row(tok):
 
 
 def test_label_out_of_range(tok):
-    enc = ExampleEncoder(tok, "classification", "{text}", "text", None, label_column="label", verbalizer=[" bad", " good"])
+    enc = ExampleEncoder(tok, "seq_cls", "{text}", "text", None, label_column="label", verbalizer=[" bad", " good"])
     with pytest.raises(DataError, match=r"row 1 of split 'train' has label 2, expected a class index 0\.\.1 \(the verbalizer \[' bad', ' good'\]\)"):
         enc.encode({"text": ["good", "fine"], "label": [1, 2]})
     with pytest.raises(DataError, match="row 0 of split 'train' has no label in column 'label'"):
@@ -336,16 +339,16 @@ def test_label_out_of_range(tok):
 
 
 def test_label_missing_from_the_verbalizer(tok):
-    enc = ExampleEncoder(tok, "classification", "{text}", "text", None, label_column="label", verbalizer=["bad", "good"])
+    enc = ExampleEncoder(tok, "seq_cls", "{text}", "text", None, label_column="label", verbalizer=["bad", "good"])
     with pytest.raises(DataError, match=r"row 2 of split 'train' has label 'neutral', which is not in the verbalizer's words \['bad', 'good'\]"):
         enc.encode({"text": ["good", "bad", "fine"], "label": ["good", "bad", "neutral"]})
-    enc = ExampleEncoder(tok, "classification", "{text}", "text", None, label_column="label", num_classes=2)
+    enc = ExampleEncoder(tok, "seq_cls", "{text}", "text", None, label_column="label", num_classes=2)
     with pytest.raises(DataError, match="has the string label 'good', but there are no class names to map it to; set data.label_names"):
         enc.encode({"text": ["good"], "label": ["good"]})
 
 
 def test_template_field_that_is_not_a_column(tok):
-    enc = ExampleEncoder(tok, "classification", "{title}: {text}", "text", None, label_column="label", num_classes=2)
+    enc = ExampleEncoder(tok, "seq_cls", "{title}: {text}", "text", None, label_column="label", num_classes=2)
     with pytest.raises(DataError, match=r"template names column 'title', which split 'train' does not have; its columns are \['text', 'label'\]"):
         enc.encode({"text": ["good"], "label": [1]})
 

@@ -12,7 +12,7 @@ import pytest
 from promptcore.config import load_config
 from promptcore.methods import method_names
 from textpt.config import SoftPromptConfig
-from textpt.cli import main
+from textpt.cli import TextRecipe, main
 from textpt.run_config import TextRunConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +48,7 @@ def test_train_eval_generate_for_each_task(task, method, tmp_path, capsys):
     saved = load_config(TextRunConfig, run / "config.yaml")
     assert saved.model.task == task and saved.prompt.method == ("prefix" if method else "prompt_tuning")
     # the run records the resolved config: the synthetic data's class count, and its keywords as the verbalizer
-    assert saved.prompt.num_classes == 2 and saved.resolved() is saved
+    assert saved.prompt.num_classes == 2 and TextRecipe().resolve_config(saved) is saved
     assert saved.prompt.verbalizer == (None if task == "seq_cls" else [" excellent", " terrible"])
 
     assert main(["eval", "-c", SMOKE, "--prompts", str(run / "best"), *FAST, *TASKS[task], *method]) == 0

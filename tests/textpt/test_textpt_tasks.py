@@ -1,48 +1,115 @@
-"""The task strategies (textpt.tasks): one per model task, each stating its batch layout and its metrics, and the
-eval step reporting exactly those metrics; the one pad-id policy; prompt sections without a method key."""
+"""The task strategies (textpt.tasks): one per model task, each deciding what its rows learn, its batches and its
+metrics, and the eval step reporting exactly those metrics; calls going one way (model -> task); the one pad-id
+policy; prompt sections without a method key."""
 
 from __future__ import annotations
-
-from typing import get_args
 
 import pytest
 import torch
 
 import textpt
 from promptcore import load_config
+from promptcore.config import ConfigError
 from textpt import PromptTuningConfig, TextModelConfig, load_model_and_tokenizer
-from textpt.config import TaskName
+from textpt.config import registered_tasks
 from textpt.padding import pad_token_id, repad
 from textpt.run_config import TextRunConfig
-from textpt.tasks import IGNORE_INDEX, TASKS
+from textpt.tasks import IGNORE_INDEX, TASKS, SequenceClassification, TextCollator
 from tiny_text import TINY_CONFIGS
 
 ROWS = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
 
 
-def test_every_task_name_of_the_model_config_has_a_strategy():
-    assert sorted(get_args(TaskName)) == TASKS.names()
+def test_model_task_takes_the_registered_tasks():
+    assert registered_tasks() == ("causal_lm", "seq2seq", "seq_cls") == tuple(TASKS.names())
     with pytest.raises(KeyError, match=r"unknown text model task 'clasify'.*Known: causal_lm, seq2seq, seq_cls"):
         TASKS.get("clasify")
 
+    class Renamed(SequenceClassification):
+        name = "renamed_cls"
+
+    with pytest.raises(ConfigError, match=r"task: 'renamed_cls' is not one of 'causal_lm', 'seq2seq', 'seq_cls'"):
+        load_config(TextModelConfig, {"name": "random:bert", "task": "renamed_cls"})
+    with TASKS.temporarily(Renamed.name, Renamed()):
+        assert load_config(TextModelConfig, {"name": "random:bert", "task": "renamed_cls"}).task == "renamed_cls"
+        assert "renamed_cls" in registered_tasks()
+
 
 @pytest.mark.parametrize(
-    "task, verbalizer, target, layout",
+    "task, target, learns_labels, labels_aligned",
     [
-        ("causal_lm", None, "answer", "causal_lm"),
-        ("causal_lm", [" a", " b"], None, "classification"),
-        ("seq2seq", [" a", " b"], None, "seq2seq"),
-        ("seq2seq", None, "answer", "seq2seq"),
-        ("seq_cls", None, None, "classification"),
+        ("causal_lm", "answer", False, True),
+        ("causal_lm", None, True, True),
+        ("seq2seq", None, True, False),
+        ("seq2seq", "answer", False, False),
+        ("seq_cls", None, True, True),
     ],
 )
-def test_layouts(task, verbalizer, target, layout):
-    assert TASKS.get(task).layout(verbalizer, target) == layout
+def test_each_task_decides_what_rows_learn_and_how_batches_pad(task, target, learns_labels, labels_aligned):
+    strategy = TASKS.get(task)
+    assert strategy.learns_labels(target) is learns_labels
+    collate = strategy.collator(0, "left")
+    assert isinstance(collate, TextCollator) and collate.labels_aligned is labels_aligned
 
 
-def test_causal_lm_without_verbalizer_or_targets_has_no_layout():
-    with pytest.raises(ValueError, match="model.task causal_lm needs prompt.verbalizer .* or data.target_column"):
-        TASKS.get("causal_lm").layout(None, None)
+def test_causal_lm_without_verbalizer_or_targets_is_refused():
+    with pytest.raises(ValueError, match="data.target_column: model.task causal_lm needs prompt.verbalizer .* or data.target_column"):
+        TASKS.get("causal_lm").check_run(PromptTuningConfig(), None)
+
+
+class _Tracing:
+    """A task strategy's stand-in recording every call that reaches it while another of its calls is running: a
+    call from the task back into the model that comes back to the task."""
+
+    def __init__(self, task) -> None:
+        self.task, self.depth, self.reentered = task, 0, []
+
+    def __getattr__(self, name):
+        attr = getattr(self.task, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            if self.depth:
+                self.reentered.append(name)
+            self.depth += 1
+            try:
+                return attr(*args, **kwargs)
+            finally:
+                self.depth -= 1
+
+        return call
+
+
+@pytest.mark.parametrize(
+    "model_type, task, prompt, tokens",
+    [
+        ("gpt2", "causal_lm", {}, True),
+        ("gpt2", "causal_lm", {"verbalizer": ["good", "bad"]}, False),
+        ("gpt2", "causal_lm", {"verbalizer": ["good", "very bad"]}, False),
+        ("t5", "seq2seq", {"verbalizer": ["good", "bad"]}, True),
+        ("bert", "seq_cls", {"num_classes": 2}, False),
+    ],
+)
+def test_calls_go_from_the_model_to_the_task_and_never_back(model_type, task, prompt, tokens):
+    torch.manual_seed(0)
+    backbone, tok = load_model_and_tokenizer(TextModelConfig(name=f"random:{model_type}", task=task, kwargs=TINY_CONFIGS[model_type]))
+    pt = textpt.wrap(backbone, PromptTuningConfig(num_tokens=2, **prompt), tokenizer=tok)
+    ids, mask = repad(ROWS, pad_token_id(tok), tok.padding_side, torch.device("cpu"))
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 0])}
+    if tokens:
+        batch = {"input_ids": ids, "attention_mask": mask, "lm_labels": ids.masked_fill(mask == 0, IGNORE_INDEX)}
+    pt.strategy = tracing = _Tracing(pt.strategy)
+    pt.training_step(batch).backward()
+    pt.eval_step(batch)
+    pt.metric_names()
+    if task != "seq2seq":
+        pt(ids, mask)
+    if pt.classifies or task == "seq2seq" and prompt.get("verbalizer"):
+        pt.class_logits(ids, mask)
+    if task != "seq_cls":
+        pt.generate(ids, mask, max_new_tokens=2)
+    assert tracing.reentered == []
 
 
 @pytest.mark.parametrize(
