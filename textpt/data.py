@@ -21,6 +21,7 @@ from typing import Any, Iterator, Literal
 from promptcore.errors import UserError
 from promptcore.plugins import lookup
 from promptcore.recipe import DataBundle
+from promptcore.version import __version__
 
 from .loading import model_max_length
 from .padding import pad_token_id
@@ -484,10 +485,14 @@ class _KeepRows:
 
 
 class _EncodeRows:
-    """``datasets.map`` function: a batch of rows to a batch of examples, with a column of truncation flags."""
+    """``datasets.map`` function: a batch of rows to a batch of examples, with a column of truncation flags.
+
+    ``datasets`` names its cache file by a hash of this object's state (the encoder's settings, its tokenizer and
+    task), not of the library's code: the toolkit's version is part of the state, so a new release encodes afresh.
+    """
 
     def __init__(self, encoder: ExampleEncoder, split: str) -> None:
-        self.encoder, self.split = encoder, split
+        self.encoder, self.split, self.version = encoder, split, __version__
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         encoded = self.encoder.encode_rows(_records(batch), self.split)

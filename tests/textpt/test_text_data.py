@@ -125,6 +125,43 @@ def test_sample_limits(tok):
     assert (len(raw["train"]), len(raw["eval"])) == (7, 5)
 
 
+def test_the_sources_are_registry_records():
+    from textpt.sources import SOURCES
+
+    assert SOURCES.names() == ["asset", "csv", "hf", "json", "parquet", "synthetic"]
+    with pytest.raises(ConfigError, match=r"data.source: unknown text data source 'csvv'. Did you mean 'csv'"):
+        load_config(TextRunConfig, {"model": {"name": "random:gpt2"}, "data": {"source": "csvv"}})
+
+
+def _csv_config(tmp_path, **fields):
+    for split, part in (("train", slice(0, 4)), ("test", slice(4, 6))):
+        pd.DataFrame({k: v[part] for k, v in ROWS.items()}).to_csv(tmp_path / f"{split}.csv", index=False)
+    files = {"train": str(tmp_path / "train.csv"), "test": str(tmp_path / "test.csv")}
+    return TextDataConfig(source="csv", data_files=files, text_column="sentence", label_column="sentiment", **fields)
+
+
+def test_encoding_a_file_split_is_cached_and_keyed_by_the_settings(tmp_path, tok):
+    cfg = _csv_config(tmp_path, label_names=["negative", "positive"])
+    first = build_text_data(cfg, tok, task="seq_cls", max_length=None, num_classes=2)
+    again = build_text_data(cfg, tok, task="seq_cls", max_length=None, num_classes=2)
+    other = build_text_data(_csv_config(tmp_path, label_names=["negative", "positive"], template="r : {sentence}"), tok, task="seq_cls", max_length=None, num_classes=2)
+    files = [[f["filename"] for f in b.train.cache_files] for b in (first, again, other)]
+    assert files[0] and files[0] == files[1] and files[2] != files[0]
+    assert list(first.train) == list(again.train) and list(first.train) != list(other.train)
+
+
+def test_encoding_in_several_processes_gives_the_same_examples(tmp_path, tok):
+    with pytest.warns(UserWarning, match="shortened 1 of 4 train"):
+        one = build_text_data(_csv_config(tmp_path, target_column="summary"), tok, task="seq2seq", max_length=3)
+    with pytest.warns(UserWarning, match="shortened 1 of 4 train"):
+        two = build_text_data(_csv_config(tmp_path, target_column="summary", num_proc=2), tok, task="seq2seq", max_length=3)
+    assert one.info["train"]["truncated"] > 0
+    assert list(one.train) == list(two.train) and list(one.eval) == list(two.eval) and one.info == two.info
+    bad = _csv_config(tmp_path, label_names=["negative", "neutral"], num_proc=2)
+    with pytest.raises(DataError, match=r"row 0 of split 'train' has label 'positive', which is not in data.label_names"):
+        build_text_data(bad, tok, task="seq_cls", max_length=None, num_classes=2)
+
+
 # ----- each task's examples and batches ----------------------------------------------------------------------------------------------------
 def test_template_with_several_fields(tok):
     rows = {"title": ["story"], "body": ["a good plot"], "label": [0]}
