@@ -33,6 +33,7 @@ from promptcore import UserError, load_config, read_prompt_config
 from promptcore.cli import Command, add_config_args, load_prompts_option, register_command
 from promptcore.recipe import DataBundle
 from promptcore.registry import did_you_mean
+from promptcore.trainer import seed_everything
 
 from . import wrap
 from .data import ExampleEncoder, TextCollator, build_text_data, dataset_label_names, load_raw, model_input_budget
@@ -106,6 +107,7 @@ class TextRecipe:
             raise UserError(f"--task {args.task} is not a task of the prompt bank; give 0..{cfg.prompt.num_tasks - 1}")
         if args.prompts is not None:
             read_prompt_config(args.prompts)  # a missing or foreign folder fails here, before the model loads
+        seed_everything(cfg.train.seed)  # as train and eval do: a backbone built without weights is the same one
         model = self.build_model(cfg)
         load_prompts_option(model, args.prompts)
         model.eval()

@@ -57,6 +57,15 @@ def test_causal_lm_without_verbalizer_or_targets_is_refused():
         TASKS.get("causal_lm").check_run(PromptTuningConfig(), None)
 
 
+def _wrapped(model_type: str, task: str, prompt: dict):
+    """A tiny model of ``model_type`` for ``task`` with prompt tuning (``prompt``: more config fields), and ``ROWS``
+    padded as its tokenizer pads: ``(model, input_ids, attention_mask)``."""
+    torch.manual_seed(0)
+    backbone, tok = load_model_and_tokenizer(TextModelConfig(name=f"random:{model_type}", task=task, kwargs=TINY_CONFIGS[model_type]))
+    pt = textpt.wrap(backbone, PromptTuningConfig(num_tokens=2, **prompt), tokenizer=tok)
+    return (pt, *repad(ROWS, pad_token_id(tok), tok.padding_side, torch.device("cpu")))
+
+
 class _Tracing:
     """A task strategy's stand-in recording every call that reaches it while another of its calls is running: a
     call from the task back into the model that comes back to the task."""
@@ -92,10 +101,7 @@ class _Tracing:
     ],
 )
 def test_calls_go_from_the_model_to_the_task_and_never_back(model_type, task, prompt, tokens):
-    torch.manual_seed(0)
-    backbone, tok = load_model_and_tokenizer(TextModelConfig(name=f"random:{model_type}", task=task, kwargs=TINY_CONFIGS[model_type]))
-    pt = textpt.wrap(backbone, PromptTuningConfig(num_tokens=2, **prompt), tokenizer=tok)
-    ids, mask = repad(ROWS, pad_token_id(tok), tok.padding_side, torch.device("cpu"))
+    pt, ids, mask = _wrapped(model_type, task, prompt)
     batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 0])}
     if tokens:
         batch = {"input_ids": ids, "attention_mask": mask, "lm_labels": ids.masked_fill(mask == 0, IGNORE_INDEX)}
@@ -122,10 +128,7 @@ def test_calls_go_from_the_model_to_the_task_and_never_back(model_type, task, pr
     ],
 )
 def test_eval_step_reports_the_metrics_the_model_names(model_type, task, prompt, metrics):
-    torch.manual_seed(0)
-    backbone, tok = load_model_and_tokenizer(TextModelConfig(name=f"random:{model_type}", task=task, kwargs=TINY_CONFIGS[model_type]))
-    pt = textpt.wrap(backbone, PromptTuningConfig(num_tokens=2, **prompt), tokenizer=tok)
-    ids, mask = repad(ROWS, pad_token_id(tok), tok.padding_side, torch.device("cpu"))
+    pt, ids, mask = _wrapped(model_type, task, prompt)
     batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 0])}
     if task == "causal_lm" and not prompt:
         batch = {"input_ids": ids, "attention_mask": mask, "lm_labels": ids.masked_fill(mask == 0, IGNORE_INDEX)}
