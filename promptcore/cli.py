@@ -148,9 +148,8 @@ def build_model_and_data(
     """Seeds (so prompt initialisation is reproducible), then builds the model and its data from ``cfg``.
 
     Returns the run config as the recipe resolved it (:func:`promptcore.recipe.resolve_config`), the model and the
-    data. With ``problems`` given, a
-    :class:`UserError` of the data (bad rows, a missing column) is appended to it and the data is None, so the
-    caller can report it with the other problems of the run.
+    data. With ``problems`` given, a :class:`UserError` of the data (bad rows, a missing column) is appended to it
+    and the data is None, so the caller can report it with the other problems of the run.
     """
     seed_everything(cfg.train.seed)
     cfg = resolve_config(recipe, cfg)
