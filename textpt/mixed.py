@@ -46,7 +46,8 @@ class Sampling:
         temperature: 0 decodes greedily (argmax); above 0 samples from ``softmax(logits / temperature)``.
         top_p: nucleus sampling: the smallest set of tokens whose probability reaches ``top_p`` (1: all).
         seed: seeds the row's own generator (None: a random seed), so a sampled row does not depend on the others.
-        stop_ids: tokens that end the row (the tokenizer's end-of-sequence token, by default of :func:`generate`).
+        stop_ids: tokens that end the row (None: the tokenizer's end-of-sequence token).
+        stopped: set by the caller while decoding (a stop string matched) to end the row before its next token.
     """
 
     max_new_tokens: int = 16
@@ -54,6 +55,7 @@ class Sampling:
     top_p: float = 1.0
     seed: int | None = None
     stop_ids: tuple[int, ...] | None = None
+    stopped: bool = False
 
 
 def check_shared_backbone(models: Sequence[TextPromptedModel]) -> nn.Module:
@@ -399,7 +401,8 @@ def _empty_cache() -> Any:
 
 
 def _decode_loop(out: Any, sampling: Sequence[Sampling], step: Any, mask: torch.Tensor, last_position: torch.Tensor) -> Iterator[list[int | None]]:
-    """Appends one token per live row per step until each row stops; yields the step's tokens (None: finished)."""
+    """Appends one token per live row per step until each row stops; yields the step's tokens (None: finished).
+    ``step(tokens [B, 1], mask, positions [B, 1])`` runs the backbone on the cache and returns its output."""
     generators = _generators(sampling)
     b = len(sampling)
     done = [False] * b
@@ -410,15 +413,16 @@ def _decode_loop(out: Any, sampling: Sequence[Sampling], step: Any, mask: torch.
         tokens = next_tokens(logits, sampling, generators)
         step_out: list[int | None] = []
         for i, t in enumerate(tokens):
+            done[i] = done[i] or sampling[i].stopped
             if done[i]:
                 step_out.append(None)
                 continue
             step_out.append(t)
             produced[i] += 1
-            if (sampling[i].stop_ids and t in sampling[i].stop_ids) or produced[i] >= sampling[i].max_new_tokens:
+            if t in (sampling[i].stop_ids or ()) or produced[i] >= sampling[i].max_new_tokens:
                 done[i] = True
         yield step_out
-        if all(done):
+        if all(d or s.stopped for d, s in zip(done, sampling)):
             return
         feed = torch.tensor([[t] for t in tokens], device=mask.device)
         mask = torch.cat([mask, mask.new_ones(b, 1)], 1)
@@ -481,7 +485,8 @@ def generate(models: Sequence[TextPromptedModel], rows: Sequence[Sequence[int]],
 
     Args:
         models / rows: as :func:`class_scores` (causal LMs and seq2seq models).
-        sampling: one :class:`Sampling` per row; ``stop_ids`` None stops at the tokenizer's end-of-sequence token.
+        sampling: one :class:`Sampling` per row (read while decoding: set ``stopped`` to end a row); ``stop_ids``
+            None becomes the tokenizer's end-of-sequence token.
     """
     if not rows:
         return iter(())
@@ -489,7 +494,9 @@ def generate(models: Sequence[TextPromptedModel], rows: Sequence[Sequence[int]],
     if not models[0].strategy.label_words:
         raise UserError(f"{models[0].task} models classify; they do not generate text")
     eos = getattr(models[0].tokenizer, "eos_token_id", None)
-    sampling = [s if s.stop_ids is not None else Sampling(s.max_new_tokens, s.temperature, s.top_p, s.seed, () if eos is None else (int(eos),)) for s in sampling]
+    for s in sampling:
+        if s.stop_ids is None:
+            s.stop_ids = () if eos is None else (int(eos),)
     if models[0].strategy.decoder_only:
         return _decoder_steps(models, rows, sampling)
     return _seq2seq_steps(models, rows, sampling)
