@@ -18,17 +18,27 @@ placed as that model places its prompt:
 
 Heads with different class counts and verbalizers with different words mix: class scores come back as one tensor per
 row. :func:`class_scores` and :func:`generate` are the two entry points; :class:`Sampling` is one row's decoding.
+
+:func:`merge_prompts` (``textpt merge-prompts OUT FOLDER...``) makes a prompt bank of single-task folders instead:
+one model whose batches carry ``task_ids``, for offline runs of tasks that share the prompt's shape.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
 
+from promptcore import PromptFileError
+from promptcore.cli import Command, register_command
 from promptcore.errors import UserError
+from promptcore.files import load_prompt_files, save_prompt_files
+from promptcore.fingerprint import FINGERPRINT_KEY
 
 from .attention_prefix import LayerPrefixes, prefixes_during
 from .fast_prefix import KeyValues, cache_argument, generation_cache, prefix_cache, prompt_key_values
@@ -502,4 +512,78 @@ def generate(models: Sequence[TextPromptedModel], rows: Sequence[Sequence[int]],
     return _seq2seq_steps(models, rows, sampling)
 
 
-__all__ = ["DecoderBatch", "EncoderGroup", "Sampling", "check_shared_backbone", "class_scores", "encoder_groups", "generate", "next_tokens"]
+# ----- banks of single-task folders ----------------------------------------------------------------------------------
+BANK_METHODS = {"prompt_tuning": "prompt_tuning", "p_tuning": "prompt_tuning", "prefix": "prefix"}
+"""Method of a single-task folder -> the method of the bank it merges into (P-tuning folders hold folded prompts)."""
+
+# What every folder of a bank must share (the bank has one config): key -> how to name it.
+_SHARED = {
+    FINGERPRINT_KEY: "backbone weights", "task": "task", "dim": "width", "num_tokens": "prompt length",
+    "num_layers": "prompt depth", "num_classes": "number of classes", "verbalizer": "verbalizer", "pooling": "pooling",
+    "padding_side": "padding side",
+}
+
+
+def merge_prompts(out: str | os.PathLike, folders: Sequence[str | os.PathLike]) -> Path:
+    """Writes a prompt bank to ``out``: task ``i`` is ``folders[i]``'s prompt (and, for ``seq_cls``, its head), so
+    ``textpt.load_prompted(out)`` runs them all in one batch with ``task_ids``. The bank records each task's
+    folder and inference record under ``tasks``.
+
+    Raises:
+        PromptFileError: a folder that is missing or corrupt, a bank, a method that has no bank (DePT), or folders
+            that differ in what one bank shares (method, backbone weights, task, prompt length, classes,
+            verbalizer, pooling), naming the folder and the values. Prompts of different lengths or class counts mix
+            in :func:`class_scores` and the server instead.
+    """
+    if len(folders) < 2:
+        raise UserError(f"merge-prompts: give at least two prompt folders to merge, got {len(folders)}")
+    loaded = [load_prompt_files(f) for f in folders]
+    first_tensors, first = loaded[0]
+    for folder, (tensors, meta) in zip(folders, loaded):
+        method = meta.get("method")
+        if method not in BANK_METHODS:
+            raise PromptFileError(f"merge-prompts: {folder} holds a {method} prompt; banks hold {', '.join(sorted(BANK_METHODS))} prompts (mix the others in one batch with textpt.mixed)")
+        if int(meta.get("num_tasks", 1)) != 1:
+            raise PromptFileError(f"merge-prompts: {folder} is already a bank of {meta['num_tasks']} tasks; merge single-task folders")
+        if BANK_METHODS[method] != BANK_METHODS[first["method"]]:
+            raise PromptFileError(f"merge-prompts: {folder} holds a {method} prompt, {folders[0]} a {first['method']} prompt; a bank holds one kind")
+        for key, what in _SHARED.items():
+            if meta.get(key) != first.get(key):
+                raise PromptFileError(
+                    f"merge-prompts: {folder} has {what} {meta.get(key)!r}, {folders[0]} has {first.get(key)!r}; a bank's tasks share "
+                    f"it (prompts that differ mix in one batch through textpt.mixed and the server)"
+                )
+        if set(tensors) != set(first_tensors):
+            raise PromptFileError(f"merge-prompts: {folder} holds tensors {sorted(tensors)}, {folders[0]} holds {sorted(first_tensors)}")
+    tensors = {key: torch.stack([t[key] for t, _ in loaded]) for key in first_tensors}
+    method = BANK_METHODS[first["method"]]
+    config = {k: v for k, v in first.items() if k not in ("toolkit", "toolkit_version", "format_version", "tensors", "inference")}
+    config.update(method=method, num_tasks=len(folders), tasks=[{"folder": str(f), "inference": m.get("inference")} for f, (_, m) in zip(folders, loaded)])
+    if isinstance(first.get("method_config"), dict):
+        from promptcore import METHODS
+        from promptcore.methods import method_key
+
+        fields = {f for f in METHODS.get(method_key("text", method)).config_class.__dataclass_fields__}
+        config["method_config"] = {k: v for k, v in first["method_config"].items() if k in fields} | {"method": method, "num_tasks": len(folders)}
+    return save_prompt_files(out, tensors, config)
+
+
+def _merge_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Merges single-task prompt folders of one backbone (prompt tuning, P-tuning, prefix; seq_cls heads too) into a "
+        "prompt bank whose task i is the i-th folder: textpt.load_prompted(OUT) runs them in one batch with task_ids."
+    )
+    p.add_argument("out", help="the bank's prompt folder (written)")
+    p.add_argument("folders", nargs="+", help="single-task prompt folders, in task order")
+
+
+def _merge(args: argparse.Namespace) -> int:
+    out = merge_prompts(args.out, args.folders)
+    print(f"wrote a bank of {len(args.folders)} tasks to {out}")
+    return 0
+
+
+register_command(Command(prog="textpt", name="merge-prompts", help="merge single-task prompt folders into a prompt bank", configure=_merge_arguments, run=_merge))
+
+
+__all__ = ["BANK_METHODS", "DecoderBatch", "EncoderGroup", "Sampling", "check_shared_backbone", "class_scores", "encoder_groups", "generate", "merge_prompts", "next_tokens"]
