@@ -228,3 +228,30 @@ def test_seq_cls_backend_and_seq2seq_scoring(runs, tmp_path):
     q = t5.open_prompt(folder, "t5")
     [answer] = t5.classify([t5.prepare(q, "classify", "a good movie", {})])
     assert sorted(answer.labels) == ["excellent", "terrible"] and sum(answer.scores) == pytest.approx(1, abs=1e-5)
+
+
+# ----- transformers pipelines -------------------------------------------------------------------------------------
+def test_text_generation_pipeline_runs_the_prompted_model(runs):
+    import transformers
+
+    model = textpt.load_prompted(runs["generate"])
+    assert model.device == torch.device("cpu") and model.can_generate() and model.generation_config is model.backbone.generation_config
+    pipe = transformers.pipeline("text-generation", model=model.for_transformers(), tokenizer=model.tokenizer)
+    text = "question : one plus two answer :"
+    [out] = pipe(text, max_new_tokens=4, do_sample=False, eos_token_id=None, return_full_text=False)
+    ids = torch.tensor([model.tokenizer(text)["input_ids"]])
+    want = model.generate(ids, torch.ones_like(ids), max_new_tokens=4, do_sample=False, eos_token_id=None)[0]
+    assert out["generated_text"] == model.tokenizer.decode(want, skip_special_tokens=True)
+
+
+def test_text_classification_pipeline_gives_the_prompt_classes(runs):
+    import transformers
+
+    model = textpt.load_prompted(runs["seq_cls"])
+    pipe = transformers.pipeline("text-classification", model=model.for_transformers(), tokenizer=model.tokenizer, top_k=None)
+    text = "review : a good movie sentiment :"
+    [out] = pipe([text])
+    ids = torch.tensor([model.tokenizer(text)["input_ids"]])
+    with torch.no_grad():
+        probs = model.class_logits(ids, torch.ones_like(ids))[0].softmax(-1)
+    assert {o["label"]: o["score"] for o in out} == pytest.approx({"negative": float(probs[0]), "positive": float(probs[1])}, abs=1e-6)
