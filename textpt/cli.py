@@ -84,7 +84,7 @@ class TextRecipe:
             num_tasks=cfg.prompt.num_tasks,
         )
         # what inference needs without this config or the data (textpt.load_prompted, the server)
-        model.record_in_prompt_files(**inference_record(cfg, self.max_length(cfg, model), bundle.class_names))
+        model.record_in_prompt_files(**inference_record(cfg, bundle.info["max_length"], bundle.class_names))
         return bundle
 
     @staticmethod

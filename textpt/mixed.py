@@ -43,7 +43,7 @@ from promptcore.fingerprint import FINGERPRINT_KEY
 from .attention_prefix import LayerPrefixes, prefixes_during
 from .fast_prefix import KeyValues, cache_argument, generation_cache, prefix_cache, prompt_key_values
 from .model import TextPromptedModel
-from .padding import last_token_index, pack_prompt, pad_token_id, repad
+from .padding import pack_prompt, pad_token_id, repad
 from .tasks import label_word_target, pool, upcast
 
 

@@ -184,10 +184,6 @@ class TextPrompt:
         return self
 
 
-def _task_name(model: TextPromptedModel, operation: str) -> str:
-    return "generation" if operation == "generate" else "text_classification"
-
-
 class TextBackend:
     """One frozen text backbone serving many prompt folders (the ``text`` :class:`promptcore.serving.ServingBackend`).
 
@@ -262,7 +258,7 @@ class TextBackend:
         info = PromptInfo(
             name=name,
             method=model.method,
-            task=_task_name(model, fmt.operation),
+            task="generation" if fmt.operation == "generate" else "text_classification",
             operations=(fmt.operation,),
             classes=classes if fmt.operation == "classify" else None,
             num_parameters=sum(t.numel() for t in state.values()),

@@ -10,10 +10,9 @@ import torch
 
 import textpt
 from promptcore import PromptFileError, UserError, read_prompt_config
-from promptcore.serving import BACKENDS, LimitError, Limits, backend_for
-from textpt import mixed
-from textpt.cli import TextRecipe, main
 from promptcore.config import load_config
+from promptcore.serving import BACKENDS, LimitError, Limits, LoadedPrompt, backend_for
+from textpt.cli import TextRecipe, main
 from textpt.run_config import TextRunConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,7 +24,7 @@ GENERATION = ["--set", "data.source=csv", "--set", "data.target_column=answer", 
               "--set", "data.text_column=question", "--set", "data.label_column=null"]
 
 
-def train(tmp_path, name, *argv, data=None):
+def train(tmp_path, name, *argv):
     run = tmp_path / name
     assert main(["train", "-c", SMOKE, "-o", str(run), *FAST, *argv]) == 0
     return run / "best"
@@ -111,6 +110,7 @@ def test_text_backend_is_registered():
 
 def test_open_prompt_lists_the_prompt(llama, runs):
     p = llama.open_prompt(runs["prefix"], "sentiment3")
+    assert isinstance(p, LoadedPrompt) and all(t.device.type == "cpu" for t in p.model.prompt_state_dict().values())
     assert p.info.name == "sentiment3" and p.info.method == "prefix" and p.info.operations == ("classify",)
     assert len(p.info.classes) == 3
     assert p.info.num_parameters == sum(t.numel() for t in p.model.prompt_state_dict().values())

@@ -7,7 +7,6 @@ import torch
 import textpt
 from promptcore import UserError
 from textpt import TextModelConfig, load_model_and_tokenizer, mixed
-from textpt.padding import repad
 from tiny_text import TINY_CONFIGS, method_config
 
 ROWS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15], [16, 17, 18, 19], [20]]
@@ -28,7 +27,7 @@ def prompts(model, tok, task, methods):
             fields["fast"] = "off"
         if task == "seq_cls":
             fields["num_classes"] = 2 + i
-        elif VERBALIZERS is not None:
+        else:
             fields["verbalizer"] = VERBALIZERS[i % len(VERBALIZERS)]
         m = textpt.wrap(model, method_config(method, **fields), tokenizer=tok, task=task)
         with torch.no_grad():  # trained-looking prompts and heads: every row's own numbers
