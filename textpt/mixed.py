@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from promptcore import PromptFileError
@@ -120,36 +121,40 @@ def decoder_prefixes(models: Sequence[TextPromptedModel]) -> dict[int, KeyValues
 
 def pad_prefixes(rows: Sequence[KeyValues | None], num_layers: int, like: KeyValues) -> tuple[KeyValues | None, torch.Tensor]:
     """Per-layer ``[B, heads, n_max, head_dim]`` keys and values, row ``i`` holding its prefix first and zeros after,
-    and the key mask ``[B, n_max]`` (1 on each row's real prefix positions); ``(None, [B, 0])`` when no row has one."""
+    and the key mask ``[B, n_max]`` (1 on each row's real prefix positions); ``(None, [B, 0])`` when no row has one.
+    Rows that share a prefix object share its padding (one pad per distinct prefix, then one gather per layer)."""
     lengths = [0 if kv is None else kv[0][0].shape[-2] for kv in rows]
     n, b = max(lengths), len(rows)
     k0 = like[0][0]
-    mask = torch.zeros(b, n, dtype=torch.long, device=k0.device)
+    mask = (torch.arange(n, device=k0.device) < torch.tensor(lengths, device=k0.device).unsqueeze(1)).long()
     if n == 0:
         return None, mask
+    distinct: dict[int, int] = {}
+    sources: list[KeyValues | None] = []
+    for kv in rows:
+        if id(kv) not in distinct:
+            distinct[id(kv)] = len(sources)
+            sources.append(kv)
+    which = torch.tensor([distinct[id(kv)] for kv in rows], device=k0.device)
+    empty = k0.new_zeros(1, k0.shape[1], n, k0.shape[3])
     padded = []
     for layer in range(num_layers):
-        k = k0.new_zeros(b, k0.shape[1], n, k0.shape[3])
-        v = torch.zeros_like(k)
-        for i, kv in enumerate(rows):
-            if kv is not None:
-                k[i, :, : lengths[i]] = kv[layer][0][0]
-                v[i, :, : lengths[i]] = kv[layer][1][0]
-        padded.append((k, v))
-    for i, length in enumerate(lengths):
-        mask[i, :length] = 1
+        pair = []
+        for j in (0, 1):
+            parts = [empty if kv is None else F.pad(kv[layer][j], (0, 0, 0, n - kv[layer][j].shape[-2])) for kv in sources]
+            pair.append(torch.cat(parts).index_select(0, which))
+        padded.append((pair[0], pair[1]))
     return padded, mask
 
 
 def embed_rows(models: Sequence[TextPromptedModel], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``[B, L, D]``: each row's input embedded by its own model (token embeddings; DePT adds its update)."""
-    out = None
+    """``[B, L, D]``: each row's input embedded by its own model: the token embeddings, in one lookup; a model that
+    changes them (DePT's update) embeds its own rows."""
+    out = models[0].embedding(ids)
     for m in _distinct(models):
-        rows = torch.tensor([i for i, r in enumerate(models) if r is m], device=ids.device)
-        part = m.embed_inputs(ids[rows], mask[rows])
-        if out is None:
-            out = part.new_zeros(ids.shape[0], ids.shape[1], part.shape[-1])
-        out[rows] = part
+        if type(m).embed_inputs is not TextPromptedModel.embed_inputs:
+            rows = torch.tensor([i for i, r in enumerate(models) if r is m], device=ids.device)
+            out = out.index_copy(0, rows, m.embed_inputs(ids[rows], mask[rows]).to(out.dtype))
     return out
 
 
@@ -360,17 +365,17 @@ def class_scores(models: Sequence[TextPromptedModel], rows: Sequence[Sequence[in
 def next_tokens(logits: torch.Tensor, sampling: Sequence[Sampling], generators: Sequence[torch.Generator | None]) -> list[int]:
     """One token per row from next-token logits ``[B, vocab]``: argmax at temperature 0, else a draw from the
     temperature-scaled distribution cut to its ``top_p`` nucleus, with the row's own generator."""
-    out = []
-    for row, s, gen in zip(upcast(logits), sampling, generators):
+    logits = upcast(logits)
+    out = logits.argmax(-1).tolist()
+    for i, (s, gen) in enumerate(zip(sampling, generators)):
         if s.temperature == 0:
-            out.append(int(row.argmax()))
             continue
-        probs = (row / s.temperature).softmax(-1).double().cpu()
+        probs = (logits[i] / s.temperature).softmax(-1).double().cpu()
         if s.top_p < 1:
             sorted_probs, order = probs.sort(descending=True)
             keep = sorted_probs.cumsum(0) - sorted_probs < s.top_p  # the tokens before the nucleus is full, and the one that fills it
             probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-        out.append(int(torch.multinomial(probs, 1, generator=gen)))
+        out[i] = int(torch.multinomial(probs, 1, generator=gen))
     return out
 
 
