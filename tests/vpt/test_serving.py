@@ -44,14 +44,14 @@ def backbone(seed: int = SEED) -> torch.nn.Module:
     return vpt.create_model(SECTION)
 
 
-def train_folder(path, base, config, seed):
+def train_folder(path, base, config, seed, section=SECTION):
     """A prompt folder with random (non-zero) prompts and head, as training would leave it."""
     model = vpt.wrap(base, config)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.prompt_parameters():
             p.add_(0.5 * torch.randn(p.shape, generator=generator))
-    record_backbone(model, SECTION, SEED)
+    record_backbone(model, section, SEED)
     return model.save_prompts(path)
 
 
@@ -281,3 +281,27 @@ def test_merge_prompts_cli_and_refusals(folders, tmp_path, capsys):
         merge_prompts(tmp_path / "b3", [folders["probe"], folders["probe"]])
     with pytest.raises(UserError, match="at least two prompt folders"):
         merge_prompts(tmp_path / "b4", [folders["deep3"]])
+
+
+def test_pixel_prompts_and_a_linear_probe_on_a_cnn_share_one_forward(tmp_path):
+    section = BackboneConfig("timm:resnet10t", pretrained=False, kwargs={"num_classes": 0})
+    torch.manual_seed(0)
+    cnn = vpt.create_model(section).double()
+    configs = {
+        "pad": PixelPromptConfig(method="pixel_pad", prompt_size=3, num_classes=3, image_size=48),
+        "patch": PixelPromptConfig(method="pixel_fixed_patch", prompt_size=8, num_classes=5, image_size=48),
+        "probe": LinearProbeConfig(num_classes=4),
+    }
+    backend = VisionBackend(cnn)
+    prompts = {}
+    for i, (name, config) in enumerate(configs.items()):
+        prompts[name] = backend.open_prompt(train_folder(tmp_path / name, cnn, config, i, section), name)
+    order = ["pad", "probe", "patch", "pad", "probe"]
+    images = torch.randn(len(order), 3, 48, 48, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    logits = backend.logits([Request(prompts[n], "classify", images[i]) for i, n in enumerate(order)])
+    assert backend.last_routes == [("pooled", len(order))]
+    for i, name in enumerate(order):
+        model = vpt.wrap(cnn, configs[name]).double()
+        model.load_prompts(tmp_path / name)
+        with torch.no_grad():
+            torch.testing.assert_close(logits[i], model.eval()(images[i : i + 1])[0], rtol=0, atol=1e-10)

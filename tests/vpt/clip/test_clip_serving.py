@@ -85,3 +85,20 @@ def test_load_prompted_rebuilds_a_clip_method_and_refuses_other_weights(folders)
         torch.testing.assert_close(model(image)[0], alone(clip, "kgcoop", folders["kgcoop"], image), rtol=0, atol=0)
     with pytest.raises(PromptFileError, match="weights fingerprint"):
         VisionBackend(tiny_clip(seed=1)).open_prompt(folders["maple"], "maple")
+
+
+def test_a_method_without_a_shared_forward_runs_alone_in_its_own_group(folders, tmp_path):
+    clip = tiny_clip()
+    zeroshot = promptcore.wrap(clip, vc.ZeroShotCLIPConfig(class_names=["cat", "dog"])).save_prompts(tmp_path / "zs")
+    backend = VisionBackend(clip)
+    prompts = {"zs": backend.open_prompt(zeroshot, "zs"), "coop": backend.open_prompt(folders["coop"], "coop")}
+    assert prompts["zs"].route == "model"
+    order = ["zs", "coop", "zs"]
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    logits = backend.logits([Request(prompts[n], "classify", images[i]) for i, n in enumerate(order)])
+    assert backend.last_routes == [("model", 2), ("clip", 1)]
+    reference = promptcore.wrap(clip, vc.ZeroShotCLIPConfig(class_names=["cat", "dog"])).eval()
+    with torch.no_grad():
+        for i in (0, 2):
+            torch.testing.assert_close(logits[i], reference(images[i : i + 1])[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits[1], alone(clip, "coop", folders["coop"], images[1:2]), rtol=0, atol=1e-5)
