@@ -294,7 +294,6 @@ class LoadedVisionPrompt:
         route: the :data:`ROUTES` entry its rows run on (``model``: alone).
         cache: what the route computed once at load (class-text features, prompt tokens).
         transform: PIL image -> pixel tensor, with the preprocessing the prompt was trained with.
-        input_shape: ``(channels, height, width)`` of a transformed image.
     """
 
     info: PromptInfo
@@ -302,7 +301,6 @@ class LoadedVisionPrompt:
     route: str
     cache: dict[str, Any]
     transform: Callable[[Image.Image], torch.Tensor] = field(repr=False)
-    input_shape: tuple[int, ...] = ()
 
     @property
     def classes(self) -> list[str]:
@@ -335,10 +333,11 @@ class VisionBackend:
         dtype: torch.dtype | None = None,
     ) -> None:
         self.device = torch.device(device)
+        # Before any cast: prompt files record the fingerprint of the weights as trained on (a bfloat16 copy differs).
+        self.fingerprint = backbone_fingerprint(backbone)
         self.backbone = backbone.to(self.device, dtype) if dtype is not None else backbone.to(self.device)
         self.backbone.eval().requires_grad_(False)
         self.name = backbone_name(self.backbone)
-        self.fingerprint = backbone_fingerprint(self.backbone)
         self.limits = limits
         params = list(self.backbone.parameters()) + list(self.backbone.buffers())
         self.backbone_nbytes = sum(t.numel() * t.element_size() for t in params)
@@ -370,7 +369,7 @@ class VisionBackend:
         route = route_of(model)
         with torch.no_grad():
             cache = _route(route).cache(model)
-        loaded = LoadedVisionPrompt(
+        return LoadedVisionPrompt(
             info=PromptInfo(
                 name=name,
                 method=str(meta["method"]),
@@ -385,9 +384,7 @@ class VisionBackend:
             route=route,
             cache=cache,
             transform=self._transform(meta, folder),
-        )
-        loaded.input_shape = tuple(loaded.transform(Image.new("RGB", (8, 8))).shape)
-        return loaded.to(torch.device("cpu"))
+        ).to(torch.device("cpu"))
 
     @staticmethod
     def _class_names(model: PromptedModel, meta: dict[str, Any]) -> list[str]:
@@ -521,8 +518,21 @@ BACKENDS.add("vision", build_vision_backend)
 BANK_METHODS = ("vpt_shallow", "vpt_deep", "vfpt", "pixel_pad", "pixel_fixed_patch", "pixel_random_patch")
 """Methods whose models hold a prompt bank (``num_tasks``): :func:`merge_prompts` merges their folders."""
 
-# Keys of prompt_config.json that are the file's own, not the method's.
-_FILE_KEYS = ("toolkit", "toolkit_version", "format_version", "tensors")
+# What folders merged into one bank must share: the sizes, the weights and the preprocessing (prompt_config.json), and
+# the method config but for what only training reads.
+_BANK_KEYS = (
+    "method", "backbone", "dim", "num_tokens", "num_layers", "num_classes", "head", "num_tasks", "projection",
+    "backbone_depth", "image_size", "prompt_size", "channels", "fourier_share", "fourier_dims", "fourier_location",
+    FINGERPRINT_KEY, "preprocessing",
+)
+_TRAINING_ONLY = ("dropout", "init", "init_scale", "fast", "class_names")
+# Keys of prompt_config.json that are the file's own or a training run's, not the bank's.
+_FILE_KEYS = ("toolkit", "toolkit_version", "format_version", "tensors", "step", "epoch", "metric", "value")
+
+
+def _bank_signature(meta: dict[str, Any]) -> dict[str, Any]:
+    method_config = {k: v for k, v in (meta.get("method_config") or {}).items() if k not in _TRAINING_ONLY}
+    return {**{k: meta.get(k) for k in _BANK_KEYS}, "method_config": method_config}
 
 
 def merge_prompts(output: str | os.PathLike, folders: Sequence[str | os.PathLike]) -> Path:
@@ -545,15 +555,16 @@ def merge_prompts(output: str | os.PathLike, folders: Sequence[str | os.PathLike
             f"merge-prompts: method {method!r} has no prompt bank (banks: {', '.join(BANK_METHODS)}); serve the folders "
             f"together instead (vpt.serving.VisionBackend mixes them in one batch)"
         )
-    ignored = {*_FILE_KEYS, "class_names", "method_config"}
-    for folder, (tensors, meta) in zip(folders[1:], loaded[1:]):
+    signature = _bank_signature(first)
+    for folder, meta in zip(folders[1:], metas[1:]):
         if int(meta.get("num_tasks") or 1) != 1:
             raise UserError(f"merge-prompts: {folder} is already a bank of {meta['num_tasks']} tasks; merge single-task folders")
-        differ = sorted(k for k in set(first) | set(meta) if k not in ignored and first.get(k) != meta.get(k))
+        theirs = _bank_signature(meta)
+        differ = [k for k in signature if signature[k] != theirs[k]]
         if differ:
             raise UserError(
                 f"merge-prompts: {folder} differs from {folders[0]} in {', '.join(differ)} "
-                f"({'; '.join(f'{k}: {first.get(k)!r} vs {meta.get(k)!r}' for k in differ[:3])}); a bank holds prompts "
+                f"({'; '.join(f'{k}: {signature[k]!r} vs {theirs[k]!r}' for k in differ[:3])}); a bank holds prompts "
                 f"of one method, backbone and size"
             )
     if int(first.get("num_tasks") or 1) != 1:
@@ -577,8 +588,11 @@ def merge_prompts(output: str | os.PathLike, folders: Sequence[str | os.PathLike
     if isinstance(config.get("method_config"), dict):
         config["method_config"] = {**config["method_config"], "num_tasks": len(folders)}
     names = [meta.get("class_names") for meta in metas]
-    config["class_names"] = names[0] if all(n == names[0] for n in names) else None
-    if config.get("method_config") and "class_names" in config["method_config"]:
+    same_names = all(n == names[0] for n in names)
+    if not same_names and first.get("head") == "zeroshot":
+        raise UserError("merge-prompts: the folders' zeroshot heads embed different class names; a bank holds one set")
+    config["class_names"] = names[0] if same_names else None
+    if isinstance(config.get("method_config"), dict) and "class_names" in config["method_config"]:
         config["method_config"]["class_names"] = config["class_names"]
     config["tasks"] = [{"folder": str(f), "class_names": n} for f, n in zip(folders, names)]
     return save_prompt_files(output, tensors, config)
