@@ -14,10 +14,13 @@ from PIL import Image
 
 import vpt
 from promptcore import PromptFileError, UserError
-from promptcore.serving import BACKENDS, LimitError, Limits, Request, backend_for
+from promptcore.serving import BACKENDS, LimitError, Limits, LoadedPrompt, Request, backend_for
 from vpt import BackboneConfig, LinearProbeConfig, PixelPromptConfig, VFPTConfig, VPTConfig
 from vpt import fast_deep
+from vpt.backbones import token_backbone
 from vpt.serving import VisionBackend, build_vision_backend, load_prompted, merge_prompts, record_backbone
+
+from test_backbones import TINY, images, tiny
 
 SECTION = BackboneConfig(
     "timm:vit_tiny_patch16_224",
@@ -128,7 +131,8 @@ def test_classify_gives_top_k_labels_of_each_prompts_classes(folders):
     backend = VisionBackend(base)
     deep = backend.open_prompt(folders["deep3"], "deep")
     probe = backend.open_prompt(folders["probe"], "probe")
-    assert deep.info.method == "vpt_deep" and deep.info.operations == ("classify",) and deep.info.nbytes > 0
+    assert isinstance(deep, LoadedPrompt) and deep.info.name == "deep" and deep.info.operations == ("classify",)
+    assert deep.info.method == "vpt_deep" and 0 < deep.info.nbytes < backend.backbone_nbytes
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     out = backend.classify([Request(deep, "classify", images[0], {"top_k": 2}), Request(probe, "classify", images[1], {"top_k": 10})])
     assert len(out[0].labels) == 2 and len(out[1].labels) == 6  # top_k past the class count gives them all
@@ -305,3 +309,29 @@ def test_pixel_prompts_and_a_linear_probe_on_a_cnn_share_one_forward(tmp_path):
         model.load_prompts(tmp_path / name)
         with torch.no_grad():
             torch.testing.assert_close(logits[i], model.eval()(images[i : i + 1])[0], rtol=0, atol=1e-10)
+
+
+FAMILY_CONFIGS = [
+    VPTConfig(method="vpt_shallow", num_tokens=2, num_classes=3),
+    VPTConfig(method="vpt_deep", num_tokens=3, num_classes=2, head="prompt_mean"),
+    VPTConfig(method="vpt_deep", num_tokens=5, num_classes=4, head="backbone_pool"),
+]
+
+
+@pytest.mark.parametrize("key", sorted(TINY))
+def test_token_prompts_mix_on_every_backbone_family(key, tmp_path):
+    base = tiny(key)
+    backend = VisionBackend(base)
+    prompts = [backend.open_prompt(train_folder(tmp_path / str(i), base, c, i), str(i)) for i, c in enumerate(FAMILY_CONFIGS)]
+    fast = fast_deep.fast_unsupported(token_backbone(base), token_backbone(base).depth) is None
+    assert {p.route for p in prompts} == {"tokens" if fast else "model"}
+    order = [2, 0, 1, 0, 2]
+    x = images(len(order))
+    with fast_block_calls() as calls:
+        logits = backend.logits([Request(prompts[t], "classify", x[i]) for i, t in enumerate(order)])
+    assert (calls[0] > 0) == fast
+    for i, t in enumerate(order):
+        model = vpt.wrap(base, FAMILY_CONFIGS[t]).double()
+        model.load_prompts(tmp_path / str(t))
+        with torch.no_grad():
+            torch.testing.assert_close(logits[i], model.eval()(x[i : i + 1])[0], rtol=0, atol=1e-10)
