@@ -55,7 +55,8 @@ def run_token_prompts(
     # (as the ordinary model runs that block on the plain path).
     in_slots = [not m.deep or m.head_spec.reads_prompt_outputs for m, _ in entries]
     num_slots = max((n for n, s in zip(lengths, in_slots) if s), default=0)
-    num_deep = max((n for (m, _), n in zip(entries, lengths) if m.deep), default=0)
+    # At least one (masked) deep key: some families cannot project an empty sequence.
+    num_deep = max((n for (m, _), n in zip(entries, lengths) if m.deep), default=1)
     slots = x.new_zeros(batch, num_slots, width)
     slot_mask = torch.zeros(batch, num_slots, dtype=torch.bool, device=device)
     for (model, _), r, p, n in zip(entries, rows, prompts, lengths):
@@ -63,26 +64,26 @@ def run_token_prompts(
             slots[r, :n] = p[0].to(dtype)
             slot_mask[r, :n] = True
     x = torch.cat([x[:, :pre], slots, x[:, pre:]], dim=1)
-    _, probe, _ = tokens.block_qkv(0, x[:1, :1])
-    heads, head_dim = probe.shape[1], probe.shape[-1]
+    # Deep prompts of every entry padded into one stack [sets, layers, num_deep, width]: each block's keys and values
+    # are computed for all sets at once, and each row reads its own set's.
+    deep = [i for i, (m, _) in enumerate(entries) if m.deep]
+    stack = x.new_zeros(max(len(deep), 1), tokens.depth, num_deep, width)
+    which = torch.zeros(batch, dtype=torch.long, device=device)
+    deep_mask = torch.zeros(batch, num_deep, dtype=torch.bool, device=device)
+    for s, i in enumerate(deep):
+        stack[s, :, : lengths[i]] = prompts[i].to(dtype)
+        which[rows[i]] = s
+        deep_mask[rows[i], : lengths[i]] = True
     for index in range(tokens.depth):
-        keys = x.new_zeros(batch, heads, num_deep, head_dim)
-        values = x.new_zeros(batch, heads, num_deep, head_dim)
-        deep_mask = torch.zeros(batch, num_deep, dtype=torch.bool, device=device)
-        for (model, _), r, p, n, slot in zip(entries, rows, prompts, lengths, in_slots):
-            if not model.deep:
-                continue
-            layer = p[index].to(dtype)
-            if slot and index == last:
-                x[r, pre : pre + n] = layer
-                slot_mask[r, :n] = True
-                continue
-            k, v = fast_deep.prompt_kv(tokens, index, layer.unsqueeze(0))
-            keys[r, :, :n], values[r, :, :n] = k.to(dtype), v.to(dtype)
-            deep_mask[r, :n] = True
+        if index == last:
+            for i in (i for i in deep if in_slots[i]):
+                x[rows[i], pre : pre + lengths[i]] = prompts[i][index].to(dtype)
+                slot_mask[rows[i], : lengths[i]] = True
+                deep_mask[rows[i]] = False
+        keys, values = fast_deep.prompt_kv(tokens, index, stack[:, index])
         own = torch.ones(batch, x.shape[1], dtype=torch.bool, device=device)
         own[:, pre : pre + num_slots] = slot_mask
-        x = fast_deep.fast_block(tokens, index, x, keys, values, torch.cat([own, deep_mask], dim=1))
+        x = fast_deep.fast_block(tokens, index, x, keys[which], values[which], torch.cat([own, deep_mask], dim=1))
     prompt_out = x[:, pre : pre + num_slots]
     x = torch.cat([x[:, :pre], x[:, pre + num_slots :]], dim=1)
     out = []

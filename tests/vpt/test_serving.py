@@ -325,13 +325,13 @@ def test_token_prompts_mix_on_every_backbone_family(key, tmp_path):
     prompts = [backend.open_prompt(train_folder(tmp_path / str(i), base, c, i), str(i)) for i, c in enumerate(FAMILY_CONFIGS)]
     fast = fast_deep.fast_unsupported(token_backbone(base), token_backbone(base).depth) is None
     assert {p.route for p in prompts} == {"tokens" if fast else "model"}
-    order = [2, 0, 1, 0, 2]
-    x = images(len(order))
-    with fast_block_calls() as calls:
-        logits = backend.logits([Request(prompts[t], "classify", x[i]) for i, t in enumerate(order)])
-    assert (calls[0] > 0) == fast
-    for i, t in enumerate(order):
-        model = vpt.wrap(base, FAMILY_CONFIGS[t]).double()
-        model.load_prompts(tmp_path / str(t))
-        with torch.no_grad():
-            torch.testing.assert_close(logits[i], model.eval()(x[i : i + 1])[0], rtol=0, atol=1e-10)
+    for order in ([2, 0, 1, 0, 2], [0, 0]):  # mixed, and shallow prompts alone (no deep keys at all)
+        x = images(len(order))
+        with fast_block_calls() as calls:
+            logits = backend.logits([Request(prompts[t], "classify", x[i]) for i, t in enumerate(order)])
+        assert (calls[0] > 0) == fast
+        for i, t in enumerate(order):
+            model = vpt.wrap(base, FAMILY_CONFIGS[t]).double()
+            model.load_prompts(tmp_path / str(t))
+            with torch.no_grad():
+                torch.testing.assert_close(logits[i], model.eval()(x[i : i + 1])[0], rtol=0, atol=1e-10)
