@@ -62,23 +62,31 @@ def encode_images(backbone: nn.Module, pixel_values: torch.Tensor, prompts: list
         return backbone.encode_image(pixel_values)
     visual = backbone.visual
     x = visual._embeds(pixel_values)
-    batch, tokens, _ = x.shape
-    num_slots = max(p[0].shape[0] for p in prompts if p is not None)
+    batch, tokens, width = x.shape
+    # Every entry's prompts padded into one stack [sets, layers, slots, width]; row r reads set which[r] before each
+    # of its first layers[r] blocks.
+    prompted = [i for i, p in enumerate(prompts) if p is not None]
+    num_slots = max(layer.shape[0] for i in prompted for layer in prompts[i])
+    stack = x.new_zeros(len(prompted), max(len(prompts[i]) for i in prompted), num_slots, width)
+    which = torch.zeros(batch, dtype=torch.long, device=x.device)
+    layers = torch.zeros(batch, dtype=torch.long, device=x.device)
     valid = torch.zeros(batch, num_slots, dtype=torch.bool, device=x.device)
-    for p, r in zip(prompts, rows):
-        if p is not None:
-            valid[r, : p[0].shape[0]] = True
+    for s, i in enumerate(prompted):
+        for j, layer in enumerate(prompts[i]):
+            stack[s, j, : layer.shape[0]] = layer.to(x.dtype)
+        which[rows[i]], layers[rows[i]] = s, len(prompts[i])
+        valid[rows[i], : prompts[i][0].shape[0]] = True
+    stack[:, 0] = visual.ln_pre(stack[:, 0])  # the first layer's prompts go through ln_pre, as the image tokens do
     keys = torch.cat([torch.ones(batch, tokens, dtype=torch.bool, device=x.device), valid], dim=1)
-    mask = torch.zeros(batch, 1, keys.shape[1], dtype=x.dtype, device=x.device).masked_fill(~keys[:, None], float("-inf"))
-    x = torch.cat([x, x.new_zeros(batch, num_slots, x.shape[-1])], dim=1)
+    length = keys.shape[1]
+    mask = torch.zeros(batch, length, length, dtype=x.dtype, device=x.device).masked_fill(~keys[:, None], float("-inf"))
+    x = torch.cat([x, x.new_zeros(batch, num_slots, width)], dim=1)
     for index, block in enumerate(visual.transformer.resblocks):
-        for p, r in zip(prompts, rows):
-            if p is not None and index < len(p):
-                layer = p[index].to(x.dtype)
-                x[r, tokens : tokens + layer.shape[0]] = visual.ln_pre(layer) if index == 0 else layer
-        heads = block.attn.num_heads
-        full = mask.expand(batch, x.shape[1], x.shape[1]).repeat_interleave(heads, dim=0)
-        x = block(x, attn_mask=full)
+        replaced = (layers > index).nonzero().flatten()
+        if replaced.numel():
+            x[replaced, tokens:] = stack[which[replaced], index]
+        # nn.MultiheadAttention takes one additive mask per (image, head), image-major.
+        x = block(x, attn_mask=mask.repeat_interleave(block.attn.num_heads, dim=0))
     pooled, _ = visual._pool(x[:, :tokens])
     return pooled @ visual.proj if visual.proj is not None else pooled
 
