@@ -28,7 +28,6 @@ import dataclasses
 import json
 import math
 import os
-import random
 import signal
 import sys
 import threading
@@ -36,39 +35,32 @@ import time
 from contextlib import contextmanager, nullcontext
 from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from .callbacks import Callback, ProgressBar, StepInfo, TensorBoard, build_callback
-from .config import ConfigError, to_dict, to_yaml
-from .distributed import (
-    StepModule,
-    ignore_frozen_in_ddp,
-    load_zero3_optimizer_state,
-    prepare_deepspeed,
-    require_deepspeed,
-    resolve_mode,
-    shard_model,
-    whole,
-    zero3_config,
-    zero3_optimizer_state,
+from .checkpoint import (
+    TrainingState,
+    check_resume_settings,
+    config_changes,
+    load_training_state,
+    rng_state,
+    save_training_state,
+    set_rng_state,
 )
+from .config import ConfigError, to_dict, to_yaml
+from .distributed import StepModule
+from .engines import ENGINES, resolve_engine
 from .errors import UserError
-from .preflight import metric_problem
 from .model import PromptedModel
 from .optim import OPTIMIZER_STATE_FACTOR, LRSchedule, build_optimizer
-from .preflight import check_resume
+from .preflight import check_resume, metric_problem
 from .registry import did_you_mean
 from .runs import RunDir, RunDirError, format_size
+from .sampling import EpochBatches, epoch_generator, seed_everything, set_determinism
 from .train_config import TrainConfig
-
-# The fields a resumed run must share with the saved one: they fix the data order and the global batch.
-RESUME_KEYS = ("seed", "batch_size", "grad_accum_steps")
-# Fields a resumed run cannot change either: the optimizer state and best/ belong to them.
-FIXED_ON_RESUME = ("optimizer", "metric", "metric_mode")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -81,30 +73,6 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 class _Interrupted(Exception):
     """Internal: a stop was requested and every process reached a point where it can be honoured."""
-
-
-# ----- pure helpers ------------------------------------------------------------------------------------------------
-def seed_everything(seed: int) -> None:
-    """Seeds python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def set_determinism(enabled: bool) -> None:
-    """Switches torch to deterministic kernels (and cuDNN off autotuning) when ``enabled``; it fails loudly on an
-    op that has no deterministic implementation. Process-wide: affects everything torch runs afterwards."""
-    if not enabled:
-        return
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for deterministic matmuls
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-
-
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The generator of one epoch's data order: a function of ``(seed, epoch)`` only."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
 def build_param_groups(model: PromptedModel, config: TrainConfig, lr_scale: float = 1.0) -> list[dict[str, Any]]:
@@ -191,54 +159,19 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-class EpochBatches(Sampler[list[int]]):
-    """This process's micro-batches of one epoch, from micro-batch ``start`` on.
-
-    The epoch's permutation (from :func:`epoch_generator`) is cut into global micro-batches of
-    ``batch_size * world_size`` samples (the last may be shorter); process ``rank`` takes the contiguous slice
-    ``[rank * m // world, (rank + 1) * m // world)`` of each global micro-batch of size ``m``. Slices that are
-    empty (a last global batch smaller than the world) are not yielded; :meth:`local_size` tells the trainer.
-    """
-
-    def __init__(self, num_rows: int, batch_size: int, world_size: int, rank: int, seed: int, epoch: int, start: int = 0) -> None:
-        self.num_rows, self.world_size, self.rank = num_rows, world_size, rank
-        self.global_batch = batch_size * world_size
-        self.num_micro = math.ceil(num_rows / self.global_batch)
-        self.start = start
-        self.order = torch.randperm(num_rows, generator=epoch_generator(seed, epoch))
-
-    def global_size(self, j: int) -> int:
-        return min(self.global_batch, self.num_rows - j * self.global_batch)
-
-    def _bounds(self, j: int) -> tuple[int, int]:
-        m = self.global_size(j)
-        return self.rank * m // self.world_size, (self.rank + 1) * m // self.world_size
-
-    def local_size(self, j: int) -> int:
-        lo, hi = self._bounds(j)
-        return hi - lo
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for j in range(self.start, self.num_micro):
-            lo, hi = self._bounds(j)
-            if hi > lo:
-                base = j * self.global_batch
-                yield self.order[base + lo : base + hi].tolist()
-
-    def __len__(self) -> int:
-        return sum(1 for j in range(self.start, self.num_micro) if self.local_size(j) > 0)
-
-
 @dataclasses.dataclass
 class _Progress:
-    """Where training stands; a copy taken after each optimizer step is what a checkpoint records."""
+    """Where training stands; a copy taken after each optimizer step is what a checkpoint records.
+
+    The loss sums stay on the device while training runs (0-dim float64 tensors, replaced, never changed in place, so
+    a copy keeps its values); they are read at a log line, an epoch end and a checkpoint (:meth:`as_dict`)."""
 
     epoch: int = 0
     micro: int = 0  # micro-batches of ``epoch`` already consumed
     step: int = 0  # optimizer steps done
-    window_loss: float = 0.0  # sum of step losses since the last train line
+    window_loss: float | torch.Tensor = 0.0  # sum of step losses since the last train line
     window_steps: int = 0
-    epoch_loss: float = 0.0
+    epoch_loss: float | torch.Tensor = 0.0
     epoch_steps: int = 0
     metrics_lines: int = 0  # lines of metrics.jsonl written up to this point
     last_eval_step: int = -1
@@ -246,6 +179,10 @@ class _Progress:
     best_step: int = -1
     best_epoch: int = -1
     stop_reason: str | None = None  # why a callback stopped the run (it stays finished when resumed)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values (the loss sums read from the device), as the training state records them."""
+        return {**dataclasses.asdict(self), "window_loss": float(self.window_loss), "epoch_loss": float(self.epoch_loss)}
 
 
 class Trainer:
@@ -310,7 +247,8 @@ class Trainer:
             if problem:
                 raise UserError(problem)
 
-        self.accelerator = self._make_accelerator(config)
+        engine_class = resolve_engine(config.distributed, int(os.environ.get("WORLD_SIZE", "1")))
+        self.accelerator = engine_class.make_accelerator(config)
         self.device = self.accelerator.device
         self.world_size = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
@@ -337,17 +275,18 @@ class Trainer:
             # Every process starts from rank 0's prompts, whatever each one's initialisation drew.
             for p in self.params:
                 dist.broadcast(p.data, src=0)
-        self.mode = resolve_mode(config.distributed, self.world_size, self.device)
-        # A step is one call of this module (the engines' hooks run around calls); engine is what is called.
+        trains = bool(self.params) and train_dataset is not None
+        if engine_class.training_only and not trains:
+            engine_class = ENGINES.get("plain")  # evaluation only: nothing for the engine to reduce or step
+        if trains and self.world_size > 1 and not engine_class.several_processes:
+            raise UserError(
+                f"train.distributed: {config.distributed} trains in one process, this run has {self.world_size}; set "
+                f"train.distributed: auto (ddp) or fsdp, or launch one process"
+            )
+        self.engine = engine_class(config, self.accelerator)
+        # A step is one call of this module (the engines' hooks run around calls).
         self.step_module = StepModule(model)
-        self.engine: torch.nn.Module = self.step_module
-        if self.mode == "ddp" and self.params and train_dataset is not None:
-            ignore_frozen_in_ddp(self.step_module)
-            self.engine = self.accelerator.prepare_model(self.step_module)
-        elif self.mode in ("ddp", "deepspeed") and not (self.params and train_dataset is not None):
-            self.mode = "none"  # nothing trains: evaluation only needs no engine
-        elif self.mode == "fsdp":
-            shard_model(self.step_module, model, config.fsdp, self.world_size, self.device)
+        self.engine.prepare_model(self.step_module)
         self._dummy: dict[str, Any] = {}
         num_classes = model.prompt_config().get("num_classes")
         self.num_classes = num_classes if isinstance(num_classes, int) and num_classes > 0 else None
@@ -365,8 +304,7 @@ class Trainer:
         self._checkpoint_bytes = self._checkpoint_size()  # while the prompts are whole on every process
         # The prompts of each optimizer group (DeepSpeed replaces them in the groups by flat partitions).
         self._group_params = [list(g["params"]) for g in groups]
-        if self.mode == "deepspeed":
-            self.engine = prepare_deepspeed(self.accelerator, self.step_module, self.optimizer, config.deepspeed)
+        self.engine.prepare(self.step_module, self.optimizer if trains else None)
         micro_per_epoch = math.ceil(self.num_train / (config.batch_size * self.world_size)) if self.num_train else 0
         self.steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accum_steps)
         self.total_steps = config.epochs * self.steps_per_epoch
@@ -392,6 +330,11 @@ class Trainer:
         self._boundary_callbacks: dict[str, Any] = {}
         self.resumed = False
         self._stop_requested = False  # Ctrl-C / SIGTERM
+        # Device-side: the first step whose loss was not finite (-1: none yet) and that loss; read at log lines,
+        # epoch ends and checkpoints. Loss sums are float64 (float32 where the device has no float64: mps).
+        self._first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
+        self._bad_loss = torch.zeros((), device=self.device)
+        self._sum_dtype = torch.float64 if self.device.type != "mps" else torch.float32
         self._stop_reason: str | None = None  # a callback's request_stop
         self._last_records: dict[str, dict[str, Any]] = {}  # the latest metrics line of each split
         self._checkpoint_step: int | None = None  # step of the last training state written
@@ -405,52 +348,6 @@ class Trainer:
         self._apply_lr(max(self.progress.step - 1, 0))  # the rate of the last step done (logged with its window)
 
     # ----- set-up ----------------------------------------------------------------------------------------------
-    @staticmethod
-    def _make_accelerator(config: TrainConfig) -> Any:
-        from accelerate import Accelerator
-        from accelerate.state import AcceleratorState
-
-        # Accelerate keeps its state in process-wide singletons; each Trainer starts from a clean one so several
-        # trainers (with different precisions) can run in one process. An existing process group is kept.
-        AcceleratorState._reset_state(reset_partial_state=True)
-        launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        if config.distributed == "deepspeed":
-            require_deepspeed()
-            if not launched:
-                resolve_mode(config.distributed, 1, torch.device("cpu"))  # refuses a 1-process run
-            from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs
-
-            plugin = DeepSpeedPlugin(hf_ds_config=zero3_config(config.batch_size, config.grad_accum_steps, config.grad_clip))
-            # Accelerate takes its DeepSpeed path for accelerator processes only; CPU processes (DeepSpeed's CPU
-            # accelerator) get it when given their backend, gloo.
-            gloo = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
-            # Accelerate marks the whole process as DeepSpeed's (an environment variable it reads when an
-            # Accelerator is made); a later Trainer of another engine in this process must not inherit that.
-            marked = os.environ.get("ACCELERATE_USE_DEEPSPEED")
-            accelerator = Accelerator(deepspeed_plugin=plugin, kwargs_handlers=gloo)
-            if marked is None:
-                os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
-            if accelerator.distributed_type != "DEEPSPEED":
-                raise UserError(
-                    f"train.distributed: deepspeed: Accelerate set up {accelerator.distributed_type} instead of DeepSpeed "
-                    f"(a launch that forces CPU processes, such as `accelerate launch --cpu`, keeps it from DeepSpeed); "
-                    f"launch with torchrun or `deepspeed --no_local_rank`"
-                )
-            return accelerator
-        # On a machine without GPUs, a multi-process launch (torchrun) must be told to use CPU processes (gloo).
-        cpu = launched and not torch.cuda.is_available()
-        from accelerate.utils import DistributedDataParallelKwargs
-
-        # Some prompts may go unused in a step (a prompt bank's other tasks): DDP must not wait for their gradients.
-        ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-        accelerator = Accelerator(cpu=cpu, mixed_precision=config.mixed_precision, kwargs_handlers=[ddp])
-        if config.mixed_precision == "fp16" and accelerator.scaler is None:
-            raise UserError(
-                f"mixed_precision: fp16 needs a CUDA GPU with a gradient scaler, found device {accelerator.device}; "
-                f"use bf16 (works on CPU and recent GPUs) or no"
-            )
-        return accelerator
-
     def _check_same_frozen_weights(self) -> None:
         """Frozen weights are never synchronised, so they must match on every process from the start: compares a
         per-tensor checksum (a randomly initialised backbone built without a common seed would silently differ)."""
@@ -540,26 +437,6 @@ class Trainer:
         for group, settings in zip(self.optimizer.param_groups if self.optimizer is not None else [], self._group_settings):
             group["lr"] = self.schedule.lr(step, settings["lr"])
 
-    def _rng_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """This process's RNG states: JSON-able (python, numpy) and tensors (torch CPU, CUDA)."""
-        np_state = np.random.get_state()
-        plain = {
-            "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-            "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        }
-        tensors = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-        return plain, tensors
-
-    @staticmethod
-    def _set_rng_state(plain: dict[str, Any], tensors: dict[str, Any]) -> None:
-        version, state, gauss = plain["python"]
-        random.setstate((version, tuple(state), gauss))
-        name, keys, pos, has_gauss, cached = plain["numpy"]
-        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-        torch.set_rng_state(tensors["torch"])
-        if tensors["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(tensors["cuda"])
-
     def _gather(self, obj: Any) -> list[Any]:
         if self.world_size == 1:
             return [obj]
@@ -584,15 +461,20 @@ class Trainer:
             self._stop_reason = reason
 
     def _agree_stop(self) -> bool:
-        """Whether any process asked to stop; every process gets the same answer (and the same reason)."""
+        """Whether any process asked to stop; every process gets the same answer (and the same reason). A collective
+        with several processes: run at epoch ends and at the end of training, not per step."""
         requested = self._stop_reason is not None
         if self.world_size > 1:
             flag = torch.tensor([float(requested)], device=self.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             if flag.item() > 0:
-                self._stop_reason = next(r for r in self._gather(self._stop_reason) if r is not None)
+                self._share_stop_reason()
                 return True
         return requested
+
+    def _share_stop_reason(self) -> None:
+        """Every process takes the stop reason of the first process that gave one."""
+        self._stop_reason = next(r for r in self._gather(self._stop_reason) if r is not None)
 
     def _mark_boundary(self) -> None:
         """Records a point a Ctrl-C can save: the progress and the callbacks' states after the step just done."""
@@ -604,81 +486,49 @@ class Trainer:
         """Writes ``last/`` and ``state/`` for ``progress`` (main process; all processes share RNG states)."""
         if self.run is None:
             return
-        plain, rng_tensors = self._rng_state()
-        plains, rng_all = self._gather(plain), self._gather(rng_tensors)
-        with whole(self.params, self.mode):
-            self._write_checkpoint(progress, callback_states, plains, rng_all)
+        self._check_finite()
+        rngs = self._gather(rng_state())
+        with self.engine.whole(self.params):
+            optimizer_state = self.engine.optimizer_state(self.optimizer, self._group_params)
+            if self.is_main:
+                self.model.save_prompts(self.run.last, extra={"step": progress.step, "epoch": progress.epoch})
+                state = TrainingState(
+                    progress=progress.as_dict(),
+                    world_size=self.world_size,
+                    num_train=self.num_train,
+                    train=to_dict(self.config),
+                    groups=[g["name"] for g in self.optimizer.param_groups],
+                    callbacks=self._callback_states() if callback_states is None else callback_states,
+                    rng=rngs,
+                    prompts={name: m.state_dict() for name, m in self.model.prompt_modules().items()},
+                    optimizer=optimizer_state,
+                    scaler=self.scaler.state_dict() if self.scaler is not None else {},
+                )
+                save_training_state(self.run, state)
         self._checkpoint_step = progress.step
         self.accelerator.wait_for_everyone()
         self._callback("on_save", self.run.last, "last")
 
-    def _write_checkpoint(self, progress: _Progress, callback_states: dict[str, Any] | None, plains: list[Any], rng_all: list[Any]) -> None:
-        assert self.run is not None
-        optimizer_state = self._optimizer_state()
-        if self.is_main:
-            self.model.save_prompts(self.run.last, extra={"step": progress.step, "epoch": progress.epoch})
-            meta = {
-                "progress": dataclasses.asdict(progress),
-                "world_size": self.world_size,
-                "num_train": self.num_train,
-                "train": to_dict(self.config),
-                "groups": [g["name"] for g in self.optimizer.param_groups],
-                "callbacks": self._callback_states() if callback_states is None else callback_states,
-                "rng": plains,
-            }
-            tensors = {
-                "prompts": {name: m.state_dict() for name, m in self.model.prompt_modules().items()},
-                "optimizer": optimizer_state,
-                "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-                "rng": rng_all,
-            }
-            self.run.save_state(meta, tensors)
-
-    def _optimizer_state(self) -> dict[str, Any]:
-        """The optimizer's state dict; every process calls it (under DeepSpeed it gathers the partitions)."""
-        assert self.optimizer is not None
-        if self.mode == "deepspeed":
-            return zero3_optimizer_state(self.engine, self._group_params)
-        return self.optimizer.state_dict()
-
     def _load_state(self, run_config: Any) -> None:
         assert self.run is not None
-        meta, tensors = self.run.load_state()
+        state = load_training_state(self.run)
         # Checkpoints of earlier versions lack the newer keys: they ran with their defaults.
-        saved = {**to_dict(TrainConfig()), **meta["train"]}
+        saved = {**to_dict(TrainConfig()), **state.train}
         current = to_dict(self.config)
-        found = {"world_size": self.world_size, "num_train": self.num_train, **{k: current[k] for k in RESUME_KEYS}}
-        expected = {"world_size": meta["world_size"], "num_train": meta["num_train"], **{k: saved[k] for k in RESUME_KEYS}}
-        diffs = [f"{k}: run has {expected[k]!r}, now {found[k]!r}" for k in found if found[k] != expected[k]]
-        if diffs:
-            raise RunDirError(
-                f"cannot resume {self.run.path}: the data order would differ ({'; '.join(diffs)}); resume with the "
-                f"run's config.yaml, the same dataset and the same number of processes"
-            )
-        fixed = [f"{k}: run has {saved[k]!r}, now {current[k]!r}" for k in FIXED_ON_RESUME if saved[k] != current[k]]
         groups = [g["name"] for g in self.optimizer.param_groups]
-        if meta.get("groups", ["all"]) != groups:
-            fixed.append(f"optimizer groups (train.param_groups): run has {meta.get('groups', ['all'])}, now {groups}")
-        if fixed:
-            raise RunDirError(
-                f"cannot resume {self.run.path}: {'; '.join(fixed)}; the run's optimizer state and best/ belong to "
-                f"its settings. Resume with them, or start a new run (overwrite=True / --overwrite, or another directory)"
-            )
-        with whole(self.params, self.mode, write=True):
-            check_resume(self.model, tensors["prompts"], self.run.last, self.run.path)
+        check_resume_settings(state, saved, current, self.world_size, self.num_train, groups, self.run.path)
+        with self.engine.whole(self.params, write=True):
+            check_resume(self.model, state.prompts, self.run.last, self.run.path)
             for name, module in self.model.prompt_modules().items():
-                module.load_state_dict(tensors["prompts"][name])
-            if self.mode == "deepspeed":
-                load_zero3_optimizer_state(self.engine, self._group_params, tensors["optimizer"])
-        if self.mode != "deepspeed":
-            self.optimizer.load_state_dict(tensors["optimizer"])
+                module.load_state_dict(state.prompts[name])
+            self.engine.load_optimizer_state(self.optimizer, self._group_params, state.optimizer)
         for group, settings in zip(self.optimizer.param_groups, self._group_settings):
             group.update(settings)  # the config's values (a resumed run may change lr or weight_decay)
-        if self.scaler is not None and tensors["scaler"]:
-            self.scaler.load_state_dict(tensors["scaler"])
-        self._set_rng_state(meta["rng"][self.rank], tensors["rng"][self.rank])
-        self.progress = _Progress(**meta["progress"])
-        self._load_callback_states(meta.get("callbacks", {}))
+        if self.scaler is not None and state.scaler:
+            self.scaler.load_state_dict(state.scaler)
+        set_rng_state(*state.rng[self.rank])
+        self.progress = _Progress(**state.progress)
+        self._load_callback_states(state.callbacks)
         self._boundary = copy.copy(self.progress)
         self._boundary_callbacks = self._callback_states()
         self._checkpoint_step = self.progress.step
@@ -705,11 +555,7 @@ class Trainer:
         if run_config is None:  # a Python resume gives the train section only: keep the rest of the run's config
             run_config = {**on_disk, "train": current} if isinstance(on_disk, dict) else {"train": current}
         new = to_dict(run_config)
-        changes = [f"train.{k} {saved[k]!r} -> {current[k]!r}" for k in current if saved[k] != current[k]]
-        old_flat, new_flat = _flatten(on_disk if isinstance(on_disk, dict) else {}), _flatten(new)
-        changes += [
-            f"{k} {old_flat.get(k)!r} -> {v!r}" for k, v in new_flat.items() if not k.startswith("train.") and old_flat.get(k) != v
-        ]
+        changes = config_changes(saved, current, on_disk, new)
         if not changes:
             return
         self.run.update_config(to_yaml(new))
@@ -735,7 +581,8 @@ class Trainer:
             # The rate the window's last step used: ``lr``, or ``lr/<group>`` for each of several groups.
             groups = self.optimizer.param_groups
             lrs = {"lr": groups[0]["lr"]} if len(groups) == 1 else {f"lr/{g['name']}": g["lr"] for g in groups}
-            self._log({"split": "train", "epoch": p.epoch, "step": p.step, "loss": p.window_loss / p.window_steps, **lrs})
+            self._check_finite()
+            self._log({"split": "train", "epoch": p.epoch, "step": p.step, "loss": float(p.window_loss) / p.window_steps, **lrs})
             p.window_loss, p.window_steps = 0.0, 0
 
     # ----- signals ---------------------------------------------------------------------------------------------
@@ -796,84 +643,76 @@ class Trainer:
             self._dummy[split] = (self.collate_fn or torch.utils.data.default_collate)([dataset[0]])
         return self._dummy[split]
 
-    def _reduce_step(self, loss_sum: torch.Tensor) -> tuple[float, bool]:
-        """Sums loss and stop flag over processes (and, under FSDP, the prompt gradients, which DDP averages
-        itself); returns (global mean loss, stop)."""
-        if self.world_size == 1:
-            return float(loss_sum), self._stop_requested
-        if self.mode in ("ddp", "deepspeed"):
-            flat = torch.stack([loss_sum.float(), torch.tensor(float(self._stop_requested), device=self.device)])
-            dist.all_reduce(flat)
-            return float(flat[0]), bool(flat[1] > 0)
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        flag = torch.tensor([float(self._stop_requested)], device=self.device)
-        flat = torch.cat([g.float().flatten() for g in grads] + [loss_sum.float().view(1), flag])
-        dist.all_reduce(flat)
-        offset = 0
-        for p, g in zip(self.params, grads):
-            n = g.numel()
-            p.grad = flat[offset : offset + n].view_as(g).to(g.dtype)
-            offset += n
-        return float(flat[-2]), bool(flat[-1] > 0)
-
-    def _optimizer_step(self, batches: Iterator[Any], sampler: EpochBatches, micro: range) -> tuple[float, bool]:
-        """One optimizer step over micro-batches ``micro`` of the epoch; returns (global mean loss, stop)."""
+    def _count_loss(self, loss: torch.Tensor, step: int) -> None:
+        """Adds step ``step``'s global mean loss to the window and epoch sums and, when it is the first non-finite
+        one, keeps the step and the value; all on the device, nothing is read."""
         p = self.progress
+        bad = ~torch.isfinite(loss) & (self._first_bad < 0)
+        self._first_bad = torch.where(bad, step, self._first_bad)
+        self._bad_loss = torch.where(bad, loss.detach(), self._bad_loss)
+        loss = loss.detach().to(self._sum_dtype)
+        p.window_loss = p.window_loss + loss
+        p.epoch_loss = p.epoch_loss + loss
+        p.window_steps += 1
+        p.epoch_steps += 1
+
+    def _check_finite(self) -> None:
+        """Raises :class:`NonFiniteLossError` naming the first step whose loss was NaN or infinite (reads the device)."""
+        first = int(self._first_bad)
+        if first < 0:
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        where = ""
+        if self.run is not None:
+            kept = f"keeps the checkpoint of step {self._checkpoint_step}" if self._checkpoint_step is not None else "has no checkpoint yet"
+            where = f" (run directory {self.run.path} {kept})"
+        raise NonFiniteLossError(
+            f"loss is {float(self._bad_loss)} at step {first} (epoch {(first - 1) // self.steps_per_epoch}); training "
+            f"stopped, and no gradient of that step or a later one reached the prompts{where}. Lower the learning "
+            f"rate, enable grad_clip, or use bf16 instead of fp16"
+        )
+
+    def _optimizer_step(self, batches: Iterator[Any], sampler: EpochBatches, micro: range) -> tuple[torch.Tensor, bool] | None:
+        """One optimizer step over micro-batches ``micro`` of the epoch; returns the global mean loss (on the device)
+        and whether a Ctrl-C asks to stop, or None when the step's collective tells that a callback of another process
+        asked to stop after the previous step: the step is then not taken."""
+        p, engine = self.progress, self.engine
         total = sum(sampler.global_size(j) for j in micro)
         loss_sum = torch.zeros((), device=self.device)
         for j in micro:
             n = sampler.local_size(j)
-            if n == 0 and self.mode == "none":
-                continue
             if n == 0:
                 batch = self._dummy_batch(self.train_dataset, "train")
             else:
                 batch = next(batches)
                 self._check_labels(batch, f"training batch {j} of epoch {p.epoch}")
             batch = _to_device(batch, self.device)
-            # DDP reduces the gradients in the backward of the window's last micro-batch only.
-            sync = self.engine.no_sync() if self.mode == "ddp" and j != micro[-1] else nullcontext()
-            with sync, _out_of_memory_levers(self.config, p.step + 1, n):
+            with engine.no_sync(j == micro[-1]), _out_of_memory_levers(self.config, p.step + 1, n):
                 with self._autocast():
-                    loss = self.engine(batch)
+                    loss = engine.module(batch)
                 if loss.dim() != 0:
                     raise ValueError(f"{type(self.model).__name__}.training_step returned shape {tuple(loss.shape)}; it must return the mean loss, a scalar")
                 # Weighted by this slice's share of the step's global samples, so the summed gradient is the mean
-                # over the global batch, whatever the split across processes and micro-batches. DDP and DeepSpeed
-                # average over the processes instead of summing: their share is scaled by the number.
-                averaged = self.mode in ("ddp", "deepspeed")
-                share = n / total * (self.world_size if averaged else 1)
+                # over the global batch, whatever the split across processes and micro-batches. Engines that average
+                # over the processes instead of summing (DDP, DeepSpeed) get their share scaled by the number.
+                share = n / total * (self.world_size if engine.averages else 1)
                 weighted = loss.float() if share == 1 else loss.float() * share
-                if self.mode == "deepspeed":
-                    self.engine.backward(weighted, scale_wrt_gas=False)  # the share already counts the window
-                else:
-                    (self.scaler.scale(weighted) if self.scaler is not None else weighted).backward()
-            loss_sum += loss.float().detach() * (n / total) if averaged else weighted.detach()
-        loss_value, stop = self._reduce_step(loss_sum)
-        if not math.isfinite(loss_value):
-            self.optimizer.zero_grad(set_to_none=True)
-            where = ""
-            if self.run is not None:
-                kept = f"keeps the checkpoint of step {self._checkpoint_step}" if self._checkpoint_step is not None else "has no checkpoint yet"
-                where = f" (run directory {self.run.path} {kept})"
-            raise NonFiniteLossError(
-                f"loss is {loss_value} at step {p.step + 1} (epoch {p.epoch}); training stopped before updating the "
-                f"prompts{where}. Lower the learning rate, enable grad_clip, or use bf16 instead of fp16"
-            )
-        if self.mode == "deepspeed":
-            self.engine.step()  # clips (train.grad_clip), steps the optimizer over the partitions, zeroes the gradients
-            return loss_value, stop
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        if self.config.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss_value, stop
+                engine.backward(weighted)
+            loss_sum += loss.float().detach() * (n / total) if engine.averages else weighted.detach()
+        # One collective: the loss and both stop flags (Ctrl-C, a callback's request after the previous step).
+        reduced = engine.reduce(loss_sum, [float(self._stop_requested), float(self._stop_reason is not None)], self.params)
+        interrupted = self._stop_requested
+        if self.world_size > 1:
+            # Every process must stop after the same step, so the agreed flags are read: the collective's one wait.
+            interrupted, asked = (flag > 0 for flag in reduced[1:3].tolist())
+            if asked:
+                engine.discard(self.optimizer)
+                return None
+        self._count_loss(reduced[0], p.step + 1)
+        if self.world_size > 1:
+            self._check_finite()  # read with the flags: a non-finite step is refused before it is taken
+        engine.step(self.optimizer, self.params, self._first_bad < 0)
+        return reduced[0], interrupted
 
     def _train_epoch(self) -> bool:
         """Runs the rest of ``progress.epoch``; returns False when max_steps or a stop request ended training
@@ -888,20 +727,23 @@ class Trainer:
                 return False
             micro = range(p.micro, min(p.micro + accum, sampler.num_micro))
             self._apply_lr(p.step)
-            loss, interrupted = self._optimizer_step(batches, sampler, micro)
+            taken = self._optimizer_step(batches, sampler, micro)
+            if taken is None:
+                self._share_stop_reason()
+                p.stop_reason = self._stop_reason
+                self._mark_boundary()
+                return False
+            loss, interrupted = taken
             p.step += 1
             p.micro = micro.stop
-            p.window_loss += loss
-            p.window_steps += 1
-            p.epoch_loss += loss
-            p.epoch_steps += 1
             now = time.perf_counter()
             info = StepInfo(step=p.step, epoch=p.epoch, loss=loss, samples=sum(sampler.global_size(j) for j in micro), seconds=now - tick)
             tick = now
             self._callback("on_step_end", info)
             if p.step % cfg.log_every_steps == 0:
                 self._flush_window()
-            stopped = self._agree_stop()
+            # One process knows its callbacks' requests at once; several agree on them in the next step's collective.
+            stopped = self.world_size == 1 and self._stop_reason is not None
             if stopped:
                 p.stop_reason = self._stop_reason
             self._mark_boundary()
@@ -911,13 +753,17 @@ class Trainer:
                 self._save_checkpoint(p)
             if interrupted:
                 raise _Interrupted
+        if self.world_size > 1 and self._agree_stop():  # a request after the epoch's last step
+            p.stop_reason = self._stop_reason
+            self._mark_boundary()
+            return False
         return True
 
     def _end_epoch(self) -> None:
         cfg, p = self.config, self.progress
         self._flush_window()
         if p.epoch_steps:
-            self._log({"split": "epoch", "epoch": p.epoch, "step": p.step, "loss": p.epoch_loss / p.epoch_steps})
+            self._log({"split": "epoch", "epoch": p.epoch, "step": p.step, "loss": float(p.epoch_loss) / p.epoch_steps})
         self._callback("on_epoch_end")
         if self.eval_dataset is not None and cfg.eval_every_epochs and (p.epoch + 1) % cfg.eval_every_epochs == 0:
             self._evaluate_and_keep_best()
@@ -945,16 +791,12 @@ class Trainer:
         if better:
             p.best_value, p.best_step, p.best_epoch = value, p.step, p.epoch
             if self.run is not None:
-                with whole(self.params, self.mode):
+                with self.engine.whole(self.params):
                     if self.is_main:
                         self.model.save_prompts(self.run.best, extra={"step": p.step, "epoch": p.epoch, "metric": cfg.metric, "value": value})
                 self._callback("on_save", self.run.best, "best")
         self._callback("on_evaluate", metrics)
         return metrics
-
-    def _eval_call(self, batch: Any) -> dict[str, torch.Tensor]:
-        # Under FSDP and DeepSpeed the call goes through the engine (its hooks gather the weights); DDP needs no hook.
-        return self.engine(batch, "eval") if self.mode in ("fsdp", "deepspeed") else self.model.eval_step(batch)
 
     def fit(self) -> dict[str, Any]:
         """Trains until ``epochs`` or ``max_steps``, or until a callback stops the run; returns the last step, the
@@ -977,6 +819,8 @@ class Trainer:
                 if not self._train_epoch():
                     break
                 self._end_epoch()
+            if p.stop_reason is None and self._agree_stop():  # a request after the last step (max_steps)
+                p.stop_reason = self._stop_reason
             self._flush_window()
             if self.eval_dataset is not None and p.last_eval_step != p.step:
                 self._evaluate_and_keep_best()
@@ -1029,7 +873,7 @@ class Trainer:
         batches = [indices[i : i + size] for i in range(0, len(indices), size)]
         # Under FSDP and DeepSpeed every process takes part in every forward (each gathers the blocks' weights with
         # the others): a process with fewer batches than rank 0 runs one row for each missing batch and discards it.
-        padding = math.ceil(math.ceil(n / self.world_size) / size) - len(batches) if self.mode in ("fsdp", "deepspeed") else 0
+        padding = self.engine.eval_padding(n, size, len(batches))
         was_training = self.model.training
         self.model.eval()
         acc_dtype = torch.float64 if self.device.type != "mps" else torch.float32
@@ -1043,13 +887,13 @@ class Trainer:
                         raise _Interrupted
                     self._check_labels(batch, f"eval batch {i}")
                     with self._autocast():
-                        out = self._eval_call(_to_device(batch, self.device))
+                        out = self.engine.eval_call(self.model, _to_device(batch, self.device))
                     for key, value in out.items():
                         value = torch.as_tensor(value, device=self.device).detach().to(acc_dtype)
                         sums[key] = sums[key] + value if key in sums else value
                 for _ in range(padding):
                     with self._autocast():
-                        self._eval_call(_to_device(self._dummy_batch(dataset, f"eval{id(dataset)}"), self.device))
+                        self.engine.eval_call(self.model, _to_device(self._dummy_batch(dataset, f"eval{id(dataset)}"), self.device))
         finally:
             if was_training:
                 self._set_train_mode()
@@ -1101,16 +945,6 @@ def _callback_keys(callbacks: list[Callback]) -> list[str]:
         counts[name] = counts.get(name, 0) + 1
         keys.append(name if counts[name] == 1 else f"{name}.{counts[name]}")
     return keys
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        out.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}": value})
-    return out
 
 
 __all__ = [

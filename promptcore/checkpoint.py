@@ -1,0 +1,165 @@
+"""The training state of a run (``state/``): what a checkpoint records, reading it back, and what a resume checks.
+
+A :class:`TrainingState` is a plain record: the trainer fills one at a checkpoint and gets one back on resume. This
+module reads and writes it through :class:`~promptcore.runs.RunDir`, checks it against the resuming run
+(:func:`check_resume_settings`), names what a resumed config changed (:func:`config_changes`) and takes and
+restores the RNG states (:func:`rng_state`, :func:`set_rng_state`). It knows nothing of the trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from .runs import RunDir, RunDirError
+
+# The fields a resumed run must share with the saved one: they fix the data order and the global batch.
+RESUME_KEYS = ("seed", "batch_size", "grad_accum_steps")
+# Fields a resumed run cannot change either: the optimizer state and best/ belong to them.
+FIXED_ON_RESUME = ("optimizer", "metric", "metric_mode")
+
+
+@dataclasses.dataclass
+class TrainingState:
+    """What ``state/`` holds.
+
+    Attributes:
+        progress: where training stood (the trainer's progress record as a dict of plain values).
+        world_size: processes of the run; ``num_train``: rows of its train dataset.
+        train: the ``train:`` section the state was written with.
+        groups: the optimizer groups' names.
+        callbacks: the callbacks' states, by key.
+        rng: each process's RNG states, ``(plain, tensors)`` as :func:`rng_state` gives them.
+        prompts: each trainable module's state dict.
+        optimizer: the optimizer's state dict (as a 1-process optimizer gives it).
+        scaler: the fp16 gradient scaler's state dict (empty without one).
+    """
+
+    progress: dict[str, Any]
+    world_size: int
+    num_train: int
+    train: dict[str, Any]
+    groups: list[str]
+    callbacks: dict[str, Any]
+    rng: list[tuple[dict[str, Any], dict[str, Any]]]
+    prompts: dict[str, dict[str, torch.Tensor]]
+    optimizer: dict[str, Any]
+    scaler: dict[str, Any]
+
+
+def save_training_state(run: RunDir, state: TrainingState) -> None:
+    """Writes ``state`` to ``run``'s ``state/`` (JSON-able values as JSON, tensors in the tensor file)."""
+    meta = {
+        "progress": state.progress,
+        "world_size": state.world_size,
+        "num_train": state.num_train,
+        "train": state.train,
+        "groups": state.groups,
+        "callbacks": state.callbacks,
+        "rng": [plain for plain, _ in state.rng],
+    }
+    tensors = {
+        "prompts": state.prompts,
+        "optimizer": state.optimizer,
+        "scaler": state.scaler,
+        "rng": [tensors for _, tensors in state.rng],
+    }
+    run.save_state(meta, tensors)
+
+
+def load_training_state(run: RunDir) -> TrainingState:
+    """Reads ``run``'s ``state/`` (see :meth:`RunDir.load_state` for the errors)."""
+    meta, tensors = run.load_state()
+    return TrainingState(
+        progress=meta["progress"],
+        world_size=meta["world_size"],
+        num_train=meta["num_train"],
+        train=meta["train"],
+        groups=meta.get("groups", ["all"]),  # checkpoints of earlier versions had one group
+        callbacks=meta.get("callbacks", {}),
+        rng=list(zip(meta["rng"], tensors["rng"])),
+        prompts=tensors["prompts"],
+        optimizer=tensors["optimizer"],
+        scaler=tensors["scaler"],
+    )
+
+
+def check_resume_settings(state: TrainingState, saved: dict[str, Any], current: dict[str, Any], world_size: int, num_train: int, groups: list[str], path: Any) -> None:
+    """Raises a :class:`RunDirError` when the resuming run cannot continue ``state``: a different data order
+    (:data:`RESUME_KEYS`, the number of processes, the dataset size), or different settings the optimizer state and
+    ``best/`` belong to (:data:`FIXED_ON_RESUME`, the optimizer groups). ``saved`` and ``current`` are the saved and
+    the new ``train:`` sections as dicts."""
+    found = {"world_size": world_size, "num_train": num_train, **{k: current[k] for k in RESUME_KEYS}}
+    expected = {"world_size": state.world_size, "num_train": state.num_train, **{k: saved[k] for k in RESUME_KEYS}}
+    diffs = [f"{k}: run has {expected[k]!r}, now {found[k]!r}" for k in found if found[k] != expected[k]]
+    if diffs:
+        raise RunDirError(
+            f"cannot resume {path}: the data order would differ ({'; '.join(diffs)}); resume with the "
+            f"run's config.yaml, the same dataset and the same number of processes"
+        )
+    fixed = [f"{k}: run has {saved[k]!r}, now {current[k]!r}" for k in FIXED_ON_RESUME if saved[k] != current[k]]
+    if state.groups != groups:
+        fixed.append(f"optimizer groups (train.param_groups): run has {state.groups}, now {groups}")
+    if fixed:
+        raise RunDirError(
+            f"cannot resume {path}: {'; '.join(fixed)}; the run's optimizer state and best/ belong to "
+            f"its settings. Resume with them, or start a new run (overwrite=True / --overwrite, or another directory)"
+        )
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any], on_disk: Any, new: dict[str, Any]) -> list[str]:
+    """What a resumed run changed: ``train.KEY old -> new`` for the ``train:`` section (``saved`` -> ``current``),
+    and ``KEY old -> new`` for every other key of the run config (``on_disk`` -> ``new``)."""
+    changes = [f"train.{k} {saved[k]!r} -> {current[k]!r}" for k in current if saved[k] != current[k]]
+    old_flat, new_flat = _flatten(on_disk if isinstance(on_disk, dict) else {}), _flatten(new)
+    changes += [f"{k} {old_flat.get(k)!r} -> {v!r}" for k, v in new_flat.items() if not k.startswith("train.") and old_flat.get(k) != v]
+    return changes
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}": value})
+    return out
+
+
+def rng_state() -> tuple[dict[str, Any], dict[str, Any]]:
+    """This process's RNG states: JSON-able (python, numpy) and tensors (torch CPU, CUDA)."""
+    np_state = np.random.get_state()
+    plain = {
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
+    tensors = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return plain, tensors
+
+
+def set_rng_state(plain: dict[str, Any], tensors: dict[str, Any]) -> None:
+    """Restores states of :func:`rng_state`."""
+    version, state, gauss = plain["python"]
+    random.setstate((version, tuple(state), gauss))
+    name, keys, pos, has_gauss, cached = plain["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(tensors["torch"])
+    if tensors["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(tensors["cuda"])
+
+
+__all__ = [
+    "FIXED_ON_RESUME",
+    "RESUME_KEYS",
+    "TrainingState",
+    "check_resume_settings",
+    "config_changes",
+    "load_training_state",
+    "rng_state",
+    "save_training_state",
+    "set_rng_state",
+]
