@@ -332,9 +332,52 @@ register_callback("step_timer", StepTimer)
 register_callback("early_stopping", EarlyStopping)
 
 
+class CallbackList(list):
+    """The callbacks of a run, in the order their hooks run, and the keys their states are saved under: the class
+    name, numbered when a class appears twice (``StepTimer``, ``StepTimer.2``)."""
+
+    def __init__(self, callbacks: list[Callback]) -> None:
+        for cb in callbacks:
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks: {cb!r} is not a promptcore.callbacks.Callback (subclass it and override its hooks)")
+        super().__init__(callbacks)
+        self.keys, counts = [], {}
+        for cb in callbacks:
+            name = type(cb).__name__
+            counts[name] = counts.get(name, 0) + 1
+            self.keys.append(name if counts[name] == 1 else f"{name}.{counts[name]}")
+
+    @classmethod
+    def for_run(cls, progress_bar: bool, tensorboard: bool, specs: list[Any], extra: Any = ()) -> "CallbackList":
+        """The built-in callbacks ``progress_bar`` and ``tensorboard`` ask for, those ``specs`` (``train.callbacks``)
+        name, then ``extra``."""
+        builtin: list[Callback] = [ProgressBar()] if progress_bar else []
+        if tensorboard:
+            builtin.append(TensorBoard())
+        named = [build_callback(spec, f"train.callbacks[{i}]") for i, spec in enumerate(specs)]
+        return cls([*builtin, *named, *extra])
+
+    def call(self, hook: str, trainer: "Trainer", *args: Any) -> None:
+        for cb in self:
+            getattr(cb, hook)(trainer, *args)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The callbacks' non-empty states, detached (a JSON round trip), by key."""
+        states = {key: cb.state_dict() for key, cb in zip(self.keys, self)}
+        return json.loads(json.dumps({k: v for k, v in states.items() if v}))
+
+    def load_state_dict(self, states: dict[str, Any]) -> list[str]:
+        """Hands each callback its saved state; returns the keys of saved states no callback took, sorted."""
+        for key, cb in zip(self.keys, self):
+            if key in states:
+                cb.load_state_dict(states[key])
+        return sorted(set(states) - set(self.keys))
+
+
 __all__ = [
     "CALLBACKS",
     "Callback",
+    "CallbackList",
     "EarlyStopping",
     "ProgressBar",
     "StepInfo",

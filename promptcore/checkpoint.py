@@ -10,17 +10,52 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import sys
 from typing import Any
 
 import numpy as np
 import torch
 
-from .runs import RunDir, RunDirError
+from .optim import OPTIMIZER_STATE_FACTOR
+from .runs import RunDir, RunDirError, format_size
 
 # The fields a resumed run must share with the saved one: they fix the data order and the global batch.
 RESUME_KEYS = ("seed", "batch_size", "grad_accum_steps")
 # Fields a resumed run cannot change either: the optimizer state and best/ belong to them.
 FIXED_ON_RESUME = ("optimizer", "metric", "metric_mode")
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where training stands; a copy taken after each optimizer step is what a checkpoint records.
+
+    The loss sums stay on the device while training runs (0-dim float64 tensors, replaced, never changed in place, so
+    a copy keeps its values); they are read at a log line, an epoch end and a checkpoint (:meth:`as_dict`)."""
+
+    epoch: int = 0
+    micro: int = 0  # micro-batches of ``epoch`` already consumed
+    step: int = 0  # optimizer steps done
+    window_loss: float | torch.Tensor = 0.0  # sum of step losses since the last train line
+    window_steps: int = 0
+    epoch_loss: float | torch.Tensor = 0.0
+    epoch_steps: int = 0
+    metrics_lines: int = 0  # lines of metrics.jsonl written up to this point
+    last_eval_step: int = -1
+    best_value: float | None = None
+    best_step: int = -1
+    best_epoch: int = -1
+    stop_reason: str | None = None  # why a callback stopped the run (it stays finished when resumed)
+
+    def add_loss(self, loss: torch.Tensor) -> None:
+        """Counts an optimizer step's loss (a device tensor) in the window and epoch sums, without reading it."""
+        self.window_loss = self.window_loss + loss
+        self.epoch_loss = self.epoch_loss + loss
+        self.window_steps += 1
+        self.epoch_steps += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values (the loss sums read from the device), as the training state records them."""
+        return {**dataclasses.asdict(self), "window_loss": float(self.window_loss), "epoch_loss": float(self.epoch_loss)}
 
 
 @dataclasses.dataclass
@@ -130,6 +165,40 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def checkpoint_size(prompt_state: dict[str, torch.Tensor], module_states: list[dict[str, torch.Tensor]], params: list[torch.Tensor], optimizer: str, world_size: int) -> tuple[int, str]:
+    """Bytes a checkpoint needs on disk (an estimate) and what they are made of: the prompt files of ``prompt_state``,
+    and ``state/`` with the trainable modules' states, the ``optimizer``'s state over ``params`` and each process's
+    RNG states."""
+    prompt_bytes = sum(t.numel() * t.element_size() for t in prompt_state.values())
+    module_bytes = sum(t.numel() * t.element_size() for state in module_states for t in state.values())
+    optimizer_bytes = OPTIMIZER_STATE_FACTOR[optimizer] * sum(p.numel() * p.element_size() for p in params)
+    # Metadata, file headers and each process's RNG states (JSON and tensors): about 40 KB per process.
+    state_bytes = module_bytes + optimizer_bytes + 2**16 * world_size
+    prompt_bytes += 2**12
+    # last/, best/ and state/, and while one of them is replaced, the old and the new copy.
+    needed = 2 * prompt_bytes + state_bytes + max(prompt_bytes, state_bytes)
+    what = (
+        f"last/ and best/ {format_size(prompt_bytes)} each, state/ {format_size(state_bytes)} with the {optimizer} "
+        f"state, and a second copy of the largest while it is replaced"
+    )
+    return needed, what
+
+
+def prepare_run_dir(run: RunDir, resume: bool, overwrite: bool, config_text: str, size: tuple[int, str]) -> None:
+    """Main process, before training: leftovers of killed writes removed, folder writable, room for a checkpoint of
+    ``size`` (:func:`checkpoint_size`); a new run's folder made ready and ``config_text`` written."""
+    if resume:
+        run.check_resumable()
+    removed = run.clean_leftovers()
+    if removed:
+        print(f"{run.path}: removed leftovers of interrupted writes: {', '.join(removed)}", file=sys.stderr)
+    run.check_writable()
+    run.check_free_space(*size)
+    if not resume:
+        run.prepare_new(overwrite)
+        run.write_config(config_text)
+
+
 def rng_state() -> tuple[dict[str, Any], dict[str, Any]]:
     """This process's RNG states: JSON-able (python, numpy) and tensors (torch CPU, CUDA)."""
     np_state = np.random.get_state()
@@ -154,11 +223,14 @@ def set_rng_state(plain: dict[str, Any], tensors: dict[str, Any]) -> None:
 
 __all__ = [
     "FIXED_ON_RESUME",
+    "Progress",
     "RESUME_KEYS",
     "TrainingState",
     "check_resume_settings",
+    "checkpoint_size",
     "config_changes",
     "load_training_state",
+    "prepare_run_dir",
     "rng_state",
     "save_training_state",
     "set_rng_state",

@@ -114,6 +114,66 @@ def zero3_config(batch_size: int, grad_accum_steps: int, grad_clip: float | None
     }
 
 
+def on_main(fn: Callable[[], None], is_main: bool, world_size: int) -> None:
+    """Runs ``fn`` on the main process; a user error it raises is raised on every process (as a
+    :class:`~promptcore.runs.RunDirError`: none waits for the main one in a barrier it will never reach)."""
+    import torch.distributed as dist
+
+    from .runs import RunDirError
+
+    error = None
+    if is_main:
+        try:
+            fn()
+        except UserError as e:
+            if world_size == 1:
+                raise
+            error = str(e)
+    if world_size > 1:
+        shared = [error]
+        dist.broadcast_object_list(shared, src=0)
+        if shared[0] is not None:
+            raise RunDirError(shared[0])
+
+
+def gather_objects(obj: Any, world_size: int) -> list[Any]:
+    """``obj`` of every process, by rank (pickled through the process group; ``[obj]`` in one process)."""
+    if world_size == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def check_same_frozen_weights(model: nn.Module, params: list[nn.Parameter], world_size: int) -> None:
+    """Frozen weights are never synchronised, so they must match on every process from the start: compares a
+    per-tensor checksum of every parameter and buffer of ``model`` but the prompt ``params`` (a randomly initialised
+    backbone built without a common seed would silently differ). Every process calls it.
+
+    Raises:
+        UserError: naming the weights that differ.
+    """
+    import torch.distributed as dist
+
+    prompt_ids = {id(p) for p in params}
+    frozen = [(n, t) for n, t in [*model.named_parameters(), *model.named_buffers()] if id(t) not in prompt_ids]
+    if not frozen:
+        return
+    sums = torch.stack([t.detach().double().sum() if t.is_floating_point() else t.detach().sum().double() for _, t in frozen])
+    low, high = sums.clone(), sums.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    differ = [name for (name, _), a, b in zip(frozen, low.tolist(), high.tolist()) if a != b]
+    if differ:
+        raise UserError(
+            f"frozen weights differ between the {world_size} processes ({', '.join(differ[:5])}"
+            f"{' ...' if len(differ) > 5 else ''}); build the model identically on every process: load the same "
+            f"pretrained weights, or seed (promptcore.trainer.seed_everything) before building a random one"
+        )
+
+
 class StepModule(nn.Module):
     """A training or evaluation step as one module call, so the engines' hooks run around it: DDP prepares its
     gradient reduction in ``forward``, and FSDP2's root gathers its weights in its forward hooks."""

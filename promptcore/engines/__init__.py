@@ -15,6 +15,8 @@ after which ``train.distributed: my_engine`` selects it (docs/extending.md).
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import UserError
 from ..registry import Registry
 from .base import Engine
@@ -49,4 +51,22 @@ def resolve_engine(name: str, world_size: int) -> type[Engine]:
     return engine
 
 
-__all__ = ["DDPEngine", "DeepSpeedEngine", "ENGINES", "Engine", "FSDPEngine", "PlainEngine", "resolve_engine"]
+def build_engine(engine: type[Engine], config: Any, accelerator: Any, trains: bool) -> Engine:
+    """The engine of a run (of class ``engine``, from :func:`resolve_engine`); a run that ``trains`` nothing (evaluation
+    only) needs no engine that only reduces and steps (``training_only``) and gets the plain one.
+
+    Raises:
+        UserError: a 1-process engine asked to train in several processes.
+    """
+    world_size = accelerator.num_processes
+    if engine.training_only and not trains:
+        engine = PlainEngine
+    if trains and world_size > 1 and not engine.several_processes:
+        raise UserError(
+            f"train.distributed: {config.distributed} trains in one process, this run has {world_size}; set "
+            f"train.distributed: auto (ddp) or fsdp, or launch one process"
+        )
+    return engine(config, accelerator)
+
+
+__all__ = ["DDPEngine", "DeepSpeedEngine", "ENGINES", "Engine", "FSDPEngine", "PlainEngine", "build_engine", "resolve_engine"]

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 import os
-from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any, ClassVar
+from contextlib import contextmanager, nullcontext
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 import torch
 import torch.distributed as dist
@@ -55,12 +55,14 @@ class Engine:
             scales each process's loss by the number of processes so the result is the mean over the global batch.
         pads_eval: every process takes part in every evaluation forward (its weights are gathered with the others):
             a process with fewer eval batches runs padding batches.
+        shards_weights: each process holds a shard of the frozen weights (FSDP, DeepSpeed ZeRO-3).
     """
 
     several_processes: ClassVar[bool] = False
     training_only: ClassVar[bool] = False
     averages: ClassVar[bool] = False
     pads_eval: ClassVar[bool] = False
+    shards_weights: ClassVar[bool] = False
 
     def __init__(self, config: "TrainConfig", accelerator: Any) -> None:
         self.config = config
@@ -101,6 +103,25 @@ class Engine:
     def no_sync(self, last: bool) -> Any:
         """The context of one micro-batch's forward and backward; ``last`` is the accumulation window's last one."""
         return nullcontext()
+
+    @contextmanager
+    def out_of_memory_levers(self, step: int, rows: int) -> Iterator[None]:
+        """Turns running out of device or host memory in training step ``step`` (``rows`` rows in this process) into
+        one line naming the settings that lower memory use."""
+        try:
+            yield
+        except (torch.OutOfMemoryError, RuntimeError) as e:
+            if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
+                raise
+            config = self.config
+            levers = [f"train.batch_size (now {config.batch_size}; raise train.grad_accum_steps to keep the global batch)"]
+            if not config.gradient_checkpointing:
+                levers.append("train.gradient_checkpointing: true")
+            if not self.shards_weights:
+                levers.append("train.distributed: fsdp over several processes (shards the frozen weights)")
+            levers.append("model.dtype: bfloat16 or model.quantization: int8 for the frozen weights")
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"out of memory in training step {step} ({rows} rows in this process): {first}; lower it with " + "; ".join(levers)) from None
 
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
@@ -154,6 +175,19 @@ class Engine:
     def eval_call(self, model: "PromptedModel", batch: Any) -> dict[str, torch.Tensor]:
         """One evaluation batch; engines whose hooks gather weights call through :attr:`module`."""
         return model.eval_step(batch)
+
+    def reduce_metrics(self, sums: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """Sums each process's evaluation ``sums`` over the processes (rank 0's keys; a key a process lacks counts
+        as 0 there)."""
+        keys = sorted(sums)
+        if self.world_size == 1:
+            return {k: sums[k] for k in keys}
+        shared = [keys]
+        dist.broadcast_object_list(shared, src=0)
+        keys = shared[0]
+        stacked = torch.stack([sums.get(k, torch.zeros((), device=self.device, dtype=dtype)) for k in keys])
+        dist.all_reduce(stacked)
+        return dict(zip(keys, stacked))
 
     def eval_padding(self, num_rows: int, batch_size: int, num_batches: int) -> int:
         """How many one-row batches this process runs (and discards) after its ``num_batches`` so that it takes

@@ -129,6 +129,7 @@ class DeepSpeedEngine(Engine):
     training_only = True
     averages = True
     pads_eval = True
+    shards_weights = True
 
     @classmethod
     def make_accelerator(cls, config: Any) -> Any:

@@ -22,6 +22,7 @@ from .base import Engine
 class FSDPEngine(Engine):
     several_processes = True
     pads_eval = True
+    shards_weights = True
 
     def prepare_model(self, step: StepModule) -> None:
         model = step.model
