@@ -1,38 +1,31 @@
 """The trainer: trains the prompts (and head) of any :class:`~promptcore.model.PromptedModel`, nothing else.
 
 Built on Hugging Face Accelerate for devices, mixed precision and multi-process launch (``accelerate launch``,
-``torchrun``). With several processes the model runs under one of the engines (:mod:`promptcore.distributed`):
-DDP through ``accelerator.prepare`` (``train.distributed: auto`` / ``ddp``), FSDP2 sharding the frozen backbone
-(``fsdp``), or DeepSpeed ZeRO-3 through ``accelerator.prepare`` (``deepspeed``). Either way a step is one call of
-:class:`~promptcore.distributed.StepModule`, whose forward is the model's own ``training_step`` / ``eval_step``, so
-the engines' hooks run around it. After each accumulation window one small collective carries the global loss and
-the Ctrl-C flag (and, under FSDP, the prompt gradients, which FSDP leaves to the trainer because the prompts are not
-sharded), so every process agrees on both. Under DeepSpeed the engine runs each backward and the optimizer step
-(averaging and clipping the prompt gradients). A process whose slice of a global batch is empty (the last, short
-batch of an epoch) runs a zero-weighted step on one row instead, so its collectives match the others'.
+``torchrun``). What differs between one process, DDP, FSDP2 and DeepSpeed ZeRO-3 is an engine
+(:mod:`promptcore.engines`, picked by ``train.distributed``), so this code reads the same for all of them: each
+micro-batch is one call of the engine's step module and one backward, then one collective sums the step's loss and
+stop flags, then the engine's optimizer step. A process whose slice of a global batch is empty (the last, short
+batch of an epoch) runs a zero-weighted step on one row instead, so its collectives match the others'. Losses and
+the NaN check stay on the device and are read every ``log_every_steps`` steps, at epoch ends and at checkpoints.
 
-Data order is a function of ``(seed, epoch)``: each epoch's permutation is drawn from its own generator and cut
-into global batches of ``batch_size * processes`` samples, of which each process takes its slice. A resumed run
-therefore starts its sampler at the saved position without loading the batches it skips, and ends bitwise equal
-to an uninterrupted run on CPU. The learning rate is a pure function of the step (:class:`~promptcore.optim.
-LRSchedule`), so a run resumed with another length recomputes its schedule and continues from its step.
+Data order is a function of ``(seed, epoch)`` (:mod:`promptcore.batches`), and the learning rate a pure function of
+the step (:class:`~promptcore.optim.LRSchedule`), so a run resumed from its training state
+(:mod:`promptcore.checkpoint`) ends bitwise equal to an uninterrupted run on CPU.
 
-Extension points: per-module learning rates (``train.param_groups``), callbacks (:mod:`promptcore.callbacks`),
-schedules and optimizers (:mod:`promptcore.optim`).
+Extension points: engines, per-module learning rates (``train.param_groups``), callbacks
+(:mod:`promptcore.callbacks`), schedules and optimizers (:mod:`promptcore.optim`).
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 import math
 import os
 import signal
 import sys
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -40,26 +33,29 @@ import torch.distributed as dist
 import yaml
 from torch.utils.data import DataLoader, Dataset
 
-from .callbacks import Callback, ProgressBar, StepInfo, TensorBoard, build_callback
+from .batches import EpochBatches, check_labels, epoch_generator, num_rows, seed_everything, set_determinism, to_device
+from .callbacks import Callback, CallbackList, StepInfo
 from .checkpoint import (
+    Progress,
     TrainingState,
     check_resume_settings,
+    checkpoint_size,
     config_changes,
     load_training_state,
+    prepare_run_dir,
     rng_state,
     save_training_state,
     set_rng_state,
 )
-from .config import ConfigError, to_dict, to_yaml
-from .distributed import StepModule
-from .engines import ENGINES, resolve_engine
+from .config import to_dict, to_yaml
+from .distributed import StepModule, check_same_frozen_weights, gather_objects, on_main
+from .engines import build_engine, resolve_engine
 from .errors import UserError
 from .model import PromptedModel
-from .optim import OPTIMIZER_STATE_FACTOR, LRSchedule, build_optimizer
+from .optim import LRSchedule, build_optimizer
+from .param_groups import build_param_groups, check_optimizer_params
 from .preflight import check_resume, metric_problem
-from .registry import did_you_mean
-from .runs import RunDir, RunDirError, format_size
-from .sampling import EpochBatches, epoch_generator, seed_everything, set_determinism
+from .runs import RunDir
 from .train_config import TrainConfig
 
 
@@ -73,116 +69,6 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 class _Interrupted(Exception):
     """Internal: a stop was requested and every process reached a point where it can be honoured."""
-
-
-def build_param_groups(model: PromptedModel, config: TrainConfig, lr_scale: float = 1.0) -> list[dict[str, Any]]:
-    """The optimizer's parameter groups: one of all prompt parameters, or with ``config.param_groups`` one per
-    trainable module (``model.prompt_modules()`` order), each with its ``lr`` (times ``lr_scale``) and
-    ``weight_decay``. A group's ``name`` is ``all`` or the module's name.
-
-    Raises:
-        ConfigError: ``param_groups`` names a module the model does not train, or one without parameters.
-    """
-    modules = model.prompt_modules()
-    unknown = [name for name in config.param_groups if name not in modules]
-    if unknown:
-        known = list(modules)
-        raise ConfigError([
-            f"train.param_groups.{name}: {type(model).__name__} has no trainable module {name!r}.{did_you_mean(name, known)} "
-            f"Its trainable modules are {', '.join(known)}"
-            for name in unknown
-        ])
-    if not config.param_groups:
-        params = list(model.prompt_parameters())
-        return [{"params": params, "name": "all", "lr": config.lr * lr_scale, "weight_decay": config.weight_decay}]
-    groups, seen = [], set()
-    for name, module in modules.items():
-        params = [p for p in module.parameters() if id(p) not in seen]
-        seen.update(id(p) for p in params)
-        if not params:
-            if name in config.param_groups:
-                raise ConfigError([f"train.param_groups.{name}: module {name!r} of {type(model).__name__} has no parameters of its own to train; remove it"])
-            continue
-        overrides = config.param_groups.get(name, {})
-        groups.append({
-            "params": params,
-            "name": name,
-            "lr": overrides.get("lr", config.lr) * lr_scale,
-            "weight_decay": overrides.get("weight_decay", config.weight_decay),
-        })
-    return groups
-
-
-def check_optimizer_params(optimizer: torch.optim.Optimizer, model: PromptedModel) -> None:
-    """Raises unless ``optimizer`` holds exactly the model's prompt parameters (by identity) and nothing else of
-    the model requires gradients."""
-    held = [p for group in optimizer.param_groups for p in group["params"]]
-    expected = {id(p) for p in model.prompt_parameters()}
-    names = {id(p): n for n, p in model.named_parameters()}
-    problems = []
-    if len(held) != len({id(p) for p in held}):
-        problems.append("the optimizer holds a parameter twice")
-    extra = [names.get(id(p), "<not a model parameter>") for p in held if id(p) not in expected]
-    held_ids = {id(p) for p in held}
-    missing = [names[id(p)] for p in model.prompt_parameters() if id(p) not in held_ids]
-    frozen_trainable = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in expected]
-    if extra:
-        problems.append(f"it holds non-prompt parameters {extra}")
-    if missing:
-        problems.append(f"it misses prompt parameters {missing}")
-    if frozen_trainable:
-        problems.append(f"frozen parameters still require grad {frozen_trainable}")
-    if problems:
-        raise RuntimeError("optimizer does not hold exactly the prompt parameters: " + "; ".join(problems))
-
-
-def _num_rows(dataset: Dataset, split: str) -> int:
-    try:
-        n = len(dataset)  # type: ignore[arg-type]
-    except TypeError:
-        raise UserError(
-            f"{split} dataset {type(dataset).__name__} has no len(); the trainer needs a map-style dataset "
-            f"(random access by index) to fix the data order and resume mid-epoch"
-        ) from None
-    if n == 0:
-        raise UserError(f"{split} dataset has no rows; check the data source, split name and filters of the {split} data")
-    return n
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
-
-
-@dataclasses.dataclass
-class _Progress:
-    """Where training stands; a copy taken after each optimizer step is what a checkpoint records.
-
-    The loss sums stay on the device while training runs (0-dim float64 tensors, replaced, never changed in place, so
-    a copy keeps its values); they are read at a log line, an epoch end and a checkpoint (:meth:`as_dict`)."""
-
-    epoch: int = 0
-    micro: int = 0  # micro-batches of ``epoch`` already consumed
-    step: int = 0  # optimizer steps done
-    window_loss: float | torch.Tensor = 0.0  # sum of step losses since the last train line
-    window_steps: int = 0
-    epoch_loss: float | torch.Tensor = 0.0
-    epoch_steps: int = 0
-    metrics_lines: int = 0  # lines of metrics.jsonl written up to this point
-    last_eval_step: int = -1
-    best_value: float | None = None
-    best_step: int = -1
-    best_epoch: int = -1
-    stop_reason: str | None = None  # why a callback stopped the run (it stays finished when resumed)
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain values (the loss sums read from the device), as the training state records them."""
-        return {**dataclasses.asdict(self), "window_loss": float(self.window_loss), "epoch_loss": float(self.epoch_loss)}
 
 
 class Trainer:
@@ -240,9 +126,9 @@ class Trainer:
             raise UserError("resume and overwrite exclude each other: resume continues the run in run_dir, overwrite replaces it")
         self.model, self.config = model, config
         self.train_dataset, self.eval_dataset, self.collate_fn = train_dataset, eval_dataset, collate_fn
-        self.num_train = _num_rows(train_dataset, "train") if train_dataset is not None else 0
+        self.num_train = num_rows(train_dataset, "train") if train_dataset is not None else 0
         if eval_dataset is not None:
-            _num_rows(eval_dataset, "eval")
+            num_rows(eval_dataset, "eval")
             problem = metric_problem(model, config)
             if problem:
                 raise UserError(problem)
@@ -271,19 +157,12 @@ class Trainer:
                 f"Trainer(model, config, None, eval_dataset).evaluate(), or the eval command"
             )
         if self.world_size > 1:
-            self._check_same_frozen_weights()
+            check_same_frozen_weights(model, self.params, self.world_size)
             # Every process starts from rank 0's prompts, whatever each one's initialisation drew.
             for p in self.params:
                 dist.broadcast(p.data, src=0)
         trains = bool(self.params) and train_dataset is not None
-        if engine_class.training_only and not trains:
-            engine_class = ENGINES.get("plain")  # evaluation only: nothing for the engine to reduce or step
-        if trains and self.world_size > 1 and not engine_class.several_processes:
-            raise UserError(
-                f"train.distributed: {config.distributed} trains in one process, this run has {self.world_size}; set "
-                f"train.distributed: auto (ddp) or fsdp, or launch one process"
-            )
-        self.engine = engine_class(config, self.accelerator)
+        self.engine = build_engine(engine_class, config, self.accelerator, trains)
         # A step is one call of this module (the engines' hooks run around calls).
         self.step_module = StepModule(model)
         self.engine.prepare_model(self.step_module)
@@ -301,7 +180,9 @@ class Trainer:
         # Each group's settings as the config gives them; a resumed run puts them back over the loaded state.
         groups = self.optimizer.param_groups if self.optimizer is not None else []
         self._group_settings = [{k: v for k, v in g.items() if k != "params"} for g in groups]
-        self._checkpoint_bytes = self._checkpoint_size()  # while the prompts are whole on every process
+        # While the prompts are whole on every process.
+        modules = [m.state_dict() for m in model.prompt_modules().values()]
+        self._checkpoint_bytes = checkpoint_size(model.prompt_state_dict(), modules, self.params, config.optimizer, self.world_size)
         # The prompts of each optimizer group (DeepSpeed replaces them in the groups by flat partitions).
         self._group_params = [list(g["params"]) for g in groups]
         self.engine.prepare(self.step_module, self.optimizer if trains else None)
@@ -313,19 +194,9 @@ class Trainer:
         self.schedule = LRSchedule.from_config(config, self.total_steps, self.steps_per_epoch)
         self.warmup_steps = self.schedule.warmup if config.schedule_unit == "step" else self.schedule.warmup * self.steps_per_epoch
 
-        builtin: list[Callback] = []
-        if config.progress_bar:
-            builtin.append(ProgressBar())
-        if config.tensorboard:
-            builtin.append(TensorBoard())
-        named = [build_callback(spec, f"train.callbacks[{i}]") for i, spec in enumerate(config.callbacks)]
-        self.callbacks: list[Callback] = [*builtin, *named, *callbacks]
-        for cb in self.callbacks:
-            if not isinstance(cb, Callback):
-                raise TypeError(f"callbacks: {cb!r} is not a promptcore.callbacks.Callback (subclass it and override its hooks)")
-        self._callback_keys = _callback_keys(self.callbacks)
+        self.callbacks = CallbackList.for_run(config.progress_bar, config.tensorboard, config.callbacks, callbacks)
 
-        self.progress = _Progress()
+        self.progress = Progress()
         self._boundary = copy.copy(self.progress)
         self._boundary_callbacks: dict[str, Any] = {}
         self.resumed = False
@@ -341,85 +212,14 @@ class Trainer:
         self.run = RunDir(run_dir) if run_dir is not None else None
         self._callback("on_init")
         if self.run is not None:
-            self._on_main(lambda: self._prepare_run_dir(resume, overwrite, run_config))
+            config_text = to_yaml(run_config) if run_config is not None else to_yaml({"train": to_dict(config)})
+            on_main(lambda: prepare_run_dir(self.run, resume, overwrite, config_text, self._checkpoint_bytes), self.is_main, self.world_size)
             if resume:
                 self._load_state(run_config)
             self.accelerator.wait_for_everyone()
         self._apply_lr(max(self.progress.step - 1, 0))  # the rate of the last step done (logged with its window)
 
     # ----- set-up ----------------------------------------------------------------------------------------------
-    def _check_same_frozen_weights(self) -> None:
-        """Frozen weights are never synchronised, so they must match on every process from the start: compares a
-        per-tensor checksum (a randomly initialised backbone built without a common seed would silently differ)."""
-        prompt_ids = {id(p) for p in self.params}
-        frozen = [(n, t) for n, t in [*self.model.named_parameters(), *self.model.named_buffers()] if id(t) not in prompt_ids]
-        if not frozen:
-            return
-        sums = torch.stack([t.detach().double().sum() if t.is_floating_point() else t.detach().sum().double() for _, t in frozen])
-        low, high = sums.clone(), sums.clone()
-        dist.all_reduce(low, op=dist.ReduceOp.MIN)
-        dist.all_reduce(high, op=dist.ReduceOp.MAX)
-        differ = [name for (name, _), a, b in zip(frozen, low.tolist(), high.tolist()) if a != b]
-        if differ:
-            raise UserError(
-                f"frozen weights differ between the {self.world_size} processes ({', '.join(differ[:5])}"
-                f"{' ...' if len(differ) > 5 else ''}); build the model identically on every process: load the same "
-                f"pretrained weights, or seed (promptcore.trainer.seed_everything) before building a random one"
-            )
-
-    def _on_main(self, fn: Callable[[], None]) -> None:
-        """Runs ``fn`` on the main process; a user error it raises is raised on every process (none waits for
-        the main one in a barrier it will never reach)."""
-        error = None
-        if self.is_main:
-            try:
-                fn()
-            except UserError as e:
-                if self.world_size == 1:
-                    raise
-                error = str(e)
-        if self.world_size > 1:
-            shared = [error]
-            dist.broadcast_object_list(shared, src=0)
-            if shared[0] is not None:
-                raise RunDirError(shared[0])
-
-    def _prepare_run_dir(self, resume: bool, overwrite: bool, run_config: Any) -> None:
-        """Main process: leftovers of killed writes removed, folder writable, room for a checkpoint; a new run's
-        folder made ready and its config written."""
-        assert self.run is not None
-        if resume:
-            self.run.check_resumable()
-        removed = self.run.clean_leftovers()
-        if removed:
-            print(f"{self.run.path}: removed leftovers of interrupted writes: {', '.join(removed)}", file=sys.stderr)
-        self.run.check_writable()
-        self.run.check_free_space(*self._checkpoint_bytes)
-        if not resume:
-            self.run.prepare_new(overwrite)
-            self.run.write_config(self._config_text(run_config))
-
-    def _checkpoint_size(self) -> tuple[int, str]:
-        """Bytes a checkpoint needs on disk (an estimate) and what they are made of."""
-        prompt_bytes = sum(t.numel() * t.element_size() for t in self.model.prompt_state_dict().values())
-        module_bytes = sum(
-            t.numel() * t.element_size() for m in self.model.prompt_modules().values() for t in m.state_dict().values()
-        )
-        optimizer_bytes = OPTIMIZER_STATE_FACTOR[self.config.optimizer] * sum(p.numel() * p.element_size() for p in self.params)
-        # Metadata, file headers and each process's RNG states (JSON and tensors): about 40 KB per process.
-        state_bytes = module_bytes + optimizer_bytes + 2**16 * self.world_size
-        prompt_bytes += 2**12
-        # last/, best/ and state/, and while one of them is replaced, the old and the new copy.
-        needed = 2 * prompt_bytes + state_bytes + max(prompt_bytes, state_bytes)
-        what = (
-            f"last/ and best/ {format_size(prompt_bytes)} each, state/ {format_size(state_bytes)} with the {self.config.optimizer} "
-            f"state, and a second copy of the largest while it is replaced"
-        )
-        return needed, what
-
-    def _config_text(self, run_config: Any) -> str:
-        return to_yaml(run_config) if run_config is not None else to_yaml({"train": to_dict(self.config)})
-
     def _autocast(self) -> Any:
         # Accelerate's autocast() rebuilds its state object on every call; without mixed precision skip it.
         return self.accelerator.autocast() if self.config.mixed_precision != "no" else nullcontext()
@@ -437,22 +237,9 @@ class Trainer:
         for group, settings in zip(self.optimizer.param_groups if self.optimizer is not None else [], self._group_settings):
             group["lr"] = self.schedule.lr(step, settings["lr"])
 
-    def _gather(self, obj: Any) -> list[Any]:
-        if self.world_size == 1:
-            return [obj]
-        out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
-
     # ----- callbacks -------------------------------------------------------------------------------------------
     def _callback(self, hook: str, *args: Any) -> None:
-        for cb in self.callbacks:
-            getattr(cb, hook)(self, *args)
-
-    def _callback_states(self) -> dict[str, Any]:
-        """The callbacks' states, detached (a JSON round trip), keyed by class name."""
-        states = {key: cb.state_dict() for key, cb in zip(self._callback_keys, self.callbacks)}
-        return json.loads(json.dumps({k: v for k, v in states.items() if v}))
+        self.callbacks.call(hook, self, *args)
 
     def request_stop(self, reason: str) -> None:
         """Asks training to stop after the current step or epoch end; the run then saves, and ``fit()`` returns
@@ -474,20 +261,20 @@ class Trainer:
 
     def _share_stop_reason(self) -> None:
         """Every process takes the stop reason of the first process that gave one."""
-        self._stop_reason = next(r for r in self._gather(self._stop_reason) if r is not None)
+        self._stop_reason = next(r for r in gather_objects(self._stop_reason, self.world_size) if r is not None)
 
     def _mark_boundary(self) -> None:
         """Records a point a Ctrl-C can save: the progress and the callbacks' states after the step just done."""
         self._boundary = copy.copy(self.progress)
-        self._boundary_callbacks = self._callback_states()
+        self._boundary_callbacks = self.callbacks.state_dict()
 
     # ----- checkpoints -----------------------------------------------------------------------------------------
-    def _save_checkpoint(self, progress: _Progress, callback_states: dict[str, Any] | None = None) -> None:
+    def _save_checkpoint(self, progress: Progress, callback_states: dict[str, Any] | None = None) -> None:
         """Writes ``last/`` and ``state/`` for ``progress`` (main process; all processes share RNG states)."""
         if self.run is None:
             return
         self._check_finite()
-        rngs = self._gather(rng_state())
+        rngs = gather_objects(rng_state(), self.world_size)
         with self.engine.whole(self.params):
             optimizer_state = self.engine.optimizer_state(self.optimizer, self._group_params)
             if self.is_main:
@@ -498,7 +285,7 @@ class Trainer:
                     num_train=self.num_train,
                     train=to_dict(self.config),
                     groups=[g["name"] for g in self.optimizer.param_groups],
-                    callbacks=self._callback_states() if callback_states is None else callback_states,
+                    callbacks=self.callbacks.state_dict() if callback_states is None else callback_states,
                     rng=rngs,
                     prompts={name: m.state_dict() for name, m in self.model.prompt_modules().items()},
                     optimizer=optimizer_state,
@@ -527,10 +314,12 @@ class Trainer:
         if self.scaler is not None and state.scaler:
             self.scaler.load_state_dict(state.scaler)
         set_rng_state(*state.rng[self.rank])
-        self.progress = _Progress(**state.progress)
-        self._load_callback_states(state.callbacks)
+        self.progress = Progress(**state.progress)
+        dropped = self.callbacks.load_state_dict(state.callbacks)
+        if dropped and self.is_main:
+            print(f"resume: the run's callbacks {', '.join(dropped)} are not used any more; their state is dropped", file=sys.stderr)
         self._boundary = copy.copy(self.progress)
-        self._boundary_callbacks = self._callback_states()
+        self._boundary_callbacks = self.callbacks.state_dict()
         self._checkpoint_step = self.progress.step
         if self.is_main:
             # Lines written after the checkpoint are redone by the resumed run, so the file ends as if never killed.
@@ -539,14 +328,6 @@ class Trainer:
         self.resumed = True
         if self.is_main:
             self._record_config_changes(saved, current, run_config)
-
-    def _load_callback_states(self, states: dict[str, Any]) -> None:
-        for key, cb in zip(self._callback_keys, self.callbacks):
-            if key in states:
-                cb.load_state_dict(states[key])
-        dropped = sorted(set(states) - set(self._callback_keys))
-        if dropped and self.is_main:
-            print(f"resume: the run's callbacks {', '.join(dropped)} are not used any more; their state is dropped", file=sys.stderr)
 
     def _record_config_changes(self, saved: dict[str, Any], current: dict[str, Any], run_config: Any) -> None:
         """Main process, on resume: names what the config changed, and records the new config in config.yaml."""
@@ -605,25 +386,6 @@ class Trainer:
         self._old_handlers = {}
 
     # ----- training --------------------------------------------------------------------------------------------
-    def _check_labels(self, batch: Any, where: str) -> None:
-        labels = batch.get("labels") if isinstance(batch, dict) else None
-        if (
-            self.num_classes is None
-            or not isinstance(labels, torch.Tensor)
-            or labels.device.type != "cpu"  # checking on a GPU would cost a sync per batch
-            or labels.dim() != 1
-            or labels.dtype not in (torch.int64, torch.int32)
-            or labels.numel() == 0
-        ):
-            return
-        lo, hi = int(labels.min()), int(labels.max())
-        if lo < 0 or hi >= self.num_classes:
-            bad = lo if lo < 0 else hi
-            raise UserError(
-                f"label {bad} is out of range for a model with {self.num_classes} classes ({where}); labels must lie "
-                f"in [0, {self.num_classes - 1}]: check the dataset's labels or set the model's num_classes to match"
-            )
-
     def _loader(self, dataset: Dataset, batch_sampler: Any, generator: torch.Generator) -> DataLoader:
         # An explicit generator: creating an iterator draws a seed from it, which would otherwise come from (and
         # shift) the global torch RNG that prompt dropout uses.
@@ -650,11 +412,7 @@ class Trainer:
         bad = ~torch.isfinite(loss) & (self._first_bad < 0)
         self._first_bad = torch.where(bad, step, self._first_bad)
         self._bad_loss = torch.where(bad, loss.detach(), self._bad_loss)
-        loss = loss.detach().to(self._sum_dtype)
-        p.window_loss = p.window_loss + loss
-        p.epoch_loss = p.epoch_loss + loss
-        p.window_steps += 1
-        p.epoch_steps += 1
+        p.add_loss(loss.detach().to(self._sum_dtype))
 
     def _check_finite(self) -> None:
         """Raises :class:`NonFiniteLossError` naming the first step whose loss was NaN or infinite (reads the device)."""
@@ -685,9 +443,9 @@ class Trainer:
                 batch = self._dummy_batch(self.train_dataset, "train")
             else:
                 batch = next(batches)
-                self._check_labels(batch, f"training batch {j} of epoch {p.epoch}")
-            batch = _to_device(batch, self.device)
-            with engine.no_sync(j == micro[-1]), _out_of_memory_levers(self.config, p.step + 1, n):
+                check_labels(batch, self.num_classes, f"training batch {j} of epoch {p.epoch}")
+            batch = to_device(batch, self.device)
+            with engine.no_sync(j == micro[-1]), engine.out_of_memory_levers(p.step + 1, n):
                 with self._autocast():
                     loss = engine.module(batch)
                 if loss.dim() != 0:
@@ -866,7 +624,7 @@ class Trainer:
         dataset = self.eval_dataset if dataset is None else dataset
         if dataset is None:
             raise UserError("no eval dataset: pass one to evaluate(dataset) or to Trainer(eval_dataset=...)")
-        n = _num_rows(dataset, "eval")
+        n = num_rows(dataset, "eval")
         size = self.config.eval_batch_size or self.config.batch_size
         # Strided shards: every sample is evaluated once, and rank 0 always has one when the dataset has any.
         indices = list(range(self.rank, n, self.world_size))
@@ -885,29 +643,22 @@ class Trainer:
                 for i, batch in enumerate(self._loader(dataset, batches, torch.Generator())):
                     if self._stop_requested and self.world_size == 1:
                         raise _Interrupted
-                    self._check_labels(batch, f"eval batch {i}")
+                    check_labels(batch, self.num_classes, f"eval batch {i}")
                     with self._autocast():
-                        out = self.engine.eval_call(self.model, _to_device(batch, self.device))
+                        out = self.engine.eval_call(self.model, to_device(batch, self.device))
                     for key, value in out.items():
                         value = torch.as_tensor(value, device=self.device).detach().to(acc_dtype)
                         sums[key] = sums[key] + value if key in sums else value
                 for _ in range(padding):
                     with self._autocast():
-                        self.engine.eval_call(self.model, _to_device(self._dummy_batch(dataset, f"eval{id(dataset)}"), self.device))
+                        self.engine.eval_call(self.model, to_device(self._dummy_batch(dataset, f"eval{id(dataset)}"), self.device))
         finally:
             if was_training:
                 self._set_train_mode()
-        keys = sorted(sums)
-        if self.world_size > 1:
-            shared = [keys]
-            dist.broadcast_object_list(shared, src=0)
-            keys = shared[0]
-            stacked = torch.stack([sums.get(k, torch.zeros((), device=self.device, dtype=acc_dtype)) for k in keys])
-            dist.all_reduce(stacked)
-            sums = dict(zip(keys, stacked))
+        sums = self.engine.reduce_metrics(sums, acc_dtype)
         if "count" not in sums:
             raise ValueError(
-                f"{type(self.model).__name__}.eval_step returned {keys} without 'count'; it must return per-batch sums "
+                f"{type(self.model).__name__}.eval_step returned {list(sums)} without 'count'; it must return per-batch sums "
                 f"of each metric plus 'count' (the number of samples) so the trainer can average them"
             )
         count = float(sums["count"])
@@ -916,35 +667,6 @@ class Trainer:
         metrics = {k: float(v) / count for k, v in sums.items() if k != "count"}
         metrics["count"] = int(count)
         return metrics
-
-
-@contextmanager
-def _out_of_memory_levers(config: TrainConfig, step: int, rows: int) -> Iterator[None]:
-    """Turns running out of device or host memory in a training step into one line naming the settings that
-    lower memory use."""
-    try:
-        yield
-    except (torch.OutOfMemoryError, RuntimeError) as e:
-        if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
-            raise
-        levers = [f"train.batch_size (now {config.batch_size}; raise train.grad_accum_steps to keep the global batch)"]
-        if not config.gradient_checkpointing:
-            levers.append("train.gradient_checkpointing: true")
-        if config.distributed not in ("fsdp", "deepspeed"):
-            levers.append("train.distributed: fsdp over several processes (shards the frozen weights)")
-        levers.append("model.dtype: bfloat16 or model.quantization: int8 for the frozen weights")
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"out of memory in training step {step} ({rows} rows in this process): {first}; lower it with " + "; ".join(levers)) from None
-
-
-def _callback_keys(callbacks: list[Callback]) -> list[str]:
-    """Names under which the callbacks' states are saved: the class name, numbered when a class appears twice."""
-    keys, counts = [], {}
-    for cb in callbacks:
-        name = type(cb).__name__
-        counts[name] = counts.get(name, 0) + 1
-        keys.append(name if counts[name] == 1 else f"{name}.{counts[name]}")
-    return keys
 
 
 __all__ = [

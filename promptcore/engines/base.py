@@ -179,10 +179,9 @@ class Engine:
     def reduce_metrics(self, sums: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """Sums each process's evaluation ``sums`` over the processes (rank 0's keys; a key a process lacks counts
         as 0 there)."""
-        keys = sorted(sums)
         if self.world_size == 1:
-            return {k: sums[k] for k in keys}
-        shared = [keys]
+            return sums
+        shared = [sorted(sums)]
         dist.broadcast_object_list(shared, src=0)
         keys = shared[0]
         stacked = torch.stack([sums.get(k, torch.zeros((), device=self.device, dtype=dtype)) for k in keys])
