@@ -2,7 +2,7 @@
 
 A :class:`TrainingState` is a plain record: the trainer fills one at a checkpoint and gets one back on resume. This
 module reads and writes it through :class:`~promptcore.runs.RunDir`, checks it against the resuming run
-(:func:`check_resume_settings`), names what a resumed config changed (:func:`config_changes`) and takes and
+(:func:`check_resume_settings`), records what a resumed config changed (:func:`record_config_changes`) and takes and
 restores the RNG states (:func:`rng_state`, :func:`set_rng_state`). It knows nothing of the trainer.
 """
 
@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
+from .config import to_dict, to_yaml
 from .optim import OPTIMIZER_STATE_FACTOR
 from .runs import RunDir, RunDirError, format_size
 
@@ -146,12 +148,20 @@ def check_resume_settings(state: TrainingState, saved: dict[str, Any], current: 
         )
 
 
-def config_changes(saved: dict[str, Any], current: dict[str, Any], on_disk: Any, new: dict[str, Any]) -> list[str]:
-    """What a resumed run changed: ``train.KEY old -> new`` for the ``train:`` section (``saved`` -> ``current``),
-    and ``KEY old -> new`` for every other key of the run config (``on_disk`` -> ``new``)."""
+def record_config_changes(run: RunDir, saved: dict[str, Any], current: dict[str, Any], run_config: Any) -> list[str]:
+    """What a resumed run changed, recorded in ``run``'s ``config.yaml`` (the first config stays in
+    ``config.original.yaml``): ``train.KEY old -> new`` for the ``train:`` section (``saved`` -> ``current``), and
+    ``KEY old -> new`` for every other key of the new ``run_config`` against the run's. A ``run_config`` of None (a
+    Python resume gives the train section only) keeps the rest of the run's config."""
+    on_disk = yaml.safe_load(run.config.read_text()) if run.config.is_file() else None
+    if run_config is None:
+        run_config = {**on_disk, "train": current} if isinstance(on_disk, dict) else {"train": current}
+    new = to_dict(run_config)
     changes = [f"train.{k} {saved[k]!r} -> {current[k]!r}" for k in current if saved[k] != current[k]]
     old_flat, new_flat = _flatten(on_disk if isinstance(on_disk, dict) else {}), _flatten(new)
     changes += [f"{k} {old_flat.get(k)!r} -> {v!r}" for k, v in new_flat.items() if not k.startswith("train.") and old_flat.get(k) != v]
+    if changes:
+        run.update_config(to_yaml(new))
     return changes
 
 
@@ -228,7 +238,7 @@ __all__ = [
     "TrainingState",
     "check_resume_settings",
     "checkpoint_size",
-    "config_changes",
+    "record_config_changes",
     "load_training_state",
     "prepare_run_dir",
     "rng_state",

@@ -30,7 +30,6 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
-import yaml
 from torch.utils.data import DataLoader, Dataset
 
 from .batches import EpochBatches, check_labels, epoch_generator, num_rows, seed_everything, set_determinism, to_device
@@ -40,9 +39,9 @@ from .checkpoint import (
     TrainingState,
     check_resume_settings,
     checkpoint_size,
-    config_changes,
     load_training_state,
     prepare_run_dir,
+    record_config_changes,
     rng_state,
     save_training_state,
     set_rng_state,
@@ -251,12 +250,9 @@ class Trainer:
         """Whether any process asked to stop; every process gets the same answer (and the same reason). A collective
         with several processes: run at epoch ends and at the end of training, not per step."""
         requested = self._stop_reason is not None
-        if self.world_size > 1:
-            flag = torch.tensor([float(requested)], device=self.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            if flag.item() > 0:
-                self._share_stop_reason()
-                return True
+        if self.world_size > 1 and self.engine.reduce(torch.zeros((), device=self.device), [float(requested)], [])[1].item() > 0:
+            self._share_stop_reason()
+            return True
         return requested
 
     def _share_stop_reason(self) -> None:
@@ -332,14 +328,9 @@ class Trainer:
     def _record_config_changes(self, saved: dict[str, Any], current: dict[str, Any], run_config: Any) -> None:
         """Main process, on resume: names what the config changed, and records the new config in config.yaml."""
         assert self.run is not None
-        on_disk = yaml.safe_load(self.run.config.read_text()) if self.run.config.is_file() else None
-        if run_config is None:  # a Python resume gives the train section only: keep the rest of the run's config
-            run_config = {**on_disk, "train": current} if isinstance(on_disk, dict) else {"train": current}
-        new = to_dict(run_config)
-        changes = config_changes(saved, current, on_disk, new)
+        changes = record_config_changes(self.run, saved, current, run_config)
         if not changes:
             return
-        self.run.update_config(to_yaml(new))
         lr = ", ".join(f"{s['name']} {self.schedule.lr(self.progress.step, s['lr']):.4g}" for s in self._group_settings)
         print(
             f"resume {self.run.path} at step {self.progress.step} with a changed config ({'; '.join(changes)}): the lr "
