@@ -154,7 +154,8 @@ class Engine:
         optimizer.zero_grad(set_to_none=True)
 
     def discard(self, optimizer: torch.optim.Optimizer) -> None:
-        """Drops the gradients of a step that is not taken (a stop agreed before its optimizer step)."""
+        """Drops the gradients of a step that is not taken: a stop agreed in its collective, after which training
+        ends (under DeepSpeed the gradients it reduced into its partitions stay there, never applied)."""
         optimizer.zero_grad(set_to_none=True)
 
     # ----- state -----------------------------------------------------------------------------------------------------

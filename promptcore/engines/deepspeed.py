@@ -170,9 +170,6 @@ class DeepSpeedEngine(Engine):
         # gets here. DeepSpeed clips (train.grad_clip), steps over the partitions and zeroes the gradients.
         self.module.step()
 
-    def discard(self, optimizer: torch.optim.Optimizer) -> None:
-        self.module.zero_grad()
-
     def optimizer_state(self, optimizer: torch.optim.Optimizer, group_params: list[list[nn.Parameter]]) -> dict[str, Any]:
         return zero3_optimizer_state(self.module, group_params)
 
