@@ -14,6 +14,7 @@ import torch
 from toy_prompted import ToyPrompted, toy_data  # noqa: E402
 
 from promptcore import Trainer, TrainConfig, UserError  # noqa: E402
+from promptcore.callbacks import Callback  # noqa: E402
 from promptcore.engines import ENGINES, PlainEngine, resolve_engine  # noqa: E402
 from promptcore.trainer import NonFiniteLossError  # noqa: E402
 
@@ -168,3 +169,32 @@ def test_a_nan_is_reported_at_the_next_read_with_the_step_it_happened_in():
         watched_fit(model)
     assert model.steps_run == 6  # found at the train line of step 6, not in step 4
     assert all(torch.isfinite(p).all() for p in model.prompt_parameters())
+
+
+class ReadEveryStep(Callback):
+    """The plain reference: every step's loss read on the host, as the trainer did before it kept the sums on the device."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_step_end(self, trainer, info):
+        self.losses.append(float(info.loss))
+
+
+def test_device_side_loss_sums_equal_the_host_sums_of_each_step(tmp_path):
+    reader = ReadEveryStep()
+    config = TrainConfig(epochs=2, batch_size=8, lr=0.05, log_every_steps=3, progress_bar=False, tensorboard=False, eval_every_epochs=0)
+    Trainer(ToyPrompted(), config, toy_data(56), run_dir=tmp_path / "run", callbacks=[reader]).fit()
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(reader.losses) == 14
+    # 7 steps per epoch, a train line every 3 steps and at each epoch end: windows of steps 1-3, 4-6, 7, 8-9, 10-12, 13-14.
+    bounds = [(0, 3), (3, 6), (6, 7), (7, 9), (9, 12), (12, 14)]
+    expected = []
+    for lo, hi in bounds:
+        total = 0.0
+        for loss in reader.losses[lo:hi]:
+            total += loss
+        expected.append(total / (hi - lo))
+    assert [r["loss"] for r in lines if r["split"] == "train"] == expected  # float64 sums, bitwise
+    epochs = [r["loss"] for r in lines if r["split"] == "epoch"]
+    assert epochs == [sum(reader.losses[:7], 0.0) / 7, sum(reader.losses[7:], 0.0) / 7]
