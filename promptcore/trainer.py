@@ -21,9 +21,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-import signal
 import sys
-import threading
 import time
 from contextlib import nullcontext
 from typing import Any, Callable, Iterator, Sequence
@@ -55,6 +53,7 @@ from .optim import LRSchedule, build_optimizer
 from .param_groups import build_param_groups, check_optimizer_params
 from .preflight import check_resume, metric_problem
 from .runs import RunDir
+from .signals import StopSignals
 from .train_config import TrainConfig
 
 
@@ -199,7 +198,7 @@ class Trainer:
         self._boundary = copy.copy(self.progress)
         self._boundary_callbacks: dict[str, Any] = {}
         self.resumed = False
-        self._stop_requested = False  # Ctrl-C / SIGTERM
+        self._signals = StopSignals()  # Ctrl-C / SIGTERM
         # Device-side: the first step whose loss was not finite (-1: none yet) and that loss; read at log lines,
         # epoch ends and checkpoints. Loss sums are float64 (float32 where the device has no float64: mps).
         self._first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
@@ -357,25 +356,6 @@ class Trainer:
             self._log({"split": "train", "epoch": p.epoch, "step": p.step, "loss": float(p.window_loss) / p.window_steps, **lrs})
             p.window_loss, p.window_steps = 0.0, 0
 
-    # ----- signals ---------------------------------------------------------------------------------------------
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        if self._stop_requested:  # a second Ctrl-C stops at once, without saving
-            self._restore_signals()
-            raise KeyboardInterrupt
-        self._stop_requested = True
-        print(f"\n{signal.Signals(signum).name}: stopping after this step and saving the run (Ctrl-C again to abort)", file=sys.stderr)
-
-    def _install_signals(self) -> None:
-        self._old_handlers = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old_handlers[sig] = signal.signal(sig, self._on_signal)
-
-    def _restore_signals(self) -> None:
-        for sig, handler in self._old_handlers.items():
-            signal.signal(sig, handler)
-        self._old_handlers = {}
-
     # ----- training --------------------------------------------------------------------------------------------
     def _loader(self, dataset: Dataset, batch_sampler: Any, generator: torch.Generator) -> DataLoader:
         # An explicit generator: creating an iterator draws a seed from it, which would otherwise come from (and
@@ -449,8 +429,8 @@ class Trainer:
                 engine.backward(weighted)
             loss_sum += loss.float().detach() * (n / total) if engine.averages else weighted.detach()
         # One collective: the loss and both stop flags (Ctrl-C, a callback's request after the previous step).
-        reduced = engine.reduce(loss_sum, [float(self._stop_requested), float(self._stop_reason is not None)], self.params)
-        interrupted = self._stop_requested
+        reduced = engine.reduce(loss_sum, [float(self._signals.requested), float(self._stop_reason is not None)], self.params)
+        interrupted = self._signals.requested
         if self.world_size > 1:
             # Every process must stop after the same step, so the agreed flags are read: the collective's one wait.
             interrupted, asked = (flag > 0 for flag in reduced[1:3].tolist())
@@ -561,7 +541,7 @@ class Trainer:
         if not self.resumed and p.step == 0:
             seed_everything(cfg.seed)
         self._set_train_mode()
-        self._install_signals()
+        self._signals.install()
         try:
             self._callback("on_train_begin")
             while p.epoch < cfg.epochs and p.step < self.total_steps and p.stop_reason is None:
@@ -583,7 +563,7 @@ class Trainer:
                 f"continue with resume=True / --resume {self.run.path}"
             ) from None
         finally:
-            self._restore_signals()
+            self._signals.restore()
             self._callback("on_train_end")
         if self.run is not None and self.is_main:
             from .plots import plot_curves
@@ -632,7 +612,7 @@ class Trainer:
         try:
             with torch.random.fork_rng(devices=fork_devices):
                 for i, batch in enumerate(self._loader(dataset, batches, torch.Generator())):
-                    if self._stop_requested and self.world_size == 1:
+                    if self._signals.requested and self.world_size == 1:
                         raise _Interrupted
                     check_labels(batch, self.num_classes, f"eval batch {i}")
                     with self._autocast():
