@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+import torch
+
 from .errors import UserError
 from .io import atomic_write_text
 from .registry import Registry, did_you_mean
@@ -60,14 +62,16 @@ class StepInfo:
     Attributes:
         step: optimizer steps done (1 after the first).
         epoch: the epoch the step belongs to (0-based).
-        loss: the step's loss, averaged over the global batch.
+        loss: the step's loss, averaged over the global batch: a 0-dim tensor on the training device. The trainer
+            reads losses every ``log_every_steps`` only; ``float(info.loss)`` makes the host wait for the device
+            in every step (log records, :meth:`Callback.on_log`, carry the window's mean as a number).
         samples: samples in the step's global batch.
         seconds: wall time since the previous step ended (data loading, forward, backward, optimizer step).
     """
 
     step: int
     epoch: int
-    loss: float
+    loss: torch.Tensor
     samples: int
     seconds: float
 
@@ -157,10 +161,12 @@ def check_callback_specs(specs: list[Any]) -> None:
 
 # ----- built-in callbacks the trainer adds from its config ---------------------------------------------------------
 class ProgressBar(Callback):
-    """A tqdm bar over the run's optimizer steps with the loss and samples/s (main process)."""
+    """A tqdm bar over the run's optimizer steps with samples/s and the loss of the latest train line (main
+    process; reading each step's loss would make every step wait for the device)."""
 
     def __init__(self) -> None:
         self.bar: Any = None
+        self.loss = "-"
 
     def on_train_begin(self, trainer: "Trainer") -> None:
         if trainer.is_main:
@@ -171,7 +177,11 @@ class ProgressBar(Callback):
     def on_step_end(self, trainer: "Trainer", info: StepInfo) -> None:
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{info.loss:.4f}", samples_s=f"{info.samples / max(info.seconds, 1e-9):.0f}", refresh=False)
+            self.bar.set_postfix(loss=self.loss, samples_s=f"{info.samples / max(info.seconds, 1e-9):.0f}", refresh=False)
+
+    def on_log(self, trainer: "Trainer", record: dict[str, Any]) -> None:
+        if record["split"] == "train":
+            self.loss = f"{record['loss']:.4f}"
 
     def on_train_end(self, trainer: "Trainer") -> None:
         if self.bar is not None:
@@ -322,9 +332,52 @@ register_callback("step_timer", StepTimer)
 register_callback("early_stopping", EarlyStopping)
 
 
+class CallbackList(list):
+    """The callbacks of a run, in the order their hooks run, and the keys their states are saved under: the class
+    name, numbered when a class appears twice (``StepTimer``, ``StepTimer.2``)."""
+
+    def __init__(self, callbacks: list[Callback]) -> None:
+        for cb in callbacks:
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks: {cb!r} is not a promptcore.callbacks.Callback (subclass it and override its hooks)")
+        super().__init__(callbacks)
+        self.keys, counts = [], {}
+        for cb in callbacks:
+            name = type(cb).__name__
+            counts[name] = counts.get(name, 0) + 1
+            self.keys.append(name if counts[name] == 1 else f"{name}.{counts[name]}")
+
+    @classmethod
+    def for_run(cls, progress_bar: bool, tensorboard: bool, specs: list[Any], extra: Any = ()) -> "CallbackList":
+        """The built-in callbacks ``progress_bar`` and ``tensorboard`` ask for, those ``specs`` (``train.callbacks``)
+        name, then ``extra``."""
+        builtin: list[Callback] = [ProgressBar()] if progress_bar else []
+        if tensorboard:
+            builtin.append(TensorBoard())
+        named = [build_callback(spec, f"train.callbacks[{i}]") for i, spec in enumerate(specs)]
+        return cls([*builtin, *named, *extra])
+
+    def call(self, hook: str, trainer: "Trainer", *args: Any) -> None:
+        for cb in self:
+            getattr(cb, hook)(trainer, *args)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The callbacks' non-empty states, detached (a JSON round trip), by key."""
+        states = {key: cb.state_dict() for key, cb in zip(self.keys, self)}
+        return json.loads(json.dumps({k: v for k, v in states.items() if v}))
+
+    def load_state_dict(self, states: dict[str, Any]) -> list[str]:
+        """Hands each callback its saved state; returns the keys of saved states no callback took, sorted."""
+        for key, cb in zip(self.keys, self):
+            if key in states:
+                cb.load_state_dict(states[key])
+        return sorted(set(states) - set(self.keys))
+
+
 __all__ = [
     "CALLBACKS",
     "Callback",
+    "CallbackList",
     "EarlyStopping",
     "ProgressBar",
     "StepInfo",

@@ -1,28 +1,16 @@
-"""Several processes: data parallel through Accelerate's DDP, and FSDP2 or DeepSpeed ZeRO-3 sharding of the frozen
-backbone.
+"""What the sharding engines share: the ``train.fsdp`` / ``train.deepspeed`` sections, the step as one module call,
+the shard units and FSDP2 sharding of the frozen backbone.
 
-``train.distributed`` picks the engine (:func:`resolve_mode`):
-
-- ``ddp`` (``auto`` with several processes): the model goes through ``accelerator.prepare``, which wraps it in
-  torch's ``DistributedDataParallel``. Every process holds the whole frozen backbone; DDP averages the prompt
-  gradients in its buckets. The frozen parameters and every buffer are excluded from DDP
-  (``_ddp_params_and_buffers_to_ignore``), so it neither broadcasts the backbone at start nor buckets it.
-- ``fsdp``: torch's FSDP2 (``fully_shard``) the way Accelerate's FSDP plugin v2 applies it: each transformer block
-  (ViT block, CLIP resblock, decoder layer, ...) is one unit, then the root takes the remaining frozen weights
-  (embeddings, norms). Each process keeps ``1 / N`` of the frozen weights and gathers one block at a time in its
-  forward (and again for the backward through it). The prompts and heads are left out of sharding
-  (``ignored_params``): they are a few KB, so each process keeps them whole, the optimizer and the prompt files see
-  plain tensors, and the trainer sums their gradients with one collective per step, the only gradients there are
-  (frozen weights have none to reduce-scatter). Scalar weights, which FSDP cannot shard (CLIP's ``logit_scale``),
-  and the modules ``train.fsdp.keep_whole`` names stay whole too.
-- ``deepspeed``: DeepSpeed ZeRO-3 through ``accelerator.prepare(step, optimizer)``, for setups built on DeepSpeed.
-  The same units (:func:`shard_units`) become ZeRO-3 leaf modules, whose weights DeepSpeed gathers together in the
-  block's forward and again for its backward; every other weight, the prompts and heads included, is registered
-  with the step (``register_external_parameter``), so it is whole for the whole step however a method reads it.
-  Outside a step the prompts are partitioned like every weight: code that reads them there (prompt files, the
-  training state) runs inside :func:`whole`. DeepSpeed owns the optimizer step: it averages the prompt gradients
-  over the processes, clips them (``train.grad_clip``) and steps the trainer's optimizer over its flat fp32
-  partitions, which is why the factored optimizers (Adafactor) are refused.
+The engines themselves (what differs between one process, DDP, FSDP2 and DeepSpeed ZeRO-3) live in
+:mod:`promptcore.engines`, one file each. Under ``fsdp`` torch's FSDP2 (``fully_shard``) is applied the way
+Accelerate's FSDP plugin v2 applies it: each transformer block (ViT block, CLIP resblock, decoder layer, ...) is
+one unit, then the root takes the remaining frozen weights (embeddings, norms). Each process keeps ``1 / N`` of the
+frozen weights and gathers one block at a time in its forward (and again for the backward through it). The prompts
+and heads are left out of sharding (``ignored_params``): they are a few KB, so each process keeps them whole, the
+optimizer and the prompt files see plain tensors, and the engine sums their gradients in the step's one collective
+(frozen weights have none to reduce-scatter). Scalar weights, which FSDP cannot shard (CLIP's ``logit_scale``), and
+the modules ``train.fsdp.keep_whole`` names stay whole too. Under ``deepspeed`` the same units
+(:func:`shard_units`) become ZeRO-3 leaf modules.
 
 The engines hook into module calls, so a training or evaluation step runs as one call of :class:`StepModule`, whose
 ``forward`` is the model's own ``training_step`` / ``eval_step``. Code that computes with a block's submodules
@@ -32,18 +20,13 @@ the engine's own hooks (FSDP's, or ZeRO-3's for a leaf module).
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from .errors import UserError
-from .fingerprint import FINGERPRINT_KEY
-
-Mode = Literal["none", "ddp", "fsdp", "deepspeed"]
-
 
 @dataclass
 class FSDPConfig:
@@ -131,17 +114,64 @@ def zero3_config(batch_size: int, grad_accum_steps: int, grad_clip: float | None
     }
 
 
-def resolve_mode(requested: str, world_size: int, device: torch.device) -> Mode:
-    """The engine of a run with ``world_size`` processes, or a :class:`UserError` naming the fix."""
-    if requested == "auto":
-        return "ddp" if world_size > 1 else "none"
+def on_main(fn: Callable[[], None], is_main: bool, world_size: int) -> None:
+    """Runs ``fn`` on the main process; a user error it raises is raised on every process (as a
+    :class:`~promptcore.runs.RunDirError`: none waits for the main one in a barrier it will never reach)."""
+    import torch.distributed as dist
+
+    from .runs import RunDirError
+
+    error = None
+    if is_main:
+        try:
+            fn()
+        except UserError as e:
+            if world_size == 1:
+                raise
+            error = str(e)
+    if world_size > 1:
+        shared = [error]
+        dist.broadcast_object_list(shared, src=0)
+        if shared[0] is not None:
+            raise RunDirError(shared[0])
+
+
+def gather_objects(obj: Any, world_size: int) -> list[Any]:
+    """``obj`` of every process, by rank (pickled through the process group; ``[obj]`` in one process)."""
     if world_size == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def check_same_frozen_weights(model: nn.Module, params: list[nn.Parameter], world_size: int) -> None:
+    """Frozen weights are never synchronised, so they must match on every process from the start: compares a
+    per-tensor checksum of every parameter and buffer of ``model`` but the prompt ``params`` (a randomly initialised
+    backbone built without a common seed would silently differ). Every process calls it.
+
+    Raises:
+        UserError: naming the weights that differ.
+    """
+    import torch.distributed as dist
+
+    prompt_ids = {id(p) for p in params}
+    frozen = [(n, t) for n, t in [*model.named_parameters(), *model.named_buffers()] if id(t) not in prompt_ids]
+    if not frozen:
+        return
+    sums = torch.stack([t.detach().double().sum() if t.is_floating_point() else t.detach().sum().double() for _, t in frozen])
+    low, high = sums.clone(), sums.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    differ = [name for (name, _), a, b in zip(frozen, low.tolist(), high.tolist()) if a != b]
+    if differ:
         raise UserError(
-            f"train.distributed: {requested} needs several processes, this run has 1; launch it with "
-            f"`torchrun --nproc_per_node N ...` or `accelerate launch --num_processes N ...`, or set "
-            f"train.distributed: auto for one process"
+            f"frozen weights differ between the {world_size} processes ({', '.join(differ[:5])}"
+            f"{' ...' if len(differ) > 5 else ''}); build the model identically on every process: load the same "
+            f"pretrained weights, or seed (promptcore.trainer.seed_everything) before building a random one"
         )
-    return requested  # type: ignore[return-value]
 
 
 class StepModule(nn.Module):
@@ -278,124 +308,6 @@ def shard_model(root: nn.Module, model: nn.Module, config: FSDPConfig, world_siz
         fully_shard(unit, mesh=mesh, reshard_after_forward=config.reshard_after_forward, offload_policy=offload, ignored_params=kept)
     fully_shard(root, mesh=mesh, reshard_after_forward=config.reshard_after_forward, offload_policy=offload, ignored_params=kept)
     return units
-
-
-def prepare_deepspeed(accelerator: Any, step: StepModule, optimizer: torch.optim.Optimizer, config: DeepSpeedConfig) -> nn.Module:
-    """Puts ``step`` (the prompted model's step) and ``optimizer`` (over its prompts) under DeepSpeed ZeRO-3 through
-    ``accelerator.prepare``; returns the engine, which is what is called, and which runs ``backward`` and ``step``.
-
-    Each block (:func:`shard_units`) is a ZeRO-3 leaf module: its pre-forward hook gathers all its weights, so the
-    fast paths that compute with a block's submodules inside :func:`call_through` find them whole. Every weight
-    outside the blocks (embeddings, norms, prompts, heads) is an external parameter of ``step``: gathered for the
-    step however it is read, then partitioned again.
-    """
-    import deepspeed
-    from deepspeed.utils import set_z3_leaf_modules_by_name
-
-    model = step.model
-    check_plain_weights(model, "deepspeed")
-    # Prompt files record the backbone's weights fingerprint; read it now, while the weights are whole.
-    fingerprint = model.backbone_fingerprint() if hasattr(model, "backbone_fingerprint") else None
-    if fingerprint is not None:
-        model.record_in_prompt_files(**{FINGERPRINT_KEY: fingerprint})
-    units = shard_units(model, config.block_classes, "deepspeed")
-    names = {id(m): n for n, m in step.named_modules()}
-    set_z3_leaf_modules_by_name(step, [names[id(u)] for u in units])
-    in_units = {id(p) for u in units for p in u.parameters()}
-    for p in step.parameters():
-        if id(p) not in in_units:
-            deepspeed.zero.register_external_parameter(step, p)
-    engine, _ = accelerator.prepare(step, optimizer)
-    return engine
-
-
-def whole(params: list[nn.Parameter], mode: str, write: bool = False) -> Any:
-    """A context in which ``params`` are whole on every process: ZeRO-3 gathers them on entry and partitions them
-    again on exit (every process must enter it), keeping what rank 0 wrote into them when ``write``; a no-op for the
-    other engines, which keep the prompts whole."""
-    if mode != "deepspeed":
-        return nullcontext()
-    import deepspeed
-
-    return deepspeed.zero.GatheredParameters(params, modifier_rank=0 if write else None)
-
-
-def _flat_partitions(engine: Any, group: int) -> list[torch.Tensor]:
-    """This process's flat fp32 partitions of optimizer group ``group`` (ZeRO-3 steps the optimizer over them)."""
-    zero = engine.optimizer
-    return [flat for i, flat in enumerate(zero.fp32_partitioned_groups_flat) if zero.sub_group_to_group_id[i] == group]
-
-
-def zero3_optimizer_state(engine: Any, group_params: list[list[nn.Parameter]]) -> dict[str, Any]:
-    """The state dict a 1-process optimizer over ``group_params`` would give, gathered from the ZeRO-3 ``engine``'s
-    flat fp32 partitions (every process calls it: each state tensor is one all-gather).
-
-    ZeRO-3 steps the optimizer over flat partitions of each group's prompts; the per-element state (Adam's moments,
-    SGD's momentum) is cut back into each prompt's shape, and the per-group values (the step count) are given to
-    each prompt, as a plain optimizer keeps them.
-    """
-    from deepspeed.utils import safe_get_full_optimizer_state
-
-    optimizer = engine.optimizer.optimizer
-    state: dict[int, dict[str, Any]] = {}
-    groups = []
-    index = 0
-    for g, (group, params) in enumerate(zip(optimizer.param_groups, group_params)):
-        shared = optimizer.state.get(_flat_partitions(engine, g)[0], {})
-        first = index
-        for p in params:
-            entry = {}
-            for key, value in shared.items():
-                if _per_element(value):
-                    entry[key] = safe_get_full_optimizer_state(p, key).view(p.ds_shape).cpu()
-                else:
-                    entry[key] = value.clone() if isinstance(value, torch.Tensor) else value
-            if entry:
-                state[index] = entry
-            index += 1
-        groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": list(range(first, index))})
-    return {"state": state, "param_groups": groups}
-
-
-def _per_element(value: Any) -> bool:
-    """Whether an optimizer state value holds one number per element (moments, momentum), not one per group."""
-    return isinstance(value, torch.Tensor) and value.dim() > 0
-
-
-def _fresh(value: Any, flat: torch.Tensor) -> Any:
-    return torch.zeros_like(flat) if _per_element(value) else value.clone() if isinstance(value, torch.Tensor) else value
-
-
-def load_zero3_optimizer_state(engine: Any, group_params: list[list[nn.Parameter]], saved: dict[str, Any]) -> None:
-    """Puts a state dict of :func:`zero3_optimizer_state` (or of a plain optimizer over the same prompts) into
-    ZeRO-3's partitions: the fp32 master copy of each prompt, from its module value, which every process must hold
-    whole (inside :func:`whole`), and the optimizer state. Each process writes its own partition."""
-    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
-
-    optimizer = engine.optimizer.optimizer
-    index = 0
-    for g, params in enumerate(group_params):
-        for p in params:
-            safe_set_full_fp32_param(p, p.data.detach().reshape(-1))
-        entries = [saved["state"].get(index + i, {}) for i in range(len(params))]
-        if entries and entries[0]:
-            # The state a first step would create (per-element tensors, the shared step count), then each prompt's
-            # part of each per-element tensor.
-            for flat in _flat_partitions(engine, g):
-                optimizer.state[flat] = {k: _fresh(v, flat) for k, v in entries[0].items()}
-            for p, entry in zip(params, entries):
-                for key, value in entry.items():
-                    if _per_element(value):
-                        safe_set_full_optimizer_state(p, value.to(p.ds_tensor.device).reshape(-1), key)
-        index += len(params)
-
-
-def ignore_frozen_in_ddp(step: StepModule) -> None:
-    """Leaves every frozen parameter and every buffer out of DDP: nothing but the prompts is broadcast or reduced."""
-    trainable = {id(p) for p in step.model.prompt_parameters()}
-    names = [n for n, p in step.named_parameters() if id(p) not in trainable]
-    names += [n for n, _ in step.named_buffers()]
-    nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step, names)
 
 
 def local_bytes(tensors: Any) -> int:

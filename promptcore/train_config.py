@@ -46,8 +46,9 @@ class TrainConfig:
 
         train: {callbacks: [step_timer, {name: early_stopping, patience: 3}]}
 
-    Several processes (:mod:`promptcore.distributed`, docs/scaling.md): ``distributed: auto`` trains data parallel
-    (DDP through Accelerate) when launched with several processes; ``fsdp`` also shards the frozen backbone over
+    Several processes (:mod:`promptcore.engines`, docs/scaling.md): ``distributed`` names a registered engine.
+    ``auto`` trains data parallel (``ddp``, DDP through Accelerate) when launched with several processes and with
+    ``plain`` in one; ``fsdp`` also shards the frozen backbone over
     them with FSDP2, one unit per transformer block, set by the ``fsdp`` section::
 
         train: {distributed: fsdp, fsdp: {reshard_after_forward: true}}
@@ -89,7 +90,7 @@ class TrainConfig:
     tensorboard: bool = True
     progress_bar: bool = True
     callbacks: list[str | dict[str, Any]] = field(default_factory=list)  # names, or {name: ..., arg: value}
-    distributed: Literal["auto", "ddp", "fsdp", "deepspeed"] = "auto"  # auto: ddp when launched with several processes
+    distributed: str = "auto"  # an engine of promptcore.engines.ENGINES; auto: ddp with several processes, else plain
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)  # distributed: fsdp only
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)  # distributed: deepspeed only
 
@@ -127,6 +128,7 @@ class TrainConfig:
                     )
                 (_check_rate if key == "lr" else _check_decay)(f"param_groups.{module}.{key}", value)
         self._check_warmup()
+        self._check_engine()
         for section, kind in (("fsdp", FSDPConfig), ("deepspeed", DeepSpeedConfig)):
             value = getattr(self, section)
             if isinstance(value, dict):  # TrainConfig(fsdp={...}) from Python, as YAML gives it
@@ -145,6 +147,16 @@ class TrainConfig:
         from .callbacks import check_callback_specs  # the registry imports nothing of the trainer's config
 
         check_callback_specs(self.callbacks)
+
+    def _check_engine(self) -> None:
+        from .engines import ENGINES  # the engines import this module's sections only when type checking
+
+        if self.distributed != "auto" and self.distributed not in ENGINES:
+            known = ["auto", *ENGINES.names()]
+            raise UserError(
+                f"distributed: unknown engine {self.distributed!r}.{did_you_mean(str(self.distributed), known)} "
+                f"Known: {', '.join(known)} (a new engine is registered in promptcore.engines.ENGINES)"
+            )
 
     def _check_deepspeed(self) -> None:
         if self.optimizer in ("adafactor", "adafactor_t5x"):

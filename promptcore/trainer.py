@@ -1,74 +1,60 @@
 """The trainer: trains the prompts (and head) of any :class:`~promptcore.model.PromptedModel`, nothing else.
 
 Built on Hugging Face Accelerate for devices, mixed precision and multi-process launch (``accelerate launch``,
-``torchrun``). With several processes the model runs under one of the engines (:mod:`promptcore.distributed`):
-DDP through ``accelerator.prepare`` (``train.distributed: auto`` / ``ddp``), FSDP2 sharding the frozen backbone
-(``fsdp``), or DeepSpeed ZeRO-3 through ``accelerator.prepare`` (``deepspeed``). Either way a step is one call of
-:class:`~promptcore.distributed.StepModule`, whose forward is the model's own ``training_step`` / ``eval_step``, so
-the engines' hooks run around it. After each accumulation window one small collective carries the global loss and
-the Ctrl-C flag (and, under FSDP, the prompt gradients, which FSDP leaves to the trainer because the prompts are not
-sharded), so every process agrees on both. Under DeepSpeed the engine runs each backward and the optimizer step
-(averaging and clipping the prompt gradients). A process whose slice of a global batch is empty (the last, short
-batch of an epoch) runs a zero-weighted step on one row instead, so its collectives match the others'.
+``torchrun``). What differs between one process, DDP, FSDP2 and DeepSpeed ZeRO-3 is an engine
+(:mod:`promptcore.engines`, picked by ``train.distributed``), so this code reads the same for all of them: each
+micro-batch is one call of the engine's step module and one backward, then one collective sums the step's loss and
+stop flags, then the engine's optimizer step. A process whose slice of a global batch is empty (the last, short
+batch of an epoch) runs a zero-weighted step on one row instead, so its collectives match the others'. Losses and
+the NaN check stay on the device and are read every ``log_every_steps`` steps, at epoch ends and at checkpoints.
 
-Data order is a function of ``(seed, epoch)``: each epoch's permutation is drawn from its own generator and cut
-into global batches of ``batch_size * processes`` samples, of which each process takes its slice. A resumed run
-therefore starts its sampler at the saved position without loading the batches it skips, and ends bitwise equal
-to an uninterrupted run on CPU. The learning rate is a pure function of the step (:class:`~promptcore.optim.
-LRSchedule`), so a run resumed with another length recomputes its schedule and continues from its step.
+Data order is a function of ``(seed, epoch)`` (:mod:`promptcore.batches`), and the learning rate a pure function of
+the step (:class:`~promptcore.optim.LRSchedule`), so a run resumed from its training state
+(:mod:`promptcore.checkpoint`) ends bitwise equal to an uninterrupted run on CPU.
 
-Extension points: per-module learning rates (``train.param_groups``), callbacks (:mod:`promptcore.callbacks`),
-schedules and optimizers (:mod:`promptcore.optim`).
+Extension points: engines, per-module learning rates (``train.param_groups``), callbacks
+(:mod:`promptcore.callbacks`), schedules and optimizers (:mod:`promptcore.optim`).
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 import math
 import os
-import random
-import signal
 import sys
-import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
 import torch
 import torch.distributed as dist
-import yaml
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
-from .callbacks import Callback, ProgressBar, StepInfo, TensorBoard, build_callback
-from .config import ConfigError, to_dict, to_yaml
-from .distributed import (
-    StepModule,
-    ignore_frozen_in_ddp,
-    load_zero3_optimizer_state,
-    prepare_deepspeed,
-    require_deepspeed,
-    resolve_mode,
-    shard_model,
-    whole,
-    zero3_config,
-    zero3_optimizer_state,
+from .batches import EpochBatches, check_labels, epoch_generator, num_rows, seed_everything, set_determinism, to_device
+from .callbacks import Callback, CallbackList, StepInfo
+from .checkpoint import (
+    Progress,
+    TrainingState,
+    check_resume_settings,
+    checkpoint_size,
+    load_training_state,
+    prepare_run_dir,
+    record_config_changes,
+    rng_state,
+    save_training_state,
+    set_rng_state,
 )
+from .config import to_dict, to_yaml
+from .distributed import StepModule, check_same_frozen_weights, gather_objects, on_main
+from .engines import build_engine, resolve_engine
 from .errors import UserError
-from .preflight import metric_problem
 from .model import PromptedModel
-from .optim import OPTIMIZER_STATE_FACTOR, LRSchedule, build_optimizer
-from .preflight import check_resume
-from .registry import did_you_mean
-from .runs import RunDir, RunDirError, format_size
+from .optim import LRSchedule, build_optimizer
+from .param_groups import build_param_groups, check_optimizer_params
+from .preflight import check_resume, metric_problem
+from .runs import RunDir
+from .signals import StopSignals
 from .train_config import TrainConfig
-
-# The fields a resumed run must share with the saved one: they fix the data order and the global batch.
-RESUME_KEYS = ("seed", "batch_size", "grad_accum_steps")
-# Fields a resumed run cannot change either: the optimizer state and best/ belong to them.
-FIXED_ON_RESUME = ("optimizer", "metric", "metric_mode")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -81,171 +67,6 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 class _Interrupted(Exception):
     """Internal: a stop was requested and every process reached a point where it can be honoured."""
-
-
-# ----- pure helpers ------------------------------------------------------------------------------------------------
-def seed_everything(seed: int) -> None:
-    """Seeds python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def set_determinism(enabled: bool) -> None:
-    """Switches torch to deterministic kernels (and cuDNN off autotuning) when ``enabled``; it fails loudly on an
-    op that has no deterministic implementation. Process-wide: affects everything torch runs afterwards."""
-    if not enabled:
-        return
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for deterministic matmuls
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-
-
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The generator of one epoch's data order: a function of ``(seed, epoch)`` only."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-
-
-def build_param_groups(model: PromptedModel, config: TrainConfig, lr_scale: float = 1.0) -> list[dict[str, Any]]:
-    """The optimizer's parameter groups: one of all prompt parameters, or with ``config.param_groups`` one per
-    trainable module (``model.prompt_modules()`` order), each with its ``lr`` (times ``lr_scale``) and
-    ``weight_decay``. A group's ``name`` is ``all`` or the module's name.
-
-    Raises:
-        ConfigError: ``param_groups`` names a module the model does not train, or one without parameters.
-    """
-    modules = model.prompt_modules()
-    unknown = [name for name in config.param_groups if name not in modules]
-    if unknown:
-        known = list(modules)
-        raise ConfigError([
-            f"train.param_groups.{name}: {type(model).__name__} has no trainable module {name!r}.{did_you_mean(name, known)} "
-            f"Its trainable modules are {', '.join(known)}"
-            for name in unknown
-        ])
-    if not config.param_groups:
-        params = list(model.prompt_parameters())
-        return [{"params": params, "name": "all", "lr": config.lr * lr_scale, "weight_decay": config.weight_decay}]
-    groups, seen = [], set()
-    for name, module in modules.items():
-        params = [p for p in module.parameters() if id(p) not in seen]
-        seen.update(id(p) for p in params)
-        if not params:
-            if name in config.param_groups:
-                raise ConfigError([f"train.param_groups.{name}: module {name!r} of {type(model).__name__} has no parameters of its own to train; remove it"])
-            continue
-        overrides = config.param_groups.get(name, {})
-        groups.append({
-            "params": params,
-            "name": name,
-            "lr": overrides.get("lr", config.lr) * lr_scale,
-            "weight_decay": overrides.get("weight_decay", config.weight_decay),
-        })
-    return groups
-
-
-def check_optimizer_params(optimizer: torch.optim.Optimizer, model: PromptedModel) -> None:
-    """Raises unless ``optimizer`` holds exactly the model's prompt parameters (by identity) and nothing else of
-    the model requires gradients."""
-    held = [p for group in optimizer.param_groups for p in group["params"]]
-    expected = {id(p) for p in model.prompt_parameters()}
-    names = {id(p): n for n, p in model.named_parameters()}
-    problems = []
-    if len(held) != len({id(p) for p in held}):
-        problems.append("the optimizer holds a parameter twice")
-    extra = [names.get(id(p), "<not a model parameter>") for p in held if id(p) not in expected]
-    held_ids = {id(p) for p in held}
-    missing = [names[id(p)] for p in model.prompt_parameters() if id(p) not in held_ids]
-    frozen_trainable = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in expected]
-    if extra:
-        problems.append(f"it holds non-prompt parameters {extra}")
-    if missing:
-        problems.append(f"it misses prompt parameters {missing}")
-    if frozen_trainable:
-        problems.append(f"frozen parameters still require grad {frozen_trainable}")
-    if problems:
-        raise RuntimeError("optimizer does not hold exactly the prompt parameters: " + "; ".join(problems))
-
-
-def _num_rows(dataset: Dataset, split: str) -> int:
-    try:
-        n = len(dataset)  # type: ignore[arg-type]
-    except TypeError:
-        raise UserError(
-            f"{split} dataset {type(dataset).__name__} has no len(); the trainer needs a map-style dataset "
-            f"(random access by index) to fix the data order and resume mid-epoch"
-        ) from None
-    if n == 0:
-        raise UserError(f"{split} dataset has no rows; check the data source, split name and filters of the {split} data")
-    return n
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
-
-
-class EpochBatches(Sampler[list[int]]):
-    """This process's micro-batches of one epoch, from micro-batch ``start`` on.
-
-    The epoch's permutation (from :func:`epoch_generator`) is cut into global micro-batches of
-    ``batch_size * world_size`` samples (the last may be shorter); process ``rank`` takes the contiguous slice
-    ``[rank * m // world, (rank + 1) * m // world)`` of each global micro-batch of size ``m``. Slices that are
-    empty (a last global batch smaller than the world) are not yielded; :meth:`local_size` tells the trainer.
-    """
-
-    def __init__(self, num_rows: int, batch_size: int, world_size: int, rank: int, seed: int, epoch: int, start: int = 0) -> None:
-        self.num_rows, self.world_size, self.rank = num_rows, world_size, rank
-        self.global_batch = batch_size * world_size
-        self.num_micro = math.ceil(num_rows / self.global_batch)
-        self.start = start
-        self.order = torch.randperm(num_rows, generator=epoch_generator(seed, epoch))
-
-    def global_size(self, j: int) -> int:
-        return min(self.global_batch, self.num_rows - j * self.global_batch)
-
-    def _bounds(self, j: int) -> tuple[int, int]:
-        m = self.global_size(j)
-        return self.rank * m // self.world_size, (self.rank + 1) * m // self.world_size
-
-    def local_size(self, j: int) -> int:
-        lo, hi = self._bounds(j)
-        return hi - lo
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for j in range(self.start, self.num_micro):
-            lo, hi = self._bounds(j)
-            if hi > lo:
-                base = j * self.global_batch
-                yield self.order[base + lo : base + hi].tolist()
-
-    def __len__(self) -> int:
-        return sum(1 for j in range(self.start, self.num_micro) if self.local_size(j) > 0)
-
-
-@dataclasses.dataclass
-class _Progress:
-    """Where training stands; a copy taken after each optimizer step is what a checkpoint records."""
-
-    epoch: int = 0
-    micro: int = 0  # micro-batches of ``epoch`` already consumed
-    step: int = 0  # optimizer steps done
-    window_loss: float = 0.0  # sum of step losses since the last train line
-    window_steps: int = 0
-    epoch_loss: float = 0.0
-    epoch_steps: int = 0
-    metrics_lines: int = 0  # lines of metrics.jsonl written up to this point
-    last_eval_step: int = -1
-    best_value: float | None = None
-    best_step: int = -1
-    best_epoch: int = -1
-    stop_reason: str | None = None  # why a callback stopped the run (it stays finished when resumed)
 
 
 class Trainer:
@@ -303,14 +124,15 @@ class Trainer:
             raise UserError("resume and overwrite exclude each other: resume continues the run in run_dir, overwrite replaces it")
         self.model, self.config = model, config
         self.train_dataset, self.eval_dataset, self.collate_fn = train_dataset, eval_dataset, collate_fn
-        self.num_train = _num_rows(train_dataset, "train") if train_dataset is not None else 0
+        self.num_train = num_rows(train_dataset, "train") if train_dataset is not None else 0
         if eval_dataset is not None:
-            _num_rows(eval_dataset, "eval")
+            num_rows(eval_dataset, "eval")
             problem = metric_problem(model, config)
             if problem:
                 raise UserError(problem)
 
-        self.accelerator = self._make_accelerator(config)
+        engine_class = resolve_engine(config.distributed, int(os.environ.get("WORLD_SIZE", "1")))
+        self.accelerator = engine_class.make_accelerator(config)
         self.device = self.accelerator.device
         self.world_size = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
@@ -333,21 +155,15 @@ class Trainer:
                 f"Trainer(model, config, None, eval_dataset).evaluate(), or the eval command"
             )
         if self.world_size > 1:
-            self._check_same_frozen_weights()
+            check_same_frozen_weights(model, self.params, self.world_size)
             # Every process starts from rank 0's prompts, whatever each one's initialisation drew.
             for p in self.params:
                 dist.broadcast(p.data, src=0)
-        self.mode = resolve_mode(config.distributed, self.world_size, self.device)
-        # A step is one call of this module (the engines' hooks run around calls); engine is what is called.
+        trains = bool(self.params) and train_dataset is not None
+        self.engine = build_engine(engine_class, config, self.accelerator, trains)
+        # A step is one call of this module (the engines' hooks run around calls).
         self.step_module = StepModule(model)
-        self.engine: torch.nn.Module = self.step_module
-        if self.mode == "ddp" and self.params and train_dataset is not None:
-            ignore_frozen_in_ddp(self.step_module)
-            self.engine = self.accelerator.prepare_model(self.step_module)
-        elif self.mode in ("ddp", "deepspeed") and not (self.params and train_dataset is not None):
-            self.mode = "none"  # nothing trains: evaluation only needs no engine
-        elif self.mode == "fsdp":
-            shard_model(self.step_module, model, config.fsdp, self.world_size, self.device)
+        self.engine.prepare_model(self.step_module)
         self._dummy: dict[str, Any] = {}
         num_classes = model.prompt_config().get("num_classes")
         self.num_classes = num_classes if isinstance(num_classes, int) and num_classes > 0 else None
@@ -362,11 +178,12 @@ class Trainer:
         # Each group's settings as the config gives them; a resumed run puts them back over the loaded state.
         groups = self.optimizer.param_groups if self.optimizer is not None else []
         self._group_settings = [{k: v for k, v in g.items() if k != "params"} for g in groups]
-        self._checkpoint_bytes = self._checkpoint_size()  # while the prompts are whole on every process
+        # While the prompts are whole on every process.
+        modules = [m.state_dict() for m in model.prompt_modules().values()]
+        self._checkpoint_bytes = checkpoint_size(model.prompt_state_dict(), modules, self.params, config.optimizer, self.world_size)
         # The prompts of each optimizer group (DeepSpeed replaces them in the groups by flat partitions).
         self._group_params = [list(g["params"]) for g in groups]
-        if self.mode == "deepspeed":
-            self.engine = prepare_deepspeed(self.accelerator, self.step_module, self.optimizer, config.deepspeed)
+        self.engine.prepare(self.step_module, self.optimizer if trains else None)
         micro_per_epoch = math.ceil(self.num_train / (config.batch_size * self.world_size)) if self.num_train else 0
         self.steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accum_steps)
         self.total_steps = config.epochs * self.steps_per_epoch
@@ -375,154 +192,32 @@ class Trainer:
         self.schedule = LRSchedule.from_config(config, self.total_steps, self.steps_per_epoch)
         self.warmup_steps = self.schedule.warmup if config.schedule_unit == "step" else self.schedule.warmup * self.steps_per_epoch
 
-        builtin: list[Callback] = []
-        if config.progress_bar:
-            builtin.append(ProgressBar())
-        if config.tensorboard:
-            builtin.append(TensorBoard())
-        named = [build_callback(spec, f"train.callbacks[{i}]") for i, spec in enumerate(config.callbacks)]
-        self.callbacks: list[Callback] = [*builtin, *named, *callbacks]
-        for cb in self.callbacks:
-            if not isinstance(cb, Callback):
-                raise TypeError(f"callbacks: {cb!r} is not a promptcore.callbacks.Callback (subclass it and override its hooks)")
-        self._callback_keys = _callback_keys(self.callbacks)
+        self.callbacks = CallbackList.for_run(config.progress_bar, config.tensorboard, config.callbacks, callbacks)
 
-        self.progress = _Progress()
+        self.progress = Progress()
         self._boundary = copy.copy(self.progress)
         self._boundary_callbacks: dict[str, Any] = {}
         self.resumed = False
-        self._stop_requested = False  # Ctrl-C / SIGTERM
+        self._signals = StopSignals()  # Ctrl-C / SIGTERM
+        # Device-side: the first step whose loss was not finite (-1: none yet) and that loss; read at log lines,
+        # epoch ends and checkpoints. Loss sums are float64 (float32 where the device has no float64: mps).
+        self._first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
+        self._bad_loss = torch.zeros((), device=self.device)
+        self._sum_dtype = torch.float64 if self.device.type != "mps" else torch.float32
         self._stop_reason: str | None = None  # a callback's request_stop
         self._last_records: dict[str, dict[str, Any]] = {}  # the latest metrics line of each split
         self._checkpoint_step: int | None = None  # step of the last training state written
         self.run = RunDir(run_dir) if run_dir is not None else None
         self._callback("on_init")
         if self.run is not None:
-            self._on_main(lambda: self._prepare_run_dir(resume, overwrite, run_config))
+            config_text = to_yaml(run_config) if run_config is not None else to_yaml({"train": to_dict(config)})
+            on_main(lambda: prepare_run_dir(self.run, resume, overwrite, config_text, self._checkpoint_bytes), self.is_main, self.world_size)
             if resume:
                 self._load_state(run_config)
             self.accelerator.wait_for_everyone()
         self._apply_lr(max(self.progress.step - 1, 0))  # the rate of the last step done (logged with its window)
 
     # ----- set-up ----------------------------------------------------------------------------------------------
-    @staticmethod
-    def _make_accelerator(config: TrainConfig) -> Any:
-        from accelerate import Accelerator
-        from accelerate.state import AcceleratorState
-
-        # Accelerate keeps its state in process-wide singletons; each Trainer starts from a clean one so several
-        # trainers (with different precisions) can run in one process. An existing process group is kept.
-        AcceleratorState._reset_state(reset_partial_state=True)
-        launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        if config.distributed == "deepspeed":
-            require_deepspeed()
-            if not launched:
-                resolve_mode(config.distributed, 1, torch.device("cpu"))  # refuses a 1-process run
-            from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs
-
-            plugin = DeepSpeedPlugin(hf_ds_config=zero3_config(config.batch_size, config.grad_accum_steps, config.grad_clip))
-            # Accelerate takes its DeepSpeed path for accelerator processes only; CPU processes (DeepSpeed's CPU
-            # accelerator) get it when given their backend, gloo.
-            gloo = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
-            # Accelerate marks the whole process as DeepSpeed's (an environment variable it reads when an
-            # Accelerator is made); a later Trainer of another engine in this process must not inherit that.
-            marked = os.environ.get("ACCELERATE_USE_DEEPSPEED")
-            accelerator = Accelerator(deepspeed_plugin=plugin, kwargs_handlers=gloo)
-            if marked is None:
-                os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
-            if accelerator.distributed_type != "DEEPSPEED":
-                raise UserError(
-                    f"train.distributed: deepspeed: Accelerate set up {accelerator.distributed_type} instead of DeepSpeed "
-                    f"(a launch that forces CPU processes, such as `accelerate launch --cpu`, keeps it from DeepSpeed); "
-                    f"launch with torchrun or `deepspeed --no_local_rank`"
-                )
-            return accelerator
-        # On a machine without GPUs, a multi-process launch (torchrun) must be told to use CPU processes (gloo).
-        cpu = launched and not torch.cuda.is_available()
-        from accelerate.utils import DistributedDataParallelKwargs
-
-        # Some prompts may go unused in a step (a prompt bank's other tasks): DDP must not wait for their gradients.
-        ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-        accelerator = Accelerator(cpu=cpu, mixed_precision=config.mixed_precision, kwargs_handlers=[ddp])
-        if config.mixed_precision == "fp16" and accelerator.scaler is None:
-            raise UserError(
-                f"mixed_precision: fp16 needs a CUDA GPU with a gradient scaler, found device {accelerator.device}; "
-                f"use bf16 (works on CPU and recent GPUs) or no"
-            )
-        return accelerator
-
-    def _check_same_frozen_weights(self) -> None:
-        """Frozen weights are never synchronised, so they must match on every process from the start: compares a
-        per-tensor checksum (a randomly initialised backbone built without a common seed would silently differ)."""
-        prompt_ids = {id(p) for p in self.params}
-        frozen = [(n, t) for n, t in [*self.model.named_parameters(), *self.model.named_buffers()] if id(t) not in prompt_ids]
-        if not frozen:
-            return
-        sums = torch.stack([t.detach().double().sum() if t.is_floating_point() else t.detach().sum().double() for _, t in frozen])
-        low, high = sums.clone(), sums.clone()
-        dist.all_reduce(low, op=dist.ReduceOp.MIN)
-        dist.all_reduce(high, op=dist.ReduceOp.MAX)
-        differ = [name for (name, _), a, b in zip(frozen, low.tolist(), high.tolist()) if a != b]
-        if differ:
-            raise UserError(
-                f"frozen weights differ between the {self.world_size} processes ({', '.join(differ[:5])}"
-                f"{' ...' if len(differ) > 5 else ''}); build the model identically on every process: load the same "
-                f"pretrained weights, or seed (promptcore.trainer.seed_everything) before building a random one"
-            )
-
-    def _on_main(self, fn: Callable[[], None]) -> None:
-        """Runs ``fn`` on the main process; a user error it raises is raised on every process (none waits for
-        the main one in a barrier it will never reach)."""
-        error = None
-        if self.is_main:
-            try:
-                fn()
-            except UserError as e:
-                if self.world_size == 1:
-                    raise
-                error = str(e)
-        if self.world_size > 1:
-            shared = [error]
-            dist.broadcast_object_list(shared, src=0)
-            if shared[0] is not None:
-                raise RunDirError(shared[0])
-
-    def _prepare_run_dir(self, resume: bool, overwrite: bool, run_config: Any) -> None:
-        """Main process: leftovers of killed writes removed, folder writable, room for a checkpoint; a new run's
-        folder made ready and its config written."""
-        assert self.run is not None
-        if resume:
-            self.run.check_resumable()
-        removed = self.run.clean_leftovers()
-        if removed:
-            print(f"{self.run.path}: removed leftovers of interrupted writes: {', '.join(removed)}", file=sys.stderr)
-        self.run.check_writable()
-        self.run.check_free_space(*self._checkpoint_bytes)
-        if not resume:
-            self.run.prepare_new(overwrite)
-            self.run.write_config(self._config_text(run_config))
-
-    def _checkpoint_size(self) -> tuple[int, str]:
-        """Bytes a checkpoint needs on disk (an estimate) and what they are made of."""
-        prompt_bytes = sum(t.numel() * t.element_size() for t in self.model.prompt_state_dict().values())
-        module_bytes = sum(
-            t.numel() * t.element_size() for m in self.model.prompt_modules().values() for t in m.state_dict().values()
-        )
-        optimizer_bytes = OPTIMIZER_STATE_FACTOR[self.config.optimizer] * sum(p.numel() * p.element_size() for p in self.params)
-        # Metadata, file headers and each process's RNG states (JSON and tensors): about 40 KB per process.
-        state_bytes = module_bytes + optimizer_bytes + 2**16 * self.world_size
-        prompt_bytes += 2**12
-        # last/, best/ and state/, and while one of them is replaced, the old and the new copy.
-        needed = 2 * prompt_bytes + state_bytes + max(prompt_bytes, state_bytes)
-        what = (
-            f"last/ and best/ {format_size(prompt_bytes)} each, state/ {format_size(state_bytes)} with the {self.config.optimizer} "
-            f"state, and a second copy of the largest while it is replaced"
-        )
-        return needed, what
-
-    def _config_text(self, run_config: Any) -> str:
-        return to_yaml(run_config) if run_config is not None else to_yaml({"train": to_dict(self.config)})
-
     def _autocast(self) -> Any:
         # Accelerate's autocast() rebuilds its state object on every call; without mixed precision skip it.
         return self.accelerator.autocast() if self.config.mixed_precision != "no" else nullcontext()
@@ -540,42 +235,9 @@ class Trainer:
         for group, settings in zip(self.optimizer.param_groups if self.optimizer is not None else [], self._group_settings):
             group["lr"] = self.schedule.lr(step, settings["lr"])
 
-    def _rng_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """This process's RNG states: JSON-able (python, numpy) and tensors (torch CPU, CUDA)."""
-        np_state = np.random.get_state()
-        plain = {
-            "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-            "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        }
-        tensors = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-        return plain, tensors
-
-    @staticmethod
-    def _set_rng_state(plain: dict[str, Any], tensors: dict[str, Any]) -> None:
-        version, state, gauss = plain["python"]
-        random.setstate((version, tuple(state), gauss))
-        name, keys, pos, has_gauss, cached = plain["numpy"]
-        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-        torch.set_rng_state(tensors["torch"])
-        if tensors["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(tensors["cuda"])
-
-    def _gather(self, obj: Any) -> list[Any]:
-        if self.world_size == 1:
-            return [obj]
-        out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
-
     # ----- callbacks -------------------------------------------------------------------------------------------
     def _callback(self, hook: str, *args: Any) -> None:
-        for cb in self.callbacks:
-            getattr(cb, hook)(self, *args)
-
-    def _callback_states(self) -> dict[str, Any]:
-        """The callbacks' states, detached (a JSON round trip), keyed by class name."""
-        states = {key: cb.state_dict() for key, cb in zip(self._callback_keys, self.callbacks)}
-        return json.loads(json.dumps({k: v for k, v in states.items() if v}))
+        self.callbacks.call(hook, self, *args)
 
     def request_stop(self, reason: str) -> None:
         """Asks training to stop after the current step or epoch end; the run then saves, and ``fit()`` returns
@@ -584,103 +246,75 @@ class Trainer:
             self._stop_reason = reason
 
     def _agree_stop(self) -> bool:
-        """Whether any process asked to stop; every process gets the same answer (and the same reason)."""
+        """Whether any process asked to stop; every process gets the same answer (and the same reason). A collective
+        with several processes: run at epoch ends and at the end of training, not per step."""
         requested = self._stop_reason is not None
-        if self.world_size > 1:
-            flag = torch.tensor([float(requested)], device=self.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            if flag.item() > 0:
-                self._stop_reason = next(r for r in self._gather(self._stop_reason) if r is not None)
-                return True
+        if self.world_size > 1 and self.engine.reduce(torch.zeros((), device=self.device), [float(requested)], [])[1].item() > 0:
+            self._share_stop_reason()
+            return True
         return requested
+
+    def _share_stop_reason(self) -> None:
+        """Every process takes the stop reason of the first process that gave one."""
+        self._stop_reason = next(r for r in gather_objects(self._stop_reason, self.world_size) if r is not None)
 
     def _mark_boundary(self) -> None:
         """Records a point a Ctrl-C can save: the progress and the callbacks' states after the step just done."""
         self._boundary = copy.copy(self.progress)
-        self._boundary_callbacks = self._callback_states()
+        self._boundary_callbacks = self.callbacks.state_dict()
 
     # ----- checkpoints -----------------------------------------------------------------------------------------
-    def _save_checkpoint(self, progress: _Progress, callback_states: dict[str, Any] | None = None) -> None:
+    def _save_checkpoint(self, progress: Progress, callback_states: dict[str, Any] | None = None) -> None:
         """Writes ``last/`` and ``state/`` for ``progress`` (main process; all processes share RNG states)."""
         if self.run is None:
             return
-        plain, rng_tensors = self._rng_state()
-        plains, rng_all = self._gather(plain), self._gather(rng_tensors)
-        with whole(self.params, self.mode):
-            self._write_checkpoint(progress, callback_states, plains, rng_all)
+        self._check_finite()
+        rngs = gather_objects(rng_state(), self.world_size)
+        with self.engine.whole(self.params):
+            optimizer_state = self.engine.optimizer_state(self.optimizer, self._group_params)
+            if self.is_main:
+                self.model.save_prompts(self.run.last, extra={"step": progress.step, "epoch": progress.epoch})
+                state = TrainingState(
+                    progress=progress.as_dict(),
+                    world_size=self.world_size,
+                    num_train=self.num_train,
+                    train=to_dict(self.config),
+                    groups=[g["name"] for g in self.optimizer.param_groups],
+                    callbacks=self.callbacks.state_dict() if callback_states is None else callback_states,
+                    rng=rngs,
+                    prompts={name: m.state_dict() for name, m in self.model.prompt_modules().items()},
+                    optimizer=optimizer_state,
+                    scaler=self.scaler.state_dict() if self.scaler is not None else {},
+                )
+                save_training_state(self.run, state)
         self._checkpoint_step = progress.step
         self.accelerator.wait_for_everyone()
         self._callback("on_save", self.run.last, "last")
 
-    def _write_checkpoint(self, progress: _Progress, callback_states: dict[str, Any] | None, plains: list[Any], rng_all: list[Any]) -> None:
-        assert self.run is not None
-        optimizer_state = self._optimizer_state()
-        if self.is_main:
-            self.model.save_prompts(self.run.last, extra={"step": progress.step, "epoch": progress.epoch})
-            meta = {
-                "progress": dataclasses.asdict(progress),
-                "world_size": self.world_size,
-                "num_train": self.num_train,
-                "train": to_dict(self.config),
-                "groups": [g["name"] for g in self.optimizer.param_groups],
-                "callbacks": self._callback_states() if callback_states is None else callback_states,
-                "rng": plains,
-            }
-            tensors = {
-                "prompts": {name: m.state_dict() for name, m in self.model.prompt_modules().items()},
-                "optimizer": optimizer_state,
-                "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-                "rng": rng_all,
-            }
-            self.run.save_state(meta, tensors)
-
-    def _optimizer_state(self) -> dict[str, Any]:
-        """The optimizer's state dict; every process calls it (under DeepSpeed it gathers the partitions)."""
-        assert self.optimizer is not None
-        if self.mode == "deepspeed":
-            return zero3_optimizer_state(self.engine, self._group_params)
-        return self.optimizer.state_dict()
-
     def _load_state(self, run_config: Any) -> None:
         assert self.run is not None
-        meta, tensors = self.run.load_state()
+        state = load_training_state(self.run)
         # Checkpoints of earlier versions lack the newer keys: they ran with their defaults.
-        saved = {**to_dict(TrainConfig()), **meta["train"]}
+        saved = {**to_dict(TrainConfig()), **state.train}
         current = to_dict(self.config)
-        found = {"world_size": self.world_size, "num_train": self.num_train, **{k: current[k] for k in RESUME_KEYS}}
-        expected = {"world_size": meta["world_size"], "num_train": meta["num_train"], **{k: saved[k] for k in RESUME_KEYS}}
-        diffs = [f"{k}: run has {expected[k]!r}, now {found[k]!r}" for k in found if found[k] != expected[k]]
-        if diffs:
-            raise RunDirError(
-                f"cannot resume {self.run.path}: the data order would differ ({'; '.join(diffs)}); resume with the "
-                f"run's config.yaml, the same dataset and the same number of processes"
-            )
-        fixed = [f"{k}: run has {saved[k]!r}, now {current[k]!r}" for k in FIXED_ON_RESUME if saved[k] != current[k]]
         groups = [g["name"] for g in self.optimizer.param_groups]
-        if meta.get("groups", ["all"]) != groups:
-            fixed.append(f"optimizer groups (train.param_groups): run has {meta.get('groups', ['all'])}, now {groups}")
-        if fixed:
-            raise RunDirError(
-                f"cannot resume {self.run.path}: {'; '.join(fixed)}; the run's optimizer state and best/ belong to "
-                f"its settings. Resume with them, or start a new run (overwrite=True / --overwrite, or another directory)"
-            )
-        with whole(self.params, self.mode, write=True):
-            check_resume(self.model, tensors["prompts"], self.run.last, self.run.path)
+        check_resume_settings(state, saved, current, self.world_size, self.num_train, groups, self.run.path)
+        with self.engine.whole(self.params, write=True):
+            check_resume(self.model, state.prompts, self.run.last, self.run.path)
             for name, module in self.model.prompt_modules().items():
-                module.load_state_dict(tensors["prompts"][name])
-            if self.mode == "deepspeed":
-                load_zero3_optimizer_state(self.engine, self._group_params, tensors["optimizer"])
-        if self.mode != "deepspeed":
-            self.optimizer.load_state_dict(tensors["optimizer"])
+                module.load_state_dict(state.prompts[name])
+            self.engine.load_optimizer_state(self.optimizer, self._group_params, state.optimizer)
         for group, settings in zip(self.optimizer.param_groups, self._group_settings):
             group.update(settings)  # the config's values (a resumed run may change lr or weight_decay)
-        if self.scaler is not None and tensors["scaler"]:
-            self.scaler.load_state_dict(tensors["scaler"])
-        self._set_rng_state(meta["rng"][self.rank], tensors["rng"][self.rank])
-        self.progress = _Progress(**meta["progress"])
-        self._load_callback_states(meta.get("callbacks", {}))
+        if self.scaler is not None and state.scaler:
+            self.scaler.load_state_dict(state.scaler)
+        set_rng_state(*state.rng[self.rank])
+        self.progress = Progress(**state.progress)
+        dropped = self.callbacks.load_state_dict(state.callbacks)
+        if dropped and self.is_main:
+            print(f"resume: the run's callbacks {', '.join(dropped)} are not used any more; their state is dropped", file=sys.stderr)
         self._boundary = copy.copy(self.progress)
-        self._boundary_callbacks = self._callback_states()
+        self._boundary_callbacks = self.callbacks.state_dict()
         self._checkpoint_step = self.progress.step
         if self.is_main:
             # Lines written after the checkpoint are redone by the resumed run, so the file ends as if never killed.
@@ -690,29 +324,12 @@ class Trainer:
         if self.is_main:
             self._record_config_changes(saved, current, run_config)
 
-    def _load_callback_states(self, states: dict[str, Any]) -> None:
-        for key, cb in zip(self._callback_keys, self.callbacks):
-            if key in states:
-                cb.load_state_dict(states[key])
-        dropped = sorted(set(states) - set(self._callback_keys))
-        if dropped and self.is_main:
-            print(f"resume: the run's callbacks {', '.join(dropped)} are not used any more; their state is dropped", file=sys.stderr)
-
     def _record_config_changes(self, saved: dict[str, Any], current: dict[str, Any], run_config: Any) -> None:
         """Main process, on resume: names what the config changed, and records the new config in config.yaml."""
         assert self.run is not None
-        on_disk = yaml.safe_load(self.run.config.read_text()) if self.run.config.is_file() else None
-        if run_config is None:  # a Python resume gives the train section only: keep the rest of the run's config
-            run_config = {**on_disk, "train": current} if isinstance(on_disk, dict) else {"train": current}
-        new = to_dict(run_config)
-        changes = [f"train.{k} {saved[k]!r} -> {current[k]!r}" for k in current if saved[k] != current[k]]
-        old_flat, new_flat = _flatten(on_disk if isinstance(on_disk, dict) else {}), _flatten(new)
-        changes += [
-            f"{k} {old_flat.get(k)!r} -> {v!r}" for k, v in new_flat.items() if not k.startswith("train.") and old_flat.get(k) != v
-        ]
+        changes = record_config_changes(self.run, saved, current, run_config)
         if not changes:
             return
-        self.run.update_config(to_yaml(new))
         lr = ", ".join(f"{s['name']} {self.schedule.lr(self.progress.step, s['lr']):.4g}" for s in self._group_settings)
         print(
             f"resume {self.run.path} at step {self.progress.step} with a changed config ({'; '.join(changes)}): the lr "
@@ -735,48 +352,11 @@ class Trainer:
             # The rate the window's last step used: ``lr``, or ``lr/<group>`` for each of several groups.
             groups = self.optimizer.param_groups
             lrs = {"lr": groups[0]["lr"]} if len(groups) == 1 else {f"lr/{g['name']}": g["lr"] for g in groups}
-            self._log({"split": "train", "epoch": p.epoch, "step": p.step, "loss": p.window_loss / p.window_steps, **lrs})
+            self._check_finite()
+            self._log({"split": "train", "epoch": p.epoch, "step": p.step, "loss": float(p.window_loss) / p.window_steps, **lrs})
             p.window_loss, p.window_steps = 0.0, 0
 
-    # ----- signals ---------------------------------------------------------------------------------------------
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        if self._stop_requested:  # a second Ctrl-C stops at once, without saving
-            self._restore_signals()
-            raise KeyboardInterrupt
-        self._stop_requested = True
-        print(f"\n{signal.Signals(signum).name}: stopping after this step and saving the run (Ctrl-C again to abort)", file=sys.stderr)
-
-    def _install_signals(self) -> None:
-        self._old_handlers = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old_handlers[sig] = signal.signal(sig, self._on_signal)
-
-    def _restore_signals(self) -> None:
-        for sig, handler in self._old_handlers.items():
-            signal.signal(sig, handler)
-        self._old_handlers = {}
-
     # ----- training --------------------------------------------------------------------------------------------
-    def _check_labels(self, batch: Any, where: str) -> None:
-        labels = batch.get("labels") if isinstance(batch, dict) else None
-        if (
-            self.num_classes is None
-            or not isinstance(labels, torch.Tensor)
-            or labels.device.type != "cpu"  # checking on a GPU would cost a sync per batch
-            or labels.dim() != 1
-            or labels.dtype not in (torch.int64, torch.int32)
-            or labels.numel() == 0
-        ):
-            return
-        lo, hi = int(labels.min()), int(labels.max())
-        if lo < 0 or hi >= self.num_classes:
-            bad = lo if lo < 0 else hi
-            raise UserError(
-                f"label {bad} is out of range for a model with {self.num_classes} classes ({where}); labels must lie "
-                f"in [0, {self.num_classes - 1}]: check the dataset's labels or set the model's num_classes to match"
-            )
-
     def _loader(self, dataset: Dataset, batch_sampler: Any, generator: torch.Generator) -> DataLoader:
         # An explicit generator: creating an iterator draws a seed from it, which would otherwise come from (and
         # shift) the global torch RNG that prompt dropout uses.
@@ -796,84 +376,72 @@ class Trainer:
             self._dummy[split] = (self.collate_fn or torch.utils.data.default_collate)([dataset[0]])
         return self._dummy[split]
 
-    def _reduce_step(self, loss_sum: torch.Tensor) -> tuple[float, bool]:
-        """Sums loss and stop flag over processes (and, under FSDP, the prompt gradients, which DDP averages
-        itself); returns (global mean loss, stop)."""
-        if self.world_size == 1:
-            return float(loss_sum), self._stop_requested
-        if self.mode in ("ddp", "deepspeed"):
-            flat = torch.stack([loss_sum.float(), torch.tensor(float(self._stop_requested), device=self.device)])
-            dist.all_reduce(flat)
-            return float(flat[0]), bool(flat[1] > 0)
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        flag = torch.tensor([float(self._stop_requested)], device=self.device)
-        flat = torch.cat([g.float().flatten() for g in grads] + [loss_sum.float().view(1), flag])
-        dist.all_reduce(flat)
-        offset = 0
-        for p, g in zip(self.params, grads):
-            n = g.numel()
-            p.grad = flat[offset : offset + n].view_as(g).to(g.dtype)
-            offset += n
-        return float(flat[-2]), bool(flat[-1] > 0)
-
-    def _optimizer_step(self, batches: Iterator[Any], sampler: EpochBatches, micro: range) -> tuple[float, bool]:
-        """One optimizer step over micro-batches ``micro`` of the epoch; returns (global mean loss, stop)."""
+    def _count_loss(self, loss: torch.Tensor, step: int) -> None:
+        """Adds step ``step``'s global mean loss to the window and epoch sums and, when it is the first non-finite
+        one, keeps the step and the value; all on the device, nothing is read."""
         p = self.progress
+        bad = ~torch.isfinite(loss) & (self._first_bad < 0)
+        self._first_bad = torch.where(bad, step, self._first_bad)
+        self._bad_loss = torch.where(bad, loss.detach(), self._bad_loss)
+        p.add_loss(loss.detach().to(self._sum_dtype))
+
+    def _check_finite(self) -> None:
+        """Raises :class:`NonFiniteLossError` naming the first step whose loss was NaN or infinite (reads the device)."""
+        first = int(self._first_bad)
+        if first < 0:
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        where = ""
+        if self.run is not None:
+            kept = f"keeps the checkpoint of step {self._checkpoint_step}" if self._checkpoint_step is not None else "has no checkpoint yet"
+            where = f" (run directory {self.run.path} {kept})"
+        raise NonFiniteLossError(
+            f"loss is {float(self._bad_loss)} at step {first} (epoch {(first - 1) // self.steps_per_epoch}); training "
+            f"stopped, and no gradient of that step or a later one reached the prompts{where}. Lower the learning "
+            f"rate, enable grad_clip, or use bf16 instead of fp16"
+        )
+
+    def _optimizer_step(self, batches: Iterator[Any], sampler: EpochBatches, micro: range) -> tuple[torch.Tensor, bool] | None:
+        """One optimizer step over micro-batches ``micro`` of the epoch; returns the global mean loss (on the device)
+        and whether a Ctrl-C asks to stop, or None when the step's collective tells that a callback of another process
+        asked to stop after the previous step: the step is then not taken."""
+        p, engine = self.progress, self.engine
         total = sum(sampler.global_size(j) for j in micro)
         loss_sum = torch.zeros((), device=self.device)
         for j in micro:
             n = sampler.local_size(j)
-            if n == 0 and self.mode == "none":
-                continue
             if n == 0:
                 batch = self._dummy_batch(self.train_dataset, "train")
             else:
                 batch = next(batches)
-                self._check_labels(batch, f"training batch {j} of epoch {p.epoch}")
-            batch = _to_device(batch, self.device)
-            # DDP reduces the gradients in the backward of the window's last micro-batch only.
-            sync = self.engine.no_sync() if self.mode == "ddp" and j != micro[-1] else nullcontext()
-            with sync, _out_of_memory_levers(self.config, p.step + 1, n):
+                check_labels(batch, self.num_classes, f"training batch {j} of epoch {p.epoch}")
+            batch = to_device(batch, self.device)
+            with engine.no_sync(j == micro[-1]), engine.out_of_memory_levers(p.step + 1, n):
                 with self._autocast():
-                    loss = self.engine(batch)
+                    loss = engine.module(batch)
                 if loss.dim() != 0:
                     raise ValueError(f"{type(self.model).__name__}.training_step returned shape {tuple(loss.shape)}; it must return the mean loss, a scalar")
                 # Weighted by this slice's share of the step's global samples, so the summed gradient is the mean
-                # over the global batch, whatever the split across processes and micro-batches. DDP and DeepSpeed
-                # average over the processes instead of summing: their share is scaled by the number.
-                averaged = self.mode in ("ddp", "deepspeed")
-                share = n / total * (self.world_size if averaged else 1)
+                # over the global batch, whatever the split across processes and micro-batches. Engines that average
+                # over the processes instead of summing (DDP, DeepSpeed) get their share scaled by the number.
+                share = n / total * (self.world_size if engine.averages else 1)
                 weighted = loss.float() if share == 1 else loss.float() * share
-                if self.mode == "deepspeed":
-                    self.engine.backward(weighted, scale_wrt_gas=False)  # the share already counts the window
-                else:
-                    (self.scaler.scale(weighted) if self.scaler is not None else weighted).backward()
-            loss_sum += loss.float().detach() * (n / total) if averaged else weighted.detach()
-        loss_value, stop = self._reduce_step(loss_sum)
-        if not math.isfinite(loss_value):
-            self.optimizer.zero_grad(set_to_none=True)
-            where = ""
-            if self.run is not None:
-                kept = f"keeps the checkpoint of step {self._checkpoint_step}" if self._checkpoint_step is not None else "has no checkpoint yet"
-                where = f" (run directory {self.run.path} {kept})"
-            raise NonFiniteLossError(
-                f"loss is {loss_value} at step {p.step + 1} (epoch {p.epoch}); training stopped before updating the "
-                f"prompts{where}. Lower the learning rate, enable grad_clip, or use bf16 instead of fp16"
-            )
-        if self.mode == "deepspeed":
-            self.engine.step()  # clips (train.grad_clip), steps the optimizer over the partitions, zeroes the gradients
-            return loss_value, stop
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        if self.config.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss_value, stop
+                engine.backward(weighted)
+            loss_sum += loss.float().detach() * (n / total) if engine.averages else weighted.detach()
+        # One collective: the loss and both stop flags (Ctrl-C, a callback's request after the previous step).
+        reduced = engine.reduce(loss_sum, [float(self._signals.requested), float(self._stop_reason is not None)], self.params)
+        interrupted = self._signals.requested
+        if self.world_size > 1:
+            # Every process must stop after the same step, so the agreed flags are read: the collective's one wait.
+            interrupted, asked = (flag > 0 for flag in reduced[1:3].tolist())
+            if asked:
+                engine.discard(self.optimizer)
+                return None
+        self._count_loss(reduced[0], p.step + 1)
+        if self.world_size > 1:
+            self._check_finite()  # read with the flags: a non-finite step is refused before it is taken
+        engine.step(self.optimizer, self.params, self._first_bad < 0)
+        return reduced[0], interrupted
 
     def _train_epoch(self) -> bool:
         """Runs the rest of ``progress.epoch``; returns False when max_steps or a stop request ended training
@@ -888,20 +456,23 @@ class Trainer:
                 return False
             micro = range(p.micro, min(p.micro + accum, sampler.num_micro))
             self._apply_lr(p.step)
-            loss, interrupted = self._optimizer_step(batches, sampler, micro)
+            taken = self._optimizer_step(batches, sampler, micro)
+            if taken is None:
+                self._share_stop_reason()
+                p.stop_reason = self._stop_reason
+                self._mark_boundary()
+                return False
+            loss, interrupted = taken
             p.step += 1
             p.micro = micro.stop
-            p.window_loss += loss
-            p.window_steps += 1
-            p.epoch_loss += loss
-            p.epoch_steps += 1
             now = time.perf_counter()
             info = StepInfo(step=p.step, epoch=p.epoch, loss=loss, samples=sum(sampler.global_size(j) for j in micro), seconds=now - tick)
             tick = now
             self._callback("on_step_end", info)
             if p.step % cfg.log_every_steps == 0:
                 self._flush_window()
-            stopped = self._agree_stop()
+            # One process knows its callbacks' requests at once; several agree on them in the next step's collective.
+            stopped = self.world_size == 1 and self._stop_reason is not None
             if stopped:
                 p.stop_reason = self._stop_reason
             self._mark_boundary()
@@ -911,13 +482,17 @@ class Trainer:
                 self._save_checkpoint(p)
             if interrupted:
                 raise _Interrupted
+        if self.world_size > 1 and self._agree_stop():  # a request after the epoch's last step
+            p.stop_reason = self._stop_reason
+            self._mark_boundary()
+            return False
         return True
 
     def _end_epoch(self) -> None:
         cfg, p = self.config, self.progress
         self._flush_window()
         if p.epoch_steps:
-            self._log({"split": "epoch", "epoch": p.epoch, "step": p.step, "loss": p.epoch_loss / p.epoch_steps})
+            self._log({"split": "epoch", "epoch": p.epoch, "step": p.step, "loss": float(p.epoch_loss) / p.epoch_steps})
         self._callback("on_epoch_end")
         if self.eval_dataset is not None and cfg.eval_every_epochs and (p.epoch + 1) % cfg.eval_every_epochs == 0:
             self._evaluate_and_keep_best()
@@ -945,16 +520,12 @@ class Trainer:
         if better:
             p.best_value, p.best_step, p.best_epoch = value, p.step, p.epoch
             if self.run is not None:
-                with whole(self.params, self.mode):
+                with self.engine.whole(self.params):
                     if self.is_main:
                         self.model.save_prompts(self.run.best, extra={"step": p.step, "epoch": p.epoch, "metric": cfg.metric, "value": value})
                 self._callback("on_save", self.run.best, "best")
         self._callback("on_evaluate", metrics)
         return metrics
-
-    def _eval_call(self, batch: Any) -> dict[str, torch.Tensor]:
-        # Under FSDP and DeepSpeed the call goes through the engine (its hooks gather the weights); DDP needs no hook.
-        return self.engine(batch, "eval") if self.mode in ("fsdp", "deepspeed") else self.model.eval_step(batch)
 
     def fit(self) -> dict[str, Any]:
         """Trains until ``epochs`` or ``max_steps``, or until a callback stops the run; returns the last step, the
@@ -970,13 +541,15 @@ class Trainer:
         if not self.resumed and p.step == 0:
             seed_everything(cfg.seed)
         self._set_train_mode()
-        self._install_signals()
+        self._signals.install()
         try:
             self._callback("on_train_begin")
             while p.epoch < cfg.epochs and p.step < self.total_steps and p.stop_reason is None:
                 if not self._train_epoch():
                     break
                 self._end_epoch()
+            if p.stop_reason is None and self._agree_stop():  # a request after the last step (max_steps)
+                p.stop_reason = self._stop_reason
             self._flush_window()
             if self.eval_dataset is not None and p.last_eval_step != p.step:
                 self._evaluate_and_keep_best()
@@ -990,7 +563,7 @@ class Trainer:
                 f"continue with resume=True / --resume {self.run.path}"
             ) from None
         finally:
-            self._restore_signals()
+            self._signals.restore()
             self._callback("on_train_end")
         if self.run is not None and self.is_main:
             from .plots import plot_curves
@@ -1022,14 +595,14 @@ class Trainer:
         dataset = self.eval_dataset if dataset is None else dataset
         if dataset is None:
             raise UserError("no eval dataset: pass one to evaluate(dataset) or to Trainer(eval_dataset=...)")
-        n = _num_rows(dataset, "eval")
+        n = num_rows(dataset, "eval")
         size = self.config.eval_batch_size or self.config.batch_size
         # Strided shards: every sample is evaluated once, and rank 0 always has one when the dataset has any.
         indices = list(range(self.rank, n, self.world_size))
         batches = [indices[i : i + size] for i in range(0, len(indices), size)]
         # Under FSDP and DeepSpeed every process takes part in every forward (each gathers the blocks' weights with
         # the others): a process with fewer batches than rank 0 runs one row for each missing batch and discards it.
-        padding = math.ceil(math.ceil(n / self.world_size) / size) - len(batches) if self.mode in ("fsdp", "deepspeed") else 0
+        padding = self.engine.eval_padding(n, size, len(batches))
         was_training = self.model.training
         self.model.eval()
         acc_dtype = torch.float64 if self.device.type != "mps" else torch.float32
@@ -1039,31 +612,24 @@ class Trainer:
         try:
             with torch.random.fork_rng(devices=fork_devices):
                 for i, batch in enumerate(self._loader(dataset, batches, torch.Generator())):
-                    if self._stop_requested and self.world_size == 1:
+                    if self._signals.requested and self.world_size == 1:
                         raise _Interrupted
-                    self._check_labels(batch, f"eval batch {i}")
+                    check_labels(batch, self.num_classes, f"eval batch {i}")
                     with self._autocast():
-                        out = self._eval_call(_to_device(batch, self.device))
+                        out = self.engine.eval_call(self.model, to_device(batch, self.device))
                     for key, value in out.items():
                         value = torch.as_tensor(value, device=self.device).detach().to(acc_dtype)
                         sums[key] = sums[key] + value if key in sums else value
                 for _ in range(padding):
                     with self._autocast():
-                        self._eval_call(_to_device(self._dummy_batch(dataset, f"eval{id(dataset)}"), self.device))
+                        self.engine.eval_call(self.model, to_device(self._dummy_batch(dataset, f"eval{id(dataset)}"), self.device))
         finally:
             if was_training:
                 self._set_train_mode()
-        keys = sorted(sums)
-        if self.world_size > 1:
-            shared = [keys]
-            dist.broadcast_object_list(shared, src=0)
-            keys = shared[0]
-            stacked = torch.stack([sums.get(k, torch.zeros((), device=self.device, dtype=acc_dtype)) for k in keys])
-            dist.all_reduce(stacked)
-            sums = dict(zip(keys, stacked))
+        sums = self.engine.reduce_metrics(sums, acc_dtype)
         if "count" not in sums:
             raise ValueError(
-                f"{type(self.model).__name__}.eval_step returned {keys} without 'count'; it must return per-batch sums "
+                f"{type(self.model).__name__}.eval_step returned {list(sums)} without 'count'; it must return per-batch sums "
                 f"of each metric plus 'count' (the number of samples) so the trainer can average them"
             )
         count = float(sums["count"])
@@ -1072,45 +638,6 @@ class Trainer:
         metrics = {k: float(v) / count for k, v in sums.items() if k != "count"}
         metrics["count"] = int(count)
         return metrics
-
-
-@contextmanager
-def _out_of_memory_levers(config: TrainConfig, step: int, rows: int) -> Iterator[None]:
-    """Turns running out of device or host memory in a training step into one line naming the settings that
-    lower memory use."""
-    try:
-        yield
-    except (torch.OutOfMemoryError, RuntimeError) as e:
-        if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
-            raise
-        levers = [f"train.batch_size (now {config.batch_size}; raise train.grad_accum_steps to keep the global batch)"]
-        if not config.gradient_checkpointing:
-            levers.append("train.gradient_checkpointing: true")
-        if config.distributed not in ("fsdp", "deepspeed"):
-            levers.append("train.distributed: fsdp over several processes (shards the frozen weights)")
-        levers.append("model.dtype: bfloat16 or model.quantization: int8 for the frozen weights")
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"out of memory in training step {step} ({rows} rows in this process): {first}; lower it with " + "; ".join(levers)) from None
-
-
-def _callback_keys(callbacks: list[Callback]) -> list[str]:
-    """Names under which the callbacks' states are saved: the class name, numbered when a class appears twice."""
-    keys, counts = [], {}
-    for cb in callbacks:
-        name = type(cb).__name__
-        counts[name] = counts.get(name, 0) + 1
-        keys.append(name if counts[name] == 1 else f"{name}.{counts[name]}")
-    return keys
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        out.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}": value})
-    return out
 
 
 __all__ = [

@@ -20,7 +20,9 @@ import torch
 pytest.importorskip("deepspeed", reason="train.distributed: deepspeed needs the prompttune[deepspeed] extra")
 
 from promptcore import Trainer, TrainConfig, UserError  # noqa: E402
+from promptcore.engines import DeepSpeedEngine  # noqa: E402
 from test_sharding_cli import ROOT, SCRIPT, TORCHRUN, assert_close_prompts, prompts  # noqa: E402
+from toy_prompted import toy_data, toy_model  # noqa: E402
 
 HELD = Path(__file__).parent / "scripts" / "cli_held.py"
 # One epoch of 6 steps; the training state is also written every 2 steps, so a run killed at step 3 resumes at 2.
@@ -123,8 +125,11 @@ def test_prompt_files_load_in_one_process(runs):
 
 def test_one_process_deepspeed_is_refused_before_any_set_up(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
+    made = []
+    monkeypatch.setattr(DeepSpeedEngine, "make_accelerator", classmethod(lambda cls, config: made.append(config)))
     with pytest.raises(UserError, match=r"^train.distributed: deepspeed needs several processes, this run has 1; launch it with `torchrun"):
-        Trainer._make_accelerator(TrainConfig(distributed="deepspeed"))
+        Trainer(toy_model(), TrainConfig(distributed="deepspeed"), toy_data())
+    assert made == []
 
 
 def test_from_python_then_another_engine_in_the_same_process(tmp_path):
@@ -133,6 +138,6 @@ def test_from_python_then_another_engine_in_the_same_process(tmp_path):
     proc = run([TORCHRUN, "--standalone", "--nproc_per_node", "2", str(Path(__file__).parent / "scripts" / "train_toy_deepspeed.py"), str(tmp_path)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):
-        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == [["deepspeed", None], ["ddp", None]]
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == [["DeepSpeedEngine", None], ["DDPEngine", None]]
     assert_close_prompts(prompts(tmp_path / "deepspeed"), prompts(tmp_path / "ddp"), 1e-5)
 

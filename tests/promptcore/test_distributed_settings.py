@@ -12,17 +12,18 @@ from torch import nn
 from toy_prompted import toy_data, toy_model  # noqa: E402
 
 from promptcore import Trainer, TrainConfig, UserError  # noqa: E402
-from promptcore.distributed import call_through, resolve_mode, shard_units  # noqa: E402
+from promptcore.distributed import call_through, shard_units  # noqa: E402
+from promptcore.engines import DDPEngine, DeepSpeedEngine, FSDPEngine, PlainEngine, resolve_engine  # noqa: E402
 
 CPU = torch.device("cpu")
 
 
-def test_auto_is_ddp_with_several_processes_and_nothing_with_one():
-    assert resolve_mode("auto", 1, CPU) == "none"
-    assert resolve_mode("auto", 4, CPU) == "ddp"
-    assert resolve_mode("fsdp", 2, CPU) == "fsdp"
+def test_auto_is_ddp_with_several_processes_and_plain_with_one():
+    assert resolve_engine("auto", 1) is PlainEngine
+    assert resolve_engine("auto", 4) is DDPEngine
+    assert resolve_engine("fsdp", 2) is FSDPEngine
     with pytest.raises(UserError, match=r"train.distributed: ddp needs several processes, this run has 1; launch it with `torchrun"):
-        resolve_mode("ddp", 1, CPU)
+        resolve_engine("ddp", 1)
 
 
 def test_an_fsdp_section_without_fsdp_is_refused():
@@ -67,7 +68,7 @@ def test_deepspeed_refuses_what_its_optimizer_would_change(setting, message):
 def test_deepspeed_not_installed_is_one_line_naming_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "deepspeed", None)  # import deepspeed now raises ImportError
     with pytest.raises(UserError, match=r"^train.distributed: deepspeed needs the deepspeed package, which cannot be imported .*pip install 'prompttune\[deepspeed\]'"):
-        Trainer._make_accelerator(TrainConfig(distributed="deepspeed"))
+        DeepSpeedEngine.make_accelerator(TrainConfig(distributed="deepspeed"))
 
 
 class Blocks(nn.Module):

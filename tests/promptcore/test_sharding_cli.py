@@ -67,10 +67,15 @@ def fsdp_runs(tmp_path_factory) -> dict[str, Path]:
 def test_fsdp_under_torchrun_equals_one_process(fsdp_runs, tool, tmp_path):
     sharded = prompts(fsdp_runs[tool])
     assert_close_prompts(sharded, one_process(tool, tmp_path / "single"), 1e-4)
-    config = (fsdp_runs[tool] / "last" / "prompt_config.json").read_text()
+    config = json.loads((fsdp_runs[tool] / "last" / "prompt_config.json").read_text())
     # The prompt file is the same few-KB file as a 1-process run's: the prompts only, no frozen weight.
     assert (fsdp_runs[tool] / "last" / "prompts.safetensors").stat().st_size < 64 * 1024
-    assert json.loads(config)["method"]
+    assert config["method"]
+    # The backbone fingerprint, taken before sharding, is the 1-process run's, in last/ and best/.
+    single = json.loads((tmp_path / "single" / "last" / "prompt_config.json").read_text())["backbone_fingerprint"]
+    assert isinstance(single, str) and len(single) == 16
+    for folder in ("last", "best"):
+        assert json.loads((fsdp_runs[tool] / folder / "prompt_config.json").read_text())["backbone_fingerprint"] == single
 
 
 def test_ddp_is_the_default_with_several_processes(fsdp_runs, tmp_path):

@@ -368,7 +368,7 @@ def test_a_disk_without_room_for_a_checkpoint_is_refused_with_both_numbers(tmp_p
         Trainer(toy_model(), cfg(), toy_data(), run_dir=tmp_path / "run")
     monkeypatch.setattr(promptcore.runs.shutil, "disk_usage", lambda path: usage._replace(free=10**9))
     trainer = Trainer(toy_model(), cfg(), toy_data(), run_dir=tmp_path / "run2")
-    needed, _ = trainer._checkpoint_size()
+    needed, _ = trainer._checkpoint_bytes
     trainer.fit()
     on_disk = sum(f.stat().st_size for d in ("last", "best", "state") if (tmp_path / "run2" / d).exists() for f in (tmp_path / "run2" / d).iterdir())
     assert on_disk <= needed  # the estimate covers what a checkpoint writes

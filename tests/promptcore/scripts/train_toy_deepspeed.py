@@ -30,7 +30,7 @@ def main() -> int:
         trainer = Trainer(toy_model(seed=10), config, train, evaluation, run_dir=str(out / name))
         trainer.fit()
         # Accelerate's mark of a DeepSpeed process, which a GPU process's next Accelerator would follow.
-        seen.append([trainer.mode, os.environ.get("ACCELERATE_USE_DEEPSPEED")])
+        seen.append([type(trainer.engine).__name__, os.environ.get("ACCELERATE_USE_DEEPSPEED")])
     (out / f"rank{trainer.rank}.json").write_text(json.dumps(seen))
     torch.distributed.destroy_process_group()
     return 0

@@ -1,0 +1,51 @@
+"""``train.distributed: fsdp``: torch's FSDP2 (``fully_shard``) shards the frozen backbone, one unit per
+transformer block (:func:`promptcore.distributed.shard_model`, the ``train.fsdp`` section).
+
+The prompts and heads are left out of sharding: each process keeps them whole, and their gradients (the only ones
+there are) are summed in the step's one collective together with the loss and the flags. Every process takes part
+in every evaluation forward, so a process with fewer eval batches runs padding batches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..distributed import StepModule, shard_model
+from ..fingerprint import FINGERPRINT_KEY
+from .base import Engine
+
+
+class FSDPEngine(Engine):
+    several_processes = True
+    pads_eval = True
+    shards_weights = True
+
+    def prepare_model(self, step: StepModule) -> None:
+        model = step.model
+        # Prompt files record the backbone's weights fingerprint; read it now, while the weights are whole.
+        fingerprint = model.backbone_fingerprint() if hasattr(model, "backbone_fingerprint") else None
+        if fingerprint is not None:
+            model.record_in_prompt_files(**{FINGERPRINT_KEY: fingerprint})
+        shard_model(step, model, self.config.fsdp, self.world_size, self.device)
+
+    def reduce(self, loss_sum: torch.Tensor, flags: list[float], params: list[nn.Parameter]) -> torch.Tensor:
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        head = torch.cat([loss_sum.float().view(1), torch.tensor(flags, device=self.device, dtype=torch.float32)])
+        flat = torch.cat([head, *(g.float().flatten() for g in grads)])
+        dist.all_reduce(flat)
+        offset = head.numel()
+        for p, g in zip(params, grads):
+            n = g.numel()
+            p.grad = flat[offset : offset + n].view_as(g).to(g.dtype)
+            offset += n
+        return flat[: head.numel()]
+
+    def eval_call(self, model: Any, batch: Any) -> dict[str, torch.Tensor]:
+        return self.module(batch, "eval")  # FSDP's hooks gather the weights
+
+
+__all__ = ["FSDPEngine"]
