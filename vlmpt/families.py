@@ -39,12 +39,16 @@ class Family:
             language model takes (``[B, S]``, or ``[3, B, S]`` for mRoPE) and ``deltas`` ``[B, 1]``, so that the
             next token of row ``b`` sits at position ``mask[b].sum() + deltas[b]``.
         mrope: whether position ids are 3-D (a decode step then repeats its position over the three axes).
+        derived_keys: batch keys the processor returns that are recomputed for the sequence with the prompt (from
+            its ``input_ids``): accepted and not passed on. Qwen's ``mm_token_type_ids`` marks image rows, which
+            the prompt moves.
     """
 
     classes: tuple[str, ...]
     image_keys: tuple[str, ...]
     positions: PositionFn
     mrope: bool = False
+    derived_keys: tuple[str, ...] = ("mm_token_type_ids",)
 
 
 def counted_positions(backbone: nn.Module, ids: torch.Tensor, mask: torch.Tensor, images: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -97,11 +97,12 @@ class VLMPromptedModel(PromptedModel):
     # ----- inputs -----------------------------------------------------------------------------------------------------
     def split_inputs(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         """``(input_ids, attention_mask, images)`` of a batch, checked; ``images`` holds the family's image keys."""
-        unknown = sorted(set(inputs) - set(TEXT_KEYS) - set(self.family.image_keys))
+        known = (*TEXT_KEYS, *self.family.image_keys, *self.family.derived_keys)
+        unknown = sorted(set(inputs) - set(known))
         if unknown:
             raise UserError(
                 f"batch keys {unknown} are not taken by {self.family.classes[0]} prompts; the keys are "
-                f"{[*TEXT_KEYS, *self.family.image_keys]} (videos are not supported yet)"
+                f"{list(known)} (videos are not supported yet)"
             )
         input_ids = inputs.get("input_ids")
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:

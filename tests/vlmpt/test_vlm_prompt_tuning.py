@@ -189,3 +189,26 @@ def test_a_prompt_row_equal_to_the_image_placeholder_embedding_is_refused():
     with pytest.raises(UserError, match="equals the image placeholder"):
         model(**vlmpt.tiny_batch(backbone, 1))
 
+
+
+def test_promptcore_trainer_trains_the_prompt_and_reports_token_metrics():
+    from promptcore import TrainConfig, Trainer
+
+    backbone = tiny_backbone("qwen2_vl")
+    model = wrap(backbone, vlmpt.VLMPromptTuningConfig(num_tokens=N))
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    prompt_before = model.prompts.weight.detach().clone()
+    examples = tiny_examples(backbone, 8)
+    config = TrainConfig(epochs=1, max_steps=2, batch_size=4, lr=0.05, progress_bar=False, tensorboard=False, metric="loss", metric_mode="min")
+    result = Trainer(model, config, examples, examples, collate_examples).fit()
+    assert set(result["eval"]) == {"loss", "token_accuracy", "count"} and result["eval"]["count"] > 0
+    assert not torch.equal(model.prompts.weight, prompt_before)
+    assert all(torch.equal(v, before[k]) for k, v in backbone.state_dict().items())
+
+
+def test_the_processors_mm_token_type_ids_are_accepted_and_recomputed():
+    backbone = tiny_backbone("qwen2_vl")
+    model = wrap(backbone, vlmpt.VLMPromptTuningConfig(num_tokens=N))
+    batch = vlmpt.tiny_batch(backbone, 2)
+    stale = torch.zeros_like(batch["input_ids"])  # whatever the processor said: the prompt moves the image rows
+    assert torch.equal(model(**batch, mm_token_type_ids=stale), model(**batch))
