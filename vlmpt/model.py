@@ -157,7 +157,7 @@ class VLMPromptedModel(PromptedModel):
 
     def training_step(self, batch: dict[str, Any]) -> torch.Tensor:
         """The mean next-token loss over the target tokens (:meth:`targets`)."""
-        logits = self(**{k: v for k, v in batch.items()})[:, :-1]
+        logits = self(**batch)[:, :-1]
         targets = self.targets(batch)
         if not bool((targets != IGNORE).any()):
             raise UserError("the batch has no target token: every label is -100, padding or an image placeholder")
