@@ -186,7 +186,8 @@ class VLMPromptedModel(PromptedModel):
         ``use_cache=True`` runs the prompt and the input once and then one token per step from the key/value cache,
         positions continued from the prefill's (``rope_deltas`` on Qwen); ``use_cache=False`` is the plain
         reference: every step runs the whole sequence again, positions computed anew. Both give the same tokens.
-        After a row writes ``eos_token_id`` it writes ``eos_token_id`` again until every row has finished.
+        After a row writes ``eos_token_id`` it writes ``eos_token_id`` again until every row has finished. The image
+        placeholder token is never written. ``scores`` are the model's logits, before that exclusion.
         """
         if max_new_tokens < 1:
             raise UserError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
@@ -196,8 +197,10 @@ class VLMPromptedModel(PromptedModel):
         return (tokens, scores) if return_scores else tokens
 
     def _pick(self, logits: torch.Tensor, done: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
-        """Greedy choice; rows that wrote ``eos_token_id`` before write it again. ``done`` is updated in place."""
-        token = logits.argmax(-1)
+        """Greedy choice, never the image placeholder token (no image stands behind a written one, and the model
+        would look for its features); rows that wrote ``eos_token_id`` before write it again. ``done`` is updated
+        in place."""
+        token = logits.index_fill(-1, torch.tensor([self.image_token_id], device=logits.device), float("-inf")).argmax(-1)
         if eos_token_id is None:
             return token
         token = torch.where(done, eos_token_id, token)

@@ -212,3 +212,38 @@ def test_the_processors_mm_token_type_ids_are_accepted_and_recomputed():
     batch = vlmpt.tiny_batch(backbone, 2)
     stale = torch.zeros_like(batch["input_ids"])  # whatever the processor said: the prompt moves the image rows
     assert torch.equal(model(**batch, mm_token_type_ids=stale), model(**batch))
+
+
+def tiny_qwen2_vl_processor():
+    """A real Qwen2VLProcessor over a word-level tokenizer of the tiny model's vocabulary (built offline)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+
+    special = ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"]
+    words = ["<pad>", "<s>", "</s>", *[f"w{i}" for i in range(3, IMAGE)], *special]
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="w3"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>", additional_special_tokens=special, padding_side="left"
+    )
+    sizes = dict(patch_size=4, temporal_patch_size=2, merge_size=2)
+    image_processor = Qwen2VLImageProcessor(min_pixels=16 * 16, max_pixels=32 * 32, **sizes)
+    return Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor(**sizes))
+
+
+def test_a_qwen2_vl_processor_batch_of_two_image_sizes_runs_as_it_comes():
+    from PIL import Image
+
+    processor = tiny_qwen2_vl_processor()
+    images = [Image.new("RGB", (16, 16), "white"), Image.new("RGB", (32, 16), "red")]
+    texts = ["w5 w6 <|vision_start|> <|image_pad|> <|vision_end|> w7", "w8 <|vision_start|> <|image_pad|> <|vision_end|> w9 w10 w11"]
+    batch = dict(processor(images=images, text=texts, return_tensors="pt", padding=True))
+    assert {"mm_token_type_ids", "image_grid_thw"} <= set(batch) and (batch["input_ids"] == IMAGE).sum(1).tolist() == [4, 8]
+    model = wrap(tiny_backbone("qwen2_vl").double(), vlmpt.VLMPromptTuningConfig(num_tokens=N)).double()
+    batch = as64(batch)
+    # This prompt makes the tiny model's second choice the image placeholder token; generate never writes it.
+    tokens, scores = model.generate(max_new_tokens=4, return_scores=True, **batch)
+    assert int(scores[1, 1].argmax()) == IMAGE and not bool((tokens == IMAGE).any())
+    plain_tokens, plain_scores = model.generate(max_new_tokens=4, use_cache=False, return_scores=True, **batch)
+    assert torch.equal(tokens, plain_tokens)
+    torch.testing.assert_close(scores, plain_scores, rtol=0, atol=1e-10)
