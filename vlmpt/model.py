@@ -119,9 +119,10 @@ class VLMPromptedModel(PromptedModel):
     def pack(self, input_ids: torch.Tensor, mask: torch.Tensor, images: dict[str, Any]) -> Packed:
         """Places the prompt right before each row's first real token and computes the packed positions."""
         prompt = self.shallow_prompt(input_ids.shape[0])
-        placeholder = self.embedding.weight[self.image_token_id].to(prompt.dtype)
-        # transformers finds image placeholder rows in inputs_embeds by comparing them with this embedding.
-        if bool((prompt.detach() == placeholder.detach()).all(-1).any()):
+        placeholder = self.embedding.weight[self.image_token_id].detach()
+        # transformers finds image placeholder rows in inputs_embeds by comparing them with this embedding (in the
+        # model's dtype, which the prompt is cast to).
+        if bool((prompt.detach().to(placeholder.dtype) == placeholder).all(-1).any()):
             raise UserError("a prompt vector equals the image placeholder token's embedding, which the model would take for an image row; re-initialise the prompt")
         embeds, packed_mask, _, token_index = pack_prompt(prompt, self.embedding(input_ids), mask, "left")
         ids = torch.full(packed_mask.shape, self.fill_id, dtype=input_ids.dtype, device=input_ids.device)
