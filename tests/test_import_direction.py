@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = {"timm", "transformers", "open_clip", "vpt", "textpt", "peft"}
-FORBIDDEN = {"promptcore": HEAVY, "vpt": {"textpt"}, "textpt": {"vpt"}}
+FORBIDDEN = {"promptcore": HEAVY | {"vlmpt"}, "vpt": {"textpt", "vlmpt"}, "textpt": {"vpt", "vlmpt"}}
 
 
 def imported_roots(path: Path) -> set[str]:
