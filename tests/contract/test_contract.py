@@ -9,6 +9,7 @@ import torch
 
 import cases_text  # noqa: F401  (registers the text methods' cases)
 import cases_vision  # noqa: F401  (registers the vision and CLIP methods' cases)
+import cases_vlm  # noqa: F401  (registers the vision-language methods' cases)
 from harness import CASES, Spy, method_of, to_float64, variants
 from promptcore import METHODS, PromptFileError, TrainConfig, Trainer
 from promptcore.files import TENSORS_FILE

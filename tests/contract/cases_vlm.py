@@ -1,0 +1,40 @@
+"""Contract case of the vision-language methods (:mod:`vlmpt`), on a tiny random Qwen2-VL whose examples carry
+images of two sizes (its mRoPE positions are the hardest placement the package supports).
+
+The sharded contract does not run these cases: vlmpt is not yet tested under FSDP (docs/vlm.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+import promptcore
+import vlmpt
+from harness import CASES, MethodCase
+from promptcore import PromptedModel
+from vlmpt.synthetic import collate_examples, tiny_backbone, tiny_examples
+
+
+def build(seed: int, num_tokens: int = 3) -> PromptedModel:
+    backbone = tiny_backbone("qwen2_vl", seed=1234)  # the same frozen backbone for every seed of the prompts
+    return promptcore.wrap(backbone, vlmpt.VLMPromptTuningConfig(num_tokens=num_tokens, seed=seed, init_std=1.0))
+
+
+def data(model: PromptedModel) -> tuple[list[dict[str, torch.Tensor]], Any]:
+    """Eight examples (text, one image's placeholders, text) of different lengths, each its own LM target."""
+    return tiny_examples(model.backbone, num_examples=8, seed=7), collate_examples
+
+
+def logits(model: PromptedModel, batch: dict[str, Any]) -> torch.Tensor:
+    """The next-token logits of every real input position."""
+    return model(**batch)[batch["attention_mask"].bool()]
+
+
+CASES.add("text:vlm_prompt_tuning", MethodCase(
+    build=lambda seed, fast: build(seed),
+    data=data,
+    foreign=lambda seed: build(seed, num_tokens=4),
+    outputs=logits,
+))
