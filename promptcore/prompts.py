@@ -1,6 +1,11 @@
 """Soft prompts: learnable token embeddings, one set (``SoftPrompt``), one per layer (``DeepSoftPrompt``), or one
 per task (``PromptBank``).
 
+All three answer the same two questions, so a model never asks which one it holds: :meth:`~PromptBank.table` gives
+every prompt set ``[num_tasks, *prompt_shape]`` (one set without a bank) and :meth:`~PromptBank.for_batch` gives
+each sample's prompt ``[batch, *prompt_shape]``; :meth:`~PromptBank.used_table` gives only the sets a batch uses, and
+each sample's row among them, for models that compute something once per set.
+
 Initialisations, by name:
 
 - ``normal``: N(0, std²), std 0.02 by default.
@@ -207,6 +212,20 @@ class SoftPrompt(nn.Module):
         x = self.dropout(self.embeddings())
         return x if batch_size is None else x.unsqueeze(0).expand(batch_size, -1, -1)
 
+    num_tasks = 1
+
+    def table(self) -> torch.Tensor:
+        """``[1, num_tokens, dim]``: the one prompt set, as :meth:`forward` gives it."""
+        return self().unsqueeze(0)
+
+    def for_batch(self, task_ids: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+        """``[batch_size, num_tokens, dim]``: the prompt for every sample (``task_ids`` is not needed)."""
+        return self(batch_size)
+
+    def used_table(self, task_ids: torch.Tensor | None) -> tuple[torch.Tensor, None]:
+        """``(table(), None)``: one set serves every sample."""
+        return self.table(), None
+
     def fold(self) -> None:
         """Replaces the reparameterisation encoder by the embeddings it produces (lossless for inference)."""
         if self.encoder is None:
@@ -251,6 +270,20 @@ class DeepSoftPrompt(nn.Module):
         x = self.weight if layer is None else self.weight[layer]
         return self.dropout(x)
 
+    num_tasks = 1
+
+    def table(self) -> torch.Tensor:
+        """``[1, num_layers, num_tokens, dim]``: the one prompt set."""
+        return self().unsqueeze(0)
+
+    def for_batch(self, task_ids: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+        """``[batch_size, num_layers, num_tokens, dim]`` (a broadcast view; ``task_ids`` is not needed)."""
+        return self().unsqueeze(0).expand(batch_size, -1, -1, -1)
+
+    def used_table(self, task_ids: torch.Tensor | None) -> tuple[torch.Tensor, None]:
+        """``(table(), None)``: one set serves every sample."""
+        return self.table(), None
+
     def folded_state(self) -> dict[str, torch.Tensor]:
         return {"weight": self.weight.detach()}
 
@@ -282,7 +315,9 @@ class PromptBank(nn.Module):
         init_prompt_(self.weight, init, **init_kwargs)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
-    def check_task_ids(self, task_ids: torch.Tensor) -> None:
+    def check_task_ids(self, task_ids: torch.Tensor | None) -> None:
+        if task_ids is None:
+            raise UserError(f"this prompt bank holds {self.num_tasks} task prompts; give task_ids [batch] (one task per sample)")
         if task_ids.dtype not in (torch.int32, torch.int64) or task_ids.dim() != 1:
             raise UserError(f"task_ids must be a 1-D integer tensor, got {task_ids.dtype} of shape {tuple(task_ids.shape)}")
         if task_ids.numel() and (int(task_ids.min()) < 0 or int(task_ids.max()) >= self.num_tasks):
@@ -295,6 +330,21 @@ class PromptBank(nn.Module):
         """``[batch, *prompt_shape]``: each sample's task prompt."""
         self.check_task_ids(task_ids)
         return self.dropout(self.weight[task_ids])
+
+    def table(self) -> torch.Tensor:
+        """``[num_tasks, *prompt_shape]``: every task's prompt."""
+        return self.dropout(self.weight)
+
+    def for_batch(self, task_ids: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+        """``[batch, *prompt_shape]``: each sample's task prompt (``task_ids [batch]`` is required)."""
+        return self(task_ids)
+
+    def used_table(self, task_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``([k, *prompt_shape], rows [batch])``: the ``k`` distinct task prompts the batch uses, and each sample's
+        row among them."""
+        self.check_task_ids(task_ids)
+        used, rows = torch.unique(task_ids, return_inverse=True)
+        return self.dropout(self.weight[used]), rows
 
     def folded_state(self) -> dict[str, torch.Tensor]:
         return {"weight": self.weight.detach()}

@@ -114,11 +114,7 @@ class PrefixModel(SoftPromptedModel):
         return torch.stack(rows)
 
     def prefix_key_values(self, task_ids: torch.Tensor | None, batch_size: int) -> KeyValues:
-        if isinstance(self.prompts, PromptBank):
-            weight = self.prompts(task_ids)  # [B, 2L, n, width]
-        else:
-            weight = self.prompts().unsqueeze(0).expand(batch_size, -1, -1, -1)
-        weight = weight.to(self.embedding.weight.dtype)
+        weight = self.prompts.for_batch(task_ids, batch_size).to(self.embedding.weight.dtype)  # [B, 2L, n, width]
         b, _, n, _ = weight.shape
         per = weight.view(b, self.num_layers, 2, n, self.kv_heads, self.head_dim).transpose(3, 4)
         return [(per[:, i, 0], per[:, i, 1]) for i in range(self.num_layers)]
