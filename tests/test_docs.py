@@ -3,9 +3,13 @@
 Each fenced ```bash / ```sh / ```console and ```python block is extracted and run; blocks of one file run in order,
 in one shared temporary directory (so a later block can use what an earlier one wrote), with the repository's
 top-level folders (``configs/`` ...) linked into it. Shell blocks run in bash with the interpreter's ``bin/`` first on
-PATH (the ``vpt`` and ``textpt`` commands) and the repository on PYTHONPATH; ``console`` blocks run their ``$ ``
-lines. Python blocks run in a fresh process each (forked from one that has imported the libraries). Other blocks
-(```text, ```yaml ...) only show things and are not run.
+PATH and the repository on PYTHONPATH; ``console`` blocks run their ``$ `` lines. Python blocks run in a fresh process
+each, forked from one per file that has imported the libraries; so do the ``vpt`` and ``textpt`` commands of shell
+blocks: a small client in their place on PATH hands the command line, folder, environment and standard streams to
+that process, which runs the command's ``main`` in a forked child and returns its exit status (what the console
+script would do, without importing torch again for every command). Under a distributed launcher (``torchrun $(which
+vpt)``) the client runs the installed command itself. Other blocks (```text, ```yaml ...) only show things and are
+not run.
 
 HTML comments right before a block change how it runs (several may be stacked):
 
@@ -25,6 +29,7 @@ import os
 import re
 import select
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -142,15 +147,74 @@ def check_expectations(block: Block, output: str) -> None:
         assert shown in output, f"{block.where}: the comment says {shown!r}; the run printed:\n{output[-3000:]}"
 
 
+# The preloaded interpreter of one doc file: Python blocks arrive as JSON lines on stdin (the reply goes to stdout),
+# commands on the Unix socket argv[1] (JSON, with the client's stdin, stdout and stderr as passed descriptors).
 _WORKER = r"""
-import json, os, sys, tempfile, traceback
-for name in sys.argv[1:]:
+import importlib, json, os, select, socket, sys, tempfile, traceback
+for name in sys.argv[2:]:
     try:
         __import__(name)
     except Exception:
         pass
 proto = os.fdopen(os.dup(1), "w")
-for line in sys.stdin:
+server = socket.socket(socket.AF_UNIX)
+server.bind(sys.argv[1])
+server.listen()
+
+
+def run_command(conn):
+    data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
+    while not data.endswith(b"\n"):
+        more = conn.recv(1 << 16)
+        if not more:
+            break
+        data += more
+    request = json.loads(data)
+    pid = os.fork()
+    if pid == 0:
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        if "OMP_NUM_THREADS" in os.environ and "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+        sys.argv = request["argv"]
+        try:
+            status = importlib.import_module(request["module"]).main()
+            status = status if isinstance(status, int) else (0 if status is None else 1)
+        except SystemExit as e:
+            status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            status = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    for fd in fds:
+        os.close(fd)
+    _, wait_status = os.waitpid(pid, 0)
+    conn.sendall(str(os.waitstatus_to_exitcode(wait_status)).encode())
+
+
+while True:
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:
+        pass
+    ready, _, _ = select.select([sys.stdin, server], [], [])
+    if server in ready:
+        conn, _ = server.accept()
+        if os.fork() == 0:
+            server.close()
+            run_command(conn)
+            os._exit(0)
+        conn.close()
+        continue
+    line = sys.stdin.readline()
+    if not line:
+        break
     request = json.loads(line)
     with tempfile.TemporaryFile("w+") as log:
         pid = os.fork()
@@ -176,15 +240,44 @@ for line in sys.stdin:
 """
 
 
+# The client that stands in for a console script on PATH: {python}, {socket}, {module} and {real} are filled in.
+_CLIENT = """#!{python} -S
+import json, os, socket, sys
+if "LOCAL_RANK" in os.environ or not os.path.exists({socket!r}):  # a launcher's process: the real command
+    os.execv({real!r}, [{real!r}, *sys.argv[1:]])
+request = {{"module": {module!r}, "argv": [{real!r}, *sys.argv[1:]], "cwd": os.getcwd(), "env": dict(os.environ)}}
+client = socket.socket(socket.AF_UNIX)
+client.connect({socket!r})
+data = json.dumps(request).encode() + b"\\n"
+sent = socket.send_fds(client, [data], [0, 1, 2])
+client.sendall(data[sent:])
+status = client.recv(64)
+sys.exit(int(status) if status else 1)
+"""
+COMMANDS = {"vpt": "vpt.cli", "textpt": "textpt.cli"}  # console scripts served by the preloaded interpreter
+
+
 class PythonWorker:
-    """One interpreter per doc file that imports the heavy libraries once and runs each block in a forked child: every
-    block starts from the same clean state (no global settings, registrations or names left by an earlier block)."""
+    """One interpreter per doc file that imports the heavy libraries once and runs each Python block, and each
+    ``vpt`` / ``textpt`` command of a shell block, in a forked child: every block starts from the same clean state
+    (no global settings, registrations or names left by an earlier block), as a fresh process would.
+
+    ``bin`` is a folder of clients, one per command of :data:`COMMANDS`, to put first on PATH.
+    """
 
     def __init__(self, cwd: Path, env: dict[str, str], log: Path, preload: tuple[str, ...] = PRELOAD) -> None:
         self._log_path = log
         self._log = log.open("w")
+        self.socket = Path(f"/tmp/doc-worker-{os.getpid()}-{id(self)}.sock")  # short: socket paths are limited
+        self.bin = cwd / ".doc-bin"
+        self.bin.mkdir(exist_ok=True)
+        for command, module in COMMANDS.items():
+            client = self.bin / command
+            real = str(Path(sys.executable).with_name(command))
+            client.write_text(_CLIENT.format(python=sys.executable, socket=str(self.socket), module=module, real=real))
+            client.chmod(0o755)
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _WORKER, *preload], cwd=cwd, env=env, text=True,
+            [sys.executable, "-c", _WORKER, str(self.socket), *preload], cwd=cwd, env=env, text=True,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
         )
 
@@ -206,6 +299,7 @@ class PythonWorker:
             self.proc.kill()
             self.proc.wait()
         self._log.close()
+        self.socket.unlink(missing_ok=True)
 
 
 def doc_env(tmp: Path) -> dict[str, str]:
@@ -230,13 +324,13 @@ def run_doc(path: Path, tmp: Path, root: Path = ROOT, preload: tuple[str, ...] =
             if not runnable(block) or block.skip:
                 continue
             code = prepared_code(block)
+            worker = worker or PythonWorker(tmp, env, tmp / ".python-worker.log", preload)
             if block.lang in PYTHON:
-                worker = worker or PythonWorker(tmp, env, tmp / ".python-worker.log", preload)
                 ok, output = worker.run(code, block.where)
             else:
                 try:
                     done = subprocess.run(
-                        ["bash", "-euo", "pipefail", "-c", code], cwd=tmp, env=env, text=True,
+                        ["bash", "-euo", "pipefail", "-c", code], cwd=tmp, env={**env, "PATH": f"{worker.bin}{os.pathsep}{env['PATH']}"}, text=True,
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=BLOCK_TIMEOUT_S,
                     )
                     ok, output = done.returncode == 0, done.stdout
@@ -258,6 +352,7 @@ USES_DEEPSPEED = {"docs/scaling.md"}
     [pytest.param(p, marks=pytest.mark.xdist_group("deepspeed")) if str(p.relative_to(ROOT)) in USES_DEEPSPEED else p for p in DOC_FILES],
     ids=lambda p: str(p.relative_to(ROOT)),
 )
+@pytest.mark.slow
 def test_doc_examples_run(path: Path, tmp_path: Path) -> None:
     run_doc(path, tmp_path)
 

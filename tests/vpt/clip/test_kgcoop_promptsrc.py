@@ -186,6 +186,7 @@ def test_gpa_loads_the_gaussian_weighted_sum_of_each_epochs_prompts():
         assert not torch.allclose(p.detach(), recorder.seen[-1][name])
 
 
+@pytest.mark.slow
 def test_gpa_resumed_run_aggregates_as_the_uninterrupted_one(tmp_path, capsys):
     from promptcore.trainer import TrainingInterrupted
 
