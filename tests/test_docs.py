@@ -162,26 +162,15 @@ server.bind(sys.argv[1])
 server.listen()
 
 
-def run_command(conn):
-    data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
-    while not data.endswith(b"\n"):
-        more = conn.recv(1 << 16)
-        if not more:
-            break
-        data += more
-    request = json.loads(data)
+# run() in a forked child with streams ({fd: file descriptor}) as its standard streams, ended as a process's main
+# ends; returns the child's exit code.
+def in_child(streams, run):
     pid = os.fork()
     if pid == 0:
-        for target, fd in enumerate(fds):
+        for target, fd in streams.items():
             os.dup2(fd, target)
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
-        if "OMP_NUM_THREADS" in os.environ and "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-        sys.argv = request["argv"]
         try:
-            status = importlib.import_module(request["module"]).main()
+            status = run()
             status = status if isinstance(status, int) else (0 if status is None else 1)
         except SystemExit as e:
             status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -191,10 +180,31 @@ def run_command(conn):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def run_command(conn):
+    data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
+    while not data.endswith(b"\n"):
+        more = conn.recv(1 << 16)
+        if not more:
+            break
+        data += more
+    request = json.loads(data)
+
+    def command():
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        if "OMP_NUM_THREADS" in os.environ and "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+        sys.argv = request["argv"]
+        return importlib.import_module(request["module"]).main()
+
+    code = in_child(dict(enumerate(fds)), command)
     for fd in fds:
         os.close(fd)
-    _, wait_status = os.waitpid(pid, 0)
-    conn.sendall(str(os.waitstatus_to_exitcode(wait_status)).encode())
+    conn.sendall(str(code).encode())
 
 
 while True:
@@ -217,25 +227,10 @@ while True:
         break
     request = json.loads(line)
     with tempfile.TemporaryFile("w+") as log:
-        pid = os.fork()
-        if pid == 0:
-            os.dup2(log.fileno(), 1)
-            os.dup2(log.fileno(), 2)
-            status = 0
-            try:
-                exec(compile(request["code"], request["name"], "exec"), {"__name__": "__main__"})
-            except SystemExit as e:
-                status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-            except BaseException:
-                traceback.print_exc()
-                status = 1
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(status)
-        _, wait_status = os.waitpid(pid, 0)
+        code = in_child({1: log.fileno(), 2: log.fileno()}, lambda: exec(compile(request["code"], request["name"], "exec"), {"__name__": "__main__"}))
         log.seek(0)
         output = log.read()
-    proto.write(json.dumps({"ok": os.waitstatus_to_exitcode(wait_status) == 0, "output": output}) + "\n")
+    proto.write(json.dumps({"ok": code == 0, "output": output}) + "\n")
     proto.flush()
 """
 
