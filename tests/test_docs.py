@@ -4,11 +4,12 @@ Each fenced ```bash / ```sh / ```console and ```python block is extracted and ru
 in one shared temporary directory (so a later block can use what an earlier one wrote), with the repository's
 top-level folders (``configs/`` ...) linked into it. Shell blocks run in bash with the interpreter's ``bin/`` first on
 PATH and the repository on PYTHONPATH; ``console`` blocks run their ``$ `` lines. Python blocks run in a fresh process
-each, forked from one per file that has imported the libraries; so do the ``vpt`` and ``textpt`` commands of shell
-blocks: a small client in their place on PATH hands the command line, folder, environment and standard streams to
-that process, which runs the command's ``main`` in a forked child and returns its exit status (what the console
-script would do, without importing torch again for every command). Under a distributed launcher (``torchrun $(which
-vpt)``) the client runs the installed command itself. Other blocks (```text, ```yaml ...) only show things and are
+each, forked from one per file that has imported the libraries; so do the ``vpt``, ``textpt`` and ``python -m
+<module of the project>`` commands of shell blocks: a small client in their place on PATH hands the command line,
+folder, environment and standard streams to that process, which runs the command's ``main`` (or the module as
+``__main__``) in a forked child and returns its exit status (what the command would do, without importing torch again
+for every command). Any other ``python`` command, and any command under a distributed launcher (``torchrun $(which
+vpt)``), runs the real one. Other blocks (```text, ```yaml ...) only show things and are
 not run.
 
 HTML comments right before a block change how it runs (several may be stacked):
@@ -150,16 +151,16 @@ def check_expectations(block: Block, output: str) -> None:
 # The preloaded interpreter of one doc file: Python blocks arrive as JSON lines on stdin (the reply goes to stdout),
 # commands on the Unix socket argv[1] (JSON, with the client's stdin, stdout and stderr as passed descriptors).
 _WORKER = r"""
-import importlib, json, os, select, socket, sys, tempfile, traceback
+import importlib, json, os, runpy, select, socket, sys, tempfile, traceback
+server = socket.socket(socket.AF_UNIX)
+server.bind(sys.argv[1])  # first: a command that comes during the imports waits for them, queued
+server.listen(64)
 for name in sys.argv[2:]:
     try:
         __import__(name)
     except Exception:
         pass
 proto = os.fdopen(os.dup(1), "w")
-server = socket.socket(socket.AF_UNIX)
-server.bind(sys.argv[1])
-server.listen()
 
 
 # run() in a forked child with streams ({fd: file descriptor}) as its standard streams, ended as a process's main
@@ -199,7 +200,10 @@ def run_command(conn):
         if "OMP_NUM_THREADS" in os.environ and "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
         sys.argv = request["argv"]
-        return importlib.import_module(request["module"]).main()
+        if "run_module" in request:  # python -m MODULE
+            runpy.run_module(request["run_module"], run_name="__main__", alter_sys=True)
+            return 0
+        return importlib.import_module(request["main_of"]).main()
 
     code = in_child(dict(enumerate(fds)), command)
     for fd in fds:
@@ -235,12 +239,20 @@ while True:
 """
 
 
-# The client that stands in for a console script on PATH: {python}, {socket}, {module} and {real} are filled in.
+# The client that stands in for a command on PATH: {python}, {socket}, {module} (the console script's module; None
+# for python itself, served only as `python -m <a module of the project>`) and {real} (the real command) are filled in.
 _CLIENT = """#!{python} -S
 import json, os, socket, sys
-if "LOCAL_RANK" in os.environ or not os.path.exists({socket!r}):  # a launcher's process: the real command
-    os.execv({real!r}, [{real!r}, *sys.argv[1:]])
-request = {{"module": {module!r}, "argv": [{real!r}, *sys.argv[1:]], "cwd": os.getcwd(), "env": dict(os.environ)}}
+args, module = sys.argv[1:], {module!r}
+if module is not None:
+    request = {{"main_of": module, "argv": [{real!r}, *args]}}
+elif len(args) >= 2 and args[0] == "-m" and args[1].split(".")[0] in ("promptcore", "vpt", "textpt"):
+    request = {{"run_module": args[1], "argv": [args[1], *args[2:]]}}
+else:
+    request = None
+if request is None or "LOCAL_RANK" in os.environ or not os.path.exists({socket!r}):  # e.g. a launcher's process
+    os.execv({real!r}, [{real!r}, *args])
+request.update(cwd=os.getcwd(), env=dict(os.environ))
 client = socket.socket(socket.AF_UNIX)
 client.connect({socket!r})
 data = json.dumps(request).encode() + b"\\n"
@@ -249,12 +261,12 @@ client.sendall(data[sent:])
 status = client.recv(64)
 sys.exit(int(status) if status else 1)
 """
-COMMANDS = {"vpt": "vpt.cli", "textpt": "textpt.cli"}  # console scripts served by the preloaded interpreter
+COMMANDS = {"vpt": "vpt.cli", "textpt": "textpt.cli", "python": None}  # served by the preloaded interpreter
 
 
 class PythonWorker:
     """One interpreter per doc file that imports the heavy libraries once and runs each Python block, and each
-    ``vpt`` / ``textpt`` command of a shell block, in a forked child: every block starts from the same clean state
+    ``vpt`` / ``textpt`` / ``python -m <project module>`` command of a shell block, in a forked child: every block starts from the same clean state
     (no global settings, registrations or names left by an earlier block), as a fresh process would.
 
     ``bin`` is a folder of clients, one per command of :data:`COMMANDS`, to put first on PATH.
@@ -268,7 +280,7 @@ class PythonWorker:
         self.bin.mkdir(exist_ok=True)
         for command, module in COMMANDS.items():
             client = self.bin / command
-            real = str(Path(sys.executable).with_name(command))
+            real = sys.executable if module is None else str(Path(sys.executable).with_name(command))
             client.write_text(_CLIENT.format(python=sys.executable, socket=str(self.socket), module=module, real=real))
             client.chmod(0o755)
         self.proc = subprocess.Popen(
