@@ -171,7 +171,27 @@ class PromptEncoder(nn.Module):
         return self.mlp(x)
 
 
-class SoftPrompt(nn.Module):
+class OnePromptSet:
+    """What a single prompt set answers in place of a :class:`PromptBank`: one task, whose prompt (``forward()``)
+    every sample gets."""
+
+    num_tasks = 1
+
+    def table(self) -> torch.Tensor:
+        """``[1, *prompt_shape]``: the one prompt set, as ``forward()`` gives it."""
+        return self().unsqueeze(0)
+
+    def for_batch(self, task_ids: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+        """``[batch_size, *prompt_shape]``, a broadcast view (``task_ids`` is not needed)."""
+        table = self.table()
+        return table.expand(batch_size, *table.shape[1:])
+
+    def used_table(self, task_ids: torch.Tensor | None) -> tuple[torch.Tensor, None]:
+        """``(table(), None)``: one set serves every sample."""
+        return self.table(), None
+
+
+class SoftPrompt(OnePromptSet, nn.Module):
     """``num_tokens`` learnable vectors of width ``dim``.
 
     Args:
@@ -212,20 +232,6 @@ class SoftPrompt(nn.Module):
         x = self.dropout(self.embeddings())
         return x if batch_size is None else x.unsqueeze(0).expand(batch_size, -1, -1)
 
-    num_tasks = 1
-
-    def table(self) -> torch.Tensor:
-        """``[1, num_tokens, dim]``: the one prompt set, as :meth:`forward` gives it."""
-        return self().unsqueeze(0)
-
-    def for_batch(self, task_ids: torch.Tensor | None, batch_size: int) -> torch.Tensor:
-        """``[batch_size, num_tokens, dim]``: the prompt for every sample (``task_ids`` is not needed)."""
-        return self(batch_size)
-
-    def used_table(self, task_ids: torch.Tensor | None) -> tuple[torch.Tensor, None]:
-        """``(table(), None)``: one set serves every sample."""
-        return self.table(), None
-
     def fold(self) -> None:
         """Replaces the reparameterisation encoder by the embeddings it produces (lossless for inference)."""
         if self.encoder is None:
@@ -243,7 +249,7 @@ class SoftPrompt(nn.Module):
         return f"num_tokens={self.num_tokens}, dim={self.dim}, reparam={self.encoder.kind if self.encoder else None}"
 
 
-class DeepSoftPrompt(nn.Module):
+class DeepSoftPrompt(OnePromptSet, nn.Module):
     """One prompt per layer: a parameter of shape ``[num_layers, num_tokens, dim]`` (VPT-deep, P-Tuning v2)."""
 
     def __init__(
@@ -269,20 +275,6 @@ class DeepSoftPrompt(nn.Module):
         """Layer ``layer``'s prompt ``[num_tokens, dim]``, or all of them ``[num_layers, num_tokens, dim]``."""
         x = self.weight if layer is None else self.weight[layer]
         return self.dropout(x)
-
-    num_tasks = 1
-
-    def table(self) -> torch.Tensor:
-        """``[1, num_layers, num_tokens, dim]``: the one prompt set."""
-        return self().unsqueeze(0)
-
-    def for_batch(self, task_ids: torch.Tensor | None, batch_size: int) -> torch.Tensor:
-        """``[batch_size, num_layers, num_tokens, dim]`` (a broadcast view; ``task_ids`` is not needed)."""
-        return self().unsqueeze(0).expand(batch_size, -1, -1, -1)
-
-    def used_table(self, task_ids: torch.Tensor | None) -> tuple[torch.Tensor, None]:
-        """``(table(), None)``: one set serves every sample."""
-        return self.table(), None
 
     def folded_state(self) -> dict[str, torch.Tensor]:
         return {"weight": self.weight.detach()}
