@@ -1,13 +1,17 @@
 # `make demo` runs the main job, `make test` the test suite; each creates .venv and installs what it needs first.
+# `make test-fast` leaves out the tests marked slow (the edit loop). Both run TEST_WORKERS pytest-xdist workers; tests
+# that must share a worker (one DeepSpeed build cache, ...) carry an xdist_group mark, which --dist loadgroup keeps.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup
 STAMP := $(VENV)/.installed
 # torch is pinned to the release this project is built and tested against (a CUDA build that also runs on CPU).
 TORCH := torch==2.14.1 torchvision==0.29.1
 # DeepSpeed (in the dev extra) builds from source: DS_BUILD_OPS=0 compiles none of its ops ahead of use.
 
-.PHONY: install test demo clean
+.PHONY: install test test-fast demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +23,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(PYTEST)
+
+test-fast: $(STAMP)
+	$(PYTEST) -m "not slow"
 
 demo: $(STAMP)
 	$(BIN)/python demo/run_demo.py

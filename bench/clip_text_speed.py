@@ -14,6 +14,8 @@ sets the depth (12 in ViT-B/16; fewer keeps a CPU run short, and both paths scal
 
     python bench/clip_text_speed.py --layers 12            # GPU / patient CPU
     python bench/clip_text_speed.py --layers 2 --repeats 2  # 2-core CPU in a few minutes
+
+``--write FILE`` appends the markdown to ``FILE``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import sys
 import time
 
 import torch
+
+from emit import emit  # bench/emit.py: scripts run as `python bench/NAME.py`
 
 WORDS = "cat dog golden retriever sea lion red fox tabby cat sports car pickup truck oak tree".split()
 
@@ -107,6 +111,7 @@ def main() -> None:
     parser.add_argument("--coop-classes", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--cocoop-classes", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--write", help="markdown file to append the figures to")
     parser.add_argument("--child", nargs=3, metavar=("METHOD", "PATH", "CLASSES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -114,21 +119,32 @@ def main() -> None:
         print(json.dumps(measure(method, path, int(classes), args.layers, args.repeats, args.batch, args.device)))
         return
     torch_threads = torch.get_num_threads()
-    print(f"device {args.device} ({torch_threads} threads), text tower width 512, 8 heads, {args.layers} layers, context 77")
-    print("\nCoOp text step (forward + backward over all class prompts, 16 context tokens):")
-    print("| classes | fast s | 77-token s | ratio | fast peak MiB | 77-token peak MiB |")
-    print("|---|---|---|---|---|---|")
+    lines = [
+        "### clip_text_speed",
+        "",
+        f"device {args.device} ({torch_threads} threads), text tower width 512, 8 heads, {args.layers} layers, context 77",
+        "",
+        "CoOp text step (forward + backward over all class prompts, 16 context tokens):",
+        "",
+        "| classes | fast s | 77-token s | ratio | fast peak MiB | 77-token peak MiB |",
+        "|---|---|---|---|---|---|",
+    ]
     for c in args.coop_classes:
         f, r = run_child(args, "coop", "fast", c), run_child(args, "coop", "reference", c)
-        print(f"| {c} | {f['seconds']:.3f} | {r['seconds']:.3f} | {f['seconds'] / r['seconds']:.3f} | {f['peak_mib']:.0f} | {r['peak_mib']:.0f} |", flush=True)
+        lines.append(f"| {c} | {f['seconds']:.3f} | {r['seconds']:.3f} | {f['seconds'] / r['seconds']:.3f} | {f['peak_mib']:.0f} | {r['peak_mib']:.0f} |")
     c = args.cocoop_classes
-    print(f"\nCoCoOp training step at batch {args.batch}, {c} classes (forward + backward):")
-    print("| scheme | images/s | peak MiB |")
-    print("|---|---|---|")
     f, r = run_child(args, "cocoop", "fast", c), run_child(args, "cocoop", "reference", c)
-    print(f"| batched, shared prefix | {args.batch / f['seconds']:.1f} | {f['peak_mib']:.0f} |")
-    print(f"| per-image loop, 77 tokens | {args.batch / r['seconds']:.1f} | {r['peak_mib']:.0f} |")
-    print(f"| speed-up | {r['seconds'] / f['seconds']:.1f}x | |")
+    lines += [
+        "",
+        f"CoCoOp training step at batch {args.batch}, {c} classes (forward + backward):",
+        "",
+        "| scheme | images/s | peak MiB |",
+        "|---|---|---|",
+        f"| batched, shared prefix | {args.batch / f['seconds']:.1f} | {f['peak_mib']:.0f} |",
+        f"| per-image loop, 77 tokens | {args.batch / r['seconds']:.1f} | {r['peak_mib']:.0f} |",
+        f"| speed-up | {r['seconds'] / f['seconds']:.1f}x | |",
+    ]
+    emit(lines, args.write)
 
 
 if __name__ == "__main__":

@@ -48,14 +48,10 @@ PROCS=1
 [ "$NGPU" -ge 2 ] && PROCS=1,2
 [ "$NGPU" -ge 4 ] && PROCS=1,2,4
 run scale $PY bench/scale.py --procs "$PROCS" --steps 10 --global-batch 32 --write "$OUT"
-run trainer_overhead $PY bench/trainer_overhead.py --repeats "$REPEATS" --batch-size 128 --write "$TMP/trainer.md"
-[ -f "$TMP/trainer.md" ] && { echo; cat "$TMP/trainer.md"; } >> "$OUT"
-run vpt_speed $PY bench/vpt_speed.py --repeats "$REPEATS" --out "$TMP/vpt.md"
-[ -f "$TMP/vpt.md" ] && { echo; cat "$TMP/vpt.md"; } >> "$OUT"
-run textpt_vs_peft $PY bench/textpt_vs_peft.py --repeats "$REPEATS" --batch 32 --out "$TMP/textpt.md"
-[ -f "$TMP/textpt.md" ] && { echo; cat "$TMP/textpt.md"; } >> "$OUT"
-run clip_text_speed $PY bench/clip_text_speed.py --repeats "$REPEATS" --device cuda
-[ -f "$LOGS/clip_text_speed.log" ] && { echo; echo '### clip_text_speed'; echo; echo '```text'; cat "$LOGS/clip_text_speed.log"; echo '```'; } >> "$OUT"
+run trainer_overhead $PY bench/trainer_overhead.py --repeats "$REPEATS" --batch-size 128 --write "$OUT"
+run vpt_speed $PY bench/vpt_speed.py --repeats "$REPEATS" --write "$OUT"
+run textpt_vs_peft $PY bench/textpt_vs_peft.py --repeats "$REPEATS" --batch 32 --write "$OUT"
+run clip_text_speed $PY bench/clip_text_speed.py --repeats "$REPEATS" --device cuda --write "$OUT"
 # frozen-weight bytes of fp32 / int8 / int4 on a random Llama of SmolLM2-135M shapes (no download needed)
 run quant $PY bench/quant.py --random --write "$OUT"
 # vLLM fed textpt prompts as prompt_embeds: greedy outputs vs textpt's generate, tokens/s vs plain token prompts (needs prompttune[vllm])

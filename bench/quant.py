@@ -30,6 +30,8 @@ from pathlib import Path
 from emit import emit  # bench/emit.py: scripts run as `python bench/NAME.py`
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as `python bench/NAME.py`: make `demo.stats` importable
+    sys.path.insert(0, str(ROOT))
 DEMO = ROOT / "configs" / "demo" / "causal_lm_prompt.yaml"
 SMOLLM2_SHAPES = {
     "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
@@ -76,7 +78,7 @@ def measure(name: str, kind: str) -> dict:
 
 def accuracy(name: str, kind: str, train: int, test: int, out: Path) -> dict:
     """Trains the demo's prompt on the ``kind`` backbone and returns its test accuracy and interval."""
-    from promptcore.stats import binomial_interval
+    from demo.stats import binomial_interval
 
     sets = ["model.name=" + name, f"data.max_train_samples={train}", f"data.max_eval_samples={test}", "train.progress_bar=false"]
     if kind != "fp32":

@@ -55,6 +55,8 @@ from pathlib import Path
 from emit import emit  # bench/emit.py: scripts run as `python bench/NAME.py`
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as `python bench/NAME.py`: make `demo.stats` importable
+    sys.path.insert(0, str(ROOT))
 RECIPES = {"minilm": ROOT / "configs/textpt/minilm_seq_cls.yaml", "smollm2": ROOT / "configs/textpt/smollm2_verbalizer.yaml"}
 LABELS = {"minilm": "all-MiniLM-L6-v2 (`asset:minilm_l6`, seq_cls)", "smollm2": "SmolLM2-135M-Instruct (`asset:smollm2_135m`, causal LM + verbalizer)"}
 KINDS = {"minilm": ["pair", "recipe", "probe", "full_ft"], "smollm2": ["pair", "recipe"]}  # one process each
@@ -294,7 +296,7 @@ def main() -> None:
 
     import torch
 
-    from promptcore.stats import binomial_interval, mcnemar_exact
+    from demo.stats import binomial_interval, mcnemar_exact
 
     load_before = os.getloadavg()
     began = time.perf_counter()

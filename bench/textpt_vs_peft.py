@@ -19,7 +19,8 @@ Every timed function runs once untimed first (the first backward costs several t
 alternate which implementation goes first, so a call that follows the other model's allocations is not always the
 same side's.
 
-Usage: ``python bench/textpt_vs_peft.py [--repeats 3] [--shape smollm2_135m|llama_1b] [--dtype float32|bfloat16] [--out FILE]``.
+Usage: ``python bench/textpt_vs_peft.py [--repeats 3] [--shape smollm2_135m|llama_1b] [--dtype float32|bfloat16] [--write FILE]``
+(``--write`` appends the markdown to ``FILE``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ import peft
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import textpt
+
+from emit import emit  # bench/emit.py: scripts run as `python bench/NAME.py`
 
 SMOLLM2_135M = dict(
     vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -83,7 +86,7 @@ def main() -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="smollm2_135m")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="the frozen weights' precision")
     parser.add_argument("--layers", type=int, default=None, help="fewer layers than the shape's, for a quick check")
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--write", help="markdown file to append the table to")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
@@ -179,11 +182,7 @@ def main() -> None:
             f"{r['infer_p']:.1f} | {r['infer_ratio']:.2f} | {r['infer_concat_ratio']:.2f} | {r['diff']:.1e} | "
             f"{r['mem_t'] / 2**20:.0f} MiB / {r['mem_p'] / 2**20:.0f} MiB ({r['mem_t'] / r['mem_p']:.2f}) |"
         )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    emit(lines, args.write)
 
 
 if __name__ == "__main__":

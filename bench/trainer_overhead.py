@@ -37,6 +37,8 @@ from promptcore import PromptedModel, SoftPrompt, TrainConfig, Trainer
 from promptcore.optim import lr_factor
 from vpt.synthetic import SyntheticImages
 
+from emit import emit  # bench/emit.py: scripts run as `python bench/NAME.py`
+
 
 class TinyPromptedViT(PromptedModel):
     """timm ViT with ``num_tokens`` prompt tokens after its prefix (class) tokens; the head reads the class token."""
@@ -145,7 +147,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--write", help="markdown file to write the figures to")
+    parser.add_argument("--write", help="markdown file to append the figures to")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -190,11 +192,7 @@ def main() -> None:
         "Target: ratio <= 1.05.",
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        with open(args.write, "w") as f:
-            f.write(text)
+    emit(lines, args.write)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 import vpt
 from vpt import BackboneConfig, VPTConfig, create_model
 
+from emit import emit  # bench/emit.py: scripts run as `python bench/NAME.py`
+
 NUM_CLASSES = 100
 
 
@@ -122,7 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=None, help="default 8 on CPU, 128 on CUDA")
-    parser.add_argument("--out", help="also write the markdown table to this file")
+    parser.add_argument("--write", help="markdown file to append the table to")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     batch = args.batch or (128 if device.type == "cuda" else 8)
@@ -206,11 +208,7 @@ def main() -> None:
         "| inference images/s (fast path) | " + " | ".join(f"{ips[n]:.2f}" for n in infer) + " |",
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    emit(lines, args.write)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from promptcore.io import atomic_path, atomic_write_text
-from promptcore.stats import Comparison, binomial_interval, compare_accuracies
+from demo.stats import Comparison, binomial_interval, compare_accuracies
 
 LEVEL = 0.05  # significance level of the report's comparisons; the intervals are at 1 - LEVEL
 
@@ -207,7 +207,7 @@ def write_report(
         "",
         f"Measured by `make demo` (`demo/run_demo.py`) on {machine}; models from {source}. Every number is what this",
         "run measured. Accuracy is the last evaluation after training, on held-out test rows; the brackets give its",
-        f"{100 * (1 - LEVEL):g}% Wilson interval over the test rows (promptcore.stats.binomial_interval).",
+        f"{100 * (1 - LEVEL):g}% Wilson interval over the test rows (demo.stats.binomial_interval).",
         "",
         table,
         "",

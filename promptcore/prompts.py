@@ -1,6 +1,11 @@
 """Soft prompts: learnable token embeddings, one set (``SoftPrompt``), one per layer (``DeepSoftPrompt``), or one
 per task (``PromptBank``).
 
+All three answer the same two questions, so a model never asks which one it holds: :meth:`~PromptBank.table` gives
+every prompt set ``[num_tasks, *prompt_shape]`` (one set without a bank) and :meth:`~PromptBank.for_batch` gives
+each sample's prompt ``[batch, *prompt_shape]``; :meth:`~PromptBank.used_table` gives only the sets a batch uses, and
+each sample's row among them, for models that compute something once per set.
+
 Initialisations, by name:
 
 - ``normal``: N(0, std²), std 0.02 by default.
@@ -166,7 +171,27 @@ class PromptEncoder(nn.Module):
         return self.mlp(x)
 
 
-class SoftPrompt(nn.Module):
+class OnePromptSet:
+    """What a single prompt set answers in place of a :class:`PromptBank`: one task, whose prompt (``forward()``)
+    every sample gets."""
+
+    num_tasks = 1
+
+    def table(self) -> torch.Tensor:
+        """``[1, *prompt_shape]``: the one prompt set, as ``forward()`` gives it."""
+        return self().unsqueeze(0)
+
+    def for_batch(self, task_ids: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+        """``[batch_size, *prompt_shape]``, a broadcast view (``task_ids`` is not needed)."""
+        table = self.table()
+        return table.expand(batch_size, *table.shape[1:])
+
+    def used_table(self, task_ids: torch.Tensor | None) -> tuple[torch.Tensor, None]:
+        """``(table(), None)``: one set serves every sample."""
+        return self.table(), None
+
+
+class SoftPrompt(OnePromptSet, nn.Module):
     """``num_tokens`` learnable vectors of width ``dim``.
 
     Args:
@@ -224,7 +249,7 @@ class SoftPrompt(nn.Module):
         return f"num_tokens={self.num_tokens}, dim={self.dim}, reparam={self.encoder.kind if self.encoder else None}"
 
 
-class DeepSoftPrompt(nn.Module):
+class DeepSoftPrompt(OnePromptSet, nn.Module):
     """One prompt per layer: a parameter of shape ``[num_layers, num_tokens, dim]`` (VPT-deep, P-Tuning v2)."""
 
     def __init__(
@@ -282,7 +307,9 @@ class PromptBank(nn.Module):
         init_prompt_(self.weight, init, **init_kwargs)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
-    def check_task_ids(self, task_ids: torch.Tensor) -> None:
+    def check_task_ids(self, task_ids: torch.Tensor | None) -> None:
+        if task_ids is None:
+            raise UserError(f"this prompt bank holds {self.num_tasks} task prompts; give task_ids [batch] (one task per sample)")
         if task_ids.dtype not in (torch.int32, torch.int64) or task_ids.dim() != 1:
             raise UserError(f"task_ids must be a 1-D integer tensor, got {task_ids.dtype} of shape {tuple(task_ids.shape)}")
         if task_ids.numel() and (int(task_ids.min()) < 0 or int(task_ids.max()) >= self.num_tasks):
@@ -295,6 +322,21 @@ class PromptBank(nn.Module):
         """``[batch, *prompt_shape]``: each sample's task prompt."""
         self.check_task_ids(task_ids)
         return self.dropout(self.weight[task_ids])
+
+    def table(self) -> torch.Tensor:
+        """``[num_tasks, *prompt_shape]``: every task's prompt."""
+        return self.dropout(self.weight)
+
+    def for_batch(self, task_ids: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+        """``[batch, *prompt_shape]``: each sample's task prompt (``task_ids [batch]`` is required)."""
+        return self(task_ids)
+
+    def used_table(self, task_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``([k, *prompt_shape], rows [batch])``: the ``k`` distinct task prompts the batch uses, and each sample's
+        row among them."""
+        self.check_task_ids(task_ids)
+        used, rows = torch.unique(task_ids, return_inverse=True)
+        return self.dropout(self.weight[used]), rows
 
     def folded_state(self) -> dict[str, torch.Tensor]:
         return {"weight": self.weight.detach()}

@@ -3,9 +3,14 @@
 Each fenced ```bash / ```sh / ```console and ```python block is extracted and run; blocks of one file run in order,
 in one shared temporary directory (so a later block can use what an earlier one wrote), with the repository's
 top-level folders (``configs/`` ...) linked into it. Shell blocks run in bash with the interpreter's ``bin/`` first on
-PATH (the ``vpt`` and ``textpt`` commands) and the repository on PYTHONPATH; ``console`` blocks run their ``$ ``
-lines. Python blocks run in a fresh process each (forked from one that has imported the libraries). Other blocks
-(```text, ```yaml ...) only show things and are not run.
+PATH and the repository on PYTHONPATH; ``console`` blocks run their ``$ `` lines. Python blocks run in a fresh process
+each, forked from one per file that has imported the libraries; so do the ``vpt``, ``textpt`` and ``python -m
+<module of the project>`` commands of shell blocks: a small client in their place on PATH hands the command line,
+folder, environment and standard streams to that process, which runs the command's ``main`` (or the module as
+``__main__``) in a forked child and returns its exit status (what the command would do, without importing torch again
+for every command). Any other ``python`` command, and any command under a distributed launcher (``torchrun $(which
+vpt)``), runs the real one. Other blocks (```text, ```yaml ...) only show things and are
+not run.
 
 HTML comments right before a block change how it runs (several may be stacked):
 
@@ -25,6 +30,7 @@ import os
 import re
 import select
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -142,49 +148,143 @@ def check_expectations(block: Block, output: str) -> None:
         assert shown in output, f"{block.where}: the comment says {shown!r}; the run printed:\n{output[-3000:]}"
 
 
+# The preloaded interpreter of one doc file: Python blocks arrive as JSON lines on stdin (the reply goes to stdout),
+# commands on the Unix socket argv[1] (JSON, with the client's stdin, stdout and stderr as passed descriptors).
 _WORKER = r"""
-import json, os, sys, tempfile, traceback
-for name in sys.argv[1:]:
+import importlib, json, os, runpy, select, socket, sys, tempfile, traceback
+server = socket.socket(socket.AF_UNIX)
+server.bind(sys.argv[1])  # first: a command that comes during the imports waits for them, queued
+server.listen(64)
+for name in sys.argv[2:]:
     try:
         __import__(name)
     except Exception:
         pass
 proto = os.fdopen(os.dup(1), "w")
-for line in sys.stdin:
+
+
+# run() in a forked child with streams ({fd: file descriptor}) as its standard streams, ended as a process's main
+# ends; returns the child's exit code.
+def in_child(streams, run):
+    pid = os.fork()
+    if pid == 0:
+        for target, fd in streams.items():
+            os.dup2(fd, target)
+        try:
+            status = run()
+            status = status if isinstance(status, int) else (0 if status is None else 1)
+        except SystemExit as e:
+            status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            status = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def run_command(conn):
+    data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
+    while not data.endswith(b"\n"):
+        more = conn.recv(1 << 16)
+        if not more:
+            break
+        data += more
+    request = json.loads(data)
+
+    def command():
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        if "OMP_NUM_THREADS" in os.environ and "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+        sys.argv = request["argv"]
+        if "run_module" in request:  # python -m MODULE
+            runpy.run_module(request["run_module"], run_name="__main__", alter_sys=True)
+            return 0
+        return importlib.import_module(request["main_of"]).main()
+
+    code = in_child(dict(enumerate(fds)), command)
+    for fd in fds:
+        os.close(fd)
+    conn.sendall(str(code).encode())
+
+
+while True:
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:
+        pass
+    ready, _, _ = select.select([sys.stdin, server], [], [])
+    if server in ready:
+        conn, _ = server.accept()
+        if os.fork() == 0:
+            server.close()
+            run_command(conn)
+            os._exit(0)
+        conn.close()
+        continue
+    line = sys.stdin.readline()
+    if not line:
+        break
     request = json.loads(line)
     with tempfile.TemporaryFile("w+") as log:
-        pid = os.fork()
-        if pid == 0:
-            os.dup2(log.fileno(), 1)
-            os.dup2(log.fileno(), 2)
-            status = 0
-            try:
-                exec(compile(request["code"], request["name"], "exec"), {"__name__": "__main__"})
-            except SystemExit as e:
-                status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-            except BaseException:
-                traceback.print_exc()
-                status = 1
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(status)
-        _, wait_status = os.waitpid(pid, 0)
+        code = in_child({1: log.fileno(), 2: log.fileno()}, lambda: exec(compile(request["code"], request["name"], "exec"), {"__name__": "__main__"}))
         log.seek(0)
         output = log.read()
-    proto.write(json.dumps({"ok": os.waitstatus_to_exitcode(wait_status) == 0, "output": output}) + "\n")
+    proto.write(json.dumps({"ok": code == 0, "output": output}) + "\n")
     proto.flush()
 """
 
 
+# The client that stands in for a command on PATH: {python}, {socket}, {module} (the console script's module; None
+# for python itself, served only as `python -m <a module of the project>`) and {real} (the real command) are filled in.
+_CLIENT = """#!{python} -S
+import json, os, socket, sys
+args, module = sys.argv[1:], {module!r}
+if module is not None:
+    request = {{"main_of": module, "argv": [{real!r}, *args]}}
+elif len(args) >= 2 and args[0] == "-m" and args[1].split(".")[0] in ("promptcore", "vpt", "textpt"):
+    request = {{"run_module": args[1], "argv": [args[1], *args[2:]]}}
+else:
+    request = None
+if request is None or "LOCAL_RANK" in os.environ or not os.path.exists({socket!r}):  # e.g. a launcher's process
+    os.execv({real!r}, [{real!r}, *args])
+request.update(cwd=os.getcwd(), env=dict(os.environ))
+client = socket.socket(socket.AF_UNIX)
+client.connect({socket!r})
+data = json.dumps(request).encode() + b"\\n"
+sent = socket.send_fds(client, [data], [0, 1, 2])
+client.sendall(data[sent:])
+status = client.recv(64)
+sys.exit(int(status) if status else 1)
+"""
+COMMANDS = {"vpt": "vpt.cli", "textpt": "textpt.cli", "python": None}  # served by the preloaded interpreter
+
+
 class PythonWorker:
-    """One interpreter per doc file that imports the heavy libraries once and runs each block in a forked child: every
-    block starts from the same clean state (no global settings, registrations or names left by an earlier block)."""
+    """One interpreter per doc file that imports the heavy libraries once and runs each Python block, and each
+    ``vpt`` / ``textpt`` / ``python -m <project module>`` command of a shell block, in a forked child: every block starts from the same clean state
+    (no global settings, registrations or names left by an earlier block), as a fresh process would.
+
+    ``bin`` is a folder of clients, one per command of :data:`COMMANDS`, to put first on PATH.
+    """
 
     def __init__(self, cwd: Path, env: dict[str, str], log: Path, preload: tuple[str, ...] = PRELOAD) -> None:
         self._log_path = log
         self._log = log.open("w")
+        self.socket = Path(f"/tmp/doc-worker-{os.getpid()}-{id(self)}.sock")  # short: socket paths are limited
+        self.bin = cwd / ".doc-bin"
+        self.bin.mkdir(exist_ok=True)
+        for command, module in COMMANDS.items():
+            client = self.bin / command
+            real = sys.executable if module is None else str(Path(sys.executable).with_name(command))
+            client.write_text(_CLIENT.format(python=sys.executable, socket=str(self.socket), module=module, real=real))
+            client.chmod(0o755)
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _WORKER, *preload], cwd=cwd, env=env, text=True,
+            [sys.executable, "-c", _WORKER, str(self.socket), *preload], cwd=cwd, env=env, text=True,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
         )
 
@@ -206,6 +306,7 @@ class PythonWorker:
             self.proc.kill()
             self.proc.wait()
         self._log.close()
+        self.socket.unlink(missing_ok=True)
 
 
 def doc_env(tmp: Path) -> dict[str, str]:
@@ -230,13 +331,13 @@ def run_doc(path: Path, tmp: Path, root: Path = ROOT, preload: tuple[str, ...] =
             if not runnable(block) or block.skip:
                 continue
             code = prepared_code(block)
+            worker = worker or PythonWorker(tmp, env, tmp / ".python-worker.log", preload)
             if block.lang in PYTHON:
-                worker = worker or PythonWorker(tmp, env, tmp / ".python-worker.log", preload)
                 ok, output = worker.run(code, block.where)
             else:
                 try:
                     done = subprocess.run(
-                        ["bash", "-euo", "pipefail", "-c", code], cwd=tmp, env=env, text=True,
+                        ["bash", "-euo", "pipefail", "-c", code], cwd=tmp, env={**env, "PATH": f"{worker.bin}{os.pathsep}{env['PATH']}"}, text=True,
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=BLOCK_TIMEOUT_S,
                     )
                     ok, output = done.returncode == 0, done.stdout
@@ -249,7 +350,16 @@ def run_doc(path: Path, tmp: Path, root: Path = ROOT, preload: tuple[str, ...] =
             worker.close()
 
 
-@pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+# docs/scaling.md starts DeepSpeed: it runs on the worker of tests/promptcore/test_deepspeed.py (one op build cache).
+USES_DEEPSPEED = {"docs/scaling.md"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [pytest.param(p, marks=pytest.mark.xdist_group("deepspeed")) if str(p.relative_to(ROOT)) in USES_DEEPSPEED else p for p in DOC_FILES],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+@pytest.mark.slow
 def test_doc_examples_run(path: Path, tmp_path: Path) -> None:
     run_doc(path, tmp_path)
 

@@ -30,6 +30,7 @@ def test_no_forbidden_imports_anywhere_in_the_source(package):
     assert {f: b for f, b in bad.items() if b} == {}
 
 
+@pytest.mark.slow
 def test_import_promptcore_loads_no_heavy_library():
     code = "import sys, promptcore; print(sorted({m.split('.')[0] for m in sys.modules} & %r))" % HEAVY
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -91,6 +92,7 @@ def test_vpt_clip_is_a_leaf_no_other_vpt_module_imports_it():
     assert bad == {}
 
 
+@pytest.mark.slow
 def test_import_vpt_leaves_vpt_clip_unloaded():
     code = "import vpt, sys; assert 'vpt.clip' not in sys.modules, 'import vpt loaded vpt.clip'"
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

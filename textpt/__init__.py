@@ -25,7 +25,6 @@ verbalizer, pad id 0).
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 from torch import nn
@@ -70,20 +69,6 @@ def wrap(
     model = promptcore.wrap(backbone, config, tokenizer=tokenizer, task=task, name=name)
     model.set_pooling(pooling)
     return model
-
-
-def __getattr__(name: str) -> Any:
-    # The one flat config of every method became a config class per method; the old name stays for code written
-    # before, as prompt tuning's config (its default method).
-    if name == "TextPromptConfig":
-        warnings.warn(
-            "textpt.TextPromptConfig is now textpt.PromptTuningConfig; P-tuning and prefix tuning have their own "
-            "PTuningConfig and PrefixConfig",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return PromptTuningConfig
-    raise AttributeError(f"module 'textpt' has no attribute {name!r}")
 
 
 __all__ = [

@@ -24,6 +24,9 @@ model's ``forward`` does not name, so there the prefixes are set for the duratio
 
 The architectures (``model_type``) and where their self-attention modules sit are in :data:`SELF_ATTENTION`; any
 other is refused with the supported list.
+
+Causal LMs keep their prefix in the cache (:mod:`textpt.fast_prefix`, which says why this route cannot serve them
+exactly); :class:`AttentionPrefixes` is this route behind the interface the two share.
 """
 
 from __future__ import annotations
@@ -167,6 +170,37 @@ def _prefixing(inner_name: str) -> Callable:
 for _inner, _name in _NAMES.items():
     ALL_ATTENTION_FUNCTIONS.register(_name, _prefixing(_inner))
     ALL_MASK_ATTENTION_FUNCTIONS.register(_name, ALL_MASK_ATTENTION_FUNCTIONS[_inner])
+
+
+class AttentionPrefixes:
+    """Prefix tuning on an encoder or encoder-decoder: the prefix enters its self-attention calls and takes no
+    positions.
+
+    Attributes:
+        modules: the self-attention modules that get a prefix, in the order of the prefix's layers.
+
+    Raises:
+        UserError: an architecture or attention implementation that cannot take a prefix
+            (:func:`self_attention_modules`).
+    """
+
+    uses_cache = False
+
+    def __init__(self, backbone: nn.Module) -> None:
+        self.backbone = backbone
+        self.modules = self_attention_modules(backbone)
+
+    def token_key_values(self, input_ids: torch.Tensor) -> KeyValues:
+        """Each prefixed module's keys and values ``[1, heads, n, head_dim]`` of the tokens ``input_ids`` ``[1, n]``."""
+        return attention_key_values(self.backbone, self.modules, input_ids)
+
+    def positions(self, num_tokens: int) -> int:
+        """Positions of the model's table a prefix takes: none."""
+        return 0
+
+    def backbone_kwargs(self, key_values: Callable[[], KeyValues]) -> dict[str, Any]:
+        """The backbone's keyword argument that carries the prefixes ``key_values()`` into the attention calls."""
+        return {KWARG: LayerPrefixes(self.modules, key_values())}
 
 
 def attention_key_values(backbone: nn.Module, modules: list[nn.Module], input_ids: torch.Tensor) -> KeyValues:

@@ -17,11 +17,25 @@ nothing, so a layer re-run by gradient checkpointing sees exactly what it saw th
 A cache reaches a model through the keyword its ``forward`` names (:func:`cache_argument`): ``cache`` in the
 transformers releases that renamed it, ``past_key_values`` (deprecated there) in the earlier ones the package
 supports.
+
+Why decoders keep the cache rather than the attention function of :mod:`textpt.attention_prefix` (read against
+transformers 5.25): on a causal LM the prefix is the start of the sequence, as the concatenated reference makes it. A
+prefix in the cache is exactly that to the model: ``generate`` derives the cache position, the position ids (from
+the attention mask that covers the prefix) and the masks from the cache's length, and the model's own mask functions
+(sliding windows, chunked or hybrid attention) treat the prefix as the earlier tokens they are, under any attention
+implementation (eager, sdpa, flash, flex) and for any decoder, with no table of where its attention modules sit. The
+attention-function route prepends keys that the model does not know of: every token would see the whole prefix
+whatever its window, only eager and sdpa attention could take it, each decoder architecture would need its modules
+listed, and the inputs' positions after the prefix would have to be passed to every forward and to ``generate`` by
+hand. So one mechanism would serve decoders exactly only for full-attention models listed one by one; the two stay,
+each behind the same small interface (:class:`CachePrefixes` here, :class:`textpt.attention_prefix.AttentionPrefixes`
+there) that :class:`textpt.prefix.PrefixModel` picks once.
 """
 
 from __future__ import annotations
 
 import inspect
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -93,6 +107,31 @@ def prompt_key_values(backbone: nn.Module, prompt_embeds: torch.Tensor) -> KeyVa
         # layer's output is otherwise unused here, so it joins the graph with weight zero (adding 0 changes nothing).
         kv[0] = (kv[0][0] + out.last_hidden_state.sum() * 0, kv[0][1])
     return kv
+
+
+class CachePrefixes:
+    """Prefix tuning on a causal LM: the prefix is a cache, and the inputs' positions start after it.
+
+    The model feeds the cache itself (:meth:`textpt.model.TextPromptedModel.forward_with_prefix`, the task's
+    ``generate``), so no keyword argument of the backbone carries it.
+    """
+
+    uses_cache = True
+
+    def __init__(self, backbone: nn.Module) -> None:
+        self.backbone = backbone
+
+    def token_key_values(self, input_ids: torch.Tensor) -> KeyValues:
+        """Every layer's keys and values ``[1, heads, n, head_dim]`` of the tokens ``input_ids`` ``[1, n]``."""
+        return prompt_key_values(self.backbone, self.backbone.get_input_embeddings()(input_ids))
+
+    def positions(self, num_tokens: int) -> int:
+        """Positions of the model's table a prefix of ``num_tokens`` takes: all of them."""
+        return num_tokens
+
+    def backbone_kwargs(self, key_values: Callable[[], KeyValues]) -> dict[str, Any]:
+        """None: the cache is fed by the model, not through a keyword argument."""
+        return {}
 
 
 def select_rows(kv: KeyValues, rows: torch.Tensor | None, batch_size: int) -> KeyValues:

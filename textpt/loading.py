@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 from pathlib import Path
@@ -12,6 +11,7 @@ import torch
 from torch import nn
 
 from promptcore.errors import UserError
+from promptcore.quantization import int8_weight_only, require_quant_library
 
 from .config import TextModelConfig
 from .synthetic import SYNTHETIC_WORDS
@@ -195,30 +195,14 @@ def check_one_process(key: str) -> None:
         )
 
 
-# The library behind each quantization: (import name, pip name).
-QUANT_LIBRARIES = {"int8": ("torchao", "torchao"), "int4": ("optimum.quanto", "optimum-quanto")}
-
-
-def require_quant_library(kind: str) -> None:
-    """Raises :class:`UserError` naming the pip extra when the library of quantization ``kind`` is missing."""
-    module, package = QUANT_LIBRARIES[kind]
-    if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
-        raise UserError(
-            f"model.quantization: {kind} needs the {package} package, which is not installed; "
-            f"pip install 'prompttune[quant]' (or pip install {package}), or set model.quantization: null"
-        )
-
-
 def quantization_config(kind: str):
     """transformers' quantization config of ``kind``: ``int8`` weight-only through torchao (CPU and GPU), ``int4``
     weight-only through optimum-quanto (torchao's int4 kernels need a GPU or bfloat16)."""
-    require_quant_library(kind)
     import transformers
 
     if kind == "int8":
-        from torchao.quantization import Int8WeightOnlyConfig
-
-        return transformers.TorchAoConfig(Int8WeightOnlyConfig())
+        return transformers.TorchAoConfig(int8_weight_only())
+    require_quant_library(kind)
     return transformers.QuantoConfig(weights="int4")
 
 

@@ -42,7 +42,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from promptcore import PromptBank, PromptFileError
+from promptcore import PromptFileError
 from promptcore.errors import MissingFileError, UserError
 from promptcore.io import atomic_dir
 
@@ -86,7 +86,7 @@ def save_peft_adapter(model: TextPromptedModel, directory: str | os.PathLike, ba
     Raises:
         UserError: a prompt bank, a ``seq_cls`` model, or a method with no PEFT counterpart.
     """
-    if not isinstance(model, (PromptTuningModel, PrefixModel)) or isinstance(model.prompts, PromptBank):
+    if not isinstance(model, (PromptTuningModel, PrefixModel)) or model.prompts.num_tasks > 1:
         raise UserError(
             f"PEFT prompt-tuning adapters hold one shallow prompt or one prefix; {type(model).__name__} (method "
             f"{model.method!r}) with {model.config.num_tasks} task(s) cannot be exported (use save_prompts for banks; "

@@ -32,9 +32,9 @@ from torch import nn
 from promptcore import DeepSoftPrompt, PromptBank, register_method
 from promptcore.errors import UserError
 
-from .attention_prefix import KWARG, LayerPrefixes, attention_key_values, self_attention_modules
+from .attention_prefix import AttentionPrefixes
 from .config import SoftPromptConfig, trainable_dtype
-from .fast_prefix import KeyValues, prompt_key_values
+from .fast_prefix import CachePrefixes, KeyValues
 from .model import SoftPromptedModel
 
 
@@ -54,8 +54,9 @@ class PrefixModel(SoftPromptedModel):
     :class:`textpt.model.TextPromptedModel`).
 
     Attributes:
-        attention_modules: the self-attention modules that get a prefix on an encoder or encoder-decoder, in the
-            order of the parameter's layers (None on causal LMs, whose prefix is a cache).
+        route: where the prefix goes, chosen once by the task: the cache of a causal LM
+            (:class:`textpt.fast_prefix.CachePrefixes`) or the self-attention calls of an encoder or encoder-decoder
+            (:class:`textpt.attention_prefix.AttentionPrefixes`, whose ``modules`` are in the parameter's layer order).
 
     Raises:
         UserError: an encoder or encoder-decoder architecture whose attention cannot take a prefix.
@@ -66,8 +67,8 @@ class PrefixModel(SoftPromptedModel):
 
     def __init__(self, backbone: nn.Module, config: PrefixConfig, tokenizer: Any = None, task: str | None = None, name: str | None = None) -> None:
         super().__init__(backbone, config, tokenizer, task, name)
-        self.uses_prefix_cache = self.strategy.decoder_only
-        self.attention_modules = None if self.uses_prefix_cache else self_attention_modules(backbone)
+        self.route = CachePrefixes(backbone) if self.strategy.decoder_only else AttentionPrefixes(backbone)
+        self.uses_prefix_cache = self.route.uses_cache
         with torch.no_grad():
             probe = self._token_key_values([0])
         shapes = {tuple(k.shape[1:]) for k, _ in probe}
@@ -103,10 +104,7 @@ class PrefixModel(SoftPromptedModel):
 
     def _token_key_values(self, ids: list[int]) -> KeyValues:
         """Every prefixed layer's keys and values of the tokens ``ids`` run through the frozen model alone."""
-        tokens = torch.tensor([ids], device=self.embedding.weight.device)
-        if self.attention_modules is None:
-            return prompt_key_values(self.backbone, self.embedding(tokens))
-        return attention_key_values(self.backbone, self.attention_modules, tokens)
+        return self.route.token_key_values(torch.tensor([ids], device=self.embedding.weight.device))
 
     def _flatten(self, kv: KeyValues) -> torch.Tensor:
         """``[2 * layers, n, width]`` from per-layer ``[1, heads, n, head_dim]`` keys/values."""
@@ -114,23 +112,17 @@ class PrefixModel(SoftPromptedModel):
         return torch.stack(rows)
 
     def prefix_key_values(self, task_ids: torch.Tensor | None, batch_size: int) -> KeyValues:
-        if isinstance(self.prompts, PromptBank):
-            weight = self.prompts(task_ids)  # [B, 2L, n, width]
-        else:
-            weight = self.prompts().unsqueeze(0).expand(batch_size, -1, -1, -1)
-        weight = weight.to(self.embedding.weight.dtype)
+        weight = self.prompts.for_batch(task_ids, batch_size).to(self.embedding.weight.dtype)  # [B, 2L, n, width]
         b, _, n, _ = weight.shape
         per = weight.view(b, self.num_layers, 2, n, self.kv_heads, self.head_dim).transpose(3, 4)
         return [(per[:, i, 0], per[:, i, 1]) for i in range(self.num_layers)]
 
     @property
     def prompt_positions(self) -> int:
-        return self.num_prompt_tokens if self.attention_modules is None else 0
+        return self.route.positions(self.num_prompt_tokens)
 
     def backbone_kwargs(self, task_ids: torch.Tensor | None, batch_size: int) -> dict[str, Any]:
-        if self.attention_modules is None:
-            return {}
-        return {KWARG: LayerPrefixes(self.attention_modules, self.prefix_key_values(task_ids, batch_size))}
+        return self.route.backbone_kwargs(lambda: self.prefix_key_values(task_ids, batch_size))
 
     def prompt_config(self) -> dict[str, Any]:
         return {**super().prompt_config(), "num_layers": self.num_layers, "kv_width": self.kv_heads * self.head_dim}

@@ -92,14 +92,10 @@ class PromptTuningModel(SoftPromptedModel):
 
     def prompt_table(self) -> torch.Tensor:
         """``[T, n, D]``: every task's prompt (T = 1 without a bank), the encoder applied."""
-        if isinstance(self.prompts, PromptBank):
-            return self.prompts.weight
-        return self.prompts().unsqueeze(0)
+        return self.prompts.table()
 
     def shallow_prompt(self, task_ids: torch.Tensor | None, batch_size: int) -> torch.Tensor:
-        if isinstance(self.prompts, PromptBank):
-            return self.prompts(task_ids)
-        return self.prompts(batch_size)
+        return self.prompts.for_batch(task_ids, batch_size)
 
     def use_fast_path(self) -> bool:
         if not self.strategy.decoder_only or self.config.fast == "off":
@@ -111,11 +107,8 @@ class PromptTuningModel(SoftPromptedModel):
 
     def prefix_key_values(self, task_ids: torch.Tensor | None, batch_size: int) -> KeyValues:
         """The prompt's keys/values computed once per task, then shared by the batch (views when one task)."""
-        if isinstance(self.prompts, PromptBank):
-            self.prompts.check_task_ids(task_ids)
-            used, rows = torch.unique(task_ids, return_inverse=True)
-            return select_rows(prompt_key_values(self.backbone, self.prompts.weight[used]), rows, batch_size)
-        return select_rows(prompt_key_values(self.backbone, self.prompt_table()), None, batch_size)
+        table, rows = self.prompts.used_table(task_ids)
+        return select_rows(prompt_key_values(self.backbone, table), rows, batch_size)
 
 
 def prompt_init(model: SoftPromptedModel) -> dict[str, Any]:

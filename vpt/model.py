@@ -116,11 +116,8 @@ class VisualPromptModel(PromptedModel):
     # ----- forward ------------------------------------------------------------------------------------------------
     def prompt_tokens(self) -> torch.Tensor:
         """This step's prompts ``[sets, layers, num_tokens, width]``: projected, with prompt dropout in training."""
-        weight = self.prompts.weight
-        if isinstance(self.prompts, PromptBank):
-            weight = weight if self.deep else weight.unsqueeze(1)
-        else:
-            weight = (weight if self.deep else weight.unsqueeze(0)).unsqueeze(0)
+        weight = self.prompts.table()
+        weight = weight if self.deep else weight.unsqueeze(1)
         if self.prompt_proj is not None:
             weight = self.prompt_proj(weight)
         return self.prompt_dropout(weight)

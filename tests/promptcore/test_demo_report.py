@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 from demo.report import MethodResult, comparisons, write_report  # noqa: E402
 from demo.run_demo import last_evaluation, recording_rows  # noqa: E402
 from promptcore import Trainer, TrainConfig  # noqa: E402
-from promptcore.stats import binomial_interval, mcnemar_exact, two_proportion_z_test  # noqa: E402
+from demo.stats import binomial_interval, mcnemar_exact, two_proportion_z_test  # noqa: E402
 from toy_prompted import toy_data, toy_model  # noqa: E402
 
 

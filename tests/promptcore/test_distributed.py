@@ -22,6 +22,8 @@ from toy_prompted import DISTRIBUTED_TRAIN, STOP_AT_STEP, StopAt, distributed_ru
 
 from promptcore import Trainer, TrainConfig  # noqa: E402
 
+pytestmark = pytest.mark.slow  # every test starts processes
+
 
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory) -> Path:

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from promptcore import DeepSoftPrompt, PromptBank, SoftPrompt, init_prompt_, vpt_xavier_bound
+from promptcore.errors import UserError
 
 
 def test_xavier_matches_vpt_bound():
@@ -157,3 +158,34 @@ def test_bank_selects_per_sample_and_checks_ids():
 def test_init_prompt_fills_in_place():
     w = torch.empty(2, 3, 4)
     assert init_prompt_(w, "zeros") is w and (w == 0).all()
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda: SoftPrompt(3, 4, reparam="mlp"), (3, 4)),
+        (lambda: DeepSoftPrompt(2, 3, 4), (2, 3, 4)),
+        (lambda: PromptBank(3, (2, 3, 4)), (2, 3, 4)),
+    ],
+)
+def test_every_prompt_kind_answers_table_for_batch_and_used_table(make, shape):
+    torch.manual_seed(0)
+    p = make().double()
+    ids = torch.tensor([2, 0, 2, 2]) if p.num_tasks > 1 else None
+    table = p.table()
+    assert table.shape == (p.num_tasks, *shape)
+    batch = p.for_batch(ids, 4)
+    assert batch.shape == (4, *shape)
+    expected = table[ids] if ids is not None else table.expand(4, *shape)
+    assert torch.equal(batch, expected)
+    used, rows = p.used_table(ids)
+    if ids is None:
+        assert rows is None and torch.equal(used, table)
+    else:
+        assert torch.equal(used, table[torch.tensor([0, 2])]) and rows.tolist() == [1, 0, 1, 1]
+        assert torch.equal(used[rows], batch)
+
+
+def test_bank_without_task_ids_says_to_give_them():
+    with pytest.raises(UserError, match="give task_ids"):
+        PromptBank(2, (3, 4)).for_batch(None, 2)

@@ -82,6 +82,7 @@ def assert_same_run(run_dir: Path, reference: Path) -> None:
     assert ours["progress"] == theirs["progress"] and ours["rng"] == theirs["rng"]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, reference):
     run_dir = tmp_path / "run"
     # Step 6 is the first mid-epoch checkpoint of epoch 1 (5 steps per epoch); the kill strikes in step 7.
@@ -99,6 +100,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, refere
     assert_same_run(run_dir, reference)
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_last_and_state_then_resume_equals_uninterrupted_run(tmp_path, reference):
     run_dir = tmp_path / "run"
     proc = start_training(run_dir, pause_at_step=7)

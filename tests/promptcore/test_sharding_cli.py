@@ -6,6 +6,7 @@ processes on one node, and settings that cannot work are refused in one line.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
@@ -24,15 +25,21 @@ VPT = [str(ROOT / "configs/smoke/vpt_tiny.yaml"), "--set", "train.epochs=2", "--
 TEXT = [str(ROOT / "configs/smoke/textpt_tiny.yaml"), "--set", "train.epochs=1"]
 SMOKE = {"vpt": VPT, "textpt": TEXT}
 
+pytestmark = pytest.mark.slow  # every test starts processes
 
-def launch(tool: str, argv: list[str], out: Path, nproc: int = 2, kill_at: int | None = None, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+
+def launch(tool: str, argv: list[str], out: Path, nproc: int = 2, kill_at: int | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     env.pop("KILL_AT_STEP", None)
     if kill_at is not None:
         env["KILL_AT_STEP"] = str(kill_at)
-    front = launcher if launcher is not None else [TORCHRUN, "--standalone", "--nproc_per_node", str(nproc)]
-    cmd = [*front, str(SCRIPT), tool, "train", "-c", *argv, "-o", str(out)]
+    cmd = [TORCHRUN, "--standalone", "--nproc_per_node", str(nproc), str(SCRIPT), tool, "train", "-c", *argv, "-o", str(out)]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def run_here(tool: str, argv: list[str]) -> int:
+    """The command in this process: a 1-process run, or one refused before training, needs no launch of its own."""
+    return importlib.import_module(f"{tool}.cli").main(argv)
 
 
 def prompts(run: Path) -> dict[str, torch.Tensor]:
@@ -47,8 +54,7 @@ def assert_close_prompts(a: dict, b: dict, tol: float) -> None:
 
 def one_process(tool: str, out: Path) -> dict[str, torch.Tensor]:
     """The 1-process run with the global batch of 2 processes (twice the per-process batch)."""
-    proc = launch(tool, [*SMOKE[tool], "--set", "train.batch_size=64"], out, launcher=[sys.executable])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert run_here(tool, ["train", "-c", *SMOKE[tool], "--set", "train.batch_size=64", "-o", str(out)]) == 0
     return prompts(out)
 
 
@@ -84,7 +90,7 @@ def test_ddp_is_the_default_with_several_processes(fsdp_runs, tmp_path):
     assert_close_prompts(prompts(tmp_path / "ddp"), prompts(fsdp_runs["vpt"]), 1e-5)
 
 
-def test_fsdp_run_killed_with_sigkill_resumes_to_the_uninterrupted_prompts(fsdp_runs, tmp_path):
+def test_fsdp_run_killed_with_sigkill_resumes_to_the_uninterrupted_prompts(fsdp_runs, tmp_path, capsys):
     run = tmp_path / "run"
     # 12 steps; a checkpoint every 4 and at each epoch's end (step 6); killed at the end of step 7.
     killed = launch("vpt", [*VPT, "--set", "train.distributed=fsdp"], run, kill_at=7)
@@ -104,13 +110,11 @@ def test_fsdp_run_killed_with_sigkill_resumes_to_the_uninterrupted_prompts(fsdp_
     assert (run / "metrics.jsonl").read_text() == (fsdp_runs["vpt"] / "metrics.jsonl").read_text()
 
     # The same run resumed with another number of processes is refused, naming both numbers.
-    argv = [sys.executable, str(SCRIPT), "vpt", "train", "--resume", str(run)]
-    alone = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
-    assert alone.returncode == 2
-    assert "train.distributed: fsdp needs several processes, this run has 1" in alone.stderr
-    alone = subprocess.run([*argv, "--set", "train.distributed=auto"], env=env, capture_output=True, text=True, timeout=300)
-    assert alone.returncode == 2
-    assert "world_size: run has 2, now 1" in alone.stderr
+    capsys.readouterr()
+    assert run_here("vpt", ["train", "--resume", str(run)]) == 2
+    assert "train.distributed: fsdp needs several processes, this run has 1" in capsys.readouterr().err
+    assert run_here("vpt", ["train", "--resume", str(run), "--set", "train.distributed=auto"]) == 2
+    assert "world_size: run has 2, now 1" in capsys.readouterr().err
 
 
 def free_port() -> int:
@@ -145,11 +149,11 @@ def test_two_nodes_over_loopback_equal_two_processes_on_one_node(fsdp_runs, tmp_
         (["--set", "train.fsdp.reshard_after_forward=false"], "fsdp: set, but train.distributed is 'auto'"),
     ],
 )
-def test_settings_that_cannot_work_are_refused_in_one_line(tmp_path, setting, message):
-    proc = launch("vpt", [*VPT, *setting], tmp_path / "run", launcher=[sys.executable])
-    assert proc.returncode == 2
-    assert message in proc.stderr
-    assert "Traceback" not in proc.stderr
+def test_settings_that_cannot_work_are_refused_in_one_line(tmp_path, setting, message, capsys):
+    assert run_here("vpt", ["train", "-c", *VPT, *setting, "-o", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
 
 
 def test_fsdp_with_gradient_checkpointing_gives_the_same_prompts(fsdp_runs, tmp_path):

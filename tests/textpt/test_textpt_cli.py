@@ -120,6 +120,7 @@ def test_generate_with_prompts_of_another_model(tmp_path, capsys):
     assert "prompt dim 32 does not match backbone width 48" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_python_dash_m_textpt():
     out = subprocess.run([sys.executable, "-m", "textpt", "generate", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0 and "--max-new-tokens" in out.stdout

@@ -151,6 +151,7 @@ def _quant_case(kind: str):
 
 
 @pytest.mark.parametrize("kind, tolerance, ratio", [(*_quant_case("int8").values, 0.1, 0.4), (*_quant_case("int4").values, 0.6, 0.3)])
+@pytest.mark.slow
 def test_quantized_backbone_trains_its_prompts_in_less_memory(quant_folder, kind, tolerance, ratio):
     from promptcore import Trainer
     from promptcore.train_config import TrainConfig

@@ -150,11 +150,3 @@ def test_a_prompt_section_without_method_is_prompt_tuning():
     cfg = load_config(TextRunConfig, {"model": {"name": "random:gpt2"}, "prompt": {"num_tokens": 5}})
     assert type(cfg.prompt) is PromptTuningConfig and cfg.prompt.num_tokens == 5
     assert type(load_config(TextRunConfig, {"model": {"name": "random:gpt2"}}).prompt) is PromptTuningConfig
-
-
-def test_the_old_flat_config_name_is_prompt_tunings_config():
-    with pytest.warns(DeprecationWarning, match="TextPromptConfig is now textpt.PromptTuningConfig"):
-        old = textpt.TextPromptConfig
-    assert old is PromptTuningConfig
-    with pytest.raises(AttributeError, match="has no attribute 'NoSuchName'"):
-        textpt.NoSuchName  # noqa: B018

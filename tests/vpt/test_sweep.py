@@ -28,6 +28,7 @@ def test_grid_points_are_the_product_as_typed_overrides() -> None:
     assert cfg.train.lr == 1.0e-4 and cfg.train.weight_decay == 0.0
 
 
+@pytest.mark.slow
 def test_the_sweep_runs_every_point_and_seed_and_ranks_by_the_final_metric(tmp_path: Path, capsys) -> None:
     argv = ["sweep", "-c", str(SMOKE), *[a for o in QUICK for a in ("--set", o)], "--grid", "train.lr=[1.0e-6, 0.05]",
             "--seeds", "0", "1", "-o", str(tmp_path / "sweep")]

@@ -74,6 +74,7 @@ def test_efficientnet_lite0_has_its_imagenet_weights():
 
 
 @pytest.mark.download
+@pytest.mark.slow
 def test_mnist_5k_is_a_stratified_seeded_split():
     dd = assets.load_dataset("mnist_5k")
     assert {k: len(v) for k, v in dd.items()} == {"train": 4000, "test": 1000}
@@ -86,6 +87,7 @@ def test_mnist_5k_is_a_stratified_seeded_split():
 
 
 @pytest.mark.download
+@pytest.mark.slow
 def test_fashion_mnist_keeps_its_own_split():
     dd = assets.load_dataset("fashion_mnist")
     assert {k: len(v) for k, v in dd.items()} == {"train": 60000, "test": 10000}

@@ -45,6 +45,7 @@ def test_train_smoke_config_with_each_backbone_family(family: str, tmp_path: Pat
     assert meta["backbone"].startswith(f"{family}:") and meta["method"] == "vpt_deep"
 
 
+@pytest.mark.slow
 def test_smoke_config_learns_then_eval_and_predict(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     result = run_json(capsys, ["train", "-c", SMOKE, "-o", str(tmp_path / "run")])
     assert result["best"]["value"] > 0.6  # 4 classes: chance is 0.25
@@ -96,6 +97,7 @@ def test_errors_are_one_line_with_exit_status_2(tmp_path: Path, capsys: pytest.C
     assert "prompt folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_python_dash_m_vpt_reports_bad_input_cleanly(tmp_path: Path) -> None:
     Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
     proc = subprocess.run(

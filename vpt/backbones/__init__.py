@@ -9,7 +9,6 @@ theirs is built or used.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import re
 import sys
@@ -18,6 +17,7 @@ from torch import nn
 
 from promptcore.errors import UnsupportedModelError, UserError
 from promptcore.plugins import lookup
+from promptcore.quantization import quantize_linear_weights
 from promptcore.registry import did_you_mean
 
 from ..config import BackboneConfig
@@ -95,23 +95,6 @@ def constructor_arguments(error: TypeError) -> list[str]:
                 params = inspect.signature(value.__init__).parameters.values()
                 return sorted(p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
     return []
-
-
-def quantize_linear_weights(model: nn.Module, kind: str) -> None:
-    """Stores the weights of ``model``'s linear layers in ``kind`` (``int8``) with torchao's weight-only
-    quantization, in place; the layers compute in their input's dtype, and gradients reach the inputs.
-
-    Raises:
-        UserError: torchao is not installed.
-    """
-    if importlib.util.find_spec("torchao") is None:
-        raise UserError(
-            f"model.quantization: {kind} needs the torchao package, which is not installed; "
-            f"pip install 'prompttune[quant]' (or pip install torchao), or set model.quantization: null"
-        )
-    from torchao.quantization import Int8WeightOnlyConfig, quantize_
-
-    quantize_(model, Int8WeightOnlyConfig())
 
 
 def backbone_name(model: nn.Module) -> str:

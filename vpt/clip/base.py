@@ -1,6 +1,6 @@
 """What the CLIP methods share: the frozen open_clip model, the tokenizer, the class names and the CLIP logits
-(:class:`CLIPModel`); and for the prompt learners, the text tower view and the class prompts
-(:class:`CLIPPromptModel`)."""
+(:class:`CLIPModel`); and for the prompt learners, the text tower view, the class prompts and the frozen zero-shot
+text features that KgCoOp and PromptSRC regularise towards (:class:`CLIPPromptModel`)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from promptcore import PromptedModel, init_prompt_
 from promptcore.errors import UserError
 
 from ..backbones import backbone_name
+from .templates import templates_of
 from .text import PromptLayout, TextTower
 from .tokens import SpecialTokens, Tokenizer, check_class_names, get_tokenizer, text_token_ids
 
@@ -76,8 +77,14 @@ class CLIPModel(PromptedModel):
 class CLIPPromptModel(CLIPModel):
     """Base of the CLIP prompt learners with a learned text context (see :class:`CLIPModel` for the arguments).
 
-    Trainable modules live in ``prompts`` (one container per method), the only prompt module.
+    Trainable modules live in ``prompts`` (one container per method), the only prompt module. Methods whose config
+    has ``templates`` can ask for the frozen zero-shot text features of the current classes
+    (:meth:`zeroshot_text_features`, a non-persistent buffer once embedded).
     """
+
+    # Whether each template's text feature is normalised before the average over templates (CLIP's ensembling,
+    # KgCoOp) or only the average (PromptSRC): see vpt.clip.zeroshot.zeroshot_weights.
+    zeroshot_normalize_each: bool = True
 
     prompt_module_names = ("prompts",)
     compat_keys = (
@@ -97,6 +104,7 @@ class CLIPPromptModel(CLIPModel):
         super().__init__(model, config, tokenizer, name)
         self.text_tower = text_tower
         self.special = SpecialTokens.of(self.tokenizer)
+        self.register_buffer("zeroshot_text", None, persistent=False)  # embedded when training first needs it
 
     # ----- construction helpers ---------------------------------------------------------------------------------
     def _text_path(self, requested: str) -> bool:
@@ -140,6 +148,22 @@ class CLIPPromptModel(CLIPModel):
         names = check_class_names(list(class_names))
         self.layout = self._layout(names, self.layout.n_ctx, self.layout.position, shared=True)
         self.class_names = names
+        self.zeroshot_text = None
+
+    def zeroshot_text_features(self) -> torch.Tensor:
+        """``[C, E]`` unit frozen CLIP text features of the current classes over ``config.templates``, embedded on
+        first use (on the device training runs on, in float32 whatever the autocast) and kept until the classes
+        change."""
+        from .zeroshot import zeroshot_weights  # vpt.clip.zeroshot builds on this module
+
+        if self.zeroshot_text is None:
+            device = self.text_tower.token_embedding.weight.device
+            with torch.autocast(device.type, enabled=False):
+                templates = templates_of(self.config.templates)
+                self.zeroshot_text = zeroshot_weights(
+                    self.backbone, self.tokenizer, self.class_names, templates, normalize_each=self.zeroshot_normalize_each
+                )
+        return self.zeroshot_text
 
     # ----- outputs ----------------------------------------------------------------------------------------------
     def prompt_config(self) -> dict[str, Any]:

@@ -17,20 +17,17 @@ classes, on the training device) and again after :meth:`set_class_names` only if
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from promptcore import register_method
 from promptcore.errors import UserError
 
 from .config import CoOpConfig
 from .coop import CoOp
-from .templates import check_templates, templates_of
-from .tokens import Tokenizer
-from .zeroshot import zeroshot_weights
+from .templates import check_templates
 
 
 @dataclass
@@ -59,7 +56,7 @@ class KgCoOpConfig(CoOpConfig):
 
 class KgCoOp(CoOp):
     """KgCoOp on an open_clip CLIP model. Trainable: ``prompts.ctx`` as CoOp; the frozen text features of the
-    hand-crafted prompts are :meth:`hand_crafted_features` (a non-persistent buffer once embedded).
+    hand-crafted prompts are :meth:`~vpt.clip.base.CLIPPromptModel.zeroshot_text_features`.
 
     Args:
         model, tokenizer, name: see :class:`vpt.clip.base.CLIPModel`.
@@ -68,28 +65,10 @@ class KgCoOp(CoOp):
 
     method = "kgcoop"
 
-    def __init__(self, model: nn.Module, config: KgCoOpConfig, tokenizer: Tokenizer | None = None, name: str | None = None) -> None:
-        super().__init__(model, config, tokenizer, name)
-        self.register_buffer("hand_crafted", None, persistent=False)  # embedded when training first needs it
-
-    def hand_crafted_features(self) -> torch.Tensor:
-        """``[C, E]`` unit frozen text features of the hand-crafted prompts of the current classes, embedded on
-        first use (on the device training runs on) and kept until the classes change."""
-        if self.hand_crafted is None:
-            device = self.text_tower.token_embedding.weight.device
-            with torch.autocast(device.type, enabled=False):
-                templates = templates_of(self.config.templates)
-                self.hand_crafted = zeroshot_weights(self.backbone, self.tokenizer, self.class_names, templates)
-        return self.hand_crafted
-
-    def set_class_names(self, class_names: Sequence[str]) -> None:
-        super().set_class_names(class_names)
-        self.hand_crafted = None
-
     def knowledge_loss(self, text_features: torch.Tensor) -> torch.Tensor:
         """``1 - mean_c cos(t_c, h_c)`` for text features ``[C, E]`` of the current classes."""
         dtype = torch.promote_types(text_features.dtype, torch.float32)  # at least float32 under autocast
-        hand_crafted = self.hand_crafted_features().to(dtype)
+        hand_crafted = self.zeroshot_text_features().to(dtype)
         cos = F.cosine_similarity(text_features.to(dtype), hand_crafted, dim=-1, eps=1e-7)
         return 1.0 - cos.mean()
 

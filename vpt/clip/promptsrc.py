@@ -32,11 +32,10 @@ import base64
 import math
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from promptcore import register_method
 from promptcore.callbacks import Callback, register_callback
@@ -44,9 +43,7 @@ from promptcore.errors import UserError
 
 from .config import IVLPConfig
 from .maple import IVLP
-from .templates import check_templates, templates_of
-from .tokens import Tokenizer
-from .zeroshot import zeroshot_weights
+from .templates import check_templates
 
 if TYPE_CHECKING:
     from promptcore.trainer import Trainer
@@ -84,7 +81,8 @@ class PromptSRCConfig(IVLPConfig):
 class PromptSRC(IVLP):
     """PromptSRC on an open_clip CLIP model with a ViT image tower. Trainable: IVLP's ``prompts.ctx``,
     ``prompts.text_deep`` and ``prompts.vision``. The frozen text features of the current classes are
-    :meth:`frozen_text_features` (a non-persistent buffer once embedded).
+    :meth:`~vpt.clip.base.CLIPPromptModel.zeroshot_text_features`: the raw template features averaged, then
+    normalised (the official code computes them once, for the training classes).
 
     Args:
         model, tokenizer, name: see :class:`vpt.clip.base.CLIPModel`.
@@ -92,25 +90,7 @@ class PromptSRC(IVLP):
     """
 
     method = "promptsrc"
-
-    def __init__(self, model: nn.Module, config: PromptSRCConfig, tokenizer: Tokenizer | None = None, name: str | None = None) -> None:
-        super().__init__(model, config, tokenizer, name)
-        self.register_buffer("frozen_text", None, persistent=False)  # embedded when training first needs it
-
-    def frozen_text_features(self) -> torch.Tensor:
-        """``[C, E]`` unit frozen text features of the current classes (textual diversity over ``templates``),
-        embedded on first use (on the device training runs on; the official code too computes them once, for the
-        training classes) and kept until the classes change."""
-        if self.frozen_text is None:
-            device = self.text_tower.token_embedding.weight.device
-            with torch.autocast(device.type, enabled=False):
-                templates = templates_of(self.config.templates)
-                self.frozen_text = zeroshot_weights(self.backbone, self.tokenizer, self.class_names, templates, normalize_each=False)
-        return self.frozen_text
-
-    def set_class_names(self, class_names: Sequence[str]) -> None:
-        super().set_class_names(class_names)
-        self.frozen_text = None
+    zeroshot_normalize_each = False  # textual diversity: raw template features averaged, then one normalisation
 
     def consistency_losses(
         self, image: torch.Tensor, text: torch.Tensor, logits: torch.Tensor, frozen_image: torch.Tensor
@@ -118,7 +98,7 @@ class PromptSRC(IVLP):
         """The three unweighted self-consistency terms for prompted image features ``[B, E]``, text features
         ``[C, E]`` and logits ``[B, C]``, and the frozen image features ``[B, E]``: ``text`` and ``image`` (L1 of
         the normalised features) and ``logits`` (KL of the prompted from the frozen distribution)."""
-        frozen_text = self.frozen_text_features()
+        frozen_text = self.zeroshot_text_features()
         dtype = logits.dtype
         frozen_logits = self.clip_logits(frozen_image, frozen_text)
         kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(frozen_logits.to(dtype), -1), reduction="sum", log_target=True)

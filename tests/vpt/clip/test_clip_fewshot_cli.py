@@ -154,6 +154,7 @@ def test_vpt_eval_runs_zero_shot_clip_without_prompts(tmp_path, capsys):
     assert "--prompts: required" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_config_naming_a_clip_method_loads_the_plugin_from_python():
     import subprocess
     import sys

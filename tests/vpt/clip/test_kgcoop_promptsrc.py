@@ -30,7 +30,7 @@ def test_kgcoop_hand_crafted_features_are_the_frozen_clip_text_of_the_templates(
     model = promptcore.wrap(clip, vc.KgCoOpConfig(class_names=["sea_lion", "cat"], templates="kgcoop:dtd")).double()
     tok = get_tokenizer(None, 77)
     expected = clip.encode_text(tok(["a photo of a sea lion, a type of texture.", "a photo of a cat, a type of texture."]), normalize=True)
-    torch.testing.assert_close(model.hand_crafted_features(), expected)
+    torch.testing.assert_close(model.zeroshot_text_features(), expected)
 
 
 def test_kgcoop_loss_is_cross_entropy_plus_weight_times_one_minus_mean_cosine():
@@ -38,11 +38,11 @@ def test_kgcoop_loss_is_cross_entropy_plus_weight_times_one_minus_mean_cosine():
     batch = {"pixel_values": IMAGES.double(), "labels": LABELS}
     text = model.text_features()
     logits = model(batch["pixel_values"])
-    cos = (F.normalize(text, dim=-1) * F.normalize(model.hand_crafted_features(), dim=-1)).sum(-1)
+    cos = (F.normalize(text, dim=-1) * F.normalize(model.zeroshot_text_features(), dim=-1)).sum(-1)
     expected = F.cross_entropy(logits, LABELS) + 8.0 * (1 - cos.mean())
     torch.testing.assert_close(model.training_step(batch), expected, rtol=1e-12, atol=1e-12)
     # The paper's form (Eq. 5): 1 - cos is half the squared distance of the unit vectors.
-    half_sq = (F.normalize(text, dim=-1) - F.normalize(model.hand_crafted_features(), dim=-1)).pow(2).sum(-1).mean() / 2
+    half_sq = (F.normalize(text, dim=-1) - F.normalize(model.zeroshot_text_features(), dim=-1)).pow(2).sum(-1).mean() / 2
     torch.testing.assert_close(model.knowledge_loss(text), half_sq, rtol=1e-10, atol=1e-12)
 
 
@@ -64,11 +64,11 @@ def test_kgcoop_at_init_from_the_template_words_adds_nothing_and_pulls_back_afte
 
 def test_kgcoop_moves_to_new_classes_and_embeds_their_prompts_when_training_goes_on():
     model = promptcore.wrap(tiny_clip(), vc.KgCoOpConfig(class_names=NAMES[:2]))
-    model.hand_crafted_features()
+    model.zeroshot_text_features()
     model.set_class_names(["boat", "plane", "horse"])
-    assert model(IMAGES).shape == (3, 3) and model.hand_crafted is None  # evaluation embeds nothing
+    assert model(IMAGES).shape == (3, 3) and model.zeroshot_text is None  # evaluation embeds nothing
     model.training_step({"pixel_values": IMAGES, "labels": torch.tensor([0, 1, 2])})
-    assert model.hand_crafted.shape == (3, 32)
+    assert model.zeroshot_text.shape == (3, 32)
 
 
 # ----- PromptSRC ----------------------------------------------------------------------------------------------------
@@ -85,9 +85,9 @@ def test_promptsrc_frozen_text_averages_raw_template_features_then_normalises():
     model = promptsrc()
     tok = get_tokenizer(None, 77)
     per = [model.backbone.encode_text(tok([t.format(n) for n in NAMES])) for t in TWO_TEMPLATES]
-    torch.testing.assert_close(model.frozen_text_features(), F.normalize((per[0] + per[1]) / 2, dim=-1))
+    torch.testing.assert_close(model.zeroshot_text_features(), F.normalize((per[0] + per[1]) / 2, dim=-1))
     default = promptcore.wrap(tiny_clip(), vc.PromptSRCConfig(class_names=NAMES[:1], depth=2))
-    assert default.config.templates == "promptsrc:imagenet60" and default.frozen_text_features().shape == (1, 32)
+    assert default.config.templates == "promptsrc:imagenet60" and default.zeroshot_text_features().shape == (1, 32)
 
 
 def test_promptsrc_loss_is_the_official_sum_of_terms():
@@ -97,10 +97,10 @@ def test_promptsrc_loss_is_the_official_sum_of_terms():
     text = model.text_features()
     logits = model.backbone.logit_scale.exp() * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T
     frozen_image = F.normalize(model.backbone.encode_image(batch["pixel_values"]), dim=-1)
-    frozen_logits = model.backbone.logit_scale.exp() * frozen_image @ model.frozen_text_features().T
+    frozen_logits = model.backbone.logit_scale.exp() * frozen_image @ model.zeroshot_text_features().T
     p_frozen = frozen_logits.softmax(-1)
     kl = (p_frozen * (p_frozen.log() - logits.log_softmax(-1))).sum() / logits.numel()
-    text_l1 = (F.normalize(text, dim=-1) - model.frozen_text_features()).abs().mean()
+    text_l1 = (F.normalize(text, dim=-1) - model.zeroshot_text_features()).abs().mean()
     image_l1 = (F.normalize(image, dim=-1) - frozen_image).abs().mean()
     expected = F.cross_entropy(logits, LABELS) + kl + 25 * text_l1 + 10 * image_l1
     torch.testing.assert_close(model.training_step(batch), expected, rtol=1e-10, atol=1e-12)
@@ -113,11 +113,11 @@ def test_promptsrc_evaluates_as_ivlp_and_moves_to_new_classes():
     ivlp = promptcore.wrap(tiny_clip(), vc.IVLPConfig(class_names=NAMES, depth=2, n_ctx=4)).double()
     ivlp.load_prompt_state_dict(model.prompt_state_dict())
     torch.testing.assert_close(model(IMAGES.double()), ivlp(IMAGES.double()), rtol=0, atol=0)
-    model.frozen_text_features()
+    model.zeroshot_text_features()
     model.set_class_names(["boat", "plane", "horse"])
-    assert model(IMAGES.double()).shape == (3, 3) and model.frozen_text is None  # evaluation embeds nothing
+    assert model(IMAGES.double()).shape == (3, 3) and model.zeroshot_text is None  # evaluation embeds nothing
     model.training_step({"pixel_values": IMAGES.double(), "labels": torch.tensor([0, 1, 2])})
-    assert model.frozen_text.shape == (3, 32)
+    assert model.zeroshot_text.shape == (3, 32)
 
 
 def test_promptsrc_bad_settings_are_named():
@@ -186,6 +186,7 @@ def test_gpa_loads_the_gaussian_weighted_sum_of_each_epochs_prompts():
         assert not torch.allclose(p.detach(), recorder.seen[-1][name])
 
 
+@pytest.mark.slow
 def test_gpa_resumed_run_aggregates_as_the_uninterrupted_one(tmp_path, capsys):
     from promptcore.trainer import TrainingInterrupted
 

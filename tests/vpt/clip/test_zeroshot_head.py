@@ -56,6 +56,7 @@ def test_zeroshot_head_needs_an_open_clip_model_class_names_and_one_task():
         VPTConfig(head="zeroshot", class_names=["a", "b"], num_tasks=2)
 
 
+@pytest.mark.slow
 def test_the_head_comes_with_vpt_clip_and_a_config_naming_it_loads_the_plugin():
     assert HEADS.get("zeroshot").reads_prompt_outputs is False
     code = (

@@ -1,4 +1,4 @@
-"""promptcore.stats: the Wilson interval against published values and its defining equation, McNemar's exact test
+"""demo.stats: the Wilson interval against published values and its defining equation, McNemar's exact test
 against its definition, the two-proportion z-test against a hand computation, and the choice between them."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from statistics import NormalDist
 
 import pytest
 
-from promptcore.stats import binomial_interval, compare_accuracies, mcnemar_exact, two_proportion_z_test
+from demo.stats import binomial_interval, compare_accuracies, mcnemar_exact, two_proportion_z_test
 
 Z95 = NormalDist().inv_cdf(0.975)
 

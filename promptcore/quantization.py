@@ -1,0 +1,62 @@
+"""Weight-only quantization of frozen weights (``model.quantization``), shared by the vision and text packages.
+
+The kinds, the library behind each, the check that it is installed (one message naming the pip extra), and torchao's
+int8 recipe. The packages differ only in when they apply it: :mod:`vpt.backbones` quantizes a built backbone in place
+(:func:`quantize_linear_weights`); :mod:`textpt.loading` hands transformers a quantization config at load time,
+built from the same recipe. The libraries are imported when a kind is used, never before.
+
+- ``int8``: torchao's int8 weight-only quantization (CPU and GPU), every linear layer.
+- ``int4``: optimum-quanto's int4 weights (torchao's int4 kernels need a GPU or bfloat16); text models only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any, Literal
+
+from torch import nn
+
+from .errors import UserError
+
+QuantKind = Literal["int8", "int4"]
+
+# The library behind each kind: (import name, pip name).
+QUANT_LIBRARIES: dict[str, tuple[str, str]] = {"int8": ("torchao", "torchao"), "int4": ("optimum.quanto", "optimum-quanto")}
+
+
+def require_quant_library(kind: str) -> None:
+    """Raises :class:`UserError` naming the pip extra when the library of quantization ``kind`` is missing."""
+    if kind not in QUANT_LIBRARIES:
+        raise UserError(f"model.quantization: unknown kind {kind!r}; choose one of {', '.join(QUANT_LIBRARIES)} or null")
+    module, package = QUANT_LIBRARIES[kind]
+    if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
+        raise UserError(
+            f"model.quantization: {kind} needs the {package} package, which is not installed; "
+            f"pip install 'prompttune[quant]' (or pip install {package}), or set model.quantization: null"
+        )
+
+
+def int8_weight_only() -> Any:
+    """torchao's int8 weight-only config (``Int8WeightOnlyConfig()``), after checking that torchao is installed."""
+    require_quant_library("int8")
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    return Int8WeightOnlyConfig()
+
+
+def quantize_linear_weights(model: nn.Module, kind: str) -> None:
+    """Stores the weights of ``model``'s linear layers in ``kind`` (``int8``) with torchao's weight-only
+    quantization, in place; the layers compute in their input's dtype, and gradients reach the inputs.
+
+    Raises:
+        UserError: a kind other than ``int8``, or torchao is not installed.
+    """
+    if kind != "int8":
+        raise UserError(f"model.quantization: {kind!r} applies to text models only; a built backbone takes int8 (or null)")
+    config = int8_weight_only()
+    from torchao.quantization import quantize_
+
+    quantize_(model, config)
+
+
+__all__ = ["QUANT_LIBRARIES", "QuantKind", "int8_weight_only", "quantize_linear_weights", "require_quant_library"]
