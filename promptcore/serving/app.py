@@ -2,7 +2,7 @@
 
 :class:`PromptService` is one served backbone with its prompts, built from a :class:`ServeConfig`;
 :func:`create_app` gives its FastAPI app. Under Ray Serve (:func:`build_application`, :func:`app_builder` for
-``serve run`` and Serve config files) each replica builds a service and Ray's ``@serve.batch`` gathers concurrent
+``serve run`` and Serve config files; ray is imported there only) each replica builds a service and Ray's ``@serve.batch`` gathers concurrent
 requests (any mix of prompts) into one backend call; used in-process (tests, ``TestClient``) each HTTP request runs
 as one batch.
 
@@ -34,6 +34,14 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
+
+from fastapi import FastAPI
+from fastapi import Request as HttpRequest
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import MissingFileError, UserError
 from .backend import LimitError, Request, ServingBackend, backend_for
@@ -297,13 +305,6 @@ def model_card(info: Any, created: int) -> dict[str, Any]:
 # ----- the app -------------------------------------------------------------------------------------------------
 def create_app(service: PromptService) -> Any:
     """The FastAPI app of ``service`` (see the module docstring for the endpoints)."""
-    from fastapi import FastAPI
-    from fastapi import Request as HttpRequest
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, Response, StreamingResponse
-    from starlette.datastructures import UploadFile
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
     config, server, registry = service.config, service.server, service.server.registry
     api_key, admin_key = config.api_key(), config.admin_key()
     admin_open = admin_key is None and is_loopback(config.host)
@@ -414,7 +415,7 @@ def create_app(service: PromptService) -> Any:
             if server.backend.kind == "vision":
                 inputs = [decode_base64_image(x, "input") for x in inputs]
         model_name = _get(body, "model", str, what="the name of a served prompt (GET /v1/models)")
-        top_k = _int_in(body, "top_k", DEFAULT_TOP_K, 1, config.limits.max_top_k)
+        top_k = _int_in(body, "top_k", min(DEFAULT_TOP_K, config.limits.max_top_k), 1, config.limits.max_top_k)
         requests = prepare(request, model_name, "classify", inputs, {"top_k": top_k}, "input")
         with server.admitted(len(requests)):
             results = await service.engine.classify(requests)
@@ -447,8 +448,6 @@ def create_app(service: PromptService) -> Any:
         admission.__enter__()
         release = _Once(lambda: admission.__exit__(None, None, None))
         if stream:
-            from starlette.background import BackgroundTask
-
             return StreamingResponse(
                 _sse(service.engine.generate(requests), requests, ident, now, model_name, chat, include_usage, release),
                 media_type="text/event-stream", background=BackgroundTask(release),
