@@ -58,4 +58,6 @@ run clip_text_speed $PY bench/clip_text_speed.py --repeats "$REPEATS" --device c
 [ -f "$LOGS/clip_text_speed.log" ] && { echo; echo '### clip_text_speed'; echo; echo '```text'; cat "$LOGS/clip_text_speed.log"; echo '```'; } >> "$OUT"
 # frozen-weight bytes of fp32 / int8 / int4 on a random Llama of SmolLM2-135M shapes (no download needed)
 run quant $PY bench/quant.py --random --write "$OUT"
+# vLLM fed textpt prompts as prompt_embeds: greedy outputs vs textpt's generate, tokens/s vs plain token prompts (needs prompttune[vllm])
+run vllm_check $PY bench/vllm_check.py --write "$OUT"
 echo "figures appended to $OUT"

@@ -16,6 +16,9 @@ Each method is one file with its config class and its model, registered by name 
 ``promptcore.register_method(name, Config, Model, kind="text")``; the tasks (causal LM, seq2seq, encoder
 classification) are :mod:`textpt.tasks`'s.
 
+A prompt folder written by ``textpt train`` loads ready to run with ``textpt.load_prompted(folder)``; prompts of one
+backbone mix in one batch (:mod:`textpt.mixed`) and serve through :class:`TextBackend`.
+
 ``promptcore.wrap(model, PromptTuningConfig(...))`` works too (without a tokenizer: no ``text``/``labels`` init, no
 verbalizer, pad id 0).
 """
@@ -39,6 +42,9 @@ from .p_tuning import PTuningConfig, PTuningModel
 from .prefix import PrefixConfig, PrefixModel
 from .prompt_tuning import PromptTuningConfig, PromptTuningModel
 from .zero_shot import ZeroShotConfig, ZeroShotModel
+
+from . import mixed  # noqa: F401  (mixed batches of prompts on one backbone)
+from .serving import TextBackend, load_prompted  # registers the "text" serving backend
 
 
 def wrap(
@@ -94,12 +100,14 @@ __all__ = [
     "PromptTuningModel",
     "SoftPromptConfig",
     "SoftPromptedModel",
+    "TextBackend",
     "TextMethodConfig",
     "TextModelConfig",
     "TextPromptedModel",
     "ZeroShotConfig",
     "ZeroShotModel",
     "load_model_and_tokenizer",
+    "load_prompted",
     "load_tokenizer",
     "tiny_tokenizer",
     "wrap",

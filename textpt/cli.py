@@ -40,6 +40,7 @@ from .loading import _folder, load_model_and_tokenizer, resolve_name
 from .model import TextPromptedModel
 from .padding import pad_token_id
 from .run_config import TextRunConfig
+from .serving import INFERENCE_KEY, inference_record
 from .tasks import TASKS
 
 
@@ -73,7 +74,7 @@ class TextRecipe:
     def build_data(self, cfg: TextRunConfig, model: TextPromptedModel) -> DataBundle:
         """Train/eval datasets tokenized with the model's tokenizer, within the room the prompt leaves."""
         cfg = cfg.resolved()
-        return build_text_data(
+        bundle = build_text_data(
             cfg.data,
             model.tokenizer,
             task=cfg.model.task,
@@ -82,6 +83,9 @@ class TextRecipe:
             num_classes=cfg.prompt.num_classes,
             num_tasks=cfg.prompt.num_tasks,
         )
+        # what inference needs without this config or the data (textpt.load_prompted, the server)
+        model.record_in_prompt_files(**inference_record(cfg, bundle.info["max_length"], bundle.class_names))
+        return bundle
 
     @staticmethod
     def max_length(cfg: TextRunConfig, model: TextPromptedModel) -> int | None:
@@ -96,8 +100,9 @@ class TextRecipe:
         cfg = load_config(TextRunConfig, args.config, args.overrides).resolved()
         if not 0 <= args.task < cfg.prompt.num_tasks:
             raise UserError(f"--task {args.task} is not a task of the prompt bank; give 0..{cfg.prompt.num_tasks - 1}")
+        recorded = None
         if args.prompts is not None:
-            read_prompt_config(args.prompts)  # a missing or foreign folder fails here, before the model loads
+            recorded = read_prompt_config(args.prompts).get(INFERENCE_KEY)  # a missing or foreign folder fails here
         model = self.build_model(cfg)
         load_prompts_option(model, args.prompts)
         model.eval()
@@ -108,7 +113,7 @@ class TextRecipe:
         batch["task_ids"] = torch.full((len(args.texts),), args.task, dtype=torch.long, device=device)
         layout = TASKS.get(cfg.model.task).layout(cfg.prompt.verbalizer, cfg.data.target_column)
         if layout == "classification" or (layout == "seq2seq" and cfg.data.target_column is None):
-            names = self.class_names(cfg)
+            names = (recorded or {}).get("class_names") or self.class_names(cfg)
             with torch.no_grad():
                 probs = model.class_logits(batch["input_ids"], batch["attention_mask"], batch["task_ids"]).float().softmax(-1)
             for i, text in enumerate(args.texts):

@@ -135,6 +135,32 @@ class TextPromptedModel(PromptedModel):
         """Whether the backbone was loaded with a device map or quantized weights (:func:`textpt.loading.is_placed`)."""
         return is_placed(self.backbone)
 
+    # ----- what transformers asks of a model ----------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where inputs go: the device of the input embeddings."""
+        return self.embedding.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The frozen weights' dtype."""
+        return self.embedding.weight.dtype
+
+    @property
+    def generation_config(self) -> Any:
+        """The backbone's ``GenerationConfig`` (the defaults :meth:`generate` starts from)."""
+        return self.backbone.generation_config
+
+    def can_generate(self) -> bool:
+        """Whether the model writes text (causal LMs and seq2seq models)."""
+        return bool(self.strategy.label_words)
+
+    def for_transformers(self, class_names: list[str] | None = None) -> "TransformersView":
+        """This model as transformers' pipelines call a model (:class:`TransformersView`): ``transformers.pipeline(
+        "text-generation", model=model.for_transformers(), tokenizer=model.tokenizer)``. ``class_names`` label a
+        classifier's outputs (default: ``model.input_format``'s, else the verbalizer's words)."""
+        return TransformersView(self, class_names)
+
     @property
     def embedding(self) -> nn.Module:
         return self.backbone.get_input_embeddings()
@@ -376,6 +402,61 @@ class SoftPromptedModel(TextPromptedModel):
         if self.config.init == "labels":
             return [t for w in (self.config.verbalizer or []) for t in self.token_ids(w)]
         return None
+
+
+class TransformersView(nn.Module):
+    """A prompted model seen as transformers' pipelines see a model (``TextPromptedModel.for_transformers()``).
+
+    Two things differ from the prompted model itself, whose ``config`` is its method's config and whose
+    :meth:`~TextPromptedModel.generate` returns the new tokens only: here ``config`` is the backbone's (with the
+    classifier's ``id2label`` / ``num_labels``), ``generate`` returns the input followed by the new tokens on causal
+    LMs (what transformers' ``generate`` returns; the decoder's output on seq2seq models), and the forward returns
+    ``logits`` as ``SequenceClassifierOutput`` (class logits of a classifier, token logits of a causal LM). Inputs are
+    taken as given: a pipeline tokenizes the text itself, without the prompt's data template.
+    """
+
+    main_input_name = "input_ids"
+
+    def __init__(self, model: TextPromptedModel, class_names: list[str] | None = None) -> None:
+        import copy
+
+        super().__init__()
+        self.model = model
+        self.config = copy.deepcopy(model.backbone.config)
+        if model.classifies or (model.task == "seq2seq" and model.config.verbalizer):
+            fmt = getattr(model, "input_format", None)
+            words = model.config.verbalizer
+            names = class_names or (fmt.class_names if fmt is not None else None) or ([w.strip() for w in words] if words else None)
+            names = names or [f"class {i}" for i in range(int(model.config.num_classes or 0))]
+            self.config.id2label = dict(enumerate(names))
+            self.config.label2id = {n: i for i, n in enumerate(names)}
+            self.config.problem_type = "single_label_classification"
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def generation_config(self) -> Any:
+        return self.model.generation_config
+
+    def can_generate(self) -> bool:
+        return self.model.can_generate()
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+        new = self.model.generate(input_ids, attention_mask, **kwargs)
+        return torch.cat([input_ids, new], dim=1) if self.model.strategy.decoder_only else new
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        logits = self.model.class_logits(input_ids, attention_mask) if self.model.classifies or self.model.task == "seq2seq" else self.model(input_ids, attention_mask)
+        return SequenceClassifierOutput(logits=logits)
 
 
 def _checkpointed(forward):

@@ -347,9 +347,12 @@ class SequenceClassification(TextTask):
         return True
 
     def build_head(self, model: "TextPromptedModel") -> nn.Module:
+        """A linear head (one task), or one per task of a prompt bank (:class:`TaskHeads`), so separately trained
+        classifiers combine into one bank."""
         if model.config.num_classes is None:
             raise UserError("num_classes: task seq_cls trains a classification head; set prompt.num_classes")
-        head = nn.Linear(int(model.backbone.config.hidden_size), model.config.num_classes)
+        width, classes = int(model.backbone.config.hidden_size), model.config.num_classes
+        head = nn.Linear(width, classes) if model.num_tasks == 1 else TaskHeads(model.num_tasks, width, classes)
         generator = torch.Generator().manual_seed(model.config.seed)
         with torch.no_grad():
             head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 0.02)
@@ -361,7 +364,8 @@ class SequenceClassification(TextTask):
             attention_mask = torch.ones_like(input_ids)
         x, mask, _, index = model.encode(input_ids, attention_mask, task_ids)
         hidden = model.backbone(inputs_embeds=x, attention_mask=mask, **model.backbone_kwargs(task_ids, x.shape[0])).last_hidden_state
-        return model.head(pool(model.backbone, hidden, index, attention_mask, model.check_pooling()).to(model.head.weight.dtype))
+        features = pool(model.backbone, hidden, index, attention_mask, model.check_pooling()).to(model.head.weight.dtype)
+        return model.head(features, task_ids) if isinstance(model.head, TaskHeads) else model.head(features)
 
     def resolve_pooling(self, backbone: nn.Module, pooling: str) -> str:
         """``model.pooling`` made concrete for ``backbone``. ``auto`` is what the checkpoint was trained for: the
@@ -386,6 +390,20 @@ class SequenceClassification(TextTask):
         if trained is not None:
             return trained
         return "pooler" if has_pooler else "cls"
+
+
+class TaskHeads(nn.Module):
+    """One linear head per task of a prompt bank: ``weight`` ``[tasks, classes, width]``, ``bias`` ``[tasks,
+    classes]``; each example goes through its task's head."""
+
+    def __init__(self, num_tasks: int, width: int, num_classes: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_tasks, num_classes, width))
+        self.bias = nn.Parameter(torch.zeros(num_tasks, num_classes))
+
+    def forward(self, features: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        """``[B, classes]`` logits of ``features`` ``[B, width]``, example ``i`` through head ``task_ids[i]``."""
+        return torch.einsum("bh,bch->bc", features, self.weight[task_ids]) + self.bias[task_ids]
 
 
 POOLINGS: tuple[str, ...] = ("cls", "mean", "last", "pooler")
@@ -482,6 +500,7 @@ __all__ = [
     "POOLINGS",
     "Seq2Seq",
     "SequenceClassification",
+    "TaskHeads",
     "TextTask",
     "infer_task",
     "label_word_target",
