@@ -96,3 +96,16 @@ def test_serve_admin_says_when_no_server_answers(capsys):
         port = s.getsockname()[1]
     status, _, err = run("vpt", ["serve-admin", "list", "--url", f"http://127.0.0.1:{port}"], capsys)
     assert status == 2 and "no server answers" in err
+
+
+def test_serve_flags_override_the_serve_config(tmp_path):
+    import argparse
+
+    from promptcore.serving.cli import configure_serve, serve_config_from_args
+
+    config = tmp_path / "serve.yaml"
+    config.write_text("prompts: a\nport: 9000\nmax_batch_size: 8\n")
+    parser = argparse.ArgumentParser()
+    configure_serve(parser)
+    cfg = serve_config_from_args("text", parser.parse_args(["-c", str(config), "--prompts", "b", "--engine", "vllm", "--set", "max_batch_size=4"]))
+    assert (cfg.kind, cfg.prompts, cfg.port, cfg.max_batch_size, cfg.backend_options) == ("text", "b", 9000, 4, {"engine": "vllm"})
