@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -93,7 +93,7 @@ class PromptRegistry:
         self.device_capacity = device_capacity
         self.on_change = on_change
         self.errors: dict[str, str] = {}  # name -> why it failed to load (the last attempt)
-        self.load_seconds: list[float] = []  # how long each successful load took (bench and metrics)
+        self.load_seconds: deque[float] = deque(maxlen=1024)  # how long the last successful loads took (bench)
         self._prompts: dict[str, LoadedPrompt] = {}
         self._lock = threading.RLock()  # guards the name map
         self._tier_lock = threading.Lock()  # guards the device tier
