@@ -2,6 +2,8 @@
 
 Which class validates a file:
 
+0. A file under configs/serve/ is a serve config (``promptcore.serving.ServeConfig``), or, with ``applications:``,
+   a Ray Serve config file (Ray's ``ServeDeploySchema``) whose applications' ``args.config`` are serve configs.
 1. A demo manifest (a mapping with ``tasks:``, read by ``demo/run_demo.py``) validates as its ``DemoConfig``; each
    task's ``package`` then says which package runs the task's ``config`` file.
 2. Otherwise the first part of the file's path below configs/ (folders, then the words of the file name split on
@@ -82,8 +84,28 @@ def test_configs_exist() -> None:
     assert CONFIGS / "smoke" / "vpt_tiny.yaml" in ALL_YAML
 
 
+def check_serve_config(path: Path) -> None:
+    from promptcore.serving import load_serve_config
+
+    data = read_yaml(path)
+    if "applications" not in data:
+        load_serve_config(path)
+        return
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(data)
+    for app in data["applications"]:
+        args = dict(app.get("args") or {})
+        config = CONFIGS.parent / args.pop("config")
+        assert config.is_file(), f"{path}: application {app['name']!r} names a missing serve config {config}"
+        load_serve_config(config, [f"{k}={v}" for k, v in args.items()])
+
+
 @pytest.mark.parametrize("path", ALL_YAML, ids=[str(p.relative_to(CONFIGS)) for p in ALL_YAML])
 def test_config_validates(path: Path) -> None:
+    if path.relative_to(CONFIGS).parts[0] == "serve":
+        check_serve_config(path)
+        return
     if is_manifest(path):
         manifest = load_config(demo_config_class(), path)
         for task in manifest.tasks:

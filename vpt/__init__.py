@@ -9,8 +9,9 @@ Five lines of Python::
     model.save_prompts("prompts/")   # prompts.safetensors + prompt_config.json
 
 Importing vpt registers its methods (``vpt_shallow``, ``vpt_deep``, ``vfpt``, ``pixel_pad``, ``pixel_fixed_patch``,
-``pixel_random_patch``, ``linear_probe``), backbone families, data sources and VPT heads; the CLIP methods come
-with :mod:`vpt.clip`, which vpt itself never imports (the CLI loads it as a plugin).
+``pixel_random_patch``, ``linear_probe``), backbone families, data sources and VPT heads, the ``vision`` serving
+backend (:mod:`vpt.serving`) and the ``vpt merge-prompts`` verb; the CLIP methods come with :mod:`vpt.clip`, which
+vpt itself never imports (the CLI loads it as a plugin).
 """
 
 from promptcore import wrap
@@ -22,6 +23,7 @@ from .linear_probe import LinearProbe, LinearProbeConfig
 from .model import VisualPromptModel
 from .pixel import PixelPromptConfig, PixelPromptModel
 from .run_config import VisionRunConfig, load_run_config, resolve_run_config
+from .serving import VisionBackend, load_prompted, merge_prompts
 from .vfpt import VFPTConfig, VFPTModel
 
 __all__ = [
@@ -34,10 +36,13 @@ __all__ = [
     "VFPTConfig",
     "VFPTModel",
     "VPTConfig",
+    "VisionBackend",
     "VisionRunConfig",
     "VisualPromptModel",
     "create_model",
+    "load_prompted",
     "load_run_config",
+    "merge_prompts",
     "resolve_run_config",
     "token_backbone",
     "wrap",

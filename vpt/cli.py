@@ -51,6 +51,7 @@ from .data import (
     with_recorded_preprocessing,
 )
 from .run_config import VisionRunConfig, load_run_config, resolve_run_config
+from .serving import record_backbone
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -125,9 +126,14 @@ class VisionRecipe:
         )
 
     def build_model(self, cfg: VisionRunConfig) -> PromptedModel:
-        """The backbone by name, wrapped with the prompt config as :meth:`resolve_config` completes it."""
+        """The backbone by name, wrapped with the prompt config as :meth:`resolve_config` completes it.
+
+        Its prompt files record the model section and the seed (the run's, with which a random backbone was built
+        right after seeding), so :func:`vpt.serving.load_prompted` rebuilds the backbone from the folder alone."""
         cfg = self.resolve_config(cfg)
-        return wrap(self._backbones.pop(repr(cfg.model)), cfg.prompt)
+        model = wrap(self._backbones.pop(repr(cfg.model)), cfg.prompt)
+        record_backbone(model, cfg.model, cfg.train.seed)
+        return model
 
     def config_for_prompts(self, cfg: VisionRunConfig, prompt_config: dict[str, Any], directory: str) -> VisionRunConfig:
         """``cfg`` with the preprocessing the prompts in ``directory`` were trained with, where ``cfg.data`` leaves

@@ -61,14 +61,24 @@ def prompt_kv(backbone: TokenBackbone, index: int, prompts: torch.Tensor) -> tup
 
 
 def fast_block(
-    backbone: TokenBackbone, index: int, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    backbone: TokenBackbone,
+    index: int,
+    x: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Block ``index`` on image tokens ``x [B, N, width]`` that also attend to prompt ``keys``/``values``
-    ``[B, heads, P, head_dim]`` (broadcast views are fine)."""
+    ``[B, heads, P, head_dim]`` (broadcast views are fine).
+
+    ``key_mask [B, N + P]`` (boolean, True where a key may be attended) leaves out the keys of padded slots: a
+    mixed batch (:mod:`vpt.mixed`) pads prompts of different lengths to the longest, and a masked key gets exactly
+    zero weight, so each row equals its prompt alone."""
     q, k, v = backbone.block_qkv(index, x)
     k = torch.cat([k, keys.to(k.dtype).expand(k.shape[0], -1, -1, -1)], dim=2)
     v = torch.cat([v, values.to(v.dtype).expand(v.shape[0], -1, -1, -1)], dim=2)
-    attn = F.scaled_dot_product_attention(q, k, v, scale=backbone.attn_scale(index))
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=backbone.attn_scale(index))
     return backbone.block_finish(index, x, attn)
 
 

@@ -8,6 +8,7 @@ so it runs on CNNs and ViTs alike. The backbone runs without gradients; the prom
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -79,6 +80,7 @@ class LinearProbe(PromptedModel):
             "dim": self.feature_dim,
             "num_classes": self.config.num_classes,
             "head": "linear",
+            "method_config": dataclasses.asdict(self.config),
         }
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ image's, so one batch can mix tasks. VPT-deep runs the exact fast path of :mod:`
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -102,6 +103,7 @@ class VisualPromptModel(PromptedModel):
             "backbone_depth": tb.depth,
             "image_size": list(tb.image_size) if tb.image_size else None,
             "class_names": cfg.class_names,
+            "method_config": dataclasses.asdict(cfg),
         }
 
     def enable_gradient_checkpointing(self) -> None:

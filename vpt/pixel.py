@@ -21,6 +21,7 @@ kept frozen, when its class count is the task's. Both come from the family that 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -155,6 +156,7 @@ class PixelPromptModel(PromptedModel):
             "num_classes": self.num_classes,
             "num_tasks": self.config.num_tasks,
             "head": self.config.head,
+            "method_config": dataclasses.asdict(self.config),
         }
 
     def _index(self) -> torch.Tensor:

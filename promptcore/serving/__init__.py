@@ -1,4 +1,12 @@
-"""Serving many prompts on one frozen backbone: the backend protocol packages implement (:mod:`.backend`)."""
+"""Serving many prompts on one frozen backbone (``docs/serving.md``).
+
+- :mod:`.backend`: the protocol a package implements (``vpt``: ``vision``, ``textpt``: ``text``);
+- :mod:`.registry`: the served prompts, validated on load, hot added and removed, an LRU device tier;
+- :mod:`.server`: :class:`PromptServer`, the Python API without HTTP (``predict``, ``generate``);
+- :mod:`.config`: the serve config; :mod:`.metrics`: Prometheus metrics;
+- :mod:`.app`: the FastAPI app and the Ray Serve application (imports fastapi / ray when used);
+- :mod:`.cli`: the ``serve`` and ``serve-admin`` verbs.
+"""
 
 from .backend import (
     BACKENDS,
@@ -13,17 +21,28 @@ from .backend import (
     ServingBackend,
     backend_for,
 )
+from .config import LimitsConfig, ServeConfig, load_serve_config
+from .registry import PromptRegistry, UnknownPromptError
+from .server import Completion, PromptServer, QueueFullError
 
 __all__ = [
     "BACKENDS",
     "OPERATIONS",
     "Classification",
+    "Completion",
     "GenerationStep",
     "LimitError",
     "Limits",
+    "LimitsConfig",
     "LoadedPrompt",
     "PromptInfo",
+    "PromptRegistry",
+    "PromptServer",
+    "QueueFullError",
     "Request",
+    "ServeConfig",
     "ServingBackend",
+    "UnknownPromptError",
     "backend_for",
+    "load_serve_config",
 ]

@@ -17,6 +17,7 @@ Model, kind="vision")``.
 """
 
 from . import cli  # noqa: F401  (registers the base2new and interpret commands)
+from . import serving  # noqa: F401  (registers the CLIP methods' mixed-batch route)
 from .base import CLIPModel, CLIPPromptModel, clip_logits
 from .cocoop import CoCoOp
 from .config import CLIPContextConfig, CLIPMethodConfig, CoCoOpConfig, CoOpConfig, IVLPConfig, MaPLeConfig, ZeroShotCLIPConfig

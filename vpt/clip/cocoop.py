@@ -9,6 +9,7 @@ run per image and class, with no padding. ``image_chunk`` bounds memory further 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -59,7 +60,13 @@ class CoCoOp(CLIPPromptModel):
         return self.clip_logits(image, self.text_features(image))
 
     def prompt_config(self) -> dict[str, Any]:
-        return {**super().prompt_config(), "num_tokens": self.config.n_ctx, "num_layers": 1, "class_specific": False}
+        return {
+            **super().prompt_config(),
+            "num_tokens": self.config.n_ctx,
+            "num_layers": 1,
+            "class_specific": False,
+            "method_config": dataclasses.asdict(self.config),
+        }
 
 
 register_method("cocoop", CoCoOpConfig, CoCoOp, kind="vision", summary="CoCoOp: CoOp context plus a per-image meta-net shift")

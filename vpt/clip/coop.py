@@ -8,6 +8,7 @@ side runs the exact shared-prefix path of :mod:`vpt.clip.text` where it applies.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 import torch
@@ -71,6 +72,7 @@ class CoOp(CLIPPromptModel):
             "num_layers": 1,
             "class_specific": self.config.class_specific_context,
             "class_token_position": self.config.class_token_position,
+            "method_config": dataclasses.asdict(self.config),
         }
 
 

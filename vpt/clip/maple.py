@@ -15,6 +15,7 @@ the class name at the end those positions are in the shared prefix, so the exact
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import torch
@@ -103,6 +104,7 @@ class MaPLe(_DeepCLIP):
             "vision_dim": self.vision_tower.width,
             "vision_num_tokens": c.n_ctx,
             "vision_num_layers": c.depth,
+            "method_config": dataclasses.asdict(c),
         }
 
 
@@ -137,6 +139,7 @@ class IVLP(_DeepCLIP):
             "vision_dim": self.vision_tower.width,
             "vision_num_tokens": self.vision_n_ctx,
             "vision_num_layers": self.vision_depth,
+            "method_config": dataclasses.asdict(self.config),
         }
 
 

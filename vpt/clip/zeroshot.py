@@ -4,6 +4,7 @@ backbones (``prompt.head: zeroshot``)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Sequence
 
 import torch
@@ -121,7 +122,11 @@ class ZeroShotCLIP(CLIPModel):
             return clip_logits(self.backbone, self.backbone.encode_image(pixel_values), self.weights)
 
     def prompt_config(self) -> dict:
-        return {**super().prompt_config(), "templates": templates_of(self.config.templates)}
+        return {
+            **super().prompt_config(),
+            "templates": templates_of(self.config.templates),
+            "method_config": dataclasses.asdict(self.config),
+        }
 
 
 register_method("clip_zeroshot", ZeroShotCLIPConfig, ZeroShotCLIP, kind="vision", summary="zero-shot CLIP (nothing trains)", trains=False)
