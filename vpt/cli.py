@@ -7,6 +7,7 @@ it runs (how to build the model and the data from a :class:`vpt.run_config.Visio
     vpt train -c configs/smoke/vpt_tiny.yaml --set train.epochs=2 -o runs/tiny
     vpt eval -c configs/smoke/vpt_tiny.yaml --prompts runs/tiny/best
     vpt predict -c configs/smoke/vpt_tiny.yaml --prompts runs/tiny/best photos/ cat.jpg --top-k 3
+    vpt predict --prompts runs/tiny/best photos/        # the model rebuilt from the prompt folder alone
     vpt sweep -c configs/vpt/vtab1k/vpt_deep.yaml --seeds 42 -o runs/sweep   # the preset's lr x wd grid
     vpt base2new | interpret ...     # the CLIP methods' verbs (registered by the vpt.clip plugin)
 
@@ -39,6 +40,7 @@ from .data import (
     DataError,
     ImageConfig,
     LabeledImages,
+    VisionDataConfig,
     build_transform,
     build_vision_data,
     class_names_of,
@@ -51,7 +53,10 @@ from .data import (
     with_recorded_preprocessing,
 )
 from .run_config import VisionRunConfig, load_run_config, resolve_run_config
-from .serving import record_backbone
+from .serving import load_prompted, record_backbone
+
+PREDICT_BATCH_SIZE = 32
+"""Images per forward of ``vpt predict`` without a run config (with one: its eval batch size)."""
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -169,11 +174,20 @@ class VisionRecipe:
     def predict(self, args: argparse.Namespace) -> int:
         """``vpt predict``: prints each image's path, then its top-k labels with probabilities.
 
-        An image that cannot be read is named in an ``error:`` line on stderr and the others are still predicted;
-        the exit status is then 2."""
+        Without ``-c``, the model is rebuilt from the prompt folder alone (:func:`vpt.serving.load_prompted`: its
+        method config, backbone, class names and preprocessing). An image that cannot be read is named in an
+        ``error:`` line on stderr and the others are still predicted; the exit status is then 2."""
         if args.top_k <= 0:
             raise UserError(f"--top-k must be positive, got {args.top_k}")
         paths = image_paths(args.images)
+        if args.config is None:
+            if args.overrides:
+                raise UserError("--set changes a run config; give it with -c CONFIG (without -c the prompt folder alone is read)")
+            model = load_prompted(args.prompts)
+            meta = read_prompt_config(args.prompts)
+            data = with_recorded_preprocessing(VisionDataConfig(), meta.get("preprocessing") or {}, args.prompts)
+            names = list(meta.get("class_names") or [str(i) for i in range(int(meta.get("num_classes") or 0))])
+            return self._predict_images(args, model, names, data, PREDICT_BATCH_SIZE, paths)
         cfg = load_run_config(args.config, args.overrides)
         meta = read_prompt_config(args.prompts)
         cfg = self.config_for_prompts(cfg, meta, args.prompts)
@@ -186,12 +200,24 @@ class VisionRecipe:
         model = self.build_model(cfg)
         model.load_prompts(args.prompts)
         model.eval()
+        names = self.class_names(cfg, model, meta)
+        return self._predict_images(args, model, names, cfg.data, cfg.train.eval_batch_size or cfg.train.batch_size, paths)
+
+    def _predict_images(
+        self,
+        args: argparse.Namespace,
+        model: PromptedModel,
+        names: list[str],
+        data: VisionDataConfig,
+        batch_size: int,
+        paths: list[Path],
+    ) -> int:
+        """Prints the top-k labels of each image of ``paths`` (``predict``'s output) with a ready model (eval mode),
+        preprocessed as ``data`` says."""
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model.to(device)
-        names = self.class_names(cfg, model, meta)
-        transform = build_transform(with_data_overrides(resolve_image_config(model.backbone, cfg.data.image_size), cfg.data))
+        transform = build_transform(with_data_overrides(resolve_image_config(model.backbone, data.image_size), data))
         k = min(args.top_k, len(names))
-        batch_size = cfg.train.eval_batch_size or cfg.train.batch_size
         failed = 0
         for start in range(0, len(paths), batch_size):
             chunk, images = [], []
@@ -220,7 +246,7 @@ class VisionRecipe:
 
 
 def _predict_arguments(p: argparse.ArgumentParser) -> None:
-    add_config_args(p)
+    add_config_args(p, required=False)
     p.add_argument("--prompts", required=True, help="prompt folder (a run's best/ or last/)")
     p.add_argument("images", nargs="+", help="image files or folders of images")
     p.add_argument("--top-k", type=int, default=5, help="labels to print per image (default 5)")

@@ -5,7 +5,8 @@
 - :mod:`.server`: :class:`PromptServer`, the Python API without HTTP (``predict``, ``generate``);
 - :mod:`.config`: the serve config; :mod:`.metrics`: Prometheus metrics;
 - :mod:`.app`: the FastAPI app and the Ray Serve application (imports fastapi / ray when used);
-- :mod:`.cli`: the ``serve`` and ``serve-admin`` verbs.
+- :mod:`.cli`: the ``serve`` and ``serve-admin`` verbs (registered on import of this package, which the packages
+  import to register their backends).
 """
 
 from .backend import (
@@ -24,6 +25,7 @@ from .backend import (
 from .config import LimitsConfig, ServeConfig, load_serve_config
 from .registry import PromptRegistry, UnknownPromptError
 from .server import Completion, PromptServer, QueueFullError
+from . import cli as _cli  # noqa: E402, F401 - registers `vpt serve` / `textpt serve` for the packages that import this
 
 __all__ = [
     "BACKENDS",

@@ -177,7 +177,7 @@ class PromptService:
 
         folders = configured_folders(config)
         builder = builder or backend_for(config.kind)
-        backend = builder(config.model, folders, torch.device(config.device), config.limits.backend_limits())
+        backend = builder(config.model, folders, torch.device(config.device), config.limits.backend_limits(), **config.backend_options)
         metrics = ServerMetrics()
         registry = PromptRegistry(backend, config.prompts, config.device_capacity)
         errors: dict[str, str] = {}

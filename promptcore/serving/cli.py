@@ -36,6 +36,7 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1; anything else needs $PROMPTTUNE_API_KEY)")
     parser.add_argument("--port", type=int, help="port (default 8000)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ...")
+    parser.add_argument("--engine", help="the backend's engine where it has several (textpt: hf, vllm)")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
         help="override a serve config value, e.g. --set max_batch_size=64 (repeatable)",
@@ -45,7 +46,7 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
 def serve_config_from_args(kind: str, args: argparse.Namespace) -> ServeConfig:
     """The serve config of ``args``: the file, then ``--set``, then the flags; its kind must be the program's."""
     overrides = list(args.overrides)
-    for flag, key in (("prompts", "prompts"), ("prompt_list", "prompt_list"), ("host", "host"), ("port", "port"), ("device", "device")):
+    for flag, key in (("prompts", "prompts"), ("prompt_list", "prompt_list"), ("host", "host"), ("port", "port"), ("device", "device"), ("engine", "backend_options.engine")):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={json.dumps(value) if isinstance(value, str) else value}")

@@ -51,6 +51,7 @@ class ServeConfig:
     Attributes:
         kind: the backend (``vision``: ``vpt``; ``text``: ``textpt``).
         model: the package's model section (as in its run configs); None: the one the first prompt file records.
+        backend_options: further keyword arguments of the backend builder (``textpt``: ``engine: vllm``).
         prompts: a folder of prompt folders, each served under its folder name; admin loads resolve names here.
         prompt_list: a YAML file mapping names to prompt folders (relative to the file), served besides ``prompts``.
         device: where batches run (``cpu``, ``cuda``, ``cuda:1``).
@@ -69,6 +70,7 @@ class ServeConfig:
 
     kind: Literal["vision", "text"] = "vision"
     model: dict[str, Any] | None = None
+    backend_options: dict[str, Any] = field(default_factory=dict)
     prompts: str | None = None
     prompt_list: str | None = None
     device: str = "cpu"

@@ -158,7 +158,7 @@ def test_load_prompted_rebuilds_model_and_backbone_from_the_folder_alone(folders
         load_prompted(folders["vfpt"], backbone(seed=1))
 
 
-def test_vpt_train_records_what_serving_needs(tmp_path):
+def test_vpt_train_records_what_serving_needs_and_predict_needs_no_config(tmp_path, capsys):
     from vpt.cli import main
 
     out = tmp_path / "run"
@@ -171,6 +171,15 @@ def test_vpt_train_records_what_serving_needs(tmp_path):
     assert model.backbone_fingerprint() == meta["backbone_fingerprint"]
     backend = build_vision_backend(None, [out / "last"])
     assert backend.open_prompt(out / "last", "tiny").info.classes == meta["class_names"]
+    Image.new("RGB", (40, 30), "red").save(tmp_path / "red.png")
+    capsys.readouterr()
+    with_config = ["predict", "-c", "configs/smoke/vpt_tiny.yaml", "--set", "train.seed=11"]
+    assert main([*with_config, "--prompts", str(out / "last"), str(tmp_path / "red.png"), "--top-k", "3"]) == 0
+    expected = capsys.readouterr().out
+    assert main(["predict", "--prompts", str(out / "last"), str(tmp_path / "red.png"), "--top-k", "3"]) == 0
+    assert capsys.readouterr().out == expected and expected.count("\n") == 4  # the path and three labels
+    assert main(["predict", "--set", "train.seed=1", "--prompts", str(out / "last"), str(tmp_path / "red.png")]) == 2
+    assert "--set changes a run config; give it with -c CONFIG" in capsys.readouterr().err
 
 
 def test_vision_backend_is_registered_and_builds_from_a_model_section(folders):
