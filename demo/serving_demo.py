@@ -77,10 +77,10 @@ class Sizes:
     """How much the demo trains, evaluates and serves (``--tiny``: a pipeline check in about a minute)."""
 
     overrides: dict[str, list[str]] = field(default_factory=dict)  # task name -> extra --set of its training run
-    eval_rows: dict[str, int] = field(default_factory=lambda: {"vpt": 500, "textpt": 300})  # held-out rows per task
-    served_python: int = 100  # rows per task served through the Python API, in mixed batches
-    served_http: int = 40  # rows per task served over HTTP, concurrently
-    batch_size: int = 20  # rows of one mixed batch (Python API)
+    eval_rows: dict[str, int] = field(default_factory=lambda: {"vpt": 300, "textpt": 150})  # held-out rows per task
+    served_python: int = 48  # rows per task served through the Python API, in mixed batches
+    served_http: int = 16  # rows per task served over HTTP, concurrently
+    batch_size: int = 16  # rows of one mixed batch (Python API)
     concurrency: int = 8  # HTTP requests in flight at once
 
 
