@@ -10,7 +10,7 @@ served answer is checked against the offline prediction of its prompt (``vpt.loa
 ``textpt.load_prompted``, run alone), and ``demo/serving_report.md`` gets, per task, the held-out accuracy with its
 95% interval, the served requests that matched, and the prompt file's size. Usage::
 
-    python demo/serving_demo.py                 # everything (a few minutes on a 2-core CPU)
+    python demo/serving_demo.py                 # everything (18 minutes on a shared, loaded 2-core CPU)
     python demo/serving_demo.py --tiny --out /tmp/serving   # a few steps and rows: checks the pipeline only
 """
 
@@ -378,11 +378,10 @@ def write_report(results: list[TaskResult], path: Path, machine: str, timings: d
     table = "\n".join(lines)
     total = sum(timings.values())
     phases = ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in timings.items())
+    banner = "**A `--tiny` run: a few training steps and rows, which checks the pipeline; its accuracies mean nothing.**\n\n"
     text = f"""# Serving demo report
 
-{"**A `--tiny` run: a few training steps and rows, which checks the pipeline; its accuracies mean nothing.**" if tiny else ""}
-
-Five prompts trained on packaged models and data (`configs/serving_demo/`), then served together: the three vision
+{banner if tiny else ""}Five prompts trained on packaged models and data (`configs/serving_demo/`), then served together: the three vision
 prompts on one EfficientNet-Lite0, the two text prompts on one SmolLM2-135M-Instruct (`docs/serving_demo.md`).
 
 {table}
