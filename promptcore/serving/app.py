@@ -31,13 +31,12 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI
 from fastapi import Request as HttpRequest
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
@@ -221,10 +220,9 @@ def _get(body: dict[str, Any], name: str, types: type | tuple[type, ...], defaul
         if default is ...:
             raise ApiError(400, f"missing field '{name}'{': ' + what if what else ''}", param=name)
         return default
-    value = body[name]
-    if not isinstance(value, types) or (isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,))):
-        names = "/".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
-        raise ApiError(400, f"field '{name}' must be {names}, got {type(value).__name__}", param=name)
+    value, allowed = body[name], types if isinstance(types, tuple) else (types,)
+    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):  # JSON true is no number
+        raise ApiError(400, f"field '{name}' must be {'/'.join(t.__name__ for t in allowed)}, got {type(value).__name__}", param=name)
     return value
 
 
@@ -326,12 +324,6 @@ def create_app(service: PromptService) -> Any:
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(_: HttpRequest, e: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(ApiError(e.status_code, str(e.detail), code="not_found" if e.status_code == 404 else None).body(), status_code=e.status_code)
-
-    @app.exception_handler(RequestValidationError)
-    async def on_validation_error(_: HttpRequest, e: RequestValidationError) -> JSONResponse:
-        first = e.errors()[0] if e.errors() else {}
-        param = ".".join(str(x) for x in first.get("loc", ())[1:]) or None
-        return JSONResponse(ApiError(400, f"field '{param}': {first.get('msg', 'invalid')}", param=param).body(), status_code=400)
 
     def check_token(request: HttpRequest, admin: bool = False) -> None:
         expected = admin_key if admin else api_key
@@ -615,6 +607,10 @@ def build_application(config: ServeConfig, builder: Callable[..., ServingBackend
     from ..config import to_dict
 
     config.check_exposure()
+    # replicas may start in another working directory: they get the prompt paths absolute
+    config = replace(
+        config, **{k: str(Path(getattr(config, k)).resolve()) for k in ("prompts", "prompt_list") if getattr(config, k) is not None}
+    )
 
     @serve.ingress()
     class PromptDeployment:

@@ -4,6 +4,7 @@ import asyncio
 import base64
 import json
 import threading
+from pathlib import Path
 
 import httpx
 import openai
@@ -282,3 +283,18 @@ def test_a_removal_during_a_request_does_not_fail_it(client, service):
     service.server.backend.gate.set()
     t.join()
     assert replies[0].status_code == 200
+
+
+def test_serve_run_builds_the_application_from_a_serve_config_and_its_overrides(monkeypatch):
+    pytest.importorskip("ray")
+    from ray.serve import Application
+
+    from promptcore.serving.app import app_builder
+
+    monkeypatch.delenv("PROMPTTUNE_API_KEY", raising=False)
+    config = str(Path(__file__).resolve().parents[2] / "configs" / "serve" / "vision.yaml")
+    assert isinstance(app_builder({"config": config, "num_replicas": "2", "max_batch_size": "8"}), Application)
+    with pytest.raises(UserError, match="reachable from other machines"):
+        app_builder({"config": config, "host": "0.0.0.0"})
+    with pytest.raises(UserError, match="num_replicas"):
+        app_builder({"config": config, "num_replicas": "0"})
