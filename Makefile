@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.14.1 torchvision==0.29.1
 # DeepSpeed (in the dev extra) builds from source: DS_BUILD_OPS=0 compiles none of its ops ahead of use.
 
-.PHONY: install test test-fast demo clean
+.PHONY: install test test-fast demo serving-demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python demo/run_demo.py
+
+serving-demo: $(STAMP)
+	$(BIN)/python demo/serving_demo.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -94,6 +94,13 @@ class VisionDataConfig:
         seed: seed of the few-shot draw and the validation hold-out.
         num_classes: number of classes; default: read from the data (class names, else the largest label + 1).
         class_names: names of the classes, in label order; default: read from the data.
+        class_groups: regroups the data's classes into new ones: each new class name maps to the list of the
+            data's class names it takes (``{tops: [T-shirt/top, Shirt], footwear: [Sandal, Sneaker]}``); the new
+            classes are numbered in the mapping's order. Rows whose class is in no group are left out, so a mapping
+            may also keep a subset of the classes. Data without class names names its classes by their label ids
+            as strings (``"0"``, ``"1"`` ...). Applied to every split (:func:`regroup_classes`) before hold-out and
+            few-shot sampling (``shots`` then counts images per new class); the new names are the class names, so
+            ``class_names`` stays unset.
         image_size: overrides the backbone's input size (height = width), e.g. to run a CNN on small images.
         augment: the training images' augmentation (evaluation never augments):
 
@@ -144,6 +151,7 @@ class VisionDataConfig:
     seed: int = 0
     num_classes: int | None = None
     class_names: list[str] | None = None
+    class_groups: dict[str, list[str]] | None = None
     image_size: int | None = None
     augment: str | bool = "none"  # an AugmentMode (checked in __post_init__, which lists close matches)
     augment_scale: tuple[float, float] = DEFAULT_AUGMENT_SCALE
@@ -176,7 +184,26 @@ class VisionDataConfig:
             raise UserError(f"class_names: {len(self.class_names)} names given for num_classes {self.num_classes}")
         if self.image_size is not None and self.image_size <= 0:
             raise UserError(f"image_size: must be positive or null, got {self.image_size}")
+        if self.class_groups is not None:
+            self._check_class_groups()
         self._check_preprocessing()
+
+    def _check_class_groups(self) -> None:
+        groups = self.class_groups
+        if len(groups) < 2:
+            raise UserError(f"class_groups: give at least two groups (new classes), got {len(groups)}: {list(groups)}")
+        if self.class_names is not None:
+            raise UserError("class_names: class_groups names the new classes (its keys); remove class_names")
+        if self.num_classes is not None and self.num_classes != len(groups):
+            raise UserError(f"num_classes: {self.num_classes}, but class_groups makes {len(groups)} classes; remove num_classes or make them agree")
+        owner: dict[str, str] = {}
+        for group, members in groups.items():
+            if not members:
+                raise UserError(f"class_groups.{group}: an empty group; list the data's class names it takes")
+            for member in members:
+                if member in owner:
+                    raise UserError(f"class_groups.{group}: class {member!r} is already in group {owner[member]!r}; a class belongs to one group")
+                owner[member] = group
 
     def _check_preprocessing(self) -> None:
         self.augment = augment_mode(self.augment)
@@ -706,12 +733,56 @@ SOURCES.add("imagefolder", DataSource(
 SOURCES.add("asset", DataSource(_load_asset, (("name", "the dataset asset name"),), "an offline dataset asset (vpt.assets)"))
 
 
+class _Reindexed:
+    """``fn(indices[i])``: a function of a source's indices, read through a subset of them (picklable)."""
+
+    def __init__(self, fn: Callable[[int], Any], indices: list[int]) -> None:
+        self.fn, self.indices = fn, indices
+
+    def __call__(self, i: int) -> Any:
+        return self.fn(self.indices[i])
+
+
+def regroup_classes(images: LabeledImages, groups: dict[str, list[str]]) -> LabeledImages:
+    """``images`` with its classes regrouped (``data.class_groups``): new class ``g`` (the ``g``-th key of
+    ``groups``) takes the rows of the classes ``groups`` lists under it; rows of classes in no group are left out.
+
+    Raises:
+        DataError: a listed class that the data does not have (the message lists the close matches).
+    """
+    names = images.class_names or [str(i) for i in range(max(images.labels, default=-1) + 1)]
+    index = {name: i for i, name in enumerate(names)}
+    new_label: dict[int, int] = {}
+    for g, (group, members) in enumerate(groups.items()):
+        for member in members:
+            if member not in index:
+                raise DataError(
+                    f"class_groups.{group}: {images.name} has no class {member!r}; its classes are {names}."
+                    f"{did_you_mean(member, names)}"
+                )
+            new_label[index[member]] = g
+    keep = [i for i, y in enumerate(images.labels) if y in new_label]
+    return LabeledImages(
+        load=_Reindexed(images.load, keep),
+        labels=[new_label[images.labels[i]] for i in keep],
+        class_names=list(groups),
+        name=f"{images.name} (class_groups)",
+        prepared=images.prepared,
+        check=_Reindexed(images.check, keep) if images.check is not None else None,
+        describe=_Reindexed(images.label_of, keep),
+    )
+
+
 def load_sources(cfg: VisionDataConfig, image_config: ImageConfig | None = None) -> tuple[LabeledImages, LabeledImages | None]:
-    """The configured train and eval images before hold-out and few-shot sampling, checked.
+    """The configured train and eval images before hold-out and few-shot sampling, checked, with their classes
+    regrouped when ``cfg.class_groups`` asks (:func:`regroup_classes`).
 
     ``image_config`` is needed by sources that make images at the backbone's size (the synthetic one).
     """
     train, evals = SOURCES.get(cfg.source).load(cfg, image_config)
+    if cfg.class_groups is not None:
+        train = regroup_classes(train, cfg.class_groups)
+        evals = regroup_classes(evals, cfg.class_groups) if evals is not None else None
     for part in (train, evals):
         if part is not None and len(part) == 0:
             raise DataError(f"{part.name} has no rows; check the dataset name, split and data_files / data_dir")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace as dataclass_replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from vpt.data import (
     build_vision_data,
     holdout_indices,
     load_sources,
+    regroup_classes,
     resolve_image_config,
     to_rgb,
 )
@@ -78,6 +80,46 @@ def test_flat_imagefolder_holdout_and_few_shot(tmp_path: Path, vit: torch.nn.Mod
     assert again.train.indices == bundle.train.indices and again.eval.indices == bundle.eval.indices
     with pytest.raises(DataError, match=r"class 0 \('blue'\) has 4 image\(s\), fewer than shots=5; lower data.shots"):
         build_vision_data(load_config(VisionDataConfig, {**cfg.__dict__, "synthetic": {}, "shots": 5}), resolve_image_config(vit))
+
+
+def test_class_groups_regroup_labels_and_leave_out_unlisted_classes(tmp_path: Path, vit: torch.nn.Module) -> None:
+    write_image_tree(tmp_path / "train", {"blue": 3, "green": 4, "red": 5, "white": 2}, mode="L")
+    write_image_tree(tmp_path / "test", {"blue": 1, "green": 2, "red": 1, "white": 1}, mode="L")
+    plain_train, plain_eval = load_sources(data_cfg(source="imagefolder", data_dir=str(tmp_path)))
+    groups = {"warm": ["red"], "cool": ["blue", "green"]}  # white is in no group: its rows are left out
+    cfg = load_config(VisionDataConfig, {"source": "imagefolder", "data_dir": str(tmp_path), "class_groups": groups})
+    train, evals = load_sources(cfg)
+    assert train.class_names == ["warm", "cool"] and len(train) == 12 and len(evals) == 4
+    for regrouped, plain in ((train, plain_train), (evals, plain_eval)):
+        kept = [i for i, y in enumerate(plain.labels) if plain.class_names[y] != "white"]
+        expected = [0 if plain.class_names[plain.labels[i]] == "red" else 1 for i in kept]
+        assert regrouped.labels == expected
+        for j, i in enumerate(kept):  # row j of the regrouped data is row i of the plain data, image and all
+            assert np.array_equal(np.asarray(regrouped.load(j)), np.asarray(plain.load(i)))
+            assert regrouped.label_of(j) == plain.label_of(i) and regrouped.check(j) is None
+    bundle = build_vision_data(dataclass_replace(cfg, shots=2), resolve_image_config(vit))
+    assert bundle.class_names == ["warm", "cool"] and bundle.info["num_classes"] == 2
+    assert sorted(bundle.train.labels) == [0, 0, 1, 1] and sorted(bundle.eval.labels) == [0, 1, 1, 1]
+    # data without class names: its label ids as strings
+    images = LabeledImages(load=lambda i: i, labels=[0, 1, 2, 1], class_names=None, name="ids")
+    assert regroup_classes(images, {"a": ["2"], "b": ["0", "1"]}).labels == [1, 1, 0, 1]
+
+
+def test_class_groups_errors_name_the_field() -> None:
+    base = {"source": "synthetic", "num_classes": None}
+    with pytest.raises(ConfigError, match="class_groups: give at least two groups"):
+        load_config(VisionDataConfig, {**base, "class_groups": {"all": ["class 0"]}})
+    with pytest.raises(ConfigError, match="class_groups.b: class 'class 1' is already in group 'a'"):
+        load_config(VisionDataConfig, {**base, "class_groups": {"a": ["class 1"], "b": ["class 1"]}})
+    with pytest.raises(ConfigError, match="class_groups.b: an empty group"):
+        load_config(VisionDataConfig, {**base, "class_groups": {"a": ["class 1"], "b": []}})
+    with pytest.raises(ConfigError, match="class_names: class_groups names the new classes"):
+        load_config(VisionDataConfig, {**base, "class_groups": {"a": ["x"], "b": ["y"]}, "class_names": ["a", "b"]})
+    with pytest.raises(ConfigError, match="num_classes: 3, but class_groups makes 2 classes"):
+        load_config(VisionDataConfig, {**base, "class_groups": {"a": ["x"], "b": ["y"]}, "num_classes": 3})
+    images = LabeledImages(load=lambda i: i, labels=[0, 1], class_names=["Sandal", "Bag"], name="shoes")
+    with pytest.raises(DataError, match=r"class_groups.b: shoes has no class 'Sandl'; its classes are \['Sandal', 'Bag'\]. Did you mean 'Sandal'"):
+        regroup_classes(images, {"a": ["Bag"], "b": ["Sandl"]})
 
 
 def test_few_shot_draw_is_seeded_and_per_class() -> None:
