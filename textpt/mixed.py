@@ -101,21 +101,49 @@ def _is_prefix(model: TextPromptedModel) -> bool:
     return model.uses_prefix_cache or bool(model.backbone_kwargs(None, 1))
 
 
+def _prompt_state_key(model: TextPromptedModel) -> tuple[Any, ...] | None:
+    """What a shallow prompt's keys and values depend on besides the frozen backbone: each prompt tensor's storage,
+    in-place version, device and dtype. None when they may not be cached (training mode, or gradients wanted)."""
+    if model.training or torch.is_grad_enabled():
+        return None
+    return tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in model.prompt_parameters())
+
+
+def forget_prefix(model: TextPromptedModel) -> None:
+    """Drops the keys and values :func:`decoder_prefixes` keeps for ``model`` (when its prompt moves device)."""
+    model.__dict__.pop("_mixed_prefix", None)
+
+
 def decoder_prefixes(models: Sequence[TextPromptedModel]) -> dict[int, KeyValues]:
     """Each distinct causal-LM model's per-layer prefix ``[1, heads, n, head_dim]`` (by ``id``): prefix tuning's own
     keys and values, a shallow prompt's computed once (prompts of one length in one call). Models without a
-    prompt get none."""
+    prompt get none.
+
+    In inference (eval mode, no gradients) a shallow prompt's keys and values are kept on its model and reused by
+    later batches while its tensors stay the same ones, unchanged in place (:func:`_prompt_state_key`): a served
+    prompt is computed once, not once per batch. The kept values are the ones this function computed, so reuse
+    changes no number."""
     out: dict[int, KeyValues] = {}
     by_length: dict[int, list[TextPromptedModel]] = {}
     for m in _distinct(models):
         if m.uses_prefix_cache:
             out[id(m)] = m.prefix_key_values(None, 1)
         elif m.num_prompt_tokens:
-            by_length.setdefault(m.num_prompt_tokens, []).append(m)
+            key, kept = _prompt_state_key(m), m.__dict__.get("_mixed_prefix")
+            if key is not None and kept is not None and kept[0] == key:
+                out[id(m)] = kept[1]
+            else:
+                by_length.setdefault(m.num_prompt_tokens, []).append(m)
     for group in by_length.values():
         kv = prompt_key_values(group[0].backbone, torch.stack([_shallow(m) for m in group]))
         for t, m in enumerate(group):
             out[id(m)] = [(k[t:t + 1], v[t:t + 1]) for k, v in kv]
+            key = _prompt_state_key(m)
+            if key is not None:  # its own copy: a view would keep the whole group's keys and values alive
+                out[id(m)] = [(k.clone(), v.clone()) for k, v in out[id(m)]]
+                m.__dict__["_mixed_prefix"] = (key, out[id(m)])
+            else:
+                forget_prefix(m)
     return out
 
 
@@ -256,7 +284,7 @@ class EncoderGroup:
         if _is_prefix(models[0]):
             kvs = [m.prefix_key_values(None, 1) for m in models]
             kv = [(torch.cat([r[layer][0] for r in kvs]), torch.cat([r[layer][1] for r in kvs])) for layer in range(len(kvs[0]))]
-            self.prefixes = LayerPrefixes(models[0].attention_modules, kv)
+            self.prefixes = LayerPrefixes(models[0].route.modules, kv)
             prompt = embeds.new_zeros(len(rows), 0, embeds.shape[-1])
         else:
             n = max(m.num_prompt_tokens for m in models)

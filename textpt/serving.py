@@ -180,6 +180,7 @@ class TextPrompt:
     def to(self, device: torch.device) -> "TextPrompt":
         for module in self.model.prompt_modules().values():
             module.to(device)
+        mixed.forget_prefix(self.model)  # its kept keys and values stay where they were computed
         return self
 
 

@@ -117,3 +117,24 @@ def test_mixed_batch_refuses_models_of_other_backbones():
     models = prompts(a, tok, "causal_lm", ["prompt_tuning"]) + prompts(b, tok, "causal_lm", ["prompt_tuning"])
     with pytest.raises(UserError, match="a mixed batch runs prompts of one backbone"):
         mixed.class_scores(models, ROWS[:2])
+
+
+def test_frozen_prompts_keep_their_keys_and_values_until_they_change():
+    model, tok = backbone("llama", "causal_lm", "float64")
+    a, b = prompts(model, tok, "causal_lm", ["prompt_tuning", "p_tuning"])
+    with torch.no_grad():
+        first = mixed.class_scores([a, b, a], ROWS[:3])
+        kept = a.__dict__["_mixed_prefix"][1]
+        assert mixed.decoder_prefixes([a])[id(a)] is kept  # reused, not computed again
+        again = mixed.class_scores([a, b, a], ROWS[:3])
+        for x, y in zip(first, again):
+            assert torch.equal(x, y)
+        a.prompts.weight.mul_(2.0)  # an in-place change of the prompt: its kept keys and values are stale
+        changed = mixed.class_scores([a, b], ROWS[:2])
+        assert mixed.decoder_prefixes([a])[id(a)] is not kept
+        assert (changed[0] - alone_scores(a, ROWS[0])).abs().max() < 1e-10
+        assert (changed[0] - first[0]).abs().max() > 1e-6
+    with torch.enable_grad():  # training needs gradients through the prompt: nothing is kept or reused
+        a.train()
+        mixed.decoder_prefixes([a])
+        assert "_mixed_prefix" not in a.__dict__
