@@ -47,6 +47,7 @@ class Progress:
     best_step: int = -1
     best_epoch: int = -1
     stop_reason: str | None = None  # why a callback stopped the run (it stays finished when resumed)
+    start_loss: float | torch.Tensor | None = None  # the first step's loss: what a diverging run is measured against
 
     def add_loss(self, loss: torch.Tensor) -> None:
         """Counts an optimizer step's loss (a device tensor) in the window and epoch sums, without reading it."""
@@ -57,7 +58,13 @@ class Progress:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values (the loss sums read from the device), as the training state records them."""
-        return {**dataclasses.asdict(self), "window_loss": float(self.window_loss), "epoch_loss": float(self.epoch_loss)}
+        start = None if self.start_loss is None else float(self.start_loss)
+        return {
+            **dataclasses.asdict(self),
+            "window_loss": float(self.window_loss),
+            "epoch_loss": float(self.epoch_loss),
+            "start_loss": start,
+        }
 
 
 @dataclasses.dataclass

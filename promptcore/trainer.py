@@ -6,7 +6,8 @@ Built on Hugging Face Accelerate for devices, mixed precision and multi-process 
 micro-batch is one call of the engine's step module and one backward, then one collective sums the step's loss and
 stop flags, then the engine's optimizer step. A process whose slice of a global batch is empty (the last, short
 batch of an epoch) runs a zero-weighted step on one row instead, so its collectives match the others'. Losses and
-the NaN check stay on the device and are read every ``log_every_steps`` steps, at epoch ends and at checkpoints.
+the NaN check stay on the device and are read every ``log_every_steps`` steps, at epoch ends and at checkpoints;
+where they are read, a loss grown to :data:`DIVERGENCE_FACTOR` times the first step's gets one ``warning:`` line.
 
 Data order is a function of ``(seed, epoch)`` (:mod:`promptcore.batches`), and the learning rate a pure function of
 the step (:class:`~promptcore.optim.LRSchedule`), so a run resumed from its training state
@@ -55,6 +56,10 @@ from .preflight import check_resume, metric_problem
 from .runs import RunDir
 from .signals import StopSignals
 from .train_config import TrainConfig
+
+
+# A log window whose mean loss is this many times the first step's loss warns that the run diverges.
+DIVERGENCE_FACTOR = 1000.0
 
 
 class NonFiniteLossError(RuntimeError):
@@ -204,6 +209,7 @@ class Trainer:
         self._first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
         self._bad_loss = torch.zeros((), device=self.device)
         self._sum_dtype = torch.float64 if self.device.type != "mps" else torch.float32
+        self._warned_divergence = False
         self._stop_reason: str | None = None  # a callback's request_stop
         self._last_records: dict[str, dict[str, Any]] = {}  # the latest metrics line of each split
         self._checkpoint_step: int | None = None  # step of the last training state written
@@ -353,8 +359,27 @@ class Trainer:
             groups = self.optimizer.param_groups
             lrs = {"lr": groups[0]["lr"]} if len(groups) == 1 else {f"lr/{g['name']}": g["lr"] for g in groups}
             self._check_finite()
-            self._log({"split": "train", "epoch": p.epoch, "step": p.step, "loss": float(p.window_loss) / p.window_steps, **lrs})
+            loss = float(p.window_loss) / p.window_steps
+            self._check_divergence(loss)
+            self._log({"split": "train", "epoch": p.epoch, "step": p.step, "loss": loss, **lrs})
             p.window_loss, p.window_steps = 0.0, 0
+
+    def _check_divergence(self, loss: float) -> None:
+        """Warns once, in one line, when the mean loss of a log window (read there) has grown to
+        ``DIVERGENCE_FACTOR`` times the first step's loss: the run is diverging, most often from too high a rate."""
+        p = self.progress
+        if self._warned_divergence or p.start_loss is None:
+            return
+        start = float(p.start_loss)
+        if start > 0 and loss > DIVERGENCE_FACTOR * start:
+            self._warned_divergence = True
+            if self.is_main:
+                print(
+                    f"warning: the training loss grew from {start:.4g} (step 1) to {loss:.4g} (steps up to {p.step}), "
+                    f"{loss / start:.3g} times its start: the run is diverging; lower train.lr (now {self.config.lr:g}) "
+                    f"or set train.grad_clip",
+                    file=sys.stderr,
+                )
 
     # ----- training --------------------------------------------------------------------------------------------
     def _loader(self, dataset: Dataset, batch_sampler: Any, generator: torch.Generator) -> DataLoader:
@@ -384,6 +409,8 @@ class Trainer:
         self._first_bad = torch.where(bad, step, self._first_bad)
         self._bad_loss = torch.where(bad, loss.detach(), self._bad_loss)
         p.add_loss(loss.detach().to(self._sum_dtype))
+        if p.start_loss is None:
+            p.start_loss = loss.detach().to(self._sum_dtype)
 
     def _check_finite(self) -> None:
         """Raises :class:`NonFiniteLossError` naming the first step whose loss was NaN or infinite (reads the device)."""
@@ -398,7 +425,7 @@ class Trainer:
         raise NonFiniteLossError(
             f"loss is {float(self._bad_loss)} at step {first} (epoch {(first - 1) // self.steps_per_epoch}); training "
             f"stopped, and no gradient of that step or a later one reached the prompts{where}. Lower the learning "
-            f"rate, enable grad_clip, or use bf16 instead of fp16"
+            f"rate (train.lr, now {self.config.lr:g}), enable train.grad_clip, or use bf16 instead of fp16"
         )
 
     def _optimizer_step(self, batches: Iterator[Any], sampler: EpochBatches, micro: range) -> tuple[torch.Tensor, bool] | None:

@@ -222,6 +222,17 @@ def test_nan_loss_stops_names_the_step_and_keeps_the_last_good_checkpoint(tmp_pa
     assert all(torch.isfinite(v).all() for v in fresh.prompt_state_dict().values())
 
 
+def test_a_diverging_loss_warns_once_naming_train_lr(capsys):
+    # Adam at lr 1e4 keeps the loss finite while it grows by orders of magnitude: no error, one warning line.
+    result = Trainer(toy_model(), cfg(lr=1e4), toy_data()).fit()
+    assert math.isfinite(result["train_loss"]) and result["train_loss"] > 1e3
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(lines) == 1
+    assert "diverging; lower train.lr (now 10000)" in lines[0] and "(step 1)" in lines[0]
+    Trainer(toy_model(), cfg(), toy_data()).fit()
+    assert "warning:" not in capsys.readouterr().err
+
+
 def test_run_directory_holding_a_run_is_refused_unless_overwrite(tmp_path):
     Trainer(toy_model(), cfg(epochs=1), toy_data(), run_dir=tmp_path / "run").fit()
     (tmp_path / "run/notes.txt").write_text("mine")
