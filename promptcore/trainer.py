@@ -190,6 +190,14 @@ class Trainer:
         self._group_params = [list(g["params"]) for g in groups]
         self.engine.prepare(self.step_module, self.optimizer if trains else None)
         micro_per_epoch = math.ceil(self.num_train / (config.batch_size * self.world_size)) if self.num_train else 0
+        if trains and config.batch_size * self.world_size > self.num_train and self.is_main:
+            processes = f" x {self.world_size} processes" if self.world_size > 1 else ""
+            print(
+                f"warning: train.batch_size {config.batch_size}{processes} is larger than the {self.num_train} rows of "
+                f"the train data: each epoch is one step of {self.num_train} rows; set train.batch_size to at most "
+                f"{self.num_train // self.world_size} to mean that",
+                file=sys.stderr,
+            )
         self.steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accum_steps)
         self.total_steps = config.epochs * self.steps_per_epoch
         if config.max_steps is not None:

@@ -233,6 +233,19 @@ def test_a_diverging_loss_warns_once_naming_train_lr(capsys):
     assert "warning:" not in capsys.readouterr().err
 
 
+def test_a_batch_larger_than_the_data_is_said_in_one_line(capsys):
+    trainer = Trainer(toy_model(), cfg(batch_size=1_000_000, epochs=1), toy_data(40))
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert lines == [
+        "warning: train.batch_size 1000000 is larger than the 40 rows of the train data: each epoch is one step of "
+        "40 rows; set train.batch_size to at most 40 to mean that"
+    ]
+    assert trainer.fit()["step"] == 1
+    Trainer(toy_model(), cfg(batch_size=40), toy_data(40))
+    Trainer(toy_model(), cfg(batch_size=1_000_000), None, toy_data(20, split="validation"))  # evaluation only
+    assert "warning:" not in capsys.readouterr().err
+
+
 def test_run_directory_holding_a_run_is_refused_unless_overwrite(tmp_path):
     Trainer(toy_model(), cfg(epochs=1), toy_data(), run_dir=tmp_path / "run").fit()
     (tmp_path / "run/notes.txt").write_text("mine")
