@@ -11,6 +11,8 @@ from .config import ConfigError
 from .errors import UserError
 from .registry import did_you_mean
 
+# The optimizers that take ``betas`` and ``eps``.
+ADAM_OPTIMIZERS = ("adam", "adamw")
 # What a ``param_groups`` entry may override.
 GROUP_KEYS = ("lr", "weight_decay")
 
@@ -41,7 +43,9 @@ class TrainConfig:
     not AdamW's decoupled decay), ``sgd`` (with ``momentum``), ``adafactor`` (``torch.optim.Adafactor``: relative step
     size ``min(lr, 1/sqrt(t))`` times the parameter's RMS), ``adafactor_t5x`` (:class:`promptcore.optim.AdafactorT5X`,
     Lester et al.'s prompt tuning recipe: ``lr`` is the step size itself; ``weight_decay`` is T5X's decoupled
-    rate, not scaled by ``lr``; ``adafactor_start_step`` as there described).
+    rate, not scaled by ``lr``; ``adafactor_start_step`` as there described). ``betas`` and ``eps`` set Adam's and
+    AdamW's moment decays and denominator term (``null``: torch's ``(0.9, 0.999)`` and ``1e-8``); other optimizers
+    refuse them.
 
     Callbacks (:mod:`promptcore.callbacks`) by registered name, with their arguments in a mapping::
 
@@ -68,6 +72,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     param_groups: dict[str, dict[str, float]] = field(default_factory=dict)  # module -> {lr, weight_decay}
     momentum: float = 0.9  # SGD only
+    betas: tuple[float, float] | None = None  # adam / adamw only; null: torch's (0.9, 0.999)
+    eps: float | None = None  # adam / adamw only; null: torch's 1e-8
     adafactor_start_step: int = 0  # adafactor_t5x only: steps its second-moment decay counts as done
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     schedule_unit: Literal["step", "epoch"] = "step"
@@ -121,6 +127,7 @@ class TrainConfig:
             errors.append(f"eval_batch_size: must be positive or null, got {self.eval_batch_size}")
         if self.adafactor_start_step and self.optimizer != "adafactor_t5x":
             errors.append(f"adafactor_start_step: only adafactor_t5x uses it (optimizer is {self.optimizer}); remove it")
+        self._check_adam_settings(errors)
         self._check_param_groups(errors)
         self._check_warmup(errors)
         engine_known = self._check_engine(errors)
@@ -137,6 +144,24 @@ class TrainConfig:
             raise UserError(errors[0])
         if errors:
             raise ConfigError(errors, "TrainConfig")
+
+    def _check_adam_settings(self, errors: list[str]) -> None:
+        """``betas`` and ``eps``: Adam's and AdamW's moment decays and denominator term, refused for the others."""
+        for name in ("betas", "eps"):
+            if getattr(self, name) is not None and self.optimizer not in ADAM_OPTIMIZERS:
+                errors.append(
+                    f"{name}: only {' and '.join(ADAM_OPTIMIZERS)} use it (optimizer is {self.optimizer}, which has no "
+                    f"{name} setting here); remove train.{name} or set train.optimizer: adamw"
+                )
+                return
+        if self.betas is not None:
+            betas = list(self.betas)
+            if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas):
+                errors.append(f"betas: expected two numbers in [0, 1) (beta1, beta2), e.g. [0.9, 0.999], got {self.betas!r}")
+            else:
+                self.betas = (float(betas[0]), float(betas[1]))
+        if self.eps is not None and not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps > 0):
+            errors.append(f"eps: must be a positive finite number (torch's default is 1e-8), got {self.eps!r}")
 
     def _check_param_groups(self, errors: list[str]) -> None:
         for module, overrides in self.param_groups.items():
