@@ -22,7 +22,7 @@ from .optim import OPTIMIZER_STATE_FACTOR
 from .runs import RunDir, RunDirError, format_size
 
 # The fields a resumed run must share with the saved one: they fix the data order and the global batch.
-RESUME_KEYS = ("seed", "batch_size", "grad_accum_steps")
+RESUME_KEYS = ("seed", "batch_size", "grad_accum_steps", "drop_last")
 # Fields a resumed run cannot change either: the optimizer state and best/ belong to them.
 FIXED_ON_RESUME = ("optimizer", "metric", "metric_mode")
 

@@ -65,6 +65,7 @@ class TrainConfig:
     epochs: int = 10
     max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs when reached first)
     batch_size: int = 32  # global batch = batch_size * processes * grad_accum_steps
+    drop_last: bool = False  # leave out each epoch's last micro-batch when it is short (Dassl's train loader does)
     eval_batch_size: int | None = None  # default: batch_size
     optimizer: Literal["adamw", "adam", "sgd", "adafactor", "adafactor_t5x"] = "adamw"
     lr: float = 1e-3

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .batches import EpochBatches, check_labels, epoch_generator, num_rows, seed_everything, set_determinism, to_device
 from .callbacks import Callback, CallbackList, StepInfo
@@ -99,6 +99,13 @@ class Trainer:
         overwrite: replace a run already in ``run_dir`` instead of refusing.
         callbacks: :class:`~promptcore.callbacks.Callback` objects, run after those named in ``config.callbacks``
             (and after the built-in progress bar and TensorBoard ones).
+        batch_order: the train data's order, for a loop ported from code that gives its own: a callable
+            ``epoch -> row indices`` (0-based epoch; one index in ``[0, len(train_dataset))`` per row, a
+            permutation or drawn with replacement), or a torch ``Sampler`` (iterated once per epoch, after
+            ``set_epoch(epoch)`` where it has one). The indices are cut into batches as the default order is
+            (:class:`~promptcore.batches.EpochBatches`), and must be the same on every process and for a given
+            epoch on every call, so that a resumed run finds its place. Default: a permutation drawn from
+            ``(seed, epoch)``.
 
     Example::
 
@@ -120,6 +127,7 @@ class Trainer:
         resume: bool = False,
         overwrite: bool = False,
         callbacks: Sequence[Callback] = (),
+        batch_order: Callable[[int], Sequence[int]] | Sampler | None = None,
     ) -> None:
         if not isinstance(model, PromptedModel):
             raise TypeError(f"Trainer needs a PromptedModel (from promptcore.wrap or a subclass), got {type(model).__name__}")
@@ -127,7 +135,9 @@ class Trainer:
             raise UserError("resume=True needs the run_dir of the run to continue")
         if resume and overwrite:
             raise UserError("resume and overwrite exclude each other: resume continues the run in run_dir, overwrite replaces it")
-        self.model, self.config = model, config
+        if batch_order is not None and not callable(batch_order) and not isinstance(batch_order, Sampler):
+            raise UserError(f"batch_order: expected a callable (epoch -> row indices) or a torch Sampler, got {type(batch_order).__name__}")
+        self.model, self.config, self.batch_order = model, config, batch_order
         self.train_dataset, self.eval_dataset, self.collate_fn = train_dataset, eval_dataset, collate_fn
         self.num_train = num_rows(train_dataset, "train") if train_dataset is not None else 0
         if eval_dataset is not None:
@@ -189,8 +199,15 @@ class Trainer:
         # The prompts of each optimizer group (DeepSpeed replaces them in the groups by flat partitions).
         self._group_params = [list(g["params"]) for g in groups]
         self.engine.prepare(self.step_module, self.optimizer if trains else None)
-        micro_per_epoch = math.ceil(self.num_train / (config.batch_size * self.world_size)) if self.num_train else 0
-        if trains and config.batch_size * self.world_size > self.num_train and self.is_main:
+        rows_per_micro = config.batch_size * self.world_size
+        micro_per_epoch = self.num_train // rows_per_micro if config.drop_last else math.ceil(self.num_train / rows_per_micro)
+        if trains and micro_per_epoch == 0:
+            raise UserError(
+                f"drop_last: the train data's {self.num_train} rows are fewer than one batch of {rows_per_micro} "
+                f"(train.batch_size x processes), so dropping the short last batch leaves nothing to train; lower "
+                f"train.batch_size or set train.drop_last: false"
+            )
+        if trains and rows_per_micro > self.num_train and self.is_main:
             processes = f" x {self.world_size} processes" if self.world_size > 1 else ""
             print(
                 f"warning: train.batch_size {config.batch_size}{processes} is larger than the {self.num_train} rows of "
@@ -478,11 +495,26 @@ class Trainer:
         engine.step(self.optimizer, self.params, self._first_bad < 0)
         return reduced[0], interrupted
 
+    def _epoch_order(self, epoch: int) -> Sequence[int] | None:
+        """The row indices of ``epoch`` from the ``batch_order`` hook (None: the default order)."""
+        hook = self.batch_order
+        if hook is None:
+            return None
+        if isinstance(hook, Sampler):
+            if hasattr(hook, "set_epoch"):
+                hook.set_epoch(epoch)
+            return list(hook)
+        return hook(epoch)
+
     def _train_epoch(self) -> bool:
         """Runs the rest of ``progress.epoch``; returns False when max_steps or a stop request ended training
         inside it."""
         cfg, p = self.config, self.progress
-        sampler = EpochBatches(self.num_train, cfg.batch_size, self.world_size, self.rank, cfg.seed, p.epoch, start=p.micro)
+        sampler = EpochBatches(
+            self.num_train, cfg.batch_size, self.world_size, self.rank, cfg.seed, p.epoch, start=p.micro,
+            order=self._epoch_order(p.epoch), drop_last=cfg.drop_last,
+        )
+        self._callback("on_epoch_begin")
         batches = iter(self._loader(self.train_dataset, sampler, epoch_generator(cfg.seed, p.epoch)))
         accum = cfg.grad_accum_steps
         tick = time.perf_counter()

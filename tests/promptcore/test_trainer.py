@@ -15,7 +15,8 @@ from promptcore.config import ConfigError  # noqa: E402
 from promptcore.errors import UserError  # noqa: E402
 from promptcore.runs import RunDirError  # noqa: E402
 from promptcore.optim import AdafactorT5X, build_optimizer, lr_factor  # noqa: E402
-from promptcore.trainer import EpochBatches, NonFiniteLossError, check_optimizer_params  # noqa: E402
+from promptcore.callbacks import Callback  # noqa: E402
+from promptcore.trainer import EpochBatches, NonFiniteLossError, check_optimizer_params, epoch_generator  # noqa: E402
 
 
 def cfg(**kw) -> TrainConfig:
@@ -163,6 +164,92 @@ def test_epoch_batches_cover_every_row_once_and_skip_exactly():
     full = list(EpochBatches(42, 8, 1, 0, seed=3, epoch=1))
     assert list(EpochBatches(42, 8, 1, 0, seed=3, epoch=1, start=2)) == full[2:]
     assert full != list(EpochBatches(42, 8, 1, 0, seed=3, epoch=2))
+
+
+def test_epoch_batches_take_a_given_order_and_drop_the_short_last_batch():
+    order = list(range(41, -1, -1))
+    batches = list(EpochBatches(42, 8, 1, 0, seed=3, epoch=1, order=order))
+    assert batches == [order[i : i + 8] for i in range(0, 42, 8)] and len(batches[-1]) == 2
+    dropped = EpochBatches(42, 8, 1, 0, seed=3, epoch=1, drop_last=True)
+    assert list(dropped) == list(EpochBatches(42, 8, 1, 0, seed=3, epoch=1))[:5] and len(dropped) == dropped.num_micro == 5
+    ranks = [EpochBatches(42, 4, 2, r, seed=3, epoch=1, drop_last=True) for r in range(2)]
+    assert sorted(i for s in ranks for b in s for i in b) == sorted(EpochBatches(42, 8, 1, 0, seed=3, epoch=1).order[:40].tolist())
+    with pytest.raises(UserError, match=r"batch order of epoch 1: expected 42 integer row indices .*got shape \(41,\)"):
+        EpochBatches(42, 8, 1, 0, seed=3, epoch=1, order=order[1:])
+    with pytest.raises(UserError, match=r"batch order of epoch 1: indices must lie in \[0, 41\], got 0 .. 42"):
+        EpochBatches(42, 8, 1, 0, seed=3, epoch=1, order=[42] + order[1:])
+
+
+class Recorded(torch.utils.data.Dataset):
+    """A dataset that records the rows read, in order."""
+
+    def __init__(self, data):
+        self.data, self.rows = data, []
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        self.rows.append(i)
+        return self.data[i]
+
+
+class EpochRecorder(Callback):
+    def __init__(self):
+        self.events = []
+
+    def on_epoch_begin(self, trainer):
+        self.events.append(("begin", trainer.progress.epoch, trainer.progress.step))
+
+    def on_epoch_end(self, trainer):
+        self.events.append(("end", trainer.progress.epoch, trainer.progress.step))
+
+
+def test_batch_order_hook_and_on_epoch_begin():
+    # The hook giving the default permutation trains bitwise as the default; another order trains otherwise.
+    default, same, other = toy_model(), toy_model(), toy_model()
+    Trainer(default, cfg(), toy_data()).fit()
+    recorder = EpochRecorder()
+    data = Recorded(toy_data())
+    Trainer(same, cfg(), data, callbacks=[recorder], batch_order=lambda epoch: torch.randperm(40, generator=epoch_generator(0, epoch))).fit()
+    assert data.rows == [i for e in range(2) for i in torch.randperm(40, generator=epoch_generator(0, e)).tolist()]
+    assert recorder.events == [("begin", 0, 0), ("end", 0, 5), ("begin", 1, 5), ("end", 1, 10)]
+    assert all(torch.equal(v, same.prompt_state_dict()[k]) for k, v in default.prompt_state_dict().items())
+
+    class Reversed(torch.utils.data.Sampler):
+        def __init__(self):
+            self.epochs = []
+
+        def set_epoch(self, epoch):
+            self.epochs.append(epoch)
+
+        def __iter__(self):
+            return iter(range(39, -1, -1) if self.epochs[-1] % 2 else range(40))
+
+        def __len__(self):
+            return 40
+
+    sampler, data = Reversed(), Recorded(toy_data())
+    Trainer(other, cfg(), data, batch_order=sampler).fit()
+    assert sampler.epochs == [0, 1] and data.rows == list(range(40)) + list(range(39, -1, -1))
+    assert not torch.equal(other.prompts.weight, default.prompts.weight)
+    with pytest.raises(UserError, match=r"batch_order: expected a callable \(epoch -> row indices\) or a torch Sampler, got list"):
+        Trainer(toy_model(), cfg(), toy_data(), batch_order=list(range(40)))
+    with pytest.raises(UserError, match=r"batch order of epoch 0: expected 40 integer row indices"):
+        Trainer(toy_model(), cfg(), toy_data(), batch_order=lambda epoch: range(10)).fit()
+
+
+def test_drop_last_leaves_out_each_epochs_short_batch():
+    kept, dropped = toy_model(), toy_model()
+    t = Trainer(kept, cfg(batch_size=16), toy_data(40))
+    assert t.steps_per_epoch == 3 and t.fit()["step"] == 6
+    data = Recorded(toy_data(40))
+    t = Trainer(dropped, cfg(batch_size=16, drop_last=True), data)
+    assert t.steps_per_epoch == 2 and t.fit()["step"] == 4
+    orders = [torch.randperm(40, generator=epoch_generator(0, e)).tolist() for e in range(2)]
+    assert data.rows == orders[0][:32] + orders[1][:32]
+    with pytest.raises(UserError, match=r"drop_last: the train data's 40 rows are fewer than one batch of 64 .*train.drop_last: false"):
+        Trainer(toy_model(), cfg(batch_size=64, drop_last=True), toy_data(40))
 
 
 def test_same_seed_same_run_and_max_steps(tmp_path):
