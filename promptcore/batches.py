@@ -91,6 +91,14 @@ def check_labels(batch: Any, num_classes: int | None, where: str) -> None:
         )
 
 
+def micro_batches(num_rows: int, global_batch: int, drop_last: bool) -> int:
+    """The global micro-batches of an epoch of ``num_rows`` rows; ``drop_last`` leaves out a short last one, unless
+    the data is smaller than one batch (kept whole, as Dassl's train loader's ``drop_last=len(data) >= batch_size``)."""
+    if drop_last and num_rows >= global_batch:
+        return num_rows // global_batch
+    return math.ceil(num_rows / global_batch)
+
+
 def check_order(order: Sequence[int] | torch.Tensor, num_rows: int, epoch: int) -> torch.Tensor:
     """``order`` (an epoch's row indices from a batch-order hook) as an int64 tensor, or a :class:`UserError` when
     it does not give one index in ``[0, num_rows)`` per row."""
@@ -113,7 +121,7 @@ class EpochBatches(Sampler[list[int]]):
 
     The epoch's order (``order``, or by default a permutation from :func:`epoch_generator`) is cut into global
     micro-batches of ``batch_size * world_size`` samples (the last may be shorter; ``drop_last`` leaves it out, as
-    a PyTorch ``DataLoader(drop_last=True)`` does); process ``rank`` takes the contiguous slice
+    Dassl's train loader does, unless the data is smaller than one batch, which is then kept); process ``rank`` takes the contiguous slice
     ``[rank * m // world, (rank + 1) * m // world)`` of each global micro-batch of size ``m``. Slices that are
     empty (a last global batch smaller than the world) are not yielded; :meth:`local_size` tells the trainer.
 
@@ -125,7 +133,8 @@ class EpochBatches(Sampler[list[int]]):
         start: the first micro-batch yielded (a resumed run starts mid-epoch).
         order: the epoch's row indices in the order they are trained (``num_rows`` of them, each in
             ``[0, num_rows)``; a permutation, or drawn with replacement), instead of the default permutation.
-        drop_last: leave out the epoch's last global micro-batch when it is shorter than ``batch_size * world_size``.
+        drop_last: leave out the epoch's last global micro-batch when it is shorter than ``batch_size * world_size``
+            (data smaller than one batch stays one short batch, as Dassl's ``len(data) >= batch_size`` rule keeps it).
     """
 
     def __init__(
@@ -142,7 +151,7 @@ class EpochBatches(Sampler[list[int]]):
     ) -> None:
         self.num_rows, self.world_size, self.rank = num_rows, world_size, rank
         self.global_batch = batch_size * world_size
-        self.num_micro = num_rows // self.global_batch if drop_last else math.ceil(num_rows / self.global_batch)
+        self.num_micro = micro_batches(num_rows, self.global_batch, drop_last)
         self.start = start
         self.order = torch.randperm(num_rows, generator=epoch_generator(seed, epoch)) if order is None else check_order(order, num_rows, epoch)
 
@@ -168,4 +177,4 @@ class EpochBatches(Sampler[list[int]]):
         return sum(1 for j in range(self.start, self.num_micro) if self.local_size(j) > 0)
 
 
-__all__ = ["EpochBatches", "check_labels", "check_order", "epoch_generator", "num_rows", "seed_everything", "set_determinism", "to_device"]
+__all__ = ["EpochBatches", "check_labels", "check_order", "micro_batches", "epoch_generator", "num_rows", "seed_everything", "set_determinism", "to_device"]

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .batches import EpochBatches, check_labels, epoch_generator, num_rows, seed_everything, set_determinism, to_device
+from .batches import EpochBatches, check_labels, epoch_generator, micro_batches, num_rows, seed_everything, set_determinism, to_device
 from .callbacks import Callback, CallbackList, StepInfo
 from .checkpoint import (
     Progress,
@@ -200,13 +200,7 @@ class Trainer:
         self._group_params = [list(g["params"]) for g in groups]
         self.engine.prepare(self.step_module, self.optimizer if trains else None)
         rows_per_micro = config.batch_size * self.world_size
-        micro_per_epoch = self.num_train // rows_per_micro if config.drop_last else math.ceil(self.num_train / rows_per_micro)
-        if trains and micro_per_epoch == 0:
-            raise UserError(
-                f"drop_last: the train data's {self.num_train} rows are fewer than one batch of {rows_per_micro} "
-                f"(train.batch_size x processes), so dropping the short last batch leaves nothing to train; lower "
-                f"train.batch_size or set train.drop_last: false"
-            )
+        micro_per_epoch = micro_batches(self.num_train, rows_per_micro, config.drop_last)
         if trains and rows_per_micro > self.num_train and self.is_main:
             processes = f" x {self.world_size} processes" if self.world_size > 1 else ""
             print(

@@ -248,8 +248,9 @@ def test_drop_last_leaves_out_each_epochs_short_batch():
     assert t.steps_per_epoch == 2 and t.fit()["step"] == 4
     orders = [torch.randperm(40, generator=epoch_generator(0, e)).tolist() for e in range(2)]
     assert data.rows == orders[0][:32] + orders[1][:32]
-    with pytest.raises(UserError, match=r"drop_last: the train data's 40 rows are fewer than one batch of 64 .*train.drop_last: false"):
-        Trainer(toy_model(), cfg(batch_size=64, drop_last=True), toy_data(40))
+    # Data smaller than one batch stays one short batch, as in Dassl (drop_last=len(data) >= batch_size).
+    assert Trainer(toy_model(), cfg(batch_size=64, drop_last=True), toy_data(40)).steps_per_epoch == 1
+    assert len(EpochBatches(40, 64, 1, 0, seed=0, epoch=0, drop_last=True)) == 1
 
 
 def test_same_seed_same_run_and_max_steps(tmp_path):
