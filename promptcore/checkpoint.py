@@ -49,6 +49,12 @@ class Progress:
     stop_reason: str | None = None  # why a callback stopped the run (it stays finished when resumed)
     start_loss: float | torch.Tensor | None = None  # the first step's loss: what a diverging run is measured against
 
+    @property
+    def last_epoch(self) -> int:
+        """The epoch (0-based, as every record numbers it) of the last step done; ``epoch`` is the epoch in
+        progress, one further once an epoch has ended."""
+        return self.epoch - 1 if self.micro == 0 and self.epoch > 0 else self.epoch
+
     def add_loss(self, loss: torch.Tensor) -> None:
         """Counts an optimizer step's loss (a device tensor) in the window and epoch sums, without reading it."""
         self.window_loss = self.window_loss + loss

@@ -111,7 +111,7 @@ class Trainer:
 
         model = wrap(backbone, VPTConfig(num_tokens=10, num_classes=10))
         trainer = Trainer(model, TrainConfig(epochs=5, lr=0.1), train_ds, eval_ds, run_dir="runs/demo")
-        result = trainer.fit()            # {"step": ..., "eval": {...}, "best": {...}, "stopped": None, ...}
+        result = trainer.fit()            # {"step": ..., "epoch": ..., "eval": {...}, "best": {...}, "stopped": None, ...}
         trainer.evaluate(test_ds)         # {"loss": ..., "accuracy": ..., "count": ...}
     """
 
@@ -298,7 +298,7 @@ class Trainer:
         with self.engine.whole(self.params):
             optimizer_state = self.engine.optimizer_state(self.optimizer, self._group_params)
             if self.is_main:
-                self.model.save_prompts(self.run.last, extra={"step": progress.step, "epoch": progress.epoch})
+                self.model.save_prompts(self.run.last, extra={"step": progress.step, "epoch": progress.last_epoch})
                 state = TrainingState(
                     progress=progress.as_dict(),
                     world_size=self.world_size,
@@ -589,8 +589,10 @@ class Trainer:
         return metrics
 
     def fit(self) -> dict[str, Any]:
-        """Trains until ``epochs`` or ``max_steps``, or until a callback stops the run; returns the last step, the
-        final eval metrics, the best, and why a callback stopped it (``stopped``, else ``None``).
+        """Trains until ``epochs`` or ``max_steps``, or until a callback stops the run; returns the last step, its
+        epoch, the whole epochs done (``epochs_done``), the final eval metrics, the best, and why a callback stopped it
+        (``stopped``, else ``None``). Epochs are numbered from 0 here as in ``metrics.jsonl``, ``best/`` and ``last/``:
+        after ``epochs: 2`` the result has ``"epoch": 1, "epochs_done": 2``.
 
         Raises:
             NonFiniteLossError: the loss became NaN/inf (the run directory keeps the last good checkpoint).
@@ -637,7 +639,8 @@ class Trainer:
         final = self._last_records.get("eval", {})
         return {
             "step": p.step,
-            "epoch": p.epoch,
+            "epoch": p.last_epoch,
+            "epochs_done": p.epoch,
             "train_loss": self._last_records.get("train", {}).get("loss"),
             "eval": {k: v for k, v in final.items() if k not in ("split", "step", "epoch")},
             "best": best,

@@ -44,7 +44,8 @@ def test_fit_trains_only_prompts_and_leaves_backbone_bitwise_unchanged(tmp_path)
     assert model.backbone_modes and not any(model.backbone_modes)  # the backbone ran in eval mode
     for key, value in model.prompt_state_dict().items():
         assert not torch.equal(value, prompts_before[key]), f"prompt tensor {key} did not train"
-    assert result["step"] == 10 and result["epoch"] == 2
+    # Epochs are 0-based everywhere: the result, metrics.jsonl, best/ and last/.
+    assert result["step"] == 10 and result["epoch"] == 1 and result["epochs_done"] == 2
     assert result["eval"]["count"] == 20 and result["best"]["metric"] == "accuracy"
 
     run = tmp_path / "run"
@@ -54,6 +55,7 @@ def test_fit_trains_only_prompts_and_leaves_backbone_bitwise_unchanged(tmp_path)
     records = [json.loads(line) for line in run.joinpath("metrics.jsonl").read_text().splitlines()]
     assert [r["split"] for r in records if r["split"] != "train"] == ["epoch", "eval", "epoch", "eval"]
     assert records[-1] == {"split": "eval", "epoch": 1, "step": 10, **result["eval"]}
+    assert [(r["step"], r["epoch"]) for r in records if r["split"] == "train"] == [(2, 0), (4, 0), (5, 0), (6, 1), (8, 1), (10, 1)]
     # last/ holds the trained prompts, best/ the prompts of the best eval; both load into a fresh model.
     fresh = toy_model(seed=1)
     fresh.load_prompts(run / "last")
@@ -61,6 +63,8 @@ def test_fit_trains_only_prompts_and_leaves_backbone_bitwise_unchanged(tmp_path)
         assert torch.equal(fresh.prompt_state_dict()[key], value)
     best_meta = json.loads(run.joinpath("best", "prompt_config.json").read_text())
     assert best_meta["step"] == result["best"]["step"] and best_meta["value"] == result["best"]["value"]
+    assert best_meta["epoch"] == result["best"]["epoch"] == (result["best"]["step"] - 1) // 5
+    assert json.loads(run.joinpath("last", "prompt_config.json").read_text())["epoch"] == 1
     assert "train:" in run.joinpath("config.yaml").read_text()
 
 
@@ -259,7 +263,7 @@ def test_same_seed_same_run_and_max_steps(tmp_path):
         model = toy_model()
         result = Trainer(model, cfg(max_steps=7), toy_data(), toy_data(20, split="validation"), run_dir=tmp_path / name).fit()
         results.append((result, model.prompt_state_dict()))
-    assert results[0][0]["step"] == 7 and results[0][0]["epoch"] == 1
+    assert results[0][0]["step"] == 7 and results[0][0]["epoch"] == 1 and results[0][0]["epochs_done"] == 1
     assert results[0][0]["eval"] == results[1][0]["eval"]
     for key in results[0][1]:
         assert torch.equal(results[0][1][key], results[1][1][key])
