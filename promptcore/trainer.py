@@ -146,7 +146,7 @@ class Trainer:
             if problem:
                 raise UserError(problem)
 
-        engine_class = resolve_engine(config.distributed, int(os.environ.get("WORLD_SIZE", "1")))
+        engine_class = resolve_engine(config.distributed, int(os.environ.get("WORLD_SIZE", "1")), trains=train_dataset is not None)
         self.accelerator = engine_class.make_accelerator(config)
         self.device = self.accelerator.device
         self.world_size = self.accelerator.num_processes
