@@ -206,7 +206,7 @@ class Trainer:
             print(
                 f"warning: train.batch_size {config.batch_size}{processes} is larger than the {self.num_train} rows of "
                 f"the train data: each epoch is one step of {self.num_train} rows; set train.batch_size to at most "
-                f"{self.num_train // self.world_size} to mean that",
+                f"{max(self.num_train // self.world_size, 1)} to mean that",
                 file=sys.stderr,
             )
         self.steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accum_steps)
