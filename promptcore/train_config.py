@@ -47,6 +47,9 @@ class TrainConfig:
     AdamW's moment decays and denominator term (``null``: torch's ``(0.9, 0.999)`` and ``1e-8``); other optimizers
     refuse them.
 
+    Data order: each epoch's rows are cut into batches of ``batch_size`` per process; ``drop_last`` leaves out the
+    epoch's last batch when it is short, as Dassl's train loader does (the CLIP presets that follow Dassl set it).
+
     Callbacks (:mod:`promptcore.callbacks`) by registered name, with their arguments in a mapping::
 
         train: {callbacks: [step_timer, {name: early_stopping, patience: 3}]}
