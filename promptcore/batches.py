@@ -1,9 +1,10 @@
 """The batches of a run: their order and seeds (functions of ``(seed, epoch)`` only, so a resumed run finds its
 place), and the checks and moves every batch goes through.
 
-Each epoch's permutation is drawn from its own generator (:func:`epoch_generator`) and cut into global batches of
-``batch_size * processes`` samples, of which each process takes its slice (:class:`EpochBatches`). A resumed run
-therefore starts its sampler at the saved position without loading the batches it skips.
+Each epoch's permutation is drawn from its own generator (:func:`epoch_generator`), or given by the run's batch-order
+hook (``Trainer(batch_order=...)``), and cut into global batches of ``batch_size * processes`` samples, of which each
+process takes its slice (:class:`EpochBatches`). A resumed run therefore starts its sampler at the saved position
+without loading the batches it skips.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import random
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -90,21 +91,69 @@ def check_labels(batch: Any, num_classes: int | None, where: str) -> None:
         )
 
 
+def micro_batches(num_rows: int, global_batch: int, drop_last: bool) -> int:
+    """The global micro-batches of an epoch of ``num_rows`` rows; ``drop_last`` leaves out a short last one, unless
+    the data is smaller than one batch (kept whole, as Dassl's train loader's ``drop_last=len(data) >= batch_size``)."""
+    if drop_last and num_rows >= global_batch:
+        return num_rows // global_batch
+    return math.ceil(num_rows / global_batch)
+
+
+def check_order(order: Sequence[int] | torch.Tensor, num_rows: int, epoch: int) -> torch.Tensor:
+    """``order`` (an epoch's row indices from a batch-order hook) as an int64 tensor, or a :class:`UserError` when
+    it does not give one index in ``[0, num_rows)`` per row."""
+    try:
+        indices = torch.as_tensor(order if isinstance(order, torch.Tensor) else list(order))
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"batch order of epoch {epoch}: expected a sequence of row indices, got {type(order).__name__} ({e})") from None
+    if indices.dim() != 1 or len(indices) != num_rows or (len(indices) and indices.is_floating_point()):
+        raise UserError(
+            f"batch order of epoch {epoch}: expected {num_rows} integer row indices (one per row of the train data), "
+            f"got shape {tuple(indices.shape)} of {indices.dtype}"
+        )
+    if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= num_rows):
+        raise UserError(f"batch order of epoch {epoch}: indices must lie in [0, {num_rows - 1}], got {int(indices.min())} .. {int(indices.max())}")
+    return indices.to(torch.int64)
+
+
 class EpochBatches(Sampler[list[int]]):
     """This process's micro-batches of one epoch, from micro-batch ``start`` on.
 
-    The epoch's permutation (from :func:`epoch_generator`) is cut into global micro-batches of
-    ``batch_size * world_size`` samples (the last may be shorter); process ``rank`` takes the contiguous slice
+    The epoch's order (``order``, or by default a permutation from :func:`epoch_generator`) is cut into global
+    micro-batches of ``batch_size * world_size`` samples (the last may be shorter; ``drop_last`` leaves it out, as
+    Dassl's train loader does, unless the data is smaller than one batch, which is then kept); process ``rank`` takes the contiguous slice
     ``[rank * m // world, (rank + 1) * m // world)`` of each global micro-batch of size ``m``. Slices that are
     empty (a last global batch smaller than the world) are not yielded; :meth:`local_size` tells the trainer.
+
+    Args:
+        num_rows: rows of the train dataset.
+        batch_size: samples per process and micro-batch.
+        world_size, rank: the processes and this one's index.
+        seed, epoch: what the default order is drawn from.
+        start: the first micro-batch yielded (a resumed run starts mid-epoch).
+        order: the epoch's row indices in the order they are trained (``num_rows`` of them, each in
+            ``[0, num_rows)``; a permutation, or drawn with replacement), instead of the default permutation.
+        drop_last: leave out the epoch's last global micro-batch when it is shorter than ``batch_size * world_size``
+            (data smaller than one batch stays one short batch, as Dassl's ``len(data) >= batch_size`` rule keeps it).
     """
 
-    def __init__(self, num_rows: int, batch_size: int, world_size: int, rank: int, seed: int, epoch: int, start: int = 0) -> None:
+    def __init__(
+        self,
+        num_rows: int,
+        batch_size: int,
+        world_size: int,
+        rank: int,
+        seed: int,
+        epoch: int,
+        start: int = 0,
+        order: Sequence[int] | torch.Tensor | None = None,
+        drop_last: bool = False,
+    ) -> None:
         self.num_rows, self.world_size, self.rank = num_rows, world_size, rank
         self.global_batch = batch_size * world_size
-        self.num_micro = math.ceil(num_rows / self.global_batch)
+        self.num_micro = micro_batches(num_rows, self.global_batch, drop_last)
         self.start = start
-        self.order = torch.randperm(num_rows, generator=epoch_generator(seed, epoch))
+        self.order = torch.randperm(num_rows, generator=epoch_generator(seed, epoch)) if order is None else check_order(order, num_rows, epoch)
 
     def global_size(self, j: int) -> int:
         return min(self.global_batch, self.num_rows - j * self.global_batch)
@@ -128,4 +177,4 @@ class EpochBatches(Sampler[list[int]]):
         return sum(1 for j in range(self.start, self.num_micro) if self.local_size(j) > 0)
 
 
-__all__ = ["EpochBatches", "check_labels", "epoch_generator", "num_rows", "seed_everything", "set_determinism", "to_device"]
+__all__ = ["EpochBatches", "check_labels", "check_order", "micro_batches", "epoch_generator", "num_rows", "seed_everything", "set_determinism", "to_device"]

@@ -10,6 +10,7 @@ main process only (``trainer.is_main``). Order in a run::
 
     on_init             end of Trainer(...), before the run directory is written: check settings, raise UserError
     on_train_begin      fit() starts (also when resuming)
+    on_epoch_begin      before an epoch's first step (a resumed run: before its first step in the epoch it resumes)
     on_step_end         after each optimizer step, with a StepInfo
     on_log              each metrics.jsonl record (train windows, epoch ends, evaluations), as it is written
     on_epoch_end        after an epoch's last step, before its evaluation
@@ -84,6 +85,10 @@ class Callback:
 
     def on_train_begin(self, trainer: "Trainer") -> None:
         """``fit()`` starts; ``trainer.progress.step`` is above 0 when resuming."""
+
+    def on_epoch_begin(self, trainer: "Trainer") -> None:
+        """Before the first step of epoch ``trainer.progress.epoch`` (0-based); a run resumed in the middle of an
+        epoch calls it before its first step there (``trainer.progress.micro`` is then above 0)."""
 
     def on_step_end(self, trainer: "Trainer", info: StepInfo) -> None:
         """After each optimizer step."""
@@ -174,6 +179,10 @@ class ProgressBar(Callback):
 
             self.bar = tqdm(total=trainer.total_steps, initial=trainer.progress.step, desc="train", unit="step", dynamic_ncols=True)
 
+    def on_epoch_begin(self, trainer: "Trainer") -> None:
+        """Before the first step of epoch ``trainer.progress.epoch`` (0-based); a run resumed in the middle of an
+        epoch calls it before its first step there (``trainer.progress.micro`` is then above 0)."""
+
     def on_step_end(self, trainer: "Trainer", info: StepInfo) -> None:
         if self.bar is not None:
             self.bar.update(1)
@@ -204,6 +213,10 @@ class TensorBoard(Callback):
         # purge_step hides events a killed run wrote after its checkpoint.
         purge = trainer.progress.step + 1 if trainer.resumed else None
         self.writer = SummaryWriter(str(trainer.run.tensorboard), purge_step=purge)
+
+    def on_epoch_begin(self, trainer: "Trainer") -> None:
+        """Before the first step of epoch ``trainer.progress.epoch`` (0-based); a run resumed in the middle of an
+        epoch calls it before its first step there (``trainer.progress.micro`` is then above 0)."""
 
     def on_step_end(self, trainer: "Trainer", info: StepInfo) -> None:
         if self.writer is not None and info.step % trainer.config.log_every_steps == 0:
@@ -250,6 +263,10 @@ class StepTimer(Callback):
                     kept.append(line + "\n")
             atomic_write_text(path, "".join(kept))
         self._file = open(path, "a")
+
+    def on_epoch_begin(self, trainer: "Trainer") -> None:
+        """Before the first step of epoch ``trainer.progress.epoch`` (0-based); a run resumed in the middle of an
+        epoch calls it before its first step there (``trainer.progress.micro`` is then above 0)."""
 
     def on_step_end(self, trainer: "Trainer", info: StepInfo) -> None:
         self.times[info.step] = info.seconds

@@ -22,7 +22,7 @@ from .optim import OPTIMIZER_STATE_FACTOR
 from .runs import RunDir, RunDirError, format_size
 
 # The fields a resumed run must share with the saved one: they fix the data order and the global batch.
-RESUME_KEYS = ("seed", "batch_size", "grad_accum_steps")
+RESUME_KEYS = ("seed", "batch_size", "grad_accum_steps", "drop_last")
 # Fields a resumed run cannot change either: the optimizer state and best/ belong to them.
 FIXED_ON_RESUME = ("optimizer", "metric", "metric_mode")
 
@@ -47,6 +47,13 @@ class Progress:
     best_step: int = -1
     best_epoch: int = -1
     stop_reason: str | None = None  # why a callback stopped the run (it stays finished when resumed)
+    start_loss: float | torch.Tensor | None = None  # the first step's loss: what a diverging run is measured against
+
+    @property
+    def last_epoch(self) -> int:
+        """The epoch (0-based, as every record numbers it) of the last step done; ``epoch`` is the epoch in
+        progress, one further once an epoch has ended."""
+        return self.epoch - 1 if self.micro == 0 and self.epoch > 0 else self.epoch
 
     def add_loss(self, loss: torch.Tensor) -> None:
         """Counts an optimizer step's loss (a device tensor) in the window and epoch sums, without reading it."""
@@ -57,7 +64,13 @@ class Progress:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values (the loss sums read from the device), as the training state records them."""
-        return {**dataclasses.asdict(self), "window_loss": float(self.window_loss), "epoch_loss": float(self.epoch_loss)}
+        start = None if self.start_loss is None else float(self.start_loss)
+        return {
+            **dataclasses.asdict(self),
+            "window_loss": float(self.window_loss),
+            "epoch_loss": float(self.epoch_loss),
+            "start_loss": start,
+        }
 
 
 @dataclasses.dataclass

@@ -216,6 +216,9 @@ def _build(cls: type[C], data: dict, path: str, errors: list[str]) -> C:
         return _Invalid(cls)  # type: ignore[return-value]
     try:
         return cls(**kwargs)
+    except ConfigError as e:  # a config whose checks list several problems
+        errors.extend(f"{prefix}{problem}" for problem in e.errors)
+        return _Invalid(cls)  # type: ignore[return-value]
     except ValueError as e:
         errors.append(f"{prefix}{e}")
         return _Invalid(cls)  # type: ignore[return-value]

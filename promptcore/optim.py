@@ -241,10 +241,12 @@ OPTIMIZER_STATE_FACTOR = {"adamw": 2, "adam": 2, "sgd": 1, "adafactor": 1, "adaf
 def build_optimizer(params: Iterable[Any], config: TrainConfig, lr: float) -> torch.optim.Optimizer:
     """The optimizer ``config.optimizer`` over ``params`` (parameters, or torch parameter groups whose own ``lr``
     and ``weight_decay`` override ``lr`` and ``config.weight_decay``)."""
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay)
+    if config.optimizer in ("adamw", "adam"):
+        adam = {"betas": tuple(config.betas)} if config.betas is not None else {}
+        if config.eps is not None:
+            adam["eps"] = config.eps
+        kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        return kind(params, lr=lr, weight_decay=config.weight_decay, **adam)
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.optimizer == "adafactor":

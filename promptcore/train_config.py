@@ -7,9 +7,12 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from .distributed import DeepSpeedConfig, FSDPConfig
+from .config import ConfigError
 from .errors import UserError
 from .registry import did_you_mean
 
+# The optimizers that take ``betas`` and ``eps``.
+ADAM_OPTIMIZERS = ("adam", "adamw")
 # What a ``param_groups`` entry may override.
 GROUP_KEYS = ("lr", "weight_decay")
 
@@ -40,7 +43,12 @@ class TrainConfig:
     not AdamW's decoupled decay), ``sgd`` (with ``momentum``), ``adafactor`` (``torch.optim.Adafactor``: relative step
     size ``min(lr, 1/sqrt(t))`` times the parameter's RMS), ``adafactor_t5x`` (:class:`promptcore.optim.AdafactorT5X`,
     Lester et al.'s prompt tuning recipe: ``lr`` is the step size itself; ``weight_decay`` is T5X's decoupled
-    rate, not scaled by ``lr``; ``adafactor_start_step`` as there described).
+    rate, not scaled by ``lr``; ``adafactor_start_step`` as there described). ``betas`` and ``eps`` set Adam's and
+    AdamW's moment decays and denominator term (``null``: torch's ``(0.9, 0.999)`` and ``1e-8``); other optimizers
+    refuse them.
+
+    Data order: each epoch's rows are cut into batches of ``batch_size`` per process; ``drop_last`` leaves out the
+    epoch's last batch when it is short, as Dassl's train loader does (the CLIP presets that follow Dassl set it).
 
     Callbacks (:mod:`promptcore.callbacks`) by registered name, with their arguments in a mapping::
 
@@ -60,6 +68,7 @@ class TrainConfig:
     epochs: int = 10
     max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs when reached first)
     batch_size: int = 32  # global batch = batch_size * processes * grad_accum_steps
+    drop_last: bool = False  # leave out each epoch's last micro-batch when it is short (Dassl's train loader does)
     eval_batch_size: int | None = None  # default: batch_size
     optimizer: Literal["adamw", "adam", "sgd", "adafactor", "adafactor_t5x"] = "adamw"
     lr: float = 1e-3
@@ -67,6 +76,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     param_groups: dict[str, dict[str, float]] = field(default_factory=dict)  # module -> {lr, weight_decay}
     momentum: float = 0.9  # SGD only
+    betas: tuple[float, float] | None = None  # adam / adamw only; null: torch's (0.9, 0.999)
+    eps: float | None = None  # adam / adamw only; null: torch's 1e-8
     adafactor_start_step: int = 0  # adafactor_t5x only: steps its second-moment decay counts as done
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     schedule_unit: Literal["step", "epoch"] = "step"
@@ -95,109 +106,155 @@ class TrainConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)  # distributed: deepspeed only
 
     def __post_init__(self) -> None:
+        """Checks every field and raises one error that lists all the problems (a :class:`ConfigError` when there
+        are several), each starting with the field's name."""
+        errors: list[str] = []
         for name in ("epochs", "batch_size", "grad_accum_steps", "log_every_steps"):
             if getattr(self, name) <= 0:
-                raise UserError(f"{name}: must be positive, got {getattr(self, name)}")
+                errors.append(f"{name}: must be positive, got {getattr(self, name)}")
         for name in ("eval_every_epochs", "save_every_steps", "num_workers", "adafactor_start_step", "warmup_steps"):
             if getattr(self, name) < 0:
-                raise UserError(f"{name}: must not be negative, got {getattr(self, name)}")
-        _check_rate("lr", self.lr)
-        _check_decay("weight_decay", self.weight_decay)
+                errors.append(f"{name}: must not be negative, got {getattr(self, name)}")
+        _check_rate("lr", self.lr, errors)
+        _check_decay("weight_decay", self.weight_decay, errors)
         for name in ("momentum", "warmup_epochs"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
-                raise UserError(f"{name}: must be a finite number >= 0, got {value}")
+                errors.append(f"{name}: must be a finite number >= 0, got {value}")
         if not (math.isfinite(self.min_lr_ratio) and 0.0 <= self.min_lr_ratio <= 1.0):
-            raise UserError(f"min_lr_ratio: must lie in [0, 1] (a fraction of lr), got {self.min_lr_ratio}")
+            errors.append(f"min_lr_ratio: must lie in [0, 1] (a fraction of lr), got {self.min_lr_ratio}")
         if self.max_steps is not None and self.max_steps <= 0:
-            raise UserError(f"max_steps: must be positive or null, got {self.max_steps}")
+            errors.append(f"max_steps: must be positive or null, got {self.max_steps}")
         if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
-            raise UserError(f"grad_clip: must be a positive finite number or null, got {self.grad_clip}")
+            errors.append(f"grad_clip: must be a positive finite number or null, got {self.grad_clip}")
         if self.eval_batch_size is not None and self.eval_batch_size <= 0:
-            raise UserError(f"eval_batch_size: must be positive or null, got {self.eval_batch_size}")
+            errors.append(f"eval_batch_size: must be positive or null, got {self.eval_batch_size}")
         if self.adafactor_start_step and self.optimizer != "adafactor_t5x":
-            raise UserError(f"adafactor_start_step: only adafactor_t5x uses it (optimizer is {self.optimizer}); remove it")
+            errors.append(f"adafactor_start_step: only adafactor_t5x uses it (optimizer is {self.optimizer}); remove it")
+        self._check_adam_settings(errors)
+        self._check_param_groups(errors)
+        self._check_warmup(errors)
+        engine_known = self._check_engine(errors)
+        self._check_sections(errors, engine_known)
+        if self.distributed == "deepspeed":
+            self._check_deepspeed(errors)
+        from .callbacks import check_callback_specs  # the registry imports nothing of the trainer's config
+
+        try:
+            check_callback_specs(self.callbacks)
+        except UserError as e:
+            errors.append(str(e))
+        if len(errors) == 1:
+            raise UserError(errors[0])
+        if errors:
+            raise ConfigError(errors, "TrainConfig")
+
+    def _check_adam_settings(self, errors: list[str]) -> None:
+        """``betas`` and ``eps``: Adam's and AdamW's moment decays and denominator term, refused for the others."""
+        for name in ("betas", "eps"):
+            if getattr(self, name) is not None and self.optimizer not in ADAM_OPTIMIZERS:
+                errors.append(
+                    f"{name}: only {' and '.join(ADAM_OPTIMIZERS)} use it (optimizer is {self.optimizer}, which has no "
+                    f"{name} setting here); remove train.{name} or set train.optimizer: adamw"
+                )
+                return
+        if self.betas is not None:
+            betas = list(self.betas)
+            if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas):
+                errors.append(f"betas: expected two numbers in [0, 1) (beta1, beta2), e.g. [0.9, 0.999], got {self.betas!r}")
+            else:
+                self.betas = (float(betas[0]), float(betas[1]))
+        if self.eps is not None and not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps > 0):
+            errors.append(f"eps: must be a positive finite number (torch's default is 1e-8), got {self.eps!r}")
+
+    def _check_param_groups(self, errors: list[str]) -> None:
         for module, overrides in self.param_groups.items():
             if not isinstance(overrides, dict):
-                raise UserError(f"param_groups.{module}: expected a mapping of {' / '.join(GROUP_KEYS)}, found {overrides!r}")
+                errors.append(f"param_groups.{module}: expected a mapping of {' / '.join(GROUP_KEYS)}, found {overrides!r}")
+                continue
             for key, value in overrides.items():
                 if key not in GROUP_KEYS:
-                    raise UserError(
+                    errors.append(
                         f"param_groups.{module}.{key}: unknown setting.{did_you_mean(str(key), list(GROUP_KEYS))} "
                         f"A group sets {', '.join(GROUP_KEYS)}"
                     )
-                (_check_rate if key == "lr" else _check_decay)(f"param_groups.{module}.{key}", value)
-        self._check_warmup()
-        self._check_engine()
+                else:
+                    (_check_rate if key == "lr" else _check_decay)(f"param_groups.{module}.{key}", value, errors)
+
+    def _check_engine(self, errors: list[str]) -> bool:
+        """Whether ``distributed`` names an engine (else the problem is in ``errors``)."""
+        from .engines import ENGINES  # the engines import this module's sections only when type checking
+
+        if self.distributed != "auto" and self.distributed not in ENGINES:
+            known = ["auto", *ENGINES.names()]
+            errors.append(
+                f"distributed: unknown engine {self.distributed!r}.{did_you_mean(str(self.distributed), known)} "
+                f"Known: {', '.join(known)} (a new engine is registered in promptcore.engines.ENGINES)"
+            )
+            return False
+        return True
+
+    def _check_sections(self, errors: list[str], engine_known: bool) -> None:
+        """The ``fsdp`` and ``deepspeed`` sections: built from mappings, and set only for their engine."""
         for section, kind in (("fsdp", FSDPConfig), ("deepspeed", DeepSpeedConfig)):
             value = getattr(self, section)
             if isinstance(value, dict):  # TrainConfig(fsdp={...}) from Python, as YAML gives it
                 known = [f.name for f in fields(kind)]
                 unknown = sorted(set(value) - set(known))
                 if unknown:
-                    raise UserError(f"{section}.{unknown[0]}: unknown setting.{did_you_mean(str(unknown[0]), known)} The {section} section sets {', '.join(known)}")
-                setattr(self, section, kind(**value))
-            if self.distributed != section and getattr(self, section) != kind():
-                raise UserError(
+                    errors.append(f"{section}.{unknown[0]}: unknown setting.{did_you_mean(str(unknown[0]), known)} The {section} section sets {', '.join(known)}")
+                    continue
+                try:
+                    setattr(self, section, kind(**value))
+                except UserError as e:
+                    errors.append(str(e))
+                    continue
+            if engine_known and self.distributed != section and getattr(self, section) != kind():
+                errors.append(
                     f"{section}: set, but train.distributed is {self.distributed!r}; set train.distributed: {section} "
                     f"or remove the {section} section"
                 )
-        if self.distributed == "deepspeed":
-            self._check_deepspeed()
-        from .callbacks import check_callback_specs  # the registry imports nothing of the trainer's config
 
-        check_callback_specs(self.callbacks)
-
-    def _check_engine(self) -> None:
-        from .engines import ENGINES  # the engines import this module's sections only when type checking
-
-        if self.distributed != "auto" and self.distributed not in ENGINES:
-            known = ["auto", *ENGINES.names()]
-            raise UserError(
-                f"distributed: unknown engine {self.distributed!r}.{did_you_mean(str(self.distributed), known)} "
-                f"Known: {', '.join(known)} (a new engine is registered in promptcore.engines.ENGINES)"
-            )
-
-    def _check_deepspeed(self) -> None:
+    def _check_deepspeed(self, errors: list[str]) -> None:
         if self.optimizer in ("adafactor", "adafactor_t5x"):
-            raise UserError(
+            errors.append(
                 f"optimizer: {self.optimizer} factors each prompt's second moment by the prompt's shape, and DeepSpeed "
                 f"ZeRO-3 steps the optimizer over flat partitions that have none; use adamw, adam or sgd with "
                 f"train.distributed: deepspeed, or keep {self.optimizer} with train.distributed: fsdp"
             )
         if self.mixed_precision != "no":
-            raise UserError(
+            errors.append(
                 f"mixed_precision: {self.mixed_precision} under train.distributed: deepspeed would make DeepSpeed cast "
                 f"the prompts with the model, and the prompts, heads and their optimizer state stay float32 here; set "
                 f"mixed_precision: no, or use train.distributed: fsdp"
             )
 
-    def _check_warmup(self) -> None:
+    def _check_warmup(self, errors: list[str]) -> None:
         has_warmup = self.warmup_epochs > 0 or self.warmup_steps > 0
         if self.schedule_unit == "epoch":
             if self.warmup_steps:
-                raise UserError("warmup_steps: schedule_unit epoch warms up over whole epochs; use warmup_epochs")
+                errors.append("warmup_steps: schedule_unit epoch warms up over whole epochs; use warmup_epochs")
             if not float(self.warmup_epochs).is_integer():
-                raise UserError(f"warmup_epochs: schedule_unit epoch warms up over whole epochs, got {self.warmup_epochs}")
+                errors.append(f"warmup_epochs: schedule_unit epoch warms up over whole epochs, got {self.warmup_epochs}")
         if self.warmup_lr is not None:
-            _check_rate("warmup_lr", self.warmup_lr)
+            _check_rate("warmup_lr", self.warmup_lr, errors)
             if not has_warmup:
-                raise UserError("warmup_lr: set, but there is no warmup (warmup_epochs and warmup_steps are 0); remove it or add a warmup")
-            if self.warmup_type == "linear" and self.schedule_unit == "step":
-                raise UserError(
+                errors.append("warmup_lr: set, but there is no warmup (warmup_epochs and warmup_steps are 0); remove it or add a warmup")
+            elif self.warmup_type == "linear" and self.schedule_unit == "step":
+                errors.append(
                     "warmup_lr: a linear per-step warmup starts at lr / warmup steps and uses no warmup_lr; set "
                     "warmup_type: constant (hold warmup_lr) or schedule_unit: epoch (warmup_lr is the first epoch's rate)"
                 )
         elif has_warmup and (self.warmup_type == "constant" or self.schedule_unit == "epoch"):
             what = "a constant warmup holds" if self.warmup_type == "constant" else "a linear per-epoch warmup starts at"
-            raise UserError(f"warmup_lr: required, {what} warmup_lr (Dassl's CoOp presets use 1.0e-5)")
+            errors.append(f"warmup_lr: required, {what} warmup_lr (Dassl's CoOp presets use 1.0e-5)")
 
 
-def _check_rate(name: str, value: float) -> None:
+def _check_rate(name: str, value: float, errors: list[str]) -> None:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise UserError(f"{name}: must be a positive finite number, got {value!r}")
+        errors.append(f"{name}: must be a positive finite number, got {value!r}")
 
 
-def _check_decay(name: str, value: float) -> None:
+def _check_decay(name: str, value: float, errors: list[str]) -> None:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-        raise UserError(f"{name}: must be a finite number >= 0, got {value!r}")
+        errors.append(f"{name}: must be a finite number >= 0, got {value!r}")

@@ -6,7 +6,8 @@ Built on Hugging Face Accelerate for devices, mixed precision and multi-process 
 micro-batch is one call of the engine's step module and one backward, then one collective sums the step's loss and
 stop flags, then the engine's optimizer step. A process whose slice of a global batch is empty (the last, short
 batch of an epoch) runs a zero-weighted step on one row instead, so its collectives match the others'. Losses and
-the NaN check stay on the device and are read every ``log_every_steps`` steps, at epoch ends and at checkpoints.
+the NaN check stay on the device and are read every ``log_every_steps`` steps, at epoch ends and at checkpoints;
+where they are read, a loss grown to :data:`DIVERGENCE_FACTOR` times the first step's gets one ``warning:`` line.
 
 Data order is a function of ``(seed, epoch)`` (:mod:`promptcore.batches`), and the learning rate a pure function of
 the step (:class:`~promptcore.optim.LRSchedule`), so a run resumed from its training state
@@ -28,9 +29,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .batches import EpochBatches, check_labels, epoch_generator, num_rows, seed_everything, set_determinism, to_device
+from .batches import EpochBatches, check_labels, epoch_generator, micro_batches, num_rows, seed_everything, set_determinism, to_device
 from .callbacks import Callback, CallbackList, StepInfo
 from .checkpoint import (
     Progress,
@@ -55,6 +56,10 @@ from .preflight import check_resume, metric_problem
 from .runs import RunDir
 from .signals import StopSignals
 from .train_config import TrainConfig
+
+
+# A log window whose mean loss is this many times the first step's loss warns that the run diverges.
+DIVERGENCE_FACTOR = 1000.0
 
 
 class NonFiniteLossError(RuntimeError):
@@ -94,12 +99,19 @@ class Trainer:
         overwrite: replace a run already in ``run_dir`` instead of refusing.
         callbacks: :class:`~promptcore.callbacks.Callback` objects, run after those named in ``config.callbacks``
             (and after the built-in progress bar and TensorBoard ones).
+        batch_order: the train data's order, for a loop ported from code that gives its own: a callable
+            ``epoch -> row indices`` (0-based epoch; one index in ``[0, len(train_dataset))`` per row, a
+            permutation or drawn with replacement), or a torch ``Sampler`` (iterated once per epoch, after
+            ``set_epoch(epoch)`` where it has one). The indices are cut into batches as the default order is
+            (:class:`~promptcore.batches.EpochBatches`), and must be the same on every process and for a given
+            epoch on every call, so that a resumed run finds its place. Default: a permutation drawn from
+            ``(seed, epoch)``.
 
     Example::
 
         model = wrap(backbone, VPTConfig(num_tokens=10, num_classes=10))
         trainer = Trainer(model, TrainConfig(epochs=5, lr=0.1), train_ds, eval_ds, run_dir="runs/demo")
-        result = trainer.fit()            # {"step": ..., "eval": {...}, "best": {...}, "stopped": None, ...}
+        result = trainer.fit()            # {"step": ..., "epoch": ..., "eval": {...}, "best": {...}, "stopped": None, ...}
         trainer.evaluate(test_ds)         # {"loss": ..., "accuracy": ..., "count": ...}
     """
 
@@ -115,6 +127,7 @@ class Trainer:
         resume: bool = False,
         overwrite: bool = False,
         callbacks: Sequence[Callback] = (),
+        batch_order: Callable[[int], Sequence[int]] | Sampler | None = None,
     ) -> None:
         if not isinstance(model, PromptedModel):
             raise TypeError(f"Trainer needs a PromptedModel (from promptcore.wrap or a subclass), got {type(model).__name__}")
@@ -122,7 +135,9 @@ class Trainer:
             raise UserError("resume=True needs the run_dir of the run to continue")
         if resume and overwrite:
             raise UserError("resume and overwrite exclude each other: resume continues the run in run_dir, overwrite replaces it")
-        self.model, self.config = model, config
+        if batch_order is not None and not callable(batch_order) and not isinstance(batch_order, Sampler):
+            raise UserError(f"batch_order: expected a callable (epoch -> row indices) or a torch Sampler, got {type(batch_order).__name__}")
+        self.model, self.config, self.batch_order = model, config, batch_order
         self.train_dataset, self.eval_dataset, self.collate_fn = train_dataset, eval_dataset, collate_fn
         self.num_train = num_rows(train_dataset, "train") if train_dataset is not None else 0
         if eval_dataset is not None:
@@ -131,7 +146,7 @@ class Trainer:
             if problem:
                 raise UserError(problem)
 
-        engine_class = resolve_engine(config.distributed, int(os.environ.get("WORLD_SIZE", "1")))
+        engine_class = resolve_engine(config.distributed, int(os.environ.get("WORLD_SIZE", "1")), trains=train_dataset is not None)
         self.accelerator = engine_class.make_accelerator(config)
         self.device = self.accelerator.device
         self.world_size = self.accelerator.num_processes
@@ -184,7 +199,16 @@ class Trainer:
         # The prompts of each optimizer group (DeepSpeed replaces them in the groups by flat partitions).
         self._group_params = [list(g["params"]) for g in groups]
         self.engine.prepare(self.step_module, self.optimizer if trains else None)
-        micro_per_epoch = math.ceil(self.num_train / (config.batch_size * self.world_size)) if self.num_train else 0
+        rows_per_micro = config.batch_size * self.world_size
+        micro_per_epoch = micro_batches(self.num_train, rows_per_micro, config.drop_last)
+        if trains and rows_per_micro > self.num_train and self.is_main:
+            processes = f" x {self.world_size} processes" if self.world_size > 1 else ""
+            print(
+                f"warning: train.batch_size {config.batch_size}{processes} is larger than the {self.num_train} rows of "
+                f"the train data: each epoch is one step of {self.num_train} rows; set train.batch_size to at most "
+                f"{max(self.num_train // self.world_size, 1)} to mean that",
+                file=sys.stderr,
+            )
         self.steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accum_steps)
         self.total_steps = config.epochs * self.steps_per_epoch
         if config.max_steps is not None:
@@ -204,6 +228,7 @@ class Trainer:
         self._first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
         self._bad_loss = torch.zeros((), device=self.device)
         self._sum_dtype = torch.float64 if self.device.type != "mps" else torch.float32
+        self._warned_divergence = False
         self._stop_reason: str | None = None  # a callback's request_stop
         self._last_records: dict[str, dict[str, Any]] = {}  # the latest metrics line of each split
         self._checkpoint_step: int | None = None  # step of the last training state written
@@ -273,7 +298,7 @@ class Trainer:
         with self.engine.whole(self.params):
             optimizer_state = self.engine.optimizer_state(self.optimizer, self._group_params)
             if self.is_main:
-                self.model.save_prompts(self.run.last, extra={"step": progress.step, "epoch": progress.epoch})
+                self.model.save_prompts(self.run.last, extra={"step": progress.step, "epoch": progress.last_epoch})
                 state = TrainingState(
                     progress=progress.as_dict(),
                     world_size=self.world_size,
@@ -353,8 +378,27 @@ class Trainer:
             groups = self.optimizer.param_groups
             lrs = {"lr": groups[0]["lr"]} if len(groups) == 1 else {f"lr/{g['name']}": g["lr"] for g in groups}
             self._check_finite()
-            self._log({"split": "train", "epoch": p.epoch, "step": p.step, "loss": float(p.window_loss) / p.window_steps, **lrs})
+            loss = float(p.window_loss) / p.window_steps
+            self._check_divergence(loss)
+            self._log({"split": "train", "epoch": p.epoch, "step": p.step, "loss": loss, **lrs})
             p.window_loss, p.window_steps = 0.0, 0
+
+    def _check_divergence(self, loss: float) -> None:
+        """Warns once, in one line, when the mean loss of a log window (read there) has grown to
+        ``DIVERGENCE_FACTOR`` times the first step's loss: the run is diverging, most often from too high a rate."""
+        p = self.progress
+        if self._warned_divergence or p.start_loss is None:
+            return
+        start = float(p.start_loss)
+        if start > 0 and loss > DIVERGENCE_FACTOR * start:
+            self._warned_divergence = True
+            if self.is_main:
+                print(
+                    f"warning: the training loss grew from {start:.4g} (step 1) to {loss:.4g} (steps up to {p.step}), "
+                    f"{loss / start:.3g} times its start: the run is diverging; lower train.lr (now {self.config.lr:g}) "
+                    f"or set train.grad_clip",
+                    file=sys.stderr,
+                )
 
     # ----- training --------------------------------------------------------------------------------------------
     def _loader(self, dataset: Dataset, batch_sampler: Any, generator: torch.Generator) -> DataLoader:
@@ -384,6 +428,8 @@ class Trainer:
         self._first_bad = torch.where(bad, step, self._first_bad)
         self._bad_loss = torch.where(bad, loss.detach(), self._bad_loss)
         p.add_loss(loss.detach().to(self._sum_dtype))
+        if p.start_loss is None:
+            p.start_loss = loss.detach().to(self._sum_dtype)
 
     def _check_finite(self) -> None:
         """Raises :class:`NonFiniteLossError` naming the first step whose loss was NaN or infinite (reads the device)."""
@@ -398,7 +444,7 @@ class Trainer:
         raise NonFiniteLossError(
             f"loss is {float(self._bad_loss)} at step {first} (epoch {(first - 1) // self.steps_per_epoch}); training "
             f"stopped, and no gradient of that step or a later one reached the prompts{where}. Lower the learning "
-            f"rate, enable grad_clip, or use bf16 instead of fp16"
+            f"rate (train.lr, now {self.config.lr:g}), enable train.grad_clip, or use bf16 instead of fp16"
         )
 
     def _optimizer_step(self, batches: Iterator[Any], sampler: EpochBatches, micro: range) -> tuple[torch.Tensor, bool] | None:
@@ -443,11 +489,26 @@ class Trainer:
         engine.step(self.optimizer, self.params, self._first_bad < 0)
         return reduced[0], interrupted
 
+    def _epoch_order(self, epoch: int) -> Sequence[int] | None:
+        """The row indices of ``epoch`` from the ``batch_order`` hook (None: the default order)."""
+        hook = self.batch_order
+        if hook is None:
+            return None
+        if isinstance(hook, Sampler):
+            if hasattr(hook, "set_epoch"):
+                hook.set_epoch(epoch)
+            return list(hook)
+        return hook(epoch)
+
     def _train_epoch(self) -> bool:
         """Runs the rest of ``progress.epoch``; returns False when max_steps or a stop request ended training
         inside it."""
         cfg, p = self.config, self.progress
-        sampler = EpochBatches(self.num_train, cfg.batch_size, self.world_size, self.rank, cfg.seed, p.epoch, start=p.micro)
+        sampler = EpochBatches(
+            self.num_train, cfg.batch_size, self.world_size, self.rank, cfg.seed, p.epoch, start=p.micro,
+            order=self._epoch_order(p.epoch), drop_last=cfg.drop_last,
+        )
+        self._callback("on_epoch_begin")
         batches = iter(self._loader(self.train_dataset, sampler, epoch_generator(cfg.seed, p.epoch)))
         accum = cfg.grad_accum_steps
         tick = time.perf_counter()
@@ -528,8 +589,10 @@ class Trainer:
         return metrics
 
     def fit(self) -> dict[str, Any]:
-        """Trains until ``epochs`` or ``max_steps``, or until a callback stops the run; returns the last step, the
-        final eval metrics, the best, and why a callback stopped it (``stopped``, else ``None``).
+        """Trains until ``epochs`` or ``max_steps``, or until a callback stops the run; returns the last step, its
+        epoch, the whole epochs done (``epochs_done``), the final eval metrics, the best, and why a callback stopped it
+        (``stopped``, else ``None``). Epochs are numbered from 0 here as in ``metrics.jsonl``, ``best/`` and ``last/``:
+        after ``epochs: 2`` the result has ``"epoch": 1, "epochs_done": 2``.
 
         Raises:
             NonFiniteLossError: the loss became NaN/inf (the run directory keeps the last good checkpoint).
@@ -576,7 +639,8 @@ class Trainer:
         final = self._last_records.get("eval", {})
         return {
             "step": p.step,
-            "epoch": p.epoch,
+            "epoch": p.last_epoch,
+            "epochs_done": p.epoch,
             "train_loss": self._last_records.get("train", {}).get("loss"),
             "eval": {k: v for k, v in final.items() if k not in ("split", "step", "epoch")},
             "best": best,

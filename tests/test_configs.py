@@ -208,3 +208,21 @@ def test_vtab_task_presets_hold_the_values_kmnp_vpt_documents(task: str, tokens:
     # demo.ipynb passes the scaled rate: SOLVER.BASE_LR = base_lr / 256 * batch (0.25, 12.5, 0.25).
     assert t.lr_scaling == "linear" and base_lr * batch / 256 in (0.25, 12.5)
     assert not cfg.sweep and cfg.data.train_split == "train800val200" and cfg.data.data_dir.endswith(task)
+
+
+# The official code of every trained CLIP preset builds its train loader with Dassl, which drops each epoch's last
+# incomplete batch (dassl/data/data_manager.py: drop_last=is_train and len(data_source) >= batch_size).
+DASSL_REPOS = ("KaiyangZhou/CoOp", "htyao89/KgCoOp", "muzairkhattak/multimodal-prompt-learning", "muzairkhattak/PromptSRC")
+CLIP_PRESETS = sorted(p for p in ALL_YAML if p.relative_to(CONFIGS).parts[0] == "clip")
+
+
+@pytest.mark.parametrize("path", CLIP_PRESETS, ids=[p.name for p in CLIP_PRESETS])
+def test_clip_presets_trained_with_dassl_drop_the_last_batch_as_dassl(path: Path) -> None:
+    raw = read_yaml(path)
+    sources = raw.get("source", {})
+    dassl = any(str(origin).startswith(DASSL_REPOS) for origin in sources.values())
+    trains = "train.epochs" in sources
+    drop_last = raw.get("train", {}).get("drop_last", False)
+    assert drop_last == (dassl and trains), f"{path.name}: train.drop_last is {drop_last}; official Dassl training: {dassl and trains}"
+    if drop_last:
+        assert "Dassl" in sources["train.drop_last"]

@@ -15,6 +15,7 @@ after which ``train.distributed: my_engine`` selects it (docs/extending.md).
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from ..errors import UserError
@@ -32,17 +33,25 @@ ENGINES.add("fsdp", FSDPEngine)
 ENGINES.add("deepspeed", DeepSpeedEngine)
 
 
-def resolve_engine(name: str, world_size: int) -> type[Engine]:
-    """The engine class of ``train.distributed: name`` for a run of ``world_size`` processes (``auto``: ``ddp``
-    with several, ``plain`` with one).
+def resolve_engine(name: str, world_size: int, trains: bool = True) -> type[Engine]:
+    """The engine of ``train.distributed: name`` for a run of ``world_size`` processes (``auto``: ``ddp`` with
+    several, ``plain`` with one). A run that trains nothing (evaluation) in one process, as with the saved
+    ``config.yaml`` of a sharded run outside a launcher, gets ``plain`` for an engine that needs several processes,
+    said in one line.
 
     Raises:
-        UserError: an unknown name (with the close matches), or an engine for several processes in a run of one.
+        UserError: an unknown name (with the close matches), or an engine for several processes in a training run of one.
     """
     if name == "auto":
         name = "ddp" if world_size > 1 else "plain"
     engine = ENGINES.get(name)
     if engine.several_processes and world_size == 1:
+        if not trains:
+            print(
+                f"train.distributed: {name} outside a launcher means one process: evaluating with the plain engine",
+                file=sys.stderr,
+            )
+            return PlainEngine
         raise UserError(
             f"train.distributed: {name} needs several processes, this run has 1; launch it with "
             f"`torchrun --nproc_per_node N ...` or `accelerate launch --num_processes N ...`, or set "

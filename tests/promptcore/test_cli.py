@@ -97,6 +97,23 @@ def test_train_then_eval_the_best_prompts(tmp_path, config_file, capsys):
     assert metrics["accuracy"] == result["best"]["value"]  # the same prompts on the same eval split
 
 
+@pytest.mark.parametrize("engine", ["fsdp", "ddp", "deepspeed"])
+def test_the_config_of_a_sharded_run_evaluates_in_one_process(tmp_path, config_file, capsys, engine):
+    run = tmp_path / "run"
+    assert run_cli(["train", "-c", config_file, "-o", run, "--set", "train.epochs=1"], capsys)[0] == 0
+    # The config.yaml a run launched with several processes saves (train.distributed set), read outside a launcher.
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved["train"]["distributed"] = engine
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    code, out, err = run_cli(["eval", "-c", run / "config.yaml", "--prompts", run / "best"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["count"] == 12
+    assert err.splitlines() == [f"train.distributed: {engine} outside a launcher means one process: evaluating with the plain engine"]
+    # Training in one process with an engine for several stays refused: it would not be the run asked for.
+    code, _, err = run_cli(["train", "-c", run / "config.yaml", "-o", tmp_path / "again"], capsys)
+    assert code == EXIT_ERROR and f"train.distributed: {engine} needs several processes, this run has 1" in err
+
+
 def test_existing_run_refused_then_overwritten_and_resume_reads_the_run_config(tmp_path, config_file, capsys):
     run = tmp_path / "run"
     assert run_cli(["train", "-c", config_file, "-o", run, "--set", "train.max_steps=3"], capsys)[0] == 0

@@ -5,6 +5,7 @@ import pytest
 
 from promptcore.config import ConfigError, check_sources, load_config, parse_override, to_dict, to_yaml
 from promptcore.train_config import TrainConfig
+from promptcore.errors import UserError
 
 
 @dataclass
@@ -67,6 +68,29 @@ def test_value_checks_from_post_init_name_the_field():
         load_config(Run, {"prompt": {"method": "shallow", "num_tokens": 0}})
     with pytest.raises(ConfigError, match=r"train.epochs: must be positive, got 0"):
         load_config(Run, {}, ["train.epochs=0"])
+
+
+def test_every_invalid_train_value_is_listed_at_once():
+    with pytest.raises(ConfigError) as info:
+        load_config(Run, {"prompt": {"method": "shallow", "num_tokens": 0},
+                          "train": {"epochs": 0, "lr": -1.0, "min_lr_ratio": 2.0, "warmup_lr": 1.0e-5,
+                                    "distributed": "fsdpp", "callbacks": ["nope"]}})
+    errors = info.value.errors
+    assert errors[0] == "prompt.num_tokens: must be positive, got 0"
+    assert errors[1:4] == [
+        "train.epochs: must be positive, got 0",
+        "train.lr: must be a positive finite number, got -1.0",
+        "train.min_lr_ratio: must lie in [0, 1] (a fraction of lr), got 2.0",
+    ]
+    assert errors[4].startswith("train.warmup_lr: set, but there is no warmup")
+    assert errors[5].startswith("train.distributed: unknown engine 'fsdpp'. Did you mean 'fsdp'")
+    assert errors[6].startswith("train.callbacks[0]: unknown callback 'nope'")
+    assert len(errors) == 7
+    # From Python: several problems are one ConfigError listing them; a single one stays a one-line UserError.
+    with pytest.raises(ConfigError, match=r"^2 problem\(s\) in TrainConfig:\n  - epochs: must be positive, got 0\n  - batch_size: "):
+        TrainConfig(epochs=0, batch_size=0)
+    with pytest.raises(UserError, match=r"^epochs: must be positive, got 0$"):
+        TrainConfig(epochs=0)
 
 
 def test_method_union_errors():

@@ -243,3 +243,42 @@ def test_adam_adds_weight_decay_to_the_gradient():
         moved[name] = 1.0 - p.item()
     assert moved["adam"] == pytest.approx(0.1, rel=1e-5)
     assert moved["adamw"] == pytest.approx(0.1 * 0.5, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_betas_and_eps_reach_adam_and_adamw_and_equal_torch_given_the_same(name):
+    cfg = load_config(TrainConfig, {"optimizer": name, "lr": 0.1}, ["betas=[0.5, 0.98]", "eps=1.0e-6"])
+    assert cfg.betas == (0.5, 0.98) and cfg.eps == 1e-6
+    opt = build_optimizer([torch.nn.Parameter(torch.ones(2))], cfg, lr=0.1)
+    assert opt.defaults["betas"] == (0.5, 0.98) and opt.defaults["eps"] == 1e-6
+    # The steps equal torch's own optimizer built with the same values, and differ from its defaults'.
+    kind = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+    grads = [torch.tensor([0.3, -2.0], dtype=torch.float64), torch.tensor([1e-7, 0.5], dtype=torch.float64)]
+    ours, ref, plain = (torch.nn.Parameter(torch.ones(2, dtype=torch.float64)) for _ in range(3))
+    optimizers = [
+        build_optimizer([ours], cfg, lr=0.1),
+        kind([ref], lr=0.1, betas=(0.5, 0.98), eps=1e-6, weight_decay=0.0),
+        kind([plain], lr=0.1, weight_decay=0.0),
+    ]
+    for grad in grads:
+        for p, o in zip((ours, ref, plain), optimizers):
+            p.grad = grad.clone()
+            o.step()
+    assert torch.equal(ours, ref) and not torch.equal(ours, plain)
+    default = build_optimizer([torch.nn.Parameter(torch.ones(2))], TrainConfig(optimizer=name), lr=0.1)
+    assert default.defaults["betas"] == (0.9, 0.999) and default.defaults["eps"] == 1e-8
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"optimizer": "sgd", "betas": [0.9, 0.99]}, r"betas: only adam and adamw use it \(optimizer is sgd"),
+        ({"optimizer": "adafactor_t5x", "eps": 1e-6}, r"eps: only adam and adamw use it \(optimizer is adafactor_t5x"),
+        ({"betas": [0.9, 1.0]}, r"betas: expected two numbers in \[0, 1\) \(beta1, beta2\)"),
+        ({"betas": [0.9]}, r"betas: expected 2 items, found 1"),
+        ({"eps": 0.0}, r"eps: must be a positive finite number"),
+    ],
+)
+def test_betas_and_eps_are_refused_with_the_reason(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(TrainConfig, overrides)

@@ -144,7 +144,7 @@ def test_resume_with_more_epochs_recomputes_the_schedule_and_records_the_config(
     assert "resume " in err and "at step 10 with a changed config (train.epochs 2 -> 4)" in err
     assert "cosine over 20 steps" in err and "continues from step 10" in err
     result = trainer.fit()
-    assert result["step"] == 20 and result["epoch"] == 4
+    assert result["step"] == 20 and result["epoch"] == 3 and result["epochs_done"] == 4
     # Steps 11-20 follow the schedule of the 20-step run from where it stands, with no restart of the warmup.
     assert sorted(recorder.lrs) == list(range(11, 21))
     for step, lrs in recorder.lrs.items():
@@ -167,7 +167,7 @@ def test_resume_mid_run_with_fewer_epochs_stops_at_the_new_end(tmp_path):
     with pytest.raises(TrainingInterrupted):
         Trainer(toy_model(), small(), train, evaluation, run_dir=run, callbacks=[SigintAt(6)]).fit()
     result = Trainer(toy_model(), small(epochs=2), train, evaluation, run_dir=run, resume=True).fit()
-    assert result["step"] == 10 and result["epoch"] == 2
+    assert result["step"] == 10 and result["epoch"] == 1 and result["epochs_done"] == 2
 
 
 @pytest.mark.parametrize(
@@ -197,7 +197,7 @@ def test_resume_refuses_prompts_of_another_shape_and_a_backbone_whose_weights_ch
     # Same shapes, other frozen weights (a random backbone built with another seed): the fingerprints differ.
     with pytest.raises(RunDirError, match=r"trained on a backbone with weights fingerprint [0-9a-f]{16}, the model built now \(toy-mlp\) has [0-9a-f]{16}"):
         Trainer(toy_model(seed=1), small(epochs=2), train, evaluation, run_dir=run, resume=True)
-    assert Trainer(toy_model(), small(epochs=2), train, evaluation, run_dir=run, resume=True).fit()["epoch"] == 2
+    assert Trainer(toy_model(), small(epochs=2), train, evaluation, run_dir=run, resume=True).fit()["epochs_done"] == 2
 
 
 def test_param_groups_ctrl_c_then_resume_equals_uninterrupted_run(tmp_path):

@@ -15,7 +15,8 @@ from promptcore.config import ConfigError  # noqa: E402
 from promptcore.errors import UserError  # noqa: E402
 from promptcore.runs import RunDirError  # noqa: E402
 from promptcore.optim import AdafactorT5X, build_optimizer, lr_factor  # noqa: E402
-from promptcore.trainer import EpochBatches, NonFiniteLossError, check_optimizer_params  # noqa: E402
+from promptcore.callbacks import Callback  # noqa: E402
+from promptcore.trainer import EpochBatches, NonFiniteLossError, check_optimizer_params, epoch_generator  # noqa: E402
 
 
 def cfg(**kw) -> TrainConfig:
@@ -43,7 +44,8 @@ def test_fit_trains_only_prompts_and_leaves_backbone_bitwise_unchanged(tmp_path)
     assert model.backbone_modes and not any(model.backbone_modes)  # the backbone ran in eval mode
     for key, value in model.prompt_state_dict().items():
         assert not torch.equal(value, prompts_before[key]), f"prompt tensor {key} did not train"
-    assert result["step"] == 10 and result["epoch"] == 2
+    # Epochs are 0-based everywhere: the result, metrics.jsonl, best/ and last/.
+    assert result["step"] == 10 and result["epoch"] == 1 and result["epochs_done"] == 2
     assert result["eval"]["count"] == 20 and result["best"]["metric"] == "accuracy"
 
     run = tmp_path / "run"
@@ -53,6 +55,7 @@ def test_fit_trains_only_prompts_and_leaves_backbone_bitwise_unchanged(tmp_path)
     records = [json.loads(line) for line in run.joinpath("metrics.jsonl").read_text().splitlines()]
     assert [r["split"] for r in records if r["split"] != "train"] == ["epoch", "eval", "epoch", "eval"]
     assert records[-1] == {"split": "eval", "epoch": 1, "step": 10, **result["eval"]}
+    assert [(r["step"], r["epoch"]) for r in records if r["split"] == "train"] == [(2, 0), (4, 0), (5, 0), (6, 1), (8, 1), (10, 1)]
     # last/ holds the trained prompts, best/ the prompts of the best eval; both load into a fresh model.
     fresh = toy_model(seed=1)
     fresh.load_prompts(run / "last")
@@ -60,6 +63,8 @@ def test_fit_trains_only_prompts_and_leaves_backbone_bitwise_unchanged(tmp_path)
         assert torch.equal(fresh.prompt_state_dict()[key], value)
     best_meta = json.loads(run.joinpath("best", "prompt_config.json").read_text())
     assert best_meta["step"] == result["best"]["step"] and best_meta["value"] == result["best"]["value"]
+    assert best_meta["epoch"] == result["best"]["epoch"] == (result["best"]["step"] - 1) // 5
+    assert json.loads(run.joinpath("last", "prompt_config.json").read_text())["epoch"] == 1
     assert "train:" in run.joinpath("config.yaml").read_text()
 
 
@@ -165,13 +170,100 @@ def test_epoch_batches_cover_every_row_once_and_skip_exactly():
     assert full != list(EpochBatches(42, 8, 1, 0, seed=3, epoch=2))
 
 
+def test_epoch_batches_take_a_given_order_and_drop_the_short_last_batch():
+    order = list(range(41, -1, -1))
+    batches = list(EpochBatches(42, 8, 1, 0, seed=3, epoch=1, order=order))
+    assert batches == [order[i : i + 8] for i in range(0, 42, 8)] and len(batches[-1]) == 2
+    dropped = EpochBatches(42, 8, 1, 0, seed=3, epoch=1, drop_last=True)
+    assert list(dropped) == list(EpochBatches(42, 8, 1, 0, seed=3, epoch=1))[:5] and len(dropped) == dropped.num_micro == 5
+    ranks = [EpochBatches(42, 4, 2, r, seed=3, epoch=1, drop_last=True) for r in range(2)]
+    assert sorted(i for s in ranks for b in s for i in b) == sorted(EpochBatches(42, 8, 1, 0, seed=3, epoch=1).order[:40].tolist())
+    with pytest.raises(UserError, match=r"batch order of epoch 1: expected 42 integer row indices .*got shape \(41,\)"):
+        EpochBatches(42, 8, 1, 0, seed=3, epoch=1, order=order[1:])
+    with pytest.raises(UserError, match=r"batch order of epoch 1: indices must lie in \[0, 41\], got 0 .. 42"):
+        EpochBatches(42, 8, 1, 0, seed=3, epoch=1, order=[42] + order[1:])
+
+
+class Recorded(torch.utils.data.Dataset):
+    """A dataset that records the rows read, in order."""
+
+    def __init__(self, data):
+        self.data, self.rows = data, []
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        self.rows.append(i)
+        return self.data[i]
+
+
+class EpochRecorder(Callback):
+    def __init__(self):
+        self.events = []
+
+    def on_epoch_begin(self, trainer):
+        self.events.append(("begin", trainer.progress.epoch, trainer.progress.step))
+
+    def on_epoch_end(self, trainer):
+        self.events.append(("end", trainer.progress.epoch, trainer.progress.step))
+
+
+def test_batch_order_hook_and_on_epoch_begin():
+    # The hook giving the default permutation trains bitwise as the default; another order trains otherwise.
+    default, same, other = toy_model(), toy_model(), toy_model()
+    Trainer(default, cfg(), toy_data()).fit()
+    recorder = EpochRecorder()
+    data = Recorded(toy_data())
+    Trainer(same, cfg(), data, callbacks=[recorder], batch_order=lambda epoch: torch.randperm(40, generator=epoch_generator(0, epoch))).fit()
+    assert data.rows == [i for e in range(2) for i in torch.randperm(40, generator=epoch_generator(0, e)).tolist()]
+    assert recorder.events == [("begin", 0, 0), ("end", 0, 5), ("begin", 1, 5), ("end", 1, 10)]
+    assert all(torch.equal(v, same.prompt_state_dict()[k]) for k, v in default.prompt_state_dict().items())
+
+    class Reversed(torch.utils.data.Sampler):
+        def __init__(self):
+            self.epochs = []
+
+        def set_epoch(self, epoch):
+            self.epochs.append(epoch)
+
+        def __iter__(self):
+            return iter(range(39, -1, -1) if self.epochs[-1] % 2 else range(40))
+
+        def __len__(self):
+            return 40
+
+    sampler, data = Reversed(), Recorded(toy_data())
+    Trainer(other, cfg(), data, batch_order=sampler).fit()
+    assert sampler.epochs == [0, 1] and data.rows == list(range(40)) + list(range(39, -1, -1))
+    assert not torch.equal(other.prompts.weight, default.prompts.weight)
+    with pytest.raises(UserError, match=r"batch_order: expected a callable \(epoch -> row indices\) or a torch Sampler, got list"):
+        Trainer(toy_model(), cfg(), toy_data(), batch_order=list(range(40)))
+    with pytest.raises(UserError, match=r"batch order of epoch 0: expected 40 integer row indices"):
+        Trainer(toy_model(), cfg(), toy_data(), batch_order=lambda epoch: range(10)).fit()
+
+
+def test_drop_last_leaves_out_each_epochs_short_batch():
+    kept, dropped = toy_model(), toy_model()
+    t = Trainer(kept, cfg(batch_size=16), toy_data(40))
+    assert t.steps_per_epoch == 3 and t.fit()["step"] == 6
+    data = Recorded(toy_data(40))
+    t = Trainer(dropped, cfg(batch_size=16, drop_last=True), data)
+    assert t.steps_per_epoch == 2 and t.fit()["step"] == 4
+    orders = [torch.randperm(40, generator=epoch_generator(0, e)).tolist() for e in range(2)]
+    assert data.rows == orders[0][:32] + orders[1][:32]
+    # Data smaller than one batch stays one short batch, as in Dassl (drop_last=len(data) >= batch_size).
+    assert Trainer(toy_model(), cfg(batch_size=64, drop_last=True), toy_data(40)).steps_per_epoch == 1
+    assert len(EpochBatches(40, 64, 1, 0, seed=0, epoch=0, drop_last=True)) == 1
+
+
 def test_same_seed_same_run_and_max_steps(tmp_path):
     results = []
     for name in ("a", "b"):
         model = toy_model()
         result = Trainer(model, cfg(max_steps=7), toy_data(), toy_data(20, split="validation"), run_dir=tmp_path / name).fit()
         results.append((result, model.prompt_state_dict()))
-    assert results[0][0]["step"] == 7 and results[0][0]["epoch"] == 1
+    assert results[0][0]["step"] == 7 and results[0][0]["epoch"] == 1 and results[0][0]["epochs_done"] == 1
     assert results[0][0]["eval"] == results[1][0]["eval"]
     for key in results[0][1]:
         assert torch.equal(results[0][1][key], results[1][1][key])
@@ -220,6 +312,30 @@ def test_nan_loss_stops_names_the_step_and_keeps_the_last_good_checkpoint(tmp_pa
     fresh = toy_model(seed=1)
     fresh.load_prompts(tmp_path / "run/last")
     assert all(torch.isfinite(v).all() for v in fresh.prompt_state_dict().values())
+
+
+def test_a_diverging_loss_warns_once_naming_train_lr(capsys):
+    # Adam at lr 1e4 keeps the loss finite while it grows by orders of magnitude: no error, one warning line.
+    result = Trainer(toy_model(), cfg(lr=1e4), toy_data()).fit()
+    assert math.isfinite(result["train_loss"]) and result["train_loss"] > 1e3
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(lines) == 1
+    assert "diverging; lower train.lr (now 10000)" in lines[0] and "(step 1)" in lines[0]
+    Trainer(toy_model(), cfg(), toy_data()).fit()
+    assert "warning:" not in capsys.readouterr().err
+
+
+def test_a_batch_larger_than_the_data_is_said_in_one_line(capsys):
+    trainer = Trainer(toy_model(), cfg(batch_size=1_000_000, epochs=1), toy_data(40))
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert lines == [
+        "warning: train.batch_size 1000000 is larger than the 40 rows of the train data: each epoch is one step of "
+        "40 rows; set train.batch_size to at most 40 to mean that"
+    ]
+    assert trainer.fit()["step"] == 1
+    Trainer(toy_model(), cfg(batch_size=40), toy_data(40))
+    Trainer(toy_model(), cfg(batch_size=1_000_000), None, toy_data(20, split="validation"))  # evaluation only
+    assert "warning:" not in capsys.readouterr().err
 
 
 def test_run_directory_holding_a_run_is_refused_unless_overwrite(tmp_path):
