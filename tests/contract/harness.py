@@ -42,6 +42,8 @@ class MethodCase:
             class count), whose prompt files the case's model must refuse.
         fast_spy: ``"module.function"`` called only on the fast path; the suite wraps it to see that the fast path
             ran. ``None``: the method has no fast path.
+        sharded: whether the sharded contract (FSDP2, ``test_sharded_contract``) runs the case; ``False`` only for a
+            method whose package does not support sharding yet, which its docs say.
     """
 
     build: Callable[[int, bool | None], PromptedModel]
@@ -49,6 +51,7 @@ class MethodCase:
     foreign: Callable[[int], PromptedModel]
     outputs: Callable[[PromptedModel, Any], torch.Tensor] | None = None
     fast_spy: str | None = None
+    sharded: bool = True
 
     def output(self, model: PromptedModel, batch: Any) -> torch.Tensor:
         return self.outputs(model, batch) if self.outputs is not None else model.forward_batch(batch)
