@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import random
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -178,3 +178,25 @@ class EpochBatches(Sampler[list[int]]):
 
 
 __all__ = ["EpochBatches", "check_labels", "check_order", "micro_batches", "epoch_generator", "num_rows", "seed_everything", "set_determinism", "to_device"]
+
+
+def epoch_order(hook: Callable[[int], Sequence[int]] | Sampler | None) -> Callable[[int], Sequence[int] | None]:
+    """``epoch -> row indices`` of the trainer's ``batch_order`` hook (a callable, or a torch ``Sampler`` iterated
+    once per epoch after ``set_epoch(epoch)`` where it has one); it gives None (the default order) without a hook.
+
+    Raises:
+        UserError: a hook of another type.
+    """
+    if hook is None:
+        return lambda epoch: None
+    if isinstance(hook, Sampler):
+
+        def sampled(epoch: int) -> list[int]:
+            if hasattr(hook, "set_epoch"):
+                hook.set_epoch(epoch)
+            return list(hook)
+
+        return sampled
+    if not callable(hook):
+        raise UserError(f"batch_order: expected a callable (epoch -> row indices) or a torch Sampler, got {type(hook).__name__}")
+    return hook

@@ -7,7 +7,7 @@ micro-batch is one call of the engine's step module and one backward, then one c
 stop flags, then the engine's optimizer step. A process whose slice of a global batch is empty (the last, short
 batch of an epoch) runs a zero-weighted step on one row instead, so its collectives match the others'. Losses and
 the NaN check stay on the device and are read every ``log_every_steps`` steps, at epoch ends and at checkpoints;
-where they are read, a loss grown to :data:`DIVERGENCE_FACTOR` times the first step's gets one ``warning:`` line.
+where they are read, a loss grown far over the first step's gets one ``warning:`` line (:mod:`promptcore.run_health`).
 
 Data order is a function of ``(seed, epoch)`` (:mod:`promptcore.batches`), and the learning rate a pure function of
 the step (:class:`~promptcore.optim.LRSchedule`), so a run resumed from its training state
@@ -31,7 +31,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .batches import EpochBatches, check_labels, epoch_generator, micro_batches, num_rows, seed_everything, set_determinism, to_device
+from .batches import (
+    EpochBatches, check_labels, epoch_generator, epoch_order, micro_batches, num_rows, seed_everything, set_determinism, to_device,
+)
 from .callbacks import Callback, CallbackList, StepInfo
 from .checkpoint import (
     Progress,
@@ -54,12 +56,9 @@ from .optim import LRSchedule, build_optimizer
 from .param_groups import build_param_groups, check_optimizer_params
 from .preflight import check_resume, metric_problem
 from .runs import RunDir
+from .run_health import batch_size_warning, divergence_warning
 from .signals import StopSignals
 from .train_config import TrainConfig
-
-
-# A log window whose mean loss is this many times the first step's loss warns that the run diverges.
-DIVERGENCE_FACTOR = 1000.0
 
 
 class NonFiniteLossError(RuntimeError):
@@ -135,9 +134,7 @@ class Trainer:
             raise UserError("resume=True needs the run_dir of the run to continue")
         if resume and overwrite:
             raise UserError("resume and overwrite exclude each other: resume continues the run in run_dir, overwrite replaces it")
-        if batch_order is not None and not callable(batch_order) and not isinstance(batch_order, Sampler):
-            raise UserError(f"batch_order: expected a callable (epoch -> row indices) or a torch Sampler, got {type(batch_order).__name__}")
-        self.model, self.config, self.batch_order = model, config, batch_order
+        self.model, self.config, self.batch_order = model, config, epoch_order(batch_order)
         self.train_dataset, self.eval_dataset, self.collate_fn = train_dataset, eval_dataset, collate_fn
         self.num_train = num_rows(train_dataset, "train") if train_dataset is not None else 0
         if eval_dataset is not None:
@@ -201,14 +198,8 @@ class Trainer:
         self.engine.prepare(self.step_module, self.optimizer if trains else None)
         rows_per_micro = config.batch_size * self.world_size
         micro_per_epoch = micro_batches(self.num_train, rows_per_micro, config.drop_last)
-        if trains and rows_per_micro > self.num_train and self.is_main:
-            processes = f" x {self.world_size} processes" if self.world_size > 1 else ""
-            print(
-                f"warning: train.batch_size {config.batch_size}{processes} is larger than the {self.num_train} rows of "
-                f"the train data: each epoch is one step of {self.num_train} rows; set train.batch_size to at most "
-                f"{max(self.num_train // self.world_size, 1)} to mean that",
-                file=sys.stderr,
-            )
+        if trains and self.is_main and (line := batch_size_warning(config.batch_size, self.world_size, self.num_train)):
+            print(line, file=sys.stderr)
         self.steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accum_steps)
         self.total_steps = config.epochs * self.steps_per_epoch
         if config.max_steps is not None:
@@ -384,21 +375,16 @@ class Trainer:
             p.window_loss, p.window_steps = 0.0, 0
 
     def _check_divergence(self, loss: float) -> None:
-        """Warns once, in one line, when the mean loss of a log window (read there) has grown to
-        ``DIVERGENCE_FACTOR`` times the first step's loss: the run is diverging, most often from too high a rate."""
+        """Warns once, in one line, when a log window's mean loss has grown far over the first step's
+        (:func:`promptcore.run_health.divergence_warning`)."""
         p = self.progress
         if self._warned_divergence or p.start_loss is None:
             return
-        start = float(p.start_loss)
-        if start > 0 and loss > DIVERGENCE_FACTOR * start:
+        line = divergence_warning(float(p.start_loss), loss, p.step, self.config.lr)
+        if line is not None:
             self._warned_divergence = True
             if self.is_main:
-                print(
-                    f"warning: the training loss grew from {start:.4g} (step 1) to {loss:.4g} (steps up to {p.step}), "
-                    f"{loss / start:.3g} times its start: the run is diverging; lower train.lr (now {self.config.lr:g}) "
-                    f"or set train.grad_clip",
-                    file=sys.stderr,
-                )
+                print(line, file=sys.stderr)
 
     # ----- training --------------------------------------------------------------------------------------------
     def _loader(self, dataset: Dataset, batch_sampler: Any, generator: torch.Generator) -> DataLoader:
@@ -489,24 +475,13 @@ class Trainer:
         engine.step(self.optimizer, self.params, self._first_bad < 0)
         return reduced[0], interrupted
 
-    def _epoch_order(self, epoch: int) -> Sequence[int] | None:
-        """The row indices of ``epoch`` from the ``batch_order`` hook (None: the default order)."""
-        hook = self.batch_order
-        if hook is None:
-            return None
-        if isinstance(hook, Sampler):
-            if hasattr(hook, "set_epoch"):
-                hook.set_epoch(epoch)
-            return list(hook)
-        return hook(epoch)
-
     def _train_epoch(self) -> bool:
         """Runs the rest of ``progress.epoch``; returns False when max_steps or a stop request ended training
         inside it."""
         cfg, p = self.config, self.progress
         sampler = EpochBatches(
             self.num_train, cfg.batch_size, self.world_size, self.rank, cfg.seed, p.epoch, start=p.micro,
-            order=self._epoch_order(p.epoch), drop_last=cfg.drop_last,
+            order=self.batch_order(p.epoch), drop_last=cfg.drop_last,
         )
         self._callback("on_epoch_begin")
         batches = iter(self._loader(self.train_dataset, sampler, epoch_generator(cfg.seed, p.epoch)))
