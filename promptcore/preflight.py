@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
 
+from .errors import UserError
 from .files import CONFIG_FILE, read_prompt_config
 from .fingerprint import FINGERPRINT_KEY
 from .registry import did_you_mean
@@ -119,6 +120,19 @@ def unknown_fields(values: Iterable[str], config: Any) -> tuple[list[str], str]:
     unknown = [k for k in values if k not in known]
     hint = " ".join(f"{k!r}:{did_you_mean(k, sorted(known)) or ' no close match.'}" for k in unknown)
     return unknown, hint
+
+
+def check_distinct_ids(field: str, names: Sequence[str], ids: Sequence[Sequence[int]], tokenizer: str, fix: str) -> None:
+    """Raises :class:`UserError` naming ``field`` when two of ``names`` (class names, label words) tokenize to the
+    same ids with ``tokenizer`` (how the message names it): their classes would always get the same score. ``fix``
+    ends the message."""
+    same = first_same_ids(names, ids)
+    if same is not None:
+        other, name, row = same
+        raise UserError(
+            f"{field}: {other!r} and {name!r} are the same tokens {row} for {tokenizer}, so their classes would "
+            f"always get the same score; {fix}"
+        )
 
 
 def first_same_ids(names: Sequence[str], ids: Sequence[Sequence[int]]) -> tuple[str, str, list[int]] | None:

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal, get_args
 
 from promptcore.errors import UserError
 from promptcore.methods import METHODS
-from promptcore.preflight import first_same_ids, unknown_fields
+from promptcore.preflight import check_distinct_ids, unknown_fields
 from promptcore.registry import did_you_mean
 
 PoolingName = Literal["auto", "cls", "mean", "last", "pooler"]
@@ -267,13 +267,7 @@ def check_label_word_ids(words: list[str], ids: list[list[int]]) -> None:
     """Raises :class:`promptcore.UserError` when two verbalizer words have the same token ids as the task scores
     them (e.g. two words unknown to the vocabulary, both ``<unk>``): their classes would always score the same, and
     a two-class loss would stay at ln 2."""
-    same = first_same_ids(words, ids)
-    if same is not None:
-        other, word, row = same
-        raise UserError(
-            f"verbalizer: {other!r} and {word!r} are the same tokens {row} for this tokenizer, so their "
-            f"classes would always get the same score; choose label words the tokenizer tells apart"
-        )
+    check_distinct_ids("verbalizer", words, ids, "this tokenizer", "choose label words the tokenizer tells apart")
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from promptcore.errors import UserError
-from promptcore.preflight import first_same_ids
+from promptcore.preflight import check_distinct_ids
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
 
@@ -84,13 +84,7 @@ def check_distinct_token_ids(names: Sequence[str], ids: Sequence[Sequence[int]],
     """Raises :class:`promptcore.UserError` when two class names tokenize to the same ids (CLIP's tokenizer
     lowercases and collapses whitespace: ``Cat`` and ``cat`` are one text to it): their prompts, and so their
     logits, would be equal and the two classes could never be told apart."""
-    same = first_same_ids(names, ids)
-    if same is not None:
-        other, name, row = same
-        raise UserError(
-            f"{field}: {other!r} and {name!r} are the same tokens {row} for the CLIP tokenizer (it lowercases "
-            f"and collapses whitespace), so their classes would always get the same score; rename one of them"
-        )
+    check_distinct_ids(field, names, ids, "the CLIP tokenizer (it lowercases and collapses whitespace)", "rename one of them")
 
 
 def prompt_name(name: str) -> str:
