@@ -79,3 +79,20 @@ def test_dept_preset_is_the_released_sst2_checkpoint():
     assert (t.scheduler, t.warmup_steps, t.batch_size, t.max_steps, t.grad_clip) == ("linear", 500, 32, 30_000, 1.0)
     assert (t.metric, t.metric_mode) == ("loss", "min")
     assert cfg.data.max_length == p.max_length
+
+
+@pytest.mark.download
+@pytest.mark.parametrize("name", ["minilm_seq_cls.yaml", "minilm_linear_probe.yaml"])
+def test_minilm_presets_pool_by_the_mean_their_headers_name(name):
+    # all-MiniLM-L6-v2 is a sentence-transformers model: model.pooling auto resolves to its 1_Pooling mean
+    from types import SimpleNamespace
+
+    from textpt import assets
+    from textpt.tasks import TASKS
+
+    cfg = preset(name)
+    backbone = SimpleNamespace(pooler=object(), config=SimpleNamespace(name_or_path=str(assets.model_path("minilm_l6")), model_type="bert"))
+    assert cfg.model.pooling == "auto"
+    assert TASKS.get(cfg.model.task).resolve_pooling(backbone, cfg.model.pooling) == "mean"
+    header = (ROOT / "configs" / "textpt" / name).read_text().split("\nmodel:", 1)[0]
+    assert "mean" in header and "[CLS]" not in header, f"{name}: the header should say the head reads the mean-pooled output"
