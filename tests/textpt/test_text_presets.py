@@ -32,7 +32,7 @@ def test_every_value_a_preset_sets_names_its_origin(path):
             continue
         repo = origin.split(" ", 1)[0]
         assert repo in REPOSITORIES, f"{path.name}: source.{key} names {repo!r}, not one of the official repositories {sorted(REPOSITORIES)}"
-        assert re.match(rf"{re.escape(repo)} \S+\.(py|gin|sh|md)\b", origin), f"{path.name}: source.{key} gives no file of {repo}: {origin!r}"
+        assert re.match(rf"{re.escape(repo)} \S+\.(py|gin|sh|md|json|log)\b", origin), f"{path.name}: source.{key} gives no file of {repo}: {origin!r}"
 
 
 def preset(name: str) -> TextRunConfig:
@@ -66,12 +66,33 @@ def test_p_tuning_preset_has_the_official_encoder_and_optimiser():
     assert t.callbacks == [{"name": "early_stopping", "patience": 20}]
 
 
-def test_dept_preset_is_the_readme_command():
+def test_dept_preset_is_the_released_sst2_checkpoint():
+    # ZhengxiangShi/DePT checkpoints/sst2: adapter_config.json (60 tokens, r 30, max_length 256, lora_alpha 8) and
+    # output.log (lr 0.3, lora_embedding_lr 5e-4, 30,000 steps, max_grad_norm 1.0); the README's example grid point
+    # (40 tokens, rank 45, 5e-3, 40,000 steps) is not the released run
     cfg = preset("t5_dept_glue.yaml")
     p, t = cfg.prompt, cfg.train
-    assert (p.method, p.num_tokens, p.rank, p.max_length, p.alpha) == ("dept", 40, 45, 256, 8.0)
+    assert (p.method, p.num_tokens, p.rank, p.max_length, p.alpha) == ("dept", 60, 30, 256, 8.0)
     assert p.rank == rank_for_budget(100, p.num_tokens, 768, p.max_length)  # t5-base's width: a 100-token budget
     assert (p.init, p.init_text_special_tokens) == ("text", True)
-    assert (t.optimizer, t.lr, t.param_groups, t.weight_decay) == ("adamw", 0.3, {"lora": {"lr": 5e-3}}, 0.0)
-    assert (t.scheduler, t.warmup_steps, t.batch_size, t.max_steps) == ("linear", 500, 32, 40_000)
+    assert (t.optimizer, t.lr, t.param_groups, t.weight_decay) == ("adamw", 0.3, {"lora": {"lr": 5e-4}}, 0.0)
+    assert (t.scheduler, t.warmup_steps, t.batch_size, t.max_steps, t.grad_clip) == ("linear", 500, 32, 30_000, 1.0)
+    assert (t.metric, t.metric_mode) == ("loss", "min")
     assert cfg.data.max_length == p.max_length
+
+
+@pytest.mark.download
+@pytest.mark.parametrize("name", ["minilm_seq_cls.yaml", "minilm_linear_probe.yaml"])
+def test_minilm_presets_pool_by_the_mean_their_headers_name(name):
+    # all-MiniLM-L6-v2 is a sentence-transformers model: model.pooling auto resolves to its 1_Pooling mean
+    from types import SimpleNamespace
+
+    from textpt import assets
+    from textpt.tasks import TASKS
+
+    cfg = preset(name)
+    backbone = SimpleNamespace(pooler=object(), config=SimpleNamespace(name_or_path=str(assets.model_path("minilm_l6")), model_type="bert"))
+    assert cfg.model.pooling == "auto"
+    assert TASKS.get(cfg.model.task).resolve_pooling(backbone, cfg.model.pooling) == "mean"
+    header = (ROOT / "configs" / "textpt" / name).read_text().split("\nmodel:", 1)[0]
+    assert "mean" in header and "[CLS]" not in header, f"{name}: the header should say the head reads the mean-pooled output"
