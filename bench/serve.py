@@ -12,7 +12,9 @@
 
 The toy backend (``tests/promptcore/scripts/serving_toy.py``, ``--dim`` wide) runs without any download; a real
 backend is ``--kind vision`` or ``--kind text`` with ``--prompts DIR`` (a folder of prompt folders that classify) and
-``--input FILE`` (an image or a text file sent in every request).
+``--input FILE`` (an image or a text file sent in every request). ``--kind vision`` without them makes
+``--num-prompts`` VPT-deep prompts (10 tokens, 2 to 10 classes, random values) on ``--vision-model`` (random weights)
+and sends one 224 x 224 image.
 
 Run: ``python bench/serve.py [--kind toy] [--clients 32] [--requests 512] [--num-prompts 100] [--write FILE]``.
 """
@@ -60,6 +62,26 @@ def toy_prompts(root: Path, n: int, dim: int) -> Path:
     backend = ToyBackend(dim=dim)
     for i in range(n):
         make_prompt(root / f"p{i:03d}", backend, length=4 + i % 8, num_classes=2 + i % 9, seed=i)
+    return root
+
+
+def vision_prompts(root: Path, n: int, model: str) -> Path:
+    """``n`` VPT-deep prompt folders (10 tokens, 2 to 10 classes, random values) on backbone ``model`` built with
+    random weights from seed 0, recording what the vision backend rebuilds it from."""
+    import vpt
+    from vpt.serving import record_backbone
+
+    section = vpt.BackboneConfig(model, pretrained=False)
+    torch.manual_seed(0)
+    backbone = vpt.create_model(section)
+    for i in range(n):
+        prompted = vpt.wrap(backbone, vpt.VPTConfig(method="vpt_deep", num_tokens=10, num_classes=2 + i % 9))
+        generator = torch.Generator().manual_seed(i)
+        with torch.no_grad():
+            for p in prompted.prompt_parameters():
+                p.add_(0.1 * torch.randn(p.shape, generator=generator))
+        record_backbone(prompted, section, 0)
+        prompted.save_prompts(root / f"p{i:03d}")
     return root
 
 
@@ -206,6 +228,7 @@ def main() -> None:
     parser.add_argument("--prompts", help="a folder of prompt folders (vision / text; the toy makes its own)")
     parser.add_argument("--input", help="the image or text file every request sends (vision / text)")
     parser.add_argument("--dim", type=int, default=256, help="toy backbone width")
+    parser.add_argument("--vision-model", default="timm:vit_tiny_patch16_224", help="backbone of the made vision prompts")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--requests", type=int, default=512)
     parser.add_argument("--num-prompts", type=int, default=100)
@@ -220,9 +243,18 @@ def main() -> None:
         if args.kind == "toy":
             prompts = toy_prompts(Path(tmp) / "prompts", args.num_prompts, args.dim)
             payload = "a request of some length " * 4
+        elif args.kind == "vision" and not args.prompts and not args.input:
+            import io
+
+            from PIL import Image
+
+            prompts = vision_prompts(Path(tmp) / "prompts", args.num_prompts, args.vision_model)
+            image = io.BytesIO()
+            Image.new("RGB", (224, 224), (120, 60, 200)).save(image, format="PNG")
+            payload = base64.b64encode(image.getvalue()).decode()
         else:
             if not args.prompts or not args.input:
-                parser.error("--kind vision / text need --prompts DIR and --input FILE")
+                parser.error("--kind vision / text need --prompts DIR and --input FILE (or, for vision, neither)")
             prompts = Path(args.prompts)
             data = Path(args.input).read_bytes()
             payload = base64.b64encode(data).decode() if args.kind == "vision" else data.decode()

@@ -212,9 +212,19 @@ def _token_route_accepts(model: PromptedModel) -> bool:
     )
 
 
+def _token_cache(model: VisualPromptModel) -> dict[str, torch.Tensor]:
+    """A projected prompt's tokens, computed once; an unprojected prompt's tokens are a view of its weights, read
+    at each batch (a kept copy would hold the prompt twice on the device)."""
+    return {"tokens": model.prompt_tokens().detach()} if model.prompt_proj is not None else {}
+
+
+def _prompt_tokens(prompt: "LoadedVisionPrompt") -> torch.Tensor:
+    return prompt.cache["tokens"] if "tokens" in prompt.cache else prompt.model.prompt_tokens().detach()
+
+
 def _run_tokens(pixel_values: torch.Tensor, entries: list[tuple["LoadedVisionPrompt", list[int]]]) -> list[torch.Tensor]:
     pairs = [(p.model, rows) for p, rows in entries]
-    return run_token_prompts(entries[0][0].model.tokens, pixel_values, pairs, [p.cache["tokens"][0] for p, _ in entries])
+    return run_token_prompts(entries[0][0].model.tokens, pixel_values, pairs, [_prompt_tokens(p)[0] for p, _ in entries])
 
 
 def _run_pooled(pixel_values: torch.Tensor, entries: list[tuple["LoadedVisionPrompt", list[int]]]) -> list[torch.Tensor]:
@@ -228,7 +238,7 @@ def _run_alone(pixel_values: torch.Tensor, entries: list[tuple["LoadedVisionProm
 
 ROUTES.add("tokens", ServingRoute(
     accepts=_token_route_accepts,
-    cache=lambda model: {"tokens": model.prompt_tokens().detach()},
+    cache=_token_cache,
     run=_run_tokens,
 ))
 ROUTES.add("pooled", ServingRoute(

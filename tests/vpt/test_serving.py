@@ -264,6 +264,12 @@ def test_loaded_prompts_move_between_devices_without_the_backbone(folders):
     assert all(p.device.type == "cpu" for p in base.parameters())
 
 
+def test_an_unprojected_prompt_is_held_once(folders):
+    prompt = VisionBackend(backbone()).open_prompt(folders["deep3"], "p")
+    assert prompt.cache == {}  # its tokens are read from its weights at each batch, not kept as a second copy
+    assert prompt.info.nbytes == sum(t.numel() * t.element_size() for t in prompt.model.prompt_state_dict().values())
+
+
 @pytest.mark.parametrize("names", [["deep3", "deep3", "deep3"], ["pixel_pad", "pixel_pad"]])
 def test_merged_bank_rows_equal_each_folder_alone(folders, tmp_path, names):
     base = backbone().double()
