@@ -13,7 +13,7 @@ from torch import nn
 from promptcore.errors import UserError
 from promptcore.quantization import int8_weight_only, require_quant_library
 
-from .config import TextModelConfig
+from .config import POOLING_ATTR, TextModelConfig
 from .synthetic import SYNTHETIC_WORDS
 from .tasks import TASKS
 
@@ -161,6 +161,7 @@ def load_model_and_tokenizer(cfg: TextModelConfig) -> tuple[nn.Module, Any]:
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    setattr(model, POOLING_ATTR, cfg.pooling)  # textpt.wrap's head reads it unless given another pooling
     return model, tokenizer
 
 
