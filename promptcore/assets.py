@@ -128,11 +128,14 @@ def asset_names(kind: str | None = None) -> list[str]:
 
 
 def get_asset(name: str, kind: str | None = None) -> Asset:
-    """The :class:`Asset` called ``name`` (of ``kind``, when given).
+    """The :class:`Asset` called ``name`` (of ``kind``, when given); a name not yet registered loads the plugins
+    first (the packages register their assets when imported), so no package needs importing beforehand.
 
     Raises:
         UnknownAssetError: listing the known names and the close matches.
     """
+    if name not in ASSETS:
+        load_plugins()
     known = asset_names(kind)
     if name not in known:
         what = f"{kind} asset" if kind else "asset"

@@ -283,6 +283,23 @@ class DeepSoftPrompt(OnePromptSet, nn.Module):
         return f"num_layers={self.num_layers}, num_tokens={self.num_tokens}, dim={self.dim}"
 
 
+class _BankGather(torch.autograd.Function):
+    """``weight[task_ids]`` whose backward adds the rows with ``index_add_``: on the CPU it adds them one after
+    another in batch order, so the gradient is bitwise the same at a fixed thread count (the accumulating
+    ``index_put_`` behind ``weight[task_ids]`` sums repeated task ids in a thread-dependent order)."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(task_ids)
+        ctx.num_tasks = weight.shape[0]
+        return weight.index_select(0, task_ids)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (task_ids,) = ctx.saved_tensors
+        return grad.new_zeros(ctx.num_tasks, *grad.shape[1:]).index_add_(0, task_ids, grad), None
+
+
 class PromptBank(nn.Module):
     """Prompts for ``num_tasks`` tasks, chosen per sample by ``task_ids`` so one batch can mix tasks.
 
@@ -319,9 +336,10 @@ class PromptBank(nn.Module):
             )
 
     def forward(self, task_ids: torch.Tensor) -> torch.Tensor:
-        """``[batch, *prompt_shape]``: each sample's task prompt."""
+        """``[batch, *prompt_shape]``: each sample's task prompt (its gradient is bitwise reproducible on the CPU
+        at a fixed thread count)."""
         self.check_task_ids(task_ids)
-        return self.dropout(self.weight[task_ids])
+        return self.dropout(_BankGather.apply(self.weight, task_ids))
 
     def table(self) -> torch.Tensor:
         """``[num_tasks, *prompt_shape]``: every task's prompt."""

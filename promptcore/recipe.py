@@ -5,6 +5,8 @@ Recipes stay thin: everything a recipe does, a user can do in a few lines of Pyt
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -49,3 +51,18 @@ def resolve_config(recipe: Recipe, cfg: Any) -> Any:
     """``cfg`` as ``recipe`` resolves it (its ``resolve_config`` hook; ``cfg`` itself for a recipe without one)."""
     hook = getattr(recipe, "resolve_config", None)
     return cfg if hook is None else hook(cfg)
+
+
+def with_recorded_seed(cfg: Any, seed: int | None, source: str) -> Any:
+    """``cfg`` with ``train.seed`` set to ``seed``: the seed the random backbone of the prompts in ``source`` was
+    built with, so an inference command rebuilds the backbone they were trained on. ``seed`` None (nothing recorded,
+    or a backbone with loaded weights) or the config's own seed gives ``cfg`` itself; another seed in the config is
+    replaced with a one-line warning naming both."""
+    if seed is None or int(seed) == cfg.train.seed:
+        return cfg
+    warnings.warn(
+        f"{source} was trained on a random backbone built with train.seed {int(seed)}; building it with that seed, "
+        f"not the config's {cfg.train.seed}, so the prompts meet the weights they were trained on",
+        stacklevel=2,
+    )
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=int(seed)))

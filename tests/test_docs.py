@@ -21,6 +21,9 @@ HTML comments right before a block change how it runs (several may be stacked):
   comparison, so a number the text claims is checked by the run that shows it.
 
 A comment ``# trainable params: A || all params: B || trainable%: C`` in a block must be what the block prints.
+
+No block may print the warning of prompts loaded into a backbone other than the one they were trained on
+(:meth:`promptcore.model.PromptedModel.check_prompt_config`): every example meets its own backbone.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ PRELOAD = ("torch", "timm", "open_clip", "transformers", "promptcore", "vpt", "v
 _FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```+|~~~+)\s*(?P<lang>[\w+-]*)[^\n]*$")
 _DIRECTIVE = re.compile(r"^\s*<!--\s*doctest:\s*(?P<body>.*?)\s*-->\s*$")
 _COUNT_COMMENT = re.compile(r"#\s*(trainable params: [\d,]+ \|\| all params: [\d,]+ \|\| trainable%: [\d.]+)")
+FOREIGN_BACKBONE_WARNING = "was trained on backbone"  # both of check_prompt_config's warnings say it
 _EXPECT = re.compile(r"^(?P<key>[\w.-]+)\s*(?P<op>>=|<=)\s*(?P<value>[-+0-9.eE]+)$")
 
 
@@ -344,6 +348,9 @@ def run_doc(path: Path, tmp: Path, root: Path = ROOT, preload: tuple[str, ...] =
                 except subprocess.TimeoutExpired as e:
                     ok, output = False, f"timed out after {BLOCK_TIMEOUT_S} s\n{e.stdout or ''}"
             assert ok, f"{block.where}: the {block.lang} block failed:\n{code}\n--- output ---\n{output[-6000:]}"
+            assert FOREIGN_BACKBONE_WARNING not in output, (
+                f"{block.where}: prompts met a backbone other than the one they were trained on:\n{code}\n--- output ---\n{output[-6000:]}"
+            )
             check_expectations(block, output)
     finally:
         if worker is not None:
@@ -397,6 +404,8 @@ def test_harness_parses_directives_and_fails_a_failing_block(tmp_path: Path) -> 
     with pytest.raises(AssertionError, match="the comment says"):
         _run_outside(tmp_path, "```python\nprint('trainable params: 1 || all params: 2 || trainable%: 50.0')"
                                "  # trainable params: 1 || all params: 3 || trainable%: 33.3\n```\n")
+    with pytest.raises(AssertionError, match="other than the one they were trained on"):
+        _run_outside(tmp_path, "```python\nimport warnings\nwarnings.warn('prompt folder p was trained on backbone x')\n```\n")
     with pytest.raises(ValueError, match="needs a reason"):
         _run_outside(tmp_path, "<!-- doctest: skip -->\n```bash\ntrue\n```\n")
 

@@ -32,7 +32,7 @@ from torch import nn
 import promptcore
 
 from . import assets  # noqa: F401  (registers the text assets)
-from .config import SoftPromptConfig, TextMethodConfig, TextModelConfig
+from .config import POOLING_ATTR, SoftPromptConfig, TextMethodConfig, TextModelConfig
 from .dept import DePTConfig, DePTModel
 from .linear_probe import LinearProbeConfig, LinearProbeModel
 from .loading import ModelLoadError, load_model_and_tokenizer, load_tokenizer, tiny_tokenizer
@@ -52,7 +52,7 @@ def wrap(
     tokenizer: Any = None,
     task: str | None = None,
     name: str | None = None,
-    pooling: str = "auto",
+    pooling: str | None = None,
 ) -> TextPromptedModel:
     """Puts the method ``config`` describes on a frozen transformers model.
 
@@ -64,10 +64,11 @@ def wrap(
         task: ``causal_lm``, ``seq2seq`` or ``seq_cls``; inferred from the backbone when ``None``.
         name: the backbone's name for prompt files (default: its ``name_or_path``).
         pooling: what a ``seq_cls`` head reads (``auto``, ``cls``, ``mean``, ``last``, ``pooler``; see
-            :class:`textpt.TextModelConfig`).
+            :class:`textpt.TextModelConfig`); ``None``: the ``pooling`` of the config
+            :func:`load_model_and_tokenizer` loaded the backbone from, else ``auto``.
     """
     model = promptcore.wrap(backbone, config, tokenizer=tokenizer, task=task, name=name)
-    model.set_pooling(pooling)
+    model.set_pooling(pooling if pooling is not None else getattr(backbone, POOLING_ATTR, "auto"))
     return model
 
 

@@ -31,7 +31,7 @@ import torch
 
 from promptcore import UserError, load_config, read_prompt_config
 from promptcore.cli import Command, add_config_args, load_prompts_option, register_command
-from promptcore.recipe import DataBundle
+from promptcore.recipe import DataBundle, with_recorded_seed
 from promptcore.registry import did_you_mean
 from promptcore.trainer import seed_everything
 
@@ -58,6 +58,13 @@ class TextRecipe:
         itself when nothing is left to fill."""
         prompt = resolve_prompt(cfg.model.task, cfg.prompt, cfg.data)
         return cfg if prompt is cfg.prompt else dataclasses.replace(cfg, prompt=prompt)
+
+    def config_for_prompts(self, cfg: TextRunConfig, prompt_config: dict, directory: str) -> TextRunConfig:
+        """``cfg`` with the seed the prompts in ``directory`` were trained with when they were trained on the
+        config's ``random:`` backbone (:func:`promptcore.recipe.with_recorded_seed`): ``textpt eval`` and ``textpt
+        generate`` rebuild the weights the prompts were trained on."""
+        same_backbone = cfg.model.name.startswith("random:") and (prompt_config.get("model") or {}).get("name") == cfg.model.name
+        return with_recorded_seed(cfg, prompt_config.get("seed") if same_backbone else None, f"prompt folder {directory}")
 
     def build_model(self, cfg: TextRunConfig) -> TextPromptedModel:
         """The frozen model and tokenizer by name, wrapped with the resolved prompt config (and
@@ -111,7 +118,9 @@ class TextRecipe:
             raise UserError(f"--task {args.task} is not a task of the prompt bank; give 0..{cfg.prompt.num_tasks - 1}")
         recorded = None
         if args.prompts is not None:
-            recorded = read_prompt_config(args.prompts).get(INFERENCE_KEY)  # a missing or foreign folder fails here
+            meta = read_prompt_config(args.prompts)  # a missing or foreign folder fails here
+            recorded = meta.get(INFERENCE_KEY)
+            cfg = self.config_for_prompts(cfg, meta, args.prompts)
         seed_everything(cfg.train.seed)  # as train and eval do: a backbone built without weights is the same one
         model = self.build_model(cfg)
         load_prompts_option(model, args.prompts)

@@ -19,6 +19,8 @@ from promptcore.preflight import check_distinct_ids, unknown_fields
 from promptcore.registry import did_you_mean
 
 PoolingName = Literal["auto", "cls", "mean", "last", "pooler"]
+POOLING_ATTR = "textpt_pooling"
+"""The attribute :func:`textpt.load_model_and_tokenizer` sets on the model it returns: its config's ``pooling``."""
 InitName = Literal["random", "normal", "vocab", "text", "labels", "class_labels"]
 
 DTYPES: tuple[str, ...] = ("float32", "float64", "bfloat16", "float16")
@@ -63,7 +65,8 @@ class TextModelConfig:
             (the first token through the model's own frozen pooler, where it has one) or ``auto`` (what the
             checkpoint was trained for: mean or what its pooling config says for sentence-transformers folders,
             ModernBERT's ``classifier_pooling``, else the pooler where the model has one, else cls). Other tasks
-            pool nothing and take ``auto`` only.
+            pool nothing and take ``auto`` only. :func:`textpt.load_model_and_tokenizer` records it on the model it
+            returns, and :func:`textpt.wrap` uses it unless given another.
         device_map: where the frozen model's modules live, for a model bigger than one device (transformers'
             ``device_map``, placed by Accelerate): ``auto``, ``balanced``, ``balanced_low_0`` or ``sequential``
             (filled in from the devices' free memory), or ``{module name: device}`` with devices ``cpu``, a GPU

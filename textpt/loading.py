@@ -13,7 +13,7 @@ from torch import nn
 from promptcore.errors import UserError
 from promptcore.quantization import int8_weight_only, require_quant_library
 
-from .config import TextModelConfig
+from .config import POOLING_ATTR, TextModelConfig
 from .synthetic import SYNTHETIC_WORDS
 from .tasks import TASKS
 
@@ -118,6 +118,14 @@ def _random_model(model_type: str, task: str, kwargs: dict[str, Any], vocab_size
             f"raise model.kwargs.vocab_size to at least {vocab_size}"
         )
     cls = getattr(transformers, TASKS.get(task).auto_class)
+    if not kwargs:  # the architecture's default size: for some (llama) a full-size model, counted without allocating it
+        with torch.device("meta"):
+            count = sum(p.numel() for p in cls.from_config(config).parameters())
+        if count > 10**9:
+            raise ModelLoadError(
+                f"random:{model_type} without model.kwargs is its default size, {count:,} parameters ({count * 4 / 2**30:.1f} GiB in "
+                f"float32); give small sizes in model.kwargs (hidden_size, num_hidden_layers, ...), or any size, even the default, to build it anyway"
+            )
     return cls.from_config(config)
 
 
@@ -161,6 +169,7 @@ def load_model_and_tokenizer(cfg: TextModelConfig) -> tuple[nn.Module, Any]:
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    setattr(model, POOLING_ATTR, cfg.pooling)  # textpt.wrap's head reads it unless given another pooling
     return model, tokenizer
 
 

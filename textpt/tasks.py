@@ -438,6 +438,12 @@ class Seq2Seq(TextTask):
         (:func:`textpt.attention_prefix.prefixes_during`: ``generate`` passes no unknown arguments to the model)."""
         x, mask, _, _ = model.encode(input_ids, attention_mask, task_ids)
         generate_kwargs.setdefault("pad_token_id", pad_token_id(model.tokenizer))
+        config = model.backbone.config
+        if getattr(config, "num_decoder_layers", None) not in (None, getattr(config, "num_layers", None)):
+            # transformers sizes the cache it makes by the encoder's depth; a deeper decoder then indexes past its end
+            from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+            generate_kwargs.setdefault("cache", EncoderDecoderCache(DynamicCache(), DynamicCache()))
         with prefixes_during(model.backbone_kwargs(task_ids, x.shape[0])):
             return model.backbone.generate(inputs_embeds=x, attention_mask=mask, **generate_kwargs)
 

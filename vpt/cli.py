@@ -32,6 +32,7 @@ from promptcore.cli import main as shared_main
 from promptcore.errors import MissingFileError, UserError
 from promptcore.recipe import DataBundle
 from promptcore.sweep import format_sweep, parse_grid, run_sweep
+from promptcore.recipe import with_recorded_seed
 from promptcore.trainer import seed_everything
 
 from .backbones import create_model
@@ -143,9 +144,12 @@ class VisionRecipe:
     def config_for_prompts(self, cfg: VisionRunConfig, prompt_config: dict[str, Any], directory: str) -> VisionRunConfig:
         """``cfg`` with the preprocessing the prompts in ``directory`` were trained with, where ``cfg.data`` leaves
         it unset (:func:`vpt.data.with_recorded_preprocessing`): ``vpt eval`` and ``vpt predict`` preprocess images
-        as training did."""
+        as training did; and, for the random backbone the prompts were trained on, the seed it was built with
+        (:func:`promptcore.recipe.with_recorded_seed`)."""
         data = with_recorded_preprocessing(cfg.data, prompt_config.get("preprocessing") or {}, directory)
-        return cfg if data is cfg.data else dataclasses.replace(cfg, data=data)
+        cfg = cfg if data is cfg.data else dataclasses.replace(cfg, data=data)
+        same_backbone = cfg.model.random_weights and (prompt_config.get("model") or {}).get("name") == cfg.model.name
+        return with_recorded_seed(cfg, prompt_config.get("backbone_seed") if same_backbone else None, f"prompt folder {directory}")
 
     def build_data(self, cfg: VisionRunConfig, model: PromptedModel) -> DataBundle:
         """Train/eval datasets with the backbone's transforms and the data section's overrides, labels checked

@@ -126,6 +126,8 @@ class VisionDataConfig:
             ``size``; ``1.0`` resizes straight to the input size instead, without keeping the aspect ratio (VPT's
             VTAB pipeline). Replaces the backbone's own resize; set ``resize`` or ``crop_pct``, not both.
         synthetic: sizes of the ``synthetic`` source (its class count is ``num_classes``, 4 when unset).
+        max_eval_samples: use only the first N evaluation images (of the held-out ones with ``val_fraction``);
+            ``null`` uses them all.
         on_bad_rows: what to do with images that cannot be read (an empty or truncated file, not an image, over
             PIL's decompression-bomb limit). Image folders are scanned before any work (every file's header and
             checksums, without decoding): ``error`` (default) names every bad file and stops; ``skip`` leaves them
@@ -161,6 +163,7 @@ class VisionDataConfig:
     resize: int | None = None
     crop_pct: float | None = None
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+    max_eval_samples: int | None = None
     on_bad_rows: Literal["error", "skip"] = "error"
 
     def __post_init__(self) -> None:
@@ -182,6 +185,8 @@ class VisionDataConfig:
             raise UserError(f"num_classes: must be at least 2 or null, got {self.num_classes}")
         if self.class_names is not None and self.num_classes is not None and len(self.class_names) != self.num_classes:
             raise UserError(f"class_names: {len(self.class_names)} names given for num_classes {self.num_classes}")
+        if self.max_eval_samples is not None and self.max_eval_samples <= 0:
+            raise UserError(f"max_eval_samples: must be a positive number of images or null, got {self.max_eval_samples}")
         if self.image_size is not None and self.image_size <= 0:
             raise UserError(f"image_size: must be positive or null, got {self.image_size}")
         if self.class_groups is not None:
@@ -895,6 +900,8 @@ def build_vision_data(
         eval_set = VisionDataset(train_src, held, eval_tf, cfg.image_column)
     elif eval_src is not None:
         eval_set = VisionDataset(eval_src, None, eval_tf, cfg.image_column)
+    if eval_set is not None and cfg.max_eval_samples is not None:
+        eval_set.indices = eval_set.indices[: cfg.max_eval_samples]
     parts = [(train_src, train_idx)] + ([(eval_set.images, eval_set.indices)] if eval_set is not None else [])
     kept, skipped = _drop_bad_images(parts, cfg.on_bad_rows)
     train_idx = kept[0]
