@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from promptcore.errors import UserError
+from promptcore.registry import did_you_mean
 from promptcore.quantization import int8_weight_only, require_quant_library
 
 from .config import TextModelConfig
@@ -111,6 +112,11 @@ def _random_model(model_type: str, task: str, kwargs: dict[str, Any], vocab_size
     try:
         config = transformers.AutoConfig.for_model(model_type, **config_kwargs)
     except ValueError as e:
+        types = list(transformers.CONFIG_MAPPING.keys())
+        if model_type not in types:  # transformers' message lists every one of its model types
+            raise ModelLoadError(
+                f"model.name: random:{model_type}: transformers has no model type {model_type!r}.{did_you_mean(model_type, types)}"
+            ) from None
         raise ModelLoadError(f"random:{model_type}: {e}") from None
     if config.vocab_size < vocab_size:
         raise ModelLoadError(
