@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from promptcore.errors import UserError
+from promptcore.memory import check_fits, module_bytes
 from promptcore.registry import did_you_mean
 from promptcore.quantization import int8_weight_only, require_quant_library
 
@@ -124,6 +125,9 @@ def _random_model(model_type: str, task: str, kwargs: dict[str, Any], vocab_size
             f"raise model.kwargs.vocab_size to at least {vocab_size}"
         )
     cls = getattr(transformers, TASKS.get(task).auto_class)
+    with torch.device("meta"):  # the shapes alone, to check the size before allocating it
+        shape = cls.from_config(config)
+    check_fits(module_bytes(shape), f"model.kwargs of random:{model_type} (a {shape.num_parameters():,}-parameter {type(shape).__name__})")
     return cls.from_config(config)
 
 

@@ -13,9 +13,11 @@ import inspect
 import re
 import sys
 
+import torch
 from torch import nn
 
 from promptcore.errors import UnsupportedModelError, UserError
+from promptcore.memory import check_fits, module_bytes
 from promptcore.plugins import lookup
 from promptcore.quantization import quantize_linear_weights
 from promptcore.registry import did_you_mean
@@ -52,6 +54,10 @@ def create_model(cfg: BackboneConfig) -> nn.Module:
     family_name, _, model_name = cfg.name.partition(":")
     family = lookup(FAMILIES, family_name)
     try:
+        if not cfg.library_weights and cfg.kwargs:  # a size the config sets: checked on shapes before allocating it
+            with torch.device("meta"):
+                shape = family.create(model_name, cfg)
+            check_fits(module_bytes(shape), f"model.kwargs of {cfg.name}")
         model = family.create(model_name, cfg)
     except TypeError as e:
         key = re.search(r"unexpected keyword argument '(\w+)'", str(e))
