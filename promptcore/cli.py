@@ -306,16 +306,12 @@ def quiet_library_progress(progress_bar: bool) -> None:
     if progress_bar:
         return
     os.environ.update(dict.fromkeys(("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_NO_TQDM"), "1"))
-    if "datasets" in sys.modules:
-        sys.modules["datasets"].disable_progress_bars()
-    if "huggingface_hub" in sys.modules:
-        import huggingface_hub.utils
-
-        huggingface_hub.utils.disable_progress_bars()
-    if "transformers" in sys.modules:
-        import transformers.utils.logging
-
-        transformers.utils.logging.disable_progress_bar()
+    # the switches of the libraries already imported (the core imports none of them itself)
+    switches = {"datasets": "disable_progress_bars", "huggingface_hub.utils": "disable_progress_bars",
+                "transformers.utils.logging": "disable_progress_bar"}
+    for module, switch in switches.items():
+        if module in sys.modules:
+            getattr(sys.modules[module], switch)()
 
 
 def _run(args: argparse.Namespace) -> int:
