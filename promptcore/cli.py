@@ -273,11 +273,16 @@ def _from_library(filename: str) -> bool:
     return not any(f"{os.sep}{package}{os.sep}" in path for package in OWN_PACKAGES)
 
 
+# Library loggers held back without -v: torch's notes (its _pytree deprecations on importing torchao) and the
+# line datasets logs before raising an error the CLI reports itself.
+QUIET_LOGGERS = {"torch": logging.ERROR, "datasets": logging.CRITICAL}
+
+
 @contextlib.contextmanager
 def one_line_warnings(verbose: bool = False):
     """Within it, each warning prints as one ``warning: MESSAGE`` line on stderr (not Python's file:line dump), and
-    without ``verbose`` the warnings of the libraries and torch's logged notes (its ``_pytree`` deprecations) are
-    left out. Restores the warning and logging state on exit (the CLI may run inside a test or a notebook)."""
+    without ``verbose`` the warnings of the libraries and the notes of :data:`QUIET_LOGGERS` are left out. Restores
+    the warning and logging state on exit (the CLI may run inside a test or a notebook)."""
 
     def one_line(message, category, filename, lineno, line=None) -> str:  # noqa: ARG001 - formatwarning's signature
         if not verbose and _from_library(filename):
@@ -287,16 +292,18 @@ def one_line_warnings(verbose: bool = False):
 
     # formatwarning, not showwarning: a caller recording warnings (pytest.warns, catch_warnings(record=True)) still
     # gets every one.
-    torch_logger = logging.getLogger("torch")
-    level, formatwarning = torch_logger.level, warnings.formatwarning
+    loggers = {logging.getLogger(name): logging.getLogger(name).level for name in QUIET_LOGGERS}
+    formatwarning = warnings.formatwarning
     warnings.formatwarning = one_line
     if not verbose:
-        torch_logger.setLevel(logging.ERROR)
+        for name, level in QUIET_LOGGERS.items():
+            logging.getLogger(name).setLevel(level)
     try:
         yield
     finally:
         warnings.formatwarning = formatwarning
-        torch_logger.setLevel(level)
+        for logger, level in loggers.items():
+            logger.setLevel(level)
 
 
 def quiet_library_progress(progress_bar: bool) -> None:
