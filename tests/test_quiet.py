@@ -89,10 +89,12 @@ def test_library_progress_bars_follow_progress_bar(monkeypatch):
     import transformers.utils.logging
 
     for variable in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_NO_TQDM"):
-        monkeypatch.delenv(variable, raising=False)
-    quiet_library_progress(True)
-    assert transformers.utils.logging.is_progress_bar_enabled()
+        monkeypatch.setenv(variable, "")  # restored (removed) after the test
+        monkeypatch.delenv(variable)
     try:
+        transformers.utils.logging.enable_progress_bar()  # as in a fresh process (an earlier run may have turned it off)
+        quiet_library_progress(True)
+        assert transformers.utils.logging.is_progress_bar_enabled()
         quiet_library_progress(False)
         assert not transformers.utils.logging.is_progress_bar_enabled()
         assert not datasets.is_progress_bar_enabled()
