@@ -16,15 +16,22 @@ the backbone or the data; called after seeding). The verbs work with, and a trai
 config.
 
 Known errors (bad config, missing or foreign files, bad data) print ``error: ...`` and exit with status 2;
-``--traceback`` shows the full traceback instead.
+``--traceback`` shows the full traceback instead. Warnings print as one ``warning: ...`` line; those the libraries
+raise (torch, transformers, ...) and their progress bars with ``train.progress_bar: false`` are left out unless
+``-v/--verbose`` is given.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
+import os
 import sys
+import sysconfig
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -152,6 +159,7 @@ def build_model_and_data(
     and the data is None, so the caller can report it with the other problems of the run.
     """
     seed_everything(cfg.train.seed)
+    quiet_library_progress(cfg.train.progress_bar)
     cfg = resolve_config(recipe, cfg)
     model = recipe.build_model(cfg)
     if problems is None:
@@ -213,6 +221,7 @@ def cmd_eval(recipe: Recipe, args: argparse.Namespace) -> int:
 def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=recipe.prog, description=f"{recipe.prog}: prompt tuning of frozen models")
     parser.add_argument("--traceback", action="store_true", help="show the full traceback of errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also show the libraries' warnings and progress bars")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = sub.add_parser("train", help="train prompts (a new run, or --resume one)")
@@ -236,16 +245,80 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
 
 
 def main(recipe: Recipe, argv: Sequence[str] | None = None) -> int:
-    """Loads the plugins, parses ``argv`` (default: ``sys.argv[1:]``), runs the verb and returns the exit status."""
-    load_plugins()
+    """Loads the plugins that may add verbs, parses ``argv`` (default: ``sys.argv[1:]``), runs the verb and returns
+    the exit status. Other plugins load when a name in the config needs them (:func:`promptcore.plugins.lookup`)."""
+    load_plugins(package=recipe.prog)
     args = build_parser(recipe).parse_args(argv)
     try:
-        return _run(args)
+        with one_line_warnings(args.verbose):
+            return _run(args)
     finally:
         # A multi-process launch (torchrun, accelerate launch) leaves a process group; tear it down before the
         # interpreter exits, where gloo/NCCL threads killed mid-flight abort the process.
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+# The folders of the libraries (and the standard library); the toolkit's own packages are not among them even when
+# installed there (see _from_library).
+LIBRARY_PATHS = tuple({sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib")})
+OWN_PACKAGES = ("promptcore", "vpt", "textpt", "vlmpt")
+
+
+def _from_library(filename: str) -> bool:
+    """Whether a warning raised at ``filename`` comes from a library rather than the toolkit or the user's code."""
+    path = os.path.abspath(filename)
+    if not path.startswith(LIBRARY_PATHS):
+        return False
+    return not any(f"{os.sep}{package}{os.sep}" in path for package in OWN_PACKAGES)
+
+
+# Library loggers held back without -v: torch's notes (its _pytree deprecations on importing torchao) and the
+# line datasets logs before raising an error the CLI reports itself.
+QUIET_LOGGERS = {"torch": logging.ERROR, "datasets": logging.CRITICAL}
+
+
+@contextlib.contextmanager
+def one_line_warnings(verbose: bool = False):
+    """Within it, each warning prints as one ``warning: MESSAGE`` line on stderr (not Python's file:line dump), and
+    without ``verbose`` the warnings of the libraries and the notes of :data:`QUIET_LOGGERS` are left out. Restores
+    the warning and logging state on exit (the CLI may run inside a test or a notebook)."""
+
+    def one_line(message, category, filename, lineno, line=None) -> str:  # noqa: ARG001 - formatwarning's signature
+        if not verbose and _from_library(filename):
+            return ""
+        first, *_ = str(message).splitlines() or [""]
+        return f"warning: {first}\n"
+
+    # formatwarning, not showwarning: a caller recording warnings (pytest.warns, catch_warnings(record=True)) still
+    # gets every one.
+    loggers = {logging.getLogger(name): logging.getLogger(name).level for name in QUIET_LOGGERS}
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = one_line
+    if not verbose:
+        for name, level in QUIET_LOGGERS.items():
+            logging.getLogger(name).setLevel(level)
+    try:
+        yield
+    finally:
+        warnings.formatwarning = formatwarning
+        for logger, level in loggers.items():
+            logger.setLevel(level)
+
+
+def quiet_library_progress(progress_bar: bool) -> None:
+    """Makes the progress bars of datasets, transformers and huggingface_hub follow ``train.progress_bar``: false
+    turns them off in the libraries already imported and, through their environment switches, in those imported
+    later (and in the processes this one starts)."""
+    if progress_bar:
+        return
+    os.environ.update(dict.fromkeys(("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_NO_TQDM"), "1"))
+    # the switches of the libraries already imported (the core imports none of them itself)
+    switches = {"datasets": "disable_progress_bars", "huggingface_hub.utils": "disable_progress_bars",
+                "transformers.utils.logging": "disable_progress_bar"}
+    for module, switch in switches.items():
+        if module in sys.modules:
+            getattr(sys.modules[module], switch)()
 
 
 def _run(args: argparse.Namespace) -> int:

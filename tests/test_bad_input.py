@@ -85,6 +85,20 @@ def setup_latin1_csv(tmp: Path) -> list[str]:
             "--set", 'prompt.verbalizer=[" excellent", " terrible"]', "-o", str(tmp / "run")]
 
 
+def setup_ragged_csv(tmp: Path) -> list[str]:
+    (tmp / "rows.csv").write_text("text,label\nhello there,0\nbye,1,extra,cells\n")
+    files = f"{{train: {tmp / 'rows.csv'}, test: {tmp / 'rows.csv'}}}"
+    return ["train", "-c", TEXT_SMOKE, *TEXT_SHORT, "--set", "data.source=csv", "--set", f"data.data_files={files}",
+            "--set", "data.text_column=text", "--set", "data.label_column=label",
+            "--set", 'prompt.verbalizer=[" excellent", " terrible"]', "-o", str(tmp / "run")]
+
+
+def setup_ragged_vision_csv(tmp: Path) -> list[str]:
+    (tmp / "rows.csv").write_text("image,label\na.png,0\nb.png,1,2\n")
+    return ["train", "-c", VPT_SMOKE, *SHORT, "--set", "data.source=hf", "--set", "data.name=csv",
+            "--set", f"data.data_files={{train: {tmp / 'rows.csv'}}}", "-o", str(tmp / "run")]
+
+
 def setup_generation_csv(tmp: Path) -> list[str]:
     (tmp / "rows.csv").write_text("text,target\nhello there,yes\nbye now,no\n")
     files = f"{{train: {tmp / 'rows.csv'}, test: {tmp / 'rows.csv'}}}"
@@ -135,6 +149,19 @@ CASES = {
                                  r"checkpoint '.*w.pth' cannot be read as tensors"),
     "hub name offline": ("vpt", plain(*VPT, "--set", "model.name=hf:google/vit-base-patch16-224", "--set", "model.kwargs={}", "--set", "model.pretrained=null"),
                          r"model.name: cannot load the pretrained weights of hf:google/vit-base-patch16-224 .*model.pretrained: false"),
+    "timm model name typo": ("vpt", plain(*VPT, "--set", "model.name=timm:vit_tiny_patch16_2244"),
+                             r"model.name: unknown timm model 'vit_tiny_patch16_2244'. Did you mean 'vit_tiny_patch16_224'"),
+    "open_clip model name typo": ("vpt", plain(*VPT, "--set", "model.name=open_clip:ViT-B-166", "--set", "model.kwargs={}"),
+                                  r"model.name: unknown open_clip model 'ViT-B-166'. Did you mean 'ViT-B-16'"),
+    "hub name offline, random weights": ("vpt", plain(*VPT, "--set", "model.name=hf:google/vit-base-patch16-2244", "--set", "model.kwargs={}"),
+                                         r"model.name: cannot load the model config of hf:google/vit-base-patch16-2244 .*check the name"),
+    "random text model type typo": ("textpt", plain(*TEXT, "--set", "model.name=random:lamma"),
+                                    r"random:lamma: transformers has no model type 'lamma'. Did you mean 'llama'"),
+    "vision model too large for memory": ("vpt", plain(*VPT, "--set", "model.kwargs.embed_dim=65536", "--set", "model.kwargs.depth=200",
+                                                 "--set", "model.kwargs.num_heads=1"),
+                                          r"model.kwargs of timm:vit_tiny_patch16_224: asks for [\d.]+ TiB \(\d+ bytes\) but .* of memory is available"),
+    "random text model too large for memory": ("textpt", plain(*TEXT, "--set", "model.kwargs.hidden_size=100000", "--set", "model.kwargs.intermediate_size=400000"),
+                                               r"model.kwargs of random:llama \(a [\d,]+-parameter LlamaForCausalLM\): asks for [\d.]+ TiB"),
     "open_clip without a tag": ("vpt", plain(*VPT, "--set", "model.name=open_clip:ViT-B-16", "--set", "model.kwargs={}", "--set", "model.pretrained=null"),
                                 r"open_clip:ViT-B-16 names no pretrained weights; add a pretrained tag"),
     "unknown metric": ("vpt", plain(*VPT, "--set", "train.metric=bogus"), r"metric: 'bogus' is not among the eval metrics .*\(loss, accuracy\)"),
@@ -146,6 +173,8 @@ CASES = {
     "a textpt run resumed by vpt": ("vpt", setup_text_run_to_vpt, r"it is a run of 'textpt train', not of 'vpt'; continue it with 'textpt train --resume"),
     "missing prompt folder": ("vpt", plain("eval", "-c", VPT_SMOKE, "--prompts", "{tmp}/nope"), r"prompt folder '.*nope' does not exist"),
     "empty text config": ("textpt", setup_empty, r"model: required field is missing"),
+    "csv with a ragged row": ("textpt", setup_ragged_csv, r"could not read csv files .*rows.csv.*: ParserError: .*Expected 2 fields in line 3, saw 4"),
+    "vision csv with a ragged row": ("vpt", setup_ragged_vision_csv, r"could not read the files of dataset 'csv' .*rows.csv.*ParserError: .*line 3, saw 3"),
     "csv not utf-8": ("textpt", setup_latin1_csv, r"rows.csv is not UTF-8 text: byte \d+ is b'\\xe9'.*iconv"),
     "random model kwargs typo": ("textpt", plain(*TEXT, "--set", "model.kwargs.hidden_sizee=32"), r"'hidden_sizee' is not a field of the llama config.*Did you mean 'hidden_size'"),
     "hf folder kwargs typo": ("textpt", setup_hf_folder_kwargs_typo, r"model.kwargs.hidden_sizee: neither an argument of from_pretrained nor a field of the model's config.*'hidden_size'"),

@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 from promptcore.errors import UserError
+from promptcore.memory import check_fits, module_bytes
+from promptcore.registry import did_you_mean
 from promptcore.quantization import int8_weight_only, require_quant_library
 
 from .config import POOLING_ATTR, TextModelConfig
@@ -111,6 +113,11 @@ def _random_model(model_type: str, task: str, kwargs: dict[str, Any], vocab_size
     try:
         config = transformers.AutoConfig.for_model(model_type, **config_kwargs)
     except ValueError as e:
+        types = list(transformers.CONFIG_MAPPING.keys())
+        if model_type not in types:  # transformers' message lists every one of its model types
+            raise ModelLoadError(
+                f"model.name: random:{model_type}: transformers has no model type {model_type!r}.{did_you_mean(model_type, types)}"
+            ) from None
         raise ModelLoadError(f"random:{model_type}: {e}") from None
     if config.vocab_size < vocab_size:
         raise ModelLoadError(
@@ -118,14 +125,15 @@ def _random_model(model_type: str, task: str, kwargs: dict[str, Any], vocab_size
             f"raise model.kwargs.vocab_size to at least {vocab_size}"
         )
     cls = getattr(transformers, TASKS.get(task).auto_class)
-    if not kwargs:  # the architecture's default size: for some (llama) a full-size model, counted without allocating it
-        with torch.device("meta"):
-            count = sum(p.numel() for p in cls.from_config(config).parameters())
-        if count > 10**9:
-            raise ModelLoadError(
-                f"random:{model_type} without model.kwargs is its default size, {count:,} parameters ({count * 4 / 2**30:.1f} GiB in "
-                f"float32); give small sizes in model.kwargs (hidden_size, num_hidden_layers, ...), or any size, even the default, to build it anyway"
-            )
+    with torch.device("meta"):  # the shapes alone, to check the size before allocating it
+        shape = cls.from_config(config)
+    count = shape.num_parameters()
+    if not kwargs and count > 10**9:  # the architecture's default size: for some (llama) a full-size model
+        raise ModelLoadError(
+            f"random:{model_type} without model.kwargs is its default size, {count:,} parameters ({count * 4 / 2**30:.1f} GiB in "
+            f"float32); give small sizes in model.kwargs (hidden_size, num_hidden_layers, ...), or any size, even the default, to build it anyway"
+        )
+    check_fits(module_bytes(shape), f"model.kwargs of random:{model_type} (a {count:,}-parameter {type(shape).__name__})")
     return cls.from_config(config)
 
 

@@ -17,6 +17,7 @@ A new source is one call, ``SOURCES.add("name", TextSource(load))``; ``data.sour
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from promptcore.errors import UserError
@@ -140,6 +141,12 @@ def _load_with_datasets(cfg: "TextDataConfig", *args: Any, **kwargs: Any) -> Any
 
     try:
         return datasets.load_dataset(*args, **kwargs)
+    except datasets.exceptions.DatasetGenerationError as e:  # a file the csv / json reader cannot parse
+        cause = e.__cause__ or e
+        raise DataError(
+            f"could not read {SOURCES.get(cfg.source).what(cfg)}: {type(cause).__name__}: {str(cause).strip()}; fix the "
+            f"file at the line or row named (a {cfg.source} file needs the same columns on every row)"
+        ) from None
     except (ValueError, OSError) as e:  # no such dataset or file, an offline hub, files without rows
         raise DataError(
             f"could not load {SOURCES.get(cfg.source).what(cfg)} ({type(e).__name__}: {e}); check data.name / "
@@ -155,6 +162,8 @@ def _load_files(cfg: "TextDataConfig") -> Any:
     if cfg.source in ("csv", "json"):
         for path in cfg.data_files.values():
             check_utf8(path)
+            if Path(path).is_file() and not Path(path).read_bytes().strip():  # the json reader fails on no rows
+                raise DataError(f"{path} is empty; a {cfg.source} data file needs rows (check data.data_files)")
     return _load_with_datasets(cfg, cfg.source, data_files=dict(cfg.data_files))
 
 

@@ -632,6 +632,12 @@ def _load_hf(cfg: VisionDataConfig, image_config: ImageConfig | None) -> tuple[L
     kwargs = {k: v for k, v in (("data_dir", cfg.data_dir), ("data_files", cfg.data_files)) if v is not None}
     try:
         dd = datasets.load_dataset(cfg.name, cfg.config_name, **kwargs)
+    except (datasets.exceptions.DatasetGenerationError, StopIteration) as e:  # a file the reader cannot parse, or empty
+        cause = e.__cause__ or e
+        raise DataError(
+            f"could not read the files of dataset {cfg.name!r} ({kwargs}): {type(cause).__name__}: "
+            f"{str(cause).strip() or 'a file holds no rows'}; fix the file at the line or row named"
+        ) from None
     except (ValueError, OSError) as e:  # no such dataset or file, an offline hub, files without rows
         raise DataError(
             f"could not load dataset {cfg.name!r} ({type(e).__name__}: {e}); check data.name, data.data_files / "

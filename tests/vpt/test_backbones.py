@@ -191,3 +191,10 @@ def test_a_random_backbone_is_built_only_when_asked_and_says_so(capsys):
 def test_a_typo_in_model_kwargs_names_the_key_and_the_close_match():
     with pytest.raises(UserError, match=r"model.kwargs.embed_dimm: not an argument of timm:vit_base_patch16_224's builder.*Did you mean 'embed_dim'"):
         create_model(BackboneConfig("timm:vit_base_patch16_224", pretrained=False, kwargs={**_VIT, "embed_dimm": 64}))
+
+
+def test_unknown_pretrained_tags_list_close_matches():
+    with pytest.raises(UserError, match=r"timm has no pretrained tag 'vit_tiny_patch16_224.augreg_in21kk'.*Did you mean 'vit_tiny_patch16_224.augreg_in21k'"):
+        create_model(BackboneConfig("timm:vit_tiny_patch16_224.augreg_in21kk"))
+    with pytest.raises(UserError, match=r"open_clip:ViT-B-32 has no pretrained tag 'openaii'.*Did you mean 'openai'"):
+        create_model(BackboneConfig("open_clip:ViT-B-32:openaii"))

@@ -13,9 +13,11 @@ import inspect
 import re
 import sys
 
+import torch
 from torch import nn
 
 from promptcore.errors import UnsupportedModelError, UserError
+from promptcore.memory import check_fits, module_bytes
 from promptcore.plugins import lookup
 from promptcore.quantization import quantize_linear_weights
 from promptcore.registry import did_you_mean
@@ -46,11 +48,16 @@ def create_model(cfg: BackboneConfig) -> nn.Module:
     on stderr: prompts trained on a random backbone are of no use on real images.
 
     Raises:
-        KeyError: unknown family or model name (the message lists close matches).
+        UserError: unknown family or model name (the message lists close matches), files the name needs that
+            cannot be had.
     """
     family_name, _, model_name = cfg.name.partition(":")
     family = lookup(FAMILIES, family_name)
     try:
+        if not cfg.library_weights and cfg.kwargs:  # a size the config sets: checked on shapes before allocating it
+            with torch.device("meta"):
+                shape = family.create(model_name, cfg)
+            check_fits(module_bytes(shape), f"model.kwargs of {cfg.name}")
         model = family.create(model_name, cfg)
     except TypeError as e:
         key = re.search(r"unexpected keyword argument '(\w+)'", str(e))
@@ -62,11 +69,16 @@ def create_model(cfg: BackboneConfig) -> nn.Module:
             f"model.kwargs.{key.group(1)}: not an argument of {cfg.name}'s builder ({e}).{hint} Correct or remove it"
         ) from None
     except OSError as e:
+        # An offline hub, a missing cache entry, a misspelt hub id, a folder without weights: the config asked for
+        # files it cannot get (with pretrained: false, the model's config file).
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r}"
         if not cfg.library_weights:
-            raise
-        # An offline hub, a missing cache entry, a folder without weights: the config asked for weights it cannot get.
+            raise UserError(
+                f"model.name: cannot load the model config of {cfg.name} ({reason}); check the name, put its files in "
+                f"the library's cache (or name a local folder), or build it from a config dict in model.kwargs"
+            ) from None
         raise UserError(
-            f"model.name: cannot load the pretrained weights of {cfg.name} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r}); "
+            f"model.name: cannot load the pretrained weights of {cfg.name} ({reason}); "
             f"put them in the library's cache (or name a local folder), or set model.pretrained: false for a random backbone"
         ) from None
     if cfg.checkpoint:

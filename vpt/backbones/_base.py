@@ -19,7 +19,7 @@ from torch import nn
 
 from promptcore import Registry
 from promptcore.errors import MissingFileError, UnsupportedModelError, UserError
-from promptcore.registry import did_you_mean
+from promptcore.registry import UnknownNameError, did_you_mean
 
 from ..transforms import interpolation_mode, normalized
 
@@ -314,9 +314,10 @@ def as_pair(value: int | Sequence[int]) -> tuple[int, int]:
     return (size[0], size[0]) if len(size) == 1 else (size[-2], size[-1])
 
 
-def unknown_model_error(family: str, model_name: str, known: list[str]) -> KeyError:
-    """The error for a model name a family does not know, with close matches."""
-    return KeyError(
-        f"unknown {family} model {model_name!r}.{did_you_mean(model_name, known)} "
+def unknown_model_error(family: str, model_name: str, known: list[str]) -> UnknownNameError:
+    """The error for a model name a family does not know, with close matches (a :class:`UserError`: one ``error:``
+    line on the command line)."""
+    return UnknownNameError(
+        f"model.name: unknown {family} model {model_name!r}.{did_you_mean(model_name, known)} "
         f"Check the name against the library's model list ({len(known)} names)."
     )

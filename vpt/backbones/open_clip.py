@@ -15,6 +15,7 @@ plain path.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from promptcore.errors import UnsupportedModelError, UserError
+from promptcore.registry import did_you_mean
 
 from ._base import FAMILIES, BackboneFamily, ImageConfig, TokenBackbone, as_pair, from_library, unknown_model_error
 
@@ -45,12 +47,18 @@ class OpenClipFamily(BackboneFamily):
             return open_clip.CLIP(**model_cfg)
         if architecture not in open_clip.list_models():
             raise unknown_model_error("open_clip", architecture, open_clip.list_models())
+        tags = [t for a, t in open_clip.list_pretrained() if a == architecture]
         if cfg.library_weights and not tag:
-            tags = [t for a, t in open_clip.list_pretrained() if a == architecture]
             raise UserError(
                 f"model.name: open_clip:{architecture} names no pretrained weights; add a pretrained tag, "
                 f"'open_clip:{architecture}:TAG' (tags: {', '.join(tags) or 'none'}), or set model.pretrained: false for "
                 f"random weights"
+            )
+        # open_clip also takes the path of a weights file as the tag
+        if cfg.library_weights and tag not in tags and not Path(tag).expanduser().is_file():
+            raise UserError(
+                f"model.name: open_clip:{architecture} has no pretrained tag {tag!r}.{did_you_mean(tag, tags)} "
+                f"Tags: {', '.join(tags) or 'none'} (or the path of a weights file)"
             )
         return open_clip.create_model(architecture, pretrained=tag if cfg.library_weights else None, **kwargs)
 

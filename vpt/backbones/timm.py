@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from promptcore.errors import UserError
+from promptcore.registry import did_you_mean
 
 from ._base import FAMILIES, BackboneFamily, ImageConfig, TokenBackbone, as_pair, from_library, unknown_model_error
 
@@ -35,6 +36,11 @@ class TimmFamily(BackboneFamily):
         architecture = model_name.split(".", 1)[0]
         if not timm.is_model(architecture):
             raise unknown_model_error("timm", model_name, timm.list_models())
+        if "." in model_name and cfg.library_weights and model_name not in (tags := timm.list_pretrained(f"{architecture}.*")):
+            raise UserError(
+                f"model.name: timm has no pretrained tag {model_name!r}.{did_you_mean(model_name, tags)} "
+                f"Tags of {architecture}: {', '.join(t.split('.', 1)[1] for t in tags) or 'none'}"
+            )
         return timm.create_model(model_name, pretrained=cfg.library_weights, **cfg.kwargs)
 
     def owns(self, model: nn.Module) -> bool:

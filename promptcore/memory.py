@@ -1,0 +1,61 @@
+"""Checks of memory a user setting asks for, made before allocating it: a model size or shape given in a config
+that does not fit fails with one :class:`promptcore.errors.UserError` naming the setting and the bytes, not with the
+allocator's error (or the kernel's out-of-memory kill) minutes later."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+
+def available_memory() -> int | None:
+    """Bytes of host memory available now (Linux ``MemAvailable``, else free physical pages), or None when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """The bytes ``tensors`` hold (meta tensors included: their shapes and dtypes say it)."""
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def module_bytes(module: nn.Module) -> int:
+    """The bytes of ``module``'s parameters and buffers."""
+    return tensor_bytes([*module.parameters(), *module.buffers()])
+
+
+def check_fits(nbytes: int, setting: str, available: int | None = None) -> None:
+    """Raises :class:`UserError` when ``nbytes`` (what ``setting`` asks for) exceed the memory available (host
+    memory unless ``available`` is given); unknown available memory passes."""
+    available = available_memory() if available is None else available
+    if available is not None and nbytes > available:
+        raise UserError(
+            f"{setting}: asks for {_size(nbytes)} ({nbytes} bytes) but {_size(available)} of memory is available; "
+            f"choose a smaller size"
+        )
+
+
+def _size(nbytes: int) -> str:
+    value = float(nbytes)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+__all__ = ["available_memory", "check_fits", "module_bytes", "tensor_bytes"]

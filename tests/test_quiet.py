@@ -1,0 +1,106 @@
+"""A quiet, quick start: ``vpt --help`` and config errors without importing transformers, torchao or the other
+packages' plugins; warnings as one ``warning:`` line, the libraries' own (and torch's logged notes) only with
+``-v``; the libraries' progress bars off with ``train.progress_bar: false``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+from promptcore.cli import LIBRARY_PATHS, one_line_warnings, quiet_library_progress
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("transformers", "torchao", "textpt", "vlmpt", "open_clip", "timm")
+
+# Runs vpt's main on argv, then prints the exit status and which heavy modules were imported, as JSON.
+PROBE = """
+import json, sys
+import vpt.cli
+try:
+    status = vpt.cli.main(sys.argv[1:])
+except SystemExit as e:
+    status = e.code
+print(json.dumps({"status": status, "imported": [m for m in %r if m in sys.modules]}))
+""" % (HEAVY,)
+
+
+def probe(*argv: str) -> tuple[dict, str]:
+    proc = subprocess.run([sys.executable, "-c", PROBE, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return json.loads(proc.stdout.splitlines()[-1]), proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_help_lists_plugin_verbs_without_importing_the_other_packages():
+    result, out = probe("--help")
+    assert result == {"status": 0, "imported": []}, out
+    assert "base2new" in out and "predict" in out  # a plugin's verb (vpt.clip) and the package's own
+
+
+@pytest.mark.slow
+def test_a_config_error_comes_without_importing_the_libraries(tmp_path):
+    (tmp_path / "bad.yaml").write_text("model: {name: timm:vit_tiny_patch16_224}\nbogus: 1\n")
+    result, out = probe("train", "-c", str(tmp_path / "bad.yaml"))
+    assert result == {"status": 2, "imported": []}, out
+    assert "bogus: unknown key" in out and "Traceback" not in out
+
+
+def library_file() -> str:
+    return os.path.join(LIBRARY_PATHS[0], "somelib", "module.py")
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_warnings_print_as_one_line_and_library_ones_only_when_verbose(verbose, capsys):
+    with one_line_warnings(verbose), warnings.catch_warnings():
+        warnings.simplefilter("always")
+        # Python's own showing (stderr, through formatwarning), which pytest's recording of warnings replaces
+        warnings.showwarning = lambda m, c, f, n, file=None, line=None: sys.stderr.write(warnings.formatwarning(m, c, f, n, line))
+        warnings.warn_explicit("train.lr looks large\nsecond line", UserWarning, __file__, 1)
+        warnings.warn_explicit("a library's deprecation", FutureWarning, library_file(), 1)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["warning: train.lr looks large"] + (["warning: a library's deprecation"] if verbose else [])
+
+
+def test_warnings_are_still_recorded_and_the_state_is_restored():
+    formatwarning = warnings.formatwarning
+    with one_line_warnings(), pytest.warns(FutureWarning, match="deprecation"):
+        warnings.warn_explicit("a library's deprecation", FutureWarning, library_file(), 1)
+    assert warnings.formatwarning is formatwarning
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_torch_logged_notes_only_when_verbose(verbose):
+    pytree = logging.getLogger("torch.utils._pytree")  # where the two Enum register_constant notes come from
+    with one_line_warnings(verbose):
+        assert pytree.isEnabledFor(logging.WARNING) is verbose
+    assert pytree.isEnabledFor(logging.WARNING)
+
+
+def test_library_progress_bars_follow_progress_bar(monkeypatch):
+    import datasets
+    import huggingface_hub.utils
+    import transformers.utils.logging
+
+    for variable in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_NO_TQDM"):
+        monkeypatch.setenv(variable, "")  # restored (removed) after the test
+        monkeypatch.delenv(variable)
+    try:
+        transformers.utils.logging.enable_progress_bar()  # as in a fresh process (an earlier run may have turned it off)
+        quiet_library_progress(True)
+        assert transformers.utils.logging.is_progress_bar_enabled()
+        quiet_library_progress(False)
+        assert not transformers.utils.logging.is_progress_bar_enabled()
+        assert not datasets.is_progress_bar_enabled()
+        assert huggingface_hub.utils.are_progress_bars_disabled()
+        assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"  # for libraries imported later
+    finally:
+        transformers.utils.logging.enable_progress_bar()
+        datasets.enable_progress_bars()
+        huggingface_hub.utils.enable_progress_bars()
