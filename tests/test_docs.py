@@ -33,9 +33,11 @@ import os
 import re
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -287,9 +289,11 @@ class PythonWorker:
             real = sys.executable if module is None else str(Path(sys.executable).with_name(command))
             client.write_text(_CLIENT.format(python=sys.executable, socket=str(self.socket), module=module, real=real))
             client.chmod(0o755)
+        # Its own process group: what a block leaves running (a server started with `&` runs in a forked child of
+        # this worker) ends with the doc file, also when a block fails before the doc stops it.
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _WORKER, str(self.socket), *preload], cwd=cwd, env=env, text=True,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, start_new_session=True,
         )
 
     def run(self, code: str, name: str) -> tuple[bool, str]:
@@ -306,11 +310,32 @@ class PythonWorker:
         return reply["ok"], reply["output"]
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        """Stops the worker and every process of its group: SIGTERM (a server drains and stops), SIGKILL after
+        ``GRACE_S`` for what is left."""
+        group = self.proc.pid
+        for sig, grace in ((signal.SIGTERM, GRACE_S), (signal.SIGKILL, 0.0)):
+            try:
+                os.killpg(group, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and _group_alive(group):
+                self.proc.poll()
+                time.sleep(0.1)
+        self.proc.wait()
         self._log.close()
         self.socket.unlink(missing_ok=True)
+
+
+GRACE_S = 15.0
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def doc_env(tmp: Path) -> dict[str, str]:
