@@ -3,8 +3,8 @@
 Model: a tiny timm ViT (img 32, patch 8, depth 2, width 64) with a SoftPrompt inserted after its prefix tokens
 and a linear head, written inline as a small PromptedModel. Both sides train the same prompts with AdamW and a
 cosine schedule for one epoch of ``--steps`` batches. The trainer runs as users run it (tqdm progress bar,
-label checks, losses summed on the device and read at the train lines every 10 steps) but in memory (``run_dir=None``), so the
-figure is the per-step cost of the loop, not of checkpoint writes. The two loops alternate over ``--repeats``
+label checks, losses summed on the device and read at the train lines every 10 steps) but in memory
+(``run_dir=None``), so the figure is the per-step cost of the loop, not of checkpoint writes. The two loops alternate over ``--repeats``
 rounds after one warm-up round each. On a machine shared with other jobs the load swings within seconds, so the
 headline is the ratio of the fastest epochs (the least disturbed run of each side, the closest estimate of the
 intrinsic cost); the median of the per-round ratios is shown next to it. Wall-clock and process CPU time are both
