@@ -172,9 +172,15 @@ def build_model_and_data(
 
 
 def default_run_dir(recipe: Recipe, config_path: str | None, verb: str | None = None) -> Path:
-    """``runs/<prog>[-<verb>]-<config name>-<time>``: where a verb writes when given no ``-o``."""
+    """``runs/<prog>[-<verb>]-<config name>-<time>``: where a verb writes when given no ``-o``; a second run started
+    within the same second gets ``-2`` (``-3`` ...) after the time instead of meeting the first one's folder."""
     stem = Path(config_path).stem if config_path else "run"
-    return Path("runs") / f"{recipe.prog}-{verb + '-' if verb else ''}{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    base = Path("runs") / f"{recipe.prog}-{verb + '-' if verb else ''}{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
 
 
 def cmd_train(recipe: Recipe, args: argparse.Namespace) -> int:

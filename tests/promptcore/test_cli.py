@@ -12,7 +12,7 @@ from toy_prompted import ToyPrompted, toy_data  # noqa: E402
 
 from promptcore import TrainConfig  # noqa: E402
 from promptcore.errors import UserError  # noqa: E402
-from promptcore.cli import EXIT_ERROR, Command, add_config_args, load_run_config, main, register_command  # noqa: E402
+from promptcore.cli import EXIT_ERROR, Command, add_config_args, default_run_dir, load_run_config, main, register_command  # noqa: E402
 from promptcore.recipe import DataBundle  # noqa: E402
 
 
@@ -169,3 +169,16 @@ def test_traceback_flag_reraises(tmp_path, capsys):
 def test_package_verbs_are_added_and_return_their_status(config_file, capsys):
     code, out, _ = run_cli(["describe", "-c", config_file, "--set", "train.lr=0.25"], capsys)
     assert code == 3 and json.loads(out) == {"lr": 0.25}
+
+
+def test_runs_started_within_one_second_get_their_own_default_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("promptcore.cli.time.strftime", lambda fmt: "20261207-141338")
+    recipe = type("R", (), {"prog": "vpt"})()
+    first = default_run_dir(recipe, "configs/smoke/vpt_tiny.yaml")
+    assert first == Path("runs/vpt-vpt_tiny-20261207-141338")
+    first.mkdir(parents=True)
+    second = default_run_dir(recipe, "configs/smoke/vpt_tiny.yaml")
+    assert second == Path("runs/vpt-vpt_tiny-20261207-141338-2")
+    second.mkdir()
+    assert default_run_dir(recipe, "configs/smoke/vpt_tiny.yaml").name.endswith("-3")
