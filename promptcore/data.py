@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 
@@ -68,3 +68,26 @@ def few_shot_indices(
             continue
         chosen.extend(items[int(j)] for j in torch.randperm(len(items), generator=g)[:shots])
     return sorted(chosen)
+
+
+def load_with_datasets(error: type[UserError], read: tuple[str, str], load: tuple[str, str], *args: Any, **kwargs: Any) -> Any:
+    """``datasets.load_dataset(*args, **kwargs)``, its failures raised as one ``error`` (a :class:`UserError`).
+
+    Args:
+        read: ``(what, fix)`` for a file the reader cannot parse, or an empty one: "could not read WHAT: the
+            reader's error; FIX".
+        load: ``(what, settings)`` for a dataset or file that is not there (or an offline hub): "could not load WHAT
+            (the error); check SETTINGS and that the files hold rows".
+    """
+    import datasets
+
+    try:
+        return datasets.load_dataset(*args, **kwargs)
+    except (datasets.exceptions.DatasetGenerationError, StopIteration) as e:  # a file the reader cannot parse, or empty
+        cause = e.__cause__ or e
+        raise error(f"could not read {read[0]}: {type(cause).__name__}: {str(cause).strip() or 'a file holds no rows'}; {read[1]}") from None
+    except (ValueError, OSError) as e:  # no such dataset or file, an offline hub, files without rows
+        raise error(
+            f"could not load {load[0]} ({type(e).__name__}: {e}); check {load[1]} and that the files hold rows (a hub "
+            f"dataset must be in the local cache on offline machines)"
+        ) from None

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from promptcore.data import load_with_datasets
 from promptcore.errors import UserError
 from promptcore.registry import Registry
 
@@ -137,21 +138,9 @@ def _load_asset(cfg: "TextDataConfig") -> Any:
 
 def _load_with_datasets(cfg: "TextDataConfig", *args: Any, **kwargs: Any) -> Any:
     """``datasets.load_dataset(*args, **kwargs)``, its failures reported as a :class:`DataError`."""
-    import datasets
-
-    try:
-        return datasets.load_dataset(*args, **kwargs)
-    except datasets.exceptions.DatasetGenerationError as e:  # a file the csv / json reader cannot parse
-        cause = e.__cause__ or e
-        raise DataError(
-            f"could not read {SOURCES.get(cfg.source).what(cfg)}: {type(cause).__name__}: {str(cause).strip()}; fix the "
-            f"file at the line or row named (a {cfg.source} file needs the same columns on every row)"
-        ) from None
-    except (ValueError, OSError) as e:  # no such dataset or file, an offline hub, files without rows
-        raise DataError(
-            f"could not load {SOURCES.get(cfg.source).what(cfg)} ({type(e).__name__}: {e}); check data.name / "
-            f"data.data_files and that the files hold rows (a hub dataset must be in the local cache on offline machines)"
-        ) from None
+    what = SOURCES.get(cfg.source).what(cfg)
+    fix = f"fix the file at the line or row named (a {cfg.source} file needs the same columns on every row)"
+    return load_with_datasets(DataError, (what, fix), (what, "data.name / data.data_files"), *args, **kwargs)
 
 
 def _load_hf(cfg: "TextDataConfig") -> Any:

@@ -36,7 +36,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
-from promptcore.data import few_shot_indices
+from promptcore.data import few_shot_indices, load_with_datasets
 from promptcore.errors import MissingFileError, UserError
 from promptcore.plugins import lookup
 from promptcore.recipe import DataBundle
@@ -630,19 +630,9 @@ def _load_hf(cfg: VisionDataConfig, image_config: ImageConfig | None) -> tuple[L
     if (Path(cfg.name) / "dataset_dict.json").is_file():  # a folder written by DatasetDict.save_to_disk
         return _from_dataset_dict(datasets.load_from_disk(cfg.name), cfg, f"dataset {cfg.name!r}")
     kwargs = {k: v for k, v in (("data_dir", cfg.data_dir), ("data_files", cfg.data_files)) if v is not None}
-    try:
-        dd = datasets.load_dataset(cfg.name, cfg.config_name, **kwargs)
-    except (datasets.exceptions.DatasetGenerationError, StopIteration) as e:  # a file the reader cannot parse, or empty
-        cause = e.__cause__ or e
-        raise DataError(
-            f"could not read the files of dataset {cfg.name!r} ({kwargs}): {type(cause).__name__}: "
-            f"{str(cause).strip() or 'a file holds no rows'}; fix the file at the line or row named"
-        ) from None
-    except (ValueError, OSError) as e:  # no such dataset or file, an offline hub, files without rows
-        raise DataError(
-            f"could not load dataset {cfg.name!r} ({type(e).__name__}: {e}); check data.name, data.data_files / "
-            f"data.data_dir and that the files hold rows (a hub dataset must be in the local cache on offline machines)"
-        ) from None
+    read = (f"the files of dataset {cfg.name!r} ({kwargs})", "fix the file at the line or row named")
+    load = (f"dataset {cfg.name!r}", "data.name, data.data_files / data.data_dir")
+    dd = load_with_datasets(DataError, read, load, cfg.name, cfg.config_name, **kwargs)
     return _from_dataset_dict(dd, cfg, f"dataset {cfg.name!r}")
 
 
