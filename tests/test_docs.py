@@ -41,6 +41,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -310,16 +311,26 @@ class PythonWorker:
         return reply["ok"], reply["output"]
 
     def close(self) -> None:
-        """Stops the worker and every process of its group: SIGTERM (a server drains and stops), SIGKILL after
-        ``GRACE_S`` for what is left."""
+        """Stops the worker, every process of its group and every process it started: SIGTERM (a server drains and
+        stops), SIGKILL after ``GRACE_S`` for what is left. A process that made a group of its own (``ray.init``
+        does, for its cluster) is reached through the process tree, taken before anything is stopped."""
         group = self.proc.pid
+        try:
+            descendants = psutil.Process(group).children(recursive=True)
+        except psutil.NoSuchProcess:
+            descendants = []
         for sig, grace in ((signal.SIGTERM, GRACE_S), (signal.SIGKILL, 0.0)):
+            for child in descendants:
+                try:
+                    child.send_signal(sig)
+                except psutil.NoSuchProcess:
+                    pass
             try:
                 os.killpg(group, sig)
             except ProcessLookupError:
-                break
+                pass
             deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and _group_alive(group):
+            while time.monotonic() < deadline and (_group_alive(group) or any(map(_running, descendants))):
                 self.proc.poll()
                 time.sleep(0.1)
         self.proc.wait()
@@ -328,6 +339,13 @@ class PythonWorker:
 
 
 GRACE_S = 15.0
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _group_alive(group: int) -> bool:

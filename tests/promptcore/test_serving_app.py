@@ -11,6 +11,7 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 from serving_toy import ToyBackend, ToyVisionBackend, build_toy, make_prompt
+from waiting import wait_for
 
 from promptcore.errors import UserError
 from promptcore.serving import ServeConfig, load_serve_config
@@ -248,8 +249,11 @@ def test_queue_full_is_503_with_retry_after_and_memory_stays_bounded(tmp_path):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
             held = asyncio.create_task(c.post("/v1/classify", json={"model": "topic", "input": ["a", "b"]}))
-            while service.server.held < 2:
+            for _ in range(6000):  # at most 60 s
+                if service.server.held >= 2 or held.done():
+                    break
                 await asyncio.sleep(0.01)
+            assert service.server.held == 2, "the first request was not held in the queue"
             refused = await c.post("/v1/classify", json={"model": "topic", "input": "c"})
             service.server.backend.gate.set()
             return refused, await held
@@ -277,11 +281,10 @@ def test_a_removal_during_a_request_does_not_fail_it(client, service):
     replies = []
     t = threading.Thread(target=lambda: replies.append(client.post("/v1/classify", json={"model": "topic", "input": "hi"})))
     t.start()
-    while service.server.held < 1:
-        pass
+    wait_for(lambda: service.server.held >= 1, "the request admitted", alive=t.is_alive)
     service.server.registry.remove("topic")
     service.server.backend.gate.set()
-    t.join()
+    t.join(timeout=60)
     assert replies[0].status_code == 200
 
 

@@ -3,12 +3,12 @@
 import json
 import socket
 import threading
-import time
 from dataclasses import dataclass
 
 import pytest
 import uvicorn
 from serving_toy import ToyBackend, build_toy, make_prompt
+from waiting import wait_for
 
 import promptcore.serving.cli  # noqa: F401 - registers the verbs
 from promptcore.cli import main
@@ -60,17 +60,18 @@ def running(tmp_path):
         make_prompt(root / name, backend, length=2, num_classes=3, seed=i)
     (root / "spare").rename(tmp_path / "spare")
     service = PromptService.from_config(load_serve_config({"kind": "text", "prompts": str(root)}), build_toy)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run)
+    listening = socket.socket()  # bound here and handed over: no other process can take the port in between
+    listening.bind(("127.0.0.1", 0))
+    port = listening.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="error"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
     thread.start()
-    while not server.started:
-        time.sleep(0.02)
+    wait_for(lambda: server.started, "the HTTP server to start", alive=thread.is_alive)
     yield f"http://127.0.0.1:{port}", root, tmp_path / "spare"
     server.should_exit = True
-    thread.join()
+    thread.join(timeout=30)
+    listening.close()
+    assert not thread.is_alive(), "the HTTP server did not stop within 30 s"
 
 
 def test_serve_admin_loads_and_unloads_prompts_of_a_running_server(running, capsys):

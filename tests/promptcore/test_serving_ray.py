@@ -1,9 +1,14 @@
 """A real Ray Serve application on loopback: bounded concurrent mixed-prompt load, every answer checked against the
-backend run alone, dynamic batching across requests, streaming with the openai client. One cluster for the module."""
+backend run alone, dynamic batching across requests, streaming with the openai client. One cluster for the module, in
+a process of its own."""
 
 import json
 import os
+import select
+import signal
 import socket
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,7 +17,7 @@ import openai
 import pytest
 from serving_toy import ToyBackend, build_toy, make_prompt
 
-from promptcore.serving import PromptRegistry, PromptServer, load_serve_config
+from promptcore.serving import PromptRegistry, PromptServer
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,30 +31,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+START_S, STOP_S = 240, 60
+
+
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory):
-    ray = pytest.importorskip("ray")
-    from ray import serve
-
-    from promptcore.serving.app import build_application
-
-    root = tmp_path_factory.mktemp("serve") / "prompts"
+    """The Ray Serve application in a process of its own (scripts/serve_toy_ray.py): Ray's threads and its cluster
+    stay out of this test process, and the cluster's process group is killed if it does not stop in time."""
+    pytest.importorskip("ray")
+    tmp = tmp_path_factory.mktemp("serve")
+    root = tmp / "prompts"
     backend = ToyBackend()
     for i, (name, classes) in enumerate(PROMPTS.items()):
         make_prompt(root / name, backend, length=1 + i, num_classes=classes, seed=i)
     port = free_port()
-    path = os.pathsep.join([str(ROOT), str(SCRIPTS), os.environ.get("PYTHONPATH", "")])
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="error", log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(SCRIPTS), os.environ.get("PYTHONPATH", "")])}
+    log = tmp / "server.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, str(SCRIPTS / "serve_toy_ray.py"), str(root), str(port)], env=env, text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, start_new_session=True)
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        config = load_serve_config({"kind": "text", "prompts": str(root), "max_batch_size": 16, "batch_wait_timeout_s": 0.05,
-                                    "device_capacity": 2})
-        serve.run(build_application(config, build_toy), name="prompttune", route_prefix="/")
+        ready, _, _ = select.select([proc.stdout], [], [], START_S)
+        if not (ready and proc.stdout.readline().strip() == "ready"):
+            pytest.fail(f"the Ray Serve application did not start within {START_S} s:\n{log.read_text()[-3000:]}")
         yield f"http://127.0.0.1:{port}", root
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        proc.stdin.close()  # the script shuts Serve and Ray down
+        try:
+            proc.wait(timeout=STOP_S)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever of the cluster is left (Ray's processes share the group)
+        except ProcessLookupError:
+            pass
+        proc.wait()
 
 
 def test_concurrent_mixed_load_answers_each_request_as_its_prompt_alone(server_url):

@@ -6,6 +6,7 @@ import time
 import pytest
 import torch
 from serving_toy import ToyBackend, make_prompt
+from waiting import wait_for
 
 from promptcore.errors import UserError
 from promptcore.serving import Completion, PromptRegistry, PromptServer, QueueFullError
@@ -84,8 +85,7 @@ def test_the_queue_is_bounded_and_close_drains_what_it_admitted(served):
     results = []
     worker = threading.Thread(target=lambda: results.append(server.predict([("a", "hi"), ("b", "yo")])))
     worker.start()
-    while server.held < 2:
-        time.sleep(0.01)
+    wait_for(lambda: server.held >= 2, "both requests admitted", alive=worker.is_alive)
     with pytest.raises(QueueFullError, match=r"holds 2 requests, its limit \(max_queue\) is 2"):
         server.predict([("a", "more")])
     closed = []
@@ -94,8 +94,8 @@ def test_the_queue_is_bounded_and_close_drains_what_it_admitted(served):
     time.sleep(0.05)
     assert closed == []  # waiting for the admitted requests
     server.backend.gate.set()
-    worker.join()
-    closer.join()
+    worker.join(timeout=60)
+    closer.join(timeout=60)
     assert closed == [True] and len(results[0]) == 2
     with pytest.raises(QueueFullError, match="shutting down"):
         server.predict([("a", "late")])

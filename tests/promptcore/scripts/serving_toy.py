@@ -19,6 +19,7 @@ from promptcore.errors import UserError
 from promptcore.files import PromptFileError, load_prompt_files, save_prompt_files
 from promptcore.serving import Classification, GenerationStep, LimitError, Limits, PromptInfo, Request
 
+GATE_S = 60.0  # a batch held by a test that failed before releasing it fails after this long, never hangs
 VOCAB = 26  # generated tokens: 'a'..'z'; 'z' ends a sequence
 STOP_TOKEN = VOCAB - 1
 
@@ -55,7 +56,7 @@ class ToyBackend:
         self.mix = torch.randn(dim, dim, generator=g, dtype=dtype).to(self.device) / dim**0.5
         self.out = torch.randn(VOCAB, dim, generator=g, dtype=dtype).to(self.device)
         self.backbone_nbytes = sum(t.numel() * t.element_size() for t in (self.embed, self.mix, self.out))
-        self.gate = threading.Event()  # cleared: classify waits (tests hold requests in flight)
+        self.gate = threading.Event()  # cleared: classify waits (tests hold requests in flight), at most GATE_S
         self.gate.set()
         self.calls: list[tuple[str, list[str]]] = []  # (operation, prompt names) of every backend call
 
@@ -104,8 +105,12 @@ class ToyBackend:
         mean = (batch * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
         return torch.tanh(mean @ self.mix)
 
+    def _pass_gate(self) -> None:
+        if not self.gate.wait(GATE_S):
+            raise RuntimeError(f"the toy backend's gate stayed closed for {GATE_S:g} s")
+
     def classify(self, requests: list[Request]) -> list[Classification]:
-        self.gate.wait()
+        self._pass_gate()
         self.calls.append(("classify", [r.prompt.info.name for r in requests]))
         pooled = self._pooled([r.prompt.prompt for r in requests], [r.input for r in requests])
         out = []
@@ -124,7 +129,7 @@ class ToyBackend:
         counts = [0] * len(requests)
         gens = [torch.Generator().manual_seed(int(r.params.get("seed") or 0)) for r in requests]
         while not all(done):
-            self.gate.wait()
+            self._pass_gate()
             logits = self._pooled([r.prompt.prompt for r in requests], inputs) @ self.out.T
             step: list[GenerationStep | None] = []
             for i, r in enumerate(requests):
