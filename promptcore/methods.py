@@ -64,6 +64,38 @@ def method_key(kind: str, name: str) -> str:
     return f"{kind}:{name}"
 
 
+def recorded_method_config(meta: dict[str, Any], kind: str, source: str, rebuild_hint: str) -> Any:
+    """The method config a prompt folder's metadata (``meta``: its ``method`` and ``method_config``) records,
+    validated against the config class its ``kind`` method registers (plugins loaded when the name is unknown).
+
+    Args:
+        source: how errors name the folder.
+        rebuild_hint: what to do instead when the folder records no method config (one written before prompt
+            folders recorded it).
+
+    Raises:
+        promptcore.files.PromptFileError: an unknown method, or no recorded config.
+        promptcore.config.ConfigError: a recorded config that does not validate.
+    """
+    from .config import from_dict
+    from .files import PromptFileError
+
+    method = str(meta.get("method"))
+    key = method_key(kind, method)
+    if key not in METHODS:
+        load_plugins()
+    if key not in METHODS:
+        known = [k.split(":", 1)[1] for k in METHODS.names() if k.startswith(f"{kind}:")]
+        raise PromptFileError(
+            f"{source}: method {method!r} is not a registered {kind} method (install or import the package that "
+            f"registers it).{did_you_mean(method, known)}"
+        )
+    recorded = meta.get("method_config")
+    if not isinstance(recorded, dict):
+        raise PromptFileError(f"{source} records no method_config (it was saved before prompt folders recorded it): {rebuild_hint}")
+    return from_dict(METHODS.get(key).config_class, recorded, source=f"{source} method_config")
+
+
 def _method_values(config_class: type) -> tuple[str, ...]:
     """The names a config class's ``method`` field admits (``Literal`` arguments, else its default)."""
     if not dataclasses.is_dataclass(config_class):

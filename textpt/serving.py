@@ -21,11 +21,11 @@ from typing import Any, ClassVar, Iterator
 import torch
 from torch import nn
 
-from promptcore import METHODS, PromptFileError, read_prompt_config
+from promptcore import PromptFileError, read_prompt_config
 from promptcore.config import from_dict, to_dict
 from promptcore.errors import MissingFileError, UserError
 from promptcore.fingerprint import FINGERPRINT_KEY, backbone_fingerprint
-from promptcore.methods import method_key
+from promptcore.methods import recorded_method_config
 from promptcore.registry import did_you_mean
 from promptcore.serving import BACKENDS, Classification, GenerationStep, LimitError, Limits, PromptInfo, Request
 
@@ -105,22 +105,11 @@ class InputFormat:
 
 
 def method_config_of(meta: dict[str, Any], source: str) -> Any:
-    """The method config a prompt folder's ``meta`` records (``method_config``), validated.
-
-    Raises:
-        PromptFileError: the folder records none (written before prompt folders recorded it) or an unknown method.
-    """
-    method = meta.get("method")
-    key = method_key("text", str(method))
-    if key not in METHODS:
-        raise PromptFileError(f"{source}: method {method!r} is not a text method.{did_you_mean(str(method), [k.split(':', 1)[1] for k in METHODS.names() if k.startswith('text:')])}")
-    recorded = meta.get("method_config")
-    if not isinstance(recorded, dict):
-        raise PromptFileError(
-            f"{source} records no method config (prompt folders written by textpt train record it); wrap the backbone "
-            f"with the training config's method and load it: textpt.wrap(backbone, config, tokenizer).load_prompts(folder)"
-        )
-    return from_dict(METHODS.get(key).config_class, recorded, source=f"{source} method_config")
+    """The method config a prompt folder's ``meta`` records, validated (:func:`promptcore.methods.recorded_method_config`)."""
+    return recorded_method_config(
+        meta, "text", source,
+        "wrap the backbone with the training config's method and load it: textpt.wrap(backbone, config, tokenizer).load_prompts(folder)",
+    )
 
 
 def load_prompted(folder: str | Path, model: nn.Module | None = None, tokenizer: Any = None) -> TextPromptedModel:

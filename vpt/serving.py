@@ -38,7 +38,7 @@ from promptcore.config import load_config
 from promptcore.errors import UserError
 from promptcore.files import load_prompt_files, save_prompt_files
 from promptcore.fingerprint import FINGERPRINT_KEY, backbone_fingerprint
-from promptcore.methods import METHODS, method_key
+from promptcore.methods import METHODS, method_key, recorded_method_config
 from promptcore.plugins import load_plugins
 from promptcore.registry import Registry
 from promptcore.serving import (
@@ -82,33 +82,24 @@ def record_backbone(model: PromptedModel, backbone: BackboneConfig, seed: int | 
 
 
 def method_config_of(meta: dict[str, Any], folder: str | os.PathLike) -> Any:
-    """The method config a prompt folder's ``prompt_config.json`` (``meta``) records, validated.
+    """The method config a prompt folder's ``prompt_config.json`` (``meta``) records, validated
+    (:func:`promptcore.methods.recorded_method_config`), with the class names the folder records for CLIP models."""
+    names = meta.get("class_names")
+    recorded = meta.get("method_config")
+    if names and isinstance(recorded, dict) and "class_names" in _config_fields(str(meta.get("method"))):
+        meta = {**meta, "method_config": {**recorded, "class_names": names}}  # a CLIP model moved to other classes
+    return recorded_method_config(
+        meta, "vision", f"prompt folder {folder}",
+        f"build the model from its run config instead (vpt.wrap(backbone, config) then model.load_prompts(folder), or "
+        f"vpt eval / vpt predict -c CONFIG --prompts {folder}), or train it again",
+    )
 
-    Raises:
-        PromptFileError: the folder records no ``method_config`` (written before prompt files carried it).
-        promptcore.errors.UserError: an unknown method or an invalid recorded config.
-    """
-    method = meta.get("method")
-    key = method_key("vision", str(method))
+
+def _config_fields(method: str) -> set[str]:
+    key = method_key("vision", method)
     if key not in METHODS:
         load_plugins()
-    if key not in METHODS:
-        raise UserError(
-            f"prompt folder {folder}: method {method!r} is not a registered vision method; install or import the "
-            f"package that registers it"
-        )
-    recorded = meta.get("method_config")
-    if not isinstance(recorded, dict):
-        raise PromptFileError(
-            f"prompt folder {folder} records no method_config (it was saved by an older version): build the model "
-            f"from its run config instead (vpt.wrap(backbone, config) then model.load_prompts(folder), or vpt eval / "
-            f"vpt predict -c CONFIG --prompts {folder}), or train it again"
-        )
-    config_class = METHODS.get(key).config_class
-    names = meta.get("class_names")
-    if names and "class_names" in {f.name for f in dataclasses.fields(config_class)}:
-        recorded = {**recorded, "class_names": names}  # a CLIP model moved to other classes records them here
-    return load_config(config_class, recorded)
+    return {f.name for f in dataclasses.fields(METHODS.get(key).config_class)} if key in METHODS else set()
 
 
 def build_backbone(backbone: BackboneConfig, seed: int | None = None) -> nn.Module:

@@ -81,7 +81,7 @@ def test_load_prompted_refuses_a_folder_without_method_config(runs, tmp_path):
     model = textpt.load_prompted(runs["verbalizer"])
     model.__dict__["_prompt_file_records"] = {}
     model.save_prompts(tmp_path / "old")
-    with pytest.raises(PromptFileError, match="records no method config"):
+    with pytest.raises(PromptFileError, match="records no method_config.*textpt.wrap"):
         textpt.load_prompted(tmp_path / "old", model.backbone, model.tokenizer)
 
 
