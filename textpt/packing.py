@@ -1,0 +1,155 @@
+"""Padding-free packed batches for decoder-only models: the examples of a padded batch run as one row.
+
+A padded batch ``[B, L]`` spends the layers' work on its padding (Rotten Tomatoes' reviews run from a few tokens to
+about 60, so most of a batch padded to its longest is padding). Packed, the real tokens of every example are put
+one example after another in a single row, each example with its own prompt in front and its own positions
+restarting at 0, and attention kept within each example; the LM head runs on the positions a loss or a score
+reads only. Each example then gives the numbers it gives in the padded batch (the reference path, kept in
+:mod:`textpt.model`), as tests prove in float64.
+
+The model still takes padded batches (the collators of :mod:`textpt.tasks` are unchanged): it packs them itself, so
+training, evaluation, scoring and prediction all run packed without a second batch format. Two routes, as the
+padded path has them:
+
+- shallow prompts concatenated to the embeddings (prompt tuning and P-tuning with ``fast: off`` or on a GPU, DePT,
+  the prompt-less baselines): the row is ``[P, x_1, P, x_2, ...]`` with position ids ``0..n+len_i-1`` per
+  example and no attention mask. transformers (read against 5.25, ``masking_utils.find_packed_sequence_indices``)
+  then finds where the positions restart and makes the causal mask block-diagonal, as it does for
+  ``DataCollatorWithFlattening``;
+- a key/value prefix (the shared-prompt fast path, prefix tuning): the row is ``[x_1, x_2, ...]`` after one copy of
+  each task's prefix in the cache (one copy in all without a prompt bank), positions from ``n``. transformers finds
+  no packing when a cache is given, so :func:`block_causal_mask` builds the 4-D mask: each example sees its own
+  task's prefix and its own earlier tokens.
+
+Where packing would not be exact, the padded path runs (:func:`packing_problem` says why): encoder and
+encoder-decoder tasks (their batches stay padded), attention implementations other than ``sdpa`` and ``eager``,
+models with sliding-window, chunked or hybrid layers, models whose masks are not built by transformers'
+``masking_utils`` or that take no ``position_ids``, and methods that place their prompt their own way.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Union
+
+import torch
+
+if TYPE_CHECKING:
+    from .model import TextPromptedModel
+
+PackingMode = Union[Literal["auto"], bool]
+"""``data.packing``: ``auto`` packs where it is exact, ``true`` requires it, ``false`` keeps the padded path."""
+
+ATTENTION_IMPLEMENTATIONS: tuple[str, ...] = ("sdpa", "eager")
+"""The attention implementations that take the packed masks (a 4-D float mask, or the block-diagonal one
+transformers derives from restarting position ids)."""
+
+
+def packing_problem(model: "TextPromptedModel") -> str | None:
+    """Why ``model`` cannot run packed batches exactly, in a few words; None when it can."""
+    from .model import TextPromptedModel
+
+    if not model.strategy.decoder_only:
+        return f"packing runs decoder-only models (causal_lm) and this one is {model.task}, whose batches stay padded"
+    for name in ("forward_concat", "forward_with_prefix", "token_logits", "last_token_logits"):
+        if getattr(type(model), name) is not getattr(TextPromptedModel, name):
+            return f"method {model.method or type(model).__name__} places its prompt its own way ({type(model).__name__}.{name})"
+    backbone = model.backbone
+    config = backbone.config.get_text_config(decoder=True)
+    implementation = getattr(backbone.config, "_attn_implementation", None)
+    if implementation not in ATTENTION_IMPLEMENTATIONS:
+        return (
+            f"the model's attention implementation is {implementation!r}; packed masks are built for "
+            f"{' and '.join(ATTENTION_IMPLEMENTATIONS)} (load the model with attn_implementation='sdpa')"
+        )
+    layer_types = getattr(config, "layer_types", None)
+    local = [t for t in layer_types if t != "full_attention"] if layer_types is not None else None
+    if local or (layer_types is None and getattr(config, "sliding_window", None) is not None) or getattr(config, "attention_chunk_size", None):
+        return f"{type(backbone).__name__} has sliding-window, chunked or other local attention layers, which a packed mask does not follow"
+    decoder = backbone.base_model
+    if not hasattr(sys.modules.get(type(decoder).__module__), "create_causal_mask"):
+        return f"{type(decoder).__name__} does not build its masks with transformers' masking_utils"
+    if "position_ids" not in _parameters(backbone):
+        return f"{type(backbone).__name__} takes no position_ids, which a packed row needs"
+    return None
+
+
+def _parameters(module: torch.nn.Module) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(module.forward).parameters)
+
+
+@dataclass
+class PackedRows:
+    """Where a padded batch's examples sit in one packed row.
+
+    Attributes:
+        order: ``[T]`` for each slot of the row, its source in ``cat([prompt rows [B * n], real tokens [N]])``
+            (real tokens in the padded batch's row-major order, ``input_ids[attention_mask.bool()]``).
+        positions: ``[1, T]`` position ids, restarting for each example.
+        sequence: ``[T]`` the example each slot belongs to.
+        tokens: ``[N]`` the slot of each real token.
+        last: ``[B]`` the slot of each example's last real token.
+    """
+
+    order: torch.Tensor
+    positions: torch.Tensor
+    sequence: torch.Tensor
+    tokens: torch.Tensor
+    last: torch.Tensor
+
+
+def pack_rows(attention_mask: torch.Tensor, num_prompt: int, first_position: int = 0) -> PackedRows:
+    """The layout of a padded batch packed into one row, each example ``num_prompt`` prompt slots then its real
+    tokens, with positions counted from ``first_position`` (the length of a key/value prefix before the row).
+
+    The row's length is read back to the host once (the slots must be allocated).
+    """
+    mask = attention_mask.bool()
+    b, device = mask.shape[0], mask.device
+    lengths = mask.sum(1) + num_prompt
+    starts = lengths.cumsum(0) - lengths
+    rank = mask.long().cumsum(1) - 1
+    example = torch.arange(b, device=device).unsqueeze(1).expand_as(mask)[mask]
+    token_rank = rank[mask]
+    tokens = starts[example] + num_prompt + token_rank
+    prompt_slots = (starts.unsqueeze(1) + torch.arange(num_prompt, device=device)).flatten()
+    total = int(lengths.sum())
+    order = torch.empty(total, dtype=torch.long, device=device)
+    order[prompt_slots] = torch.arange(prompt_slots.numel(), device=device)
+    order[tokens] = prompt_slots.numel() + torch.arange(tokens.numel(), device=device)
+    positions = torch.empty(total, dtype=torch.long, device=device)
+    positions[prompt_slots] = first_position + torch.arange(num_prompt, device=device).repeat(b)
+    positions[tokens] = first_position + num_prompt + token_rank
+    sequence = torch.repeat_interleave(torch.arange(b, device=device), lengths, output_size=total)
+    return PackedRows(order, positions.unsqueeze(0), sequence, tokens, starts + lengths - 1)
+
+
+def block_causal_mask(sequence: torch.Tensor, prefix_group: torch.Tensor, num_prefix: int, dtype: torch.dtype) -> torch.Tensor:
+    """The additive 4-D mask ``[1, 1, T, G * num_prefix + T]`` of a packed row after ``G`` prefixes of
+    ``num_prefix`` keys each: slot ``q`` sees the prefix of its example's group (``prefix_group[sequence[q]]``) and
+    the earlier slots of its own example. 0 where attention goes, the dtype's minimum elsewhere (what ``eager``
+    adds to the scores, and what ``sdpa`` takes as a float mask)."""
+    t = sequence.numel()
+    slots = torch.arange(t, device=sequence.device)
+    allowed = (sequence.unsqueeze(1) == sequence.unsqueeze(0)) & (slots.unsqueeze(1) >= slots.unsqueeze(0))
+    groups = int(prefix_group.max()) + 1 if prefix_group.numel() else 0
+    column_group = torch.arange(groups * num_prefix, device=sequence.device) // max(num_prefix, 1)
+    sees_prefix = prefix_group[sequence].unsqueeze(1) == column_group.unsqueeze(0)
+    allowed = torch.cat([sees_prefix, allowed], dim=1)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=sequence.device).masked_fill(~allowed, torch.finfo(dtype).min)
+    return mask[None, None]
+
+
+def task_groups(task_ids: torch.Tensor | None, batch_size: int, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``(tasks, group)``: the distinct task ids of a batch (None without ``task_ids``: one group) and each example's
+    index into them, so a prefix is computed once per task in the batch."""
+    if task_ids is None:
+        return None, torch.zeros(batch_size, dtype=torch.long, device=device)
+    tasks, group = torch.unique(task_ids, return_inverse=True)
+    return tasks, group
+
+
+__all__ = ["ATTENTION_IMPLEMENTATIONS", "PackedRows", "PackingMode", "block_causal_mask", "pack_rows", "packing_problem", "task_groups"]
