@@ -68,7 +68,7 @@ class TextRecipe:
 
     def build_model(self, cfg: TextRunConfig) -> TextPromptedModel:
         """The frozen model and tokenizer by name, wrapped with the resolved prompt config (and
-        ``model.checkpoint``'s prompts loaded when set).
+        ``model.checkpoint``'s prompts loaded when set), packing its batches as ``data.packing`` says.
 
         Raises:
             UserError: ``model.kwargs`` holds a key that is neither a ``from_pretrained`` argument nor a field of the
@@ -83,6 +83,7 @@ class TextRecipe:
                 raise
             raise problem from None
         model = wrap(backbone, cfg.prompt, tokenizer=tokenizer, task=cfg.model.task, name=cfg.model.name, pooling=cfg.model.pooling)
+        model.set_packing(cfg.data.packing)
         if cfg.model.checkpoint is not None:
             model.load_prompts(cfg.model.checkpoint)
         return model

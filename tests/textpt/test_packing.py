@@ -1,11 +1,15 @@
 """Packed batches (textpt.packing) equal the padded reference path in float64: losses, prompt gradients, eval sums,
 class scores and token logits, for every causal LM method, on both padding sides."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
 import textpt
 from textpt import TextModelConfig, load_model_and_tokenizer
+from textpt.cli import main
 from textpt.packing import block_causal_mask, pack_rows
 from textpt.padding import repad
 from tiny_text import TINY_CONFIGS, method_config
@@ -25,11 +29,12 @@ METHODS = {
 }
 
 
-def build(model_type, side, method, verbalizer=None, **prompt):
+def build(model_type, side, method, verbalizer=None, implementation="sdpa", **prompt):
     torch.manual_seed(0)
     model, tok = load_model_and_tokenizer(
         TextModelConfig(name=f"random:{model_type}", kwargs=TINY_CONFIGS[model_type], dtype="float64", padding_side=side)
     )
+    model.set_attn_implementation(implementation)
     fields = {"num_tokens": 3, "init_std": 1.0, **prompt}
     if verbalizer:
         fields["verbalizer"] = verbalizer
@@ -101,6 +106,80 @@ def test_packed_class_scores_equal_padded(model_type, side, case, verbalizer):
     check_grads(grads, ref_grads, model_type)
     for key in ref_sums:
         torch.testing.assert_close(sums[key], ref_sums[key], rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("case", ["pt_concat", "pt_fast", "prefix_bank"])
+def test_packed_equals_padded_with_eager_attention(case):
+    # eager adds the 4-D mask to the scores itself, and builds the block-diagonal mask from restarting positions too.
+    # Right padding: the padded reference under eager attention in float64 gives NaN logits with left padding (the
+    # rows of padding see no key), so that side has no reference to compare with here. GPT-2: Llama's eager attention
+    # takes its softmax in float32, whose rounding differs between any two batch shapes.
+    method, prompt = METHODS[case]
+    model, tok = build("gpt2", "right", method, implementation="eager", **prompt)
+    batch = batch_of(tok, "right", prompt.get("num_tasks", 1) > 1)
+    loss, grads, _ = run(model, batch, True)
+    ref_loss, ref_grads, _ = run(model, batch, False)
+    torch.testing.assert_close(loss, ref_loss, rtol=0, atol=1e-10)
+    check_grads(grads, ref_grads, "gpt2")
+
+
+def test_packing_refusals_and_auto_fallback():
+    model, _ = build("llama", "left", "prompt_tuning", verbalizer=[" good", " bad"])
+    with pytest.raises(ValueError, match=r"data.packing: 'yes' is not one of auto, true, false"):
+        model.set_packing("yes")
+    torch.manual_seed(0)
+    backbone, tok = load_model_and_tokenizer(TextModelConfig(name="random:mistral", kwargs={**TINY_CONFIGS["llama"], "sliding_window": 4}))
+    local = textpt.wrap(backbone, method_config("prompt_tuning", num_tokens=2, verbalizer=[" good", " bad"]), tokenizer=tok)
+    assert local.packing == "auto" and not local.packs_batches()  # auto keeps the padded path
+    with pytest.raises(ValueError, match=r"data.packing: true, but MistralForCausalLM has sliding-window, chunked or other local attention"):
+        local.set_packing(True)
+    t5, tok = load_model_and_tokenizer(TextModelConfig(name="random:t5", task="seq2seq", kwargs=TINY_CONFIGS["t5"]))
+    encoder_decoder = textpt.wrap(t5, method_config("prompt_tuning", num_tokens=2, verbalizer=[" good", " bad"]), tokenizer=tok)
+    assert not encoder_decoder.packs_batches()
+    with pytest.raises(ValueError, match=r"packing runs decoder-only models \(causal_lm\) and this one is seq2seq"):
+        encoder_decoder.set_packing(True)
+    model.backbone.config._attn_implementation = "flex_attention"  # as if loaded so: the check runs at every call
+    assert not model.packs_batches()
+    with pytest.raises(ValueError, match=r"attention implementation is 'flex_attention'; packed masks are built for sdpa and eager"):
+        model.set_packing(True)
+
+
+SMOKE = str(Path(__file__).resolve().parents[2] / "configs" / "smoke" / "textpt_tiny.yaml")
+FAST = ["--set", "train.max_steps=2", "--set", "data.num_samples=16", "--set", "data.num_eval_samples=16", "--set", "train.batch_size=8"]
+
+
+def _metrics(capsys) -> dict:
+    out = capsys.readouterr().out
+    return json.loads(out[out.index("{"):])
+
+
+def test_cli_packed_and_padded_runs_agree(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "-c", SMOKE, "-o", str(run), *FAST, "--set", "data.packing=false"]) == 0
+    capsys.readouterr()
+    metrics = {}
+    for packing in ("true", "false"):
+        assert main(["eval", "-c", SMOKE, "--prompts", str(run / "best"), *FAST, "--set", f"data.packing={packing}"]) == 0
+        metrics[packing] = _metrics(capsys)
+    assert metrics["true"]["count"] == metrics["false"]["count"] > 0
+    for key in ("loss", "accuracy"):
+        assert metrics["true"][key] == pytest.approx(metrics["false"][key], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--set", "data.packing=true", "--set", "model.task=seq_cls", "--set", "model.name=random:bert"],
+         "data.packing: true packs the batches of decoder-only models"),
+        (["--set", "data.packing=true", "--set", "model.name=random:mistral", "--set", "model.kwargs.sliding_window=8"],
+         "data.packing: true, but MistralForCausalLM has sliding-window"),
+        (["--set", "data.packing=sometimes"], "data.packing"),
+    ],
+)
+def test_cli_refuses_packing_where_it_is_not_exact(argv, message, capsys):
+    assert main(["train", "-c", SMOKE, *FAST, *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err, err
 
 
 def test_pack_rows_layout():
