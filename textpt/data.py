@@ -78,6 +78,10 @@ class TextDataConfig:
             attention and full-attention layers; encoder and encoder-decoder batches stay padded), ``true`` requires
             it (refused, with the reason, where it would not be exact), ``false`` keeps the padded path. Batches are
             collated padded either way; the model packs them (:meth:`textpt.model.TextPromptedModel.set_packing`).
+        group_by_length: batch training rows of similar length together (:func:`textpt.packing.length_grouped_order`:
+            each epoch's seeded order sorted longest first within buckets of 50 batches), so a padded batch pads
+            less; for the runs that stay padded (encoders, encoder-decoders, models ``packing`` cannot run exactly).
+            It changes which rows share a batch, so the numbers of a run differ from the seeded random order's.
         num_proc: processes that encode the rows (``datasets.map``'s ``num_proc``); ``null``: this process.
         test_size: sources that split their rows anew only (``source: asset``): split the dataset's rows anew, this fraction (``0.1``) or number of rows
             (``500``) into ``test`` (:func:`textpt.assets.load_dataset`, stratified by label, seeded by ``seed``);
@@ -111,6 +115,7 @@ class TextDataConfig:
     max_eval_samples: int | None = None
     skip_empty: bool = False
     packing: PackingMode = "auto"
+    group_by_length: bool = False
     num_proc: int | None = None
     test_size: int | float | None = None
     train_size: int | float | None = None

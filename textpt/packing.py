@@ -24,16 +24,20 @@ padded path has them:
 Where packing would not be exact, the padded path runs (:func:`packing_problem` says why): encoder and
 encoder-decoder tasks (their batches stay padded), attention implementations other than ``sdpa`` and ``eager``,
 models with sliding-window, chunked or hybrid layers, models whose masks are not built by transformers'
-``masking_utils`` or that take no ``position_ids``, and methods that place their prompt their own way.
+``masking_utils`` or that take no ``position_ids``, and methods that place their prompt their own way. There
+:func:`length_grouped_order` (``data.group_by_length``) cuts the padding instead, by batching rows of similar
+length together.
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Union
+from typing import TYPE_CHECKING, Callable, Literal, Sequence, Union
 
 import torch
+
+from promptcore.batches import epoch_generator
 
 if TYPE_CHECKING:
     from .model import TextPromptedModel
@@ -152,4 +156,37 @@ def task_groups(task_ids: torch.Tensor | None, batch_size: int, device: torch.de
     return tasks, group
 
 
-__all__ = ["ATTENTION_IMPLEMENTATIONS", "PackedRows", "PackingMode", "block_causal_mask", "pack_rows", "packing_problem", "task_groups"]
+def length_grouped_order(lengths: Sequence[int], batch_size: int, seed: int, group: int = 50) -> Callable[[int], list[int]]:
+    """A batch-order hook (``Trainer(batch_order=...)``) that puts rows of similar length in the same batch, as
+    transformers' ``group_by_length`` does: each epoch's seeded permutation (:func:`promptcore.batches.epoch_generator`,
+    the trainer's own draw) is cut into buckets of ``batch_size * group`` rows, each sorted longest first, so a batch
+    takes rows of one bucket and pads to a length close to theirs. The order is a function of ``(seed, epoch)``
+    only, as a resumed run needs.
+
+    Args:
+        lengths: each row's length (its token count).
+        batch_size: the rows of a batch (the trainer's global batch).
+        seed: the run's seed (``train.seed``).
+        group: batches per bucket: more gives closer lengths and less randomness within an epoch.
+    """
+    sizes = torch.as_tensor(list(lengths), dtype=torch.long)
+    bucket = max(1, batch_size * group)
+
+    def order(epoch: int) -> list[int]:
+        rows = torch.randperm(sizes.numel(), generator=epoch_generator(seed, epoch))
+        parts = [part[torch.sort(sizes[part], descending=True, stable=True).indices] for part in rows.split(bucket)]
+        return torch.cat(parts).tolist() if parts else []
+
+    return order
+
+
+__all__ = [
+    "ATTENTION_IMPLEMENTATIONS",
+    "PackedRows",
+    "PackingMode",
+    "block_causal_mask",
+    "length_grouped_order",
+    "pack_rows",
+    "packing_problem",
+    "task_groups",
+]

@@ -10,7 +10,10 @@ import torch
 import textpt
 from textpt import TextModelConfig, load_model_and_tokenizer
 from textpt.cli import main
-from textpt.packing import block_causal_mask, pack_rows
+from promptcore.config import load_config
+from textpt.cli import TextRecipe
+from textpt.packing import block_causal_mask, length_grouped_order, pack_rows
+from textpt.run_config import TextRunConfig
 from textpt.padding import repad
 from tiny_text import TINY_CONFIGS, method_config
 
@@ -199,3 +202,28 @@ def test_block_causal_mask_keeps_each_example_to_its_own_prefix_and_tokens():
         [False, True, True, True, False],
         [True, False, False, False, True],
     ]
+
+
+def test_length_grouped_order_is_a_seeded_permutation_sorted_within_buckets():
+    lengths = [(7 * i) % 23 + 1 for i in range(50)]
+    order = length_grouped_order(lengths, batch_size=4, seed=3, group=2)
+    first = order(0)
+    assert sorted(first) == list(range(50)) and order(0) == first and order(1) != first
+    for start in range(0, 50, 8):  # buckets of 4 x 2 rows, longest first
+        bucket = [lengths[i] for i in first[start:start + 8]]
+        assert bucket == sorted(bucket, reverse=True)
+    padded = sum(max(lengths[i] for i in first[j:j + 4]) * len(first[j:j + 4]) for j in range(0, 50, 4))
+    random_order = torch.randperm(50, generator=torch.Generator().manual_seed(0)).tolist()
+    assert padded < sum(max(lengths[i] for i in random_order[j:j + 4]) * len(random_order[j:j + 4]) for j in range(0, 50, 4))
+
+
+def test_cli_group_by_length_orders_the_padded_runs(tmp_path, capsys):
+    argv = ["--set", "model.task=seq_cls", "--set", "model.name=random:bert", "--set", "data.group_by_length=true"]
+    assert main(["train", "-c", SMOKE, "-o", str(tmp_path / "run"), *FAST, *argv]) == 0
+    assert _metrics(capsys)["step"] == 2
+    cfg = TextRecipe().resolve_config(load_config(TextRunConfig, SMOKE, overrides=[a for a in argv + FAST if a != "--set"]))
+    recipe = TextRecipe()
+    bundle = recipe.build_data(cfg, recipe.build_model(cfg))
+    lengths = [len(ids) for ids in bundle.train["input_ids"]]
+    expected = length_grouped_order(lengths, cfg.train.batch_size, cfg.train.seed)
+    assert bundle.batch_order is not None and bundle.batch_order(0) == expected(0)
