@@ -311,17 +311,16 @@ class TextPromptedModel(PromptedModel):
             rows = pack_rows(attention_mask, 0, n)
             inputs = {
                 "input_ids": input_ids[real].unsqueeze(0),
-                "attention_mask": block_causal_mask(rows.sequence, group, n, self.dtype),
+                "attention_mask": block_causal_mask(rows.sequence, group, n, dtype=self.dtype),
                 "use_cache": True,
                 cache_argument(self.backbone): prefix_cache(kv),
             }
         else:
-            # no mask: transformers makes the causal mask block-diagonal where the position ids restart
             prompt = self.shallow_prompt(task_ids, b)
             rows = pack_rows(attention_mask, prompt.shape[1])
             embeds = self.embed_inputs(input_ids, attention_mask)
             x = torch.cat([prompt.to(embeds.dtype).flatten(0, 1), embeds[real]]).index_select(0, rows.order)
-            inputs = {"inputs_embeds": x.unsqueeze(0), "use_cache": False}
+            inputs = {"inputs_embeds": x.unsqueeze(0), "attention_mask": block_causal_mask(rows.sequence, dtype=self.dtype), "use_cache": False}
         slots = rows.tokens if keep == "tokens" else rows.last
         if accepts(self.backbone, "logits_to_keep"):
             return self.backbone(position_ids=rows.positions, logits_to_keep=slots, **inputs).logits[0]

@@ -13,13 +13,16 @@ padded path has them:
 
 - shallow prompts concatenated to the embeddings (prompt tuning and P-tuning with ``fast: off`` or on a GPU, DePT,
   the prompt-less baselines): the row is ``[P, x_1, P, x_2, ...]`` with position ids ``0..n+len_i-1`` per
-  example and no attention mask. transformers (read against 5.25, ``masking_utils.find_packed_sequence_indices``)
-  then finds where the positions restart and makes the causal mask block-diagonal, as it does for
-  ``DataCollatorWithFlattening``;
+  example;
 - a key/value prefix (the shared-prompt fast path, prefix tuning): the row is ``[x_1, x_2, ...]`` after one copy of
-  each task's prefix in the cache (one copy in all without a prompt bank), positions from ``n``. transformers finds
-  no packing when a cache is given, so :func:`block_causal_mask` builds the 4-D mask: each example sees its own
-  task's prefix and its own earlier tokens.
+  each task's prefix in the cache (one copy in all without a prompt bank), positions from ``n``.
+
+Both pass the block-diagonal causal mask as a 4-D mask (:func:`block_causal_mask`; transformers' mask functions
+return a 4-D mask as given): each example sees its own task's prefix and its own earlier tokens. transformers
+(read against 5.25, ``masking_utils.find_packed_sequence_indices``) would derive the block-diagonal mask from
+restarting position ids itself, but only with no mask and no cache given, and only in the models that hand their
+``position_ids`` to ``create_causal_mask`` (OPT does not: its packed tokens would see the examples before them), so
+the mask is built here for every model alike.
 
 Where packing would not be exact, the padded path runs (:func:`packing_problem` says why): encoder and
 encoder-decoder tasks (their batches stay padded), attention implementations other than ``sdpa`` and ``eager``,
@@ -131,18 +134,20 @@ def pack_rows(attention_mask: torch.Tensor, num_prompt: int, first_position: int
     return PackedRows(order, positions.unsqueeze(0), sequence, tokens, starts + lengths - 1)
 
 
-def block_causal_mask(sequence: torch.Tensor, prefix_group: torch.Tensor, num_prefix: int, dtype: torch.dtype) -> torch.Tensor:
-    """The additive 4-D mask ``[1, 1, T, G * num_prefix + T]`` of a packed row after ``G`` prefixes of
-    ``num_prefix`` keys each: slot ``q`` sees the prefix of its example's group (``prefix_group[sequence[q]]``) and
-    the earlier slots of its own example. 0 where attention goes, the dtype's minimum elsewhere (what ``eager``
-    adds to the scores, and what ``sdpa`` takes as a float mask)."""
+def block_causal_mask(
+    sequence: torch.Tensor, prefix_group: torch.Tensor | None = None, num_prefix: int = 0, *, dtype: torch.dtype
+) -> torch.Tensor:
+    """The additive 4-D mask ``[1, 1, T, G * num_prefix + T]`` of a packed row, after ``G`` prefixes of
+    ``num_prefix`` keys each when ``prefix_group`` is given: slot ``q`` sees the prefix of its example's group
+    (``prefix_group[sequence[q]]``) and the earlier slots of its own example. 0 where attention goes, the dtype's
+    minimum elsewhere (what ``eager`` adds to the scores, and what ``sdpa`` takes as a float mask)."""
     t = sequence.numel()
     slots = torch.arange(t, device=sequence.device)
     allowed = (sequence.unsqueeze(1) == sequence.unsqueeze(0)) & (slots.unsqueeze(1) >= slots.unsqueeze(0))
-    groups = int(prefix_group.max()) + 1 if prefix_group.numel() else 0
-    column_group = torch.arange(groups * num_prefix, device=sequence.device) // max(num_prefix, 1)
-    sees_prefix = prefix_group[sequence].unsqueeze(1) == column_group.unsqueeze(0)
-    allowed = torch.cat([sees_prefix, allowed], dim=1)
+    if prefix_group is not None and num_prefix:
+        column_group = torch.arange(int(prefix_group.max()) + 1, device=sequence.device).repeat_interleave(num_prefix)
+        sees_prefix = prefix_group[sequence].unsqueeze(1) == column_group.unsqueeze(0)
+        allowed = torch.cat([sees_prefix, allowed], dim=1)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=sequence.device).masked_fill(~allowed, torch.finfo(dtype).min)
     return mask[None, None]
 

@@ -15,6 +15,7 @@ from textpt.cli import TextRecipe
 from textpt.packing import block_causal_mask, length_grouped_order, pack_rows
 from textpt.run_config import TextRunConfig
 from textpt.padding import repad
+from test_arch_matrix import INSTALLED
 from tiny_text import TINY_CONFIGS, method_config
 
 ROWS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15], [16]]
@@ -111,9 +112,35 @@ def test_packed_class_scores_equal_padded(model_type, side, case, verbalizer):
         torch.testing.assert_close(sums[key], ref_sums[key], rtol=0, atol=1e-9)
 
 
+CAUSAL_ARCHS = [name for name, (_, task, _) in INSTALLED.items() if task == "causal_lm"]
+
+
+@pytest.mark.parametrize("arch", CAUSAL_ARCHS)
+@pytest.mark.parametrize("case", ["pt_concat", "pt_fast", "prefix_bank"])
+def test_every_causal_architecture_packs_exactly_or_stays_padded(arch, case):
+    # auto packs an architecture only where the packed numbers are the padded ones; the others name their reason
+    model_type, _, kwargs = INSTALLED[arch]
+    method, prompt = METHODS[case]
+    torch.manual_seed(0)
+    backbone, tok = load_model_and_tokenizer(TextModelConfig(name=f"random:{model_type}", kwargs=kwargs, dtype="float64", padding_side="right"))
+    model = textpt.wrap(backbone, method_config(method, num_tokens=3, init_std=1.0, **prompt), tokenizer=tok)
+    problem = textpt.packing.packing_problem(model)
+    if problem is not None:
+        assert model.packing == "auto" and not model.packs_batches()
+        with pytest.raises(ValueError, match="data.packing: true, but"):
+            model.set_packing(True)
+        return
+    batch = batch_of(tok, "right", prompt.get("num_tasks", 1) > 1)
+    loss, grads, sums = run(model, batch, True)
+    ref_loss, ref_grads, ref_sums = run(model, batch, False)
+    # models that compute a norm or the softmax in float32 even in a float64 model carry float32 rounding
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=0)
+    check_grads(grads, ref_grads, "llama")
+
+
 @pytest.mark.parametrize("case", ["pt_concat", "pt_fast", "prefix_bank"])
 def test_packed_equals_padded_with_eager_attention(case):
-    # eager adds the 4-D mask to the scores itself, and builds the block-diagonal mask from restarting positions too.
+    # eager adds the 4-D mask to the scores.
     # Right padding: the padded reference under eager attention in float64 gives NaN logits with left padding (the
     # rows of padding see no key), so that side has no reference to compare with here. GPT-2: Llama's eager attention
     # takes its softmax in float32, whose rounding differs between any two batch shapes.
@@ -195,7 +222,7 @@ def test_pack_rows_layout():
 
 
 def test_block_causal_mask_keeps_each_example_to_its_own_prefix_and_tokens():
-    mask = block_causal_mask(torch.tensor([0, 0, 1]), torch.tensor([1, 0]), 1, torch.float64)[0, 0] == 0
+    mask = block_causal_mask(torch.tensor([0, 0, 1]), torch.tensor([1, 0]), 1, dtype=torch.float64)[0, 0] == 0
     # columns: prefix of group 0, prefix of group 1, then the three slots
     assert mask.tolist() == [
         [False, True, True, False, False],
