@@ -11,7 +11,9 @@ classification, which owns the forward, the losses, the eval step and generation
   on encoders and encoder-decoders prefix tuning's keys and values go into the attention calls instead
   (:meth:`TextPromptedModel.backbone_kwargs`, :mod:`textpt.attention_prefix`).
 
-Either way each example gives the logits it gives alone, without padding, on either padding side. The base class
+Either way each example gives the logits it gives alone, without padding, on either padding side. On causal LMs a
+padded batch runs packed into one row where that is exact (:meth:`TextPromptedModel.packed_logits`,
+:mod:`textpt.packing`; ``data.packing``), with the numbers of the padded path, which stays the reference. The base class
 places no prompt (``num_prompt_tokens == 0``): it is the frozen model itself, which the baselines
 (:mod:`textpt.linear_probe`, :mod:`textpt.zero_shot`) build on; :class:`SoftPromptedModel` is the base of the
 methods that train prompt tokens.
