@@ -12,7 +12,7 @@ classification, which owns the forward, the losses, the eval step and generation
   (:meth:`TextPromptedModel.backbone_kwargs`, :mod:`textpt.attention_prefix`).
 
 Either way each example gives the logits it gives alone, without padding, on either padding side. On causal LMs a
-padded batch runs packed into one row where that is exact (:meth:`TextPromptedModel.packed_logits`,
+padded batch runs packed into a few rows where that is exact (:meth:`TextPromptedModel.packed_logits`,
 :mod:`textpt.packing`; ``data.packing``), with the numbers of the padded path, which stays the reference. The base class
 places no prompt (``num_prompt_tokens == 0``): it is the frozen model itself, which the baselines
 (:mod:`textpt.linear_probe`, :mod:`textpt.zero_shot`) build on; :class:`SoftPromptedModel` is the base of the
@@ -296,7 +296,7 @@ class TextPromptedModel(PromptedModel):
     def packed_logits(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, task_ids: torch.Tensor | None, keep: Literal["tokens", "last"] = "tokens"
     ) -> torch.Tensor:
-        """Causal LM: next-token logits of the batch run packed into one row (:mod:`textpt.packing`), ``[N, vocab]``
+        """Causal LM: next-token logits of the batch run packed (:mod:`textpt.packing`), ``[N, vocab]``
         at every real token in the padded batch's row-major order (``keep="tokens"``: the rows of
         ``input_ids[attention_mask.bool()]``) or ``[B, vocab]`` after each example's last real token (``"last"``).
         Only those positions go through the LM head. The same numbers as :meth:`token_logits` on the padded path.
@@ -305,14 +305,15 @@ class TextPromptedModel(PromptedModel):
         self._check_decoder("packed_logits")
         real, b = attention_mask.bool(), input_ids.shape[0]
         if self._uses_key_values():
-            # one copy of each task's prefix before the row; the mask lets each example see its own task's only
+            # one copy of each task's prefix before the rows; the mask lets each example see its own task's only
             tasks, group = task_groups(task_ids, b, input_ids.device)
             kv = self.prefix_key_values(tasks, 1 if tasks is None else tasks.numel())
             n = kv[0][0].shape[-2]
-            kv = [tuple(t.transpose(0, 1).reshape(1, t.shape[1], -1, t.shape[-1]) for t in pair) for pair in kv]
             rows = pack_rows(attention_mask, 0, n)
+            r, w = rows.shape
+            kv = [tuple(t.transpose(0, 1).reshape(1, t.shape[1], -1, t.shape[-1]).expand(r, -1, -1, -1) for t in pair) for pair in kv]
             inputs = {
-                "input_ids": input_ids[real].unsqueeze(0),
+                "input_ids": input_ids.new_zeros(r * w).index_copy(0, rows.tokens, input_ids[real]).view(r, w),
                 "attention_mask": block_causal_mask(rows.sequence, group, n, dtype=self.dtype),
                 "use_cache": True,
                 cache_argument(self.backbone): prefix_cache(kv),
@@ -320,13 +321,27 @@ class TextPromptedModel(PromptedModel):
         else:
             prompt = self.shallow_prompt(task_ids, b)
             rows = pack_rows(attention_mask, prompt.shape[1])
+            r, w = rows.shape
             embeds = self.embed_inputs(input_ids, attention_mask)
-            x = torch.cat([prompt.to(embeds.dtype).flatten(0, 1), embeds[real]]).index_select(0, rows.order)
-            inputs = {"inputs_embeds": x.unsqueeze(0), "attention_mask": block_causal_mask(rows.sequence, dtype=self.dtype), "use_cache": False}
+            source = torch.cat([prompt.to(embeds.dtype).flatten(0, 1), embeds[real]])
+            x = source.new_zeros(r * w, source.shape[-1]).index_copy(0, rows.dest, source).view(r, w, -1)
+            inputs = {"inputs_embeds": x, "attention_mask": block_causal_mask(rows.sequence, dtype=self.dtype), "use_cache": False}
         slots = rows.tokens if keep == "tokens" else rows.last
-        if accepts(self.backbone, "logits_to_keep"):
-            return self.backbone(position_ids=rows.positions, logits_to_keep=slots, **inputs).logits[0]
-        return self.backbone(position_ids=rows.positions, **inputs).logits[0, slots]
+        # The LM head sees only the slots asked for: its input is cut to them as it is called (a pre-hook), so any
+        # processing the model applies to its logits after the head still runs on them.
+        head, picked = self.backbone.get_output_embeddings(), []
+
+        def pick(module: nn.Module, args: tuple) -> tuple:
+            picked.append(True)
+            return (args[0].flatten(0, 1)[slots].unsqueeze(0), *args[1:])
+
+        handle = head.register_forward_pre_hook(pick) if head is not None else None
+        try:
+            logits = self.backbone(position_ids=rows.positions, **inputs).logits
+        finally:
+            if handle is not None:
+                handle.remove()
+        return logits[0] if picked else logits.flatten(0, 1)[slots]
 
     def forward_concat(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor | None, keep: torch.Tensor | None = None

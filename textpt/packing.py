@@ -1,10 +1,10 @@
 """Padding-free packed batches for decoder-only models: the examples of a padded batch run as one row.
 
 A padded batch ``[B, L]`` spends the layers' work on its padding (Rotten Tomatoes' reviews run from a few tokens to
-about 60, so most of a batch padded to its longest is padding). Packed, the real tokens of every example are put
-one example after another in a single row, each example with its own prompt in front and its own positions
-restarting at 0, and attention kept within each example; the LM head runs on the positions a loss or a score
-reads only. Each example then gives the numbers it gives in the padded batch (the reference path, kept in
+about 60, so most of a batch padded to its longest is padding). Packed, the real tokens of the examples are put one
+example after another in a few rows as long as the longest example (:func:`pack_rows`), each example with its own
+prompt in front and its own positions restarting at 0, and attention kept within each example; the LM head runs on
+the positions a loss or a score reads only. Each example then gives the numbers it gives in the padded batch (the reference path, kept in
 :mod:`textpt.model`), as tests prove in float64.
 
 The model still takes padded batches (the collators of :mod:`textpt.tasks` are unchanged): it packs them itself, so
@@ -12,9 +12,9 @@ training, evaluation, scoring and prediction all run packed without a second bat
 padded path has them:
 
 - shallow prompts concatenated to the embeddings (prompt tuning and P-tuning with ``fast: off`` or on a GPU, DePT,
-  the prompt-less baselines): the row is ``[P, x_1, P, x_2, ...]`` with position ids ``0..n+len_i-1`` per
+  the prompt-less baselines): a row is ``[P, x_1, P, x_2, ...]`` with position ids ``0..n+len_i-1`` per
   example;
-- a key/value prefix (the shared-prompt fast path, prefix tuning): the row is ``[x_1, x_2, ...]`` after one copy of
+- a key/value prefix (the shared-prompt fast path, prefix tuning): a row is ``[x_1, x_2, ...]`` after one copy of
   each task's prefix in the cache (one copy in all without a prompt bank), positions from ``n``.
 
 Both pass the block-diagonal causal mask as a 4-D mask (:func:`block_causal_mask`; transformers' mask functions
@@ -90,66 +90,86 @@ def _parameters(module: torch.nn.Module) -> set[str]:
 
 @dataclass
 class PackedRows:
-    """Where a padded batch's examples sit in one packed row.
+    """Where a padded batch's examples sit in packed rows ``[R, W]``; slots are numbered over the flattened rows.
 
     Attributes:
-        order: ``[T]`` for each slot of the row, its source in ``cat([prompt rows [B * n], real tokens [N]])``
-            (real tokens in the padded batch's row-major order, ``input_ids[attention_mask.bool()]``).
-        positions: ``[1, T]`` position ids, restarting for each example.
-        sequence: ``[T]`` the example each slot belongs to.
+        dest: ``[B * n + N]`` the slot of each source row of ``cat([prompt rows [B * n], real tokens [N]])`` (real
+            tokens in the padded batch's row-major order, ``input_ids[attention_mask.bool()]``).
+        positions: ``[R, W]`` position ids, restarting for each example (0 in the unused slots at a row's end).
+        sequence: ``[R, W]`` the example each slot belongs to; an unused slot has a number of its own, ``B`` or more.
         tokens: ``[N]`` the slot of each real token.
         last: ``[B]`` the slot of each example's last real token.
     """
 
-    order: torch.Tensor
+    dest: torch.Tensor
     positions: torch.Tensor
     sequence: torch.Tensor
     tokens: torch.Tensor
     last: torch.Tensor
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(R, W)``: packed rows and their length."""
+        return tuple(self.positions.shape)
+
 
 def pack_rows(attention_mask: torch.Tensor, num_prompt: int, first_position: int = 0) -> PackedRows:
-    """The layout of a padded batch packed into one row, each example ``num_prompt`` prompt slots then its real
+    """The layout of a padded batch packed into rows, each example ``num_prompt`` prompt slots then its real
     tokens, with positions counted from ``first_position`` (the length of a key/value prefix before the row).
 
-    The row's length is read back to the host once (the slots must be allocated).
+    The rows are as long as the longest example, and the examples go into them first-fit, longest first: attention,
+    which runs over every pair of slots in a row, then costs at most what the padded batch's does, while the
+    layers' other work runs on the examples' slots and the few unused ones at the rows' ends. The examples' lengths
+    are read back to the host once (the rows are laid out there).
     """
     mask = attention_mask.bool()
     b, device = mask.shape[0], mask.device
     lengths = mask.sum(1) + num_prompt
-    starts = lengths.cumsum(0) - lengths
+    sizes = lengths.tolist()
+    width = max(sizes, default=0)
+    fill: list[int] = []
+    start = [0] * b
+    for i in sorted(range(b), key=lambda i: -sizes[i]):
+        row = next((r for r, used in enumerate(fill) if used + sizes[i] <= width), len(fill))
+        if row == len(fill):
+            fill.append(0)
+        start[i] = row * width + fill[row]
+        fill[row] += sizes[i]
+    rows = max(len(fill), 1)
+    starts = torch.tensor(start, dtype=torch.long, device=device)
     rank = mask.long().cumsum(1) - 1
     example = torch.arange(b, device=device).unsqueeze(1).expand_as(mask)[mask]
     token_rank = rank[mask]
     tokens = starts[example] + num_prompt + token_rank
     prompt_slots = (starts.unsqueeze(1) + torch.arange(num_prompt, device=device)).flatten()
-    total = int(lengths.sum())
-    order = torch.empty(total, dtype=torch.long, device=device)
-    order[prompt_slots] = torch.arange(prompt_slots.numel(), device=device)
-    order[tokens] = prompt_slots.numel() + torch.arange(tokens.numel(), device=device)
-    positions = torch.empty(total, dtype=torch.long, device=device)
+    slots = rows * width
+    positions = torch.zeros(slots, dtype=torch.long, device=device)
     positions[prompt_slots] = first_position + torch.arange(num_prompt, device=device).repeat(b)
     positions[tokens] = first_position + num_prompt + token_rank
-    sequence = torch.repeat_interleave(torch.arange(b, device=device), lengths, output_size=total)
-    return PackedRows(order, positions.unsqueeze(0), sequence, tokens, starts + lengths - 1)
+    sequence = b + torch.arange(slots, device=device)
+    sequence[prompt_slots] = torch.arange(b, device=device).repeat_interleave(num_prompt)
+    sequence[tokens] = example
+    return PackedRows(torch.cat([prompt_slots, tokens]), positions.view(rows, width), sequence.view(rows, width), tokens, starts + lengths - 1)
 
 
 def block_causal_mask(
     sequence: torch.Tensor, prefix_group: torch.Tensor | None = None, num_prefix: int = 0, *, dtype: torch.dtype
 ) -> torch.Tensor:
-    """The additive 4-D mask ``[1, 1, T, G * num_prefix + T]`` of a packed row, after ``G`` prefixes of
-    ``num_prefix`` keys each when ``prefix_group`` is given: slot ``q`` sees the prefix of its example's group
-    (``prefix_group[sequence[q]]``) and the earlier slots of its own example. 0 where attention goes, the dtype's
-    minimum elsewhere (what ``eager`` adds to the scores, and what ``sdpa`` takes as a float mask)."""
-    t = sequence.numel()
-    slots = torch.arange(t, device=sequence.device)
-    allowed = (sequence.unsqueeze(1) == sequence.unsqueeze(0)) & (slots.unsqueeze(1) >= slots.unsqueeze(0))
+    """The additive 4-D mask ``[R, 1, W, G * num_prefix + W]`` of packed rows (``sequence``: :attr:`PackedRows.sequence`),
+    after ``G`` prefixes of ``num_prefix`` keys each when ``prefix_group`` (each example's group) is given: a slot
+    sees the prefix of its example's group and the earlier slots of its own example; an unused slot sees itself
+    only. 0 where attention goes, the dtype's minimum elsewhere (what ``eager`` adds to the scores, and what
+    ``sdpa`` takes as a float mask)."""
+    w = sequence.shape[1]
+    slots = torch.arange(w, device=sequence.device)
+    allowed = (sequence.unsqueeze(2) == sequence.unsqueeze(1)) & (slots.unsqueeze(1) >= slots.unsqueeze(0))
     if prefix_group is not None and num_prefix:
+        b = prefix_group.numel()
         column_group = torch.arange(int(prefix_group.max()) + 1, device=sequence.device).repeat_interleave(num_prefix)
-        sees_prefix = prefix_group[sequence].unsqueeze(1) == column_group.unsqueeze(0)
-        allowed = torch.cat([sees_prefix, allowed], dim=1)
+        group = torch.where(sequence < b, prefix_group[sequence.clamp(max=b - 1)], -1)
+        allowed = torch.cat([group.unsqueeze(2) == column_group, allowed], dim=2)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=sequence.device).masked_fill(~allowed, torch.finfo(dtype).min)
-    return mask[None, None]
+    return mask.unsqueeze(1)
 
 
 def task_groups(task_ids: torch.Tensor | None, batch_size: int, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor]:

@@ -212,22 +212,47 @@ def test_cli_refuses_packing_where_it_is_not_exact(argv, message, capsys):
     assert err.startswith("error: ") and message in err, err
 
 
+@pytest.mark.parametrize("case", ["pt_concat", "prefix"])
+def test_the_lm_head_runs_on_the_slots_read_only(case):
+    method, prompt = METHODS[case]
+    model, tok = build("llama", "left", method, verbalizer=[" good", " bad"], **prompt)
+    batch = batch_of(tok, "left", False)
+    seen = []
+    model.backbone.get_output_embeddings().register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape[:-1])))
+    model.set_packing(True)
+    scores = model.class_logits(batch["input_ids"], batch["attention_mask"])
+    tokens = model.packed_logits(batch["input_ids"], batch["attention_mask"], None, "tokens")
+    assert scores.shape == (4, 2) and seen == [(1, 4), (1, int(batch["attention_mask"].sum()))]
+    assert tokens.shape[0] == int(batch["attention_mask"].sum())
+
+
 def test_pack_rows_layout():
-    # two examples, left-padded: [pad, a, b] and [c, d, e]; two prompt slots each
-    rows = pack_rows(torch.tensor([[0, 1, 1], [1, 1, 1]]), 2)
-    assert rows.positions.tolist() == [[0, 1, 2, 3, 0, 1, 2, 3, 4]]
-    assert rows.sequence.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 1]
-    assert rows.tokens.tolist() == [2, 3, 6, 7, 8] and rows.last.tolist() == [3, 8]
-    assert rows.order.tolist() == [0, 1, 4, 5, 2, 3, 6, 7, 8]  # prompt rows 0..3, then the tokens 4..8
+    # left-padded [pad, a, b], [c, d, e], [pad, pad, f]; one prompt slot each; rows as long as the longest (4 slots):
+    # the 4-slot example fills row 0, the 3- and 2-slot ones go first-fit longest first: row 1, then row 2
+    rows = pack_rows(torch.tensor([[0, 1, 1], [1, 1, 1], [0, 0, 1]]), 1)
+    assert rows.shape == (3, 4)
+    assert rows.positions.tolist() == [[0, 1, 2, 3], [0, 1, 2, 0], [0, 1, 0, 0]]
+    assert rows.sequence.tolist() == [[1, 1, 1, 1], [0, 0, 0, 10], [2, 2, 13, 14]]  # unused slots: numbers of their own
+    assert rows.tokens.tolist() == [5, 6, 1, 2, 3, 9] and rows.last.tolist() == [6, 3, 9]
+    assert rows.dest.tolist() == [4, 0, 8, 5, 6, 1, 2, 3, 9]  # the prompt rows, then the tokens
+
+
+def test_pack_rows_shares_a_row_between_short_examples():
+    rows = pack_rows(torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 0, 0]]), 0)
+    assert rows.shape == (2, 4) and rows.sequence.tolist() == [[0, 0, 0, 0], [1, 1, 2, 2]]
+    assert rows.positions.tolist() == [[0, 1, 2, 3], [0, 1, 0, 1]]
 
 
 def test_block_causal_mask_keeps_each_example_to_its_own_prefix_and_tokens():
-    mask = block_causal_mask(torch.tensor([0, 0, 1]), torch.tensor([1, 0]), 1, dtype=torch.float64)[0, 0] == 0
-    # columns: prefix of group 0, prefix of group 1, then the three slots
-    assert mask.tolist() == [
-        [False, True, True, False, False],
-        [False, True, True, True, False],
-        [True, False, False, False, True],
+    # one row: example 0 (group 1) in slots 0-1, example 1 (group 0) in slot 2, an unused slot 3 (number 5)
+    mask = block_causal_mask(torch.tensor([[0, 0, 1, 5]]), torch.tensor([1, 0]), 1, dtype=torch.float64)
+    assert mask.shape == (1, 1, 4, 6)
+    # columns: prefix of group 0, prefix of group 1, then the four slots
+    assert (mask[0, 0] == 0).tolist() == [
+        [False, True, True, False, False, False],
+        [False, True, True, True, False, False],
+        [True, False, False, False, True, False],
+        [False, False, False, False, False, True],
     ]
 
 
