@@ -196,7 +196,7 @@ def cmd_train(recipe: Recipe, args: argparse.Namespace) -> int:
     assert data is not None
     trainer = Trainer(
         model, cfg.train, data.train, data.eval, data.collate_fn,
-        run_dir=str(run_dir), run_config=cfg, resume=bool(args.resume), overwrite=args.overwrite,
+        run_dir=str(run_dir), run_config=cfg, resume=bool(args.resume), overwrite=args.overwrite, batch_order=data.batch_order,
     )
     skipped = data.info.get("skipped_rows") if data.info else None
     if skipped and trainer.is_main:

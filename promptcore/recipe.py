@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 from torch.utils.data import Dataset
 
@@ -17,13 +17,16 @@ from .model import PromptedModel
 
 @dataclass
 class DataBundle:
-    """Datasets of one run. Items are dicts; ``collate_fn`` turns a list of items into a batch dict."""
+    """Datasets of one run. Items are dicts; ``collate_fn`` turns a list of items into a batch dict;
+    ``batch_order`` is the train data's order when the data chooses it (the trainer's ``batch_order`` hook), else
+    None (the trainer's seeded permutation)."""
 
     train: Dataset | None
     eval: Dataset | None = None
     collate_fn: Callable[[list[dict]], dict] | None = None
     class_names: list[str] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    batch_order: Callable[[int], Sequence[int]] | None = None
 
 
 class Recipe(Protocol):

@@ -40,6 +40,7 @@ from .data import ExampleEncoder, TextCollator, build_text_data, dataset_label_n
 from .config import TextModelConfig
 from .loading import _folder, load_model_and_tokenizer, resolve_name
 from .model import TextPromptedModel
+from .packing import length_grouped_order
 from .padding import pad_token_id
 from .run_config import TextRunConfig, resolve_prompt
 from .serving import INFERENCE_KEY, inference_record
@@ -68,7 +69,7 @@ class TextRecipe:
 
     def build_model(self, cfg: TextRunConfig) -> TextPromptedModel:
         """The frozen model and tokenizer by name, wrapped with the resolved prompt config (and
-        ``model.checkpoint``'s prompts loaded when set).
+        ``model.checkpoint``'s prompts loaded when set), packing its batches as ``data.packing`` says.
 
         Raises:
             UserError: ``model.kwargs`` holds a key that is neither a ``from_pretrained`` argument nor a field of the
@@ -83,12 +84,14 @@ class TextRecipe:
                 raise
             raise problem from None
         model = wrap(backbone, cfg.prompt, tokenizer=tokenizer, task=cfg.model.task, name=cfg.model.name, pooling=cfg.model.pooling)
+        model.set_packing(cfg.data.packing)
         if cfg.model.checkpoint is not None:
             model.load_prompts(cfg.model.checkpoint)
         return model
 
     def build_data(self, cfg: TextRunConfig, model: TextPromptedModel) -> DataBundle:
-        """Train/eval datasets tokenized with the model's tokenizer, within the room the prompt leaves."""
+        """Train/eval datasets tokenized with the model's tokenizer, within the room the prompt leaves (in batches
+        of similar lengths with ``data.group_by_length``)."""
         cfg = self.resolve_config(cfg)
         bundle = build_text_data(
             cfg.data,
@@ -99,6 +102,8 @@ class TextRecipe:
             num_classes=cfg.prompt.num_classes,
             num_tasks=cfg.prompt.num_tasks,
         )
+        if cfg.data.group_by_length and bundle.train is not None:
+            bundle.batch_order = length_grouped_order([len(ids) for ids in bundle.train["input_ids"]], cfg.train.batch_size, cfg.train.seed)
         # what inference needs without this config or the data (textpt.load_prompted, the server)
         model.record_in_prompt_files(**inference_record(cfg, bundle.info["max_length"], bundle.class_names))
         return bundle

@@ -24,6 +24,7 @@ from promptcore.recipe import DataBundle
 from promptcore.version import __version__
 
 from .loading import model_max_length
+from .packing import PackingMode
 from .padding import pad_token_id
 from .sources import SOURCES, DataError, MissingSplitError, check_utf8, synthetic_class_names
 from .tasks import IGNORE_INDEX, TASKS, TextCollator, TextTask
@@ -72,6 +73,15 @@ class TextDataConfig:
         max_eval_samples: use only the first N evaluation rows.
         skip_empty: drop rows whose text (or target) is empty, counting them in the bundle's ``info``, instead of
             raising an error naming the first such row.
+        packing: whether causal LM batches run packed into one row, without padding (:mod:`textpt.packing`):
+            ``auto`` where that gives the padded path's numbers (a decoder-only model with ``sdpa`` or ``eager``
+            attention and full-attention layers; encoder and encoder-decoder batches stay padded), ``true`` requires
+            it (refused, with the reason, where it would not be exact), ``false`` keeps the padded path. Batches are
+            collated padded either way; the model packs them (:meth:`textpt.model.TextPromptedModel.set_packing`).
+        group_by_length: batch training rows of similar length together (:func:`textpt.packing.length_grouped_order`:
+            each epoch's seeded order sorted longest first within buckets of 50 batches), so a padded batch pads
+            less; for the runs that stay padded (encoders, encoder-decoders, models ``packing`` cannot run exactly).
+            It changes which rows share a batch, so the numbers of a run differ from the seeded random order's.
         num_proc: processes that encode the rows (``datasets.map``'s ``num_proc``); ``null``: this process.
         test_size: sources that split their rows anew only (``source: asset``): split the dataset's rows anew, this fraction (``0.1``) or number of rows
             (``500``) into ``test`` (:func:`textpt.assets.load_dataset`, stratified by label, seeded by ``seed``);
@@ -104,6 +114,8 @@ class TextDataConfig:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     skip_empty: bool = False
+    packing: PackingMode = "auto"
+    group_by_length: bool = False
     num_proc: int | None = None
     test_size: int | float | None = None
     train_size: int | float | None = None

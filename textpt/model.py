@@ -11,7 +11,9 @@ classification, which owns the forward, the losses, the eval step and generation
   on encoders and encoder-decoders prefix tuning's keys and values go into the attention calls instead
   (:meth:`TextPromptedModel.backbone_kwargs`, :mod:`textpt.attention_prefix`).
 
-Either way each example gives the logits it gives alone, without padding, on either padding side. The base class
+Either way each example gives the logits it gives alone, without padding, on either padding side. On causal LMs a
+padded batch runs packed into a few rows where that is exact (:meth:`TextPromptedModel.packed_logits`,
+:mod:`textpt.packing`; ``data.packing``), with the numbers of the padded path, which stays the reference. The base class
 places no prompt (``num_prompt_tokens == 0``): it is the frozen model itself, which the baselines
 (:mod:`textpt.linear_probe`, :mod:`textpt.zero_shot`) build on; :class:`SoftPromptedModel` is the base of the
 methods that train prompt tokens.
@@ -20,7 +22,7 @@ methods that train prompt tokens.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -32,6 +34,7 @@ from promptcore.errors import UserError
 from .config import SoftPromptConfig, TextMethodConfig, check_label_word_ids
 from .fast_prefix import KeyValues, accepts, cache_argument, positions_after_prefix, prefix_cache
 from .loading import check_prompt_ready, is_placed, model_max_length
+from .packing import PackingMode, block_causal_mask, pack_rows, packing_problem, task_groups
 from .padding import last_token_index, pack_prompt
 from .tasks import TASKS, infer_task, label_word_target
 
@@ -56,6 +59,8 @@ class TextPromptedModel(PromptedModel):
         task: the task's name. strategy: its :class:`textpt.tasks.TextTask`.
         pooling: what a ``seq_cls`` head reads (``cls``, ``mean``, ``last``, ``pooler``; None for the other tasks);
             :meth:`set_pooling` changes it.
+        packing: whether batches may run packed (:mod:`textpt.packing`; ``auto`` by default); :meth:`set_packing`
+            changes it and :meth:`packs_batches` says whether they do.
     """
 
     method: str = ""
@@ -95,6 +100,7 @@ class TextPromptedModel(PromptedModel):
         except UserError as e:  # a checkpoint that pools in a way not offered: the caller may still choose one
             self.pooling, self._pooling_problem = None, e
         self._checkpointing = False
+        self.packing: PackingMode = "auto"
 
     def set_pooling(self, pooling: str) -> None:
         """Chooses what a ``seq_cls`` model's head reads (``model.pooling``): ``auto`` (what the checkpoint was
@@ -111,6 +117,26 @@ class TextPromptedModel(PromptedModel):
         if self._pooling_problem is not None:
             raise self._pooling_problem
         return self.pooling
+
+    def set_packing(self, packing: PackingMode) -> None:
+        """Chooses whether padded batches run packed into one row (:mod:`textpt.packing`): ``"auto"`` (the default)
+        where that is exact, ``True`` always, ``False`` never (the padded reference path).
+
+        Raises:
+            UserError: ``True`` for a model, method or attention implementation that cannot pack exactly
+                (:func:`textpt.packing.packing_problem`), or a value that is none of the three.
+        """
+        if packing != "auto" and not isinstance(packing, bool):
+            raise UserError(f"data.packing: {packing!r} is not one of auto, true, false")
+        problem = packing_problem(self)
+        if packing is True and problem is not None:
+            raise UserError(f"data.packing: true, but {problem}; set data.packing: auto to pack only where it is exact")
+        self.packing = packing
+
+    def packs_batches(self) -> bool:
+        """Whether causal LM batches run packed now: :attr:`packing` allows it and it is exact for this model
+        (checked at every call: the attention implementation may have changed since :meth:`set_packing`)."""
+        return self.packing is not False and packing_problem(self) is None
 
     def _tokenize_verbalizer(self) -> list[list[int]] | None:
         words = self.config.verbalizer
@@ -241,6 +267,9 @@ class TextPromptedModel(PromptedModel):
         """Causal LM: next-token logits ``[B, L, vocab]`` at each input token, as if each example ran alone."""
         attention_mask = self._check_inputs(input_ids, attention_mask, task_ids)
         self._check_decoder("token_logits")
+        if self.packs_batches():
+            logits = self.packed_logits(input_ids, attention_mask, task_ids, "tokens")
+            return logits.new_zeros(*input_ids.shape, logits.shape[-1]).masked_scatter(attention_mask.bool().unsqueeze(-1), logits)
         if self._uses_key_values():
             return self.forward_with_prefix(input_ids, attention_mask, self.prefix_key_values(task_ids, input_ids.shape[0])).logits
         return self.forward_concat(input_ids, attention_mask, task_ids)
@@ -253,6 +282,8 @@ class TextPromptedModel(PromptedModel):
         """
         attention_mask = self._check_inputs(input_ids, attention_mask, task_ids)
         self._check_decoder("last_token_logits")
+        if self.packs_batches():
+            return self.packed_logits(input_ids, attention_mask, task_ids, "last")
         last = last_token_index(attention_mask).unsqueeze(1)  # [B, 1]
         if self._uses_key_values():
             kv = self.prefix_key_values(task_ids, input_ids.shape[0])
@@ -261,6 +292,56 @@ class TextPromptedModel(PromptedModel):
             logits = self.forward_with_prefix(input_ids, attention_mask, kv).logits
             return logits.gather(1, last.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))[:, 0]
         return self.forward_concat(input_ids, attention_mask, task_ids, keep=last)[:, 0]
+
+    def packed_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, task_ids: torch.Tensor | None, keep: Literal["tokens", "last"] = "tokens"
+    ) -> torch.Tensor:
+        """Causal LM: next-token logits of the batch run packed (:mod:`textpt.packing`), ``[N, vocab]``
+        at every real token in the padded batch's row-major order (``keep="tokens"``: the rows of
+        ``input_ids[attention_mask.bool()]``) or ``[B, vocab]`` after each example's last real token (``"last"``).
+        Only those positions go through the LM head. The same numbers as :meth:`token_logits` on the padded path.
+        """
+        attention_mask = self._check_inputs(input_ids, attention_mask, task_ids)
+        self._check_decoder("packed_logits")
+        real, b = attention_mask.bool(), input_ids.shape[0]
+        if self._uses_key_values():
+            # one copy of each task's prefix before the rows; the mask lets each example see its own task's only
+            tasks, group = task_groups(task_ids, b, input_ids.device)
+            kv = self.prefix_key_values(tasks, 1 if tasks is None else tasks.numel())
+            n = kv[0][0].shape[-2]
+            rows = pack_rows(attention_mask, 0, n)
+            r, w = rows.shape
+            kv = [tuple(t.transpose(0, 1).reshape(1, t.shape[1], -1, t.shape[-1]).expand(r, -1, -1, -1) for t in pair) for pair in kv]
+            inputs = {
+                "input_ids": input_ids.new_zeros(r * w).index_copy(0, rows.tokens, input_ids[real]).view(r, w),
+                "attention_mask": block_causal_mask(rows.sequence, group, n, dtype=self.dtype),
+                "use_cache": True,
+                cache_argument(self.backbone): prefix_cache(kv),
+            }
+        else:
+            prompt = self.shallow_prompt(task_ids, b)
+            rows = pack_rows(attention_mask, prompt.shape[1])
+            r, w = rows.shape
+            embeds = self.embed_inputs(input_ids, attention_mask)
+            source = torch.cat([prompt.to(embeds.dtype).flatten(0, 1), embeds[real]])
+            x = source.new_zeros(r * w, source.shape[-1]).index_copy(0, rows.dest, source).view(r, w, -1)
+            inputs = {"inputs_embeds": x, "attention_mask": block_causal_mask(rows.sequence, dtype=self.dtype), "use_cache": False}
+        slots = rows.tokens if keep == "tokens" else rows.last
+        # The LM head sees only the slots asked for: its input is cut to them as it is called (a pre-hook), so any
+        # processing the model applies to its logits after the head still runs on them.
+        head, picked = self.backbone.get_output_embeddings(), []
+
+        def pick(module: nn.Module, args: tuple) -> tuple:
+            picked.append(True)
+            return (args[0].flatten(0, 1)[slots].unsqueeze(0), *args[1:])
+
+        handle = head.register_forward_pre_hook(pick) if head is not None else None
+        try:
+            logits = self.backbone(position_ids=rows.positions, **inputs).logits
+        finally:
+            if handle is not None:
+                handle.remove()
+        return logits[0] if picked else logits.flatten(0, 1)[slots]
 
     def forward_concat(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor | None, keep: torch.Tensor | None = None

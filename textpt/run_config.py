@@ -49,6 +49,8 @@ class TextRunConfig:
       otherwise (one of them, not both); ``seq2seq`` learns ``data.target_column`` or the verbalizer's words;
     - a prompt bank (``prompt.num_tasks > 1``) needs ``data.task_column``;
     - ``model.device_map`` (one process) goes with ``train.distributed: auto`` only;
+    - ``data.packing: true`` needs a decoder-only task (the model, its attention and the method are checked when
+      the model is built, :meth:`textpt.model.TextPromptedModel.set_packing`);
     - ``data.max_length`` and ``model.max_length`` stay within the method's own input limit (DePT's
       ``prompt.max_length``), which caps the inputs when neither is set.
 
@@ -118,6 +120,11 @@ def _check(model: TextModelConfig, prompt: TextMethodConfig, data: TextDataConfi
         raise UserError(
             f"data.task_column: prompt.num_tasks is {prompt.num_tasks}, so batches need per-row task ids; name the column "
             f"holding them"
+        )
+    if data.packing is True and not TASKS.get(task).decoder_only:
+        raise UserError(
+            f"data.packing: true packs the batches of decoder-only models (causal_lm); model.task {task} runs padded "
+            f"batches, so set data.packing: auto or false"
         )
     limit = prompt.input_limit()
     for key, value in (("data.max_length", data.max_length), ("model.max_length", model.max_length)):

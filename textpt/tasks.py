@@ -168,6 +168,11 @@ class TextTask:
         """``(logits, targets)`` aligned for the LM loss, every position a prediction."""
         return self.lm_logits_and_targets(model, batch)
 
+    def loss_logits_and_targets(self, model: "TextPromptedModel", batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """What :meth:`lm_loss` and :meth:`lm_metrics` read: :meth:`lm_logits_and_targets`, or any ``(logits [R, T,
+        vocab], targets [R, T])`` holding the same targets (a packed batch's, :meth:`CausalLM.loss_logits_and_targets`)."""
+        return self.lm_logits_and_targets(model, batch)
+
     def generate(self, model: "TextPromptedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor | None, **generate_kwargs: Any) -> torch.Tensor:
         """Token ids generated with the prompt."""
         raise UserError(f"{self.name} models classify; they do not generate text")
@@ -182,13 +187,13 @@ class TextTask:
 
     def lm_loss(self, model: "TextPromptedModel", batch: dict[str, Any]) -> torch.Tensor:
         """The mean LM loss over the target tokens of ``batch``."""
-        logits, targets = self.lm_logits_and_targets(model, batch)
+        logits, targets = self.loss_logits_and_targets(model, batch)
         return F.cross_entropy(upcast(logits).flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
 
     @torch.no_grad()
     def lm_metrics(self, model: "TextPromptedModel", batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Sums over the target tokens of ``batch``: ``loss``, ``token_accuracy`` and ``count``."""
-        logits, targets = self.lm_logits_and_targets(model, batch)
+        logits, targets = self.loss_logits_and_targets(model, batch)
         keep = targets != IGNORE_INDEX
         count = keep.sum().float()
         loss = F.cross_entropy(upcast(logits).flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
@@ -319,13 +324,30 @@ class CausalLM(TextTask):
         The losses use this form, so ``[B, L, vocab]`` logits flatten as a view; slicing off the last position would
         copy them (about 200 MB at batch 16 x 64 tokens and a 49k vocabulary) for the same loss.
         """
+        logits = model.token_logits(batch["input_ids"], batch.get("attention_mask"), batch.get("task_ids"))
+        return logits, self.next_token_targets(batch)
+
+    @staticmethod
+    def next_token_targets(batch: dict[str, Any]) -> torch.Tensor:
+        """``[B, L]``: the token each position of a padded batch predicts, :data:`IGNORE_INDEX` at the last position
+        and wherever the position is padding."""
         mask = batch.get("attention_mask")
-        logits = model.token_logits(batch["input_ids"], mask, batch.get("task_ids"))
         targets = batch["lm_labels"][:, 1:]
         if mask is not None:
             # a token right after padding has no real predecessor (the first real token is never a target)
             targets = targets.masked_fill(mask[:, :-1] == 0, IGNORE_INDEX)
-        return logits, F.pad(targets, (0, 1), value=IGNORE_INDEX)
+        return F.pad(targets, (0, 1), value=IGNORE_INDEX)
+
+    def loss_logits_and_targets(self, model: "TextPromptedModel", batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Packed (:meth:`textpt.model.TextPromptedModel.packs_batches`): ``[1, N, vocab]`` logits at the batch's
+        ``N`` real tokens and their targets, the padded path's targets at those tokens (its padding positions
+        target nothing); else the padded :meth:`lm_logits_and_targets`."""
+        if not model.packs_batches():
+            return self.lm_logits_and_targets(model, batch)
+        ids, mask = batch["input_ids"], batch.get("attention_mask")
+        mask = torch.ones_like(ids) if mask is None else mask
+        logits = model.packed_logits(ids, mask, batch.get("task_ids"), "tokens")
+        return logits.unsqueeze(0), self.next_token_targets(batch)[mask.bool()].unsqueeze(0)
 
     def lm_outputs(self, model: "TextPromptedModel", batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         logits, targets = self.lm_logits_and_targets(model, batch)
