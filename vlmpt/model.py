@@ -25,6 +25,8 @@ from promptcore import PromptedModel
 from promptcore.errors import UserError
 from textpt.padding import pack_prompt
 
+from .answers import AnswerScorer, with_intervals
+from .data import REFERENCE_KEYS
 from .families import Family, family_of
 
 IGNORE = -100
@@ -63,6 +65,10 @@ class VLMPromptedModel(PromptedModel):
     Args:
         backbone: a supported ``...ForConditionalGeneration`` model (:data:`vlmpt.families.FAMILIES`); frozen.
         name: the backbone's name recorded in prompt files (default: the config's ``name_or_path``).
+
+    Attributes:
+        answer_scorer: when set (:class:`vlmpt.answers.AnswerScorer`), :meth:`eval_step` also generates each
+            evaluation row's answer and scores it against its references; None: token metrics only.
     """
 
     method: str = ""
@@ -77,6 +83,7 @@ class VLMPromptedModel(PromptedModel):
         # Prompt rows need some text token id in the packed ids (positions count them as text); any id but the
         # image placeholder's will do, as the rows' embeddings are replaced by the prompt.
         self.fill_id = 0 if self.image_token_id != 0 else 1
+        self.answer_scorer: AnswerScorer | None = None
 
     @property
     def embedding(self) -> nn.Module:
@@ -165,16 +172,43 @@ class VLMPromptedModel(PromptedModel):
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
 
     def metric_names(self) -> tuple[str, ...]:
-        return ("loss", "token_accuracy")
+        if self.answer_scorer is None:
+            return ("loss", "token_accuracy")
+        return ("loss", "token_accuracy", "exact_match", "token_f1")
 
     @torch.no_grad()
     def eval_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Sums of the token loss and of correct greedy tokens over the target tokens, and their ``count``."""
-        logits = self(**batch)[:, :-1].float()
-        targets = self.targets(batch)
+        """Sums of the token loss and of correct greedy tokens over the target tokens, and their ``count``.
+
+        With an :attr:`answer_scorer` and a batch that carries references (``prompt_ids``, ``prompt_mask`` and
+        ``answers``, as :func:`vlmpt.data.collate_examples` makes them of evaluation examples), every metric is
+        per row instead, ``count`` being the rows: ``loss`` and ``token_accuracy`` are each row's mean over its
+        target tokens, and the row's answer is generated from ``prompt_ids`` and scored against its references
+        (``exact_match``, ``token_f1``, and ``token_f1_sq`` for the interval; :mod:`vlmpt.answers`).
+        """
+        inputs = {k: v for k, v in batch.items() if k not in REFERENCE_KEYS}
+        logits = self(**inputs)[:, :-1].float()
+        targets = self.targets(inputs)
         kept = targets != IGNORE
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
-        return {"loss": loss, "token_accuracy": ((logits.argmax(-1) == targets) & kept).sum().float(), "count": kept.sum().float()}
+        losses = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
+        correct = (logits.argmax(-1) == targets) & kept
+        if self.answer_scorer is None or "answers" not in batch:
+            return {"loss": losses.sum(), "token_accuracy": correct.sum().float(), "count": kept.sum().float()}
+        tokens = kept.sum(1).clamp(min=1)
+        images = {k: inputs[k] for k in self.family.image_keys if k in inputs}
+        scorer = self.answer_scorer
+        new = self.generate(scorer.max_new_tokens, scorer.eos_token_id, input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], **images)
+        scores = {k: v.to(logits.device) for k, v in scorer.score(new, batch["answers"]).items()}
+        return {
+            "loss": (losses.sum(1) / tokens).sum(),
+            "token_accuracy": (correct.sum(1) / tokens).sum(),
+            **scores,
+            "count": torch.tensor(float(len(batch["answers"])), device=logits.device),
+        }
+
+    def summarize_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """The averaged metrics with 95% intervals of ``exact_match`` and ``token_f1`` (:func:`vlmpt.answers.with_intervals`)."""
+        return with_intervals(metrics)
 
     # ----- generation -------------------------------------------------------------------------------------------------
     @torch.no_grad()
