@@ -58,6 +58,8 @@ class VLMDataConfig:
             instruction).
         answer_column: the column holding the answer to learn (a caption for captioning): a string, or a list of
             reference strings (trained on the first, scored against all).
+        references_column: the column evaluation scores against instead (a string or a list of references, e.g.
+            VQAv2's ten annotator answers; items may be ``{"answer": ...}`` records); default: ``answer_column``.
         label_column: a column of class indices, for ``shots`` (K rows per class); without it the answer text is
             the class.
         template: the text of the user turn, with ``{column}`` fields (default ``"{question}"``; captioning: a
@@ -79,6 +81,7 @@ class VLMDataConfig:
     image_column: str = "image"
     question_column: str | None = "question"
     answer_column: str = "answer"
+    references_column: str | None = None
     label_column: str | None = None
     template: str = "{question}"
     shots: int | None = None
@@ -103,10 +106,12 @@ class VLMDataConfig:
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise UserError(f"{key}: must be a positive number of rows or null, got {value!r}")
 
-    def columns(self) -> list[str]:
-        """The columns every row must have: the image, the answer, the template's fields and the label column."""
+    def columns(self, evaluated: bool = False) -> list[str]:
+        """The columns every row must have: the image, the answer, the template's fields and the label column (and
+        in the ``evaluated`` split the references column)."""
         fields = [f.split(".")[0].split("[")[0] for _, f, _, _ in string.Formatter().parse(self.template) if f]
-        wanted = [self.image_column, self.answer_column, *fields, *([self.label_column] if self.label_column else [])]
+        optional = [c for c in (self.references_column if evaluated else None, self.label_column) if c]
+        wanted = [self.image_column, self.answer_column, *fields, *optional]
         return list(dict.fromkeys(wanted))
 
 
@@ -136,11 +141,11 @@ def load_splits(cfg: VLMDataConfig) -> dict[str, Any]:
         if split is not None and split not in splits:
             raise MissingSplitError(f"data: split {split!r} not found in {SOURCES.get(cfg.source).what(cfg) if cfg.source != 'synthetic' else 'the synthetic data'}; found {sorted(splits)} (set data.train_split / data.eval_split)")
         if split is not None:
-            missing = [c for c in cfg.columns() if c not in splits[split].column_names]
+            missing = [c for c in cfg.columns(split == cfg.eval_split) if c not in splits[split].column_names]
             if missing:
                 raise DataError(
                     f"data: split {split!r} has no column {', '.join(map(repr, missing))} (columns: {splits[split].column_names}); "
-                    f"set data.image_column / question_column / answer_column / label_column or the template's fields"
+                    f"set data.image_column / question_column / answer_column / references_column / label_column or the template's fields"
                 )
     return splits
 
@@ -170,8 +175,11 @@ def load_image(value: Any, base: Path, where: str):
 
 
 def references(value: Any, where: str) -> list[str]:
-    """The reference answers of an answer column's value: a string, or a non-empty list of strings."""
+    """The reference answers of an answer column's value: a string, or a non-empty list of strings (or of
+    ``{"answer": text}`` records, as VQAv2 stores its annotators' answers)."""
     refs = [value] if isinstance(value, str) else value
+    if isinstance(refs, (list, tuple)):
+        refs = [r["answer"] if isinstance(r, dict) and "answer" in r else r for r in refs]
     if not isinstance(refs, (list, tuple)) or not refs or not all(isinstance(r, str) for r in refs):
         raise DataError(f"{where}: the answer column holds {value!r:.80}; give a string or a list of reference strings")
     if not refs[0].strip():
@@ -232,7 +240,9 @@ class VLMEncoder:
         example["input_ids"] = torch.cat([prompt_ids, answer])
         example["labels"] = torch.cat([torch.full_like(prompt_ids, IGNORE), answer])
         if with_references:
-            example["prompt_ids"], example["answers"] = prompt_ids, refs
+            scored = self.cfg.references_column
+            example["prompt_ids"] = prompt_ids
+            example["answers"] = refs if scored is None else references(row[scored], f"{where} ({scored})")
         return example
 
 
