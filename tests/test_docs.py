@@ -296,6 +296,11 @@ class PythonWorker:
             [sys.executable, "-c", _WORKER, str(self.socket), *preload], cwd=cwd, env=env, text=True,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, start_new_session=True,
         )
+        # The worker binds its socket before its imports; until it has, a client would run the real command, which
+        # an environment installed before a command was added does not have (a bounded wait).
+        deadline = time.monotonic() + 60
+        while not self.socket.exists() and self.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def run(self, code: str, name: str) -> tuple[bool, str]:
         assert self.proc.stdin is not None and self.proc.stdout is not None

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from promptcore.errors import UserError
+from promptcore.preflight import unknown_fields
 from promptcore.registry import did_you_mean
 from textpt.config import DTYPES
 from textpt.loading import ModelLoadError, _folder, prepare_tokenizer, resolve_name
@@ -30,6 +31,9 @@ class VLMModelConfig:
         processor: where to load the processor from when it is not next to the model (same forms as ``name``).
         processor_kwargs: keyword arguments of ``AutoProcessor.from_pretrained`` (Qwen: ``{min_pixels: 200704,
             max_pixels: 1003520}`` bounds the image tokens).
+        kwargs: for ``random:`` names, fields of the tiny language model's config (``{initializer_range: 0.3}``;
+            a key that is not a field is refused); for every other name, extra keyword arguments of
+            ``from_pretrained`` (``{revision: main}``, ``{attn_implementation: sdpa}``).
         checkpoint: a prompt folder to load after wrapping, or ``None``.
     """
 
@@ -37,6 +41,7 @@ class VLMModelConfig:
     dtype: str = "float32"
     processor: str | None = None
     processor_kwargs: dict[str, Any] = field(default_factory=dict)
+    kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None
 
     def __post_init__(self) -> None:
@@ -49,6 +54,13 @@ class VLMModelConfig:
             raise UserError(f"name: {self.name!r}: no tiny model of type {target!r}; one of {', '.join('random:' + n for n in FAMILIES.names())}.{did_you_mean(target, FAMILIES.names())}")
         if kind == "random" and (self.processor is not None or self.processor_kwargs):
             raise UserError(f"processor: {self.name} comes with its tiny processor; drop model.processor and model.processor_kwargs")
+        if kind == "random" and self.kwargs:
+            import transformers
+
+            text = transformers.AutoConfig.for_model(target).get_text_config()
+            unknown, hint = unknown_fields(self.kwargs, text)
+            if unknown:
+                raise UserError(f"kwargs: {', '.join(map(repr, unknown))} not a field of the {target} language model's config ({type(text).__name__}). {hint}")
         if self.dtype not in DTYPES:
             raise UserError(f"dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
 
@@ -65,14 +77,14 @@ def load_model_and_processor(cfg: VLMModelConfig, seed: int = 0) -> tuple[nn.Mod
     if kind == "random":
         from .synthetic import tiny_backbone, tiny_processor
 
-        backbone, processor = tiny_backbone(target, seed), tiny_processor(target)
+        backbone, processor = tiny_backbone(target, seed, **cfg.kwargs), tiny_processor(target)
     else:
         import transformers
 
         try:
             source = cfg.processor or cfg.name
             processor = transformers.AutoProcessor.from_pretrained(_folder(*resolve_name(source)), **cfg.processor_kwargs)
-            backbone = transformers.AutoModelForImageTextToText.from_pretrained(_folder(kind, target), dtype=getattr(torch, cfg.dtype))
+            backbone = transformers.AutoModelForImageTextToText.from_pretrained(_folder(kind, target), dtype=getattr(torch, cfg.dtype), **cfg.kwargs)
         except OSError as e:
             first = str(e).splitlines()[0] if str(e) else repr(e)
             raise ModelLoadError(

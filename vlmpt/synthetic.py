@@ -53,23 +53,26 @@ _CHAT = (
 )
 
 
-def tiny_backbone(model_type: str, seed: int = 0) -> nn.Module:
+def tiny_backbone(model_type: str, seed: int = 0, **text_config: Any) -> nn.Module:
     """A tiny random ``...ForConditionalGeneration`` of ``model_type`` (``llava``, ``qwen2_vl``, ``qwen2_5_vl``):
-    hidden width 32, 2 layers in the language model and in the vision tower, eval mode."""
+    hidden width 32, 2 layers in the language model and in the vision tower, eval mode. ``text_config`` overrides
+    fields of the language model's config (``initializer_range=0.3`` gives outputs a prompt can steer; the widths
+    must stay those of the vision tower's output)."""
     import transformers
 
     if model_type not in FAMILIES:
         raise UserError(f"model_type: {model_type!r} has no tiny model; one of {FAMILIES.names()}")
     torch.manual_seed(seed)
+    text_fields = dict(_TEXT, **text_config)
     if model_type == "llava":
         config = transformers.LlavaConfig(
-            text_config=dict(model_type="llama", **_TEXT),
+            text_config=dict(model_type="llama", **text_fields),
             vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=37, num_hidden_layers=2,
                                num_attention_heads=2, image_size=LLAVA_IMAGE_SIZE, patch_size=LLAVA_PATCH),
             image_token_id=IMAGE, vision_feature_layer=-1, vision_feature_select_strategy="default",
         )
         return transformers.LlavaForConditionalGeneration(config).eval()
-    text = dict(_TEXT, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0})
+    text = dict(text_fields, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0})
     ids = dict(image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END)
     if model_type == "qwen2_vl":
         vision = dict(_VISION_QWEN, embed_dim=32, hidden_size=32, mlp_ratio=2)
