@@ -6,8 +6,8 @@ Importing the package registers its methods (``vlm_prompt_tuning``) with :mod:`p
 ``promptcore.wrap(backbone, VLMPromptTuningConfig(...))`` builds them.
 """
 
-from .answers import AnswerScorer, exact_match, normalize_answer, token_f1, with_intervals
-from .data import VLMCollator, VLMDataConfig, VLMEncoder, build_vlm_data, collate_examples
+from .answers import AnswerScorer, ClassScorer, exact_match, normalize_answer, token_f1, with_intervals
+from .data import VLMCollator, VLMDataConfig, VLMEncoder, build_vlm_data, class_names_of, collate_examples
 from .families import FAMILIES, Family, family_of
 from .loading import VLMModelConfig, load_model_and_processor
 from .model import VLMPromptedModel
@@ -18,6 +18,7 @@ from .synthetic import synthetic_rows, tiny_backbone, tiny_batch, tiny_examples,
 __all__ = [
     "FAMILIES",
     "AnswerScorer",
+    "ClassScorer",
     "Family",
     "VLMCollator",
     "VLMDataConfig",
@@ -29,6 +30,7 @@ __all__ = [
     "VLMRunConfig",
     "VLMTaskConfig",
     "build_vlm_data",
+    "class_names_of",
     "collate_examples",
     "exact_match",
     "family_of",

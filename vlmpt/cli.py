@@ -27,11 +27,16 @@ from promptcore.config import to_dict
 from promptcore.recipe import DataBundle, with_recorded_seed
 from promptcore.trainer import seed_everything
 
-from .answers import AnswerScorer
-from .data import VLMEncoder, build_vlm_data, collate_examples, load_image
+from .answers import AnswerScorer, ClassScorer
+from .data import VLMEncoder, build_vlm_data, class_names_of, collate_examples, load_image
 from .loading import load_model_and_processor
 from .model import VLMPromptedModel
 from .run_config import VLMRunConfig
+
+
+def images_of(batch: dict) -> dict:
+    """The image inputs of a batch (what is not text)."""
+    return {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
 
 
 class VLMRecipe:
@@ -49,13 +54,16 @@ class VLMRecipe:
 
     def build_model(self, cfg: VLMRunConfig) -> VLMPromptedModel:
         """The frozen model wrapped with ``cfg.prompt`` (``model.checkpoint``'s prompts loaded when set); its
-        processor is the model's ``processor`` attribute and its ``answer_scorer`` generates ``task.max_new_tokens``.
+        processor is the model's ``processor`` attribute and its ``answer_scorer`` scores as ``task`` says.
         Prompt folders record what rebuilds the model and its inputs: the ``model`` section, the seed of a random
         backbone, the method's config and the data's ``template`` and columns."""
         backbone, processor = load_model_and_processor(cfg.model, cfg.train.seed)
         model = wrap(backbone, cfg.prompt, name=cfg.model.name)
         model.processor = processor
-        model.answer_scorer = AnswerScorer(processor.tokenizer, cfg.task.max_new_tokens)
+        if cfg.task.type == "classify":
+            model.answer_scorer = ClassScorer(processor.tokenizer, class_names_of(cfg.data, cfg.task.class_names))
+        else:
+            model.answer_scorer = AnswerScorer(processor.tokenizer, cfg.task.max_new_tokens)
         if cfg.model.checkpoint is not None:
             model.load_prompts(cfg.model.checkpoint)
         data = cfg.data
@@ -70,10 +78,12 @@ class VLMRecipe:
 
     def build_data(self, cfg: VLMRunConfig, model: VLMPromptedModel) -> DataBundle:
         """Train and eval examples through the model's processor (:func:`vlmpt.data.build_vlm_data`)."""
-        return build_vlm_data(cfg.data, model.processor)
+        scorer = model.answer_scorer
+        return build_vlm_data(cfg.data, model.processor, scorer.class_names if isinstance(scorer, ClassScorer) else None)
 
     def generate(self, args: argparse.Namespace) -> int:
-        """``vlmpt generate``: prints each image, then the answer written for it."""
+        """``vlmpt generate``: prints each image, then the answer written for it (``classify``: each class with
+        its probability, best first)."""
         if args.max_new_tokens is not None and args.max_new_tokens <= 0:
             raise UserError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
         cfg = load_config(VLMRunConfig, args.config, args.overrides)
@@ -92,6 +102,13 @@ class VLMRecipe:
         batch = collate_examples(examples, model.processor.tokenizer.padding_side, encoder.tokenizer.pad_token_id)
         batch = {k: v.to(device) for k, v in batch.items()}
         scorer = model.answer_scorer
+        if isinstance(scorer, ClassScorer):
+            probs = model.class_scores(batch["input_ids"], batch["attention_mask"], scorer.class_ids, **images_of(batch)).softmax(-1)
+            for i, path in enumerate(args.images):
+                print(f"[{i + 1}] {path}")
+                for c in probs[i].argsort(descending=True).tolist():
+                    print(f"    {scorer.class_names[c]}  {probs[i, c]:.4f}")
+            return 0
         new = model.generate(args.max_new_tokens or scorer.max_new_tokens, scorer.eos_token_id, **batch)
         for i, (path, answer) in enumerate(zip(args.images, scorer.decode(new))):
             print(f"[{i + 1}] {path}")

@@ -106,17 +106,18 @@ class VLMDataConfig:
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise UserError(f"{key}: must be a positive number of rows or null, got {value!r}")
 
-    def columns(self, evaluated: bool = False) -> list[str]:
-        """The columns every row must have: the image, the answer, the template's fields and the label column (and
-        in the ``evaluated`` split the references column)."""
+    def columns(self, evaluated: bool = False, classify: bool = False) -> list[str]:
+        """The columns every row must have: the image, the answer (the label when the run ``classify``-es), the
+        template's fields and the label column (and in the ``evaluated`` split the references column)."""
         fields = [f.split(".")[0].split("[")[0] for _, f, _, _ in string.Formatter().parse(self.template) if f]
-        optional = [c for c in (self.references_column if evaluated else None, self.label_column) if c]
-        wanted = [self.image_column, self.answer_column, *fields, *optional]
+        optional = [c for c in (self.references_column if evaluated and not classify else None, self.label_column) if c]
+        wanted = [self.image_column, *([] if classify else [self.answer_column]), *fields, *optional]
         return list(dict.fromkeys(wanted))
 
 
-def load_splits(cfg: VLMDataConfig) -> dict[str, Any]:
-    """``{split: datasets.Dataset}`` holding at least the train split (and the eval split when set).
+def load_splits(cfg: VLMDataConfig, classify: bool = False) -> dict[str, Any]:
+    """``{split: datasets.Dataset}`` holding at least the train split (and the eval split when set), with the
+    columns a generation run (or with ``classify``, a classification run) reads.
 
     Raises:
         MissingSplitError: a configured split the data does not have, named with the splits found.
@@ -125,14 +126,14 @@ def load_splits(cfg: VLMDataConfig) -> dict[str, Any]:
     import datasets
 
     if cfg.source == "synthetic":
-        from .synthetic import synthetic_rows
+        from .synthetic import COLOURS, synthetic_rows
 
         sizes = {cfg.train_split: cfg.num_samples}
         if cfg.eval_split is not None:
             sizes.setdefault(cfg.eval_split, cfg.num_eval_samples)
         features = datasets.Features({
             "image": datasets.Image(), "question": datasets.Value("string"), "answer": datasets.Value("string"),
-            "caption": datasets.Value("string"), "label": datasets.Value("int64"),
+            "caption": datasets.Value("string"), "label": datasets.ClassLabel(names=list(COLOURS)),
         })
         splits = {s: datasets.Dataset.from_dict(synthetic_rows(n, cfg.seed, s), features=features) for s, n in sizes.items()}
     else:
@@ -141,7 +142,7 @@ def load_splits(cfg: VLMDataConfig) -> dict[str, Any]:
         if split is not None and split not in splits:
             raise MissingSplitError(f"data: split {split!r} not found in {SOURCES.get(cfg.source).what(cfg) if cfg.source != 'synthetic' else 'the synthetic data'}; found {sorted(splits)} (set data.train_split / data.eval_split)")
         if split is not None:
-            missing = [c for c in cfg.columns(split == cfg.eval_split) if c not in splits[split].column_names]
+            missing = [c for c in cfg.columns(split == cfg.eval_split, classify) if c not in splits[split].column_names]
             if missing:
                 raise DataError(
                     f"data: split {split!r} has no column {', '.join(map(repr, missing))} (columns: {splits[split].column_names}); "
@@ -196,10 +197,13 @@ class VLMEncoder:
         processor: the model's processor (``AutoProcessor``: a tokenizer, an image processor, a chat template).
         cfg: the data section (columns and template).
         base: the folder relative image paths start from.
+        class_names: for classification, the word of each class: a row's answer is the word of its
+            ``label_column`` class; None: the answer column.
     """
 
-    def __init__(self, processor: Any, cfg: VLMDataConfig, base: Path = Path(".")) -> None:
+    def __init__(self, processor: Any, cfg: VLMDataConfig, base: Path = Path("."), class_names: list[str] | None = None) -> None:
         self.processor = processor
+        self.class_names = class_names
         self.tokenizer = processor.tokenizer
         self.cfg = cfg
         self.base = base
@@ -233,7 +237,7 @@ class VLMEncoder:
 
     def encode(self, row: dict[str, Any], where: str, with_references: bool = False) -> dict[str, Any]:
         image = load_image(row[self.cfg.image_column], self.base, where)
-        refs = references(row[self.cfg.answer_column], where)
+        refs = self.class_answer(row, where) if self.class_names is not None else references(row[self.cfg.answer_column], where)
         example = self.prompt(image, self.instruction(row, where))
         prompt_ids = example["input_ids"]
         answer = torch.tensor(self.answer_ids(refs[0]), dtype=prompt_ids.dtype)
@@ -242,8 +246,18 @@ class VLMEncoder:
         if with_references:
             scored = self.cfg.references_column
             example["prompt_ids"] = prompt_ids
-            example["answers"] = refs if scored is None else references(row[scored], f"{where} ({scored})")
+            example["answers"] = refs if scored is None or self.class_names is not None else references(row[scored], f"{where} ({scored})")
         return example
+
+    def class_answer(self, row: dict[str, Any], where: str) -> list[str]:
+        """``[the word of the row's class]``."""
+        label = row[self.cfg.label_column]
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(self.class_names):
+            raise DataError(
+                f"{where}: label {label!r} in column {self.cfg.label_column!r} is not a class index 0..{len(self.class_names) - 1} "
+                f"of task.class_names {self.class_names}"
+            )
+        return [self.class_names[label]]
 
 
 class VLMExamples(Dataset):
@@ -316,33 +330,52 @@ def class_indices(rows: Any, cfg: VLMDataConfig) -> list[int]:
     return [index[a] for a in answers]
 
 
-def build_vlm_data(cfg: VLMDataConfig, processor: Any) -> DataBundle:
+def class_names_of(cfg: VLMDataConfig, given: list[str] | None = None) -> list[str]:
+    """The class words of a classification run: ``given`` (``task.class_names``), else the ``ClassLabel`` names of
+    the train split's label column.
+
+    Raises:
+        UserError: no label column, or neither class names nor a ``ClassLabel`` column.
+    """
+    if cfg.label_column is None:
+        raise UserError("data.label_column: task.type classify reads each row's class from a label column; name it")
+    if given:
+        return list(given)
+    feature = load_splits(cfg, classify=True)[cfg.train_split].features[cfg.label_column]
+    names = getattr(feature, "names", None)
+    if not names:
+        raise UserError(f"task.class_names: column {cfg.label_column!r} holds class indices without names; give the word of each class, in class order")
+    return list(names)
+
+
+def build_vlm_data(cfg: VLMDataConfig, processor: Any, class_names: list[str] | None = None) -> DataBundle:
     """The train and eval examples of ``cfg`` for a model with ``processor``, and their collate function.
 
-    The first row of each split is encoded here, so a bad column, image or template fails before training.
-    Evaluation examples carry their references (:data:`REFERENCE_KEYS`).
+    With ``class_names`` (classification), a row's answer is the word of its ``label_column`` class. The first row
+    of each split is encoded here, so a bad column, image or template fails before training. Evaluation examples
+    carry their references (:data:`REFERENCE_KEYS`).
     """
-    splits = load_splits(cfg)
+    splits = load_splits(cfg, classify=class_names is not None)
     train = splits[cfg.train_split]
     if cfg.shots is not None:
         train = train.select(few_shot_indices(class_indices(train, cfg), cfg.shots, cfg.seed, on_short="error"))
     if cfg.max_train_samples is not None:
         train = train.select(range(min(cfg.max_train_samples, len(train))))
-    datasets_ = {"train": VLMExamples(train, VLMEncoder(processor, cfg, _base_dir(cfg, cfg.train_split)), cfg.train_split)}
+    datasets_ = {"train": VLMExamples(train, VLMEncoder(processor, cfg, _base_dir(cfg, cfg.train_split), class_names), cfg.train_split)}
     if cfg.eval_split is not None:
         rows = splits[cfg.eval_split]
         if cfg.max_eval_samples is not None:
             rows = rows.select(range(min(cfg.max_eval_samples, len(rows))))
-        datasets_["eval"] = VLMExamples(rows, VLMEncoder(processor, cfg, _base_dir(cfg, cfg.eval_split)), cfg.eval_split, with_references=True)
+        datasets_["eval"] = VLMExamples(rows, VLMEncoder(processor, cfg, _base_dir(cfg, cfg.eval_split), class_names), cfg.eval_split, with_references=True)
     for name, ds in datasets_.items():
         if len(ds) == 0:
             raise DataError(f"data: the {name} split has no rows")
         ds[0]  # a bad column, image or template fails here, before any model work
     info = {name: {"rows": len(ds)} for name, ds in datasets_.items()}
-    return DataBundle(datasets_["train"], datasets_.get("eval"), VLMCollator(processor.tokenizer), info=info)
+    return DataBundle(datasets_["train"], datasets_.get("eval"), VLMCollator(processor.tokenizer), class_names, info=info)
 
 
 __all__ = [
-    "REFERENCE_KEYS", "VLMCollator", "VLMDataConfig", "VLMEncoder", "VLMExamples", "build_vlm_data", "collate_examples",
+    "REFERENCE_KEYS", "VLMCollator", "VLMDataConfig", "VLMEncoder", "VLMExamples", "build_vlm_data", "class_names_of", "collate_examples",
     "load_image", "load_splits",
 ]

@@ -25,16 +25,24 @@ class VLMTaskConfig:
     Attributes:
         type: ``generate``: the answer (or caption) column's text is learned; evaluation generates each row's answer
             and scores it against the references (exact match and token F1 with 95% intervals,
-            :mod:`vlmpt.answers`), besides the token loss and accuracy.
-        max_new_tokens: the longest answer evaluation and ``vlmpt generate`` write.
+            :class:`vlmpt.answers.AnswerScorer`), besides the token loss and accuracy. ``classify``: the word of each
+            row's class (``data.label_column``) is learned as its answer; evaluation scores every class word after
+            the input and takes the best (``accuracy`` with its 95% interval, :class:`vlmpt.answers.ClassScorer`),
+            and ``vlmpt generate`` prints each class with its probability.
+        max_new_tokens: the longest answer evaluation and ``vlmpt generate`` write (``generate``).
+        class_names: ``classify``: the word of each class, in class order (a verbalizer); default: the label
+            column's ``ClassLabel`` names.
     """
 
-    type: Literal["generate"] = "generate"
+    type: Literal["generate", "classify"] = "generate"
     max_new_tokens: int = 16
+    class_names: list[str] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise UserError(f"max_new_tokens: must be a positive number of tokens, got {self.max_new_tokens!r}")
+        if self.class_names is not None and (self.type != "classify" or len(self.class_names) < 2):
+            raise UserError(f"class_names: {self.class_names} are the words of a classify task's classes (at least two); set task.type: classify or drop them")
 
 
 @dataclass
@@ -54,6 +62,10 @@ class VLMRunConfig:
     data: VLMDataConfig = field(default_factory=VLMDataConfig)
     task: VLMTaskConfig = field(default_factory=VLMTaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.task.type == "classify" and self.data.label_column is None:
+            raise UserError("data.label_column: task.type classify reads each row's class from a label column; name it")
 
 
 __all__ = ["VLMRunConfig", "VLMTaskConfig"]

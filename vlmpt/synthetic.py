@@ -83,7 +83,7 @@ def tiny_backbone(model_type: str, seed: int = 0, **text_config: Any) -> nn.Modu
 
 def tiny_processor(model_type: str):
     """The real processor of ``model_type`` (``llava``, ``qwen2_vl``, ``qwen2_5_vl``) for :func:`tiny_backbone`: a
-    word-level tokenizer of :data:`WORDS` (padding on the left; unknown words map to the filler ``w3``), the
+    word-level tokenizer of :data:`WORDS` (padding on the left; unknown words map to the first filler word), the
     architecture's image processor at the tiny vision tower's sizes (Qwen: 16 to 32 pixels a side, dynamic; LLaVA:
     16 x 16) and a chat template (``user : <image> TEXT assistant :``)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -94,7 +94,7 @@ def tiny_processor(model_type: str):
     llava = model_type == "llava"
     special = ["<image>", "<video>", "<vs>", "<ve>"] if llava else ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"]
     words = [*WORDS, *[f"w{i}" for i in range(len(WORDS), IMAGE)], *special]
-    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="w3"))
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=words[len(WORDS)]))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>", additional_special_tokens=special, padding_side="left"

@@ -162,3 +162,39 @@ def test_bad_data_config_is_refused(data, message):
 def test_a_missing_column_is_named():
     with pytest.raises(UserError, match=r"split 'train' has no column 'reply'"):
         load_splits(VLMDataConfig(answer_column="reply"))
+
+
+def test_class_scores_are_the_answer_log_likelihood_of_each_class_word_and_padding_changes_none():
+    processor = tiny_processor("qwen2_vl")
+    names = ["red", "green", "blue", "yellow", "black", "white"]
+    cfg = VLMDataConfig(label_column="label")
+    enc = VLMEncoder(processor, cfg, class_names=names)
+    scorer = vlmpt.ClassScorer(processor.tokenizer, names)
+    model = wrap(tiny_backbone("qwen2_vl").double(), vlmpt.VLMPromptTuningConfig(num_tokens=3, init_std=1.0)).double()
+    examples = [enc.encode(r, "row", with_references=True) for r in rows(3, seed=5)]
+    batch = collate_examples(examples, "left", processor.tokenizer.pad_token_id)
+    batch["pixel_values"] = batch["pixel_values"].double()
+    scores = model.class_scores(batch["prompt_ids"], batch["prompt_mask"], scorer.class_ids, pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"])
+    for row, r in enumerate(rows(3, seed=5)):
+        for c in range(len(names)):  # the training loss of the row with class c's word as its answer, summed
+            alone = collate_examples([enc.encode({**r, "label": c}, "row")], "left", 0)
+            logits = model(input_ids=alone["input_ids"], pixel_values=alone["pixel_values"].double(), image_grid_thw=alone["image_grid_thw"])[:, :-1]
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), model.targets(alone), ignore_index=IGNORE, reduction="sum")
+            torch.testing.assert_close(scores[row, c], -nll, rtol=0, atol=1e-10)
+    model.answer_scorer = scorer
+    out = model.eval_step(batch)
+    assert out["accuracy"].item() == sum(names[int(s)] == e["answers"][0] for s, e in zip(scores.argmax(-1), examples))
+    with pytest.raises(UserError, match="left-padded"):
+        right = collate_examples(examples, "right", 0)
+        model.class_scores(right["prompt_ids"], right["prompt_mask"], scorer.class_ids, pixel_values=right["pixel_values"].double(), image_grid_thw=right["image_grid_thw"])
+    with pytest.raises(UserError, match=r"task.class_names: 'zebra' and 'giraffe' are the same tokens"):
+        vlmpt.ClassScorer(processor.tokenizer, ["zebra", "giraffe"])  # both the unknown word
+
+
+def test_class_words_come_from_the_label_column():
+    assert vlmpt.class_names_of(VLMDataConfig(label_column="label")) == ["red", "green", "blue", "yellow", "black", "white"]
+    bundle = build_vlm_data(VLMDataConfig(label_column="label", answer_column="missing"), tiny_processor("llava"), ["a", "b", "c", "d", "e", "f"])
+    row = bundle.train.rows[0]
+    assert bundle.eval[0]["answers"] == [["a", "b", "c", "d", "e", "f"][bundle.eval.rows[0]["label"]]] and row["label"] in range(6)
+    with pytest.raises(UserError, match=r"train row 0: label 3 in column 'label' is not a class index 0..1 of task.class_names"):
+        build_vlm_data(VLMDataConfig(label_column="label"), tiny_processor("llava"), ["a", "b"])

@@ -48,6 +48,20 @@ def test_train_eval_generate(tmp_path, capsys):
     assert out[0] == f"[1] {image}" and out[2] == f"[2] {image}" and out[1] == out[3] and out[1].startswith("    ")
 
 
+def test_classify_by_class_words(tmp_path, capsys):
+    run, classify = tmp_path / "run", ["--set", "task.type=classify", "--set", "data.label_column=label"]
+    assert main(["train", "-c", SMOKE, "-o", str(run), *FAST, *classify]) == 0
+    metrics = _json_out(capsys)["eval"]
+    assert {"accuracy", "accuracy_low", "accuracy_high"} <= set(metrics) and "exact_match" not in metrics
+    assert metrics["accuracy_low"] <= metrics["accuracy"] <= metrics["accuracy_high"]
+    image = tmp_path / "red.png"
+    synthetic_rows(1)["image"][0].save(image)
+    assert main(["generate", "-c", SMOKE, "--prompts", str(run / "best"), str(image), "--question", "what colour is it ?", *FAST, *classify]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    probs = {m[1]: float(m[2]) for m in (re.match(r"^    (\S+)  ([0-9.]+)$", line) for line in lines[1:]) if m}
+    assert set(probs) == {"red", "green", "blue", "yellow", "black", "white"} and sum(probs.values()) == pytest.approx(1, abs=1e-3)
+
+
 @pytest.mark.parametrize("model_type", ["llava", "qwen2_5_vl"])
 def test_other_architectures_train(model_type, tmp_path, capsys):
     assert main(["train", "-c", SMOKE, "-o", str(tmp_path / "run"), *FAST, "--set", "train.max_steps=1", "--set", f"model.name=random:{model_type}"]) == 0
@@ -73,6 +87,8 @@ def test_only_the_prompt_changes():
     (["train", "-c", SMOKE, "--set", "data.answer_column=reply"], r"split 'train' has no column 'reply'"),
     (["train", "-c", SMOKE, "--set", "task.max_new_tokens=0"], r"task.max_new_tokens: must be a positive number of tokens"),
     (["eval", "-c", SMOKE], r"--prompts: required"),
+    (["train", "-c", SMOKE, "--set", "task.type=classify"], r"data.label_column: task.type classify reads each row's class from a label column"),
+    (["train", "-c", SMOKE, "--set", "task.class_names=[a, b]"], r"task.class_names: \['a', 'b'\] are the words of a classify task's classes"),
     (["generate", "-c", SMOKE, "--prompts", "/no/such/folder", "x.png"], "/no/such/folder"),
     (["generate", "-c", SMOKE, "--prompts", "x", "x.png", "--max-new-tokens", "0"], "--max-new-tokens must be positive"),
 ])
