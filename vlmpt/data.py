@@ -138,9 +138,10 @@ def load_splits(cfg: VLMDataConfig, classify: bool = False) -> dict[str, Any]:
         splits = {s: datasets.Dataset.from_dict(synthetic_rows(n, cfg.seed, s), features=features) for s, n in sizes.items()}
     else:
         splits = dict(SOURCES.get(cfg.source).load(cfg))
+    what = "the synthetic data" if cfg.source == "synthetic" else SOURCES.get(cfg.source).what(cfg)
     for split in (cfg.train_split, cfg.eval_split):
         if split is not None and split not in splits:
-            raise MissingSplitError(f"data: split {split!r} not found in {SOURCES.get(cfg.source).what(cfg) if cfg.source != 'synthetic' else 'the synthetic data'}; found {sorted(splits)} (set data.train_split / data.eval_split)")
+            raise MissingSplitError(f"data: split {split!r} not found in {what}; found {sorted(splits)} (set data.train_split / data.eval_split)")
         if split is not None:
             missing = [c for c in cfg.columns(split == cfg.eval_split, classify) if c not in splits[split].column_names]
             if missing:

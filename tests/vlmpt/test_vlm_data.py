@@ -198,3 +198,8 @@ def test_class_words_come_from_the_label_column():
     assert bundle.eval[0]["answers"] == [["a", "b", "c", "d", "e", "f"][bundle.eval.rows[0]["label"]]] and row["label"] in range(6)
     with pytest.raises(UserError, match=r"train row 0: label 3 in column 'label' is not a class index 0..1 of task.class_names"):
         build_vlm_data(VLMDataConfig(label_column="label"), tiny_processor("llava"), ["a", "b"])
+
+
+def test_a_split_without_a_data_file_is_named_with_the_splits_found():
+    with pytest.raises(UserError, match=r"data_files: source 'json' needs a file for split\(s\) \['validation'\], found splits \['test', 'train'\]"):
+        VLMDataConfig(source="json", data_files={"train": "rows.jsonl", "test": "rows.jsonl"}, eval_split="validation")
