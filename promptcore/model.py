@@ -249,6 +249,12 @@ class PromptedModel(nn.Module):
         when that reports other keys."""
         return ("loss", "accuracy")
 
+    def summarize_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """The eval metrics the trainer reports, from its averages ``{metric: sum / count}`` (and ``count``): by
+        default those; a model may add what is computed from them (the vision-language models add the confidence
+        intervals of their answer scores)."""
+        return metrics
+
     @torch.no_grad()
     def eval_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Per-batch sums of each metric plus ``count``; the trainer reports ``sum / count``."""

@@ -676,7 +676,7 @@ class Trainer:
             raise ValueError(f"{type(self.model).__name__}.eval_step reported a total count of {count}; expected the number of samples")
         metrics = {k: float(v) / count for k, v in sums.items() if k != "count"}
         metrics["count"] = int(count)
-        return metrics
+        return self.model.summarize_metrics(metrics)
 
 
 __all__ = [

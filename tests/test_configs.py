@@ -7,7 +7,8 @@ Which class validates a file:
 1. A demo manifest (a mapping with ``tasks:``, read by ``demo/run_demo.py``) validates as its ``DemoConfig``; each
    task's ``package`` then says which package runs the task's ``config`` file.
 2. Otherwise the first part of the file's path below configs/ (folders, then the words of the file name split on
-   '_' and '-') that names a package: ``vpt`` or ``clip`` -> ``vpt``, ``textpt`` -> ``textpt``. So
+   '_' and '-') that names a package: ``vpt`` or ``clip`` -> ``vpt``, ``textpt`` -> ``textpt``, ``vlmpt`` ->
+   ``vlmpt``. So
    ``configs/vpt/x.yaml``, ``configs/clip/coop.yaml`` and ``configs/smoke/vpt_tiny.yaml`` are vision configs.
 
 A package's file validates as its CLI recipe's ``config_class`` (``vpt``: VisionRunConfig). A file that none of
@@ -26,7 +27,7 @@ import pytest
 from promptcore.config import load_config, read_yaml
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-PACKAGE_OF_WORD = {"vpt": "vpt", "clip": "vpt", "textpt": "textpt"}
+PACKAGE_OF_WORD = {"vpt": "vpt", "clip": "vpt", "textpt": "textpt", "vlmpt": "vlmpt"}
 ALL_YAML = sorted(p for p in CONFIGS.rglob("*") if p.suffix in (".yaml", ".yml"))
 
 
@@ -64,7 +65,7 @@ def package_of(path: Path) -> str:
     if not found or len(set(found)) > 1:
         raise AssertionError(
             f"configs/{rel}: cannot tell which package runs it (found {found or 'no package name'} in {words}); put it "
-            f"under configs/vpt, configs/clip or configs/textpt, or name it <package>_<name>.yaml"
+            f"under configs/vpt, configs/clip, configs/textpt or configs/vlmpt, or name it <package>_<name>.yaml"
         )
     return found[0]
 
@@ -74,6 +75,10 @@ def run_config_class(package: str) -> type:
         from vpt.cli import VisionRecipe
 
         return VisionRecipe.config_class
+    if package == "vlmpt":
+        from vlmpt.cli import VLMRecipe
+
+        return VLMRecipe.config_class
     from textpt.cli import TextRecipe
 
     return TextRecipe.config_class

@@ -4,7 +4,7 @@ Each fenced ```bash / ```sh / ```console and ```python block is extracted and ru
 in one shared temporary directory (so a later block can use what an earlier one wrote), with the repository's
 top-level folders (``configs/`` ...) linked into it. Shell blocks run in bash with the interpreter's ``bin/`` first on
 PATH and the repository on PYTHONPATH; ``console`` blocks run their ``$ `` lines. Python blocks run in a fresh process
-each, forked from one per file that has imported the libraries; so do the ``vpt``, ``textpt`` and ``python -m
+each, forked from one per file that has imported the libraries; so do the ``vpt``, ``textpt``, ``vlmpt`` and ``python -m
 <module of the project>`` commands of shell blocks: a small client in their place on PATH hands the command line,
 folder, environment and standard streams to that process, which runs the command's ``main`` (or the module as
 ``__main__``) in a forked child and returns its exit status (what the command would do, without importing torch again
@@ -49,7 +49,7 @@ DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL = {"bash", "sh", "console", "shell"}
 PYTHON = {"python", "py"}
 BLOCK_TIMEOUT_S = 300
-PRELOAD = ("torch", "timm", "open_clip", "transformers", "promptcore", "vpt", "vpt.clip", "textpt")
+PRELOAD = ("torch", "timm", "open_clip", "transformers", "promptcore", "vpt", "vpt.clip", "textpt", "vlmpt")
 
 _FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```+|~~~+)\s*(?P<lang>[\w+-]*)[^\n]*$")
 _DIRECTIVE = re.compile(r"^\s*<!--\s*doctest:\s*(?P<body>.*?)\s*-->\s*$")
@@ -253,7 +253,7 @@ import json, os, socket, sys
 args, module = sys.argv[1:], {module!r}
 if module is not None:
     request = {{"main_of": module, "argv": [{real!r}, *args]}}
-elif len(args) >= 2 and args[0] == "-m" and args[1].split(".")[0] in ("promptcore", "vpt", "textpt"):
+elif len(args) >= 2 and args[0] == "-m" and args[1].split(".")[0] in ("promptcore", "vpt", "textpt", "vlmpt"):
     request = {{"run_module": args[1], "argv": [args[1], *args[2:]]}}
 else:
     request = None
@@ -268,12 +268,12 @@ client.sendall(data[sent:])
 status = client.recv(64)
 sys.exit(int(status) if status else 1)
 """
-COMMANDS = {"vpt": "vpt.cli", "textpt": "textpt.cli", "python": None}  # served by the preloaded interpreter
+COMMANDS = {"vpt": "vpt.cli", "textpt": "textpt.cli", "vlmpt": "vlmpt.cli", "python": None}  # served by the preloaded interpreter
 
 
 class PythonWorker:
     """One interpreter per doc file that imports the heavy libraries once and runs each Python block, and each
-    ``vpt`` / ``textpt`` / ``python -m <project module>`` command of a shell block, in a forked child: every block starts from the same clean state
+    ``vpt`` / ``textpt`` / ``vlmpt`` / ``python -m <project module>`` command of a shell block, in a forked child: every block starts from the same clean state
     (no global settings, registrations or names left by an earlier block), as a fresh process would.
 
     ``bin`` is a folder of clients, one per command of :data:`COMMANDS`, to put first on PATH.
@@ -296,6 +296,11 @@ class PythonWorker:
             [sys.executable, "-c", _WORKER, str(self.socket), *preload], cwd=cwd, env=env, text=True,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, start_new_session=True,
         )
+        # The worker binds its socket before its imports; until it has, a client would run the real command, which
+        # an environment installed before a command was added does not have (a bounded wait).
+        deadline = time.monotonic() + 60
+        while not self.socket.exists() and self.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def run(self, code: str, name: str) -> tuple[bool, str]:
         assert self.proc.stdin is not None and self.proc.stdout is not None

@@ -1,24 +1,46 @@
 """Prompts for vision-language models (LLaVA, Qwen2-VL, Qwen2.5-VL): soft prompts in the language model, with the
-positions, masks and labels each architecture needs (docs/vlm.md).
+positions, masks and labels each architecture needs, data through the model's own processor and chat template, and
+answer scoring (docs/vlm.md).
 
 Importing the package registers its methods (``vlm_prompt_tuning``) with :mod:`promptcore.methods`, so
 ``promptcore.wrap(backbone, VLMPromptTuningConfig(...))`` builds them.
 """
 
+from .answers import AnswerScorer, ClassScorer, exact_match, normalize_answer, token_f1, with_intervals
+from .data import VLMCollator, VLMDataConfig, VLMEncoder, build_vlm_data, class_names_of, collate_examples
 from .families import FAMILIES, Family, family_of
+from .loading import VLMModelConfig, load_model_and_processor
 from .model import VLMPromptedModel
 from .prompt_tuning import VLMPromptTuningConfig, VLMPromptTuningModel
-from .synthetic import collate_examples, tiny_backbone, tiny_batch, tiny_examples
+from .run_config import VLMRunConfig, VLMTaskConfig
+from .synthetic import synthetic_rows, tiny_backbone, tiny_batch, tiny_examples, tiny_processor
 
 __all__ = [
     "FAMILIES",
+    "AnswerScorer",
+    "ClassScorer",
     "Family",
+    "VLMCollator",
+    "VLMDataConfig",
+    "VLMEncoder",
+    "VLMModelConfig",
     "VLMPromptTuningConfig",
     "VLMPromptTuningModel",
     "VLMPromptedModel",
+    "VLMRunConfig",
+    "VLMTaskConfig",
+    "build_vlm_data",
+    "class_names_of",
     "collate_examples",
+    "exact_match",
     "family_of",
+    "load_model_and_processor",
+    "normalize_answer",
+    "synthetic_rows",
     "tiny_backbone",
     "tiny_batch",
     "tiny_examples",
+    "tiny_processor",
+    "token_f1",
+    "with_intervals",
 ]

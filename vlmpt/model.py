@@ -24,7 +24,10 @@ from torch import nn
 from promptcore import PromptedModel
 from promptcore.errors import UserError
 from textpt.padding import pack_prompt
+from textpt.tasks import upcast
 
+from .answers import AnswerScorer, ClassScorer, with_intervals
+from .data import REFERENCE_KEYS
 from .families import Family, family_of
 
 IGNORE = -100
@@ -63,6 +66,11 @@ class VLMPromptedModel(PromptedModel):
     Args:
         backbone: a supported ``...ForConditionalGeneration`` model (:data:`vlmpt.families.FAMILIES`); frozen.
         name: the backbone's name recorded in prompt files (default: the config's ``name_or_path``).
+
+    Attributes:
+        answer_scorer: when set, :meth:`eval_step` also scores each evaluation row: its generated answer against
+            its references (:class:`vlmpt.answers.AnswerScorer`) or its best class word against its class
+            (:class:`vlmpt.answers.ClassScorer`); None: token metrics only.
     """
 
     method: str = ""
@@ -77,6 +85,7 @@ class VLMPromptedModel(PromptedModel):
         # Prompt rows need some text token id in the packed ids (positions count them as text); any id but the
         # image placeholder's will do, as the rows' embeddings are replaced by the prompt.
         self.fill_id = 0 if self.image_token_id != 0 else 1
+        self.answer_scorer: AnswerScorer | ClassScorer | None = None
 
     @property
     def embedding(self) -> nn.Module:
@@ -165,16 +174,56 @@ class VLMPromptedModel(PromptedModel):
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
 
     def metric_names(self) -> tuple[str, ...]:
-        return ("loss", "token_accuracy")
+        return ("loss", "token_accuracy", *(self.answer_scorer.metric_names if self.answer_scorer is not None else ()))
 
     @torch.no_grad()
     def eval_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Sums of the token loss and of correct greedy tokens over the target tokens, and their ``count``."""
-        logits = self(**batch)[:, :-1].float()
-        targets = self.targets(batch)
+        """Sums of the token loss and of correct greedy tokens over the target tokens, and their ``count``.
+
+        With an :attr:`answer_scorer` and a batch that carries references (``prompt_ids``, ``prompt_mask`` and
+        ``answers``, as :func:`vlmpt.data.collate_examples` makes them of evaluation examples), every metric is
+        per row instead, ``count`` being the rows: ``loss`` and ``token_accuracy`` are each row's mean over its
+        target tokens, and the scorer's metrics are added (:mod:`vlmpt.answers`: the answer generated from
+        ``prompt_ids`` scored against the references, ``exact_match``, ``token_f1`` and ``token_f1_sq`` for the
+        interval; or classification by class words, ``accuracy``).
+        """
+        inputs = {k: v for k, v in batch.items() if k not in REFERENCE_KEYS}
+        logits = self(**inputs)[:, :-1].float()
+        targets = self.targets(inputs)
         kept = targets != IGNORE
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
-        return {"loss": loss, "token_accuracy": ((logits.argmax(-1) == targets) & kept).sum().float(), "count": kept.sum().float()}
+        losses = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
+        correct = (logits.argmax(-1) == targets) & kept
+        if self.answer_scorer is None or "answers" not in batch:
+            return {"loss": losses.sum(), "token_accuracy": correct.sum().float(), "count": kept.sum().float()}
+        tokens = kept.sum(1).clamp(min=1)
+        images = {k: inputs[k] for k in self.family.image_keys if k in inputs}
+        scores = {k: v.to(logits.device) for k, v in self.answer_scorer.evaluate(self, batch, images).items()}
+        return {
+            "loss": (losses.sum(1) / tokens).sum(),
+            "token_accuracy": (correct.sum(1) / tokens).sum(),
+            **scores,
+            "count": torch.tensor(float(len(batch["answers"])), device=logits.device),
+        }
+
+    def summarize_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """The averaged metrics with 95% intervals of the scores (:func:`vlmpt.answers.with_intervals`)."""
+        return with_intervals(metrics)
+
+    @torch.no_grad()
+    def class_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, class_ids: list[list[int]], **images: Any) -> torch.Tensor:
+        """``[B, C]``: for each class, the summed log-probability of its tokens ``class_ids[c]`` written right after
+        each (left-padded) input, images as the family takes them."""
+        if not bool(attention_mask[:, -1].all()):
+            raise UserError("class_scores takes left-padded inputs (every row's last token real); pad on the left (tokenizer.padding_side = 'left')")
+        width = input_ids.shape[1]
+        scores = []
+        for ids in class_ids:
+            word = torch.tensor(ids, dtype=input_ids.dtype, device=input_ids.device).expand(input_ids.shape[0], -1)
+            mask = torch.cat([attention_mask, attention_mask.new_ones(word.shape)], dim=1)
+            logits = self(input_ids=torch.cat([input_ids, word], dim=1), attention_mask=mask, **images)
+            logp = upcast(logits[:, width - 1 : -1]).log_softmax(-1)
+            scores.append(logp.gather(-1, word.unsqueeze(-1)).squeeze(-1).sum(1))
+        return torch.stack(scores, dim=1)
 
     # ----- generation -------------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -1,6 +1,13 @@
-"""Tiny random vision-language models and batches, built offline from configs (no hub download): for tests, the
+"""Tiny random vision-language models, their processors and data, built offline (no hub download): for tests, the
 documentation's examples and smoke runs. A tiny model's outputs mean nothing; its shapes and code paths are the
 real architecture's.
+
+- :func:`tiny_backbone`: a random ``...ForConditionalGeneration`` (what ``model.name: random:qwen2_vl`` builds);
+- :func:`tiny_processor`: the architecture's real processor over a word-level tokenizer of the tiny vocabulary
+  (:data:`WORDS`), with a chat template of its own;
+- :func:`synthetic_rows`: seeded rows of a one-colour picture with a question, its answer, a caption and a class
+  label (``data.source: synthetic``);
+- :func:`tiny_examples`, :func:`tiny_batch`: token-level examples without a processor.
 """
 
 from __future__ import annotations
@@ -10,8 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from promptcore.data import split_seed
 from promptcore.errors import UserError
 
+from .data import collate_examples
 from .families import FAMILIES
 
 VOCAB = 99
@@ -24,30 +33,111 @@ _TEXT = dict(
 _VISION_QWEN = dict(patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_chans=3, depth=2, num_heads=2)
 LLAVA_IMAGE_SIZE, LLAVA_PATCH = 16, 4
 
+COLOURS = ("red", "green", "blue", "yellow", "black", "white")
+_RGB = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (30, 60, 220), "yellow": (230, 220, 40), "black": (10, 10, 10), "white": (245, 245, 245)}
+QUESTIONS = ("what colour is it ?", "what colour is the picture ?", "which colour does the image show ?")
+SIZES = ((16, 16), (32, 16), (16, 32))  # (width, height): on Qwen, three image grids
+WORDS = (
+    "<pad>", "<s>", "</s>", *COLOURS,
+    *"user assistant : ? . , what which colour color is it the a an picture image photo show shows does of describe this in one word".split(),
+)
+"""The tiny tokenizer's words, ids 0 onwards (pad, BOS, EOS first); the ids up to the image token are filler
+words ``w<id>``, and the architecture's own special tokens take ids 95-98."""
 
-def tiny_backbone(model_type: str, seed: int = 0) -> nn.Module:
+# The chat template of the tiny processors: "user : <image> QUESTION assistant :", the image part being the
+# architecture's own placeholder (Qwen wraps it in vision start / end tokens, as its real template does).
+_CHAT = (
+    "{% for message in messages %}{{ message['role'] }} :{% if message['content'] is string %} {{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'image' %} IMAGE{% elif part['type'] == 'text' %}"
+    " {{ part['text'] }}{% endif %}{% endfor %}{% endif %} {% endfor %}{% if add_generation_prompt %}assistant :{% endif %}"
+)
+
+
+def tiny_backbone(model_type: str, seed: int = 0, **text_config: Any) -> nn.Module:
     """A tiny random ``...ForConditionalGeneration`` of ``model_type`` (``llava``, ``qwen2_vl``, ``qwen2_5_vl``):
-    hidden width 32, 2 layers in the language model and in the vision tower, eval mode."""
+    hidden width 32, 2 layers in the language model and in the vision tower, eval mode. ``text_config`` overrides
+    fields of the language model's config (``initializer_range=0.3`` gives outputs a prompt can steer; the widths
+    must stay those of the vision tower's output)."""
     import transformers
 
     if model_type not in FAMILIES:
         raise UserError(f"model_type: {model_type!r} has no tiny model; one of {FAMILIES.names()}")
     torch.manual_seed(seed)
+    text_fields = dict(_TEXT, **text_config)
     if model_type == "llava":
         config = transformers.LlavaConfig(
-            text_config=dict(model_type="llama", **_TEXT),
+            text_config=dict(model_type="llama", **text_fields),
             vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=37, num_hidden_layers=2,
                                num_attention_heads=2, image_size=LLAVA_IMAGE_SIZE, patch_size=LLAVA_PATCH),
             image_token_id=IMAGE, vision_feature_layer=-1, vision_feature_select_strategy="default",
         )
         return transformers.LlavaForConditionalGeneration(config).eval()
-    text = dict(_TEXT, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0})
+    text = dict(text_fields, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0})
     ids = dict(image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END)
     if model_type == "qwen2_vl":
         vision = dict(_VISION_QWEN, embed_dim=32, hidden_size=32, mlp_ratio=2)
         return transformers.Qwen2VLForConditionalGeneration(transformers.Qwen2VLConfig(text_config=text, vision_config=vision, **ids)).eval()
     vision = dict(_VISION_QWEN, hidden_size=32, out_hidden_size=32, intermediate_size=37, window_size=16, fullatt_block_indexes=[1])
     return transformers.Qwen2_5_VLForConditionalGeneration(transformers.Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)).eval()
+
+
+def tiny_processor(model_type: str):
+    """The real processor of ``model_type`` (``llava``, ``qwen2_vl``, ``qwen2_5_vl``) for :func:`tiny_backbone`: a
+    word-level tokenizer of :data:`WORDS` (padding on the left; unknown words map to the first filler word), the
+    architecture's image processor at the tiny vision tower's sizes (Qwen: 16 to 32 pixels a side, dynamic; LLaVA:
+    16 x 16) and a chat template (``user : <image> TEXT assistant :``)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    if model_type not in FAMILIES:
+        raise UserError(f"model_type: {model_type!r} has no tiny processor; one of {FAMILIES.names()}")
+    llava = model_type == "llava"
+    special = ["<image>", "<video>", "<vs>", "<ve>"] if llava else ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"]
+    words = [*WORDS, *[f"w{i}" for i in range(len(WORDS), IMAGE)], *special]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=words[len(WORDS)]))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>", additional_special_tokens=special, padding_side="left"
+    )
+    image = "<image>" if llava else "<|vision_start|><|image_pad|><|vision_end|>"
+    chat = _CHAT.replace("IMAGE", image)
+    if llava:
+        from transformers import CLIPImageProcessor, LlavaProcessor
+
+        size = LLAVA_IMAGE_SIZE
+        images = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+        return LlavaProcessor(images, tokenizer, patch_size=LLAVA_PATCH, vision_feature_select_strategy="default", chat_template=chat, num_additional_image_tokens=1)
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    sizes = dict(patch_size=_VISION_QWEN["patch_size"], temporal_patch_size=_VISION_QWEN["temporal_patch_size"], merge_size=_VISION_QWEN["spatial_merge_size"])
+    images = Qwen2VLImageProcessor(min_pixels=16 * 16, max_pixels=32 * 32, **sizes)
+    if model_type == "qwen2_vl":
+        from transformers import Qwen2VLProcessor as cls
+    else:
+        from transformers import Qwen2_5_VLProcessor as cls
+    return cls(image_processor=images, tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor(**sizes), chat_template=chat)
+
+
+def synthetic_rows(num_rows: int, seed: int = 0, split: str = "train") -> dict[str, list]:
+    """``num_rows`` seeded rows (columns ``image``, ``question``, ``answer``, ``caption``, ``label``): a picture of
+    one colour of :data:`COLOURS` in one of :data:`SIZES`, a question about its colour, the colour as the answer,
+    ``a <colour> picture`` as the caption, the colour's index as the label. ``split`` draws a disjoint sample of
+    the same kind (:func:`promptcore.data.split_seed`)."""
+    from PIL import Image
+
+    if num_rows < 1:
+        raise UserError(f"num_samples: a synthetic split needs at least one row, got {num_rows}")
+    generator = torch.Generator().manual_seed(split_seed(seed, split))
+    rows: dict[str, list] = {"image": [], "question": [], "answer": [], "caption": [], "label": []}
+    for _ in range(num_rows):
+        colour, question, size = (int(torch.randint(n, (1,), generator=generator)) for n in (len(COLOURS), len(QUESTIONS), len(SIZES)))
+        name = COLOURS[colour]
+        rows["image"].append(Image.new("RGB", SIZES[size], _RGB[name]))
+        rows["question"].append(QUESTIONS[question])
+        rows["answer"].append(name)
+        rows["caption"].append(f"a {name} picture")
+        rows["label"].append(colour)
+    return rows
 
 
 def tiny_examples(backbone: nn.Module, num_examples: int = 2, seed: int = 0) -> list[dict[str, torch.Tensor]]:
@@ -73,23 +163,6 @@ def tiny_examples(backbone: nn.Module, num_examples: int = 2, seed: int = 0) -> 
         pixels = torch.randn(int(grid.prod()), patch, generator=generator)
         examples.append({"input_ids": ids, "pixel_values": pixels, "image_grid_thw": grid})
     return examples
-
-
-def collate_examples(examples: list[dict[str, torch.Tensor]], padding_side: str = "left", pad_id: int = 0) -> dict[str, Any]:
-    """A batch of :func:`tiny_examples`' examples as a processor returns one: ``input_ids`` and ``attention_mask``
-    padded on ``padding_side``, image inputs concatenated (Qwen's patches and grids) or stacked (LLaVA's images)."""
-    width = max(len(e["input_ids"]) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, e in enumerate(examples):
-        n = len(e["input_ids"])
-        where = slice(width - n, width) if padding_side == "left" else slice(0, n)
-        ids[row, where], mask[row, where] = e["input_ids"], 1
-    batch: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
-    for key in examples[0]:
-        if key != "input_ids":
-            batch[key] = torch.cat([e[key] for e in examples])
-    return batch
 
 
 def tiny_batch(backbone: nn.Module, num_examples: int = 2, padding_side: str = "left", seed: int = 0) -> dict[str, Any]:

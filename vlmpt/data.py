@@ -1,0 +1,382 @@
+"""Vision-language data: rows of an image and texts, through the model's own processor and chat template, into
+examples whose labels hold the answer only.
+
+A run's ``data:`` section (:class:`VLMDataConfig`) names a source: ``synthetic`` (:func:`vlmpt.synthetic.synthetic_rows`)
+or one of the text package's file and hub sources (:data:`textpt.sources.SOURCES`: ``hf``, ``csv``, ``json`` (JSON
+Lines too), ``parquet``), loaded through :func:`promptcore.data.load_with_datasets`. The image column holds a
+decoded image (a ``datasets`` ``Image`` feature) or the path of an image file, relative to ``data.image_dir``
+(default: the folder of the row's data file).
+
+Each row becomes (:class:`VLMEncoder`): the user turn ``[image, template text]`` put through
+``processor.apply_chat_template`` with the generation prompt (a processor without a chat template: the image token,
+a space, the text), then the processor on that text and the image (which expands the image placeholders), then the
+answer as the tokenizer alone tokenizes it, and the tokenizer's EOS token. ``labels`` are ``-100`` on everything
+before the answer; the model masks padding and image placeholder rows as well (:meth:`vlmpt.VLMPromptedModel.targets`).
+Rows are encoded when the trainer asks for them (:class:`VLMExamples`), so images are never all in memory at once.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from promptcore.data import few_shot_indices
+from promptcore.errors import UserError
+from promptcore.recipe import DataBundle
+from promptcore.registry import did_you_mean
+from textpt.sources import SOURCES, DataError, MissingSplitError
+
+IGNORE = -100
+FILE_SOURCES = ("hf", "csv", "json", "parquet")
+"""The sources of :data:`textpt.sources.SOURCES` a vision-language run reads (its synthetic and asset sources hold
+texts only)."""
+REFERENCE_KEYS = ("prompt_ids", "prompt_mask", "answers")
+"""Batch keys of evaluation examples: the input without its answer (what generation starts from) and the reference
+answers."""
+
+
+@dataclass
+class VLMDataConfig:
+    """The ``data:`` section of a vision-language run config.
+
+    Attributes:
+        source: ``synthetic`` (seeded one-colour pictures with a question, answer, caption and label), ``hf``
+            (``datasets.load_dataset(name, subset)``), or ``csv`` / ``json`` / ``parquet`` (local files in
+            ``data_files``, one per split; ``json`` reads JSON Lines too).
+        name: the dataset name for ``hf``. subset: its configuration name.
+        data_files: split name -> file path, for ``csv`` / ``json`` / ``parquet``.
+        image_dir: the folder image paths in the image column are relative to; default: the folder of the split's
+            data file (for ``hf``: the working directory). Absolute paths are used as they are.
+        train_split: the split trained on. eval_split: the split evaluated on, or ``null``.
+        image_column: the column holding the image (an ``Image`` feature or a path).
+        question_column: the column holding the question, or ``null`` (captioning: the template holds the whole
+            instruction).
+        answer_column: the column holding the answer to learn (a caption for captioning): a string, or a list of
+            reference strings (trained on the first, scored against all).
+        references_column: the column evaluation scores against instead (a string or a list of references, e.g.
+            VQAv2's ten annotator answers; items may be ``{"answer": ...}`` records); default: ``answer_column``.
+        label_column: a column of class indices, for ``shots`` (K rows per class); without it the answer text is
+            the class.
+        template: the text of the user turn, with ``{column}`` fields (default ``"{question}"``; captioning: a
+            fixed instruction such as ``"describe the picture ."``); write literal braces as ``{{`` and ``}}``.
+        shots: K training rows per class (drawn with ``seed``, :func:`promptcore.data.few_shot_indices`); ``null``:
+            every row.
+        max_train_samples: use only the first N training rows. max_eval_samples: likewise for evaluation.
+        num_samples: ``synthetic`` only: training rows. num_eval_samples: evaluation rows.
+        seed: the synthetic rows' and the K-shot draw's seed.
+    """
+
+    source: str = "synthetic"
+    name: str | None = None
+    subset: str | None = None
+    data_files: dict[str, str] = field(default_factory=dict)
+    image_dir: str | None = None
+    train_split: str = "train"
+    eval_split: str | None = "test"
+    image_column: str = "image"
+    question_column: str | None = "question"
+    answer_column: str = "answer"
+    references_column: str | None = None
+    label_column: str | None = None
+    template: str = "{question}"
+    shots: int | None = None
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    num_samples: int = 64
+    num_eval_samples: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.source != "synthetic":
+            if self.source not in FILE_SOURCES:
+                known = ["synthetic", *FILE_SOURCES]
+                raise UserError(f"source: {self.source!r} is not one of {', '.join(known)}.{did_you_mean(str(self.source), known)}")
+            SOURCES.get(self.source).check_config(self)
+        try:
+            list(string.Formatter().parse(self.template))
+        except ValueError as e:
+            raise UserError(f"template: {self.template!r} is not a format string ({e}); write literal braces as {{{{ and }}}}") from None
+        for key in ("shots", "max_train_samples", "max_eval_samples", "num_samples", "num_eval_samples"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise UserError(f"{key}: must be a positive number of rows or null, got {value!r}")
+
+    def columns(self, evaluated: bool = False, classify: bool = False) -> list[str]:
+        """The columns every row must have: the image, the answer (the label when the run ``classify``-es), the
+        template's fields and the label column (and in the ``evaluated`` split the references column)."""
+        fields = [f.split(".")[0].split("[")[0] for _, f, _, _ in string.Formatter().parse(self.template) if f]
+        optional = [c for c in (self.references_column if evaluated and not classify else None, self.label_column) if c]
+        wanted = [self.image_column, *([] if classify else [self.answer_column]), *fields, *optional]
+        return list(dict.fromkeys(wanted))
+
+
+def load_splits(cfg: VLMDataConfig, classify: bool = False) -> dict[str, Any]:
+    """``{split: datasets.Dataset}`` holding at least the train split (and the eval split when set), with the
+    columns a generation run (or with ``classify``, a classification run) reads.
+
+    Raises:
+        MissingSplitError: a configured split the data does not have, named with the splits found.
+        DataError: data that cannot be read, or rows without a configured column.
+    """
+    import datasets
+
+    if cfg.source == "synthetic":
+        from .synthetic import COLOURS, synthetic_rows
+
+        sizes = {cfg.train_split: cfg.num_samples}
+        if cfg.eval_split is not None:
+            sizes.setdefault(cfg.eval_split, cfg.num_eval_samples)
+        features = datasets.Features({
+            "image": datasets.Image(), "question": datasets.Value("string"), "answer": datasets.Value("string"),
+            "caption": datasets.Value("string"), "label": datasets.ClassLabel(names=list(COLOURS)),
+        })
+        splits = {s: datasets.Dataset.from_dict(synthetic_rows(n, cfg.seed, s), features=features) for s, n in sizes.items()}
+    else:
+        splits = dict(SOURCES.get(cfg.source).load(cfg))
+    what = "the synthetic data" if cfg.source == "synthetic" else SOURCES.get(cfg.source).what(cfg)
+    for split in (cfg.train_split, cfg.eval_split):
+        if split is not None and split not in splits:
+            raise MissingSplitError(f"data: split {split!r} not found in {what}; found {sorted(splits)} (set data.train_split / data.eval_split)")
+        if split is not None:
+            missing = [c for c in cfg.columns(split == cfg.eval_split, classify) if c not in splits[split].column_names]
+            if missing:
+                raise DataError(
+                    f"data: split {split!r} has no column {', '.join(map(repr, missing))} (columns: {splits[split].column_names}); "
+                    f"set data.image_column / question_column / answer_column / references_column / label_column or the template's fields"
+                )
+    return splits
+
+
+def load_image(value: Any, base: Path, where: str):
+    """The RGB ``PIL.Image`` of an image column's value: an image, a ``{"bytes", "path"}`` dict (an undecoded
+    ``Image`` feature) or a path (relative to ``base``)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(value, Image.Image):
+        return value.convert("RGB")
+    if isinstance(value, dict) and value.get("bytes") is not None:
+        import io
+
+        return Image.open(io.BytesIO(value["bytes"])).convert("RGB")
+    path = value.get("path") if isinstance(value, dict) else value
+    if not isinstance(path, str) or not path:
+        raise DataError(f"{where}: the image column holds {type(value).__name__} {value!r:.60}; give an image or the path of an image file")
+    file = Path(path).expanduser()
+    file = file if file.is_absolute() else base / file
+    try:
+        return Image.open(file).convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"{where}: image file {file} does not exist; image paths are relative to data.image_dir (or the data file's folder)") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{where}: {file} is not an image file PIL can read") from None
+
+
+def references(value: Any, where: str) -> list[str]:
+    """The reference answers of an answer column's value: a string, or a non-empty list of strings (or of
+    ``{"answer": text}`` records, as VQAv2 stores its annotators' answers)."""
+    refs = [value] if isinstance(value, str) else value
+    if isinstance(refs, (list, tuple)):
+        refs = [r["answer"] if isinstance(r, dict) and "answer" in r else r for r in refs]
+    if not isinstance(refs, (list, tuple)) or not refs or not all(isinstance(r, str) for r in refs):
+        raise DataError(f"{where}: the answer column holds {value!r:.80}; give a string or a list of reference strings")
+    if not refs[0].strip():
+        raise DataError(f"{where}: the answer is empty; every row needs an answer to learn")
+    return list(refs)
+
+
+class VLMEncoder:
+    """Turns a row into an example: ``input_ids``, ``labels`` (``-100`` before the answer), the image inputs the
+    processor returns (``pixel_values``, and ``image_grid_thw`` on Qwen) and, with references, ``prompt_ids`` (the
+    input without its answer) and ``answers`` (every reference).
+
+    Args:
+        processor: the model's processor (``AutoProcessor``: a tokenizer, an image processor, a chat template).
+        cfg: the data section (columns and template).
+        base: the folder relative image paths start from.
+        class_names: for classification, the word of each class: a row's answer is the word of its
+            ``label_column`` class; None: the answer column.
+    """
+
+    def __init__(self, processor: Any, cfg: VLMDataConfig, base: Path = Path("."), class_names: list[str] | None = None) -> None:
+        self.processor = processor
+        self.class_names = class_names
+        self.tokenizer = processor.tokenizer
+        self.cfg = cfg
+        self.base = base
+        if self.tokenizer.eos_token_id is None:
+            raise UserError(f"the tokenizer of {type(processor).__name__} has no EOS token to end the answer with; set tokenizer.eos_token")
+
+    def instruction(self, row: dict[str, Any], where: str = "input") -> str:
+        """The user turn's text: the template filled with the row's fields."""
+        try:
+            return self.cfg.template.format_map({k: v for k, v in row.items() if k != self.cfg.image_column})
+        except (KeyError, IndexError, ValueError) as e:
+            raise DataError(f"{where}: data.template {self.cfg.template!r} cannot be filled ({type(e).__name__}: {e}); its fields must be columns of the data") from None
+
+    def prompt_text(self, instruction: str) -> str:
+        """The chat-template text up to where the answer starts (the generation prompt)."""
+        if getattr(self.processor, "chat_template", None):
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
+            return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return f"{self.processor.image_token} {instruction}"
+
+    def prompt(self, image: Any, instruction: str) -> dict[str, torch.Tensor]:
+        """The processor's output for one image and instruction: ``input_ids`` ``[L]`` and the image inputs."""
+        out = self.processor(text=[self.prompt_text(instruction)], images=[image], return_tensors="pt")
+        example = {k: v for k, v in out.items() if k not in ("attention_mask", "mm_token_type_ids")}
+        example["input_ids"] = example["input_ids"][0]
+        return example
+
+    def answer_ids(self, answer: str) -> list[int]:
+        """The answer as the tokenizer alone tokenizes it (no special tokens), then EOS."""
+        return [*self.tokenizer(answer, add_special_tokens=False)["input_ids"], self.tokenizer.eos_token_id]
+
+    def encode(self, row: dict[str, Any], where: str, with_references: bool = False) -> dict[str, Any]:
+        image = load_image(row[self.cfg.image_column], self.base, where)
+        refs = self.class_answer(row, where) if self.class_names is not None else references(row[self.cfg.answer_column], where)
+        example = self.prompt(image, self.instruction(row, where))
+        prompt_ids = example["input_ids"]
+        answer = torch.tensor(self.answer_ids(refs[0]), dtype=prompt_ids.dtype)
+        example["input_ids"] = torch.cat([prompt_ids, answer])
+        example["labels"] = torch.cat([torch.full_like(prompt_ids, IGNORE), answer])
+        if with_references:
+            scored = self.cfg.references_column
+            example["prompt_ids"] = prompt_ids
+            example["answers"] = refs if scored is None or self.class_names is not None else references(row[scored], f"{where} ({scored})")
+        return example
+
+    def class_answer(self, row: dict[str, Any], where: str) -> list[str]:
+        """``[the word of the row's class]``."""
+        label = row[self.cfg.label_column]
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(self.class_names):
+            raise DataError(
+                f"{where}: label {label!r} in column {self.cfg.label_column!r} is not a class index 0..{len(self.class_names) - 1} "
+                f"of task.class_names {self.class_names}"
+            )
+        return [self.class_names[label]]
+
+
+class VLMExamples(Dataset):
+    """The examples of one split, each encoded when asked for (:meth:`VLMEncoder.encode`)."""
+
+    def __init__(self, rows: Any, encoder: VLMEncoder, split: str, with_references: bool = False) -> None:
+        self.rows, self.encoder, self.split, self.with_references = rows, encoder, split, with_references
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.encoder.encode(self.rows[int(index)], f"{self.split} row {int(index)}", self.with_references)
+
+
+def collate_examples(examples: list[dict[str, Any]], padding_side: str = "left", pad_id: int = 0) -> dict[str, Any]:
+    """A batch of examples as a processor returns one: ``input_ids`` and ``attention_mask`` padded on
+    ``padding_side`` (``labels`` padded with ``-100``; ``prompt_ids`` likewise into ``prompt_ids`` /
+    ``prompt_mask``), image inputs concatenated (Qwen's patches and grids) or stacked (LLaVA's images), ``answers``
+    as a list."""
+
+    def pad(key: str, value: int) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(e[key]) for e in examples)
+        ids = torch.full((len(examples), width), value, dtype=torch.long)
+        mask = torch.zeros((len(examples), width), dtype=torch.long)
+        for row, e in enumerate(examples):
+            n = len(e[key])
+            where = slice(width - n, width) if padding_side == "left" else slice(0, n)
+            ids[row, where], mask[row, where] = e[key], 1
+        return ids, mask
+
+    batch: dict[str, Any] = {}
+    batch["input_ids"], batch["attention_mask"] = pad("input_ids", pad_id)
+    for key in examples[0]:
+        if key == "labels":
+            batch["labels"] = pad("labels", IGNORE)[0]
+        elif key == "prompt_ids":
+            batch["prompt_ids"], batch["prompt_mask"] = pad("prompt_ids", pad_id)
+        elif key == "answers":
+            batch["answers"] = [e["answers"] for e in examples]
+        elif key != "input_ids":
+            batch[key] = torch.cat([e[key] for e in examples])
+    return batch
+
+
+class VLMCollator:
+    """:func:`collate_examples` with the tokenizer's pad id and padding side (a picklable collate function)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.padding_side = tokenizer.padding_side
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        return collate_examples(examples, self.padding_side, self.pad_id)
+
+
+def _base_dir(cfg: VLMDataConfig, split: str) -> Path:
+    if cfg.image_dir is not None:
+        return Path(cfg.image_dir).expanduser()
+    file = cfg.data_files.get(split)
+    return Path(file).expanduser().parent if file else Path(".")
+
+
+def class_indices(rows: Any, cfg: VLMDataConfig) -> list[int]:
+    """Each row's class for K-shot sampling: ``label_column``, else the index of its first reference answer."""
+    if cfg.label_column is not None:
+        return [int(v) for v in rows[cfg.label_column]]
+    answers = [references(v, f"row {i}")[0].strip().lower() for i, v in enumerate(rows[cfg.answer_column])]
+    index = {a: i for i, a in enumerate(sorted(set(answers)))}
+    return [index[a] for a in answers]
+
+
+def class_names_of(cfg: VLMDataConfig, given: list[str] | None = None) -> list[str]:
+    """The class words of a classification run: ``given`` (``task.class_names``), else the ``ClassLabel`` names of
+    the train split's label column.
+
+    Raises:
+        UserError: no label column, or neither class names nor a ``ClassLabel`` column.
+    """
+    if cfg.label_column is None:
+        raise UserError("data.label_column: task.type classify reads each row's class from a label column; name it")
+    if given:
+        return list(given)
+    feature = load_splits(cfg, classify=True)[cfg.train_split].features[cfg.label_column]
+    names = getattr(feature, "names", None)
+    if not names:
+        raise UserError(f"task.class_names: column {cfg.label_column!r} holds class indices without names; give the word of each class, in class order")
+    return list(names)
+
+
+def build_vlm_data(cfg: VLMDataConfig, processor: Any, class_names: list[str] | None = None) -> DataBundle:
+    """The train and eval examples of ``cfg`` for a model with ``processor``, and their collate function.
+
+    With ``class_names`` (classification), a row's answer is the word of its ``label_column`` class. The first row
+    of each split is encoded here, so a bad column, image or template fails before training. Evaluation examples
+    carry their references (:data:`REFERENCE_KEYS`).
+    """
+    splits = load_splits(cfg, classify=class_names is not None)
+    train = splits[cfg.train_split]
+    if cfg.shots is not None:
+        train = train.select(few_shot_indices(class_indices(train, cfg), cfg.shots, cfg.seed, on_short="error"))
+    if cfg.max_train_samples is not None:
+        train = train.select(range(min(cfg.max_train_samples, len(train))))
+    datasets_ = {"train": VLMExamples(train, VLMEncoder(processor, cfg, _base_dir(cfg, cfg.train_split), class_names), cfg.train_split)}
+    if cfg.eval_split is not None:
+        rows = splits[cfg.eval_split]
+        if cfg.max_eval_samples is not None:
+            rows = rows.select(range(min(cfg.max_eval_samples, len(rows))))
+        datasets_["eval"] = VLMExamples(rows, VLMEncoder(processor, cfg, _base_dir(cfg, cfg.eval_split), class_names), cfg.eval_split, with_references=True)
+    for name, ds in datasets_.items():
+        if len(ds) == 0:
+            raise DataError(f"data: the {name} split has no rows")
+        ds[0]  # a bad column, image or template fails here, before any model work
+    info = {name: {"rows": len(ds)} for name, ds in datasets_.items()}
+    return DataBundle(datasets_["train"], datasets_.get("eval"), VLMCollator(processor.tokenizer), class_names, info=info)
+
+
+__all__ = [
+    "REFERENCE_KEYS", "VLMCollator", "VLMDataConfig", "VLMEncoder", "VLMExamples", "build_vlm_data", "class_names_of", "collate_examples",
+    "load_image", "load_splits",
+]
