@@ -76,7 +76,7 @@ class TextDataConfig:
         packing: whether causal LM batches run packed into one row, without padding (:mod:`textpt.packing`):
             ``auto`` where that gives the padded path's numbers (a decoder-only model with ``sdpa`` or ``eager``
             attention and full-attention layers; encoder and encoder-decoder batches stay padded), ``true`` requires
-            it (refused, with the reason, where it would not be exact), ``false`` keeps the padded path. Batches are
+            it (refused, with the reason, where it would not be exact), ``false`` (default) keeps the padded path. Batches are
             collated padded either way; the model packs them (:meth:`textpt.model.TextPromptedModel.set_packing`).
         group_by_length: batch training rows of similar length together (:func:`textpt.packing.length_grouped_order`:
             each epoch's seeded order sorted longest first within buckets of 50 batches), so a padded batch pads
@@ -114,7 +114,7 @@ class TextDataConfig:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     skip_empty: bool = False
-    packing: PackingMode = "auto"
+    packing: PackingMode = False
     group_by_length: bool = False
     num_proc: int | None = None
     test_size: int | float | None = None

@@ -100,7 +100,7 @@ class TextPromptedModel(PromptedModel):
         except UserError as e:  # a checkpoint that pools in a way not offered: the caller may still choose one
             self.pooling, self._pooling_problem = None, e
         self._checkpointing = False
-        self.packing: PackingMode = "auto"
+        self.packing: PackingMode = False  # opt-in: bench/packing.py measures it slower for LM losses on the CPU
 
     def set_pooling(self, pooling: str) -> None:
         """Chooses what a ``seq_cls`` model's head reads (``model.pooling``): ``auto`` (what the checkpoint was

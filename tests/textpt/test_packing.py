@@ -125,8 +125,10 @@ def test_every_causal_architecture_packs_exactly_or_stays_padded(arch, case):
     backbone, tok = load_model_and_tokenizer(TextModelConfig(name=f"random:{model_type}", kwargs=kwargs, dtype="float64", padding_side="right"))
     model = textpt.wrap(backbone, method_config(method, num_tokens=3, init_std=1.0, **prompt), tokenizer=tok)
     problem = textpt.packing.packing_problem(model)
+    assert model.packing is False and not model.packs_batches()  # opt-in
+    model.set_packing("auto")
     if problem is not None:
-        assert model.packing == "auto" and not model.packs_batches()
+        assert not model.packs_batches()
         with pytest.raises(ValueError, match="data.packing: true, but"):
             model.set_packing(True)
         return
@@ -160,7 +162,8 @@ def test_packing_refusals_and_auto_fallback():
     torch.manual_seed(0)
     backbone, tok = load_model_and_tokenizer(TextModelConfig(name="random:mistral", kwargs={**TINY_CONFIGS["llama"], "sliding_window": 4}))
     local = textpt.wrap(backbone, method_config("prompt_tuning", num_tokens=2, verbalizer=[" good", " bad"]), tokenizer=tok)
-    assert local.packing == "auto" and not local.packs_batches()  # auto keeps the padded path
+    local.set_packing("auto")
+    assert not local.packs_batches()  # auto keeps the padded path
     with pytest.raises(ValueError, match=r"data.packing: true, but MistralForCausalLM has sliding-window, chunked or other local attention"):
         local.set_packing(True)
     t5, tok = load_model_and_tokenizer(TextModelConfig(name="random:t5", task="seq2seq", kwargs=TINY_CONFIGS["t5"]))
