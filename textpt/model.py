@@ -354,7 +354,7 @@ class TextPromptedModel(PromptedModel):
 
         The backbone stays in eval mode (dropout off), where transformers' own checkpointing is inactive and would drop
         the cache anyway; so each layer's forward is wrapped in non-reentrant checkpointing here. Prefix caches are
-        stateless (:class:`textpt.fast_prefix.PrefixLayer`), so a re-run layer sees the same inputs.
+        stateless (:class:`textpt.cache_layers.PrefixLayer`), so a re-run layer sees the same inputs.
         """
         from transformers.modeling_layers import GradientCheckpointingLayer
 
