@@ -76,6 +76,7 @@ def _check_config_fields(model_type: str, values: dict[str, Any]) -> None:
 
 class HFFamily(BackboneFamily):
     describe = "transformers models; token prompts on ViTModel, CLIPVisionModel, SiglipVisionModel"
+    hub_files = True
 
     def create(self, model_name: str, cfg: "BackboneConfig") -> nn.Module:
         import transformers

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 class OpenClipFamily(BackboneFamily):
     describe = "open_clip CLIP models; token prompts on a ViT image tower"
+    hub_files = True
 
     def create(self, model_name: str, cfg: "BackboneConfig") -> nn.Module:
         import open_clip

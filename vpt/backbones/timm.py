@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 class TimmFamily(BackboneFamily):
     describe = "timm models; token prompts on its VisionTransformer (ViT, DeiT, DeiT-III, register tokens)"
+    hub_files = True
 
     def create(self, model_name: str, cfg: "BackboneConfig") -> nn.Module:
         import timm
