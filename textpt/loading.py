@@ -184,7 +184,7 @@ def load_model_and_tokenizer(cfg: TextModelConfig) -> tuple[nn.Module, Any]:
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    setattr(model, POOLING_ATTR, cfg.pooling)  # textpt.wrap's head reads it unless given another pooling
+    setattr(model, POOLING_ATTR, cfg.pooling)  # the prompted model's head reads it (promptcore.wrap, textpt.wrap)
     return model, tokenizer
 
 

@@ -29,7 +29,7 @@ from torch.utils.checkpoint import checkpoint
 from promptcore import PromptedModel
 from promptcore.errors import UserError
 
-from .config import SoftPromptConfig, TextMethodConfig, check_label_word_ids
+from .config import POOLING_ATTR, SoftPromptConfig, TextMethodConfig, check_label_word_ids
 from .fast_prefix import KeyValues, accepts, cache_argument, positions_after_prefix, prefix_cache
 from .loading import check_prompt_ready, is_placed, model_max_length
 from .padding import last_token_index, pack_prompt
@@ -54,7 +54,8 @@ class TextPromptedModel(PromptedModel):
 
     Attributes:
         task: the task's name. strategy: its :class:`textpt.tasks.TextTask`.
-        pooling: what a ``seq_cls`` head reads (``cls``, ``mean``, ``last``, ``pooler``; None for the other tasks);
+        pooling: what a ``seq_cls`` head reads (``cls``, ``mean``, ``last``, ``pooler``; None for the other tasks):
+            the ``model.pooling`` :func:`textpt.load_model_and_tokenizer` recorded on the backbone, else ``auto``;
             :meth:`set_pooling` changes it.
     """
 
@@ -90,9 +91,14 @@ class TextPromptedModel(PromptedModel):
         self.max_positions = model_max_length(backbone)
         self.verbalizer_ids = self._tokenize_verbalizer()
         self.head = self.strategy.build_head(self)
+        # the pooling load_model_and_tokenizer recorded from its config (model.pooling), so promptcore.wrap and
+        # textpt.wrap build the head a run trained with that config had
+        recorded = getattr(backbone, POOLING_ATTR, "auto")
         try:
-            self.set_pooling("auto")
+            self.set_pooling(recorded)
         except UserError as e:  # a checkpoint that pools in a way not offered: the caller may still choose one
+            if recorded != "auto":
+                raise
             self.pooling, self._pooling_problem = None, e
         self._checkpointing = False
 
