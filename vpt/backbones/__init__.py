@@ -57,7 +57,7 @@ def create_model(cfg: BackboneConfig) -> nn.Module:
     family = lookup(FAMILIES, family_name)
     offline = None  # why the hub cannot be used (promptcore.hub), for the error of a failed fetch
     try:
-        with hub_access() if family.hub_files and not cfg.builds_from_config else contextlib.nullcontext() as offline:
+        with hub_access() if family.fetches_from_hub(cfg) else contextlib.nullcontext() as offline:
             if not cfg.library_weights and cfg.kwargs:  # a size the config sets: checked on shapes before allocating it
                 with torch.device("meta"):
                     shape = family.create(model_name, cfg)

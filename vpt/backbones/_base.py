@@ -151,13 +151,15 @@ class BackboneFamily:
 
     Attributes:
         describe: one line on the supported models, for error messages and docs.
-        hub_files: whether :meth:`create` fetches files by name from the Hugging Face Hub (pretrained weights, and
-            for some families the model's config): the load then fails at once when the hub cannot be reached
-            (:func:`promptcore.hub.hub_access`).
     """
 
     describe: str = "any torch image model (no token view; give data.image_size)"
-    hub_files: bool = False
+
+    def fetches_from_hub(self, cfg: "BackboneConfig") -> bool:
+        """Whether :meth:`create` fetches files of ``cfg``'s model from the Hugging Face Hub (pretrained weights, for
+        some families the model's config): the load then fails at once when the hub cannot be reached
+        (:func:`promptcore.hub.hub_access`)."""
+        return False
 
     def create(self, model_name: str, cfg: "BackboneConfig") -> nn.Module:
         """The library's model for ``model_name`` (the part of ``family:model`` after the colon)."""
