@@ -190,7 +190,7 @@ def cmd_train(recipe: Recipe, args: argparse.Namespace) -> int:
     cfg, model, data = build_model_and_data(recipe, load_run_config(recipe, args), problems)
     model.record_in_prompt_files(program=recipe.prog)  # names the program to continue the run with (--resume)
     run_dir = Path(args.resume) if args.resume else Path(args.output) if args.output else default_run_dir(recipe, args.config)
-    problems += run_problems(model, cfg.train, data is None or data.eval is not None, run_dir)
+    problems += run_problems(model, cfg.train, data is None or data.eval is not None, run_dir, data.train if data is not None else None)
     if problems:  # every problem found before any work, at once
         raise UserError(problems[0] if len(problems) == 1 else f"{len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems))
     assert data is not None

@@ -5,7 +5,9 @@ A config is a tree of dataclasses. :func:`load_config` builds it from a YAML fil
 against the field types (``int``, ``float``, ``str``, ``bool``, ``Optional``, ``Literal``, ``list``, ``dict``,
 nested dataclasses, unions of dataclasses told apart by ``method``, and registry choices such as
 :func:`promptcore.methods.method_config`), and a dataclass's ``__post_init__`` may raise ``ValueError`` to reject a
-value. All problems are gathered into one :class:`ConfigError`.
+value. All problems are gathered into one :class:`ConfigError`. A check that needs a heavy library (transformers, to
+know a model config's fields) goes through :func:`library_check`: it runs once the rest of the config is valid, so a
+typo elsewhere is reported without loading the library.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import types
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Callable, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -31,6 +34,26 @@ class ConfigError(UserError):
         self.errors = errors
         where = f" in {source}" if source else ""
         super().__init__(f"{len(errors)} problem(s){where}:\n" + "\n".join(f"  - {e}" for e in errors))
+
+
+# The library checks of the config from_dict is building: [field path prefix or None (not yet known), check].
+_DEFERRED: ContextVar[list[list] | None] = ContextVar("promptcore_library_checks", default=None)
+
+
+def library_check(check: Callable[[], None]) -> None:
+    """Runs ``check``, a validation that imports a heavy library: now, or, while :func:`from_dict` builds a config,
+    after the rest of the config is found valid (a config error elsewhere, such as ``--set train.lr=abc``, is then
+    reported without importing the library; the check's own problems follow once the others are fixed).
+
+    Args:
+        check: raises ``ValueError`` (:class:`UserError`) whose message starts with the field's name within its
+            dataclass, as a ``__post_init__`` check does.
+    """
+    deferred = _DEFERRED.get()
+    if deferred is None:
+        check()
+    else:
+        deferred.append([None, check])
 
 
 def _type_name(tp: Any) -> str:
@@ -214,8 +237,14 @@ def _build(cls: type[C], data: dict, path: str, errors: list[str]) -> C:
     if len(errors) > n_before:
         # Building with bad values would only add confusing errors from __post_init__.
         return _Invalid(cls)  # type: ignore[return-value]
+    deferred = _DEFERRED.get()
+    start = len(deferred) if deferred is not None else 0
     try:
-        return cls(**kwargs)
+        cfg = cls(**kwargs)
+        for entry in (deferred or [])[start:]:  # the library checks of this dataclass's __post_init__
+            if entry[0] is None:
+                entry[0] = prefix
+        return cfg
     except ConfigError as e:  # a config whose checks list several problems
         errors.extend(f"{prefix}{problem}" for problem in e.errors)
         return _Invalid(cls)  # type: ignore[return-value]
@@ -236,7 +265,20 @@ def from_dict(cls: type[C], data: dict, source: str | None = None) -> C:
     errors: list[str] = []
     if not isinstance(data, dict):
         raise ConfigError([f"top level: expected a mapping, found {type(data).__name__}"], source)
-    cfg = _build(cls, data, "", errors)
+    token = _DEFERRED.set([])
+    try:
+        cfg = _build(cls, data, "", errors)
+    finally:
+        deferred = _DEFERRED.get() or []
+        _DEFERRED.reset(token)
+    if not errors:
+        for prefix, check in deferred:
+            try:
+                check()
+            except ConfigError as e:
+                errors.extend(f"{prefix or ''}{problem}" for problem in e.errors)
+            except ValueError as e:
+                errors.append(f"{prefix or ''}{e}")
     if errors:
         raise ConfigError(errors, source)
     return cfg

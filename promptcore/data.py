@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import torch
@@ -68,6 +69,73 @@ def few_shot_indices(
             continue
         chosen.extend(items[int(j)] for j in torch.randperm(len(items), generator=g)[:shots])
     return sorted(chosen)
+
+
+# Byte order marks, longest first (UTF-32-LE's starts with UTF-16-LE's): encoding, how iconv names it, in words.
+BOMS: tuple[tuple[bytes, str, str], ...] = (
+    (b"\xff\xfe\x00\x00", "utf-32", "UTF-32 (little-endian, with a byte order mark)"),
+    (b"\x00\x00\xfe\xff", "utf-32", "UTF-32 (big-endian, with a byte order mark)"),
+    (b"\xff\xfe", "utf-16", "UTF-16 (little-endian, with a byte order mark)"),
+    (b"\xfe\xff", "utf-16", "UTF-16 (big-endian, with a byte order mark)"),
+)
+SNIFF_BYTES = 4096
+
+
+def detect_encoding(head: bytes) -> tuple[str, str] | None:
+    """``(iconv name, description)`` of the wide encoding the first bytes of a file show: a UTF-16/UTF-32 byte order
+    mark, or, without one, text whose every other byte (every fourth of four) is NUL, as ASCII-range UTF-16
+    (UTF-32) is; ``None`` when neither (a UTF-8 byte order mark is UTF-8, which the readers take)."""
+    for bom, name, words in BOMS:
+        if head.startswith(bom):
+            return name, words
+    head = head[: len(head) // 4 * 4]
+    if len(head) < 4 or head.count(0) < len(head) // 4:
+        return None
+    for width, name in ((4, "utf-32"), (2, "utf-16")):
+        for endian, text_at in (("le", 0), ("be", width - 1)):
+            units = [head[i:i + width] for i in range(0, len(head), width)]
+            if sum(u[text_at] != 0 and u.count(0) == width - 1 for u in units) >= 0.9 * len(units):
+                order = "little" if endian == "le" else "big"
+                return f"{name}{endian}", f"{name.upper()} ({order}-endian, without a byte order mark)"
+    return None
+
+
+def check_utf8(path: str, error: type[UserError] = UserError) -> None:
+    """Raises ``error`` naming ``path`` when the file is not UTF-8 text (the csv and json readers would fail deep
+    inside, with no file name): the encoding detected (UTF-16/UTF-32 with or without a byte order mark, else the
+    first offending byte and the likely 8-bit encoding) and the ``iconv`` line that converts it. A UTF-8 byte order
+    mark is fine; a missing file is left to the reader."""
+    import codecs
+
+    target = Path(path)
+    fix = "and point data.data_files at it"
+    converted = target.with_name(f"{target.stem}.utf8{target.suffix}")
+    try:
+        with open(path, "rb") as f:
+            wide = detect_encoding(f.read(SNIFF_BYTES))
+            if wide is not None:
+                name, words = wide
+                raise error(
+                    f"{path} is {words} text, and the readers take UTF-8; convert it with "
+                    f"iconv -f {name} -t utf-8 {path} > {converted} {fix}"
+                )
+            f.seek(0)
+            decoder = codecs.getincrementaldecoder("utf-8")()
+            offset = 0
+            while chunk := f.read(1 << 20):
+                decoder.decode(chunk)
+                offset += len(chunk)
+            decoder.decode(b"", final=True)
+    except FileNotFoundError:
+        return
+    except UnicodeDecodeError as e:
+        where = offset + e.start
+        # 0x80-0x9f are control codes in Latin-1 and letters and signs (curly quotes, euro) in Windows-1252
+        name, words = ("cp1252", "Windows-1252") if any(0x80 <= b <= 0x9F for b in e.object) else ("latin1", "Latin-1 (ISO-8859-1)")
+        raise error(
+            f"{path} is not UTF-8 text: byte {where} is {e.object[e.start:e.start + 1]!r} ({e.reason}); it is likely "
+            f"{words}: convert it with iconv -f {name} -t utf-8 {path} > {converted} {fix}"
+        ) from None
 
 
 def load_with_datasets(error: type[UserError], read: tuple[str, str], load: tuple[str, str], *args: Any, **kwargs: Any) -> Any:

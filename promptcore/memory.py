@@ -1,11 +1,12 @@
-"""Checks of memory a user setting asks for, made before allocating it: a model size or shape given in a config
-that does not fit fails with one :class:`promptcore.errors.UserError` naming the setting and the bytes, not with the
+"""Checks of memory a user setting asks for, made before allocating it: a model size or shape, a prompt length
+(:mod:`promptcore.prompts`) or a training batch (:func:`promptcore.preflight.batch_problem`) given in a config that
+does not fit fails with one :class:`promptcore.errors.UserError` naming the setting and the bytes, not with the
 allocator's error (or the kernel's out-of-memory kill) minutes later."""
 
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -38,6 +39,22 @@ def module_bytes(module: nn.Module) -> int:
     return tensor_bytes([*module.parameters(), *module.buffers()])
 
 
+def batch_bytes(example: Mapping[str, Any], rows: int, hidden: int | None = None) -> int:
+    """A lower bound of the memory a batch of ``rows`` examples like ``example`` takes: its inputs (tensors, and
+    lists of numbers at 8 bytes each) and, for a model of width ``hidden``, the float32 embeddings of its
+    ``input_ids`` (one hidden state; a forward keeps several per layer)."""
+    per_example = 0
+    for value in example.values():
+        if isinstance(value, torch.Tensor):
+            per_example += value.numel() * value.element_size()
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
+            per_example += 8 * len(value)
+    ids = example.get("input_ids")
+    if hidden and ids is not None:
+        per_example += len(ids) * hidden * 4
+    return rows * per_example
+
+
 def check_fits(nbytes: int, setting: str, available: int | None = None) -> None:
     """Raises :class:`UserError` when ``nbytes`` (what ``setting`` asks for) exceed the memory available (host
     memory unless ``available`` is given); unknown available memory passes."""
@@ -58,4 +75,4 @@ def _size(nbytes: int) -> str:
     return f"{value:.1f} TiB"
 
 
-__all__ = ["available_memory", "check_fits", "module_bytes", "tensor_bytes"]
+__all__ = ["available_memory", "batch_bytes", "check_fits", "module_bytes", "tensor_bytes"]

@@ -15,6 +15,7 @@ import torch
 
 from .errors import UserError
 from .files import CONFIG_FILE, read_prompt_config
+from .memory import batch_bytes, check_fits
 from .fingerprint import FINGERPRINT_KEY
 from .registry import did_you_mean
 from .runs import RunDirError
@@ -34,19 +35,46 @@ def metric_problem(model: "PromptedModel", config: "TrainConfig") -> str | None:
     )
 
 
-def run_problems(model: "PromptedModel", config: "TrainConfig", evaluates: bool, run_dir: str | Path) -> list[str]:
+def run_problems(
+    model: "PromptedModel", config: "TrainConfig", evaluates: bool, run_dir: str | Path, train_dataset: Any = None
+) -> list[str]:
     """What would stop a training run that the config and the data do not already report, each a message: the
-    metric that selects ``best/`` against the model's eval metrics (when the run evaluates), and a run directory
-    that cannot be written. The trainer checks them again (a run started from Python meets them there); found here,
-    they are reported with the data's problems in one go."""
+    metric that selects ``best/`` against the model's eval metrics (when the run evaluates), a training batch the
+    memory cannot hold (:func:`batch_problem`) and a run directory that cannot be written. The trainer checks the
+    metric again (a run started from Python meets it there; the batch check reads an example, which the trainer
+    leaves to the data loader's order, so from Python it is :func:`batch_problem`); found here, they are reported
+    with the data's problems in one go."""
     problems = []
     problem = metric_problem(model, config) if evaluates else None
+    if problem:
+        problems.append(problem)
+    problem = batch_problem(model, config, train_dataset)
     if problem:
         problems.append(problem)
     problem = _unwritable(Path(run_dir))
     if problem:
         problems.append(problem)
     return problems
+
+
+def batch_problem(model: "PromptedModel", config: "TrainConfig", train_dataset: Any) -> str | None:
+    """Why a batch of ``train.batch_size`` examples (or of all of them, when fewer) cannot fit in memory, judged
+    from the first example before any batch is made (:func:`promptcore.memory.batch_bytes`: its inputs, images
+    C×H×W or token ids, and for a text model the embeddings of its tokens at the model's width ``dim``); None when
+    it may fit. A lower bound: only a batch that clearly cannot fit is refused."""
+    if train_dataset is None or len(train_dataset) == 0:
+        return None
+    example = train_dataset[0]
+    if not isinstance(example, dict):  # the toolkit's datasets give dicts; another dataset is left to the collate
+        return None
+    rows = min(config.batch_size, len(train_dataset))
+    hidden = getattr(model, "dim", None)
+    try:
+        check_fits(batch_bytes(example, rows, hidden if isinstance(hidden, int) else None),
+                   f"train.batch_size {config.batch_size} ({rows} examples per batch)")
+    except UserError as e:
+        return f"{e} (or shorter inputs: data.max_length, data.image_size)"
+    return None
 
 
 def _unwritable(path: Path) -> str | None:

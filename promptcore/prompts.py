@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .memory import check_fits
 
 InitName = Literal["normal", "uniform", "xavier", "tensor", "vocab", "text", "class_labels", "zeros"]
 INIT_NAMES: tuple[str, ...] = ("normal", "uniform", "xavier", "tensor", "vocab", "text", "class_labels", "zeros")
@@ -138,9 +139,15 @@ def _check_embedding(embedding: torch.Tensor, dim: int) -> None:
 
 
 def _check_sizes(**sizes: int) -> None:
+    """Refuses sizes that are not positive integers, then a prompt of these sizes that the memory cannot hold
+    (:func:`promptcore.memory.check_fits`, before allocating it): the message names the sizes, ``num_tokens``
+    being the ``prompt.num_tokens`` of a config."""
     for name, value in sizes.items():
         if not isinstance(value, int) or value <= 0:
             raise UserError(f"{name} must be a positive integer, got {value!r}")
+    shape = " × ".join(f"{name} {value}" for name, value in sizes.items())
+    nbytes = math.prod(sizes.values()) * torch.finfo(torch.get_default_dtype()).bits // 8
+    check_fits(nbytes, f"a prompt of {shape} (prompt.num_tokens sets its length)")
 
 
 class PromptEncoder(nn.Module):

@@ -79,6 +79,11 @@ def setup_text_run_to_vpt(tmp: Path) -> list[str]:
 
 def setup_latin1_csv(tmp: Path) -> list[str]:
     (tmp / "rows.csv").write_bytes("text,label\ncaf\xe9 au lait,0\ntea,1\n".encode("latin-1"))
+    return text_csv_argv(tmp)
+
+
+def text_csv_argv(tmp: Path) -> list[str]:
+    """Training on tmp/rows.csv (columns text, label) as the text data."""
     files = f"{{train: {tmp / 'rows.csv'}, test: {tmp / 'rows.csv'}}}"
     return ["train", "-c", TEXT_SMOKE, *TEXT_SHORT, "--set", "data.source=csv", "--set", f"data.data_files={files}",
             "--set", "data.text_column=text", "--set", "data.label_column=label",
@@ -95,6 +100,17 @@ def setup_ragged_csv(tmp: Path) -> list[str]:
 
 def setup_ragged_vision_csv(tmp: Path) -> list[str]:
     (tmp / "rows.csv").write_text("image,label\na.png,0\nb.png,1,2\n")
+    return ["train", "-c", VPT_SMOKE, *SHORT, "--set", "data.source=hf", "--set", "data.name=csv",
+            "--set", f"data.data_files={{train: {tmp / 'rows.csv'}}}", "-o", str(tmp / "run")]
+
+
+def setup_utf16_csv(tmp: Path, bom: bool = True) -> list[str]:
+    (tmp / "rows.csv").write_bytes("text,label\ncafé au lait,0\ntea,1\n".encode("utf-16" if bom else "utf-16-le"))
+    return text_csv_argv(tmp)
+
+
+def setup_utf16_vision_csv(tmp: Path) -> list[str]:
+    (tmp / "rows.csv").write_bytes("image,label\na.png,0\nb.png,1\n".encode("utf-16"))
     return ["train", "-c", VPT_SMOKE, *SHORT, "--set", "data.source=hf", "--set", "data.name=csv",
             "--set", f"data.data_files={{train: {tmp / 'rows.csv'}}}", "-o", str(tmp / "run")]
 
@@ -148,7 +164,11 @@ CASES = {
     "corrupt torch checkpoint": ("vpt", lambda tmp: [*plain(*VPT)(tmp), "--set", f"model.checkpoint={corrupt(tmp, 'w.pth')}"],
                                  r"checkpoint '.*w.pth' cannot be read as tensors"),
     "hub name offline": ("vpt", plain(*VPT, "--set", "model.name=hf:google/vit-base-patch16-224", "--set", "model.kwargs={}", "--set", "model.pretrained=null"),
-                         r"model.name: cannot load the pretrained weights of hf:google/vit-base-patch16-224 .*model.pretrained: false"),
+                         r"model.name: cannot load the pretrained weights of hf:google/vit-base-patch16-224 \(it could not be fetched, HF_HUB_OFFLINE is set, .*'python -m promptcore.assets list' \(docs/assets.md\).*model.pretrained: false"),
+    "timm weights offline": ("vpt", plain(*VPT, "--set", "model.kwargs={}", "--set", "model.pretrained=true"),
+                             r"model.name: cannot load the pretrained weights of timm:vit_tiny_patch16_224 \(it could not be fetched, HF_HUB_OFFLINE is set, .*'python -m promptcore.assets list' \(docs/assets.md\).*model.pretrained: false"),
+    "open_clip weights offline": ("vpt", plain(*VPT, "--set", "model.name=open_clip:ViT-B-32:openai", "--set", "model.kwargs={}", "--set", "model.pretrained=null"),
+                                  r"model.name: cannot load the pretrained weights of open_clip:ViT-B-32:openai \(it could not be fetched, HF_HUB_OFFLINE is set, .*'python -m promptcore.assets list' \(docs/assets.md\).*model.pretrained: false"),
     "timm model name typo": ("vpt", plain(*VPT, "--set", "model.name=timm:vit_tiny_patch16_2244"),
                              r"model.name: unknown timm model 'vit_tiny_patch16_2244'. Did you mean 'vit_tiny_patch16_224'"),
     "open_clip model name typo": ("vpt", plain(*VPT, "--set", "model.name=open_clip:ViT-B-166", "--set", "model.kwargs={}"),
@@ -175,13 +195,17 @@ CASES = {
     "empty text config": ("textpt", setup_empty, r"model: required field is missing"),
     "csv with a ragged row": ("textpt", setup_ragged_csv, r"could not read csv files .*rows.csv.*: ParserError: .*Expected 2 fields in line 3, saw 4"),
     "vision csv with a ragged row": ("vpt", setup_ragged_vision_csv, r"could not read the files of dataset 'csv' .*rows.csv.*ParserError: .*line 3, saw 3"),
-    "csv not utf-8": ("textpt", setup_latin1_csv, r"rows.csv is not UTF-8 text: byte \d+ is b'\\xe9'.*iconv"),
+    "csv not utf-8": ("textpt", setup_latin1_csv, r"rows.csv is not UTF-8 text: byte \d+ is b'\\xe9'.*likely Latin-1 \(ISO-8859-1\): convert it with iconv -f latin1"),
+    "csv in utf-16": ("textpt", setup_utf16_csv, r"rows.csv is UTF-16 \(little-endian, with a byte order mark\) text.*iconv -f utf-16 -t utf-8 \S*rows.csv > \S*rows.utf8.csv"),
+    "csv in utf-16 without a bom": ("textpt", lambda tmp: setup_utf16_csv(tmp, bom=False),
+                                    r"rows.csv is UTF-16 \(little-endian, without a byte order mark\) text.*iconv -f utf-16le -t utf-8"),
+    "vision csv in utf-16": ("vpt", setup_utf16_vision_csv, r"rows.csv is UTF-16 \(little-endian, with a byte order mark\) text.*iconv -f utf-16 -t utf-8"),
     "random model kwargs typo": ("textpt", plain(*TEXT, "--set", "model.kwargs.hidden_sizee=32"), r"'hidden_sizee' is not a field of the llama config.*Did you mean 'hidden_size'"),
     "hf folder kwargs typo": ("textpt", setup_hf_folder_kwargs_typo, r"model.kwargs.hidden_sizee: neither an argument of from_pretrained nor a field of the model's config.*'hidden_size'"),
     "missing text dataset": ("textpt", plain(*TEXT, "--set", "data.source=hf", "--set", "data.name={tmp}/nothing",
                                              "--set", 'prompt.verbalizer=[" excellent", " terrible"]'),
                              r"could not load dataset '.*nothing' \(FileNotFoundError.*check data.name"),
-    "text hub name offline": ("textpt", plain(*TEXT, "--set", "model.name=hf:gpt2"), r"model.name: cannot load hf:gpt2 .*'random:TYPE'"),
+    "text hub name offline": ("textpt", plain(*TEXT, "--set", "model.name=hf:gpt2"), r"model.name: cannot load hf:gpt2 \(it could not be fetched, HF_HUB_OFFLINE is set, .*'python -m promptcore.assets list' \(docs/assets.md\).*'random:TYPE'"),
     "duplicate verbalizer words": ("textpt", plain(*TEXT, "--set", 'prompt.verbalizer=[" excellent", " excellent"]'), r"prompt.verbalizer: ' excellent' names several classes"),
     "verbalizer words tokenized alike": ("textpt", plain(*TEXT, "--set", 'prompt.verbalizer=[" zyzzyva", " qwxqwx"]'),
                                          r"verbalizer: ' zyzzyva' and ' qwxqwx' are the same tokens"),

@@ -1,5 +1,5 @@
-"""A quiet, quick start: ``vpt --help`` and config errors without importing transformers, torchao or the other
-packages' plugins; warnings as one ``warning:`` line, the libraries' own (and torch's logged notes) only with
+"""A quiet, quick start: ``vpt --help``, ``textpt --help`` and config errors without importing transformers, torchao
+or the other packages' plugins; warnings as one ``warning:`` line, the libraries' own (and torch's logged notes) only with
 ``-v``; the libraries' progress bars off with ``train.progress_bar: false``."""
 
 from __future__ import annotations
@@ -19,20 +19,22 @@ from promptcore.cli import LIBRARY_PATHS, one_line_warnings, quiet_library_progr
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("transformers", "torchao", "textpt", "vlmpt", "open_clip", "timm")
 
-# Runs vpt's main on argv, then prints the exit status and which heavy modules were imported, as JSON.
+# Runs the main of program argv[1] (vpt, textpt) on the rest of argv, then prints the exit status and which heavy
+# modules were imported, as JSON.
 PROBE = """
-import json, sys
-import vpt.cli
+import importlib, json, sys
+cli = importlib.import_module(sys.argv[1] + ".cli")
 try:
-    status = vpt.cli.main(sys.argv[1:])
+    status = cli.main(sys.argv[2:])
 except SystemExit as e:
     status = e.code
 print(json.dumps({"status": status, "imported": [m for m in %r if m in sys.modules]}))
 """ % (HEAVY,)
+TEXT_HEAVY = tuple(m for m in HEAVY if m != "textpt") + ("vpt",)
 
 
-def probe(*argv: str) -> tuple[dict, str]:
-    proc = subprocess.run([sys.executable, "-c", PROBE, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120,
+def probe(*argv: str, prog: str = "vpt") -> tuple[dict, str]:
+    proc = subprocess.run([sys.executable, "-c", PROBE, prog, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     return json.loads(proc.stdout.splitlines()[-1]), proc.stdout + proc.stderr
 
@@ -50,6 +52,34 @@ def test_a_config_error_comes_without_importing_the_libraries(tmp_path):
     result, out = probe("train", "-c", str(tmp_path / "bad.yaml"))
     assert result == {"status": 2, "imported": []}, out
     assert "bogus: unknown key" in out and "Traceback" not in out
+
+
+@pytest.mark.slow
+def test_textpt_help_imports_no_model_library():
+    result, out = probe("--help", prog="textpt")
+    assert result["status"] == 0 and not set(result["imported"]) & set(TEXT_HEAVY), out
+    assert "generate" in out and "_pytree" not in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("problem", [["--set", "model.bogus=1"], ["--set", "train.lr=abc"]])
+def test_a_textpt_config_error_comes_without_importing_transformers(problem):
+    # the smoke config's random:llama kwargs are checked against transformers' LlamaConfig: only once the rest is valid
+    result, out = probe("train", "-c", "configs/smoke/textpt_tiny.yaml", *problem, prog="textpt")
+    assert result["status"] == 2 and not set(result["imported"]) & set(TEXT_HEAVY), out
+    assert problem[1].split("=")[0] in out and "Traceback" not in out
+
+
+def test_a_library_check_runs_once_the_rest_of_the_config_is_valid():
+    from promptcore.config import ConfigError, load_config
+    from textpt.run_config import TextRunConfig
+
+    config = ROOT / "configs" / "smoke" / "textpt_tiny.yaml"
+    with pytest.raises(ConfigError, match=r"train.lr: expected a number") as e:
+        load_config(TextRunConfig, config, ["model.kwargs.hiden_size=3", "train.lr=abc"])
+    assert "hiden_size" not in str(e.value)  # left for after the cheap problems are fixed
+    with pytest.raises(ConfigError, match=r"model.kwargs: 'hiden_size' is not a field of the llama config"):
+        load_config(TextRunConfig, config, ["model.kwargs.hiden_size=3"])
 
 
 def library_file() -> str:

@@ -32,7 +32,7 @@ from torch import nn
 import promptcore
 
 from . import assets  # noqa: F401  (registers the text assets)
-from .config import POOLING_ATTR, SoftPromptConfig, TextMethodConfig, TextModelConfig
+from .config import SoftPromptConfig, TextMethodConfig, TextModelConfig
 from .dept import DePTConfig, DePTModel
 from .linear_probe import LinearProbeConfig, LinearProbeModel
 from .loading import ModelLoadError, load_model_and_tokenizer, load_tokenizer, tiny_tokenizer
@@ -68,7 +68,10 @@ def wrap(
             :func:`load_model_and_tokenizer` loaded the backbone from, else ``auto``.
     """
     model = promptcore.wrap(backbone, config, tokenizer=tokenizer, task=task, name=name)
-    model.set_pooling(pooling if pooling is not None else getattr(backbone, POOLING_ATTR, "auto"))
+    if pooling is not None:
+        model.set_pooling(pooling)
+    else:
+        model.check_pooling()  # a pooling the checkpoint asks for and the model cannot offer is refused here
     return model
 
 

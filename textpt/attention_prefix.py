@@ -41,9 +41,6 @@ from torch import nn
 
 from promptcore.errors import UserError
 
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
 from .fast_prefix import KeyValues
 
 KWARG = "textpt_prefix"
@@ -111,6 +108,7 @@ def self_attention_modules(backbone: nn.Module) -> list[nn.Module]:
                 f"method: prefix on {model_type} runs with attn_implementation eager or sdpa, this model was loaded with "
                 f"{implementation!r}; load it with model.kwargs attn_implementation: sdpa"
             )
+        register_attention_functions()
         backbone.set_attn_implementation(_NAMES[implementation])
     return SELF_ATTENTION[model_type](backbone)
 
@@ -145,10 +143,12 @@ def _widen_mask(mask: torch.Tensor | None, module: nn.Module, query: torch.Tenso
     return torch.cat([open_(*mask.shape[:-1], n, dtype=mask.dtype, device=mask.device), mask], dim=-1)
 
 
-def _prefixing(inner_name: str) -> Callable:
+def _prefixing(inner_name: str, functions: Any) -> Callable:
+    """The prefixing attention function around the model's own ``inner_name`` (eager) or ``functions[inner_name]``."""
+
     def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any, **kwargs: Any):
         prefixes = kwargs.pop(KWARG, None) or _ACTIVE.get()
-        inner = _model_eager(module) if inner_name == "eager" else ALL_ATTENTION_FUNCTIONS[inner_name]
+        inner = _model_eager(module) if inner_name == "eager" else functions[inner_name]
         if prefixes is not None and module in prefixes.recording:
             prefixes.recorded[module] = (key, value)
         elif prefixes is not None and module in prefixes.by_module:
@@ -167,9 +167,16 @@ def _prefixing(inner_name: str) -> Callable:
     return attention
 
 
-for _inner, _name in _NAMES.items():
-    ALL_ATTENTION_FUNCTIONS.register(_name, _prefixing(_inner))
-    ALL_MASK_ATTENTION_FUNCTIONS.register(_name, ALL_MASK_ATTENTION_FUNCTIONS[_inner])
+def register_attention_functions() -> None:
+    """Registers the prefixing attention functions (:data:`_NAMES`) with transformers, once per process: when a
+    backbone is first switched to them, so importing ``textpt`` does not load transformers."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    for inner, name in _NAMES.items():
+        if name not in ALL_ATTENTION_FUNCTIONS:
+            ALL_ATTENTION_FUNCTIONS.register(name, _prefixing(inner, ALL_ATTENTION_FUNCTIONS))
+            ALL_MASK_ATTENTION_FUNCTIONS.register(name, ALL_MASK_ATTENTION_FUNCTIONS[inner])
 
 
 class AttentionPrefixes:

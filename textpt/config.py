@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, get_args
 
+from promptcore.config import library_check
 from promptcore.errors import UserError
 from promptcore.methods import METHODS
 from promptcore.preflight import check_distinct_ids, unknown_fields
@@ -109,7 +110,8 @@ class TextModelConfig:
         if self.max_length is not None and self.max_length <= 0:
             raise UserError(f"max_length: must be a positive number of tokens or null, got {self.max_length}")
         if self.name.startswith("random:") and self.kwargs:
-            check_config_kwargs(self.name.removeprefix("random:").strip(), self.kwargs)
+            model_type, kwargs = self.name.removeprefix("random:").strip(), self.kwargs
+            library_check(lambda: check_config_kwargs(model_type, kwargs))  # imports transformers
         check_placement(self.device_map, self.offload_folder)
         if self.name.startswith("random:") and (self.device_map is not None or self.quantization is not None):
             key = "device_map" if self.device_map is not None else "quantization"

@@ -537,7 +537,9 @@ def build_text_data(
         verbalizer: one word per class (``prompt.verbalizer``).
         num_classes: classes without a verbalizer (``seq_cls``).
         num_tasks: the prompt bank's size (checks ``task_column`` values).
-        raw: the rows, when already loaded with :func:`load_raw`.
+        raw: the rows, when already loaded with :func:`load_raw` or given explicitly: ``{"train": Dataset, "eval":
+            Dataset}`` (``eval`` optional) with the columns ``cfg`` names; ``cfg``'s source, splits and sample
+            limits are then not used (docs/textpt.md, "Your own train and eval splits").
 
     Returns:
         A :class:`~promptcore.recipe.DataBundle` of ``datasets.Dataset`` splits; ``info`` holds ``task``,

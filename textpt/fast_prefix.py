@@ -11,7 +11,7 @@ Two uses share this plumbing:
 - prefix tuning on causal LMs, whose learned per-layer keys and values are the prefix (on encoders and
   encoder-decoders prefix tuning goes into the attention calls instead: :mod:`textpt.attention_prefix`).
 
-The training prefix is a :class:`PrefixLayer` cache: it prepends its keys and values to each call's and stores
+The training prefix is a :class:`textpt.cache_layers.PrefixLayer` cache: it prepends its keys and values to each call's and stores
 nothing, so a layer re-run by gradient checkpointing sees exactly what it saw the first time.
 
 A cache reaches a model through the keyword its ``forward`` names (:func:`cache_argument`): ``cache`` in the
@@ -35,37 +35,16 @@ there) that :class:`textpt.prefix.PrefixModel` picks once.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
 from promptcore.distributed import is_sharded
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+if TYPE_CHECKING:
+    from transformers.cache_utils import Cache, DynamicCache
 
 KeyValues = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values, each [batch, heads, tokens, head_dim]
-
-
-class PrefixLayer(DynamicLayer):
-    """One layer's fixed prefix: ``update`` returns ``prefix + new`` and keeps nothing (stateless)."""
-
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        super().__init__()
-        self.keys, self.values = keys, values
-        self.dtype, self.device = keys.dtype, keys.device
-        self.is_initialized = True
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
-
-
-class _RecordingLayer(DynamicLayer):
-    """Keeps the keys and values of the last call, replacing them (so a checkpointed re-run leaves the same state)."""
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-        self.keys, self.values = key_states, value_states
-        self.dtype, self.device = key_states.dtype, key_states.device
-        self.is_initialized = True
-        return key_states, value_states
 
 
 def accepts(module: nn.Module, name: str) -> bool:
@@ -94,9 +73,13 @@ def prompt_key_values(backbone: nn.Module, prompt_embeds: torch.Tensor) -> KeyVa
 
     Differentiable: gradients reach ``prompt_embeds`` through the returned tensors.
     """
+    from transformers.cache_utils import Cache
+
+    from .cache_layers import RecordingLayer
+
     t, n = prompt_embeds.shape[:2]
     prompt_embeds = prompt_embeds.to(backbone.get_input_embeddings().weight.dtype)
-    cache = Cache(layers=[_RecordingLayer() for _ in range(num_layers(backbone))])
+    cache = Cache(layers=[RecordingLayer() for _ in range(num_layers(backbone))])
     positions = torch.arange(n, device=prompt_embeds.device).unsqueeze(0).expand(t, -1)
     mask = torch.ones(t, n, dtype=torch.long, device=prompt_embeds.device)
     decoder = decoder_of(backbone)
@@ -143,11 +126,17 @@ def select_rows(kv: KeyValues, rows: torch.Tensor | None, batch_size: int) -> Ke
 
 def prefix_cache(kv: KeyValues) -> Cache:
     """A stateless cache that prepends ``kv`` in every layer (training and scoring)."""
+    from transformers.cache_utils import Cache
+
+    from .cache_layers import PrefixLayer
+
     return Cache(layers=[PrefixLayer(k, v) for k, v in kv])
 
 
 def generation_cache(kv: KeyValues) -> DynamicCache:
     """A growing cache that starts with ``kv`` (generation appends to it)."""
+    from transformers.cache_utils import DynamicCache
+
     return DynamicCache(ddp_cache_data=[(k.contiguous(), v.contiguous()) for k, v in kv])
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from promptcore.errors import UserError
+from promptcore.hub import hub_access, offline_hint
 from promptcore.memory import check_fits, module_bytes
 from promptcore.registry import did_you_mean
 from promptcore.quantization import int8_weight_only, require_quant_library
@@ -158,15 +160,20 @@ def load_model_and_tokenizer(cfg: TextModelConfig) -> tuple[nn.Module, Any]:
         folder = _folder(kind, target)
         tok_kwargs = {k: v for k, v in cfg.kwargs.items() if k in ("gguf_file", "revision")} if cfg.tokenizer is None else {}
         cls = getattr(transformers, TASKS.get(cfg.task).auto_class)
+        offline = None  # why the hub cannot be used (promptcore.hub), for the error of a failed fetch
         try:
-            tokenizer = load_tokenizer(tok_name, cfg.padding_side, **tok_kwargs)
-            model = cls.from_pretrained(folder, dtype=dtype, **placement_kwargs(cfg), **cfg.kwargs)
+            with hub_access() if kind == "hf" else contextlib.nullcontext() as offline:
+                tokenizer = load_tokenizer(tok_name, cfg.padding_side, **tok_kwargs)
+                model = cls.from_pretrained(folder, dtype=dtype, **placement_kwargs(cfg), **cfg.kwargs)
         except OSError as e:
             # An offline hub, a name not in the cache, a folder without weights or tokenizer files.
-            first = str(e).splitlines()[0] if str(e) else repr(e)
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else repr(e)}"
+            if offline:  # transformers' own words only repeat that the hub could not be reached
+                reason = f"it could not be fetched, {offline}, and it is not in the Hugging Face cache"
+            fetch = f"{offline_hint()}; or " if offline else ""
             raise ModelLoadError(
-                f"model.name: cannot load {cfg.name} ({type(e).__name__}: {first}); put the model in the Hugging Face "
-                f"cache (or give a local folder), or use 'random:TYPE' for a random test model"
+                f"model.name: cannot load {cfg.name} ({reason}); {fetch}put the model in the Hugging "
+                f"Face cache (or give a local folder), or use 'random:TYPE' for a random test model"
             ) from None
 
     if not is_placed(model):  # a placed or quantized model keeps its weights where and as they were loaded
@@ -177,7 +184,7 @@ def load_model_and_tokenizer(cfg: TextModelConfig) -> tuple[nn.Module, Any]:
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    setattr(model, POOLING_ATTR, cfg.pooling)  # textpt.wrap's head reads it unless given another pooling
+    setattr(model, POOLING_ATTR, cfg.pooling)  # the prompted model's head reads it (promptcore.wrap, textpt.wrap)
     return model, tokenizer
 
 

@@ -31,7 +31,7 @@ from torch.utils.checkpoint import checkpoint
 from promptcore import PromptedModel
 from promptcore.errors import UserError
 
-from .config import SoftPromptConfig, TextMethodConfig, check_label_word_ids
+from .config import POOLING_ATTR, SoftPromptConfig, TextMethodConfig, check_label_word_ids
 from .fast_prefix import KeyValues, accepts, cache_argument, positions_after_prefix, prefix_cache
 from .loading import check_prompt_ready, is_placed, model_max_length
 from .packing import PackingMode, block_causal_mask, pack_rows, packing_problem, task_groups
@@ -57,7 +57,8 @@ class TextPromptedModel(PromptedModel):
 
     Attributes:
         task: the task's name. strategy: its :class:`textpt.tasks.TextTask`.
-        pooling: what a ``seq_cls`` head reads (``cls``, ``mean``, ``last``, ``pooler``; None for the other tasks);
+        pooling: what a ``seq_cls`` head reads (``cls``, ``mean``, ``last``, ``pooler``; None for the other tasks):
+            the ``model.pooling`` :func:`textpt.load_model_and_tokenizer` recorded on the backbone, else ``auto``;
             :meth:`set_pooling` changes it.
         packing: whether batches may run packed (:mod:`textpt.packing`; ``auto`` by default); :meth:`set_packing`
             changes it and :meth:`packs_batches` says whether they do.
@@ -95,9 +96,14 @@ class TextPromptedModel(PromptedModel):
         self.max_positions = model_max_length(backbone)
         self.verbalizer_ids = self._tokenize_verbalizer()
         self.head = self.strategy.build_head(self)
+        # the pooling load_model_and_tokenizer recorded from its config (model.pooling), so promptcore.wrap and
+        # textpt.wrap build the head a run trained with that config had
+        recorded = getattr(backbone, POOLING_ATTR, "auto")
         try:
-            self.set_pooling("auto")
+            self.set_pooling(recorded)
         except UserError as e:  # a checkpoint that pools in a way not offered: the caller may still choose one
+            if recorded != "auto":
+                raise
             self.pooling, self._pooling_problem = None, e
         self._checkpointing = False
         self.packing: PackingMode = False  # opt-in: bench/packing.py measures it slower for LM losses on the CPU
@@ -435,7 +441,7 @@ class TextPromptedModel(PromptedModel):
 
         The backbone stays in eval mode (dropout off), where transformers' own checkpointing is inactive and would drop
         the cache anyway; so each layer's forward is wrapped in non-reentrant checkpointing here. Prefix caches are
-        stateless (:class:`textpt.fast_prefix.PrefixLayer`), so a re-run layer sees the same inputs.
+        stateless (:class:`textpt.cache_layers.PrefixLayer`), so a re-run layer sees the same inputs.
         """
         from transformers.modeling_layers import GradientCheckpointingLayer
 

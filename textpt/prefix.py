@@ -6,7 +6,7 @@ assumed). With ``num_tasks > 1`` it is a :class:`promptcore.PromptBank` chosen p
 real token attends to the whole prefix; padding stays masked, so an example gives the same outputs alone and padded.
 
 - Causal LMs (every decoder layer): the prefix is fed through the transformers Cache API, a stateless
-  :class:`textpt.fast_prefix.PrefixLayer` per layer in training and scoring (so gradient checkpointing re-runs a
+  :class:`textpt.cache_layers.PrefixLayer` per layer in training and scoring (so gradient checkpointing re-runs a
   layer on the same prefix), a ``DynamicCache`` seeded with the prefix in generation; the input's positions start
   after the prefix's.
 - Encoders (``seq_cls``: BERT and MiniLM, RoBERTa) and encoder-decoders (``seq2seq``: T5, BART): every encoder

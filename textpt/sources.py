@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from promptcore.data import check_utf8 as check_file_encoding
 from promptcore.data import load_with_datasets
 from promptcore.errors import UserError
 from promptcore.registry import Registry
@@ -82,26 +83,9 @@ class TextSource:
 
 
 def check_utf8(path: str) -> None:
-    """Raises :class:`DataError` naming ``path`` and the first offending byte when the file is not UTF-8 text (the
-    csv and json readers would fail deep inside with no file name). A missing file is left to the reader."""
-    import codecs
-
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                decoder.decode(chunk)
-                offset += len(chunk)
-            decoder.decode(b"", final=True)
-    except FileNotFoundError:
-        return
-    except UnicodeDecodeError as e:
-        where = offset + e.start
-        raise DataError(
-            f"{path} is not UTF-8 text: byte {where} is {e.object[e.start:e.start + 1]!r} ({e.reason}); save the file as "
-            f"UTF-8 (e.g. iconv -f latin1 -t utf-8 {path} > utf8.csv) and point data.data_files at it"
-        ) from None
+    """Raises :class:`DataError` naming ``path``, the encoding detected and the ``iconv`` line that converts it when
+    the file is not UTF-8 text (:func:`promptcore.data.check_utf8`)."""
+    check_file_encoding(path, DataError)
 
 
 # ----- the toolkit's sources ------------------------------------------------------------------------------------

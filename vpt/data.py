@@ -36,7 +36,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
-from promptcore.data import few_shot_indices, load_with_datasets
+from promptcore.data import check_utf8, few_shot_indices, load_with_datasets
 from promptcore.errors import MissingFileError, UserError
 from promptcore.plugins import lookup
 from promptcore.recipe import DataBundle
@@ -624,12 +624,29 @@ def _from_dataset_dict(dd: Any, cfg: VisionDataConfig, label: str) -> tuple[Labe
     return get(cfg.train_split), (get(cfg.eval_split) if cfg.eval_split else None)
 
 
+TEXT_BUILDERS = ("csv", "json")  # datasets builders that read text files: UTF-8 only
+
+
+def _file_list(data_files: str | list[str] | dict[str, Any] | None) -> list[str]:
+    """Every path in a ``data_files`` value (a path, a list, or a mapping split -> path(s))."""
+    if data_files is None:
+        return []
+    if isinstance(data_files, str):
+        return [data_files]
+    if isinstance(data_files, dict):
+        return [p for v in data_files.values() for p in _file_list(v)]
+    return [str(p) for p in data_files]
+
+
 def _load_hf(cfg: VisionDataConfig, image_config: ImageConfig | None) -> tuple[LabeledImages, LabeledImages | None]:
     import datasets
 
     if (Path(cfg.name) / "dataset_dict.json").is_file():  # a folder written by DatasetDict.save_to_disk
         return _from_dataset_dict(datasets.load_from_disk(cfg.name), cfg, f"dataset {cfg.name!r}")
     kwargs = {k: v for k, v in (("data_dir", cfg.data_dir), ("data_files", cfg.data_files)) if v is not None}
+    if cfg.name in TEXT_BUILDERS:
+        for path in _file_list(cfg.data_files):
+            check_utf8(path, DataError)
     read = (f"the files of dataset {cfg.name!r} ({kwargs})", "fix the file at the line or row named")
     load = (f"dataset {cfg.name!r}", "data.name, data.data_files / data.data_dir")
     dd = load_with_datasets(DataError, read, load, cfg.name, cfg.config_name, **kwargs)

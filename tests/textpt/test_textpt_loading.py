@@ -7,7 +7,7 @@ import pytest
 from textpt import TextModelConfig, load_model_and_tokenizer
 from textpt.loading import ModelLoadError, prepare_tokenizer, resolve_name, tiny_tokenizer
 from tiny_text import TINY_CONFIGS
-from promptcore import ConfigError, load_config
+from promptcore import ConfigError, UserError, load_config
 
 
 @pytest.mark.parametrize("model_type,task", [("gpt2", "causal_lm"), ("llama", "causal_lm"), ("t5", "seq2seq"), ("bert", "seq_cls")])
@@ -55,3 +55,30 @@ def test_model_config_errors():
         load_config(TextModelConfig, {"name": "random:gpt2", "dtype": "float8"})
     with pytest.raises(ConfigError, match="task: 'clasify' is not one of 'causal_lm', 'seq2seq', 'seq_cls'"):
         load_config(TextModelConfig, {"name": "random:gpt2", "task": "clasify"})
+
+
+def test_a_hub_name_fails_at_once_when_the_hub_cannot_be_reached(monkeypatch, tmp_path):
+    # HF_HUB_OFFLINE unset: the connection probe finds the hub unreachable, and the load runs in offline mode (no
+    # retries), then names the offline assets.
+    import socket
+
+    from huggingface_hub import constants
+
+    from promptcore import hub
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", *hub.PROXY_VARIABLES):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # nothing cached
+    hub._unreachable.cache_clear()
+    try:
+        with pytest.raises(UserError, match=r"cannot load hf:gpt2 \(it could not be fetched, 127.0.0.1 cannot be reached .*"
+                                            r"'python -m promptcore.assets list' \(docs/assets.md\)"):
+            load_model_and_tokenizer(TextModelConfig("hf:gpt2"))
+    finally:
+        hub._unreachable.cache_clear()
+    assert not constants.HF_HUB_OFFLINE

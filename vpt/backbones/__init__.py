@@ -9,6 +9,7 @@ theirs is built or used.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 import sys
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from promptcore.errors import UnsupportedModelError, UserError
+from promptcore.hub import hub_access, offline_hint
 from promptcore.memory import check_fits, module_bytes
 from promptcore.plugins import lookup
 from promptcore.quantization import quantize_linear_weights
@@ -53,12 +55,14 @@ def create_model(cfg: BackboneConfig) -> nn.Module:
     """
     family_name, _, model_name = cfg.name.partition(":")
     family = lookup(FAMILIES, family_name)
+    offline = None  # why the hub cannot be used (promptcore.hub), for the error of a failed fetch
     try:
-        if not cfg.library_weights and cfg.kwargs:  # a size the config sets: checked on shapes before allocating it
-            with torch.device("meta"):
-                shape = family.create(model_name, cfg)
-            check_fits(module_bytes(shape), f"model.kwargs of {cfg.name}")
-        model = family.create(model_name, cfg)
+        with hub_access() if family.fetches_from_hub(cfg) else contextlib.nullcontext() as offline:
+            if not cfg.library_weights and cfg.kwargs:  # a size the config sets: checked on shapes before allocating it
+                with torch.device("meta"):
+                    shape = family.create(model_name, cfg)
+                check_fits(module_bytes(shape), f"model.kwargs of {cfg.name}")
+            model = family.create(model_name, cfg)
     except TypeError as e:
         key = re.search(r"unexpected keyword argument '(\w+)'", str(e))
         if key is None:
@@ -68,18 +72,24 @@ def create_model(cfg: BackboneConfig) -> nn.Module:
         raise UserError(
             f"model.kwargs.{key.group(1)}: not an argument of {cfg.name}'s builder ({e}).{hint} Correct or remove it"
         ) from None
-    except OSError as e:
+    except (OSError, RuntimeError) as e:
         # An offline hub, a missing cache entry, a misspelt hub id, a folder without weights: the config asked for
-        # files it cannot get (with pretrained: false, the model's config file).
+        # files it cannot get (with pretrained: false, the model's config file). open_clip reports a failed download
+        # as a RuntimeError; any other RuntimeError is not about files and keeps its traceback.
+        if isinstance(e, RuntimeError) and not str(e).startswith("Failed to download"):
+            raise
         reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r}"
+        if offline:  # the library's own words only repeat that the hub could not be reached
+            reason = f"it could not be fetched, {offline}, and it is not in the library's cache"
+        fetch = f"{offline_hint()}; or " if offline else ""
         if not cfg.library_weights:
             raise UserError(
-                f"model.name: cannot load the model config of {cfg.name} ({reason}); check the name, put its files in "
-                f"the library's cache (or name a local folder), or build it from a config dict in model.kwargs"
+                f"model.name: cannot load the model config of {cfg.name} ({reason}); {fetch}check the name, put its "
+                f"files in the library's cache (or name a local folder), or build it from a config dict in model.kwargs"
             ) from None
         raise UserError(
-            f"model.name: cannot load the pretrained weights of {cfg.name} ({reason}); "
-            f"put them in the library's cache (or name a local folder), or set model.pretrained: false for a random backbone"
+            f"model.name: cannot load the pretrained weights of {cfg.name} ({reason}); {fetch}put them in the library's "
+            f"cache (or name a local folder), or set model.pretrained: false for a random backbone"
         ) from None
     if cfg.checkpoint:
         load_weights_file(model, cfg.checkpoint, cfg.name)

@@ -155,6 +155,12 @@ class BackboneFamily:
 
     describe: str = "any torch image model (no token view; give data.image_size)"
 
+    def fetches_from_hub(self, cfg: "BackboneConfig") -> bool:
+        """Whether :meth:`create` fetches files of ``cfg``'s model from the Hugging Face Hub (pretrained weights, for
+        some families the model's config): the load then fails at once when the hub cannot be reached
+        (:func:`promptcore.hub.hub_access`)."""
+        return False
+
     def create(self, model_name: str, cfg: "BackboneConfig") -> nn.Module:
         """The library's model for ``model_name`` (the part of ``family:model`` after the colon)."""
         raise NotImplementedError(f"{type(self).__name__} builds no models by name")

@@ -77,6 +77,9 @@ def _check_config_fields(model_type: str, values: dict[str, Any]) -> None:
 class HFFamily(BackboneFamily):
     describe = "transformers models; token prompts on ViTModel, CLIPVisionModel, SiglipVisionModel"
 
+    def fetches_from_hub(self, cfg: "BackboneConfig") -> bool:
+        return not cfg.builds_from_config  # the model config too, also for random weights
+
     def create(self, model_name: str, cfg: "BackboneConfig") -> nn.Module:
         import transformers
 

@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 class OpenClipFamily(BackboneFamily):
     describe = "open_clip CLIP models; token prompts on a ViT image tower"
 
+    def fetches_from_hub(self, cfg: "BackboneConfig") -> bool:
+        return cfg.library_weights  # pretrained weights only; a random model is built offline
+
     def create(self, model_name: str, cfg: "BackboneConfig") -> nn.Module:
         import open_clip
 

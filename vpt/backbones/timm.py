@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 class TimmFamily(BackboneFamily):
     describe = "timm models; token prompts on its VisionTransformer (ViT, DeiT, DeiT-III, register tokens)"
 
+    def fetches_from_hub(self, cfg: "BackboneConfig") -> bool:
+        return cfg.library_weights  # pretrained weights only; a random model is built offline
+
     def create(self, model_name: str, cfg: "BackboneConfig") -> nn.Module:
         import timm
 
