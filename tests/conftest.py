@@ -21,8 +21,8 @@ if _workers > 1 and "OMP_NUM_THREADS" not in os.environ:
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks (--dist loadgroup)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]):
     """The tests of a module that share a module-scoped fixture (a torchrun launch, a Ray cluster, trained folders)
     run on one worker, so the fixture is built once; and the slow groups start first, then the other slow tests,
     so that the run ends on short tests that keep both workers busy (``make test`` keeps this order:
@@ -39,6 +39,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return 0 if slow and len(unit) > 1 else 1 if slow else 2
 
     items[:] = [item for unit in sorted(units.values(), key=rank) for item in unit]
+    yield
+    # --dist loadgroup sends the tests whose node id ends in "@GROUP" to one worker. pytest-xdist 3.8 adds the suffix
+    # to Node._nodeid, which pytest 9 no longer reads (it keeps the id in Node._id), so every xdist_group mark was
+    # ignored; set it where pytest reads it, unless pytest-xdist did (the public way: pytest-xdist doing it itself).
+    if getattr(config.option, "loadgroup", False):
+        from _pytest.nodeid import NodeId
+
+        for item in items:
+            group = _group(item)
+            if group and not item.nodeid.endswith(f"@{group}"):
+                item._id = NodeId.parse(f"{item.nodeid}@{group}")
 
 
 def _uses_module_fixture(item: pytest.Item) -> bool:
