@@ -1,16 +1,15 @@
 """Every example in README.md and docs/*.md runs as written.
 
-Each fenced ```bash / ```sh / ```console and ```python block is extracted and run; blocks of one file run in order,
-in one shared temporary directory (so a later block can use what an earlier one wrote), with the repository's
-top-level folders (``configs/`` ...) linked into it. Shell blocks run in bash with the interpreter's ``bin/`` first on
-PATH and the repository on PYTHONPATH; ``console`` blocks run their ``$ `` lines. Python blocks run in a fresh process
-each, forked from one per file that has imported the libraries; so do the ``vpt``, ``textpt`` and ``python -m
-<module of the project>`` commands of shell blocks: a small client in their place on PATH hands the command line,
-folder, environment and standard streams to that process, which runs the command's ``main`` (or the module as
-``__main__``) in a forked child and returns its exit status (what the command would do, without importing torch again
-for every command). Any other ``python`` command, and any command under a distributed launcher (``torchrun $(which
-vpt)``), runs the real one. Other blocks (```text, ```yaml ...) only show things and are
-not run.
+Each fenced ```bash / ```sh / ```console and ```python block is extracted and run; blocks of one file run in order, in
+one shared temporary directory (so a later block can use what an earlier one wrote), with the repository's top-level
+folders (``configs/`` ...) linked into it. Shell blocks run in bash with the interpreter's ``bin/`` first on PATH and
+the repository on PYTHONPATH; ``console`` blocks run their ``$ `` lines. Python blocks run in a fresh process each,
+forked from one per file (itself forked from one per test process that has imported the libraries); so do the ``vpt``,
+``textpt`` and ``python -m <module of the project>`` commands of shell blocks: a small client in their place on PATH
+hands the command line, folder, environment and standard streams to that process, which runs the command's ``main``
+(or the module as ``__main__``) in a forked child and returns its exit status (what the command would do, without
+importing torch again for every command). Any other ``python`` command, and any command under a distributed launcher
+(``torchrun $(which vpt)``), runs the real one. Other blocks (```text, ```yaml ...) only show things and are not run.
 
 HTML comments right before a block change how it runs (several may be stacked):
 
@@ -382,9 +381,10 @@ COMMANDS = {"vpt": "vpt.cli", "textpt": "textpt.cli", "python": None}  # served 
 
 
 class PythonWorker:
-    """One interpreter per doc file that imports the heavy libraries once and runs each Python block, and each
-    ``vpt`` / ``textpt`` / ``python -m <project module>`` command of a shell block, in a forked child: every block starts from the same clean state
-    (no global settings, registrations or names left by an earlier block), as a fresh process would.
+    """One interpreter per doc file, with the heavy libraries imported (forked from :class:`Preloaded`), that runs
+    each Python block, and each ``vpt`` / ``textpt`` / ``python -m <project module>`` command of a shell block, in a
+    forked child: every block starts from the same clean state (no global settings, registrations or names left by an
+    earlier block), as a fresh process would.
 
     ``bin`` is a folder of clients, one per command of :data:`COMMANDS`, to put first on PATH.
     """
