@@ -1,11 +1,12 @@
 # `make demo` runs the main job, `make test` the test suite; each creates .venv and installs what it needs first.
 # `make test-fast` leaves out the tests marked slow (the edit loop). Both run TEST_WORKERS pytest-xdist workers; tests
-# that must share a worker (one DeepSpeed build cache, ...) carry an xdist_group mark, which --dist loadgroup keeps.
+# that must share a worker (one DeepSpeed build cache, a module-scoped fixture: tests/conftest.py) carry an xdist_group
+# mark, which --dist loadgroup keeps; --no-loadscope-reorder keeps the order tests/conftest.py gives (long groups first).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 STAMP := $(VENV)/.installed
 # torch is pinned to the release this project is built and tested against (a CUDA build that also runs on CPU).
 TORCH := torch==2.14.1 torchvision==0.29.1

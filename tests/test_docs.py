@@ -1,16 +1,15 @@
 """Every example in README.md and docs/*.md runs as written.
 
-Each fenced ```bash / ```sh / ```console and ```python block is extracted and run; blocks of one file run in order,
-in one shared temporary directory (so a later block can use what an earlier one wrote), with the repository's
-top-level folders (``configs/`` ...) linked into it. Shell blocks run in bash with the interpreter's ``bin/`` first on
-PATH and the repository on PYTHONPATH; ``console`` blocks run their ``$ `` lines. Python blocks run in a fresh process
-each, forked from one per file that has imported the libraries; so do the ``vpt``, ``textpt``, ``vlmpt`` and ``python -m
-<module of the project>`` commands of shell blocks: a small client in their place on PATH hands the command line,
-folder, environment and standard streams to that process, which runs the command's ``main`` (or the module as
-``__main__``) in a forked child and returns its exit status (what the command would do, without importing torch again
-for every command). Any other ``python`` command, and any command under a distributed launcher (``torchrun $(which
-vpt)``), runs the real one. Other blocks (```text, ```yaml ...) only show things and are
-not run.
+Each fenced ```bash / ```sh / ```console and ```python block is extracted and run; blocks of one file run in order, in
+one shared temporary directory (so a later block can use what an earlier one wrote), with the repository's top-level
+folders (``configs/`` ...) linked into it. Shell blocks run in bash with the interpreter's ``bin/`` first on PATH and
+the repository on PYTHONPATH; ``console`` blocks run their ``$ `` lines. Python blocks run in a fresh process each,
+forked from one per file (itself forked from one per test process that has imported the libraries); so do the
+``vpt``, ``textpt``, ``vlmpt`` and ``python -m <module of the project>`` commands of shell blocks: a small client in
+their place on PATH hands the command line, folder, environment and standard streams to that process, which runs the
+command's ``main`` (or the module as ``__main__``) in a forked child and returns its exit status (what the command
+would do, without importing torch again for every command). Any other ``python`` command, and any command under a distributed launcher
+(``torchrun $(which vpt)``), runs the real one. Other blocks (```text, ```yaml ...) only show things and are not run.
 
 HTML comments right before a block change how it runs (several may be stacked):
 
@@ -28,6 +27,7 @@ No block may print the warning of prompts loaded into a backbone other than the 
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -160,13 +160,8 @@ def check_expectations(block: Block, output: str) -> None:
 _WORKER = r"""
 import importlib, json, os, runpy, select, socket, sys, tempfile, traceback
 server = socket.socket(socket.AF_UNIX)
-server.bind(sys.argv[1])  # first: a command that comes during the imports waits for them, queued
+server.bind(sys.argv[1])
 server.listen(64)
-for name in sys.argv[2:]:
-    try:
-        __import__(name)
-    except Exception:
-        pass
 proto = os.fdopen(os.dup(1), "w")
 
 
@@ -246,6 +241,120 @@ while True:
 """
 
 
+# The process that imports the heavy libraries once per test process (argv[1]: its Unix socket, argv[2:]: the
+# modules) and forks the interpreter of each doc file from them: a request (JSON: cwd, env, socket) comes with the
+# new interpreter's stdin, stdout and stderr as passed descriptors; the reply is its pid. The forked interpreter
+# leads a session of its own (what PythonWorker.close stops) and runs _WORKER; this process reaps it when it ends,
+# and ends when the test process that started it is gone.
+_PRELOADED = r"""
+import json, os, select, signal, socket, sys, traceback
+
+
+def reap(*_):
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:
+        pass
+
+
+server = socket.socket(socket.AF_UNIX)
+server.bind(sys.argv[1])  # first: a request that comes during the imports waits for them, queued
+server.listen(64)
+for name in sys.argv[2:]:
+    try:
+        __import__(name)
+    except Exception:
+        pass
+signal.signal(signal.SIGCHLD, reap)
+parent = os.getppid()
+while os.getppid() == parent:
+    if not select.select([server], [], [], 1.0)[0]:
+        continue
+    conn, _ = server.accept()
+    data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
+    while data and not data.endswith(b"\n"):
+        data += conn.recv(1 << 16)
+    if not data:
+        continue
+    request = json.loads(data)
+    pid = os.fork()
+    if pid == 0:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        server.close()
+        conn.close()
+        os.setsid()
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.argv = ["-c", request["socket"]]
+        try:
+            exec(compile(request["worker"], "<doc worker>", "exec"), {"__name__": "__main__"})
+        except BaseException:
+            traceback.print_exc()
+            sys.stderr.flush()
+        os._exit(0)
+    for fd in fds:
+        os.close(fd)
+    conn.sendall(f"{pid}\n".encode())
+    conn.close()
+"""
+
+
+class Preloaded:
+    """The process of :data:`_PRELOADED` for one set of modules, started on first use and kept for the test process
+    (a doc file's interpreter is forked from it instead of importing torch, timm, transformers ... again)."""
+
+    _started: dict[tuple[str, ...], "Preloaded"] = {}
+
+    def __init__(self, preload: tuple[str, ...], env: dict[str, str]) -> None:
+        self.socket = Path(f"/tmp/doc-preloaded-{os.getpid()}-{len(self._started)}.sock")
+        self.socket.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _PRELOADED, str(self.socket), *preload], env=env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        atexit.register(self.stop)
+
+    @classmethod
+    def get(cls, preload: tuple[str, ...], env: dict[str, str]) -> "Preloaded":
+        if preload not in cls._started or cls._started[preload].proc.poll() is not None:
+            cls._started[preload] = cls(preload, env)
+        return cls._started[preload]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+        self.socket.unlink(missing_ok=True)
+
+    def fork(self, cwd: Path, env: dict[str, str], socket_path: Path, stdin: int, stdout: int, stderr: int) -> int:
+        """Starts a doc file's interpreter (:data:`_WORKER`) with these standard streams; returns its pid."""
+        client = socket.socket(socket.AF_UNIX)
+        client.settimeout(BLOCK_TIMEOUT_S)
+        with client:
+            deadline = time.monotonic() + BLOCK_TIMEOUT_S
+            while True:  # it listens before its imports start
+                try:
+                    client.connect(str(self.socket))
+                    break
+                except (FileNotFoundError, ConnectionRefusedError):
+                    assert self.proc.poll() is None and time.monotonic() < deadline, "the preloaded interpreter did not start"
+                    time.sleep(0.05)
+            data = json.dumps({"cwd": str(cwd), "env": env, "socket": str(socket_path), "worker": _WORKER}).encode() + b"\n"
+            sent = socket.send_fds(client, [data], [stdin, stdout, stderr])
+            if sent < len(data):  # not after a whole send: it may have answered and closed already
+                client.sendall(data[sent:])
+            reply = b""
+            while not reply.endswith(b"\n"):
+                more = client.recv(64)
+                assert more, "the preloaded interpreter did not start a doc interpreter"
+                reply += more
+        return int(reply)
+
+
 # The client that stands in for a command on PATH: {python}, {socket}, {module} (the console script's module; None
 # for python itself, served only as `python -m <a module of the project>`) and {real} (the real command) are filled in.
 _CLIENT = """#!{python} -S
@@ -272,9 +381,10 @@ COMMANDS = {"vpt": "vpt.cli", "textpt": "textpt.cli", "vlmpt": "vlmpt.cli", "pyt
 
 
 class PythonWorker:
-    """One interpreter per doc file that imports the heavy libraries once and runs each Python block, and each
-    ``vpt`` / ``textpt`` / ``vlmpt`` / ``python -m <project module>`` command of a shell block, in a forked child: every block starts from the same clean state
-    (no global settings, registrations or names left by an earlier block), as a fresh process would.
+    """One interpreter per doc file, with the heavy libraries imported (forked from :class:`Preloaded`), that runs
+    each Python block, and each ``vpt`` / ``textpt`` / ``vlmpt`` / ``python -m <project module>`` command of a shell
+    block, in a forked child: every block starts from the same clean state (no global settings, registrations or
+    names left by an earlier block), as a fresh process would.
 
     ``bin`` is a folder of clients, one per command of :data:`COMMANDS`, to put first on PATH.
     """
@@ -292,22 +402,25 @@ class PythonWorker:
             client.chmod(0o755)
         # Its own process group: what a block leaves running (a server started with `&` runs in a forked child of
         # this worker) ends with the doc file, also when a block fails before the doc stops it.
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _WORKER, str(self.socket), *preload], cwd=cwd, env=env, text=True,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, start_new_session=True,
-        )
-        # The worker binds its socket before its imports; until it has, a client would run the real command, which
-        # an environment installed before a command was added does not have (a bounded wait).
+        stdin, to_worker = os.pipe()
+        from_worker, stdout = os.pipe()
+        try:
+            self.pid = Preloaded.get(preload, env).fork(cwd, env, self.socket, stdin, stdout, self._log.fileno())
+        finally:
+            os.close(stdin)
+            os.close(stdout)
+        self.stdin, self.stdout = os.fdopen(to_worker, "w"), os.fdopen(from_worker)
+        # The interpreter binds its socket as it starts; until it has, a client would run the real command, which an
+        # environment installed before a command was added does not have (a bounded wait).
         deadline = time.monotonic() + 60
-        while not self.socket.exists() and self.proc.poll() is None and time.monotonic() < deadline:
+        while not self.socket.exists() and psutil.pid_exists(self.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
 
     def run(self, code: str, name: str) -> tuple[bool, str]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps({"code": code, "name": name}) + "\n")
-        self.proc.stdin.flush()
-        ready, _, _ = select.select([self.proc.stdout], [], [], BLOCK_TIMEOUT_S)
-        line = self.proc.stdout.readline() if ready else ""
+        self.stdin.write(json.dumps({"code": code, "name": name}) + "\n")
+        self.stdin.flush()
+        ready, _, _ = select.select([self.stdout], [], [], BLOCK_TIMEOUT_S)
+        line = self.stdout.readline() if ready else ""
         if not line:
             self.close()
             log = self._log_path.read_text(errors="replace")[-3000:]
@@ -319,9 +432,9 @@ class PythonWorker:
         """Stops the worker, every process of its group and every process it started: SIGTERM (a server drains and
         stops), SIGKILL after ``GRACE_S`` for what is left. A process that made a group of its own (``ray.init``
         does, for its cluster) is reached through the process tree, taken before anything is stopped."""
-        group = self.proc.pid
+        group = self.pid
         try:
-            descendants = psutil.Process(group).children(recursive=True)
+            descendants = [psutil.Process(group), *psutil.Process(group).children(recursive=True)]
         except psutil.NoSuchProcess:
             descendants = []
         for sig, grace in ((signal.SIGTERM, GRACE_S), (signal.SIGKILL, 0.0)):
@@ -336,9 +449,9 @@ class PythonWorker:
                 pass
             deadline = time.monotonic() + grace
             while time.monotonic() < deadline and (_group_alive(group) or any(map(_running, descendants))):
-                self.proc.poll()
                 time.sleep(0.1)
-        self.proc.wait()
+        self.stdin.close()
+        self.stdout.close()
         self._log.close()
         self.socket.unlink(missing_ok=True)
 

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.xdist_group("deepspeed"), pytest.mark.slow]
 
 from promptcore import Trainer, TrainConfig, UserError  # noqa: E402
 from promptcore.engines import DeepSpeedEngine  # noqa: E402
-from test_sharding_cli import ROOT, SCRIPT, TORCHRUN, assert_close_prompts, prompts  # noqa: E402
+from test_sharding_cli import ROOT, SCRIPT, TORCHRUN, assert_close_prompts, prompts, run_here  # noqa: E402
 from toy_prompted import toy_data, toy_model  # noqa: E402
 
 HELD = Path(__file__).parent / "scripts" / "cli_held.py"
@@ -56,8 +56,8 @@ def two_processes(script: Path, tool: str, args: list[str], **env: str) -> subpr
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """Per tool: the 2-process deepspeed run (with each process's held elements in ``held/``) and the 1-process
-    run with the same global batch (twice the per-process batch). The vpt run is killed with SIGKILL at the end
-    of step 3 and resumed from its training state of step 2."""
+    run with the same global batch (twice the per-process batch), in this process. The vpt run is killed with
+    SIGKILL at the end of step 3 and resumed from its training state of step 2."""
     out = {}
     for tool in ("vpt", "textpt"):
         base = tmp_path_factory.mktemp(tool)
@@ -71,8 +71,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
             train = ["train", "--resume", str(base / "deepspeed")]
         proc = two_processes(HELD, tool, train, HELD_DIR=str(base / "held"))
         assert proc.returncode == 0, proc.stderr[-3000:]
-        proc = run([sys.executable, str(SCRIPT), tool, "train", "-c", *SMOKE[tool], "--set", "train.batch_size=64", "-o", str(base / "single")])
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert run_here(tool, ["train", "-c", *SMOKE[tool], "--set", "train.batch_size=64", "-o", str(base / "single")]) == 0
         out[tool] = base
     return out
 
@@ -115,11 +114,11 @@ def test_each_process_holds_half_of_the_frozen_weights(runs, tool):
             assert n["frozen_visible"] == 0 and n["prompt_visible"] == 0, (rank, when, n)
 
 
-def test_prompt_files_load_in_one_process(runs):
+def test_prompt_files_load_in_one_process(runs, capsys):
     base = runs["vpt"]
-    proc = run([sys.executable, str(SCRIPT), "vpt", "eval", "-c", *SMOKE["vpt"], "--prompts", str(base / "deepspeed" / "last")])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = json.loads(proc.stdout)
+    capsys.readouterr()
+    assert run_here("vpt", ["eval", "-c", *SMOKE["vpt"], "--prompts", str(base / "deepspeed" / "last")]) == 0
+    metrics = json.loads(capsys.readouterr().out)
     last_eval = [json.loads(line) for line in (base / "deepspeed" / "metrics.jsonl").read_text().splitlines() if '"eval"' in line][-1]
     assert metrics["count"] == 128 and metrics["accuracy"] == last_eval["accuracy"] > 0.5
     assert metrics["loss"] == pytest.approx(last_eval["loss"], abs=1e-5)
