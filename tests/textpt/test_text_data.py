@@ -322,7 +322,7 @@ def test_a_csv_that_is_not_utf8_is_named(tmp_path, tok):
     bad = tmp_path / "test.csv"
     bad.write_bytes("text,label\nun caf\u00e9 terrible,0\n".encode("latin-1"))
     cfg = TextDataConfig(source="csv", data_files={"train": str(good), "test": str(bad)})
-    with pytest.raises(DataError, match=rf"{bad} is not UTF-8 text: byte 17 is b'\\xe9' .* save the file as UTF-8"):
+    with pytest.raises(DataError, match=rf"{bad} is not UTF-8 text: byte 17 is b'\\xe9' .* likely Latin-1 .* iconv -f latin1 -t utf-8 {bad}"):
         load_raw(cfg)
 
 
