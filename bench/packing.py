@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 import numpy as np
@@ -30,7 +29,7 @@ import textpt
 from textpt import PromptTuningConfig, TextModelConfig
 from textpt.data import TextDataConfig, build_text_data, model_input_budget
 
-from emit import emit  # bench/emit.py: scripts run as `python bench/NAME.py`
+from emit import emit, machine_line  # bench/emit.py: scripts run as `python bench/NAME.py`
 
 TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 256}
 VERBALIZER = [" negative", " positive"]
@@ -100,11 +99,7 @@ def main() -> None:
         row["ratio"] = row["packed"] / row["padded"]
         rows.append(row)
         print(row, flush=True)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, torch threads {torch.get_num_threads()}, " + (
-        torch.cuda.get_device_name() if device.type == "cuda" else "no GPU"
-    )
-    load_after = os.getloadavg()
-    machine += f"; load average (1/5/15 min) {' / '.join(f'{x:.1f}' for x in load_before)} at the start, {' / '.join(f'{x:.1f}' for x in load_after)} at the end"
+    machine = machine_line(device, load_before)
     lines = [
         f"# Packed / padded train steps on Rotten Tomatoes' lengths ({name})",
         "",

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
@@ -37,7 +36,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import textpt
 
-from emit import emit  # bench/emit.py: scripts run as `python bench/NAME.py`
+from emit import emit, machine_line  # bench/emit.py: scripts run as `python bench/NAME.py`
 
 SMOLLM2_135M = dict(
     vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -159,11 +158,7 @@ def main() -> None:
         }
         rows.append(row)
         print(row, flush=True)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, torch threads {torch.get_num_threads()}, " + (
-        torch.cuda.get_device_name() if device.type == "cuda" else "no GPU"
-    )
-    load_after = os.getloadavg()
-    machine += f"; load average (1/5/15 min) {' / '.join(f'{x:.1f}' for x in load_before)} at the start, {' / '.join(f'{x:.1f}' for x in load_after)} at the end"
+    machine = machine_line(device, load_before)
     mem_kind = "peak CUDA allocated bytes of a train step" if device.type == "cuda" else "activation bytes saved for backward (CPU)"
     lines = [
         f"# textpt vs PEFT prompt tuning ({shape_name} shapes, random weights)",
