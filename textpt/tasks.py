@@ -358,7 +358,8 @@ class CausalLM(TextTask):
 
         Shallow prompts generate through their keys/values too: the same numbers as the concatenated reference
         (proved by the tests against a step-by-step decode of it), and the prompt is computed once, not per
-        example. ``generate`` is given ``n`` placeholder ids in front of the input, which the cache already covers,
+        example; with the prompt cache (``model.prompt_cache``, :mod:`textpt.prompt_cache`) once per task and kept
+        for later calls. ``generate`` is given ``n`` placeholder ids in front of the input, which the cache already covers,
         and an attention mask of ``n`` ones plus the input's mask: transformers then only runs the real tokens,
         derives position ids from the mask (so left padding keeps each example's positions), and extends the mask
         as it decodes. Right-padded inputs are moved to the left first: decoding appends at the end of each row, so
@@ -372,7 +373,7 @@ class CausalLM(TextTask):
         if model.num_prompt_tokens == 0:
             out = model.backbone.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
             return out[:, input_ids.shape[1]:]
-        kv = model.prefix_key_values(task_ids, b)
+        kv = model.generation_key_values(task_ids, b)
         n = kv[0][0].shape[-2]
         generate_kwargs[cache_argument(model.backbone)] = generation_cache(kv)
         out = model.backbone.generate(
