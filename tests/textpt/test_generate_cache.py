@@ -178,3 +178,28 @@ def test_modes_and_where_the_cache_does_not_apply():
     zero = textpt.wrap(pt.backbone, method_config("zero_shot", verbalizer=[" a", " b"]), tokenizer=pt.tokenizer)
     with pytest.raises(UserError, match="method zero_shot places no prompt"):
         zero.set_prompt_cache(True)
+
+
+def test_command_line_generates_alike_with_and_without_the_cache(tmp_path, capsys):
+    import pandas as pd
+
+    from test_textpt_cli import SMOKE
+    from textpt.cli import main
+
+    rows = {"question": ["one plus one", "two plus two", "one plus two"] * 4, "answer": ["two", "four", "three"] * 4}
+    pd.DataFrame(rows).to_csv(tmp_path / "qa.csv", index=False)
+    data = [
+        "--set", "data.source=csv", "--set", f"data.data_files={{train: {tmp_path / 'qa.csv'}, test: {tmp_path / 'qa.csv'}}}",
+        "--set", "data.text_column=question", "--set", "data.target_column=answer", "--set", "data.label_column=null",
+        "--set", "data.template='question : {question} answer :'", "--set", "train.max_steps=1", "--set", "train.batch_size=4",
+    ]
+    assert main(["train", "-c", SMOKE, "-o", str(tmp_path / "run"), *data]) == 0
+    capsys.readouterr()
+    printed = []
+    for mode in ("auto", "on", "off"):
+        argv = ["generate", "-c", SMOKE, "--prompts", str(tmp_path / "run" / "best"), "one plus one", "two plus two"]
+        assert main([*argv, "--max-new-tokens", "4", "--prompt-cache", mode, *data]) == 0
+        printed.append(capsys.readouterr().out)
+    assert printed[0] == printed[1] == printed[2] and printed[0].startswith("[1] one plus one\n")
+    assert main(["generate", "-c", SMOKE, "text", "--set", "prompt={method: zero_shot}", "--prompt-cache", "on"]) == 2
+    assert capsys.readouterr().err.startswith("error: prompt cache: on, but method zero_shot places no prompt")
