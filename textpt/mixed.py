@@ -113,9 +113,9 @@ def decoder_prefixes(models: Sequence[TextPromptedModel]) -> dict[int, KeyValues
     prompt get none.
 
     In inference (eval mode, no gradients) a shallow prompt's keys and values are kept on its model and reused by
-    later batches while its tensors stay the same ones, unchanged in place (:func:`textpt.prompt_cache.prompt_state_key`): a served
-    prompt is computed once, not once per batch. The kept values are the ones this function computed, so reuse
-    changes no number."""
+    later batches while its tensors stay the same ones, unchanged in place
+    (:func:`textpt.prompt_cache.prompt_state_key`): a served prompt is computed once, not once per batch. The kept
+    values are the ones this function computed, so reuse changes no number."""
     out: dict[int, KeyValues] = {}
     by_length: dict[int, list[TextPromptedModel]] = {}
     for m in _distinct(models):

@@ -54,11 +54,13 @@ def cache_problem(model: "TextPromptedModel") -> str | None:
         )
     if model.num_prompt_tokens == 0:
         return f"method {model.method} places no prompt, so there is nothing to cache"
-    if type(model).generate is not TextPromptedModel.generate or type(model).prefix_key_values is TextPromptedModel.prefix_key_values:
+    if type(model).generate is not TextPromptedModel.generate:
         return (
             f"method {model.method} generates from its prompt and input embeddings concatenated (its input embeddings "
             f"are its own), not from a key/value prefix"
         )
+    if type(model).prefix_key_values is TextPromptedModel.prefix_key_values:
+        return f"method {model.method} gives no key/value prefix (prefix_key_values) to keep"
     return None
 
 

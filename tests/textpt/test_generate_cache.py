@@ -120,6 +120,38 @@ def test_bank_rows_of_a_task_share_one_kept_prompt():
             assert torch.equal(k, pk) and torch.equal(v, pv)
 
 
+def test_beams_and_sampling_equal_uncached():
+    pt, tok = build("gpt2", "right", num_tasks=2)
+    ids, mask = repad(ROWS, tok.pad_token_id, "right", torch.device("cpu"))
+    tasks = torch.tensor([1, 0, 1])
+    settings = [{"num_beams": 3, "num_return_sequences": 2}, {"do_sample": True, "top_k": 5}]
+    for kwargs in settings:
+
+        def run():
+            torch.manual_seed(0)
+            return pt.generate(ids, mask, tasks, max_new_tokens=NEW, eos_token_id=None, **kwargs)
+
+        pt.set_prompt_cache(False)
+        plain = run()
+        pt.set_prompt_cache("auto")
+        first, again = run(), run()  # the second starts from the kept prompts
+        assert len(pt.kept_prompt) == 2
+        assert plain.shape[0] == len(ROWS) * kwargs.get("num_return_sequences", 1)
+        assert torch.equal(first, plain) and torch.equal(again, plain)
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+def test_beam_search_equals_transformers_on_the_concatenated_embeddings(model_type):
+    pt, tok = build(model_type, "left")
+    ids = torch.tensor([[5, 6, 7, 8], [11, 12, 13, 14]])  # unpadded: the reference concatenates without moving pads
+    beams = {"max_new_tokens": NEW, "num_beams": 3, "num_return_sequences": 2, "eos_token_id": None, "pad_token_id": tok.pad_token_id}
+    with torch.no_grad():
+        x = torch.cat([pt.shallow_prompt(None, 2), pt.embedding(ids)], dim=1)
+        reference = pt.backbone.generate(inputs_embeds=x, attention_mask=torch.ones(x.shape[:2], dtype=torch.long), **beams)
+    pt.generate(ids, **beams)
+    assert torch.equal(pt.generate(ids, **beams), reference[:, -NEW:])  # the second call from the kept prompt
+
+
 @pytest.mark.parametrize("change", ["in_place", "replace_data", "load_prompts", "train_step"])
 def test_a_changed_prompt_is_never_served_stale(change, tmp_path):
     pt, tok = build("llama", "left")
@@ -180,6 +212,7 @@ def test_modes_and_where_the_cache_does_not_apply():
         zero.set_prompt_cache(True)
 
 
+@pytest.mark.slow
 def test_command_line_generates_alike_with_and_without_the_cache(tmp_path, capsys):
     import pandas as pd
 
