@@ -1,13 +1,14 @@
 """Generation throughput of prompt tuning: textpt with the prompt cache, textpt without it, and PEFT's ``generate``.
 
 One task's requests (64 by default), each ``--length`` random input tokens, arrive in generate calls of ``--batch``
-requests (1 and 8 by default, one table row each); every call decodes ``--new-tokens`` tokens greedily (no end-of-sequence stop, so every side writes the same
-number of tokens). The model is a random Llama of SmolLM2-135M's shapes (``--layers`` fewer for a quick check), the
+requests (1 and 8 by default, one table row each); every call decodes ``--new-tokens`` tokens greedily (no
+end-of-sequence stop, so every side writes the same number of tokens). The model is a random Llama of SmolLM2-135M's shapes (``--layers`` fewer for a quick check), the
 prompt ``--tokens`` long (100 by default), the same embeddings on all three sides:
 
 - textpt, ``prompt_cache: auto``: the prompt's keys and values are computed once for the task and every call starts
   from them (:mod:`textpt.prompt_cache`); each repeat starts with nothing kept, so its first call computes them;
-- textpt, ``prompt_cache: false``: each call computes the prompt's keys and values once for its batch;
+- textpt, ``prompt_cache: false``: each call computes the prompt's keys and values once for its batch (what textpt
+  did before the cache);
 - PEFT: the prompt's embeddings are put before every request's input and run through the model with it.
 
 Reported: requests/s of each side (median of ``--repeats`` interleaved repeats, each after an untimed warm-up),
