@@ -7,8 +7,8 @@ prompt ``--tokens`` long (100 by default), the same embeddings on all three side
 
 - textpt, ``prompt_cache: auto``: the prompt's keys and values are computed once for the task and every call starts
   from them (:mod:`textpt.prompt_cache`); each repeat starts with nothing kept, so its first call computes them;
-- textpt, ``prompt_cache: false``: each call computes the prompt's keys and values once for its batch (what textpt
-  did before the cache);
+- textpt, ``prompt_cache: false``: each call computes the prompt's keys and values once for its batch (the reference
+  path);
 - PEFT: the prompt's embeddings are put before every request's input and run through the model with it.
 
 Reported: requests/s of each side (median of ``--repeats`` interleaved repeats, each after an untimed warm-up),
