@@ -42,6 +42,7 @@ from .loading import _folder, load_model_and_tokenizer, resolve_name
 from .model import TextPromptedModel
 from .packing import length_grouped_order
 from .padding import pad_token_id
+from .prompt_cache import PROMPT_CACHE_CHOICES
 from .run_config import TextRunConfig, resolve_prompt
 from .serving import INFERENCE_KEY, inference_record
 from .tasks import TASKS
@@ -130,6 +131,7 @@ class TextRecipe:
         model = self.build_model(cfg)
         load_prompts_option(model, args.prompts)
         model.eval()
+        model.set_prompt_cache(PROMPT_CACHE_CHOICES[args.prompt_cache])
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model.to(device)
         batch = self.encode_texts(cfg, model, args.texts)
@@ -212,6 +214,10 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("texts", nargs="+", help="input texts (the template's text field)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate per text (default 32)")
     p.add_argument("--task", type=int, default=0, help="task id of a prompt bank (default 0)")
+    p.add_argument(
+        "--prompt-cache", choices=sorted(PROMPT_CACHE_CHOICES), default="auto",
+        help="reuse the prompt's keys and values, computed once per task (default auto: on decoder-only models)",
+    )
 
 
 register_command(Command(

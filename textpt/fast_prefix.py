@@ -134,10 +134,11 @@ def prefix_cache(kv: KeyValues) -> Cache:
 
 
 def generation_cache(kv: KeyValues) -> DynamicCache:
-    """A growing cache that starts with ``kv`` (generation appends to it)."""
+    """A growing cache that starts with ``kv`` (generation appends to it). The cache copies ``kv`` as it takes it
+    (its layers append by concatenation), so ``kv`` may be views broadcast over the batch."""
     from transformers.cache_utils import DynamicCache
 
-    return DynamicCache(ddp_cache_data=[(k.contiguous(), v.contiguous()) for k, v in kv])
+    return DynamicCache(ddp_cache_data=kv)
 
 
 def positions_after_prefix(attention_mask: torch.Tensor, num_prefix: int) -> torch.Tensor:

@@ -45,6 +45,7 @@ from .attention_prefix import LayerPrefixes, prefixes_during
 from .fast_prefix import KeyValues, cache_argument, generation_cache, prefix_cache, prompt_key_values
 from .model import TextPromptedModel
 from .padding import pack_prompt, pad_token_id, repad
+from .prompt_cache import prompt_state_key
 from .tasks import label_word_target, pool, upcast
 
 
@@ -101,14 +102,6 @@ def _is_prefix(model: TextPromptedModel) -> bool:
     return model.uses_prefix_cache or bool(model.backbone_kwargs(None, 1))
 
 
-def _prompt_state_key(model: TextPromptedModel) -> tuple[Any, ...] | None:
-    """What a shallow prompt's keys and values depend on besides the frozen backbone: each prompt tensor's storage,
-    in-place version, device and dtype. None when they may not be cached (training mode, or gradients wanted)."""
-    if model.training or torch.is_grad_enabled():
-        return None
-    return tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in model.prompt_parameters())
-
-
 def forget_prefix(model: TextPromptedModel) -> None:
     """Drops the keys and values :func:`decoder_prefixes` keeps for ``model`` (when its prompt moves device)."""
     model.__dict__.pop("_mixed_prefix", None)
@@ -120,16 +113,16 @@ def decoder_prefixes(models: Sequence[TextPromptedModel]) -> dict[int, KeyValues
     prompt get none.
 
     In inference (eval mode, no gradients) a shallow prompt's keys and values are kept on its model and reused by
-    later batches while its tensors stay the same ones, unchanged in place (:func:`_prompt_state_key`): a served
-    prompt is computed once, not once per batch. The kept values are the ones this function computed, so reuse
-    changes no number."""
+    later batches while its tensors stay the same ones, unchanged in place
+    (:func:`textpt.prompt_cache.prompt_state_key`): a served prompt is computed once, not once per batch. The kept
+    values are the ones this function computed, so reuse changes no number."""
     out: dict[int, KeyValues] = {}
     by_length: dict[int, list[TextPromptedModel]] = {}
     for m in _distinct(models):
         if m.uses_prefix_cache:
             out[id(m)] = m.prefix_key_values(None, 1)
         elif m.num_prompt_tokens:
-            key, kept = _prompt_state_key(m), m.__dict__.get("_mixed_prefix")
+            key, kept = prompt_state_key(m), m.__dict__.get("_mixed_prefix")
             if key is not None and kept is not None and kept[0] == key:
                 out[id(m)] = kept[1]
             else:
@@ -138,7 +131,7 @@ def decoder_prefixes(models: Sequence[TextPromptedModel]) -> dict[int, KeyValues
         kv = prompt_key_values(group[0].backbone, torch.stack([_shallow(m) for m in group]))
         for t, m in enumerate(group):
             out[id(m)] = [(k[t:t + 1], v[t:t + 1]) for k, v in kv]
-            key = _prompt_state_key(m)
+            key = prompt_state_key(m)
             if key is not None:  # its own copy: a view would keep the whole group's keys and values alive
                 out[id(m)] = [(k.clone(), v.clone()) for k, v in out[id(m)]]
                 m.__dict__["_mixed_prefix"] = (key, out[id(m)])

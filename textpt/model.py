@@ -36,6 +36,7 @@ from .fast_prefix import KeyValues, accepts, cache_argument, positions_after_pre
 from .loading import check_prompt_ready, is_placed, model_max_length
 from .packing import PackingMode, block_causal_mask, pack_rows, packing_problem, task_groups
 from .padding import last_token_index, pack_prompt
+from .prompt_cache import PromptCache, PromptCacheMode, cache_problem, check_prompt_cache_mode
 from .tasks import TASKS, infer_task, label_word_target
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,9 @@ class TextPromptedModel(PromptedModel):
             :meth:`set_pooling` changes it.
         packing: whether batches may run packed (:mod:`textpt.packing`; ``auto`` by default); :meth:`set_packing`
             changes it and :meth:`packs_batches` says whether they do.
+        prompt_cache: whether :meth:`generate` reuses the prompt's keys and values between calls
+            (:mod:`textpt.prompt_cache`; ``auto`` by default); :meth:`set_prompt_cache` changes it and
+            :meth:`uses_prompt_cache` says whether it does.
     """
 
     method: str = ""
@@ -107,6 +111,8 @@ class TextPromptedModel(PromptedModel):
             self.pooling, self._pooling_problem = None, e
         self._checkpointing = False
         self.packing: PackingMode = False  # opt-in: bench/packing.py measures it slower for LM losses on the CPU
+        self.prompt_cache: PromptCacheMode = "auto"
+        self.kept_prompt = PromptCache()
 
     def set_pooling(self, pooling: str) -> None:
         """Chooses what a ``seq_cls`` model's head reads (``model.pooling``): ``auto`` (what the checkpoint was
@@ -143,6 +149,32 @@ class TextPromptedModel(PromptedModel):
         """Whether causal LM batches run packed now: :attr:`packing` allows it and it is exact for this model
         (checked at every call: the attention implementation may have changed since :meth:`set_packing`)."""
         return self.packing is not False and packing_problem(self) is None
+
+    def set_prompt_cache(self, mode: PromptCacheMode) -> None:
+        """Chooses whether :meth:`generate` reuses the prompt's keys and values, computed once per task
+        (:mod:`textpt.prompt_cache`): ``"auto"`` (the default) where that applies, ``True`` always, ``False`` never
+        (each call computes them, the reference path). Both give the same tokens.
+
+        Raises:
+            UserError: ``True`` for a model whose generation cannot start from kept keys and values (encoders and
+                encoder-decoders, DePT, no prompt: :func:`textpt.prompt_cache.cache_problem`), or a value that is
+                none of the three.
+        """
+        check_prompt_cache_mode(self, mode)
+        self.prompt_cache = mode
+        self.kept_prompt.clear()
+
+    def uses_prompt_cache(self) -> bool:
+        """Whether :meth:`generate` starts from kept prompt keys and values now: :attr:`prompt_cache` allows it and it
+        applies to this model."""
+        return self.prompt_cache is not False and cache_problem(self) is None
+
+    def train(self, mode: bool = True) -> "TextPromptedModel":
+        """As :meth:`promptcore.PromptedModel.train`; entering training mode drops the kept prompt keys and values
+        (training changes the prompt)."""
+        if mode:
+            self.kept_prompt.clear()
+        return super().train(mode)
 
     def _tokenize_verbalizer(self) -> list[list[int]] | None:
         words = self.config.verbalizer
@@ -231,6 +263,13 @@ class TextPromptedModel(PromptedModel):
     def prefix_key_values(self, task_ids: torch.Tensor | None, batch_size: int) -> KeyValues:
         """Per-layer ``(keys, values)`` ``[B, heads, n, head_dim]`` to prepend (prefix methods and the fast path)."""
         raise NotImplementedError(f"{type(self).__name__} has no key/value prefix")
+
+    def generation_key_values(self, task_ids: torch.Tensor | None, batch_size: int) -> KeyValues:
+        """The prompt's keys and values generation starts from: kept between calls when :meth:`uses_prompt_cache`
+        (:class:`textpt.prompt_cache.PromptCache`), else :meth:`prefix_key_values` computed now."""
+        if self.uses_prompt_cache():
+            return self.kept_prompt.key_values(self, task_ids, batch_size)
+        return self.prefix_key_values(task_ids, batch_size)
 
     def backbone_kwargs(self, task_ids: torch.Tensor | None, batch_size: int) -> dict[str, Any]:
         """Keyword arguments of the backbone's ``forward`` that carry the prompt into attention (prefix tuning on

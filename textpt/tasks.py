@@ -358,7 +358,8 @@ class CausalLM(TextTask):
 
         Shallow prompts generate through their keys/values too: the same numbers as the concatenated reference
         (proved by the tests against a step-by-step decode of it), and the prompt is computed once, not per
-        example. ``generate`` is given ``n`` placeholder ids in front of the input, which the cache already covers,
+        example; with the prompt cache (``model.prompt_cache``, :mod:`textpt.prompt_cache`) once per task and kept
+        for later calls. ``generate`` is given ``n`` placeholder ids in front of the input, which the cache already covers,
         and an attention mask of ``n`` ones plus the input's mask: transformers then only runs the real tokens,
         derives position ids from the mask (so left padding keeps each example's positions), and extends the mask
         as it decodes. Right-padded inputs are moved to the left first: decoding appends at the end of each row, so
@@ -372,7 +373,11 @@ class CausalLM(TextTask):
         if model.num_prompt_tokens == 0:
             out = model.backbone.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
             return out[:, input_ids.shape[1]:]
-        kv = model.prefix_key_values(task_ids, b)
+        # transformers repeats each row for beams and returned sequences but not a cache it is handed: the prefix's
+        # rows are repeated here to match
+        expand = rows_per_input(model.backbone, generate_kwargs)
+        tasks = task_ids.repeat_interleave(expand) if task_ids is not None and expand > 1 else task_ids
+        kv = model.generation_key_values(tasks, b * expand)
         n = kv[0][0].shape[-2]
         generate_kwargs[cache_argument(model.backbone)] = generation_cache(kv)
         out = model.backbone.generate(
@@ -381,6 +386,13 @@ class CausalLM(TextTask):
             **generate_kwargs,
         )
         return out[:, n + input_ids.shape[1]:]
+
+
+def rows_per_input(backbone: nn.Module, generate_kwargs: dict[str, Any]) -> int:
+    """The rows transformers' ``generate`` runs per input row: ``max(num_beams, num_return_sequences)`` of the call's
+    keyword arguments, else of its ``generation_config``, else of the model's."""
+    config = generate_kwargs.get("generation_config") or backbone.generation_config
+    return max(int(generate_kwargs.get(name, getattr(config, name, None)) or 1) for name in ("num_beams", "num_return_sequences"))
 
 
 class Seq2Seq(TextTask):
