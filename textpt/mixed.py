@@ -145,7 +145,7 @@ def pad_prefixes(rows: Sequence[KeyValues | None], num_layers: int, like: KeyVal
     and the key mask ``[B, n_max]`` (1 on each row's real prefix positions); ``(None, [B, 0])`` when no row has one.
     Rows that share a prefix object share its padding (one pad per distinct prefix, then one gather per layer)."""
     lengths = [0 if kv is None else kv[0][0].shape[-2] for kv in rows]
-    n, b = max(lengths), len(rows)
+    n = max(lengths)
     k0 = like[0][0]
     mask = (torch.arange(n, device=k0.device) < torch.tensor(lengths, device=k0.device).unsqueeze(1)).long()
     if n == 0:
