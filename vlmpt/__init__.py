@@ -9,7 +9,8 @@ Importing the package registers its methods (``vlm_prompt_tuning``) with :mod:`p
 from .answers import AnswerScorer, ClassScorer, exact_match, normalize_answer, token_f1, with_intervals
 from .data import VLMCollator, VLMDataConfig, VLMEncoder, build_vlm_data, class_names_of, collate_examples
 from .families import FAMILIES, Family, family_of
-from .loading import VLMModelConfig, load_model_and_processor
+from .inference import answer, classify, encode_images, load_prompted, prepare_for_inference
+from .loading import VLMModelConfig, load_model_and_processor, load_processor
 from .model import VLMPromptedModel
 from .prompt_tuning import VLMPromptTuningConfig, VLMPromptTuningModel
 from .run_config import VLMRunConfig, VLMTaskConfig
@@ -29,13 +30,19 @@ __all__ = [
     "VLMPromptedModel",
     "VLMRunConfig",
     "VLMTaskConfig",
+    "answer",
     "build_vlm_data",
     "class_names_of",
+    "classify",
     "collate_examples",
+    "encode_images",
     "exact_match",
     "family_of",
     "load_model_and_processor",
+    "load_processor",
+    "load_prompted",
     "normalize_answer",
+    "prepare_for_inference",
     "synthetic_rows",
     "tiny_backbone",
     "tiny_batch",
