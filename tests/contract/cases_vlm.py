@@ -17,9 +17,9 @@ from promptcore import PromptedModel
 from vlmpt.synthetic import collate_examples, tiny_backbone, tiny_examples
 
 
-def build(seed: int, num_tokens: int = 3) -> PromptedModel:
+def build(seed: int, num_tokens: int = 3, config: type = vlmpt.VLMPromptTuningConfig) -> PromptedModel:
     backbone = tiny_backbone("qwen2_vl", seed=1234)  # the same frozen backbone for every seed of the prompts
-    return promptcore.wrap(backbone, vlmpt.VLMPromptTuningConfig(num_tokens=num_tokens, seed=seed, init_std=1.0))
+    return promptcore.wrap(backbone, config(num_tokens=num_tokens, seed=seed, init_std=1.0))
 
 
 def data(model: PromptedModel) -> tuple[list[dict[str, torch.Tensor]], Any]:
@@ -36,6 +36,14 @@ CASES.add("text:vlm_prompt_tuning", MethodCase(
     build=lambda seed, fast: build(seed),
     data=data,
     foreign=lambda seed: build(seed, num_tokens=4),
+    outputs=logits,
+    sharded=False,
+))
+
+CASES.add("text:vlm_prefix", MethodCase(
+    build=lambda seed, fast: build(seed, config=vlmpt.VLMPrefixConfig),
+    data=data,
+    foreign=lambda seed: build(seed, num_tokens=4, config=vlmpt.VLMPrefixConfig),
     outputs=logits,
     sharded=False,
 ))

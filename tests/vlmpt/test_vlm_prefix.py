@@ -110,3 +110,16 @@ def test_bad_prefix_config_is_refused():
         vlmpt.VLMPrefixConfig(num_tokens=0)
     with pytest.raises(UserError, match="init_std: must be positive"):
         vlmpt.VLMPrefixConfig(init_std=0)
+
+
+def test_the_command_line_trains_a_prefix_and_generates_from_its_folder(tmp_path, capsys):
+    from vlmpt.cli import main
+    from vlmpt.synthetic import synthetic_rows
+
+    run = tmp_path / "run"
+    fast = ["--set", "train.max_steps=1", "--set", "data.num_samples=4", "--set", "data.num_eval_samples=2", "--set", "train.batch_size=2"]
+    assert main(["train", "-c", "configs/smoke/vlmpt_tiny.yaml", "-o", str(run), *fast, "--set", "prompt.method=vlm_prefix"]) == 0
+    capsys.readouterr()
+    synthetic_rows(1)["image"][0].save(tmp_path / "red.png")
+    assert main(["generate", "--prompts", str(run / "best"), str(tmp_path / "red.png"), "--question", "what colour is it ?"]) == 0
+    assert capsys.readouterr().out.startswith(f"[1] {tmp_path / 'red.png'}\n    ")
