@@ -2,7 +2,7 @@
 positions, masks and labels each architecture needs, data through the model's own processor and chat template, and
 answer scoring (docs/vlm.md).
 
-Importing the package registers its methods (``vlm_prompt_tuning``, ``vlm_prefix``) with :mod:`promptcore.methods`,
+Importing the package registers its methods (``vlm_prompt_tuning``, ``vlm_prefix``, ``vlm_vpt``) with :mod:`promptcore.methods`,
 so ``promptcore.wrap(backbone, VLMPromptTuningConfig(...))`` builds them. A prompt folder written by ``vlmpt train``
 loads ready to run with ``vlmpt.load_prompted(folder)`` (``vlmpt.answer`` / ``vlmpt.classify`` then take images).
 """
@@ -16,6 +16,7 @@ from .model import VLMPromptedModel
 from .prefix import VLMPrefixConfig, VLMPrefixModel
 from .prompt_tuning import VLMPromptTuningConfig, VLMPromptTuningModel
 from .run_config import VLMRunConfig, VLMTaskConfig
+from .vision_prompts import VLMVisionPromptConfig, VLMVisionPromptModel
 from .synthetic import synthetic_rows, tiny_backbone, tiny_batch, tiny_examples, tiny_processor
 
 __all__ = [
@@ -34,6 +35,8 @@ __all__ = [
     "VLMPromptedModel",
     "VLMRunConfig",
     "VLMTaskConfig",
+    "VLMVisionPromptConfig",
+    "VLMVisionPromptModel",
     "answer",
     "build_vlm_data",
     "class_names_of",

@@ -14,6 +14,7 @@ logits it gives alone, unpadded.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +118,11 @@ class VLMPromptedModel(PromptedModel):
         """Per language-model layer, the prefix ``(keys, values)``, each ``[B, kv_heads, n, head_dim]``."""
         raise NotImplementedError(f"{type(self).__name__} must implement prefix_key_values() when num_prefix_tokens > 0")
 
+    def prompted_backbone(self) -> contextlib.AbstractContextManager:
+        """The context the backbone runs in while this model uses it: a method with prompts inside the backbone (the
+        vision tower's) puts them in there; none here."""
+        return contextlib.nullcontext()
+
     def cache_inputs(self, batch_size: int, generation: bool = False) -> dict[str, Any]:
         """The backbone's cache arguments of a prefill: the prefix of a deep method as a stateless cache
         (:func:`textpt.fast_prefix.prefix_cache`) or, in ``generation``, as the start of a growing one
@@ -174,7 +180,8 @@ class VLMPromptedModel(PromptedModel):
         input_ids, mask, images = self.split_inputs(inputs)
         packed = self.pack(input_ids, mask, images)
         cache = self.cache_inputs(input_ids.shape[0])
-        out = self.backbone(inputs_embeds=packed.embeds, attention_mask=packed.mask, position_ids=packed.positions, **cache, **images)
+        with self.prompted_backbone():
+            out = self.backbone(inputs_embeds=packed.embeds, attention_mask=packed.mask, position_ids=packed.positions, **cache, **images)
         logits = out.logits
         return logits.gather(1, packed.token_index.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
 
@@ -289,7 +296,8 @@ class VLMPromptedModel(PromptedModel):
     def _generate_cached(self, input_ids: torch.Tensor, mask: torch.Tensor, images: dict[str, Any], steps: int, eos: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         packed = self.pack(input_ids, mask, images)
         cache = self.cache_inputs(input_ids.shape[0], generation=True)
-        out = self.backbone(inputs_embeds=packed.embeds, attention_mask=packed.mask, position_ids=packed.positions, **cache, **images)
+        with self.prompted_backbone():
+            out = self.backbone(inputs_embeds=packed.embeds, attention_mask=packed.mask, position_ids=packed.positions, **cache, **images)
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         new: list[torch.Tensor] = []
         scores: list[torch.Tensor] = []
