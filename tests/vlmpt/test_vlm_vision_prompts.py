@@ -102,3 +102,16 @@ def test_towers_that_are_not_vits_and_bad_configs_are_refused():
         vlmpt.VLMVisionPromptConfig(num_tokens=0)
     with pytest.raises(UserError, match=r"lm_tokens: must be a number of language-model prompt rows \(0: none\)"):
         vlmpt.VLMVisionPromptConfig(lm_tokens=-1)
+
+
+def test_the_command_line_trains_vision_prompts(tmp_path, capsys):
+    from vlmpt.cli import main
+
+    fast = ["--set", "train.max_steps=1", "--set", "data.num_samples=4", "--set", "data.num_eval_samples=2", "--set", "train.batch_size=2"]
+    vpt = ["--set", "model.name=random:llava", "--set", "prompt.method=vlm_vpt", "--set", "prompt.deep=true"]
+    assert main(["train", "-c", "configs/smoke/vlmpt_tiny.yaml", "-o", str(tmp_path / "run"), *fast, *vpt]) == 0
+    capsys.readouterr()
+    recorded = vlmpt.load_prompted(tmp_path / "run" / "best")
+    assert isinstance(recorded, vlmpt.VLMVisionPromptModel) and recorded.config.deep
+    assert main(["train", "-c", "configs/smoke/vlmpt_tiny.yaml", "-o", str(tmp_path / "qwen"), *fast, "--set", "prompt.method=vlm_vpt"]) == 2
+    assert "is not a ViT that VPT prompts can extend" in capsys.readouterr().err
