@@ -1,8 +1,9 @@
 """vlmpt train steps on LLaVA (random weights) against PEFT prompt tuning and full fine-tuning, in one run.
 
-One backbone object serves every side: ``vlm_prompt_tuning`` and ``vlm_prefix`` (vlmpt), PEFT's prompt tuning
-(``PromptTuningConfig``, task ``CAUSAL_LM``, which runs a training forward on LLaVA correctly: its failures are in
-generation and prefix tuning, docs/vlm.md), and full fine-tuning (every backbone weight trainable, the same LM loss).
+One backbone object serves every side: ``vlm_prompt_tuning``, ``vlm_prefix`` and ``vlm_vpt`` with ``deep: true``
+(vlmpt, the same number of prompt tokens each), PEFT's prompt tuning
+(``PromptTuningConfig``, task ``CAUSAL_LM``, which runs a training step on LLaVA; the failures reported for PEFT on
+these models are in generation and prefix tuning, docs/vlm.md), and full fine-tuning (every backbone weight trainable, the same LM loss).
 A train step is the forward and backward of the next-token loss over every input token (no optimizer step), on a
 batch of ``--batch`` examples: ``--text`` text tokens around one image's placeholders. ``--shape llava_7b`` is
 LLaVA-1.5-7B's (Llama-2-7B language model, CLIP ViT-L/14 at 336 pixels: 576 image tokens); ``tiny`` is the tests'
@@ -107,6 +108,7 @@ def main() -> None:
 
     shallow = wrap(backbone, vlmpt.VLMPromptTuningConfig(num_tokens=args.tokens))
     deep = wrap(backbone, vlmpt.VLMPrefixConfig(num_tokens=args.tokens))
+    vision = wrap(backbone, vlmpt.VLMVisionPromptConfig(num_tokens=args.tokens, deep=True))
     peft_model = peft.get_peft_model(backbone, peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=args.tokens))
     peft_model.prompt_encoder.to(device)
 
@@ -121,6 +123,7 @@ def main() -> None:
     steps = {
         "vlm_prompt_tuning": lambda: shallow.training_step(batch).backward(),
         "vlm_prefix": lambda: deep.training_step(batch).backward(),
+        "vlm_vpt (deep)": lambda: vision.training_step(batch).backward(),
         "PEFT prompt tuning": lambda: peft_model(**batch, labels=labels).loss.backward(),
         "full fine-tuning": full_step,
     }
@@ -134,7 +137,7 @@ def main() -> None:
             seconds, peak = timed(steps[name], device)
             times[name].append(seconds)
             memory[name] = max(memory.get(name, 0), peak)
-            for model in (shallow, deep, peft_model):
+            for model in (shallow, deep, vision, peft_model):
                 model.zero_grad(set_to_none=True)
     med = {name: statistics.median(t) for name, t in times.items()}
     print({"median_s": med, "peak_bytes": memory}, flush=True)
