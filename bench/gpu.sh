@@ -52,6 +52,7 @@ run trainer_overhead $PY bench/trainer_overhead.py --repeats "$REPEATS" --batch-
 run vpt_speed $PY bench/vpt_speed.py --repeats "$REPEATS" --write "$OUT"
 run textpt_vs_peft $PY bench/textpt_vs_peft.py --repeats "$REPEATS" --batch 32 --write "$OUT"
 run generate_cache $PY bench/generate_cache.py --repeats "$REPEATS" --write "$OUT"  # 64 requests of one task, P = 100: prompt cache / none / PEFT
+run vlm_speed $PY bench/vlm_speed.py --shape llava_7b --dtype bfloat16 --repeats "$REPEATS" --batch 4 --write "$OUT"
 # packed / padded train steps on Rotten Tomatoes' real lengths (the SmolLM2-135M and rotten_tomatoes assets)
 run packing $PY bench/packing.py --batches $((REPEATS * 4)) --batch 32 --dtype bfloat16 --write "$OUT"
 run clip_text_speed $PY bench/clip_text_speed.py --repeats "$REPEATS" --device cuda --write "$OUT"

@@ -250,3 +250,38 @@ def test_the_problems_of_data_metric_and_run_directory_are_reported_together(tmp
     err = capsys.readouterr().err
     assert "error: 3 problems:\n" in err and "Traceback" not in err, err
     assert re.search(r"  - 2 of \d+ images cannot be read.*\n  - metric: 'bogus' is not among.*\n  - run directory '.*file/run' cannot be written", err)
+
+
+# ----- vlmpt -------------------------------------------------------------------------------------------------------
+import vlmpt.cli  # noqa: E402 - the vision-language cases, appended to the vpt and textpt ones above
+
+VLM_SMOKE = str(ROOT / "configs" / "smoke" / "vlmpt_tiny.yaml")
+VLM = ("train", "-c", VLM_SMOKE, "--set", "train.max_steps=1", "--set", "data.num_samples=4", "--set", "data.num_eval_samples=2")
+
+
+def setup_vlm_missing_image(tmp: Path) -> list[str]:
+    (tmp / "rows.jsonl").write_text('{"image": "images/0.png", "question": "what colour is it ?", "answer": "red"}\n')
+    return [*VLM, "--set", "data.source=json", "--set", f"data.data_files={{train: {tmp / 'rows.jsonl'}}}", "--set", "data.eval_split=null",
+            "-o", str(tmp / "run")]
+
+
+VLM_CASES = {
+    "vlm config key typo": ([*VLM, "--set", "data.image_colum=picture"], r"data.image_colum: unknown key for VLMDataConfig. Did you mean 'image_column'"),
+    "vlm missing image file": (setup_vlm_missing_image, r"train row 0: image file .*images/0.png does not exist; image paths are relative to data.image_dir"),
+    "vlm input longer than max_length": ([*VLM, "--set", "data.max_length=6"],
+                                         r"train row 0: the input is \d+ tokens \(\d+ of them the image's\) and leaves no room .*data.max_length=6"),
+    "vlm generate without a prompt folder": (["generate", "red.png"], r"give the prompt folder with --prompts DIR"),
+}
+
+
+@pytest.mark.parametrize("case", list(VLM_CASES))
+def test_vlmpt_bad_input_ends_in_one_error_line_with_status_2(case, tmp_path, capsys):
+    setup, message = VLM_CASES[case]
+    argv = setup(tmp_path) if callable(setup) else [*setup, "-o", str(tmp_path / "run")] if setup[0] == "train" else list(setup)
+    capsys.readouterr()
+    assert vlmpt.cli.main(argv) == EXIT_ERROR
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert re.search(message, err, re.S), err
+    assert not (tmp_path / "run" / "last").exists()

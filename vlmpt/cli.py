@@ -7,9 +7,10 @@ recipe it runs (how to build the model, processor and data from a :class:`vlmpt.
     vlmpt train -c configs/smoke/vlmpt_tiny.yaml -o runs/vlm
     vlmpt eval -c configs/smoke/vlmpt_tiny.yaml --prompts runs/vlm/best
     vlmpt generate -c configs/smoke/vlmpt_tiny.yaml --prompts runs/vlm/best photo.png --question "what colour is it ?"
+    vlmpt generate --prompts runs/vlm/best photo.png --question "what colour is it ?"
 
 Everything here is a few calls a user can make in Python: ``vlmpt.load_model_and_processor``, ``promptcore.wrap``,
-``vlmpt.build_vlm_data``.
+``vlmpt.build_vlm_data``, ``vlmpt.load_prompted`` and ``vlmpt.answer``.
 """
 
 from __future__ import annotations
@@ -34,11 +35,6 @@ from .model import VLMPromptedModel
 from .run_config import VLMRunConfig
 
 
-def images_of(batch: dict) -> dict:
-    """The image inputs of a batch (what is not text)."""
-    return {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
-
-
 class VLMRecipe:
     """The ``vlmpt`` recipe for :func:`promptcore.cli.main`."""
 
@@ -55,24 +51,24 @@ class VLMRecipe:
     def build_model(self, cfg: VLMRunConfig) -> VLMPromptedModel:
         """The frozen model wrapped with ``cfg.prompt`` (``model.checkpoint``'s prompts loaded when set); its
         processor is the model's ``processor`` attribute and its ``answer_scorer`` scores as ``task`` says.
-        Prompt folders record what rebuilds the model and its inputs: the ``model`` section, the seed of a random
-        backbone, the method's config and the data's ``template`` and columns."""
+        Prompt folders record what rebuilds the model and its inputs (:func:`vlmpt.load_prompted`): the ``model``
+        section, the seed of a random backbone, the method's config, the task with its class words and the data's
+        ``template``, columns and ``max_length``."""
+        from .inference import INPUT_KEYS, prepare_for_inference
+
         backbone, processor = load_model_and_processor(cfg.model, cfg.train.seed)
         model = wrap(backbone, cfg.prompt, name=cfg.model.name)
-        model.processor = processor
-        if cfg.task.type == "classify":
-            model.answer_scorer = ClassScorer(processor.tokenizer, class_names_of(cfg.data, cfg.task.class_names))
-        else:
-            model.answer_scorer = AnswerScorer(processor.tokenizer, cfg.task.max_new_tokens)
+        class_names = class_names_of(cfg.data, cfg.task.class_names) if cfg.task.type == "classify" else None
+        prepare_for_inference(model, processor, cfg.task, cfg.data, class_names)
         if cfg.model.checkpoint is not None:
             model.load_prompts(cfg.model.checkpoint)
-        data = cfg.data
+        data = to_dict(cfg.data)
         model.record_in_prompt_files(
             model={k: v for k, v in to_dict(cfg.model).items() if k != "checkpoint"},
             seed=cfg.train.seed,
             method_config=to_dict(cfg.prompt),
-            task=to_dict(cfg.task),
-            inputs={"template": data.template, "image_column": data.image_column, "question_column": data.question_column, "answer_column": data.answer_column},
+            task={**to_dict(cfg.task), "class_names": class_names},
+            inputs={k: data[k] for k in INPUT_KEYS},
         )
         return model
 
@@ -83,46 +79,49 @@ class VLMRecipe:
 
     def generate(self, args: argparse.Namespace) -> int:
         """``vlmpt generate``: prints each image, then the answer written for it (``classify``: each class with
-        its probability, best first)."""
+        its probability, best first). Without ``-c``, the model is rebuilt from the prompt folder alone
+        (:func:`vlmpt.load_prompted`)."""
+        from .inference import answer, classify, load_prompted
+
         if args.max_new_tokens is not None and args.max_new_tokens <= 0:
             raise UserError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
-        cfg = load_config(VLMRunConfig, args.config, args.overrides)
-        if args.prompts is not None:
-            cfg = self.config_for_prompts(cfg, read_prompt_config(args.prompts), args.prompts)  # a missing folder fails here
-        seed_everything(cfg.train.seed)
-        model = self.build_model(cfg)
-        load_prompts_option(model, args.prompts)
+        if args.config is None:
+            if args.prompts is None:
+                raise UserError("give the prompt folder with --prompts DIR (a run's best/ or last/), or a run config with -c CONFIG")
+            if args.overrides:
+                raise UserError("--set changes a run config; give it with -c CONFIG (without -c the prompt folder alone is read)")
+            model = load_prompted(args.prompts)
+        else:
+            cfg = load_config(VLMRunConfig, args.config, args.overrides)
+            if args.prompts is not None:
+                cfg = self.config_for_prompts(cfg, read_prompt_config(args.prompts), args.prompts)  # a missing folder fails here
+            seed_everything(cfg.train.seed)
+            model = self.build_model(cfg)
+            load_prompts_option(model, args.prompts)
         model.eval()
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model.to(device)
-        encoder = VLMEncoder(model.processor, cfg.data)
-        row = {} if cfg.data.question_column is None or args.question is None else {cfg.data.question_column: args.question}
-        instruction = encoder.instruction(row, "--question")
-        examples = [encoder.prompt(load_image(path, Path("."), f"image {path}"), instruction) for path in args.images]
-        batch = collate_examples(examples, model.processor.tokenizer.padding_side, encoder.tokenizer.pad_token_id)
-        batch = {k: v.to(device) for k, v in batch.items()}
+        model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
         scorer = model.answer_scorer
         if isinstance(scorer, ClassScorer):
-            probs = model.class_scores(batch["input_ids"], batch["attention_mask"], scorer.class_ids, **images_of(batch)).softmax(-1)
+            probs = classify(model, args.images, args.question)
             for i, path in enumerate(args.images):
                 print(f"[{i + 1}] {path}")
                 for c in probs[i].argsort(descending=True).tolist():
                     print(f"    {scorer.class_names[c]}  {probs[i, c]:.4f}")
             return 0
-        new = model.generate(args.max_new_tokens or scorer.max_new_tokens, scorer.eos_token_id, **batch)
-        for i, (path, answer) in enumerate(zip(args.images, scorer.decode(new))):
+        for i, (path, text) in enumerate(zip(args.images, answer(model, args.images, args.question, args.max_new_tokens))):
             print(f"[{i + 1}] {path}")
-            print(f"    {answer}")
+            print(f"    {text}")
         return 0
 
 
 def _generate_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (
-        "Each image goes through the config's chat template with the question (the data template's question "
-        "field), as training inputs did; the model writes the answer."
+        "Each image goes through the chat template with the question (the data template's question field), as "
+        "training inputs did; the model writes the answer. The config is optional: a prompt folder written by "
+        "'vlmpt train' records the model, task and template."
     )
-    add_config_args(p)
-    p.add_argument("--prompts", help="prompt folder (a run's best/ or last/)")
+    add_config_args(p, required=False)
+    p.add_argument("--prompts", help="prompt folder (a run's best/ or last/); without -c, the model, task and template it records are used")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--question", help="the question asked of every image (the template's question field)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="tokens to generate per image (default: task.max_new_tokens)")

@@ -13,11 +13,15 @@ a space, the text), then the processor on that text and the image (which expands
 answer as the tokenizer alone tokenizes it, and the tokenizer's EOS token. ``labels`` are ``-100`` on everything
 before the answer; the model masks padding and image placeholder rows as well (:meth:`vlmpt.VLMPromptedModel.targets`).
 Rows are encoded when the trainer asks for them (:class:`VLMExamples`), so images are never all in memory at once.
+With ``data.max_length``, an over-long example's answer is cut (keeping its EOS) and a row whose input alone leaves no
+room for an answer is refused; one pass over the rows before training (``datasets.map``, batched) counts the cut
+rows for a one-line warning and finds a refused row before any model work.
 """
 
 from __future__ import annotations
 
 import string
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +70,10 @@ class VLMDataConfig:
             fixed instruction such as ``"describe the picture ."``); write literal braces as ``{{`` and ``}}``.
         shots: K training rows per class (drawn with ``seed``, :func:`promptcore.data.few_shot_indices`); ``null``:
             every row.
+        max_length: the longest example in tokens: the processor's input (the chat template, the image
+            placeholders as the processor expanded them, the instruction), then the answer and its EOS; prompt
+            vectors not counted. A longer example keeps the beginning of its answer and its EOS; a row whose input
+            leaves no room for one answer token and EOS is refused (an error naming it). ``null``: no limit.
         max_train_samples: use only the first N training rows. max_eval_samples: likewise for evaluation.
         num_samples: ``synthetic`` only: training rows. num_eval_samples: evaluation rows.
         seed: the synthetic rows' and the K-shot draw's seed.
@@ -85,6 +93,7 @@ class VLMDataConfig:
     label_column: str | None = None
     template: str = "{question}"
     shots: int | None = None
+    max_length: int | None = None
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     num_samples: int = 64
@@ -105,6 +114,8 @@ class VLMDataConfig:
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise UserError(f"{key}: must be a positive number of rows or null, got {value!r}")
+        if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 2):
+            raise UserError(f"max_length: must be a number of tokens, at least 2 (an answer token and EOS), or null; got {self.max_length!r}")
 
     def columns(self, evaluated: bool = False, classify: bool = False) -> list[str]:
         """The columns every row must have: the image, the answer (the label when the run ``classify``-es), the
@@ -225,11 +236,23 @@ class VLMEncoder:
             return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return f"{self.processor.image_token} {instruction}"
 
-    def prompt(self, image: Any, instruction: str) -> dict[str, torch.Tensor]:
-        """The processor's output for one image and instruction: ``input_ids`` ``[L]`` and the image inputs."""
+    def prompt(self, image: Any, instruction: str, where: str = "input") -> dict[str, torch.Tensor]:
+        """The processor's output for one image and instruction: ``input_ids`` ``[L]`` and the image inputs.
+
+        Raises:
+            DataError: with ``data.max_length``, an input that leaves no room for an answer token and EOS.
+        """
         out = self.processor(text=[self.prompt_text(instruction)], images=[image], return_tensors="pt")
         example = {k: v for k, v in out.items() if k not in ("attention_mask", "mm_token_type_ids")}
-        example["input_ids"] = example["input_ids"][0]
+        example["input_ids"] = ids = example["input_ids"][0]
+        limit = self.cfg.max_length
+        if limit is not None and len(ids) + 2 > limit:
+            image_tokens = int((ids == self.processor.tokenizer.convert_tokens_to_ids(self.processor.image_token)).sum())
+            raise DataError(
+                f"{where}: the input is {len(ids)} tokens ({image_tokens} of them the image's) and leaves no room for an "
+                f"answer token and EOS within data.max_length={limit}; raise data.max_length, shorten data.template, or "
+                f"bound the image tokens (Qwen: model.processor_kwargs max_pixels)"
+            )
         return example
 
     def answer_ids(self, answer: str) -> list[int]:
@@ -237,18 +260,29 @@ class VLMEncoder:
         return [*self.tokenizer(answer, add_special_tokens=False)["input_ids"], self.tokenizer.eos_token_id]
 
     def encode(self, row: dict[str, Any], where: str, with_references: bool = False) -> dict[str, Any]:
+        """The example of ``row`` (named ``where`` in errors), its answer cut to ``data.max_length``."""
+        return self.encode_counted(row, where, with_references)[0]
+
+    def encode_counted(self, row: dict[str, Any], where: str, with_references: bool = False) -> tuple[dict[str, Any], bool]:
+        """:meth:`encode`, and whether the answer was cut: an answer longer than the room ``data.max_length`` leaves
+        after the input keeps its first tokens and its EOS."""
         image = load_image(row[self.cfg.image_column], self.base, where)
         refs = self.class_answer(row, where) if self.class_names is not None else references(row[self.cfg.answer_column], where)
-        example = self.prompt(image, self.instruction(row, where))
+        example = self.prompt(image, self.instruction(row, where), where)
         prompt_ids = example["input_ids"]
-        answer = torch.tensor(self.answer_ids(refs[0]), dtype=prompt_ids.dtype)
+        answer_ids = self.answer_ids(refs[0])
+        room = None if self.cfg.max_length is None else self.cfg.max_length - len(prompt_ids)
+        cut = room is not None and len(answer_ids) > room
+        if cut:
+            answer_ids = answer_ids[: room - 1] + answer_ids[-1:]
+        answer = torch.tensor(answer_ids, dtype=prompt_ids.dtype)
         example["input_ids"] = torch.cat([prompt_ids, answer])
         example["labels"] = torch.cat([torch.full_like(prompt_ids, IGNORE), answer])
         if with_references:
             scored = self.cfg.references_column
             example["prompt_ids"] = prompt_ids
             example["answers"] = refs if scored is None or self.class_names is not None else references(row[scored], f"{where} ({scored})")
-        return example
+        return example, cut
 
     def class_answer(self, row: dict[str, Any], where: str) -> list[str]:
         """``[the word of the row's class]``."""
@@ -272,6 +306,26 @@ class VLMExamples(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.encoder.encode(self.rows[int(index)], f"{self.split} row {int(index)}", self.with_references)
+
+    def count_cut(self) -> int:
+        """The rows whose answer ``data.max_length`` cuts, every row encoded once (``datasets.map``, batched, which
+        keeps the flags in its cache for data read from files); a row whose input does not fit raises here."""
+        flags = self.rows.map(
+            _CutFlags(self.encoder, self.split), batched=True, with_indices=True, remove_columns=self.rows.column_names,
+            desc=f"measuring {self.split} rows",
+        )
+        return sum(flags["cut"])
+
+
+class _CutFlags:
+    """``datasets.map`` function of :meth:`VLMExamples.count_cut`: a batch of rows to their ``cut`` flags."""
+
+    def __init__(self, encoder: VLMEncoder, split: str) -> None:
+        self.encoder, self.split = encoder, split
+
+    def __call__(self, batch: dict[str, list], indices: list[int]) -> dict[str, list[bool]]:
+        rows = ({k: v[i] for k, v in batch.items()} for i in range(len(indices)))
+        return {"cut": [self.encoder.encode_counted(row, f"{self.split} row {i}")[1] for row, i in zip(rows, indices)]}
 
 
 def collate_examples(examples: list[dict[str, Any]], padding_side: str = "left", pad_id: int = 0) -> dict[str, Any]:
@@ -354,7 +408,9 @@ def build_vlm_data(cfg: VLMDataConfig, processor: Any, class_names: list[str] | 
 
     With ``class_names`` (classification), a row's answer is the word of its ``label_column`` class. The first row
     of each split is encoded here, so a bad column, image or template fails before training. Evaluation examples
-    carry their references (:data:`REFERENCE_KEYS`).
+    carry their references (:data:`REFERENCE_KEYS`). With ``data.max_length``, every row is encoded once more
+    before training to count the cut answers (:meth:`VLMExamples.count_cut`): one warning names the counts, and
+    ``info[split]["truncated"]`` holds them.
     """
     splits = load_splits(cfg, classify=class_names is not None)
     train = splits[cfg.train_split]
@@ -372,7 +428,17 @@ def build_vlm_data(cfg: VLMDataConfig, processor: Any, class_names: list[str] | 
         if len(ds) == 0:
             raise DataError(f"data: the {name} split has no rows")
         ds[0]  # a bad column, image or template fails here, before any model work
-    info = {name: {"rows": len(ds)} for name, ds in datasets_.items()}
+    info: dict[str, Any] = {name: {"rows": len(ds)} for name, ds in datasets_.items()}
+    if cfg.max_length is not None:
+        for name, ds in datasets_.items():
+            info[name]["truncated"] = ds.count_cut()
+        cut = [f"{v['truncated']} of {v['rows']} {name}" for name, v in info.items() if v["truncated"]]
+        if cut:
+            warnings.warn(
+                f"cut the answers of {', '.join(cut)} examples longer than data.max_length={cfg.max_length} tokens (each "
+                f"keeps its first tokens and EOS); raise data.max_length if the model allows, or shorten the answers",
+                stacklevel=2,
+            )
     return DataBundle(datasets_["train"], datasets_.get("eval"), VLMCollator(processor.tokenizer), class_names, info=info)
 
 

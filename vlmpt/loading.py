@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -66,36 +67,63 @@ class VLMModelConfig:
 
 
 def load_model_and_processor(cfg: VLMModelConfig, seed: int = 0) -> tuple[nn.Module, Any]:
-    """The frozen ``...ForConditionalGeneration`` model of ``cfg`` (eval mode) and its processor, whose tokenizer
-    pads on the left (generation appends after every row) and has a pad token.
+    """The frozen ``...ForConditionalGeneration`` model of ``cfg`` (eval mode) and its processor
+    (:func:`load_processor`).
 
     Raises:
         ModelLoadError: the model or processor cannot be loaded (not in the cache on an offline machine, no such
             folder).
     """
     kind, target = resolve_name(cfg.name)
+    processor = load_processor(cfg)
     if kind == "random":
-        from .synthetic import tiny_backbone, tiny_processor
+        from .synthetic import tiny_backbone
 
-        backbone, processor = tiny_backbone(target, seed, **cfg.kwargs), tiny_processor(target)
+        backbone = tiny_backbone(target, seed, **cfg.kwargs)
     else:
         import transformers
 
-        try:
-            source = cfg.processor or cfg.name
-            processor = transformers.AutoProcessor.from_pretrained(_folder(*resolve_name(source)), **cfg.processor_kwargs)
+        with _load_errors("model.name", cfg.name):
             backbone = transformers.AutoModelForImageTextToText.from_pretrained(_folder(kind, target), dtype=getattr(torch, cfg.dtype), **cfg.kwargs)
-        except OSError as e:
-            first = str(e).splitlines()[0] if str(e) else repr(e)
-            raise ModelLoadError(
-                f"model.name: cannot load {cfg.name} ({type(e).__name__}: {first}); put the model in the Hugging Face cache (or "
-                f"give a local folder), or use 'random:qwen2_vl' for a tiny random test model"
-            ) from None
     backbone = backbone.to(getattr(torch, cfg.dtype)).eval()
     for p in backbone.parameters():
         p.requires_grad_(False)
-    prepare_tokenizer(processor.tokenizer, "left")
     return backbone, processor
 
 
-__all__ = ["VLMModelConfig", "load_model_and_processor"]
+def load_processor(cfg: VLMModelConfig) -> Any:
+    """The processor of ``cfg``'s model (``cfg.processor`` when set), whose tokenizer pads on the left (generation
+    appends after every row) and has a pad token.
+
+    Raises:
+        ModelLoadError: the processor cannot be loaded.
+    """
+    kind, target = resolve_name(cfg.name)
+    if kind == "random":
+        from .synthetic import tiny_processor
+
+        processor = tiny_processor(target)
+    else:
+        import transformers
+
+        source = cfg.processor or cfg.name
+        with _load_errors("model.processor" if cfg.processor else "model.name", source):
+            processor = transformers.AutoProcessor.from_pretrained(_folder(*resolve_name(source)), **cfg.processor_kwargs)
+    prepare_tokenizer(processor.tokenizer, "left")
+    return processor
+
+
+@contextmanager
+def _load_errors(key: str, name: str) -> Iterator[None]:
+    """Turns a loader's ``OSError`` into one :class:`ModelLoadError` naming the config ``key`` and its value ``name``."""
+    try:
+        yield
+    except OSError as e:
+        first = str(e).splitlines()[0] if str(e) else repr(e)
+        raise ModelLoadError(
+            f"{key}: cannot load {name} ({type(e).__name__}: {first}); put the model in the Hugging Face cache (or "
+            f"give a local folder), or use 'random:qwen2_vl' for a tiny random test model"
+        ) from None
+
+
+__all__ = ["VLMModelConfig", "load_model_and_processor", "load_processor"]

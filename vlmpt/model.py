@@ -14,6 +14,7 @@ logits it gives alone, unpadded.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from torch import nn
 
 from promptcore import PromptedModel
 from promptcore.errors import UserError
+from textpt.fast_prefix import KeyValues, cache_argument, generation_cache, prefix_cache
 from textpt.padding import pack_prompt
 from textpt.tasks import upcast
 
@@ -42,8 +44,10 @@ class Packed:
 
     Attributes:
         embeds: ``[B, S, D]`` token embeddings with the prompt rows (image placeholders not yet replaced).
-        mask: ``[B, S]`` attention mask. positions: the family's position ids (``[B, S]`` or ``[3, B, S]``).
-        token_index: ``[B, L]``, where input token ``j`` landed. deltas: ``[B, 1]`` (see :class:`Family`).
+        mask: ``[B, p + S]`` attention mask, its first ``p`` columns (open) the prefix's of a deep method (``p``
+            = 0 without one). positions: the family's position ids of the ``S`` rows (``[B, S]`` or ``[3, B, S]``),
+            counted after the prefix. token_index: ``[B, L]``, where input token ``j`` landed. deltas: ``[B, 1]``
+            (see :class:`Family`).
     """
 
     embeds: torch.Tensor
@@ -61,7 +65,9 @@ class Packed:
 class VLMPromptedModel(PromptedModel):
     """A frozen vision-language model with soft prompts before each sequence in its language model.
 
-    Subclasses build ``self.prompts`` and implement :meth:`shallow_prompt`.
+    Subclasses build ``self.prompts`` and implement :meth:`shallow_prompt` (prompt rows in the input embeddings) or
+    :meth:`prefix_key_values` (keys and values before the sequence in every language-model layer, with
+    :attr:`num_prefix_tokens`), or both.
 
     Args:
         backbone: a supported ``...ForConditionalGeneration`` model (:data:`vlmpt.families.FAMILIES`); frozen.
@@ -103,6 +109,29 @@ class VLMPromptedModel(PromptedModel):
         """``[B, n, D]`` prompt embeddings placed before each sequence."""
         raise NotImplementedError(f"{type(self).__name__} must implement shallow_prompt()")
 
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Key/value positions a deep method puts before the sequence in every language-model layer (0: none)."""
+        return 0
+
+    def prefix_key_values(self, batch_size: int) -> KeyValues:
+        """Per language-model layer, the prefix ``(keys, values)``, each ``[B, kv_heads, n, head_dim]``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement prefix_key_values() when num_prefix_tokens > 0")
+
+    def prompted_backbone(self) -> contextlib.AbstractContextManager:
+        """The context the backbone runs in while this model uses it: a method with prompts inside the backbone (the
+        vision tower's) puts them in there; none here."""
+        return contextlib.nullcontext()
+
+    def cache_inputs(self, batch_size: int, generation: bool = False) -> dict[str, Any]:
+        """The backbone's cache arguments of a prefill: the prefix of a deep method as a stateless cache
+        (:func:`textpt.fast_prefix.prefix_cache`) or, in ``generation``, as the start of a growing one
+        (:func:`textpt.fast_prefix.generation_cache`); without a prefix, only whether to keep a cache."""
+        if not self.num_prefix_tokens:
+            return {"use_cache": generation}
+        kv = self.prefix_key_values(batch_size)
+        return {"use_cache": True, cache_argument(self.backbone): generation_cache(kv) if generation else prefix_cache(kv)}
+
     # ----- inputs -----------------------------------------------------------------------------------------------------
     def split_inputs(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         """``(input_ids, attention_mask, images)`` of a batch, checked; ``images`` holds the family's image keys."""
@@ -126,7 +155,8 @@ class VLMPromptedModel(PromptedModel):
         return input_ids, mask, {k: inputs[k] for k in self.family.image_keys if inputs.get(k) is not None}
 
     def pack(self, input_ids: torch.Tensor, mask: torch.Tensor, images: dict[str, Any]) -> Packed:
-        """Places the prompt right before each row's first real token and computes the packed positions."""
+        """Places the prompt right before each row's first real token and computes the packed positions (after a
+        deep method's prefix, which the family's position code counts as text rows before the sequence)."""
         prompt = self.shallow_prompt(input_ids.shape[0])
         placeholder = self.embedding.weight[self.image_token_id].detach()
         # transformers finds image placeholder rows in inputs_embeds by comparing them with this embedding (in the
@@ -136,8 +166,12 @@ class VLMPromptedModel(PromptedModel):
         embeds, packed_mask, _, token_index = pack_prompt(prompt, self.embedding(input_ids), mask, "left")
         ids = torch.full(packed_mask.shape, self.fill_id, dtype=input_ids.dtype, device=input_ids.device)
         ids.scatter_(1, token_index, input_ids)
+        n = self.num_prefix_tokens
+        if n:
+            ids = torch.cat([ids.new_full((ids.shape[0], n), self.fill_id), ids], dim=1)
+            packed_mask = torch.cat([packed_mask.new_ones(packed_mask.shape[0], n), packed_mask], dim=1)
         positions, deltas = self.family.positions(self.backbone, ids, packed_mask, images)
-        return Packed(embeds, packed_mask, positions, token_index, deltas)
+        return Packed(embeds, packed_mask, positions[..., n:], token_index, deltas)
 
     # ----- forward and loss -------------------------------------------------------------------------------------------
     def forward(self, **inputs: Any) -> torch.Tensor:
@@ -145,7 +179,9 @@ class VLMPromptedModel(PromptedModel):
         family's image keys, e.g. ``pixel_values`` and ``image_grid_thw`` as the processor returns them)."""
         input_ids, mask, images = self.split_inputs(inputs)
         packed = self.pack(input_ids, mask, images)
-        out = self.backbone(inputs_embeds=packed.embeds, attention_mask=packed.mask, position_ids=packed.positions, use_cache=False, **images)
+        cache = self.cache_inputs(input_ids.shape[0])
+        with self.prompted_backbone():
+            out = self.backbone(inputs_embeds=packed.embeds, attention_mask=packed.mask, position_ids=packed.positions, **cache, **images)
         logits = out.logits
         return logits.gather(1, packed.token_index.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
 
@@ -259,7 +295,9 @@ class VLMPromptedModel(PromptedModel):
 
     def _generate_cached(self, input_ids: torch.Tensor, mask: torch.Tensor, images: dict[str, Any], steps: int, eos: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         packed = self.pack(input_ids, mask, images)
-        out = self.backbone(inputs_embeds=packed.embeds, attention_mask=packed.mask, position_ids=packed.positions, use_cache=True, **images)
+        cache = self.cache_inputs(input_ids.shape[0], generation=True)
+        with self.prompted_backbone():
+            out = self.backbone(inputs_embeds=packed.embeds, attention_mask=packed.mask, position_ids=packed.positions, **cache, **images)
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         new: list[torch.Tensor] = []
         scores: list[torch.Tensor] = []

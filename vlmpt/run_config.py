@@ -15,7 +15,9 @@ from promptcore.train_config import TrainConfig
 
 from .data import VLMDataConfig
 from .loading import VLMModelConfig
+from .prefix import VLMPrefixConfig
 from .prompt_tuning import VLMPromptTuningConfig
+from .vision_prompts import VLMVisionPromptConfig
 
 
 @dataclass
@@ -51,14 +53,16 @@ class VLMRunConfig:
 
     Attributes:
         model: the frozen model and its processor.
-        prompt: the method's config (``vlm_prompt_tuning``).
+        prompt: the method's config, chosen by its ``method`` key: ``vlm_prompt_tuning`` (the default: prompt rows
+            in the input embeddings), ``vlm_prefix`` (keys and values before the sequence in every layer) or
+            ``vlm_vpt`` (VPT in LLaVA's vision tower, optionally with prompt rows in the language model).
         data: the data source, columns and template.
         task: what is learned and how it is scored.
         train: the trainer's settings.
     """
 
     model: VLMModelConfig
-    prompt: VLMPromptTuningConfig = field(default_factory=VLMPromptTuningConfig)
+    prompt: VLMPromptTuningConfig | VLMPrefixConfig | VLMVisionPromptConfig = field(default_factory=VLMPromptTuningConfig)
     data: VLMDataConfig = field(default_factory=VLMDataConfig)
     task: VLMTaskConfig = field(default_factory=VLMTaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -1,5 +1,6 @@
-"""Contract case of the vision-language methods (:mod:`vlmpt`), on a tiny random Qwen2-VL whose examples carry
-images of two sizes (its mRoPE positions are the hardest placement the package supports).
+"""Contract cases of the vision-language methods (:mod:`vlmpt`), on a tiny random Qwen2-VL whose examples carry
+images of two sizes (its mRoPE positions are the hardest placement the package supports); ``vlm_vpt``, whose prompts
+live in a ViT tower, on a tiny random LLaVA.
 
 The sharded contract does not run these cases (``sharded=False``): vlmpt is not yet tested under FSDP (docs/vlm.md).
 """
@@ -17,9 +18,9 @@ from promptcore import PromptedModel
 from vlmpt.synthetic import collate_examples, tiny_backbone, tiny_examples
 
 
-def build(seed: int, num_tokens: int = 3) -> PromptedModel:
-    backbone = tiny_backbone("qwen2_vl", seed=1234)  # the same frozen backbone for every seed of the prompts
-    return promptcore.wrap(backbone, vlmpt.VLMPromptTuningConfig(num_tokens=num_tokens, seed=seed, init_std=1.0))
+def build(seed: int, num_tokens: int = 3, config: Any = vlmpt.VLMPromptTuningConfig, model_type: str = "qwen2_vl") -> PromptedModel:
+    backbone = tiny_backbone(model_type, seed=1234)  # the same frozen backbone for every seed of the prompts
+    return promptcore.wrap(backbone, config(num_tokens=num_tokens, seed=seed, init_std=1.0))
 
 
 def data(model: PromptedModel) -> tuple[list[dict[str, torch.Tensor]], Any]:
@@ -36,6 +37,22 @@ CASES.add("text:vlm_prompt_tuning", MethodCase(
     build=lambda seed, fast: build(seed),
     data=data,
     foreign=lambda seed: build(seed, num_tokens=4),
+    outputs=logits,
+    sharded=False,
+))
+
+CASES.add("text:vlm_prefix", MethodCase(
+    build=lambda seed, fast: build(seed, config=vlmpt.VLMPrefixConfig),
+    data=data,
+    foreign=lambda seed: build(seed, num_tokens=4, config=vlmpt.VLMPrefixConfig),
+    outputs=logits,
+    sharded=False,
+))
+
+CASES.add("text:vlm_vpt", MethodCase(  # VPT-deep in LLaVA's CLIP tower (Qwen's towers are refused)
+    build=lambda seed, fast: build(seed, config=lambda **kw: vlmpt.VLMVisionPromptConfig(deep=True, **kw), model_type="llava"),
+    data=data,
+    foreign=lambda seed: build(seed, num_tokens=4, config=lambda **kw: vlmpt.VLMVisionPromptConfig(deep=True, **kw), model_type="llava"),
     outputs=logits,
     sharded=False,
 ))

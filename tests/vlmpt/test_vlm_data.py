@@ -148,7 +148,36 @@ def test_k_shot_draws_k_rows_per_class():
         build_vlm_data(VLMDataConfig(num_samples=48, shots=40), tiny_processor("qwen2_vl"))
 
 
+def test_max_length_cuts_the_answer_keeping_its_eos_and_refuses_an_input_without_room():
+    processor = tiny_processor("qwen2_vl")
+    row = rows(1)[0]
+    whole = encoder("qwen2_vl", answer_column="caption").encode(row, "row")
+    answer = whole["labels"][whole["labels"] != IGNORE].tolist()
+    assert len(answer) == 4  # "a <colour> picture" and EOS
+    width = len(whole["input_ids"])
+    assert torch.equal(encoder("qwen2_vl", answer_column="caption", max_length=width).encode(row, "row")["input_ids"], whole["input_ids"])
+    cut, was_cut = encoder("qwen2_vl", answer_column="caption", max_length=width - 2).encode_counted(row, "row")
+    assert was_cut and len(cut["input_ids"]) == width - 2
+    assert cut["labels"][cut["labels"] != IGNORE].tolist() == [*answer[:1], answer[-1]]  # its first token, then EOS
+    assert torch.equal(cut["input_ids"][: width - 4], whole["input_ids"][: width - 4]) and torch.equal(cut["pixel_values"], whole["pixel_values"])
+    with pytest.raises(UserError, match=r"row: the input is \d+ tokens \(\d+ of them the image's\) and leaves no room for an answer token and EOS within data.max_length=\d+; raise data.max_length"):
+        encoder("qwen2_vl", answer_column="caption", max_length=width - 3).encode(row, "row")
+    # a run counts the cut rows in one warning, and the examples are the cut ones
+    table = synthetic_rows(8, 0, "train")
+    train = [VLMEncoder(processor, VLMDataConfig(answer_column="caption")).encode({k: table[k][i] for k in table}, "row") for i in range(8)]
+    limit = max(int((e["labels"] == IGNORE).sum()) for e in train) + 2  # the longest input and two answer tokens
+    cfg = VLMDataConfig(answer_column="caption", max_length=limit, num_samples=8, num_eval_samples=4)
+    with pytest.warns(UserWarning, match=r"cut the answers of \d+ of 8 train(, \d+ of 4 eval)? examples longer than data.max_length=") as caught:
+        bundle = build_vlm_data(cfg, processor)
+    assert len(caught) == 1
+    assert bundle.info["train"]["truncated"] == sum(len(e["input_ids"]) > limit for e in train) > 0
+    assert [len(bundle.train[i]["input_ids"]) for i in range(8)] == [min(len(e["input_ids"]), limit) for e in train]
+    with pytest.raises(UserError, match=r"train row \d+: the input is"):
+        build_vlm_data(VLMDataConfig(answer_column="caption", max_length=8, num_samples=8, num_eval_samples=4), processor)
+
+
 @pytest.mark.parametrize("data, message", [
+    ({"max_length": 1}, "max_length: must be a number of tokens, at least 2"),
     ({"source": "hff"}, r"source: 'hff' is not one of synthetic, hf, csv, json, parquet. Did you mean 'hf'"),
     ({"source": "json"}, r"data_files: source 'json' needs a file for split\(s\) \['train', 'test'\]"),
     ({"template": "{question"}, "template: '{question' is not a format string"),

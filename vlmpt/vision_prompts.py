@@ -1,0 +1,166 @@
+"""VPT in the vision tower of a vision-language model (``method: vlm_vpt``), with or without prompt rows in the
+language model.
+
+The tower must be a ViT that :mod:`vpt` sees as tokens (:func:`vpt.backbones.token_backbone`: LLaVA's
+``CLIPVisionModel``; its width, depth, layers and prefix tokens are read there, never assumed). As :mod:`vpt.model`
+places them, ``num_tokens`` prompts go right after the prefix (class) token before the first encoder layer
+(``deep: false``, VPT-shallow), or fresh ones before every layer, replacing the previous layer's prompt outputs
+(``deep: true``, VPT-deep). The tower's own code runs every layer; the prompts enter through forward pre-hooks on
+its layers, and a forward hook on the tower takes the prompt rows out of every hidden state it returns, so the
+model's feature selection (``vision_feature_layer``, the class token dropped) and its projector see the sequence
+they were built for, and the number of image features still matches the image placeholders. The hooks are on only
+while the prompted model runs the backbone: the backbone alone stays the frozen model.
+
+Qwen2-VL / Qwen2.5-VL's towers are not ViTs of that kind (patches packed with ``cu_seqlens``, windowed attention in
+Qwen2.5-VL, 2 x 2 patch merging after the last layer): they are refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal
+
+import torch
+from torch import nn
+
+from promptcore import DeepSoftPrompt, SoftPrompt, register_method
+from promptcore.errors import UnsupportedModelError, UserError
+from textpt.config import trainable_dtype
+
+from .model import VLMPromptedModel
+
+
+@dataclass
+class VLMVisionPromptConfig:
+    """VPT prompts in a vision-language model's vision tower, and optionally prompt rows in its language model.
+
+    Attributes:
+        num_tokens: prompt tokens after the class token of the vision tower's sequence.
+        deep: fresh prompts before every encoder layer (VPT-deep) instead of before the first only (VPT-shallow).
+        lm_tokens: prompt rows in the language model's input embeddings too, before each sequence (as
+            ``vlm_prompt_tuning`` places them); 0: none.
+        init_std: every prompt starts as ``init_std`` times a standard normal draw.
+        seed: the seed of that draw.
+    """
+
+    method: Literal["vlm_vpt"] = "vlm_vpt"
+    num_tokens: int = 8
+    deep: bool = False
+    lm_tokens: int = 0
+    init_std: float = 0.02
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_tokens, int) or self.num_tokens < 1:
+            raise UserError(f"num_tokens: must be a positive number of vision prompt tokens, got {self.num_tokens!r}")
+        if not isinstance(self.lm_tokens, int) or self.lm_tokens < 0:
+            raise UserError(f"lm_tokens: must be a number of language-model prompt rows (0: none), got {self.lm_tokens!r}")
+        if self.init_std <= 0:
+            raise UserError(f"init_std: must be positive, got {self.init_std}")
+
+
+class VLMVisionPromptModel(VLMPromptedModel):
+    """VPT prompts in the vision tower of a frozen vision-language model (and optional language-model prompt rows).
+
+    Args:
+        backbone: a supported ``...ForConditionalGeneration`` model whose vision tower is a ViT (LLaVA).
+        config: the method's config.
+        name: the backbone's name recorded in prompt files. Other ``context`` a recipe passes is not used.
+
+    Attributes:
+        prompts: the tower's prompts, ``[num_tokens, width]`` (``SoftPrompt``) or ``[layers, num_tokens, width]``
+            (``DeepSoftPrompt``). lm_prompts: the language model's rows ``[lm_tokens, D]``, or None.
+
+    Raises:
+        UnsupportedModelError: a vision tower :mod:`vpt` cannot see as tokens.
+    """
+
+    method = "vlm_vpt"
+    prompt_module_names = ("prompts", "lm_prompts")
+
+    def __init__(self, backbone: nn.Module, config: VLMVisionPromptConfig, name: str | None = None, **context: Any) -> None:
+        from vpt.backbones import token_backbone
+
+        super().__init__(backbone, name)
+        self.config = config
+        tower = getattr(backbone.model, "vision_tower", None) or getattr(backbone.model, "visual", None)
+        try:
+            if not isinstance(tower, nn.Module):
+                raise UnsupportedModelError("no vision tower")
+            self.tower = token_backbone(tower, f"{self.backbone_name} vision tower")
+        except UnsupportedModelError:
+            raise UnsupportedModelError(
+                f"the vision tower of {type(backbone).__name__} ({type(tower).__name__}) is not a ViT that VPT prompts can "
+                f"extend; vlm_vpt supports LLaVA's CLIP tower. Use vlm_prompt_tuning or vlm_prefix (prompts in the language model)"
+            ) from None
+        generator = torch.Generator().manual_seed(config.seed)
+        width, init = self.tower.width, {"init": "normal", "std": config.init_std, "generator": generator}
+        if config.deep:
+            self.prompts = DeepSoftPrompt(self.tower.depth, config.num_tokens, width, **init)
+        else:
+            self.prompts = SoftPrompt(config.num_tokens, width, **init)
+        self.lm_prompts = SoftPrompt(config.lm_tokens, self.dim, **init) if config.lm_tokens else None
+        for module in self.prompt_modules().values():
+            module.to(trainable_dtype(backbone))
+        self.freeze_backbone()
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return self.config.lm_tokens
+
+    def shallow_prompt(self, batch_size: int) -> torch.Tensor:
+        if self.lm_prompts is None:
+            return self.embedding.weight.new_zeros(batch_size, 0, self.dim)
+        return self.lm_prompts(batch_size)
+
+    @contextlib.contextmanager
+    def prompted_backbone(self) -> Iterator[None]:
+        """Within it, the vision tower runs with the prompts: pre-hooks on its layers put them in after the prefix
+        tokens (every layer with ``deep``, else the first), and a hook on the tower takes them out of every hidden
+        state it returns."""
+        pre, n = self.tower.num_prefix_tokens, self.config.num_tokens
+        weight = self.prompts.weight if self.config.deep else self.prompts.weight.unsqueeze(0)
+
+        def insert(index: int):
+            def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+                x = args[0] if args else kwargs["hidden_states"]
+                rest = x[:, pre:] if index == 0 else x[:, pre + n :]
+                x = torch.cat([x[:, :pre], weight[index].to(x.dtype).expand(x.shape[0], -1, -1), rest], dim=1)
+                return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
+
+            return hook
+
+        def strip(x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([x[:, :pre], x[:, pre + n :]], dim=1)
+
+        def take_out(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+            prompted = output.last_hidden_state.shape[1]
+            output.last_hidden_state = strip(output.last_hidden_state)
+            if output.hidden_states is not None:
+                # the embeddings' output has no prompts yet; states the model does not read may be None
+                output.hidden_states = tuple(strip(h) if h is not None and h.shape[1] == prompted else h for h in output.hidden_states)
+            return output
+
+        layers = range(self.tower.depth) if self.config.deep else range(1)
+        handles = [self.tower.block(i).register_forward_pre_hook(insert(i), with_kwargs=True) for i in layers]
+        handles.append(self.tower.model.register_forward_hook(take_out, with_kwargs=True))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def prompt_config(self) -> dict[str, Any]:
+        return {
+            **super().prompt_config(),
+            "vision_tokens": self.config.num_tokens,
+            "deep": self.config.deep,
+            "vision_width": self.tower.width,
+        }
+
+
+register_method(
+    "vlm_vpt", VLMVisionPromptConfig, VLMVisionPromptModel, kind="text",
+    summary="VPT-shallow / VPT-deep in the vision tower of LLaVA, with optional prompt rows in its language model",
+)
