@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from .config import load_config
+from .config import apply_overrides, load_config, read_yaml
 from .errors import MissingFileError, UserError
 from .plugins import load_plugins
 from .registry import Registry
@@ -315,10 +315,9 @@ def main(recipe: Recipe, argv: Sequence[str] | None = None) -> int:
     load_plugins(package=recipe.prog, lazy=True)
     register_chosen_verb(recipe.prog, argv)
     args = build_parser(recipe).parse_args(argv)
-    load_plugins(package=recipe.prog)
     try:
         with one_line_warnings(args.verbose):
-            return _run(args)
+            return _run(args, recipe.prog)
     finally:
         # A multi-process launch (torchrun, accelerate launch) leaves a process group; tear it down before the
         # interpreter exits, where gloo/NCCL threads killed mid-flight abort the process. None without torch.
@@ -389,22 +388,40 @@ def quiet_library_progress(progress_bar: bool) -> None:
             getattr(sys.modules[module], switch)()
 
 
-def _run(args: argparse.Namespace) -> int:
-    """Runs the verb; known errors become one ``error:`` line and status 2."""
+def check_config_input(args: argparse.Namespace) -> None:
+    """Reads the ``-c CONFIG`` file and applies the ``--set`` overrides a verb was given, before torch is imported, so
+    a missing file, a file that is not YAML or a malformed override is reported without waiting for it. The values
+    are checked when the verb loads the config: that needs the run config's classes, which import torch."""
+    if getattr(args, "config", None):
+        apply_overrides(read_yaml(args.config), list(getattr(args, "overrides", [])))
+
+
+def _run(args: argparse.Namespace, prog: str) -> int:
+    """Checks the config input, loads the plugins of ``prog`` in full and runs the verb; known errors become one
+    ``error:`` line and status 2."""
+    try:
+        check_config_input(args)
+    except UserError as e:
+        return _report(e, args.traceback)
+    load_plugins(package=prog)
     from .trainer import NonFiniteLossError, TrainingInterrupted
 
-    # Errors that mean "your input is wrong", reported as one clean line. Only these: any other exception (a
-    # ValueError from deep inside a library included) is a bug and keeps its traceback.
-    known_errors = (UserError, NonFiniteLossError)
     try:
         return int(args.func(args))
     except TrainingInterrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except known_errors as e:
-        if args.traceback:
-            raise
-        # KeyError's str() wraps the message in quotes; show the message itself.
-        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"error: {message}", file=sys.stderr)
-        return EXIT_ERROR
+    # Errors that mean "your input is wrong", reported as one clean line. Only these: any other exception (a
+    # ValueError from deep inside a library included) is a bug and keeps its traceback.
+    except (UserError, NonFiniteLossError) as e:
+        return _report(e, args.traceback)
+
+
+def _report(error: Exception, traceback: bool) -> int:
+    """Prints a known error as one ``error:`` line and returns status 2; re-raises it with ``--traceback``."""
+    if traceback:
+        raise error
+    # KeyError's str() wraps the message in quotes; show the message itself.
+    message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_ERROR

@@ -99,6 +99,21 @@ def test_a_declared_verb_loads_its_module_when_chosen():
     assert "torch" in modules
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("problem, message", [
+    (["-c", "missing.yaml"], "config file 'missing.yaml' does not exist"),
+    (["-c", "BAD_YAML"], "not valid YAML"),
+    (["-c", "configs/smoke/textpt_tiny.yaml", "--set", "train.lr"], "--set 'train.lr': expected KEY=VALUE"),
+])
+@pytest.mark.parametrize("prog", PROGRAMS)
+def test_a_missing_or_unreadable_config_is_reported_without_torch(prog, problem, message, tmp_path):
+    (tmp_path / "bad.yaml").write_text("train: [1\n")
+    problem = [str(tmp_path / "bad.yaml") if a == "BAD_YAML" else a for a in problem]
+    modules, proc = imported_by([console_script(prog), "train", *problem])
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert not modules & set(HELP_HEAVY), sorted(modules & set(HELP_HEAVY))
+
+
 def test_every_declared_verb_is_registered_by_its_module_with_the_same_help():
     for module in ("vpt.cli", "vpt.clip", "textpt.cli", "vlmpt.cli"):  # what the programs import before parsing
         importlib.import_module(module)
