@@ -22,9 +22,10 @@ Known errors (bad config, missing or foreign files, bad data) print ``error: ...
 raise (torch, transformers, ...) and their progress bars with ``train.progress_bar: false`` are left out unless
 ``-v/--verbose`` is given.
 
-``--help`` (the program's and each verb's) imports no torch: this module and the packages' CLI modules import the
-libraries inside the functions that run a verb, and a recipe's ``config_class`` is read only then
-(:class:`promptcore.plugins.Deferred`).
+``PROG --help`` and the help of the verbs registered by light modules import no torch: this module and the packages'
+CLI modules import the libraries inside the functions that run a verb, a recipe's ``config_class`` is read only then
+(:class:`promptcore.plugins.Deferred`), and the plugins load in full only once a verb runs (after
+:func:`check_config_input`, so a missing config file is reported at once).
 """
 
 from __future__ import annotations
