@@ -3,7 +3,9 @@
 A package's console script is one line, ``def main(argv=None): return promptcore.cli.main(RECIPE, argv)``, where
 the recipe (:class:`promptcore.recipe.Recipe`) builds the model and data from the package's run config. Further
 verbs (``vpt predict``, ``vpt base2new``, ``textpt generate``) are :class:`Command` records in :data:`COMMANDS`,
-added by whichever package or plugin (:mod:`promptcore.plugins`) provides them::
+added by whichever package or plugin (:mod:`promptcore.plugins`) provides them. A verb registered by a module that
+imports torch is declared (:func:`declare_command`) where the program's light modules can list it; its module is
+imported only when the verb is chosen::
 
     vpt train -c CONFIG [--set a.b=value ...] [-o RUN_DIR] [--overwrite]
     vpt train --resume RUN_DIR [--set ...]         # the config comes from RUN_DIR/config.yaml
@@ -19,12 +21,18 @@ Known errors (bad config, missing or foreign files, bad data) print ``error: ...
 ``--traceback`` shows the full traceback instead. Warnings print as one ``warning: ...`` line; those the libraries
 raise (torch, transformers, ...) and their progress bars with ``train.progress_bar: false`` are left out unless
 ``-v/--verbose`` is given.
+
+``PROG --help`` and the help of the verbs registered by light modules import no torch: this module and the packages'
+CLI modules import the libraries inside the functions that run a verb, a recipe's ``config_class`` is read only then
+(:class:`promptcore.plugins.Deferred`), and the plugins load in full only once a verb runs (after
+:func:`check_config_input`, so a missing config file is reported at once).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -34,24 +42,17 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-import torch
-
-from .config import load_config
+from .config import apply_overrides, load_config, read_yaml
 from .errors import MissingFileError, UserError
-from .files import read_prompt_config
-from .model import PromptedModel
 from .plugins import load_plugins
-from .preflight import run_problems
-from .recipe import DataBundle, Recipe, resolve_config
 from .registry import Registry
-from .runs import CONFIG_FILE
-from .trainer import NonFiniteLossError, Trainer, TrainingInterrupted, seed_everything
 
-# Errors that mean "your input is wrong", reported as one clean line. Only these: any other exception (a ValueError
-# from deep inside a library included) is a bug and keeps its traceback.
-KNOWN_ERRORS = (UserError, NonFiniteLossError)
+if TYPE_CHECKING:
+    from .model import PromptedModel
+    from .recipe import DataBundle, Recipe
+
 EXIT_ERROR = 2
 SKIPPED_ROWS_FILE = "skipped_rows.txt"  # the rows a run's data.on_bad_rows: skip left out, one per line
 EXIT_INTERRUPTED = 130
@@ -84,6 +85,48 @@ def register_command(command: Command) -> Command:
     return COMMANDS.add(f"{command.prog} {command.name}", command)
 
 
+@dataclass(frozen=True)
+class CommandDeclaration:
+    """A verb that ``module`` registers (with :func:`register_command`) when imported.
+
+    Attributes:
+        prog: the program it belongs to.
+        name: the verb.
+        help: its line in ``PROG --help``, the same as the registered command's (a test compares them).
+        module: the module whose import registers it.
+    """
+
+    prog: str
+    name: str
+    help: str
+    module: str
+
+
+DECLARED_COMMANDS: Registry[CommandDeclaration] = Registry("declared command")
+
+
+def declare_command(prog: str, name: str, help: str, module: str) -> CommandDeclaration:
+    """Lists ``PROG VERB`` in ``PROG --help`` without importing ``module``, which registers the verb; the module is
+    imported when the verb is chosen (to parse its arguments, ``PROG VERB --help`` included, and run it). For verbs
+    whose module imports torch."""
+    return DECLARED_COMMANDS.add(f"{prog} {name}", CommandDeclaration(prog, name, help, module))
+
+
+def chosen_verb(argv: Sequence[str]) -> str | None:
+    """The verb ``argv`` names: its first word that is not an option (the programs' own options take no value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def register_chosen_verb(prog: str, argv: Sequence[str]) -> None:
+    """Imports the module of the verb ``argv`` chooses when that verb is only declared, so it is registered."""
+    key = f"{prog} {chosen_verb(argv)}"
+    if key in DECLARED_COMMANDS and key not in COMMANDS:
+        declaration = DECLARED_COMMANDS.get(key)
+        importlib.import_module(declaration.module)
+        if key not in COMMANDS:
+            raise RuntimeError(f"{declaration.module} was declared to register '{key}' and did not")
+
+
 def add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """``-c/--config CONFIG`` and repeatable ``--set a.b=value``, as every verb reading a run config takes them."""
     parser.add_argument("-c", "--config", required=required, metavar="CONFIG", help="run config (YAML)")
@@ -103,6 +146,8 @@ def load_run_config(recipe: Recipe, args: argparse.Namespace) -> Any:
     records the new config in ``config.yaml``, the first in ``config.original.yaml``."""
     resume = getattr(args, "resume", None)
     if resume:
+        from .runs import CONFIG_FILE
+
         if args.config:
             raise UserError(f"--resume reads the config saved in {resume}/{CONFIG_FILE}; drop -c {args.config} (change values with --set)")
         source: str | Path = Path(resume) / CONFIG_FILE
@@ -122,6 +167,8 @@ def load_run_config(recipe: Recipe, args: argparse.Namespace) -> Any:
 def check_run_program(recipe: Recipe, run_dir: Path) -> None:
     """Refuses a run directory another program wrote (``textpt train --resume`` of a ``vpt`` run): its prompt files
     record the program (``program``, added by ``train``), and its config would not parse as this one's."""
+    from .files import read_prompt_config
+
     last = run_dir / "last"
     if not (last / "prompt_config.json").is_file():
         return
@@ -158,6 +205,9 @@ def build_model_and_data(
     data. With ``problems`` given, a :class:`UserError` of the data (bad rows, a missing column) is appended to it
     and the data is None, so the caller can report it with the other problems of the run.
     """
+    from .recipe import resolve_config
+    from .trainer import seed_everything
+
     seed_everything(cfg.train.seed)
     quiet_library_progress(cfg.train.progress_bar)
     cfg = resolve_config(recipe, cfg)
@@ -184,6 +234,9 @@ def default_run_dir(recipe: Recipe, config_path: str | None, verb: str | None = 
 
 
 def cmd_train(recipe: Recipe, args: argparse.Namespace) -> int:
+    from .preflight import run_problems
+    from .trainer import Trainer
+
     if args.resume and args.output:
         raise UserError("--resume continues the run in place; drop -o/--output")
     problems: list[str] = []
@@ -209,6 +262,9 @@ def cmd_train(recipe: Recipe, args: argparse.Namespace) -> int:
 
 
 def cmd_eval(recipe: Recipe, args: argparse.Namespace) -> int:
+    from .files import read_prompt_config
+    from .trainer import Trainer
+
     cfg = load_run_config(recipe, args)
     config_for_prompts = getattr(recipe, "config_for_prompts", None)
     if args.prompts is not None and config_for_prompts is not None:
@@ -242,26 +298,32 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
     ev.add_argument("--prompts", metavar="DIR", help="prompt folder (a run's best/ or last/); methods with nothing to train need none")
     ev.set_defaults(func=lambda a: cmd_eval(recipe, a))
 
-    for _, command in COMMANDS.items():
-        if command.prog == recipe.prog:
-            verb = sub.add_parser(command.name, help=command.help, description=command.help)
+    verbs: dict[str, Command | CommandDeclaration] = {c.name: c for _, c in DECLARED_COMMANDS.items() if c.prog == recipe.prog}
+    verbs.update((c.name, c) for _, c in COMMANDS.items() if c.prog == recipe.prog)
+    for name, command in sorted(verbs.items()):
+        verb = sub.add_parser(name, help=command.help, description=command.help)
+        if isinstance(command, Command):  # a verb only declared is not chosen (register_chosen_verb): no arguments
             command.configure(verb)
             verb.set_defaults(func=command.run)
     return parser
 
 
 def main(recipe: Recipe, argv: Sequence[str] | None = None) -> int:
-    """Loads the plugins that may add verbs, parses ``argv`` (default: ``sys.argv[1:]``), runs the verb and returns
-    the exit status. Other plugins load when a name in the config needs them (:func:`promptcore.plugins.lookup`)."""
-    load_plugins(package=recipe.prog)
+    """Parses ``argv`` (default: ``sys.argv[1:]``) with the verbs of the plugins that may add some, loads those
+    plugins in full, runs the verb and returns the exit status. Other plugins load when a name in the config needs
+    them (:func:`promptcore.plugins.lookup`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    load_plugins(package=recipe.prog, lazy=True)
+    register_chosen_verb(recipe.prog, argv)
     args = build_parser(recipe).parse_args(argv)
     try:
         with one_line_warnings(args.verbose):
-            return _run(args)
+            return _run(args, recipe.prog)
     finally:
         # A multi-process launch (torchrun, accelerate launch) leaves a process group; tear it down before the
-        # interpreter exits, where gloo/NCCL threads killed mid-flight abort the process.
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # interpreter exits, where gloo/NCCL threads killed mid-flight abort the process. None without torch.
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
@@ -327,17 +389,40 @@ def quiet_library_progress(progress_bar: bool) -> None:
             getattr(sys.modules[module], switch)()
 
 
-def _run(args: argparse.Namespace) -> int:
-    """Runs the verb; known errors become one ``error:`` line and status 2."""
+def check_config_input(args: argparse.Namespace) -> None:
+    """Reads the ``-c CONFIG`` file and applies the ``--set`` overrides a verb was given, before torch is imported, so
+    a missing file, a file that is not YAML or a malformed override is reported without waiting for it. The values
+    are checked when the verb loads the config: that needs the run config's classes, which import torch."""
+    if getattr(args, "config", None):
+        apply_overrides(read_yaml(args.config), list(getattr(args, "overrides", [])))
+
+
+def _run(args: argparse.Namespace, prog: str) -> int:
+    """Checks the config input, loads the plugins of ``prog`` in full and runs the verb; known errors become one
+    ``error:`` line and status 2."""
+    try:
+        check_config_input(args)
+    except UserError as e:
+        return _report(e, args.traceback)
+    load_plugins(package=prog)
+    from .trainer import NonFiniteLossError, TrainingInterrupted
+
     try:
         return int(args.func(args))
     except TrainingInterrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except KNOWN_ERRORS as e:
-        if args.traceback:
-            raise
-        # KeyError's str() wraps the message in quotes; show the message itself.
-        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"error: {message}", file=sys.stderr)
-        return EXIT_ERROR
+    # Errors that mean "your input is wrong", reported as one clean line. Only these: any other exception (a
+    # ValueError from deep inside a library included) is a bug and keeps its traceback.
+    except (UserError, NonFiniteLossError) as e:
+        return _report(e, args.traceback)
+
+
+def _report(error: Exception, traceback: bool) -> int:
+    """Prints a known error as one ``error:`` line and returns status 2; re-raises it with ``--traceback``."""
+    if traceback:
+        raise error
+    # KeyError's str() wraps the message in quotes; show the message itself.
+    message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_ERROR

@@ -147,6 +147,8 @@ def method_of(config: Any) -> Method:
         TypeError: the object is not a registered method's config.
     """
     name = getattr(config, "method", None)
+    if isinstance(name, str) and not any(m.name == name for _, m in METHODS.items()):
+        load_plugins()  # the package registers it when loaded in full (its config module alone may not)
     records = [m for _, m in METHODS.items() if m.name == name] if isinstance(name, str) else []
     for record in records:
         if isinstance(config, record.config_class):

@@ -1,9 +1,12 @@
-"""A quiet, quick start: ``vpt --help``, ``textpt --help`` and config errors without importing transformers, torchao
-or the other packages' plugins; warnings as one ``warning:`` line, the libraries' own (and torch's logged notes) only with
-``-v``; the libraries' progress bars off with ``train.progress_bar: false``."""
+"""A quiet, quick start: ``vpt --help``, ``textpt --help`` and ``vlmpt --help`` (and their verbs') and a missing config
+file without importing torch, config errors without importing transformers, torchao or the other packages' plugins;
+warnings as one ``warning:`` line, the libraries' own (and torch's logged notes) only with ``-v``; the libraries'
+progress bars off with ``train.progress_bar: false``."""
 
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import logging
 import os
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from promptcore.cli import LIBRARY_PATHS, one_line_warnings, quiet_library_progress
+from promptcore.cli import COMMANDS, DECLARED_COMMANDS, LIBRARY_PATHS, one_line_warnings, quiet_library_progress
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("transformers", "torchao", "textpt", "vlmpt", "open_clip", "timm")
@@ -44,6 +47,105 @@ def test_help_lists_plugin_verbs_without_importing_the_other_packages():
     result, out = probe("--help")
     assert result == {"status": 0, "imported": []}, out
     assert "base2new" in out and "predict" in out  # a plugin's verb (vpt.clip) and the package's own
+
+
+# What --help must not import: torch and the libraries, and the toolkit's other packages (the program's own package
+# and its light modules are imported, its plugins only lightly).
+HELP_HEAVY = ("torch", "transformers", "torchao", "timm", "open_clip", "datasets", "PIL", "peft", "ray")
+PROGRAMS = ("vpt", "textpt", "vlmpt")
+
+
+def imported_by(command: list[str]) -> tuple[set[str], subprocess.CompletedProcess]:
+    """The top-level modules ``command`` imported (Python's -X importtime report, which a console script also gives
+    through PYTHONPROFILEIMPORTTIME) and its completed process."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONPROFILEIMPORTTIME": "1"}
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    lines = [line.split("|")[-1] for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    return {line.strip().split(".")[0] for line in lines[1:]}, proc  # the first is the report's header
+
+
+def console_script(prog: str) -> str:
+    return str(Path(sys.executable).parent / prog)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["script", "python -m"])
+@pytest.mark.parametrize("prog", PROGRAMS)
+def test_help_imports_no_torch(prog, how):
+    start = [console_script(prog)] if how == "script" else [sys.executable, "-m", prog]
+    modules, proc = imported_by([*start, "--help"])
+    assert proc.returncode == 0 and proc.stdout.startswith(f"usage: {prog} "), proc.stderr[-2000:]
+    others = {p for p in PROGRAMS if p != prog}
+    assert not modules & (set(HELP_HEAVY) | others), sorted(modules & (set(HELP_HEAVY) | others))
+    assert prog in modules and "promptcore" in modules  # the report lists what was imported
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv", [
+    ["vpt", "train", "--help"], ["vpt", "predict", "--help"], ["vpt", "sweep", "--help"], ["vpt", "eval", "--help"],
+    ["textpt", "train", "--help"], ["textpt", "generate", "--help"], ["vlmpt", "generate", "--help"],
+])
+def test_a_verbs_help_imports_no_torch(argv):
+    modules, proc = imported_by([console_script(argv[0]), *argv[1:]])
+    assert proc.returncode == 0 and proc.stdout.startswith(f"usage: {argv[0]} {argv[1]} "), proc.stderr[-2000:]
+    assert not modules & set(HELP_HEAVY), sorted(modules & set(HELP_HEAVY))
+
+
+@pytest.mark.slow
+def test_a_declared_verb_loads_its_module_when_chosen():
+    # merge-prompts is declared by vpt.cli and registered by vpt.serving (which imports torch): listed without it,
+    # parsed and run with it
+    modules, proc = imported_by([console_script("vpt"), "merge-prompts", "--help"])
+    assert proc.returncode == 0 and "FOLDER" in proc.stdout, proc.stderr[-2000:]
+    assert "torch" in modules
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("problem, message", [
+    (["-c", "missing.yaml"], "config file 'missing.yaml' does not exist"),
+    (["-c", "BAD_YAML"], "not valid YAML"),
+    (["-c", "configs/smoke/textpt_tiny.yaml", "--set", "train.lr"], "--set 'train.lr': expected KEY=VALUE"),
+])
+@pytest.mark.parametrize("prog", PROGRAMS)
+def test_a_missing_or_unreadable_config_is_reported_without_torch(prog, problem, message, tmp_path):
+    (tmp_path / "bad.yaml").write_text("train: [1\n")
+    problem = [str(tmp_path / "bad.yaml") if a == "BAD_YAML" else a for a in problem]
+    modules, proc = imported_by([console_script(prog), "train", *problem])
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert not modules & set(HELP_HEAVY), sorted(modules & set(HELP_HEAVY))
+
+
+def test_every_declared_verb_is_registered_by_its_module_with_the_same_help():
+    for module in ("vpt.cli", "vpt.clip", "textpt.cli", "vlmpt.cli"):  # what the programs import before parsing
+        importlib.import_module(module)
+    declared = DECLARED_COMMANDS.items()
+    assert {k for k, _ in declared} >= {"vpt merge-prompts", "vpt serve", "vpt base2new", "textpt merge-prompts"}
+    for key, declaration in declared:
+        importlib.import_module(declaration.module)
+        assert COMMANDS.get(key).help == declaration.help, key
+
+
+@pytest.mark.parametrize("package", ["promptcore", "vpt", "vpt.clip", "textpt", "vlmpt"])
+def test_the_lazy_namespaces_export_what_they_declare_for_type_checkers(package):
+    module = importlib.import_module(package)
+    tree = ast.parse(Path(module.__file__).read_text())
+    checked = next(n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", None) == "TYPE_CHECKING")
+    exported = [n for n in checked.body if isinstance(n, ast.ImportFrom) and (n.level or n.module == "promptcore")]  # not torch's nn
+    typed = {a.asname or a.name for n in exported for a in n.names}
+    defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}  # textpt.wrap
+    assert typed | defined == set(module.__all__)
+    for name in module.__all__:
+        assert getattr(module, name) is not None and name in dir(module)
+    with pytest.raises(AttributeError, match="has no attribute 'bogus'"):
+        module.bogus
+
+
+def test_using_a_package_registers_its_methods():
+    code = ("import sys, promptcore.methods as m, vpt; before = len(m.METHODS); vpt.VPTConfig; "
+            "print(before, 'vision:vpt_deep' in m.METHODS, 'vision:pixel_pad' in m.METHODS)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True).stdout
+    assert out.split() == ["0", "True", "True"]
 
 
 @pytest.mark.slow

@@ -21,29 +21,67 @@ backbone mix in one batch (:mod:`textpt.mixed`) and serve through :class:`TextBa
 
 ``promptcore.wrap(model, PromptTuningConfig(...))`` works too (without a tokenizer: no ``text``/``labels`` init, no
 verbalizer, pad id 0).
+
+``import textpt`` imports no torch (:func:`promptcore.plugins.lazy_exports`), so ``textpt --help`` is quick; the first
+lookup of one of its names loads the package, and registers its methods, tasks, data sources, assets and the
+``text`` serving backend.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 import promptcore
+from promptcore.plugins import lazy_exports
 
-from . import assets  # noqa: F401  (registers the text assets)
-from .config import SoftPromptConfig, TextMethodConfig, TextModelConfig
-from .dept import DePTConfig, DePTModel
-from .linear_probe import LinearProbeConfig, LinearProbeModel
-from .loading import ModelLoadError, load_model_and_tokenizer, load_tokenizer, tiny_tokenizer
-from .model import SoftPromptedModel, TextPromptedModel
-from .p_tuning import PTuningConfig, PTuningModel
-from .prefix import PrefixConfig, PrefixModel
-from .prompt_tuning import PromptTuningConfig, PromptTuningModel
-from .zero_shot import ZeroShotConfig, ZeroShotModel
+if TYPE_CHECKING:
+    from torch import nn
 
-from . import mixed  # noqa: F401  (mixed batches of prompts on one backbone)
-from .serving import TextBackend, load_prompted  # registers the "text" serving backend
+    from .config import SoftPromptConfig, TextMethodConfig, TextModelConfig
+    from .dept import DePTConfig, DePTModel
+    from .linear_probe import LinearProbeConfig, LinearProbeModel
+    from .loading import ModelLoadError, load_model_and_tokenizer, load_tokenizer, tiny_tokenizer
+    from .model import SoftPromptedModel, TextPromptedModel
+    from .p_tuning import PTuningConfig, PTuningModel
+    from .prefix import PrefixConfig, PrefixModel
+    from .prompt_tuning import PromptTuningConfig, PromptTuningModel
+    from .serving import TextBackend, load_prompted
+    from .zero_shot import ZeroShotConfig, ZeroShotModel
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "SoftPromptConfig": ".config",
+        "TextMethodConfig": ".config",
+        "TextModelConfig": ".config",
+        "DePTConfig": ".dept",
+        "DePTModel": ".dept",
+        "LinearProbeConfig": ".linear_probe",
+        "LinearProbeModel": ".linear_probe",
+        "ModelLoadError": ".loading",
+        "load_model_and_tokenizer": ".loading",
+        "load_tokenizer": ".loading",
+        "tiny_tokenizer": ".loading",
+        "SoftPromptedModel": ".model",
+        "TextPromptedModel": ".model",
+        "PTuningConfig": ".p_tuning",
+        "PTuningModel": ".p_tuning",
+        "PrefixConfig": ".prefix",
+        "PrefixModel": ".prefix",
+        "PromptTuningConfig": ".prompt_tuning",
+        "PromptTuningModel": ".prompt_tuning",
+        "TextBackend": ".serving",
+        "load_prompted": ".serving",
+        "ZeroShotConfig": ".zero_shot",
+        "ZeroShotModel": ".zero_shot",
+    },
+    # what registers the text assets, the methods, mixed batches of prompts on one backbone and the "text" serving
+    # backend
+    on_first_use=(
+        ".assets", ".config", ".dept", ".linear_probe", ".loading", ".model", ".p_tuning", ".prefix", ".prompt_tuning",
+        ".zero_shot", ".mixed", ".serving",
+    ),
+)
 
 
 def wrap(

@@ -16,6 +16,9 @@ and ``generate`` run it without ``--prompts``)::
 
 Everything here is a few calls a user can make in Python: ``load_model_and_tokenizer``, ``textpt.wrap``,
 ``build_text_data``.
+
+The module imports no torch (``textpt --help`` and each verb's help come without it): the recipe imports what a verb
+needs when the verb runs. The verbs registered by modules that import torch are declared here.
 """
 
 from __future__ import annotations
@@ -25,39 +28,35 @@ import dataclasses
 import re
 import sys
 import warnings
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
-
-from promptcore import UserError, load_config, read_prompt_config
-from promptcore.cli import Command, add_config_args, load_prompts_option, register_command
-from promptcore.recipe import DataBundle, with_recorded_seed
+from promptcore.cli import Command, add_config_args, declare_command, load_prompts_option, register_command
+from promptcore.errors import UserError
+from promptcore.plugins import Deferred
 from promptcore.registry import did_you_mean
-from promptcore.trainer import seed_everything
 
-from . import wrap
-from .data import ExampleEncoder, TextCollator, build_text_data, dataset_label_names, load_raw, model_input_budget
-from .config import TextModelConfig
-from .loading import _folder, load_model_and_tokenizer, resolve_name
-from .model import TextPromptedModel
-from .packing import length_grouped_order
-from .padding import pad_token_id
-from .prompt_cache import PROMPT_CACHE_CHOICES
-from .run_config import TextRunConfig, resolve_prompt
-from .serving import INFERENCE_KEY, inference_record
-from .tasks import TASKS
+if TYPE_CHECKING:
+    import torch
+
+    from promptcore.recipe import DataBundle
+
+    from .config import TextModelConfig
+    from .model import TextPromptedModel
+    from .run_config import TextRunConfig
 
 
 class TextRecipe:
     """The ``textpt`` recipe for :func:`promptcore.cli.main`."""
 
     prog = "textpt"
-    config_class = TextRunConfig
+    config_class = Deferred("textpt.run_config", "TextRunConfig")
 
     def resolve_config(self, cfg: TextRunConfig) -> TextRunConfig:
         """``cfg`` with the defaults that depend on other sections filled in (:func:`textpt.run_config.resolve_prompt`:
         on a source that knows its classes, the verbalizer or ``prompt.num_classes``): a new config, or ``cfg``
         itself when nothing is left to fill."""
+        from .run_config import resolve_prompt
+
         prompt = resolve_prompt(cfg.model.task, cfg.prompt, cfg.data)
         return cfg if prompt is cfg.prompt else dataclasses.replace(cfg, prompt=prompt)
 
@@ -65,6 +64,8 @@ class TextRecipe:
         """``cfg`` with the seed the prompts in ``directory`` were trained with when they were trained on the
         config's ``random:`` backbone (:func:`promptcore.recipe.with_recorded_seed`): ``textpt eval`` and ``textpt
         generate`` rebuild the weights the prompts were trained on."""
+        from promptcore.recipe import with_recorded_seed
+
         same_backbone = cfg.model.name.startswith("random:") and (prompt_config.get("model") or {}).get("name") == cfg.model.name
         return with_recorded_seed(cfg, prompt_config.get("seed") if same_backbone else None, f"prompt folder {directory}")
 
@@ -76,6 +77,9 @@ class TextRecipe:
             UserError: ``model.kwargs`` holds a key that is neither a ``from_pretrained`` argument nor a field of the
                 model's config (transformers refuses it before loading weights; the message names the close matches).
         """
+        from . import wrap
+        from .loading import load_model_and_tokenizer
+
         cfg = self.resolve_config(cfg)
         try:
             backbone, tokenizer = load_model_and_tokenizer(cfg.model)
@@ -93,6 +97,10 @@ class TextRecipe:
     def build_data(self, cfg: TextRunConfig, model: TextPromptedModel) -> DataBundle:
         """Train/eval datasets tokenized with the model's tokenizer, within the room the prompt leaves (in batches
         of similar lengths with ``data.group_by_length``)."""
+        from .data import build_text_data
+        from .packing import length_grouped_order
+        from .serving import inference_record
+
         cfg = self.resolve_config(cfg)
         bundle = build_text_data(
             cfg.data,
@@ -113,10 +121,22 @@ class TextRecipe:
     def max_length(cfg: TextRunConfig, model: TextPromptedModel) -> int | None:
         """The longest input: ``data.max_length``, else ``model.max_length``, else the model's limit less the
         prompt's tokens, within the method's own limit (:func:`textpt.data.model_input_budget`; ``None``: no limit)."""
+        from .data import model_input_budget
+
         return model_input_budget(model, cfg.data.max_length or cfg.model.max_length)
 
     def generate(self, args: argparse.Namespace) -> int:
         """``textpt generate``: prints each input, then its generation or its classes by probability."""
+        import torch
+
+        from promptcore import load_config, read_prompt_config
+        from promptcore.trainer import seed_everything
+
+        from .prompt_cache import PROMPT_CACHE_CHOICES
+        from .run_config import TextRunConfig
+        from .serving import INFERENCE_KEY
+        from .tasks import TASKS
+
         if args.max_new_tokens <= 0:
             raise UserError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
         cfg = self.resolve_config(load_config(TextRunConfig, args.config, args.overrides))
@@ -154,6 +174,9 @@ class TextRecipe:
 
     def encode_texts(self, cfg: TextRunConfig, model: TextPromptedModel, texts: list[str]) -> dict[str, torch.Tensor]:
         """A batch of ``texts`` put through the data template, as the model saw its training inputs."""
+        from .data import ExampleEncoder, TextCollator
+        from .padding import pad_token_id
+
         tokenizer = model.tokenizer
         max_length = self.max_length(cfg, model)
         encoder = ExampleEncoder(
@@ -173,6 +196,8 @@ class TextRecipe:
     def class_names(cfg: TextRunConfig) -> list[str]:
         """Names to print for classes: the verbalizer's words, else ``data.label_names``, else the data's
         ``ClassLabel`` names, else ``class 0``, ``class 1``..."""
+        from .data import dataset_label_names, load_raw
+
         if cfg.prompt.verbalizer:
             return [w.strip() for w in cfg.prompt.verbalizer]
         if cfg.data.label_names:
@@ -188,6 +213,8 @@ def unknown_model_kwarg(error: TypeError, model: TextModelConfig) -> UserError |
     import inspect
 
     import transformers
+
+    from .loading import _folder, resolve_name
 
     found = re.search(r"unexpected keyword argument '(\w+)'", str(error))
     if found is None or found[1] not in model.kwargs:
@@ -215,7 +242,7 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate per text (default 32)")
     p.add_argument("--task", type=int, default=0, help="task id of a prompt bank (default 0)")
     p.add_argument(
-        "--prompt-cache", choices=sorted(PROMPT_CACHE_CHOICES), default="auto",
+        "--prompt-cache", choices=("auto", "on", "off"), default="auto",
         help="reuse the prompt's keys and values, computed once per task (default auto: on decoder-only models)",
     )
 
@@ -225,6 +252,12 @@ register_command(Command(
     help="generate text for inputs with trained prompts (classifiers: print each label with its probability)",
     configure=_generate_arguments, run=lambda args: TextRecipe().generate(args),
 ))
+
+
+# The verbs of modules that import torch, listed in ``textpt --help`` without importing them.
+declare_command("textpt", "merge-prompts", "merge single-task prompt folders into a prompt bank", "textpt.mixed")
+declare_command("textpt", "serve", "serve text prompts on one frozen backbone over HTTP (Ray Serve; loopback by default)", "promptcore.serving.cli")
+declare_command("textpt", "serve-admin", "list, load or unload the prompts of a running server", "promptcore.serving.cli")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

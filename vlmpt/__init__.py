@@ -2,22 +2,79 @@
 positions, masks and labels each architecture needs, data through the model's own processor and chat template, and
 answer scoring (docs/vlm.md).
 
-Importing the package registers its methods (``vlm_prompt_tuning``, ``vlm_prefix``, ``vlm_vpt``) with :mod:`promptcore.methods`,
-so ``promptcore.wrap(backbone, VLMPromptTuningConfig(...))`` builds them. A prompt folder written by ``vlmpt train``
-loads ready to run with ``vlmpt.load_prompted(folder)`` (``vlmpt.answer`` / ``vlmpt.classify`` then take images).
+Using the package (the first lookup of one of its names) registers its methods (``vlm_prompt_tuning``,
+``vlm_prefix``, ``vlm_vpt``) with :mod:`promptcore.methods`, so ``promptcore.wrap(backbone, VLMPromptTuningConfig(...))``
+builds them; ``import vlmpt`` alone imports no torch (:func:`promptcore.plugins.lazy_exports`), so ``vlmpt --help`` is
+quick. A prompt folder written by ``vlmpt train`` loads ready to run with ``vlmpt.load_prompted(folder)``
+(``vlmpt.answer`` / ``vlmpt.classify`` then take images).
 """
 
-from .answers import AnswerScorer, ClassScorer, exact_match, normalize_answer, token_f1, with_intervals
-from .data import VLMCollator, VLMDataConfig, VLMEncoder, build_vlm_data, class_names_of, collate_examples
-from .families import FAMILIES, Family, family_of
-from .inference import answer, classify, encode_images, load_prompted, prepare_for_inference
-from .loading import VLMModelConfig, load_model_and_processor, load_processor
-from .model import VLMPromptedModel
-from .prefix import VLMPrefixConfig, VLMPrefixModel
-from .prompt_tuning import VLMPromptTuningConfig, VLMPromptTuningModel
-from .run_config import VLMRunConfig, VLMTaskConfig
-from .vision_prompts import VLMVisionPromptConfig, VLMVisionPromptModel
-from .synthetic import synthetic_rows, tiny_backbone, tiny_batch, tiny_examples, tiny_processor
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from promptcore.plugins import lazy_exports
+
+if TYPE_CHECKING:
+    from .answers import AnswerScorer, ClassScorer, exact_match, normalize_answer, token_f1, with_intervals
+    from .data import VLMCollator, VLMDataConfig, VLMEncoder, build_vlm_data, class_names_of, collate_examples
+    from .families import FAMILIES, Family, family_of
+    from .inference import answer, classify, encode_images, load_prompted, prepare_for_inference
+    from .loading import VLMModelConfig, load_model_and_processor, load_processor
+    from .model import VLMPromptedModel
+    from .prefix import VLMPrefixConfig, VLMPrefixModel
+    from .prompt_tuning import VLMPromptTuningConfig, VLMPromptTuningModel
+    from .run_config import VLMRunConfig, VLMTaskConfig
+    from .vision_prompts import VLMVisionPromptConfig, VLMVisionPromptModel
+    from .synthetic import synthetic_rows, tiny_backbone, tiny_batch, tiny_examples, tiny_processor
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "AnswerScorer": ".answers",
+        "ClassScorer": ".answers",
+        "exact_match": ".answers",
+        "normalize_answer": ".answers",
+        "token_f1": ".answers",
+        "with_intervals": ".answers",
+        "VLMCollator": ".data",
+        "VLMDataConfig": ".data",
+        "VLMEncoder": ".data",
+        "build_vlm_data": ".data",
+        "class_names_of": ".data",
+        "collate_examples": ".data",
+        "FAMILIES": ".families",
+        "Family": ".families",
+        "family_of": ".families",
+        "answer": ".inference",
+        "classify": ".inference",
+        "encode_images": ".inference",
+        "load_prompted": ".inference",
+        "prepare_for_inference": ".inference",
+        "VLMModelConfig": ".loading",
+        "load_model_and_processor": ".loading",
+        "load_processor": ".loading",
+        "VLMPromptedModel": ".model",
+        "VLMPrefixConfig": ".prefix",
+        "VLMPrefixModel": ".prefix",
+        "VLMPromptTuningConfig": ".prompt_tuning",
+        "VLMPromptTuningModel": ".prompt_tuning",
+        "VLMRunConfig": ".run_config",
+        "VLMTaskConfig": ".run_config",
+        "VLMVisionPromptConfig": ".vision_prompts",
+        "VLMVisionPromptModel": ".vision_prompts",
+        "synthetic_rows": ".synthetic",
+        "tiny_backbone": ".synthetic",
+        "tiny_batch": ".synthetic",
+        "tiny_examples": ".synthetic",
+        "tiny_processor": ".synthetic",
+    },
+    # what registers the families and the methods
+    on_first_use=(
+        ".answers", ".data", ".families", ".inference", ".loading", ".model", ".prefix", ".prompt_tuning", ".run_config",
+        ".synthetic", ".vision_prompts",
+    ),
+)
 
 __all__ = [
     "FAMILIES",

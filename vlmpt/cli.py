@@ -17,34 +17,32 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
-
-from promptcore import UserError, load_config, read_prompt_config, wrap
 from promptcore.cli import Command, add_config_args, load_prompts_option, register_command
-from promptcore.config import to_dict
-from promptcore.recipe import DataBundle, with_recorded_seed
-from promptcore.trainer import seed_everything
+from promptcore.errors import UserError
+from promptcore.plugins import Deferred
 
-from .answers import AnswerScorer, ClassScorer
-from .data import VLMEncoder, build_vlm_data, class_names_of, collate_examples, load_image
-from .loading import load_model_and_processor
-from .model import VLMPromptedModel
-from .run_config import VLMRunConfig
+# The module imports no torch (``vlmpt --help`` comes without it): the recipe imports what a verb needs when it runs.
+if TYPE_CHECKING:
+    from promptcore.recipe import DataBundle
+
+    from .model import VLMPromptedModel
+    from .run_config import VLMRunConfig
 
 
 class VLMRecipe:
     """The ``vlmpt`` recipe for :func:`promptcore.cli.main`."""
 
     prog = "vlmpt"
-    config_class = VLMRunConfig
+    config_class = Deferred("vlmpt.run_config", "VLMRunConfig")
 
     def config_for_prompts(self, cfg: VLMRunConfig, prompt_config: dict, directory: str) -> VLMRunConfig:
         """``cfg`` with the seed the prompts in ``directory`` were trained with when they were trained on the
         config's ``random:`` backbone (:func:`promptcore.recipe.with_recorded_seed`), so ``vlmpt eval`` and
         ``vlmpt generate`` rebuild the weights the prompts were trained on."""
+        from promptcore.recipe import with_recorded_seed
+
         same_backbone = cfg.model.name.startswith("random:") and (prompt_config.get("model") or {}).get("name") == cfg.model.name
         return with_recorded_seed(cfg, prompt_config.get("seed") if same_backbone else None, f"prompt folder {directory}")
 
@@ -54,7 +52,12 @@ class VLMRecipe:
         Prompt folders record what rebuilds the model and its inputs (:func:`vlmpt.load_prompted`): the ``model``
         section, the seed of a random backbone, the method's config, the task with its class words and the data's
         ``template``, columns and ``max_length``."""
+        from promptcore import wrap
+        from promptcore.config import to_dict
+
+        from .data import class_names_of
         from .inference import INPUT_KEYS, prepare_for_inference
+        from .loading import load_model_and_processor
 
         backbone, processor = load_model_and_processor(cfg.model, cfg.train.seed)
         model = wrap(backbone, cfg.prompt, name=cfg.model.name)
@@ -74,6 +77,9 @@ class VLMRecipe:
 
     def build_data(self, cfg: VLMRunConfig, model: VLMPromptedModel) -> DataBundle:
         """Train and eval examples through the model's processor (:func:`vlmpt.data.build_vlm_data`)."""
+        from .answers import ClassScorer
+        from .data import build_vlm_data
+
         scorer = model.answer_scorer
         return build_vlm_data(cfg.data, model.processor, scorer.class_names if isinstance(scorer, ClassScorer) else None)
 
@@ -81,7 +87,14 @@ class VLMRecipe:
         """``vlmpt generate``: prints each image, then the answer written for it (``classify``: each class with
         its probability, best first). Without ``-c``, the model is rebuilt from the prompt folder alone
         (:func:`vlmpt.load_prompted`)."""
+        import torch
+
+        from promptcore import load_config, read_prompt_config
+        from promptcore.trainer import seed_everything
+
+        from .answers import ClassScorer
         from .inference import answer, classify, load_prompted
+        from .run_config import VLMRunConfig
 
         if args.max_new_tokens is not None and args.max_new_tokens <= 0:
             raise UserError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")

@@ -8,23 +8,57 @@ Five lines of Python::
     logits = model(images)           # train model.prompt_parameters() only
     model.save_prompts("prompts/")   # prompts.safetensors + prompt_config.json
 
-Importing vpt registers its methods (``vpt_shallow``, ``vpt_deep``, ``vfpt``, ``pixel_pad``, ``pixel_fixed_patch``,
-``pixel_random_patch``, ``linear_probe``), backbone families, data sources and VPT heads, the ``vision`` serving
-backend (:mod:`vpt.serving`) and the ``vpt merge-prompts`` verb; the CLIP methods come with :mod:`vpt.clip`, which
-vpt itself never imports (the CLI loads it as a plugin).
+Using vpt (the first lookup of any of its names) registers its methods (``vpt_shallow``, ``vpt_deep``, ``vfpt``,
+``pixel_pad``, ``pixel_fixed_patch``, ``pixel_random_patch``, ``linear_probe``), backbone families, data sources and
+VPT heads, the ``vision`` serving backend (:mod:`vpt.serving`) and the ``vpt merge-prompts`` verb; ``import vpt``
+alone imports no torch (:func:`promptcore.plugins.lazy_exports`), so ``vpt --help`` is quick. The CLIP methods come
+with :mod:`vpt.clip`, which vpt itself never imports (the CLI loads it as a plugin).
 """
 
-from promptcore import wrap
+from __future__ import annotations
 
-from . import assets  # noqa: F401  (registers the vision assets)
-from .backbones import TokenBackbone, create_model, token_backbone
-from .config import BackboneConfig, VPTConfig
-from .linear_probe import LinearProbe, LinearProbeConfig
-from .model import VisualPromptModel
-from .pixel import PixelPromptConfig, PixelPromptModel
-from .run_config import VisionRunConfig, load_run_config, resolve_run_config
-from .serving import VisionBackend, load_prompted, merge_prompts
-from .vfpt import VFPTConfig, VFPTModel
+from typing import TYPE_CHECKING
+
+from promptcore.plugins import lazy_exports
+
+if TYPE_CHECKING:
+    from promptcore import wrap
+
+    from .backbones import TokenBackbone, create_model, token_backbone
+    from .config import BackboneConfig, VPTConfig
+    from .linear_probe import LinearProbe, LinearProbeConfig
+    from .model import VisualPromptModel
+    from .pixel import PixelPromptConfig, PixelPromptModel
+    from .run_config import VisionRunConfig, load_run_config, resolve_run_config
+    from .serving import VisionBackend, load_prompted, merge_prompts
+    from .vfpt import VFPTConfig, VFPTModel
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "wrap": "promptcore",
+        "TokenBackbone": ".backbones",
+        "create_model": ".backbones",
+        "token_backbone": ".backbones",
+        "BackboneConfig": ".config",
+        "VPTConfig": ".config",
+        "LinearProbe": ".linear_probe",
+        "LinearProbeConfig": ".linear_probe",
+        "VisualPromptModel": ".model",
+        "PixelPromptConfig": ".pixel",
+        "PixelPromptModel": ".pixel",
+        "VisionRunConfig": ".run_config",
+        "load_run_config": ".run_config",
+        "resolve_run_config": ".run_config",
+        "VisionBackend": ".serving",
+        "load_prompted": ".serving",
+        "merge_prompts": ".serving",
+        "VFPTConfig": ".vfpt",
+        "VFPTModel": ".vfpt",
+    },
+    # what registers the package's methods, families, data sources, heads, assets and serving backend
+    on_first_use=(".assets", ".backbones", ".config", ".linear_probe", ".model", ".pixel", ".run_config", ".serving", ".vfpt"),
+)
 
 __all__ = [
     "BackboneConfig",

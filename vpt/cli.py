@@ -12,6 +12,9 @@ it runs (how to build the model and the data from a :class:`vpt.run_config.Visio
     vpt base2new | interpret ...     # the CLIP methods' verbs (registered by the vpt.clip plugin)
 
 Everything here is a few calls a user can make in Python: ``create_model``, ``wrap``, ``build_vision_data``.
+
+The module imports no torch (``vpt --help`` and each verb's help come without it): the recipe imports what a verb
+needs when the verb runs. The verbs registered by modules that import torch are declared here.
 """
 
 from __future__ import annotations
@@ -20,41 +23,22 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import torch
-from PIL import Image, UnidentifiedImageError
-from torch import nn
-
-from promptcore import PromptedModel, read_prompt_config, wrap
-from promptcore.cli import EXIT_ERROR, Command, add_config_args, default_run_dir, register_command
+from promptcore.cli import EXIT_ERROR, Command, add_config_args, declare_command, default_run_dir, register_command
 from promptcore.cli import main as shared_main
 from promptcore.errors import MissingFileError, UserError
-from promptcore.recipe import DataBundle
-from promptcore.sweep import format_sweep, parse_grid, run_sweep
-from promptcore.recipe import with_recorded_seed
-from promptcore.trainer import seed_everything
+from promptcore.plugins import Deferred
 
-from .backbones import create_model
-from .data import (
-    UNREADABLE,
-    DataError,
-    ImageConfig,
-    LabeledImages,
-    VisionDataConfig,
-    build_transform,
-    build_vision_data,
-    class_names_of,
-    infer_num_classes,
-    load_sources,
-    preprocessing_overrides,
-    resolve_image_config,
-    to_rgb,
-    with_data_overrides,
-    with_recorded_preprocessing,
-)
-from .run_config import VisionRunConfig, load_run_config, resolve_run_config
-from .serving import load_prompted, record_backbone
+if TYPE_CHECKING:
+    from PIL import Image
+    from torch import nn
+
+    from promptcore import PromptedModel
+    from promptcore.recipe import DataBundle
+
+    from .data import ImageConfig, LabeledImages, VisionDataConfig
+    from .run_config import VisionRunConfig
 
 PREDICT_BATCH_SIZE = 32
 """Images per forward of ``vpt predict`` without a run config (with one: its eval batch size)."""
@@ -86,6 +70,10 @@ def image_paths(items: Sequence[str]) -> list[Path]:
 def open_image(path: Path) -> Image.Image:
     """The image at ``path`` as RGB; a file that cannot be read (not an image, empty, truncated, over PIL's
     decompression-bomb limit) gets a clear error naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    from .data import UNREADABLE, DataError, to_rgb
+
     try:
         with Image.open(path) as image:
             image.load()
@@ -104,7 +92,7 @@ class VisionRecipe:
     """
 
     prog = "vpt"
-    config_class = VisionRunConfig
+    config_class = Deferred("vpt.run_config", "VisionRunConfig")
 
     def __init__(self) -> None:
         self._sources: dict[str, tuple[LabeledImages, LabeledImages | None]] = {}
@@ -112,6 +100,8 @@ class VisionRecipe:
 
     def sources(self, cfg: VisionRunConfig, image_config: ImageConfig) -> tuple[LabeledImages, LabeledImages | None]:
         """The run's data sources (loaded once per data config)."""
+        from .data import load_sources
+
         key = repr(cfg.data)
         if key not in self._sources:
             self._sources[key] = load_sources(cfg.data, image_config)
@@ -119,6 +109,8 @@ class VisionRecipe:
 
     def backbone(self, cfg: VisionRunConfig) -> nn.Module:
         """The run's backbone, built once per model section; :meth:`build_model` takes it."""
+        from .backbones import create_model
+
         key = repr(cfg.model)
         if key not in self._backbones:
             self._backbones[key] = create_model(cfg.model)
@@ -126,6 +118,9 @@ class VisionRecipe:
 
     def resolve_config(self, cfg: VisionRunConfig) -> VisionRunConfig:
         """``cfg`` with the values its prompt config leaves to the data filled in (:func:`resolve_run_config`)."""
+        from .data import resolve_image_config
+        from .run_config import resolve_run_config
+
         backbone = self.backbone(cfg)
         return resolve_run_config(
             cfg, backbone, lambda: self.sources(cfg, resolve_image_config(backbone, cfg.data.image_size))[0]
@@ -136,6 +131,10 @@ class VisionRecipe:
 
         Its prompt files record the model section and the seed (the run's, with which a random backbone was built
         right after seeding), so :func:`vpt.serving.load_prompted` rebuilds the backbone from the folder alone."""
+        from promptcore import wrap
+
+        from .serving import record_backbone
+
         cfg = self.resolve_config(cfg)
         model = wrap(self._backbones.pop(repr(cfg.model)), cfg.prompt)
         record_backbone(model, cfg.model, cfg.train.seed)
@@ -146,6 +145,10 @@ class VisionRecipe:
         it unset (:func:`vpt.data.with_recorded_preprocessing`): ``vpt eval`` and ``vpt predict`` preprocess images
         as training did; and, for the random backbone the prompts were trained on, the seed it was built with
         (:func:`promptcore.recipe.with_recorded_seed`)."""
+        from promptcore.recipe import with_recorded_seed
+
+        from .data import with_recorded_preprocessing
+
         data = with_recorded_preprocessing(cfg.data, prompt_config.get("preprocessing") or {}, directory)
         cfg = cfg if data is cfg.data else dataclasses.replace(cfg, data=data)
         same_backbone = cfg.model.random_weights and (prompt_config.get("model") or {}).get("name") == cfg.model.name
@@ -159,6 +162,8 @@ class VisionRecipe:
         load the data to know it: the data section's preprocessing (:func:`vpt.data.preprocessing_overrides`) and,
         when the model's own prompt config names no classes (pixel prompts, the linear probe), the class names.
         """
+        from .data import build_vision_data, preprocessing_overrides, resolve_image_config
+
         image_config = resolve_image_config(model.backbone, cfg.data.image_size)
         known = model.prompt_config()
         bundle = build_vision_data(cfg.data, image_config, known.get("num_classes"), self.sources(cfg, image_config))
@@ -169,6 +174,8 @@ class VisionRecipe:
 
     def class_names(self, cfg: VisionRunConfig, model: PromptedModel, prompt_meta: dict[str, Any]) -> list[str]:
         """Class names for ``predict``: the prompt folder's, the prompt config's (CLIP), else the data's."""
+        from .data import class_names_of, infer_num_classes, resolve_image_config
+
         for names in (prompt_meta.get("class_names"), getattr(cfg.prompt, "class_names", None), cfg.data.class_names):
             if names:
                 return list(names)
@@ -181,6 +188,13 @@ class VisionRecipe:
         Without ``-c``, the model is rebuilt from the prompt folder alone (:func:`vpt.serving.load_prompted`: its
         method config, backbone, class names and preprocessing). An image that cannot be read is named in an
         ``error:`` line on stderr and the others are still predicted; the exit status is then 2."""
+        from promptcore import read_prompt_config
+        from promptcore.trainer import seed_everything
+
+        from .data import VisionDataConfig, with_recorded_preprocessing
+        from .run_config import load_run_config
+        from .serving import load_prompted
+
         if args.top_k <= 0:
             raise UserError(f"--top-k must be positive, got {args.top_k}")
         paths = image_paths(args.images)
@@ -218,6 +232,10 @@ class VisionRecipe:
     ) -> int:
         """Prints the top-k labels of each image of ``paths`` (``predict``'s output) with a ready model (eval mode),
         preprocessed as ``data`` says."""
+        import torch
+
+        from .data import DataError, build_transform, resolve_image_config, with_data_overrides
+
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model.to(device)
         transform = build_transform(with_data_overrides(resolve_image_config(model.backbone, data.image_size), data))
@@ -278,6 +296,8 @@ def _sweep_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from promptcore.sweep import format_sweep, parse_grid, run_sweep
+
     output = Path(args.output) if args.output else default_run_dir(VisionRecipe(), args.config, "sweep")
     result = run_sweep(VisionRecipe(), args.config, args.overrides, parse_grid(args.grid) or None, args.seeds, output, args.overwrite)
     print(format_sweep(result), end="")
@@ -290,6 +310,14 @@ register_command(Command(
     prog="vpt", name="sweep", help="train one run per point of a grid (the config's sweep: mapping) and seed, and rank them",
     configure=_sweep_arguments, run=_sweep,
 ))
+
+
+# The verbs of modules that import torch, listed in ``vpt --help`` without importing them.
+declare_command(
+    "vpt", "merge-prompts", "merge single-task prompt folders into one prompt bank (task t = folder t)", "vpt.serving",
+)
+declare_command("vpt", "serve", "serve vision prompts on one frozen backbone over HTTP (Ray Serve; loopback by default)", "promptcore.serving.cli")
+declare_command("vpt", "serve-admin", "list, load or unload the prompts of a running server", "promptcore.serving.cli")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

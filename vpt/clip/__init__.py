@@ -1,9 +1,10 @@
 """CLIP prompt learning on open_clip models: zero-shot CLIP, CoOp, CoCoOp, MaPLe, IVLP, KgCoOp and PromptSRC.
 
-A leaf of :mod:`vpt`: nothing else in vpt imports it. Importing it (the ``vpt`` CLI does, as a plugin) registers
-its methods with :func:`promptcore.wrap` and the run configs' ``prompt:`` section, the ``zeroshot`` head of VPT
-models, the ``gpa`` training callback (PromptSRC's prompt aggregation), the template sets of
-:mod:`vpt.clip.templates`, and the ``vpt base2new`` and ``vpt interpret`` verbs::
+A leaf of :mod:`vpt`: nothing else in vpt imports it. Importing it (the ``vpt`` CLI does, as a plugin) declares the
+``vpt base2new`` and ``vpt interpret`` verbs and imports no torch; using it (the first lookup of one of its names, or
+:func:`promptcore.plugins.load_plugins`) registers its methods with :func:`promptcore.wrap` and the run configs'
+``prompt:`` section, the ``zeroshot`` head of VPT models, the ``gpa`` training callback (PromptSRC's prompt
+aggregation), the template sets of :mod:`vpt.clip.templates`, and the two verbs::
 
     import open_clip, promptcore
     from vpt.clip import CoOpConfig
@@ -16,17 +17,62 @@ a model deriving from :class:`CLIPPromptModel` (or :class:`CLIPModel`), and ``re
 Model, kind="vision")``.
 """
 
-from . import cli  # noqa: F401  (registers the base2new and interpret commands)
-from . import serving  # noqa: F401  (registers the CLIP methods' mixed-batch route)
-from .base import CLIPModel, CLIPPromptModel, clip_logits
-from .cocoop import CoCoOp
-from .config import CLIPContextConfig, CLIPMethodConfig, CoCoOpConfig, CoOpConfig, IVLPConfig, MaPLeConfig, ZeroShotCLIPConfig
-from .coop import CoOp
-from .kgcoop import KgCoOp, KgCoOpConfig
-from .maple import IVLP, MaPLe
-from .promptsrc import GaussianPromptAggregation, PromptSRC, PromptSRCConfig
-from .templates import TEMPLATE_SETS, templates_of
-from .zeroshot import DEFAULT_TEMPLATES, ZeroShotCLIP, ZeroShotHead, zeroshot_weights
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from promptcore.cli import declare_command
+from promptcore.plugins import lazy_exports
+
+if TYPE_CHECKING:
+    from .base import CLIPModel, CLIPPromptModel, clip_logits
+    from .cocoop import CoCoOp
+    from .config import CLIPContextConfig, CLIPMethodConfig, CoCoOpConfig, CoOpConfig, IVLPConfig, MaPLeConfig, ZeroShotCLIPConfig
+    from .coop import CoOp
+    from .kgcoop import KgCoOp, KgCoOpConfig
+    from .maple import IVLP, MaPLe
+    from .promptsrc import GaussianPromptAggregation, PromptSRC, PromptSRCConfig
+    from .templates import TEMPLATE_SETS, templates_of
+    from .zeroshot import DEFAULT_TEMPLATES, ZeroShotCLIP, ZeroShotHead, zeroshot_weights
+
+declare_command(
+    "vpt", "base2new", "CLIP prompts: train on base classes per seed, report base / new / H (mean ± std)", "vpt.clip.cli"
+)
+declare_command("vpt", "interpret", "CLIP prompts: nearest vocabulary words to each learned context vector", "vpt.clip.cli")
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "CLIPModel": ".base",
+        "CLIPPromptModel": ".base",
+        "clip_logits": ".base",
+        "CoCoOp": ".cocoop",
+        "CLIPContextConfig": ".config",
+        "CLIPMethodConfig": ".config",
+        "CoCoOpConfig": ".config",
+        "CoOpConfig": ".config",
+        "IVLPConfig": ".config",
+        "MaPLeConfig": ".config",
+        "ZeroShotCLIPConfig": ".config",
+        "CoOp": ".coop",
+        "KgCoOp": ".kgcoop",
+        "KgCoOpConfig": ".kgcoop",
+        "IVLP": ".maple",
+        "MaPLe": ".maple",
+        "GaussianPromptAggregation": ".promptsrc",
+        "PromptSRC": ".promptsrc",
+        "PromptSRCConfig": ".promptsrc",
+        "TEMPLATE_SETS": ".templates",
+        "templates_of": ".templates",
+        "DEFAULT_TEMPLATES": ".zeroshot",
+        "ZeroShotCLIP": ".zeroshot",
+        "ZeroShotHead": ".zeroshot",
+        "zeroshot_weights": ".zeroshot",
+    },
+    # what registers the CLIP methods, the zeroshot head, the gpa callback, the template sets, the mixed-batch route
+    # and the verbs
+    on_first_use=(".cli", ".serving", ".base", ".cocoop", ".config", ".coop", ".kgcoop", ".maple", ".promptsrc", ".templates", ".zeroshot"),
+)
 
 __all__ = [
     "CLIPContextConfig",
