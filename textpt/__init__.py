@@ -35,7 +35,7 @@ from . import assets  # noqa: F401  (registers the text assets)
 from .config import SoftPromptConfig, TextMethodConfig, TextModelConfig
 from .dept import DePTConfig, DePTModel
 from .linear_probe import LinearProbeConfig, LinearProbeModel
-from .loading import ModelLoadError, load_model_and_tokenizer, load_tokenizer, tiny_tokenizer
+from .loading import ModelLoadError, load_model_and_tokenizer, load_tokenizer, sharded_loading, tiny_tokenizer
 from .model import SoftPromptedModel, TextPromptedModel
 from .p_tuning import PTuningConfig, PTuningModel
 from .prefix import PrefixConfig, PrefixModel
@@ -98,6 +98,7 @@ __all__ = [
     "load_model_and_tokenizer",
     "load_prompted",
     "load_tokenizer",
+    "sharded_loading",
     "tiny_tokenizer",
     "wrap",
 ]

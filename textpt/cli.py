@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import sys
 import warnings
@@ -31,6 +32,7 @@ import torch
 
 from promptcore import UserError, load_config, read_prompt_config
 from promptcore.cli import Command, add_config_args, load_prompts_option, register_command
+from promptcore.distributed import uses_sharded_loading
 from promptcore.recipe import DataBundle, with_recorded_seed
 from promptcore.registry import did_you_mean
 from promptcore.trainer import seed_everything
@@ -38,7 +40,7 @@ from promptcore.trainer import seed_everything
 from . import wrap
 from .data import ExampleEncoder, TextCollator, build_text_data, dataset_label_names, load_raw, model_input_budget
 from .config import TextModelConfig
-from .loading import _folder, load_model_and_tokenizer, resolve_name
+from .loading import _folder, load_model_and_tokenizer, resolve_name, sharded_loading
 from .model import TextPromptedModel
 from .packing import length_grouped_order
 from .padding import pad_token_id
@@ -76,14 +78,16 @@ class TextRecipe:
                 model's config (transformers refuses it before loading weights; the message names the close matches).
         """
         cfg = self.resolve_config(cfg)
-        try:
-            backbone, tokenizer = load_model_and_tokenizer(cfg.model)
-        except TypeError as e:
-            problem = unknown_model_kwarg(e, cfg.model)
-            if problem is None:
-                raise
-            raise problem from None
-        model = wrap(backbone, cfg.prompt, tokenizer=tokenizer, task=cfg.model.task, name=cfg.model.name, pooling=cfg.model.pooling)
+        world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        with sharded_loading(uses_sharded_loading(cfg.train.distributed, cfg.train.fsdp, world_size)):
+            try:
+                backbone, tokenizer = load_model_and_tokenizer(cfg.model)
+            except TypeError as e:
+                problem = unknown_model_kwarg(e, cfg.model)
+                if problem is None:
+                    raise
+                raise problem from None
+            model = wrap(backbone, cfg.prompt, tokenizer=tokenizer, task=cfg.model.task, name=cfg.model.name, pooling=cfg.model.pooling)
         model.set_packing(cfg.data.packing)
         if cfg.model.checkpoint is not None:
             model.load_prompts(cfg.model.checkpoint)
