@@ -381,17 +381,18 @@ def load_sharded(root: nn.Module, model: nn.Module, config: FSDPConfig, world_si
     returns the block units (as :func:`shard_model`). Every process calls it.
 
     Rank 0 holds ``model`` whole (loaded or drawn as without sharding), the other processes the same modules on the
-    meta device. After FSDP2 sharding (:func:`shard_model`), the others allocate their shards (``to_empty``) and
-    torch's ``set_model_state_dict(..., full_state_dict=True, broadcast_from_rank0=True)`` sends rank 0's weights one
-    at a time, each process keeping its shard of each, so no process but rank 0 ever holds the whole model; the
-    buffers, non-persistent ones included (rotary ``inv_freq``), the prompts and everything kept whole are sent as
-    they are. Tied weights stay one parameter (the modules are built alike on every process).
+    meta device. After FSDP2 sharding (:func:`shard_model`) the others allocate their shards (``to_empty``); then
+    rank 0 broadcasts its weights one at a time and each process copies its shard of each into place, so no
+    process but rank 0 holds more than its shards and one whole weight in flight (Accelerate's
+    ``cpu_ram_efficient_loading`` sends rank 0's weights the same way). Every parameter and buffer is sent, the
+    non-persistent buffers (rotary ``inv_freq``), the prompts and the weights kept whole included; tied weights are
+    one parameter, sent once.
 
     Raises:
         UserError: the modules built on another process differ from rank 0's (names, shapes or dtypes).
     """
     import torch.distributed as dist
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.tensor import DTensor, distribute_tensor
 
     rank = dist.get_rank()
     shared = [_structure(root) if rank == 0 else None]
@@ -403,19 +404,24 @@ def load_sharded(root: nn.Module, model: nn.Module, config: FSDPConfig, world_si
             f"train.fsdp.sharded_loading: the model built on process {rank} differs from rank 0's (here {first[0]}, on "
             f"rank 0 {first[1]}): the meta-device build must match the loaded one; set train.fsdp.sharded_loading: false"
         )
-    # Rank 0's whole weights, held by this dictionary while sharding replaces the module's parameters.
-    full = root.state_dict() if rank == 0 else {}
+    # Rank 0's whole weights, held here while sharding replaces the module's parameters with their shards.
+    whole = {name: t.detach() for name, t in [*root.named_parameters(), *root.named_buffers()]} if rank == 0 else {}
     units = shard_model(root, model, config, world_size, device)
-    from torch.distributed.tensor import DTensor
-
     for p in root.parameters():
         if not isinstance(p, DTensor) and p.device != device:
             # Kept whole (the prompts): moved as the trainer moves them, the same objects (the trainer holds them).
             torch.utils.swap_tensors(p, nn.Parameter(torch.empty_like(p, device=device) if p.is_meta else p.to(device), p.requires_grad))
     if rank != 0:
         root.to_empty(device=device)
-    set_model_state_dict(root, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-    del full
-    for buffer in root.buffers():
-        dist.broadcast(buffer.data, src=0)  # the non-persistent ones are not in a state dict
+    with torch.no_grad():
+        for name, target in [*root.named_parameters(), *root.named_buffers()]:
+            shape = target.shape  # a sharded parameter's is the whole one
+            sent = whole.pop(name).to(device) if rank == 0 else torch.empty(shape, dtype=target.dtype, device=device)
+            dist.broadcast(sent, src=0)
+            if isinstance(target, DTensor):
+                # This process's shard, cut as FSDP2 cut it (DTensor's placements), from its own copy.
+                target.to_local().copy_(distribute_tensor(sent, target.device_mesh, target.placements, src_data_rank=None).to_local())
+            else:
+                target.copy_(sent)
+            del sent
     return units
