@@ -10,7 +10,9 @@ and heads are left out of sharding (``ignored_params``): they are a few KB, so e
 optimizer and the prompt files see plain tensors, and the engine sums their gradients in the step's one collective
 (frozen weights have none to reduce-scatter). Scalar weights, which FSDP cannot shard (CLIP's ``logit_scale``), and
 the modules ``train.fsdp.keep_whole`` names stay whole too. Under ``deepspeed`` the same units
-(:func:`shard_units`) become ZeRO-3 leaf modules.
+(:func:`shard_units`) become ZeRO-3 leaf modules. A model built for sharded loading (whole on rank 0, on the meta device on the other
+processes: ``train.fsdp.sharded_loading``) is sharded the same way and then filled in from rank 0
+(:func:`load_sharded`).
 
 The engines hook into module calls, so a training or evaluation step runs as one call of :class:`StepModule`, whose
 ``forward`` is the model's own ``training_step`` / ``eval_step``. Code that computes with a block's submodules
@@ -392,7 +394,7 @@ def load_sharded(root: nn.Module, model: nn.Module, config: FSDPConfig, world_si
         UserError: the modules built on another process differ from rank 0's (names, shapes or dtypes).
     """
     import torch.distributed as dist
-    from torch.distributed.tensor import DTensor, distribute_tensor
+    from torch.distributed.tensor import DTensor
 
     rank = dist.get_rank()
     shared = [_structure(root) if rank == 0 else None]
@@ -419,8 +421,16 @@ def load_sharded(root: nn.Module, model: nn.Module, config: FSDPConfig, world_si
             sent = whole.pop(name).to(device) if rank == 0 else torch.empty(shape, dtype=target.dtype, device=device)
             dist.broadcast(sent, src=0)
             if isinstance(target, DTensor):
-                # This process's shard, cut as FSDP2 cut it (DTensor's placements), from its own copy.
-                target.to_local().copy_(distribute_tensor(sent, target.device_mesh, target.placements, src_data_rank=None).to_local())
+                # This process's shard, cut from its own copy as FSDP2 cut it: DTensor's Shard(dim) is torch.chunk's
+                # piece of this rank (none for a rank past the last piece). distribute_tensor would first copy every
+                # piece, padded: a second whole weight.
+                (placement,) = target.placements
+                pieces = torch.chunk(sent, world_size, dim=placement.dim)
+                piece = pieces[rank] if rank < len(pieces) else sent.narrow(placement.dim, 0, 0)
+                local = target.to_local()
+                if piece.shape != local.shape:
+                    raise RuntimeError(f"sharded loading of {name}: shard {tuple(local.shape)}, cut {tuple(piece.shape)}")
+                local.copy_(piece)
             else:
                 target.copy_(sent)
             del sent

@@ -104,8 +104,9 @@ def test_rank_1_never_holds_the_whole_model(launched, case):
     # The count sees a whole model where one is built: in every process without sharded loading, on rank 0 with it.
     assert plain[0]["setup_peak"] >= full and plain[1]["setup_peak"] >= full
     assert sharded[0]["setup_peak"] >= full
-    # Rank 1 holds its half, a whole weight in flight and FSDP's own copies while it allocates the shards.
-    assert sharded[1]["setup_peak"] < full, sharded[1]
+    # Rank 1 holds its half, a whole weight in flight and FSDP's own copies while it allocates the shards; in the
+    # 4-layer folder model no weight is more than a sixth of the model (in GPT-2 the embedding is a third).
+    assert sharded[1]["setup_peak"] < (0.8 if case == "folder" else 1.0) * full, sharded[1]
 
 
 def test_a_model_built_for_sharded_loading_needs_fsdp_over_several_processes():
