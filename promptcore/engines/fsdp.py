@@ -3,7 +3,9 @@ transformer block (:func:`promptcore.distributed.shard_model`, the ``train.fsdp`
 
 The prompts and heads are left out of sharding: each process keeps them whole, and their gradients (the only ones
 there are) are summed in the step's one collective together with the loss and the flags. Every process takes part
-in every evaluation forward, so a process with fewer eval batches runs padding batches.
+in every evaluation forward, so a process with fewer eval batches runs padding batches. A model built for sharded
+loading (``train.fsdp.sharded_loading``: whole on rank 0 only) is sharded, then filled in from rank 0
+(:func:`promptcore.distributed.load_sharded`).
 """
 
 from __future__ import annotations
