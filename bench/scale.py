@@ -17,13 +17,18 @@ resident memory (``VmRSS``; the peak is ``VmHWM``, reset after set-up through ``
 process's resident memory before the model was built (the interpreter and the libraries, about 0.7 GiB). The prompts after the last step are compared with the
 1-process run's (max absolute difference).
 
-Every process builds the whole model before the trainer shards it (the recipes load weights the usual way), so the
-peak *before* training is the unsharded model in every process; the figures here are those of training.
+The Llama is read from a safetensors checkpoint that the script writes first (``save_pretrained`` of the random
+model), as a real checkpoint would be. Under FSDP the recipe loads it with sharded loading
+(``train.fsdp.sharded_loading: auto``): rank 0 reads the checkpoint, the other processes build the model on the meta
+device and receive only their shards. The peak memory while loading (from before the build to the end of the
+trainer's set-up, ``VmHWM``) is reported for rank 0 and for the largest of the other processes. The ViT is built
+whole in every process (sharded loading covers Hugging Face text models).
 
 On a CPU the processes share the cores: step times are for the record, not a speed-up claim. On a GPU machine
 (``bench/gpu.sh``) each process takes its own GPU and bf16.
 
-Run: ``python bench/scale.py [--model llama|vit|both] [--procs 1,2,4] [--steps 4] [--write FILE]``
+Run: ``python bench/scale.py [--model llama|vit|both] [--procs 1,2,4] [--steps 4] [--write FILE]``; ``--tiny`` runs
+the same with the smoke configs' sizes (width 32, 2 layers), to check the script, not for figures.
 """
 
 from __future__ import annotations
@@ -71,7 +76,36 @@ def _vm(field: str) -> int:
     return 0
 
 
-def worker(model_name: str, steps: int, global_batch: int, out: Path, keep_whole: list[str]) -> None:
+TINY = {
+    "llama": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2, "intermediate_size": 64},
+    "vit": {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 4},
+}
+
+
+def spec_of(model_name: str, tiny: bool, checkpoint: Path) -> dict:
+    """The run config's sections of ``model_name``: the Llama read from ``checkpoint``, the ViT built in memory."""
+    if model_name == "llama":
+        return {**LLAMA, "model": {"name": str(checkpoint), "task": "causal_lm"}}
+    if not tiny:
+        return VIT
+    return {**VIT, "model": {**VIT["model"], "kwargs": TINY["vit"]}, "data": {**VIT["data"], "image_size": 32}}
+
+
+def write_checkpoint(tiny: bool, folder: Path) -> None:
+    """The random Llama (``LLAMA``'s shapes, or ``TINY``'s) written as a safetensors checkpoint with its tokenizer."""
+    import torch
+
+    from textpt.config import TextModelConfig
+    from textpt.loading import load_model_and_tokenizer
+
+    torch.manual_seed(0)
+    kwargs = {**LLAMA["model"]["kwargs"], **(TINY["llama"] if tiny else {})}
+    model, tokenizer = load_model_and_tokenizer(TextModelConfig(name="random:llama", task="causal_lm", kwargs=kwargs))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def worker(model_name: str, steps: int, global_batch: int, out: Path, keep_whole: list[str], tiny: bool) -> None:
     """One process of a launch: builds the model with the recipe, trains ``steps`` steps, writes its figures."""
     import torch
 
@@ -86,10 +120,9 @@ def worker(model_name: str, steps: int, global_batch: int, out: Path, keep_whole
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     if model_name == "llama":
         from textpt.cli import TextRecipe as Recipe
-        spec = LLAMA
     else:
         from vpt.cli import VisionRecipe as Recipe
-        spec = VIT
+    spec = spec_of(model_name, tiny, out / "llama-checkpoint")
     cuda = torch.cuda.is_available()
     train = {
         "epochs": 1, "max_steps": steps, "batch_size": global_batch // world, "lr": 0.01, "optimizer": "adamw",
@@ -107,12 +140,14 @@ def worker(model_name: str, steps: int, global_batch: int, out: Path, keep_whole
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     baseline = _vm("VmRSS")  # the interpreter and the libraries, before any model exists
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak resident memory
     cfg = load_config(recipe.config_class, {**spec, "train": train})
     cfg, model, data = build_model_and_data(recipe, cfg)
     timer = StepTimer()
     trainer = Trainer(model, cfg.train, data.train, None, data.collate_fn, callbacks=[timer])
     prompt_ids = {id(p) for p in model.prompt_parameters()}
     frozen = local_bytes(p for p in model.parameters() if id(p) not in prompt_ids)
+    loading = _vm("VmHWM")
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # the unsharded weights the set-up freed go back to the system
     if cuda:
@@ -125,19 +160,19 @@ def worker(model_name: str, steps: int, global_batch: int, out: Path, keep_whole
     times = [timer.times[s] for s in sorted(timer.times)][1:] or list(timer.times.values())
     record = {
         "model": model_name, "procs": world, "rank": rank, "frozen_bytes": frozen,
-        "rss_after_setup": set_up - baseline, "peak_rss_training": max(_vm("VmHWM"), set_up) - baseline, "baseline": baseline, "step_seconds": statistics.median(times), "wall": wall,
+        "peak_rss_loading": loading - baseline, "rss_after_setup": set_up - baseline, "peak_rss_training": max(_vm("VmHWM"), set_up) - baseline, "baseline": baseline, "step_seconds": statistics.median(times), "wall": wall,
         "gpu_peak": torch.cuda.max_memory_allocated() if cuda else None,
         "prompts": {k: v.float().flatten()[:64].tolist() for k, v in model.prompt_state_dict().items()},
     }
     (out / f"{model_name}-{world}-{rank}.json").write_text(json.dumps(record))
 
 
-def launch(model_name: str, procs: int, steps: int, global_batch: int, out: Path, keep_whole: list[str]) -> None:
+def launch(model_name: str, procs: int, steps: int, global_batch: int, out: Path, keep_whole: list[str], tiny: bool) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // procs))}
     # glibc keeps freed blocks below its (growing) mmap threshold in its heap, so resident memory would count memory
     # freed long ago (FSDP's per-block gathers); a fixed threshold returns every large block to the system at once.
     env.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
-    me = [str(Path(__file__).resolve()), "--worker", model_name, "--steps", str(steps), "--global-batch", str(global_batch), "--out", str(out), *(["--keep-whole", *keep_whole] if keep_whole else [])]
+    me = [str(Path(__file__).resolve()), "--worker", model_name, "--steps", str(steps), "--global-batch", str(global_batch), "--out", str(out), *(["--keep-whole", *keep_whole] if keep_whole else []), *(["--tiny"] if tiny else [])]
     if procs == 1:
         cmd = [sys.executable, *me]
     else:
@@ -150,8 +185,8 @@ def table(model_name: str, procs: list[int], out: Path) -> list[str]:
     rows = {n: [json.loads((out / f"{model_name}-{n}-{r}.json").read_text()) for r in range(n)] for n in procs}
     base = rows[procs[0]][0]
     lines = [
-        "| processes | frozen weights / process | vs 1 | memory after set-up | vs 1 | peak memory in training | vs 1 | step time (median) | prompts vs 1 process (max abs diff) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| processes | frozen weights / process | vs 1 | peak memory while loading, rank 0 | vs 1 | other ranks (largest) | vs 1 | memory after set-up | vs 1 | peak memory in training | vs 1 | step time (median) | prompts vs 1 process (max abs diff) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n in procs:
         frozen = max(r["frozen_bytes"] for r in rows[n])
@@ -159,8 +194,11 @@ def table(model_name: str, procs: list[int], out: Path) -> list[str]:
         setup = max(r["rss_after_setup"] for r in rows[n])
         step = max(r["step_seconds"] for r in rows[n])
         diff = max(abs(a - b) for k in base["prompts"] for a, b in zip(rows[n][0]["prompts"][k], base["prompts"][k]))
+        first = rows[n][0]["peak_rss_loading"]
+        others = f"{max(r['peak_rss_loading'] for r in rows[n][1:]) / 2**20:,.0f} MiB | {max(r['peak_rss_loading'] for r in rows[n][1:]) / base['peak_rss_loading']:.3f}" if n > 1 else "- | -"
         lines.append(
-            f"| {n} | {frozen / 2**20:,.0f} MiB | {frozen / base['frozen_bytes']:.3f} | {setup / 2**20:,.0f} MiB | "
+            f"| {n} | {frozen / 2**20:,.0f} MiB | {frozen / base['frozen_bytes']:.3f} | {first / 2**20:,.0f} MiB | "
+            f"{first / base['peak_rss_loading']:.3f} | {others} | {setup / 2**20:,.0f} MiB | "
             f"{setup / base['rss_after_setup']:.3f} | {peak / 2**20:,.0f} MiB | "
             f"{peak / base['peak_rss_training']:.3f} | {step:.2f} s | {diff:.1e} |"
         )
@@ -175,11 +213,12 @@ def main() -> None:
     parser.add_argument("--global-batch", type=int, default=8)
     parser.add_argument("--write", metavar="FILE", help="append the markdown section to FILE (e.g. bench/RESULTS.md)")
     parser.add_argument("--keep-whole", nargs="+", default=[], metavar="MODULE", help="train.fsdp.keep_whole for the FSDP runs (e.g. embed_tokens)")
+    parser.add_argument("--tiny", action="store_true", help="the smoke configs' sizes: checks the script, gives no figures")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.steps, args.global_batch, Path(args.out), args.keep_whole)
+        worker(args.worker, args.steps, args.global_batch, Path(args.out), args.keep_whole, args.tiny)
         return
     procs = [int(n) for n in args.procs.split(",")]
     models = ["llama", "vit"] if args.model == "both" else [args.model]
@@ -190,16 +229,20 @@ def main() -> None:
         "## Several processes: FSDP2 sharding of the frozen backbone (`scale.py`)",
         "",
         f"`python bench/scale.py --model {args.model} --procs {args.procs} --steps {args.steps} --global-batch {args.global_batch}"
-        f"{' --keep-whole ' + ' '.join(args.keep_whole) if args.keep_whole else ''}` on {device}, "
+        f"{' --keep-whole ' + ' '.join(args.keep_whole) if args.keep_whole else ''}{' --tiny' if args.tiny else ''}` on {device}, "
         f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}. One process unsharded against N processes with "
         f"`train.distributed: fsdp`, the same global batch; figures per process (the largest over the processes).",
     ]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
+        if "llama" in models:
+            write_checkpoint(args.tiny, out / "llama-checkpoint")
         for model_name in models:
             for n in procs:
-                launch(model_name, n, args.steps, args.global_batch, out, args.keep_whole)
-            title = "Llama, Qwen2.5-0.5B shapes (494M parameters), prompt tuning 20 tokens" if model_name == "llama" else "ViT-L/16 (304M parameters), VPT-deep 10 tokens"
+                launch(model_name, n, args.steps, args.global_batch, out, args.keep_whole, args.tiny)
+            title = "Llama, Qwen2.5-0.5B shapes (494M parameters) from safetensors, prompt tuning 20 tokens" if model_name == "llama" else "ViT-L/16 (304M parameters), VPT-deep 10 tokens"
+            if args.tiny:
+                title = f"{model_name}, smoke sizes (not figures)"
             if args.keep_whole:
                 title += f", `train.fsdp.keep_whole: [{', '.join(args.keep_whole)}]`"
             lines += ["", f"{title}:", "", *table(model_name, procs, out)]

@@ -10,7 +10,9 @@ and heads are left out of sharding (``ignored_params``): they are a few KB, so e
 optimizer and the prompt files see plain tensors, and the engine sums their gradients in the step's one collective
 (frozen weights have none to reduce-scatter). Scalar weights, which FSDP cannot shard (CLIP's ``logit_scale``), and
 the modules ``train.fsdp.keep_whole`` names stay whole too. Under ``deepspeed`` the same units
-(:func:`shard_units`) become ZeRO-3 leaf modules.
+(:func:`shard_units`) become ZeRO-3 leaf modules. A model built for sharded loading (whole on rank 0, on the meta device on the other
+processes: ``train.fsdp.sharded_loading``) is sharded the same way and then filled in from rank 0
+(:func:`load_sharded`).
 
 The engines hook into module calls, so a training or evaluation step runs as one call of :class:`StepModule`, whose
 ``forward`` is the model's own ``training_step`` / ``eval_step``. Code that computes with a block's submodules
@@ -46,12 +48,22 @@ class FSDPConfig:
             large share of the model, such as a big vocabulary's embedding tied to the LM head, this trades its
             ``(N - 1) / N`` saving for the memory FSDP needs to gather it (the full matrix plus its buffers) and one
             all-gather per forward and backward.
+        sharded_loading: whether only rank 0 builds the whole frozen model (reads the checkpoint, or draws the
+            random weights) while every other process builds it on the meta device and receives only its shards
+            from rank 0, one weight at a time (:func:`load_sharded`). ``auto``: where the model's loader supports
+            it (Hugging Face text models, :func:`textpt.sharded_loading`); ``true``: the same, refused for a model
+            that was built whole on every process; ``false``: every process builds the whole model, as without FSDP.
     """
 
     block_classes: list[str] = field(default_factory=list)
     reshard_after_forward: bool = True
     cpu_offload: bool = False
     keep_whole: list[str] = field(default_factory=list)
+    sharded_loading: bool | str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.sharded_loading not in (True, False, "auto"):
+            raise UserError(f"sharded_loading: expected auto, true or false, got {self.sharded_loading!r}")
 
 
 @dataclass
@@ -319,3 +331,107 @@ def local_bytes(tensors: Any) -> int:
         local = t.to_local() if isinstance(t, DTensor) else t
         total += local.numel() * local.element_size()
     return total
+
+
+# ----- sharded loading -----------------------------------------------------------------------------------------------
+SHARDED_LOADING_ATTR = "promptcore_sharded_loading"
+"""The attribute a loader sets (``True``) on a frozen model it built for sharded loading: whole on rank 0, on the
+meta device on every other process (:func:`textpt.sharded_loading`). :func:`load_sharded` fills in the others."""
+
+
+def uses_sharded_loading(distributed: str, fsdp: FSDPConfig, world_size: int) -> bool:
+    """Whether a loader should build the model of a run for sharded loading: ``train.distributed: fsdp`` over
+    several processes with ``train.fsdp.sharded_loading`` ``auto`` or ``true``."""
+    return distributed == "fsdp" and world_size > 1 and fsdp.sharded_loading in (True, "auto")
+
+
+def loads_sharded(model: nn.Module) -> bool:
+    """Whether ``model`` holds a module built for sharded loading (:data:`SHARDED_LOADING_ATTR`)."""
+    return any(getattr(m, SHARDED_LOADING_ATTR, False) for m in model.modules())
+
+
+def check_sharded_loading(model: nn.Module, engine: type, fsdp: FSDPConfig, world_size: int) -> bool:
+    """Whether the trainer's ``model`` was built for sharded loading, checked against the run's ``engine`` (a class
+    of :mod:`promptcore.engines`; those that can fill it in have ``loads_sharded``) and ``train.fsdp``.
+
+    Raises:
+        UserError: a model built for sharded loading under an engine that cannot fill it in, or
+            ``train.fsdp.sharded_loading: true`` with a model built whole on every process.
+    """
+    lazy = loads_sharded(model)
+    if lazy and not (getattr(engine, "loads_sharded", False) and world_size > 1):
+        raise UserError(
+            f"{type(model).__name__} was built for sharded loading (whole on rank 0, on the meta device elsewhere), "
+            f"which only train.distributed: fsdp over several processes fills in; this run uses {engine.__name__} with "
+            f"{world_size} process(es). Build the model without sharded loading (textpt.sharded_loading(False)), or "
+            f"launch several processes with train.distributed: fsdp"
+        )
+    if fsdp.sharded_loading is True and world_size > 1 and not lazy:
+        raise UserError(
+            f"train.fsdp.sharded_loading: true, but {type(model).__name__} was built whole on every process: sharded "
+            f"loading covers Hugging Face text models (textpt); set train.fsdp.sharded_loading: auto or false"
+        )
+    return lazy
+
+
+def _structure(module: nn.Module) -> list[tuple[str, tuple[int, ...], str]]:
+    return [(n, tuple(t.shape), str(t.dtype)) for n, t in [*module.named_parameters(), *module.named_buffers()]]
+
+
+def load_sharded(root: nn.Module, model: nn.Module, config: FSDPConfig, world_size: int, device: torch.device) -> list[nn.Module]:
+    """Shards a model built for sharded loading and fills in every process's shards from rank 0's whole model;
+    returns the block units (as :func:`shard_model`). Every process calls it.
+
+    Rank 0 holds ``model`` whole (loaded or drawn as without sharding), the other processes the same modules on the
+    meta device. After FSDP2 sharding (:func:`shard_model`) the others allocate their shards (``to_empty``); then
+    rank 0 broadcasts its weights one at a time and each process copies its shard of each into place, so no
+    process but rank 0 holds more than its shards and one whole weight in flight (Accelerate's
+    ``cpu_ram_efficient_loading`` sends rank 0's weights the same way). Every parameter and buffer is sent, the
+    non-persistent buffers (rotary ``inv_freq``), the prompts and the weights kept whole included; tied weights are
+    one parameter, sent once.
+
+    Raises:
+        UserError: the modules built on another process differ from rank 0's (names, shapes or dtypes).
+    """
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    rank = dist.get_rank()
+    shared = [_structure(root) if rank == 0 else None]
+    dist.broadcast_object_list(shared, src=0)
+    ours = _structure(root)
+    if ours != shared[0]:
+        first = next((a, b) for a, b in zip([*ours, None], [*shared[0], None]) if a != b)
+        raise UserError(
+            f"train.fsdp.sharded_loading: the model built on process {rank} differs from rank 0's (here {first[0]}, on "
+            f"rank 0 {first[1]}): the meta-device build must match the loaded one; set train.fsdp.sharded_loading: false"
+        )
+    # Rank 0's whole weights, held here while sharding replaces the module's parameters with their shards.
+    whole = {name: t.detach() for name, t in [*root.named_parameters(), *root.named_buffers()]} if rank == 0 else {}
+    units = shard_model(root, model, config, world_size, device)
+    for p in root.parameters():
+        if not isinstance(p, DTensor) and p.device != device:
+            # Kept whole (the prompts): moved as the trainer moves them, the same objects (the trainer holds them).
+            torch.utils.swap_tensors(p, nn.Parameter(torch.empty_like(p, device=device) if p.is_meta else p.to(device), p.requires_grad))
+    if rank != 0:
+        root.to_empty(device=device)
+    with torch.no_grad():
+        for name, target in [*root.named_parameters(), *root.named_buffers()]:
+            shape = target.shape  # a sharded parameter's is the whole one
+            sent = whole.pop(name).to(device) if rank == 0 else torch.empty(shape, dtype=target.dtype, device=device)
+            dist.broadcast(sent, src=0)
+            if isinstance(target, DTensor):
+                # This process's shard, cut from its own copy as FSDP2 cut it: DTensor's Shard(dim) is torch.chunk's
+                # piece of this rank (none for a rank past the last piece). distribute_tensor would first copy every
+                # piece, padded: a second whole weight.
+                (placement,) = target.placements
+                pieces = torch.chunk(sent, world_size, dim=placement.dim)
+                piece = pieces[rank] if rank < len(pieces) else sent.narrow(placement.dim, 0, 0)
+                local = target.to_local()
+                if piece.shape != local.shape:
+                    raise RuntimeError(f"sharded loading of {name}: shard {tuple(local.shape)}, cut {tuple(piece.shape)}")
+                local.copy_(piece)
+            else:
+                target.copy_(sent)
+            del sent
+    return units

@@ -48,7 +48,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import to_dict, to_yaml
-from .distributed import StepModule, check_same_frozen_weights, gather_objects, on_main
+from .distributed import StepModule, check_same_frozen_weights, check_sharded_loading, gather_objects, on_main
 from .engines import build_engine, resolve_engine
 from .errors import UserError
 from .model import PromptedModel
@@ -158,7 +158,10 @@ class Trainer:
                 model.enable_gradient_checkpointing()
             except NotImplementedError as e:
                 raise UserError(f"gradient_checkpointing: {e}; set train.gradient_checkpointing: false") from None
-        model.to(self.device)
+        # A model built for sharded loading is moved and filled in by the engine, which sends rank 0's weights.
+        lazy = check_sharded_loading(model, engine_class, config.fsdp, self.world_size)
+        if not lazy:
+            model.to(self.device)
         self.params = list(model.prompt_parameters())
         if not self.params and train_dataset is not None:
             raise UserError(
@@ -166,7 +169,7 @@ class Trainer:
                 f"{model.prompt_module_names}); a method that trains nothing (zero-shot) is only evaluated: "
                 f"Trainer(model, config, None, eval_dataset).evaluate(), or the eval command"
             )
-        if self.world_size > 1:
+        if self.world_size > 1 and not lazy:
             check_same_frozen_weights(model, self.params, self.world_size)
             # Every process starts from rank 0's prompts, whatever each one's initialisation drew.
             for p in self.params:

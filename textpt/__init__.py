@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from .config import SoftPromptConfig, TextMethodConfig, TextModelConfig
     from .dept import DePTConfig, DePTModel
     from .linear_probe import LinearProbeConfig, LinearProbeModel
-    from .loading import ModelLoadError, load_model_and_tokenizer, load_tokenizer, tiny_tokenizer
+    from .loading import ModelLoadError, load_model_and_tokenizer, load_tokenizer, sharded_loading, tiny_tokenizer
     from .model import SoftPromptedModel, TextPromptedModel
     from .p_tuning import PTuningConfig, PTuningModel
     from .prefix import PrefixConfig, PrefixModel
@@ -61,6 +61,7 @@ __getattr__, __dir__ = lazy_exports(
         "ModelLoadError": ".loading",
         "load_model_and_tokenizer": ".loading",
         "load_tokenizer": ".loading",
+        "sharded_loading": ".loading",
         "tiny_tokenizer": ".loading",
         "SoftPromptedModel": ".model",
         "TextPromptedModel": ".model",
@@ -136,6 +137,7 @@ __all__ = [
     "load_model_and_tokenizer",
     "load_prompted",
     "load_tokenizer",
+    "sharded_loading",
     "tiny_tokenizer",
     "wrap",
 ]

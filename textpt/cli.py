@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import sys
 import warnings
@@ -77,18 +78,22 @@ class TextRecipe:
             UserError: ``model.kwargs`` holds a key that is neither a ``from_pretrained`` argument nor a field of the
                 model's config (transformers refuses it before loading weights; the message names the close matches).
         """
+        from promptcore.distributed import uses_sharded_loading
+
         from . import wrap
-        from .loading import load_model_and_tokenizer
+        from .loading import load_model_and_tokenizer, sharded_loading
 
         cfg = self.resolve_config(cfg)
-        try:
-            backbone, tokenizer = load_model_and_tokenizer(cfg.model)
-        except TypeError as e:
-            problem = unknown_model_kwarg(e, cfg.model)
-            if problem is None:
-                raise
-            raise problem from None
-        model = wrap(backbone, cfg.prompt, tokenizer=tokenizer, task=cfg.model.task, name=cfg.model.name, pooling=cfg.model.pooling)
+        world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        with sharded_loading(uses_sharded_loading(cfg.train.distributed, cfg.train.fsdp, world_size)):
+            try:
+                backbone, tokenizer = load_model_and_tokenizer(cfg.model)
+            except TypeError as e:
+                problem = unknown_model_kwarg(e, cfg.model)
+                if problem is None:
+                    raise
+                raise problem from None
+            model = wrap(backbone, cfg.prompt, tokenizer=tokenizer, task=cfg.model.task, name=cfg.model.name, pooling=cfg.model.pooling)
         model.set_packing(cfg.data.packing)
         if cfg.model.checkpoint is not None:
             model.load_prompts(cfg.model.checkpoint)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
+from promptcore.distributed import SHARDED_LOADING_ATTR
 from promptcore.errors import UserError
 from promptcore.hub import hub_access, offline_hint
 from promptcore.memory import check_fits, module_bytes
@@ -35,6 +37,37 @@ TINY_SPECIALS = ("<unk>", "<s>", "</s>")
 
 class ModelLoadError(UserError):
     """A model name that cannot be resolved or a model that cannot carry prompts."""
+
+
+_SHARDED_LOADING: contextvars.ContextVar[bool] = contextvars.ContextVar("textpt_sharded_loading", default=False)
+
+
+@contextlib.contextmanager
+def sharded_loading(enabled: bool = True) -> Iterator[None]:
+    """Builds the models loaded and wrapped inside for sharded loading under ``train.distributed: fsdp``: rank 0
+    loads the checkpoint (or draws the random weights) as usual, every other process builds the same modules on the
+    meta device, holding no weight, and the FSDP engine then sends each process its shards from rank 0
+    (:func:`promptcore.distributed.load_sharded`). Without several processes (``WORLD_SIZE``), or with ``enabled``
+    false, models are built as usual.
+
+    Wrap both the loading and the wrapping (a prompt initialised from the vocabulary reads the embedding)::
+
+        with textpt.sharded_loading():
+            backbone, tokenizer = textpt.load_model_and_tokenizer(model_config)
+            model = textpt.wrap(backbone, prompt_config, tokenizer=tokenizer)
+    """
+    active = enabled and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    token = _SHARDED_LOADING.set(active)
+    try:
+        with torch.device("meta") if _on_meta() else contextlib.nullcontext():
+            yield
+    finally:
+        _SHARDED_LOADING.reset(token)
+
+
+def _on_meta() -> bool:
+    """Whether this process builds models on the meta device: inside :func:`sharded_loading`, on a rank but 0."""
+    return _SHARDED_LOADING.get() and int(os.environ.get("RANK", "0") or 0) != 0
 
 
 def tiny_tokenizer():
@@ -164,7 +197,10 @@ def load_model_and_tokenizer(cfg: TextModelConfig) -> tuple[nn.Module, Any]:
         try:
             with hub_access() if kind == "hf" else contextlib.nullcontext() as offline:
                 tokenizer = load_tokenizer(tok_name, cfg.padding_side, **tok_kwargs)
-                model = cls.from_pretrained(folder, dtype=dtype, **placement_kwargs(cfg), **cfg.kwargs)
+                if _on_meta():  # sharded loading, not rank 0: the modules, without weights
+                    model = cls.from_config(transformers.AutoConfig.from_pretrained(folder, **cfg.kwargs))
+                else:
+                    model = cls.from_pretrained(folder, dtype=dtype, **placement_kwargs(cfg), **cfg.kwargs)
         except OSError as e:
             # An offline hub, a name not in the cache, a folder without weights or tokenizer files.
             reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else repr(e)}"
@@ -179,6 +215,8 @@ def load_model_and_tokenizer(cfg: TextModelConfig) -> tuple[nn.Module, Any]:
     if not is_placed(model):  # a placed or quantized model keeps its weights where and as they were loaded
         model = model.to(dtype)
     check_prompt_ready(model, cfg.name)
+    if _SHARDED_LOADING.get():
+        setattr(model, SHARDED_LOADING_ATTR, True)
     if cfg.max_length is not None:
         tokenizer.model_max_length = cfg.max_length
     model.eval()

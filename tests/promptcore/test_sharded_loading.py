@@ -1,0 +1,157 @@
+"""Sharded loading under FSDP2 (``train.fsdp.sharded_loading``): rank 0 builds the frozen text model, the other
+processes build it on the meta device and receive only their shards. One 2-process torchrun launch (gloo) of
+scripts/sharded_loading.py trains a random Llama (rotary buffers), a random GPT-2 (tied embeddings) and a Llama read
+from a ``save_pretrained`` folder, each with and without sharded loading; the prompts, the recorded backbone
+fingerprints and what each process allocated while the model was set up are compared here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from promptcore import UserError
+from promptcore.distributed import FSDPConfig, check_sharded_loading
+from promptcore.engines import DDPEngine, FSDPEngine
+
+SCRIPTS = Path(__file__).parent / "scripts"
+ROOT = Path(__file__).resolve().parents[2]
+CASES = ("llama", "gpt2", "folder")
+
+
+def tiny_llama_folder(path: Path) -> Path:
+    """A Llama checkpoint on disk (tied embeddings, 4 layers: no single weight is a large share of the model)."""
+    import transformers
+
+    from textpt.loading import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(3)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=128,
+        max_position_embeddings=128, initializer_range=0.3, tie_word_embeddings=True,
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sharded_loading")
+    folder = tiny_llama_folder(out / "checkpoint")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", str(SCRIPTS / "sharded_loading.py"), str(out / "runs"), str(folder)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES)
+def test_sharded_loading_gives_the_prompts_of_the_plain_fsdp_run(launched, case):
+    runs = launched / "runs"
+    for folder in ("last", "best"):
+        sharded = load_file(runs / f"{case}_true" / folder / "prompts.safetensors")
+        plain = load_file(runs / f"{case}_false" / folder / "prompts.safetensors")
+        assert sharded.keys() == plain.keys()
+        for key in plain:
+            assert torch.equal(sharded[key], plain[key]), f"{case} {folder} {key} differs"
+        # The fingerprint of the frozen weights, read on rank 0 before sharding, is the plain run's.
+        configs = [json.loads((runs / f"{case}_{mode}" / folder / "prompt_config.json").read_text()) for mode in ("true", "false")]
+        assert len(configs[0]["backbone_fingerprint"]) == 16
+        assert configs[0]["backbone_fingerprint"] == configs[1]["backbone_fingerprint"]
+
+
+@pytest.mark.slow
+def test_the_fingerprint_of_a_sharded_load_is_checked_when_the_prompts_are_loaded(launched):
+    from promptcore import load_config
+    from promptcore.trainer import seed_everything
+    from textpt.cli import TextRecipe
+    from textpt.run_config import TextRunConfig
+
+    prompts = launched / "runs" / "llama_true" / "last"
+
+    def model_with_seed(seed: int):
+        cfg = load_config(TextRunConfig, str(ROOT / "configs/smoke/textpt_tiny.yaml"))
+        seed_everything(seed)
+        return TextRecipe().build_model(cfg)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model_with_seed(0).load_prompts(prompts)  # the training seed: the weights the prompts were trained on
+    with pytest.warns(UserWarning, match="with weights fingerprint"):
+        model_with_seed(1).load_prompts(prompts)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["gpt2", "folder"])
+def test_rank_1_never_holds_the_whole_model(launched, case):
+    runs = launched / "runs"
+    plain = [json.loads((runs / f"{case}_false" / f"rank{r}.json").read_text()) for r in range(2)]
+    sharded = [json.loads((runs / f"{case}_true" / f"rank{r}.json").read_text()) for r in range(2)]
+    full = plain[0]["full"]
+    assert all(r["full"] == full and r["local"] == full // 2 for r in plain + sharded)
+    # The count sees a whole model where one is built: in every process without sharded loading, on rank 0 with it.
+    assert plain[0]["setup_peak"] >= full and plain[1]["setup_peak"] >= full
+    assert sharded[0]["setup_peak"] >= full
+    # Rank 1 holds its half, a whole weight in flight and FSDP's own copies while it allocates the shards; in the
+    # 4-layer folder model no weight is more than a sixth of the model (in GPT-2 the embedding is a third).
+    assert sharded[1]["setup_peak"] < (0.8 if case == "folder" else 1.0) * full, sharded[1]
+
+
+def test_a_model_built_for_sharded_loading_needs_fsdp_over_several_processes():
+    from promptcore.distributed import SHARDED_LOADING_ATTR
+
+    lazy = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    setattr(lazy[0], SHARDED_LOADING_ATTR, True)
+    assert check_sharded_loading(lazy, FSDPEngine, FSDPConfig(), 2)
+    with pytest.raises(UserError, match="built for sharded loading .* this run uses DDPEngine with 2 process"):
+        check_sharded_loading(lazy, DDPEngine, FSDPConfig(), 2)
+    with pytest.raises(UserError, match="this run uses FSDPEngine with 1 process"):
+        check_sharded_loading(lazy, FSDPEngine, FSDPConfig(), 1)
+    whole = torch.nn.Linear(2, 2)
+    assert not check_sharded_loading(whole, FSDPEngine, FSDPConfig(sharded_loading="auto"), 2)
+    with pytest.raises(UserError, match="sharded_loading: true, but Linear was built whole on every process"):
+        check_sharded_loading(whole, FSDPEngine, FSDPConfig(sharded_loading=True), 2)
+
+
+def test_sharded_loading_setting_is_checked():
+    from promptcore import TrainConfig
+
+    with pytest.raises(UserError, match="sharded_loading: expected auto, true or false, got 'sometimes'"):
+        TrainConfig(distributed="fsdp", fsdp={"sharded_loading": "sometimes"})
+    with pytest.raises(UserError, match="fsdp: set, but train.distributed is 'auto'"):
+        TrainConfig(fsdp={"sharded_loading": False})
+
+
+def test_sharded_loading_builds_on_the_meta_device_on_other_ranks_only(monkeypatch):
+    import textpt
+    from promptcore import load_config
+    from promptcore.distributed import loads_sharded
+    from textpt.cli import TextRecipe
+    from textpt.run_config import TextRunConfig
+
+    cfg = load_config(TextRunConfig, str(ROOT / "configs/smoke/textpt_tiny.yaml"), ["train.distributed=fsdp"])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, device in (("0", "cpu"), ("1", "meta")):
+        monkeypatch.setenv("RANK", rank)
+        model = TextRecipe().build_model(cfg)
+        assert loads_sharded(model)
+        assert {p.device.type for p in model.parameters()} == {device}
+    with textpt.sharded_loading(False):
+        backbone, _ = textpt.load_model_and_tokenizer(cfg.model)
+    assert not loads_sharded(backbone) and backbone.device.type == "cpu"
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with textpt.sharded_loading():  # one process: built as usual
+        backbone, _ = textpt.load_model_and_tokenizer(cfg.model)
+    assert not loads_sharded(backbone) and backbone.device.type == "cpu"
