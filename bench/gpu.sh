@@ -53,6 +53,7 @@ run vpt_speed $PY bench/vpt_speed.py --repeats "$REPEATS" --write "$OUT"
 run textpt_vs_peft $PY bench/textpt_vs_peft.py --repeats "$REPEATS" --batch 32 --write "$OUT"
 # packed / padded train steps on Rotten Tomatoes' real lengths (the SmolLM2-135M and rotten_tomatoes assets)
 run packing $PY bench/packing.py --batches $((REPEATS * 4)) --batch 32 --dtype bfloat16 --write "$OUT"
+run compile $PY bench/compile.py --size real --steps 30 --warmup 5 --mixed-precision bf16 --write "$OUT"
 run clip_text_speed $PY bench/clip_text_speed.py --repeats "$REPEATS" --device cuda --write "$OUT"
 # frozen-weight bytes of fp32 / int8 / int4 on a random Llama of SmolLM2-135M shapes (no download needed)
 run quant $PY bench/quant.py --random --write "$OUT"
