@@ -68,7 +68,7 @@ class TrainConfig:
     ``compile: true`` runs each step through ``torch.compile`` (:meth:`promptcore.engines.Engine.compile`) with
     dynamic shapes, so that batches of other sizes and lengths reuse the compiled code; ``compile_mode`` is
     torch's mode (``reduce-overhead`` adds CUDA graphs, ``max-autotune`` tries kernel choices too). Under
-    ``deepspeed`` it is refused.
+    ``deepspeed`` it is refused (torch.compile breaks the step at every ZeRO-3 hook).
     """
 
     epochs: int = 10
@@ -245,9 +245,9 @@ class TrainConfig:
             return
         if self.distributed == "deepspeed":
             errors.append(
-                "compile: DeepSpeed ZeRO-3 gathers and frees each block's weights in hooks that torch.compile does not "
-                "trace (its own engine.compile is separate and untested here); set train.compile: false, or use "
-                "train.distributed: fsdp with compile"
+                "compile: under DeepSpeed ZeRO-3 torch.compile breaks the step at each of ZeRO-3's hooks that gather "
+                "and release weights, which reach torch's recompile limit and run uncompiled, so compiling gains "
+                "nothing; set train.compile: false, or use train.distributed: fsdp with compile"
             )
         if sys.platform == "win32":
             errors.append(

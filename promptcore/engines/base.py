@@ -3,8 +3,9 @@
 An :class:`Engine` is picked by ``train.distributed`` (:func:`promptcore.engines.resolve_engine`) and owns, for one
 run: the Accelerate object, the module a step calls (:class:`~promptcore.distributed.StepModule`, wrapped or
 sharded as the engine needs), the backward, the one collective per step, the optimizer step, the optimizer state
-out / in, the prompts made whole for reading or writing, and the evaluation call and padding. The trainer reads the
-same for every engine; a new engine is one subclass registered in :data:`promptcore.engines.ENGINES`.
+out / in, the prompts made whole for reading or writing, the evaluation call and padding, and with ``train.compile``
+the step under ``torch.compile`` (:meth:`Engine.compile`). The trainer reads the same for every engine; a new engine
+is one subclass registered in :data:`promptcore.engines.ENGINES`.
 """
 
 from __future__ import annotations
