@@ -55,6 +55,7 @@ run generate_cache $PY bench/generate_cache.py --repeats "$REPEATS" --write "$OU
 run vlm_speed $PY bench/vlm_speed.py --shape llava_7b --dtype bfloat16 --repeats "$REPEATS" --batch 4 --write "$OUT"
 # packed / padded train steps on Rotten Tomatoes' real lengths (the SmolLM2-135M and rotten_tomatoes assets)
 run packing $PY bench/packing.py --batches $((REPEATS * 4)) --batch 32 --dtype bfloat16 --write "$OUT"
+run compile $PY bench/compile.py --size real --steps 30 --warmup 5 --mixed-precision bf16 --write "$OUT"
 run clip_text_speed $PY bench/clip_text_speed.py --repeats "$REPEATS" --device cuda --write "$OUT"
 # frozen-weight bytes of fp32 / int8 / int4 on a random Llama of SmolLM2-135M shapes (no download needed)
 run quant $PY bench/quant.py --random --write "$OUT"

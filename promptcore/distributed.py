@@ -204,8 +204,13 @@ def call_through(module: nn.Module, fn: Callable[..., Any], *args: Any) -> Any:
     Under FSDP2 a block's weights are sharded outside its forward; code that uses the block's submodules directly
     (a fast path computing attention itself) must run inside this call, where the block's pre-forward hook has
     gathered them and its post-forward hook sets up the gathering for the backward. Without hooks it is
-    ``fn(*args)``.
+    ``fn(*args)``, and it is called so while ``torch.compile`` traces a block without hooks (the compiler cannot
+    follow the swap of ``forward``, which changes nothing there). The hooks are read from ``nn.Module``'s private
+    ``_forward_pre_hooks`` / ``_forward_hooks`` (torch 2.14.1, ``torch/nn/modules/module.py``; public replacement:
+    none); ``tests/promptcore/test_compile.py`` runs VPT-deep's fast path compiled through here.
     """
+    if torch.compiler.is_compiling() and not (module._forward_pre_hooks or module._forward_hooks):
+        return fn(*args)
     own = module.__dict__.get("forward")
     module.forward = fn
     try:

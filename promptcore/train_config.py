@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
@@ -63,6 +64,11 @@ class TrainConfig:
 
     ``deepspeed`` shards it with DeepSpeed ZeRO-3 through Accelerate instead (the ``deepspeed`` section), for setups
     built on DeepSpeed; it needs the ``prompttune[deepspeed]`` extra.
+
+    ``compile: true`` runs each step through ``torch.compile`` (:meth:`promptcore.engines.Engine.compile`) with
+    dynamic shapes, so that batches of other sizes and lengths reuse the compiled code; ``compile_mode`` is
+    torch's mode (``reduce-overhead`` adds CUDA graphs, ``max-autotune`` tries kernel choices too). Under
+    ``deepspeed`` it is refused (torch.compile breaks the step at every ZeRO-3 hook).
     """
 
     epochs: int = 10
@@ -104,6 +110,8 @@ class TrainConfig:
     distributed: str = "auto"  # an engine of promptcore.engines.ENGINES; auto: ddp with several processes, else plain
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)  # distributed: fsdp only
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)  # distributed: deepspeed only
+    compile: bool = False  # torch.compile the step (training and evaluation), with dynamic shapes
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"  # compile: true only
 
     def __post_init__(self) -> None:
         """Checks every field and raises one error that lists all the problems (a :class:`ConfigError` when there
@@ -138,6 +146,7 @@ class TrainConfig:
         self._check_sections(errors, engine_known)
         if self.distributed == "deepspeed":
             self._check_deepspeed(errors)
+        self._check_compile(errors)
         from .callbacks import check_callback_specs  # the registry imports nothing of the trainer's config
 
         try:
@@ -227,6 +236,23 @@ class TrainConfig:
                 f"mixed_precision: {self.mixed_precision} under train.distributed: deepspeed would make DeepSpeed cast "
                 f"the prompts with the model, and the prompts, heads and their optimizer state stay float32 here; set "
                 f"mixed_precision: no, or use train.distributed: fsdp"
+            )
+
+    def _check_compile(self, errors: list[str]) -> None:
+        if self.compile_mode != "default" and not self.compile:
+            errors.append(f"compile_mode: {self.compile_mode} is a mode of train.compile, which is false; set train.compile: true or remove it")
+        if not self.compile:
+            return
+        if self.distributed == "deepspeed":
+            errors.append(
+                "compile: under DeepSpeed ZeRO-3 torch.compile breaks the step at each of ZeRO-3's hooks that gather "
+                "and release weights, which reach torch's recompile limit and run uncompiled, so compiling gains "
+                "nothing; set train.compile: false, or use train.distributed: fsdp with compile"
+            )
+        if sys.platform == "win32":
+            errors.append(
+                "compile: torch.compile's inductor backend needs a C++ compiler and Triton, which this toolkit does not "
+                "set up on Windows; set train.compile: false, or train under Linux or WSL"
             )
 
     def _check_warmup(self, errors: list[str]) -> None:

@@ -199,6 +199,8 @@ class Trainer:
         # The prompts of each optimizer group (DeepSpeed replaces them in the groups by flat partitions).
         self._group_params = [list(g["params"]) for g in groups]
         self.engine.prepare(self.step_module, self.optimizer if trains else None)
+        if config.compile:
+            self.engine.compile(self.step_module)
         rows_per_micro = config.batch_size * self.world_size
         micro_per_epoch = micro_batches(self.num_train, rows_per_micro, config.drop_last)
         if trains and self.is_main and (line := batch_size_warning(config.batch_size, self.world_size, self.num_train)):
@@ -476,6 +478,8 @@ class Trainer:
         if self.world_size > 1:
             self._check_finite()  # read with the flags: a non-finite step is refused before it is taken
         engine.step(self.optimizer, self.params, self._first_bad < 0)
+        if self.config.compile and (line := engine.recompile_warning()) and self.is_main:
+            print(line, file=sys.stderr)
         return reduced[0], interrupted
 
     def _train_epoch(self) -> bool:

@@ -3,8 +3,9 @@
 An :class:`Engine` is picked by ``train.distributed`` (:func:`promptcore.engines.resolve_engine`) and owns, for one
 run: the Accelerate object, the module a step calls (:class:`~promptcore.distributed.StepModule`, wrapped or
 sharded as the engine needs), the backward, the one collective per step, the optimizer step, the optimizer state
-out / in, the prompts made whole for reading or writing, and the evaluation call and padding. The trainer reads the
-same for every engine; a new engine is one subclass registered in :data:`promptcore.engines.ENGINES`.
+out / in, the prompts made whole for reading or writing, the evaluation call and padding, and with ``train.compile``
+the step under ``torch.compile`` (:meth:`Engine.compile`). The trainer reads the same for every engine; a new engine
+is one subclass registered in :data:`promptcore.engines.ENGINES`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,36 @@ from ..errors import UserError
 if TYPE_CHECKING:
     from ..model import PromptedModel
     from ..train_config import TrainConfig
+
+
+# The torch.compile backend of ``train.compile``; the tests swap in ``aot_eager`` (the same graphs, no code
+# generation) where inductor's C++ compilation would take minutes on their CPUs.
+COMPILE_BACKEND = "inductor"
+# More compilations of the step than this after its first one (evaluation, a batch of one row) get one warning line.
+RECOMPILE_WARNING = 4
+
+
+def compile_module(module: nn.Module, mode: str) -> nn.Module:
+    """``module`` under ``torch.compile`` with dynamic shapes: the batch size and the sequence lengths are symbols,
+    so a short last batch or a longer text reuses the compiled code (a size of 1 still compiles once more: torch
+    specialises on it)."""
+    return torch.compile(module, backend=COMPILE_BACKEND, mode=None if mode == "default" else mode, dynamic=True)
+
+
+def compile_counts() -> tuple[int, int]:
+    """How many frames (functions, or their parts between graph breaks) torch.compile has compiled in this
+    process, and how many times a function reached ``torch._dynamo.config.recompile_limit`` (it then runs
+    uncompiled).
+
+    Private API, read from torch 2.14.1 (``torch/_dynamo/convert_frame.py``): the counters
+    ``torch._dynamo.utils.counters["frames"]["total"]`` and ``counters["unimplemented"]``, whose key for the limit
+    starts "Dynamo recompile limit exceeded". Public replacement: none that counts without logging;
+    ``tests/promptcore/test_compile.py`` fails when the names disappear.
+    """
+    from torch._dynamo.utils import counters
+
+    limits = sum(n for key, n in counters["unimplemented"].items() if key.startswith("Dynamo recompile limit exceeded"))
+    return counters["frames"]["total"], limits
 
 
 def reset_accelerate_state() -> None:
@@ -71,6 +102,10 @@ class Engine:
         self.device: torch.device = accelerator.device
         self.scaler = accelerator.scaler  # a GradScaler for fp16 on GPUs, else None
         self.module: nn.Module | None = None
+        self.eval_module: nn.Module | None = None  # the compiled step evaluation calls (train.compile), else None
+        self._counts_at_compile = (0, 0)  # compile_counts() when the step was compiled
+        self._first_frames = 0  # the frames its first training step compiled
+        self._warned_recompiles = False
 
     # ----- set-up --------------------------------------------------------------------------------------------------
     @classmethod
@@ -98,6 +133,35 @@ class Engine:
 
     def prepare_model(self, step: StepModule) -> None:
         """Work on the model before the optimizer is built (FSDP shards here); nothing by default."""
+
+    def compile(self, step: StepModule) -> None:
+        """``train.compile``: puts :attr:`module` under ``torch.compile`` (after :meth:`prepare`, so around the
+        engine's wrapper or sharding) and evaluation calls the same compiled step, in ``"eval"`` mode."""
+        self._counts_at_compile = compile_counts()
+        self.module = compile_module(self.module, self.config.compile_mode)
+        self.eval_module = self.module
+
+    def recompile_warning(self) -> str | None:
+        """Called after each training step of a compiled run: one warning line, once, when the step has been
+        compiled more than :data:`RECOMPILE_WARNING` times after its first (as many frames again as the first step
+        compiled, each time), or a function of it reached torch's recompile limit; else ``None``."""
+        frames, limits = (now - then for now, then in zip(compile_counts(), self._counts_at_compile))
+        if not self._first_frames:
+            self._first_frames = max(frames, 1)
+            return None
+        more = frames // self._first_frames - 1
+        if self._warned_recompiles or (more <= RECOMPILE_WARNING and not limits):
+            return None
+        self._warned_recompiles = True
+        from torch._dynamo import config as dynamo_config
+
+        limit = f"torch._dynamo.config.recompile_limit ({dynamo_config.recompile_limit})"
+        hit = f"{limits} of its functions reached {limit} and now run uncompiled" if limits else f"a function compiled {limit} times runs uncompiled after that"
+        return (
+            f"warning: train.compile: the step was compiled about {more} more times after its first (torch.compile "
+            f"specialises on a value or shape that keeps changing); {hit}; run with TORCH_LOGS=recompiles to see "
+            f"why, or set train.compile: false"
+        )
 
     # ----- a training step -------------------------------------------------------------------------------------------
     def no_sync(self, last: bool) -> Any:
@@ -174,7 +238,10 @@ class Engine:
 
     # ----- evaluation ------------------------------------------------------------------------------------------------
     def eval_call(self, model: "PromptedModel", batch: Any) -> dict[str, torch.Tensor]:
-        """One evaluation batch; engines whose hooks gather weights call through :attr:`module`."""
+        """One evaluation batch; engines whose hooks gather weights call through :attr:`module`, and a compiled
+        step (``train.compile``) through :attr:`eval_module`."""
+        if self.eval_module is not None:
+            return self.eval_module(batch, "eval")
         return model.eval_step(batch)
 
     def reduce_metrics(self, sums: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:

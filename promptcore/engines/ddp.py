@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..distributed import StepModule
-from .base import Engine
+from .base import Engine, compile_module
 
 
 def ignore_frozen_in_ddp(step: StepModule) -> None:
@@ -39,6 +39,12 @@ class DDPEngine(Engine):
     def prepare(self, step: StepModule, optimizer: torch.optim.Optimizer | None) -> None:
         ignore_frozen_in_ddp(step)
         self.module = self.accelerator.prepare_model(step)
+
+    def compile(self, step: StepModule) -> None:
+        # PyTorch's order for DDP: compile the wrapped module, so that the compiler splits the graph at DDP's
+        # gradient buckets and the reduction overlaps the backward. Evaluation calls the step compiled without DDP.
+        super().compile(step)
+        self.eval_module = compile_module(step, self.config.compile_mode)
 
     def no_sync(self, last: bool) -> Any:
         # DDP reduces the gradients in the backward of the window's last micro-batch only.
