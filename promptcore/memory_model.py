@@ -19,7 +19,8 @@ an activation: 2 in bf16, int8 and nf4, which compute in bf16; 4 in fp32):
   prefetches the next, so two of the largest block; and the root unit (what lies outside the blocks: the input
   embedding, the final norm, the LM head, the patch and position embeddings), which this toolkit gathers whole
   (:func:`promptcore.distributed.shard_model` shards the root as one unit) and which stays gathered from the
-  forward through the backward.
+  forward through the backward. ``--sharded-embeddings`` models an FSDP that keeps the root unit sharded
+  (vocabulary-parallel embedding, logits and loss), which the toolkit does not do yet.
 - **prompts**: the trained parameters in fp32 (the prompts; for vision also a linear head) with their gradients
   and AdamW's two moments, 16 B per number; whole on every process.
 - **activations**: what autograd saves for the backward that carries the gradient to the prompts. The frozen linear
@@ -29,7 +30,8 @@ an activation: 2 in bf16, int8 and nf4, which compute in bf16; 4 in fp32):
   ``T^2`` term), the MLP's gate, its SiLU and its up projection (``a * 3 I``), and small per-token statistics (the
   norms' inverse RMS, the attention's log-sum-exp per head, in fp32). A ViT block saves its two LayerNorm inputs,
   query, key, value and attention output (``a * 6 D``), the GELU input (``a * M``) and the same small statistics.
-  The final norm's input is added once.
+  The final norm's input is added once. With gradient checkpointing (``--checkpointing``) each block keeps only its
+  input (``a * H``) and one block's saved tensors exist at a time, while it is recomputed in the backward.
 - **logits** (text): the causal LM loss over the text (``lm_labels``), as :mod:`textpt` computes it: the logits of
   every position, prompt included, in the model's dtype (``a * B * T * vocab``, saved by the gather that drops the
   prompt positions), the float32 log-softmax of the ``S`` text positions the loss saves, and its float32 gradient
@@ -39,9 +41,8 @@ an activation: 2 in bf16, int8 and nf4, which compute in bf16; 4 in fp32):
 
 Left out: transient buffers that live inside one operation (the fp32 copy of the logits inside the loss, the bf16
 copy of one linear layer's weight while an int8 / nf4 matmul dequantizes it, attention workspaces), the batch's
-input ids, FSDP's reduce-scatter buffers for the prompt gradients (a few MiB), and gradient checkpointing (which would
-trade the activations of all but one block for a recomputation). The model is checked against measurements at tiny
-sizes on the CPU (tests/promptcore/test_memory_model.py): weights exactly, the activations saved for backward within
+input ids, and FSDP's reduce-scatter buffers for the prompt gradients (a few MiB). The model is checked against
+measurements at tiny sizes on the CPU (tests/promptcore/test_memory_model.py): weights exactly, the activations saved for backward within
 a few percent.
 """
 
@@ -123,10 +124,17 @@ class TextShape:
         """Parameters outside the blocks: the input embedding, the final norm and an untied LM head."""
         return self.vocab * self.hidden * (1 if self.tied else 2) + self.hidden
 
-    def activation_bytes(self, batch: int, tokens: int, a: int) -> int:
+    @property
+    def width(self) -> int:
+        return self.hidden
+
+    def block_saved(self, a: int) -> int:
+        """Bytes one block saves for backward per token."""
         h = self.hidden
-        per_block = 2 * 4 * h + a * (2 * self.q_dim + 2 * self.kv_dim + 3 * self.intermediate) + 4 * (2 + self.heads)
-        return batch * tokens * (self.layers * per_block + 4 * h + 4)
+        return 2 * 4 * h + a * (2 * self.q_dim + 2 * self.kv_dim + 3 * self.intermediate) + 4 * (2 + self.heads)
+
+    def final_saved(self, a: int) -> int:
+        return 4 * self.hidden + 4  # the final RMSNorm, in fp32
 
     def logits_saved_bytes(self, batch: int, seq: int, tokens: int, a: int) -> int:
         """The logits of every position in the model's dtype and the float32 log-softmax of the text positions."""
@@ -176,10 +184,12 @@ class VitShape:
         d, n = self.width, (self.image // self.patch) ** 2
         return 3 * self.patch**2 * d + d + d + (n + 1) * d + 2 * d
 
-    def activation_bytes(self, batch: int, tokens: int, a: int) -> int:
-        d = self.width
-        per_block = a * (6 * d + self.mlp + 2) + 4 * self.heads
-        return batch * tokens * (self.depth * per_block + a * (d + 2))
+    def block_saved(self, a: int) -> int:
+        """Bytes one block saves for backward per token."""
+        return a * (6 * self.width + self.mlp + 2) + 4 * self.heads
+
+    def final_saved(self, a: int) -> int:
+        return a * (self.width + 2)  # the final LayerNorm
 
     def logits_saved_bytes(self, batch: int, seq: int, tokens: int, a: int) -> int:
         return 0  # batch x classes: nothing
@@ -227,6 +237,7 @@ class Estimate:
     model: str
     dtype: str
     fsdp: bool
+    checkpointing: bool
     gpus: int
     weights: float
     gathered: float
@@ -243,6 +254,16 @@ class Estimate:
         return self.total <= gib * GiB
 
 
+def activation_bytes(shape: Shape, batch: int, tokens: int, a: int, checkpointing: bool = False) -> int:
+    """Bytes saved for the backward of one step: every block's saved tensors, or with gradient checkpointing each
+    block's input plus one block's saved tensors while it is recomputed."""
+    if checkpointing:
+        per_token = shape.blocks * a * shape.width + shape.block_saved(a)
+    else:
+        per_token = shape.blocks * shape.block_saved(a)
+    return batch * tokens * (per_token + shape.final_saved(a))
+
+
 def weight_bytes(shape: Shape, dtype: str, double_quant: bool = True) -> tuple[float, float, float]:
     """(all frozen weights, one block, the root unit) in bytes, with the blocks' linear weights in ``dtype``."""
     f = FLOAT_BYTES[dtype]
@@ -251,8 +272,20 @@ def weight_bytes(shape: Shape, dtype: str, double_quant: bool = True) -> tuple[f
     return shape.blocks * block + root, block, root
 
 
-def estimate(shape: Shape, workload: Workload, dtype: str, gpus: int, fsdp: bool, double_quant: bool = True) -> Estimate:
-    """The per-GPU memory of prompt tuning ``shape`` on ``gpus`` GPUs (DDP-like whole copies, or FSDP2 shards)."""
+def estimate(
+    shape: Shape,
+    workload: Workload,
+    dtype: str,
+    gpus: int,
+    fsdp: bool,
+    checkpointing: bool = False,
+    double_quant: bool = True,
+    sharded_embeddings: bool = False,
+) -> Estimate:
+    """The per-GPU memory of prompt tuning ``shape`` on ``gpus`` GPUs: whole copies (one GPU, DDP) or FSDP2
+    shards, with or without gradient checkpointing (``train.gradient_checkpointing``). ``sharded_embeddings``
+    models FSDP without gathering the root unit whole (vocabulary-parallel embedding and logits), which the toolkit
+    does not do yet."""
     if dtype not in DTYPES:
         raise UserError(f"memory model: unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     if gpus < 1:
@@ -264,11 +297,12 @@ def estimate(shape: Shape, workload: Workload, dtype: str, gpus: int, fsdp: bool
         model=shape.name,
         dtype=dtype,
         fsdp=fsdp,
+        checkpointing=checkpointing,
         gpus=gpus,
         weights=weights / gpus if fsdp else weights,
-        gathered=2 * block + root if fsdp and gpus > 1 else 0.0,
+        gathered=(2 * block + (0 if sharded_embeddings else root)) if fsdp and gpus > 1 else 0.0,
         prompts=OPTIMIZER_BYTES * shape.trained_params(workload.prompt_tokens, workload.classes),
-        activations=shape.activation_bytes(workload.batch, tokens, a),
+        activations=activation_bytes(shape, workload.batch, tokens, a, checkpointing),
         logits=shape.logits_bytes(workload.batch, workload.seq, tokens, a),
         overhead=OVERHEAD_BYTES,
     )
@@ -306,12 +340,12 @@ def read_config(path: str | Path) -> Shape:
 
 def table(estimates: Sequence[Estimate]) -> str:
     """A Markdown table of ``estimates``, GiB per term."""
-    head = "| model | dtype | FSDP | GPUs | weights | gathered | prompts | activations | logits | overhead | total GiB | fits 24 GiB | fits 80 GiB |"
+    head = "| model | dtype | FSDP | checkpointing | GPUs | weights | gathered | prompts | activations | logits | overhead | total GiB | fits 24 GiB | fits 80 GiB |"
     rows = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for e in estimates:
         terms = [e.weights, e.gathered, e.prompts, e.activations, e.logits, e.overhead, e.total]
         rows.append(
-            f"| {e.model} | {e.dtype} | {'yes' if e.fsdp else 'no'} | {e.gpus} | "
+            f"| {e.model} | {e.dtype} | {'yes' if e.fsdp else 'no'} | {'yes' if e.checkpointing else 'no'} | {e.gpus} | "
             + " | ".join(f"{t / GiB:.2f}" for t in terms)
             + f" | {'yes' if e.fits(24) else 'no'} | {'yes' if e.fits(80) else 'no'} |"
         )
@@ -327,6 +361,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--gpus", nargs="+", type=int, default=[1, 2, 8])
     parser.add_argument("--dtype", nargs="+", default=["bf16", "int8", "nf4"], help=f"frozen weights: {', '.join(DTYPES)}")
     parser.add_argument("--fsdp", action="store_true", help="also the FSDP rows (without it: whole copies only)")
+    parser.add_argument("--checkpointing", action="store_true", help="with gradient checkpointing (train.gradient_checkpointing)")
+    parser.add_argument("--sharded-embeddings", action="store_true", help="FSDP without gathering the embedding / LM head whole (not in the toolkit yet)")
     parser.add_argument("--batch", type=int, default=Workload.batch, help="examples per GPU")
     parser.add_argument("--seq", type=int, default=Workload.seq, help="text tokens per example (text models)")
     parser.add_argument("--prompt-tokens", type=int, default=Workload.prompt_tokens, help="prompt tokens (per layer for ViTs, VPT-deep)")
@@ -354,11 +390,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         workload = Workload(batch=args.batch, seq=args.seq, prompt_tokens=args.prompt_tokens, classes=args.classes)
         estimates = [
-            estimate(shape, workload, dtype, gpus, fsdp, double_quant=not args.no_double_quant)
+            estimate(shape, workload, dtype, gpus, fsdp, args.checkpointing, not args.no_double_quant, args.sharded_embeddings)
             for shape in shapes_of(args)
             for dtype in args.dtype
             for fsdp in ([False, True] if args.fsdp else [False])
             for gpus in args.gpus
+            if not (fsdp and gpus == 1)  # FSDP over one process holds what one whole copy holds
         ]
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -371,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["DTYPES", "Estimate", "OVERHEAD_BYTES", "SHAPES", "TextShape", "VitShape", "Workload", "estimate", "linear_weight_bytes", "main", "read_config", "table", "weight_bytes"]
+__all__ = ["DTYPES", "activation_bytes", "Estimate", "OVERHEAD_BYTES", "SHAPES", "TextShape", "VitShape", "Workload", "estimate", "linear_weight_bytes", "main", "read_config", "table", "weight_bytes"]
 
 if __name__ == "__main__":
     sys.exit(main())
