@@ -42,8 +42,8 @@ an activation: 2 in bf16, int8 and nf4, which compute in bf16; 4 in fp32):
 Left out: transient buffers that live inside one operation (the fp32 copy of the logits inside the loss, the bf16
 copy of one linear layer's weight while an int8 / nf4 matmul dequantizes it, attention workspaces), the batch's
 input ids, and FSDP's reduce-scatter buffers for the prompt gradients (a few MiB). The model is checked against
-measurements at tiny sizes on the CPU (tests/promptcore/test_memory_model.py): weights exactly, the activations saved for backward within
-a few percent.
+measurements at tiny sizes on the CPU (tests/promptcore/test_memory_model.py): weights exactly, the activations
+saved for backward within a few percent.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from .errors import UserError
 
@@ -290,6 +290,9 @@ def estimate(
         raise UserError(f"memory model: unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     if gpus < 1:
         raise UserError(f"memory model: --gpus must be at least 1, got {gpus}")
+    small = [f"{k}={v}" for k, v in asdict(workload).items() if v < (1 if k == "batch" else 0)]
+    if small:
+        raise UserError(f"memory model: {', '.join(small)}; the batch must be at least 1 and the token and class counts at least 0")
     weights, block, root = weight_bytes(shape, dtype, double_quant)
     a = FLOAT_BYTES[dtype]
     tokens = shape.tokens(workload.seq, workload.prompt_tokens)
@@ -377,6 +380,11 @@ def shapes_of(args: argparse.Namespace) -> list[Shape]:
         return [read_config(args.config)]
     if args.vit:
         depth, width, ratio, patch, image, heads = args.vit
+        if not all(v.is_integer() and v >= 1 for v in (depth, width, patch, image, heads)) or ratio <= 0:
+            raise UserError(
+                f"--vit: got {' '.join(f'{v:g}' for v in args.vit)}; DEPTH, WIDTH, PATCH, IMAGE and HEADS are positive whole "
+                f"numbers and MLP_RATIO is positive (ViT-H/14: --vit 32 1280 4 14 224 16)"
+            )
         return [VitShape("vit", depth=int(depth), width=int(width), mlp_ratio=ratio, patch=int(patch), image=int(image), heads=int(heads))]
     unknown = [n for n in args.model if n not in SHAPES]
     if unknown:

@@ -211,6 +211,12 @@ def test_cli_errors_and_json(capsys):
     assert "error: --model: unknown llama-3-9b" in capsys.readouterr().err
     assert main(["--model", "vit-h-14", "--dtype", "int3"]) == 2
     assert "unknown dtype 'int3'" in capsys.readouterr().err
+    assert main(["--vit", "2.5", "64", "4", "8", "32", "4"]) == 2
+    assert "DEPTH, WIDTH, PATCH, IMAGE and HEADS are positive whole numbers" in capsys.readouterr().err
+    assert main(["--model", "llama-3-8b", "--batch", "0"]) == 2
+    assert "batch=0" in capsys.readouterr().err
+    assert main(["--model", "llama-3-8b", "--gpus", "0"]) == 2
+    assert "--gpus must be at least 1" in capsys.readouterr().err
     assert main(["--vit", "2", "64", "4", "8", "32", "4", "--gpus", "1", "--dtype", "bf16", "--json"]) == 0
     row = json.loads(capsys.readouterr().out)
     assert row["weights"] == weight_bytes(VIT_SHAPE, "bf16")[0]
