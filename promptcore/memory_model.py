@@ -18,8 +18,9 @@ an activation: 2 in bf16, int8 and nf4, which compute in bf16; 4 in fp32):
 - **gathered** (FSDP only): what FSDP2 makes whole on every process during a step. It gathers one block at a time and
   prefetches the next, so two of the largest block; and the root unit (what lies outside the blocks: the input
   embedding, the final norm, the LM head, the patch and position embeddings), which this toolkit gathers whole
-  (:func:`promptcore.distributed.shard_model` shards the root as one unit) and which stays gathered from the
-  forward through the backward. ``--sharded-embeddings`` models an FSDP that keeps the root unit sharded
+  (:func:`promptcore.distributed.shard_model` shards the root as one unit): it is whole when the LM head computes
+  the logits and their gradient, the step's peak, whatever ``train.fsdp.reshard_after_forward`` says. Counting
+  both is an upper bound of what is gathered at once. ``--sharded-embeddings`` models an FSDP that keeps the root unit sharded
   (vocabulary-parallel embedding, logits and loss), which the toolkit does not do yet.
 - **prompts**: the trained parameters in fp32 (the prompts; for vision also a linear head) with their gradients
   and AdamW's two moments, 16 B per number; whole on every process.
