@@ -1,7 +1,7 @@
 """The memory model (promptcore.memory_model) against what tiny models built on the CPU hold.
 
-Measured exactly: the frozen weights' bytes by dtype (bf16, and torchao int8 through promptcore.quantization and
-through transformers' TorchAoConfig as textpt loads it), and the prompt / optimizer-state bytes after an AdamW step.
+Measured exactly: the frozen weights' bytes by dtype (:func:`promptcore.memory.module_bytes`: bf16, and torchao int8
+through promptcore.quantization and through transformers' TorchAoConfig as textpt loads it), and the prompt / optimizer-state bytes after an AdamW step.
 Measured approximately: the bytes autograd saves for the backward of one prompt-tuning step, counted with
 ``torch.autograd.graph.saved_tensors_hooks`` (each storage once, the frozen parameters left out), against the
 model's activation and saved-logits terms. nf4 is not measured: bitsandbytes needs CUDA.
@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from promptcore.errors import UserError
+from promptcore.memory import module_bytes, tensor_bytes
 from promptcore.memory_model import (
     FLOAT_BYTES,
     OPTIMIZER_BYTES,
@@ -56,18 +57,6 @@ def vit(dtype: torch.dtype = torch.float32):
     return timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0, **VIT).to(dtype)
 
 
-def held_bytes(module: torch.nn.Module) -> int:
-    """Bytes of the parameters and buffers, a tensor subclass (torchao's Int8Tensor) by its inner tensors."""
-    total, seen = 0, set()
-    for t in [*module.parameters(), *module.buffers()]:
-        inner = [getattr(t, name) for name in t.__tensor_flatten__()[0]] if hasattr(t, "__tensor_flatten__") else [t]
-        for x in inner:
-            if x.data_ptr() not in seen:  # tied weights count once
-                seen.add(x.data_ptr())
-                total += x.numel() * x.element_size()
-    return total
-
-
 def saved_bytes(module: torch.nn.Module, step) -> int:
     """Bytes autograd saves for the backward of ``step()`` (its loss), each storage once, parameters and buffers left out."""
     frozen = {t.untyped_storage().data_ptr() for t in [*module.parameters(), *module.buffers()]}
@@ -88,17 +77,17 @@ def saved_bytes(module: torch.nn.Module, step) -> int:
 @pytest.mark.parametrize("tied", [False, True])
 def test_llama_bf16_weights_exact(tied):
     model = llama(tied, torch.bfloat16)
-    rotary = sum(b.numel() * b.element_size() for b in model.buffers())  # inv_freq: fp32, head_dim / 2, left out
-    assert held_bytes(model) - rotary == weight_bytes(llama_shape(tied), "bf16")[0]
+    rotary = tensor_bytes(model.buffers())  # inv_freq: fp32, head_dim / 2, left out
+    assert module_bytes(model) - rotary == weight_bytes(llama_shape(tied), "bf16")[0]
 
 
 def test_vit_weights_exact_bf16_and_int8():
     from promptcore.quantization import quantize_linear_weights
 
     model = vit(torch.bfloat16)
-    assert held_bytes(model) == weight_bytes(VIT_SHAPE, "bf16")[0]
+    assert module_bytes(model) == weight_bytes(VIT_SHAPE, "bf16")[0]
     quantize_linear_weights(model, "int8")  # what vpt applies for model.quantization: int8
-    assert held_bytes(model) == weight_bytes(VIT_SHAPE, "int8")[0]
+    assert module_bytes(model) == weight_bytes(VIT_SHAPE, "int8")[0]
 
 
 def test_llama_int8_through_transformers_exact(tmp_path):
@@ -108,9 +97,9 @@ def test_llama_int8_through_transformers_exact(tmp_path):
 
     llama(tied=False, dtype=torch.bfloat16).save_pretrained(tmp_path)
     model = LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16, quantization_config=quantization_config("int8"))
-    rotary = sum(b.numel() * b.element_size() for b in model.buffers())
+    rotary = tensor_bytes(model.buffers())
     # transformers' torchao path leaves the LM head (the output embedding) in bf16, as the model counts it
-    assert held_bytes(model) - rotary == weight_bytes(llama_shape(False), "int8")[0]
+    assert module_bytes(model) - rotary == weight_bytes(llama_shape(False), "int8")[0]
 
 
 def test_prompt_and_optimizer_bytes_after_a_step():
