@@ -30,8 +30,14 @@ def available_memory() -> int | None:
 
 
 def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
-    """The bytes ``tensors`` hold (meta tensors included: their shapes and dtypes say it)."""
-    return sum(t.numel() * t.element_size() for t in tensors)
+    """The bytes ``tensors`` hold (meta tensors included: their shapes and dtypes say it). A wrapper tensor subclass
+    counts the inner tensors it holds, since its own ``element_size()`` is that of the dtype it stands for: a torchao
+    quantized weight its data, scales and zero points; a DTensor this process's shard."""
+    total = 0
+    for t in tensors:
+        inner = [getattr(t, name) for name in t.__tensor_flatten__()[0]] if hasattr(t, "__tensor_flatten__") else [t]
+        total += sum(x.numel() * x.element_size() for x in inner)
+    return total
 
 
 def module_bytes(module: nn.Module) -> int:
