@@ -31,7 +31,7 @@ import transformers
 
 import vlmpt
 from promptcore import wrap
-from vlmpt.synthetic import IMAGE, LLAVA_IMAGE_SIZE, LLAVA_PATCH, tiny_backbone
+from vlmpt.synthetic import tiny_backbone
 
 from emit import emit, machine_line  # bench/emit.py: scripts run as `python bench/NAME.py`
 
