@@ -46,15 +46,6 @@ def _status_mib(key: str) -> float:
     return float("nan")
 
 
-def frozen_bytes(model) -> int:
-    """Bytes of parameters and buffers; a quantized weight counts its inner tensors (data, scales, zero points)."""
-    total = 0
-    for t in [*model.parameters(), *model.buffers()]:
-        inner = [getattr(t, n) for n in t.__tensor_flatten__()[0]] if hasattr(t, "__tensor_flatten__") else [t]
-        total += sum(x.numel() * x.element_size() for x in inner)
-    return total
-
-
 def child_env() -> dict[str, str]:
     """The environment of a child process: this one's, with the repository first on the import path."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -64,6 +55,7 @@ def measure(name: str, kind: str) -> dict:
     """Loads ``name`` with quantization ``kind`` in this process and returns its figures."""
     import gc
 
+    from promptcore.memory import module_bytes
     from textpt.config import TextModelConfig
     from textpt.loading import load_model_and_tokenizer
 
@@ -73,7 +65,7 @@ def measure(name: str, kind: str) -> dict:
     seconds = time.perf_counter() - start
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand the freed float32 copies back, so the resident set is what stays
-    return {"kind": kind, "frozen_bytes": frozen_bytes(model), "rss_mib": _status_mib("VmRSS"), "peak_mib": _status_mib("VmHWM"), "load_s": seconds}
+    return {"kind": kind, "frozen_bytes": module_bytes(model), "rss_mib": _status_mib("VmRSS"), "peak_mib": _status_mib("VmHWM"), "load_s": seconds}
 
 
 def accuracy(name: str, kind: str, train: int, test: int, out: Path) -> dict:
