@@ -49,7 +49,9 @@ DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL = {"bash", "sh", "console", "shell"}
 PYTHON = {"python", "py"}
 BLOCK_TIMEOUT_S = 300
-PRELOAD = ("torch", "timm", "open_clip", "transformers", "promptcore", "vpt", "vpt.clip", "textpt", "vlmpt")
+# A name ending in "*" is loaded in full (every name of its __all__ looked up, as ``from name import *`` does): the
+# toolkit's packages import their modules on first use (promptcore.plugins.lazy_exports), so importing them is not enough.
+PRELOAD = ("torch", "timm", "open_clip", "transformers", "promptcore*", "vpt*", "vpt.clip*", "textpt*", "vlmpt*")
 
 _FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```+|~~~+)\s*(?P<lang>[\w+-]*)[^\n]*$")
 _DIRECTIVE = re.compile(r"^\s*<!--\s*doctest:\s*(?P<body>.*?)\s*-->\s*$")
@@ -263,7 +265,9 @@ server.bind(sys.argv[1])  # first: a request that comes during the imports waits
 server.listen(64)
 for name in sys.argv[2:]:
     try:
-        __import__(name)
+        module = __import__(name.rstrip("*"), fromlist=["__name__"])
+        for attr in getattr(module, "__all__", ()) if name.endswith("*") else ():
+            getattr(module, attr)
     except Exception:
         pass
 signal.signal(signal.SIGCHLD, reap)
