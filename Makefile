@@ -2,11 +2,12 @@
 # `make test-fast` leaves out the tests marked slow (the edit loop). Both run TEST_WORKERS pytest-xdist workers; tests
 # that must share a worker (one DeepSpeed build cache, a module-scoped fixture: tests/conftest.py) carry an xdist_group
 # mark, which --dist loadgroup keeps; --no-loadscope-reorder keeps the order tests/conftest.py gives (long groups first).
+# --durations=30 lists the slowest test phases at the end of the run.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=30
 STAMP := $(VENV)/.installed
 # torch is pinned to the release this project is built and tested against (a CUDA build that also runs on CPU).
 TORCH := torch==2.14.1 torchvision==0.29.1
