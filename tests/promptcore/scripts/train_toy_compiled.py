@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
-from toy_prompted import ToyPrompted, toy_data  # noqa: E402
+from toy_prompted import ToyPrompted, exit_skipping_teardown, toy_data  # noqa: E402
 
 import promptcore.engines.base as engines_base  # noqa: E402
 from promptcore import Trainer, TrainConfig  # noqa: E402
@@ -71,7 +71,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    exit_skipping_teardown(main())

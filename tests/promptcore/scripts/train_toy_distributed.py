@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
-from toy_prompted import DISTRIBUTED_TRAIN, STOP_AT_STEP, StopAt, distributed_run_args, toy_model  # noqa: E402
+from toy_prompted import DISTRIBUTED_TRAIN, STOP_AT_STEP, StopAt, distributed_run_args, exit_skipping_teardown, toy_model  # noqa: E402
 
 from promptcore import Trainer, TrainConfig  # noqa: E402
 
@@ -55,9 +55,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # torch 2.14 + gloo: about one exit in three aborts in C++ static teardown ("terminate called without an active
-    # exception", no Python frame) after all work is done; skip the teardown so the launch reports what ran.
-    os._exit(code)
+    exit_skipping_teardown(main())
