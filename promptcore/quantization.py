@@ -44,6 +44,48 @@ def int8_weight_only() -> Any:
     return Int8WeightOnlyConfig()
 
 
+def quanto_int4() -> Any:
+    """optimum-quanto's int4 weight config for transformers (``QuantoConfig(weights="int4")``), after checking that
+    quanto is installed; packed weights then unpack on the CPU through torch (:func:`unpack_quanto_with_torch`)."""
+    require_quant_library("int4")
+    import transformers
+
+    unpack_quanto_with_torch()
+    return transformers.QuantoConfig(weights="int4")
+
+
+_QUANTO_CPU: Any = None  # the library registration that routes quanto's CPU unpacking through torch (kept alive)
+
+
+def unpack_quanto_with_torch() -> None:
+    """Makes optimum-quanto unpack int4 / int2 weights on the CPU with torch operations instead of its C++ kernel.
+
+    quanto compiles that kernel (a C++ extension built with ninja and the system compiler, inside the installed
+    package) the first time a packed weight is used on the CPU: a minute or more on a small machine, without a word,
+    and an error on a machine without a compiler. The torch operations give the same bits
+    (``tests/promptcore/test_quantization.py``) in about 1.1-1.2x the kernel's time for the unpacking alone
+    (a 4096 x 4096 int4 weight, 2-core CPU). GPU kernels are untouched. Idempotent.
+    """
+    global _QUANTO_CPU
+    if _QUANTO_CPU is not None:
+        return
+    import torch
+    import optimum.quanto  # noqa: F401  defines quanto::unpack and registers its CPU kernel, which this replaces
+
+    library = torch.library.Library("quanto", "IMPL")
+    library.impl("unpack", unpack_bits, "CPU")
+    _QUANTO_CPU = library
+
+
+def unpack_bits(packed: Any, bits: int) -> Any:
+    """The ``8 // bits`` values of ``bits`` bits packed in each byte of ``packed`` (uint8), lowest bits first, as
+    quanto packs them: the values of bit slot ``i`` of every byte, for ``i`` = 0, 1, ..., joined along dimension 0."""
+    import torch
+
+    width = 2**bits - 1
+    return torch.cat([(packed >> (bits * i)) & width for i in range(8 // bits)]).to(torch.uint8)
+
+
 def quantize_linear_weights(model: nn.Module, kind: str) -> None:
     """Stores the weights of ``model``'s linear layers in ``kind`` (``int8``) with torchao's weight-only
     quantization, in place; the layers compute in their input's dtype, and gradients reach the inputs.

@@ -17,7 +17,7 @@ from promptcore.errors import UserError
 from promptcore.hub import hub_access, offline_hint
 from promptcore.memory import check_fits, module_bytes
 from promptcore.registry import did_you_mean
-from promptcore.quantization import int8_weight_only, require_quant_library
+from promptcore.quantization import int8_weight_only, quanto_int4, require_quant_library
 
 from .config import POOLING_ATTR, TextModelConfig
 from .synthetic import SYNTHETIC_WORDS
@@ -265,7 +265,7 @@ def quantization_config(kind: str):
     if kind == "int8":
         return transformers.TorchAoConfig(int8_weight_only())
     require_quant_library(kind)
-    return transformers.QuantoConfig(weights="int4")
+    return quanto_int4()
 
 
 def is_placed(model: nn.Module) -> bool:
