@@ -17,6 +17,7 @@ these rules places, or that two packages claim, fails here.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import re
 import sys
@@ -31,13 +32,15 @@ PACKAGE_OF_WORD = {"vpt": "vpt", "clip": "vpt", "textpt": "textpt", "vlmpt": "vl
 ALL_YAML = sorted(p for p in CONFIGS.rglob("*") if p.suffix in (".yaml", ".yml"))
 
 
+@functools.cache
 def is_manifest(path: Path) -> bool:
     data = read_yaml(path)
     return isinstance(data, dict) and isinstance(data.get("tasks"), list)
 
 
+@functools.cache
 def manifest_packages() -> dict[Path, str]:
-    """Config path -> package, from the tasks of every demo manifest."""
+    """Config path -> package, from the tasks of every demo manifest (read once: it reads every YAML file)."""
     out: dict[Path, str] = {}
     for path in ALL_YAML:
         if is_manifest(path):
