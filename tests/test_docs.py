@@ -21,6 +21,8 @@ HTML comments right before a block change how it runs (several may be stacked):
 
 A comment ``# trainable params: A || all params: B || trainable%: C`` in a block must be what the block prints.
 
+A doc named in ``RUN_BY`` is run, the same way, by the test named there (``run_doc``), which also checks what it wrote.
+
 No block may print the warning of prompts loaded into a backbone other than the one they were trained on
 (:meth:`promptcore.model.PromptedModel.check_prompt_config`): every example meets its own backbone.
 """
@@ -522,18 +524,29 @@ def run_doc(path: Path, tmp: Path, root: Path = ROOT, preload: tuple[str, ...] =
             worker.close()
 
 
+# Docs whose examples another test runs (with run_doc) and checks further, so they do not run twice: file -> test.
+RUN_BY = {"docs/serving_demo.md": "tests/test_serving_demo.py"}
 # docs/scaling.md starts DeepSpeed: it runs on the worker of tests/promptcore/test_deepspeed.py (one op build cache).
 USES_DEEPSPEED = {"docs/scaling.md"}
 
 
 @pytest.mark.parametrize(
     "path",
-    [pytest.param(p, marks=pytest.mark.xdist_group("deepspeed")) if str(p.relative_to(ROOT)) in USES_DEEPSPEED else p for p in DOC_FILES],
+    [
+        pytest.param(p, marks=pytest.mark.xdist_group("deepspeed")) if str(p.relative_to(ROOT)) in USES_DEEPSPEED else p
+        for p in DOC_FILES
+        if str(p.relative_to(ROOT)) not in RUN_BY
+    ],
     ids=lambda p: str(p.relative_to(ROOT)),
 )
 @pytest.mark.slow
 def test_doc_examples_run(path: Path, tmp_path: Path) -> None:
     run_doc(path, tmp_path)
+
+
+@pytest.mark.parametrize("doc, test", sorted(RUN_BY.items()))
+def test_docs_left_to_another_test_are_run_by_it(doc: str, test: str) -> None:
+    assert (ROOT / doc).is_file() and f'"{Path(doc).name}"' in (ROOT / test).read_text() and "run_doc(" in (ROOT / test).read_text()
 
 
 def test_every_skip_states_its_reason_and_skips_stay_rare() -> None:

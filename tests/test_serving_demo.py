@@ -1,6 +1,6 @@
 """The serving demo (demo/serving_demo.py): its pieces, and the whole pipeline on tiny sizes with the packaged assets
 (five prompts trained, served on two backbones through the Python API and HTTP, every answer equal to the prompt's
-offline prediction)."""
+offline prediction), run as docs/serving_demo.md shows it."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from demo.serving_demo import TASKS, Sizes, TaskResult, interleaved, main, verdict_of, write_report
+from demo.serving_demo import TASKS, Sizes, TaskResult, interleaved, verdict_of, write_report
 from promptcore import load_config
+from test_docs import run_doc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,10 +48,12 @@ def test_report_gives_accuracy_with_its_interval_and_the_matched_requests(tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.download
-def test_tiny_demo_trains_serves_and_matches_offline_predictions(tmp_path: Path):
-    report = tmp_path / "report.md"
-    assert main(["--tiny", "--out", str(tmp_path), "--report", str(report)]) == 0  # 1 when a served answer differed
-    text = report.read_text()
+def test_the_documented_tiny_run_trains_serves_and_matches_offline_predictions(tmp_path: Path):
+    # docs/serving_demo.md's examples, as tests/test_docs.py runs every doc (it leaves this one to this test):
+    # `python demo/serving_demo.py --tiny --out tiny-run`, then the server's Python API on the folders it wrote
+    run_doc(ROOT / "docs" / "serving_demo.md", tmp_path)
+    out = tmp_path / "tiny-run"
+    text = (out / "serving_report.md").read_text()  # the run exits 1 when a served answer differed
     rows = [line for line in text.splitlines() if line.startswith("| `")]
     assert [re.match(r"\| `([\w-]+)`", r).group(1) for r in rows] == [t.name for t in TASKS]
     for row in rows:
@@ -58,8 +61,8 @@ def test_tiny_demo_trains_serves_and_matches_offline_predictions(tmp_path: Path)
         assert python[0] == python[1] != "0" and http[0] == http[1] != "0", row
     assert "A `--tiny` run" in text
     for task in TASKS:
-        folder = tmp_path / "prompts" / task.package / task.name
+        folder = out / "prompts" / task.package / task.name
         assert (folder / "prompt_config.json").is_file()
-    with open(tmp_path / "data" / "verdict_test.csv", newline="") as f:
+    with open(out / "data" / "verdict_test.csv", newline="") as f:
         verdicts = {row["verdict"] for row in csv.DictReader(f)}
     assert verdicts == {"fresh", "rotten"}
