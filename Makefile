@@ -1,6 +1,6 @@
 # `make demo` runs the main job, `make test` the test suite; each creates .venv and installs what it needs first.
 # `make test-fast` leaves out the tests marked slow (the edit loop). Both run TEST_WORKERS pytest-xdist workers; tests
-# that must share a worker (one DeepSpeed build cache, a module-scoped fixture: tests/conftest.py) carry an xdist_group
+# that must share a worker (a module-scoped fixture: tests/conftest.py) carry an xdist_group
 # mark, which --dist loadgroup keeps; --no-loadscope-reorder keeps the order tests/conftest.py gives (long groups first).
 # --durations=30 lists the slowest test phases at the end of the run.
 PYTHON ?= python3

@@ -526,19 +526,9 @@ def run_doc(path: Path, tmp: Path, root: Path = ROOT, preload: tuple[str, ...] =
 
 # Docs whose examples another test runs (with run_doc) and checks further, so they do not run twice: file -> test.
 RUN_BY = {"docs/serving_demo.md": "tests/test_serving_demo.py"}
-# docs/scaling.md starts DeepSpeed: it runs on the worker of tests/promptcore/test_deepspeed.py (one op build cache).
-USES_DEEPSPEED = {"docs/scaling.md"}
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(p, marks=pytest.mark.xdist_group("deepspeed")) if str(p.relative_to(ROOT)) in USES_DEEPSPEED else p
-        for p in DOC_FILES
-        if str(p.relative_to(ROOT)) not in RUN_BY
-    ],
-    ids=lambda p: str(p.relative_to(ROOT)),
-)
+@pytest.mark.parametrize("path", [p for p in DOC_FILES if str(p.relative_to(ROOT)) not in RUN_BY], ids=lambda p: str(p.relative_to(ROOT)))
 @pytest.mark.slow
 def test_doc_examples_run(path: Path, tmp_path: Path) -> None:
     run_doc(path, tmp_path)

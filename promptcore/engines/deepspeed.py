@@ -124,6 +124,21 @@ def load_zero3_optimizer_state(engine: Any, group_params: list[list[nn.Parameter
         index += len(params)
 
 
+def without_shared_memory_kernel() -> None:
+    """CPU processes: DeepSpeed's collectives go through gloo, without DeepSpeed's shared-memory all-reduce kernel.
+
+    DeepSpeed compiles that kernel (a C++ extension, with ninja and the system compiler) when a CPU process group
+    starts for the first time on a machine, and again whenever its build came from another ninja: about a minute of
+    two cores before the first step, and an error where no compiler is installed. The collectives are the same
+    operations over gloo (the equality tests of tests/promptcore/test_deepspeed.py run this way).
+    Private API (deepspeed 0.19.8): ``deepspeed.comm.torch.build_shm_op`` builds the kernel only when
+    ``deepspeed.ops.__compatible_ops__`` says it is compatible. Public replacement: none.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 class DeepSpeedEngine(Engine):
     several_processes = True
     training_only = True
@@ -142,6 +157,8 @@ class DeepSpeedEngine(Engine):
         # Accelerate takes its DeepSpeed path for accelerator processes only; CPU processes (DeepSpeed's CPU
         # accelerator) get it when given their backend, gloo.
         gloo = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
+        if gloo:
+            without_shared_memory_kernel()
         # Accelerate marks the whole process as DeepSpeed's: ``Accelerator(deepspeed_plugin=...)`` sets the environment
         # variable ACCELERATE_USE_DEEPSPEED, which every later Accelerator of the process follows (read from
         # accelerate 1.16.0, ``accelerate/accelerator.py``). A later Trainer of another engine must not inherit it.
