@@ -27,13 +27,15 @@ How it follows and departs from the papers:
   text prompt is a context inside a class-name template (``ctx_init: "a photo of a"``); a generative model has no
   class-name template, so the rows are free vectors before the chat template, drawn at random.
 - M2PT (Wang et al., EMNLP 2024, "M2PT: Multimodal Prompt Tuning for Zero-shot Instruction Learning"): its visual
-  prompts in the vision encoder are the ``vision_tokens`` free prompts here, and its textual prompts in the LLM the
-  language prompts (its official script uses 10 of each, in every layer of both towers: ``num_tokens: 10``,
-  ``vision_tokens: 10`` and ``depth`` the layers of the shallower tower give that placement). Departs in the
-  cross-modality interaction: M2PT trains LLaVA's multimodal projector (and the LM head) beside the prompts, so the
-  vision prompts' outputs reach the language model through it; here the backbone stays frozen and prompt outputs
-  leave the tower before the projector, and the interaction is MaPLe's learned projection from language to vision
-  prompts instead. The default ``vision_tokens: 0`` is MaPLe.
+  prompts in every vision-encoder layer are the ``vision_tokens`` free prompts here, and its textual prompts in every
+  LLM layer the language prompts (its official script uses 10 of each). One ``depth`` counts on both towers, so the
+  nearest placement is ``num_tokens: 10``, ``vision_tokens: 10`` and ``depth`` the layers of the shallower tower
+  (24 on LLaVA-1.5's CLIP-L: M2PT's prompts in LLM layers 25-32 have no counterpart), and the projected vision
+  prompts stay beside the free ones. Departs in the cross-modality interaction: M2PT trains LLaVA's multimodal
+  projector (mapping visual features into the language space) and the LM head beside the prompts; here the
+  backbone stays frozen, the vision prompt rows leave the tower before the projector (the image features stay as
+  many as the placeholders), and the interaction is MaPLe's learned projection from language to vision prompts.
+  The default ``vision_tokens: 0`` is MaPLe.
 
 Only towers :mod:`vpt` sees as tokens are prompted (LLaVA's CLIP ViT); Qwen2-VL / Qwen2.5-VL's packed, windowed,
 patch-merging towers are refused, as ``vlm_vpt`` refuses them.
