@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .prompt_tuning import VLMPromptTuningConfig, VLMPromptTuningModel
     from .run_config import VLMRunConfig, VLMTaskConfig
     from .vision_prompts import VLMVisionPromptConfig, VLMVisionPromptModel
+    from .coupled import VLMCoupledConfig, VLMCoupledModel
     from .synthetic import synthetic_rows, tiny_backbone, tiny_batch, tiny_examples, tiny_processor
 
 __getattr__, __dir__ = lazy_exports(
@@ -68,11 +69,13 @@ __getattr__, __dir__ = lazy_exports(
         "tiny_batch": ".synthetic",
         "tiny_examples": ".synthetic",
         "tiny_processor": ".synthetic",
+        "VLMCoupledConfig": ".coupled",
+        "VLMCoupledModel": ".coupled",
     },
     # what registers the families and the methods
     on_first_use=(
         ".answers", ".data", ".families", ".inference", ".loading", ".model", ".prefix", ".prompt_tuning", ".run_config",
-        ".synthetic", ".vision_prompts",
+        ".synthetic", ".vision_prompts", ".coupled",
     ),
 )
 
@@ -114,4 +117,6 @@ __all__ = [
     "tiny_processor",
     "token_f1",
     "with_intervals",
+    "VLMCoupledConfig",
+    "VLMCoupledModel",
 ]

@@ -71,7 +71,7 @@ class VLMPrefixModel(VLMPromptedModel):
         super().__init__(backbone, name)
         self.config = config
         with torch.no_grad():
-            probe = self.token_key_values(self.embedding.weight[self.fill_id : self.fill_id + 1].unsqueeze(0))
+            probe = row_key_values(self, self.embedding.weight[self.fill_id : self.fill_id + 1].unsqueeze(0))
         shapes = {tuple(k.shape[1:]) for k, _ in probe}
         if len(shapes) != 1:
             raise UserError(f"layers of {self.backbone_name} have different key/value shapes {sorted(shapes)}; vlm_prefix needs one shape")
@@ -96,23 +96,25 @@ class VLMPrefixModel(VLMPromptedModel):
         per = weight.view(self.num_layers, 2, n, self.kv_heads, self.head_dim).transpose(2, 3)  # [L, 2, heads, n, hd]
         return [(per[i, 0].expand(batch_size, -1, -1, -1), per[i, 1].expand(batch_size, -1, -1, -1)) for i in range(self.num_layers)]
 
-    def token_key_values(self, embeds: torch.Tensor) -> KeyValues:
-        """Every language-model layer's keys and values ``[1, kv_heads, n, head_dim]`` of the rows ``embeds``
-        ``[1, n, D]`` run alone as text at the start of a sequence (the family's positions)."""
-        from transformers.cache_utils import Cache
-
-        from textpt.cache_layers import RecordingLayer
-
-        n = embeds.shape[1]
-        ids = torch.full((1, n), self.fill_id, dtype=torch.long, device=embeds.device)
-        mask = torch.ones_like(ids)
-        positions, _ = self.family.positions(self.backbone, ids, mask, {})
-        cache = Cache(layers=[RecordingLayer() for _ in range(num_layers(self.backbone))])
-        self.backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_argument(self.backbone): cache})
-        return [(layer.keys, layer.values) for layer in cache.layers]
-
     def prompt_config(self) -> dict[str, Any]:
         return {**super().prompt_config(), "num_tokens": self.config.num_tokens, "num_layers": self.num_layers, "kv_width": self.kv_heads * self.head_dim}
+
+
+def row_key_values(model: VLMPromptedModel, embeds: torch.Tensor) -> KeyValues:
+    """Every language-model layer's keys and values ``[1, kv_heads, n, head_dim]`` of the rows ``embeds``
+    ``[1, n, D]`` run alone as text at the start of a sequence (the family's positions) through ``model``'s
+    backbone. Differentiable: gradients reach ``embeds`` through them."""
+    from transformers.cache_utils import Cache
+
+    from textpt.cache_layers import RecordingLayer
+
+    n = embeds.shape[1]
+    ids = torch.full((1, n), model.fill_id, dtype=torch.long, device=embeds.device)
+    mask = torch.ones_like(ids)
+    positions, _ = model.family.positions(model.backbone, ids, mask, {})
+    cache = Cache(layers=[RecordingLayer() for _ in range(num_layers(model.backbone))])
+    model.backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_argument(model.backbone): cache})
+    return [(layer.keys, layer.values) for layer in cache.layers]
 
 
 register_method(

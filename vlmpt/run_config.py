@@ -13,6 +13,7 @@ from typing import Literal
 from promptcore.errors import UserError
 from promptcore.train_config import TrainConfig
 
+from .coupled import VLMCoupledConfig
 from .data import VLMDataConfig
 from .loading import VLMModelConfig
 from .prefix import VLMPrefixConfig
@@ -55,14 +56,15 @@ class VLMRunConfig:
         model: the frozen model and its processor.
         prompt: the method's config, chosen by its ``method`` key: ``vlm_prompt_tuning`` (the default: prompt rows
             in the input embeddings), ``vlm_prefix`` (keys and values before the sequence in every layer) or
-            ``vlm_vpt`` (VPT in LLaVA's vision tower, optionally with prompt rows in the language model).
+            ``vlm_vpt`` (VPT in LLaVA's vision tower, optionally with prompt rows in the language model) or
+            ``vlm_coupled`` (language prompts and vision prompts projected from them, MaPLe's coupling).
         data: the data source, columns and template.
         task: what is learned and how it is scored.
         train: the trainer's settings.
     """
 
     model: VLMModelConfig
-    prompt: VLMPromptTuningConfig | VLMPrefixConfig | VLMVisionPromptConfig = field(default_factory=VLMPromptTuningConfig)
+    prompt: VLMPromptTuningConfig | VLMPrefixConfig | VLMVisionPromptConfig | VLMCoupledConfig = field(default_factory=VLMPromptTuningConfig)
     data: VLMDataConfig = field(default_factory=VLMDataConfig)
     task: VLMTaskConfig = field(default_factory=VLMTaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

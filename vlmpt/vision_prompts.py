@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator, Literal, Sequence
 
 import torch
 from torch import nn
@@ -80,20 +80,9 @@ class VLMVisionPromptModel(VLMPromptedModel):
     prompt_module_names = ("prompts", "lm_prompts")
 
     def __init__(self, backbone: nn.Module, config: VLMVisionPromptConfig, name: str | None = None, **context: Any) -> None:
-        from vpt.backbones import token_backbone
-
         super().__init__(backbone, name)
         self.config = config
-        tower = getattr(backbone.model, "vision_tower", None) or getattr(backbone.model, "visual", None)
-        try:
-            if not isinstance(tower, nn.Module):
-                raise UnsupportedModelError("no vision tower")
-            self.tower = token_backbone(tower, f"{self.backbone_name} vision tower")
-        except UnsupportedModelError:
-            raise UnsupportedModelError(
-                f"the vision tower of {type(backbone).__name__} ({type(tower).__name__}) is not a ViT that VPT prompts can "
-                f"extend; vlm_vpt supports LLaVA's CLIP tower. Use vlm_prompt_tuning or vlm_prefix (prompts in the language model)"
-            ) from None
+        self.tower = prompt_tower(backbone, self.backbone_name, self.method)
         generator = torch.Generator().manual_seed(config.seed)
         width, init = self.tower.width, {"init": "normal", "std": config.init_std, "generator": generator}
         if config.deep:
@@ -114,42 +103,11 @@ class VLMVisionPromptModel(VLMPromptedModel):
             return self.embedding.weight.new_zeros(batch_size, 0, self.dim)
         return self.lm_prompts(batch_size)
 
-    @contextlib.contextmanager
-    def prompted_backbone(self) -> Iterator[None]:
-        """Within it, the vision tower runs with the prompts: pre-hooks on its layers put them in after the prefix
-        tokens (every layer with ``deep``, else the first), and a hook on the tower takes them out of every hidden
-        state it returns."""
-        pre, n = self.tower.num_prefix_tokens, self.config.num_tokens
+    def prompted_backbone(self) -> contextlib.AbstractContextManager:
+        """Within it, the vision tower runs with the prompts (:func:`tower_prompts`): before every layer with
+        ``deep``, else before the first."""
         weight = self.prompts.weight if self.config.deep else self.prompts.weight.unsqueeze(0)
-
-        def insert(index: int):
-            def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-                x = args[0] if args else kwargs["hidden_states"]
-                rest = x[:, pre:] if index == 0 else x[:, pre + n :]
-                x = torch.cat([x[:, :pre], weight[index].to(x.dtype).expand(x.shape[0], -1, -1), rest], dim=1)
-                return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
-
-            return hook
-
-        def strip(x: torch.Tensor) -> torch.Tensor:
-            return torch.cat([x[:, :pre], x[:, pre + n :]], dim=1)
-
-        def take_out(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-            prompted = output.last_hidden_state.shape[1]
-            output.last_hidden_state = strip(output.last_hidden_state)
-            if output.hidden_states is not None:
-                # the embeddings' output has no prompts yet; states the model does not read may be None
-                output.hidden_states = tuple(strip(h) if h is not None and h.shape[1] == prompted else h for h in output.hidden_states)
-            return output
-
-        layers = range(self.tower.depth) if self.config.deep else range(1)
-        handles = [self.tower.block(i).register_forward_pre_hook(insert(i), with_kwargs=True) for i in layers]
-        handles.append(self.tower.model.register_forward_hook(take_out, with_kwargs=True))
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
+        return tower_prompts(self.tower, list(weight))
 
     def prompt_config(self) -> dict[str, Any]:
         return {
@@ -158,6 +116,65 @@ class VLMVisionPromptModel(VLMPromptedModel):
             "deep": self.config.deep,
             "vision_width": self.tower.width,
         }
+
+
+def prompt_tower(backbone: nn.Module, name: str, method: str) -> Any:
+    """The vision tower of ``backbone`` seen as tokens (:func:`vpt.backbones.token_backbone`), for ``method``.
+
+    Raises:
+        UnsupportedModelError: a tower :mod:`vpt` cannot see as tokens (Qwen2-VL / Qwen2.5-VL's), naming the
+            methods that work without one.
+    """
+    from vpt.backbones import token_backbone
+
+    tower = getattr(backbone.model, "vision_tower", None) or getattr(backbone.model, "visual", None)
+    try:
+        if not isinstance(tower, nn.Module):
+            raise UnsupportedModelError("no vision tower")
+        return token_backbone(tower, f"{name} vision tower")
+    except UnsupportedModelError:
+        raise UnsupportedModelError(
+            f"the vision tower of {type(backbone).__name__} ({type(tower).__name__}) is not a ViT that VPT prompts can "
+            f"extend; {method} supports LLaVA's CLIP tower. Use vlm_prompt_tuning or vlm_prefix (prompts in the language model)"
+        ) from None
+
+
+@contextlib.contextmanager
+def tower_prompts(tower: Any, prompts: Sequence[torch.Tensor]) -> Iterator[None]:
+    """Within it, the ViT ``tower`` (a :func:`vpt.backbones.token_backbone` view) runs with prompt tokens: pre-hooks
+    on its layers put ``prompts[i]`` (``[n, width]``, the same ``n`` for all) in after the prefix tokens before
+    layer ``i`` (layer 0 inserts them, every later one replaces the previous layer's prompt outputs), and a hook on
+    the tower takes them out of every hidden state it returns. Layers from ``len(prompts)`` on run the prompt rows
+    the previous layer gave."""
+    pre, n = tower.num_prefix_tokens, prompts[0].shape[0]
+
+    def insert(index: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            x = args[0] if args else kwargs["hidden_states"]
+            rest = x[:, pre:] if index == 0 else x[:, pre + n :]
+            x = torch.cat([x[:, :pre], prompts[index].to(x.dtype).expand(x.shape[0], -1, -1), rest], dim=1)
+            return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
+
+        return hook
+
+    def strip(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x[:, :pre], x[:, pre + n :]], dim=1)
+
+    def take_out(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        prompted = output.last_hidden_state.shape[1]
+        output.last_hidden_state = strip(output.last_hidden_state)
+        if output.hidden_states is not None:
+            # the embeddings' output has no prompts yet; states the model does not read may be None
+            output.hidden_states = tuple(strip(h) if h is not None and h.shape[1] == prompted else h for h in output.hidden_states)
+        return output
+
+    handles = [tower.block(i).register_forward_pre_hook(insert(i), with_kwargs=True) for i in range(len(prompts))]
+    handles.append(tower.model.register_forward_hook(take_out, with_kwargs=True))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 register_method(

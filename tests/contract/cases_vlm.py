@@ -1,6 +1,6 @@
 """Contract cases of the vision-language methods (:mod:`vlmpt`), on a tiny random Qwen2-VL whose examples carry
-images of two sizes (its mRoPE positions are the hardest placement the package supports); ``vlm_vpt``, whose prompts
-live in a ViT tower, on a tiny random LLaVA.
+images of two sizes (its mRoPE positions are the hardest placement the package supports); ``vlm_vpt`` and
+``vlm_coupled``, whose prompts live in a ViT tower, on a tiny random LLaVA.
 
 The sharded contract does not run these cases (``sharded=False``): vlmpt is not yet tested under FSDP (docs/vlm.md).
 """
@@ -53,6 +53,14 @@ CASES.add("text:vlm_vpt", MethodCase(  # VPT-deep in LLaVA's CLIP tower (Qwen's 
     build=lambda seed, fast: build(seed, config=lambda **kw: vlmpt.VLMVisionPromptConfig(deep=True, **kw), model_type="llava"),
     data=data,
     foreign=lambda seed: build(seed, num_tokens=4, config=lambda **kw: vlmpt.VLMVisionPromptConfig(deep=True, **kw), model_type="llava"),
+    outputs=logits,
+    sharded=False,
+))
+
+CASES.add("text:vlm_coupled", MethodCase(  # language prompts in both LLaVA layers, vision prompts projected from them and free ones
+    build=lambda seed, fast: build(seed, config=lambda **kw: vlmpt.VLMCoupledConfig(depth=2, vision_tokens=1, **kw), model_type="llava"),
+    data=data,
+    foreign=lambda seed: build(seed, num_tokens=4, config=lambda **kw: vlmpt.VLMCoupledConfig(depth=2, vision_tokens=1, **kw), model_type="llava"),
     outputs=logits,
     sharded=False,
 ))

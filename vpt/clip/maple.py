@@ -36,6 +36,16 @@ def _deep_parameter(num_layers: int, n: int, width: int, std: float) -> nn.Param
     return nn.Parameter(init_prompt_(torch.empty(num_layers, n, width), "normal", std=std))
 
 
+def coupling_projections(text_width: int, vision_width: int, depth: int) -> nn.ModuleList:
+    """MaPLe's coupling: ``depth`` linear maps ``text_width -> vision_width``, the ``i``-th taking layer ``i``'s
+    language prompts to its vision prompts. As the official MultiModalPromptLearner: the first layer's map is its own
+    ``nn.Linear``; the deeper layers' maps start as copies of one ``nn.Linear`` (``_get_clones``), so they share their
+    initial weights (``nn.Linear``'s default initialisation, drawn from the global generator)."""
+    first = nn.Linear(text_width, vision_width)
+    deep = nn.Linear(text_width, vision_width)
+    return nn.ModuleList([first, *(copy.deepcopy(deep) for _ in range(depth - 1))])
+
+
 class _DeepCLIP(CLIPPromptModel):
     """Shared by MaPLe and IVLP: deep text prompts, a prompted image tower, the class name at the end.
     Subclasses define ``vision_prompts() -> list of [n, vision width]``, one per prompted image layer."""
@@ -83,11 +93,7 @@ class MaPLe(_DeepCLIP):
     def __init__(self, model: nn.Module, config: MaPLeConfig, tokenizer: Tokenizer | None = None, name: str | None = None) -> None:
         super().__init__(model, config, tokenizer, name)
         self._setup(config, config.depth, "depth")
-        # As the official MultiModalPromptLearner: the first layer's projection is its own Linear; the deeper
-        # layers' projections start as copies of one Linear (_get_clones), so they share their initial weights.
-        first = nn.Linear(self.text_tower.width, self.vision_tower.width)
-        deep = nn.Linear(self.text_tower.width, self.vision_tower.width)
-        self.prompts.proj = nn.ModuleList([first, *(copy.deepcopy(deep) for _ in range(config.depth - 1))])
+        self.prompts.proj = coupling_projections(self.text_tower.width, self.vision_tower.width, config.depth)
         self._finish()
 
     def vision_prompts(self) -> list[torch.Tensor]:
