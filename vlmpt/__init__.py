@@ -3,7 +3,7 @@ positions, masks and labels each architecture needs, data through the model's ow
 answer scoring (docs/vlm.md).
 
 Using the package (the first lookup of one of its names) registers its methods (``vlm_prompt_tuning``,
-``vlm_prefix``, ``vlm_vpt``) with :mod:`promptcore.methods`, so ``promptcore.wrap(backbone, VLMPromptTuningConfig(...))``
+``vlm_prefix``, ``vlm_vpt``, ``vlm_coupled``) with :mod:`promptcore.methods`, so ``promptcore.wrap(backbone, VLMPromptTuningConfig(...))``
 builds them; ``import vlmpt`` alone imports no torch (:func:`promptcore.plugins.lazy_exports`), so ``vlmpt --help`` is
 quick. A prompt folder written by ``vlmpt train`` loads ready to run with ``vlmpt.load_prompted(folder)``
 (``vlmpt.answer`` / ``vlmpt.classify`` then take images).
