@@ -444,6 +444,11 @@ class TextPromptedModel(PromptedModel):
         return self.strategy.lm_outputs(self, batch)
 
     def _check_labels(self, labels: torch.Tensor) -> None:
+        # Labels on the CPU only, outside a compiled step: reading a GPU tensor's values costs a host sync per step,
+        # and inside torch.compile a graph break. The Trainer checks every batch on the CPU before moving it
+        # (promptcore.batches.check_labels); this check is for steps called from a loop of one's own.
+        if labels.device.type != "cpu" or torch.compiler.is_compiling():
+            return
         n = self.config.num_classes
         if n is not None and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n):
             where = f"the verbalizer has {n} words {self.config.verbalizer}" if self.config.verbalizer else f"the head has {n} classes"

@@ -153,6 +153,8 @@ def test_label_missing_from_verbalizer():
     pt = textpt.wrap(backbone, PromptTuningConfig(num_tokens=2, verbalizer=["bad", "great"]), tokenizer=tok)
     with pytest.raises(ValueError, match=r"labels range 0..2 but the verbalizer has 2 words \['bad', 'great'\]"):
         pt.training_step({"input_ids": torch.tensor([[5, 6], [7, 8]]), "labels": torch.tensor([0, 2])})
+    # Labels on another device are not read (a host sync per step on a GPU): meta tensors have no values to read.
+    assert pt.forward_batch({"input_ids": torch.tensor([[5, 6], [7, 8]]), "labels": torch.empty(2, dtype=torch.long, device="meta")}).shape == (2, 2)
 
 
 def test_prompt_file_for_another_width(tmp_path):
