@@ -250,6 +250,8 @@ class VLMEncoder:
         # PaliGemma's processor also returns labels of its own (all -100 without a suffix): the answer's are made here.
         example = {k: v for k, v in out.items() if k not in ("attention_mask", "mm_token_type_ids", "labels")}
         example["input_ids"] = ids = example["input_ids"][0]
+        if "token_type_ids" in example:  # a prefix LM's (PaliGemma): all prefix
+            example["token_type_ids"] = example["token_type_ids"][0]
         limit = self.cfg.max_length
         if limit is not None and len(ids) + 2 > limit:
             image_tokens = int((ids == self.processor.tokenizer.convert_tokens_to_ids(self.processor.image_token)).sum())
@@ -283,8 +285,8 @@ class VLMEncoder:
         answer = torch.tensor(answer_ids, dtype=prompt_ids.dtype)
         example["input_ids"] = torch.cat([prompt_ids, answer])
         example["labels"] = torch.cat([torch.full_like(prompt_ids, IGNORE), answer])
-        if "token_type_ids" in example:  # a prefix LM's (PaliGemma): the answer is the suffix
-            example["token_type_ids"] = torch.cat([example["token_type_ids"][0], torch.ones_like(answer)])
+        if "token_type_ids" in example:  # the answer is a prefix LM's suffix
+            example["token_type_ids"] = torch.cat([example["token_type_ids"], torch.ones_like(answer)])
         if with_references:
             scored = self.cfg.references_column
             example["prompt_ids"] = prompt_ids

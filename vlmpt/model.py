@@ -272,16 +272,19 @@ class VLMPromptedModel(PromptedModel):
     @torch.no_grad()
     def class_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, class_ids: list[list[int]], **images: Any) -> torch.Tensor:
         """``[B, C]``: for each class, the summed log-probability of its tokens ``class_ids[c]`` written right after
-        each (left-padded) input, images as the family takes them (on a prefix LM, the input is the prefix and the
-        class words the suffix)."""
+        each (left-padded) input, images (and a prefix LM's ``token_type_ids``) as the family takes them; on a
+        prefix LM the class words are the suffix."""
         if not bool(attention_mask[:, -1].all()):
             raise UserError("class_scores takes left-padded inputs (every row's last token real); pad on the left (tokenizer.padding_side = 'left')")
         width = input_ids.shape[1]
+        # a prefix LM's input (its token_type_ids, if given, are all prefix) is followed by the class words as suffix
+        given = images.pop("token_type_ids", None) if self.family.prefix_lm else None
+        prefix = torch.zeros_like(input_ids) if given is None else given
         scores = []
         for ids in class_ids:
             word = torch.tensor(ids, dtype=input_ids.dtype, device=input_ids.device).expand(input_ids.shape[0], -1)
             mask = torch.cat([attention_mask, attention_mask.new_ones(word.shape)], dim=1)
-            types = {"token_type_ids": torch.cat([torch.zeros_like(input_ids), torch.ones_like(word)], dim=1)} if self.family.prefix_lm else {}
+            types = {"token_type_ids": torch.cat([prefix, torch.ones_like(word)], dim=1)} if self.family.prefix_lm else {}
             logits = self(input_ids=torch.cat([input_ids, word], dim=1), attention_mask=mask, **types, **images)
             logp = upcast(logits[:, width - 1 : -1]).log_softmax(-1)
             scores.append(logp.gather(-1, word.unsqueeze(-1)).squeeze(-1).sum(1))

@@ -196,3 +196,18 @@ def test_data_through_each_processor():
     logits = model(**batch)
     alone = model(**as64(collate_examples(examples[1:], "left", 0)))[0]
     torch.testing.assert_close(logits[1, batch["attention_mask"][1] == 1], alone, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("family, task", [("paligemma", "classify"), ("idefics3", "generate")])
+def test_the_command_line_trains_evaluates_and_answers_from_the_prompt_folder(family, task, tmp_path, capsys):
+    from vlmpt.cli import main
+
+    run = tmp_path / "run"
+    fast = ["--set", "train.max_steps=1", "--set", "data.num_samples=4", "--set", "data.num_eval_samples=2", "--set", "train.batch_size=2"]
+    classify = ["--set", "task.type=classify", "--set", "data.label_column=label"] if task == "classify" else []
+    assert main(["train", "-c", "configs/smoke/vlmpt_tiny.yaml", "-o", str(run), *fast, *classify, "--set", f"model.name=random:{family}"]) == 0
+    assert ('"accuracy"' if task == "classify" else '"exact_match"') in capsys.readouterr().out
+    synthetic_rows(1)["image"][0].save(tmp_path / "red.png")
+    assert main(["generate", "--prompts", str(run / "best"), str(tmp_path / "red.png"), str(tmp_path / "red.png"), "--question", "what colour is it ?"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"[1] {tmp_path / 'red.png'}" and out[1].startswith("    ")
