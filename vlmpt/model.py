@@ -8,8 +8,9 @@ processor made is untouched, and the model's own code merges the image features 
 Each forward packs ``[pad, prompt, tokens]`` with :func:`textpt.padding.pack_prompt` (left padding whatever the
 input's side, so decode steps append after every row), computes the position ids of the packed sequence with the
 family's position code (Qwen's ``get_rope_index`` with the prompt rows as text tokens) and passes them, so the
-model never infers positions from a cache length or a stale ``rope_deltas`` of its own. Each example gives the
-logits it gives alone, unpadded.
+model never infers positions from a cache length or a stale ``rope_deltas`` of its own. On a prefix LM (PaliGemma)
+it packs the ``token_type_ids`` the same way, the prompt rows being prefix. Each example gives the logits it gives
+alone, unpadded.
 """
 
 from __future__ import annotations

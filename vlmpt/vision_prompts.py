@@ -173,5 +173,5 @@ class VLMVisionPromptModel(VLMPromptedModel):
 
 register_method(
     "vlm_vpt", VLMVisionPromptConfig, VLMVisionPromptModel, kind="text",
-    summary="VPT-shallow / VPT-deep in the vision tower of LLaVA, with optional prompt rows in its language model",
+    summary="VPT-shallow / VPT-deep in the vision tower of LLaVA or PaliGemma, with optional prompt rows in its language model",
 )
