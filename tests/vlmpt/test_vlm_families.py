@@ -28,24 +28,30 @@ def as64(batch: dict) -> dict:
     return {k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in batch.items()}
 
 
-def merged_embeddings(bb, example: dict) -> torch.Tensor:
-    """``[1, L, D]``: the example's token embeddings with its image features in the placeholder rows."""
+def merged_embeddings(bb, example: dict, features: torch.Tensor | None = None) -> torch.Tensor:
+    """``[1, L, D]``: the example's token embeddings with its image features (default: the model's) in the
+    placeholder rows."""
     ids = example["input_ids"][None]
     images = {k: v.double() if v.is_floating_point() else v for k, v in example.items() if k not in ("input_ids", "token_type_ids")}
     embeds = bb.get_input_embeddings()(ids).clone()
-    features = bb.get_image_features(**images).pooler_output
-    embeds[0, ids[0] == IMAGE] = torch.cat(list(features)).reshape(-1, embeds.shape[-1])
+    if features is None:
+        features = torch.cat(list(bb.get_image_features(**images).pooler_output))
+    embeds[0, ids[0] == IMAGE] = features.reshape(-1, embeds.shape[-1])
     return embeds
 
 
-def reference_logits(model, example: dict, prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
-    """One example alone, by hand: ``n`` prompt rows (or ``n`` prefix keys / values in every layer) before the
-    merged embeddings; positions counted from 0 (Idefics3) or 1 (PaliGemma); on PaliGemma the prefix-LM mask
-    written out: the prompt and every token of type 0 attend to each other, type 1 attends causally."""
+def reference_logits(
+    model, example: dict, prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None, prompt: torch.Tensor | None = None, features: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One example alone, by hand: the ``prompt`` rows (default: the model's prompt) or ``n`` prefix keys / values in
+    every layer, before the merged embeddings; positions counted from 0 (Idefics3) or 1 (PaliGemma); on PaliGemma
+    the prefix-LM mask written out: the prompt and every token of type 0 attend to each other, type 1 attends
+    causally."""
     bb = model.backbone
-    embeds = merged_embeddings(bb, example)
-    n = N if prefix is None else prefix[0][0].shape[2]
-    x = embeds if prefix is not None else torch.cat([model.prompts.weight[None], embeds], dim=1)
+    embeds = merged_embeddings(bb, example, features)
+    prompt = model.prompts.weight if prompt is None else prompt
+    n = prompt.shape[0] if prefix is None else prefix[0][0].shape[2]
+    x = embeds if prefix is not None else torch.cat([prompt[None], embeds], dim=1)
     length = embeds.shape[1] + n  # rows and prefix positions together
     paligemma = bb.config.model_type == "paligemma"
     positions = torch.arange(length)[None] + (1 if paligemma else 0)
@@ -86,6 +92,26 @@ def test_prefix_logits_equal_the_hand_built_reference_in_float64(backbone64):
     kv = model.prefix_key_values(1)
     for row, example in enumerate(examples):
         reference = reference_logits(model, example, [(k.clone(), v.clone()) for k, v in kv])
+        torch.testing.assert_close(logits[row, batch["attention_mask"][row] == 1], reference, rtol=0, atol=1e-10)
+
+
+def test_vpt_in_paligemmas_siglip_tower_equals_the_hand_written_forward_in_float64():
+    # SigLIP has no class token: the prompts go first, fresh before every layer (deep), and are dropped after the
+    # last; the language model's prompt rows sit in the bidirectional prefix.
+    backbone = tiny_backbone("paligemma").double()
+    model = wrap(backbone, vlmpt.VLMVisionPromptConfig(num_tokens=2, deep=True, lm_tokens=2, init_std=1.0)).double()
+    vision = backbone.model.vision_tower
+    examples = tiny_examples(backbone, 2, seed=3)
+    batch = as64(collate_examples(examples, "left"))
+    logits = model(**batch)
+    for row, example in enumerate(examples):
+        x = vision.embeddings(example["pixel_values"].double())
+        for i, layer in enumerate(vision.encoder.layers):
+            x = torch.cat([model.prompts.weight[i][None], x[:, 0 if i == 0 else 2 :]], dim=1)
+            x = layer(x, None)
+            x = x[0] if isinstance(x, tuple) else x
+        features = backbone.model.multi_modal_projector(vision.post_layernorm(x)[:, 2:])
+        reference = reference_logits(model, example, prompt=model.lm_prompts.weight, features=features)
         torch.testing.assert_close(logits[row, batch["attention_mask"][row] == 1], reference, rtol=0, atol=1e-10)
 
 
