@@ -14,6 +14,8 @@ Positions, as each model computes them for its own inputs:
 - PaliGemma: as LLaVA, counted from 1 (its own convention; its deltas are 1). Its language model is a prefix LM:
   ``token_type_ids`` 0 (the image, BOS, the instruction; the prompt rows too, which sit before the image) attend to
   each other in both directions, 1 (the answer, and every generated token) causally.
+- LLaVA-OneVision: as LLaVA. Its image is anyres: the base image and the tiles of the best grid, unpadded to the
+  image's aspect ratio (``image_sizes``), so the number of placeholder rows depends on the image's size.
 - Idefics3 (SmolVLM): as LLaVA. Its image is tiles plus the whole image, each shuffled 2 x 2 (or the configured
   ``scale_factor``) into its placeholder rows by the model's connector; the prompt sits before all of them.
 """
@@ -90,6 +92,9 @@ FAMILIES: Registry[Family] = Registry("vision-language family")
 FAMILIES.add("llava", Family(("LlavaForConditionalGeneration",), ("pixel_values",), counted_positions, processor="LlavaProcessor"))
 FAMILIES.add("qwen2_vl", Family(("Qwen2VLForConditionalGeneration",), ("pixel_values", "image_grid_thw"), mrope_positions, mrope=True, processor="Qwen2VLProcessor"))
 FAMILIES.add("qwen2_5_vl", Family(("Qwen2_5_VLForConditionalGeneration",), ("pixel_values", "image_grid_thw"), mrope_positions, mrope=True, processor="Qwen2_5_VLProcessor"))
+FAMILIES.add("llava_onevision", Family(
+    ("LlavaOnevisionForConditionalGeneration",), ("pixel_values", "image_sizes", "batch_num_images"), counted_positions, processor="LlavaOnevisionProcessor",
+))
 FAMILIES.add("paligemma", Family(("PaliGemmaForConditionalGeneration",), ("pixel_values",), positions_from_one, prefix_lm=True, processor="PaliGemmaProcessor", text_layout="{image}{text}"))
 FAMILIES.add("idefics3", Family(("Idefics3ForConditionalGeneration",), ("pixel_values", "pixel_attention_mask"), counted_positions, processor="Idefics3Processor"))
 

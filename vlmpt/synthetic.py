@@ -35,6 +35,8 @@ LLAVA_IMAGE_SIZE, LLAVA_PATCH = 16, 4
 _VIT = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2, image_size=LLAVA_IMAGE_SIZE, patch_size=LLAVA_PATCH)
 """The CLIP / SigLIP / Idefics3 vision towers of the tiny LLaVA, PaliGemma and Idefics3: 16 x 16 pixels (an
 Idefics3 tile), 4 x 4 patches."""
+ONEVISION_GRIDS = [[16, 16], [16, 32], [32, 16], [32, 32]]
+"""The tiny LLaVA-OneVision's anyres grids (height, width in pixels): one to four 16 x 16 tiles."""
 IDEFICS3_SCALE = 2
 """The tiny Idefics3 connector's pixel shuffle: 2 x 2 patches become one image token (4 tokens a tile)."""
 IDEFICS3_TAGS = tuple(f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6))
@@ -62,7 +64,7 @@ _CHAT = (
 
 def tiny_backbone(model_type: str, seed: int = 0, **text_config: Any) -> nn.Module:
     """A tiny random ``...ForConditionalGeneration`` of ``model_type`` (``llava``, ``qwen2_vl``, ``qwen2_5_vl``,
-    ``paligemma``, ``idefics3``):
+    ``llava_onevision``, ``paligemma``, ``idefics3``):
     hidden width 32, 2 layers in the language model and in the vision tower, eval mode. ``text_config`` overrides
     fields of the language model's config (``initializer_range=0.3`` gives outputs a prompt can steer; the widths
     must stay those of the vision tower's output)."""
@@ -79,6 +81,13 @@ def tiny_backbone(model_type: str, seed: int = 0, **text_config: Any) -> nn.Modu
             image_token_id=IMAGE, vision_feature_layer=-1, vision_feature_select_strategy="default",
         )
         return transformers.LlavaForConditionalGeneration(config).eval()
+    if model_type == "llava_onevision":
+        config = transformers.LlavaOnevisionConfig(
+            text_config=dict(model_type="qwen2", **text_fields), vision_config=dict(model_type="siglip_vision_model", **_VIT),
+            image_token_id=IMAGE, video_token_id=VIDEO, vision_feature_layer=-1, vision_feature_select_strategy="full",
+            image_grid_pinpoints=ONEVISION_GRIDS, vision_aspect_ratio="anyres_max_9",
+        )
+        return transformers.LlavaOnevisionForConditionalGeneration(config).eval()
     if model_type == "paligemma":
         config = transformers.PaliGemmaConfig(
             text_config=dict(model_type="gemma", head_dim=16, **text_fields),
@@ -103,6 +112,7 @@ def tiny_backbone(model_type: str, seed: int = 0, **text_config: Any) -> nn.Modu
 
 _SPECIAL = {
     "llava": ("<image>", "<video>", "<vs>", "<ve>"),
+    "llava_onevision": ("<image>", "<video>", "<vs>", "<ve>"),
     "paligemma": ("<image>", "<video>", "<vs>", "<ve>"),
     "idefics3": ("<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"),
 }
@@ -110,10 +120,11 @@ _SPECIAL = {
 
 
 def tiny_processor(model_type: str):
-    """The real processor of ``model_type`` (``llava``, ``qwen2_vl``, ``qwen2_5_vl``, ``paligemma``, ``idefics3``)
-    for :func:`tiny_backbone`: a word-level tokenizer of :data:`WORDS` (padding on the left; unknown words map to
-    the first filler word), the architecture's image processor at the tiny vision tower's sizes (Qwen: 16 to 32
-    pixels a side, dynamic; LLaVA and PaliGemma: 16 x 16; Idefics3: the longest side resized to 32 and split into
+    """The real processor of ``model_type`` (``llava``, ``qwen2_vl``, ``qwen2_5_vl``, ``llava_onevision``,
+    ``paligemma``, ``idefics3``) for :func:`tiny_backbone`: a word-level tokenizer of :data:`WORDS` (padding on the
+    left; unknown words map to the first filler word), the architecture's image processor at the tiny vision tower's
+    sizes (Qwen: 16 to 32 pixels a side, dynamic; LLaVA and PaliGemma: 16 x 16; LLaVA-OneVision: the 16 x 16 base
+    image and the tiles of the best of :data:`ONEVISION_GRIDS`; Idefics3: the longest side resized to 32 and split into
     16 x 16 tiles plus the whole image) and a chat template (``user : <image> TEXT assistant :``; PaliGemma has
     none, as its released processors: its processor writes ``<image>... <bos> TEXT``)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -137,6 +148,14 @@ def tiny_processor(model_type: str):
 
         images = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
         return LlavaProcessor(images, tokenizer, patch_size=LLAVA_PATCH, vision_feature_select_strategy="default", chat_template=chat, num_additional_image_tokens=1)
+    if model_type == "llava_onevision":
+        from transformers import LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor
+
+        images = LlavaOnevisionImageProcessor(size={"height": size, "width": size}, image_grid_pinpoints=ONEVISION_GRIDS)
+        return LlavaOnevisionProcessor(
+            image_processor=images, tokenizer=tokenizer, video_processor=LlavaOnevisionVideoProcessor(size={"height": size, "width": size}),
+            num_image_tokens=(size // LLAVA_PATCH) ** 2, vision_feature_select_strategy="full", chat_template=chat,
+        )
     if model_type == "paligemma":
         from transformers import PaliGemmaProcessor, SiglipImageProcessor
 
@@ -182,7 +201,8 @@ def synthetic_rows(num_rows: int, seed: int = 0, split: str = "train") -> dict[s
 
 def tiny_examples(backbone: nn.Module, num_examples: int = 2, seed: int = 0) -> list[dict[str, torch.Tensor]]:
     """``num_examples`` examples of text, one image's placeholders, text, of different lengths (and, on Qwen,
-    images of different sizes; on Idefics3, one or three tiles): each a dict of ``input_ids`` ``[L]`` and the image
+    images of different sizes; on LLaVA-OneVision, 16 x 16 and 16 x 32 images, two and three tiles; on Idefics3,
+    one or three tiles): each a dict of ``input_ids`` ``[L]`` and the image
     inputs of that one example. PaliGemma's are laid out as its processor lays them out (the image, BOS, text) and
     carry ``token_type_ids``: the first text is the prefix (0), the second the suffix (1)."""
     generator = torch.Generator().manual_seed(seed)
@@ -203,6 +223,14 @@ def tiny_examples(backbone: nn.Module, num_examples: int = 2, seed: int = 0) -> 
             types = torch.cat([torch.zeros(n + 1 + len(before), dtype=torch.long), torch.ones(len(after), dtype=torch.long)])
             pixels = torch.randn(1, 3, LLAVA_IMAGE_SIZE, LLAVA_IMAGE_SIZE, generator=generator)
             examples.append({"input_ids": ids, "pixel_values": pixels, "token_type_ids": types})
+            continue
+        if model_type == "llava_onevision":
+            height, width = (16, 16 + 16 * (i % 2))
+            tiles = 2 + i % 2  # the base image and the grid's tiles
+            n = tiny_processor(model_type)._get_number_of_features(height, width, LLAVA_IMAGE_SIZE, LLAVA_IMAGE_SIZE)
+            ids = torch.cat([before, torch.full((n,), IMAGE), after])
+            pixels = torch.randn(1, tiles, 3, LLAVA_IMAGE_SIZE, LLAVA_IMAGE_SIZE, generator=generator)
+            examples.append({"input_ids": ids, "pixel_values": pixels, "image_sizes": torch.tensor([[height, width]]), "batch_num_images": torch.tensor([1])})
             continue
         if model_type == "idefics3":
             tiles = 1 + 2 * (i % 2)

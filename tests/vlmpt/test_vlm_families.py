@@ -1,5 +1,5 @@
-"""PaliGemma (a prefix LM: ``token_type_ids``) and Idefics3 / SmolVLM (image tiles, ``pixel_attention_mask``, the
-connector's pixel shuffle) on tiny random models: prompted logits against hand-built float64 references (masks and
+"""PaliGemma (a prefix LM: ``token_type_ids``), Idefics3 / SmolVLM (image tiles, ``pixel_attention_mask``, the
+connector's pixel shuffle) and LLaVA-OneVision (anyres tiles, ``image_sizes``) on tiny random models: prompted logits against hand-built float64 references (masks and
 positions written out here), cached generation against the plain decode, padding, one training step, save / load,
 the three methods and the data through each model's own processor."""
 
@@ -15,7 +15,7 @@ from promptcore.errors import UnsupportedModelError, UserError
 from vlmpt.data import IGNORE, VLMDataConfig, VLMEncoder
 from vlmpt.synthetic import IMAGE, collate_examples, synthetic_rows, tiny_backbone, tiny_examples, tiny_processor
 
-FAMILIES = ("paligemma", "idefics3")
+FAMILIES = ("paligemma", "idefics3", "llava_onevision")
 N = 3
 
 
@@ -68,7 +68,7 @@ def reference_logits(
         cache = DynamicCache()
         for i, (key, value) in enumerate(prefix):
             cache.update(key, value, i)
-    language_model = bb.model.language_model if paligemma else bb.model.text_model
+    language_model = bb.model.text_model if bb.config.model_type == "idefics3" else bb.model.language_model
     hidden = language_model(inputs_embeds=x, position_ids=positions, attention_mask=mask, cache=cache, use_cache=prefix is not None).last_hidden_state
     return bb.lm_head(hidden)[0, x.shape[1] - embeds.shape[1] :]
 
@@ -222,9 +222,18 @@ def test_data_through_each_processor():
     logits = model(**batch)
     alone = model(**as64(collate_examples(examples[1:], "left", 0)))[0]
     torch.testing.assert_close(logits[1, batch["attention_mask"][1] == 1], alone, rtol=0, atol=1e-10)
+    # LLaVA-OneVision: anyres, the base image and the best grid's tiles, placeholders unpadded to the aspect ratio
+    enc = VLMEncoder(tiny_processor("llava_onevision"), cfg)
+    examples = [enc.encode({**rows[0], "image": synthetic_rows(1)["image"][0].resize(size)}, "row") for size in ((32, 16), (16, 16))]
+    assert [e["pixel_values"].shape[1] for e in examples] == [3, 2] and examples[0]["image_sizes"].tolist() == [[16, 32]]
+    batch = as64(collate_examples(examples, "left", 0))
+    model = wrap(tiny_backbone("llava_onevision").double(), vlmpt.VLMPromptTuningConfig(num_tokens=2, init_std=1.0)).double()
+    logits = model(**batch)
+    alone = model(**as64(collate_examples(examples[1:], "left", 0)))[0]
+    torch.testing.assert_close(logits[1, batch["attention_mask"][1] == 1], alone, rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("family, task", [("paligemma", "classify"), ("idefics3", "generate")])
+@pytest.mark.parametrize("family, task", [("paligemma", "classify"), ("idefics3", "generate"), ("llava_onevision", "generate")])
 def test_the_command_line_trains_evaluates_and_answers_from_the_prompt_folder(family, task, tmp_path, capsys):
     from vlmpt.cli import main
 
