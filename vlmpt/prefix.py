@@ -119,5 +119,5 @@ class VLMPrefixModel(VLMPromptedModel):
 
 register_method(
     "vlm_prefix", VLMPrefixConfig, VLMPrefixModel, kind="text",
-    summary="prefix tuning (deep prompts) in the language model of LLaVA / Qwen2-VL / Qwen2.5-VL / PaliGemma / Idefics3",
+    summary="prefix tuning (deep prompts) in the language model of LLaVA (-OneVision) / Qwen2-VL / Qwen2.5-VL / PaliGemma / Idefics3",
 )

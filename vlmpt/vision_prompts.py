@@ -2,7 +2,7 @@
 language model.
 
 The tower must be a ViT that :mod:`vpt` sees as tokens (:func:`vpt.backbones.token_backbone`: LLaVA's
-``CLIPVisionModel``, PaliGemma's ``SiglipVisionModel``; its width, depth, layers and prefix tokens are read there,
+``CLIPVisionModel``, LLaVA-OneVision's and PaliGemma's ``SiglipVisionModel``; its width, depth, layers and prefix tokens are read there,
 never assumed). As :mod:`vpt.model` places them, ``num_tokens`` prompts go right after the prefix (class) token before the first encoder layer
 (``deep: false``, VPT-shallow), or fresh ones before every layer, replacing the previous layer's prompt outputs
 (``deep: true``, VPT-deep). The tower's own code runs every layer; the prompts enter through forward pre-hooks on
@@ -102,7 +102,7 @@ class VLMVisionPromptModel(VLMPromptedModel):
         except UnsupportedModelError:
             raise UnsupportedModelError(
                 f"the vision tower of {type(backbone).__name__} ({type(tower).__name__}) is not a ViT that VPT prompts can "
-                f"extend{REFUSED.get(type(tower).__name__, '')}; vlm_vpt supports LLaVA's CLIP and PaliGemma's SigLIP towers. "
+                f"extend{REFUSED.get(type(tower).__name__, '')}; vlm_vpt supports the CLIP and SigLIP towers of LLaVA, LLaVA-OneVision and PaliGemma. "
                 f"Use vlm_prompt_tuning or vlm_prefix (prompts in the language model)"
             ) from None
         generator = torch.Generator().manual_seed(config.seed)
@@ -173,5 +173,5 @@ class VLMVisionPromptModel(VLMPromptedModel):
 
 register_method(
     "vlm_vpt", VLMVisionPromptConfig, VLMVisionPromptModel, kind="text",
-    summary="VPT-shallow / VPT-deep in the vision tower of LLaVA or PaliGemma, with optional prompt rows in its language model",
+    summary="VPT-shallow / VPT-deep in the vision tower of LLaVA (-OneVision) or PaliGemma, with optional prompt rows in its language model",
 )
