@@ -9,9 +9,10 @@ decoded image (a ``datasets`` ``Image`` feature) or the path of an image file, r
 
 Each row becomes (:class:`VLMEncoder`): the user turn ``[image, template text]`` put through
 ``processor.apply_chat_template`` with the generation prompt (a processor without a chat template: the image token,
-a space, the text), then the processor on that text and the image (which expands the image placeholders), then the
-answer as the tokenizer alone tokenizes it, and the tokenizer's EOS token. ``labels`` are ``-100`` on everything
-before the answer; the model masks padding and image placeholder rows as well (:meth:`vlmpt.VLMPromptedModel.targets`).
+a space, the text; the family's :attr:`vlmpt.families.Family.text_layout`), then the processor on that text and the
+image (which expands the image placeholders), then the answer as the tokenizer alone tokenizes it, and the
+tokenizer's EOS token. ``labels`` are ``-100`` on everything before the answer (a prefix LM's ``token_type_ids``, as
+PaliGemma's processor returns them, 1 on the answer: its suffix); the model masks padding and image placeholder rows as well (:meth:`vlmpt.VLMPromptedModel.targets`).
 Rows are encoded when the trainer asks for them (:class:`VLMExamples`), so images are never all in memory at once.
 With ``data.max_length``, an over-long example's answer is cut (keeping its EOS) and a row whose input alone leaves no
 room for an answer is refused; one pass over the rows before training (``datasets.map``, batched) counts the cut
@@ -204,7 +205,8 @@ def references(value: Any, where: str) -> list[str]:
 
 class VLMEncoder:
     """Turns a row into an example: ``input_ids``, ``labels`` (``-100`` before the answer), the image inputs the
-    processor returns (``pixel_values``, and ``image_grid_thw`` on Qwen) and, with references, ``prompt_ids`` (the
+    processor returns (``pixel_values``, and ``image_grid_thw`` on Qwen, ``pixel_attention_mask`` on Idefics3,
+    ``image_sizes`` on LLaVA-OneVision), PaliGemma's ``token_type_ids`` and, with references, ``prompt_ids`` (the
     input without its answer) and ``answers`` (every reference).
 
     Args:
@@ -341,7 +343,7 @@ def collate_examples(examples: list[dict[str, Any]], padding_side: str = "left",
     """A batch of examples as a processor returns one: ``input_ids`` and ``attention_mask`` padded on
     ``padding_side`` (``labels`` padded with ``-100``, PaliGemma's ``token_type_ids`` with 0; ``prompt_ids`` likewise
     into ``prompt_ids`` / ``prompt_mask``), image inputs concatenated (Qwen's patches and grids) or stacked (LLaVA's
-    images; Idefics3's tiles, zero-padded to the most tiles), ``answers`` as a list."""
+    images; the tiles of Idefics3 and LLaVA-OneVision, zero-padded to the most tiles), ``answers`` as a list."""
 
     def pad(key: str, value: int) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(e[key]) for e in examples)
@@ -370,9 +372,10 @@ def collate_examples(examples: list[dict[str, Any]], padding_side: str = "left",
 
 
 def _zero_padded(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """``tensors`` padded with zeros at the end of every dimension but the first to the largest size: Idefics3's
-    ``[1, tiles, 3, H, W]`` pixels and ``[1, tiles, H, W]`` pixel masks of examples with different tile counts (the
-    model drops all-zero tiles, as its image processor pads a batch). Tensors of one shape are returned as they are."""
+    """``tensors`` padded with zeros at the end of every dimension but the first to the largest size: the
+    ``[1, tiles, 3, H, W]`` pixels of examples with different tile counts, as the image processors pad a batch
+    (Idefics3 drops all-zero tiles and their ``[1, tiles, H, W]`` pixel masks, LLaVA-OneVision reads each image's
+    tile count from its ``image_sizes``). Tensors of one shape are returned as they are."""
     shapes = {tuple(t.shape[1:]) for t in tensors}
     if len(shapes) == 1:
         return tensors

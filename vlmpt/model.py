@@ -231,7 +231,8 @@ class VLMPromptedModel(PromptedModel):
         logits = self(**batch)[:, :-1]
         targets = self.targets(batch)
         if not bool((targets != IGNORE).any()):
-            raise UserError("the batch has no target token: every label is -100, padding or an image placeholder")
+            prefix = " or prefix (token_type_ids 0; mark the answer 1, as the processor does with suffix=...)" if self.family.prefix_lm else ""
+            raise UserError(f"the batch has no target token: every label is -100, padding or an image placeholder{prefix}")
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
 
     def metric_names(self) -> tuple[str, ...]:
