@@ -13,10 +13,11 @@ a space, the text; the family's :attr:`vlmpt.families.Family.text_layout`), then
 image (which expands the image placeholders), then the answer as the tokenizer alone tokenizes it, and the
 tokenizer's EOS token. ``labels`` are ``-100`` on everything before the answer (a prefix LM's ``token_type_ids``, as
 PaliGemma's processor returns them, 1 on the answer: its suffix); the model masks padding and image placeholder rows
-as well (:meth:`vlmpt.VLMPromptedModel.targets`). Rows are encoded when the trainer asks for them (:class:`VLMExamples`), so images are never all in memory at once.
-With ``data.max_length``, an over-long example's answer is cut (keeping its EOS) and a row whose input alone leaves no
-room for an answer is refused; one pass over the rows before training (``datasets.map``, batched) counts the cut
-rows for a one-line warning and finds a refused row before any model work.
+as well (:meth:`vlmpt.VLMPromptedModel.targets`). Rows are encoded when the trainer asks for them
+(:class:`VLMExamples`), so images are never all in memory at once. With ``data.max_length``, an over-long example's
+answer is cut (keeping its EOS) and a row whose input alone leaves no room for an answer is refused; one pass over
+the rows before training (``datasets.map``, batched) counts the cut rows for a one-line warning and finds a refused
+row before any model work.
 """
 
 from __future__ import annotations
