@@ -136,9 +136,9 @@ class VLMPromptedModel(PromptedModel):
         return {"use_cache": True, cache_argument(self.backbone): generation_cache(kv) if generation else prefix_cache(kv)}
 
     # ----- inputs -----------------------------------------------------------------------------------------------------
-    def split_inputs(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any], torch.Tensor | None]:
-        """``(input_ids, attention_mask, images, token_types)`` of a batch, checked; ``images`` holds the family's
-        image keys, ``token_types`` a prefix LM's ``token_type_ids`` (None: not given, or not a prefix LM)."""
+    def split_inputs(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """``(input_ids, attention_mask, images)`` of a batch, checked; ``images`` holds the family's image keys (a
+        prefix LM's ``token_type_ids``: :meth:`token_types`)."""
         known = (*TEXT_KEYS, *self.family.image_keys, *self.family.derived_keys, *(("token_type_ids",) if self.family.prefix_lm else ()))
         unknown = sorted(set(inputs) - set(known))
         if unknown:
@@ -156,13 +156,19 @@ class VLMPromptedModel(PromptedModel):
             raise UserError(f"attention_mask has shape {tuple(mask.shape)}, input_ids {tuple(input_ids.shape)}; they must match")
         if bool((mask.sum(1) == 0).any()):
             raise UserError("a row of the batch has no real token (attention_mask all 0); drop empty examples")
-        types = inputs.get("token_type_ids")
-        if types is not None and (types.shape != input_ids.shape or bool(((types != 0) & (types != 1)).any())):
+        return input_ids, mask, {k: inputs[k] for k in self.family.image_keys if inputs.get(k) is not None}
+
+    def token_types(self, inputs: dict[str, Any]) -> torch.Tensor | None:
+        """A prefix LM's ``token_type_ids`` of a batch (checked against its ``input_ids``), or None: not given (all
+        prefix), or not a prefix LM (:meth:`split_inputs` refuses the key there)."""
+        types = inputs.get("token_type_ids") if self.family.prefix_lm else None
+        shape = tuple(inputs["input_ids"].shape)
+        if types is not None and (tuple(types.shape) != shape or bool(((types != 0) & (types != 1)).any())):
             raise UserError(
-                f"token_type_ids must be 0 (prefix) or 1 (suffix) per input token, shape {tuple(input_ids.shape)}; got "
-                f"shape {tuple(types.shape)} with values {sorted(set(types.unique().tolist()))}"
+                f"token_type_ids must be 0 (prefix) or 1 (suffix) per input token, shape {shape}; got shape "
+                f"{tuple(types.shape)} with values {sorted(set(types.unique().tolist()))}"
             )
-        return input_ids, mask, {k: inputs[k] for k in self.family.image_keys if inputs.get(k) is not None}, types
+        return types
 
     def pack(self, input_ids: torch.Tensor, mask: torch.Tensor, images: dict[str, Any], token_types: torch.Tensor | None = None) -> Packed:
         """Places the prompt right before each row's first real token and computes the packed positions (after a
@@ -197,8 +203,8 @@ class VLMPromptedModel(PromptedModel):
     def forward(self, **inputs: Any) -> torch.Tensor:
         """Next-token logits ``[B, L, vocab]`` at each input token (``input_ids``, ``attention_mask`` and the
         family's image keys, e.g. ``pixel_values`` and ``image_grid_thw`` as the processor returns them)."""
-        input_ids, mask, images, types = self.split_inputs(inputs)
-        packed = self.pack(input_ids, mask, images, types)
+        input_ids, mask, images = self.split_inputs(inputs)
+        packed = self.pack(input_ids, mask, images, self.token_types(inputs))
         cache = self.cache_inputs(input_ids.shape[0])
         with self.prompted_backbone():
             out = self.backbone(
@@ -308,9 +314,9 @@ class VLMPromptedModel(PromptedModel):
         """
         if max_new_tokens < 1:
             raise UserError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        input_ids, mask, images, types = self.split_inputs(inputs)
+        input_ids, mask, images = self.split_inputs(inputs)
         run = self._generate_cached if use_cache else self._generate_plain
-        tokens, scores = run(input_ids, mask, images, types, max_new_tokens, eos_token_id)
+        tokens, scores = run(input_ids, mask, images, self.token_types(inputs), max_new_tokens, eos_token_id)
         return (tokens, scores) if return_scores else tokens
 
     def _pick(self, logits: torch.Tensor, done: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
