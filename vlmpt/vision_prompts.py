@@ -74,7 +74,8 @@ class VLMVisionPromptModel(VLMPromptedModel):
     """VPT prompts in the vision tower of a frozen vision-language model (and optional language-model prompt rows).
 
     Args:
-        backbone: a supported ``...ForConditionalGeneration`` model whose vision tower is a ViT (LLaVA, LLaVA-OneVision, PaliGemma).
+        backbone: a supported ``...ForConditionalGeneration`` model whose vision tower is a ViT (LLaVA,
+            LLaVA-OneVision, PaliGemma).
         config: the method's config.
         name: the backbone's name recorded in prompt files. Other ``context`` a recipe passes is not used.
 
