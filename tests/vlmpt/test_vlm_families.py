@@ -1,7 +1,8 @@
 """PaliGemma (a prefix LM: ``token_type_ids``), Idefics3 / SmolVLM (image tiles, ``pixel_attention_mask``, the
-connector's pixel shuffle) and LLaVA-OneVision (anyres tiles, ``image_sizes``) on tiny random models: prompted logits against hand-built float64 references (masks and
-positions written out here), cached generation against the plain decode, padding, one training step, save / load,
-the three methods and the data through each model's own processor."""
+connector's pixel shuffle) and LLaVA-OneVision (anyres tiles, ``image_sizes``) on tiny random models: prompted
+logits against hand-built float64 references (masks and positions written out here), cached generation against the
+plain decode, padding, one training step, save / load, the three methods and the data through each model's own
+processor, and the command line."""
 
 from __future__ import annotations
 
