@@ -1,6 +1,6 @@
-"""Prompts for vision-language models (LLaVA, Qwen2-VL, Qwen2.5-VL): soft prompts in the language model, with the
-positions, masks and labels each architecture needs, data through the model's own processor and chat template, and
-answer scoring (docs/vlm.md).
+"""Prompts for vision-language models (LLaVA, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, PaliGemma, Idefics3 /
+SmolVLM): soft prompts in the language model, with the positions, masks and labels each architecture needs, data
+through the model's own processor and chat template, and answer scoring (docs/vlm.md).
 
 Using the package (the first lookup of one of its names) registers its methods (``vlm_prompt_tuning``,
 ``vlm_prefix``, ``vlm_vpt``, ``vlm_coupled``) with :mod:`promptcore.methods`, so ``promptcore.wrap(backbone, VLMPromptTuningConfig(...))``

@@ -37,8 +37,9 @@ How it follows and departs from the papers:
   many as the placeholders), and the interaction is MaPLe's learned projection from language to vision prompts.
   The default ``vision_tokens: 0`` is MaPLe.
 
-Only towers :mod:`vpt` sees as tokens are prompted (LLaVA's CLIP ViT); Qwen2-VL / Qwen2.5-VL's packed, windowed,
-patch-merging towers are refused, as ``vlm_vpt`` refuses them.
+Only towers :mod:`vpt` sees as tokens are prompted (LLaVA's CLIP ViT, LLaVA-OneVision's and PaliGemma's SigLIP; the
+float64 reference tests cover LLaVA); Qwen2-VL / Qwen2.5-VL's packed, windowed, patch-merging towers and Idefics3's
+tiled one are refused, as ``vlm_vpt`` refuses them.
 """
 
 from __future__ import annotations

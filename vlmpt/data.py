@@ -9,13 +9,15 @@ decoded image (a ``datasets`` ``Image`` feature) or the path of an image file, r
 
 Each row becomes (:class:`VLMEncoder`): the user turn ``[image, template text]`` put through
 ``processor.apply_chat_template`` with the generation prompt (a processor without a chat template: the image token,
-a space, the text), then the processor on that text and the image (which expands the image placeholders), then the
-answer as the tokenizer alone tokenizes it, and the tokenizer's EOS token. ``labels`` are ``-100`` on everything
-before the answer; the model masks padding and image placeholder rows as well (:meth:`vlmpt.VLMPromptedModel.targets`).
-Rows are encoded when the trainer asks for them (:class:`VLMExamples`), so images are never all in memory at once.
-With ``data.max_length``, an over-long example's answer is cut (keeping its EOS) and a row whose input alone leaves no
-room for an answer is refused; one pass over the rows before training (``datasets.map``, batched) counts the cut
-rows for a one-line warning and finds a refused row before any model work.
+a space, the text; the family's :attr:`vlmpt.families.Family.text_layout`), then the processor on that text and the
+image (which expands the image placeholders), then the answer as the tokenizer alone tokenizes it, and the
+tokenizer's EOS token. ``labels`` are ``-100`` on everything before the answer (a prefix LM's ``token_type_ids``, as
+PaliGemma's processor returns them, 1 on the answer: its suffix); the model masks padding and image placeholder rows
+as well (:meth:`vlmpt.VLMPromptedModel.targets`). Rows are encoded when the trainer asks for them
+(:class:`VLMExamples`), so images are never all in memory at once. With ``data.max_length``, an over-long example's
+answer is cut (keeping its EOS) and a row whose input alone leaves no room for an answer is refused; one pass over
+the rows before training (``datasets.map``, batched) counts the cut rows for a one-line warning and finds a refused
+row before any model work.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from promptcore.errors import UserError
 from promptcore.recipe import DataBundle
 from promptcore.registry import did_you_mean
 from textpt.sources import SOURCES, DataError, MissingSplitError
+
+from .families import family_of_processor
 
 IGNORE = -100
 FILE_SOURCES = ("hf", "csv", "json", "parquet")
@@ -202,7 +206,8 @@ def references(value: Any, where: str) -> list[str]:
 
 class VLMEncoder:
     """Turns a row into an example: ``input_ids``, ``labels`` (``-100`` before the answer), the image inputs the
-    processor returns (``pixel_values``, and ``image_grid_thw`` on Qwen) and, with references, ``prompt_ids`` (the
+    processor returns (``pixel_values``, and ``image_grid_thw`` on Qwen, ``pixel_attention_mask`` on Idefics3,
+    ``image_sizes`` on LLaVA-OneVision), PaliGemma's ``token_type_ids`` and, with references, ``prompt_ids`` (the
     input without its answer) and ``answers`` (every reference).
 
     Args:
@@ -234,7 +239,9 @@ class VLMEncoder:
         if getattr(self.processor, "chat_template", None):
             messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
             return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return f"{self.processor.image_token} {instruction}"
+        family = family_of_processor(self.processor)
+        layout = family.text_layout if family is not None else "{image} {text}"
+        return layout.format(image=self.processor.image_token, text=instruction)
 
     def prompt(self, image: Any, instruction: str, where: str = "input") -> dict[str, torch.Tensor]:
         """The processor's output for one image and instruction: ``input_ids`` ``[L]`` and the image inputs.
@@ -243,8 +250,11 @@ class VLMEncoder:
             DataError: with ``data.max_length``, an input that leaves no room for an answer token and EOS.
         """
         out = self.processor(text=[self.prompt_text(instruction)], images=[image], return_tensors="pt")
-        example = {k: v for k, v in out.items() if k not in ("attention_mask", "mm_token_type_ids")}
+        # PaliGemma's processor also returns labels of its own (all -100 without a suffix): the answer's are made here.
+        example = {k: v for k, v in out.items() if k not in ("attention_mask", "mm_token_type_ids", "labels")}
         example["input_ids"] = ids = example["input_ids"][0]
+        if "token_type_ids" in example:  # a prefix LM's (PaliGemma): all prefix
+            example["token_type_ids"] = example["token_type_ids"][0]
         limit = self.cfg.max_length
         if limit is not None and len(ids) + 2 > limit:
             image_tokens = int((ids == self.processor.tokenizer.convert_tokens_to_ids(self.processor.image_token)).sum())
@@ -278,6 +288,8 @@ class VLMEncoder:
         answer = torch.tensor(answer_ids, dtype=prompt_ids.dtype)
         example["input_ids"] = torch.cat([prompt_ids, answer])
         example["labels"] = torch.cat([torch.full_like(prompt_ids, IGNORE), answer])
+        if "token_type_ids" in example:  # the answer is a prefix LM's suffix
+            example["token_type_ids"] = torch.cat([example["token_type_ids"], torch.ones_like(answer)])
         if with_references:
             scored = self.cfg.references_column
             example["prompt_ids"] = prompt_ids
@@ -330,9 +342,9 @@ class _CutFlags:
 
 def collate_examples(examples: list[dict[str, Any]], padding_side: str = "left", pad_id: int = 0) -> dict[str, Any]:
     """A batch of examples as a processor returns one: ``input_ids`` and ``attention_mask`` padded on
-    ``padding_side`` (``labels`` padded with ``-100``; ``prompt_ids`` likewise into ``prompt_ids`` /
-    ``prompt_mask``), image inputs concatenated (Qwen's patches and grids) or stacked (LLaVA's images), ``answers``
-    as a list."""
+    ``padding_side`` (``labels`` padded with ``-100``, PaliGemma's ``token_type_ids`` with 0; ``prompt_ids`` likewise
+    into ``prompt_ids`` / ``prompt_mask``), image inputs concatenated (Qwen's patches and grids) or stacked (LLaVA's
+    images; the tiles of Idefics3 and LLaVA-OneVision, zero-padded to the most tiles), ``answers`` as a list."""
 
     def pad(key: str, value: int) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(e[key]) for e in examples)
@@ -351,11 +363,30 @@ def collate_examples(examples: list[dict[str, Any]], padding_side: str = "left",
             batch["labels"] = pad("labels", IGNORE)[0]
         elif key == "prompt_ids":
             batch["prompt_ids"], batch["prompt_mask"] = pad("prompt_ids", pad_id)
+        elif key == "token_type_ids":
+            batch["token_type_ids"] = pad("token_type_ids", 0)[0]
         elif key == "answers":
             batch["answers"] = [e["answers"] for e in examples]
         elif key != "input_ids":
-            batch[key] = torch.cat([e[key] for e in examples])
+            batch[key] = torch.cat(_zero_padded([e[key] for e in examples]))
     return batch
+
+
+def _zero_padded(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``tensors`` padded with zeros at the end of every dimension but the first to the largest size: the
+    ``[1, tiles, 3, H, W]`` pixels of examples with different tile counts, as the image processors pad a batch
+    (Idefics3 drops all-zero tiles and their ``[1, tiles, H, W]`` pixel masks, LLaVA-OneVision reads each image's
+    tile count from its ``image_sizes``). Tensors of one shape are returned as they are."""
+    shapes = {tuple(t.shape[1:]) for t in tensors}
+    if len(shapes) == 1:
+        return tensors
+    size = [max(s[d] for s in shapes) for d in range(len(next(iter(shapes))))]
+    padded = []
+    for t in tensors:
+        out = t.new_zeros(t.shape[0], *size)
+        out[(slice(None), *(slice(0, n) for n in t.shape[1:]))] = t
+        padded.append(out)
+    return padded
 
 
 class VLMCollator:

@@ -11,6 +11,13 @@ Positions, as each model computes them for its own inputs:
 - Qwen2-VL / Qwen2.5-VL: mRoPE's 3-D position ids from the model's own ``get_rope_index`` over the sequence with
   the prompt rows given as text tokens (the prompt shifts every later position by its length); its ``rope_deltas``
   (the gap between the last position and the row count) continue the positions in decode steps.
+- PaliGemma: as LLaVA, counted from 1 (its own convention; its deltas are 1). Its language model is a prefix LM:
+  ``token_type_ids`` 0 (the image, BOS, the instruction; the prompt rows too, which sit before the image) attend to
+  each other in both directions, 1 (the answer, and every generated token) causally.
+- LLaVA-OneVision: as LLaVA. Its image is anyres: the base image and the tiles of the best grid, unpadded to the
+  image's aspect ratio (``image_sizes``), so the number of placeholder rows depends on the image's size.
+- Idefics3 (SmolVLM): as LLaVA. Its image is tiles plus the whole image, each shuffled 2 x 2 (or the configured
+  ``scale_factor``) into its placeholder rows by the model's connector; the prompt sits before all of them.
 """
 
 from __future__ import annotations
@@ -42,6 +49,12 @@ class Family:
         derived_keys: batch keys the processor returns that are recomputed for the sequence with the prompt (from
             its ``input_ids``): accepted and not passed on. Qwen's ``mm_token_type_ids`` marks image rows, which
             the prompt moves.
+        prefix_lm: the language model attends in both directions within the prefix (PaliGemma): batches may carry
+            ``token_type_ids`` (0: prefix, 1: suffix; default all prefix), packed with the prompt rows as prefix and
+            passed on; tokens written after the input are suffix, and only suffix tokens are targets of the loss.
+        processor: the class name of the architecture's processor (data encoding finds the record by it).
+        text_layout: the user turn's text for a processor without a chat template, from the processor's
+            ``image_token`` and the instruction (PaliGemma's processor puts BOS between them itself).
     """
 
     classes: tuple[str, ...]
@@ -49,12 +62,21 @@ class Family:
     positions: PositionFn
     mrope: bool = False
     derived_keys: tuple[str, ...] = ("mm_token_type_ids",)
+    prefix_lm: bool = False
+    processor: str = ""
+    text_layout: str = "{image} {text}"
 
 
 def counted_positions(backbone: nn.Module, ids: torch.Tensor, mask: torch.Tensor, images: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """1-D positions that count unmasked rows (padding gets 0), and zero deltas."""
     positions = (mask.long().cumsum(1) - 1).clamp(min=0)
     return positions, positions.new_zeros(ids.shape[0], 1)
+
+
+def positions_from_one(backbone: nn.Module, ids: torch.Tensor, mask: torch.Tensor, images: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """PaliGemma: :func:`counted_positions` plus one (its first token sits at position 1), and deltas of one."""
+    positions, deltas = counted_positions(backbone, ids, mask, images)
+    return positions + 1, deltas + 1
 
 
 def mrope_positions(backbone: nn.Module, ids: torch.Tensor, mask: torch.Tensor, images: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,9 +89,20 @@ def mrope_positions(backbone: nn.Module, ids: torch.Tensor, mask: torch.Tensor, 
 FAMILIES: Registry[Family] = Registry("vision-language family")
 """Families by the backbone config's ``model_type``."""
 
-FAMILIES.add("llava", Family(("LlavaForConditionalGeneration",), ("pixel_values",), counted_positions))
-FAMILIES.add("qwen2_vl", Family(("Qwen2VLForConditionalGeneration",), ("pixel_values", "image_grid_thw"), mrope_positions, mrope=True))
-FAMILIES.add("qwen2_5_vl", Family(("Qwen2_5_VLForConditionalGeneration",), ("pixel_values", "image_grid_thw"), mrope_positions, mrope=True))
+FAMILIES.add("llava", Family(("LlavaForConditionalGeneration",), ("pixel_values",), counted_positions, processor="LlavaProcessor"))
+FAMILIES.add("qwen2_vl", Family(("Qwen2VLForConditionalGeneration",), ("pixel_values", "image_grid_thw"), mrope_positions, mrope=True, processor="Qwen2VLProcessor"))
+FAMILIES.add("qwen2_5_vl", Family(("Qwen2_5_VLForConditionalGeneration",), ("pixel_values", "image_grid_thw"), mrope_positions, mrope=True, processor="Qwen2_5_VLProcessor"))
+FAMILIES.add("llava_onevision", Family(
+    ("LlavaOnevisionForConditionalGeneration",), ("pixel_values", "image_sizes", "batch_num_images"), counted_positions, processor="LlavaOnevisionProcessor",
+))
+FAMILIES.add("paligemma", Family(("PaliGemmaForConditionalGeneration",), ("pixel_values",), positions_from_one, prefix_lm=True, processor="PaliGemmaProcessor", text_layout="{image}{text}"))
+FAMILIES.add("idefics3", Family(("Idefics3ForConditionalGeneration",), ("pixel_values", "pixel_attention_mask"), counted_positions, processor="Idefics3Processor"))
+
+
+def family_of_processor(processor: Any) -> Family | None:
+    """The :class:`Family` whose processor ``processor`` is (by class name), or None for another processor."""
+    name = type(processor).__name__
+    return next((f for _, f in FAMILIES.items() if f.processor == name), None)
 
 
 def family_of(backbone: nn.Module) -> Family:

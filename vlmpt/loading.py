@@ -26,8 +26,9 @@ class VLMModelConfig:
     Attributes:
         name: ``hf:ORG/NAME`` (a Hugging Face Hub id, e.g. ``hf:Qwen/Qwen2-VL-2B-Instruct``), a local folder written
             by ``save_pretrained``, or ``random:MODEL_TYPE`` (``random:qwen2_vl``, ``random:qwen2_5_vl``,
-            ``random:llava``): a tiny random model (:func:`vlmpt.synthetic.tiny_backbone`, built with
-            ``train.seed``) and its tiny processor (:func:`vlmpt.synthetic.tiny_processor`), for tests and smoke runs.
+            ``random:llava``, ``random:llava_onevision``, ``random:paligemma``, ``random:idefics3``): a tiny random
+            model (:func:`vlmpt.synthetic.tiny_backbone`, built with ``train.seed``) and its tiny processor
+            (:func:`vlmpt.synthetic.tiny_processor`), for tests and smoke runs.
         dtype: the frozen weights' dtype (the prompt stays float32 on a 16-bit model).
         processor: where to load the processor from when it is not next to the model (same forms as ``name``).
         processor_kwargs: keyword arguments of ``AutoProcessor.from_pretrained`` (Qwen: ``{min_pixels: 200704,

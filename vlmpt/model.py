@@ -8,14 +8,15 @@ processor made is untouched, and the model's own code merges the image features 
 Each forward packs ``[pad, prompt, tokens]`` with :func:`textpt.padding.pack_prompt` (left padding whatever the
 input's side, so decode steps append after every row), computes the position ids of the packed sequence with the
 family's position code (Qwen's ``get_rope_index`` with the prompt rows as text tokens) and passes them, so the
-model never infers positions from a cache length or a stale ``rope_deltas`` of its own. Each example gives the
-logits it gives alone, unpadded.
+model never infers positions from a cache length or a stale ``rope_deltas`` of its own. On a prefix LM (PaliGemma)
+it packs the ``token_type_ids`` the same way, the prompt rows being prefix. Each example gives the logits it gives
+alone, unpadded.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -47,7 +48,8 @@ class Packed:
         mask: ``[B, p + S]`` attention mask, its first ``p`` columns (open) the prefix's of a deep method (``p``
             = 0 without one). positions: the family's position ids of the ``S`` rows (``[B, S]`` or ``[3, B, S]``),
             counted after the prefix. token_index: ``[B, L]``, where input token ``j`` landed. deltas: ``[B, 1]``
-            (see :class:`Family`).
+            (see :class:`Family`). extra: further inputs of the backbone's prefill: a prefix LM's ``token_type_ids``
+            ``[B, p + S]`` (the prompt rows, padding and a deep method's prefix are prefix, 0).
     """
 
     embeds: torch.Tensor
@@ -55,6 +57,7 @@ class Packed:
     positions: torch.Tensor
     token_index: torch.Tensor
     deltas: torch.Tensor
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def next_positions(self, family: Family) -> torch.Tensor:
         """The position ids of one more token after every row (``[B, 1]``, or ``[3, B, 1]`` for mRoPE)."""
@@ -134,8 +137,9 @@ class VLMPromptedModel(PromptedModel):
 
     # ----- inputs -----------------------------------------------------------------------------------------------------
     def split_inputs(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-        """``(input_ids, attention_mask, images)`` of a batch, checked; ``images`` holds the family's image keys."""
-        known = (*TEXT_KEYS, *self.family.image_keys, *self.family.derived_keys)
+        """``(input_ids, attention_mask, images)`` of a batch, checked; ``images`` holds the family's image keys (a
+        prefix LM's ``token_type_ids``: :meth:`token_types`)."""
+        known = (*TEXT_KEYS, *self.family.image_keys, *self.family.derived_keys, *(("token_type_ids",) if self.family.prefix_lm else ()))
         unknown = sorted(set(inputs) - set(known))
         if unknown:
             raise UserError(
@@ -154,9 +158,23 @@ class VLMPromptedModel(PromptedModel):
             raise UserError("a row of the batch has no real token (attention_mask all 0); drop empty examples")
         return input_ids, mask, {k: inputs[k] for k in self.family.image_keys if inputs.get(k) is not None}
 
-    def pack(self, input_ids: torch.Tensor, mask: torch.Tensor, images: dict[str, Any]) -> Packed:
+    def token_types(self, inputs: dict[str, Any]) -> torch.Tensor | None:
+        """A prefix LM's ``token_type_ids`` of a batch (checked against its ``input_ids``), or None: not given (all
+        prefix), or not a prefix LM (:meth:`split_inputs` refuses the key there)."""
+        types = inputs.get("token_type_ids") if self.family.prefix_lm else None
+        shape = tuple(inputs["input_ids"].shape)
+        if types is not None and (tuple(types.shape) != shape or bool(((types != 0) & (types != 1)).any())):
+            raise UserError(
+                f"token_type_ids must be 0 (prefix) or 1 (suffix) per input token, shape {shape}; got shape "
+                f"{tuple(types.shape)} with values {sorted(set(types.unique().tolist()))}"
+            )
+        return types
+
+    def pack(self, input_ids: torch.Tensor, mask: torch.Tensor, images: dict[str, Any], token_types: torch.Tensor | None = None) -> Packed:
         """Places the prompt right before each row's first real token and computes the packed positions (after a
-        deep method's prefix, which the family's position code counts as text rows before the sequence)."""
+        deep method's prefix, which the family's position code counts as text rows before the sequence). On a prefix
+        LM, the packed ``token_type_ids`` hold ``token_types`` (default: all prefix) at the tokens' rows and 0 (the
+        prefix) elsewhere: the prompt rows attend, and are attended to, in both directions within the prefix."""
         prompt = self.shallow_prompt(input_ids.shape[0])
         placeholder = self.embedding.weight[self.image_token_id].detach()
         # transformers finds image placeholder rows in inputs_embeds by comparing them with this embedding (in the
@@ -166,22 +184,32 @@ class VLMPromptedModel(PromptedModel):
         embeds, packed_mask, _, token_index = pack_prompt(prompt, self.embedding(input_ids), mask, "left")
         ids = torch.full(packed_mask.shape, self.fill_id, dtype=input_ids.dtype, device=input_ids.device)
         ids.scatter_(1, token_index, input_ids)
+        extra = {}
+        if self.family.prefix_lm:
+            types = torch.zeros_like(ids)
+            if token_types is not None:
+                types.scatter_(1, token_index, token_types.to(types))
+            extra["token_type_ids"] = types
         n = self.num_prefix_tokens
         if n:
             ids = torch.cat([ids.new_full((ids.shape[0], n), self.fill_id), ids], dim=1)
             packed_mask = torch.cat([packed_mask.new_ones(packed_mask.shape[0], n), packed_mask], dim=1)
+            # the model's mask indexes token types by absolute position, the prefix's included
+            extra = {k: torch.cat([v.new_zeros(v.shape[0], n), v], dim=1) for k, v in extra.items()}
         positions, deltas = self.family.positions(self.backbone, ids, packed_mask, images)
-        return Packed(embeds, packed_mask, positions[..., n:], token_index, deltas)
+        return Packed(embeds, packed_mask, positions[..., n:], token_index, deltas, extra)
 
     # ----- forward and loss -------------------------------------------------------------------------------------------
     def forward(self, **inputs: Any) -> torch.Tensor:
         """Next-token logits ``[B, L, vocab]`` at each input token (``input_ids``, ``attention_mask`` and the
         family's image keys, e.g. ``pixel_values`` and ``image_grid_thw`` as the processor returns them)."""
         input_ids, mask, images = self.split_inputs(inputs)
-        packed = self.pack(input_ids, mask, images)
+        packed = self.pack(input_ids, mask, images, self.token_types(inputs))
         cache = self.cache_inputs(input_ids.shape[0])
         with self.prompted_backbone():
-            out = self.backbone(inputs_embeds=packed.embeds, attention_mask=packed.mask, position_ids=packed.positions, **cache, **images)
+            out = self.backbone(
+                inputs_embeds=packed.embeds, attention_mask=packed.mask, position_ids=packed.positions, **packed.extra, **cache, **images
+            )
         logits = out.logits
         return logits.gather(1, packed.token_index.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
 
@@ -190,7 +218,8 @@ class VLMPromptedModel(PromptedModel):
 
         ``labels`` (default: ``input_ids``) with ``-100`` on what the user masks (the instruction); padding and
         image placeholder rows are masked here, and a token after padding is no target (the first token of a
-        sequence is never predicted). The prompt has no labels: it is not part of the input.
+        sequence is never predicted). On a prefix LM only suffix tokens (``token_type_ids`` 1) are targets: a prefix
+        token is seen by the tokens before it. The prompt has no labels: it is not part of the input.
         """
         input_ids = batch["input_ids"]
         mask = batch.get("attention_mask", torch.ones_like(input_ids))
@@ -198,6 +227,8 @@ class VLMPromptedModel(PromptedModel):
         if labels.shape != input_ids.shape:
             raise UserError(f"labels have shape {tuple(labels.shape)}, input_ids {tuple(input_ids.shape)}; give one label per input token (-100: no loss)")
         keep = (mask == 1) & (input_ids != self.image_token_id) & (labels != IGNORE)
+        if self.family.prefix_lm:
+            keep &= batch.get("token_type_ids", torch.zeros_like(input_ids)) == 1
         keep[:, 1:] &= mask[:, :-1] == 1
         return torch.where(keep, labels, IGNORE)[:, 1:]
 
@@ -206,7 +237,8 @@ class VLMPromptedModel(PromptedModel):
         logits = self(**batch)[:, :-1]
         targets = self.targets(batch)
         if not bool((targets != IGNORE).any()):
-            raise UserError("the batch has no target token: every label is -100, padding or an image placeholder")
+            prefix = " or prefix (token_type_ids 0; mark the answer 1, as the processor does with suffix=...)" if self.family.prefix_lm else ""
+            raise UserError(f"the batch has no target token: every label is -100, padding or an image placeholder{prefix}")
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
 
     def metric_names(self) -> tuple[str, ...]:
@@ -248,15 +280,20 @@ class VLMPromptedModel(PromptedModel):
     @torch.no_grad()
     def class_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, class_ids: list[list[int]], **images: Any) -> torch.Tensor:
         """``[B, C]``: for each class, the summed log-probability of its tokens ``class_ids[c]`` written right after
-        each (left-padded) input, images as the family takes them."""
+        each (left-padded) input, images (and a prefix LM's ``token_type_ids``) as the family takes them; on a
+        prefix LM the class words are the suffix."""
         if not bool(attention_mask[:, -1].all()):
             raise UserError("class_scores takes left-padded inputs (every row's last token real); pad on the left (tokenizer.padding_side = 'left')")
         width = input_ids.shape[1]
+        # a prefix LM's input (its token_type_ids, if given, are all prefix) is followed by the class words as suffix
+        given = images.pop("token_type_ids", None) if self.family.prefix_lm else None
+        prefix = torch.zeros_like(input_ids) if given is None else given
         scores = []
         for ids in class_ids:
             word = torch.tensor(ids, dtype=input_ids.dtype, device=input_ids.device).expand(input_ids.shape[0], -1)
             mask = torch.cat([attention_mask, attention_mask.new_ones(word.shape)], dim=1)
-            logits = self(input_ids=torch.cat([input_ids, word], dim=1), attention_mask=mask, **images)
+            types = {"token_type_ids": torch.cat([prefix, torch.ones_like(word)], dim=1)} if self.family.prefix_lm else {}
+            logits = self(input_ids=torch.cat([input_ids, word], dim=1), attention_mask=mask, **types, **images)
             logp = upcast(logits[:, width - 1 : -1]).log_softmax(-1)
             scores.append(logp.gather(-1, word.unsqueeze(-1)).squeeze(-1).sum(1))
         return torch.stack(scores, dim=1)
@@ -279,7 +316,7 @@ class VLMPromptedModel(PromptedModel):
             raise UserError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         input_ids, mask, images = self.split_inputs(inputs)
         run = self._generate_cached if use_cache else self._generate_plain
-        tokens, scores = run(input_ids, mask, images, max_new_tokens, eos_token_id)
+        tokens, scores = run(input_ids, mask, images, self.token_types(inputs), max_new_tokens, eos_token_id)
         return (tokens, scores) if return_scores else tokens
 
     def _pick(self, logits: torch.Tensor, done: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
@@ -293,11 +330,15 @@ class VLMPromptedModel(PromptedModel):
         done |= token == eos_token_id
         return token
 
-    def _generate_cached(self, input_ids: torch.Tensor, mask: torch.Tensor, images: dict[str, Any], steps: int, eos: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-        packed = self.pack(input_ids, mask, images)
+    def _generate_cached(
+        self, input_ids: torch.Tensor, mask: torch.Tensor, images: dict[str, Any], types: torch.Tensor | None, steps: int, eos: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        packed = self.pack(input_ids, mask, images, types)
         cache = self.cache_inputs(input_ids.shape[0], generation=True)
         with self.prompted_backbone():
-            out = self.backbone(inputs_embeds=packed.embeds, attention_mask=packed.mask, position_ids=packed.positions, **cache, **images)
+            out = self.backbone(
+                inputs_embeds=packed.embeds, attention_mask=packed.mask, position_ids=packed.positions, **packed.extra, **cache, **images
+            )
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         new: list[torch.Tensor] = []
         scores: list[torch.Tensor] = []
@@ -307,6 +348,7 @@ class VLMPromptedModel(PromptedModel):
             if len(new) == steps or bool(done.all()):
                 break
             token = new[-1]
+            # A decode step attends causally (a prefix LM's new tokens are suffix): the model takes no token types here.
             positions = packed.next_positions(self.family)
             packed.mask = torch.cat([packed.mask, packed.mask.new_ones(packed.mask.shape[0], 1)], dim=1)
             out = self.backbone(
@@ -314,14 +356,19 @@ class VLMPromptedModel(PromptedModel):
             )
         return torch.stack(new, dim=1), torch.stack(scores, dim=1)
 
-    def _generate_plain(self, input_ids: torch.Tensor, mask: torch.Tensor, images: dict[str, Any], steps: int, eos: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _generate_plain(
+        self, input_ids: torch.Tensor, mask: torch.Tensor, images: dict[str, Any], types: torch.Tensor | None, steps: int, eos: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.family.prefix_lm and types is None:
+            types = torch.zeros_like(input_ids)
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         new: list[torch.Tensor] = []
         scores: list[torch.Tensor] = []
         while True:
             ids = torch.cat([input_ids, *[t[:, None] for t in new]], dim=1)
             full_mask = torch.cat([mask, mask.new_ones(mask.shape[0], len(new))], dim=1)
-            logits = self(input_ids=ids, attention_mask=full_mask, **images)
+            written = {} if types is None else {"token_type_ids": torch.cat([types, types.new_ones(types.shape[0], len(new))], dim=1)}
+            logits = self(input_ids=ids, attention_mask=full_mask, **written, **images)
             # The last real token of each row: with right padding it is not the last column.
             last = (full_mask.cumsum(1) == full_mask.sum(1, keepdim=True)).long().argmax(1)
             scores.append(logits[torch.arange(ids.shape[0]), last])

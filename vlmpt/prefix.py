@@ -11,7 +11,9 @@ are the family's position code run on the sequence with ``num_tokens`` text rows
 (:meth:`vlmpt.VLMPromptedModel.pack`): on LLaVA 1-D positions from ``num_tokens``, on Qwen2-VL / Qwen2.5-VL the
 mRoPE ids ``get_rope_index`` gives that sequence, exactly where the shallow prompt of ``vlm_prompt_tuning`` of the
 same length puts the input. A prefix holding the keys and values that a shallow prompt's rows have in each layer
-therefore gives the shallow prompt's outputs (the tests check it in float64).
+therefore gives the shallow prompt's outputs on a causal language model (the tests check it in float64). On
+PaliGemma's prefix LM the prefix positions are prefix tokens too (token type 0), but fixed keys and values: unlike
+shallow prompt rows, they do not see the image.
 """
 
 from __future__ import annotations
@@ -119,5 +121,5 @@ def row_key_values(model: VLMPromptedModel, embeds: torch.Tensor) -> KeyValues:
 
 register_method(
     "vlm_prefix", VLMPrefixConfig, VLMPrefixModel, kind="text",
-    summary="prefix tuning (deep prompts) in the language model of LLaVA / Qwen2-VL / Qwen2.5-VL",
+    summary="prefix tuning (deep prompts) in the language model of LLaVA (-OneVision) / Qwen2-VL / Qwen2.5-VL / PaliGemma / Idefics3",
 )

@@ -71,5 +71,5 @@ class VLMPromptTuningModel(VLMPromptedModel):
 
 register_method(
     "vlm_prompt_tuning", VLMPromptTuningConfig, VLMPromptTuningModel, kind="text",
-    summary="prompt tuning in the language model of LLaVA / Qwen2-VL / Qwen2.5-VL",
+    summary="prompt tuning in the language model of LLaVA (-OneVision) / Qwen2-VL / Qwen2.5-VL / PaliGemma / Idefics3",
 )

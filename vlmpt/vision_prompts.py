@@ -2,8 +2,8 @@
 language model.
 
 The tower must be a ViT that :mod:`vpt` sees as tokens (:func:`vpt.backbones.token_backbone`: LLaVA's
-``CLIPVisionModel``; its width, depth, layers and prefix tokens are read there, never assumed). As :mod:`vpt.model`
-places them, ``num_tokens`` prompts go right after the prefix (class) token before the first encoder layer
+``CLIPVisionModel``, LLaVA-OneVision's and PaliGemma's ``SiglipVisionModel``; its width, depth, layers and prefix tokens are read there,
+never assumed). As :mod:`vpt.model` places them, ``num_tokens`` prompts go right after the prefix (class) token before the first encoder layer
 (``deep: false``, VPT-shallow), or fresh ones before every layer, replacing the previous layer's prompt outputs
 (``deep: true``, VPT-deep). The tower's own code runs every layer; the prompts enter through forward pre-hooks on
 its layers, and a forward hook on the tower takes the prompt rows out of every hidden state it returns, so the
@@ -11,8 +11,8 @@ model's feature selection (``vision_feature_layer``, the class token dropped) an
 they were built for, and the number of image features still matches the image placeholders. The hooks are on only
 while the prompted model runs the backbone: the backbone alone stays the frozen model.
 
-Qwen2-VL / Qwen2.5-VL's towers are not ViTs of that kind (patches packed with ``cu_seqlens``, windowed attention in
-Qwen2.5-VL, 2 x 2 patch merging after the last layer): they are refused.
+SigLIP has no class token: there the prompts go first. Qwen2-VL / Qwen2.5-VL's and Idefics3's towers are not ViTs of
+that kind: they are refused with the reason (:data:`REFUSED`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,16 @@ from promptcore.errors import UnsupportedModelError, UserError
 from textpt.config import trainable_dtype
 
 from .model import VLMPromptedModel
+
+REFUSED = {
+    "Qwen2VisionTransformerPretrainedModel": " (patches of all images packed into one sequence with cu_seqlens, 2 x 2 patch merging after the last layer)",
+    "Qwen2_5_VisionTransformerPretrainedModel": " (patches packed with cu_seqlens, windowed attention, 2 x 2 patch merging after the last layer)",
+    "Idefics3VisionTransformer": (
+        " (each of an image's tiles is masked patch by patch with a pixel attention mask, and the connector's pixel "
+        "shuffle folds a fixed square grid of patch outputs into the image tokens)"
+    ),
+}
+"""Why a vision tower :mod:`vpt` does not take cannot hold VPT prompts, by its class name."""
 
 
 @dataclass
@@ -64,7 +74,8 @@ class VLMVisionPromptModel(VLMPromptedModel):
     """VPT prompts in the vision tower of a frozen vision-language model (and optional language-model prompt rows).
 
     Args:
-        backbone: a supported ``...ForConditionalGeneration`` model whose vision tower is a ViT (LLaVA).
+        backbone: a supported ``...ForConditionalGeneration`` model whose vision tower is a ViT (LLaVA,
+            LLaVA-OneVision, PaliGemma).
         config: the method's config.
         name: the backbone's name recorded in prompt files. Other ``context`` a recipe passes is not used.
 
@@ -122,12 +133,12 @@ def prompt_tower(backbone: nn.Module, name: str, method: str) -> Any:
     """The vision tower of ``backbone`` seen as tokens (:func:`vpt.backbones.token_backbone`), for ``method``.
 
     Raises:
-        UnsupportedModelError: a tower :mod:`vpt` cannot see as tokens (Qwen2-VL / Qwen2.5-VL's), naming the
+        UnsupportedModelError: a tower :mod:`vpt` cannot see as tokens (Qwen2-VL / Qwen2.5-VL's, Idefics3's: :data:`REFUSED`), naming the
             methods that work without one.
     """
     from vpt.backbones import token_backbone
 
-    tower = getattr(backbone.model, "vision_tower", None) or getattr(backbone.model, "visual", None)
+    tower = next((getattr(backbone.model, a) for a in ("vision_tower", "visual", "vision_model") if hasattr(backbone.model, a)), None)
     try:
         if not isinstance(tower, nn.Module):
             raise UnsupportedModelError("no vision tower")
@@ -135,7 +146,8 @@ def prompt_tower(backbone: nn.Module, name: str, method: str) -> Any:
     except UnsupportedModelError:
         raise UnsupportedModelError(
             f"the vision tower of {type(backbone).__name__} ({type(tower).__name__}) is not a ViT that VPT prompts can "
-            f"extend; {method} supports LLaVA's CLIP tower. Use vlm_prompt_tuning or vlm_prefix (prompts in the language model)"
+            f"extend{REFUSED.get(type(tower).__name__, '')}; {method} supports the CLIP and SigLIP towers of LLaVA, "
+            f"LLaVA-OneVision and PaliGemma. Use vlm_prompt_tuning or vlm_prefix (prompts in the language model)"
         ) from None
 
 
@@ -179,5 +191,5 @@ def tower_prompts(tower: Any, prompts: Sequence[torch.Tensor]) -> Iterator[None]
 
 register_method(
     "vlm_vpt", VLMVisionPromptConfig, VLMVisionPromptModel, kind="text",
-    summary="VPT-shallow / VPT-deep in the vision tower of LLaVA, with optional prompt rows in its language model",
+    summary="VPT-shallow / VPT-deep in the vision tower of LLaVA (-OneVision) or PaliGemma, with optional prompt rows in its language model",
 )

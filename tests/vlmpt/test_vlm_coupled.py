@@ -137,7 +137,7 @@ def test_a_trained_coupled_prompt_saves_and_loads_bitwise(tmp_path):
 
 
 def test_towers_that_are_not_vits_too_deep_and_bad_configs_are_refused():
-    with pytest.raises(UnsupportedModelError, match=r"the vision tower of Qwen2VLForConditionalGeneration .* vlm_coupled supports LLaVA's CLIP tower"):
+    with pytest.raises(UnsupportedModelError, match=r"the vision tower of Qwen2VLForConditionalGeneration .* \(patches of all images packed .*\); vlm_coupled supports the CLIP and SigLIP towers"):
         wrap(tiny_backbone("qwen2_vl"), vlmpt.VLMCoupledConfig(depth=1))
     with pytest.raises(UserError, match=r"depth: 3 is more than the layers of .* \(2 in the language model, 2 in the vision tower\); use at most 2"):
         wrap(tiny_backbone("llava"), vlmpt.VLMCoupledConfig(depth=3))
