@@ -174,7 +174,8 @@ def check_same_frozen_weights(model: nn.Module, params: list[nn.Parameter], worl
     frozen = [(n, t) for n, t in [*model.named_parameters(), *model.named_buffers()] if id(t) not in prompt_ids]
     if not frozen:
         return
-    sums = torch.stack([t.detach().double().sum() if t.is_floating_point() else t.detach().sum().double() for _, t in frozen])
+    # .to(float64), not .double(): an nf4 weight stored from float64 returns itself from .double(), which it cannot sum
+    sums = torch.stack([t.detach().to(torch.float64).sum() if t.is_floating_point() else t.detach().sum().double() for _, t in frozen])
     low, high = sums.clone(), sums.clone()
     dist.all_reduce(low, op=dist.ReduceOp.MIN)
     dist.all_reduce(high, op=dist.ReduceOp.MAX)
