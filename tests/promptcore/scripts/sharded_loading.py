@@ -42,7 +42,7 @@ CASES = {
 # The nf4 cases (QLoRA's 4-bit weights; FSDP2 shards them, DDP leaves them whole): a random float64 Llama (the run
 # then equals the 1-process one to rounding) whose linear weights hold whole nf4 scale blocks on each of 2 processes
 # (256 x 256: 4 blocks), built whole on every process (no sharded loading).
-NF4_KWARGS = "model.kwargs={hidden_size: 256, intermediate_size: 512, num_hidden_layers: 1, num_attention_heads: 4, max_position_embeddings: 128, initializer_range: 0.3}"
+NF4_KWARGS = "model.kwargs={hidden_size: 256, intermediate_size: 512, num_hidden_layers: 2, num_attention_heads: 4, max_position_embeddings: 128, initializer_range: 0.3}"
 NF4 = ["model.quantization=nf4", "model.dtype=float64", NF4_KWARGS, "data.num_samples=64"]
 
 
