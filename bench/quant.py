@@ -103,7 +103,8 @@ def fsdp_row(name: str, processes: int, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--standalone", "--nproc_per_node", str(processes), __file__, "--fsdp-child", name, str(out)]
-    subprocess.run(cmd, check=True, capture_output=True, text=True, env={**child_env(), "OMP_NUM_THREADS": "1"})
+    # Counted bytes do not depend on the device: the processes run on the CPU (gloo) on a GPU machine too.
+    subprocess.run(cmd, check=True, capture_output=True, text=True, env={**child_env(), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(processes)]
     local = max(r["local_bytes"] for r in ranks)
     return {"processes": processes, "local_bytes": local, "fp32_bytes": ranks[0]["fp32_bytes"]}
