@@ -7,6 +7,7 @@ and DDP."""
 import copy
 import importlib.util
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -139,3 +140,13 @@ def test_quantized_models_are_not_built_for_sharded_loading():
     assert not uses_sharded_loading("fsdp", FSDPConfig(), 2, "nf4")
     with pytest.raises(UserError, match="sharded_loading: true, but model.quantization: nf4 quantizes the whole model on every process"):
         uses_sharded_loading("fsdp", FSDPConfig(sharded_loading=True), 2, "nf4")
+
+
+@needs_torchao
+def test_the_cli_refuses_an_nf4_model_too_small_for_its_blocks_in_one_line(capsys):
+    from textpt.cli import main
+
+    smoke = Path(__file__).resolve().parents[2] / "configs/smoke/textpt_tiny.yaml"
+    assert main(["train", "-c", str(smoke), "--set", "model.quantization=nf4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: model.quantization: nf4 stores weights in blocks of 64 x 256") and "Traceback" not in "".join(err)
