@@ -150,3 +150,14 @@ def test_the_cli_refuses_an_nf4_model_too_small_for_its_blocks_in_one_line(capsy
     assert main(["train", "-c", str(smoke), "--set", "model.quantization=nf4"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: model.quantization: nf4 stores weights in blocks of 64 x 256") and "Traceback" not in "".join(err)
+
+
+@needs_torchao
+def test_an_nf4_model_is_not_built_for_sharded_loading(monkeypatch):
+    import textpt
+    from textpt.config import TextModelConfig
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with textpt.sharded_loading(), pytest.raises(UserError, match="nf4 quantizes the whole model on every process .* cannot be built for sharded loading"):
+        textpt.load_model_and_tokenizer(TextModelConfig(name="random:llama", kwargs=NF4_LLAMA, quantization="nf4"))
