@@ -316,8 +316,9 @@ def check_shardable_weights(model: nn.Module, mode: str, world_size: int = 1) ->
         )
         raise UserError(
             f"train.distributed: {mode} shards {shards}, and this model's frozen weights are {found} "
-            f"(model.quantization / model.device_map); use model.quantization: nf4 under train.distributed: fsdp or "
-            f"ddp, or quantization / a device map in one process (train.distributed: auto)"
+            f"(model.quantization / model.device_map); use model.quantization: nf4 under train.distributed: fsdp, any "
+            f"quantization under ddp (each process holds the whole model), or a device map in one process "
+            f"(train.distributed: auto)"
         )
     for name in sorted(nf4):
         weight = model.get_parameter(name)

@@ -125,7 +125,7 @@ def test_the_sharding_engines_take_nf4_and_refuse_what_they_cannot_shard():
     check_shardable_weights(nf4, "fsdp", 2)  # 256 rows, 2 scale blocks: one each
     with pytest.raises(UserError, match=r"fsdp cannot shard the nf4 weight 0.weight \(256, 128\) over 4 processes.*\(2 blocks\)"):
         check_shardable_weights(nf4, "fsdp", 4)
-    with pytest.raises(UserError, match=r"deepspeed shards plain float weights \(ZeRO-3 flattens .*quantized \(NF4Tensor\).*nf4 under train.distributed: fsdp or ddp"):
+    with pytest.raises(UserError, match=r"deepspeed shards plain float weights \(ZeRO-3 flattens .*quantized \(NF4Tensor\).*nf4 under train.distributed: fsdp, any quantization under ddp"):
         check_shardable_weights(nf4, "deepspeed")
     int8 = nn.Sequential(nn.Linear(64, 64))
     quantize_(int8, Int8WeightOnlyConfig())
