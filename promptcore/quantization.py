@@ -78,7 +78,10 @@ def quantize_nf4(model: nn.Module, keep: Iterable[nn.Module] = ()) -> int:
         UserError: torchao is not installed, or no linear layer of ``model`` has a weight nf4 can store.
     """
     require_quant_library("nf4")
-    from torchao.quantization import to_nf4
+    try:  # where torchao 0.18 has it
+        from torchao.quantization import to_nf4
+    except ImportError:  # older torchao releases, which the prompttune[quant] extra allows
+        from torchao.dtypes import to_nf4
 
     kept = {id(m) for k in keep for m in k.modules()}
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and id(m) not in kept]
