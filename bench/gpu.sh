@@ -57,8 +57,9 @@ run vlm_speed $PY bench/vlm_speed.py --shape llava_7b --dtype bfloat16 --repeats
 run packing $PY bench/packing.py --batches $((REPEATS * 4)) --batch 32 --dtype bfloat16 --write "$OUT"
 run compile $PY bench/compile.py --size real --steps 30 --warmup 5 --mixed-precision bf16 --write "$OUT"
 run clip_text_speed $PY bench/clip_text_speed.py --repeats "$REPEATS" --device cuda --write "$OUT"
-# frozen-weight bytes of fp32 / int8 / int4 on a random Llama of SmolLM2-135M shapes (no download needed)
-run quant $PY bench/quant.py --random --write "$OUT"
+# frozen-weight bytes of fp32 / int8 / int4 / nf4 on a random Llama of SmolLM2-135M shapes (no download needed), and
+# per process with nf4 under FSDP over 2 processes (counted bytes; those processes run on the CPU)
+run quant $PY bench/quant.py --random --fsdp 2 --write "$OUT"
 # vLLM fed textpt prompts as prompt_embeds: greedy outputs vs textpt's generate, tokens/s vs plain token prompts (needs prompttune[vllm])
 run vllm_check $PY bench/vllm_check.py --write "$OUT"
 echo "figures appended to $OUT"

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .memory import tensor_bytes
 
 @dataclass
 class FSDPConfig:
@@ -173,7 +174,8 @@ def check_same_frozen_weights(model: nn.Module, params: list[nn.Parameter], worl
     frozen = [(n, t) for n, t in [*model.named_parameters(), *model.named_buffers()] if id(t) not in prompt_ids]
     if not frozen:
         return
-    sums = torch.stack([t.detach().double().sum() if t.is_floating_point() else t.detach().sum().double() for _, t in frozen])
+    # .to(float64), not .double(): an nf4 weight stored from float64 returns itself from .double(), which it cannot sum
+    sums = torch.stack([t.detach().to(torch.float64).sum() if t.is_floating_point() else t.detach().sum().double() for _, t in frozen])
     low, high = sums.clone(), sums.clone()
     dist.all_reduce(low, op=dist.ReduceOp.MIN)
     dist.all_reduce(high, op=dist.ReduceOp.MAX)
@@ -290,16 +292,58 @@ def whole_modules(model: nn.Module, names: list[str]) -> list[nn.Module]:
     return found
 
 
-def check_plain_weights(model: nn.Module, mode: str) -> None:
-    """Raises a :class:`UserError` when ``model``'s frozen weights are quantized or placed by a device map: the
-    sharding engines (``mode``) partition plain float weights."""
+def check_shardable_weights(model: nn.Module, mode: str, world_size: int = 1) -> None:
+    """Raises a :class:`UserError` when the sharding engine ``mode`` (``fsdp``, ``deepspeed``) cannot partition
+    ``model``'s frozen weights over ``world_size`` processes.
+
+    FSDP2 shards plain float weights and torchao's ``NF4Tensor`` (``model.quantization: nf4``), whose type carries
+    FSDP2's all-gather hooks (``fsdp_pre_all_gather`` / ``fsdp_post_all_gather``: the 4-bit data and its scales
+    travel, and each process holds its rows' share of them); an nf4 weight needs rows and scale blocks that divide
+    evenly among the processes. Other quantized types (torchao's int8, optimum-quanto's int4) have no such hooks,
+    DeepSpeed's ZeRO-3 flattens weights into float partitions and takes no quantized type, and a model spread by a
+    device map is already placed.
+    """
+    from .quantization import NF4_WEIGHTS_PER_SCALE, is_nf4
+
     placed = getattr(model, "backbone_is_placed", lambda: False)()
-    if placed or any(type(p.detach()) is not torch.Tensor for p in model.parameters()):
-        raise UserError(
-            f"train.distributed: {mode} shards plain float weights, and this model's frozen weights are quantized or "
-            f"spread by a device map (model.quantization / model.device_map); use one or the other: {mode} over "
-            f"several processes, or quantization / a device map in one process (train.distributed: auto)"
+    quantized = {n: type(p.detach()).__name__ for n, p in model.named_parameters() if type(p.detach()) is not torch.Tensor}
+    nf4 = {n for n, p in model.named_parameters() if is_nf4(p.detach())}
+    if placed or (quantized and (mode != "fsdp" or set(quantized) != nf4)):
+        found = "spread by a device map" if placed else f"quantized ({', '.join(sorted(set(quantized.values())))})"
+        shards = (
+            "plain float weights and nf4 weights (model.quantization: nf4)" if mode == "fsdp"
+            else "plain float weights (ZeRO-3 flattens each into float partitions, which no quantized type survives)"
         )
+        raise UserError(
+            f"train.distributed: {mode} shards {shards}, and this model's frozen weights are {found} "
+            f"(model.quantization / model.device_map); use model.quantization: nf4 under train.distributed: fsdp, any "
+            f"quantization under ddp (each process holds the whole model), or a device map in one process "
+            f"(train.distributed: auto)"
+        )
+    for name in sorted(nf4):
+        weight = model.get_parameter(name)
+        if weight.shape[0] % world_size or weight.numel() % (NF4_WEIGHTS_PER_SCALE * world_size):
+            raise UserError(
+                f"train.distributed: fsdp cannot shard the nf4 weight {name} {tuple(weight.shape)} over {world_size} "
+                f"processes: each needs a whole number of its rows and of its {NF4_WEIGHTS_PER_SCALE}-value scale blocks "
+                f"({weight.numel() // NF4_WEIGHTS_PER_SCALE} blocks); launch a number of processes that divides both, or "
+                f"use train.distributed: ddp"
+            )
+
+
+def on_mesh_device(model: nn.Module, device: torch.device) -> None:
+    """Moves ``model``'s nf4 weights to ``device``, the device FSDP2 takes from its mesh (``cpu``, without an index).
+
+    torchao's ``NF4Tensor`` keeps the index of the device it was moved to (``cpu:0``, a CPU process's device), where
+    a plain tensor drops it; FSDP2 then finds the weight on another device and moves it itself, as a new
+    ``nn.Parameter`` that requires a gradient, which the frozen 4-bit weight cannot have.
+    """
+    from .quantization import is_nf4
+
+    for module in model.modules():
+        for name, p in list(module.named_parameters(recurse=False)):
+            if is_nf4(p) and p.device != device:
+                torch.utils.swap_tensors(p, nn.Parameter(p.to(device), requires_grad=False))
 
 
 def shard_model(root: nn.Module, model: nn.Module, config: FSDPConfig, world_size: int, device: torch.device) -> list[nn.Module]:
@@ -308,7 +352,7 @@ def shard_model(root: nn.Module, model: nn.Module, config: FSDPConfig, world_siz
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 
-    check_plain_weights(model, "fsdp")
+    check_shardable_weights(model, "fsdp", world_size)
     if config.cpu_offload and device.type != "cuda":
         raise UserError(
             f"train.fsdp.cpu_offload: the processes already run on the {device.type}; it offloads GPU weights to "
@@ -316,6 +360,7 @@ def shard_model(root: nn.Module, model: nn.Module, config: FSDPConfig, world_siz
         )
     units = shard_units(model, config.block_classes)
     mesh = init_device_mesh(device.type, (world_size,))
+    on_mesh_device(model, torch.device("cpu") if device.type == "cpu" else device)
     offload = CPUOffloadPolicy() if config.cpu_offload else OffloadPolicy()
     # Left whole on every process: the prompts, scalar weights (CLIP's logit_scale), which FSDP cannot shard, and
     # the modules the config keeps whole.
@@ -328,14 +373,9 @@ def shard_model(root: nn.Module, model: nn.Module, config: FSDPConfig, world_siz
 
 
 def local_bytes(tensors: Any) -> int:
-    """Bytes this process holds of ``tensors`` (its shard of a sharded one)."""
-    from torch.distributed.tensor import DTensor
-
-    total = 0
-    for t in tensors:
-        local = t.to_local() if isinstance(t, DTensor) else t
-        total += local.numel() * local.element_size()
-    return total
+    """Bytes this process holds of ``tensors`` (its shard of a sharded one; the 4-bit data and scales of an nf4
+    one): :func:`promptcore.memory.tensor_bytes`."""
+    return tensor_bytes(tensors)
 
 
 # ----- sharded loading -----------------------------------------------------------------------------------------------
@@ -344,10 +384,20 @@ SHARDED_LOADING_ATTR = "promptcore_sharded_loading"
 meta device on every other process (:func:`textpt.sharded_loading`). :func:`load_sharded` fills in the others."""
 
 
-def uses_sharded_loading(distributed: str, fsdp: FSDPConfig, world_size: int) -> bool:
+def uses_sharded_loading(distributed: str, fsdp: FSDPConfig, world_size: int, quantization: str | None = None) -> bool:
     """Whether a loader should build the model of a run for sharded loading: ``train.distributed: fsdp`` over
-    several processes with ``train.fsdp.sharded_loading`` ``auto`` or ``true``."""
-    return distributed == "fsdp" and world_size > 1 and fsdp.sharded_loading in (True, "auto")
+    several processes with ``train.fsdp.sharded_loading`` ``auto`` or ``true``, and frozen weights that are not
+    quantized (``model.quantization``): every process quantizes the whole model, then FSDP shards it.
+
+    Raises:
+        UserError: ``train.fsdp.sharded_loading: true`` with a ``quantization``.
+    """
+    if quantization is not None and fsdp.sharded_loading is True and distributed == "fsdp":
+        raise UserError(
+            f"train.fsdp.sharded_loading: true, but model.quantization: {quantization} quantizes the whole model on every "
+            f"process before FSDP shards it; set train.fsdp.sharded_loading: auto or false"
+        )
+    return distributed == "fsdp" and world_size > 1 and fsdp.sharded_loading in (True, "auto") and quantization is None
 
 
 def loads_sharded(model: nn.Module) -> bool:

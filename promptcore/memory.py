@@ -32,11 +32,15 @@ def available_memory() -> int | None:
 def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
     """The bytes ``tensors`` hold (meta tensors included: their shapes and dtypes say it). A wrapper tensor subclass
     counts the inner tensors it holds, since its own ``element_size()`` is that of the dtype it stands for: a torchao
-    quantized weight its data, scales and zero points; a DTensor this process's shard."""
+    quantized weight its data, scales and zero points; a DTensor this process's shard (itself quantized, for a sharded
+    nf4 weight: the inner tensors of the shard)."""
     total = 0
     for t in tensors:
-        inner = [getattr(t, name) for name in t.__tensor_flatten__()[0]] if hasattr(t, "__tensor_flatten__") else [t]
-        total += sum(x.numel() * x.element_size() for x in inner)
+        if hasattr(t, "__tensor_flatten__"):
+            inner = [getattr(t, name) for name in t.__tensor_flatten__()[0]]
+            total += tensor_bytes(x for x in inner if isinstance(x, torch.Tensor))  # a DTensor also names its mesh
+        else:
+            total += t.numel() * t.element_size()
     return total
 
 

@@ -85,7 +85,7 @@ class TextRecipe:
 
         cfg = self.resolve_config(cfg)
         world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
-        with sharded_loading(uses_sharded_loading(cfg.train.distributed, cfg.train.fsdp, world_size)):
+        with sharded_loading(uses_sharded_loading(cfg.train.distributed, cfg.train.fsdp, world_size, cfg.model.quantization)):
             try:
                 backbone, tokenizer = load_model_and_tokenizer(cfg.model)
             except TypeError as e:

@@ -75,8 +75,9 @@ class TextModelConfig:
             runs (several processes shard with ``train.distributed: fsdp``). See docs/big_models.md.
         offload_folder: where the weights that ``device_map`` sends to ``disk`` are kept; needed when it does.
         quantization: ``int8`` or ``int4`` stores the frozen linear layers' weights in that many bits (weight-only:
-            activations, prompts and heads stay in ``dtype``), through the ``prompttune[quant]`` extra; ``None``:
-            weights in ``dtype``.
+            activations, prompts and heads stay in ``dtype``), through the ``prompttune[quant]`` extra; ``nf4``
+            stores them in QLoRA's 4-bit NormalFloat (torchao), the LM head and embeddings left in ``dtype``, and is
+            the kind ``train.distributed: fsdp`` shards; ``None``: weights in ``dtype``.
     """
 
     name: str
@@ -90,7 +91,7 @@ class TextModelConfig:
     pooling: PoolingName = "auto"
     device_map: str | dict[str, str | int] | None = None
     offload_folder: str | None = None
-    quantization: Literal["int8", "int4"] | None = None
+    quantization: Literal["int8", "int4", "nf4"] | None = None
 
     def __post_init__(self) -> None:
         if not is_registered_task(self.task):
@@ -113,7 +114,9 @@ class TextModelConfig:
             model_type, kwargs = self.name.removeprefix("random:").strip(), self.kwargs
             library_check(lambda: check_config_kwargs(model_type, kwargs))  # imports transformers
         check_placement(self.device_map, self.offload_folder)
-        if self.name.startswith("random:") and (self.device_map is not None or self.quantization is not None):
+        # nf4 converts the built model's linear layers (textpt.loading), random ones too; the other kinds and device
+        # maps are transformers' loading options.
+        if self.name.startswith("random:") and (self.device_map is not None or self.quantization not in (None, "nf4")):
             key = "device_map" if self.device_map is not None else "quantization"
             raise UserError(
                 f"{key}: applies to weights loaded from a folder, and {self.name} builds its model in memory; "

@@ -17,7 +17,7 @@ from promptcore.errors import UserError
 from promptcore.hub import hub_access, offline_hint
 from promptcore.memory import check_fits, module_bytes
 from promptcore.registry import did_you_mean
-from promptcore.quantization import int8_weight_only, quanto_int4, require_quant_library
+from promptcore.quantization import int8_weight_only, quantize_nf4, quanto_int4, require_quant_library
 
 from .config import POOLING_ATTR, TextModelConfig
 from .synthetic import SYNTHETIC_WORDS
@@ -214,6 +214,8 @@ def load_model_and_tokenizer(cfg: TextModelConfig) -> tuple[nn.Module, Any]:
 
     if not is_placed(model):  # a placed or quantized model keeps its weights where and as they were loaded
         model = model.to(dtype)
+    if cfg.quantization == "nf4":
+        quantize_nf4_model(model)
     check_prompt_ready(model, cfg.name)
     if _SHARDED_LOADING.get():
         setattr(model, SHARDED_LOADING_ATTR, True)
@@ -238,7 +240,7 @@ def placement_kwargs(cfg: TextModelConfig) -> dict[str, Any]:
         kwargs["device_map"] = cfg.device_map
         if cfg.offload_folder is not None:
             kwargs["offload_folder"] = cfg.offload_folder
-    if cfg.quantization is not None:
+    if cfg.quantization not in (None, "nf4"):  # nf4 converts the loaded model (quantize_nf4_model)
         kwargs["quantization_config"] = quantization_config(cfg.quantization)
         if cfg.device_map is None and torch.cuda.is_available():
             # quantized weights are not cast or moved after loading: load them onto the run's GPU
@@ -266,6 +268,23 @@ def quantization_config(kind: str):
         return transformers.TorchAoConfig(int8_weight_only())
     require_quant_library(kind)
     return quanto_int4()
+
+
+def quantize_nf4_model(model: nn.Module) -> None:
+    """Stores ``model``'s linear weights in nf4 (:func:`promptcore.quantization.quantize_nf4`), in place; the LM head
+    (the output embeddings) stays in the model's dtype, as QLoRA leaves it, and so do the embeddings (not linear).
+
+    Raises:
+        UserError: torchao is not installed, no linear weight fits nf4's blocks, or the model is being built for
+            sharded loading (its weights are not on this process).
+    """
+    if _SHARDED_LOADING.get():
+        raise UserError(
+            "model.quantization: nf4 quantizes the whole model on every process before FSDP shards it, so it cannot be "
+            "built for sharded loading; set train.fsdp.sharded_loading: auto or false (or load outside textpt.sharded_loading())"
+        )
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    quantize_nf4(model, keep=[head] if isinstance(head, nn.Module) else [])
 
 
 def is_placed(model: nn.Module) -> bool:

@@ -42,7 +42,9 @@ class BackboneConfig:
             that a config setting it, as a text model's may, is told what to use instead: ``train.distributed: fsdp``
             shards the frozen backbone over several processes; ``quantization`` shrinks it).
         quantization: ``int8`` stores the weights of the frozen linear layers in 8 bits (torchao's weight-only
-            int8, through the ``prompttune[quant]`` extra; prompts and heads stay full precision). ``None``: as built.
+            int8, through the ``prompttune[quant]`` extra; prompts and heads stay full precision); ``nf4`` in QLoRA's
+            4-bit NormalFloat (torchao's ``NF4Tensor``; layers whose weight size is not a multiple of 16384 stay as
+            built), the kind ``train.distributed: fsdp`` shards. ``None``: as built.
     """
 
     name: str = "timm:vit_base_patch16_224.augreg_in21k"
@@ -50,7 +52,7 @@ class BackboneConfig:
     checkpoint: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     device_map: str | dict[str, str | int] | None = None
-    quantization: Literal["int8"] | None = None
+    quantization: Literal["int8", "nf4"] | None = None
 
     def __post_init__(self) -> None:
         family, sep, rest = self.name.partition(":")

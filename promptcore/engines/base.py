@@ -183,7 +183,7 @@ class Engine:
                 levers.append("train.gradient_checkpointing: true")
             if not self.shards_weights:
                 levers.append("train.distributed: fsdp over several processes (shards the frozen weights)")
-            levers.append("model.dtype: bfloat16 or model.quantization: int8 for the frozen weights")
+            levers.append("model.dtype: bfloat16 or model.quantization: int8 or nf4 for the frozen weights")
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"out of memory in training step {step} ({rows} rows in this process): {first}; lower it with " + "; ".join(levers)) from None
 

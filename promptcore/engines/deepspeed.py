@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..distributed import StepModule, check_plain_weights, require_deepspeed, shard_units, zero3_config
+from ..distributed import StepModule, check_shardable_weights, require_deepspeed, shard_units, zero3_config
 from ..errors import UserError
 from ..fingerprint import FINGERPRINT_KEY
 from .base import Engine, reset_accelerate_state
@@ -31,7 +31,7 @@ def prepare_deepspeed(accelerator: Any, step: StepModule, optimizer: torch.optim
     from deepspeed.utils import set_z3_leaf_modules_by_name
 
     model = step.model
-    check_plain_weights(model, "deepspeed")
+    check_shardable_weights(model, "deepspeed")
     # Prompt files record the backbone's weights fingerprint; read it now, while the weights are whole.
     fingerprint = model.backbone_fingerprint() if hasattr(model, "backbone_fingerprint") else None
     if fingerprint is not None:

@@ -2,7 +2,8 @@
 processes build it on the meta device and receive only their shards. One 2-process torchrun launch (gloo) of
 scripts/sharded_loading.py trains a random Llama (rotary buffers), a random GPT-2 (tied embeddings) and a Llama read
 from a ``save_pretrained`` folder, each with and without sharded loading; the prompts, the recorded backbone
-fingerprints and what each process allocated while the model was set up are compared here.
+fingerprints and what each process allocated while the model was set up are compared here. The same launch trains a
+float64 Llama with nf4 weights (``model.quantization: nf4``) under FSDP2 and DDP, compared with the 1-process run.
 """
 
 from __future__ import annotations
@@ -155,3 +156,73 @@ def test_sharded_loading_builds_on_the_meta_device_on_other_ranks_only(monkeypat
     with textpt.sharded_loading():  # one process: built as usual
         backbone, _ = textpt.load_model_and_tokenizer(cfg.model)
     assert not loads_sharded(backbone) and backbone.device.type == "cpu"
+
+
+@pytest.fixture(scope="module")
+def nf4_one_process(tmp_path_factory):
+    """The nf4 cases' run in one process with the global batch of two (twice the per-process batch): the model's
+    frozen parameters (per name, before training) and the run folder."""
+    from promptcore import Trainer, load_config
+    from promptcore.recipe import resolve_config
+    from promptcore.trainer import seed_everything
+    from textpt.cli import TextRecipe
+    from textpt.run_config import TextRunConfig
+
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        from sharded_loading import COMMON, CONFIG, NF4
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    run = tmp_path_factory.mktemp("nf4_one") / "run"
+    recipe = TextRecipe()
+    overrides = [o for o in [*COMMON, *NF4] if not o.startswith("train.distributed=")] + ["train.batch_size=32"]
+    cfg = resolve_config(recipe, load_config(TextRunConfig, CONFIG, overrides))
+    seed_everything(cfg.train.seed)
+    model = recipe.build_model(cfg)
+    data = recipe.build_data(cfg, model)
+    frozen = {n: p for n, p in model.named_parameters() if not p.requires_grad}
+    Trainer(model, cfg.train, data.train, data.eval, data.collate_fn, run_dir=run).fit()
+    return frozen, run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["fsdp", "ddp"])
+def test_nf4_weights_train_the_prompts_of_one_process_under_fsdp_and_ddp(launched, nf4_one_process, engine):
+    _, one = nf4_one_process
+    for folder in ("last", "best"):
+        got = load_file(launched / "runs" / f"nf4_{engine}" / folder / "prompts.safetensors")
+        expected = load_file(one / folder / "prompts.safetensors")
+        assert got.keys() == expected.keys()
+        for key in expected:
+            assert got[key].dtype == torch.float64
+            torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6, msg=lambda m: f"{engine} {folder} {key}: {m}")
+
+
+def _shard_bytes(weight: torch.Tensor, rank: int, world: int) -> int:
+    """The bytes FSDP2 gives ``rank`` of the whole ``weight``: its piece of each of an nf4 weight's sharded inner
+    tensors (torchao shards the 4-bit data and both levels of scales; the absmax mean and the 16-value table stay
+    whole), or its ``torch.chunk`` piece of a plain one."""
+    from promptcore.memory import tensor_bytes
+    from promptcore.quantization import is_nf4
+
+    if is_nf4(weight):
+        sharded = ("quantized_data", "quantized_scalers", "quantization_factor")
+        inner = weight.__tensor_flatten__()[0]
+        return sum(tensor_bytes([getattr(weight, n)]) // world for n in sharded) + tensor_bytes(getattr(weight, n) for n in inner if n not in sharded)
+    return tensor_bytes([torch.chunk(weight, world)[rank]])
+
+
+@pytest.mark.slow
+def test_fsdp_holds_its_share_of_the_nf4_weights_on_each_process(launched, nf4_one_process):
+    from promptcore.memory import tensor_bytes
+
+    whole, _ = nf4_one_process
+    nf4_whole = tensor_bytes(whole.values())
+    for rank in range(2):
+        fsdp = json.loads((launched / "runs" / "nf4_fsdp" / f"rank{rank}.json").read_text())
+        ddp = json.loads((launched / "runs" / "nf4_ddp" / f"rank{rank}.json").read_text())
+        assert fsdp["local_by_name"] == {n: _shard_bytes(w, rank, 2) for n, w in whole.items()}
+        assert ddp["local"] == nf4_whole  # DDP: the whole nf4 model on every process
+        # The count every process makes of the float64 model it stands for, and what it holds of it under FSDP.
+        assert fsdp["full"] == sum(w.numel() * 8 for w in whole.values())
+        assert fsdp["local"] == sum(fsdp["local_by_name"].values()) < 0.51 * nf4_whole

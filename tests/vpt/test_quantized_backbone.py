@@ -1,6 +1,8 @@
 """``model.quantization: int8`` on vision backbones (torchao's weight-only int8 on every linear layer): prompts train
-through it, the VPT-deep fast path equals the plain path on it, and a device map is refused with the alternative."""
+through it, the VPT-deep fast path equals the plain path on it, and a device map is refused with the alternative.
+``nf4`` (torchao's NF4Tensor): the fast path on it equals the plain path on its dequantized weights in float64."""
 
+import copy
 import dataclasses
 import json
 import importlib.util
@@ -93,3 +95,27 @@ def test_quantized_weights_record_no_fingerprint():
     assert backbone_fingerprint(model) is not None
     quantize_(model, Int8WeightOnlyConfig())
     assert backbone_fingerprint(model) is None  # reading int8 weights as floats fails (and would not compare)
+
+
+def test_nf4_vision_backbone_equals_its_dequantized_weights_in_float64_on_the_fast_path():
+    from promptcore.quantization import is_nf4, quantize_linear_weights
+
+    kwargs = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 128, "num_heads": 4}  # weights of 128 x 128 and up
+    built = create_model(vpt.BackboneConfig("timm:vit_base_patch16_224", pretrained=False, quantization="nf4", kwargs=kwargs))
+    linears = [m for m in built.blocks.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(is_nf4(m.weight) for m in linears)
+    cfg = dict(method="vpt_deep", num_tokens=3, num_classes=5)
+    torch.manual_seed(0)
+    plain = create_model(vpt.BackboneConfig("timm:vit_base_patch16_224", pretrained=False, kwargs=kwargs))
+    reference = vpt.wrap(plain, VPTConfig(fast="off", **cfg)).to(torch.float64)
+    fast = vpt.wrap(copy.deepcopy(plain), VPTConfig(fast="auto", **cfg)).to(torch.float64)
+    # Quantized in float64 (a cast after quantizing would dequantize: NF4Tensor.to(dtype) is the float weight).
+    quantize_linear_weights(fast.backbone, "nf4")
+    assert is_nf4(fast.backbone.blocks[0].attn.qkv.weight)
+    reference.backbone.load_state_dict({n: t.get_original_weight() if is_nf4(t) else t for n, t in fast.backbone.state_dict().items()})
+    fast.load_prompt_state_dict(reference.prompt_state_dict())
+    assert fast.fast
+    x = images(dtype=torch.float64)
+    torch.testing.assert_close(fast(x), reference(x), rtol=1e-10, atol=1e-10)
+    torch.nn.functional.cross_entropy(fast(x), torch.tensor([0, 1, 2])).backward()
+    assert fast.prompts.weight.grad.abs().sum() > 0 and all(p.grad is None for p in fast.backbone.parameters())

@@ -7,8 +7,9 @@ FOLDER is a tiny Llama written by ``save_pretrained`` (a checkpoint read from di
 each ``train.fsdp.sharded_loading`` (``false``, ``true``) it writes the run to OUT_DIR/CASE_MODE (prompt folders on
 rank 0) and OUT_DIR/CASE_MODE/rank{R}.json: the peak of the bytes of tensor storage allocated from the start of
 the model's build to the end of the trainer's set-up, the data's left out (``setup_peak``), the whole frozen model's bytes (``full``) and the
-bytes this process holds of it after the set-up (``local``). The ``llama`` case with sharded loading runs through
-the ``textpt train`` command line; the others through the same calls in Python.
+bytes this process holds of it after the set-up (``local``; ``local_by_name`` per parameter). The ``llama`` case with sharded loading runs through
+the ``textpt train`` command line; the others through the same calls in Python. First, OUT_DIR/nf4_fsdp and
+OUT_DIR/nf4_ddp: a Llama with ``model.quantization: nf4`` under FSDP2 (which shards its 4-bit weights) and DDP.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ CASES = {
     "folder": ["model.name={folder}", "model.kwargs={}"],
     "llama": [],  # last: the command line ends the process group when it returns
 }
+# The nf4 cases (QLoRA's 4-bit weights; FSDP2 shards them, DDP leaves them whole): a random float64 Llama (the run
+# then equals the 1-process one to rounding) whose linear weights hold whole nf4 scale blocks on each of 2 processes
+# (256 x 256: 4 blocks), built whole on every process (no sharded loading).
+NF4_KWARGS = "model.kwargs={hidden_size: 256, intermediate_size: 512, num_hidden_layers: 2, num_attention_heads: 4, max_position_embeddings: 128, initializer_range: 0.3}"
+NF4 = ["model.quantization=nf4", "model.dtype=float64", NF4_KWARGS, "data.num_samples=64"]
 
 
 def allocation_peak(fn, leave_out: str):
@@ -89,6 +95,7 @@ def run_python(overrides: list[str], run_dir: Path) -> dict:
     (model, trainer), peak = allocation_peak(set_up, "data")
     frozen = [p for p in model.parameters() if not p.requires_grad]
     report = {"setup_peak": peak, "full": sum(p.numel() * p.element_size() for p in frozen), "local": local_bytes(frozen)}
+    report["local_by_name"] = {n: local_bytes([p]) for n, p in model.named_parameters() if not p.requires_grad}
     trainer.fit()
     return report
 
@@ -97,6 +104,10 @@ def main_script() -> int:
     out, folder = Path(sys.argv[1]), sys.argv[2]
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
+    for engine in ("fsdp", "ddp"):
+        run_dir = out / f"nf4_{engine}"
+        report = run_python([*COMMON, *NF4, f"train.distributed={engine}"], run_dir)
+        (run_dir / f"rank{rank}.json").write_text(json.dumps(report))
     for case, extra in CASES.items():
         for mode in ("false", "true"):
             run_dir = out / f"{case}_{mode}"
