@@ -25,7 +25,9 @@ raise (torch, transformers, ...) and their progress bars with ``train.progress_b
 ``PROG --help`` and the help of the verbs registered by light modules import no torch: this module and the packages'
 CLI modules import the libraries inside the functions that run a verb, a recipe's ``config_class`` is read only then
 (:class:`promptcore.plugins.Deferred`), and the plugins load in full only once a verb runs (after
-:func:`check_config_input`, so a missing config file is reported at once).
+:func:`check_config_input`, so a missing config file, and for ``train`` and ``eval`` every problem of the run config,
+is reported at once: the run configs, their method configs included, are defined in modules free of torch, see
+:func:`promptcore.methods.declare_method`).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from .config import apply_overrides, load_config, read_yaml
+from .config import apply_overrides, from_dict, load_config, read_yaml
 from .errors import MissingFileError, UserError
 from .plugins import load_plugins
 from .registry import Registry
@@ -291,12 +293,12 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
     train.add_argument("-o", "--output", metavar="RUN_DIR", help="run directory (default: runs/<prog>-<config>-<time>)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last training state")
     train.add_argument("--overwrite", action="store_true", help="replace a run already in RUN_DIR")
-    train.set_defaults(func=lambda a: cmd_train(recipe, a))
+    train.set_defaults(func=lambda a: cmd_train(recipe, a), run_config=True)
 
     ev = sub.add_parser("eval", help="evaluate saved prompts on the config's eval split")
     add_config_args(ev)
     ev.add_argument("--prompts", metavar="DIR", help="prompt folder (a run's best/ or last/); methods with nothing to train need none")
-    ev.set_defaults(func=lambda a: cmd_eval(recipe, a))
+    ev.set_defaults(func=lambda a: cmd_eval(recipe, a), run_config=True)
 
     verbs: dict[str, Command | CommandDeclaration] = {c.name: c for _, c in DECLARED_COMMANDS.items() if c.prog == recipe.prog}
     verbs.update((c.name, c) for _, c in COMMANDS.items() if c.prog == recipe.prog)
@@ -318,7 +320,7 @@ def main(recipe: Recipe, argv: Sequence[str] | None = None) -> int:
     args = build_parser(recipe).parse_args(argv)
     try:
         with one_line_warnings(args.verbose):
-            return _run(args, recipe.prog)
+            return _run(args, recipe)
     finally:
         # A multi-process launch (torchrun, accelerate launch) leaves a process group; tear it down before the
         # interpreter exits, where gloo/NCCL threads killed mid-flight abort the process. None without torch.
@@ -389,22 +391,30 @@ def quiet_library_progress(progress_bar: bool) -> None:
             getattr(sys.modules[module], switch)()
 
 
-def check_config_input(args: argparse.Namespace) -> None:
+def check_config_input(args: argparse.Namespace, recipe: Recipe | None = None) -> None:
     """Reads the ``-c CONFIG`` file and applies the ``--set`` overrides a verb was given, before torch is imported, so
-    a missing file, a file that is not YAML or a malformed override is reported without waiting for it. The values
-    are checked when the verb loads the config: that needs the run config's classes, which import torch."""
-    if getattr(args, "config", None):
-        apply_overrides(read_yaml(args.config), list(getattr(args, "overrides", [])))
+    a missing file, a file that is not YAML or a malformed override is reported without waiting for it.
+
+    For a verb that reads ``recipe``'s run config (``train``, ``eval``: ``run_config`` set in its arguments), the
+    config is validated too, every problem listed at once as :func:`load_run_config` does: its classes import no
+    torch, and a method's config class is found by its declaration (:func:`promptcore.methods.declare_method`)
+    without importing the method. Only the checks that need a library (:func:`promptcore.config.library_check`) import
+    it, once the rest is valid. The verb then loads the config as before."""
+    if not getattr(args, "config", None):
+        return
+    data = apply_overrides(read_yaml(args.config), list(getattr(args, "overrides", [])))
+    if recipe is not None and getattr(args, "run_config", False):
+        from_dict(recipe.config_class, data, str(args.config))
 
 
-def _run(args: argparse.Namespace, prog: str) -> int:
-    """Checks the config input, loads the plugins of ``prog`` in full and runs the verb; known errors become one
-    ``error:`` line and status 2."""
+def _run(args: argparse.Namespace, recipe: Recipe) -> int:
+    """Checks the config input, loads the plugins of ``recipe``'s program in full and runs the verb; known errors
+    become one ``error:`` line and status 2."""
     try:
-        check_config_input(args)
+        check_config_input(args, recipe)
     except UserError as e:
         return _report(e, args.traceback)
-    load_plugins(package=prog)
+    load_plugins(package=recipe.prog)
     from .trainer import NonFiniteLossError, TrainingInterrupted
 
     try:
