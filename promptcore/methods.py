@@ -235,6 +235,13 @@ def _config_class(key: str) -> type | None:
     return None
 
 
+def _declaring_plugins() -> set[str]:
+    """The plugin modules (:mod:`promptcore.plugins`) whose methods are declared: those of a declared method's
+    registering module, and the packages above it."""
+    modules = {d.module for _, d in DECLARED_METHODS.items()}
+    return {".".join(parts[:i]) for parts in (m.split(".") for m in modules) for i in range(1, len(parts))}
+
+
 def _known_names(kind: str) -> list[str]:
     """The method names of ``kind`` that are registered or declared, sorted."""
     declared = [d.name for _, d in DECLARED_METHODS.items() if d.kind == kind]
@@ -268,13 +275,16 @@ class MethodChoice:
         """``(config class, None)`` for the method ``value['method']`` names, else ``(None, error message)``.
 
         A method that is neither registered nor declared yet may come with a plugin (:mod:`promptcore.plugins`):
-        their modules are imported (``lazy``: a package that defers its imports declares its methods, so torch is
-        not imported for this) before the name is refused.
+        their modules are imported (a package that defers its imports declares its methods then), and those that
+        declare none loaded in full, before the name is refused. The toolkit's packages declare theirs, so a name
+        none of them knows is refused without importing torch.
         """
         method = value.get("method", self.default)
         key = method_key(self.kind, str(method))
         if key not in METHODS and key not in DECLARED_METHODS:
             load_plugins(lazy=True)
+        if key not in METHODS and key not in DECLARED_METHODS:
+            load_plugins(skip=_declaring_plugins())
         known = self.names()
         listing = ", ".join(map(repr, known)) or "none registered"
         if method is None:

@@ -1,5 +1,5 @@
 """A quiet, quick start: ``vpt --help``, ``textpt --help`` and ``vlmpt --help`` (and their verbs') and a missing config
-file without importing torch, config errors without importing transformers, torchao or the other packages' plugins;
+file without importing torch, an error of a ``textpt`` run config without importing torch, config errors without importing transformers, torchao or the other packages' plugins;
 warnings as one ``warning:`` line, the libraries' own (and torch's logged notes) only with ``-v``; the libraries'
 progress bars off with ``train.progress_bar: false``."""
 
@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from promptcore.cli import COMMANDS, DECLARED_COMMANDS, LIBRARY_PATHS, one_line_warnings, quiet_library_progress
+from promptcore.methods import DECLARED_METHODS, METHODS
+from promptcore.plugins import load_plugins
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("transformers", "torchao", "textpt", "vlmpt", "open_clip", "timm")
@@ -170,6 +172,41 @@ def test_a_textpt_config_error_comes_without_importing_transformers(problem):
     result, out = probe("train", "-c", "configs/smoke/textpt_tiny.yaml", *problem, prog="textpt")
     assert result["status"] == 2 and not set(result["imported"]) & set(TEXT_HEAVY), out
     assert problem[1].split("=")[0] in out and "Traceback" not in out
+
+
+# What a config error of a run config must not import: torch and the model and data libraries.
+CONFIG_HEAVY = ("torch", "transformers", "datasets", "timm", "open_clip", "PIL")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("problem, message", [
+    ("train.bogus=1", "train.bogus: unknown key for TrainConfig"),
+    ("train.lr=abc", "train.lr: expected a number, found str 'abc'"),
+    ("prompt.bogus=1", "prompt.bogus: unknown key for PromptTuningConfig"),
+    ("prompt.init=bogus", "prompt.init: 'bogus' is not one of"),
+])
+def test_a_textpt_run_config_error_comes_without_importing_torch(problem, message):
+    modules, proc = imported_by([console_script("textpt"), "train", "-c", "configs/smoke/textpt_tiny.yaml", "--set", problem])
+    report = "\n".join(line for line in proc.stderr.splitlines() if not line.startswith("import time:"))
+    assert proc.returncode == 2 and message in report and "Traceback" not in report, report[-2000:]
+    assert report.count("error:") == 1 and report.startswith("error: 1 problem(s)"), report[-2000:]
+    assert not modules & set(CONFIG_HEAVY), sorted(modules & set(CONFIG_HEAVY))
+
+
+def test_the_declared_methods_are_those_their_modules_register():
+    load_plugins(lazy=True)  # the packages declare their methods when imported
+    declared = DECLARED_METHODS.items()
+    assert {k for k, _ in declared} >= {"text:prompt_tuning", "text:prefix", "text:zero_shot"}
+    for key, declaration in declared:
+        importlib.import_module(declaration.module)
+        assert METHODS.get(key).config_class is declaration.config_class(), key
+        assert METHODS.get(key).build.__module__ == declaration.module, key
+    for package in {d.module.split(".")[0] for _, d in declared}:  # a package that declares declares every method
+        module = importlib.import_module(package)
+        for name in module.__all__:  # loads it in full, as load_plugins() does
+            getattr(module, name)
+        registered = {k for k, m in METHODS.items() if m.build.__module__.startswith(package + ".")}
+        assert registered <= set(DECLARED_METHODS.names()), sorted(registered - set(DECLARED_METHODS.names()))
 
 
 def test_a_library_check_runs_once_the_rest_of_the_config_is_valid():
