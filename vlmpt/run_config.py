@@ -13,11 +13,7 @@ from typing import Literal
 from promptcore.errors import UserError
 from promptcore.train_config import TrainConfig
 
-from .data import VLMDataConfig
-from .loading import VLMModelConfig
-from .prefix import VLMPrefixConfig
-from .prompt_tuning import VLMPromptTuningConfig
-from .vision_prompts import VLMVisionPromptConfig
+from .config import VLMDataConfig, VLMModelConfig, VLMPrefixConfig, VLMPromptTuningConfig, VLMVisionPromptConfig
 
 
 @dataclass
