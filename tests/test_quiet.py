@@ -1,5 +1,5 @@
 """A quiet, quick start: ``vpt --help``, ``textpt --help`` and ``vlmpt --help`` (and their verbs') and a missing config
-file without importing torch, an error of a ``textpt`` run config without importing torch, config errors without importing transformers, torchao or the other packages' plugins;
+file without importing torch, an error of a run config (``train -c CONFIG``) without importing torch, config errors without importing transformers, torchao or the other packages' plugins;
 warnings as one ``warning:`` line, the libraries' own (and torch's logged notes) only with ``-v``; the libraries'
 progress bars off with ``train.progress_bar: false``."""
 
@@ -178,15 +178,28 @@ def test_a_textpt_config_error_comes_without_importing_transformers(problem):
 CONFIG_HEAVY = ("torch", "transformers", "datasets", "timm", "open_clip", "PIL")
 
 
+# Each program's config, with the config class of its prompt section and the unknown method's message.
+RUN_CONFIGS = {
+    "textpt": ("configs/smoke/textpt_tiny.yaml", "PromptTuningConfig", "unknown text method 'bogus'"),
+    "vpt": ("configs/smoke/vpt_tiny.yaml", "VPTConfig", "unknown vision method 'bogus'"),
+    "vpt.clip": ("configs/clip/smoke_coop_tiny.yaml", "CoOpConfig", "unknown vision method 'bogus'"),
+    "vlmpt": ("configs/smoke/vlmpt_tiny.yaml", "VLMPromptTuningConfig", "unknown method 'bogus'"),
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("problem, message", [
-    ("train.bogus=1", "train.bogus: unknown key for TrainConfig"),
-    ("train.lr=abc", "train.lr: expected a number, found str 'abc'"),
-    ("prompt.bogus=1", "prompt.bogus: unknown key for PromptTuningConfig"),
-    ("prompt.init=bogus", "prompt.init: 'bogus' is not one of"),
-])
-def test_a_textpt_run_config_error_comes_without_importing_torch(problem, message):
-    modules, proc = imported_by([console_script("textpt"), "train", "-c", "configs/smoke/textpt_tiny.yaml", "--set", problem])
+@pytest.mark.parametrize("problem", ["unknown key", "bad type", "unknown method", "unknown prompt key"])
+@pytest.mark.parametrize("package", RUN_CONFIGS)
+def test_a_run_config_error_comes_without_importing_torch(package, problem):
+    config, prompt_class, unknown_method = RUN_CONFIGS[package]
+    override, message = {
+        "unknown key": ("train.bogus=1", "train.bogus: unknown key for TrainConfig"),
+        "bad type": ("train.lr=abc", "train.lr: expected a number, found str 'abc'"),
+        "unknown method": ("prompt.method=bogus", f"prompt.method: {unknown_method}"),
+        "unknown prompt key": ("prompt.bogus=1", f"prompt.bogus: unknown key for {prompt_class}"),
+    }[problem]
+    prog = package.split(".")[0]
+    modules, proc = imported_by([console_script(prog), "train", "-c", config, "--set", override])
     report = "\n".join(line for line in proc.stderr.splitlines() if not line.startswith("import time:"))
     assert proc.returncode == 2 and message in report and "Traceback" not in report, report[-2000:]
     assert report.count("error:") == 1 and report.startswith("error: 1 problem(s)"), report[-2000:]
@@ -196,7 +209,7 @@ def test_a_textpt_run_config_error_comes_without_importing_torch(problem, messag
 def test_the_declared_methods_are_those_their_modules_register():
     load_plugins(lazy=True)  # the packages declare their methods when imported
     declared = DECLARED_METHODS.items()
-    assert {k for k, _ in declared} >= {"text:prompt_tuning", "text:prefix", "text:zero_shot"}
+    assert {k for k, _ in declared} >= {"text:prompt_tuning", "vision:vpt_deep", "vision:coop", "text:vlm_prefix"}
     for key, declaration in declared:
         importlib.import_module(declaration.module)
         assert METHODS.get(key).config_class is declaration.config_class(), key
