@@ -36,20 +36,6 @@ from .config import PixelMethod, PixelPromptConfig
 from .data import resolve_image_config
 from .heads import TaskLinearHead
 
-def __post_init__(self) -> None:
-        if self.method not in ("pixel_pad", "pixel_fixed_patch", "pixel_random_patch"):
-            raise UserError(f"method: {self.method!r} is not a pixel-prompt method; use 'pixel_pad', 'pixel_fixed_patch' or 'pixel_random_patch'")
-        if not isinstance(self.prompt_size, int) or self.prompt_size <= 0:
-            raise UserError(f"prompt_size: must be a positive number of pixels, got {self.prompt_size!r}")
-        if self.init_scale <= 0:
-            raise UserError(f"init_scale: must be positive, got {self.init_scale!r}")
-        if self.num_classes is not None and self.num_classes <= 0:
-            raise UserError(f"num_classes: must be positive or null, got {self.num_classes!r}")
-        if self.num_tasks <= 0:
-            raise UserError(f"num_tasks: must be a positive integer, got {self.num_tasks!r}")
-        if self.image_size is not None and self.image_size <= 0:
-            raise UserError(f"image_size: must be positive or null, got {self.image_size!r}")
-
 
 def prompt_pixel_index(method: PixelMethod, size: int, height: int, width: int) -> torch.Tensor:
     """Flat (``row * width + col``) positions of the prompted pixels, for a patch at the top-left corner.
