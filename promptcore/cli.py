@@ -25,7 +25,7 @@ raise (torch, transformers, ...) and their progress bars with ``train.progress_b
 ``PROG --help`` and the help of the verbs registered by light modules import no torch: this module and the packages'
 CLI modules import the libraries inside the functions that run a verb, a recipe's ``config_class`` is read only then
 (:class:`promptcore.plugins.Deferred`), and the plugins load in full only once a verb runs (after
-:func:`check_config_input`, so a missing config file, and for ``train`` and ``eval`` every problem of the run config,
+:func:`check_config_input`, so a missing config file, and every problem of the run config of a verb that reads one,
 is reported at once: the run configs, their method configs included, are defined in modules free of torch, see
 :func:`promptcore.methods.declare_method`).
 """
@@ -130,12 +130,15 @@ def register_chosen_verb(prog: str, argv: Sequence[str]) -> None:
 
 
 def add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    """``-c/--config CONFIG`` and repeatable ``--set a.b=value``, as every verb reading a run config takes them."""
+    """``-c/--config CONFIG`` and repeatable ``--set a.b=value``, as every verb reading a run config takes them: the
+    program's run config (its recipe's ``config_class``), which :func:`check_config_input` validates before the verb
+    runs."""
     parser.add_argument("-c", "--config", required=required, metavar="CONFIG", help="run config (YAML)")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
         help="override a config value, e.g. --set train.lr=0.01 (repeatable; values are read as YAML)",
     )
+    parser.set_defaults(run_config=True)
 
 
 def load_run_config(recipe: Recipe, args: argparse.Namespace) -> Any:
@@ -293,12 +296,12 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
     train.add_argument("-o", "--output", metavar="RUN_DIR", help="run directory (default: runs/<prog>-<config>-<time>)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last training state")
     train.add_argument("--overwrite", action="store_true", help="replace a run already in RUN_DIR")
-    train.set_defaults(func=lambda a: cmd_train(recipe, a), run_config=True)
+    train.set_defaults(func=lambda a: cmd_train(recipe, a))
 
     ev = sub.add_parser("eval", help="evaluate saved prompts on the config's eval split")
     add_config_args(ev)
     ev.add_argument("--prompts", metavar="DIR", help="prompt folder (a run's best/ or last/); methods with nothing to train need none")
-    ev.set_defaults(func=lambda a: cmd_eval(recipe, a), run_config=True)
+    ev.set_defaults(func=lambda a: cmd_eval(recipe, a))
 
     verbs: dict[str, Command | CommandDeclaration] = {c.name: c for _, c in DECLARED_COMMANDS.items() if c.prog == recipe.prog}
     verbs.update((c.name, c) for _, c in COMMANDS.items() if c.prog == recipe.prog)
@@ -395,8 +398,8 @@ def check_config_input(args: argparse.Namespace, recipe: Recipe | None = None) -
     """Reads the ``-c CONFIG`` file and applies the ``--set`` overrides a verb was given, before torch is imported, so
     a missing file, a file that is not YAML or a malformed override is reported without waiting for it.
 
-    For a verb that reads ``recipe``'s run config (``train``, ``eval``: ``run_config`` set in its arguments), the
-    config is validated too, every problem listed at once as :func:`load_run_config` does: its classes import no
+    For a verb that reads ``recipe``'s run config (those taking :func:`add_config_args`: ``run_config`` set in its
+    arguments), the config is validated too, every problem listed at once as :func:`load_run_config` does: its classes import no
     torch, and a method's config class is found by its declaration (:func:`promptcore.methods.declare_method`)
     without importing the method. Only the checks that need a library (:func:`promptcore.config.library_check`) import
     it, once the rest is valid. The verb then loads the config as before."""
