@@ -6,8 +6,10 @@ against the field types (``int``, ``float``, ``str``, ``bool``, ``Optional``, ``
 nested dataclasses, unions of dataclasses told apart by ``method``, and registry choices such as
 :func:`promptcore.methods.method_config`), and a dataclass's ``__post_init__`` may raise ``ValueError`` to reject a
 value. All problems are gathered into one :class:`ConfigError`. A check that needs a heavy library (transformers, to
-know a model config's fields) goes through :func:`library_check`: it runs once the rest of the config is valid, so a
-typo elsewhere is reported without loading the library.
+know a model config's fields; torch, through the modules whose registries a name is checked against: the text tasks,
+the vision heads and data sources) goes through :func:`library_check`: it runs once the rest of the config is valid,
+so a typo elsewhere is reported without loading the library. The toolkit's config classes are defined in modules
+free of torch, so a config is validated, and its errors reported, before torch loads.
 """
 
 from __future__ import annotations
