@@ -1,7 +1,7 @@
-"""A quiet, quick start: ``vpt --help``, ``textpt --help`` and ``vlmpt --help`` (and their verbs') and a missing config
-file without importing torch, an error of a run config (``train -c CONFIG``) without importing torch, config errors without importing transformers, torchao or the other packages' plugins;
-warnings as one ``warning:`` line, the libraries' own (and torch's logged notes) only with ``-v``; the libraries'
-progress bars off with ``train.progress_bar: false``."""
+"""A quiet, quick start: ``vpt --help``, ``textpt --help`` and ``vlmpt --help`` (and their verbs'), a missing config
+file and the errors of a run config (``train -c CONFIG``) without importing torch, config errors without importing
+transformers, torchao or the other packages' plugins; warnings as one ``warning:`` line, the libraries' own (and
+torch's logged notes) only with ``-v``; the libraries' progress bars off with ``train.progress_bar: false``."""
 
 from __future__ import annotations
 
