@@ -25,7 +25,9 @@ raise (torch, transformers, ...) and their progress bars with ``train.progress_b
 ``PROG --help`` and the help of the verbs registered by light modules import no torch: this module and the packages'
 CLI modules import the libraries inside the functions that run a verb, a recipe's ``config_class`` is read only then
 (:class:`promptcore.plugins.Deferred`), and the plugins load in full only once a verb runs (after
-:func:`check_config_input`, so a missing config file is reported at once).
+:func:`check_config_input`, so a missing config file, and every problem of the run config of a verb that reads one,
+is reported at once: the run configs, their method configs included, are defined in modules free of torch, see
+:func:`promptcore.methods.declare_method`).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from .config import apply_overrides, load_config, read_yaml
+from .config import apply_overrides, from_dict, load_config, read_yaml
 from .errors import MissingFileError, UserError
 from .plugins import load_plugins
 from .registry import Registry
@@ -128,12 +130,15 @@ def register_chosen_verb(prog: str, argv: Sequence[str]) -> None:
 
 
 def add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    """``-c/--config CONFIG`` and repeatable ``--set a.b=value``, as every verb reading a run config takes them."""
+    """``-c/--config CONFIG`` and repeatable ``--set a.b=value``, as every verb reading a run config takes them: the
+    program's run config (its recipe's ``config_class``), which :func:`check_config_input` validates before the verb
+    runs."""
     parser.add_argument("-c", "--config", required=required, metavar="CONFIG", help="run config (YAML)")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
         help="override a config value, e.g. --set train.lr=0.01 (repeatable; values are read as YAML)",
     )
+    parser.set_defaults(run_config=True)
 
 
 def load_run_config(recipe: Recipe, args: argparse.Namespace) -> Any:
@@ -318,7 +323,7 @@ def main(recipe: Recipe, argv: Sequence[str] | None = None) -> int:
     args = build_parser(recipe).parse_args(argv)
     try:
         with one_line_warnings(args.verbose):
-            return _run(args, recipe.prog)
+            return _run(args, recipe)
     finally:
         # A multi-process launch (torchrun, accelerate launch) leaves a process group; tear it down before the
         # interpreter exits, where gloo/NCCL threads killed mid-flight abort the process. None without torch.
@@ -346,6 +351,14 @@ def _from_library(filename: str) -> bool:
 QUIET_LOGGERS = {"torch": logging.ERROR, "datasets": logging.CRITICAL}
 
 
+def hold_back_library_notes(verbose: bool) -> None:
+    """Without ``verbose``, sets the loggers of :data:`QUIET_LOGGERS` to their levels. Importing torch sets its
+    logger's level again (``torch._logging``), so a command calls this once more after torch is imported."""
+    if not verbose:
+        for name, level in QUIET_LOGGERS.items():
+            logging.getLogger(name).setLevel(level)
+
+
 @contextlib.contextmanager
 def one_line_warnings(verbose: bool = False):
     """Within it, each warning prints as one ``warning: MESSAGE`` line on stderr (not Python's file:line dump), and
@@ -363,9 +376,7 @@ def one_line_warnings(verbose: bool = False):
     loggers = {logging.getLogger(name): logging.getLogger(name).level for name in QUIET_LOGGERS}
     formatwarning = warnings.formatwarning
     warnings.formatwarning = one_line
-    if not verbose:
-        for name, level in QUIET_LOGGERS.items():
-            logging.getLogger(name).setLevel(level)
+    hold_back_library_notes(verbose)
     try:
         yield
     finally:
@@ -389,23 +400,33 @@ def quiet_library_progress(progress_bar: bool) -> None:
             getattr(sys.modules[module], switch)()
 
 
-def check_config_input(args: argparse.Namespace) -> None:
+def check_config_input(args: argparse.Namespace, recipe: Recipe | None = None) -> None:
     """Reads the ``-c CONFIG`` file and applies the ``--set`` overrides a verb was given, before torch is imported, so
-    a missing file, a file that is not YAML or a malformed override is reported without waiting for it. The values
-    are checked when the verb loads the config: that needs the run config's classes, which import torch."""
-    if getattr(args, "config", None):
-        apply_overrides(read_yaml(args.config), list(getattr(args, "overrides", [])))
+    a missing file, a file that is not YAML or a malformed override is reported without waiting for it.
+
+    For a verb that reads ``recipe``'s run config (those taking :func:`add_config_args`: ``run_config`` set in its
+    arguments), the config is validated too, every problem listed at once as :func:`load_run_config` does: its classes import no
+    torch, and a method's config class is found by its declaration (:func:`promptcore.methods.declare_method`)
+    without importing the method. Only the checks that need a library (:func:`promptcore.config.library_check`) import
+    it, once the rest is valid. The verb then loads the config as before."""
+    if not getattr(args, "config", None):
+        return
+    data = apply_overrides(read_yaml(args.config), list(getattr(args, "overrides", [])))
+    if recipe is not None and getattr(args, "run_config", False):
+        from_dict(recipe.config_class, data, str(args.config))
 
 
-def _run(args: argparse.Namespace, prog: str) -> int:
-    """Checks the config input, loads the plugins of ``prog`` in full and runs the verb; known errors become one
-    ``error:`` line and status 2."""
+def _run(args: argparse.Namespace, recipe: Recipe) -> int:
+    """Checks the config input, loads the plugins of ``recipe``'s program in full and runs the verb; known errors
+    become one ``error:`` line and status 2."""
     try:
-        check_config_input(args)
+        check_config_input(args, recipe)
     except UserError as e:
         return _report(e, args.traceback)
-    load_plugins(package=prog)
+    load_plugins(package=recipe.prog)
     from .trainer import NonFiniteLossError, TrainingInterrupted
+
+    hold_back_library_notes(args.verbose)  # torch is imported by now (the config was checked without it)
 
     try:
         return int(args.func(args))

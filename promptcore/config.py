@@ -6,18 +6,21 @@ against the field types (``int``, ``float``, ``str``, ``bool``, ``Optional``, ``
 nested dataclasses, unions of dataclasses told apart by ``method``, and registry choices such as
 :func:`promptcore.methods.method_config`), and a dataclass's ``__post_init__`` may raise ``ValueError`` to reject a
 value. All problems are gathered into one :class:`ConfigError`. A check that needs a heavy library (transformers, to
-know a model config's fields) goes through :func:`library_check`: it runs once the rest of the config is valid, so a
-typo elsewhere is reported without loading the library.
+know a model config's fields; torch, through the modules whose registries a name is checked against: the text tasks,
+the vision heads and data sources) goes through :func:`library_check`: it runs once the rest of the config is valid,
+so a typo elsewhere is reported without loading the library. The toolkit's config classes are defined in modules
+free of torch, so a config is validated, and its errors reported, before torch loads.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import types
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Callable, Iterable, Literal, Sequence, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -272,13 +275,20 @@ def from_dict(cls: type[C], data: dict, source: str | None = None) -> C:
         deferred = _DEFERRED.get() or []
         _DEFERRED.reset(token)
     if not errors:
+        failed: list[str] = []  # the sections whose checks failed
         for prefix, check in deferred:
+            prefix = prefix or ""
+            if any(section.startswith(prefix) for section in failed):
+                continue  # a section's (or a containing config's) further checks would see an invalid value, as in _build
+            n_before = len(errors)
             try:
                 check()
             except ConfigError as e:
-                errors.extend(f"{prefix or ''}{problem}" for problem in e.errors)
+                errors.extend(f"{prefix}{problem}" for problem in e.errors)
             except ValueError as e:
-                errors.append(f"{prefix or ''}{e}")
+                errors.append(f"{prefix}{e}")
+            if len(errors) > n_before:
+                failed.append(prefix)
     if errors:
         raise ConfigError(errors, source)
     return cfg
@@ -416,9 +426,45 @@ def is_field_path(cfg: Any, key: str) -> bool:
     return True
 
 
+def unknown_fields(values: Iterable[str], config: Any) -> tuple[list[str], str]:
+    """The keys of ``values`` that are not fields of the (transformers-style) ``config`` object, and a hint naming
+    each one's close matches: such a config keeps unknown keys as unused attributes and builds its default size
+    without a word. ``config`` is an instance of its class built with defaults (``to_dict``, ``attribute_map`` and
+    the constructor's parameters count as fields)."""
+    known = set(config.to_dict()) | set(getattr(config, "attribute_map", {})) | set(inspect.signature(type(config).__init__).parameters)
+    unknown = [k for k in values if k not in known]
+    hint = " ".join(f"{k!r}:{did_you_mean(k, sorted(known)) or ' no close match.'}" for k in unknown)
+    return unknown, hint
+
+
+def check_distinct_ids(field: str, names: Sequence[str], ids: Sequence[Sequence[int]], tokenizer: str, fix: str) -> None:
+    """Raises :class:`UserError` naming ``field`` when two of ``names`` (class names, label words) tokenize to the
+    same ids with ``tokenizer`` (how the message names it): their classes would always get the same score. ``fix``
+    ends the message."""
+    same = first_same_ids(names, ids)
+    if same is not None:
+        other, name, row = same
+        raise UserError(
+            f"{field}: {other!r} and {name!r} are the same tokens {row} for {tokenizer}, so their classes would "
+            f"always get the same score; {fix}"
+        )
+
+
+def first_same_ids(names: Sequence[str], ids: Sequence[Sequence[int]]) -> tuple[str, str, list[int]] | None:
+    """The first two of ``names`` whose token ids are equal (their classes would always score the same), with those
+    ids, or None when every name's ids differ."""
+    seen: dict[tuple[int, ...], str] = {}
+    for name, row in zip(names, ids):
+        other = seen.setdefault(tuple(row), name)
+        if other != name:
+            return other, name, list(row)
+    return None
+
+
 __all__ = [
     "ConfigError",
     "apply_overrides",
+    "check_distinct_ids",
     "check_grid",
     "check_sources",
     "from_dict",
@@ -429,4 +475,5 @@ __all__ = [
     "read_yaml",
     "to_dict",
     "to_yaml",
+    "unknown_fields",
 ]

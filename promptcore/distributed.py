@@ -1,5 +1,6 @@
-"""What the sharding engines share: the ``train.fsdp`` / ``train.deepspeed`` sections, the step as one module call,
-the shard units and FSDP2 sharding of the frozen backbone.
+"""What the sharding engines share: the ``train.fsdp`` / ``train.deepspeed`` sections (defined, free of torch, in
+:mod:`promptcore.train_config`), the step as one module call, the shard units and FSDP2 sharding of the frozen
+backbone.
 
 The engines themselves (what differs between one process, DDP, FSDP2 and DeepSpeed ZeRO-3) live in
 :mod:`promptcore.engines`, one file each. Under ``fsdp`` torch's FSDP2 (``fully_shard``) is applied the way
@@ -22,7 +23,6 @@ the engine's own hooks (FSDP's, or ZeRO-3's for a leaf module).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -30,57 +30,7 @@ from torch import nn
 
 from .errors import UserError
 from .memory import tensor_bytes
-
-@dataclass
-class FSDPConfig:
-    """The ``train.fsdp`` section (used with ``train.distributed: fsdp``).
-
-    Attributes:
-        block_classes: class names of the modules that each become one shard unit (``[Block]``,
-            ``[LlamaDecoderLayer]``). Empty: every entry of each list of identical blocks in the frozen backbone
-            (``blocks``, ``layers``, ``resblocks``, ``encoder.layer``, ``block`` ...), found by :func:`shard_units`.
-        reshard_after_forward: free each block's gathered weights after its forward (and gather them again for
-            the backward): the least memory. ``false`` keeps them until the backward, trading memory for one
-            all-gather per block and step.
-        cpu_offload: keep the shards in CPU memory and copy each block to the GPU for its use (FSDP2's
-            ``CPUOffloadPolicy``); for GPUs only.
-        keep_whole: modules (names as in ``model.named_modules()``, or their last parts: ``embed_tokens``) whose
-            weights every process keeps whole instead of sharding. For a weight that is used whole anyway and is a
-            large share of the model, such as a big vocabulary's embedding tied to the LM head, this trades its
-            ``(N - 1) / N`` saving for the memory FSDP needs to gather it (the full matrix plus its buffers) and one
-            all-gather per forward and backward.
-        sharded_loading: whether only rank 0 builds the whole frozen model (reads the checkpoint, or draws the
-            random weights) while every other process builds it on the meta device and receives only its shards
-            from rank 0, one weight at a time (:func:`load_sharded`). ``auto``: where the model's loader supports
-            it (Hugging Face text models, :func:`textpt.sharded_loading`); ``true``: the same, refused for a model
-            that was built whole on every process; ``false``: every process builds the whole model, as without FSDP.
-    """
-
-    block_classes: list[str] = field(default_factory=list)
-    reshard_after_forward: bool = True
-    cpu_offload: bool = False
-    keep_whole: list[str] = field(default_factory=list)
-    sharded_loading: bool | str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.sharded_loading not in (True, False, "auto"):
-            raise UserError(f"sharded_loading: expected auto, true or false, got {self.sharded_loading!r}")
-
-
-@dataclass
-class DeepSpeedConfig:
-    """The ``train.deepspeed`` section (used with ``train.distributed: deepspeed``): DeepSpeed ZeRO stage 3.
-
-    Only stage 3 partitions the frozen weights; stages 1 and 2 partition the optimizer state and gradients, which
-    in prompt tuning exist for the prompts alone (a few KB), so they would save nothing over ``ddp``.
-
-    Attributes:
-        block_classes: class names of the modules whose weights ZeRO-3 gathers as one (its leaf modules), as
-            ``train.fsdp.block_classes``. Empty: every entry of each list of identical blocks (:func:`shard_units`).
-    """
-
-    block_classes: list[str] = field(default_factory=list)
-
+from .train_config import DeepSpeedConfig, FSDPConfig  # noqa: F401 - the sections, defined free of torch there
 
 DEEPSPEED_EXTRA = "pip install 'prompttune[deepspeed]'"
 

@@ -8,6 +8,13 @@ A method is a config class (a dataclass whose ``method`` field holds the method'
 after which ``wrap(backbone, MyConfig(...))`` builds it, and a run config's ``prompt:`` section with
 ``method: my_method`` loads ``MyConfig`` (the section's type is :func:`method_config`).
 
+A package that defers its imports (:func:`promptcore.plugins.lazy_exports`), whose methods register when their
+torch modules load, also declares each method where its light modules can list it (:func:`declare_method`, as
+:func:`promptcore.cli.declare_command` does for CLI verbs): the config class is then found without importing the
+method's module, so a run config is validated, and its errors reported, before torch is imported::
+
+    declare_method("my_method", "vision", config=("my_package.config", "MyConfig"), module="my_package.my_method")
+
 Names are unique within a kind: ``vpt`` and ``textpt`` both have a ``linear_probe``. :data:`METHODS` keys each
 record by ``"<kind>:<name>"`` (``"vision:linear_probe"``, ``"text:linear_probe"``); YAML and configs use the bare
 name, and the run config's kind tells which one is meant.
@@ -18,6 +25,7 @@ This module imports no torch: configs can be validated before the heavy librarie
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal, get_args, get_origin, get_type_hints
 
@@ -177,6 +185,70 @@ def wrap(backbone: "nn.Module", config: Any, **context: Any) -> "PromptedModel":
 
 
 @dataclass(frozen=True)
+class MethodDeclaration:
+    """A method that ``module`` registers (with :func:`register_method`) when imported, with its config class
+    defined in a module that imports no torch.
+
+    Attributes:
+        name: the method's name.
+        kind: its kind.
+        config_module: the module defining its config class, imported to validate a config.
+        config_name: the config class's name there.
+        module: the module whose import registers the method.
+    """
+
+    name: str
+    kind: str
+    config_module: str
+    config_name: str
+    module: str
+
+    def config_class(self) -> type:
+        """The config class (importing :attr:`config_module`)."""
+        return getattr(importlib.import_module(self.config_module), self.config_name)
+
+
+DECLARED_METHODS: Registry[MethodDeclaration] = Registry("declared prompt method")
+"""The declared methods (:func:`declare_method`), keyed as in :data:`METHODS`."""
+
+
+def declare_method(name: str, kind: str, config: tuple[str, str], module: str) -> MethodDeclaration:
+    """Makes method ``name`` of ``kind`` known to run configs (:func:`method_config`) without importing ``module``,
+    which registers it; ``config`` is ``(module, class name)`` of its config class, a module free of torch. For
+    the methods of a package that defers its imports (a test checks that the declarations match what the modules
+    register).
+
+    Raises:
+        KeyError: the name is declared already for this kind.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
+    return DECLARED_METHODS.add(method_key(kind, name), MethodDeclaration(name, kind, *config, module))
+
+
+def _config_class(key: str) -> type | None:
+    """The config class of the method ``key`` names, registered or declared; None when it is neither."""
+    if key in METHODS:
+        return METHODS.get(key).config_class
+    if key in DECLARED_METHODS:
+        return DECLARED_METHODS.get(key).config_class()
+    return None
+
+
+def _declaring_plugins() -> set[str]:
+    """The plugin modules (:mod:`promptcore.plugins`) whose methods are declared: those of a declared method's
+    registering module, and the packages above it."""
+    modules = {d.module for _, d in DECLARED_METHODS.items()}
+    return {".".join(parts[:i]) for parts in (m.split(".") for m in modules) for i in range(1, len(parts))}
+
+
+def _known_names(kind: str) -> list[str]:
+    """The method names of ``kind`` that are registered or declared, sorted."""
+    declared = [d.name for _, d in DECLARED_METHODS.items() if d.kind == kind]
+    return sorted(set(method_names(kind)) | set(declared))
+
+
+@dataclass(frozen=True)
 class MethodChoice:
     """Marks a config field whose value is a method config chosen by its ``method:`` key (see :func:`method_config`).
 
@@ -192,31 +264,37 @@ class MethodChoice:
     default: str | None = None
 
     def names(self) -> list[str]:
-        return method_names(self.kind)
+        """The methods the field admits: the registered and the declared ones of its kind."""
+        return _known_names(self.kind)
 
     def accepts(self, value: Any) -> bool:
-        key = method_key(self.kind, str(getattr(value, "method", "")))
-        return key in METHODS and isinstance(value, METHODS.get(key).config_class)
+        config_class = _config_class(method_key(self.kind, str(getattr(value, "method", ""))))
+        return config_class is not None and isinstance(value, config_class)
 
     def resolve(self, value: dict, path: str) -> tuple[type | None, str | None]:
         """``(config class, None)`` for the method ``value['method']`` names, else ``(None, error message)``.
 
-        A method that is not registered yet may come with a plugin (:mod:`promptcore.plugins`): they are loaded
-        before the name is refused.
+        A method that is neither registered nor declared yet may come with a plugin (:mod:`promptcore.plugins`):
+        their modules are imported (a package that defers its imports declares its methods then), and those that
+        declare none loaded in full, before the name is refused. The toolkit's packages declare theirs, so a name
+        none of them knows is refused without importing torch.
         """
         method = value.get("method", self.default)
-        if method_key(self.kind, str(method)) not in METHODS:
-            load_plugins()
+        key = method_key(self.kind, str(method))
+        if key not in METHODS and key not in DECLARED_METHODS:
+            load_plugins(lazy=True)
+        if key not in METHODS and key not in DECLARED_METHODS:
+            load_plugins(skip=_declaring_plugins())
         known = self.names()
         listing = ", ".join(map(repr, known)) or "none registered"
         if method is None:
             return None, f"{path}.method: required to choose the method; one of {listing}"
         if method not in known:
             hint = did_you_mean(str(method), known)
-            kinds = [m.kind for _, m in METHODS.items() if m.name == method]
+            kinds = [kind for kind in KINDS if method in _known_names(kind)]
             other = f" ({method!r} is a {' and '.join(kinds)} method)" if kinds else ""
             return None, f"{path}.method: unknown {self.kind} method {method!r}{other}.{hint} Known: {listing}"
-        return METHODS.get(method_key(self.kind, method)).config_class, None
+        return _config_class(key), None
 
 
 def method_config(kind: str, default: str | None = None) -> Any:
@@ -233,9 +311,12 @@ def method_config(kind: str, default: str | None = None) -> Any:
 
 
 __all__ = [
+    "DECLARED_METHODS",
     "METHODS",
     "Method",
     "MethodChoice",
+    "MethodDeclaration",
+    "declare_method",
     "method_config",
     "method_key",
     "method_names",

@@ -23,7 +23,7 @@ import importlib
 import sys
 import warnings
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import Any, Callable, Collection, Iterable, Mapping, TypeVar
 
 from .registry import Registry
 
@@ -34,7 +34,7 @@ TOOLKIT = "prompttune"  # the distribution of the toolkit's own packages
 _loaded: set[str] = set()
 
 
-def load_plugins(package: str | None = None, lazy: bool = False) -> list[str]:
+def load_plugins(package: str | None = None, lazy: bool = False, skip: Collection[str] = ()) -> list[str]:
     """Loads every plugin module in full (once per process); returns their module names.
 
     A plugin that fails to import is skipped with one warning naming it and the error, so a broken third-party
@@ -47,6 +47,7 @@ def load_plugins(package: str | None = None, lazy: bool = False) -> list[str]:
         lazy: only import the modules: a package that defers its imports (:func:`lazy_exports`) then registers
             (or declares) its CLI verbs and nothing that needs torch. Without it, each module is loaded in full: every
             name of its ``__all__`` is looked up, as ``from plugin import *`` would.
+        skip: plugin modules only imported (as with ``lazy``): those that declare what they register.
     """
     modules = []
     for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
@@ -57,13 +58,13 @@ def load_plugins(package: str | None = None, lazy: bool = False) -> list[str]:
             continue
         try:
             module = importlib.import_module(ep.value)
-            if not lazy:
+            if not lazy and ep.value not in skip:
                 for name in getattr(module, "__all__", ()):
                     getattr(module, name)
         except Exception as e:  # noqa: BLE001 - any import failure of a third-party plugin is reported, not raised
             warnings.warn(f"plugin {ep.name!r} ({ep.value}) failed to import and is skipped: {type(e).__name__}: {e}", stacklevel=2)
             continue
-        if not lazy:
+        if not lazy and ep.value not in skip:
             _loaded.add(ep.value)
     return modules
 

@@ -6,18 +6,17 @@ called by the trainer before it loads the state).
 
 from __future__ import annotations
 
-import inspect
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .config import check_distinct_ids, unknown_fields  # noqa: F401 - defined there, free of torch, for config checks
 from .errors import UserError
 from .files import CONFIG_FILE, read_prompt_config
 from .memory import batch_bytes, check_fits
 from .fingerprint import FINGERPRINT_KEY
-from .registry import did_you_mean
 from .runs import RunDirError
 
 if TYPE_CHECKING:
@@ -137,38 +136,3 @@ def check_resume(model: "PromptedModel", saved_prompts: dict[str, dict[str, torc
 
 
 __all__ = ["check_resume"]
-
-
-def unknown_fields(values: Iterable[str], config: Any) -> tuple[list[str], str]:
-    """The keys of ``values`` that are not fields of the (transformers-style) ``config`` object, and a hint naming
-    each one's close matches: such a config keeps unknown keys as unused attributes and builds its default size
-    without a word. ``config`` is an instance of its class built with defaults (``to_dict``, ``attribute_map`` and
-    the constructor's parameters count as fields)."""
-    known = set(config.to_dict()) | set(getattr(config, "attribute_map", {})) | set(inspect.signature(type(config).__init__).parameters)
-    unknown = [k for k in values if k not in known]
-    hint = " ".join(f"{k!r}:{did_you_mean(k, sorted(known)) or ' no close match.'}" for k in unknown)
-    return unknown, hint
-
-
-def check_distinct_ids(field: str, names: Sequence[str], ids: Sequence[Sequence[int]], tokenizer: str, fix: str) -> None:
-    """Raises :class:`UserError` naming ``field`` when two of ``names`` (class names, label words) tokenize to the
-    same ids with ``tokenizer`` (how the message names it): their classes would always get the same score. ``fix``
-    ends the message."""
-    same = first_same_ids(names, ids)
-    if same is not None:
-        other, name, row = same
-        raise UserError(
-            f"{field}: {other!r} and {name!r} are the same tokens {row} for {tokenizer}, so their classes would "
-            f"always get the same score; {fix}"
-        )
-
-
-def first_same_ids(names: Sequence[str], ids: Sequence[Sequence[int]]) -> tuple[str, str, list[int]] | None:
-    """The first two of ``names`` whose token ids are equal (their classes would always score the same), with those
-    ids, or None when every name's ids differ."""
-    seen: dict[tuple[int, ...], str] = {}
-    for name, row in zip(names, ids):
-        other = seen.setdefault(tuple(row), name)
-        if other != name:
-            return other, name, list(row)
-    return None

@@ -62,16 +62,6 @@ def int8_weight_only() -> Any:
     return Int8WeightOnlyConfig()
 
 
-def quanto_int4() -> Any:
-    """optimum-quanto's int4 weight config for transformers (``QuantoConfig(weights="int4")``), after checking that
-    quanto is installed; packed weights then unpack on the CPU through torch (:func:`unpack_quanto_with_torch`)."""
-    require_quant_library("int4")
-    import transformers
-
-    unpack_quanto_with_torch()
-    return transformers.QuantoConfig(weights="int4")
-
-
 _QUANTO_CPU: Any = None  # the library registration that routes quanto's CPU unpacking through torch (kept alive)
 
 

@@ -1,4 +1,7 @@
-"""The trainer's typed config (the ``train:`` section of every run config)."""
+"""The trainer's typed config (the ``train:`` section of every run config) and its ``fsdp`` and ``deepspeed`` sections.
+
+It imports no torch (nor the engines and callbacks, unless the config names some), so a config is validated before
+the libraries load."""
 
 from __future__ import annotations
 
@@ -7,10 +10,63 @@ import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from .distributed import DeepSpeedConfig, FSDPConfig
 from .config import ConfigError
 from .errors import UserError
 from .registry import did_you_mean
+
+@dataclass
+class FSDPConfig:
+    """The ``train.fsdp`` section (used with ``train.distributed: fsdp``).
+
+    Attributes:
+        block_classes: class names of the modules that each become one shard unit (``[Block]``,
+            ``[LlamaDecoderLayer]``). Empty: every entry of each list of identical blocks in the frozen backbone
+            (``blocks``, ``layers``, ``resblocks``, ``encoder.layer``, ``block`` ...), found by
+            :func:`promptcore.distributed.shard_units`.
+        reshard_after_forward: free each block's gathered weights after its forward (and gather them again for
+            the backward): the least memory. ``false`` keeps them until the backward, trading memory for one
+            all-gather per block and step.
+        cpu_offload: keep the shards in CPU memory and copy each block to the GPU for its use (FSDP2's
+            ``CPUOffloadPolicy``); for GPUs only.
+        keep_whole: modules (names as in ``model.named_modules()``, or their last parts: ``embed_tokens``) whose
+            weights every process keeps whole instead of sharding. For a weight that is used whole anyway and is a
+            large share of the model, such as a big vocabulary's embedding tied to the LM head, this trades its
+            ``(N - 1) / N`` saving for the memory FSDP needs to gather it (the full matrix plus its buffers) and one
+            all-gather per forward and backward.
+        sharded_loading: whether only rank 0 builds the whole frozen model (reads the checkpoint, or draws the
+            random weights) while every other process builds it on the meta device and receives only its shards
+            from rank 0, one weight at a time (:func:`promptcore.distributed.load_sharded`). ``auto``: where the
+            model's loader supports it (Hugging Face text models, :func:`textpt.sharded_loading`); ``true``: the
+            same, refused for a model that was built whole on every process; ``false``: every process builds the
+            whole model, as without FSDP.
+    """
+
+    block_classes: list[str] = field(default_factory=list)
+    reshard_after_forward: bool = True
+    cpu_offload: bool = False
+    keep_whole: list[str] = field(default_factory=list)
+    sharded_loading: bool | str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.sharded_loading not in (True, False, "auto"):
+            raise UserError(f"sharded_loading: expected auto, true or false, got {self.sharded_loading!r}")
+
+
+@dataclass
+class DeepSpeedConfig:
+    """The ``train.deepspeed`` section (used with ``train.distributed: deepspeed``): DeepSpeed ZeRO stage 3.
+
+    Only stage 3 partitions the frozen weights; stages 1 and 2 partition the optimizer state and gradients, which
+    in prompt tuning exist for the prompts alone (a few KB), so they would save nothing over ``ddp``.
+
+    Attributes:
+        block_classes: class names of the modules whose weights ZeRO-3 gathers as one (its leaf modules), as
+            ``train.fsdp.block_classes``. Empty: every entry of each list of identical blocks
+            (:func:`promptcore.distributed.shard_units`).
+    """
+
+    block_classes: list[str] = field(default_factory=list)
+
 
 # The optimizers that take ``betas`` and ``eps``.
 ADAM_OPTIMIZERS = ("adam", "adamw")
@@ -147,12 +203,13 @@ class TrainConfig:
         if self.distributed == "deepspeed":
             self._check_deepspeed(errors)
         self._check_compile(errors)
-        from .callbacks import check_callback_specs  # the registry imports nothing of the trainer's config
+        if self.callbacks:  # the callbacks' module imports torch: only for a config that names some
+            from .callbacks import check_callback_specs  # the registry imports nothing of the trainer's config
 
-        try:
-            check_callback_specs(self.callbacks)
-        except UserError as e:
-            errors.append(str(e))
+            try:
+                check_callback_specs(self.callbacks)
+            except UserError as e:
+                errors.append(str(e))
         if len(errors) == 1:
             raise UserError(errors[0])
         if errors:
@@ -191,10 +248,13 @@ class TrainConfig:
                     (_check_rate if key == "lr" else _check_decay)(f"param_groups.{module}.{key}", value, errors)
 
     def _check_engine(self, errors: list[str]) -> bool:
-        """Whether ``distributed`` names an engine (else the problem is in ``errors``)."""
+        """Whether ``distributed`` names an engine (else the problem is in ``errors``). The engines import torch:
+        ``auto`` is checked without them."""
+        if self.distributed == "auto":
+            return True
         from .engines import ENGINES  # the engines import this module's sections only when type checking
 
-        if self.distributed != "auto" and self.distributed not in ENGINES:
+        if self.distributed not in ENGINES:
             known = ["auto", *ENGINES.names()]
             errors.append(
                 f"distributed: unknown engine {self.distributed!r}.{did_you_mean(str(self.distributed), known)} "

@@ -1,7 +1,7 @@
-"""A quiet, quick start: ``vpt --help``, ``textpt --help`` and ``vlmpt --help`` (and their verbs') and a missing config
-file without importing torch, config errors without importing transformers, torchao or the other packages' plugins;
-warnings as one ``warning:`` line, the libraries' own (and torch's logged notes) only with ``-v``; the libraries'
-progress bars off with ``train.progress_bar: false``."""
+"""A quiet, quick start: ``vpt --help``, ``textpt --help`` and ``vlmpt --help`` (and their verbs'), a missing config
+file and the errors of a run config (``train -c CONFIG``) without importing torch, config errors without importing
+transformers, torchao or the other packages' plugins; warnings as one ``warning:`` line, the libraries' own (and
+torch's logged notes) only with ``-v``; the libraries' progress bars off with ``train.progress_bar: false``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from promptcore.cli import COMMANDS, DECLARED_COMMANDS, LIBRARY_PATHS, one_line_warnings, quiet_library_progress
+from promptcore.methods import DECLARED_METHODS, METHODS
+from promptcore.plugins import load_plugins
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("transformers", "torchao", "textpt", "vlmpt", "open_clip", "timm")
@@ -164,12 +166,69 @@ def test_textpt_help_imports_no_model_library():
 
 
 @pytest.mark.slow
+def test_torch_notes_stay_held_back_when_torch_is_imported_after_the_config_check():
+    # the config is checked before torch is imported, and importing torch sets its logger's level again; nf4
+    # imports torchao (whose import logs torch's two _pytree notes), then is refused on the tiny model's sizes
+    result, out = probe("train", "-c", "configs/smoke/textpt_tiny.yaml", "--set", "model.quantization=nf4", prog="textpt")
+    assert result["status"] == 2 and "torchao" in result["imported"], out
+    assert "nf4 stores weights in blocks" in out and "_pytree" not in out, out
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("problem", [["--set", "model.bogus=1"], ["--set", "train.lr=abc"]])
 def test_a_textpt_config_error_comes_without_importing_transformers(problem):
     # the smoke config's random:llama kwargs are checked against transformers' LlamaConfig: only once the rest is valid
     result, out = probe("train", "-c", "configs/smoke/textpt_tiny.yaml", *problem, prog="textpt")
     assert result["status"] == 2 and not set(result["imported"]) & set(TEXT_HEAVY), out
     assert problem[1].split("=")[0] in out and "Traceback" not in out
+
+
+# What a config error of a run config must not import: torch and the model and data libraries.
+CONFIG_HEAVY = ("torch", "transformers", "datasets", "timm", "open_clip", "PIL")
+
+
+# Each program's config, with the config class of its prompt section and the unknown method's message.
+RUN_CONFIGS = {
+    "textpt": ("configs/smoke/textpt_tiny.yaml", "PromptTuningConfig", "unknown text method 'bogus'"),
+    "vpt": ("configs/smoke/vpt_tiny.yaml", "VPTConfig", "unknown vision method 'bogus'"),
+    "vpt.clip": ("configs/clip/smoke_coop_tiny.yaml", "CoOpConfig", "unknown vision method 'bogus'"),
+    "vlmpt": ("configs/smoke/vlmpt_tiny.yaml", "VLMPromptTuningConfig", "unknown method 'bogus'"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("problem", ["unknown key", "bad type", "unknown method", "unknown prompt key"])
+@pytest.mark.parametrize("package", RUN_CONFIGS)
+def test_a_run_config_error_comes_without_importing_torch(package, problem):
+    config, prompt_class, unknown_method = RUN_CONFIGS[package]
+    override, message = {
+        "unknown key": ("train.bogus=1", "train.bogus: unknown key for TrainConfig"),
+        "bad type": ("train.lr=abc", "train.lr: expected a number, found str 'abc'"),
+        "unknown method": ("prompt.method=bogus", f"prompt.method: {unknown_method}"),
+        "unknown prompt key": ("prompt.bogus=1", f"prompt.bogus: unknown key for {prompt_class}"),
+    }[problem]
+    prog = package.split(".")[0]
+    modules, proc = imported_by([console_script(prog), "train", "-c", config, "--set", override])
+    report = "\n".join(line for line in proc.stderr.splitlines() if not line.startswith("import time:"))
+    assert proc.returncode == 2 and message in report and "Traceback" not in report, report[-2000:]
+    assert report.count("error:") == 1 and report.startswith("error: 1 problem(s)"), report[-2000:]
+    assert not modules & set(CONFIG_HEAVY), sorted(modules & set(CONFIG_HEAVY))
+
+
+def test_the_declared_methods_are_those_their_modules_register():
+    load_plugins(lazy=True)  # the packages declare their methods when imported
+    declared = DECLARED_METHODS.items()
+    assert {k for k, _ in declared} >= {"text:prompt_tuning", "vision:vpt_deep", "vision:coop", "text:vlm_prefix"}
+    for key, declaration in declared:
+        importlib.import_module(declaration.module)
+        assert METHODS.get(key).config_class is declaration.config_class(), key
+        assert METHODS.get(key).build.__module__ == declaration.module, key
+    for package in {d.module.split(".")[0] for _, d in declared}:  # a package that declares declares every method
+        module = importlib.import_module(package)
+        for name in module.__all__:  # loads it in full, as load_plugins() does
+            getattr(module, name)
+        registered = {k for k, m in METHODS.items() if m.build.__module__.startswith(package + ".")}
+        assert registered <= set(DECLARED_METHODS.names()), sorted(registered - set(DECLARED_METHODS.names()))
 
 
 def test_a_library_check_runs_once_the_rest_of_the_config_is_valid():

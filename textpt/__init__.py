@@ -8,7 +8,8 @@ Five lines::
     loss = pt.training_step({"input_ids": ..., "attention_mask": ..., "lm_labels": ...})
     new_tokens = pt.generate(ids, mask, max_new_tokens=20)
 
-Each method is one file with its config class and its model, registered by name (``method:`` in YAML):
+Each method is one file with its model, registered by name (``method:`` in YAML), and a config class in
+:mod:`textpt.config` (which imports no torch, so that ``textpt train`` reports a config's errors before loading it):
 ``prompt_tuning`` (:class:`PromptTuningConfig`), ``p_tuning`` (:class:`PTuningConfig`), ``prefix``
 (:class:`PrefixConfig`), ``dept`` (:class:`DePTConfig`), and the baselines ``linear_probe`` (:class:`LinearProbeConfig`) and ``zero_shot``
 (:class:`ZeroShotConfig`). A new method is a file that subclasses :class:`TextMethodConfig` (or
@@ -32,6 +33,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import promptcore
+from promptcore.methods import declare_method
 from promptcore.plugins import lazy_exports
 
 if TYPE_CHECKING:
@@ -83,6 +85,16 @@ __getattr__, __dir__ = lazy_exports(
         ".zero_shot", ".mixed", ".serving",
     ),
 )
+
+
+# The methods, with their config classes (textpt.config, free of torch): a run config is validated before their
+# modules load.
+declare_method("prompt_tuning", "text", config=("textpt.config", "PromptTuningConfig"), module="textpt.prompt_tuning")
+declare_method("p_tuning", "text", config=("textpt.config", "PTuningConfig"), module="textpt.p_tuning")
+declare_method("prefix", "text", config=("textpt.config", "PrefixConfig"), module="textpt.prefix")
+declare_method("dept", "text", config=("textpt.config", "DePTConfig"), module="textpt.dept")
+declare_method("linear_probe", "text", config=("textpt.config", "LinearProbeConfig"), module="textpt.linear_probe")
+declare_method("zero_shot", "text", config=("textpt.config", "ZeroShotConfig"), module="textpt.zero_shot")
 
 
 def wrap(

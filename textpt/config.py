@@ -1,8 +1,13 @@
 """Typed configs of the text side: which model to load (:class:`TextModelConfig`, the run config's ``model:``
-section) and the bases of the method configs (the ``prompt:`` section): :class:`TextMethodConfig` for every text
-method, :class:`SoftPromptConfig` for the methods that train prompt tokens. Each method's own config lives in the
-method's file (:mod:`textpt.prompt_tuning`, :mod:`textpt.p_tuning`, :mod:`textpt.prefix`,
-:mod:`textpt.linear_probe`, :mod:`textpt.zero_shot`).
+section), the method configs (the ``prompt:`` section): their bases :class:`TextMethodConfig` for every text method
+and :class:`SoftPromptConfig` for the methods that train prompt tokens, and each method's own config (the method's
+file, :mod:`textpt.prompt_tuning`, :mod:`textpt.p_tuning`, :mod:`textpt.prefix`, :mod:`textpt.dept`,
+:mod:`textpt.linear_probe`, :mod:`textpt.zero_shot`, holds its model and gives its config too), and the data
+(:class:`TextDataConfig`, the ``data:`` section).
+
+This module imports no torch (nor transformers or datasets): ``textpt train`` validates a config, and reports its
+errors, before they load. A check that needs them (the model tasks of :mod:`textpt.tasks`, ``random:`` model
+kwargs) goes through :func:`promptcore.config.library_check`, after the rest of the config is found valid.
 
 Each ``__post_init__`` rejects a bad value with ``ValueError("field: message")`` so that
 :func:`promptcore.config.load_config` reports it next to the other problems of the file.
@@ -10,14 +15,18 @@ Each ``__post_init__`` rejects a bad value with ``ValueError("field: message")``
 
 from __future__ import annotations
 
+import math
+import string
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal, Union, get_args
 
-from promptcore.config import library_check
 from promptcore.errors import UserError
 from promptcore.methods import METHODS
-from promptcore.preflight import check_distinct_ids, unknown_fields
+from promptcore.plugins import lookup
+from promptcore.config import check_distinct_ids, library_check, unknown_fields
 from promptcore.registry import did_you_mean
+
+from .sources import SOURCES
 
 PoolingName = Literal["auto", "cls", "mean", "last", "pooler"]
 POOLING_ATTR = "textpt_pooling"
@@ -94,12 +103,8 @@ class TextModelConfig:
     quantization: Literal["int8", "int4", "nf4"] | None = None
 
     def __post_init__(self) -> None:
-        if not is_registered_task(self.task):
-            task_names = registered_tasks()
-            raise UserError(
-                f"task: {self.task!r} is not one of {', '.join(map(repr, task_names))}.{did_you_mean(str(self.task), list(task_names))} "
-                f"A new task is registered with textpt.tasks.TASKS.add(name, strategy)"
-            )
+        task = self.task
+        library_check(lambda: check_task(task))  # the tasks' module imports torch
         if self.pooling not in get_args(PoolingName):
             raise UserError(f"pooling: {self.pooling!r} is not one of {', '.join(get_args(PoolingName))}")
         if self.pooling != "auto" and self.task != "seq_cls":
@@ -125,6 +130,16 @@ class TextModelConfig:
 
 
 DEVICE_MAPS: tuple[str, ...] = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_task(name: str) -> None:
+    """Raises ``ValueError("task: ...")`` when ``name`` is not a registered model task."""
+    if not is_registered_task(name):
+        task_names = registered_tasks()
+        raise UserError(
+            f"task: {name!r} is not one of {', '.join(map(repr, task_names))}.{did_you_mean(str(name), list(task_names))} "
+            f"A new task is registered with textpt.tasks.TASKS.add(name, strategy)"
+        )
 
 
 def registered_tasks() -> tuple[str, ...]:
@@ -318,3 +333,292 @@ class SoftPromptConfig(TextMethodConfig):
             raise UserError("init_text: init 'text' needs a non-empty init_text, e.g. 'Classify the sentiment of this review:'")
         if self.init in ("labels", "class_labels") and not self.verbalizer:
             raise UserError(f"verbalizer: init {self.init!r} starts from the verbalizer's words; give verbalizer: [word per class]")
+
+
+@dataclass
+class PromptTuningConfig(SoftPromptConfig):
+    """Prompt tuning (``method: prompt_tuning``); the common fields are :class:`textpt.config.SoftPromptConfig`'s.
+
+    Inits (besides :class:`~textpt.config.SoftPromptConfig`'s): ``class_labels``, Lester et al.'s class-label
+    init as ``prompt_tuning/prompts.py`` builds it (``from_embedded_list`` over ``from_sample_of_embeddings``):
+    position ``i`` holds the ``i``-th verbalizer word's embedding (the mean of its tokens' embeddings when it has
+    several), and every other position an embedding drawn without replacement from the first ``init_vocab_size``
+    rows of the vocabulary (their configs: 5,000). The official code draws from the embedding table's first rows;
+    T5's SentencePiece vocabulary lists its pieces by score, so those are its most frequent ones, while the ids of a
+    BPE vocabulary (GPT-2, Llama) follow the merge order, which only roughly tracks frequency. ``labels`` differs:
+    it repeats the label words' tokens one after another over every position.
+
+    Attributes:
+        fast: the shared-prefix path for shallow prompts on decoder-only models (the prompt's keys and values are
+            computed once per step and shared by the batch); ``auto`` uses it where it applies and the model sits on
+            the CPU (on a GPU the extra pass costs more than it saves: bench/RESULTS.md), ``on`` requires it on
+            any device, ``off`` always concatenates embeddings (the reference path). Both give the same numbers.
+        init_vocab_size: ``vocab`` and ``class_labels`` draw from the vocabulary's first ``init_vocab_size`` rows
+            (``null``: the whole vocabulary).
+        init_text_special_tokens: ``init: text`` takes the text as the tokenizer encodes a whole input, special
+            tokens included (``[CLS] text [SEP]`` on BERT, ``<s> text`` on Llama, ``text </s>`` on T5), as PEFT's
+            ``PromptTuningInit.TEXT`` does. Default ``false``: the text's own tokens only; the input after the
+            prompt already carries the model's special tokens.
+    """
+
+    inits: ClassVar[tuple[str, ...]] = (*SoftPromptConfig.inits, "class_labels")
+
+    method: Literal["prompt_tuning"] = "prompt_tuning"
+    fast: Literal["auto", "on", "off"] = "auto"
+    init_vocab_size: int | None = None
+    init_text_special_tokens: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.init_vocab_size is not None:
+            if self.init_vocab_size <= 0:
+                raise UserError(f"init_vocab_size: must be a positive number of vocabulary rows or null, got {self.init_vocab_size}")
+            if self.init not in ("vocab", "class_labels"):
+                raise UserError(f"init_vocab_size: only the vocab and class_labels inits draw from the vocabulary, init is {self.init!r}; remove it")
+        if self.init_text_special_tokens and self.init != "text":
+            raise UserError(f"init_text_special_tokens: applies to init 'text', init is {self.init!r}; remove it")
+
+
+@dataclass
+class PTuningConfig(PromptTuningConfig):
+    """P-tuning (``method: p_tuning``): prompt tuning's fields plus the encoder.
+
+    Attributes:
+        reparam: the encoder, ``mlp`` or ``lstm`` (a 2-layer bidirectional LSTM followed by an MLP, the structure of
+            the official ``LAMA/p_tuning/prompt_encoder.py``; see :class:`promptcore.PromptEncoder`). The official
+            encoder's inputs are an ``nn.Embedding``, drawn N(0, 1): ``init: random`` with ``init_std: 1.0``.
+        reparam_hidden: the encoder's hidden width (default: the model's width).
+    """
+
+    method: Literal["p_tuning"] = "p_tuning"
+    reparam: Literal["mlp", "lstm"] = "mlp"
+    reparam_hidden: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_tasks > 1:
+            raise UserError("num_tasks: a prompt bank (num_tasks > 1) holds plain prompts; P-tuning's encoder is for one task")
+        if self.reparam_hidden is not None and self.reparam_hidden <= 0:
+            raise UserError(f"reparam_hidden: must be a positive width or null, got {self.reparam_hidden}")
+
+
+@dataclass
+class PrefixConfig(SoftPromptConfig):
+    """Prefix tuning (``method: prefix``); the fields are :class:`textpt.config.SoftPromptConfig`'s. The token inits
+    (``vocab``, ``text``, ``labels``) run the tokens through the frozen model and start from their keys and values.
+    Causal LMs, encoders (BERT, RoBERTa) and encoder-decoders (T5, BART); see :mod:`textpt.prefix`."""
+
+    tasks: ClassVar[tuple[str, ...]] = ("causal_lm", "seq2seq", "seq_cls")
+
+    method: Literal["prefix"] = "prefix"
+
+
+@dataclass
+class DePTConfig(PromptTuningConfig):
+    """DePT (``method: dept``): prompt tuning's fields (``num_tokens`` is the shorter prompt's length ``m``) plus the
+    low-rank update.
+
+    Attributes:
+        rank: the rank ``r`` of the update ``A @ B`` (the official config's default is 8; its README runs 45 with a
+            40-token prompt).
+        max_length: the input positions the update covers (``A``'s rows; the official ``max_seq_length``, 256);
+            inputs are cut to it (:meth:`input_limit`).
+        alpha: the update is scaled by ``alpha / sqrt(rank)`` (the official ``lora_alpha``, 8, which its runs keep).
+        fast: always ``off``: the update changes the input's embeddings, so DePT concatenates them with the prompt.
+    """
+
+    method: Literal["dept"] = "dept"
+    fast: Literal["off"] = "off"
+    rank: int = 8
+    max_length: int = 256
+    alpha: float = 8.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("rank", "max_length"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"{name}: must be positive, got {getattr(self, name)}")
+        if not (math.isfinite(self.alpha) and self.alpha > 0):
+            raise UserError(f"alpha: must be a positive number, got {self.alpha}")
+        if self.num_tasks > 1:
+            raise UserError("num_tasks: a prompt bank (num_tasks > 1) holds plain prompts; DePT's update is for one task")
+
+    def input_limit(self) -> int:
+        return self.max_length
+
+
+@dataclass
+class LinearProbeConfig(TextMethodConfig):
+    """A linear head on the frozen encoder (``method: linear_probe``; ``model.task: seq_cls``); the fields are
+    :class:`textpt.config.TextMethodConfig`'s (``num_classes``: the head's size, ``seed``: its initialisation)."""
+
+    tasks: ClassVar[tuple[str, ...]] = ("seq_cls",)
+
+    method: Literal["linear_probe"] = "linear_probe"
+
+
+@dataclass
+class ZeroShotConfig(TextMethodConfig):
+    """Zero-shot scoring of label words (``method: zero_shot``; ``model.task: causal_lm`` or ``seq2seq``). Needs
+    ``verbalizer`` (on synthetic data the run config fills in the class keywords)."""
+
+    tasks: ClassVar[tuple[str, ...]] = ("causal_lm", "seq2seq")
+
+    method: Literal["zero_shot"] = "zero_shot"
+
+    def check_task(self, task: str, target_column: str | None = None) -> None:
+        super().check_task(task, target_column)
+        if not self.verbalizer:
+            raise UserError("verbalizer: zero_shot scores one label word per class; give verbalizer: [word per class]")
+        if target_column is not None:
+            raise UserError("method: zero_shot classifies by label words, it does not learn target texts; drop data.target_column")
+
+
+PackingMode = Union[Literal["auto"], bool]
+"""``data.packing``: ``auto`` packs where it is exact, ``true`` requires it, ``false`` keeps the padded path."""
+
+
+@dataclass
+class TextDataConfig:
+    """The ``data:`` section of a text run config.
+
+    Attributes:
+        source: a registered source (:data:`textpt.sources.SOURCES`): ``synthetic``
+            (:class:`textpt.synthetic.SyntheticTexts`: keyword-bearing texts, columns ``text`` and ``label``), ``hf``
+            (``datasets.load_dataset(name, subset)``), ``csv`` / ``json`` / ``parquet`` (local files in
+            ``data_files``) or ``asset`` (``textpt.assets.load_dataset(name)``, e.g. ``rotten_tomatoes``).
+        name: the dataset name for ``hf`` and ``asset``.
+        subset: the dataset's configuration name for ``hf`` (``load_dataset(name, subset)``).
+        data_files: for ``csv`` / ``json`` / ``parquet``: split name -> file path (``{train: a.csv, test: b.csv}``).
+        train_split: the split trained on.
+        eval_split: the split evaluated on, or ``null`` for none.
+        text_column: the column holding the text; it is the field that is shortened when an input is too long (see
+            ``truncation_side``) and that must not be empty.
+        label_column: the column holding class labels (integers ``0..C-1``, or strings mapped by ``label_names``
+            or else by the verbalizer's words); ``null`` for unlabelled data.
+        target_column: the column holding target texts for generation (``causal_lm``) or ``seq2seq`` training.
+            A ``seq2seq`` run without it learns to write the class's verbalizer word.
+        task_column: a column of integer task ids (``0..num_tasks-1``) for a prompt bank.
+        template: how a row becomes the input, with ``{column}`` fields (``"Review: {text}\\nSentiment:"``);
+            default ``"{<text_column>}"``. Write literal braces as ``{{`` and ``}}``.
+        target_template: how a row becomes the target (``causal_lm`` and ``seq2seq`` with ``target_column``);
+            default ``" {<target_column>}"`` for ``causal_lm`` (a space after the prompt, as BPE vocabularies
+            expect) and ``"{<target_column>}"`` for ``seq2seq``.
+        label_names: class names in class order, mapping string labels to class indices (``[rotten, fresh]``);
+            default: the dataset's ``ClassLabel`` names, else the verbalizer's words.
+        max_length: the longest tokenized input (prompt tokens not counted); ``null``: ``model.max_length``, else
+            the model's maximum less the prompt length (:func:`model_input_budget`). A longer input is shortened by
+            cutting its ``text_column`` field only, so the template's other words (an instruction before it, the
+            ``"Sentiment:"`` after it that a causal LM's verbalizer follows) and the model's special tokens always
+            stay; one warning per run counts the shortened rows. What is cut, by task: ``causal_lm``
+            classification and ``seq_cls``: the text field of the input; ``causal_lm`` generation training: the
+            target keeps at most half of ``max_length`` when input and target do not fit together, then the input's
+            text field is cut to the rest; ``seq2seq``: the input's text field (the target is limited separately,
+            keeping its end-of-sequence token).
+        truncation_side: which end of the text field is cut: ``right`` (keep its beginning, as T5's and Hugging
+            Face tokenizers' truncation do) or ``left`` (keep its end).
+        max_train_samples: use only the first N training rows.
+        max_eval_samples: use only the first N evaluation rows.
+        skip_empty: drop rows whose text (or target) is empty, counting them in the bundle's ``info``, instead of
+            raising an error naming the first such row.
+        packing: whether causal LM batches run packed into one row, without padding (:mod:`textpt.packing`):
+            ``auto`` where that gives the padded path's numbers (a decoder-only model with ``sdpa`` or ``eager``
+            attention and full-attention layers; encoder and encoder-decoder batches stay padded), ``true`` requires
+            it (refused, with the reason, where it would not be exact), ``false`` (default) keeps the padded path. Batches are
+            collated padded either way; the model packs them (:meth:`textpt.model.TextPromptedModel.set_packing`).
+        group_by_length: batch training rows of similar length together (:func:`textpt.packing.length_grouped_order`:
+            each epoch's seeded order sorted longest first within buckets of 50 batches), so a padded batch pads
+            less; for the runs that stay padded (encoders, encoder-decoders, models ``packing`` cannot run exactly).
+            It changes which rows share a batch, so the numbers of a run differ from the seeded random order's.
+        num_proc: processes that encode the rows (``datasets.map``'s ``num_proc``); ``null``: this process.
+        test_size: sources that split their rows anew only (``source: asset``): split the dataset's rows anew, this fraction (``0.1``) or number of rows
+            (``500``) into ``test`` (:func:`textpt.assets.load_dataset`, stratified by label, seeded by ``seed``);
+            ``null``: the asset's default split (80/20, seed 0). A whole number is a row count, a number below 1
+            a fraction.
+        train_size: ``source: asset`` only: likewise for ``train`` (``null``: every row not in ``test``).
+        num_samples: synthetic training rows.
+        num_eval_samples: synthetic evaluation rows.
+        num_classes: synthetic classes (2 to 8).
+        text_length: synthetic filler words per text.
+        keywords_per_text: synthetic class keywords mixed into each text (more: an easier task).
+        seed: the synthetic data's seed, and the seed of an asset's split when ``test_size`` or ``train_size`` is set.
+    """
+
+    source: str = "synthetic"
+    name: str | None = None
+    subset: str | None = None
+    data_files: dict[str, str] = field(default_factory=dict)
+    train_split: str = "train"
+    eval_split: str | None = "test"
+    text_column: str = "text"
+    label_column: str | None = "label"
+    target_column: str | None = None
+    task_column: str | None = None
+    template: str | None = None
+    target_template: str | None = None
+    label_names: list[str] | None = None
+    max_length: int | None = None
+    truncation_side: Literal["right", "left"] = "right"
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    skip_empty: bool = False
+    packing: PackingMode = False
+    group_by_length: bool = False
+    num_proc: int | None = None
+    test_size: int | float | None = None
+    train_size: int | float | None = None
+    num_samples: int = 512
+    num_eval_samples: int = 256
+    num_classes: int = 2
+    text_length: int = 12
+    keywords_per_text: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        try:
+            source = lookup(SOURCES, self.source)
+        except KeyError as e:
+            raise UserError(f"source: {e}") from None
+        source.check_config(self)
+        if self.template is None:
+            self.template = "{" + self.text_column + "}"
+        fields = template_fields(self.template, "template")
+        if not fields:
+            raise UserError(f"template: {self.template!r} has no {{column}} field; e.g. 'Review: {{{self.text_column}}}'")
+        if self.target_template is not None:
+            template_fields(self.target_template, "target_template")
+        for name in ("max_length", "max_train_samples", "max_eval_samples", "num_samples", "num_eval_samples", "text_length", "keywords_per_text", "num_proc"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise UserError(f"{name}: must be positive, got {value}")
+        for name in ("test_size", "train_size"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not source.resplits:
+                raise UserError(
+                    f"{name}: splits a packaged dataset's rows anew (source: asset); source {self.source!r} brings its "
+                    f"own splits, chosen with train_split / eval_split"
+                )
+            if not (isinstance(value, int) and value >= 1) and not (isinstance(value, float) and 0 < value < 1):
+                raise UserError(f"{name}: give a fraction between 0 and 1 (0.2) or a number of rows (500), got {value!r}")
+
+
+def template_fields(template: str, what: str = "template") -> list[str]:
+    """The ``{field}`` names of a format string; raises ``ValueError("<what>: ...")`` on a malformed one."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise UserError(f"{what}: {template!r} is not a valid template ({e}); write literal braces as {{{{ and }}}}") from None
+    fields = []
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if not name or any(c in name for c in ".[]"):
+            raise UserError(f"{what}: field {{{name}}} in {template!r} must name a column, e.g. {{text}}")
+        if spec or conversion:
+            raise UserError(f"{what}: field {{{name}}} in {template!r} has a format spec or conversion; use plain {{column}} fields")
+        fields.append(name)
+    return fields
+
+

@@ -11,11 +11,10 @@ and collates them into the batches its steps read.
 
 from __future__ import annotations
 
-import string
 import sys
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator, Literal
 
 from promptcore.errors import UserError
@@ -24,154 +23,10 @@ from promptcore.recipe import DataBundle
 from promptcore.version import __version__
 
 from .loading import model_max_length
-from .packing import PackingMode
 from .padding import pad_token_id
+from .config import TextDataConfig, template_fields
 from .sources import SOURCES, DataError, MissingSplitError, check_utf8, synthetic_class_names
 from .tasks import IGNORE_INDEX, TASKS, TextCollator, TextTask
-
-
-@dataclass
-class TextDataConfig:
-    """The ``data:`` section of a text run config.
-
-    Attributes:
-        source: a registered source (:data:`textpt.sources.SOURCES`): ``synthetic``
-            (:class:`textpt.synthetic.SyntheticTexts`: keyword-bearing texts, columns ``text`` and ``label``), ``hf``
-            (``datasets.load_dataset(name, subset)``), ``csv`` / ``json`` / ``parquet`` (local files in
-            ``data_files``) or ``asset`` (``textpt.assets.load_dataset(name)``, e.g. ``rotten_tomatoes``).
-        name: the dataset name for ``hf`` and ``asset``.
-        subset: the dataset's configuration name for ``hf`` (``load_dataset(name, subset)``).
-        data_files: for ``csv`` / ``json`` / ``parquet``: split name -> file path (``{train: a.csv, test: b.csv}``).
-        train_split: the split trained on.
-        eval_split: the split evaluated on, or ``null`` for none.
-        text_column: the column holding the text; it is the field that is shortened when an input is too long (see
-            ``truncation_side``) and that must not be empty.
-        label_column: the column holding class labels (integers ``0..C-1``, or strings mapped by ``label_names``
-            or else by the verbalizer's words); ``null`` for unlabelled data.
-        target_column: the column holding target texts for generation (``causal_lm``) or ``seq2seq`` training.
-            A ``seq2seq`` run without it learns to write the class's verbalizer word.
-        task_column: a column of integer task ids (``0..num_tasks-1``) for a prompt bank.
-        template: how a row becomes the input, with ``{column}`` fields (``"Review: {text}\\nSentiment:"``);
-            default ``"{<text_column>}"``. Write literal braces as ``{{`` and ``}}``.
-        target_template: how a row becomes the target (``causal_lm`` and ``seq2seq`` with ``target_column``);
-            default ``" {<target_column>}"`` for ``causal_lm`` (a space after the prompt, as BPE vocabularies
-            expect) and ``"{<target_column>}"`` for ``seq2seq``.
-        label_names: class names in class order, mapping string labels to class indices (``[rotten, fresh]``);
-            default: the dataset's ``ClassLabel`` names, else the verbalizer's words.
-        max_length: the longest tokenized input (prompt tokens not counted); ``null``: ``model.max_length``, else
-            the model's maximum less the prompt length (:func:`model_input_budget`). A longer input is shortened by
-            cutting its ``text_column`` field only, so the template's other words (an instruction before it, the
-            ``"Sentiment:"`` after it that a causal LM's verbalizer follows) and the model's special tokens always
-            stay; one warning per run counts the shortened rows. What is cut, by task: ``causal_lm``
-            classification and ``seq_cls``: the text field of the input; ``causal_lm`` generation training: the
-            target keeps at most half of ``max_length`` when input and target do not fit together, then the input's
-            text field is cut to the rest; ``seq2seq``: the input's text field (the target is limited separately,
-            keeping its end-of-sequence token).
-        truncation_side: which end of the text field is cut: ``right`` (keep its beginning, as T5's and Hugging
-            Face tokenizers' truncation do) or ``left`` (keep its end).
-        max_train_samples: use only the first N training rows.
-        max_eval_samples: use only the first N evaluation rows.
-        skip_empty: drop rows whose text (or target) is empty, counting them in the bundle's ``info``, instead of
-            raising an error naming the first such row.
-        packing: whether causal LM batches run packed into one row, without padding (:mod:`textpt.packing`):
-            ``auto`` where that gives the padded path's numbers (a decoder-only model with ``sdpa`` or ``eager``
-            attention and full-attention layers; encoder and encoder-decoder batches stay padded), ``true`` requires
-            it (refused, with the reason, where it would not be exact), ``false`` (default) keeps the padded path. Batches are
-            collated padded either way; the model packs them (:meth:`textpt.model.TextPromptedModel.set_packing`).
-        group_by_length: batch training rows of similar length together (:func:`textpt.packing.length_grouped_order`:
-            each epoch's seeded order sorted longest first within buckets of 50 batches), so a padded batch pads
-            less; for the runs that stay padded (encoders, encoder-decoders, models ``packing`` cannot run exactly).
-            It changes which rows share a batch, so the numbers of a run differ from the seeded random order's.
-        num_proc: processes that encode the rows (``datasets.map``'s ``num_proc``); ``null``: this process.
-        test_size: sources that split their rows anew only (``source: asset``): split the dataset's rows anew, this fraction (``0.1``) or number of rows
-            (``500``) into ``test`` (:func:`textpt.assets.load_dataset`, stratified by label, seeded by ``seed``);
-            ``null``: the asset's default split (80/20, seed 0). A whole number is a row count, a number below 1
-            a fraction.
-        train_size: ``source: asset`` only: likewise for ``train`` (``null``: every row not in ``test``).
-        num_samples: synthetic training rows.
-        num_eval_samples: synthetic evaluation rows.
-        num_classes: synthetic classes (2 to 8).
-        text_length: synthetic filler words per text.
-        keywords_per_text: synthetic class keywords mixed into each text (more: an easier task).
-        seed: the synthetic data's seed, and the seed of an asset's split when ``test_size`` or ``train_size`` is set.
-    """
-
-    source: str = "synthetic"
-    name: str | None = None
-    subset: str | None = None
-    data_files: dict[str, str] = field(default_factory=dict)
-    train_split: str = "train"
-    eval_split: str | None = "test"
-    text_column: str = "text"
-    label_column: str | None = "label"
-    target_column: str | None = None
-    task_column: str | None = None
-    template: str | None = None
-    target_template: str | None = None
-    label_names: list[str] | None = None
-    max_length: int | None = None
-    truncation_side: Literal["right", "left"] = "right"
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    skip_empty: bool = False
-    packing: PackingMode = False
-    group_by_length: bool = False
-    num_proc: int | None = None
-    test_size: int | float | None = None
-    train_size: int | float | None = None
-    num_samples: int = 512
-    num_eval_samples: int = 256
-    num_classes: int = 2
-    text_length: int = 12
-    keywords_per_text: int = 2
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        try:
-            source = lookup(SOURCES, self.source)
-        except KeyError as e:
-            raise UserError(f"source: {e}") from None
-        source.check_config(self)
-        if self.template is None:
-            self.template = "{" + self.text_column + "}"
-        fields = template_fields(self.template, "template")
-        if not fields:
-            raise UserError(f"template: {self.template!r} has no {{column}} field; e.g. 'Review: {{{self.text_column}}}'")
-        if self.target_template is not None:
-            template_fields(self.target_template, "target_template")
-        for name in ("max_length", "max_train_samples", "max_eval_samples", "num_samples", "num_eval_samples", "text_length", "keywords_per_text", "num_proc"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise UserError(f"{name}: must be positive, got {value}")
-        for name in ("test_size", "train_size"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if not source.resplits:
-                raise UserError(
-                    f"{name}: splits a packaged dataset's rows anew (source: asset); source {self.source!r} brings its "
-                    f"own splits, chosen with train_split / eval_split"
-                )
-            if not (isinstance(value, int) and value >= 1) and not (isinstance(value, float) and 0 < value < 1):
-                raise UserError(f"{name}: give a fraction between 0 and 1 (0.2) or a number of rows (500), got {value!r}")
-
-
-def template_fields(template: str, what: str = "template") -> list[str]:
-    """The ``{field}`` names of a format string; raises ``ValueError("<what>: ...")`` on a malformed one."""
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as e:
-        raise UserError(f"{what}: {template!r} is not a valid template ({e}); write literal braces as {{{{ and }}}}") from None
-    fields = []
-    for _, name, spec, conversion in parsed:
-        if name is None:
-            continue
-        if not name or any(c in name for c in ".[]"):
-            raise UserError(f"{what}: field {{{name}}} in {template!r} must name a column, e.g. {{text}}")
-        if spec or conversion:
-            raise UserError(f"{what}: field {{{name}}} in {template!r} has a format spec or conversion; use plain {{column}} fields")
-        fields.append(name)
-    return fields
 
 
 # ----- sources --------------------------------------------------------------------------------------------------

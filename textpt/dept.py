@@ -29,8 +29,7 @@ shared-prefix fast path: the prompt and the updated embeddings are always concat
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,44 +37,10 @@ from torch import nn
 from promptcore import SoftPrompt, register_method
 from promptcore.errors import UserError
 
-from .config import trainable_dtype
+from .config import DePTConfig, trainable_dtype
 from .model import SoftPromptedModel
 from .padding import pack_prompt, pad_token_id
-from .prompt_tuning import PromptTuningConfig, prompt_init
-
-
-@dataclass
-class DePTConfig(PromptTuningConfig):
-    """DePT (``method: dept``): prompt tuning's fields (``num_tokens`` is the shorter prompt's length ``m``) plus the
-    low-rank update.
-
-    Attributes:
-        rank: the rank ``r`` of the update ``A @ B`` (the official config's default is 8; its README runs 45 with a
-            40-token prompt).
-        max_length: the input positions the update covers (``A``'s rows; the official ``max_seq_length``, 256);
-            inputs are cut to it (:meth:`input_limit`).
-        alpha: the update is scaled by ``alpha / sqrt(rank)`` (the official ``lora_alpha``, 8, which its runs keep).
-        fast: always ``off``: the update changes the input's embeddings, so DePT concatenates them with the prompt.
-    """
-
-    method: Literal["dept"] = "dept"
-    fast: Literal["off"] = "off"
-    rank: int = 8
-    max_length: int = 256
-    alpha: float = 8.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("rank", "max_length"):
-            if getattr(self, name) <= 0:
-                raise UserError(f"{name}: must be positive, got {getattr(self, name)}")
-        if not (math.isfinite(self.alpha) and self.alpha > 0):
-            raise UserError(f"alpha: must be a positive number, got {self.alpha}")
-        if self.num_tasks > 1:
-            raise UserError("num_tasks: a prompt bank (num_tasks > 1) holds plain prompts; DePT's update is for one task")
-
-    def input_limit(self) -> int:
-        return self.max_length
+from .prompt_tuning import prompt_init
 
 
 def rank_for_budget(prompt_tokens: int, num_tokens: int, dim: int, max_length: int) -> int:

@@ -8,25 +8,14 @@ prompt file holds only the head (and the pooling it was trained on).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 from torch import nn
 
 from promptcore import register_method
 
-from .config import TextMethodConfig
+from .config import LinearProbeConfig
 from .model import TextPromptedModel
-
-
-@dataclass
-class LinearProbeConfig(TextMethodConfig):
-    """A linear head on the frozen encoder (``method: linear_probe``; ``model.task: seq_cls``); the fields are
-    :class:`textpt.config.TextMethodConfig`'s (``num_classes``: the head's size, ``seed``: its initialisation)."""
-
-    tasks: ClassVar[tuple[str, ...]] = ("seq_cls",)
-
-    method: Literal["linear_probe"] = "linear_probe"
 
 
 class LinearProbeModel(TextPromptedModel):

@@ -17,7 +17,7 @@ from promptcore.errors import UserError
 from promptcore.hub import hub_access, offline_hint
 from promptcore.memory import check_fits, module_bytes
 from promptcore.registry import did_you_mean
-from promptcore.quantization import int8_weight_only, quantize_nf4, quanto_int4, require_quant_library
+from promptcore.quantization import int8_weight_only, quantize_nf4, require_quant_library, unpack_quanto_with_torch
 
 from .config import POOLING_ATTR, TextModelConfig
 from .synthetic import SYNTHETIC_WORDS
@@ -267,7 +267,8 @@ def quantization_config(kind: str):
     if kind == "int8":
         return transformers.TorchAoConfig(int8_weight_only())
     require_quant_library(kind)
-    return quanto_int4()
+    unpack_quanto_with_torch()  # no C++ build on the CPU's first use
+    return transformers.QuantoConfig(weights="int4")
 
 
 def quantize_nf4_model(model: nn.Module) -> None:

@@ -8,38 +8,12 @@ path, generation) is prompt tuning's, which is why this method is a thin subclas
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 from torch import nn
 
 from promptcore import SoftPrompt, register_method
-from promptcore.errors import UserError
 
-from .prompt_tuning import PromptTuningConfig, PromptTuningModel, prompt_init
-
-
-@dataclass
-class PTuningConfig(PromptTuningConfig):
-    """P-tuning (``method: p_tuning``): prompt tuning's fields plus the encoder.
-
-    Attributes:
-        reparam: the encoder, ``mlp`` or ``lstm`` (a 2-layer bidirectional LSTM followed by an MLP, the structure of
-            the official ``LAMA/p_tuning/prompt_encoder.py``; see :class:`promptcore.PromptEncoder`). The official
-            encoder's inputs are an ``nn.Embedding``, drawn N(0, 1): ``init: random`` with ``init_std: 1.0``.
-        reparam_hidden: the encoder's hidden width (default: the model's width).
-    """
-
-    method: Literal["p_tuning"] = "p_tuning"
-    reparam: Literal["mlp", "lstm"] = "mlp"
-    reparam_hidden: int | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.num_tasks > 1:
-            raise UserError("num_tasks: a prompt bank (num_tasks > 1) holds plain prompts; P-tuning's encoder is for one task")
-        if self.reparam_hidden is not None and self.reparam_hidden <= 0:
-            raise UserError(f"reparam_hidden: must be a positive width or null, got {self.reparam_hidden}")
+from .config import PTuningConfig
+from .prompt_tuning import PromptTuningModel, prompt_init
 
 
 class PTuningModel(PromptTuningModel):

@@ -36,17 +36,18 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Literal, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
 from promptcore.batches import epoch_generator
 
+from .config import PackingMode
+
 if TYPE_CHECKING:
     from .model import TextPromptedModel
 
-PackingMode = Union[Literal["auto"], bool]
-"""``data.packing``: ``auto`` packs where it is exact, ``true`` requires it, ``false`` keeps the padded path."""
+
 
 ATTENTION_IMPLEMENTATIONS: tuple[str, ...] = ("sdpa", "eager")
 """The attention implementations that take the packed masks (a 4-D float mask, or the block-diagonal one

@@ -23,8 +23,7 @@ frozen model (an encoder-decoder: as its input and as the decoder's) and start f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,20 +32,9 @@ from promptcore import DeepSoftPrompt, PromptBank, register_method
 from promptcore.errors import UserError
 
 from .attention_prefix import AttentionPrefixes
-from .config import SoftPromptConfig, trainable_dtype
+from .config import PrefixConfig, trainable_dtype
 from .fast_prefix import CachePrefixes, KeyValues
 from .model import SoftPromptedModel
-
-
-@dataclass
-class PrefixConfig(SoftPromptConfig):
-    """Prefix tuning (``method: prefix``); the fields are :class:`textpt.config.SoftPromptConfig`'s. The token inits
-    (``vocab``, ``text``, ``labels``) run the tokens through the frozen model and start from their keys and values.
-    Causal LMs, encoders (BERT, RoBERTa) and encoder-decoders (T5, BART); see :mod:`textpt.prefix`."""
-
-    tasks: ClassVar[tuple[str, ...]] = ("causal_lm", "seq2seq", "seq_cls")
-
-    method: Literal["prefix"] = "prefix"
 
 
 class PrefixModel(SoftPromptedModel):

@@ -13,8 +13,7 @@ unless ``fast: off``; on a GPU only with ``fast: on``; seq2seq and encoder model
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,53 +21,9 @@ from torch import nn
 from promptcore import PromptBank, SoftPrompt, register_method
 from promptcore.errors import UserError
 
-from .config import SoftPromptConfig, trainable_dtype
+from .config import PromptTuningConfig, trainable_dtype
 from .fast_prefix import KeyValues, prompt_key_values, select_rows
 from .model import SoftPromptedModel
-
-
-@dataclass
-class PromptTuningConfig(SoftPromptConfig):
-    """Prompt tuning (``method: prompt_tuning``); the common fields are :class:`textpt.config.SoftPromptConfig`'s.
-
-    Inits (besides :class:`~textpt.config.SoftPromptConfig`'s): ``class_labels``, Lester et al.'s class-label
-    init as ``prompt_tuning/prompts.py`` builds it (``from_embedded_list`` over ``from_sample_of_embeddings``):
-    position ``i`` holds the ``i``-th verbalizer word's embedding (the mean of its tokens' embeddings when it has
-    several), and every other position an embedding drawn without replacement from the first ``init_vocab_size``
-    rows of the vocabulary (their configs: 5,000). The official code draws from the embedding table's first rows;
-    T5's SentencePiece vocabulary lists its pieces by score, so those are its most frequent ones, while the ids of a
-    BPE vocabulary (GPT-2, Llama) follow the merge order, which only roughly tracks frequency. ``labels`` differs:
-    it repeats the label words' tokens one after another over every position.
-
-    Attributes:
-        fast: the shared-prefix path for shallow prompts on decoder-only models (the prompt's keys and values are
-            computed once per step and shared by the batch); ``auto`` uses it where it applies and the model sits on
-            the CPU (on a GPU the extra pass costs more than it saves: bench/RESULTS.md), ``on`` requires it on
-            any device, ``off`` always concatenates embeddings (the reference path). Both give the same numbers.
-        init_vocab_size: ``vocab`` and ``class_labels`` draw from the vocabulary's first ``init_vocab_size`` rows
-            (``null``: the whole vocabulary).
-        init_text_special_tokens: ``init: text`` takes the text as the tokenizer encodes a whole input, special
-            tokens included (``[CLS] text [SEP]`` on BERT, ``<s> text`` on Llama, ``text </s>`` on T5), as PEFT's
-            ``PromptTuningInit.TEXT`` does. Default ``false``: the text's own tokens only; the input after the
-            prompt already carries the model's special tokens.
-    """
-
-    inits: ClassVar[tuple[str, ...]] = (*SoftPromptConfig.inits, "class_labels")
-
-    method: Literal["prompt_tuning"] = "prompt_tuning"
-    fast: Literal["auto", "on", "off"] = "auto"
-    init_vocab_size: int | None = None
-    init_text_special_tokens: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.init_vocab_size is not None:
-            if self.init_vocab_size <= 0:
-                raise UserError(f"init_vocab_size: must be a positive number of vocabulary rows or null, got {self.init_vocab_size}")
-            if self.init not in ("vocab", "class_labels"):
-                raise UserError(f"init_vocab_size: only the vocab and class_labels inits draw from the vocabulary, init is {self.init!r}; remove it")
-        if self.init_text_special_tokens and self.init != "text":
-            raise UserError(f"init_text_special_tokens: applies to init 'text', init is {self.init!r}; remove it")
 
 
 class PromptTuningModel(SoftPromptedModel):

@@ -16,16 +16,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from promptcore.config import check_sources
+from promptcore.config import check_sources, library_check
 from promptcore.errors import UserError
 from promptcore.methods import method_config
 from promptcore.train_config import TrainConfig
 
-from .config import TextMethodConfig, TextModelConfig
-from .data import TextDataConfig
-from .prompt_tuning import PromptTuningConfig
+from .config import PromptTuningConfig, TextDataConfig, TextMethodConfig, TextModelConfig
 from .sources import SOURCES
-from .tasks import TASKS
 
 
 @dataclass
@@ -71,6 +68,10 @@ class TextRunConfig:
 
     def __post_init__(self) -> None:
         check_sources(self, self.source)
+        library_check(self._check_sections)  # the model tasks and the synthetic data's class names import torch
+
+    def _check_sections(self) -> None:
+        """The checks across sections (see the class's docstring)."""
         data = self.data
         names = known_class_names(data)
         if names is not None and self.prompt.num_classes not in (None, len(names)):
@@ -98,6 +99,8 @@ def known_class_names(data: TextDataConfig) -> list[str] | None:
 def resolve_prompt(task: str, prompt: TextMethodConfig, data: TextDataConfig) -> TextMethodConfig:
     """``prompt`` with the defaults of a source that knows its classes (see :class:`TextRunConfig`): a new config,
     or ``prompt`` itself when nothing is filled in."""
+    from .tasks import TASKS  # imports torch
+
     names = known_class_names(data)
     if names is None:
         return prompt
@@ -110,6 +113,8 @@ def resolve_prompt(task: str, prompt: TextMethodConfig, data: TextDataConfig) ->
 
 def _check(model: TextModelConfig, prompt: TextMethodConfig, data: TextDataConfig) -> None:
     """The checks across sections of a resolved run config; raises ``ValueError("section.field: ...")``."""
+    from .tasks import TASKS  # imports torch
+
     task = model.task
     try:
         prompt.check_task(task, data.target_column)

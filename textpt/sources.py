@@ -20,12 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from promptcore.data import check_utf8 as check_file_encoding
-from promptcore.data import load_with_datasets
 from promptcore.errors import UserError
 from promptcore.registry import Registry
 
-from .synthetic import SyntheticTexts
 
 if TYPE_CHECKING:
     from .data import TextDataConfig
@@ -85,17 +82,23 @@ class TextSource:
 def check_utf8(path: str) -> None:
     """Raises :class:`DataError` naming ``path``, the encoding detected and the ``iconv`` line that converts it when
     the file is not UTF-8 text (:func:`promptcore.data.check_utf8`)."""
+    from promptcore.data import check_utf8 as check_file_encoding  # imports torch: the sources are listed without it
+
     check_file_encoding(path, DataError)
 
 
 # ----- the toolkit's sources ------------------------------------------------------------------------------------
 def synthetic_class_names(cfg: "TextDataConfig") -> list[str]:
     """The synthetic source's class keywords (one per class: a natural verbalizer), without building the data."""
+    from .synthetic import SyntheticTexts
+
     return SyntheticTexts(num_samples=1, num_classes=cfg.num_classes, seed=cfg.seed).class_names
 
 
 def _load_synthetic(cfg: "TextDataConfig") -> dict[str, Any]:
     import datasets
+
+    from .synthetic import SyntheticTexts
 
     sizes = {cfg.train_split: cfg.num_samples}
     if cfg.eval_split is not None:
@@ -124,6 +127,8 @@ def _load_with_datasets(cfg: "TextDataConfig", *args: Any, **kwargs: Any) -> Any
     """``datasets.load_dataset(*args, **kwargs)``, its failures reported as a :class:`DataError`."""
     what = SOURCES.get(cfg.source).what(cfg)
     fix = f"fix the file at the line or row named (a {cfg.source} file needs the same columns on every row)"
+    from promptcore.data import load_with_datasets
+
     return load_with_datasets(DataError, (what, fix), (what, "data.name / data.data_files"), *args, **kwargs)
 
 

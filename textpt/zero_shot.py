@@ -7,33 +7,14 @@ and no parameter to train, so ``textpt train`` refuses it and ``textpt eval`` (w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 from torch import nn
 
 from promptcore import register_method
-from promptcore.errors import UserError
 
-from .config import TextMethodConfig
+from .config import ZeroShotConfig
 from .model import TextPromptedModel
-
-
-@dataclass
-class ZeroShotConfig(TextMethodConfig):
-    """Zero-shot scoring of label words (``method: zero_shot``; ``model.task: causal_lm`` or ``seq2seq``). Needs
-    ``verbalizer`` (on synthetic data the run config fills in the class keywords)."""
-
-    tasks: ClassVar[tuple[str, ...]] = ("causal_lm", "seq2seq")
-
-    method: Literal["zero_shot"] = "zero_shot"
-
-    def check_task(self, task: str, target_column: str | None = None) -> None:
-        super().check_task(task, target_column)
-        if not self.verbalizer:
-            raise UserError("verbalizer: zero_shot scores one label word per class; give verbalizer: [word per class]")
-        if target_column is not None:
-            raise UserError("method: zero_shot classifies by label words, it does not learn target texts; drop data.target_column")
 
 
 class ZeroShotModel(TextPromptedModel):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from promptcore.methods import declare_method
 from promptcore.plugins import lazy_exports
 
 if TYPE_CHECKING:
@@ -78,6 +79,13 @@ __getattr__, __dir__ = lazy_exports(
         ".synthetic", ".vision_prompts", ".coupled",
     ),
 )
+
+# The methods (of kind text: their prompts live in the language model), with their config classes (vlmpt.config,
+# free of torch): a run config is validated before their modules load.
+declare_method("vlm_prompt_tuning", "text", config=("vlmpt.config", "VLMPromptTuningConfig"), module="vlmpt.prompt_tuning")
+declare_method("vlm_prefix", "text", config=("vlmpt.config", "VLMPrefixConfig"), module="vlmpt.prefix")
+declare_method("vlm_vpt", "text", config=("vlmpt.config", "VLMVisionPromptConfig"), module="vlmpt.vision_prompts")
+declare_method("vlm_coupled", "text", config=("vlmpt.config", "VLMCoupledConfig"), module="vlmpt.coupled")
 
 __all__ = [
     "FAMILIES",

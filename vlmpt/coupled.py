@@ -45,8 +45,7 @@ tiled one are refused, as ``vlm_vpt`` refuses them.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -57,42 +56,10 @@ from textpt.config import trainable_dtype
 from textpt.fast_prefix import KeyValues, num_layers
 from vpt.clip.maple import coupling_projections
 
+from .config import VLMCoupledConfig
 from .model import VLMPromptedModel
 from .prefix import row_key_values
 from .vision_prompts import prompt_tower, tower_prompts
-
-
-@dataclass
-class VLMCoupledConfig:
-    """Coupled language and vision prompts (MaPLe's coupling; M2PT's free vision prompts optional).
-
-    Attributes:
-        num_tokens: language prompt rows per prompted language-model layer, and the vision prompts projected from
-            them per prompted tower layer.
-        depth: prompted layers J on both sides (1: the language model's input rows and the tower's first layer
-            only); at most the layers of the shallower of the two.
-        vision_tokens: free vision prompts per prompted tower layer, after the projected ones (M2PT's visual
-            prompts); 0: none (MaPLe).
-        init_std: the language and free vision prompts start as ``init_std`` times a standard normal draw.
-        seed: the seed of those draws and of the projections' initialisation.
-    """
-
-    method: Literal["vlm_coupled"] = "vlm_coupled"
-    num_tokens: int = 2
-    depth: int = 9
-    vision_tokens: int = 0
-    init_std: float = 0.02
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.num_tokens, int) or self.num_tokens < 1:
-            raise UserError(f"num_tokens: must be a positive number of prompt rows, got {self.num_tokens!r}")
-        if not isinstance(self.depth, int) or self.depth < 1:
-            raise UserError(f"depth: must be a positive number of prompted layers (1: the inputs only), got {self.depth!r}")
-        if not isinstance(self.vision_tokens, int) or self.vision_tokens < 0:
-            raise UserError(f"vision_tokens: must be a number of free vision prompts (0: none), got {self.vision_tokens!r}")
-        if self.init_std <= 0:
-            raise UserError(f"init_std: must be positive, got {self.init_std}")
 
 
 class VLMCoupledModel(VLMPromptedModel):

@@ -22,9 +22,7 @@ row before any model work.
 
 from __future__ import annotations
 
-import string
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,100 +32,15 @@ from torch.utils.data import Dataset
 from promptcore.data import few_shot_indices
 from promptcore.errors import UserError
 from promptcore.recipe import DataBundle
-from promptcore.registry import did_you_mean
 from textpt.sources import SOURCES, DataError, MissingSplitError
 
+from .config import FILE_SOURCES, VLMDataConfig  # noqa: F401 - the data section, defined free of torch there
 from .families import family_of_processor
 
 IGNORE = -100
-FILE_SOURCES = ("hf", "csv", "json", "parquet")
-"""The sources of :data:`textpt.sources.SOURCES` a vision-language run reads (its synthetic and asset sources hold
-texts only)."""
 REFERENCE_KEYS = ("prompt_ids", "prompt_mask", "answers")
 """Batch keys of evaluation examples: the input without its answer (what generation starts from) and the reference
 answers."""
-
-
-@dataclass
-class VLMDataConfig:
-    """The ``data:`` section of a vision-language run config.
-
-    Attributes:
-        source: ``synthetic`` (seeded one-colour pictures with a question, answer, caption and label), ``hf``
-            (``datasets.load_dataset(name, subset)``), or ``csv`` / ``json`` / ``parquet`` (local files in
-            ``data_files``, one per split; ``json`` reads JSON Lines too).
-        name: the dataset name for ``hf``. subset: its configuration name.
-        data_files: split name -> file path, for ``csv`` / ``json`` / ``parquet``.
-        image_dir: the folder image paths in the image column are relative to; default: the folder of the split's
-            data file (for ``hf``: the working directory). Absolute paths are used as they are.
-        train_split: the split trained on. eval_split: the split evaluated on, or ``null``.
-        image_column: the column holding the image (an ``Image`` feature or a path).
-        question_column: the column holding the question, or ``null`` (captioning: the template holds the whole
-            instruction).
-        answer_column: the column holding the answer to learn (a caption for captioning): a string, or a list of
-            reference strings (trained on the first, scored against all).
-        references_column: the column evaluation scores against instead (a string or a list of references, e.g.
-            VQAv2's ten annotator answers; items may be ``{"answer": ...}`` records); default: ``answer_column``.
-        label_column: a column of class indices, for ``shots`` (K rows per class); without it the answer text is
-            the class.
-        template: the text of the user turn, with ``{column}`` fields (default ``"{question}"``; captioning: a
-            fixed instruction such as ``"describe the picture ."``); write literal braces as ``{{`` and ``}}``.
-        shots: K training rows per class (drawn with ``seed``, :func:`promptcore.data.few_shot_indices`); ``null``:
-            every row.
-        max_length: the longest example in tokens: the processor's input (the chat template, the image
-            placeholders as the processor expanded them, the instruction), then the answer and its EOS; prompt
-            vectors not counted. A longer example keeps the beginning of its answer and its EOS; a row whose input
-            leaves no room for one answer token and EOS is refused (an error naming it). ``null``: no limit.
-        max_train_samples: use only the first N training rows. max_eval_samples: likewise for evaluation.
-        num_samples: ``synthetic`` only: training rows. num_eval_samples: evaluation rows.
-        seed: the synthetic rows' and the K-shot draw's seed.
-    """
-
-    source: str = "synthetic"
-    name: str | None = None
-    subset: str | None = None
-    data_files: dict[str, str] = field(default_factory=dict)
-    image_dir: str | None = None
-    train_split: str = "train"
-    eval_split: str | None = "test"
-    image_column: str = "image"
-    question_column: str | None = "question"
-    answer_column: str = "answer"
-    references_column: str | None = None
-    label_column: str | None = None
-    template: str = "{question}"
-    shots: int | None = None
-    max_length: int | None = None
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    num_samples: int = 64
-    num_eval_samples: int = 32
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.source != "synthetic":
-            if self.source not in FILE_SOURCES:
-                known = ["synthetic", *FILE_SOURCES]
-                raise UserError(f"source: {self.source!r} is not one of {', '.join(known)}.{did_you_mean(str(self.source), known)}")
-            SOURCES.get(self.source).check_config(self)
-        try:
-            list(string.Formatter().parse(self.template))
-        except ValueError as e:
-            raise UserError(f"template: {self.template!r} is not a format string ({e}); write literal braces as {{{{ and }}}}") from None
-        for key in ("shots", "max_train_samples", "max_eval_samples", "num_samples", "num_eval_samples"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise UserError(f"{key}: must be a positive number of rows or null, got {value!r}")
-        if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 2):
-            raise UserError(f"max_length: must be a number of tokens, at least 2 (an answer token and EOS), or null; got {self.max_length!r}")
-
-    def columns(self, evaluated: bool = False, classify: bool = False) -> list[str]:
-        """The columns every row must have: the image, the answer (the label when the run ``classify``-es), the
-        template's fields and the label column (and in the ``evaluated`` split the references column)."""
-        fields = [f.split(".")[0].split("[")[0] for _, f, _, _ in string.Formatter().parse(self.template) if f]
-        optional = [c for c in (self.references_column if evaluated and not classify else None, self.label_column) if c]
-        wanted = [self.image_column, *([] if classify else [self.answer_column]), *fields, *optional]
-        return list(dict.fromkeys(wanted))
 
 
 def load_splits(cfg: VLMDataConfig, classify: bool = False) -> dict[str, Any]:

@@ -18,8 +18,7 @@ shallow prompt rows, they do not see the image.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,29 +28,8 @@ from promptcore.errors import UserError
 from textpt.config import trainable_dtype
 from textpt.fast_prefix import KeyValues, cache_argument, num_layers
 
+from .config import VLMPrefixConfig
 from .model import VLMPromptedModel
-
-
-@dataclass
-class VLMPrefixConfig:
-    """Prefix tuning (deep prompts) in a vision-language model's language model.
-
-    Attributes:
-        num_tokens: prefix positions in every layer.
-        init_std: the keys and values start as ``init_std`` times a standard normal draw.
-        seed: the seed of that draw.
-    """
-
-    method: Literal["vlm_prefix"] = "vlm_prefix"
-    num_tokens: int = 8
-    init_std: float = 0.02
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.num_tokens, int) or self.num_tokens < 1:
-            raise UserError(f"num_tokens: must be a positive number of prefix positions, got {self.num_tokens!r}")
-        if self.init_std <= 0:
-            raise UserError(f"init_std: must be positive, got {self.init_std}")
 
 
 class VLMPrefixModel(VLMPromptedModel):

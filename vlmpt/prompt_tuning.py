@@ -7,39 +7,16 @@ method (the prompt lives in the language model; the registry's kinds are ``visio
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from promptcore import SoftPrompt, register_method
-from promptcore.errors import UserError
 from textpt.config import trainable_dtype
 
+from .config import VLMPromptTuningConfig
 from .model import VLMPromptedModel
-
-
-@dataclass
-class VLMPromptTuningConfig:
-    """Soft prompt tuning in a vision-language model's language model.
-
-    Attributes:
-        num_tokens: prompt vectors before each sequence.
-        init_std: the prompt starts as ``init_std`` times a standard normal draw.
-        seed: the seed of that draw.
-    """
-
-    method: Literal["vlm_prompt_tuning"] = "vlm_prompt_tuning"
-    num_tokens: int = 8
-    init_std: float = 0.02
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.num_tokens, int) or self.num_tokens < 1:
-            raise UserError(f"num_tokens: must be a positive number of prompt vectors, got {self.num_tokens!r}")
-        if self.init_std <= 0:
-            raise UserError(f"init_std: must be positive, got {self.init_std}")
 
 
 class VLMPromptTuningModel(VLMPromptedModel):

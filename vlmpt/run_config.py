@@ -13,12 +13,7 @@ from typing import Literal
 from promptcore.errors import UserError
 from promptcore.train_config import TrainConfig
 
-from .coupled import VLMCoupledConfig
-from .data import VLMDataConfig
-from .loading import VLMModelConfig
-from .prefix import VLMPrefixConfig
-from .prompt_tuning import VLMPromptTuningConfig
-from .vision_prompts import VLMVisionPromptConfig
+from .config import VLMCoupledConfig, VLMDataConfig, VLMModelConfig, VLMPrefixConfig, VLMPromptTuningConfig, VLMVisionPromptConfig
 
 
 @dataclass

@@ -18,16 +18,16 @@ that kind: they are refused with the reason (:data:`REFUSED`).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from promptcore import DeepSoftPrompt, SoftPrompt, register_method
-from promptcore.errors import UnsupportedModelError, UserError
+from promptcore.errors import UnsupportedModelError
 from textpt.config import trainable_dtype
 
+from .config import VLMVisionPromptConfig
 from .model import VLMPromptedModel
 
 REFUSED = {
@@ -39,35 +39,6 @@ REFUSED = {
     ),
 }
 """Why a vision tower :mod:`vpt` does not take cannot hold VPT prompts, by its class name."""
-
-
-@dataclass
-class VLMVisionPromptConfig:
-    """VPT prompts in a vision-language model's vision tower, and optionally prompt rows in its language model.
-
-    Attributes:
-        num_tokens: prompt tokens after the class token of the vision tower's sequence.
-        deep: fresh prompts before every encoder layer (VPT-deep) instead of before the first only (VPT-shallow).
-        lm_tokens: prompt rows in the language model's input embeddings too, before each sequence (as
-            ``vlm_prompt_tuning`` places them); 0: none.
-        init_std: every prompt starts as ``init_std`` times a standard normal draw.
-        seed: the seed of that draw.
-    """
-
-    method: Literal["vlm_vpt"] = "vlm_vpt"
-    num_tokens: int = 8
-    deep: bool = False
-    lm_tokens: int = 0
-    init_std: float = 0.02
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.num_tokens, int) or self.num_tokens < 1:
-            raise UserError(f"num_tokens: must be a positive number of vision prompt tokens, got {self.num_tokens!r}")
-        if not isinstance(self.lm_tokens, int) or self.lm_tokens < 0:
-            raise UserError(f"lm_tokens: must be a number of language-model prompt rows (0: none), got {self.lm_tokens!r}")
-        if self.init_std <= 0:
-            raise UserError(f"init_std: must be positive, got {self.init_std}")
 
 
 class VLMVisionPromptModel(VLMPromptedModel):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from promptcore.methods import declare_method
 from promptcore.plugins import lazy_exports
 
 if TYPE_CHECKING:
@@ -59,6 +60,16 @@ __getattr__, __dir__ = lazy_exports(
     # what registers the package's methods, families, data sources, heads, assets and serving backend
     on_first_use=(".assets", ".backbones", ".config", ".linear_probe", ".model", ".pixel", ".run_config", ".serving", ".vfpt"),
 )
+
+# The methods, with their config classes (vpt.config, free of torch): a run config is validated before their modules
+# load.
+declare_method("vpt_shallow", "vision", config=("vpt.config", "VPTConfig"), module="vpt.model")
+declare_method("vpt_deep", "vision", config=("vpt.config", "VPTConfig"), module="vpt.model")
+declare_method("vfpt", "vision", config=("vpt.config", "VFPTConfig"), module="vpt.vfpt")
+declare_method("pixel_pad", "vision", config=("vpt.config", "PixelPromptConfig"), module="vpt.pixel")
+declare_method("pixel_fixed_patch", "vision", config=("vpt.config", "PixelPromptConfig"), module="vpt.pixel")
+declare_method("pixel_random_patch", "vision", config=("vpt.config", "PixelPromptConfig"), module="vpt.pixel")
+declare_method("linear_probe", "vision", config=("vpt.config", "LinearProbeConfig"), module="vpt.linear_probe")
 
 __all__ = [
     "BackboneConfig",

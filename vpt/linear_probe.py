@@ -9,8 +9,7 @@ so it runs on CNNs and ViTs alike. The backbone runs without gradients; the prom
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,25 +18,9 @@ from promptcore import PromptedModel, register_method
 from promptcore.errors import UnsupportedModelError, UserError
 
 from .backbones import FAMILIES, OTHER, backbone_name, family_of
+from .config import LinearProbeConfig
 from .data import resolve_image_config
 from .heads import TaskLinearHead
-
-
-@dataclass
-class LinearProbeConfig:
-    """The linear probe (the run config's ``prompt:`` section with ``method: linear_probe``).
-
-    Attributes:
-        method: ``linear_probe``.
-        num_classes: head size; ``vpt train`` fills it from the data when unset.
-    """
-
-    method: Literal["linear_probe"] = "linear_probe"
-    num_classes: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.num_classes is not None and self.num_classes <= 0:
-            raise UserError(f"num_classes: must be positive or null, got {self.num_classes!r}")
 
 
 class LinearProbe(PromptedModel):

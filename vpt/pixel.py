@@ -22,8 +22,7 @@ kept frozen, when its class count is the task's. Both come from the family that 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,53 +32,9 @@ from promptcore.errors import UserError
 from promptcore.model import COMPAT_LABELS
 
 from .backbones import backbone_name, family_of
+from .config import PixelMethod, PixelPromptConfig
 from .data import resolve_image_config
 from .heads import TaskLinearHead
-
-PixelMethod = Literal["pixel_pad", "pixel_fixed_patch", "pixel_random_patch"]
-
-
-@dataclass
-class PixelPromptConfig:
-    """Pixel prompts (the run config's ``prompt:`` section for these methods).
-
-    Attributes:
-        method: ``pixel_pad``, ``pixel_fixed_patch`` or ``pixel_random_patch`` (module docstring).
-        prompt_size: pad width, or patch side, in pixels (Bahng et al.: pad 30 on 224 x 224 images).
-        init: ``normal`` (Bahng et al. draw ``randn``: std ``init_scale`` = 1), ``uniform`` (range
-            ``init_scale``) or ``zeros`` (the prompted model starts as the plain model).
-        init_scale: std of ``normal``, half-range of ``uniform``.
-        head: ``linear`` on the frozen pooled features, or ``backbone``: the model's own frozen classifier.
-        num_classes: head size; ``vpt train`` fills it from the data when unset; with ``head: backbone`` it must
-            be the model's class count (default: that count).
-        num_tasks: a prompt bank: one prompt and one head per task, chosen per image by ``task_ids``.
-        image_size: the (square) input size the prompt is laid out for; default: the backbone's input size.
-            ``vpt train`` sets it to ``data.image_size`` when that is set, so the prompt fits the images the data
-            pipeline makes (:func:`vpt.run_config.resolve_run_config`).
-    """
-
-    method: PixelMethod = "pixel_pad"
-    prompt_size: int = 30
-    init: Literal["normal", "uniform", "zeros"] = "normal"
-    init_scale: float = 1.0
-    head: Literal["linear", "backbone"] = "linear"
-    num_classes: int | None = None
-    num_tasks: int = 1
-    image_size: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.method not in ("pixel_pad", "pixel_fixed_patch", "pixel_random_patch"):
-            raise UserError(f"method: {self.method!r} is not a pixel-prompt method; use 'pixel_pad', 'pixel_fixed_patch' or 'pixel_random_patch'")
-        if not isinstance(self.prompt_size, int) or self.prompt_size <= 0:
-            raise UserError(f"prompt_size: must be a positive number of pixels, got {self.prompt_size!r}")
-        if self.init_scale <= 0:
-            raise UserError(f"init_scale: must be positive, got {self.init_scale!r}")
-        if self.num_classes is not None and self.num_classes <= 0:
-            raise UserError(f"num_classes: must be positive or null, got {self.num_classes!r}")
-        if self.num_tasks <= 0:
-            raise UserError(f"num_tasks: must be a positive integer, got {self.num_tasks!r}")
-        if self.image_size is not None and self.image_size <= 0:
-            raise UserError(f"image_size: must be positive or null, got {self.image_size!r}")
 
 
 def prompt_pixel_index(method: PixelMethod, size: int, height: int, width: int) -> torch.Tensor:

@@ -13,16 +13,18 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable
 
 from promptcore.config import check_grid, check_sources, load_config
 from promptcore.methods import method_config
 from promptcore.train_config import TrainConfig
 
-from .config import BackboneConfig
-from .data import LabeledImages, VisionDataConfig, class_names_of, infer_num_classes, load_sources, resolve_image_config
+from .config import BackboneConfig, VisionDataConfig
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .data import LabeledImages
 
 
 @dataclass
@@ -85,6 +87,8 @@ def resolve_run_config(
             them this way); default: :func:`vpt.data.load_sources`. Called only when a class count or names are
             needed.
     """
+    from .data import class_names_of, infer_num_classes, load_sources, resolve_image_config  # imports torch
+
     prompt = cfg.prompt
     fields = {f.name for f in dataclasses.fields(prompt)}
     unset = {name for name in ("image_size", "num_classes", "class_names") if name in fields and getattr(prompt, name) is None}

@@ -15,8 +15,7 @@ from PIL import Image
 
 from promptcore.errors import UserError
 
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
-
+from .config import INTERPOLATIONS
 
 def interpolation_mode(name: str) -> Any:
     """torchvision's ``InterpolationMode`` for ``name`` (one of :data:`INTERPOLATIONS`)."""

@@ -23,60 +23,16 @@ each layer and keeps the real part; ``FOURIER_DIMENSION`` ``sequence`` / ``hidde
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import torch
 
 from promptcore import register_method
-from promptcore.errors import UserError
 
-from .config import VPTConfig
+from .config import FOURIER_DIMS, VFPTConfig
 from .model import VisualPromptModel
 
 # The dimensions of a layer's prompts [..., tokens, width] each choice transforms.
-FOURIER_DIMS = {"all": (-2, -1), "sequence": (-2,), "hidden": (-1,)}
-
-
-@dataclass
-class VFPTConfig(VPTConfig):
-    """Visual Fourier prompts: the fields of :class:`vpt.config.VPTConfig` (the prompts are deep), plus the Fourier
-    share of each layer's prompts.
-
-    Attributes:
-        method: ``vfpt``.
-        fourier_share: fraction of each layer's ``num_tokens`` prompts that go through the FFT (the official
-            ``FOURIER_PERCENTAGE``); ``floor(num_tokens * fourier_share)`` of them. ``0`` is VPT-deep.
-        fourier_dims: ``all`` (2D FFT over prompts and width: VFPT), ``sequence`` or ``hidden`` (one dimension; the
-            paper's ablation).
-        fourier_location: the Fourier prompts go first (``prepend``, the official default) or last (``append``)
-            among the layer's prompts.
-    """
-
-    methods: ClassVar[tuple[str, ...]] = ("vfpt",)
-    deep_methods: ClassVar[tuple[str, ...]] = ("vfpt",)
-
-    method: Literal["vfpt"] = "vfpt"
-    fourier_share: float = 1.0
-    fourier_dims: Literal["all", "sequence", "hidden"] = "all"
-    fourier_location: Literal["prepend", "append"] = "prepend"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 <= self.fourier_share <= 1.0:
-            raise UserError(f"fourier_share: must lie in [0, 1] (the fraction of each layer's prompts), got {self.fourier_share!r}")
-        if self.fourier_dims not in FOURIER_DIMS:
-            raise UserError(f"fourier_dims: {self.fourier_dims!r} is not one of {', '.join(FOURIER_DIMS)}")
-        if self.fourier_location not in ("prepend", "append"):
-            raise UserError(f"fourier_location: {self.fourier_location!r} is not 'prepend' or 'append'")
-
-    @property
-    def num_fourier_tokens(self) -> int:
-        """The prompts of each layer that go through the FFT."""
-        return math.floor(self.num_tokens * self.fourier_share)
-
-
 def fourier_prompts(prompts: torch.Tensor, count: int, dims: str = "all", location: str = "prepend") -> torch.Tensor:
     """Prompts ``[..., tokens, width]`` with their first ``count`` tokens replaced by the real part of their FFT over
     ``dims`` (:data:`FOURIER_DIMS`) and placed first (``prepend``) or last (``append``).

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from promptcore.cli import declare_command
+from promptcore.methods import declare_method
 from promptcore.plugins import lazy_exports
 
 if TYPE_CHECKING:
@@ -73,6 +74,16 @@ __getattr__, __dir__ = lazy_exports(
     # and the verbs
     on_first_use=(".cli", ".serving", ".base", ".cocoop", ".config", ".coop", ".kgcoop", ".maple", ".promptsrc", ".templates", ".zeroshot"),
 )
+
+# The methods, with their config classes (vpt.clip.config, free of torch): a run config is validated before their
+# modules load.
+declare_method("coop", "vision", config=("vpt.clip.config", "CoOpConfig"), module="vpt.clip.coop")
+declare_method("cocoop", "vision", config=("vpt.clip.config", "CoCoOpConfig"), module="vpt.clip.cocoop")
+declare_method("kgcoop", "vision", config=("vpt.clip.config", "KgCoOpConfig"), module="vpt.clip.kgcoop")
+declare_method("maple", "vision", config=("vpt.clip.config", "MaPLeConfig"), module="vpt.clip.maple")
+declare_method("ivlp", "vision", config=("vpt.clip.config", "IVLPConfig"), module="vpt.clip.maple")
+declare_method("promptsrc", "vision", config=("vpt.clip.config", "PromptSRCConfig"), module="vpt.clip.promptsrc")
+declare_method("clip_zeroshot", "vision", config=("vpt.clip.config", "ZeroShotCLIPConfig"), module="vpt.clip.zeroshot")
 
 __all__ = [
     "CLIPContextConfig",

@@ -7,16 +7,47 @@ Every CLIP method's config derives from :class:`CLIPMethodConfig` (that is how `
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from promptcore.errors import UserError
 
 from .templates import check_templates
-from .tokens import check_class_names
 
 ClassPosition = Literal["end", "middle", "front"]
 TextPath = Literal["auto", "fast", "reference"]
+
+
+def prompt_name(name: str) -> str:
+    """A class name as the prompts write it: underscores read as spaces (``apple_pie`` -> ``apple pie``), as the
+    official code of every CLIP method here does (``name.replace("_", " ")`` in CoOp, CoCoOp, MaPLe, IVLP,
+    PromptSRC, KgCoOp and CoOp's zero-shot CLIP), so label names of datasets written with underscores read as
+    words."""
+    return name.replace("_", " ")
+
+
+def check_class_names(names: Any, field: str = "class_names") -> list[str]:
+    """Checks a class-name list: non-empty strings, no duplicates (also once underscores read as spaces, which
+    would give two classes the same prompt). Returns it as a list.
+
+    Raises ValueError("class_names: ...") naming the offending entries.
+    """
+    if not isinstance(names, (list, tuple)) or not names:
+        raise UserError(f"{field}: expected a non-empty list of class names, found {names!r}")
+    bad = [n for n in names if not isinstance(n, str) or not n.strip()]
+    if bad:
+        raise UserError(f"{field}: every class name must be a non-empty string, found {bad!r}")
+    dup = sorted(n for n, c in Counter(names).items() if c > 1)
+    if dup:
+        raise UserError(f"{field}: duplicate class names {dup}; each class needs a distinct name (its text prompt)")
+    same = sorted(n for n, c in Counter(prompt_name(n) for n in names).items() if c > 1)
+    if same:
+        raise UserError(
+            f"{field}: {[n for n in names if prompt_name(n) in same]} give the same prompt text {same} (underscores "
+            f"read as spaces); rename one of them"
+        )
+    return list(names)
 
 
 def _check_positive(cfg: object, *names: str) -> None:
@@ -175,3 +206,56 @@ class IVLPConfig(CLIPContextConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_positive(self, "depth", "vision_n_ctx", "vision_depth")
+
+
+@dataclass
+class KgCoOpConfig(CoOpConfig):
+    """KgCoOp: CoOp's fields (the official base-to-new setting: 4 tokens from ``"a photo of a"``, unified context,
+    the class name at the end) plus the knowledge-guided term.
+
+    Attributes:
+        weight: the term's weight (λ = 8.0 in the paper and the official base-to-new runs).
+        templates: the hand-crafted prompts: templates with one ``{}``, or a template set (``kgcoop:<dataset>``,
+            KgCoOp's per-dataset template; several templates are averaged as zero-shot CLIP averages them).
+    """
+
+    method: Literal["kgcoop"] = "kgcoop"
+    n_ctx: int = 4
+    ctx_init: str | None = "a photo of a"
+    weight: float = 8.0
+    templates: list[str] | str = field(default_factory=lambda: ["a photo of a {}."])
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.weight >= 0:
+            raise UserError(f"weight: must be a number >= 0, found {self.weight}")
+        check_templates(self.templates)
+
+
+@dataclass
+class PromptSRCConfig(IVLPConfig):
+    """PromptSRC: IVLP's prompts (the official base-to-new config: 4 text and 4 vision tokens in 9 layers of each
+    tower, the text context from ``"a photo of a"``) and the self-regulating losses.
+
+    Attributes:
+        text_loss_weight: weight of the L1 distance of the prompted to the frozen text features (25).
+        image_loss_weight: weight of the L1 distance of the prompted to the frozen image features (10).
+        logit_loss_weight: weight of the KL divergence of the prompted from the frozen logits (1, fixed in the
+            official code).
+        templates: the frozen text features' templates (textual diversity): a list, or a template set; the
+            official code's 60 ImageNet templates are ``promptsrc:imagenet60``.
+    """
+
+    method: Literal["promptsrc"] = "promptsrc"
+    n_ctx: int = 4
+    text_loss_weight: float = 25.0
+    image_loss_weight: float = 10.0
+    logit_loss_weight: float = 1.0
+    templates: list[str] | str = "promptsrc:imagenet60"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("text_loss_weight", "image_loss_weight", "logit_loss_weight"):
+            if not getattr(self, name) >= 0:
+                raise UserError(f"{name}: must be a number >= 0, found {getattr(self, name)}")
+        check_templates(self.templates)

@@ -16,42 +16,15 @@ classes, on the training device) and again after :meth:`set_class_names` only if
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from promptcore import register_method
-from promptcore.errors import UserError
 
-from .config import CoOpConfig
+from .config import KgCoOpConfig
 from .coop import CoOp
-from .templates import check_templates
-
-
-@dataclass
-class KgCoOpConfig(CoOpConfig):
-    """KgCoOp: CoOp's fields (the official base-to-new setting: 4 tokens from ``"a photo of a"``, unified context,
-    the class name at the end) plus the knowledge-guided term.
-
-    Attributes:
-        weight: the term's weight (λ = 8.0 in the paper and the official base-to-new runs).
-        templates: the hand-crafted prompts: templates with one ``{}``, or a template set (``kgcoop:<dataset>``,
-            KgCoOp's per-dataset template; several templates are averaged as zero-shot CLIP averages them).
-    """
-
-    method: Literal["kgcoop"] = "kgcoop"
-    n_ctx: int = 4
-    ctx_init: str | None = "a photo of a"
-    weight: float = 8.0
-    templates: list[str] | str = field(default_factory=lambda: ["a photo of a {}."])
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.weight >= 0:
-            raise UserError(f"weight: must be a number >= 0, found {self.weight}")
-        check_templates(self.templates)
 
 
 class KgCoOp(CoOp):

@@ -31,8 +31,7 @@ from __future__ import annotations
 import base64
 import math
 import sys
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -41,41 +40,11 @@ from promptcore import register_method
 from promptcore.callbacks import Callback, register_callback
 from promptcore.errors import UserError
 
-from .config import IVLPConfig
+from .config import PromptSRCConfig
 from .maple import IVLP
-from .templates import check_templates
 
 if TYPE_CHECKING:
     from promptcore.trainer import Trainer
-
-
-@dataclass
-class PromptSRCConfig(IVLPConfig):
-    """PromptSRC: IVLP's prompts (the official base-to-new config: 4 text and 4 vision tokens in 9 layers of each
-    tower, the text context from ``"a photo of a"``) and the self-regulating losses.
-
-    Attributes:
-        text_loss_weight: weight of the L1 distance of the prompted to the frozen text features (25).
-        image_loss_weight: weight of the L1 distance of the prompted to the frozen image features (10).
-        logit_loss_weight: weight of the KL divergence of the prompted from the frozen logits (1, fixed in the
-            official code).
-        templates: the frozen text features' templates (textual diversity): a list, or a template set; the
-            official code's 60 ImageNet templates are ``promptsrc:imagenet60``.
-    """
-
-    method: Literal["promptsrc"] = "promptsrc"
-    n_ctx: int = 4
-    text_loss_weight: float = 25.0
-    image_loss_weight: float = 10.0
-    logit_loss_weight: float = 1.0
-    templates: list[str] | str = "promptsrc:imagenet60"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("text_loss_weight", "image_loss_weight", "logit_loss_weight"):
-            if not getattr(self, name) >= 0:
-                raise UserError(f"{name}: must be a number >= 0, found {getattr(self, name)}")
-        check_templates(self.templates)
 
 
 class PromptSRC(IVLP):

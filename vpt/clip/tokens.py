@@ -7,15 +7,16 @@ puts a start token first and an end token after the text works (OpenAI's BPE ``S
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from promptcore.errors import UserError
 from promptcore.preflight import check_distinct_ids
+
+from .config import check_class_names, prompt_name  # noqa: F401 - defined free of torch there, for the configs
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
 
@@ -85,34 +86,3 @@ def check_distinct_token_ids(names: Sequence[str], ids: Sequence[Sequence[int]],
     lowercases and collapses whitespace: ``Cat`` and ``cat`` are one text to it): their prompts, and so their
     logits, would be equal and the two classes could never be told apart."""
     check_distinct_ids(field, names, ids, "the CLIP tokenizer (it lowercases and collapses whitespace)", "rename one of them")
-
-
-def prompt_name(name: str) -> str:
-    """A class name as the prompts write it: underscores read as spaces (``apple_pie`` -> ``apple pie``), as the
-    official code of every CLIP method here does (``name.replace("_", " ")`` in CoOp, CoCoOp, MaPLe, IVLP,
-    PromptSRC, KgCoOp and CoOp's zero-shot CLIP), so label names of datasets written with underscores read as
-    words."""
-    return name.replace("_", " ")
-
-
-def check_class_names(names: Any, field: str = "class_names") -> list[str]:
-    """Checks a class-name list: non-empty strings, no duplicates (also once underscores read as spaces, which
-    would give two classes the same prompt). Returns it as a list.
-
-    Raises ValueError("class_names: ...") naming the offending entries.
-    """
-    if not isinstance(names, (list, tuple)) or not names:
-        raise UserError(f"{field}: expected a non-empty list of class names, found {names!r}")
-    bad = [n for n in names if not isinstance(n, str) or not n.strip()]
-    if bad:
-        raise UserError(f"{field}: every class name must be a non-empty string, found {bad!r}")
-    dup = sorted(n for n, c in Counter(names).items() if c > 1)
-    if dup:
-        raise UserError(f"{field}: duplicate class names {dup}; each class needs a distinct name (its text prompt)")
-    same = sorted(n for n, c in Counter(prompt_name(n) for n in names).items() if c > 1)
-    if same:
-        raise UserError(
-            f"{field}: {[n for n in names if prompt_name(n) in same]} give the same prompt text {same} (underscores "
-            f"read as spaces); rename one of them"
-        )
-    return list(names)
