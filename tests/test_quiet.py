@@ -215,6 +215,16 @@ def test_a_run_config_error_comes_without_importing_torch(package, problem):
     assert not modules & set(CONFIG_HEAVY), sorted(modules & set(CONFIG_HEAVY))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("verb", [["base2new"], ["interpret", "--prompts", "runs/none"]])
+def test_a_config_error_of_a_declared_clip_verb_comes_without_importing_torch(verb):
+    # the verb's module (vpt.clip.cli) is imported to parse its arguments: it imports no torch at the top
+    modules, proc = imported_by([console_script("vpt"), *verb, "-c", RUN_CONFIGS["vpt.clip"][0], "--set", "train.bogus=1"])
+    report = "\n".join(line for line in proc.stderr.splitlines() if not line.startswith("import time:"))
+    assert proc.returncode == 2 and "train.bogus: unknown key for TrainConfig" in report, report[-2000:]
+    assert not modules & set(CONFIG_HEAVY), sorted(modules & set(CONFIG_HEAVY))
+
+
 def test_the_declared_methods_are_those_their_modules_register():
     load_plugins(lazy=True)  # the packages declare their methods when imported
     declared = DECLARED_METHODS.items()

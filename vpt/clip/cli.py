@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from promptcore import METHODS, UserError, read_prompt_config, wrap
+from promptcore import METHODS, UserError, wrap
 from promptcore.cli import Command, add_config_args, default_run_dir, register_command
 
 from ..config import BackboneConfig
@@ -143,6 +143,8 @@ def cmd_base2new(args: argparse.Namespace) -> int:
 
 
 def cmd_interpret(args: argparse.Namespace) -> int:
+    from promptcore.files import read_prompt_config
+
     from ..backbones import create_model
     from .interpret import interpret_prompts
     from .tokens import get_tokenizer
