@@ -6,6 +6,7 @@ recipe it runs (how to build the model, processor and data from a :class:`vlmpt.
 
     vlmpt train -c configs/smoke/vlmpt_tiny.yaml -o runs/vlm
     vlmpt eval -c configs/smoke/vlmpt_tiny.yaml --prompts runs/vlm/best
+    vlmpt eval --prompts runs/vlm/best
     vlmpt generate -c configs/smoke/vlmpt_tiny.yaml --prompts runs/vlm/best photo.png --question "what colour is it ?"
     vlmpt generate --prompts runs/vlm/best photo.png --question "what colour is it ?"
 
@@ -46,12 +47,38 @@ class VLMRecipe:
         same_backbone = cfg.model.name.startswith("random:") and (prompt_config.get("model") or {}).get("name") == cfg.model.name
         return with_recorded_seed(cfg, prompt_config.get("seed") if same_backbone else None, f"prompt folder {directory}")
 
+    def config_from_prompts(self, directory: str, overrides: Sequence[str] = ()) -> VLMRunConfig:
+        """The run config ``vlmpt eval --prompts DIR`` without ``-c`` evaluates with: the ``model``, ``data`` and
+        ``task`` sections, the method's config and the seed the folder records, and the batch size and metric
+        training evaluated with; then the ``--set`` overrides (``data.eval_split=validation``, ``train.batch_size=8``).
+
+        Raises:
+            PromptFileError: the folder is missing or corrupt, or records no model, data or task section (not
+                written by ``vlmpt train``, or written before prompt folders recorded the data section).
+        """
+        from promptcore import PromptFileError, load_config, read_prompt_config
+
+        from .run_config import VLMRunConfig
+
+        meta = read_prompt_config(directory)
+        missing = [key for key in ("model", "method_config", "data", "task") if not isinstance(meta.get(key), dict)]
+        if missing:
+            raise PromptFileError(
+                f"prompt folder {directory} records no {', '.join(missing)} section (it was not written by 'vlmpt "
+                f"train', or by a version that did not record them); run 'vlmpt eval -c CONFIG --prompts {directory}' "
+                f"with the training config"
+            )
+        train = {**(meta.get("evaluation") or {}), "seed": int(meta.get("seed", 0))}
+        sections = {"model": meta["model"], "prompt": meta["method_config"], "data": meta["data"], "task": meta["task"], "train": train}
+        return load_config(VLMRunConfig, sections, overrides)
+
     def build_model(self, cfg: VLMRunConfig) -> VLMPromptedModel:
         """The frozen model wrapped with ``cfg.prompt`` (``model.checkpoint``'s prompts loaded when set); its
         processor is the model's ``processor`` attribute and its ``answer_scorer`` scores as ``task`` says.
         Prompt folders record what rebuilds the model and its inputs (:func:`vlmpt.load_prompted`): the ``model``
         section, the seed of a random backbone, the method's config, the task with its class words and the data's
-        ``template``, columns and ``max_length``."""
+        ``template``, columns and ``max_length`` (``inputs``), the whole ``data`` section and the batch size and
+        metric of evaluation (what ``vlmpt eval --prompts DIR`` without ``-c`` reads, :meth:`config_from_prompts`)."""
         from promptcore import wrap
         from promptcore.config import to_dict
 
@@ -72,6 +99,8 @@ class VLMRecipe:
             method_config=to_dict(cfg.prompt),
             task={**to_dict(cfg.task), "class_names": class_names},
             inputs={k: data[k] for k in INPUT_KEYS},
+            data=data,
+            evaluation={"batch_size": cfg.train.eval_batch_size or cfg.train.batch_size, "metric": cfg.train.metric, "metric_mode": cfg.train.metric_mode},
         )
         return model
 

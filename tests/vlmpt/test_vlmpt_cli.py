@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,16 @@ def test_train_eval_generate(tmp_path, capsys):
         assert 0 <= metrics[f"{key}_low"] <= metrics[key] <= metrics[f"{key}_high"] <= 1
     assert metrics["exact_match_high"] > 0  # an interval, not a point, on 4 rows
     assert metrics == result["eval"]  # the eval command rebuilds what training evaluated
+    assert main(["eval", "--prompts", str(run / "best")]) == 0  # the model, data, task and seed the folder records
+    assert _json_out(capsys) == metrics
+    assert main(["eval", "--prompts", str(run / "best"), "--set", "data.num_eval_samples=2"]) == 0
+    assert _json_out(capsys)["count"] == 2
+    older = tmp_path / "older"  # a folder from before prompt folders recorded the data section
+    shutil.copytree(run / "best", older)
+    meta = json.loads((older / "prompt_config.json").read_text())
+    (older / "prompt_config.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "data"}))
+    assert main(["eval", "--prompts", str(older)]) == 2
+    assert re.search(r"^error: prompt folder .*older records no data section .* run 'vlmpt eval -c CONFIG --prompts", capsys.readouterr().err)
 
     image = tmp_path / "red.png"
     synthetic_rows(1)["image"][0].save(image)
@@ -87,6 +98,8 @@ def test_only_the_prompt_changes():
     (["train", "-c", SMOKE, "--set", "data.answer_column=reply"], r"split 'train' has no column 'reply'"),
     (["train", "-c", SMOKE, "--set", "task.max_new_tokens=0"], r"task.max_new_tokens: must be a positive number of tokens"),
     (["eval", "-c", SMOKE], r"--prompts: required"),
+    (["eval"], r"give the prompt folder with --prompts DIR .* or a run config with -c CONFIG"),
+    (["eval", "--prompts", "/no/such/folder"], "/no/such/folder"),
     (["train", "-c", SMOKE, "--set", "task.type=classify"], r"data.label_column: task.type classify reads each row's class from a label column"),
     (["train", "-c", SMOKE, "--set", "task.class_names=[a, b]"], r"task.class_names: \['a', 'b'\] are the words of a classify task's classes"),
     (["generate", "-c", SMOKE, "--prompts", "/no/such/folder", "x.png"], "/no/such/folder"),
