@@ -45,6 +45,8 @@ def test_train_eval_generate(tmp_path, capsys):
     assert _json_out(capsys) == metrics
     assert main(["eval", "--prompts", str(run / "best"), "--set", "data.num_eval_samples=2"]) == 0
     assert _json_out(capsys)["count"] == 2
+    assert main(["export-peft", "--prompts", str(run / "best"), "-o", str(tmp_path / "adapter")]) == 2
+    assert capsys.readouterr().err.startswith("error: PEFT export of a qwen2_vl prompt is refused: PEFT calls the model with inputs_embeds")
     older = tmp_path / "older"  # a folder from before prompt folders recorded the data section
     shutil.copytree(run / "best", older)
     meta = json.loads((older / "prompt_config.json").read_text())
@@ -77,6 +79,11 @@ def test_classify_by_class_words(tmp_path, capsys):
 def test_other_architectures_train(model_type, tmp_path, capsys):
     assert main(["train", "-c", SMOKE, "-o", str(tmp_path / "run"), *FAST, "--set", "train.max_steps=1", "--set", f"model.name=random:{model_type}"]) == 0
     assert _json_out(capsys)["step"] == 1
+    if model_type == "llava":  # PEFT's prompt tuning is right on LLaVA (tests/vlmpt/test_vlm_peft_export.py)
+        assert main(["export-peft", "--prompts", str(tmp_path / "run" / "last"), "-o", str(tmp_path / "adapter")]) == 0
+        assert capsys.readouterr().out.strip() == str(tmp_path / "adapter")
+        adapter = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+        assert (adapter["peft_type"], adapter["num_virtual_tokens"], adapter["base_model_name_or_path"]) == ("PROMPT_TUNING", 4, "random:llava")
 
 
 def test_only_the_prompt_changes():
@@ -100,6 +107,7 @@ def test_only_the_prompt_changes():
     (["eval", "-c", SMOKE], r"--prompts: required"),
     (["eval"], r"give the prompt folder with --prompts DIR .* or a run config with -c CONFIG"),
     (["eval", "--prompts", "/no/such/folder"], "/no/such/folder"),
+    (["export-peft", "-o", "adapter"], "give the prompt folder to export with --prompts DIR"),
     (["train", "-c", SMOKE, "--set", "task.type=classify"], r"data.label_column: task.type classify reads each row's class from a label column"),
     (["train", "-c", SMOKE, "--set", "task.class_names=[a, b]"], r"task.class_names: \['a', 'b'\] are the words of a classify task's classes"),
     (["generate", "-c", SMOKE, "--prompts", "/no/such/folder", "x.png"], "/no/such/folder"),
