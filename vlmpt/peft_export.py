@@ -6,12 +6,14 @@ PEFT puts its virtual tokens before all input embeddings, image placeholders inc
 ``inputs_embeds`` alone (no ``input_ids``, ``position_ids`` or ``token_type_ids``); ``vlm_prompt_tuning`` puts its
 rows at the same place (before each sequence's first token, :mod:`vlmpt.model`). Where the model finds its image
 placeholders in the embeddings and counts positions from 0 (LLaVA, LLaVA-OneVision, Idefics3), PEFT's logits on an
-unpadded batch equal vlmpt's. Refused with the reason where they do not (:data:`PEFT_WRONG`).
+unpadded batch equal vlmpt's. Refused with the reason where they do not (:data:`PEFT_WRONG`). PEFT's cached
+``generate`` is wrong on all of them (:data:`PEFT_GENERATE_WARNING`): the export warns.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from promptcore.errors import UserError
@@ -39,6 +41,12 @@ PEFT_WRONG: dict[str, str] = {
 }
 """Families whose PEFT prompt-tuning result is wrong, with the reason (the export is refused for them)."""
 
+PEFT_GENERATE_WARNING = (
+    "PEFT's forward gives this prompt's logits, but its cached generate() on vision-language models departs from a "
+    "step-by-step decode after a few tokens (the huggingface/peft #2899 symptom, also on LLaVA, LLaVA-OneVision and "
+    "Idefics3); generate with vlmpt (vlmpt.answer, vlmpt generate), or with PEFT's generate(use_cache=False)"
+)
+
 
 def save_peft_adapter(model: VLMPromptedModel, directory: str | os.PathLike, base_model_name_or_path: str | None = None) -> Path:
     """Writes ``model``'s prompt (a ``vlm_prompt_tuning`` model) as a PEFT PROMPT_TUNING adapter folder for
@@ -53,6 +61,9 @@ def save_peft_adapter(model: VLMPromptedModel, directory: str | os.PathLike, bas
     Raises:
         UserError: another method (prefix, vision prompts: no PEFT prompt-tuning counterpart), or a family whose
             PEFT result is wrong (:data:`PEFT_WRONG`: Qwen2-VL, Qwen2.5-VL, PaliGemma).
+
+    Warns:
+        UserWarning: always (:data:`PEFT_GENERATE_WARNING`): PEFT's cached ``generate`` is wrong on these models.
     """
     if not isinstance(model, VLMPromptTuningModel):
         raise UserError(
@@ -64,7 +75,9 @@ def save_peft_adapter(model: VLMPromptedModel, directory: str | os.PathLike, bas
         raise UserError(f"PEFT export of a {model_type} prompt is refused: {PEFT_WRONG[model_type]}")
     name = base_model_name_or_path or model.backbone_name
     weight = model.prompts.weight
-    return write_peft_adapter(directory, weight, prompt_tuning_fields(model.backbone, weight), "CAUSAL_LM", name.removeprefix("hf:"))
+    folder = write_peft_adapter(directory, weight, prompt_tuning_fields(model.backbone, weight), "CAUSAL_LM", name.removeprefix("hf:"))
+    warnings.warn(PEFT_GENERATE_WARNING, stacklevel=2)
+    return folder
 
 
-__all__ = ["PEFT_WRONG", "save_peft_adapter"]
+__all__ = ["PEFT_GENERATE_WARNING", "PEFT_WRONG", "save_peft_adapter"]
