@@ -12,6 +12,7 @@ import torch
 
 from promptcore import TrainConfig, Trainer, load_config, read_prompt_config
 from vlmpt.cli import VLMRecipe, main
+from vlmpt.inference import load_prompted
 from vlmpt.run_config import VLMRunConfig
 from vlmpt.synthetic import synthetic_rows
 
@@ -47,6 +48,8 @@ def test_train_eval_generate(tmp_path, capsys):
     assert _json_out(capsys)["count"] == 2
     assert main(["export-peft", "--prompts", str(run / "best"), "-o", str(tmp_path / "adapter")]) == 2
     assert capsys.readouterr().err.startswith("error: PEFT export of a qwen2_vl prompt is refused: PEFT calls the model with inputs_embeds")
+    again = load_prompted(run / "best").save_prompts(tmp_path / "again")  # a folder saved again keeps what eval reads
+    assert VLMRecipe().config_from_prompts(str(again)) == VLMRecipe().config_from_prompts(str(run / "best"))
     older = tmp_path / "older"  # a folder from before prompt folders recorded the data section
     shutil.copytree(run / "best", older)
     meta = json.loads((older / "prompt_config.json").read_text())
@@ -109,6 +112,7 @@ def test_only_the_prompt_changes():
     (["eval"], r"give the prompt folder with --prompts DIR .* or a run config with -c CONFIG"),
     (["eval", "--prompts", "/no/such/folder"], "/no/such/folder"),
     (["export-peft", "-o", "adapter"], "give the prompt folder to export with --prompts DIR"),
+    (["export-peft", "-c", SMOKE, "--prompts", "/no/such/folder", "-o", "adapter"], "/no/such/folder"),
     (["train", "-c", SMOKE, "--set", "task.type=classify"], r"data.label_column: task.type classify reads each row's class from a label column"),
     (["train", "-c", SMOKE, "--set", "task.class_names=[a, b]"], r"task.class_names: \['a', 'b'\] are the words of a classify task's classes"),
     (["generate", "-c", SMOKE, "--prompts", "/no/such/folder", "x.png"], "/no/such/folder"),
