@@ -1,8 +1,7 @@
 """Contract cases of the vision-language methods (:mod:`vlmpt`), on a tiny random Qwen2-VL whose examples carry
 images of two sizes (its mRoPE positions are the hardest placement the package supports); ``vlm_vpt`` and
 ``vlm_coupled``, whose prompts live in a ViT tower, on a tiny random LLaVA. ``vlm_prompt_tuning`` and ``vlm_prefix``
-also run on the other families (variants ``/paligemma``: its prefix-LM mask, ``/idefics3``, ``/llava_onevision``),
-``vlm_vpt`` also in the SigLIP towers of PaliGemma and LLaVA-OneVision.
+also run on the other families (variants ``/paligemma``: its prefix-LM mask, ``/idefics3``, ``/llava_onevision``).
 
 The sharded contract does not run these cases (``sharded=False``): vlmpt is not yet tested under FSDP (docs/vlm.md).
 """
@@ -76,12 +75,3 @@ for family in ("paligemma", "idefics3", "llava_onevision"):
             outputs=logits,
             sharded=False,
         ))
-
-for family in ("paligemma", "llava_onevision"):  # VPT-deep in their SigLIP towers
-    CASES.add(f"text:vlm_vpt/{family}", MethodCase(
-        build=lambda seed, fast, family=family: build(seed, config=lambda **kw: vlmpt.VLMVisionPromptConfig(deep=True, **kw), model_type=family),
-        data=data,
-        foreign=lambda seed, family=family: build(seed, num_tokens=4, config=lambda **kw: vlmpt.VLMVisionPromptConfig(deep=True, **kw), model_type=family),
-        outputs=logits,
-        sharded=False,
-    ))
