@@ -11,6 +11,7 @@ imported only when the verb is chosen::
     vpt train --resume RUN_DIR [--set ...]         # the config comes from RUN_DIR/config.yaml
     vpt eval -c CONFIG --prompts DIR [--set ...]   # prints the eval split's metrics as JSON
     vpt eval -c CONFIG [--set ...]                 # a method with nothing to train (zero-shot) needs no --prompts
+    vlmpt eval --prompts DIR [--set ...]           # a recipe with config_from_prompts: the config the folder records
 
 Configs are resolved in one pure step returning a new object: a recipe may define ``resolve_config(cfg)``
 (:func:`promptcore.recipe.resolve_config`: defaults that depend on other sections of the config, values read from
@@ -270,10 +271,16 @@ def cmd_eval(recipe: Recipe, args: argparse.Namespace) -> int:
     from .files import read_prompt_config
     from .trainer import Trainer
 
-    cfg = load_run_config(recipe, args)
-    config_for_prompts = getattr(recipe, "config_for_prompts", None)
-    if args.prompts is not None and config_for_prompts is not None:
-        cfg = config_for_prompts(cfg, read_prompt_config(args.prompts), args.prompts)
+    config_from_prompts = getattr(recipe, "config_from_prompts", None)
+    if args.config is None and config_from_prompts is not None:  # the recipe rebuilds the run config from the folder
+        if args.prompts is None:
+            raise UserError("give the prompt folder with --prompts DIR (a run's best/ or last/), or a run config with -c CONFIG")
+        cfg = config_from_prompts(args.prompts, args.overrides)
+    else:
+        cfg = load_run_config(recipe, args)
+        config_for_prompts = getattr(recipe, "config_for_prompts", None)
+        if args.prompts is not None and config_for_prompts is not None:
+            cfg = config_for_prompts(cfg, read_prompt_config(args.prompts), args.prompts)
     cfg, model, data = build_model_and_data(recipe, cfg)
     if data.eval is None:
         raise UserError(f"the config's data section gives no eval split; {recipe.prog} eval evaluates the eval split")
@@ -299,7 +306,7 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
     train.set_defaults(func=lambda a: cmd_train(recipe, a))
 
     ev = sub.add_parser("eval", help="evaluate saved prompts on the config's eval split")
-    add_config_args(ev)
+    add_config_args(ev, required=not hasattr(recipe, "config_from_prompts"))
     ev.add_argument("--prompts", metavar="DIR", help="prompt folder (a run's best/ or last/); methods with nothing to train need none")
     ev.set_defaults(func=lambda a: cmd_eval(recipe, a))
 

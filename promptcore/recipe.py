@@ -40,6 +40,9 @@ class Recipe(Protocol):
     And ``config_for_prompts(cfg, prompt_config, directory) -> cfg``: the run config to evaluate the prompt folder
     ``directory`` with, given its ``prompt_config.json`` (e.g. the data preprocessing the prompts were trained with,
     where ``cfg`` leaves it unset); ``eval --prompts`` calls it before building anything.
+
+    And ``config_from_prompts(directory, overrides) -> cfg``: the run config a prompt folder records, with the
+    ``--set`` overrides applied; with it, ``eval --prompts DIR`` runs without ``-c CONFIG``.
     """
 
     prog: str

@@ -114,23 +114,38 @@ def save_peft_adapter(model: TextPromptedModel, directory: str | os.PathLike, ba
         }
     else:
         weight = model.prompt_table()[0].detach().to("cpu").contiguous()
-        config = model.backbone.config.get_text_config()
-        fields = {
-            "peft_type": "PROMPT_TUNING",
-            "token_dim": int(weight.shape[1]),
-            "num_attention_heads": int(config.num_attention_heads),
-            "num_layers": num_layers(model.backbone),
-            "prompt_tuning_init": "RANDOM",
-            "prompt_tuning_init_text": None,
-            "tokenizer_name_or_path": None,
-            "tokenizer_kwargs": None,
-        }
+        fields = prompt_tuning_fields(model.backbone, weight)
+    return write_peft_adapter(directory, weight, fields, PEFT_TASK[model.task], base_model_name_or_path or model.backbone_name)
+
+
+def prompt_tuning_fields(backbone: nn.Module, weight: torch.Tensor) -> dict[str, Any]:
+    """The PROMPT_TUNING fields of an adapter config for the prompt rows ``weight`` ``[n, token_dim]`` placed before
+    the input embeddings of ``backbone``'s language model."""
+    config = backbone.config.get_text_config()
+    return {
+        "peft_type": "PROMPT_TUNING",
+        "token_dim": int(weight.shape[1]),
+        "num_attention_heads": int(config.num_attention_heads),
+        "num_layers": num_layers(backbone),
+        "prompt_tuning_init": "RANDOM",
+        "prompt_tuning_init_text": None,
+        "tokenizer_name_or_path": None,
+        "tokenizer_kwargs": None,
+    }
+
+
+def write_peft_adapter(
+    directory: str | os.PathLike, weight: torch.Tensor, fields: dict[str, Any], task_type: str, base_model_name_or_path: str
+) -> Path:
+    """Writes the PEFT adapter folder ``directory`` (replaced atomically): ``weight`` as ``prompt_embeddings``, and
+    the adapter config of ``fields`` (``peft_type`` and its fields) for ``task_type``."""
+    weight = weight.detach().to("cpu").contiguous()
     adapter = {
         **fields,
-        "task_type": PEFT_TASK[model.task],
+        "task_type": task_type,
         "num_virtual_tokens": int(weight.shape[0]),
         "num_transformer_submodules": 1,  # seq2seq: the encoder's prompt only (textpt prompts no decoder)
-        "base_model_name_or_path": base_model_name_or_path or model.backbone_name,
+        "base_model_name_or_path": base_model_name_or_path,
         "revision": None,
         "inference_mode": True,
         "modules_to_save": None,

@@ -81,7 +81,7 @@ def load_prompted(folder: str | Path, model: nn.Module | None = None, processor:
     prompted = wrap(model, config, name=meta.get("backbone"))
     prompted.load_prompts(folder)
     prepare_for_inference(prompted, processor, task, data, task.class_names)
-    prompted.record_in_prompt_files(**{k: meta[k] for k in ("model", "seed", "method_config", "task", "inputs") if k in meta})
+    prompted.record_in_prompt_files(**{k: meta[k] for k in ("model", "seed", "method_config", "task", "inputs", "data", "evaluation") if k in meta})
     return prompted.eval()
 
 

@@ -1,6 +1,7 @@
 """Contract cases of the vision-language methods (:mod:`vlmpt`), on a tiny random Qwen2-VL whose examples carry
 images of two sizes (its mRoPE positions are the hardest placement the package supports); ``vlm_vpt`` and
-``vlm_coupled``, whose prompts live in a ViT tower, on a tiny random LLaVA.
+``vlm_coupled``, whose prompts live in a ViT tower, on a tiny random LLaVA. ``vlm_prompt_tuning`` and ``vlm_prefix``
+also run on the other families (variants ``/paligemma``: its prefix-LM mask, ``/idefics3``, ``/llava_onevision``).
 
 The sharded contract does not run these cases (``sharded=False``): vlmpt is not yet tested under FSDP (docs/vlm.md).
 """
@@ -64,3 +65,13 @@ CASES.add("text:vlm_coupled", MethodCase(  # language prompts in both LLaVA laye
     outputs=logits,
     sharded=False,
 ))
+
+for family in ("paligemma", "idefics3", "llava_onevision"):
+    for method, config in (("vlm_prompt_tuning", vlmpt.VLMPromptTuningConfig), ("vlm_prefix", vlmpt.VLMPrefixConfig)):
+        CASES.add(f"text:{method}/{family}", MethodCase(
+            build=lambda seed, fast, family=family, config=config: build(seed, config=config, model_type=family),
+            data=data,
+            foreign=lambda seed, family=family, config=config: build(seed, num_tokens=4, config=config, model_type=family),
+            outputs=logits,
+            sharded=False,
+        ))

@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 
 from promptcore import TrainConfig, Trainer, load_config, read_prompt_config
 from vlmpt.cli import VLMRecipe, main
+from vlmpt.inference import load_prompted
 from vlmpt.run_config import VLMRunConfig
 from vlmpt.synthetic import synthetic_rows
 
@@ -40,6 +42,20 @@ def test_train_eval_generate(tmp_path, capsys):
         assert 0 <= metrics[f"{key}_low"] <= metrics[key] <= metrics[f"{key}_high"] <= 1
     assert metrics["exact_match_high"] > 0  # an interval, not a point, on 4 rows
     assert metrics == result["eval"]  # the eval command rebuilds what training evaluated
+    assert main(["eval", "--prompts", str(run / "best")]) == 0  # the model, data, task and seed the folder records
+    assert _json_out(capsys) == metrics
+    assert main(["eval", "--prompts", str(run / "best"), "--set", "data.num_eval_samples=2"]) == 0
+    assert _json_out(capsys)["count"] == 2
+    assert main(["export-peft", "--prompts", str(run / "best"), "-o", str(tmp_path / "adapter")]) == 2
+    assert capsys.readouterr().err.startswith("error: PEFT export of a qwen2_vl prompt is refused: PEFT calls the model with inputs_embeds")
+    again = load_prompted(run / "best").save_prompts(tmp_path / "again")  # a folder saved again keeps what eval reads
+    assert VLMRecipe().config_from_prompts(str(again)) == VLMRecipe().config_from_prompts(str(run / "best"))
+    older = tmp_path / "older"  # a folder from before prompt folders recorded the data section
+    shutil.copytree(run / "best", older)
+    meta = json.loads((older / "prompt_config.json").read_text())
+    (older / "prompt_config.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "data"}))
+    assert main(["eval", "--prompts", str(older)]) == 2
+    assert re.search(r"^error: prompt folder .*older records no data section .* run 'vlmpt eval -c CONFIG --prompts", capsys.readouterr().err)
 
     image = tmp_path / "red.png"
     synthetic_rows(1)["image"][0].save(image)
@@ -66,6 +82,12 @@ def test_classify_by_class_words(tmp_path, capsys):
 def test_other_architectures_train(model_type, tmp_path, capsys):
     assert main(["train", "-c", SMOKE, "-o", str(tmp_path / "run"), *FAST, "--set", "train.max_steps=1", "--set", f"model.name=random:{model_type}"]) == 0
     assert _json_out(capsys)["step"] == 1
+    if model_type == "llava":  # PEFT's prompt tuning is right on LLaVA (tests/vlmpt/test_vlm_peft_export.py)
+        with pytest.warns(UserWarning, match="PEFT's forward gives this prompt's logits, but its cached generate"):
+            assert main(["export-peft", "--prompts", str(tmp_path / "run" / "last"), "-o", str(tmp_path / "adapter")]) == 0
+        assert capsys.readouterr().out.strip() == str(tmp_path / "adapter")
+        adapter = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+        assert (adapter["peft_type"], adapter["num_virtual_tokens"], adapter["base_model_name_or_path"]) == ("PROMPT_TUNING", 4, "random:llava")
 
 
 def test_only_the_prompt_changes():
@@ -87,6 +109,10 @@ def test_only_the_prompt_changes():
     (["train", "-c", SMOKE, "--set", "data.answer_column=reply"], r"split 'train' has no column 'reply'"),
     (["train", "-c", SMOKE, "--set", "task.max_new_tokens=0"], r"task.max_new_tokens: must be a positive number of tokens"),
     (["eval", "-c", SMOKE], r"--prompts: required"),
+    (["eval"], r"give the prompt folder with --prompts DIR .* or a run config with -c CONFIG"),
+    (["eval", "--prompts", "/no/such/folder"], "/no/such/folder"),
+    (["export-peft", "-o", "adapter"], "give the prompt folder to export with --prompts DIR"),
+    (["export-peft", "-c", SMOKE, "--prompts", "/no/such/folder", "-o", "adapter"], "/no/such/folder"),
     (["train", "-c", SMOKE, "--set", "task.type=classify"], r"data.label_column: task.type classify reads each row's class from a label column"),
     (["train", "-c", SMOKE, "--set", "task.class_names=[a, b]"], r"task.class_names: \['a', 'b'\] are the words of a classify task's classes"),
     (["generate", "-c", SMOKE, "--prompts", "/no/such/folder", "x.png"], "/no/such/folder"),
