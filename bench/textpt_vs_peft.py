@@ -29,14 +29,21 @@ import argparse
 import os
 import statistics
 import time
+import warnings
 
 import torch
-import peft
-from transformers import LlamaConfig, LlamaForCausalLM
+from promptcore.library_notes import import_torchao_quietly
 
-import textpt
+import_torchao_quietly()  # before peft and transformers import it (torch's notes about torchao on every run)
+import peft  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+import textpt  # noqa: E402
 
 from emit import emit, machine_line  # bench/emit.py: scripts run as `python bench/NAME.py`
+
+# transformers 5.25's FutureWarning about PEFT 0.21's own use of is_gradient_checkpointing, once per PEFT model
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 SMOLLM2_135M = dict(
     vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,

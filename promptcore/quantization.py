@@ -24,6 +24,7 @@ from typing import Any, Iterable, Literal
 from torch import nn
 
 from .errors import UserError
+from .library_notes import import_torchao_quietly
 from .memory_model import NF4_BLOCK, NF4_DOUBLE_QUANT_BLOCK
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ def require_quant_library(kind: str) -> None:
 def int8_weight_only() -> Any:
     """torchao's int8 weight-only config (``Int8WeightOnlyConfig()``), after checking that torchao is installed."""
     require_quant_library("int8")
+    import_torchao_quietly()
     from torchao.quantization import Int8WeightOnlyConfig
 
     return Int8WeightOnlyConfig()
@@ -110,6 +112,7 @@ def quantize_nf4(model: nn.Module, keep: Iterable[nn.Module] = ()) -> int:
         UserError: torchao is not installed, or no linear layer of ``model`` has a weight nf4 can store.
     """
     require_quant_library("nf4")
+    import_torchao_quietly()
     try:  # where torchao 0.18 has it
         from torchao.quantization import to_nf4
     except ImportError:  # older torchao releases, which the prompttune[quant] extra allows

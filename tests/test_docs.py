@@ -16,6 +16,9 @@ HTML comments right before a block change how it runs (several may be stacked):
 - ``<!-- doctest: skip (reason) -->``: not run; the reason is required.
 - ``<!-- doctest: sub OLD -> NEW -->``: every OLD in the block is replaced by NEW before it runs (a hub name by a tiny
   local model, a long run by a short one). OLD must occur in the block.
+- ``<!-- doctest: library-warning TEXT (reason) -->``: a third-party warning line holding TEXT may appear in the
+  output (one the docs cannot avoid, such as a library's warning about another library's call; the text around the
+  block says so). Every other one fails the block (``LIBRARY_WARNING``).
 - ``<!-- doctest: expect KEY >= NUMBER -->`` (or ``<=``): the last ``"KEY": number`` the block prints must satisfy the
   comparison, so a number the text claims is checked by the run that shows it.
 
@@ -24,7 +27,9 @@ A comment ``# trainable params: A || all params: B || trainable%: C`` in a block
 A doc named in ``RUN_BY`` is run, the same way, by the test named there (``run_doc``), which also checks what it wrote.
 
 No block may print the warning of prompts loaded into a backbone other than the one they were trained on
-(:meth:`promptcore.model.PromptedModel.check_prompt_config`): every example meets its own backbone.
+(:meth:`promptcore.model.PromptedModel.check_prompt_config`): every example meets its own backbone. Nor may a block
+print a third-party library's warning line (``LIBRARY_WARNING``) or a traceback: what the docs show is what a user
+sees.
 """
 
 from __future__ import annotations
@@ -59,6 +64,9 @@ _FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```+|~~~+)\s*(?P<lang>[\w+-]*)[^\
 _DIRECTIVE = re.compile(r"^\s*<!--\s*doctest:\s*(?P<body>.*?)\s*-->\s*$")
 _COUNT_COMMENT = re.compile(r"#\s*(trainable params: [\d,]+ \|\| all params: [\d,]+ \|\| trainable%: [\d.]+)")
 FOREIGN_BACKBONE_WARNING = "was trained on backbone"  # both of check_prompt_config's warnings say it
+# A third-party library's warning line: Python's default warning format (``path.py:12: FutureWarning: ...``), the
+# glog-style lines of torch's loggers (``W1207 22:45:14.915000 ...``) and DeepSpeed's (``[2026-...] [WARNING] ...``).
+LIBRARY_WARNING = re.compile(r"^(\S+\.py:\d+: \w*Warning: |[WE]\d{4} \d\d:\d\d:\d\d|\[\d{4}-\d\d-\d\d [^]]*\] \[WARNING\])", re.M)
 _EXPECT = re.compile(r"^(?P<key>[\w.-]+)\s*(?P<op>>=|<=)\s*(?P<value>[-+0-9.eE]+)$")
 
 
@@ -71,6 +79,7 @@ class Block:
     skip: str | None = None
     subs: list[tuple[str, str]] = field(default_factory=list)
     expects: list[tuple[str, str, float]] = field(default_factory=list)
+    allowed_warnings: list[str] = field(default_factory=list)
 
     @property
     def where(self) -> str:
@@ -88,13 +97,28 @@ def parse_directive(body: str, where: str, block: Block) -> None:
         if not sep or not old:
             raise ValueError(f"{where}: expected <!-- doctest: sub OLD -> NEW -->, found {body!r}")
         block.subs.append((old, new))
+    elif body.startswith("library-warning "):
+        text, _, reason = body[len("library-warning ") :].partition(" (")
+        if not text.strip() or not reason.strip(") "):
+            raise ValueError(f"{where}: expected <!-- doctest: library-warning TEXT (why the docs cannot avoid it) -->, found {body!r}")
+        block.allowed_warnings.append(text.strip())
     elif body.startswith("expect "):
         m = _EXPECT.match(body[len("expect ") :].strip())
         if not m:
             raise ValueError(f"{where}: expected <!-- doctest: expect KEY >= NUMBER -->, found {body!r}")
         block.expects.append((m["key"], m["op"], float(m["value"])))
     else:
-        raise ValueError(f"{where}: unknown doctest directive {body!r} (skip, sub, expect)")
+        raise ValueError(f"{where}: unknown doctest directive {body!r} (skip, sub, expect, library-warning)")
+
+
+def library_noise(block: Block, output: str) -> re.Match | None:
+    """The first line of ``output`` that is a third-party library's warning (but one the block allows) or the
+    start of a traceback; None when there is none."""
+    for match in LIBRARY_WARNING.finditer(output):
+        line = output[match.start() : output.find("\n", match.start()) % (len(output) + 1)]
+        if not any(text in line for text in block.allowed_warnings):
+            return match
+    return re.search(r"^Traceback \(most recent call last\)", output, re.M)
 
 
 def extract_blocks(path: Path, root: Path = ROOT) -> list[Block]:
@@ -518,6 +542,8 @@ def run_doc(path: Path, tmp: Path, root: Path = ROOT, preload: tuple[str, ...] =
             assert FOREIGN_BACKBONE_WARNING not in output, (
                 f"{block.where}: prompts met a backbone other than the one they were trained on:\n{code}\n--- output ---\n{output[-6000:]}"
             )
+            noise = library_noise(block, output)
+            assert noise is None, f"{block.where}: {noise.group(0)!r}: a library's warning or a traceback reached the output:\n{code}\n--- output ---\n{output[-6000:]}"
             check_expectations(block, output)
     finally:
         if worker is not None:
@@ -576,6 +602,16 @@ def test_harness_parses_directives_and_fails_a_failing_block(tmp_path: Path) -> 
         _run_outside(tmp_path, "```python\nimport warnings\nwarnings.warn('prompt folder p was trained on backbone x')\n```\n")
     with pytest.raises(ValueError, match="needs a reason"):
         _run_outside(tmp_path, "<!-- doctest: skip -->\n```bash\ntrue\n```\n")
+    note = "echo 'W1207 23:09:45.971000 1 torch/utils/_pytree.py:630] a note'"
+    with pytest.raises(AssertionError, match="a library's warning or a traceback"):
+        _run_outside(tmp_path, f"```bash\n{note}\n```\n")
+    with pytest.raises(AssertionError, match="a library's warning or a traceback"):
+        _run_outside(tmp_path, "```bash\necho '/x/lib.py:3: FutureWarning: old' 1>&2\n```\n")
+    with pytest.raises(AssertionError, match="a library's warning or a traceback"):
+        _run_outside(tmp_path, "```python\nimport traceback\ntry:\n    1 / 0\nexcept ZeroDivisionError:\n    traceback.print_exc()\n```\n")
+    _run_outside(tmp_path, f"<!-- doctest: library-warning a note (said in the text) -->\n```bash\n{note}\n```\n")
+    with pytest.raises(ValueError, match="library-warning TEXT"):
+        _run_outside(tmp_path, "<!-- doctest: library-warning a note -->\n```bash\ntrue\n```\n")
 
 
 def _run_outside(tmp: Path, text: str) -> None:

@@ -21,6 +21,7 @@ from torch import nn
 from ..distributed import StepModule, check_shardable_weights, require_deepspeed, shard_units, zero3_config
 from ..errors import UserError
 from ..fingerprint import FINGERPRINT_KEY
+from ..library_notes import hold_back_deepspeed_cpu_note
 from .base import Engine, reset_accelerate_state
 
 
@@ -151,6 +152,7 @@ class DeepSpeedEngine(Engine):
         from accelerate import Accelerator
         from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs
 
+        hold_back_deepspeed_cpu_note()
         require_deepspeed()
         reset_accelerate_state()
         plugin = DeepSpeedPlugin(hf_ds_config=zero3_config(config.batch_size, config.grad_accum_steps, config.grad_clip))
