@@ -13,7 +13,8 @@ The model is the SmolLM2-135M asset by default (``--model``: any ``textpt`` mode
 2-layer Llama of width 32 with the built-in word-level tokenizer instead, for a quick check of the script.
 
 Usage: ``python bench/packing.py [--batches 8] [--batch 32] [--tokens 20] [--fast auto|off] [--model NAME | --tiny]
-[--write FILE]`` (``--write`` appends the markdown to ``FILE``).
+[--layers N] [--write FILE]`` (``--layers``: the model's first ``N`` layers only, a quicker run at the same widths;
+``--write`` appends the markdown to ``FILE``).
 """
 
 from __future__ import annotations
@@ -54,12 +55,15 @@ def main() -> None:
     parser.add_argument("--fast", choices=["auto", "off"], default="auto", help="prompt tuning's shared-prefix path")
     parser.add_argument("--model", default="asset:smollm2_135m")
     parser.add_argument("--tiny", action="store_true", help="a random 2-layer Llama of width 32 (checks the script)")
+    parser.add_argument("--layers", type=int, help="keep the model's first LAYERS layers (a shallower model of the same width)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--write", help="markdown file to append the table to")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     load_before = os.getloadavg()
     name, kwargs = ("random:llama", TINY) if args.tiny else (args.model, {})
+    if args.layers is not None:
+        kwargs = {**kwargs, "num_hidden_layers": args.layers}
     backbone, tok = textpt.load_model_and_tokenizer(TextModelConfig(name=name, kwargs=kwargs, dtype=args.dtype, padding_side="left"))
     model = textpt.wrap(backbone.to(device), PromptTuningConfig(num_tokens=args.tokens, init="vocab", fast=args.fast, verbalizer=VERBALIZER), tokenizer=tok)
     needed = args.batch * (args.batches + 1)
@@ -104,7 +108,7 @@ def main() -> None:
         f"# Packed / padded train steps on Rotten Tomatoes' lengths ({name})",
         "",
         f"Machine: {machine}; torch {torch.__version__}. Prompt tuning, {args.tokens} prompt tokens, fast: {args.fast}, "
-        f"frozen weights {args.dtype}, {args.batches} batches of {args.batch} reviews (seeded draw; one more warms up), "
+        f"frozen weights {args.dtype}{f', first {args.layers} layers' if args.layers else ''}, {args.batches} batches of {args.batch} reviews (seeded draw; one more warms up), "
         f"each run packed and padded, interleaved. Ratio: packed / padded summed step time (lower is better).",
         "",
         "| objective | padding share of the padded batches | packed (s) | padded (s) | ratio | max loss diff |",

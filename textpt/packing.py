@@ -49,8 +49,8 @@ PackingMode = Union[Literal["auto"], bool]
 """``data.packing``: ``auto`` packs where it is exact, ``true`` requires it, ``false`` keeps the padded path."""
 
 ATTENTION_IMPLEMENTATIONS: tuple[str, ...] = ("sdpa", "eager")
-"""The attention implementations that take the packed masks (a 4-D float mask, or the block-diagonal one
-transformers derives from restarting position ids)."""
+"""The attention implementations that take the packed masks (a 4-D boolean mask for ``sdpa``, an additive float one
+for ``eager``)."""
 
 
 def packing_problem(model: "TextPromptedModel") -> str | None:
@@ -155,11 +155,12 @@ def pack_rows(attention_mask: torch.Tensor, num_prompt: int, first_position: int
 def block_causal_mask(
     sequence: torch.Tensor, prefix_group: torch.Tensor | None = None, num_prefix: int = 0, *, dtype: torch.dtype
 ) -> torch.Tensor:
-    """The additive 4-D mask ``[R, 1, W, G * num_prefix + W]`` of packed rows (``sequence``: :attr:`PackedRows.sequence`),
+    """The 4-D mask ``[R, 1, W, G * num_prefix + W]`` of packed rows (``sequence``: :attr:`PackedRows.sequence`),
     after ``G`` prefixes of ``num_prefix`` keys each when ``prefix_group`` (each example's group) is given: a slot
     sees the prefix of its example's group and the earlier slots of its own example; an unused slot sees itself
-    only. 0 where attention goes, the dtype's minimum elsewhere (what ``eager`` adds to the scores, and what
-    ``sdpa`` takes as a float mask)."""
+    only. With ``dtype=torch.bool``: True where attention goes (what ``sdpa`` takes, and what transformers' own
+    ``sdpa`` masks are: no float mask to fill and read); with a float dtype: 0 where attention goes, the dtype's
+    minimum elsewhere (what ``eager`` adds to the scores)."""
     w = sequence.shape[1]
     slots = torch.arange(w, device=sequence.device)
     allowed = (sequence.unsqueeze(2) == sequence.unsqueeze(1)) & (slots.unsqueeze(1) >= slots.unsqueeze(0))
@@ -168,8 +169,16 @@ def block_causal_mask(
         column_group = torch.arange(int(prefix_group.max()) + 1, device=sequence.device).repeat_interleave(num_prefix)
         group = torch.where(sequence < b, prefix_group[sequence.clamp(max=b - 1)], -1)
         allowed = torch.cat([group.unsqueeze(2) == column_group, allowed], dim=2)
+    if dtype == torch.bool:
+        return allowed.unsqueeze(1)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=sequence.device).masked_fill(~allowed, torch.finfo(dtype).min)
     return mask.unsqueeze(1)
+
+
+def mask_dtype(backbone: torch.nn.Module, dtype: torch.dtype) -> torch.dtype:
+    """The dtype of :func:`block_causal_mask` for ``backbone``'s attention: boolean for ``sdpa``, ``dtype`` (the
+    model's float dtype) for ``eager``, which adds the mask to its scores."""
+    return torch.bool if getattr(backbone.config, "_attn_implementation", None) == "sdpa" else dtype
 
 
 def task_groups(task_ids: torch.Tensor | None, batch_size: int, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -211,6 +220,7 @@ __all__ = [
     "PackingMode",
     "block_causal_mask",
     "length_grouped_order",
+    "mask_dtype",
     "pack_rows",
     "packing_problem",
     "task_groups",
