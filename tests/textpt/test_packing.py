@@ -12,7 +12,7 @@ from textpt import TextModelConfig, load_model_and_tokenizer
 from textpt.cli import main
 from promptcore.config import load_config
 from textpt.cli import TextRecipe
-from textpt.packing import block_causal_mask, length_grouped_order, pack_rows
+from textpt.packing import block_causal_mask, length_grouped_order, mask_dtype, pack_rows
 from textpt.run_config import TextRunConfig
 from textpt.padding import repad
 from test_arch_matrix import INSTALLED
@@ -229,6 +229,28 @@ def test_the_lm_head_runs_on_the_slots_read_only(case):
     assert tokens.shape[0] == int(batch["attention_mask"].sum())
 
 
+@pytest.mark.parametrize("case", ["pt_concat", "pt_fast", "prefix_bank"])
+def test_the_lm_loss_runs_the_lm_head_on_the_targeted_tokens_only(case):
+    # targets on the last tokens only (as data.target_column writes them): the packed loss, its gradients and eval
+    # sums are the padded ones, and the LM head sees one row per target
+    method, prompt = METHODS[case]
+    model, tok = build("gpt2", "left", method, **prompt)
+    batch = batch_of(tok, "left", prompt.get("num_tasks", 1) > 1)
+    positions = torch.arange(batch["input_ids"].shape[1])
+    batch["lm_labels"] = batch["lm_labels"].masked_fill(positions < batch["input_ids"].shape[1] - 2, -100)
+    seen = []
+    model.backbone.get_output_embeddings().register_forward_hook(lambda module, args, out: seen.append(args[0].shape[:-1].numel()))
+    loss, grads, sums = run(model, batch, True)
+    # a target needs a real token before it: 2 + 1 + 2 + 0 in ROWS' examples
+    targets = int(((batch["lm_labels"][:, 1:] != -100) & (batch["attention_mask"][:, :-1] == 1)).sum())
+    assert seen == [targets, targets] and sums["count"] == targets == 5  # the training step, then the eval step
+    ref_loss, ref_grads, ref_sums = run(model, batch, False)
+    torch.testing.assert_close(loss, ref_loss, rtol=0, atol=1e-10)
+    check_grads(grads, ref_grads, "gpt2")
+    for key in ref_sums:
+        torch.testing.assert_close(sums[key], ref_sums[key], rtol=0, atol=1e-9)
+
+
 def test_pack_rows_layout():
     # left-padded [pad, a, b], [c, d, e], [pad, pad, f]; one prompt slot each; rows as long as the longest (4 slots):
     # the 4-slot example fills row 0, the 3- and 2-slot ones go first-fit longest first: row 1, then row 2
@@ -257,6 +279,17 @@ def test_block_causal_mask_keeps_each_example_to_its_own_prefix_and_tokens():
         [True, False, False, False, True, False],
         [False, False, False, False, False, True],
     ]
+
+
+def test_block_causal_mask_boolean_for_sdpa_float_for_eager():
+    sequence, group = torch.tensor([[0, 0, 1, 5], [2, 2, 2, 6]]), torch.tensor([1, 0, 1])
+    allowed = block_causal_mask(sequence, group, 2, dtype=torch.bool)
+    additive = block_causal_mask(sequence, group, 2, dtype=torch.float32)
+    assert allowed.dtype == torch.bool and allowed.shape == additive.shape == (2, 1, 4, 8)
+    assert torch.equal(allowed, additive == 0) and (additive[~allowed] == torch.finfo(torch.float32).min).all()
+    sdpa, _ = build("llama", "left", "prompt_tuning")
+    eager, _ = build("gpt2", "left", "prompt_tuning", implementation="eager")
+    assert mask_dtype(sdpa.backbone, torch.float64) == torch.bool and mask_dtype(eager.backbone, torch.float64) == torch.float64
 
 
 def test_length_grouped_order_is_a_seeded_permutation_sorted_within_buckets():
