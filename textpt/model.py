@@ -393,7 +393,8 @@ class TextPromptedModel(PromptedModel):
         finally:
             if handle is not None:
                 handle.remove()
-        return logits[0] if picked else logits.flatten(0, 1)[slots]
+        # flatten, not logits[0]: its backward would copy the logits' gradient into a zeroed [1, N, vocab] tensor
+        return logits.flatten(0, 1) if picked else logits.flatten(0, 1)[slots]
 
     def forward_concat(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor | None, keep: torch.Tensor | None = None
