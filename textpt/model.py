@@ -34,7 +34,7 @@ from promptcore.errors import UserError
 from .config import POOLING_ATTR, SoftPromptConfig, TextMethodConfig, check_label_word_ids
 from .fast_prefix import KeyValues, accepts, cache_argument, positions_after_prefix, prefix_cache
 from .loading import check_prompt_ready, is_placed, model_max_length
-from .packing import PackingMode, block_causal_mask, mask_dtype, pack_rows, packing_problem, task_groups
+from .packing import PackingMode, attention_key_cost, block_causal_mask, mask_dtype, pack_rows, packing_problem, task_groups
 from .padding import last_token_index, pack_prompt
 from .prompt_cache import PromptCache, PromptCacheMode, cache_problem, check_prompt_cache_mode
 from .tasks import TASKS, infer_task, label_word_target
@@ -361,7 +361,7 @@ class TextPromptedModel(PromptedModel):
             tasks, group = task_groups(task_ids, b, input_ids.device)
             kv = self.prefix_key_values(tasks, 1 if tasks is None else tasks.numel())
             n = kv[0][0].shape[-2]
-            rows = pack_rows(attention_mask, 0, n)
+            rows = pack_rows(attention_mask, 0, n, key_cost=attention_key_cost(self.backbone))
             r, w = rows.shape
             kv = [tuple(t.transpose(0, 1).reshape(1, t.shape[1], -1, t.shape[-1]).expand(r, -1, -1, -1) for t in pair) for pair in kv]
             inputs = {
@@ -372,7 +372,7 @@ class TextPromptedModel(PromptedModel):
             }
         else:
             prompt = self.shallow_prompt(task_ids, b)
-            rows = pack_rows(attention_mask, prompt.shape[1])
+            rows = pack_rows(attention_mask, prompt.shape[1], key_cost=attention_key_cost(self.backbone))
             r, w = rows.shape
             embeds = self.embed_inputs(input_ids, attention_mask)
             source = torch.cat([prompt.to(embeds.dtype).flatten(0, 1), embeds[real]])

@@ -12,7 +12,7 @@ from textpt import TextModelConfig, load_model_and_tokenizer
 from textpt.cli import main
 from promptcore.config import load_config
 from textpt.cli import TextRecipe
-from textpt.packing import block_causal_mask, length_grouped_order, mask_dtype, pack_rows
+from textpt.packing import attention_key_cost, block_causal_mask, first_fit, length_grouped_order, mask_dtype, pack_rows, row_width
 from textpt.run_config import TextRunConfig
 from textpt.padding import repad
 from test_arch_matrix import INSTALLED
@@ -266,6 +266,35 @@ def test_pack_rows_shares_a_row_between_short_examples():
     rows = pack_rows(torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 0, 0]]), 0)
     assert rows.shape == (2, 4) and rows.sequence.tolist() == [[0, 0, 0, 0], [1, 1, 2, 2]]
     assert rows.positions.tolist() == [[0, 1, 2, 3], [0, 1, 0, 1]]
+
+
+def test_row_width_trades_unused_slots_against_attention():
+    # examples of 9, 5, 6 and 4 slots: rows of 13 take them in 2 rows (26 slots) where rows of 9 need 3 (27 slots)
+    assert first_fit([9, 5, 6, 4], 13) == ([0, 19, 13, 9], 2) and first_fit([9, 5, 6, 4], 9)[1] == 3
+    assert row_width([9, 5, 6, 4], 0.0) == 13  # attention for free: the fewest slots
+    assert row_width([9, 5, 6, 4], 1.0) == 9  # attention dear: the shortest rows
+    model, _ = build("llama", "left", "prompt_tuning")
+    layer = model.backbone.model.layers[0]
+    assert attention_key_cost(model.backbone) == 2 * 32 / sum(p.numel() for p in layer.parameters())
+    rows = pack_rows(torch.tensor([[1] * 9, [1] * 5 + [0] * 4, [1] * 6 + [0] * 3, [1] * 4 + [0] * 5]), 0, key_cost=0.0)
+    assert rows.shape == (2, 13) and rows.sequence.tolist()[0] == [0] * 9 + [3] * 4
+
+
+@pytest.mark.parametrize("case", ["pt_concat", "pt_bank_fast", "prefix"])
+def test_packed_rows_longer_than_the_longest_example_equal_padded(case, monkeypatch):
+    # rows of twice the longest example and one more slot hold several examples each: still the padded numbers
+    widths = []
+    monkeypatch.setattr(textpt.packing, "row_width", lambda sizes, key_cost: widths.append(2 * max(sizes) + 1) or widths[-1])
+    method, prompt = METHODS[case]
+    model, tok = build("gpt2", "right", method, **prompt)
+    batch = batch_of(tok, "right", prompt.get("num_tasks", 1) > 1)
+    loss, grads, sums = run(model, batch, True)
+    ref_loss, ref_grads, ref_sums = run(model, batch, False)
+    assert len(widths) == 2  # the training step and the eval step ran in the long rows
+    torch.testing.assert_close(loss, ref_loss, rtol=0, atol=1e-10)
+    check_grads(grads, ref_grads, "gpt2")
+    for key in ref_sums:
+        torch.testing.assert_close(sums[key], ref_sums[key], rtol=0, atol=1e-9)
 
 
 def test_block_causal_mask_keeps_each_example_to_its_own_prefix_and_tokens():
