@@ -120,7 +120,8 @@ ROW_WIDTHS: tuple[float, ...] = (1, 1.25, 1.5, 2, 3, 4)
 
 def first_fit(sizes: Sequence[int], width: int) -> tuple[list[int], int]:
     """``(start, rows)``: examples of ``sizes`` slots put first-fit, longest first, into rows of ``width`` slots
-    (each at least the longest); ``start[i]`` is the slot where example ``i`` begins, counted over the rows."""
+    (``width`` at least the largest size); ``start[i]`` is the slot where example ``i`` begins, counted over the
+    rows."""
     fill: list[int] = []
     start = [0] * len(sizes)
     for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
