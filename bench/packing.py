@@ -7,13 +7,15 @@ once padded (``data.packing: false``, the reference path), the two interleaved a
 Two objectives: ``classify`` (the verbalizer's words scored after each review, the LM head on the last token only)
 and ``lm`` (the LM loss on every token of the review, the LM head on every real token). Reports the padding share of
 the padded batches, the summed step times and their ratio packed / padded (lower is better), and the largest loss
-difference between the two (float32).
+difference between the two (float32). The CPU time of the process is summed too: on a busy machine the wall time of
+each step depends on the other jobs, and with ``--threads 1`` its CPU time hardly does.
 
 The model is the SmolLM2-135M asset by default (``--model``: any ``textpt`` model name); ``--tiny`` runs a random
 2-layer Llama of width 32 with the built-in word-level tokenizer instead, for a quick check of the script.
 
 Usage: ``python bench/packing.py [--batches 8] [--batch 32] [--tokens 20] [--fast auto|off] [--model NAME | --tiny]
-[--write FILE]`` (``--write`` appends the markdown to ``FILE``).
+[--layers N] [--threads N] [--write FILE]`` (``--layers``: the model's first ``N`` layers only, a quicker run at the same widths;
+``--write`` appends the markdown to ``FILE``).
 """
 
 from __future__ import annotations
@@ -35,15 +37,15 @@ TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num
 VERBALIZER = [" negative", " positive"]
 
 
-def timed(fn, device: torch.device) -> tuple[float, float]:
-    """``(seconds, loss)`` of one call of ``fn`` (a train step returning its loss)."""
+def timed(fn, device: torch.device) -> tuple[float, float, float]:
+    """``(seconds, process CPU seconds, loss)`` of one call of ``fn`` (a train step returning its loss)."""
     if device.type == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     loss = fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - start, float(loss)
+    return time.perf_counter() - start, time.process_time() - cpu, float(loss)
 
 
 def main() -> None:
@@ -54,12 +56,18 @@ def main() -> None:
     parser.add_argument("--fast", choices=["auto", "off"], default="auto", help="prompt tuning's shared-prefix path")
     parser.add_argument("--model", default="asset:smollm2_135m")
     parser.add_argument("--tiny", action="store_true", help="a random 2-layer Llama of width 32 (checks the script)")
+    parser.add_argument("--layers", type=int, help="keep the model's first LAYERS layers (a shallower model of the same width)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--write", help="markdown file to append the table to")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     name, kwargs = ("random:llama", TINY) if args.tiny else (args.model, {})
+    if args.layers is not None:
+        kwargs = {**kwargs, "num_hidden_layers": args.layers}
     backbone, tok = textpt.load_model_and_tokenizer(TextModelConfig(name=name, kwargs=kwargs, dtype=args.dtype, padding_side="left"))
     model = textpt.wrap(backbone.to(device), PromptTuningConfig(num_tokens=args.tokens, init="vocab", fast=args.fast, verbalizer=VERBALIZER), tokenizer=tok)
     needed = args.batch * (args.batches + 1)
@@ -72,7 +80,7 @@ def main() -> None:
         batches.append({k: v.to(device) for k, v in batch.items()})
     rows = []
     for objective in ("classify", "lm"):
-        times = {True: [], False: []}
+        times, cpu_times = {True: [], False: []}, {True: [], False: []}
         diff, real, padded = 0.0, 0, 0
         for i, batch in enumerate(batches):
             if objective == "lm":
@@ -87,16 +95,18 @@ def main() -> None:
                     loss.backward()
                     return loss.detach()
 
-                seconds, losses[packing] = timed(step, device)
+                seconds, cpu_seconds, losses[packing] = timed(step, device)
                 model.zero_grad(set_to_none=True)
                 if i > 0:
                     times[packing].append(seconds)
+                    cpu_times[packing].append(cpu_seconds)
             if i > 0:
                 diff = max(diff, abs(losses[True] - losses[False]))
                 real += int(batch["attention_mask"].sum()) + args.tokens * batch["input_ids"].shape[0]
                 padded += batch["input_ids"].numel() + args.tokens * batch["input_ids"].shape[0]
         row = {"objective": objective, "packed": sum(times[True]), "padded": sum(times[False]), "pad_share": 1 - real / padded, "diff": diff}
         row["ratio"] = row["packed"] / row["padded"]
+        row["cpu_ratio"] = sum(cpu_times[True]) / sum(cpu_times[False])
         rows.append(row)
         print(row, flush=True)
     machine = machine_line(device, load_before)
@@ -104,14 +114,15 @@ def main() -> None:
         f"# Packed / padded train steps on Rotten Tomatoes' lengths ({name})",
         "",
         f"Machine: {machine}; torch {torch.__version__}. Prompt tuning, {args.tokens} prompt tokens, fast: {args.fast}, "
-        f"frozen weights {args.dtype}, {args.batches} batches of {args.batch} reviews (seeded draw; one more warms up), "
-        f"each run packed and padded, interleaved. Ratio: packed / padded summed step time (lower is better).",
+        f"frozen weights {args.dtype}{f', first {args.layers} layers' if args.layers else ''}, {args.batches} batches of {args.batch} reviews (seeded draw; one more warms up), "
+        f"each run packed and padded, interleaved. Ratio: packed / padded summed step time (lower is better); "
+        f"CPU-time ratio: the same for the process's CPU time (with one thread, less sensitive to other jobs on the machine).",
         "",
-        "| objective | padding share of the padded batches | packed (s) | padded (s) | ratio | max loss diff |",
-        "|---|---|---|---|---|---|",
+        "| objective | padding share of the padded batches | packed (s) | padded (s) | ratio | CPU-time ratio | max loss diff |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['objective']} | {r['pad_share']:.2f} | {r['packed']:.3f} | {r['padded']:.3f} | {r['ratio']:.2f} | {r['diff']:.1e} |")
+        lines.append(f"| {r['objective']} | {r['pad_share']:.2f} | {r['packed']:.3f} | {r['padded']:.3f} | {r['ratio']:.2f} | {r['cpu_ratio']:.2f} | {r['diff']:.1e} |")
     emit(lines, args.write)
 
 

@@ -34,7 +34,7 @@ from promptcore.errors import UserError
 from .config import POOLING_ATTR, SoftPromptConfig, TextMethodConfig, check_label_word_ids
 from .fast_prefix import KeyValues, accepts, cache_argument, positions_after_prefix, prefix_cache
 from .loading import check_prompt_ready, is_placed, model_max_length
-from .packing import PackingMode, block_causal_mask, pack_rows, packing_problem, task_groups
+from .packing import PackingMode, attention_key_cost, block_causal_mask, mask_dtype, pack_rows, packing_problem, task_groups
 from .padding import last_token_index, pack_prompt
 from .prompt_cache import PromptCache, PromptCacheMode, cache_problem, check_prompt_cache_mode
 from .tasks import TASKS, infer_task, label_word_target
@@ -339,12 +339,19 @@ class TextPromptedModel(PromptedModel):
         return self.forward_concat(input_ids, attention_mask, task_ids, keep=last)[:, 0]
 
     def packed_logits(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, task_ids: torch.Tensor | None, keep: Literal["tokens", "last"] = "tokens"
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        task_ids: torch.Tensor | None,
+        keep: Literal["tokens", "last"] = "tokens",
+        tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Causal LM: next-token logits of the batch run packed (:mod:`textpt.packing`), ``[N, vocab]``
         at every real token in the padded batch's row-major order (``keep="tokens"``: the rows of
         ``input_ids[attention_mask.bool()]``) or ``[B, vocab]`` after each example's last real token (``"last"``).
-        Only those positions go through the LM head. The same numbers as :meth:`token_logits` on the padded path.
+        ``tokens`` (boolean ``[N]``, with ``keep="tokens"``) keeps only the real tokens it marks, as an LM loss
+        reads only the tokens that have a target. Only the positions kept go through the LM head. The same numbers
+        as :meth:`token_logits` on the padded path.
         """
         attention_mask = self._check_inputs(input_ids, attention_mask, task_ids)
         self._check_decoder("packed_logits")
@@ -354,24 +361,24 @@ class TextPromptedModel(PromptedModel):
             tasks, group = task_groups(task_ids, b, input_ids.device)
             kv = self.prefix_key_values(tasks, 1 if tasks is None else tasks.numel())
             n = kv[0][0].shape[-2]
-            rows = pack_rows(attention_mask, 0, n)
+            rows = pack_rows(attention_mask, 0, n, key_cost=attention_key_cost(self.backbone))
             r, w = rows.shape
             kv = [tuple(t.transpose(0, 1).reshape(1, t.shape[1], -1, t.shape[-1]).expand(r, -1, -1, -1) for t in pair) for pair in kv]
             inputs = {
                 "input_ids": input_ids.new_zeros(r * w).index_copy(0, rows.tokens, input_ids[real]).view(r, w),
-                "attention_mask": block_causal_mask(rows.sequence, group, n, dtype=self.dtype),
+                "attention_mask": block_causal_mask(rows.sequence, group, n, dtype=mask_dtype(self.backbone, self.dtype)),
                 "use_cache": True,
                 cache_argument(self.backbone): prefix_cache(kv),
             }
         else:
             prompt = self.shallow_prompt(task_ids, b)
-            rows = pack_rows(attention_mask, prompt.shape[1])
+            rows = pack_rows(attention_mask, prompt.shape[1], key_cost=attention_key_cost(self.backbone))
             r, w = rows.shape
             embeds = self.embed_inputs(input_ids, attention_mask)
             source = torch.cat([prompt.to(embeds.dtype).flatten(0, 1), embeds[real]])
             x = source.new_zeros(r * w, source.shape[-1]).index_copy(0, rows.dest, source).view(r, w, -1)
-            inputs = {"inputs_embeds": x, "attention_mask": block_causal_mask(rows.sequence, dtype=self.dtype), "use_cache": False}
-        slots = rows.tokens if keep == "tokens" else rows.last
+            inputs = {"inputs_embeds": x, "attention_mask": block_causal_mask(rows.sequence, dtype=mask_dtype(self.backbone, self.dtype)), "use_cache": False}
+        slots = rows.last if keep == "last" else rows.tokens if tokens is None else rows.tokens[tokens]
         # The LM head sees only the slots asked for: its input is cut to them as it is called (a pre-hook), so any
         # processing the model applies to its logits after the head still runs on them.
         head, picked = self.backbone.get_output_embeddings(), []
@@ -386,7 +393,8 @@ class TextPromptedModel(PromptedModel):
         finally:
             if handle is not None:
                 handle.remove()
-        return logits[0] if picked else logits.flatten(0, 1)[slots]
+        # flatten, not logits[0]: its backward would copy the logits' gradient into a zeroed [1, N, vocab] tensor
+        return logits.flatten(0, 1) if picked else logits.flatten(0, 1)[slots]
 
     def forward_concat(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor | None, keep: torch.Tensor | None = None

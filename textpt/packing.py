@@ -2,7 +2,8 @@
 
 A padded batch ``[B, L]`` spends the layers' work on its padding (Rotten Tomatoes' reviews run from a few tokens to
 about 60, so most of a batch padded to its longest is padding). Packed, the real tokens of the examples are put one
-example after another in a few rows as long as the longest example (:func:`pack_rows`), each example with its own
+example after another in a few rows (:func:`pack_rows`; as long as the longest example, or longer where that leaves
+fewer slots unused for little more attention, :func:`row_width`), each example with its own
 prompt in front and its own positions restarting at 0, and attention kept within each example; the LM head runs on
 the positions a loss or a score reads only. Each example then gives the numbers it gives in the padded batch (the reference path, kept in
 :mod:`textpt.model`), as tests prove in float64.
@@ -50,8 +51,8 @@ if TYPE_CHECKING:
 
 
 ATTENTION_IMPLEMENTATIONS: tuple[str, ...] = ("sdpa", "eager")
-"""The attention implementations that take the packed masks (a 4-D float mask, or the block-diagonal one
-transformers derives from restarting position ids)."""
+"""The attention implementations that take the packed masks (a 4-D boolean mask for ``sdpa``, an additive float one
+for ``eager``)."""
 
 
 def packing_problem(model: "TextPromptedModel") -> str | None:
@@ -114,29 +115,67 @@ class PackedRows:
         return tuple(self.positions.shape)
 
 
-def pack_rows(attention_mask: torch.Tensor, num_prompt: int, first_position: int = 0) -> PackedRows:
-    """The layout of a padded batch packed into rows, each example ``num_prompt`` prompt slots then its real
-    tokens, with positions counted from ``first_position`` (the length of a key/value prefix before the row).
+ROW_WIDTHS: tuple[float, ...] = (1, 1.25, 1.5, 2, 3, 4)
+"""The row lengths :func:`row_width` tries, in multiples of the longest example."""
 
-    The rows are as long as the longest example, and the examples go into them first-fit, longest first: attention,
-    which runs over every pair of slots in a row, then costs at most what the padded batch's does, while the
-    layers' other work runs on the examples' slots and the few unused ones at the rows' ends. The examples' lengths
-    are read back to the host once (the rows are laid out there).
-    """
-    mask = attention_mask.bool()
-    b, device = mask.shape[0], mask.device
-    lengths = mask.sum(1) + num_prompt
-    sizes = lengths.tolist()
-    width = max(sizes, default=0)
+
+def first_fit(sizes: Sequence[int], width: int) -> tuple[list[int], int]:
+    """``(start, rows)``: examples of ``sizes`` slots put first-fit, longest first, into rows of ``width`` slots
+    (``width`` at least the largest size); ``start[i]`` is the slot where example ``i`` begins, counted over the
+    rows."""
     fill: list[int] = []
-    start = [0] * b
-    for i in sorted(range(b), key=lambda i: -sizes[i]):
+    start = [0] * len(sizes)
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
         row = next((r for r, used in enumerate(fill) if used + sizes[i] <= width), len(fill))
         if row == len(fill):
             fill.append(0)
         start[i] = row * width + fill[row]
         fill[row] += sizes[i]
-    rows = max(len(fill), 1)
+    return start, max(len(fill), 1)
+
+
+def row_width(sizes: Sequence[int], key_cost: float) -> int:
+    """The row length that packs examples of ``sizes`` slots at the least cost, among :data:`ROW_WIDTHS`.
+
+    A row of ``W`` slots costs ``W * (1 + W * key_cost)``: each slot's work outside attention, plus attention over
+    the ``W`` keys of its row (masked ones too: ``sdpa`` and ``eager`` compute every pair), ``key_cost`` being one
+    key's cost against the rest of a slot's work (:func:`attention_key_cost`). Rows longer than the longest
+    example leave fewer slots unused at their ends (examples with their own prompt copies rarely fit two to a row
+    as long as the longest), at more attention per slot.
+    """
+    longest = max(sizes, default=0)
+    widths = sorted({int(longest * k) for k in ROW_WIDTHS})
+    return min(widths, key=lambda w: first_fit(sizes, w)[1] * w * (1 + w * key_cost))
+
+
+def attention_key_cost(backbone: torch.nn.Module) -> float:
+    """What attention over one more key costs a token, against the rest of its work in a layer: ``4 * hidden``
+    multiply-adds (scores and weighted values) against ``2 *`` the layer's weights (:func:`row_width`)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layer = next((m for m in backbone.modules() if isinstance(m, GradientCheckpointingLayer)), None)
+    if layer is None:
+        return 0.0
+    hidden = backbone.config.get_text_config(decoder=True).hidden_size
+    return 2 * hidden / max(sum(p.numel() for p in layer.parameters()), 1)
+
+
+def pack_rows(attention_mask: torch.Tensor, num_prompt: int, first_position: int = 0, key_cost: float | None = None) -> PackedRows:
+    """The layout of a padded batch packed into rows, each example ``num_prompt`` prompt slots then its real
+    tokens, with positions counted from ``first_position`` (the length of a key/value prefix before the row).
+
+    The examples go into the rows first-fit, longest first. Without ``key_cost`` the rows are as long as the
+    longest example: attention, which runs over every pair of slots in a row, then costs at most what the padded
+    batch's does, while the layers' other work runs on the examples' slots and the few unused ones at the rows'
+    ends. With ``key_cost`` (:func:`attention_key_cost`) the row length is the cheapest of :func:`row_width`'s.
+    The examples' lengths are read back to the host once (the rows are laid out there).
+    """
+    mask = attention_mask.bool()
+    b, device = mask.shape[0], mask.device
+    lengths = mask.sum(1) + num_prompt
+    sizes = lengths.tolist()
+    width = max(sizes, default=0) if key_cost is None else row_width(sizes, key_cost)
+    start, rows = first_fit(sizes, width)
     starts = torch.tensor(start, dtype=torch.long, device=device)
     rank = mask.long().cumsum(1) - 1
     example = torch.arange(b, device=device).unsqueeze(1).expand_as(mask)[mask]
@@ -156,11 +195,12 @@ def pack_rows(attention_mask: torch.Tensor, num_prompt: int, first_position: int
 def block_causal_mask(
     sequence: torch.Tensor, prefix_group: torch.Tensor | None = None, num_prefix: int = 0, *, dtype: torch.dtype
 ) -> torch.Tensor:
-    """The additive 4-D mask ``[R, 1, W, G * num_prefix + W]`` of packed rows (``sequence``: :attr:`PackedRows.sequence`),
+    """The 4-D mask ``[R, 1, W, G * num_prefix + W]`` of packed rows (``sequence``: :attr:`PackedRows.sequence`),
     after ``G`` prefixes of ``num_prefix`` keys each when ``prefix_group`` (each example's group) is given: a slot
     sees the prefix of its example's group and the earlier slots of its own example; an unused slot sees itself
-    only. 0 where attention goes, the dtype's minimum elsewhere (what ``eager`` adds to the scores, and what
-    ``sdpa`` takes as a float mask)."""
+    only. With ``dtype=torch.bool``: True where attention goes (what ``sdpa`` takes, and what transformers' own
+    ``sdpa`` masks are: no float mask to fill and read); with a float dtype: 0 where attention goes, the dtype's
+    minimum elsewhere (what ``eager`` adds to the scores)."""
     w = sequence.shape[1]
     slots = torch.arange(w, device=sequence.device)
     allowed = (sequence.unsqueeze(2) == sequence.unsqueeze(1)) & (slots.unsqueeze(1) >= slots.unsqueeze(0))
@@ -169,8 +209,16 @@ def block_causal_mask(
         column_group = torch.arange(int(prefix_group.max()) + 1, device=sequence.device).repeat_interleave(num_prefix)
         group = torch.where(sequence < b, prefix_group[sequence.clamp(max=b - 1)], -1)
         allowed = torch.cat([group.unsqueeze(2) == column_group, allowed], dim=2)
+    if dtype == torch.bool:
+        return allowed.unsqueeze(1)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=sequence.device).masked_fill(~allowed, torch.finfo(dtype).min)
     return mask.unsqueeze(1)
+
+
+def mask_dtype(backbone: torch.nn.Module, dtype: torch.dtype) -> torch.dtype:
+    """The dtype of :func:`block_causal_mask` for ``backbone``'s attention: boolean for ``sdpa``, ``dtype`` (the
+    model's float dtype) for ``eager``, which adds the mask to its scores."""
+    return torch.bool if getattr(backbone.config, "_attn_implementation", None) == "sdpa" else dtype
 
 
 def task_groups(task_ids: torch.Tensor | None, batch_size: int, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -210,9 +258,14 @@ __all__ = [
     "ATTENTION_IMPLEMENTATIONS",
     "PackedRows",
     "PackingMode",
+    "ROW_WIDTHS",
+    "attention_key_cost",
     "block_causal_mask",
+    "first_fit",
     "length_grouped_order",
+    "mask_dtype",
     "pack_rows",
     "packing_problem",
+    "row_width",
     "task_groups",
 ]

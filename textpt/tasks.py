@@ -339,15 +339,18 @@ class CausalLM(TextTask):
         return F.pad(targets, (0, 1), value=IGNORE_INDEX)
 
     def loss_logits_and_targets(self, model: "TextPromptedModel", batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Packed (:meth:`textpt.model.TextPromptedModel.packs_batches`): ``[1, N, vocab]`` logits at the batch's
-        ``N`` real tokens and their targets, the padded path's targets at those tokens (its padding positions
-        target nothing); else the padded :meth:`lm_logits_and_targets`."""
+        """Packed (:meth:`textpt.model.TextPromptedModel.packs_batches`): ``[1, T, vocab]`` logits at the batch's
+        ``T`` real tokens that have a target (the padded path's targets: its padding positions, an example's last
+        token and, with ``data.target_column``, the template's tokens target nothing) and those targets; else the
+        padded :meth:`lm_logits_and_targets`."""
         if not model.packs_batches():
             return self.lm_logits_and_targets(model, batch)
         ids, mask = batch["input_ids"], batch.get("attention_mask")
         mask = torch.ones_like(ids) if mask is None else mask
-        logits = model.packed_logits(ids, mask, batch.get("task_ids"), "tokens")
-        return logits.unsqueeze(0), self.next_token_targets(batch)[mask.bool()].unsqueeze(0)
+        targets = self.next_token_targets(batch)[mask.bool()]
+        targeted = targets != IGNORE_INDEX
+        logits = model.packed_logits(ids, mask, batch.get("task_ids"), "tokens", tokens=targeted)
+        return logits.unsqueeze(0), targets[targeted].unsqueeze(0)
 
     def lm_outputs(self, model: "TextPromptedModel", batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         logits, targets = self.lm_logits_and_targets(model, batch)

@@ -12,7 +12,7 @@ from textpt import TextModelConfig, load_model_and_tokenizer
 from textpt.cli import main
 from promptcore.config import load_config
 from textpt.cli import TextRecipe
-from textpt.packing import block_causal_mask, length_grouped_order, pack_rows
+from textpt.packing import attention_key_cost, block_causal_mask, first_fit, length_grouped_order, mask_dtype, pack_rows, row_width
 from textpt.run_config import TextRunConfig
 from textpt.padding import repad
 from test_arch_matrix import INSTALLED
@@ -229,6 +229,28 @@ def test_the_lm_head_runs_on_the_slots_read_only(case):
     assert tokens.shape[0] == int(batch["attention_mask"].sum())
 
 
+@pytest.mark.parametrize("case", ["pt_concat", "pt_fast", "prefix_bank"])
+def test_the_lm_loss_runs_the_lm_head_on_the_targeted_tokens_only(case):
+    # targets on the last tokens only (as data.target_column writes them): the packed loss, its gradients and eval
+    # sums are the padded ones, and the LM head sees one row per target
+    method, prompt = METHODS[case]
+    model, tok = build("gpt2", "left", method, **prompt)
+    batch = batch_of(tok, "left", prompt.get("num_tasks", 1) > 1)
+    positions = torch.arange(batch["input_ids"].shape[1])
+    batch["lm_labels"] = batch["lm_labels"].masked_fill(positions < batch["input_ids"].shape[1] - 2, -100)
+    seen = []
+    model.backbone.get_output_embeddings().register_forward_hook(lambda module, args, out: seen.append(args[0].shape[:-1].numel()))
+    loss, grads, sums = run(model, batch, True)
+    # a target needs a real token before it: 2 + 1 + 2 + 0 in ROWS' examples
+    targets = int(((batch["lm_labels"][:, 1:] != -100) & (batch["attention_mask"][:, :-1] == 1)).sum())
+    assert seen == [targets, targets] and sums["count"] == targets == 5  # the training step, then the eval step
+    ref_loss, ref_grads, ref_sums = run(model, batch, False)
+    torch.testing.assert_close(loss, ref_loss, rtol=0, atol=1e-10)
+    check_grads(grads, ref_grads, "gpt2")
+    for key in ref_sums:
+        torch.testing.assert_close(sums[key], ref_sums[key], rtol=0, atol=1e-9)
+
+
 def test_pack_rows_layout():
     # left-padded [pad, a, b], [c, d, e], [pad, pad, f]; one prompt slot each; rows as long as the longest (4 slots):
     # the 4-slot example fills row 0, the 3- and 2-slot ones go first-fit longest first: row 1, then row 2
@@ -246,6 +268,35 @@ def test_pack_rows_shares_a_row_between_short_examples():
     assert rows.positions.tolist() == [[0, 1, 2, 3], [0, 1, 0, 1]]
 
 
+def test_row_width_trades_unused_slots_against_attention():
+    # examples of 9, 5, 6 and 4 slots: rows of 13 take them in 2 rows (26 slots) where rows of 9 need 3 (27 slots)
+    assert first_fit([9, 5, 6, 4], 13) == ([0, 19, 13, 9], 2) and first_fit([9, 5, 6, 4], 9)[1] == 3
+    assert row_width([9, 5, 6, 4], 0.0) == 13  # attention for free: the fewest slots
+    assert row_width([9, 5, 6, 4], 1.0) == 9  # attention dear: the shortest rows
+    model, _ = build("llama", "left", "prompt_tuning")
+    layer = model.backbone.model.layers[0]
+    assert attention_key_cost(model.backbone) == 2 * 32 / sum(p.numel() for p in layer.parameters())
+    rows = pack_rows(torch.tensor([[1] * 9, [1] * 5 + [0] * 4, [1] * 6 + [0] * 3, [1] * 4 + [0] * 5]), 0, key_cost=0.0)
+    assert rows.shape == (2, 13) and rows.sequence.tolist()[0] == [0] * 9 + [3] * 4
+
+
+@pytest.mark.parametrize("case", ["pt_concat", "pt_bank_fast", "prefix"])
+def test_packed_rows_longer_than_the_longest_example_equal_padded(case, monkeypatch):
+    # rows of twice the longest example and one more slot hold several examples each: still the padded numbers
+    widths = []
+    monkeypatch.setattr(textpt.packing, "row_width", lambda sizes, key_cost: widths.append(2 * max(sizes) + 1) or widths[-1])
+    method, prompt = METHODS[case]
+    model, tok = build("gpt2", "right", method, **prompt)
+    batch = batch_of(tok, "right", prompt.get("num_tasks", 1) > 1)
+    loss, grads, sums = run(model, batch, True)
+    ref_loss, ref_grads, ref_sums = run(model, batch, False)
+    assert len(widths) == 2  # the training step and the eval step ran in the long rows
+    torch.testing.assert_close(loss, ref_loss, rtol=0, atol=1e-10)
+    check_grads(grads, ref_grads, "gpt2")
+    for key in ref_sums:
+        torch.testing.assert_close(sums[key], ref_sums[key], rtol=0, atol=1e-9)
+
+
 def test_block_causal_mask_keeps_each_example_to_its_own_prefix_and_tokens():
     # one row: example 0 (group 1) in slots 0-1, example 1 (group 0) in slot 2, an unused slot 3 (number 5)
     mask = block_causal_mask(torch.tensor([[0, 0, 1, 5]]), torch.tensor([1, 0]), 1, dtype=torch.float64)
@@ -257,6 +308,17 @@ def test_block_causal_mask_keeps_each_example_to_its_own_prefix_and_tokens():
         [True, False, False, False, True, False],
         [False, False, False, False, False, True],
     ]
+
+
+def test_block_causal_mask_boolean_for_sdpa_float_for_eager():
+    sequence, group = torch.tensor([[0, 0, 1, 5], [2, 2, 2, 6]]), torch.tensor([1, 0, 1])
+    allowed = block_causal_mask(sequence, group, 2, dtype=torch.bool)
+    additive = block_causal_mask(sequence, group, 2, dtype=torch.float32)
+    assert allowed.dtype == torch.bool and allowed.shape == additive.shape == (2, 1, 4, 8)
+    assert torch.equal(allowed, additive == 0) and (additive[~allowed] == torch.finfo(torch.float32).min).all()
+    sdpa, _ = build("llama", "left", "prompt_tuning")
+    eager, _ = build("gpt2", "left", "prompt_tuning", implementation="eager")
+    assert mask_dtype(sdpa.backbone, torch.float64) == torch.bool and mask_dtype(eager.backbone, torch.float64) == torch.float64
 
 
 def test_length_grouped_order_is_a_seeded_permutation_sorted_within_buckets():
