@@ -6,13 +6,17 @@ PEFT puts its virtual tokens before all input embeddings, image placeholders inc
 ``inputs_embeds`` alone (no ``input_ids``, ``position_ids`` or ``token_type_ids``); ``vlm_prompt_tuning`` puts its
 rows at the same place (before each sequence's first token, :mod:`vlmpt.model`). Where the model finds its image
 placeholders in the embeddings and counts positions from 0 (LLaVA, LLaVA-OneVision, Idefics3), PEFT's logits on an
-unpadded batch equal vlmpt's. Refused with the reason where they do not (:data:`PEFT_WRONG`). PEFT's cached
-``generate`` is wrong on all of them (:data:`PEFT_GENERATE_WARNING`): the export warns.
+unpadded batch equal vlmpt's. Refused with the reason where they do not (:data:`PEFT_WRONG`). Before PEFT 0.22,
+PEFT's cached ``generate`` is wrong on all of them; PEFT 0.22 generates as vlmpt on LLaVA and Idefics3 (the tests
+compare them): the export warns (:data:`PEFT_GENERATE_WARNING`) with an older PEFT, and on LLaVA-OneVision, where
+it is not checked.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -43,9 +47,29 @@ PEFT_WRONG: dict[str, str] = {
 
 PEFT_GENERATE_WARNING = (
     "PEFT's forward gives this prompt's logits, but its cached generate() on vision-language models departs from a "
-    "step-by-step decode after a few tokens (the huggingface/peft #2899 symptom, also on LLaVA, LLaVA-OneVision and "
-    "Idefics3); generate with vlmpt (vlmpt.answer, vlmpt generate), or with PEFT's generate(use_cache=False)"
+    "step-by-step decode after a few tokens before PEFT 0.22 (the huggingface/peft #2899 symptom, also on LLaVA, "
+    "LLaVA-OneVision and Idefics3; 0.22 generates as vlmpt on LLaVA and Idefics3, LLaVA-OneVision is not checked); "
+    "generate with vlmpt (vlmpt.answer, vlmpt generate), or with PEFT's generate(use_cache=False)"
 )
+PEFT_GENERATES_RIGHT = ((0, 22), ("llava", "idefics3"))
+"""From which PEFT release, and on which families, PEFT's cached generate equals vlmpt's (the tests check it)."""
+
+
+def peft_version() -> tuple[int, int] | None:
+    """The installed PEFT's (major, minor), or None without PEFT."""
+    try:
+        major, minor = (int(p) for p in re.findall(r"\d+", importlib.metadata.version("peft"))[:2])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return None
+    return major, minor
+
+
+def peft_generate_is_wrong(model_type: str) -> bool:
+    """Whether the installed PEFT's cached ``generate`` may depart from vlmpt's on ``model_type`` (see
+    :data:`PEFT_GENERATES_RIGHT`); True without PEFT (the adapter may meet any release)."""
+    since, families = PEFT_GENERATES_RIGHT
+    version = peft_version()
+    return version is None or version < since or model_type not in families
 
 
 def save_peft_adapter(model: VLMPromptedModel, directory: str | os.PathLike, base_model_name_or_path: str | None = None) -> Path:
@@ -63,7 +87,8 @@ def save_peft_adapter(model: VLMPromptedModel, directory: str | os.PathLike, bas
             PEFT result is wrong (:data:`PEFT_WRONG`: Qwen2-VL, Qwen2.5-VL, PaliGemma).
 
     Warns:
-        UserWarning: always (:data:`PEFT_GENERATE_WARNING`): PEFT's cached ``generate`` is wrong on these models.
+        UserWarning: (:data:`PEFT_GENERATE_WARNING`) where the installed PEFT's cached ``generate`` may be wrong on
+            the model (:func:`peft_generate_is_wrong`).
     """
     if not isinstance(model, VLMPromptTuningModel):
         raise UserError(
@@ -76,8 +101,9 @@ def save_peft_adapter(model: VLMPromptedModel, directory: str | os.PathLike, bas
     name = base_model_name_or_path or model.backbone_name
     weight = model.prompts.weight
     folder = write_peft_adapter(directory, weight, prompt_tuning_fields(model.backbone, weight), "CAUSAL_LM", name.removeprefix("hf:"))
-    warnings.warn(PEFT_GENERATE_WARNING, stacklevel=2)
+    if peft_generate_is_wrong(model_type):
+        warnings.warn(PEFT_GENERATE_WARNING, stacklevel=2)
     return folder
 
 
-__all__ = ["PEFT_GENERATE_WARNING", "PEFT_WRONG", "save_peft_adapter"]
+__all__ = ["PEFT_GENERATES_RIGHT", "PEFT_GENERATE_WARNING", "PEFT_WRONG", "peft_generate_is_wrong", "peft_version", "save_peft_adapter"]

@@ -70,9 +70,9 @@ def method_of(case_name: str) -> str:
     return case_name.split("/")[0]
 
 
-def variants() -> list[str]:
-    """The names of the variant cases."""
-    return [name for name in CASES.names() if "/" in name]
+def variants(sharded: bool = False) -> list[str]:
+    """The names of the variant cases (``sharded``: those the sharded contract runs)."""
+    return [name for name in CASES.names() if "/" in name and (CASES.get(name).sharded or not sharded)]
 
 
 class Spy:

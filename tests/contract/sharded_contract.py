@@ -145,7 +145,7 @@ def main() -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     load_plugins()
-    names = sys.argv[2:] or [n for n in METHODS.names() if n in CASES and CASES.get(n).sharded] + variants()
+    names = sys.argv[2:] or [n for n in METHODS.names() if n in CASES and CASES.get(n).sharded] + variants(sharded=True)
     results = {}
     for name in names:
         try:

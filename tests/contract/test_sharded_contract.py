@@ -20,7 +20,7 @@ from promptcore import METHODS
 from promptcore.plugins import load_plugins
 
 load_plugins()
-NAMES = [n for n in METHODS.names() if n in CASES and CASES.get(n).sharded] + variants()
+NAMES = [n for n in METHODS.names() if n in CASES and CASES.get(n).sharded] + variants(sharded=True)
 from test_backbones import TINY  # noqa: E402
 
 FAMILIES = [f"vpt_deep:{key}" for key in sorted(TINY)]

@@ -1,5 +1,6 @@
 """``vlmpt train | eval | generate`` end to end on the smoke config (a few steps each)."""
 
+import contextlib
 import json
 import re
 import shutil
@@ -12,6 +13,7 @@ import torch
 
 from promptcore import TrainConfig, Trainer, load_config, read_prompt_config
 from vlmpt.cli import VLMRecipe, main
+from vlmpt.peft_export import peft_generate_is_wrong
 from vlmpt.inference import load_prompted
 from vlmpt.run_config import VLMRunConfig
 from vlmpt.synthetic import synthetic_rows
@@ -83,7 +85,8 @@ def test_other_architectures_train(model_type, tmp_path, capsys):
     assert main(["train", "-c", SMOKE, "-o", str(tmp_path / "run"), *FAST, "--set", "train.max_steps=1", "--set", f"model.name=random:{model_type}"]) == 0
     assert _json_out(capsys)["step"] == 1
     if model_type == "llava":  # PEFT's prompt tuning is right on LLaVA (tests/vlmpt/test_vlm_peft_export.py)
-        with pytest.warns(UserWarning, match="PEFT's forward gives this prompt's logits, but its cached generate"):
+        warns = peft_generate_is_wrong("llava")  # PEFT before 0.22
+        with pytest.warns(UserWarning, match="PEFT's forward gives this prompt's logits, but its cached generate") if warns else contextlib.nullcontext():
             assert main(["export-peft", "--prompts", str(tmp_path / "run" / "last"), "-o", str(tmp_path / "adapter")]) == 0
         assert capsys.readouterr().out.strip() == str(tmp_path / "adapter")
         adapter = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
