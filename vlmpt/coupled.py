@@ -57,12 +57,11 @@ from textpt.fast_prefix import KeyValues, num_layers
 from vpt.clip.maple import coupling_projections
 
 from .config import VLMCoupledConfig
-from .model import VLMPromptedModel
-from .prefix import row_key_values
+from .prefix import KeyValuePrefixModel, row_key_values
 from .vision_prompts import prompt_tower, tower_prompts
 
 
-class VLMCoupledModel(VLMPromptedModel):
+class VLMCoupledModel(KeyValuePrefixModel):
     """Language prompts in a frozen vision-language model's language model and vision prompts projected from them in
     its vision tower.
 
@@ -104,14 +103,6 @@ class VLMCoupledModel(VLMPromptedModel):
             self.prompts.vision = DeepSoftPrompt(config.depth, config.vision_tokens, self.tower.width, **init)
         self.prompts.to(trainable_dtype(backbone))
         self.freeze_backbone()
-
-    @property
-    def num_prefix_tokens(self) -> int:
-        return self.config.num_tokens
-
-    def shallow_prompt(self, batch_size: int) -> torch.Tensor:
-        """No rows in the input embeddings (the language prompts enter as a prefix): ``[B, 0, D]``."""
-        return self.embedding.weight.new_zeros(batch_size, 0, self.dim)
 
     def prefix_key_values(self, batch_size: int) -> KeyValues:
         """Each language-model layer's keys and values of the prompt rows run alone, layer ``i < depth``'s input

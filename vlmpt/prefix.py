@@ -32,7 +32,20 @@ from .config import VLMPrefixConfig
 from .model import VLMPromptedModel
 
 
-class VLMPrefixModel(VLMPromptedModel):
+class KeyValuePrefixModel(VLMPromptedModel):
+    """A method whose language-model prompts enter only as a key/value prefix of ``config.num_tokens`` positions in
+    every layer (none in the input embeddings); a subclass gives :meth:`prefix_key_values`."""
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return self.config.num_tokens
+
+    def shallow_prompt(self, batch_size: int) -> torch.Tensor:
+        """No prompt rows in the input embeddings: ``[B, 0, D]``."""
+        return self.embedding.weight.new_zeros(batch_size, 0, self.dim)
+
+
+class VLMPrefixModel(KeyValuePrefixModel):
     """Per-layer key/value prefixes in the language model of a frozen vision-language model.
 
     Args:
@@ -61,14 +74,6 @@ class VLMPrefixModel(VLMPromptedModel):
         self.prompts = DeepSoftPrompt(2 * self.num_layers, config.num_tokens, self.kv_heads * self.head_dim, init="normal", std=config.init_std, generator=generator)
         self.prompts.to(trainable_dtype(backbone))
         self.freeze_backbone()
-
-    @property
-    def num_prefix_tokens(self) -> int:
-        return self.config.num_tokens
-
-    def shallow_prompt(self, batch_size: int) -> torch.Tensor:
-        """No prompt rows in the input embeddings: ``[B, 0, D]``."""
-        return self.embedding.weight.new_zeros(batch_size, 0, self.dim)
 
     def prefix_key_values(self, batch_size: int) -> KeyValues:
         weight = self.prompts().to(self.embedding.weight.dtype)  # [2L, n, width]
