@@ -63,7 +63,7 @@ class Method:
     trains: bool = True
 
 
-METHODS: Registry[Method] = Registry("prompt method")
+METHODS: Registry[Method] = Registry("prompt method", on_miss=lambda key: _register(key))
 """Every registered method, keyed ``"<kind>:<name>"`` (:func:`method_key`)."""
 
 
@@ -224,6 +224,14 @@ def declare_method(name: str, kind: str, config: tuple[str, str], module: str) -
     if kind not in KINDS:
         raise ValueError(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
     return DECLARED_METHODS.add(method_key(kind, name), MethodDeclaration(name, kind, *config, module))
+
+
+def _register(key: str) -> None:
+    """Imports what registers the method ``key``: the module its declaration names, else every plugin in full."""
+    if key in DECLARED_METHODS:
+        importlib.import_module(DECLARED_METHODS.get(key).module)
+    else:
+        load_plugins()
 
 
 def _config_class(key: str) -> type | None:

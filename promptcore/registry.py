@@ -42,11 +42,14 @@ class Registry(Generic[T]):
     Args:
         kind: what the registry holds, used in error messages ("backbone family", "prompt method").
         error: the exception type :meth:`get` raises for an unknown name (a ``KeyError`` by default).
+        on_miss: called with a name :meth:`get` does not find, before it looks again: imports what registers it
+            (a package that registers its entries when its modules load).
     """
 
-    def __init__(self, kind: str, error: type[Exception] = UnknownNameError) -> None:
+    def __init__(self, kind: str, error: type[Exception] = UnknownNameError, on_miss: Callable[[str], None] | None = None) -> None:
         self.kind = kind
         self.error = error
+        self.on_miss = on_miss
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -94,6 +97,8 @@ class Registry(Generic[T]):
         Raises:
             UnknownNameError: (or the registry's ``error`` type) listing close matches and the known names.
         """
+        if self.on_miss is not None and isinstance(name, str) and name not in self._entries:
+            self.on_miss(name)
         try:
             return self._entries[name]
         except (KeyError, TypeError):
