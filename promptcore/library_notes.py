@@ -69,14 +69,4 @@ def hold_back_deepspeed_cpu_note() -> None:
         logger.addFilter(_DropDeepSpeedCPUNote())
 
 
-def before_building_a_transformers_model() -> None:
-    """Both of the above, where the toolkit builds a transformers model (its loaders call it first): transformers
-    imports torchao with its model code, and DeepSpeed's accelerator when it saves a model."""
-    import_torchao_quietly()
-    hold_back_deepspeed_cpu_note()
-
-
-__all__ = [
-    "DEEPSPEED_CPU_NOTE", "TORCHAO_MODULES", "before_building_a_transformers_model", "hold_back_deepspeed_cpu_note",
-    "import_torchao_quietly",
-]
+__all__ = ["DEEPSPEED_CPU_NOTE", "TORCHAO_MODULES", "hold_back_deepspeed_cpu_note", "import_torchao_quietly"]

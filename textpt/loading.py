@@ -17,7 +17,7 @@ from promptcore.errors import UserError
 from promptcore.hub import hub_access, offline_hint
 from promptcore.memory import check_fits, module_bytes
 from promptcore.registry import did_you_mean
-from promptcore.library_notes import before_building_a_transformers_model
+from promptcore.library_notes import hold_back_deepspeed_cpu_note, import_torchao_quietly
 from promptcore.quantization import int8_weight_only, quantize_nf4, require_quant_library, unpack_quanto_with_torch
 
 from .config import POOLING_ATTR, TextModelConfig
@@ -25,6 +25,10 @@ from .synthetic import SYNTHETIC_WORDS
 from .tasks import TASKS
 
 logger = logging.getLogger(__name__)
+# At import, not in the loaders: the notes come from importing torchao, which transformers (or peft) does as soon as
+# a model class is touched, also in a user's own code once the toolkit's modules are loaded.
+import_torchao_quietly()  # before transformers' model code imports it (with notes of torch on every process)
+hold_back_deepspeed_cpu_note()  # transformers imports DeepSpeed's accelerator when it saves a model
 
 # The built-in tokenizer of ``random:`` models: a word-level vocabulary, enough for tests and smoke runs.
 TINY_WORDS = (
@@ -181,7 +185,6 @@ def load_model_and_tokenizer(cfg: TextModelConfig) -> tuple[nn.Module, Any]:
     Raises:
         ModelLoadError: the name cannot be resolved, or the model has no input embeddings to prompt.
     """
-    before_building_a_transformers_model()
     dtype = getattr(torch, cfg.dtype)
     kind, target = resolve_name(cfg.name)
     tok_name = cfg.tokenizer or cfg.name

@@ -9,7 +9,6 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from promptcore.library_notes import before_building_a_transformers_model
 from textpt.loading import ModelLoadError, _folder, prepare_tokenizer, resolve_name
 
 from .config import VLMModelConfig
@@ -23,7 +22,6 @@ def load_model_and_processor(cfg: VLMModelConfig, seed: int = 0) -> tuple[nn.Mod
         ModelLoadError: the model or processor cannot be loaded (not in the cache on an offline machine, no such
             folder).
     """
-    before_building_a_transformers_model()
     kind, target = resolve_name(cfg.name)
     processor = load_processor(cfg)
     if kind == "random":

@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from promptcore.data import split_seed
-from promptcore.library_notes import before_building_a_transformers_model
 from promptcore.errors import UserError
 
 from .data import collate_examples
@@ -70,8 +69,6 @@ def tiny_backbone(model_type: str, seed: int = 0, **text_config: Any) -> nn.Modu
     fields of the language model's config (``initializer_range=0.3`` gives outputs a prompt can steer; the widths
     must stay those of the vision tower's output)."""
     import transformers
-
-    before_building_a_transformers_model()
 
     if model_type not in FAMILIES:
         raise UserError(f"model_type: {model_type!r} has no tiny model; one of {FAMILIES.names()}")

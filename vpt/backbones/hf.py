@@ -23,7 +23,7 @@ from torch import nn
 
 from promptcore.errors import UnsupportedModelError, UserError
 from promptcore.preflight import unknown_fields
-from promptcore.library_notes import before_building_a_transformers_model
+from promptcore.library_notes import import_torchao_quietly
 
 from ._base import (
     FAMILIES,
@@ -84,7 +84,7 @@ class HFFamily(BackboneFamily):
     def create(self, model_name: str, cfg: "BackboneConfig") -> nn.Module:
         import transformers
 
-        before_building_a_transformers_model()
+        import_torchao_quietly()  # before transformers' model code imports it
 
         kwargs = dict(cfg.kwargs)
         config_dict = kwargs.pop("config", None)
