@@ -29,8 +29,8 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal, get_args, get_origin, get_type_hints
 
-from .plugins import load_plugins
-from .registry import Registry, did_you_mean
+from .plugins import known, load_plugins
+from .registry import Declaration, Registry, did_you_mean
 
 if TYPE_CHECKING:
     from torch import nn
@@ -63,8 +63,9 @@ class Method:
     trains: bool = True
 
 
-METHODS: Registry[Method] = Registry("prompt method", on_miss=lambda key: _register(key))
-"""Every registered method, keyed ``"<kind>:<name>"`` (:func:`method_key`)."""
+METHODS: Registry[Method] = Registry("prompt method", on_miss=lambda key: load_plugins())
+"""Every registered method, keyed ``"<kind>:<name>"`` (:func:`method_key`); the declared ones
+(:func:`declare_method`) register when first asked for."""
 
 
 def method_key(kind: str, name: str) -> str:
@@ -186,74 +187,51 @@ def wrap(backbone: "nn.Module", config: Any, **context: Any) -> "PromptedModel":
 
 @dataclass(frozen=True)
 class MethodDeclaration:
-    """A method that ``module`` registers (with :func:`register_method`) when imported, with its config class
-    defined in a module that imports no torch.
+    """The record of a declared method (:func:`declare_method`): where its config class is defined, in a module that
+    imports no torch.
 
     Attributes:
-        name: the method's name.
-        kind: its kind.
+        kind: the method's kind.
         config_module: the module defining its config class, imported to validate a config.
         config_name: the config class's name there.
-        module: the module whose import registers the method.
     """
 
-    name: str
     kind: str
     config_module: str
     config_name: str
-    module: str
 
     def config_class(self) -> type:
         """The config class (importing :attr:`config_module`)."""
         return getattr(importlib.import_module(self.config_module), self.config_name)
 
 
-DECLARED_METHODS: Registry[MethodDeclaration] = Registry("declared prompt method")
-"""The declared methods (:func:`declare_method`), keyed as in :data:`METHODS`."""
-
-
-def declare_method(name: str, kind: str, config: tuple[str, str], module: str) -> MethodDeclaration:
+def declare_method(name: str, kind: str, config: tuple[str, str], module: str) -> Declaration:
     """Makes method ``name`` of ``kind`` known to run configs (:func:`method_config`) without importing ``module``,
     which registers it; ``config`` is ``(module, class name)`` of its config class, a module free of torch. For
-    the methods of a package that defers its imports (a test checks that the declarations match what the modules
-    register).
+    the methods of a package that defers its imports: a :meth:`~promptcore.registry.Registry.declare` of
+    :data:`METHODS` whose record is a :class:`MethodDeclaration` (a test checks that the declarations match what the
+    modules register).
 
     Raises:
         KeyError: the name is declared already for this kind.
     """
     if kind not in KINDS:
         raise ValueError(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
-    return DECLARED_METHODS.add(method_key(kind, name), MethodDeclaration(name, kind, *config, module))
-
-
-def _register(key: str) -> None:
-    """Imports what registers the method ``key``: the module its declaration names, else every plugin in full."""
-    if key in DECLARED_METHODS:
-        importlib.import_module(DECLARED_METHODS.get(key).module)
-    else:
-        load_plugins()
+    return METHODS.declare(method_key(kind, name), module, MethodDeclaration(kind, *config))
 
 
 def _config_class(key: str) -> type | None:
     """The config class of the method ``key`` names, registered or declared; None when it is neither."""
     if key in METHODS:
         return METHODS.get(key).config_class
-    if key in DECLARED_METHODS:
-        return DECLARED_METHODS.get(key).config_class()
+    if METHODS.knows(key):
+        return METHODS.declaration(key).record.config_class()
     return None
-
-
-def _declaring_plugins() -> set[str]:
-    """The plugin modules (:mod:`promptcore.plugins`) whose methods are declared: those of a declared method's
-    registering module, and the packages above it."""
-    modules = {d.module for _, d in DECLARED_METHODS.items()}
-    return {".".join(parts[:i]) for parts in (m.split(".") for m in modules) for i in range(1, len(parts))}
 
 
 def _known_names(kind: str) -> list[str]:
     """The method names of ``kind`` that are registered or declared, sorted."""
-    declared = [d.name for _, d in DECLARED_METHODS.items() if d.kind == kind]
-    return sorted(set(method_names(kind)) | set(declared))
+    return sorted(key.split(":", 1)[1] for key in METHODS.known_names() if key.startswith(f"{kind}:"))
 
 
 @dataclass(frozen=True)
@@ -282,23 +260,19 @@ class MethodChoice:
     def resolve(self, value: dict, path: str) -> tuple[type | None, str | None]:
         """``(config class, None)`` for the method ``value['method']`` names, else ``(None, error message)``.
 
-        A method that is neither registered nor declared yet may come with a plugin (:mod:`promptcore.plugins`):
-        their modules are imported (a package that defers its imports declares its methods then), and those that
-        declare none loaded in full, before the name is refused. The toolkit's packages declare theirs, so a name
-        none of them knows is refused without importing torch.
+        A method that is neither registered nor declared yet may come with a plugin (:func:`promptcore.plugins.known`
+        loads their light parts, where the toolkit's packages declare theirs, then the others in full), so a name
+        none of the toolkit's packages knows is refused without importing torch.
         """
         method = value.get("method", self.default)
         key = method_key(self.kind, str(method))
-        if key not in METHODS and key not in DECLARED_METHODS:
-            load_plugins(lazy=True)
-        if key not in METHODS and key not in DECLARED_METHODS:
-            load_plugins(skip=_declaring_plugins())
-        known = self.names()
-        listing = ", ".join(map(repr, known)) or "none registered"
+        known(METHODS, key)
+        names = self.names()
+        listing = ", ".join(map(repr, names)) or "none registered"
         if method is None:
             return None, f"{path}.method: required to choose the method; one of {listing}"
-        if method not in known:
-            hint = did_you_mean(str(method), known)
+        if method not in names:
+            hint = did_you_mean(str(method), names)
             kinds = [kind for kind in KINDS if method in _known_names(kind)]
             other = f" ({method!r} is a {' and '.join(kinds)} method)" if kinds else ""
             return None, f"{path}.method: unknown {self.kind} method {method!r}{other}.{hint} Known: {listing}"
@@ -319,7 +293,6 @@ def method_config(kind: str, default: str | None = None) -> Any:
 
 
 __all__ = [
-    "DECLARED_METHODS",
     "METHODS",
     "Method",
     "MethodChoice",

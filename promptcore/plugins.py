@@ -75,6 +75,25 @@ def _may_add_verbs(ep: EntryPoint, package: str) -> bool:
     return not own or ep.value == package or ep.value.startswith(package + ".")
 
 
+def _toolkit_plugins() -> list[str]:
+    """The plugin modules of the toolkit's own packages."""
+    return [ep.value for ep in entry_points(group=GROUP) if ep.dist is not None and ep.dist.name == TOOLKIT]
+
+
+def known(registry: Registry[Any], name: str) -> bool:
+    """Whether ``name`` is registered or declared in ``registry`` (:meth:`~promptcore.registry.Registry.declare`),
+    after loading the plugins that may add it when it is neither: each plugin's light part (the toolkit's packages
+    declare there every name of the registry they register: the methods, the text tasks, the heads, the data
+    sources, the vision-language families), then the plugins of other distributions in full. A name none of the
+    toolkit's packages knows is so refused without importing torch; the record is registered by
+    :meth:`~promptcore.registry.Registry.get`."""
+    if not registry.knows(name):
+        load_plugins(lazy=True)
+    if not registry.knows(name):
+        load_plugins(skip=_toolkit_plugins())
+    return registry.knows(name)
+
+
 def lookup(registry: Registry[T], name: str) -> T:
     """``registry.get(name)``, loading the plugins first when ``name`` is not registered (it may come with one), so a
     name from a config works in Python as it does on the command line.
@@ -141,4 +160,4 @@ class Deferred:
         return getattr(importlib.import_module(self.module), self.name)
 
 
-__all__ = ["GROUP", "Deferred", "lazy_exports", "load_plugins", "lookup"]
+__all__ = ["GROUP", "Deferred", "known", "lazy_exports", "load_plugins", "lookup"]

@@ -36,6 +36,8 @@ import promptcore
 from promptcore.methods import declare_method
 from promptcore.plugins import lazy_exports
 
+from .config import TASKS as _TASKS  # declared below; not a public name of the package
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -95,6 +97,11 @@ declare_method("prefix", "text", config=("textpt.config", "PrefixConfig"), modul
 declare_method("dept", "text", config=("textpt.config", "DePTConfig"), module="textpt.dept")
 declare_method("linear_probe", "text", config=("textpt.config", "LinearProbeConfig"), module="textpt.linear_probe")
 declare_method("zero_shot", "text", config=("textpt.config", "ZeroShotConfig"), module="textpt.zero_shot")
+
+# The model tasks (model.task), registered by textpt.tasks: a config names them before torch is imported.
+_TASKS.declare("causal_lm", "textpt.tasks")
+_TASKS.declare("seq2seq", "textpt.tasks")
+_TASKS.declare("seq_cls", "textpt.tasks")
 
 
 def wrap(

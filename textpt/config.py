@@ -6,8 +6,10 @@ file, :mod:`textpt.prompt_tuning`, :mod:`textpt.p_tuning`, :mod:`textpt.prefix`,
 (:class:`TextDataConfig`, the ``data:`` section).
 
 This module imports no torch (nor transformers or datasets): ``textpt train`` validates a config, and reports its
-errors, before they load. A check that needs them (the model tasks of :mod:`textpt.tasks`, ``random:`` model
-kwargs) goes through :func:`promptcore.config.library_check`, after the rest of the config is found valid.
+errors, before they load. The model tasks are registered in :data:`TASKS` by :mod:`textpt.tasks` (which imports
+torch) and declared in the package's ``__init__``, so ``model.task`` is checked without it. A check that needs a
+library (``random:`` model kwargs: transformers) goes through :func:`promptcore.config.library_check`, after the rest
+of the config is found valid.
 
 Each ``__post_init__`` rejects a bad value with ``ValueError("field: message")`` so that
 :func:`promptcore.config.load_config` reports it next to the other problems of the file.
@@ -18,15 +20,21 @@ from __future__ import annotations
 import math
 import string
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Union, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Union, get_args
 
 from promptcore.errors import UserError
 from promptcore.methods import METHODS
-from promptcore.plugins import lookup
+from promptcore.plugins import known
 from promptcore.config import check_distinct_ids, library_check, unknown_fields
-from promptcore.registry import did_you_mean
+from promptcore.registry import Registry, did_you_mean
 
 from .sources import SOURCES
+
+if TYPE_CHECKING:
+    from .tasks import TextTask
+
+TASKS: Registry["TextTask"] = Registry("text model task")
+"""Task name -> its strategy (:class:`textpt.tasks.TextTask`, registered by :mod:`textpt.tasks`)."""
 
 PoolingName = Literal["auto", "cls", "mean", "last", "pooler"]
 POOLING_ATTR = "textpt_pooling"
@@ -103,8 +111,7 @@ class TextModelConfig:
     quantization: Literal["int8", "int4", "nf4"] | None = None
 
     def __post_init__(self) -> None:
-        task = self.task
-        library_check(lambda: check_task(task))  # the tasks' module imports torch
+        check_task(self.task)
         if self.pooling not in get_args(PoolingName):
             raise UserError(f"pooling: {self.pooling!r} is not one of {', '.join(get_args(PoolingName))}")
         if self.pooling != "auto" and self.task != "seq_cls":
@@ -133,8 +140,9 @@ DEVICE_MAPS: tuple[str, ...] = ("auto", "balanced", "balanced_low_0", "sequentia
 
 
 def check_task(name: str) -> None:
-    """Raises ``ValueError("task: ...")`` when ``name`` is not a registered model task."""
-    if not is_registered_task(name):
+    """Raises ``ValueError("task: ...")`` when ``name`` is not a registered (or declared) model task, loading the
+    plugins (:mod:`promptcore.plugins`) first when it is neither, as for every name a config gives."""
+    if not known(TASKS, name):
         task_names = registered_tasks()
         raise UserError(
             f"task: {name!r} is not one of {', '.join(map(repr, task_names))}.{did_you_mean(str(name), list(task_names))} "
@@ -143,20 +151,8 @@ def check_task(name: str) -> None:
 
 
 def registered_tasks() -> tuple[str, ...]:
-    """The names of the registered model tasks (:data:`textpt.tasks.TASKS`), what ``model.task`` takes."""
-    from .tasks import TASKS  # imported here: tasks.py builds heads in the trainable dtype defined in this module
-
-    return tuple(TASKS.names())
-
-
-def is_registered_task(name: str) -> bool:
-    """Whether ``name`` is a registered model task, loading the plugins (:mod:`promptcore.plugins`) first when it
-    is not, as for every name a config gives."""
-    from promptcore.plugins import load_plugins
-
-    if name not in registered_tasks():
-        load_plugins()
-    return name in registered_tasks()
+    """The names of the registered and declared model tasks (:data:`TASKS`), what ``model.task`` takes."""
+    return tuple(TASKS.known_names())
 
 
 def check_placement(device_map: str | dict[str, str | int] | None, offload_folder: str | None) -> None:
@@ -575,10 +571,9 @@ class TextDataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        try:
-            source = lookup(SOURCES, self.source)
-        except KeyError as e:
-            raise UserError(f"source: {e}") from None
+        if not known(SOURCES, self.source):
+            raise UserError(f"source: {SOURCES.unknown(self.source)}")
+        source = SOURCES.get(self.source)
         source.check_config(self)
         if self.template is None:
             self.template = "{" + self.text_column + "}"

@@ -47,10 +47,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from promptcore.errors import UserError
-from promptcore.registry import Registry
 
 from .attention_prefix import prefixes_during
-from .config import trainable_dtype
+from .config import TASKS, trainable_dtype
 from .fast_prefix import cache_argument, generation_cache
 from .padding import first_token_index, last_token_index, pad_token_id, repad
 
@@ -633,8 +632,8 @@ def sentence_transformers_pooling(backbone: nn.Module) -> str | None:
     )
 
 
-TASKS: Registry[TextTask] = Registry("text model task")
-"""Task name -> its strategy."""
+# The registry is defined in textpt.config (free of torch) and these names declared in textpt's __init__, so a config
+# is checked against them before torch is imported.
 TASKS.add(CausalLM.name, CausalLM())
 TASKS.add(Seq2Seq.name, Seq2Seq())
 TASKS.add(SequenceClassification.name, SequenceClassification())

@@ -4,21 +4,37 @@ section), the data (:class:`VLMDataConfig`, ``data:``) and the methods' configs 
 too).
 
 This module imports no torch (nor transformers or datasets): ``vlmpt train`` validates a config, and reports its
-errors, before they load. The checks of the model's name (the loaders and the families import torch, a ``random:``
-model's kwargs transformers) go through :func:`promptcore.config.library_check`, after the rest is valid.
+errors, before they load. The families (:data:`FAMILIES`, registered by :mod:`vlmpt.families`, which imports torch)
+are declared here, so a ``random:`` model type is checked without it; the other checks of the model's name (the
+loaders import torch, a ``random:`` model's kwargs transformers) go through :func:`promptcore.config.library_check`,
+after the rest is valid.
 """
 
 from __future__ import annotations
 
 import string
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from promptcore.config import library_check, unknown_fields
 from promptcore.errors import UserError
-from promptcore.registry import did_you_mean
+from promptcore.registry import Registry, did_you_mean
 from textpt.config import DTYPES
 from textpt.sources import SOURCES
+
+if TYPE_CHECKING:
+    from .families import Family
+
+FAMILIES: Registry["Family"] = Registry("vision-language family")
+"""Families by the backbone config's ``model_type`` (:class:`vlmpt.families.Family`); each is also a ``random:``
+model type."""
+# Declared here rather than in vlmpt's __init__, which imports no textpt (vlmpt --help stays quick).
+FAMILIES.declare("llava", "vlmpt.families")
+FAMILIES.declare("qwen2_vl", "vlmpt.families")
+FAMILIES.declare("qwen2_5_vl", "vlmpt.families")
+FAMILIES.declare("llava_onevision", "vlmpt.families")
+FAMILIES.declare("paligemma", "vlmpt.families")
+FAMILIES.declare("idefics3", "vlmpt.families")
 
 FILE_SOURCES = ("hf", "csv", "json", "parquet")
 """The sources of :data:`textpt.sources.SOURCES` a vision-language run reads (its synthetic and asset sources hold
@@ -55,25 +71,26 @@ class VLMModelConfig:
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
             raise UserError("name: empty model name; give 'hf:ORG/NAME', a local folder or 'random:TYPE'")
-        library_check(self._check_name)  # the loaders and the families import torch, a random model's kwargs transformers
+        if self.name.startswith("asset:"):
+            raise UserError(f"name: {self.name!r}: no vision-language model is shipped as an asset; give 'hf:ORG/NAME', a local folder or 'random:TYPE'")
+        target = self.name.removeprefix("random:").strip()
+        if self.name.startswith("random:") and target:
+            families = FAMILIES.known_names()
+            if target not in families:
+                raise UserError(f"name: {self.name!r}: no tiny model of type {target!r}; one of {', '.join('random:' + n for n in families)}.{did_you_mean(target, families)}")
+            if self.processor is not None or self.processor_kwargs:
+                raise UserError(f"processor: {self.name} comes with its tiny processor; drop model.processor and model.processor_kwargs")
+        library_check(self._check_name)  # the loaders import torch, a random model's kwargs transformers
         if self.dtype not in DTYPES:
             raise UserError(f"dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
 
     def _check_name(self) -> None:
-        """Raises ``ValueError("name: ...")`` (or ``processor:``, ``kwargs:``) for a name the loader would not take, a
-        ``random:`` type that is not a family (:data:`vlmpt.families.FAMILIES`), or kwargs that are not fields of
-        its language model's config."""
+        """Raises ``ValueError("name: ...")`` (or ``kwargs:``) for a name the loader would not take, or ``random:``
+        kwargs that are not fields of its language model's config (an ``asset:`` name, a ``random:`` type that is not
+        a family of :data:`FAMILIES` and a processor for a tiny model are refused before, without torch)."""
         from textpt.loading import resolve_name
 
-        from .families import FAMILIES
-
         kind, target = resolve_name(self.name)
-        if kind == "asset":
-            raise UserError(f"name: {self.name!r}: no vision-language model is shipped as an asset; give 'hf:ORG/NAME', a local folder or 'random:TYPE'")
-        if kind == "random" and target not in FAMILIES:
-            raise UserError(f"name: {self.name!r}: no tiny model of type {target!r}; one of {', '.join('random:' + n for n in FAMILIES.names())}.{did_you_mean(target, FAMILIES.names())}")
-        if kind == "random" and (self.processor is not None or self.processor_kwargs):
-            raise UserError(f"processor: {self.name} comes with its tiny processor; drop model.processor and model.processor_kwargs")
         if kind == "random" and self.kwargs:
             import transformers
 

@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from promptcore.errors import UnsupportedModelError
-from promptcore.registry import Registry
+
+from .config import FAMILIES
 
 PositionFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, dict[str, Any]], tuple[torch.Tensor, torch.Tensor]]
 
@@ -86,9 +87,8 @@ def mrope_positions(backbone: nn.Module, ids: torch.Tensor, mask: torch.Tensor, 
     return backbone.model.get_rope_index(ids, mm_token_type_ids=types, image_grid_thw=images.get("image_grid_thw"), attention_mask=mask)
 
 
-FAMILIES: Registry[Family] = Registry("vision-language family")
-"""Families by the backbone config's ``model_type``."""
-
+# The registry is defined, and these names declared, in vlmpt.config (free of torch), so a config's random: type is
+# checked before torch is imported.
 FAMILIES.add("llava", Family(("LlavaForConditionalGeneration",), ("pixel_values",), counted_positions, processor="LlavaProcessor"))
 FAMILIES.add("qwen2_vl", Family(("Qwen2VLForConditionalGeneration",), ("pixel_values", "image_grid_thw"), mrope_positions, mrope=True, processor="Qwen2VLProcessor"))
 FAMILIES.add("qwen2_5_vl", Family(("Qwen2_5_VLForConditionalGeneration",), ("pixel_values", "image_grid_thw"), mrope_positions, mrope=True, processor="Qwen2_5_VLProcessor"))

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 from promptcore.methods import declare_method
 from promptcore.plugins import lazy_exports
 
+from .config import HEADS as _HEADS, SOURCES as _SOURCES  # declared below; not public names of the package
+
 if TYPE_CHECKING:
     from promptcore import wrap
 
@@ -70,6 +72,15 @@ declare_method("pixel_pad", "vision", config=("vpt.config", "PixelPromptConfig")
 declare_method("pixel_fixed_patch", "vision", config=("vpt.config", "PixelPromptConfig"), module="vpt.pixel")
 declare_method("pixel_random_patch", "vision", config=("vpt.config", "PixelPromptConfig"), module="vpt.pixel")
 declare_method("linear_probe", "vision", config=("vpt.config", "LinearProbeConfig"), module="vpt.linear_probe")
+
+# The heads (prompt.head) and the data sources (data.source): a config names them before torch is imported.
+_HEADS.declare("linear", "vpt.heads")
+_HEADS.declare("prompt_mean", "vpt.heads")
+_HEADS.declare("backbone_pool", "vpt.heads")
+_SOURCES.declare("synthetic", "vpt.data")
+_SOURCES.declare("hf", "vpt.data")
+_SOURCES.declare("imagefolder", "vpt.data")
+_SOURCES.declare("asset", "vpt.data")
 
 __all__ = [
     "BackboneConfig",

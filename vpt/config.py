@@ -4,20 +4,32 @@ gives its config too) and the data (the ``data:`` section).
 
 They are plain dataclasses, loaded from YAML by :func:`promptcore.load_config`; ``__post_init__`` rejects bad
 values with ``ValueError("field: message")`` so the loader reports every problem with its field. This module imports
-no torch, so ``vpt train`` reports a config's errors before loading it; the checks against the registries of modules
-that do (the heads, the data sources) go through :func:`promptcore.config.library_check`, once the rest is valid.
+no torch, so ``vpt train`` reports a config's errors before loading it. The registries of the heads (:data:`HEADS`)
+and the data sources (:data:`SOURCES`) are defined here and filled by modules that import torch (:mod:`vpt.heads`,
+:mod:`vpt.data`, :mod:`vpt.clip.zeroshot`); the packages declare their names (in their ``__init__``), so a name is
+checked without them, and what a head or source checks of the rest goes through
+:func:`promptcore.config.library_check`, once the rest is valid.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from promptcore.config import library_check
 from promptcore.errors import UserError
-from promptcore.plugins import lookup
-from promptcore.registry import did_you_mean
+from promptcore.plugins import known
+from promptcore.registry import Registry, did_you_mean
+
+if TYPE_CHECKING:
+    from .data import DataSource
+    from .heads import VPTHead
+
+HEADS: Registry["VPTHead"] = Registry("VPT head")
+"""``prompt.head`` name -> its :class:`vpt.heads.VPTHead`."""
+SOURCES: Registry["DataSource"] = Registry("data source")
+"""``data.source`` name -> its :class:`vpt.data.DataSource`."""
 
 PromptMethod = Literal["vpt_shallow", "vpt_deep"]
 
@@ -117,7 +129,7 @@ class VPTConfig:
             ``uniform`` or ``zeros``.
         projection: when set, prompts live in this dimension and a trained linear layer maps them to the backbone
             width (VPT's prompt projection).
-        head: a registered head (:data:`vpt.heads.HEADS`): ``linear`` on the class token (on the backbone's pooled
+        head: a registered head (:data:`HEADS`): ``linear`` on the class token (on the backbone's pooled
             features when it has no class token), ``prompt_mean`` (mean of the last block's prompt outputs),
             ``backbone_pool`` (linear on the backbone's own pooling), or ``zeroshot`` from :mod:`vpt.clip` (fixed
             CLIP text embeddings of ``class_names``; open_clip).
@@ -170,7 +182,9 @@ class VPTConfig:
                 raise UserError(f"num_classes: {self.num_classes} does not match the {len(self.class_names)} class_names")
         if self.num_classes is not None and self.num_classes <= 0:
             raise UserError(f"num_classes: the {self.head!r} head needs a positive number of classes, got {self.num_classes!r}")
-        library_check(self._check_head)  # the heads module builds torch modules; the config only checks the name
+        if not known(HEADS, self.head):
+            raise UserError(f"head: {HEADS.unknown(self.head)}")
+        library_check(self._check_head)  # the heads module builds torch modules
         if self.fast == "on" and not self.deep:
             raise UserError(
                 f"fast: 'on' applies to deep prompts only, not {self.method!r} (shallow prompts' states after the first "
@@ -179,15 +193,8 @@ class VPTConfig:
             )
 
     def _check_head(self) -> None:
-        """Raises ``ValueError("head: ...")`` for a head that is not registered (:data:`vpt.heads.HEADS`), or a
-        setting it cannot take."""
-        from .heads import head_named
-
-        try:
-            head = head_named(self.head)
-        except KeyError as e:
-            raise UserError(f"head: {e}") from None
-        head.check(self)
+        """Raises ``ValueError("field: ...")`` for a setting the head (:data:`HEADS`) cannot take."""
+        HEADS.get(self.head).check(self)
 
 
 PixelMethod = Literal["pixel_pad", "pixel_fixed_patch", "pixel_random_patch"]
@@ -411,6 +418,8 @@ class VisionDataConfig:
     on_bad_rows: Literal["error", "skip"] = "error"
 
     def __post_init__(self) -> None:
+        if not known(SOURCES, self.source):
+            raise UserError(f"source: {SOURCES.unknown(self.source)}")
         library_check(self._check_source)  # the sources' loaders live in vpt.data, which imports torch
         if not 0.0 <= self.val_fraction < 1.0:
             raise UserError(f"val_fraction: must lie in [0, 1), got {self.val_fraction}")
@@ -434,15 +443,9 @@ class VisionDataConfig:
         self._check_preprocessing()
 
     def _check_source(self) -> None:
-        """Raises ``ValueError("source: ...")`` for a source that is not registered, or one of the fields it
-        requires (:class:`vpt.data.DataSource`)."""
-        from .data import SOURCES
-
-        try:
-            source = lookup(SOURCES, self.source)
-        except KeyError as e:
-            raise UserError(f"source: {e}") from None
-        source.check(self)
+        """Raises ``ValueError("field: ...")`` for a field the source (:data:`SOURCES`) requires and the config
+        leaves empty."""
+        SOURCES.get(self.source).check(self)
 
     def _check_class_groups(self) -> None:
         groups = self.class_groups

@@ -39,12 +39,12 @@ from torch.utils.data import Dataset
 from promptcore.data import check_utf8, few_shot_indices, load_with_datasets
 from promptcore.errors import MissingFileError, UserError
 from promptcore.recipe import DataBundle
-from promptcore.registry import Registry, did_you_mean
+from promptcore.registry import did_you_mean
 
 from .backbones import FAMILIES, OTHER, ImageConfig, family_of
 from .synthetic import SyntheticImages
-from .config import (  # noqa: F401 - the data section, defined free of torch there
-    AUGMENT_MODES, DEFAULT_AUGMENT_SCALE, AugmentMode, SyntheticDataConfig, VisionDataConfig, augment_mode,
+from .config import (  # noqa: F401 - the data section and the sources' registry, defined free of torch there
+    AUGMENT_MODES, DEFAULT_AUGMENT_SCALE, SOURCES, AugmentMode, SyntheticDataConfig, VisionDataConfig, augment_mode,
 )
 from .transforms import interpolation_mode, normalized
 
@@ -545,7 +545,8 @@ class DataSource:
                 raise UserError(f"{name}: required for source {cfg.source!r} ({what})")
 
 
-SOURCES: Registry[DataSource] = Registry("data source")
+# The registry is defined in vpt.config (free of torch) and these names declared in vpt's __init__, so a config is
+# checked against them before torch is imported.
 SOURCES.add("synthetic", DataSource(_load_synthetic, summary="seeded class patterns plus noise, made at the backbone's size"))
 SOURCES.add("hf", DataSource(_load_hf, (("name", "the dataset name or builder"),), "a Hugging Face datasets dataset or builder"))
 SOURCES.add("imagefolder", DataSource(

@@ -17,7 +17,8 @@ from torch import nn
 
 from promptcore.errors import UserError
 from promptcore.plugins import lookup
-from promptcore.registry import Registry
+
+from .config import HEADS
 
 if TYPE_CHECKING:
     from .backbones import TokenBackbone
@@ -44,9 +45,6 @@ class VPTHead:
     summary: str = ""
     check: Callable[["VPTConfig"], None] = lambda config: None
     reads_prompt_outputs: bool = False
-
-
-HEADS: Registry[VPTHead] = Registry("VPT head")
 
 
 def head_named(name: str) -> VPTHead:
@@ -112,6 +110,8 @@ def linear_head(width: Callable[["TokenBackbone"], int]) -> Callable[["TokenBack
     return build
 
 
+# The registry is defined in vpt.config (free of torch) and these names declared in vpt's __init__, so a config is
+# checked against them before torch is imported.
 HEADS.add("linear", VPTHead(
     build=linear_head(lambda tb: tb.width if tb.has_class_token else tb.pool_dim),
     features=lambda tb, x, prompt_out: tb.class_feature(x),

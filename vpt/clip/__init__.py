@@ -25,6 +25,8 @@ from promptcore.cli import declare_command
 from promptcore.methods import declare_method
 from promptcore.plugins import lazy_exports
 
+from ..config import HEADS as _HEADS  # declared below; not a public name of the package
+
 if TYPE_CHECKING:
     from .base import CLIPModel, CLIPPromptModel, clip_logits
     from .cocoop import CoCoOp
@@ -84,6 +86,9 @@ declare_method("maple", "vision", config=("vpt.clip.config", "MaPLeConfig"), mod
 declare_method("ivlp", "vision", config=("vpt.clip.config", "IVLPConfig"), module="vpt.clip.maple")
 declare_method("promptsrc", "vision", config=("vpt.clip.config", "PromptSRCConfig"), module="vpt.clip.promptsrc")
 declare_method("clip_zeroshot", "vision", config=("vpt.clip.config", "ZeroShotCLIPConfig"), module="vpt.clip.zeroshot")
+
+# The head of zero-shot class weights (prompt.head: zeroshot): a config names it before torch is imported.
+_HEADS.declare("zeroshot", "vpt.clip.zeroshot")
 
 __all__ = [
     "CLIPContextConfig",
