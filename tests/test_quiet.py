@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from promptcore.cli import COMMANDS, DECLARED_COMMANDS, LIBRARY_PATHS, one_line_warnings, quiet_library_progress
-from promptcore.methods import DECLARED_METHODS, METHODS
+from promptcore.methods import METHODS
 from promptcore.plugins import load_plugins
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -216,6 +216,22 @@ def test_a_run_config_error_comes_without_importing_torch(package, problem):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("package, override, message", [
+    ("textpt", "model.task=seq_clss", "model.task: 'seq_clss' is not one of 'causal_lm', 'seq2seq', 'seq_cls'. Did you mean 'seq_cls'"),
+    ("textpt", "data.source=csvv", "data.source: unknown text data source 'csvv'. Did you mean 'csv'?"),
+    ("vpt", "prompt.head=lineer", "prompt.head: unknown VPT head 'lineer'. Did you mean 'linear'?"),
+    ("vpt", "data.source=synthetc", "data.source: unknown data source 'synthetc'. Did you mean 'synthetic'?"),
+    ("vlmpt", "model.name=random:lava", "model.name: 'random:lava': no tiny model of type 'lava'"),
+])
+def test_an_unknown_registered_name_is_reported_without_importing_torch(package, override, message):
+    # the names are declared by the packages (Registry.declare) where their light modules run
+    modules, proc = imported_by([console_script(package), "train", "-c", RUN_CONFIGS[package][0], "--set", override])
+    report = "\n".join(line for line in proc.stderr.splitlines() if not line.startswith("import time:"))
+    assert proc.returncode == 2 and message in report and report.count("error:") == 1, report[-2000:]
+    assert not modules & set(CONFIG_HEAVY), sorted(modules & set(CONFIG_HEAVY))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("verb", [["base2new"], ["interpret", "--prompts", "runs/none"]])
 def test_a_config_error_of_a_declared_clip_verb_comes_without_importing_torch(verb):
     # the verb's module (vpt.clip.cli) is imported to parse its arguments: it imports no torch at the top
@@ -227,18 +243,53 @@ def test_a_config_error_of_a_declared_clip_verb_comes_without_importing_torch(ve
 
 def test_the_declared_methods_are_those_their_modules_register():
     load_plugins(lazy=True)  # the packages declare their methods when imported
-    declared = DECLARED_METHODS.items()
+    declared = METHODS.declarations()
     assert {k for k, _ in declared} >= {"text:prompt_tuning", "vision:vpt_deep", "vision:coop", "text:vlm_prefix"}
     for key, declaration in declared:
         importlib.import_module(declaration.module)
-        assert METHODS.get(key).config_class is declaration.config_class(), key
+        assert METHODS.get(key).config_class is declaration.record.config_class(), key
         assert METHODS.get(key).build.__module__ == declaration.module, key
     for package in {d.module.split(".")[0] for _, d in declared}:  # a package that declares declares every method
         module = importlib.import_module(package)
         for name in module.__all__:  # loads it in full, as load_plugins() does
             getattr(module, name)
         registered = {k for k, m in METHODS.items() if m.build.__module__.startswith(package + ".")}
-        assert registered <= set(DECLARED_METHODS.names()), sorted(registered - set(DECLARED_METHODS.names()))
+        assert registered <= {k for k, _ in declared}, sorted(registered - {k for k, _ in declared})
+
+
+def test_a_declared_name_is_known_before_its_module_registers_it():
+    from promptcore.registry import Registry
+
+    registry = Registry("toy head")
+    registry.declare("json_head", "json")
+    assert registry.knows("json_head") and "json_head" not in registry and registry.known_names() == ["json_head"]
+    with pytest.raises(KeyError, match=r"unknown toy head 'json_hed'. Did you mean 'json_head'\? Known: json_head."):
+        registry.get("json_hed")
+    with pytest.raises(KeyError, match=r"'json_head' is already declared \(by json\)"):
+        registry.declare("json_head", "csv")
+    # get() imports the declared module; one that does not register the name is reported as unknown
+    with pytest.raises(KeyError, match=r"unknown toy head 'json_head'"):
+        registry.get("json_head")
+    registry.declaration("json_head")
+    with registry.temporarily("json_head", "a record"):
+        assert registry.get("json_head") == "a record"
+
+
+# The registries whose names the toolkit's packages declare, besides the methods': (module, registry).
+DECLARING_REGISTRIES = [("textpt.config", "TASKS"), ("vpt.config", "HEADS"), ("vpt.config", "SOURCES"), ("vlmpt.config", "FAMILIES")]
+
+
+@pytest.mark.parametrize("module, name", DECLARING_REGISTRIES)
+def test_the_declared_names_are_those_the_packages_register(module, name):
+    load_plugins(lazy=True)  # the packages declare their names when imported
+    registry = importlib.import_module(module).__dict__[name]
+    declared = registry.declarations()
+    assert len(declared) >= 3, declared
+    for key, declaration in declared:
+        importlib.import_module(declaration.module)
+        assert key in registry, (key, declaration.module)
+    load_plugins()  # every package in full: nothing registered that is not declared
+    assert registry.names() == [k for k, _ in declared]
 
 
 def test_a_library_check_runs_once_the_rest_of_the_config_is_valid():
