@@ -22,6 +22,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from promptcore import DeepSoftPrompt, SoftPrompt, register_method
 from promptcore.errors import UnsupportedModelError
@@ -31,8 +32,6 @@ from .config import VLMVisionPromptConfig
 from .model import VLMPromptedModel
 
 REFUSED = {
-    "Qwen2VisionTransformerPretrainedModel": " (patches of all images packed into one sequence with cu_seqlens, 2 x 2 patch merging after the last layer)",
-    "Qwen2_5_VisionTransformerPretrainedModel": " (patches packed with cu_seqlens, windowed attention, 2 x 2 patch merging after the last layer)",
     "Idefics3VisionTransformer": (
         " (each of an image's tiles is masked patch by patch with a pixel attention mask, and the connector's pixel "
         "shuffle folds a fixed square grid of patch outputs into the image tokens)"
@@ -101,15 +100,18 @@ class VLMVisionPromptModel(VLMPromptedModel):
 
 
 def prompt_tower(backbone: nn.Module, name: str, method: str) -> Any:
-    """The vision tower of ``backbone`` seen as tokens (:func:`vpt.backbones.token_backbone`), for ``method``.
+    """The vision tower of ``backbone`` for ``method``: a :class:`PackedTower` (Qwen2-VL, Qwen2.5-VL), else the tower
+    seen as tokens (:func:`vpt.backbones.token_backbone`).
 
     Raises:
-        UnsupportedModelError: a tower :mod:`vpt` cannot see as tokens (Qwen2-VL / Qwen2.5-VL's, Idefics3's: :data:`REFUSED`), naming the
-            methods that work without one.
+        UnsupportedModelError: a tower that is neither (Idefics3's: :data:`REFUSED`), naming the methods that work
+            without one.
     """
     from vpt.backbones import token_backbone
 
     tower = next((getattr(backbone.model, a) for a in ("vision_tower", "visual", "vision_model") if hasattr(backbone.model, a)), None)
+    if type(tower).__name__ in PACKED:
+        return PackedTower(tower)
     try:
         if not isinstance(tower, nn.Module):
             raise UnsupportedModelError("no vision tower")
@@ -118,25 +120,43 @@ def prompt_tower(backbone: nn.Module, name: str, method: str) -> Any:
         raise UnsupportedModelError(
             f"the vision tower of {type(backbone).__name__} ({type(tower).__name__}) is not a ViT that VPT prompts can "
             f"extend{REFUSED.get(type(tower).__name__, '')}; {method} supports the CLIP and SigLIP towers of LLaVA, "
-            f"LLaVA-OneVision and PaliGemma. Use vlm_prompt_tuning or vlm_prefix (prompts in the language model)"
+            f"LLaVA-OneVision and PaliGemma and the packed towers of Qwen2-VL and Qwen2.5-VL. Use vlm_prompt_tuning or "
+            f"vlm_prefix (prompts in the language model)"
         ) from None
 
 
 @contextlib.contextmanager
 def tower_prompts(tower: Any, prompts: Sequence[torch.Tensor]) -> Iterator[None]:
-    """Within it, the ViT ``tower`` (a :func:`vpt.backbones.token_backbone` view) runs with prompt tokens: pre-hooks
-    on its layers put ``prompts[i]`` (``[n, width]``, the same ``n`` for all) in after the prefix tokens before
-    layer ``i`` (layer 0 inserts them, every later one replaces the previous layer's prompt outputs), and a hook on
-    the tower takes them out of every hidden state it returns. Layers from ``len(prompts)`` on run the prompt rows
-    the previous layer gave."""
+    """Within it, the vision ``tower`` (a :func:`vpt.backbones.token_backbone` view, or a :class:`PackedTower`) runs
+    with prompt tokens: ``prompts[i]`` (``[n, width]``, the same ``n`` for all) go in before layer ``i`` (layer 0
+    inserts them, every later one replaces the previous layer's prompt outputs) and are taken out of every hidden
+    state the tower returns. Layers from ``len(prompts)`` on run the prompt rows the previous layer gave. Where they
+    go: :func:`token_prompt_hooks` (a ViT's sequence), :func:`packed_prompt_hooks` (Qwen's packed one)."""
+    hooks = packed_prompt_hooks if isinstance(tower, PackedTower) else token_prompt_hooks
+    handles = hooks(tower, prompts)
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def with_hidden_states(args: tuple, kwargs: dict, x: torch.Tensor) -> tuple[tuple, dict]:
+    """A forward pre-hook's result: the module's call with its hidden states (first argument, or ``hidden_states=``)
+    replaced by ``x``."""
+    return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
+
+
+def token_prompt_hooks(tower: Any, prompts: Sequence[torch.Tensor]) -> list[RemovableHandle]:
+    """:func:`tower_prompts` on a ViT's ``[B, tokens, width]`` sequence: pre-hooks on its layers put ``prompts[i]``
+    in after the prefix tokens, and a hook on the tower takes them out of every hidden state it returns."""
     pre, n = tower.num_prefix_tokens, prompts[0].shape[0]
 
     def insert(index: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
             x = args[0] if args else kwargs["hidden_states"]
             rest = x[:, pre:] if index == 0 else x[:, pre + n :]
-            x = torch.cat([x[:, :pre], prompts[index].to(x.dtype).expand(x.shape[0], -1, -1), rest], dim=1)
-            return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
+            return with_hidden_states(args, kwargs, torch.cat([x[:, :pre], prompts[index].to(x.dtype).expand(x.shape[0], -1, -1), rest], dim=1))
 
         return hook
 
@@ -153,11 +173,113 @@ def tower_prompts(tower: Any, prompts: Sequence[torch.Tensor]) -> Iterator[None]
 
     handles = [tower.block(i).register_forward_pre_hook(insert(i), with_kwargs=True) for i in range(len(prompts))]
     handles.append(tower.model.register_forward_hook(take_out, with_kwargs=True))
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    return handles
+
+
+class PackedTower:
+    """A vision tower that packs the patches of all images of a batch into one sequence ``[patches, width]``, image
+    after image, and attends within the segments of ``cu_seqlens`` (Qwen2-VL's, and Qwen2.5-VL's with its windows:
+    :data:`PACKED`).
+
+    Attributes:
+        model: the tower. width: its token width (``patch_embed.embed_dim``). depth: its number of blocks.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.width = int(model.patch_embed.embed_dim)
+        self.depth = len(model.blocks)
+
+    def block(self, index: int) -> nn.Module:
+        return self.model.blocks[index]
+
+
+PACKED = ("Qwen2VisionTransformerPretrainedModel", "Qwen2_5_VisionTransformerPretrainedModel")
+"""The class names of the towers :class:`PackedTower` views."""
+
+
+def packed_prompt_hooks(tower: PackedTower, prompts: Sequence[torch.Tensor]) -> list[RemovableHandle]:
+    """:func:`tower_prompts` on a :class:`PackedTower`, all through the tower's own seams.
+
+    Each image (row of ``grid_thw``) gets its own copy of the ``n`` prompt rows. Between blocks they sit after all
+    patches, ``[patches, image 0's prompts, image 1's, ...]`` (all of a block but its attention works row by row),
+    put there by pre-hooks on the blocks. A pre-hook on each block's attention lays its input out anew: each segment
+    of the ``cu_seqlens`` the tower passes (an image; on Qwen2.5-VL's windowed blocks a window of one) preceded by
+    its image's prompt rows, ``cu_seqlens`` grown by ``n`` a segment, the prompt rows' rotary embedding the identity
+    (cos 1, sin 0: prompts have no position). A hook after the attention puts the patches' outputs back in place and
+    gives each prompt row the mean of its copies' outputs: one copy under full attention, one a window under
+    windowed attention (VPT's own Swin implementation averages a prompt's attention outputs over the windows). A
+    pre-hook on the merger and a hook on the tower take the prompt rows out again: the merger folds the patches
+    alone, and the tower returns hidden states without prompts.
+    """
+    n = prompts[0].shape[0]
+    run: dict[str, Any] = {}  # the current tower call: its patch count, image ends, layouts of its cu_seqlens
+
+    def start(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        grid = kwargs["grid_thw"] if "grid_thw" in kwargs else args[1]
+        sizes = grid.prod(-1)
+        run.update(patches=int(sizes.sum()), ends=sizes.cumsum(0), images=len(sizes), layouts=[])
+
+    def insert(index: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            x = args[0] if args else kwargs["hidden_states"]
+            rows = prompts[index].to(x.dtype).repeat(run["images"], 1)
+            return with_hidden_states(args, kwargs, torch.cat([x[: run["patches"]], rows]))
+
+        return hook
+
+    def layout(cu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(order, grown, copies)`` of segments ``cu``: the rows of the blocks' sequence the attention's input
+        takes, its ``cu_seqlens``, and how often each row occurs in it. Computed once a tower call per ``cu``."""
+        for seen, value in run["layouts"]:
+            if seen is cu:
+                return value
+        patches = run["patches"]
+        rows = torch.arange(patches + run["images"] * n, device=cu.device)
+        bounds = cu.tolist()
+        images = torch.searchsorted(run["ends"].to(cu.device), cu[:-1], right=True).tolist()
+        order = torch.cat([
+            torch.cat([rows[patches + k * n : patches + (k + 1) * n], rows[a:b]]) for k, a, b in zip(images, bounds[:-1], bounds[1:])
+        ])
+        grown = torch.nn.functional.pad((cu[1:] - cu[:-1] + n).cumsum(0, dtype=cu.dtype), (1, 0))
+        value = (order, grown, torch.bincount(order, minlength=len(rows)))
+        run["layouts"].append((cu, value))
+        return value
+
+    def join(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        # transformers 5.25's Qwen2-VL / Qwen2.5-VL blocks pass cu_seqlens and position_embeddings by keyword
+        x = args[0] if args else kwargs["hidden_states"]
+        order, grown, _ = run["current"] = layout(kwargs["cu_seqlens"])
+        cos, sin = kwargs["position_embeddings"]
+        extra = x.shape[0] - cos.shape[0]
+        kwargs = {
+            **kwargs, "cu_seqlens": grown,
+            "position_embeddings": (torch.cat([cos, cos.new_ones(extra, cos.shape[1])])[order], torch.cat([sin, sin.new_zeros(extra, sin.shape[1])])[order]),
+        }
+        if kwargs.get("max_seqlen") is not None:  # flash attention's
+            kwargs["max_seqlen"] = int((grown[1:] - grown[:-1]).max())
+        return with_hidden_states(args, kwargs, x[order])
+
+    def average(module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> torch.Tensor:
+        order, _, copies = run["current"]
+        summed = output.new_zeros(len(copies), output.shape[1]).index_add(0, order, output)
+        return summed / copies.to(output.dtype)[:, None]
+
+    def take_out(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        prompted = output.last_hidden_state.shape[0]
+        output.last_hidden_state = output.last_hidden_state[: run["patches"]]
+        if output.hidden_states is not None:
+            output.hidden_states = tuple(h[: run["patches"]] if h is not None and h.shape[0] == prompted else h for h in output.hidden_states)
+        return output
+
+    handles = [tower.model.register_forward_pre_hook(start, with_kwargs=True)]
+    handles += [tower.block(i).register_forward_pre_hook(insert(i), with_kwargs=True) for i in range(len(prompts))]
+    for i in range(tower.depth):
+        handles.append(tower.block(i).attn.register_forward_pre_hook(join, with_kwargs=True))
+        handles.append(tower.block(i).attn.register_forward_hook(average, with_kwargs=True))
+    handles.append(tower.model.merger.register_forward_pre_hook(lambda module, args: (args[0][: run["patches"]], *args[1:])))
+    handles.append(tower.model.register_forward_hook(take_out, with_kwargs=True))
+    return handles
 
 
 register_method(
