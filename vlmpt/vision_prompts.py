@@ -1,18 +1,31 @@
 """VPT in the vision tower of a vision-language model (``method: vlm_vpt``), with or without prompt rows in the
 language model.
 
-The tower must be a ViT that :mod:`vpt` sees as tokens (:func:`vpt.backbones.token_backbone`: LLaVA's
-``CLIPVisionModel``, LLaVA-OneVision's and PaliGemma's ``SiglipVisionModel``; its width, depth, layers and prefix tokens are read there,
-never assumed). As :mod:`vpt.model` places them, ``num_tokens`` prompts go right after the prefix (class) token before the first encoder layer
-(``deep: false``, VPT-shallow), or fresh ones before every layer, replacing the previous layer's prompt outputs
-(``deep: true``, VPT-deep). The tower's own code runs every layer; the prompts enter through forward pre-hooks on
-its layers, and a forward hook on the tower takes the prompt rows out of every hidden state it returns, so the
-model's feature selection (``vision_feature_layer``, the class token dropped) and its projector see the sequence
-they were built for, and the number of image features still matches the image placeholders. The hooks are on only
-while the prompted model runs the backbone: the backbone alone stays the frozen model.
+``num_tokens`` prompts go in before the tower's first block (``deep: false``, VPT-shallow), or fresh ones before
+every block, replacing the previous block's prompt outputs (``deep: true``, VPT-deep). The tower's own code runs
+every block; the prompts enter through forward hooks on its modules (on only while the prompted model runs the
+backbone: the backbone alone stays the frozen model), and leave again before what reads the tower's output, so the
+model's feature selection and projector see the sequence they were built for, and the number of image features
+still matches the image placeholders. Two kinds of tower (:func:`tower_prompts`):
 
-SigLIP has no class token: there the prompts go first. Qwen2-VL / Qwen2.5-VL's and Idefics3's towers are not ViTs of
-that kind: they are refused with the reason (:data:`REFUSED`).
+- A ViT that :mod:`vpt` sees as tokens (:func:`vpt.backbones.token_backbone`: LLaVA's ``CLIPVisionModel``,
+  LLaVA-OneVision's and PaliGemma's ``SiglipVisionModel``; its width, depth, layers and prefix tokens are read there,
+  never assumed). As :mod:`vpt.model` places them, the prompts go right after the prefix (class) token (SigLIP has
+  none: first), and a hook on the tower takes them out of every hidden state it returns (:func:`token_prompt_hooks`).
+- Qwen2-VL's and Qwen2.5-VL's towers (:class:`PackedTower`), which pack the patches of all images of a batch into
+  one sequence and attend within the segments of ``cu_seqlens`` (:func:`packed_prompt_hooks`). Every image gets its
+  own ``num_tokens`` prompt rows; before each block's attention, each segment is preceded by its image's prompt rows
+  and ``cu_seqlens`` grows to hold them. Their rotary embedding is the identity (prompts have no position, so no
+  patch sees them nearer or farther; their order does not matter to attention). Qwen2.5-VL attends in windows
+  (112 pixels a side on the released models) in every block but ``fullatt_block_indexes`` (4 of 32): there an
+  image's prompt rows join each of its windows, as VPT's own Swin implementation prepends them to every window,
+  and each prompt row's attention output is the mean over its windows (VPT's Swin does the same). Prompts that
+  attended only in the full-attention blocks would leave the windowed blocks' deep prompts without any path to the
+  image features (replaced before they reach a full block: 28 of 32 layers of a VPT-deep prompt dead) and a
+  shallow prompt unseen until the eighth block. The prompt rows leave before the 2 x 2 patch merger, so the merged features
+  are the patches' alone.
+
+Idefics3's tiled tower is neither: it is refused with the reason (:data:`REFUSED`).
 """
 
 from __future__ import annotations
@@ -37,7 +50,30 @@ REFUSED = {
         "shuffle folds a fixed square grid of patch outputs into the image tokens)"
     ),
 }
-"""Why a vision tower :mod:`vpt` does not take cannot hold VPT prompts, by its class name."""
+"""Why a vision tower that is neither a ViT :mod:`vpt` takes nor a :class:`PackedTower` cannot hold VPT prompts, by
+its class name."""
+
+
+PACKED = ("Qwen2VisionTransformerPretrainedModel", "Qwen2_5_VisionTransformerPretrainedModel")
+"""The class names of the towers :class:`PackedTower` views."""
+
+
+class PackedTower:
+    """A vision tower that packs the patches of all images of a batch into one sequence ``[patches, width]``, image
+    after image, and attends within the segments of ``cu_seqlens`` (Qwen2-VL's, and Qwen2.5-VL's with its windows:
+    :data:`PACKED`).
+
+    Attributes:
+        model: the tower. width: its token width (``patch_embed.embed_dim``). depth: its number of blocks.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.width = int(model.patch_embed.embed_dim)
+        self.depth = len(model.blocks)
+
+    def block(self, index: int) -> nn.Module:
+        return self.model.blocks[index]
 
 
 class VLMVisionPromptModel(VLMPromptedModel):
@@ -45,7 +81,7 @@ class VLMVisionPromptModel(VLMPromptedModel):
 
     Args:
         backbone: a supported ``...ForConditionalGeneration`` model whose vision tower is a ViT (LLaVA,
-            LLaVA-OneVision, PaliGemma).
+            LLaVA-OneVision, PaliGemma) or packed (Qwen2-VL, Qwen2.5-VL).
         config: the method's config.
         name: the backbone's name recorded in prompt files. Other ``context`` a recipe passes is not used.
 
@@ -54,7 +90,7 @@ class VLMVisionPromptModel(VLMPromptedModel):
             (``DeepSoftPrompt``). lm_prompts: the language model's rows ``[lm_tokens, D]``, or None.
 
     Raises:
-        UnsupportedModelError: a vision tower :mod:`vpt` cannot see as tokens.
+        UnsupportedModelError: a vision tower that is neither (Idefics3's).
     """
 
     method = "vlm_vpt"
@@ -176,28 +212,6 @@ def token_prompt_hooks(tower: Any, prompts: Sequence[torch.Tensor]) -> list[Remo
     return handles
 
 
-class PackedTower:
-    """A vision tower that packs the patches of all images of a batch into one sequence ``[patches, width]``, image
-    after image, and attends within the segments of ``cu_seqlens`` (Qwen2-VL's, and Qwen2.5-VL's with its windows:
-    :data:`PACKED`).
-
-    Attributes:
-        model: the tower. width: its token width (``patch_embed.embed_dim``). depth: its number of blocks.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.width = int(model.patch_embed.embed_dim)
-        self.depth = len(model.blocks)
-
-    def block(self, index: int) -> nn.Module:
-        return self.model.blocks[index]
-
-
-PACKED = ("Qwen2VisionTransformerPretrainedModel", "Qwen2_5_VisionTransformerPretrainedModel")
-"""The class names of the towers :class:`PackedTower` views."""
-
-
 def packed_prompt_hooks(tower: PackedTower, prompts: Sequence[torch.Tensor]) -> list[RemovableHandle]:
     """:func:`tower_prompts` on a :class:`PackedTower`, all through the tower's own seams.
 
@@ -284,5 +298,5 @@ def packed_prompt_hooks(tower: PackedTower, prompts: Sequence[torch.Tensor]) -> 
 
 register_method(
     "vlm_vpt", VLMVisionPromptConfig, VLMVisionPromptModel, kind="text",
-    summary="VPT-shallow / VPT-deep in the vision tower of LLaVA (-OneVision) or PaliGemma, with optional prompt rows in its language model",
+    summary="VPT-shallow / VPT-deep in the vision tower of LLaVA (-OneVision), PaliGemma, Qwen2-VL or Qwen2.5-VL, with optional prompt rows in its language model",
 )
