@@ -31,7 +31,7 @@ Idefics3's tiled tower is neither: it is refused with the reason (:data:`REFUSED
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -199,17 +199,24 @@ def token_prompt_hooks(tower: Any, prompts: Sequence[torch.Tensor]) -> list[Remo
     def strip(x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x[:, :pre], x[:, pre + n :]], dim=1)
 
-    def take_out(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-        prompted = output.last_hidden_state.shape[1]
+    handles = [tower.block(i).register_forward_pre_hook(insert(i), with_kwargs=True) for i in range(len(prompts))]
+    handles.append(tower.model.register_forward_hook(taking_out(strip, dim=1), with_kwargs=True))
+    return handles
+
+
+def taking_out(strip: Callable[[torch.Tensor], torch.Tensor], dim: int) -> Callable[..., Any]:
+    """A forward hook on a tower that applies ``strip`` (prompt rows out) to its ``last_hidden_state`` and to each of
+    its ``hidden_states`` as long as that (the sequence being ``dim``): the embeddings' output has no prompts yet,
+    and states the model does not read may be None."""
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        prompted = output.last_hidden_state.shape[dim]
         output.last_hidden_state = strip(output.last_hidden_state)
         if output.hidden_states is not None:
-            # the embeddings' output has no prompts yet; states the model does not read may be None
-            output.hidden_states = tuple(strip(h) if h is not None and h.shape[1] == prompted else h for h in output.hidden_states)
+            output.hidden_states = tuple(strip(h) if h is not None and h.shape[dim] == prompted else h for h in output.hidden_states)
         return output
 
-    handles = [tower.block(i).register_forward_pre_hook(insert(i), with_kwargs=True) for i in range(len(prompts))]
-    handles.append(tower.model.register_forward_hook(take_out, with_kwargs=True))
-    return handles
+    return hook
 
 
 def packed_prompt_hooks(tower: PackedTower, prompts: Sequence[torch.Tensor]) -> list[RemovableHandle]:
@@ -251,7 +258,7 @@ def packed_prompt_hooks(tower: PackedTower, prompts: Sequence[torch.Tensor]) -> 
         patches = run["patches"]
         rows = torch.arange(patches + run["images"] * n, device=cu.device)
         bounds = cu.tolist()
-        images = torch.searchsorted(run["ends"].to(cu.device), cu[:-1], right=True).tolist()
+        images = torch.searchsorted(run["ends"].to(cu.device), cu[:-1].to(run["ends"].dtype), right=True).tolist()
         order = torch.cat([
             torch.cat([rows[patches + k * n : patches + (k + 1) * n], rows[a:b]]) for k, a, b in zip(images, bounds[:-1], bounds[1:])
         ])
@@ -276,23 +283,20 @@ def packed_prompt_hooks(tower: PackedTower, prompts: Sequence[torch.Tensor]) -> 
 
     def average(module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> torch.Tensor:
         order, _, copies = run["current"]
-        summed = output.new_zeros(len(copies), output.shape[1]).index_add(0, order, output)
-        return summed / copies.to(output.dtype)[:, None]
+        wide = torch.promote_types(output.dtype, torch.float32)  # a 16-bit tower sums a prompt's windows in float32
+        summed = output.new_zeros(len(copies), output.shape[1], dtype=wide).index_add(0, order, output.to(wide))
+        return (summed / copies.to(wide)[:, None]).to(output.dtype)
 
-    def take_out(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-        prompted = output.last_hidden_state.shape[0]
-        output.last_hidden_state = output.last_hidden_state[: run["patches"]]
-        if output.hidden_states is not None:
-            output.hidden_states = tuple(h[: run["patches"]] if h is not None and h.shape[0] == prompted else h for h in output.hidden_states)
-        return output
+    def patches_only(x: torch.Tensor) -> torch.Tensor:
+        return x[: run["patches"]]
 
     handles = [tower.model.register_forward_pre_hook(start, with_kwargs=True)]
     handles += [tower.block(i).register_forward_pre_hook(insert(i), with_kwargs=True) for i in range(len(prompts))]
     for i in range(tower.depth):
         handles.append(tower.block(i).attn.register_forward_pre_hook(join, with_kwargs=True))
         handles.append(tower.block(i).attn.register_forward_hook(average, with_kwargs=True))
-    handles.append(tower.model.merger.register_forward_pre_hook(lambda module, args: (args[0][: run["patches"]], *args[1:])))
-    handles.append(tower.model.register_forward_hook(take_out, with_kwargs=True))
+    handles.append(tower.model.merger.register_forward_pre_hook(lambda module, args: (patches_only(args[0]), *args[1:])))
+    handles.append(tower.model.register_forward_hook(taking_out(patches_only, dim=0), with_kwargs=True))
     return handles
 
 
