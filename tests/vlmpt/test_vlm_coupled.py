@@ -164,9 +164,10 @@ def test_a_training_step_changes_only_the_prompts_and_projections(model_type):
     assert not torch.allclose(model(**batch), frozen, atol=1e-3)
 
 
-def test_a_trained_coupled_prompt_saves_and_loads_bitwise(tmp_path):
+@pytest.mark.parametrize("name", ["random:llava", "random:qwen2_vl"])
+def test_a_trained_coupled_prompt_saves_and_loads_bitwise(tmp_path, name):
     cfg = load_config(VLMRunConfig, SMOKE, [
-        "model.name=random:llava", "prompt.method=vlm_coupled", "prompt.depth=2", "prompt.vision_tokens=1", "data.num_samples=8", "data.eval_split=null",
+        f"model.name={name}", "prompt.method=vlm_coupled", "prompt.depth=2", "prompt.vision_tokens=1", "data.num_samples=8", "data.eval_split=null",
     ])
     recipe = VLMRecipe()
     model = recipe.build_model(cfg)
