@@ -73,6 +73,7 @@ class PackedTower:
         self.depth = len(model.blocks)
 
     def block(self, index: int) -> nn.Module:
+        """The module of block ``index`` (its ``attn`` is the attention the prompt rows join)."""
         return self.model.blocks[index]
 
 
