@@ -17,13 +17,13 @@ still matches the image placeholders. Two kinds of tower (:func:`tower_prompts`)
   own ``num_tokens`` prompt rows; before each block's attention, each segment is preceded by its image's prompt rows
   and ``cu_seqlens`` grows to hold them. Their rotary embedding is the identity (prompts have no position, so no
   patch sees them nearer or farther; their order does not matter to attention). Qwen2.5-VL attends in windows
-  (112 pixels a side on the released models) in every block but ``fullatt_block_indexes`` (4 of 32): there an
-  image's prompt rows join each of its windows, as VPT's own Swin implementation prepends them to every window,
-  and each prompt row's attention output is the mean over its windows (VPT's Swin does the same). Prompts that
-  attended only in the full-attention blocks would leave the windowed blocks' deep prompts without any path to the
-  image features (replaced before they reach a full block: 28 of 32 layers of a VPT-deep prompt dead) and a
-  shallow prompt unseen until the eighth block. The prompt rows leave before the 2 x 2 patch merger, so the merged features
-  are the patches' alone.
+  (112 pixels a side on the released models) in every block but ``fullatt_block_indexes`` (4 of 32). In its
+  windowed blocks an image's prompt rows join each of its windows, and each prompt row's attention output is the
+  mean over its windows, as VPT's own Swin implementation prepends the prompts to every window and averages their
+  outputs. Prompts that attended only in the full-attention blocks would leave the windowed blocks' deep prompts
+  without any path to the image features (replaced before they reach a full block: 28 of 32 layers of a VPT-deep
+  prompt dead) and a shallow prompt unseen until the eighth block. The prompt rows leave before the 2 x 2 patch
+  merger, so the merged features are the patches' alone.
 
 Idefics3's tiled tower is neither: it is refused with the reason (:data:`REFUSED`).
 """

@@ -67,9 +67,9 @@ def qwen_features(tower, example: dict, prompts: torch.Tensor) -> torch.Tensor:
         side = cfg.window_size // m // cfg.patch_size  # a window's side in merged patches
         window = (rows // m // side) * w + cols // m // side
         segments["window"] = [(window == k).nonzero()[:, 0] for k in window.unique()]
-    n = prompts.shape[1]
+    n, p = prompts.shape[1], prompts[0]
     for i, block in enumerate(tower.blocks):
-        p = prompts[i] if i < len(prompts) else p
+        p = prompts[i] if i < len(prompts) else p  # later blocks run the prompt rows the previous block gave
         parts = segments["full" if windowed is None or i in windowed else "window"]
         hp, hx = block.norm1(p), block.norm1(x)
         ax, ap = torch.zeros_like(x), []
