@@ -1,6 +1,7 @@
 """Coupled cross-modal prompts (``method: vlm_coupled``): language prompts in the first ``depth`` layers of a
 vision-language model's language model, and vision prompts in the first ``depth`` layers of its vision tower
 projected from them, as MaPLe couples CLIP's two towers; optional free vision prompts beside them, as M2PT has.
+On LLaVA (CLIP), LLaVA-OneVision and PaliGemma (SigLIP), Qwen2-VL and Qwen2.5-VL (their packed towers).
 
 Language side. ``num_tokens`` prompt rows sit before each sequence (before the chat template and the image
 placeholders, as ``vlm_prompt_tuning`` places its rows). Before language-model layers ``1 .. depth - 1`` their
@@ -14,10 +15,11 @@ in the sequence with the replacement done there, in float64).
 
 Vision side. The vision prompts of layer ``i < depth`` are ``Linear_i(language prompts of layer i)``
 (:func:`vpt.clip.maple.coupling_projections`, the maps MaPLe builds for CLIP: the first its own ``nn.Linear``, the
-deeper ones copies of one), followed by ``vision_tokens`` free prompts of that layer when set. They go in after the
-class token before layer 0 and replace the previous layer's prompt outputs before layers ``1 .. depth - 1``; the
-tower's output loses them again (:func:`vlmpt.vision_prompts.tower_prompts`), so the projector and the image
-placeholders see the features they were built for.
+deeper ones copies of one), followed by ``vision_tokens`` free prompts of that layer when set. They go in before
+layer 0 and replace the previous layer's prompt outputs before layers ``1 .. depth - 1``, where ``vlm_vpt`` puts its
+prompts (:func:`vlmpt.vision_prompts.tower_prompts`: after the class token of a ViT; on Qwen's packed towers one
+copy per image, beside each attention segment of the image, windows included, unrotated); the tower's output loses
+them again, so the projector (Qwen's patch merger) and the image placeholders see the features they were built for.
 
 How it follows and departs from the papers:
 
@@ -37,9 +39,8 @@ How it follows and departs from the papers:
   many as the placeholders), and the interaction is MaPLe's learned projection from language to vision prompts.
   The default ``vision_tokens: 0`` is MaPLe.
 
-Only towers :mod:`vpt` sees as tokens are prompted (LLaVA's CLIP ViT, LLaVA-OneVision's and PaliGemma's SigLIP; the
-float64 reference tests cover LLaVA); Qwen2-VL / Qwen2.5-VL's packed, windowed, patch-merging towers and Idefics3's
-tiled one are refused, as ``vlm_vpt`` refuses them.
+The towers are ``vlm_vpt``'s (the float64 reference tests cover LLaVA, Qwen2-VL and Qwen2.5-VL); Idefics3's tiled
+one is refused, as ``vlm_vpt`` refuses it.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ from vpt.clip.maple import coupling_projections
 
 from .config import VLMCoupledConfig
 from .prefix import KeyValuePrefixModel, row_key_values
-from .vision_prompts import prompt_tower, tower_prompts
+from .vision_prompts import prompt_tower, tower_prompts, with_hidden_states
 
 
 class VLMCoupledModel(KeyValuePrefixModel):
@@ -66,7 +67,8 @@ class VLMCoupledModel(KeyValuePrefixModel):
     its vision tower.
 
     Args:
-        backbone: a supported ``...ForConditionalGeneration`` model whose vision tower is a ViT (LLaVA).
+        backbone: a supported ``...ForConditionalGeneration`` model whose vision tower ``vlm_vpt`` takes (LLaVA,
+            LLaVA-OneVision, PaliGemma, Qwen2-VL, Qwen2.5-VL).
         config: the method's config.
         name: the backbone's name recorded in prompt files. Other ``context`` a recipe passes is not used.
 
@@ -76,7 +78,7 @@ class VLMCoupledModel(KeyValuePrefixModel):
             (``[depth, vision_tokens, tower width]``).
 
     Raises:
-        UnsupportedModelError: a vision tower :mod:`vpt` cannot see as tokens.
+        UnsupportedModelError: a vision tower ``vlm_vpt`` does not take (Idefics3's).
         UserError: ``depth`` above the layers of either side.
     """
 
@@ -119,8 +121,7 @@ class VLMCoupledModel(KeyValuePrefixModel):
 
         def replace(prompt: torch.Tensor):
             def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-                x = prompt.unsqueeze(0)
-                return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
+                return with_hidden_states(args, kwargs, prompt.unsqueeze(0))
 
             return hook
 
@@ -158,5 +159,5 @@ class VLMCoupledModel(KeyValuePrefixModel):
 
 register_method(
     "vlm_coupled", VLMCoupledConfig, VLMCoupledModel, kind="text",
-    summary="MaPLe-style coupled prompts in LLaVA's language model and vision tower (vision prompts projected from the language prompts)",
+    summary="MaPLe-style coupled prompts in the language model and vision tower of LLaVA (-OneVision), PaliGemma, Qwen2-VL or Qwen2.5-VL (vision prompts projected from the language prompts)",
 )

@@ -62,28 +62,33 @@ _CHAT = (
 )
 
 
-def tiny_backbone(model_type: str, seed: int = 0, **text_config: Any) -> nn.Module:
+def tiny_backbone(model_type: str, seed: int = 0, vision_config: dict[str, Any] | None = None, **text_config: Any) -> nn.Module:
     """A tiny random ``...ForConditionalGeneration`` of ``model_type`` (``llava``, ``qwen2_vl``, ``qwen2_5_vl``,
     ``llava_onevision``, ``paligemma``, ``idefics3``):
     hidden width 32, 2 layers in the language model and in the vision tower, eval mode. ``text_config`` overrides
     fields of the language model's config (``initializer_range=0.3`` gives outputs a prompt can steer; the widths
-    must stay those of the vision tower's output)."""
+    must stay those of the vision tower's output), ``vision_config`` fields of the vision tower's (on Qwen,
+    ``initializer_range=0.3`` gives a tower whose features vision prompts move clearly: at the default 0.02 its
+    attention is nearly uniform and its output small). Qwen2.5-VL's tower attends in windows of 2 x 2 merged
+    patches (16 pixels a side) in block 0 and fully in block 1."""
     import transformers
 
     if model_type not in FAMILIES:
         raise UserError(f"model_type: {model_type!r} has no tiny model; one of {FAMILIES.names()}")
     torch.manual_seed(seed)
     text_fields = dict(_TEXT, **text_config)
+    vision_fields = vision_config or {}
+    vit = {**_VIT, **vision_fields}
     if model_type == "llava":
         config = transformers.LlavaConfig(
             text_config=dict(model_type="llama", **text_fields),
-            vision_config=dict(model_type="clip_vision_model", **_VIT),
+            vision_config=dict(model_type="clip_vision_model", **vit),
             image_token_id=IMAGE, vision_feature_layer=-1, vision_feature_select_strategy="default",
         )
         return transformers.LlavaForConditionalGeneration(config).eval()
     if model_type == "llava_onevision":
         config = transformers.LlavaOnevisionConfig(
-            text_config=dict(model_type="qwen2", **text_fields), vision_config=dict(model_type="siglip_vision_model", **_VIT),
+            text_config=dict(model_type="qwen2", **text_fields), vision_config=dict(model_type="siglip_vision_model", **vit),
             image_token_id=IMAGE, video_token_id=VIDEO, vision_feature_layer=-1, vision_feature_select_strategy="full",
             image_grid_pinpoints=ONEVISION_GRIDS, vision_aspect_ratio="anyres_max_9",
         )
@@ -91,22 +96,24 @@ def tiny_backbone(model_type: str, seed: int = 0, **text_config: Any) -> nn.Modu
     if model_type == "paligemma":
         config = transformers.PaliGemmaConfig(
             text_config=dict(model_type="gemma", head_dim=16, **text_fields),
-            vision_config=dict(model_type="siglip_vision_model", projection_dim=32, **_VIT),
+            vision_config=dict(model_type="siglip_vision_model", projection_dim=32, **vit),
             image_token_index=IMAGE, projection_dim=32, hidden_size=32, vocab_size=VOCAB,
         )
         return transformers.PaliGemmaForConditionalGeneration(config).eval()
     if model_type == "idefics3":
         config = transformers.Idefics3Config(
-            text_config=dict(model_type="llama", **text_fields), vision_config=_VIT, scale_factor=IDEFICS3_SCALE,
+            text_config=dict(model_type="llama", **text_fields), vision_config=vit, scale_factor=IDEFICS3_SCALE,
             image_token_id=IMAGE, pad_token_id=text_fields["pad_token_id"],
         )
         return transformers.Idefics3ForConditionalGeneration(config).eval()
     text = dict(text_fields, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0})
     ids = dict(image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END)
     if model_type == "qwen2_vl":
-        vision = dict(_VISION_QWEN, embed_dim=32, hidden_size=32, mlp_ratio=2)
+        vision = {**_VISION_QWEN, "embed_dim": 32, "hidden_size": 32, "mlp_ratio": 2, **vision_fields}
         return transformers.Qwen2VLForConditionalGeneration(transformers.Qwen2VLConfig(text_config=text, vision_config=vision, **ids)).eval()
-    vision = dict(_VISION_QWEN, hidden_size=32, out_hidden_size=32, intermediate_size=37, window_size=16, fullatt_block_indexes=[1])
+    vision = {
+        **_VISION_QWEN, "hidden_size": 32, "out_hidden_size": 32, "intermediate_size": 37, "window_size": 16, "fullatt_block_indexes": [1], **vision_fields,
+    }
     return transformers.Qwen2_5_VLForConditionalGeneration(transformers.Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)).eval()
 
 

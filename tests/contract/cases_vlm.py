@@ -50,7 +50,7 @@ CASES.add("text:vlm_prefix", MethodCase(
     sharded=False,
 ))
 
-CASES.add("text:vlm_vpt", MethodCase(  # VPT-deep in LLaVA's CLIP tower (Qwen's towers are refused)
+CASES.add("text:vlm_vpt", MethodCase(  # VPT-deep in LLaVA's CLIP tower (Qwen2.5-VL's packed tower: the variant below)
     build=lambda seed, fast: build(seed, config=lambda **kw: vlmpt.VLMVisionPromptConfig(deep=True, **kw), model_type="llava"),
     data=data,
     foreign=lambda seed: build(seed, num_tokens=4, config=lambda **kw: vlmpt.VLMVisionPromptConfig(deep=True, **kw), model_type="llava"),
@@ -75,3 +75,11 @@ for family in ("paligemma", "idefics3", "llava_onevision"):
             outputs=logits,
             sharded=False,
         ))
+
+CASES.add("text:vlm_vpt/qwen2_5_vl", MethodCase(  # VPT-deep in Qwen2.5-VL's packed tower: images of two sizes, windowed and full blocks
+    build=lambda seed, fast: build(seed, config=lambda **kw: vlmpt.VLMVisionPromptConfig(deep=True, **kw), model_type="qwen2_5_vl"),
+    data=data,
+    foreign=lambda seed: build(seed, num_tokens=4, config=lambda **kw: vlmpt.VLMVisionPromptConfig(deep=True, **kw), model_type="qwen2_5_vl"),
+    outputs=logits,
+    sharded=False,
+))
