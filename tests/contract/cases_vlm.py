@@ -3,7 +3,7 @@ images of two sizes (its mRoPE positions are the hardest placement the package s
 ``vlm_coupled``, whose prompts live in a ViT tower, on a tiny random LLaVA. ``vlm_prompt_tuning`` and ``vlm_prefix``
 also run on the other families (variants ``/paligemma``: its prefix-LM mask, ``/idefics3``, ``/llava_onevision``).
 
-The sharded contract does not run these cases (``sharded=False``): vlmpt is not yet tested under FSDP (docs/vlm.md).
+The sharded contract runs every case under FSDP2 and under DDP (docs/vlm.md, "Scale").
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ CASES.add("text:vlm_prompt_tuning", MethodCase(
     data=data,
     foreign=lambda seed: build(seed, num_tokens=4),
     outputs=logits,
-    sharded=False,
+    sharded=True,
 ))
 
 CASES.add("text:vlm_prefix", MethodCase(
@@ -47,7 +47,7 @@ CASES.add("text:vlm_prefix", MethodCase(
     data=data,
     foreign=lambda seed: build(seed, num_tokens=4, config=vlmpt.VLMPrefixConfig),
     outputs=logits,
-    sharded=False,
+    sharded=True,
 ))
 
 CASES.add("text:vlm_vpt", MethodCase(  # VPT-deep in LLaVA's CLIP tower (Qwen's towers are refused)
@@ -55,7 +55,7 @@ CASES.add("text:vlm_vpt", MethodCase(  # VPT-deep in LLaVA's CLIP tower (Qwen's 
     data=data,
     foreign=lambda seed: build(seed, num_tokens=4, config=lambda **kw: vlmpt.VLMVisionPromptConfig(deep=True, **kw), model_type="llava"),
     outputs=logits,
-    sharded=False,
+    sharded=True,
 ))
 
 CASES.add("text:vlm_coupled", MethodCase(  # language prompts in both LLaVA layers, vision prompts projected from them and free ones
@@ -63,7 +63,7 @@ CASES.add("text:vlm_coupled", MethodCase(  # language prompts in both LLaVA laye
     data=data,
     foreign=lambda seed: build(seed, num_tokens=4, config=lambda **kw: vlmpt.VLMCoupledConfig(depth=2, vision_tokens=1, **kw), model_type="llava"),
     outputs=logits,
-    sharded=False,
+    sharded=True,
 ))
 
 for family in ("paligemma", "idefics3", "llava_onevision"):
@@ -73,5 +73,5 @@ for family in ("paligemma", "idefics3", "llava_onevision"):
             data=data,
             foreign=lambda seed, family=family, config=config: build(seed, num_tokens=4, config=config, model_type=family),
             outputs=logits,
-            sharded=False,
+            sharded=True,
         ))
