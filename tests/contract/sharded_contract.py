@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "textpt"))  # run by torchrun
 
 import cases_text  # noqa: E402,F401  (registers the text methods' cases)
 import cases_vision  # noqa: E402,F401  (registers the vision and CLIP methods' cases)
-import cases_vlm  # noqa: E402,F401  (registers the vision-language methods' cases)
-from harness import CASES, Spy, method_of, to_float64, variants  # noqa: E402
+import cases_vlm  # noqa: E402  (registers the vision-language methods' cases; its nf4 case)
+from harness import CASES, MethodCase, Spy, method_of, to_float64, variants  # noqa: E402
 
 from promptcore import METHODS  # noqa: E402
 from promptcore.distributed import FSDPConfig, local_bytes, shard_model  # noqa: E402
@@ -54,8 +54,9 @@ class Output(nn.Module):
         return self.case.output(self.model, batch)
 
 
-def run_case(name: str, world: int, fsdp: FSDPConfig | None = None) -> dict:
-    case = CASES.get(name)
+def run_case(name: str, world: int, fsdp: FSDPConfig | None = None, case: MethodCase | None = None) -> dict:
+    """Method ``name`` (its case ``case``, default its registered one) sharded, against its plain path unsharded."""
+    case = case or CASES.get(name)
     fast = True if case.fast_spy is not None else None
     trains = METHODS.get(method_of(name)).trains
 
@@ -195,6 +196,12 @@ def main() -> None:
             results["keep_whole"] = run_case("text:prompt_tuning", world, FSDPConfig(keep_whole=["wte"]))
         except Exception:
             results["keep_whole"] = {"ok": False, "error": traceback.format_exc()[-3000:]}
+        dist.barrier()
+        # A vision-language model whose language model is nf4 (model.quantization: nf4), its 4-bit weights sharded.
+        try:
+            results["vlm_nf4"] = run_case("text:vlm_prompt_tuning", world, case=cases_vlm.NF4)
+        except Exception:
+            results["vlm_nf4"] = {"ok": False, "error": traceback.format_exc()[-3000:]}
         dist.barrier()
     for name in ddp_cases(names):
         try:

@@ -78,3 +78,13 @@ def test_method_under_ddp_equals_the_unsharded_plain_path_in_float64(sharded, na
         assert r["out_diff"] < 1e-10, f"rank {rank}: outputs differ by {r['out_diff']:.3g} (relative)"
         assert r["grad_diff"] < 1e-9, f"rank {rank}: averaged prompt gradients differ by {r['grad_diff']:.3g} (relative)"
         assert r["grads"] > 0 and r["grads_missing_mismatch"] == 0
+
+
+def test_a_vision_language_model_with_an_nf4_language_model_shards_and_stays_exact(sharded):
+    for rank, results in enumerate(sharded):
+        r = results["vlm_nf4"]
+        assert r["ok"], f"rank {rank}: {r.get('error')}"
+        assert r["units"] >= 2 and r["grads"] > 0 and r["grads_missing_mismatch"] == 0
+        assert r["out_diff"] < 1e-10 and r["grad_diff"] < 1e-9, (r["out_diff"], r["grad_diff"])
+        # The 4-bit weights (data and scales) are sharded with the rest: each process holds half.
+        assert 0.45 < r["frozen_fraction"] < 0.55, f"rank {rank} holds {r['frozen_fraction']:.3f} of the frozen weights"
