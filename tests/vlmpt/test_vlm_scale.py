@@ -16,7 +16,7 @@ from torch import nn
 
 import promptcore
 import vlmpt
-from promptcore.distributed import check_shardable_weights
+from promptcore.distributed import check_shardable_weights, checksum
 from promptcore.errors import UserError
 from promptcore.quantization import is_nf4
 from vlmpt.config import VLMModelConfig
@@ -84,6 +84,13 @@ def test_a_quantized_language_model_gives_the_logits_of_its_dequantized_weights_
 
 def test_the_sharding_engines_refuse_what_they_cannot_shard():
     int8, nf4 = quantized_llava("int8"), quantized_llava("nf4")
+    # Every engine first compares the frozen weights' checksums between processes; a quantized weight's are those of
+    # its stored tensors (it cannot sum itself), and tell two weights apart.
+    for model in (int8, nf4):
+        layers = model.get_decoder().layers
+        first, second = (checksum(layer.mlp.down_proj.weight.detach()) for layer in layers)
+        assert torch.isfinite(first) and first != second
+        assert checksum(copy.deepcopy(layers[0].mlp.down_proj.weight).detach()) == first
     with pytest.raises(UserError, match=r"fsdp shards plain float weights and nf4 weights .*quantized \(Int8Tensor\).*any quantization under ddp"):
         check_shardable_weights(int8, "fsdp", 2)
     with pytest.raises(UserError, match=r"deepspeed shards plain float weights \(ZeRO-3 flattens .*quantized \(NF4Tensor\)"):
