@@ -1,7 +1,7 @@
 """vlmpt at scale, in one process: ``model.quantization: int8 | nf4`` stores the language model's linear weights
 quantized (vision tower, projector, LM head and embeddings stay float), and prompted logits and prompt gradients
 equal those of the same model on its dequantized weights in float64; the sharding engines refuse what they cannot
-shard, in one line from the CLI. Under torchrun, tests/contract/test_sharded_contract.py runs every vlmpt method
+shard, and sharded loading (text models only) is refused; the CLI refuses a kind it does not take. Under torchrun, tests/contract/test_sharded_contract.py runs every vlmpt method
 under FSDP2 and DDP, and an nf4 language model under FSDP2."""
 
 from __future__ import annotations
@@ -115,3 +115,13 @@ def test_the_cli_refuses_a_quantization_it_does_not_take(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith("error: ") and "Traceback" not in "".join(err)
     assert err[-1].strip() == "- model.quantization: 'int4' is not one of 'int8', 'nf4'. Did you mean 'int8' or 'nf4'?"
+
+
+def test_sharded_loading_is_refused_for_a_vision_language_model():
+    from promptcore.distributed import FSDPConfig, check_sharded_loading
+    from promptcore.engines import FSDPEngine
+
+    model = promptcore.wrap(vlmpt.tiny_backbone("llava"), vlmpt.VLMPromptTuningConfig(num_tokens=2))
+    assert not check_sharded_loading(model, FSDPEngine, FSDPConfig(), 2)  # auto: every process builds the whole model
+    with pytest.raises(UserError, match=r"sharded_loading: true, but VLMPromptTuningModel was built whole on every process: sharded loading covers Hugging Face text models"):
+        check_sharded_loading(model, FSDPEngine, FSDPConfig(sharded_loading=True), 2)
