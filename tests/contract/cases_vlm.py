@@ -58,7 +58,6 @@ CASES.add("text:vlm_prompt_tuning", MethodCase(
     data=data,
     foreign=lambda seed: build(seed, num_tokens=4),
     outputs=logits,
-    sharded=True,
 ))
 
 CASES.add("text:vlm_prefix", MethodCase(
@@ -66,7 +65,6 @@ CASES.add("text:vlm_prefix", MethodCase(
     data=data,
     foreign=lambda seed: build(seed, num_tokens=4, config=vlmpt.VLMPrefixConfig),
     outputs=logits,
-    sharded=True,
 ))
 
 CASES.add("text:vlm_vpt", MethodCase(  # VPT-deep in LLaVA's CLIP tower (Qwen's towers are refused)
@@ -74,7 +72,6 @@ CASES.add("text:vlm_vpt", MethodCase(  # VPT-deep in LLaVA's CLIP tower (Qwen's 
     data=data,
     foreign=lambda seed: build(seed, num_tokens=4, config=lambda **kw: vlmpt.VLMVisionPromptConfig(deep=True, **kw), model_type="llava"),
     outputs=logits,
-    sharded=True,
 ))
 
 CASES.add("text:vlm_coupled", MethodCase(  # language prompts in both LLaVA layers, vision prompts projected from them and free ones
@@ -82,7 +79,6 @@ CASES.add("text:vlm_coupled", MethodCase(  # language prompts in both LLaVA laye
     data=data,
     foreign=lambda seed: build(seed, num_tokens=4, config=lambda **kw: vlmpt.VLMCoupledConfig(depth=2, vision_tokens=1, **kw), model_type="llava"),
     outputs=logits,
-    sharded=True,
 ))
 
 for family in ("paligemma", "idefics3", "llava_onevision"):
@@ -92,5 +88,4 @@ for family in ("paligemma", "idefics3", "llava_onevision"):
             data=data,
             foreign=lambda seed, family=family, config=config: build(seed, num_tokens=4, config=config, model_type=family),
             outputs=logits,
-            sharded=True,
         ))
