@@ -124,8 +124,7 @@ def check_same_frozen_weights(model: nn.Module, params: list[nn.Parameter], worl
     frozen = [(n, t) for n, t in [*model.named_parameters(), *model.named_buffers()] if id(t) not in prompt_ids]
     if not frozen:
         return
-    # .to(float64), not .double(): an nf4 weight stored from float64 returns itself from .double(), which it cannot sum
-    sums = torch.stack([t.detach().to(torch.float64).sum() if t.is_floating_point() else t.detach().sum().double() for _, t in frozen])
+    sums = torch.stack([checksum(t.detach()) for _, t in frozen])
     low, high = sums.clone(), sums.clone()
     dist.all_reduce(low, op=dist.ReduceOp.MIN)
     dist.all_reduce(high, op=dist.ReduceOp.MAX)
@@ -136,6 +135,16 @@ def check_same_frozen_weights(model: nn.Module, params: list[nn.Parameter], worl
             f"{' ...' if len(differ) > 5 else ''}); build the model identically on every process: load the same "
             f"pretrained weights, or seed (promptcore.trainer.seed_everything) before building a random one"
         )
+
+
+def checksum(tensor: torch.Tensor) -> torch.Tensor:
+    """The float64 sum of ``tensor``'s values; of a quantized one (a tensor subclass: torchao's int8, nf4), the sum of
+    the sums of the tensors it stores (data and scales), which it cannot sum itself."""
+    if type(tensor) is not torch.Tensor and hasattr(tensor, "__tensor_flatten__"):
+        names, _ = tensor.__tensor_flatten__()
+        stored = [getattr(tensor, name) for name in names]
+        return torch.stack([checksum(t) for t in stored if isinstance(t, torch.Tensor)]).sum()
+    return tensor.to(torch.float64).sum()
 
 
 class StepModule(nn.Module):

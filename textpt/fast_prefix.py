@@ -35,7 +35,7 @@ there) that :class:`textpt.prefix.PrefixModel` picks once.
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -85,11 +85,21 @@ def prompt_key_values(backbone: nn.Module, prompt_embeds: torch.Tensor) -> KeyVa
     decoder = decoder_of(backbone)
     out = decoder(inputs_embeds=prompt_embeds, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_argument(decoder): cache})
     kv = [(layer.keys, layer.values) for layer in cache.layers]
-    if is_sharded(decoder):
-        # FSDP and ZeRO-3 gather a layer's weights for the backward when the gradient of its output arrives; the last
-        # layer's output is otherwise unused here, so it joins the graph with weight zero (adding 0 changes nothing).
-        kv[0] = (kv[0][0] + out.last_hidden_state.sum() * 0, kv[0][1])
-    return kv
+    return joined_to_outputs(kv, [out.last_hidden_state]) if is_sharded(decoder) else kv
+
+
+def joined_to_outputs(kv: KeyValues, outputs: Sequence[torch.Tensor]) -> KeyValues:
+    """``kv``, recorded in a run of a sharded model (FSDP2, ZeRO-3) whose ``outputs`` are otherwise unused, joined
+    to them with weight zero (adding 0 changes nothing).
+
+    The engines gather a layer's weights for the backward when the gradient of its output arrives. A layer's keys
+    and values leave it through the cache, not its output, so without the join the gradient reaching them would
+    run the layer's backward on its sharded weights. Joined to the last layer's output, the gradient reaches every
+    layer's output in turn; joined to every layer's output (``output_hidden_states``), also those of layers whose
+    output a hook replaced in the next layer's input.
+    """
+    joined = sum(t.sum() for t in outputs) * 0
+    return [(kv[0][0] + joined, kv[0][1]), *kv[1:]]
 
 
 class CachePrefixes:

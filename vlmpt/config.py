@@ -59,6 +59,10 @@ class VLMModelConfig:
             a key that is not a field is refused); for every other name, extra keyword arguments of
             ``from_pretrained`` (``{revision: main}``, ``{attn_implementation: sdpa}``).
         checkpoint: a prompt folder to load after wrapping, or ``None``.
+        quantization: ``int8`` (torchao's weight-only int8) or ``nf4`` (QLoRA's 4-bit NormalFloat, the kind
+            ``train.distributed: fsdp`` shards) stores the language model's linear weights in that many bits, through
+            the ``prompttune[quant]`` extra (:func:`vlmpt.loading.quantize_language_model`); the vision tower, the
+            projector, the LM head and the embeddings stay in ``dtype``. ``None``: every weight in ``dtype``.
     """
 
     name: str
@@ -67,6 +71,7 @@ class VLMModelConfig:
     processor_kwargs: dict[str, Any] = field(default_factory=dict)
     kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None
+    quantization: Literal["int8", "nf4"] | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):

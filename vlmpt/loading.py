@@ -9,6 +9,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from promptcore.errors import UserError
+from promptcore.quantization import quantize_linear_weights
 from textpt.loading import ModelLoadError, _folder, prepare_tokenizer, resolve_name
 
 from .config import VLMModelConfig
@@ -34,9 +36,31 @@ def load_model_and_processor(cfg: VLMModelConfig, seed: int = 0) -> tuple[nn.Mod
         with _load_errors("model.name", cfg.name):
             backbone = transformers.AutoModelForImageTextToText.from_pretrained(_folder(kind, target), dtype=getattr(torch, cfg.dtype), **cfg.kwargs)
     backbone = backbone.to(getattr(torch, cfg.dtype)).eval()
+    if cfg.quantization is not None:
+        quantize_language_model(backbone, cfg.quantization)
     for p in backbone.parameters():
         p.requires_grad_(False)
     return backbone, processor
+
+
+def quantize_language_model(backbone: nn.Module, kind: str) -> None:
+    """Stores the linear weights of ``backbone``'s language model in ``kind`` (``model.quantization``), in place,
+    with :func:`promptcore.quantization.quantize_linear_weights`: ``int8``, torchao's weight-only int8 (every linear
+    layer of the language model); ``nf4``, QLoRA's 4-bit NormalFloat (the layers whose weights fill its blocks).
+    The vision tower, the projector, the LM head and the embeddings stay in their dtype, as QLoRA leaves the head:
+    the prompts and image features enter a quantized language model, and its logits leave a float head.
+
+    Raises:
+        UserError: torchao is not installed, ``int8`` of float64 weights (torchao quantizes 32- and 16-bit ones), or
+            no linear weight of the language model fills nf4's blocks.
+    """
+    language_model = backbone.get_decoder()
+    if kind == "int8" and backbone.get_input_embeddings().weight.dtype == torch.float64:
+        raise UserError(
+            "model.quantization: int8 quantizes float32, bfloat16 or float16 weights, and model.dtype is float64; set "
+            "model.dtype: float32, or use model.quantization: nf4"
+        )
+    quantize_linear_weights(language_model, kind)
 
 
 def load_processor(cfg: VLMModelConfig) -> Any:
@@ -74,4 +98,4 @@ def _load_errors(key: str, name: str) -> Iterator[None]:
         ) from None
 
 
-__all__ = ["VLMModelConfig", "load_model_and_processor", "load_processor"]
+__all__ = ["VLMModelConfig", "load_model_and_processor", "load_processor", "quantize_language_model"]

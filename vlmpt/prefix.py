@@ -24,9 +24,10 @@ import torch
 from torch import nn
 
 from promptcore import DeepSoftPrompt, register_method
+from promptcore.distributed import is_sharded
 from promptcore.errors import UserError
 from textpt.config import trainable_dtype
-from textpt.fast_prefix import KeyValues, cache_argument, num_layers
+from textpt.fast_prefix import KeyValues, cache_argument, joined_to_outputs, num_layers
 
 from .config import VLMPrefixConfig
 from .model import VLMPromptedModel
@@ -98,8 +99,14 @@ def row_key_values(model: VLMPromptedModel, embeds: torch.Tensor) -> KeyValues:
     mask = torch.ones_like(ids)
     positions, _ = model.family.positions(model.backbone, ids, mask, {})
     cache = Cache(layers=[RecordingLayer() for _ in range(num_layers(model.backbone))])
-    model.backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_argument(model.backbone): cache})
-    return [(layer.keys, layer.values) for layer in cache.layers]
+    sharded = is_sharded(model.backbone)
+    out = model.backbone(
+        inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, output_hidden_states=sharded,
+        **{cache_argument(model.backbone): cache},
+    )
+    kv = [(layer.keys, layer.values) for layer in cache.layers]
+    # every layer's output: a deep method's hooks may replace one in the next layer's input (vlm_coupled)
+    return joined_to_outputs(kv, [*out.hidden_states, out.logits]) if sharded else kv
 
 
 register_method(

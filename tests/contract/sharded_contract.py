@@ -4,8 +4,9 @@ Usage: ``torchrun --nproc_per_node 2 sharded_contract.py OUT_DIR``. Each process
 twice with the same seed: the reference on the plain path (``fast=False``), unsharded; and the method's own
 default path (its fast path where it has one), sharded with :func:`promptcore.distributed.shard_model` exactly as
 ``train.distributed: fsdp`` shards it. Both get the same batch; the script compares the outputs and the prompt
-gradients, counts the fast path's calls, and measures the share of the frozen weights each process holds. Results go
-to ``OUT_DIR/rank{r}.json`` (read by test_sharded_contract.py).
+gradients, counts the fast path's calls, and measures the share of the frozen weights each process holds. The
+vision-language cases also run under DDP (:func:`run_ddp`), against the same reference. Results go to
+``OUT_DIR/rank{r}.json`` (read by test_sharded_contract.py).
 """
 
 from __future__ import annotations
@@ -26,12 +27,20 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "textpt"))  # run by torchrun
 
 import cases_text  # noqa: E402,F401  (registers the text methods' cases)
 import cases_vision  # noqa: E402,F401  (registers the vision and CLIP methods' cases)
-from harness import CASES, Spy, method_of, to_float64, variants  # noqa: E402
+import cases_vlm  # noqa: E402  (registers the vision-language methods' cases; its nf4 case)
+from harness import CASES, MethodCase, Spy, method_of, to_float64, variants  # noqa: E402
 
 from promptcore import METHODS  # noqa: E402
 from promptcore.distributed import FSDPConfig, local_bytes, shard_model  # noqa: E402
+from promptcore.engines.ddp import ignore_frozen_in_ddp  # noqa: E402
 from promptcore.plugins import load_plugins  # noqa: E402
 from test_backbones import TINY, images  # noqa: E402
+
+
+def ddp_cases(names: list[str]) -> list[str]:
+    """The cases also run under DDP here: the vision-language ones (the text and vision methods train under DDP in
+    tests/promptcore/test_sharding_cli.py)."""
+    return [name for name in names if method_of(name).startswith("text:vlm_")]
 
 
 class Output(nn.Module):
@@ -45,8 +54,9 @@ class Output(nn.Module):
         return self.case.output(self.model, batch)
 
 
-def run_case(name: str, world: int, fsdp: FSDPConfig | None = None) -> dict:
-    case = CASES.get(name)
+def run_case(name: str, world: int, fsdp: FSDPConfig | None = None, case: MethodCase | None = None) -> dict:
+    """Method ``name`` (its case ``case``, default its registered one) sharded, against its plain path unsharded."""
+    case = case or CASES.get(name)
     fast = True if case.fast_spy is not None else None
     trains = METHODS.get(method_of(name)).trains
 
@@ -92,6 +102,38 @@ def run_case(name: str, world: int, fsdp: FSDPConfig | None = None) -> dict:
         "grads": sum(g is not None for g in grads),
         "grads_missing_mismatch": missing,
         "frozen_fraction": frozen_local / max(frozen_total, 1),
+    }
+
+
+def run_ddp(name: str, world: int) -> dict:
+    """The case's default path under DDP as ``train.distributed: ddp`` wraps it (frozen weights and buffers left out,
+    :func:`promptcore.engines.ddp.ignore_frozen_in_ddp`), every process on the same batch, against its plain path in
+    one process: the same outputs, and once DDP has averaged them, the prompt gradients of the mean of the processes'
+    losses (process ``r`` weights its loss by ``r + 1``, so the average is seen to be taken)."""
+    case = CASES.get(name)
+    fast = True if case.fast_spy is not None else None
+    reference = case.build(0, False if fast else None).double()
+    reference.freeze_backbone().eval()
+    batch = to_float64(case.batch(reference))
+    ref_out = case.output(reference, batch)
+    ref_out.pow(2).sum().backward()
+    model = case.build(0, fast).double()
+    model.freeze_backbone().eval()
+    root = Output(model, case)
+    ignore_frozen_in_ddp(root)
+    ddp = nn.parallel.DistributedDataParallel(root)  # held until the backward is done: its reducer averages there
+    out = ddp(batch)
+    (out.pow(2).sum() * (dist.get_rank() + 1)).backward()
+    mean_weight = (world + 1) / 2
+    pairs = list(zip(model.prompt_parameters(), reference.prompt_parameters()))
+    return {
+        "ok": True,
+        "out_diff": float((out.detach() - ref_out.detach()).abs().max() / ref_out.detach().abs().max()),
+        "grad_diff": max(
+            float((a.grad - mean_weight * b.grad).abs().max() / (mean_weight * b.grad).abs().max()) for a, b in pairs if b.grad is not None
+        ),
+        "grads": sum(a.grad is not None for a, _ in pairs),
+        "grads_missing_mismatch": sum((a.grad is None) != (b.grad is None) for a, b in pairs),
     }
 
 
@@ -159,6 +201,18 @@ def main() -> None:
             results["keep_whole"] = run_case("text:prompt_tuning", world, FSDPConfig(keep_whole=["wte"]))
         except Exception:
             results["keep_whole"] = {"ok": False, "error": traceback.format_exc()[-3000:]}
+        dist.barrier()
+        # A vision-language model whose language model is nf4 (model.quantization: nf4), its 4-bit weights sharded.
+        try:
+            results["vlm_nf4"] = run_case("text:vlm_prompt_tuning", world, case=cases_vlm.NF4)
+        except Exception:
+            results["vlm_nf4"] = {"ok": False, "error": traceback.format_exc()[-3000:]}
+        dist.barrier()
+    for name in ddp_cases(names):
+        try:
+            results[f"ddp:{name}"] = run_ddp(name, world)
+        except Exception:
+            results[f"ddp:{name}"] = {"ok": False, "error": traceback.format_exc()[-3000:]}
         dist.barrier()
     for key in sorted(TINY) if len(sys.argv) == 2 else []:
         try:
