@@ -8,7 +8,7 @@ forked from one per file (itself forked from one per test process that has impor
 ``vpt``, ``textpt``, ``vlmpt`` and ``python -m <module of the project>`` commands of shell blocks: a small client in
 their place on PATH hands the command line, folder, environment and standard streams to that process, which runs the
 command's ``main`` (or the module as ``__main__``) in a forked child and returns its exit status (what the command
-would do, without importing torch again for every command). Any other ``python`` command, and any command under a distributed launcher
+would do, without importing torch again for every command); a signal sent to the client goes to the command. Any other ``python`` command, and any command under a distributed launcher
 (``torchrun $(which vpt)``), runs the real one. Other blocks (```text, ```yaml ...) only show things and are not run.
 
 HTML comments right before a block change how it runs (several may be stacked):
@@ -194,8 +194,8 @@ proto = os.fdopen(os.dup(1), "w")
 
 
 # run() in a forked child with streams ({fd: file descriptor}) as its standard streams, ended as a process's main
-# ends; returns the child's exit code.
-def in_child(streams, run):
+# ends; returns the child's exit code. started(pid) is called once the child runs.
+def in_child(streams, run, started=lambda pid: None):
     pid = os.fork()
     if pid == 0:
         for target, fd in streams.items():
@@ -211,6 +211,7 @@ def in_child(streams, run):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
+    started(pid)
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
@@ -235,7 +236,7 @@ def run_command(conn):
             return 0
         return importlib.import_module(request["main_of"]).main()
 
-    code = in_child(dict(enumerate(fds)), command)
+    code = in_child(dict(enumerate(fds)), command, lambda pid: conn.sendall(f"{pid}\n".encode()))
     for fd in fds:
         os.close(fd)
     conn.sendall(str(code).encode())
@@ -388,7 +389,7 @@ class Preloaded:
 # The client that stands in for a command on PATH: {python}, {socket}, {module} (the console script's module; None
 # for python itself, served only as `python -m <a module of the project>`) and {real} (the real command) are filled in.
 _CLIENT = """#!{python} -S
-import json, os, socket, sys
+import json, os, signal, socket, sys
 args, module = sys.argv[1:], {module!r}
 if module is not None:
     request = {{"main_of": module, "argv": [{real!r}, *args]}}
@@ -404,8 +405,17 @@ client.connect({socket!r})
 data = json.dumps(request).encode() + b"\\n"
 sent = socket.send_fds(client, [data], [0, 1, 2])
 client.sendall(data[sent:])
-status = client.recv(64)
-sys.exit(int(status) if status else 1)
+# The reply: the command's pid, a line, then its exit status. A signal to this client (`kill $(cat server.pid)`) goes
+# to the command, as it would to the real one.
+reply = b""
+while b"\\n" not in reply and (more := client.recv(64)):
+    reply += more
+pid, _, reply = reply.partition(b"\\n")
+for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, lambda sig, _: os.kill(int(pid), sig))
+while more := client.recv(64):
+    reply += more
+sys.exit(int(reply) if reply else 1)
 """
 COMMANDS = {"vpt": "vpt.cli", "textpt": "textpt.cli", "vlmpt": "vlmpt.cli", "python": None}  # served by the preloaded interpreter
 

@@ -13,6 +13,7 @@ partitions, which is why the factored optimizers (Adafactor) are refused.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import torch
@@ -140,6 +141,19 @@ def without_shared_memory_kernel() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
+def forget_zero3_model_building() -> None:
+    """Accelerate's DeepSpeed plugin registers its ZeRO-3 config with transformers (``HfDeepSpeedConfig``, a
+    process-wide reference that the plugin keeps alive), and from then on transformers builds every model of the
+    process partitioned under ``deepspeed.zero.Init``: a later model of the same process (a second run from Python,
+    the next command of a script) fails to load ("Cannot copy out of meta tensor"). The toolkit builds its model
+    before the engine and partitions it in ``deepspeed.initialize``, so the registration is dropped at once, with
+    transformers' own ``unset_hf_deepspeed_config``."""
+    if "transformers" in sys.modules:
+        from transformers.integrations import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+
+
 class DeepSpeedEngine(Engine):
     several_processes = True
     training_only = True
@@ -169,6 +183,7 @@ class DeepSpeedEngine(Engine):
         accelerator = Accelerator(deepspeed_plugin=plugin, kwargs_handlers=gloo)
         if marked is None:
             os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
+        forget_zero3_model_building()
         if accelerator.distributed_type != "DEEPSPEED":
             raise UserError(
                 f"train.distributed: deepspeed: Accelerate set up {accelerator.distributed_type} instead of DeepSpeed "

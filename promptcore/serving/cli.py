@@ -73,10 +73,11 @@ def run_serve(kind: str, args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
+    ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, logging_level="warning", log_to_driver=False)
+    # After ray.init, whose driver installs its own SIGTERM handler (it prints a stack and aborts the process).
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, logging_level="warning", log_to_driver=False)
     try:
         serve.start(http_options={"host": cfg.host, "port": cfg.port})
         try:

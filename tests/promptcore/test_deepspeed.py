@@ -21,10 +21,9 @@ pytestmark = pytest.mark.slow
 
 from promptcore import Trainer, TrainConfig, UserError  # noqa: E402
 from promptcore.engines import DeepSpeedEngine  # noqa: E402
-from test_sharding_cli import ROOT, SCRIPT, TORCHRUN, assert_close_prompts, prompts, run_here  # noqa: E402
+from test_sharding_cli import ROOT, TORCHRUN, assert_close_prompts, launch, prompts, run_here  # noqa: E402
 from toy_prompted import toy_data, toy_model  # noqa: E402
 
-HELD = Path(__file__).parent / "scripts" / "cli_held.py"
 # One epoch of 6 steps; the training state is also written every 2 steps, so a run killed at step 3 resumes at 2.
 SMOKE = {
     "vpt": [str(ROOT / "configs/smoke/vpt_tiny.yaml"), "--set", "train.epochs=1", "--set", "train.save_every_steps=2"],
@@ -33,42 +32,30 @@ SMOKE = {
 DEEPSPEED = ["--set", "train.distributed=deepspeed"]
 
 
-def run(cmd: list[str], **env: str) -> subprocess.CompletedProcess:
-    # CPU processes on any machine: two processes cannot share one GPU under NCCL.
-    cpu = {"CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu"}
-    full = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **cpu, **env}
-    for name in ("KILL_AT_STEP", "HELD_DIR"):
-        if name not in env:
-            full.pop(name, None)
-    return subprocess.run(cmd, env=full, capture_output=True, text=True, timeout=600)
-
-
-def two_processes(script: Path, tool: str, args: list[str], **env: str) -> subprocess.CompletedProcess:
-    return run([TORCHRUN, "--standalone", "--nproc_per_node", "2", str(script), tool, *args], **env)
+# CPU processes on any machine: two processes cannot share one GPU under NCCL.
+CPU = {"CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu"}
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """Per tool: the 2-process deepspeed run (with each process's held elements in ``held/``) and the 1-process
-    run with the same global batch (twice the per-process batch), in this process. The vpt run is killed with
-    SIGKILL at the end of step 3 and resumed from its training state of step 2."""
-    out = {}
-    for tool in ("vpt", "textpt"):
-        base = tmp_path_factory.mktemp(tool)
-        (base / "held").mkdir()
-        train = ["train", "-c", *SMOKE[tool], *DEEPSPEED, "-o", str(base / "deepspeed")]
-        if tool == "vpt":
-            killed = two_processes(SCRIPT, tool, train, KILL_AT_STEP="3")
-            assert killed.returncode != 0
-            state = json.loads((base / "deepspeed" / "state" / "trainer_state.json").read_text())
-            assert state["progress"]["step"] == 2 and state["world_size"] == 2
-            train = ["train", "--resume", str(base / "deepspeed")]
-        proc = two_processes(HELD, tool, train, HELD_DIR=str(base / "held"))
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        # CPU processes leave out DeepSpeed's shared-memory kernel (a C++ build of about a minute): gloo collectives
-        assert "shm_comm" not in proc.stdout + proc.stderr, proc.stdout[-3000:]
+    """Per tool, a folder with the 2-process deepspeed run, the held elements of each of its processes (``held/``)
+    and the 1-process run with the same global batch (twice the per-process batch), in this process. The vpt run is
+    killed with SIGKILL at the end of step 3; one launch then resumes it from its training state of step 2 and runs
+    textpt."""
+    root = tmp_path_factory.mktemp("deepspeed")
+    out = {tool: root / tool for tool in ("vpt", "textpt")}
+    train = lambda tool: [tool, "train", "-c", *SMOKE[tool], *DEEPSPEED, "-o", str(out[tool] / "deepspeed")]
+    killed = launch(train("vpt"), KILL_AT_STEP="3", **CPU)
+    assert killed.returncode != 0
+    state = json.loads((out["vpt"] / "deepspeed" / "state" / "trainer_state.json").read_text())
+    assert state["progress"]["step"] == 2 and state["world_size"] == 2
+    proc = launch(["vpt", "train", "--resume", str(out["vpt"] / "deepspeed")], train("textpt"), HELD_DIR=str(root / "held"), **CPU)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # CPU processes leave out DeepSpeed's shared-memory kernel (a C++ build of about a minute): gloo collectives
+    assert "shm_comm" not in proc.stdout + proc.stderr, proc.stdout[-3000:]
+    for tool, base in out.items():
+        (root / "held" / tool).rename(base / "held")
         assert run_here(tool, ["train", "-c", *SMOKE[tool], "--set", "train.batch_size=64", "-o", str(base / "single")]) == 0
-        out[tool] = base
     return out
 
 
@@ -132,7 +119,9 @@ def test_one_process_deepspeed_is_refused_before_any_set_up(monkeypatch):
 def test_from_python_then_another_engine_in_the_same_process(tmp_path):
     # Accelerate marks the process as DeepSpeed's (ACCELERATE_USE_DEEPSPEED) when it makes a DeepSpeed Accelerator,
     # and on GPUs every later Accelerator would follow the mark: the trainer takes it back. Both train the same prompts.
-    proc = run([TORCHRUN, "--standalone", "--nproc_per_node", "2", str(Path(__file__).parent / "scripts" / "train_toy_deepspeed.py"), str(tmp_path)])
+    script = Path(__file__).parent / "scripts" / "train_toy_deepspeed.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **CPU}
+    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):
         assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == [["DeepSpeedEngine", None], ["DDPEngine", None]]
