@@ -54,7 +54,6 @@ from .fast_prefix import cache_argument, generation_cache
 from .padding import first_token_index, last_token_index, pad_token_id, repad
 
 if TYPE_CHECKING:
-    from .config import TextMethodConfig
     from .data import ExampleEncoder
     from .model import TextPromptedModel
 
