@@ -43,6 +43,7 @@ ENGINES.declare("ddp", "promptcore.engines", EngineTraits(several_processes=True
 ENGINES.declare("fsdp", "promptcore.engines", EngineTraits(several_processes=True))
 ENGINES.declare("deepspeed", "promptcore.engines", EngineTraits(several_processes=True))
 
+
 @dataclass
 class FSDPConfig:
     """The ``train.fsdp`` section (used with ``train.distributed: fsdp``).
@@ -359,15 +360,6 @@ class TrainConfig:
             errors.append(f"warmup_lr: required, {what} warmup_lr (Dassl's CoOp presets use 1.0e-5)")
 
 
-def several_processes(name: str) -> bool:
-    """Whether engine ``name`` (``train.distributed``, registered or declared) runs over several processes only; a
-    declared engine is not imported (``auto`` is either, and says no)."""
-    if name == "auto":
-        return False
-    traits = ENGINES.declaration(name).record if name not in ENGINES else None
-    return (traits or ENGINES.get(name)).several_processes  # an engine declared without traits is imported
-
-
 def one_process_error(name: str) -> UserError:
     """The refusal of a training run in one process with ``train.distributed: name``, an engine for several."""
     return UserError(
@@ -388,9 +380,11 @@ def check_training_processes(distributed: Any, world_size: int) -> None:
     Raises:
         UserError: :func:`one_process_error`.
     """
-    if world_size == 1 and isinstance(distributed, str) and distributed != "auto" and known(ENGINES, distributed):
-        if several_processes(distributed):
-            raise one_process_error(distributed)
+    if world_size != 1 or not isinstance(distributed, str) or distributed == "auto" or not known(ENGINES, distributed):
+        return
+    traits = ENGINES.declaration(distributed).record if distributed not in ENGINES else None
+    if (traits or ENGINES.get(distributed)).several_processes:  # an engine declared without traits is imported
+        raise one_process_error(distributed)
 
 
 def _check_rate(name: str, value: float, errors: list[str]) -> None:

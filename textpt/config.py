@@ -8,9 +8,9 @@ file, :mod:`textpt.prompt_tuning`, :mod:`textpt.p_tuning`, :mod:`textpt.prefix`,
 This module imports no torch (nor transformers or datasets): ``textpt train`` validates a config, and reports its
 errors, before they load. The model tasks are registered in :data:`TASKS` by :mod:`textpt.tasks` (which imports
 torch) and declared in the package's ``__init__`` with their :class:`TaskTraits` (what the checks of a run config
-ask of a task, the base of each task's class), so ``model.task`` and the checks across sections run without it. A check that needs a
-library (``random:`` model kwargs: transformers) goes through :func:`promptcore.config.library_check`, after the rest
-of the config is found valid.
+ask of a task, the base of each task's class), so ``model.task`` and the checks across sections run without it. A
+check that needs a library (``random:`` model kwargs: transformers) goes through
+:func:`promptcore.config.library_check`, after the rest of the config is found valid.
 
 Each ``__post_init__`` rejects a bad value with ``ValueError("field: message")`` so that
 :func:`promptcore.config.load_config` reports it next to the other problems of the file.
@@ -108,6 +108,7 @@ def task_traits(name: str) -> TaskTraits:
     if name not in TASKS and TASKS.declaration(name).record is not None:
         return TASKS.declaration(name).record
     return TASKS.get(name)
+
 
 PoolingName = Literal["auto", "cls", "mean", "last", "pooler"]
 POOLING_ATTR = "textpt_pooling"
