@@ -32,6 +32,11 @@ By name from YAML: callbacks registered in :data:`CALLBACKS` (``register_callbac
     train:
       callbacks: [step_timer, {name: early_stopping, patience: 3, min_delta: 0.001}]
 
+This module imports no torch, so ``train.callbacks`` is checked with the rest of a config before torch loads; a
+package whose callback is registered by a module that imports torch declares its name where its light modules run
+(``CALLBACKS.declare(name, module)``, as :mod:`vpt.clip` does for ``gpa``): the name is then checked without it, and
+the callback's arguments once the rest of the config is valid (:func:`check_callback_specs`).
+
 The progress bar and TensorBoard are built-in callbacks the trainer adds itself (``train.progress_bar``,
 ``train.tensorboard``). ``metrics.jsonl`` and checkpoints stay in the trainer: the training state counts the
 metrics lines it covers, and resume truncates the file to them, which is what makes a resumed run bitwise equal.
@@ -46,13 +51,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-import torch
-
+from .config import library_check
 from .errors import UserError
 from .io import atomic_write_text
+from .plugins import known
 from .registry import Registry, did_you_mean
 
 if TYPE_CHECKING:
+    import torch
+
     from .trainer import Trainer
 
 
@@ -126,31 +133,35 @@ def register_callback(name: str, factory: Callable[..., Callback]) -> Callable[.
 
 
 def _parse_spec(spec: Any, where: str) -> tuple[str, dict[str, Any]]:
+    """The name and the arguments of a ``train.callbacks`` entry; the name is checked against the registered and
+    the declared callbacks (nothing is imported)."""
     if isinstance(spec, str):
         name, kwargs = spec, {}
     elif isinstance(spec, dict):
         if "name" not in spec:
-            raise UserError(f"{where}: a callback mapping needs 'name' (one of {', '.join(CALLBACKS.names())}), found {spec!r}")
+            raise UserError(f"{where}: a callback mapping needs 'name' (one of {', '.join(CALLBACKS.known_names())}), found {spec!r}")
         name, kwargs = spec["name"], {k: v for k, v in spec.items() if k != "name"}
     else:
         raise UserError(f"{where}: expected a callback name or a mapping with 'name', found {spec!r}")
-    if name not in CALLBACKS:
-        raise UserError(f"{where}: unknown callback {name!r}.{did_you_mean(str(name), CALLBACKS.names())} Known: {', '.join(CALLBACKS.names())}")
-    accepted = [p for p in inspect.signature(CALLBACKS.get(name)).parameters if p not in ("self", "args", "kwargs")]
-    for key in kwargs:
-        if key not in accepted:
-            raise UserError(
-                f"{where}.{key}: unknown argument of callback {name!r}.{did_you_mean(str(key), accepted)} "
-                f"It takes {', '.join(accepted) or 'no arguments'}"
-            )
+    if not isinstance(name, str) or not known(CALLBACKS, name):
+        names = CALLBACKS.known_names()
+        raise UserError(f"{where}: unknown callback {name!r}.{did_you_mean(str(name), names)} Known: {', '.join(names)}")
     return name, kwargs
 
 
 def build_callback(spec: str | dict[str, Any], where: str = "callbacks") -> Callback:
     """The callback a ``train.callbacks`` entry names (a name, or ``{name: ..., arg: value}``)."""
     name, kwargs = _parse_spec(spec, where)
+    factory = CALLBACKS.get(name)  # a declared callback's module is imported here
+    accepted = [p for p in inspect.signature(factory).parameters if p not in ("self", "args", "kwargs")]
+    for key in kwargs:
+        if key not in accepted:
+            raise UserError(
+                f"{where}.{key}: unknown argument of callback {name!r}.{did_you_mean(str(key), accepted)} "
+                f"It takes {', '.join(accepted) or 'no arguments'}"
+            )
     try:
-        callback = CALLBACKS.get(name)(**kwargs)
+        callback = factory(**kwargs)
     except (TypeError, ValueError) as e:
         raise UserError(f"{where} ({name}): {e}") from None
     if not isinstance(callback, Callback):
@@ -159,9 +170,16 @@ def build_callback(spec: str | dict[str, Any], where: str = "callbacks") -> Call
 
 
 def check_callback_specs(specs: list[Any]) -> None:
-    """Raises :class:`UserError` for the first entry of ``train.callbacks`` that does not build."""
+    """Raises :class:`UserError` for the first entry of ``train.callbacks`` that does not build. An entry naming a
+    callback that is only declared (its module, which may import torch, not imported yet) is checked by name here
+    and built through :func:`promptcore.config.library_check`: once the rest of the config is valid."""
     for i, spec in enumerate(specs):
-        build_callback(spec, f"callbacks[{i}]")
+        where = f"callbacks[{i}]"
+        name, _ = _parse_spec(spec, where)
+        if name in CALLBACKS:
+            build_callback(spec, where)
+        else:
+            library_check(lambda spec=spec, where=where: build_callback(spec, where))
 
 
 # ----- built-in callbacks the trainer adds from its config ---------------------------------------------------------

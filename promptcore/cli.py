@@ -52,6 +52,7 @@ from .config import apply_overrides, from_dict, load_config, read_yaml
 from .errors import MissingFileError, UserError
 from .plugins import load_plugins
 from .registry import Registry
+from .train_config import check_training_processes
 
 if TYPE_CHECKING:
     from .model import PromptedModel
@@ -151,24 +152,34 @@ def load_run_config(recipe: Recipe, args: argparse.Namespace) -> Any:
     With ``--resume``, ``--set`` may change what does not fix the data order or the optimizer state (e.g.
     ``train.epochs``: the schedule is recomputed for the new length); the trainer names the changes in one line and
     records the new config in ``config.yaml``, the first in ``config.original.yaml``."""
-    resume = getattr(args, "resume", None)
-    if resume:
-        from .runs import CONFIG_FILE
-
-        if args.config:
-            raise UserError(f"--resume reads the config saved in {resume}/{CONFIG_FILE}; drop -c {args.config} (change values with --set)")
-        source: str | Path = Path(resume) / CONFIG_FILE
-        if not Path(source).is_file():
-            raise MissingFileError(f"cannot resume: {source} does not exist; --resume takes a run directory written by '{recipe.prog} train'")
-        check_run_program(recipe, Path(resume))
-    elif args.config:
-        source = args.config
-    else:
+    source = run_config_source(recipe, args)
+    if source is None:
         raise UserError("no config given: pass -c CONFIG (or --resume RUN_DIR to continue a run)")
     cfg = load_config(recipe.config_class, source, args.overrides)
     if not hasattr(cfg, "train"):
         raise UserError(f"{recipe.config_class.__name__} has no 'train' section; a run config needs train: TrainConfig")
     return cfg
+
+
+def run_config_source(recipe: Recipe, args: argparse.Namespace) -> str | Path | None:
+    """The file of the run config a verb was given: ``-c CONFIG``, or ``RUN_DIR/config.yaml`` with ``--resume
+    RUN_DIR`` (checked to be a run of ``recipe``'s program); None when neither is given. Imports no torch.
+
+    Raises:
+        UserError: ``--resume`` with ``-c``, a run directory without its config, or one another program wrote.
+    """
+    resume = getattr(args, "resume", None)
+    if not resume:
+        return getattr(args, "config", None)
+    from .runs import CONFIG_FILE
+
+    if args.config:
+        raise UserError(f"--resume reads the config saved in {resume}/{CONFIG_FILE}; drop -c {args.config} (change values with --set)")
+    source = Path(resume) / CONFIG_FILE
+    if not source.is_file():
+        raise MissingFileError(f"cannot resume: {source} does not exist; --resume takes a run directory written by '{recipe.prog} train'")
+    check_run_program(recipe, Path(resume))
+    return source
 
 
 def check_run_program(recipe: Recipe, run_dir: Path) -> None:
@@ -304,7 +315,7 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
     train.add_argument("-o", "--output", metavar="RUN_DIR", help="run directory (default: runs/<prog>-<config>-<time>)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last training state")
     train.add_argument("--overwrite", action="store_true", help="replace a run already in RUN_DIR")
-    train.set_defaults(func=lambda a: cmd_train(recipe, a))
+    train.set_defaults(func=lambda a: cmd_train(recipe, a), trains=True)
 
     ev = sub.add_parser("eval", help="evaluate saved prompts on the config's eval split")
     add_config_args(ev, required=not hasattr(recipe, "config_from_prompts"))
@@ -424,19 +435,26 @@ def quiet_library_progress(progress_bar: bool) -> None:
 
 
 def check_config_input(args: argparse.Namespace, recipe: Recipe | None = None) -> None:
-    """Reads the ``-c CONFIG`` file and applies the ``--set`` overrides a verb was given, before torch is imported, so
-    a missing file, a file that is not YAML or a malformed override is reported without waiting for it.
+    """Reads the run config a verb was given (``-c CONFIG``, or the one saved in ``--resume RUN_DIR``) and applies
+    the ``--set`` overrides, before torch is imported, so a missing file, a file that is not YAML or a malformed
+    override is reported without waiting for it.
 
     For a verb that reads ``recipe``'s run config (those taking :func:`add_config_args`: ``run_config`` set in its
     arguments), the config is validated too, every problem listed at once as :func:`load_run_config` does: its classes import no
     torch, and a method's config class is found by its declaration (:func:`promptcore.methods.declare_method`)
     without importing the method. Only the checks that need a library (:func:`promptcore.config.library_check`) import
-    it, once the rest is valid. The verb then loads the config as before."""
-    if not getattr(args, "config", None):
+    it, once the rest is valid. A verb that trains (``trains`` set in its arguments) is first refused an engine for
+    several processes (``train.distributed``) when not launched in several, before those checks. The verb then loads
+    the config as before."""
+    source = run_config_source(recipe, args) if recipe is not None else getattr(args, "config", None)
+    if not source:
         return
-    data = apply_overrides(read_yaml(args.config), list(getattr(args, "overrides", [])))
+    data = apply_overrides(read_yaml(source), list(getattr(args, "overrides", [])))
     if recipe is not None and getattr(args, "run_config", False):
-        from_dict(recipe.config_class, data, str(args.config))
+        train = data.get("train") if isinstance(data, dict) else None
+        if getattr(args, "trains", False) and isinstance(train, dict):
+            check_training_processes(train.get("distributed"), int(os.environ.get("WORLD_SIZE", "1")))
+        from_dict(recipe.config_class, data, str(source))
 
 
 def _run(args: argparse.Namespace, recipe: Recipe) -> int:

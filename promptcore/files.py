@@ -1,6 +1,7 @@
 """Prompt files: ``prompts.safetensors`` (prompt tensors and head) and ``prompt_config.json`` (what they fit).
 
-Nothing here unpickles: tensors come from safetensors, metadata from JSON.
+Nothing here unpickles: tensors come from safetensors, metadata from JSON. Torch is imported only to save and
+load the tensors, so ``prompt_config.json`` is read without it.
 """
 
 from __future__ import annotations
@@ -8,15 +9,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from .errors import MissingFileError, UserError
 from .io import atomic_dir, recover_dir
 from .version import FORMAT_VERSION, TOOLKIT, __version__
+
+if TYPE_CHECKING:
+    import torch
 
 TENSORS_FILE = "prompts.safetensors"
 CONFIG_FILE = "prompt_config.json"
@@ -28,6 +30,8 @@ class PromptFileError(UserError):
 
 def save_prompt_files(directory: str | os.PathLike, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> Path:
     """Writes both files into ``directory`` atomically (the folder is replaced whole, or not at all)."""
+    from safetensors.torch import save_file
+
     directory = Path(directory)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     meta = {
@@ -71,6 +75,8 @@ def read_prompt_config(directory: str | os.PathLike) -> dict[str, Any]:
 
 def load_prompt_files(directory: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Reads a prompt folder: ``(tensors, config)``. Checks the tensors against the shapes the config lists."""
+    from safetensors.torch import load_file
+
     meta = read_prompt_config(directory)
     path = Path(directory) / TENSORS_FILE
     if not path.is_file():

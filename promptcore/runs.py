@@ -21,7 +21,8 @@ Every file is written with the atomic helpers of :mod:`promptcore.io` (temp file
 previous checkpoint stays readable until the next one is complete; what a kill leaves of an unfinished write
 (``.NAME.XXXXXXXX.tmp`` files and folders, ``NAME.old`` folders) is cleaned when the run starts or resumes.
 Nothing is unpickled: ``tensors.pt`` is read with ``torch.load(weights_only=True)`` and only ever holds what
-:class:`RunDir` wrote.
+:class:`RunDir` wrote. The module imports torch only to save and load that file, so the file names and the saved
+config are read without it (``train --resume`` checks the config before torch is imported).
 """
 
 from __future__ import annotations
@@ -33,8 +34,6 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from .errors import UserError
 from .io import atomic_dir, atomic_write_text, recover_dir
@@ -246,12 +245,16 @@ class RunDir:
     # ----- training state -------------------------------------------------------------------------------------
     def save_state(self, meta: dict[str, Any], tensors: dict[str, Any]) -> None:
         """Writes ``state/`` whole (folder swap): JSON metadata and a tensor file of plain containers."""
+        import torch
+
         with atomic_dir(self.state) as tmp:
             torch.save(tensors, tmp / STATE_TENSORS)
             (tmp / STATE_JSON).write_text(json.dumps({"format": STATE_FORMAT, **meta}, indent=1) + "\n")
 
     def load_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """Reads ``state/`` back: ``(meta, tensors)``. Only plain containers of tensors load (weights_only)."""
+        import torch
+
         self.check_resumable()
         json_path, tensor_path = self.state / STATE_JSON, self.state / STATE_TENSORS
         try:

@@ -1,18 +1,48 @@
 """The trainer's typed config (the ``train:`` section of every run config) and its ``fsdp`` and ``deepspeed`` sections.
 
-It imports no torch (nor the engines and callbacks, unless the config names some), so a config is validated before
-the libraries load."""
+It imports no torch (nor the engines), so a config is validated before the libraries load: the engines' registry
+(:data:`ENGINES`, filled by :mod:`promptcore.engines`) is defined here with the built-in names declared, and the
+callbacks' module (:mod:`promptcore.callbacks`) imports no torch either."""
 
 from __future__ import annotations
 
 import math
 import sys
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from .callbacks import check_callback_specs
 from .config import ConfigError
 from .errors import UserError
-from .registry import did_you_mean
+from .plugins import known
+from .registry import Registry, did_you_mean
+
+if TYPE_CHECKING:
+    from .engines import Engine
+
+
+@dataclass(frozen=True)
+class EngineTraits:
+    """What a config check needs of an engine, known without importing it (the record of its declaration in
+    :data:`ENGINES`; a test checks it against the engine class).
+
+    Attributes:
+        several_processes: the engine runs over several processes and refuses to train in one
+            (:attr:`promptcore.engines.Engine.several_processes`).
+    """
+
+    several_processes: bool
+
+
+ENGINES: Registry[type["Engine"]] = Registry("engine (train.distributed)")
+"""``train.distributed`` name -> its engine class (:class:`promptcore.engines.Engine`), registered by
+:mod:`promptcore.engines` (which imports torch); the built-in names are declared here with their
+:class:`EngineTraits`, so ``train.distributed`` is checked before torch is imported."""
+ENGINES.declare("plain", "promptcore.engines", EngineTraits(several_processes=False))
+ENGINES.declare("ddp", "promptcore.engines", EngineTraits(several_processes=True))
+ENGINES.declare("fsdp", "promptcore.engines", EngineTraits(several_processes=True))
+ENGINES.declare("deepspeed", "promptcore.engines", EngineTraits(several_processes=True))
+
 
 @dataclass
 class FSDPConfig:
@@ -203,9 +233,7 @@ class TrainConfig:
         if self.distributed == "deepspeed":
             self._check_deepspeed(errors)
         self._check_compile(errors)
-        if self.callbacks:  # the callbacks' module imports torch: only for a config that names some
-            from .callbacks import check_callback_specs  # the registry imports nothing of the trainer's config
-
+        if self.callbacks:
             try:
                 check_callback_specs(self.callbacks)
             except UserError as e:
@@ -248,20 +276,16 @@ class TrainConfig:
                     (_check_rate if key == "lr" else _check_decay)(f"param_groups.{module}.{key}", value, errors)
 
     def _check_engine(self, errors: list[str]) -> bool:
-        """Whether ``distributed`` names an engine (else the problem is in ``errors``). The engines import torch:
-        ``auto`` is checked without them."""
-        if self.distributed == "auto":
+        """Whether ``distributed`` names an engine, registered or declared (else the problem is in ``errors``); the
+        engines are not imported."""
+        if self.distributed == "auto" or known(ENGINES, self.distributed):
             return True
-        from .engines import ENGINES  # the engines import this module's sections only when type checking
-
-        if self.distributed not in ENGINES:
-            known = ["auto", *ENGINES.names()]
-            errors.append(
-                f"distributed: unknown engine {self.distributed!r}.{did_you_mean(str(self.distributed), known)} "
-                f"Known: {', '.join(known)} (a new engine is registered in promptcore.engines.ENGINES)"
-            )
-            return False
-        return True
+        names = ["auto", *ENGINES.known_names()]
+        errors.append(
+            f"distributed: unknown engine {self.distributed!r}.{did_you_mean(str(self.distributed), names)} "
+            f"Known: {', '.join(names)} (a new engine is registered in promptcore.engines.ENGINES)"
+        )
+        return False
 
     def _check_sections(self, errors: list[str], engine_known: bool) -> None:
         """The ``fsdp`` and ``deepspeed`` sections: built from mappings, and set only for their engine."""
@@ -334,6 +358,33 @@ class TrainConfig:
         elif has_warmup and (self.warmup_type == "constant" or self.schedule_unit == "epoch"):
             what = "a constant warmup holds" if self.warmup_type == "constant" else "a linear per-epoch warmup starts at"
             errors.append(f"warmup_lr: required, {what} warmup_lr (Dassl's CoOp presets use 1.0e-5)")
+
+
+def one_process_error(name: str) -> UserError:
+    """The refusal of a training run in one process with ``train.distributed: name``, an engine for several."""
+    return UserError(
+        f"train.distributed: {name} needs several processes, this run has 1; launch it with "
+        f"`torchrun --nproc_per_node N ...` or `accelerate launch --num_processes N ...`, or set "
+        f"train.distributed: auto for one process"
+    )
+
+
+def check_training_processes(distributed: Any, world_size: int) -> None:
+    """Refuses, before torch is imported, what :func:`promptcore.engines.resolve_engine` refuses of a training run of
+    ``world_size`` processes (the launcher's ``WORLD_SIZE``): an engine for several processes in one.
+
+    Args:
+        distributed: ``train.distributed`` as the config gives it; a value that names no engine is left to the
+            config's own checks.
+
+    Raises:
+        UserError: :func:`one_process_error`.
+    """
+    if world_size != 1 or not isinstance(distributed, str) or distributed == "auto" or not known(ENGINES, distributed):
+        return
+    traits = ENGINES.declaration(distributed).record if distributed not in ENGINES else None
+    if (traits or ENGINES.get(distributed)).several_processes:  # an engine declared without traits is imported
+        raise one_process_error(distributed)
 
 
 def _check_rate(name: str, value: float, errors: list[str]) -> None:

@@ -231,6 +231,44 @@ def test_an_unknown_registered_name_is_reported_without_importing_torch(package,
     assert not modules & set(CONFIG_HEAVY), sorted(modules & set(CONFIG_HEAVY))
 
 
+def config_report(argv: list[str], message: str) -> None:
+    """Runs the console script ``argv`` and checks that it ends, without importing torch or the model and data
+    libraries, in one ``error:`` naming ``message``."""
+    modules, proc = imported_by([console_script(argv[0]), *argv[1:]])
+    report = "\n".join(line for line in proc.stderr.splitlines() if not line.startswith("import time:"))
+    assert proc.returncode == 2 and message in report and report.count("error:") == 1, report[-2000:]
+    assert "Traceback" not in report, report[-2000:]
+    assert not modules & set(CONFIG_HEAVY), sorted(modules & set(CONFIG_HEAVY))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("package, overrides, message", [
+    ("vpt", ["train.distributed=fsdpp"], "train.distributed: unknown engine 'fsdpp'. Did you mean 'fsdp'"),
+    ("vpt", ["train.distributed=fsdp"], "train.distributed: fsdp needs several processes, this run has 1"),
+    ("textpt", ["train.distributed=deepspeed"], "train.distributed: deepspeed needs several processes, this run has 1"),
+    ("vpt", ["train.callbacks=[step_timr]"], "train.callbacks[0]: unknown callback 'step_timr'. Did you mean 'step_timer'?"),
+    # gpa is declared by vpt.clip, whose light part the unknown name loads; a declared name passes without torch
+    ("vpt", ["train.callbacks=[gpx]"], "train.callbacks[0]: unknown callback 'gpx'. Did you mean 'gpa'?"),
+    ("vpt.clip", ["train.callbacks=[gpa, {name: early_stopping, patience: 0}]"], "train.callbacks[1] (early_stopping): patience: must be"),
+    ("textpt", ["prompt.num_classes=3"], "prompt.num_classes: 3 does not match data.num_classes 2 of the synthetic data"),
+    ("textpt", ["model.task=seq2seq", "data.packing=true"], "data.packing: true packs the batches of decoder-only models"),
+    ("textpt", ["model.task=seq_cls", "prompt.verbalizer=null", "data.num_classes=9"], "num_classes must be between 2 and 8, got 9"),
+])
+def test_engines_callbacks_and_checks_across_sections_are_reported_without_importing_torch(package, overrides, message, monkeypatch):
+    # the engines' and the callbacks' names, the tasks' traits and the synthetic class names are declared torch-free
+    monkeypatch.delenv("WORLD_SIZE", raising=False)  # one process, as outside a launcher
+    sets = [a for o in overrides for a in ("--set", o)]
+    config_report([package.split(".")[0], "train", "-c", RUN_CONFIGS[package][0], *sets], message)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prog", ["vpt", "textpt"])
+def test_the_saved_config_of_a_resumed_run_is_checked_without_importing_torch(prog, tmp_path):
+    (tmp_path / "config.yaml").write_text((ROOT / RUN_CONFIGS[prog][0]).read_text())
+    config_report([prog, "train", "--resume", str(tmp_path), "--set", "train.lr=abc"], "train.lr: expected a number, found str 'abc'")
+    config_report([prog, "train", "--resume", str(tmp_path), "-c", RUN_CONFIGS[prog][0]], "--resume reads the config saved in")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("verb", [["base2new"], ["interpret", "--prompts", "runs/none"]])
 def test_a_config_error_of_a_declared_clip_verb_comes_without_importing_torch(verb):
@@ -276,7 +314,10 @@ def test_a_declared_name_is_known_before_its_module_registers_it():
 
 
 # The registries whose names the toolkit's packages declare, besides the methods': (module, registry).
-DECLARING_REGISTRIES = [("textpt.config", "TASKS"), ("vpt.config", "HEADS"), ("vpt.config", "SOURCES"), ("vlmpt.config", "FAMILIES")]
+DECLARING_REGISTRIES = [
+    ("textpt.config", "TASKS"), ("vpt.config", "HEADS"), ("vpt.config", "SOURCES"), ("vlmpt.config", "FAMILIES"),
+    ("promptcore.train_config", "ENGINES"),
+]
 
 
 @pytest.mark.parametrize("module, name", DECLARING_REGISTRIES)
@@ -290,6 +331,41 @@ def test_the_declared_names_are_those_the_packages_register(module, name):
         assert key in registry, (key, declaration.module)
     load_plugins()  # every package in full: nothing registered that is not declared
     assert registry.names() == [k for k, _ in declared]
+
+
+def test_the_declared_traits_are_those_of_the_registered_classes():
+    # what a config check reads of a declaration without importing torch is what the registered entry says
+    from promptcore.train_config import ENGINES
+    from textpt.config import TASKS
+
+    load_plugins(lazy=True)
+    importlib.import_module("promptcore.engines")
+    importlib.import_module("textpt.tasks")
+    for name, declaration in ENGINES.declarations():
+        assert declaration.record.several_processes is ENGINES.get(name).several_processes, name
+    assert {n for n, d in ENGINES.declarations() if d.record.several_processes} == {"ddp", "fsdp", "deepspeed"}
+    for name, declaration in TASKS.declarations():
+        task, traits = TASKS.get(name), declaration.record
+        assert isinstance(task, type(traits)) and task.name == traits.name == name, name
+        assert (task.decoder_only, task.label_words) == (traits.decoder_only, traits.label_words), name
+        assert type(task).check_run is type(traits).check_run, name
+
+
+def test_a_declared_callback_is_registered_by_its_module_and_built_from_a_config():
+    from promptcore.callbacks import CALLBACKS, build_callback
+    from promptcore.config import ConfigError, load_config
+    from vpt.run_config import VisionRunConfig
+
+    load_plugins(lazy=True)
+    declared = CALLBACKS.declarations()
+    assert [n for n, _ in declared] == ["gpa"]
+    for name, declaration in declared:
+        importlib.import_module(declaration.module)
+        assert CALLBACKS.get(name).__module__ == declaration.module
+    assert type(build_callback({"name": "gpa", "mean": 5, "std": 2})).__name__ == "GaussianPromptAggregation"
+    config = ROOT / RUN_CONFIGS["vpt.clip"][0]
+    with pytest.raises(ConfigError, match=r"train.callbacks\[0\].bogus: unknown argument of callback 'gpa'. It takes mean, std"):
+        load_config(VisionRunConfig, config, ["train.callbacks=[{name: gpa, bogus: 1}]"])
 
 
 def test_a_library_check_runs_once_the_rest_of_the_config_is_valid():

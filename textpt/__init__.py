@@ -36,7 +36,8 @@ import promptcore
 from promptcore.methods import declare_method
 from promptcore.plugins import lazy_exports
 
-from .config import TASKS as _TASKS  # declared below; not a public name of the package
+# declared below; not public names of the package
+from .config import TASKS as _TASKS, CausalLMTraits as _CausalLM, Seq2SeqTraits as _Seq2Seq, SequenceClassificationTraits as _SeqCls
 
 if TYPE_CHECKING:
     from torch import nn
@@ -98,10 +99,11 @@ declare_method("dept", "text", config=("textpt.config", "DePTConfig"), module="t
 declare_method("linear_probe", "text", config=("textpt.config", "LinearProbeConfig"), module="textpt.linear_probe")
 declare_method("zero_shot", "text", config=("textpt.config", "ZeroShotConfig"), module="textpt.zero_shot")
 
-# The model tasks (model.task), registered by textpt.tasks: a config names them before torch is imported.
-_TASKS.declare("causal_lm", "textpt.tasks")
-_TASKS.declare("seq2seq", "textpt.tasks")
-_TASKS.declare("seq_cls", "textpt.tasks")
+# The model tasks (model.task), registered by textpt.tasks, with their traits: a config names them, and is checked
+# across its sections, before torch is imported.
+_TASKS.declare(_CausalLM.name, "textpt.tasks", _CausalLM())
+_TASKS.declare(_Seq2Seq.name, "textpt.tasks", _Seq2Seq())
+_TASKS.declare(_SeqCls.name, "textpt.tasks", _SeqCls())
 
 
 def wrap(

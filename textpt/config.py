@@ -7,9 +7,10 @@ file, :mod:`textpt.prompt_tuning`, :mod:`textpt.p_tuning`, :mod:`textpt.prefix`,
 
 This module imports no torch (nor transformers or datasets): ``textpt train`` validates a config, and reports its
 errors, before they load. The model tasks are registered in :data:`TASKS` by :mod:`textpt.tasks` (which imports
-torch) and declared in the package's ``__init__``, so ``model.task`` is checked without it. A check that needs a
-library (``random:`` model kwargs: transformers) goes through :func:`promptcore.config.library_check`, after the rest
-of the config is found valid.
+torch) and declared in the package's ``__init__`` with their :class:`TaskTraits` (what the checks of a run config
+ask of a task, the base of each task's class), so ``model.task`` and the checks across sections run without it. A
+check that needs a library (``random:`` model kwargs: transformers) goes through
+:func:`promptcore.config.library_check`, after the rest of the config is found valid.
 
 Each ``__post_init__`` rejects a bad value with ``ValueError("field: message")`` so that
 :func:`promptcore.config.load_config` reports it next to the other problems of the file.
@@ -34,7 +35,80 @@ if TYPE_CHECKING:
     from .tasks import TextTask
 
 TASKS: Registry["TextTask"] = Registry("text model task")
-"""Task name -> its strategy (:class:`textpt.tasks.TextTask`, registered by :mod:`textpt.tasks`)."""
+"""Task name -> its strategy (:class:`textpt.tasks.TextTask`, registered by :mod:`textpt.tasks`); the toolkit's tasks
+are declared (in the package's ``__init__``) with their :class:`TaskTraits`."""
+
+
+class TaskTraits:
+    """What the checks of a run config ask of a model task, free of torch: the base of
+    :class:`textpt.tasks.TextTask` (each built-in task's class subclasses its traits' class, so the two cannot differ),
+    and the record its name is declared with in :data:`TASKS` (:func:`task_traits`).
+
+    Attributes:
+        name: the task's name (``model.task`` in run configs).
+        decoder_only: the model is a decoder-only LM (its prompt can be a key/value prefix).
+        label_words: the model classifies through label words (a verbalizer), not a head.
+    """
+
+    name: ClassVar[str] = ""
+    decoder_only: ClassVar[bool] = False
+    label_words: ClassVar[bool] = False
+
+    def check_run(self, prompt: "TextMethodConfig", target_column: str | None) -> None:
+        """Raises ``ValueError("section.field: ...")`` when a run of this task cannot learn with the method config
+        ``prompt`` from data whose targets are ``target_column`` (``None``: class labels)."""
+
+
+class CausalLMTraits(TaskTraits):
+    """``causal_lm`` (:class:`textpt.tasks.CausalLM`): learns to write targets, or classifies by label words."""
+
+    name = "causal_lm"
+    decoder_only = True
+    label_words = True
+
+    _NEEDS = (
+        "model.task causal_lm needs prompt.verbalizer (one word per class, to classify by scoring them) or "
+        "data.target_column (target texts, to train generation)"
+    )
+
+    def check_run(self, prompt: "TextMethodConfig", target_column: str | None) -> None:
+        if prompt.verbalizer and target_column is not None:
+            raise UserError(
+                "prompt.verbalizer: with data.target_column set, a causal_lm run learns to write the targets, so it "
+                "takes no verbalizer; drop one of the two (verbalizer: classify; target_column: generate)"
+            )
+        if not prompt.verbalizer and target_column is None:
+            raise UserError(f"data.target_column: {self._NEEDS}")
+
+
+class Seq2SeqTraits(TaskTraits):
+    """``seq2seq`` (:class:`textpt.tasks.Seq2Seq`): learns target texts or the verbalizer's words."""
+
+    name = "seq2seq"
+    label_words = True
+
+    def check_run(self, prompt: "TextMethodConfig", target_column: str | None) -> None:
+        if target_column is None and not prompt.verbalizer:
+            raise UserError("prompt.verbalizer: a seq2seq run learns data.target_column or the verbalizer's words; set one of them")
+
+
+class SequenceClassificationTraits(TaskTraits):
+    """``seq_cls`` (:class:`textpt.tasks.SequenceClassification`): a trainable head of ``prompt.num_classes``."""
+
+    name = "seq_cls"
+
+    def check_run(self, prompt: "TextMethodConfig", target_column: str | None) -> None:
+        if prompt.num_classes is None:
+            raise UserError("prompt.num_classes: model.task seq_cls needs the number of classes (the head's size)")
+
+
+def task_traits(name: str) -> TaskTraits:
+    """The traits of model task ``name`` (registered or declared, :func:`check_task`): the registered task, else the
+    record of its declaration (nothing imported), else the task its declaration's module registers."""
+    if name not in TASKS and TASKS.declaration(name).record is not None:
+        return TASKS.declaration(name).record
+    return TASKS.get(name)
+
 
 PoolingName = Literal["auto", "cls", "mean", "last", "pooler"]
 POOLING_ATTR = "textpt_pooling"

@@ -16,12 +16,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from promptcore.config import check_sources, library_check
+from promptcore.config import check_sources
 from promptcore.errors import UserError
 from promptcore.methods import method_config
 from promptcore.train_config import TrainConfig
 
-from .config import PromptTuningConfig, TextDataConfig, TextMethodConfig, TextModelConfig
+from .config import PromptTuningConfig, TextDataConfig, TextMethodConfig, TextModelConfig, task_traits
 from .sources import SOURCES
 
 
@@ -68,7 +68,7 @@ class TextRunConfig:
 
     def __post_init__(self) -> None:
         check_sources(self, self.source)
-        library_check(self._check_sections)  # the model tasks and the synthetic data's class names import torch
+        self._check_sections()  # free of torch: the tasks' traits are declared, the synthetic class names need no data
 
     def _check_sections(self) -> None:
         """The checks across sections (see the class's docstring)."""
@@ -99,12 +99,10 @@ def known_class_names(data: TextDataConfig) -> list[str] | None:
 def resolve_prompt(task: str, prompt: TextMethodConfig, data: TextDataConfig) -> TextMethodConfig:
     """``prompt`` with the defaults of a source that knows its classes (see :class:`TextRunConfig`): a new config,
     or ``prompt`` itself when nothing is filled in."""
-    from .tasks import TASKS  # imports torch
-
     names = known_class_names(data)
     if names is None:
         return prompt
-    if TASKS.get(task).label_words and prompt.verbalizer is None and data.target_column is None:
+    if task_traits(task).label_words and prompt.verbalizer is None and data.target_column is None:
         return dataclasses.replace(prompt, verbalizer=[" " + name for name in names], num_classes=None)
     if prompt.num_classes is None:
         return dataclasses.replace(prompt, num_classes=len(names))
@@ -113,20 +111,18 @@ def resolve_prompt(task: str, prompt: TextMethodConfig, data: TextDataConfig) ->
 
 def _check(model: TextModelConfig, prompt: TextMethodConfig, data: TextDataConfig) -> None:
     """The checks across sections of a resolved run config; raises ``ValueError("section.field: ...")``."""
-    from .tasks import TASKS  # imports torch
-
-    task = model.task
+    task, traits = model.task, task_traits(model.task)
     try:
         prompt.check_task(task, data.target_column)
     except ValueError as e:
         raise UserError(f"prompt.{e}") from None
-    TASKS.get(task).check_run(prompt, data.target_column)
+    traits.check_run(prompt, data.target_column)
     if data.task_column is None and prompt.num_tasks > 1:
         raise UserError(
             f"data.task_column: prompt.num_tasks is {prompt.num_tasks}, so batches need per-row task ids; name the column "
             f"holding them"
         )
-    if data.packing is True and not TASKS.get(task).decoder_only:
+    if data.packing is True and not traits.decoder_only:
         raise UserError(
             f"data.packing: true packs the batches of decoder-only models (causal_lm); model.task {task} runs padded "
             f"batches, so set data.packing: auto or false"

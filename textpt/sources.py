@@ -88,11 +88,34 @@ def check_utf8(path: str) -> None:
 
 
 # ----- the toolkit's sources ------------------------------------------------------------------------------------
+SYNTHETIC_KEYWORDS: tuple[str, ...] = (
+    "excellent wonderful superb delightful brilliant",
+    "terrible awful dreadful boring painful",
+    "rocket planet orbit galaxy comet",
+    "recipe kitchen flavor baking spice",
+    "goal match striker league referee",
+    "court judge verdict lawyer trial",
+    "guitar melody chorus rhythm concert",
+    "forest river mountain valley meadow",
+)
+"""The keywords of each class of :class:`textpt.synthetic.SyntheticTexts`, in class order (here, free of torch, so
+the class names are known when a config is checked)."""
+
+
+def synthetic_class_keywords(num_classes: int) -> list[list[str]]:
+    """The keywords of the first ``num_classes`` synthetic classes.
+
+    Raises:
+        UserError: ``num_classes`` is not between 2 and the number of keyword sets.
+    """
+    if not 2 <= num_classes <= len(SYNTHETIC_KEYWORDS):
+        raise UserError(f"num_classes must be between 2 and {len(SYNTHETIC_KEYWORDS)}, got {num_classes}")
+    return [k.split() for k in SYNTHETIC_KEYWORDS[:num_classes]]
+
+
 def synthetic_class_names(cfg: "TextDataConfig") -> list[str]:
     """The synthetic source's class keywords (one per class: a natural verbalizer), without building the data."""
-    from .synthetic import SyntheticTexts
-
-    return SyntheticTexts(num_samples=1, num_classes=cfg.num_classes, seed=cfg.seed).class_names
+    return [keywords[0] for keywords in synthetic_class_keywords(cfg.num_classes)]
 
 
 def _load_synthetic(cfg: "TextDataConfig") -> dict[str, Any]:
@@ -179,4 +202,13 @@ SOURCES.add("asset", TextSource(
     _load_asset, _NAME, describe=_named_dataset, resplits=True, summary="an offline dataset asset (textpt.assets)"
 ))
 
-__all__ = ["DataError", "MissingSplitError", "SOURCES", "TextSource", "check_utf8", "synthetic_class_names"]
+__all__ = [
+    "DataError",
+    "MissingSplitError",
+    "SOURCES",
+    "SYNTHETIC_KEYWORDS",
+    "TextSource",
+    "check_utf8",
+    "synthetic_class_keywords",
+    "synthetic_class_names",
+]

@@ -13,22 +13,13 @@ from torch.utils.data import Dataset
 from promptcore.data import split_seed
 from promptcore.errors import UserError
 
+from .sources import SYNTHETIC_KEYWORDS, synthetic_class_keywords
+
 _FILLER = (
     "the a of and to in is it that was for on with as this but his by from they at be one have not all are an "
     "what so out there about which when up their who would if some time her could into more very story film people"
 ).split()
-_KEYWORDS = (
-    "excellent wonderful superb delightful brilliant",
-    "terrible awful dreadful boring painful",
-    "rocket planet orbit galaxy comet",
-    "recipe kitchen flavor baking spice",
-    "goal match striker league referee",
-    "court judge verdict lawyer trial",
-    "guitar melody chorus rhythm concert",
-    "forest river mountain valley meadow",
-)
-
-SYNTHETIC_WORDS: tuple[str, ...] = tuple(dict.fromkeys((*_FILLER, *" ".join(_KEYWORDS).split())))
+SYNTHETIC_WORDS: tuple[str, ...] = tuple(dict.fromkeys((*_FILLER, *" ".join(SYNTHETIC_KEYWORDS).split())))
 """Every word :class:`SyntheticTexts` can emit (tiny offline tokenizers include them)."""
 
 
@@ -45,11 +36,9 @@ class SyntheticTexts(Dataset):
         seed: int = 0,
         split: Literal["train", "validation", "test"] = "train",
     ) -> None:
-        if not 2 <= num_classes <= len(_KEYWORDS):
-            raise UserError(f"num_classes must be between 2 and {len(_KEYWORDS)}, got {num_classes}")
+        keywords = synthetic_class_keywords(num_classes)
         if num_samples <= 0:
             raise UserError(f"num_samples must be positive, got {num_samples}")
-        keywords = [k.split() for k in _KEYWORDS[:num_classes]]
         g = torch.Generator().manual_seed(split_seed(seed, split))
         self.labels = (torch.arange(num_samples) % num_classes)[torch.randperm(num_samples, generator=g)]
         self.texts = []

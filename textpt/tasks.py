@@ -49,12 +49,11 @@ from torch import nn
 from promptcore.errors import UserError
 
 from .attention_prefix import prefixes_during
-from .config import TASKS, trainable_dtype
+from .config import TASKS, CausalLMTraits, Seq2SeqTraits, SequenceClassificationTraits, TaskTraits, trainable_dtype
 from .fast_prefix import cache_argument, generation_cache
 from .padding import first_token_index, last_token_index, pad_token_id, repad
 
 if TYPE_CHECKING:
-    from .config import TextMethodConfig
     from .data import ExampleEncoder
     from .model import TextPromptedModel
 
@@ -68,26 +67,17 @@ def upcast(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
-class TextTask:
+class TextTask(TaskTraits):
     """One model task. Subclasses set the class attributes and override what their task supports; the defaults
-    refuse with a message naming the task.
+    refuse with a message naming the task. What the checks of a run config ask of a task (``name``,
+    ``decoder_only``, ``label_words``, ``check_run``) is in its base, :class:`textpt.config.TaskTraits`, free of torch:
+    the toolkit's tasks subclass their traits' class, declared with their names.
 
     Attributes:
-        name: the task's name (``model.task`` in run configs).
         auto_class: the transformers ``Auto`` class that loads a model for the task.
-        decoder_only: the model is a decoder-only LM (its prompt can be a key/value prefix).
-        label_words: the model classifies through label words (a verbalizer), not a head.
     """
 
-    name: ClassVar[str] = ""
     auto_class: ClassVar[str] = ""
-    decoder_only: ClassVar[bool] = False
-    label_words: ClassVar[bool] = False
-
-    # ----- configuration --------------------------------------------------------------------------------------
-    def check_run(self, prompt: "TextMethodConfig", target_column: str | None) -> None:
-        """Raises ``ValueError("section.field: ...")`` when a run of this task cannot learn with the method config
-        ``prompt`` from data whose targets are ``target_column`` (``None``: class labels)."""
 
     def classifies(self, model: "TextPromptedModel") -> bool:
         """Whether the model's outputs are class scores (trained on ``labels``) rather than tokens."""
@@ -230,27 +220,10 @@ class TextCollator:
         return batch
 
 
-class CausalLM(TextTask):
+class CausalLM(CausalLMTraits, TextTask):
     """Decoder-only LMs: learns to write targets (``lm_labels``), or classifies by scoring the verbalizer's words."""
 
-    name = "causal_lm"
     auto_class = "AutoModelForCausalLM"
-    decoder_only = True
-    label_words = True
-
-    def check_run(self, prompt: "TextMethodConfig", target_column: str | None) -> None:
-        if prompt.verbalizer and target_column is not None:
-            raise UserError(
-                "prompt.verbalizer: with data.target_column set, a causal_lm run learns to write the targets, so it "
-                "takes no verbalizer; drop one of the two (verbalizer: classify; target_column: generate)"
-            )
-        if not prompt.verbalizer and target_column is None:
-            raise UserError(f"data.target_column: {self._NEEDS}")
-
-    _NEEDS = (
-        "model.task causal_lm needs prompt.verbalizer (one word per class, to classify by scoring them) or "
-        "data.target_column (target texts, to train generation)"
-    )
 
     def learns_labels(self, target_column: str | None) -> bool:
         return target_column is None
@@ -397,16 +370,10 @@ def rows_per_input(backbone: nn.Module, generate_kwargs: dict[str, Any]) -> int:
     return max(int(generate_kwargs.get(name, getattr(config, name, None)) or 1) for name in ("num_beams", "num_return_sequences"))
 
 
-class Seq2Seq(TextTask):
+class Seq2Seq(Seq2SeqTraits, TextTask):
     """Encoder-decoder LMs (T5): the encoder input carries the prompt; the decoder learns target texts."""
 
-    name = "seq2seq"
     auto_class = "AutoModelForSeq2SeqLM"
-    label_words = True
-
-    def check_run(self, prompt: "TextMethodConfig", target_column: str | None) -> None:
-        if target_column is None and not prompt.verbalizer:
-            raise UserError("prompt.verbalizer: a seq2seq run learns data.target_column or the verbalizer's words; set one of them")
 
     def learns_labels(self, target_column: str | None) -> bool:
         return target_column is None
@@ -490,15 +457,10 @@ def label_word_target(tokenizer: Any, word: str) -> list[int]:
     return list(tokenizer(word.strip(), add_special_tokens=True)["input_ids"])
 
 
-class SequenceClassification(TextTask):
+class SequenceClassification(SequenceClassificationTraits, TextTask):
     """Encoders (BERT): a trainable linear head on pooled features (:meth:`resolve_pooling`, :func:`pool`)."""
 
-    name = "seq_cls"
     auto_class = "AutoModel"
-
-    def check_run(self, prompt: "TextMethodConfig", target_column: str | None) -> None:
-        if prompt.num_classes is None:
-            raise UserError("prompt.num_classes: model.task seq_cls needs the number of classes (the head's size)")
 
     def classifies(self, model: "TextPromptedModel") -> bool:
         return True
@@ -632,8 +594,8 @@ def sentence_transformers_pooling(backbone: nn.Module) -> str | None:
     )
 
 
-# The registry is defined in textpt.config (free of torch) and these names declared in textpt's __init__, so a config
-# is checked against them before torch is imported.
+# The registry and each task's traits are defined in textpt.config (free of torch), and these names declared in
+# textpt's __init__ with their traits, so a config is checked against them before torch is imported.
 TASKS.add(CausalLM.name, CausalLM())
 TASKS.add(Seq2Seq.name, Seq2Seq())
 TASKS.add(SequenceClassification.name, SequenceClassification())

@@ -10,7 +10,9 @@ built-in ones) and is registered like every other extension::
     class MyEngine(Engine):
         ...
 
-after which ``train.distributed: my_engine`` selects it (docs/extending.md).
+after which ``train.distributed: my_engine`` selects it (docs/extending.md). The registry is defined in
+:mod:`promptcore.train_config` (free of torch), where the built-in names are declared, so a config's
+``train.distributed`` is checked before this package loads.
 """
 
 from __future__ import annotations
@@ -19,14 +21,13 @@ import sys
 from typing import Any
 
 from ..errors import UserError
-from ..registry import Registry
+from ..train_config import ENGINES, one_process_error
 from .base import Engine
 from .ddp import DDPEngine
 from .deepspeed import DeepSpeedEngine
 from .fsdp import FSDPEngine
 from .plain import PlainEngine
 
-ENGINES: Registry[type[Engine]] = Registry("engine (train.distributed)")
 ENGINES.add("plain", PlainEngine)
 ENGINES.add("ddp", DDPEngine)
 ENGINES.add("fsdp", FSDPEngine)
@@ -52,11 +53,7 @@ def resolve_engine(name: str, world_size: int, trains: bool = True) -> type[Engi
                 file=sys.stderr,
             )
             return PlainEngine
-        raise UserError(
-            f"train.distributed: {name} needs several processes, this run has 1; launch it with "
-            f"`torchrun --nproc_per_node N ...` or `accelerate launch --num_processes N ...`, or set "
-            f"train.distributed: auto for one process"
-        )
+        raise one_process_error(name)
     return engine
 
 

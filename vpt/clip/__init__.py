@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from promptcore.callbacks import CALLBACKS as _CALLBACKS  # declared below; not a public name of the package
 from promptcore.cli import declare_command
 from promptcore.methods import declare_method
 from promptcore.plugins import lazy_exports
@@ -89,6 +90,8 @@ declare_method("clip_zeroshot", "vision", config=("vpt.clip.config", "ZeroShotCL
 
 # The head of zero-shot class weights (prompt.head: zeroshot): a config names it before torch is imported.
 _HEADS.declare("zeroshot", "vpt.clip.zeroshot")
+# PromptSRC's Gaussian prompt aggregation (train.callbacks: [gpa]): named by a config before torch is imported.
+_CALLBACKS.declare("gpa", "vpt.clip.promptsrc")
 
 __all__ = [
     "CLIPContextConfig",
