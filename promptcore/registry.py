@@ -91,13 +91,7 @@ class Registry(Generic[T]):
         Raises:
             KeyError: the name is taken (the message names the first registration).
         """
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"{self.kind} names are non-empty strings, got {name!r}")
-        if name in self._entries:
-            raise KeyError(
-                f"{self.kind} {name!r} is already registered (by {self._entries[name]!r}); "
-                f"choose another name or remove the first registration."
-            )
+        self._check_new(name, "registered", repr(self._entries[name]) if name in self._entries else None)
         self._entries[name] = obj
         return obj
 
@@ -127,15 +121,18 @@ class Registry(Generic[T]):
         Raises:
             KeyError: the name is declared already.
         """
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"{self.kind} names are non-empty strings, got {name!r}")
-        if name in self._declared:
-            raise KeyError(
-                f"{self.kind} {name!r} is already declared (by {self._declared[name].module}); choose another name or "
-                f"remove the first declaration."
-            )
+        self._check_new(name, "declared", self._declared[name].module if name in self._declared else None)
         self._declared[name] = Declaration(name, module, record)
         return self._declared[name]
+
+    def _check_new(self, name: Any, how: str, by: str | None) -> None:
+        """Refuses a name that is not a non-empty string, or one already ``how`` ("registered" / "declared") ``by``
+        the first registration or declaration (None: not yet)."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{self.kind} names are non-empty strings, got {name!r}")
+        if by is not None:
+            what = "registration" if how == "registered" else "declaration"
+            raise KeyError(f"{self.kind} {name!r} is already {how} (by {by}); choose another name or remove the first {what}.")
 
     def declaration(self, name: str) -> Declaration:
         """The declaration of ``name``.
