@@ -452,9 +452,13 @@ def check_config_input(args: argparse.Namespace, recipe: Recipe | None = None) -
     data = apply_overrides(read_yaml(source), list(getattr(args, "overrides", [])))
     if recipe is not None and getattr(args, "run_config", False):
         train = data.get("train") if isinstance(data, dict) else None
+        problems = []
         if getattr(args, "trains", False) and isinstance(train, dict):
-            check_training_processes(train.get("distributed"), int(os.environ.get("WORLD_SIZE", "1")))
-        from_dict(recipe.config_class, data, str(source))
+            try:
+                check_training_processes(train.get("distributed"), int(os.environ.get("WORLD_SIZE", "1")))
+            except UserError as e:
+                problems.append(str(e))
+        from_dict(recipe.config_class, data, str(source), problems)
 
 
 def _run(args: argparse.Namespace, recipe: Recipe) -> int:

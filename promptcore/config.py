@@ -263,9 +263,14 @@ class _Invalid:
         self.cls = cls
 
 
-def from_dict(cls: type[C], data: dict, source: str | None = None) -> C:
-    """Builds config ``cls`` from a plain dict, raising one :class:`ConfigError` that lists every problem."""
-    errors: list[str] = []
+def from_dict(cls: type[C], data: dict, source: str | None = None, problems: Sequence[str] = ()) -> C:
+    """Builds config ``cls`` from a plain dict, raising one :class:`ConfigError` that lists every problem.
+
+    Args:
+        problems: problems the caller found already, listed first (the checks that need a library then wait, as
+            after any problem).
+    """
+    errors: list[str] = list(problems)
     if not isinstance(data, dict):
         raise ConfigError([f"top level: expected a mapping, found {type(data).__name__}"], source)
     token = _DEFERRED.set([])

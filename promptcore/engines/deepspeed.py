@@ -148,10 +148,9 @@ def forget_zero3_model_building() -> None:
     the next command of a script) fails to load ("Cannot copy out of meta tensor"). The toolkit builds its model
     before the engine and partitions it in ``deepspeed.initialize``, so the registration is dropped at once, with
     transformers' own ``unset_hf_deepspeed_config``."""
-    if "transformers" in sys.modules:
-        from transformers.integrations import unset_hf_deepspeed_config
-
-        unset_hf_deepspeed_config()
+    integration = sys.modules.get("transformers.integrations.deepspeed")  # what the plugin registers through
+    if integration is not None:
+        integration.unset_hf_deepspeed_config()
 
 
 class DeepSpeedEngine(Engine):
