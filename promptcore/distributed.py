@@ -31,6 +31,7 @@ from torch import nn
 from .errors import UserError
 from .memory import tensor_bytes
 from .train_config import DeepSpeedConfig, FSDPConfig  # noqa: F401 - the sections, defined free of torch there
+from .vocab_parallel import check_vocabulary_layers, shard_vocabulary, vocabulary_shards
 
 DEEPSPEED_EXTRA = "pip install 'prompttune[deepspeed]'"
 
@@ -312,14 +313,61 @@ def shard_model(root: nn.Module, model: nn.Module, config: FSDPConfig, world_siz
     mesh = init_device_mesh(device.type, (world_size,))
     on_mesh_device(model, torch.device("cpu") if device.type == "cpu" else device)
     offload = CPUOffloadPolicy() if config.cpu_offload else OffloadPolicy()
+    layers = vocabulary_layers_to_shard(model, config, world_size, units)
+    if layers is not None:
+        import torch.distributed as dist
+
+        shard_vocabulary(model, *layers, world_size, dist.get_rank())
     # Left whole on every process: the prompts, scalar weights (CLIP's logit_scale), which FSDP cannot shard, and
-    # the modules the config keeps whole.
+    # the modules the config keeps whole. Left to themselves: the vocabulary shards, already this process's rows.
     kept = set(model.prompt_parameters()) | {p for p in model.parameters() if p.dim() == 0}
     kept |= {p for module in whole_modules(model, config.keep_whole) for p in module.parameters()}
+    kept |= {p for module in vocabulary_shards(model) for p in module.parameters()}
     for unit in units:
         fully_shard(unit, mesh=mesh, reshard_after_forward=config.reshard_after_forward, offload_policy=offload, ignored_params=kept)
     fully_shard(root, mesh=mesh, reshard_after_forward=config.reshard_after_forward, offload_policy=offload, ignored_params=kept)
     return units
+
+
+def vocabulary_layers_to_shard(model: nn.Module, config: FSDPConfig, world_size: int, units: list[nn.Module]) -> tuple[nn.Module, nn.Module] | None:
+    """The token embedding and LM head of ``model`` that ``train.fsdp.shard_vocabulary`` shards by vocabulary
+    (:mod:`promptcore.vocab_parallel`) over ``world_size`` processes, or None.
+
+    A model offers them through ``model.vocabulary_layers()`` (text models of ``model.task: causal_lm``), which
+    raises a :class:`UserError` saying why where it cannot. ``auto`` shards them when it can and their weights (the
+    embedding, and the head unless tied) are larger than the largest of the block ``units``: FSDP gathers one unit
+    at a time, so a larger vocabulary matrix, gathered whole, would set the peak; a module named in
+    ``train.fsdp.keep_whole`` is kept whole.
+
+    Raises:
+        UserError: ``shard_vocabulary: true`` for a model that cannot be sharded by vocabulary (the reason named).
+    """
+    if config.shard_vocabulary is False or world_size == 1:
+        return None
+    try:
+        offer = getattr(model, "vocabulary_layers", None)
+        if offer is None:
+            raise UserError(
+                f"train.fsdp.shard_vocabulary: {type(model).__name__} has no token embedding and LM head to shard (text "
+                f"models of model.task: causal_lm have); set train.fsdp.shard_vocabulary: auto or false"
+            )
+        embedding, head = offer()
+        check_vocabulary_layers(embedding, head)
+        whole = {id(m) for m in whole_modules(model, config.keep_whole)}
+        if id(embedding) in whole or id(head) in whole:
+            raise UserError(
+                "train.fsdp.shard_vocabulary: train.fsdp.keep_whole names the token embedding or the LM head, which "
+                "vocabulary sharding splits; drop it from keep_whole, or set train.fsdp.shard_vocabulary: auto or false"
+            )
+    except UserError:
+        if config.shard_vocabulary is True:
+            raise
+        return None
+    if config.shard_vocabulary == "auto":
+        vocabulary = tensor_bytes({id(p): p for p in (embedding.weight, head.weight)}.values())
+        if vocabulary <= max(tensor_bytes(unit.parameters()) for unit in units):
+            return None
+    return embedding, head
 
 
 def local_bytes(tensors: Any) -> int:
@@ -420,6 +468,7 @@ def load_sharded(root: nn.Module, model: nn.Module, config: FSDPConfig, world_si
             torch.utils.swap_tensors(p, nn.Parameter(torch.empty_like(p, device=device) if p.is_meta else p.to(device), p.requires_grad))
     if rank != 0:
         root.to_empty(device=device)
+    vocabulary_rows = {id(m.weight): slice(m.start, m.stop) for m in vocabulary_shards(root)}
     with torch.no_grad():
         for name, target in [*root.named_parameters(), *root.named_buffers()]:
             shape = target.shape  # a sharded parameter's is the whole one
@@ -436,6 +485,8 @@ def load_sharded(root: nn.Module, model: nn.Module, config: FSDPConfig, world_si
                 if piece.shape != local.shape:
                     raise RuntimeError(f"sharded loading of {name}: shard {tuple(local.shape)}, cut {tuple(piece.shape)}")
                 local.copy_(piece)
+            elif id(target) in vocabulary_rows:  # sharded by vocabulary: this process's rows
+                target.copy_(sent[vocabulary_rows[id(target)]])
             else:
                 target.copy_(sent)
             del sent
