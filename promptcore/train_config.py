@@ -43,8 +43,8 @@ class FSDPConfig:
             head (``1 / N`` of the vocabulary; one tensor when they are tied) instead of FSDP gathering them whole
             in every forward: the embedding lookup, the logits and the loss run vocabulary-parallel, exactly as
             unsharded (:mod:`promptcore.vocab_parallel`). ``auto``: on where the model offers them (text models of
-            ``model.task: causal_lm`` with a plain embedding and a bias-free head) and their weights are larger
-            than the largest transformer block, the most FSDP gathers at once otherwise (Qwen2.5-0.5B: 136M
+            ``model.task: causal_lm`` with a plain embedding and a bias-free head) and their weights are at least
+            twice the largest transformer block, the most FSDP gathers at once otherwise (Qwen2.5-0.5B: 136M
             against 15M; off for the tiny test models); ``true``: on, refused with the reason for a model that
             cannot; ``false``: FSDP shards and gathers them as any weight.
     """

@@ -15,7 +15,8 @@ OUT_DIR/vocabulary/rank{R}.json holds, per case (tied and untied head; the LM lo
 path, packed; verbalizer classification by one-token and two-token words), the largest difference from the
 unsharded model on this process's batch of the loss, the eval metrics, the whole logits and their gradient, the
 prompt gradients and the prompts after three Adam steps (gradients summed over the processes in both); and
-OUT_DIR/vocab_tied, a training run under FSDP2 with the vocabulary sharded.
+OUT_DIR/vocab_tied, a training run under FSDP2 with the vocabulary sharded and sharded loading (its rank{R}.json as
+the other cases').
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ NF4_KWARGS = "model.kwargs={hidden_size: 256, intermediate_size: 512, num_hidden
 NF4 = ["model.quantization=nf4", "model.dtype=float64", NF4_KWARGS, "data.num_samples=64"]
 # Vocabulary sharding (train.fsdp.shard_vocabulary: true; auto leaves the tiny vocabulary whole) in float64, tied head.
 VOCAB = ["model.dtype=float64", "train.fsdp.shard_vocabulary=true", "train.fsdp.sharded_loading=false", "model.kwargs.tie_word_embeddings=true"]
+# The training run: two epochs of two steps, the model filled in by sharded loading.
+VOCAB_RUN = [*VOCAB, "data.num_samples=64", "train.epochs=2"]
 VOCAB_CASES = {
     "tied_lm_fast": ["model.kwargs.tie_word_embeddings=true"],
     "untied_lm_concat_packed": ["model.kwargs.tie_word_embeddings=false", "prompt.fast='off'", "data.packing=true"],
@@ -157,7 +160,8 @@ def vocabulary_case(overrides: list[str], lm: bool) -> dict:
     batch = batch_of(plain, rank, lm)
     found: dict[str, float] = {}
 
-    def gradients(module, params, run) -> tuple[float, list[torch.Tensor]]:
+    def gradients(module, params, run) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``run(module)`` and the gradients of ``params`` of its backward."""
         loss = run(module)
         loss.backward()
         grads = [p.grad.clone() for p in params]
@@ -174,9 +178,12 @@ def vocabulary_case(overrides: list[str], lm: bool) -> dict:
     found["eval_metrics"] = max((metrics[k] - metrics_plain[k]).abs().item() for k in metrics_plain)
     # Whole logits (the head called outside the loss) and their backward.
     weights = torch.randn(*batch["input_ids"].shape, plain.backbone.config.vocab_size, generator=torch.Generator().manual_seed(rank), dtype=torch.float64)
-    call = lambda m: (m.token_logits(batch["input_ids"], batch["attention_mask"]) * weights).sum()  # noqa: E731
-    whole, whole_grads = gradients(model, sharded_params, lambda m: call_through(step, lambda: call(m)))
-    whole_plain, whole_grads_plain = gradients(plain, plain_params, call)
+
+    def weighted_logits(m):
+        return (m.token_logits(batch["input_ids"], batch["attention_mask"]) * weights).sum()
+
+    whole, whole_grads = gradients(model, sharded_params, lambda m: call_through(step, lambda: weighted_logits(m)))
+    whole_plain, whole_grads_plain = gradients(plain, plain_params, weighted_logits)
     found["whole_logits"] = (whole - whole_plain).abs().item()
     found["whole_logits_gradients"] = difference(whole_grads, whole_grads_plain)
     # Three Adam steps, the prompt gradients summed over the processes, as the engines do.
@@ -204,7 +211,8 @@ def main_script() -> int:
     found = {name: vocabulary_case(extra, "_lm_" in name) for name, extra in VOCAB_CASES.items()}
     (out / "vocabulary").mkdir(exist_ok=True)
     (out / "vocabulary" / f"rank{rank}.json").write_text(json.dumps(found))
-    run_python([*COMMON, *VOCAB, "data.num_samples=64"], out / "vocab_tied")
+    report = run_python([*COMMON, *VOCAB_RUN, "train.fsdp.sharded_loading=true"], out / "vocab_tied")
+    (out / "vocab_tied" / f"rank{rank}.json").write_text(json.dumps(report))
     for case, extra in CASES.items():
         for mode in ("false", "true"):
             run_dir = out / f"{case}_{mode}"
