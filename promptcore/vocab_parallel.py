@@ -53,7 +53,7 @@ def _row_counts(n: int, device: torch.device) -> list[int]:
     """How many rows each process brings to a collective call."""
     mine = torch.tensor([n], dtype=torch.int64, device=device)
     counts = torch.empty(dist.get_world_size(), dtype=torch.int64, device=device)
-    dist.all_gather_into_tensor(counts, mine)
+    dist.all_gather_single(counts, mine)
     return counts.tolist()
 
 
@@ -62,14 +62,14 @@ def _gather_rows(x: torch.Tensor, counts: list[int]) -> torch.Tensor:
     padded = x.new_zeros(max(counts), *x.shape[1:])
     padded[: x.shape[0]] = x
     out = x.new_empty(len(counts) * padded.numel())  # flat: gloo takes no stacked output
-    dist.all_gather_into_tensor(out, padded.reshape(-1))
+    dist.all_gather_single(out, padded.reshape(-1))
     return out.view(len(counts), *padded.shape)
 
 
 def _sum_own_rows(y: torch.Tensor, count: int) -> torch.Tensor:
     """This process's first ``count`` rows of ``y`` ``[N, M, ...]`` summed over the processes (a reduce-scatter)."""
     out = y.new_empty(y[0].numel())
-    dist.reduce_scatter_tensor(out, y.reshape(-1))
+    dist.reduce_scatter_single(out, y.reshape(-1))
     return out.view(y.shape[1:])[:count]
 
 

@@ -15,8 +15,8 @@ OUT_DIR/vocabulary/rank{R}.json holds, per case (tied and untied head; the LM lo
 path, packed; verbalizer classification by one-token and two-token words), the largest difference from the
 unsharded model on this process's batch of the loss, the eval metrics, the whole logits and their gradient, the
 prompt gradients and the prompts after three Adam steps (gradients summed over the processes in both); and
-OUT_DIR/vocab_tied, a training run under FSDP2 with the vocabulary sharded and sharded loading (its rank{R}.json as
-the other cases').
+OUT_DIR/vocab_tied_true and OUT_DIR/vocab_tied_false, training runs under FSDP2 with sharded loading, with and
+without the vocabulary sharded (their rank{R}.json as the other cases').
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from promptcore import Trainer, load_config
 from promptcore.distributed import local_bytes
 from promptcore.recipe import resolve_config
 from promptcore.trainer import seed_everything
+from promptcore.vocab_parallel import vocabulary_shards
 from textpt.cli import TextRecipe, main
 from textpt.run_config import TextRunConfig
 
@@ -112,7 +113,10 @@ def run_python(overrides: list[str], run_dir: Path) -> dict:
     recipe = TextRecipe()
     (model, trainer), peak = allocation_peak(set_up, "data")
     frozen = [p for p in model.parameters() if not p.requires_grad]
-    report = {"setup_peak": peak, "full": sum(p.numel() * p.element_size() for p in frozen), "local": local_bytes(frozen)}
+    # A weight sharded by vocabulary holds its rows; the whole one has vocab_size of them (a DTensor counts whole).
+    rows = {id(m.weight): m.vocab_size * m.weight.shape[1] for m in vocabulary_shards(model)}
+    full = sum(rows.get(id(p), p.numel()) * p.element_size() for p in frozen)
+    report = {"setup_peak": peak, "full": full, "local": local_bytes(frozen)}
     report["local_by_name"] = {n: local_bytes([p]) for n, p in model.named_parameters() if not p.requires_grad}
     trainer.fit()
     return report
@@ -211,8 +215,10 @@ def main_script() -> int:
     found = {name: vocabulary_case(extra, "_lm_" in name) for name, extra in VOCAB_CASES.items()}
     (out / "vocabulary").mkdir(exist_ok=True)
     (out / "vocabulary" / f"rank{rank}.json").write_text(json.dumps(found))
-    report = run_python([*COMMON, *VOCAB_RUN, "train.fsdp.sharded_loading=true"], out / "vocab_tied")
-    (out / "vocab_tied" / f"rank{rank}.json").write_text(json.dumps(report))
+    for mode in ("true", "false"):
+        run_dir = out / f"vocab_tied_{mode}"
+        report = run_python([*COMMON, *VOCAB_RUN, "train.fsdp.sharded_loading=true", f"train.fsdp.shard_vocabulary={mode}"], run_dir)
+        (run_dir / f"rank{rank}.json").write_text(json.dumps(report))
     for case, extra in CASES.items():
         for mode in ("false", "true"):
             run_dir = out / f"{case}_{mode}"
