@@ -38,12 +38,6 @@ from torch import nn
 
 from .errors import UserError
 
-# Config attributes of transformers models that change the logits after the LM head (Gemma's soft-capping,
-# Cohere's logit scale, Granite's logits scaling, Falcon-H1's multiplier): the sharded head's loss computes the
-# logits from the hidden states itself and would skip them.
-LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier")
-
-
 def vocabulary_bounds(vocab_size: int, world_size: int) -> list[int]:
     """The first row of each process's shard and the end: process ``r`` keeps rows ``[bounds[r], bounds[r + 1])``."""
     return [r * vocab_size // world_size for r in range(world_size + 1)]
@@ -64,6 +58,11 @@ def _gather_rows(x: torch.Tensor, counts: list[int]) -> torch.Tensor:
     out = x.new_empty(len(counts) * padded.numel())  # flat: gloo takes no stacked output
     dist.all_gather_single(out, padded.reshape(-1))
     return out.view(len(counts), *padded.shape)
+
+
+def _gather_same(x: torch.Tensor) -> torch.Tensor:
+    """``[N, ...]``: ``x`` of every process, all of one shape."""
+    return _gather_rows(x.unsqueeze(0), [1] * dist.get_world_size())[:, 0]
 
 
 def _sum_own_rows(y: torch.Tensor, count: int) -> torch.Tensor:
@@ -228,7 +227,7 @@ class VocabParallelHead(_VocabShard):
         flat = hidden.reshape(-1, hidden.shape[-1])
         counts = _row_counts(flat.shape[0], flat.device)
         best, where = (_gather_rows(flat, counts) @ self.weight.T).max(-1)  # [N, M] for this shard
-        bests, wheres = _gather_rows(best, [best.shape[0]] * len(counts)), _gather_rows(where + self.start, [best.shape[0]] * len(counts))
+        bests, wheres = _gather_same(best), _gather_same(where + self.start)  # [N shards, N, M]
         rank, m = dist.get_rank(), flat.shape[0]
         shard = bests[:, rank, :m].argmax(0)  # [M], the first shard holding the maximum
         return wheres[:, rank, :m].gather(0, shard.unsqueeze(0))[0].view(hidden.shape[:-1])
@@ -288,7 +287,6 @@ def shard_vocabulary(model: nn.Module, embedding: nn.Embedding, head: nn.Linear,
 
 
 __all__ = [
-    "LOGIT_POSTPROCESSING",
     "VocabParallelEmbedding",
     "VocabParallelHead",
     "check_vocabulary_layers",

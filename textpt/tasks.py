@@ -48,7 +48,7 @@ from torch import nn
 
 from promptcore.errors import UserError
 from promptcore.registry import Registry
-from promptcore.vocab_parallel import LOGIT_POSTPROCESSING, parallel_head
+from promptcore.vocab_parallel import parallel_head
 
 from .attention_prefix import prefixes_during
 from .config import trainable_dtype
@@ -63,6 +63,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # the target value torch's cross-entropy skips: padding, template tokens, unpredicted positions
+
+# Config attributes of transformers models that change the logits after the LM head (Gemma's soft-capping, Cohere's
+# logit scale, Granite's logits scaling, Falcon-H1's multiplier): the vocabulary-parallel loss computes the logits
+# from the hidden states itself and would skip them (CausalLM.vocabulary_layers refuses such models).
+LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier")
 
 
 def upcast(x: torch.Tensor) -> torch.Tensor:
@@ -398,7 +403,7 @@ class CausalLM(TextTask):
 
     def vocabulary_layers(self, model: "TextPromptedModel") -> tuple[nn.Module, nn.Module]:
         """The backbone's input embedding and LM head, unless its forward changes the logits after the head
-        (:data:`promptcore.vocab_parallel.LOGIT_POSTPROCESSING`), which the vocabulary-parallel loss would skip."""
+        (:data:`LOGIT_POSTPROCESSING`), which the vocabulary-parallel loss would skip."""
         config = model.backbone.config
         changed = [name for name in LOGIT_POSTPROCESSING if getattr(config, name, None) not in (None, 1, 1.0)]
         if changed:
