@@ -1,6 +1,6 @@
 """Sharded loading under FSDP2 (``train.fsdp.sharded_loading``): rank 0 builds the frozen text model, the other
 processes build it on the meta device and receive only their shards. One 2-process torchrun launch (gloo) of
-scripts/sharded_loading.py trains a random Llama (rotary buffers), a random GPT-2 (tied embeddings) and a Llama read
+scripts/sharded_loading.py trains a random Llama (rotary buffers, its vocabulary sharded), a random GPT-2 (tied embeddings) and a Llama read
 from a ``save_pretrained`` folder, each with and without sharded loading; the prompts, the recorded backbone
 fingerprints and what each process allocated while the model was set up are compared here. The same launch trains a
 float64 Llama with nf4 weights (``model.quantization: nf4``) under FSDP2 and DDP, compared with the 1-process run,

@@ -3,7 +3,7 @@ and records what each process allocated while the model was set up.
 
 Usage: torchrun --standalone --nproc_per_node 2 sharded_loading.py OUT_DIR FOLDER
 FOLDER is a tiny Llama written by ``save_pretrained`` (a checkpoint read from disk). For each case (``llama``:
-``random:llama``, rotary buffers, untied head; ``gpt2``: ``random:gpt2``, tied embeddings; ``folder``: FOLDER) and
+``random:llama``, rotary buffers, untied head, ``train.fsdp.shard_vocabulary: true``; ``gpt2``: ``random:gpt2``, tied embeddings; ``folder``: FOLDER) and
 each ``train.fsdp.sharded_loading`` (``false``, ``true``) it writes the run to OUT_DIR/CASE_MODE (prompt folders on
 rank 0) and OUT_DIR/CASE_MODE/rank{R}.json: the peak of the bytes of tensor storage allocated from the start of
 the model's build to the end of the trainer's set-up, the data's left out (``setup_peak``), the whole frozen model's bytes (``full``) and the
@@ -46,7 +46,9 @@ GPT2 = "model.kwargs={n_embd: 32, n_layer: 2, n_head: 2, n_positions: 128, initi
 CASES = {
     "gpt2": ["model.name=random:gpt2", GPT2],
     "folder": ["model.name={folder}", "model.kwargs={}"],
-    "llama": [],  # last: the command line ends the process group when it returns
+    # last: the command line ends the process group when it returns; with the vocabulary sharded (set on the command
+    # line with sharded loading, in Python without)
+    "llama": ["train.fsdp.shard_vocabulary=true"],
 }
 # The nf4 cases (QLoRA's 4-bit weights; FSDP2 shards them, DDP leaves them whole): a random float64 Llama (the run
 # then equals the 1-process one to rounding) whose linear weights hold whole nf4 scale blocks on each of 2 processes
