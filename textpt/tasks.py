@@ -347,20 +347,20 @@ class CausalLM(TextTask):
                 spans.append((len(real), len(w)))
         ids, mask = repad(rows, pad_token_id(model.tokenizer), model.padding_side, input_ids.device)
         tasks = task_ids.repeat_interleave(c) if task_ids is not None else None
+        following = F.pad(ids[:, 1:], (0, 1)).unsqueeze(-1)  # the token after each position
         head = parallel_head(model.backbone)
-        if head is not None:  # sharded by vocabulary: each position's log-probability of the token after it
+        if head is not None:  # sharded by vocabulary: only those tokens' log-probabilities are computed
             with head.passing_through():
                 hidden = model.token_logits(ids, mask, tasks)
-            following = F.pad(ids[:, 1:], (0, 1)).unsqueeze(-1)
             logp = head.log_probs(hidden, following)[..., 0]
         else:
-            logp = upcast(model.token_logits(ids, mask, tasks)).log_softmax(-1)
+            logp = upcast(model.token_logits(ids, mask, tasks)).log_softmax(-1).gather(-1, following)[..., 0]
         offset = ids.shape[1] - mask.sum(1) if model.padding_side == "left" else torch.zeros_like(mask[:, 0])
         scores = []
         for r, (start, k) in enumerate(spans):
             # the word's tokens sit at start..start+k-1; each is predicted by the position before it
             pos = int(offset[r]) + start - 1 + torch.arange(k, device=ids.device)
-            scores.append((logp[r, pos] if head is not None else logp[r, pos, ids[r, pos + 1]]).sum())
+            scores.append(logp[r, pos].sum())
         return torch.stack(scores).view(b, c)
 
     def lm_logits_and_targets(self, model: "TextPromptedModel", batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
