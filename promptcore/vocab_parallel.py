@@ -130,7 +130,7 @@ class _WholeLogits(torch.autograd.Function):
         received = torch.empty_like(sent)  # [N, M, max V_q]: shard q of this process's rows
         dist.all_to_all_single(received, sent)
         ctx.save_for_backward(weight)
-        ctx.counts, ctx.widths = counts, widths
+        ctx.counts, ctx.widths, ctx.dtype = counts, widths, hidden.dtype
         m = hidden.shape[0]
         return torch.cat([received[q, :m, :w] for q, w in enumerate(ctx.widths)], dim=-1)
 
@@ -143,8 +143,8 @@ class _WholeLogits(torch.autograd.Function):
             sent[q, : grad.shape[0], : widths[q]] = piece
         received = torch.empty_like(sent)  # [N, M, max V]: every process's rows' gradient of this shard's logits
         dist.all_to_all_single(received, sent)
-        d_hidden = received[..., : weight.shape[0]] @ weight
-        return _sum_own_rows(d_hidden, counts[dist.get_rank()]), None, None
+        d_hidden = received[..., : weight.shape[0]].to(weight.dtype) @ weight  # the logits may be of autocast's dtype
+        return _sum_own_rows(d_hidden, counts[dist.get_rank()]).to(ctx.dtype), None, None
 
 
 class _VocabShard(nn.Module):
