@@ -281,8 +281,8 @@ def test_a_run_with_the_vocabulary_sharded_trains_the_prompts_of_the_unsharded_r
         assert report["local"] < 0.51 * report["full"]
 
 
-def _vocabulary_model(world_size: int = 2, **fsdp):
-    """A tiny prompted causal LM, its shard units and the ``train.fsdp`` section ``fsdp``."""
+def _vocabulary_model():
+    """A tiny prompted causal LM (built whole: one process), its shard units and a default ``train.fsdp`` section."""
     from promptcore import load_config
     from promptcore.distributed import shard_units
     from textpt.cli import TextRecipe
@@ -290,7 +290,7 @@ def _vocabulary_model(world_size: int = 2, **fsdp):
 
     cfg = load_config(TextRunConfig, str(ROOT / "configs/smoke/textpt_tiny.yaml"), ["train.fsdp.sharded_loading=false", "train.distributed=fsdp"])
     model = TextRecipe().build_model(cfg)
-    return model, shard_units(model), FSDPConfig(**fsdp)
+    return model, shard_units(model), FSDPConfig()
 
 
 def test_shard_vocabulary_auto_follows_the_size_of_the_vocabulary_against_a_block():
