@@ -95,13 +95,15 @@ class _TargetLogProbs(torch.autograd.Function):
         counts = _row_counts(hidden.shape[0], hidden.device)
         everyone = _gather_rows(hidden, counts)  # [N, M, D]
         wanted = _gather_rows(targets, counts) - start  # [N, M, K], ids in this shard's rows
-        logits = _upcast(everyone @ weight.T)
+        raw = everyone @ weight.T
+        logits = _upcast(raw)
         lse = _log_sum_exp(logits)
         owned = (wanted >= 0) & (wanted < weight.shape[0])
         picked = logits.gather(-1, wanted.clamp(0, weight.shape[0] - 1)) * owned
         dist.all_reduce(picked)
         ctx.save_for_backward(everyone, weight, wanted, owned, lse)
-        ctx.counts = counts
+        # The backward runs outside autocast: it computes the logits again in the dtype autocast gave them.
+        ctx.counts, ctx.compute = counts, raw.dtype
         return (picked - lse.unsqueeze(-1))[dist.get_rank(), : hidden.shape[0]]
 
     @staticmethod
@@ -109,10 +111,11 @@ class _TargetLogProbs(torch.autograd.Function):
         everyone, weight, wanted, owned, lse = ctx.saved_tensors
         rank = dist.get_rank()
         grads = _gather_rows(grad.contiguous(), ctx.counts)  # [N, M, K], zero on padding rows
+        hidden, rows = everyone.to(ctx.compute), weight.to(ctx.compute)
         # d log p(t) / d logit_v = [v == t] - softmax_v, for this shard's v
-        d_logits = (_upcast(everyone @ weight.T) - lse.unsqueeze(-1)).exp_().mul_(-grads.sum(-1, keepdim=True))
+        d_logits = (_upcast(hidden @ rows.T) - lse.unsqueeze(-1)).exp_().mul_(-grads.sum(-1, keepdim=True))
         d_logits.scatter_add_(-1, wanted.clamp(0, weight.shape[0] - 1), grads * owned)
-        d_hidden = d_logits.to(weight.dtype) @ weight  # this shard's part of every process's rows' gradient
+        d_hidden = d_logits.to(ctx.compute) @ rows  # this shard's part of every process's rows' gradient
         return _sum_own_rows(d_hidden, ctx.counts[rank]).to(everyone.dtype), None, None, None
 
 
@@ -130,7 +133,7 @@ class _WholeLogits(torch.autograd.Function):
         received = torch.empty_like(sent)  # [N, M, max V_q]: shard q of this process's rows
         dist.all_to_all_single(received, sent)
         ctx.save_for_backward(weight)
-        ctx.counts, ctx.widths, ctx.dtype = counts, widths, hidden.dtype
+        ctx.counts, ctx.widths, ctx.dtype = counts, widths, hidden.dtype  # the logits may be of autocast's dtype
         m = hidden.shape[0]
         return torch.cat([received[q, :m, :w] for q, w in enumerate(ctx.widths)], dim=-1)
 
@@ -143,7 +146,7 @@ class _WholeLogits(torch.autograd.Function):
             sent[q, : grad.shape[0], : widths[q]] = piece
         received = torch.empty_like(sent)  # [N, M, max V]: every process's rows' gradient of this shard's logits
         dist.all_to_all_single(received, sent)
-        d_hidden = received[..., : weight.shape[0]].to(weight.dtype) @ weight  # the logits may be of autocast's dtype
+        d_hidden = received[..., : weight.shape[0]] @ weight.to(received.dtype)
         return _sum_own_rows(d_hidden, counts[dist.get_rank()]).to(ctx.dtype), None, None
 
 
