@@ -27,7 +27,11 @@ whole in every process (sharded loading covers Hugging Face text models).
 On a CPU the processes share the cores: step times are for the record, not a speed-up claim. On a GPU machine
 (``bench/gpu.sh``) each process takes its own GPU and bf16.
 
-Run: ``python bench/scale.py [--model llama|vit|both] [--procs 1,2,4] [--steps 4] [--write FILE]``; ``--tiny`` runs
+Under FSDP the Llama's tied embedding / LM head is sharded by vocabulary (``train.fsdp.shard_vocabulary: auto``,
+on for it: :mod:`promptcore.vocab_parallel`); ``--shard-vocabulary false`` lets FSDP gather it whole as any weight.
+
+Run: ``python bench/scale.py [--model llama|vit|both] [--procs 1,2,4] [--steps 4] [--shard-vocabulary auto|true|false] [--layers N] [--write FILE]``; ``--layers`` builds the Llama with
+fewer decoder layers (the same vocabulary), a lighter run that shows the vocabulary's share; ``--tiny`` runs
 the same with the smoke configs' sizes (width 32, 2 layers), to check the script, not for figures.
 """
 
@@ -91,21 +95,22 @@ def spec_of(model_name: str, tiny: bool, checkpoint: Path) -> dict:
     return {**VIT, "model": {**VIT["model"], "kwargs": TINY["vit"]}, "data": {**VIT["data"], "image_size": 32}}
 
 
-def write_checkpoint(tiny: bool, folder: Path) -> None:
-    """The random Llama (``LLAMA``'s shapes, or ``TINY``'s) written as a safetensors checkpoint with its tokenizer."""
+def write_checkpoint(tiny: bool, folder: Path, layers: int | None = None) -> None:
+    """The random Llama (``LLAMA``'s shapes, or ``TINY``'s; ``layers`` decoder layers, default the shapes' own)
+    written as a safetensors checkpoint with its tokenizer."""
     import torch
 
     from textpt.config import TextModelConfig
     from textpt.loading import load_model_and_tokenizer
 
     torch.manual_seed(0)
-    kwargs = {**LLAMA["model"]["kwargs"], **(TINY["llama"] if tiny else {})}
+    kwargs = {**LLAMA["model"]["kwargs"], **(TINY["llama"] if tiny else {}), **({"num_hidden_layers": layers} if layers else {})}
     model, tokenizer = load_model_and_tokenizer(TextModelConfig(name="random:llama", task="causal_lm", kwargs=kwargs))
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
 
-def worker(model_name: str, steps: int, global_batch: int, out: Path, keep_whole: list[str], tiny: bool) -> None:
+def worker(model_name: str, steps: int, global_batch: int, out: Path, keep_whole: list[str], tiny: bool, shard_vocabulary: str) -> None:
     """One process of a launch: builds the model with the recipe, trains ``steps`` steps, writes its figures."""
     import torch
 
@@ -129,8 +134,8 @@ def worker(model_name: str, steps: int, global_batch: int, out: Path, keep_whole
         "metric": "loss", "metric_mode": "min", "eval_every_epochs": 0, "tensorboard": False, "progress_bar": False,
         "distributed": "fsdp" if world > 1 else "auto", "mixed_precision": "bf16" if cuda else "no",
     }
-    if world > 1 and keep_whole:
-        train["fsdp"] = {"keep_whole": keep_whole}
+    if world > 1:
+        train["fsdp"] = {"keep_whole": keep_whole, "shard_vocabulary": {"true": True, "false": False}.get(shard_vocabulary, shard_vocabulary)}
     recipe = Recipe()
     import ctypes
     import gc
@@ -167,12 +172,12 @@ def worker(model_name: str, steps: int, global_batch: int, out: Path, keep_whole
     (out / f"{model_name}-{world}-{rank}.json").write_text(json.dumps(record))
 
 
-def launch(model_name: str, procs: int, steps: int, global_batch: int, out: Path, keep_whole: list[str], tiny: bool) -> None:
+def launch(model_name: str, procs: int, steps: int, global_batch: int, out: Path, keep_whole: list[str], tiny: bool, shard_vocabulary: str) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // procs))}
     # glibc keeps freed blocks below its (growing) mmap threshold in its heap, so resident memory would count memory
     # freed long ago (FSDP's per-block gathers); a fixed threshold returns every large block to the system at once.
     env.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
-    me = [str(Path(__file__).resolve()), "--worker", model_name, "--steps", str(steps), "--global-batch", str(global_batch), "--out", str(out), *(["--keep-whole", *keep_whole] if keep_whole else []), *(["--tiny"] if tiny else [])]
+    me = [str(Path(__file__).resolve()), "--worker", model_name, "--steps", str(steps), "--global-batch", str(global_batch), "--out", str(out), *(["--keep-whole", *keep_whole] if keep_whole else []), *(["--tiny"] if tiny else []), "--shard-vocabulary", shard_vocabulary]
     if procs == 1:
         cmd = [sys.executable, *me]
     else:
@@ -213,12 +218,14 @@ def main() -> None:
     parser.add_argument("--global-batch", type=int, default=8)
     parser.add_argument("--write", metavar="FILE", help="append the markdown section to FILE (e.g. bench/RESULTS.md)")
     parser.add_argument("--keep-whole", nargs="+", default=[], metavar="MODULE", help="train.fsdp.keep_whole for the FSDP runs (e.g. embed_tokens)")
+    parser.add_argument("--shard-vocabulary", choices=["auto", "true", "false"], default="auto", help="train.fsdp.shard_vocabulary for the FSDP runs")
+    parser.add_argument("--layers", type=int, help="the Llama with this many decoder layers (default: its 24), a lighter run of the same vocabulary")
     parser.add_argument("--tiny", action="store_true", help="the smoke configs' sizes: checks the script, gives no figures")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.steps, args.global_batch, Path(args.out), args.keep_whole, args.tiny)
+        worker(args.worker, args.steps, args.global_batch, Path(args.out), args.keep_whole, args.tiny, args.shard_vocabulary)
         return
     procs = [int(n) for n in args.procs.split(",")]
     models = ["llama", "vit"] if args.model == "both" else [args.model]
@@ -229,22 +236,26 @@ def main() -> None:
         "## Several processes: FSDP2 sharding of the frozen backbone (`scale.py`)",
         "",
         f"`python bench/scale.py --model {args.model} --procs {args.procs} --steps {args.steps} --global-batch {args.global_batch}"
-        f"{' --keep-whole ' + ' '.join(args.keep_whole) if args.keep_whole else ''}{' --tiny' if args.tiny else ''}` on {device}, "
+        f"{' --keep-whole ' + ' '.join(args.keep_whole) if args.keep_whole else ''} --shard-vocabulary {args.shard_vocabulary}"
+        f"{f' --layers {args.layers}' if args.layers else ''}{' --tiny' if args.tiny else ''}` on {device}, "
         f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}. One process unsharded against N processes with "
         f"`train.distributed: fsdp`, the same global batch; figures per process (the largest over the processes).",
     ]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         if "llama" in models:
-            write_checkpoint(args.tiny, out / "llama-checkpoint")
+            write_checkpoint(args.tiny, out / "llama-checkpoint", args.layers)
         for model_name in models:
             for n in procs:
-                launch(model_name, n, args.steps, args.global_batch, out, args.keep_whole, args.tiny)
+                launch(model_name, n, args.steps, args.global_batch, out, args.keep_whole, args.tiny, args.shard_vocabulary)
             title = "Llama, Qwen2.5-0.5B shapes (494M parameters) from safetensors, prompt tuning 20 tokens" if model_name == "llama" else "ViT-L/16 (304M parameters), VPT-deep 10 tokens"
             if args.tiny:
                 title = f"{model_name}, smoke sizes (not figures)"
+            elif args.layers and model_name == "llama":
+                title = f"Llama, Qwen2.5-0.5B shapes with {args.layers} of its 24 layers, prompt tuning 20 tokens"
             if args.keep_whole:
                 title += f", `train.fsdp.keep_whole: [{', '.join(args.keep_whole)}]`"
+            title += f", `train.fsdp.shard_vocabulary: {args.shard_vocabulary}`"
             lines += ["", f"{title}:", "", *table(model_name, procs, out)]
     emit(lines, args.write)
 

@@ -10,7 +10,9 @@ frozen weights and gathers one block at a time in its forward (and again for the
 and heads are left out of sharding (``ignored_params``): they are a few KB, so each process keeps them whole, the
 optimizer and the prompt files see plain tensors, and the engine sums their gradients in the step's one collective
 (frozen weights have none to reduce-scatter). Scalar weights, which FSDP cannot shard (CLIP's ``logit_scale``), and
-the modules ``train.fsdp.keep_whole`` names stay whole too. Under ``deepspeed`` the same units
+the modules ``train.fsdp.keep_whole`` names stay whole too. A causal LM's token embedding and LM head may instead be
+sharded by vocabulary rows, never gathered (``train.fsdp.shard_vocabulary``, :func:`vocabulary_layers_to_shard`,
+:mod:`promptcore.vocab_parallel`). Under ``deepspeed`` the same units
 (:func:`shard_units`) become ZeRO-3 leaf modules. A model built for sharded loading (whole on rank 0, on the meta device on the other
 processes: ``train.fsdp.sharded_loading``) is sharded the same way and then filled in from rank 0
 (:func:`load_sharded`).
@@ -31,6 +33,7 @@ from torch import nn
 from .errors import UserError
 from .memory import tensor_bytes
 from .train_config import DeepSpeedConfig, FSDPConfig  # noqa: F401 - the sections, defined free of torch there
+from .vocab_parallel import check_vocabulary_layers, shard_vocabulary, vocabulary_shards
 
 DEEPSPEED_EXTRA = "pip install 'prompttune[deepspeed]'"
 
@@ -307,7 +310,9 @@ def on_mesh_device(model: nn.Module, device: torch.device) -> None:
 
 def shard_model(root: nn.Module, model: nn.Module, config: FSDPConfig, world_size: int, device: torch.device) -> list[nn.Module]:
     """Applies FSDP2 to the prompted ``model`` inside ``root`` (the module that is called, e.g. a
-    :class:`StepModule`): each block, then ``root`` with the prompt parameters left out; returns the block units."""
+    :class:`StepModule`): each block, then ``root`` with the prompt parameters left out; returns the block units.
+    The token embedding and LM head ``train.fsdp.shard_vocabulary`` picks (:func:`vocabulary_layers_to_shard`)
+    are first replaced by their vocabulary-parallel versions, which FSDP leaves alone."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 
@@ -321,14 +326,63 @@ def shard_model(root: nn.Module, model: nn.Module, config: FSDPConfig, world_siz
     mesh = init_device_mesh(device.type, (world_size,))
     on_mesh_device(model, torch.device("cpu") if device.type == "cpu" else device)
     offload = CPUOffloadPolicy() if config.cpu_offload else OffloadPolicy()
+    layers = vocabulary_layers_to_shard(model, config, world_size, units)
+    if layers is not None:
+        import torch.distributed as dist
+
+        shard_vocabulary(model, *layers, world_size, dist.get_rank())
     # Left whole on every process: the prompts, scalar weights (CLIP's logit_scale), which FSDP cannot shard, and
-    # the modules the config keeps whole.
+    # the modules the config keeps whole. Left to themselves: the vocabulary shards, already this process's rows.
     kept = set(model.prompt_parameters()) | {p for p in model.parameters() if p.dim() == 0}
     kept |= {p for module in whole_modules(model, config.keep_whole) for p in module.parameters()}
+    kept |= {p for module in vocabulary_shards(model) for p in module.parameters()}
     for unit in units:
         fully_shard(unit, mesh=mesh, reshard_after_forward=config.reshard_after_forward, offload_policy=offload, ignored_params=kept)
     fully_shard(root, mesh=mesh, reshard_after_forward=config.reshard_after_forward, offload_policy=offload, ignored_params=kept)
     return units
+
+
+def vocabulary_layers_to_shard(model: nn.Module, config: FSDPConfig, world_size: int, units: list[nn.Module]) -> tuple[nn.Module, nn.Module] | None:
+    """The token embedding and LM head of ``model`` that ``train.fsdp.shard_vocabulary`` shards by vocabulary
+    (:mod:`promptcore.vocab_parallel`) over ``world_size`` processes, or None.
+
+    A model offers them through ``model.vocabulary_layers()`` (text models of ``model.task: causal_lm``), which
+    raises a :class:`UserError` saying why where it cannot. ``auto`` shards them when it can and their weights (the
+    embedding, and the head unless tied) are at least twice the largest of the block ``units``: FSDP gathers one
+    unit at a time, so a vocabulary matrix larger than a block, gathered whole, sets the peak, and sharding it
+    saves the difference; below twice a block that saving is small next to the activations it sends (the tiny
+    test models, whose vocabulary is about one block, stay unsharded). A module named in ``train.fsdp.keep_whole``
+    is kept whole.
+
+    Raises:
+        UserError: ``shard_vocabulary: true`` for a model that cannot be sharded by vocabulary (the reason named).
+    """
+    if config.shard_vocabulary is False or world_size == 1:
+        return None
+    try:
+        offer = getattr(model, "vocabulary_layers", None)
+        if offer is None:
+            raise UserError(
+                f"train.fsdp.shard_vocabulary: {type(model).__name__} has no token embedding and LM head to shard (text "
+                f"models of model.task: causal_lm have); set train.fsdp.shard_vocabulary: auto or false"
+            )
+        embedding, head = offer()
+        check_vocabulary_layers(embedding, head)
+        whole = {id(m) for m in whole_modules(model, config.keep_whole)}
+        if id(embedding) in whole or id(head) in whole:
+            raise UserError(
+                "train.fsdp.shard_vocabulary: train.fsdp.keep_whole names the token embedding or the LM head, which "
+                "vocabulary sharding splits; drop it from keep_whole, or set train.fsdp.shard_vocabulary: auto or false"
+            )
+    except UserError:
+        if config.shard_vocabulary is True:
+            raise
+        return None
+    if config.shard_vocabulary == "auto":
+        vocabulary = tensor_bytes({id(p): p for p in (embedding.weight, head.weight)}.values())
+        if vocabulary < 2 * max(tensor_bytes(unit.parameters()) for unit in units):
+            return None
+    return embedding, head
 
 
 def local_bytes(tensors: Any) -> int:
@@ -402,7 +456,7 @@ def load_sharded(root: nn.Module, model: nn.Module, config: FSDPConfig, world_si
     process but rank 0 holds more than its shards and one whole weight in flight (Accelerate's
     ``cpu_ram_efficient_loading`` sends rank 0's weights the same way). Every parameter and buffer is sent, the
     non-persistent buffers (rotary ``inv_freq``), the prompts and the weights kept whole included; tied weights are
-    one parameter, sent once.
+    one parameter, sent once. A weight sharded by vocabulary keeps its rows of what rank 0 sends.
 
     Raises:
         UserError: the modules built on another process differ from rank 0's (names, shapes or dtypes).
@@ -429,9 +483,11 @@ def load_sharded(root: nn.Module, model: nn.Module, config: FSDPConfig, world_si
             torch.utils.swap_tensors(p, nn.Parameter(torch.empty_like(p, device=device) if p.is_meta else p.to(device), p.requires_grad))
     if rank != 0:
         root.to_empty(device=device)
+    vocabulary = {id(m.weight): m for m in vocabulary_shards(root)}
     with torch.no_grad():
         for name, target in [*root.named_parameters(), *root.named_buffers()]:
-            shape = target.shape  # a sharded parameter's is the whole one
+            # a sharded parameter's shape is the whole one; a vocabulary shard's its rows
+            shape = (vocabulary[id(target)].vocab_size, target.shape[1]) if id(target) in vocabulary else target.shape
             sent = whole.pop(name).to(device) if rank == 0 else torch.empty(shape, dtype=target.dtype, device=device)
             dist.broadcast(sent, src=0)
             if isinstance(target, DTensor):
@@ -445,6 +501,8 @@ def load_sharded(root: nn.Module, model: nn.Module, config: FSDPConfig, world_si
                 if piece.shape != local.shape:
                     raise RuntimeError(f"sharded loading of {name}: shard {tuple(local.shape)}, cut {tuple(piece.shape)}")
                 local.copy_(piece)
+            elif id(target) in vocabulary:  # sharded by vocabulary: this process's rows
+                target.copy_(sent[vocabulary[id(target)].start : vocabulary[id(target)].stop])
             else:
                 target.copy_(sent)
             del sent

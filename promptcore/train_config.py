@@ -69,6 +69,14 @@ class FSDPConfig:
             model's loader supports it (Hugging Face text models, :func:`textpt.sharded_loading`); ``true``: the
             same, refused for a model that was built whole on every process; ``false``: every process builds the
             whole model, as without FSDP.
+        shard_vocabulary: whether each process keeps only its rows of a language model's token embedding and LM
+            head (``1 / N`` of the vocabulary; one tensor when they are tied) instead of FSDP gathering them whole
+            in every forward: the embedding lookup, the logits and the loss run vocabulary-parallel, exactly as
+            unsharded (:mod:`promptcore.vocab_parallel`). ``auto``: on where the model offers them (text models of
+            ``model.task: causal_lm`` with a plain embedding and a bias-free head) and their weights are at least
+            twice the largest transformer block, the most FSDP gathers at once otherwise (Qwen2.5-0.5B: 136M
+            against 15M; off for the tiny test models); ``true``: on, refused with the reason for a model that
+            cannot; ``false``: FSDP shards and gathers them as any weight.
     """
 
     block_classes: list[str] = field(default_factory=list)
@@ -76,10 +84,12 @@ class FSDPConfig:
     cpu_offload: bool = False
     keep_whole: list[str] = field(default_factory=list)
     sharded_loading: bool | str = "auto"
+    shard_vocabulary: bool | str = "auto"
 
     def __post_init__(self) -> None:
-        if self.sharded_loading not in (True, False, "auto"):
-            raise UserError(f"sharded_loading: expected auto, true or false, got {self.sharded_loading!r}")
+        for name in ("sharded_loading", "shard_vocabulary"):
+            if getattr(self, name) not in (True, False, "auto"):
+                raise UserError(f"{name}: expected auto, true or false, got {getattr(self, name)!r}")
 
 
 @dataclass

@@ -280,6 +280,11 @@ class TextPromptedModel(PromptedModel):
         """Whether shallow prompts go through the shared key/value prefix (see :mod:`textpt.fast_prefix`)."""
         return False
 
+    def vocabulary_layers(self) -> tuple[nn.Module, nn.Module]:
+        """The token embedding and LM head ``train.fsdp.shard_vocabulary`` shards by vocabulary, as the task offers
+        them (:meth:`textpt.tasks.TextTask.vocabulary_layers`, which raises a :class:`UserError` saying why not)."""
+        return self.strategy.vocabulary_layers(self)
+
     def metric_names(self) -> tuple[str, ...]:
         """The metrics :meth:`eval_step` reports besides ``count``: ``("loss", "accuracy")`` for classifiers,
         ``("loss", "token_accuracy")`` for models trained on target tokens."""

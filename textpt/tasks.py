@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from promptcore.errors import UserError
+from promptcore.vocab_parallel import parallel_head
 
 from .attention_prefix import prefixes_during
 from .config import TASKS, CausalLMTraits, Seq2SeqTraits, SequenceClassificationTraits, TaskTraits, trainable_dtype
@@ -60,6 +61,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # the target value torch's cross-entropy skips: padding, template tokens, unpredicted positions
+
+# Config attributes of transformers models that change the logits after the LM head (Gemma's soft-capping, Cohere's
+# logit scale, Granite's logits scaling, Falcon-H1's multiplier): the vocabulary-parallel loss computes the logits
+# from the hidden states itself and would skip them (CausalLM.vocabulary_layers refuses such models).
+LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier")
 
 
 def upcast(x: torch.Tensor) -> torch.Tensor:
@@ -166,6 +172,18 @@ class TextTask(TaskTraits):
         """Token ids generated with the prompt."""
         raise UserError(f"{self.name} models classify; they do not generate text")
 
+    def vocabulary_layers(self, model: "TextPromptedModel") -> tuple[nn.Module, nn.Module]:
+        """The token embedding and LM head that ``train.fsdp.shard_vocabulary`` may shard by vocabulary
+        (:mod:`promptcore.vocab_parallel`): only where the task computes its losses from them (causal LMs).
+
+        Raises:
+            UserError: the task's losses do not go through the vocabulary-parallel head.
+        """
+        raise UserError(
+            f"train.fsdp.shard_vocabulary: a {self.name} model's losses do not go through a vocabulary-parallel LM "
+            f"head (only model.task: causal_lm); set train.fsdp.shard_vocabulary: auto or false"
+        )
+
     # ----- training contract -----------------------------------------------------------------------------------
     def learns_tokens(self, batch: dict[str, Any], classifies: bool) -> bool:
         """Whether ``batch`` trains the LM loss of a model that classifies or not: it has ``lm_labels``, and class
@@ -175,13 +193,27 @@ class TextTask(TaskTraits):
         return "lm_labels" in batch and ("labels" not in batch or not classifies)
 
     def lm_loss(self, model: "TextPromptedModel", batch: dict[str, Any]) -> torch.Tensor:
-        """The mean LM loss over the target tokens of ``batch``."""
+        """The mean LM loss over the target tokens of ``batch``; vocabulary-parallel where the LM head is sharded by
+        vocabulary (``train.fsdp.shard_vocabulary``), the same loss."""
+        head = parallel_head(model.backbone)
+        if head is not None:
+            with head.passing_through():
+                hidden, targets = self.loss_logits_and_targets(model, batch)
+            return head.cross_entropy(hidden, targets, IGNORE_INDEX)
         logits, targets = self.loss_logits_and_targets(model, batch)
         return F.cross_entropy(upcast(logits).flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
 
     @torch.no_grad()
     def lm_metrics(self, model: "TextPromptedModel", batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Sums over the target tokens of ``batch``: ``loss``, ``token_accuracy`` and ``count``."""
+        head = parallel_head(model.backbone)
+        if head is not None:
+            with head.passing_through():
+                hidden, targets = self.loss_logits_and_targets(model, batch)
+            keep = targets != IGNORE_INDEX
+            loss = head.cross_entropy(hidden, targets, IGNORE_INDEX, reduction="sum")
+            correct = ((head.argmax(hidden) == targets) & keep).sum().float()
+            return {"loss": loss, "token_accuracy": correct, "count": keep.sum().float()}
         logits, targets = self.loss_logits_and_targets(model, batch)
         keep = targets != IGNORE_INDEX
         count = keep.sum().float()
@@ -265,6 +297,12 @@ class CausalLM(CausalLMTraits, TextTask):
             attention_mask = torch.ones_like(input_ids)
         words = model.verbalizer_ids
         if all(len(w) == 1 for w in words):
+            head = parallel_head(model.backbone)
+            if head is not None:  # sharded by vocabulary: only the label words' log-probabilities are computed
+                with head.passing_through():
+                    last = model.last_token_logits(input_ids, attention_mask, task_ids)
+                ids = torch.tensor([w[0] for w in words], device=last.device)
+                return head.log_probs(last, ids.expand(last.shape[0], -1))
             last = model.last_token_logits(input_ids, attention_mask, task_ids)
             ids = torch.tensor([w[0] for w in words], device=last.device)
             return upcast(last).log_softmax(-1)[:, ids]
@@ -281,13 +319,20 @@ class CausalLM(CausalLMTraits, TextTask):
                 spans.append((len(real), len(w)))
         ids, mask = repad(rows, pad_token_id(model.tokenizer), model.padding_side, input_ids.device)
         tasks = task_ids.repeat_interleave(c) if task_ids is not None else None
-        logp = upcast(model.token_logits(ids, mask, tasks)).log_softmax(-1)
+        following = F.pad(ids[:, 1:], (0, 1)).unsqueeze(-1)  # the token after each position
+        head = parallel_head(model.backbone)
+        if head is not None:  # sharded by vocabulary: only those tokens' log-probabilities are computed
+            with head.passing_through():
+                hidden = model.token_logits(ids, mask, tasks)
+            logp = head.log_probs(hidden, following)[..., 0]
+        else:
+            logp = upcast(model.token_logits(ids, mask, tasks)).log_softmax(-1).gather(-1, following)[..., 0]
         offset = ids.shape[1] - mask.sum(1) if model.padding_side == "left" else torch.zeros_like(mask[:, 0])
         scores = []
         for r, (start, k) in enumerate(spans):
             # the word's tokens sit at start..start+k-1; each is predicted by the position before it
             pos = int(offset[r]) + start - 1 + torch.arange(k, device=ids.device)
-            scores.append(logp[r, pos, ids[r, pos + 1]].sum())
+            scores.append(logp[r, pos].sum())
         return torch.stack(scores).view(b, c)
 
     def lm_logits_and_targets(self, model: "TextPromptedModel", batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -327,6 +372,18 @@ class CausalLM(CausalLMTraits, TextTask):
     def lm_outputs(self, model: "TextPromptedModel", batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         logits, targets = self.lm_logits_and_targets(model, batch)
         return logits[:, :-1], targets[:, :-1]
+
+    def vocabulary_layers(self, model: "TextPromptedModel") -> tuple[nn.Module, nn.Module]:
+        """The backbone's input embedding and LM head, unless its forward changes the logits after the head
+        (:data:`LOGIT_POSTPROCESSING`), which the vocabulary-parallel loss would skip."""
+        config = model.backbone.config
+        changed = [name for name in LOGIT_POSTPROCESSING if getattr(config, name, None) not in (None, 1, 1.0)]
+        if changed:
+            raise UserError(
+                f"train.fsdp.shard_vocabulary: {type(model.backbone).__name__} changes its logits after the LM head "
+                f"({', '.join(changed)}), which the vocabulary-parallel loss does not; set train.fsdp.shard_vocabulary: auto or false"
+            )
+        return model.backbone.get_input_embeddings(), model.backbone.get_output_embeddings()
 
     def generate(self, model: "TextPromptedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor | None, **generate_kwargs: Any) -> torch.Tensor:
         """New tokens ``[B, new]`` (the input is not repeated), generated after the prompt's key/value prefix.

@@ -1,9 +1,11 @@
 """Sharded loading under FSDP2 (``train.fsdp.sharded_loading``): rank 0 builds the frozen text model, the other
 processes build it on the meta device and receive only their shards. One 2-process torchrun launch (gloo) of
-scripts/sharded_loading.py trains a random Llama (rotary buffers), a random GPT-2 (tied embeddings) and a Llama read
+scripts/sharded_loading.py trains a random Llama (rotary buffers, its vocabulary sharded), a random GPT-2 (tied embeddings) and a Llama read
 from a ``save_pretrained`` folder, each with and without sharded loading; the prompts, the recorded backbone
 fingerprints and what each process allocated while the model was set up are compared here. The same launch trains a
-float64 Llama with nf4 weights (``model.quantization: nf4``) under FSDP2 and DDP, compared with the 1-process run.
+float64 Llama with nf4 weights (``model.quantization: nf4``) under FSDP2 and DDP, compared with the 1-process run,
+and checks the vocabulary-parallel embedding and LM head (``train.fsdp.shard_vocabulary``) in float64 against the
+unsharded model (loss, metrics, logits, gradients, prompts after steps) and a run with it against the 1-process run.
 """
 
 from __future__ import annotations
@@ -158,31 +160,41 @@ def test_sharded_loading_builds_on_the_meta_device_on_other_ranks_only(monkeypat
     assert not loads_sharded(backbone) and backbone.device.type == "cpu"
 
 
-@pytest.fixture(scope="module")
-def nf4_one_process(tmp_path_factory):
-    """The nf4 cases' run in one process with the global batch of two (twice the per-process batch): the model's
-    frozen parameters (per name, before training) and the run folder."""
+def script_settings(*names: str) -> list:
+    """Settings of scripts/sharded_loading.py by name."""
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import sharded_loading
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    return [getattr(sharded_loading, name) for name in names]
+
+
+def one_process_run(run: Path, overrides: list[str]):
+    """A launched case's run in one process with the global batch of two (twice the per-process batch), the
+    sharding settings left out: the model's frozen parameters (per name, before training) and the run folder."""
     from promptcore import Trainer, load_config
     from promptcore.recipe import resolve_config
     from promptcore.trainer import seed_everything
     from textpt.cli import TextRecipe
     from textpt.run_config import TextRunConfig
 
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        from sharded_loading import COMMON, CONFIG, NF4
-    finally:
-        sys.path.remove(str(SCRIPTS))
-    run = tmp_path_factory.mktemp("nf4_one") / "run"
+    common, config = script_settings("COMMON", "CONFIG")
     recipe = TextRecipe()
-    overrides = [o for o in [*COMMON, *NF4] if not o.startswith("train.distributed=")] + ["train.batch_size=32"]
-    cfg = resolve_config(recipe, load_config(TextRunConfig, CONFIG, overrides))
+    overrides = [o for o in [*common, *overrides] if not o.startswith(("train.distributed=", "train.fsdp."))] + ["train.batch_size=32"]
+    cfg = resolve_config(recipe, load_config(TextRunConfig, config, overrides))
     seed_everything(cfg.train.seed)
     model = recipe.build_model(cfg)
     data = recipe.build_data(cfg, model)
     frozen = {n: p for n, p in model.named_parameters() if not p.requires_grad}
     Trainer(model, cfg.train, data.train, data.eval, data.collate_fn, run_dir=run).fit()
     return frozen, run
+
+
+@pytest.fixture(scope="module")
+def nf4_one_process(tmp_path_factory):
+    """The nf4 cases' run in one process (:func:`one_process_run`)."""
+    return one_process_run(tmp_path_factory.mktemp("nf4_one") / "run", *script_settings("NF4"))
 
 
 @pytest.mark.slow
@@ -226,3 +238,110 @@ def test_fsdp_holds_its_share_of_the_nf4_weights_on_each_process(launched, nf4_o
         # The count every process makes of the float64 model it stands for, and what it holds of it under FSDP.
         assert fsdp["full"] == sum(w.numel() * 8 for w in whole.values())
         assert fsdp["local"] == sum(fsdp["local_by_name"].values()) < 0.51 * nf4_whole
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rank", [0, 1])
+def test_the_vocabulary_parallel_model_gives_the_numbers_of_the_unsharded_one(launched, rank):
+    found = json.loads((launched / "runs" / "vocabulary" / f"rank{rank}.json").read_text())
+    assert set(found) == {"tied_lm_fast", "untied_lm_concat_packed", "tied_classify", "untied_classify_two_token_words"}
+    for case, differences in found.items():
+        assert differences.pop("prompt_gradient_norm") > 0.1, case
+        assert set(differences) == {"loss", "eval_metrics", "prompt_gradients", "whole_logits", "whole_logits_gradients", "prompts_after_steps"}
+        for what, value in differences.items():
+            assert value <= 1e-10, f"{case} on rank {rank}: {what} differs by {value}"
+
+
+@pytest.mark.slow
+def test_a_run_with_the_vocabulary_sharded_trains_the_prompts_of_the_unsharded_run(launched, tmp_path):
+    from textpt.loading import tiny_tokenizer
+
+    (vocab_run,) = script_settings("VOCAB_RUN")
+    _, one = one_process_run(tmp_path / "run", vocab_run)
+    runs = launched / "runs"
+    for folder in ("last", "best"):
+        got = load_file(runs / "vocab_tied_true" / folder / "prompts.safetensors")
+        unsharded = load_file(runs / "vocab_tied_false" / folder / "prompts.safetensors")
+        expected = load_file(one / folder / "prompts.safetensors")
+        assert got.keys() == expected.keys() == unsharded.keys()
+        for key in expected:
+            assert got[key].dtype == torch.float64
+            # The same run with the vocabulary gathered by FSDP: the same prompts to rounding.
+            torch.testing.assert_close(got[key], unsharded[key], rtol=0, atol=1e-10, msg=lambda m: f"{folder} {key}: {m}")
+            # One process: the FSDP engine sums the prompt gradients in float32 (for every model), hence 1e-6.
+            torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6, msg=lambda m: f"{folder} {key}: {m}")
+    # Each process holds its rows of the tied embedding / head (loaded from rank 0) and half of every other weight.
+    vocab = len(tiny_tokenizer())
+    bounds = [0, vocab // 2, vocab]
+    for rank in range(2):
+        report = json.loads((runs / "vocab_tied_true" / f"rank{rank}.json").read_text())
+        embedding = report["local_by_name"].pop("backbone.model.embed_tokens.weight")
+        assert embedding == (bounds[rank + 1] - bounds[rank]) * 32 * 8
+        assert "backbone.lm_head.weight" not in report["local_by_name"]  # tied: one tensor
+        assert report["local"] < 0.51 * report["full"]
+
+
+def _vocabulary_model():
+    """A tiny prompted causal LM (built whole: one process), its shard units and a default ``train.fsdp`` section."""
+    from promptcore import load_config
+    from promptcore.distributed import shard_units
+    from textpt.cli import TextRecipe
+    from textpt.run_config import TextRunConfig
+
+    cfg = load_config(TextRunConfig, str(ROOT / "configs/smoke/textpt_tiny.yaml"), ["train.fsdp.sharded_loading=false", "train.distributed=fsdp"])
+    model = TextRecipe().build_model(cfg)
+    return model, shard_units(model), FSDPConfig()
+
+
+def test_shard_vocabulary_auto_follows_the_size_of_the_vocabulary_against_a_block():
+    from promptcore.distributed import vocabulary_layers_to_shard
+
+    model, units, auto = _vocabulary_model()
+    embedding = model.backbone.get_input_embeddings()
+    # The tiny model's vocabulary matrices (168 x 32, untied) are about one of its blocks: auto leaves them to FSDP.
+    assert vocabulary_layers_to_shard(model, auto, 2, units) is None
+    assert vocabulary_layers_to_shard(model, FSDPConfig(shard_vocabulary=True), 2, units) == (embedding, model.backbone.get_output_embeddings())
+    assert vocabulary_layers_to_shard(model, FSDPConfig(shard_vocabulary=True), 1, units) is None  # one process: nothing to shard
+    assert vocabulary_layers_to_shard(model, FSDPConfig(shard_vocabulary=False), 2, units) is None
+    small = [torch.nn.Linear(2, 2)]  # blocks smaller than the vocabulary: auto shards it
+    assert vocabulary_layers_to_shard(model, auto, 2, small) is not None
+    assert vocabulary_layers_to_shard(model, FSDPConfig(keep_whole=["embed_tokens"]), 2, small) is None
+
+
+def test_shard_vocabulary_true_is_refused_with_the_reason():
+    from promptcore.distributed import vocabulary_layers_to_shard
+
+    model, units, _ = _vocabulary_model()
+    with pytest.raises(UserError, match="keep_whole names the token embedding or the LM head"):
+        vocabulary_layers_to_shard(model, FSDPConfig(shard_vocabulary=True, keep_whole=["lm_head"]), 2, units)
+    model.backbone.config.final_logit_softcapping = 30.0
+    with pytest.raises(UserError, match=r"changes its logits after the LM head \(final_logit_softcapping\)"):
+        vocabulary_layers_to_shard(model, FSDPConfig(shard_vocabulary=True), 2, units)
+    model.backbone.config.final_logit_softcapping = None
+    model.backbone.lm_head = torch.nn.Linear(32, model.backbone.lm_head.out_features, bias=True)
+    with pytest.raises(UserError, match="the LM head is a Linear with a bias, not a bias-free nn.Linear"):
+        vocabulary_layers_to_shard(model, FSDPConfig(shard_vocabulary=True), 2, units)
+    with pytest.raises(UserError, match="Sequential has no token embedding and LM head to shard"):
+        vocabulary_layers_to_shard(torch.nn.Sequential(torch.nn.Linear(2, 2)), FSDPConfig(shard_vocabulary=True), 2, units)
+
+
+def test_shard_vocabulary_is_refused_for_a_task_whose_loss_does_not_use_the_head():
+    from textpt.tasks import TASKS
+
+    with pytest.raises(UserError, match="a seq2seq model's losses do not go through a vocabulary-parallel LM head"):
+        TASKS.get("seq2seq").vocabulary_layers(None)
+
+
+def test_shard_vocabulary_setting_is_checked():
+    from promptcore import TrainConfig
+
+    with pytest.raises(UserError, match="shard_vocabulary: expected auto, true or false, got 'yes please'"):
+        TrainConfig(distributed="fsdp", fsdp={"shard_vocabulary": "yes please"})
+    assert TrainConfig(distributed="fsdp", fsdp={"shard_vocabulary": True}).fsdp.shard_vocabulary is True
+
+
+def test_vocabulary_bounds_cover_the_vocabulary_once():
+    from promptcore.vocab_parallel import vocabulary_bounds
+
+    assert vocabulary_bounds(151936, 4) == [0, 37984, 75968, 113952, 151936]
+    assert vocabulary_bounds(7, 2) == [0, 3, 7]
