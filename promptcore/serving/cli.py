@@ -25,7 +25,7 @@ from ..cli import Command, register_command
 from ..errors import UserError
 from .config import ServeConfig, load_serve_config
 
-KINDS = {"vpt": "vision", "textpt": "text"}
+KINDS = {"vpt": "vision", "textpt": "text", "vlmpt": "vision-language"}
 ADMIN_KEY_ENV = "PROMPTTUNE_ADMIN_KEY"
 
 
