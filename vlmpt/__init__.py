@@ -80,7 +80,7 @@ __getattr__, __dir__ = lazy_exports(
     # what registers the families and the methods
     on_first_use=(
         ".answers", ".data", ".families", ".inference", ".loading", ".model", ".prefix", ".prompt_tuning", ".run_config",
-        ".synthetic", ".vision_prompts", ".coupled", ".serving",
+        ".synthetic", ".vision_prompts", ".coupled",
     ),
 )
 
