@@ -6,7 +6,8 @@ Using the package (the first lookup of one of its names) registers its methods (
 ``vlm_prefix``, ``vlm_vpt``, ``vlm_coupled``) with :mod:`promptcore.methods`, so ``promptcore.wrap(backbone, VLMPromptTuningConfig(...))``
 builds them; ``import vlmpt`` alone imports no torch (:func:`promptcore.plugins.lazy_exports`), so ``vlmpt --help`` is
 quick. A prompt folder written by ``vlmpt train`` loads ready to run with ``vlmpt.load_prompted(folder)``
-(``vlmpt.answer`` / ``vlmpt.classify`` then take images).
+(``vlmpt.answer`` / ``vlmpt.classify`` then take images); ``vlmpt serve`` serves such folders over HTTP
+(:mod:`vlmpt.serving`, the ``vision-language`` serving backend).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from .prefix import VLMPrefixConfig, VLMPrefixModel
     from .prompt_tuning import VLMPromptTuningConfig, VLMPromptTuningModel
     from .run_config import VLMRunConfig, VLMTaskConfig
+    from .serving import VLMBackend, build_vlm_backend
     from .vision_prompts import VLMVisionPromptConfig, VLMVisionPromptModel
     from .coupled import VLMCoupledConfig, VLMCoupledModel
     from .synthetic import synthetic_rows, tiny_backbone, tiny_batch, tiny_examples, tiny_processor
@@ -63,6 +65,8 @@ __getattr__, __dir__ = lazy_exports(
         "VLMPromptTuningModel": ".prompt_tuning",
         "VLMRunConfig": ".run_config",
         "VLMTaskConfig": ".run_config",
+        "VLMBackend": ".serving",
+        "build_vlm_backend": ".serving",
         "VLMVisionPromptConfig": ".vision_prompts",
         "VLMVisionPromptModel": ".vision_prompts",
         "synthetic_rows": ".synthetic",
@@ -102,10 +106,12 @@ __all__ = [
     "VLMPromptTuningModel",
     "VLMPromptedModel",
     "VLMRunConfig",
+    "VLMBackend",
     "VLMTaskConfig",
     "VLMVisionPromptConfig",
     "VLMVisionPromptModel",
     "answer",
+    "build_vlm_backend",
     "build_vlm_data",
     "class_names_of",
     "classify",

@@ -1,4 +1,4 @@
-"""``vlmpt`` command line: ``vlmpt train | eval | generate | export-peft`` (also ``python -m vlmpt``).
+"""``vlmpt`` command line: ``vlmpt train | eval | generate | export-peft | serve`` (also ``python -m vlmpt``).
 
 ``train`` and ``eval`` come from the shared CLI (:func:`promptcore.cli.main`); this module is the vision-language
 recipe it runs (how to build the model, processor and data from a :class:`vlmpt.run_config.VLMRunConfig`) plus
@@ -21,7 +21,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Sequence
 
-from promptcore.cli import Command, add_config_args, load_prompts_option, register_command
+from promptcore.cli import Command, add_config_args, declare_command, load_prompts_option, register_command
 from promptcore.errors import UserError
 from promptcore.plugins import Deferred
 
@@ -209,6 +209,10 @@ register_command(Command(
     prog="vlmpt", name="export-peft", help="write a vlm_prompt_tuning prompt as a PEFT prompt-tuning adapter",
     configure=_export_peft_arguments, run=lambda args: VLMRecipe().export_peft(args),
 ))
+
+
+declare_command("vlmpt", "serve", "serve vision-language prompts on one frozen backbone over HTTP (Ray Serve; loopback by default)", "promptcore.serving.cli")
+declare_command("vlmpt", "serve-admin", "list, load or unload the prompts of a running server", "promptcore.serving.cli")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

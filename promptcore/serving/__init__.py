@@ -1,6 +1,7 @@
 """Serving many prompts on one frozen backbone (``docs/serving.md``).
 
-- :mod:`.backend`: the protocol a package implements (``vpt``: ``vision``, ``textpt``: ``text``);
+- :mod:`.backend`: the protocol a package implements (``vpt``: ``vision``, ``textpt``: ``text``, ``vlmpt``:
+  ``vision-language``);
 - :mod:`.registry`: the served prompts, validated on load, hot added and removed, an LRU device tier;
 - :mod:`.server`: :class:`PromptServer`, the Python API without HTTP (``predict``, ``generate``);
 - :mod:`.config`: the serve config; :mod:`.metrics`: Prometheus metrics;

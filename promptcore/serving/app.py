@@ -354,8 +354,9 @@ def create_app(service: PromptService) -> Any:
         request.state.operation = operation
         try:
             return [server.prepare(model, operation, x, params) for x in inputs]
-        except UserError as e:
-            raise api_error(e, None if isinstance(e, UnknownPromptError) else param) from None
+        except UserError as e:  # an error that begins with a parameter's name ("temperature: ...") is that field's
+            named = str(e).split(":", 1)[0]
+            raise api_error(e, None if isinstance(e, UnknownPromptError) else named if named in params else param) from None
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -426,8 +427,8 @@ def create_app(service: PromptService) -> Any:
         params = generation_params(body, config, chat)
         if chat:
             messages = _get(body, "messages", list)
-            if not messages or not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages):
-                raise ApiError(400, "field 'messages' must be a non-empty list of {\"role\": str, \"content\": str}", param="messages")
+            if not messages or not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), (str, list)) for m in messages):
+                raise ApiError(400, "field 'messages' must be a non-empty list of {\"role\": str, \"content\": str or a list of content parts}", param="messages")
             inputs: list[Any] = [[{"role": m["role"], "content": m["content"]} for m in messages]]
         else:
             inputs = _strings(body, "prompt", config.limits.max_inputs)

@@ -117,7 +117,7 @@ class ServingBackend(Protocol):
     """One frozen backbone served with many prompts (see the module docstring).
 
     Attributes:
-        kind: ``vision`` or ``text``.
+        kind: ``vision``, ``text`` or ``vision-language``.
         name: the backbone's name as prompt files record it.
         fingerprint: the served weights' fingerprint (:mod:`promptcore.fingerprint`), or None.
         device: where batches run.
@@ -185,7 +185,7 @@ class Limits:
 
 BackendBuilder = Callable[..., ServingBackend]
 BACKENDS: Registry[BackendBuilder] = Registry("serving backend")
-"""Kind (``vision``, ``text``) -> ``build(model_section: dict | None, prompt_folders: list[Path], device:
+"""Kind (``vision``, ``text``, ``vision-language``) -> ``build(model_section: dict | None, prompt_folders: list[Path], device:
 torch.device, limits: Limits) -> ServingBackend``: the backbone a served prompt set runs on, from the package's
 ``model`` section (a mapping as in its run configs' ``model:``) or, when that is None, from the model section the
 first of ``prompt_folders`` records (prompt files record the model section and seed they were trained with)."""

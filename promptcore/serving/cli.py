@@ -1,4 +1,5 @@
-"""The ``serve`` and ``serve-admin`` verbs of ``vpt`` (kind ``vision``) and ``textpt`` (kind ``text``)::
+"""The ``serve`` and ``serve-admin`` verbs of ``vpt`` (kind ``vision``), ``textpt`` (kind ``text``) and ``vlmpt``
+(kind ``vision-language``)::
 
     vpt serve --prompts prompts/ [-c SERVE_CONFIG] [--set KEY=VALUE ...] [--host 127.0.0.1] [--port 8000]
     vpt serve-admin list | load NAME | unload NAME [--url http://127.0.0.1:8000]
@@ -25,7 +26,7 @@ from ..cli import Command, register_command
 from ..errors import UserError
 from .config import ServeConfig, load_serve_config
 
-KINDS = {"vpt": "vision", "textpt": "text"}
+KINDS = {"vpt": "vision", "textpt": "text", "vlmpt": "vision-language"}
 ADMIN_KEY_ENV = "PROMPTTUNE_ADMIN_KEY"
 
 

@@ -49,7 +49,7 @@ class ServeConfig:
     """One served backbone and its prompts.
 
     Attributes:
-        kind: the backend (``vision``: ``vpt``; ``text``: ``textpt``).
+        kind: the backend (``vision``: ``vpt``; ``text``: ``textpt``; ``vision-language``: ``vlmpt``).
         model: the package's model section (as in its run configs); None: the one the first prompt file records.
         backend_options: further keyword arguments of the backend builder (``textpt``: ``engine: vllm``).
         prompts: a folder of prompt folders, each served under its folder name; admin loads resolve names here.
@@ -68,7 +68,7 @@ class ServeConfig:
         limits: what one request may ask.
     """
 
-    kind: Literal["vision", "text"] = "vision"
+    kind: Literal["vision", "text", "vision-language"] = "vision"
     model: dict[str, Any] | None = None
     backend_options: dict[str, Any] = field(default_factory=dict)
     prompts: str | None = None
