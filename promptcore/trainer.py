@@ -462,9 +462,10 @@ class Trainer:
                 # over the global batch, whatever the split across processes and micro-batches. Engines that average
                 # over the processes instead of summing (DDP, DeepSpeed) get their share scaled by the number.
                 share = n / total * (self.world_size if engine.averages else 1)
-                weighted = loss.float() if share == 1 else loss.float() * share
+                wide = loss.to(torch.promote_types(loss.dtype, torch.float32))  # a 16-bit loss in float32; float64 kept
+                weighted = wide if share == 1 else wide * share
                 engine.backward(weighted)
-            loss_sum += loss.float().detach() * (n / total) if engine.averages else weighted.detach()
+            loss_sum += wide.detach() * (n / total) if engine.averages else weighted.detach()
         # One collective: the loss and both stop flags (Ctrl-C, a callback's request after the previous step).
         reduced = engine.reduce(loss_sum, [float(self._signals.requested), float(self._stop_reason is not None)], self.params)
         interrupted = self._signals.requested

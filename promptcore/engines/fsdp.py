@@ -10,6 +10,7 @@ loading (``train.fsdp.sharded_loading``: whole on rank 0 only) is sharded, then 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -38,8 +39,10 @@ class FSDPEngine(Engine):
 
     def reduce(self, loss_sum: torch.Tensor, flags: list[float], params: list[nn.Parameter]) -> torch.Tensor:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        head = torch.cat([loss_sum.float().view(1), torch.tensor(flags, device=self.device, dtype=torch.float32)])
-        flat = torch.cat([head, *(g.float().flatten() for g in grads)])
+        # one buffer in float32, or wider where a gradient is (a float64 run sums its gradients in float64)
+        wide = functools.reduce(torch.promote_types, (g.dtype for g in grads), torch.float32)
+        head = torch.cat([loss_sum.to(wide).view(1), torch.tensor(flags, device=self.device, dtype=wide)])
+        flat = torch.cat([head, *(g.to(wide).flatten() for g in grads)])
         dist.all_reduce(flat)
         offset = head.numel()
         for p, g in zip(params, grads):

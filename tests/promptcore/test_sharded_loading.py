@@ -268,7 +268,7 @@ def test_a_run_with_the_vocabulary_sharded_trains_the_prompts_of_the_unsharded_r
             assert got[key].dtype == torch.float64
             # The same run with the vocabulary gathered by FSDP: the same prompts to rounding.
             torch.testing.assert_close(got[key], unsharded[key], rtol=0, atol=1e-10, msg=lambda m: f"{folder} {key}: {m}")
-            # One process: the FSDP engine sums the prompt gradients in float32 (for every model), hence 1e-6.
+            # One process: 7.6e-8 apart (the engine sums float64 gradients in float64; the cause is not found yet).
             torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6, msg=lambda m: f"{folder} {key}: {m}")
     # Each process holds its rows of the tied embedding / head (loaded from rank 0) and half of every other weight.
     vocab = len(tiny_tokenizer())
