@@ -463,8 +463,7 @@ class Trainer:
                 # over the processes instead of summing (DDP, DeepSpeed) get their share scaled by the number.
                 share = n / total * (self.world_size if engine.averages else 1)
                 wide = loss.to(torch.promote_types(loss.dtype, torch.float32))  # a 16-bit loss in float32; float64 kept
-                weighted = wide if share == 1 else wide * share
-                engine.backward(weighted)
+                engine.backward(weighted := wide if share == 1 else wide * share)
             loss_sum += wide.detach() * (n / total) if engine.averages else weighted.detach()
         # One collective: the loss and both stop flags (Ctrl-C, a callback's request after the previous step).
         reduced = engine.reduce(loss_sum, [float(self._signals.requested), float(self._stop_reason is not None)], self.params)
