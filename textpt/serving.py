@@ -24,10 +24,10 @@ from torch import nn
 from promptcore import PromptFileError, read_prompt_config
 from promptcore.config import from_dict, to_dict
 from promptcore.errors import MissingFileError, UserError
-from promptcore.fingerprint import FINGERPRINT_KEY, backbone_fingerprint
+from promptcore.fingerprint import backbone_fingerprint
 from promptcore.methods import recorded_method_config
 from promptcore.registry import did_you_mean
-from promptcore.serving import BACKENDS, Classification, GenerationStep, LimitError, Limits, PromptInfo, Request
+from promptcore.serving import BACKENDS, Classification, GenerationStep, LimitError, Limits, PromptInfo, Request, check_prompt_weights, served_model_section
 
 from . import mixed
 from .config import TextModelConfig
@@ -220,13 +220,7 @@ class TextBackend:
             meta = read_prompt_config(folder)
         except MissingFileError as e:  # the protocol's one error for a folder that cannot be served
             raise PromptFileError(str(e)) from None
-        theirs = meta.get(FINGERPRINT_KEY)
-        if self.fingerprint is not None and theirs != self.fingerprint:
-            found = f"weights fingerprint {theirs}" if theirs else "no weights fingerprint"
-            raise PromptFileError(
-                f"{source} records {found} (backbone {meta.get('backbone')!r}); the served backbone {self.name!r} has "
-                f"{self.fingerprint}: the prompt was trained on other weights, serve it with the backbone it was trained on"
-            )
+        check_prompt_weights(meta, self.fingerprint, folder, f"the served backbone {self.name!r}")
         for key, ours in (("dim", self.width), ("task", self.task)):
             if meta.get(key) != ours:
                 raise PromptFileError(f"{source} has {key} {meta.get(key)!r} (backbone {meta.get('backbone')!r}); the served backbone {self.name!r} has {key} {ours!r}")
@@ -451,18 +445,9 @@ def build_text_backend(model_section: dict[str, Any] | None, prompt_folders: lis
 
     from .loading import load_model_and_tokenizer
 
-    section, seed = (dict(model_section), None) if model_section is not None else (None, None)
-    if section is not None:
-        seed = section.pop("seed", 0)
-    else:
-        if not prompt_folders:
-            raise UserError("model: give the model section, or at least one prompt folder whose recorded model section to serve")
-        meta = read_prompt_config(prompt_folders[0])
-        section, seed = meta.get("model"), meta.get("seed", 0)
-        if not isinstance(section, dict):
-            raise PromptFileError(f"prompt folder {prompt_folders[0]} records no model section; give the model section to serve")
+    section, seed = served_model_section(model_section, prompt_folders)
     cfg = from_dict(TextModelConfig, section, source="model")
-    seed_everything(int(seed or 0))
+    seed_everything(seed)
     backbone, tokenizer = load_model_and_tokenizer(cfg)
     return TextBackend(backbone, tokenizer, cfg.name, cfg.task, device, limits, **options)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from promptcore.errors import UserError
-from promptcore.registry import Registry
+from promptcore.registry import Registry, UnknownNameError
 
 
 if TYPE_CHECKING:
@@ -33,11 +33,8 @@ class DataError(UserError):
     is not UTF-8 ...)."""
 
 
-class MissingSplitError(UserError, KeyError):
+class MissingSplitError(UnknownNameError):
     """A configured split the dataset does not have."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; show it as written
-        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True)

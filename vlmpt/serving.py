@@ -28,8 +28,8 @@ from torch import nn
 from promptcore import PromptFileError, read_prompt_config
 from promptcore.config import from_dict
 from promptcore.errors import MissingFileError, UserError
-from promptcore.fingerprint import FINGERPRINT_KEY, backbone_fingerprint
-from promptcore.serving import BACKENDS, GenerationStep, LimitError, Limits, PromptInfo, Request
+from promptcore.fingerprint import backbone_fingerprint
+from promptcore.serving import BACKENDS, GenerationStep, LimitError, Limits, PromptInfo, Request, check_prompt_weights, served_model_section
 from textpt.fast_prefix import KeyValues
 from textpt.serving import _Detokenizer
 
@@ -127,13 +127,7 @@ class VLMBackend:
             meta = read_prompt_config(folder)
         except MissingFileError as e:  # the protocol's one error for a folder that cannot be served
             raise PromptFileError(str(e)) from None
-        theirs = meta.get(FINGERPRINT_KEY)
-        if self.fingerprint is not None and theirs != self.fingerprint:
-            found = f"weights fingerprint {theirs}" if theirs else "no weights fingerprint"
-            raise PromptFileError(
-                f"{source} records {found} (backbone {meta.get('backbone')!r}); the served backbone {self.name!r} has "
-                f"{self.fingerprint}: the prompt was trained on other weights, serve it with the backbone it was trained on"
-            )
+        check_prompt_weights(meta, self.fingerprint, folder, f"the served backbone {self.name!r}")
         model = load_prompted(folder, self.backbone, self.processor)
         if not isinstance(model, VLMPromptedModel):
             raise UserError(f"{source} holds a {model.method!r} prompt, not a vision-language one; serve it with the program of its package")
@@ -323,18 +317,9 @@ def build_vlm_backend(model_section: dict[str, Any] | None, prompt_folders: list
     """The ``vision-language`` backend builder of :data:`promptcore.serving.BACKENDS`: the backbone and processor of
     ``model_section`` (a run config's ``model:`` mapping, plus an optional ``seed`` for a ``random:`` backbone) or,
     when None, the ones the first of ``prompt_folders`` records."""
-    if model_section is not None:
-        section = dict(model_section)
-        seed = section.pop("seed", 0)
-    else:
-        if not prompt_folders:
-            raise UserError("model: give the model section, or at least one prompt folder whose recorded model section to serve")
-        meta = read_prompt_config(prompt_folders[0])
-        section, seed = meta.get("model"), meta.get("seed", 0)
-        if not isinstance(section, dict):
-            raise PromptFileError(f"prompt folder {prompt_folders[0]} records no model section; give the model section to serve")
+    section, seed = served_model_section(model_section, prompt_folders)
     cfg = from_dict(VLMModelConfig, section, source="model")
-    backbone, processor = load_model_and_processor(cfg, int(seed or 0))
+    backbone, processor = load_model_and_processor(cfg, seed)
     return VLMBackend(backbone, processor, cfg.name, device, limits)
 
 

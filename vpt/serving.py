@@ -49,6 +49,7 @@ from promptcore.serving import (
     Limits,
     PromptInfo,
     Request,
+    check_prompt_weights,
 )
 
 from .backbones import backbone_name, create_model
@@ -127,19 +128,6 @@ def backbone_of_record(meta: dict[str, Any], folder: str | os.PathLike) -> nn.Mo
     return build_backbone(load_config(BackboneConfig, section), meta.get("backbone_seed"))
 
 
-def _check_fingerprint(meta: dict[str, Any], ours: str | None, folder: str | os.PathLike, label: str) -> None:
-    theirs = meta.get(FINGERPRINT_KEY)
-    if ours is None:
-        return  # weights that cannot be fingerprinted (quantized, sharded): the sizes are still checked on load
-    if theirs != ours:
-        found = f"weights fingerprint {theirs}" if theirs else "no weights fingerprint"
-        raise PromptFileError(
-            f"prompt folder {folder} records {found} (backbone {meta.get('backbone')!r}), but {label} has weights "
-            f"fingerprint {ours}: the prompts were trained on other frozen weights; serve them with the backbone "
-            f"they were trained on"
-        )
-
-
 def _build(backbone: nn.Module, config: Any, **context: Any) -> PromptedModel:
     """``wrap(backbone, config, **context)`` with the context keys the method's builder takes."""
     build = METHODS.get(method_key("vision", config.method)).build
@@ -165,7 +153,7 @@ def load_prompted(folder: str | os.PathLike, backbone: nn.Module | None = None, 
     config = method_config_of(meta, folder)
     if backbone is None:
         backbone = backbone_of_record(meta, folder)
-    _check_fingerprint(meta, backbone_fingerprint(backbone), folder, f"backbone {backbone_name(backbone)!r}")
+    check_prompt_weights(meta, backbone_fingerprint(backbone), folder, f"backbone {backbone_name(backbone)!r}")
     model = _build(backbone, config, tokenizer=tokenizer, name=meta.get("backbone"))
     model.check_prompt_config(meta, source=f"prompt folder {folder}")
     model.load_prompt_state_dict(tensors)
@@ -352,7 +340,7 @@ class VisionBackend:
         """Opens prompt folder ``folder`` as ``name`` on the CPU (see :class:`promptcore.serving.ServingBackend`)."""
         folder = Path(folder)
         tensors, meta = load_prompt_files(folder)
-        _check_fingerprint(meta, self.fingerprint, folder, f"the served backbone {self.name!r}")
+        check_prompt_weights(meta, self.fingerprint, folder, f"the served backbone {self.name!r}")
         if int(meta.get("num_tasks") or 1) > 1:
             raise UserError(
                 f"prompt folder {folder} is a prompt bank of {meta['num_tasks']} tasks; serve the single-task folders "

@@ -22,6 +22,8 @@ from .backend import (
     Request,
     ServingBackend,
     backend_for,
+    check_prompt_weights,
+    served_model_section,
 )
 from .config import LimitsConfig, ServeConfig, load_serve_config
 from .registry import PromptRegistry, UnknownPromptError
@@ -47,5 +49,7 @@ __all__ = [
     "ServingBackend",
     "UnknownPromptError",
     "backend_for",
+    "check_prompt_weights",
+    "served_model_section",
     "load_serve_config",
 ]

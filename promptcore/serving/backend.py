@@ -191,6 +191,47 @@ torch.device, limits: Limits) -> ServingBackend``: the backbone a served prompt 
 first of ``prompt_folders`` records (prompt files record the model section and seed they were trained with)."""
 
 
+def check_prompt_weights(meta: dict[str, Any], ours: str | None, folder: str | Path, label: str) -> None:
+    """Refuses a prompt folder (its ``prompt_config.json`` read as ``meta``) trained on other frozen weights than
+    ``label``'s (a served backbone, as the message names it), whose weights fingerprint is ``ours`` (None: weights
+    that cannot be fingerprinted, quantized or sharded; their sizes are still checked on load).
+
+    Raises:
+        promptcore.PromptFileError: the fingerprints differ, or the folder records none.
+    """
+    from ..files import PromptFileError
+    from ..fingerprint import FINGERPRINT_KEY
+
+    theirs = meta.get(FINGERPRINT_KEY)
+    if ours is not None and theirs != ours:
+        found = f"weights fingerprint {theirs}" if theirs else "no weights fingerprint"
+        raise PromptFileError(
+            f"prompt folder {folder} records {found} (backbone {meta.get('backbone')!r}), but {label} has weights "
+            f"fingerprint {ours}: the prompt was trained on other weights; serve it with the backbone it was trained on"
+        )
+
+
+def served_model_section(model_section: dict[str, Any] | None, prompt_folders: list[Path]) -> tuple[dict[str, Any], int]:
+    """The model section a backend builder serves and the seed of a ``random:`` backbone: ``model_section`` (a run
+    config's ``model:`` mapping, plus an optional ``seed``) or, when None, the model section and seed the first of
+    ``prompt_folders`` records.
+
+    Raises:
+        promptcore.errors.UserError: neither is given; promptcore.PromptFileError: the folder records no model section.
+    """
+    from ..files import PromptFileError, read_prompt_config
+
+    if model_section is not None:
+        section = dict(model_section)
+        return section, int(section.pop("seed", 0) or 0)
+    if not prompt_folders:
+        raise UserError("model: give the model section, or at least one prompt folder whose recorded model section to serve")
+    meta = read_prompt_config(prompt_folders[0])
+    if not isinstance(meta.get("model"), dict):
+        raise PromptFileError(f"prompt folder {prompt_folders[0]} records no model section; give the model section to serve")
+    return dict(meta["model"]), int(meta.get("seed", 0) or 0)
+
+
 def backend_for(kind: str) -> BackendBuilder:
     """The registered backend builder of ``kind`` (the package that registers it is imported first)."""
     if kind not in BACKENDS:
@@ -213,4 +254,6 @@ __all__ = [
     "Request",
     "ServingBackend",
     "backend_for",
+    "check_prompt_weights",
+    "served_model_section",
 ]
