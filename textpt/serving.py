@@ -23,11 +23,11 @@ from torch import nn
 
 from promptcore import PromptFileError, read_prompt_config
 from promptcore.config import from_dict, to_dict
-from promptcore.errors import MissingFileError, UserError
+from promptcore.errors import UserError
 from promptcore.fingerprint import backbone_fingerprint
 from promptcore.methods import recorded_method_config
 from promptcore.registry import did_you_mean
-from promptcore.serving import BACKENDS, Classification, GenerationStep, LimitError, Limits, PromptInfo, Request, check_prompt_weights, served_model_section
+from promptcore.serving import BACKENDS, Classification, GenerationStep, LimitError, Limits, PromptInfo, Request, read_served_prompt_config, served_model_section
 
 from . import mixed
 from .config import TextModelConfig
@@ -216,11 +216,7 @@ class TextBackend:
                 ``engine: vllm``).
         """
         source = f"prompt folder {folder}"
-        try:
-            meta = read_prompt_config(folder)
-        except MissingFileError as e:  # the protocol's one error for a folder that cannot be served
-            raise PromptFileError(str(e)) from None
-        check_prompt_weights(meta, self.fingerprint, folder, f"the served backbone {self.name!r}")
+        meta = read_served_prompt_config(folder, self.fingerprint, f"the served backbone {self.name!r}")
         for key, ours in (("dim", self.width), ("task", self.task)):
             if meta.get(key) != ours:
                 raise PromptFileError(f"{source} has {key} {meta.get(key)!r} (backbone {meta.get('backbone')!r}); the served backbone {self.name!r} has {key} {ours!r}")

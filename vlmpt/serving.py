@@ -25,11 +25,10 @@ from typing import Any, ClassVar, Iterator
 import torch
 from torch import nn
 
-from promptcore import PromptFileError, read_prompt_config
 from promptcore.config import from_dict
-from promptcore.errors import MissingFileError, UserError
+from promptcore.errors import UserError
 from promptcore.fingerprint import backbone_fingerprint
-from promptcore.serving import BACKENDS, GenerationStep, LimitError, Limits, PromptInfo, Request, check_prompt_weights, served_model_section
+from promptcore.serving import BACKENDS, GenerationStep, LimitError, Limits, PromptInfo, Request, read_served_prompt_config, served_model_section
 from textpt.fast_prefix import KeyValues
 from textpt.serving import _Detokenizer
 
@@ -123,11 +122,7 @@ class VLMBackend:
             promptcore.errors.UserError: a method that is not a vision-language one, or a prompt of a classify task.
         """
         source = f"prompt folder {folder}"
-        try:
-            meta = read_prompt_config(folder)
-        except MissingFileError as e:  # the protocol's one error for a folder that cannot be served
-            raise PromptFileError(str(e)) from None
-        check_prompt_weights(meta, self.fingerprint, folder, f"the served backbone {self.name!r}")
+        meta = read_served_prompt_config(folder, self.fingerprint, f"the served backbone {self.name!r}")
         model = load_prompted(folder, self.backbone, self.processor)
         if not isinstance(model, VLMPromptedModel):
             raise UserError(f"{source} holds a {model.method!r} prompt, not a vision-language one; serve it with the program of its package")

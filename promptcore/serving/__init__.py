@@ -23,6 +23,7 @@ from .backend import (
     ServingBackend,
     backend_for,
     check_prompt_weights,
+    read_served_prompt_config,
     served_model_section,
 )
 from .config import LimitsConfig, ServeConfig, load_serve_config
@@ -50,6 +51,7 @@ __all__ = [
     "UnknownPromptError",
     "backend_for",
     "check_prompt_weights",
+    "read_served_prompt_config",
     "served_model_section",
     "load_serve_config",
 ]

@@ -211,6 +211,25 @@ def check_prompt_weights(meta: dict[str, Any], ours: str | None, folder: str | P
         )
 
 
+def read_served_prompt_config(folder: Path, ours: str | None, label: str) -> dict[str, Any]:
+    """The ``prompt_config.json`` of prompt folder ``folder``, checked against the served weights
+    (:func:`check_prompt_weights`).
+
+    Raises:
+        promptcore.PromptFileError: the folder is missing or corrupt (the protocol's one error for a folder that
+            cannot be served), or its prompt was trained on other weights.
+    """
+    from ..errors import MissingFileError
+    from ..files import PromptFileError, read_prompt_config
+
+    try:
+        meta = read_prompt_config(folder)
+    except MissingFileError as e:
+        raise PromptFileError(str(e)) from None
+    check_prompt_weights(meta, ours, folder, label)
+    return meta
+
+
 def served_model_section(model_section: dict[str, Any] | None, prompt_folders: list[Path]) -> tuple[dict[str, Any], int]:
     """The model section a backend builder serves and the seed of a ``random:`` backbone: ``model_section`` (a run
     config's ``model:`` mapping, plus an optional ``seed``) or, when None, the model section and seed the first of
@@ -255,5 +274,6 @@ __all__ = [
     "ServingBackend",
     "backend_for",
     "check_prompt_weights",
+    "read_served_prompt_config",
     "served_model_section",
 ]
