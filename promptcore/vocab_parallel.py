@@ -38,6 +38,7 @@ from torch import nn
 
 from .errors import UserError
 
+
 def vocabulary_bounds(vocab_size: int, world_size: int) -> list[int]:
     """The first row of each process's shard and the end: process ``r`` keeps rows ``[bounds[r], bounds[r + 1])``."""
     return [r * vocab_size // world_size for r in range(world_size + 1)]
