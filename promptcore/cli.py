@@ -34,7 +34,6 @@ is reported at once: the run configs, their method configs included, are defined
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import importlib
 import json
@@ -344,26 +343,11 @@ def main(recipe: Recipe, argv: Sequence[str] | None = None) -> int:
         with one_line_warnings(args.verbose):
             return _run(args, recipe)
     finally:
-        _end_process_group_at_exit()
-
-
-def _end_process_group_at_exit() -> None:
-    """A multi-process launch (torchrun, accelerate launch) leaves a process group: it is torn down when the
-    interpreter exits, before the gloo / NCCL threads that would abort the process if killed mid-flight, and not at the
-    end of a command, so that a later command in the same process (a script calling ``main`` again) keeps using it:
-    a group made anew under the same launch hung here (torch 2.14, gloo: one process still joining the new group while
-    the other already used it). Nothing without torch."""
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
-        atexit.unregister(_end_process_group)
-        atexit.register(_end_process_group)
-
-
-def _end_process_group() -> None:
-    import torch.distributed
-
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+        # A multi-process launch (torchrun, accelerate launch) leaves a process group; tear it down before the
+        # interpreter exits, where gloo/NCCL threads killed mid-flight abort the process. None without torch.
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 # The folders of the libraries (and the standard library); the toolkit's own packages are not among them even when

@@ -1,6 +1,8 @@
 """Runs ``vpt`` / ``textpt`` commands one after another in this process (under torchrun: in each process), as a
-launch per command would but without starting the processes and importing the libraries again (the commands share
-the launch's process group, which the first one makes). Commands are separated by ``--then``; the
+launch per command would but without starting the processes and importing the libraries again. The commands share
+the launch's process group, which the first one makes and which is ended once, after the last: ``main`` ends it
+after each command, and a group made again under the same launch hung here (torch 2.14, gloo: one process still
+joining the new group while the other already used it). Commands are separated by ``--then``; the
 first that fails ends the script with its exit status.
 
 ``KILL_AT_STEP=N`` kills the process with SIGKILL at the end of training step N on rank 0, as ``kill -9`` would.
@@ -18,6 +20,8 @@ import os
 import signal
 import sys
 from pathlib import Path
+
+import torch.distributed
 
 import promptcore.trainer
 from promptcore.callbacks import Callback
@@ -88,7 +92,13 @@ def run(tool: str, argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    for tool, argv in commands(sys.argv[1:]):
-        status = run(tool, argv)
-        if status:
-            sys.exit(status)
+    end_process_group = torch.distributed.destroy_process_group
+    torch.distributed.destroy_process_group = lambda *args, **kwargs: None
+    try:
+        for tool, argv in commands(sys.argv[1:]):
+            status = run(tool, argv)
+            if status:
+                sys.exit(status)
+    finally:
+        if torch.distributed.is_initialized():
+            end_process_group()
