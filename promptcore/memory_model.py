@@ -21,7 +21,7 @@ an activation: 2 in bf16, int8 and nf4, which compute in bf16; 4 in fp32):
   (:func:`promptcore.distributed.shard_model` shards the root as one unit): it is whole when the LM head computes
   the logits and their gradient, the step's peak, whatever ``train.fsdp.reshard_after_forward`` says. Counting
   both is an upper bound of what is gathered at once. ``--sharded-embeddings`` models an FSDP that keeps the root unit sharded
-  (vocabulary-parallel embedding, logits and loss), which the toolkit does not do yet.
+  (vocabulary-parallel embedding, logits and loss), as ``train.fsdp.shard_vocabulary`` does for causal LMs.
 - **prompts**: the trained parameters in fp32 (the prompts; for vision also a linear head) with their gradients
   and AdamW's two moments, 16 B per number; whole on every process.
 - **activations**: what autograd saves for the backward that carries the gradient to the prompts. The frozen linear

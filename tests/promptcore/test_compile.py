@@ -218,8 +218,7 @@ def test_compiled_ddp_and_fsdp_over_two_processes_equal_their_plain_runs(tmp_pat
             for key in expected:
                 assert got[key].dtype == torch.float64
                 torch.testing.assert_close(got[key], expected[key], rtol=1e-12, atol=1e-12, msg=lambda m, k=key: f"{engine} rank {rank} {k}: {m}")
-    # DDP reduces in float64 as one process sums: its compiled run is also the 1-process run (FSDP's collective
-    # sums the prompt gradients in float32).
+    # DDP reduces in float64 as one process sums: its compiled run is also the 1-process run.
     for key, value in model.prompt_state_dict().items():
         torch.testing.assert_close(load_file(tmp_path / "ddp_compiled_rank0.safetensors")[key], value, rtol=1e-10, atol=1e-10)
     # The eval loss is taken in float32 (PromptedModel.eval_step) and summed over two shards of the eval rows.
