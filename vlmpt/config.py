@@ -29,12 +29,8 @@ FAMILIES: Registry["Family"] = Registry("vision-language family")
 """Families by the backbone config's ``model_type`` (:class:`vlmpt.families.Family`); each is also a ``random:``
 model type."""
 # Declared here rather than in vlmpt's __init__, which imports no textpt (vlmpt --help stays quick).
-FAMILIES.declare("llava", "vlmpt.families")
-FAMILIES.declare("qwen2_vl", "vlmpt.families")
-FAMILIES.declare("qwen2_5_vl", "vlmpt.families")
-FAMILIES.declare("llava_onevision", "vlmpt.families")
-FAMILIES.declare("paligemma", "vlmpt.families")
-FAMILIES.declare("idefics3", "vlmpt.families")
+for _family in ("llava", "qwen2_vl", "qwen2_5_vl", "llava_onevision", "paligemma", "idefics3"):
+    FAMILIES.declare(_family, "vlmpt.families")
 
 FILE_SOURCES = ("hf", "csv", "json", "parquet")
 """The sources of :data:`textpt.sources.SOURCES` a vision-language run reads (its synthetic and asset sources hold

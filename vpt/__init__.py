@@ -74,13 +74,10 @@ declare_method("pixel_random_patch", "vision", config=("vpt.config", "PixelPromp
 declare_method("linear_probe", "vision", config=("vpt.config", "LinearProbeConfig"), module="vpt.linear_probe")
 
 # The heads (prompt.head) and the data sources (data.source): a config names them before torch is imported.
-_HEADS.declare("linear", "vpt.heads")
-_HEADS.declare("prompt_mean", "vpt.heads")
-_HEADS.declare("backbone_pool", "vpt.heads")
-_SOURCES.declare("synthetic", "vpt.data")
-_SOURCES.declare("hf", "vpt.data")
-_SOURCES.declare("imagefolder", "vpt.data")
-_SOURCES.declare("asset", "vpt.data")
+for _name in ("linear", "prompt_mean", "backbone_pool"):
+    _HEADS.declare(_name, "vpt.heads")
+for _name in ("synthetic", "hf", "imagefolder", "asset"):
+    _SOURCES.declare(_name, "vpt.data")
 
 __all__ = [
     "BackboneConfig",
