@@ -358,7 +358,7 @@ class TextBackend:
         else:
             steps = mixed.generate([r.prompt.model for r in requests], [r.input for r in requests], sampling)
         eos = getattr(self.tokenizer, "eos_token_id", None)
-        texts = [_Detokenizer(self.tokenizer, r.params["stop"]) for r in requests]
+        texts = [Detokenizer(self.tokenizer, r.params["stop"]) for r in requests]
         finished = [False] * len(requests)
         for tokens in steps:
             out: list[GenerationStep | None] = []
@@ -383,7 +383,7 @@ class TextBackend:
                 return
 
 
-class _Detokenizer:
+class Detokenizer:
     """One row's text as its tokens arrive: holds back an incomplete character and any end that could begin a stop
     string; cuts the text at the first stop string."""
 
@@ -450,4 +450,4 @@ def build_text_backend(model_section: dict[str, Any] | None, prompt_folders: lis
 
 BACKENDS.add("text", build_text_backend)
 
-__all__ = ["INFERENCE_KEY", "InputFormat", "TextBackend", "TextPrompt", "build_text_backend", "inference_record", "load_prompted", "method_config_of"]
+__all__ = ["INFERENCE_KEY", "Detokenizer", "InputFormat", "TextBackend", "TextPrompt", "build_text_backend", "inference_record", "load_prompted", "method_config_of"]

@@ -30,7 +30,7 @@ from promptcore.errors import UserError
 from promptcore.fingerprint import backbone_fingerprint
 from promptcore.serving import BACKENDS, GenerationStep, LimitError, Limits, PromptInfo, Request, read_served_prompt_config, served_model_section
 from textpt.fast_prefix import KeyValues
-from textpt.serving import _Detokenizer
+from textpt.serving import Detokenizer
 
 from .answers import AnswerScorer
 from .data import VLMEncoder, collate_examples
@@ -266,7 +266,7 @@ class VLMBackend:
         each token adds, stop strings cut (the text before one is returned, the stop string is not)."""
         tokens = self.decode(requests)
         eos = self.processor.tokenizer.eos_token_id
-        texts = [_Detokenizer(self.processor.tokenizer, r.params["stop"]) for r in requests]
+        texts = [Detokenizer(self.processor.tokenizer, r.params["stop"]) for r in requests]
         finished = [False] * len(requests)
         for step in range(max(len(t) for t in tokens)):
             out: list[GenerationStep | None] = []
